@@ -1,0 +1,525 @@
+//! Chunk codecs: a chunk is a run of samples of one series, encoded and checksummed.
+//!
+//! Timestamps use delta-of-delta, values use Gorilla XOR (Pelkonen et al., VLDB 2015),
+//! both after dividing timestamps by the largest power of ten they share. A second
+//! candidate stores delta-of-delta timestamps and, when every value is an exact short
+//! decimal, the scaled integers' deltas as varints, then compresses that with zstd. The
+//! encoder keeps whichever candidate is smallest, raw samples included, so a chunk is
+//! never larger than the raw fallback. Layout: `docs/storage.md`.
+
+mod bits;
+mod varint;
+
+use std::fmt;
+
+pub use varint::{get_uvarint, put_uvarint, unzigzag, zigzag};
+
+use crate::model::Sample;
+use bits::{BitReader, BitWriter};
+
+/// Current chunk format version (the first byte of every chunk).
+pub const FORMAT_VERSION: u8 = 1;
+/// Upper bound on samples in one chunk; larger counts in a header mean corruption.
+pub const MAX_CHUNK_SAMPLES: usize = 1 << 20;
+const HEADER_FIXED: usize = 2 + 8 + 8;
+const CHECKSUM_LEN: usize = 4;
+const MAX_DECIMAL_DIGITS: usize = 9;
+const POW10: [f64; MAX_DECIMAL_DIGITS + 1] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9];
+/// Integers up to 2^53 are exact in an f64.
+const MAX_EXACT_INT: f64 = 9_007_199_254_740_992.0;
+
+/// Why a chunk could not be decoded. The shard adds the series and time range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodecError {
+    Truncated,
+    Malformed(&'static str),
+    ChecksumMismatch { stored: u32, computed: u32 },
+    UnsupportedVersion(u8),
+    Decompress,
+}
+
+impl fmt::Display for CodecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CodecError::Truncated => write!(f, "chunk is truncated"),
+            CodecError::Malformed(what) => write!(f, "chunk is malformed: {what}"),
+            CodecError::ChecksumMismatch { stored, computed } => write!(
+                f,
+                "checksum mismatch (stored {stored:08x}, computed {computed:08x})"
+            ),
+            CodecError::UnsupportedVersion(v) => write!(f, "unsupported chunk format version {v}"),
+            CodecError::Decompress => write!(f, "compressed body does not decompress"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum TsEncoding {
+    Raw = 0,
+    GorillaDod = 1,
+    VarintDod = 2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum ValueEncoding {
+    Raw = 0,
+    GorillaXor = 1,
+    DecimalDelta = 2,
+}
+
+const FLAG_ZSTD: u8 = 1 << 4;
+
+/// What a chunk says about itself without decoding the samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkHeader {
+    pub count: usize,
+    pub min_time: i64,
+    pub max_time: i64,
+}
+
+/// Encoder settings.
+#[derive(Debug, Clone, Copy)]
+pub struct EncodeOptions {
+    /// zstd level for the byte-oriented candidate.
+    pub zstd_level: i32,
+}
+
+impl Default for EncodeOptions {
+    fn default() -> Self {
+        Self { zstd_level: 9 }
+    }
+}
+
+/// Encodes samples (any order, duplicates allowed) into a checksummed chunk.
+///
+/// # Panics
+/// Never for any input; an empty slice encodes to an empty chunk.
+pub fn encode_chunk(samples: &[Sample], opts: EncodeOptions) -> Vec<u8> {
+    let count = samples.len();
+    let (min_time, max_time) = samples.iter().fold((i64::MAX, i64::MIN), |(lo, hi), s| {
+        (lo.min(s.timestamp), hi.max(s.timestamp))
+    });
+    let (min_time, max_time) = if count == 0 { (0, 0) } else { (min_time, max_time) };
+    let scale = timestamp_scale(samples);
+
+    // Candidate 1: the Gorilla paper's bit-packed encodings.
+    let mut gorilla = Vec::new();
+    let ts = gorilla_timestamps(samples, scale);
+    put_uvarint(&mut gorilla, ts.len() as u64);
+    gorilla.extend_from_slice(&ts);
+    gorilla_values(samples, &mut gorilla);
+    let mut best = (TsEncoding::GorillaDod, ValueEncoding::GorillaXor, false, gorilla);
+
+    // Candidate 2: byte-oriented varints, general-purpose compressed.
+    if count > 1 {
+        let mut bytes = Vec::with_capacity(count * 3);
+        let ts = varint_timestamps(samples, scale);
+        put_uvarint(&mut bytes, ts.len() as u64);
+        bytes.extend_from_slice(&ts);
+        let value_enc = match decimal_exponent(samples) {
+            Some(k) => {
+                decimal_values(samples, k, &mut bytes);
+                ValueEncoding::DecimalDelta
+            }
+            None => {
+                gorilla_values(samples, &mut bytes);
+                ValueEncoding::GorillaXor
+            }
+        };
+        if let Ok(packed) = zstd::bulk::compress(&bytes, opts.zstd_level) {
+            if packed.len() < best.3.len() {
+                best = (TsEncoding::VarintDod, value_enc, true, packed);
+            }
+        }
+    }
+
+    // Raw fallback, only when it is smaller.
+    if count * 16 < best.3.len() {
+        let mut raw = Vec::with_capacity(count * 16 + 1);
+        put_uvarint(&mut raw, (count * 8) as u64);
+        for s in samples {
+            raw.extend_from_slice(&s.timestamp.to_le_bytes());
+        }
+        for s in samples {
+            raw.extend_from_slice(&s.value.to_bits().to_le_bytes());
+        }
+        best = (TsEncoding::Raw, ValueEncoding::Raw, false, raw);
+    }
+
+    let (ts_enc, value_enc, zstd, body) = best;
+    let mut out = Vec::with_capacity(HEADER_FIXED + 10 + body.len() + CHECKSUM_LEN);
+    out.push(FORMAT_VERSION);
+    out.push(ts_enc as u8 | (value_enc as u8) << 2 | if zstd { FLAG_ZSTD } else { 0 });
+    put_uvarint(&mut out, count as u64);
+    out.extend_from_slice(&min_time.to_le_bytes());
+    out.extend_from_slice(&max_time.to_le_bytes());
+    out.extend_from_slice(&body);
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Reads and checks the header (and the checksum) without decoding samples.
+pub fn chunk_header(chunk: &[u8]) -> Result<ChunkHeader, CodecError> {
+    parse(chunk).map(|(h, ..)| h)
+}
+
+/// Decodes a chunk into its samples, in the order they were encoded.
+pub fn decode_chunk(chunk: &[u8]) -> Result<Vec<Sample>, CodecError> {
+    let mut out = Vec::new();
+    decode_chunk_into(chunk, &mut out)?;
+    Ok(out)
+}
+
+/// Decodes a chunk, appending its samples to `out`.
+pub fn decode_chunk_into(chunk: &[u8], out: &mut Vec<Sample>) -> Result<ChunkHeader, CodecError> {
+    let (header, flags, body) = parse(chunk)?;
+    let count = header.count;
+    let decompressed;
+    let body = if flags & FLAG_ZSTD != 0 {
+        // Bound the output so a corrupt length cannot allocate without limit.
+        let limit = count * 20 + 64;
+        decompressed = zstd::bulk::decompress(body, limit).map_err(|_| CodecError::Decompress)?;
+        &decompressed[..]
+    } else {
+        body
+    };
+    let mut pos = 0;
+    let ts_len = get_uvarint(body, &mut pos)? as usize;
+    let ts_bytes = body
+        .get(pos..pos.checked_add(ts_len).ok_or(CodecError::Truncated)?)
+        .ok_or(CodecError::Truncated)?;
+    let value_bytes = &body[pos + ts_len..];
+    let start = out.len();
+    out.reserve(count);
+    match flags & 0b11 {
+        x if x == TsEncoding::Raw as u8 => {
+            if ts_bytes.len() != count * 8 {
+                return Err(CodecError::Malformed("raw timestamp section length"));
+            }
+            for c in ts_bytes.chunks_exact(8) {
+                let t = i64::from_le_bytes(c.try_into().expect("chunks_exact(8)"));
+                out.push(Sample::new(t, 0.0));
+            }
+        }
+        x if x == TsEncoding::GorillaDod as u8 => decode_gorilla_timestamps(ts_bytes, count, out)?,
+        x if x == TsEncoding::VarintDod as u8 => decode_varint_timestamps(ts_bytes, count, out)?,
+        _ => return Err(CodecError::Malformed("unknown timestamp encoding")),
+    }
+    let samples = &mut out[start..];
+    match (flags >> 2) & 0b11 {
+        x if x == ValueEncoding::Raw as u8 => {
+            if value_bytes.len() != count * 8 {
+                return Err(CodecError::Malformed("raw value section length"));
+            }
+            for (s, c) in samples.iter_mut().zip(value_bytes.chunks_exact(8)) {
+                s.value = f64::from_bits(u64::from_le_bytes(c.try_into().expect("chunks_exact(8)")));
+            }
+        }
+        x if x == ValueEncoding::GorillaXor as u8 => decode_gorilla_values(value_bytes, samples)?,
+        x if x == ValueEncoding::DecimalDelta as u8 => decode_decimal_values(value_bytes, samples)?,
+        _ => return Err(CodecError::Malformed("unknown value encoding")),
+    }
+    Ok(header)
+}
+
+fn parse(chunk: &[u8]) -> Result<(ChunkHeader, u8, &[u8]), CodecError> {
+    if chunk.len() < HEADER_FIXED + 1 + CHECKSUM_LEN {
+        return Err(CodecError::Truncated);
+    }
+    let (content, crc) = chunk.split_at(chunk.len() - CHECKSUM_LEN);
+    let stored = u32::from_le_bytes(crc.try_into().expect("split at CHECKSUM_LEN"));
+    let computed = crc32fast::hash(content);
+    if stored != computed {
+        return Err(CodecError::ChecksumMismatch { stored, computed });
+    }
+    if content[0] != FORMAT_VERSION {
+        return Err(CodecError::UnsupportedVersion(content[0]));
+    }
+    let flags = content[1];
+    let mut pos = 2;
+    let count = get_uvarint(content, &mut pos)? as usize;
+    if count > MAX_CHUNK_SAMPLES {
+        return Err(CodecError::Malformed("sample count over the chunk limit"));
+    }
+    let fixed = content.get(pos..pos + 16).ok_or(CodecError::Truncated)?;
+    let min_time = i64::from_le_bytes(fixed[..8].try_into().expect("8 bytes"));
+    let max_time = i64::from_le_bytes(fixed[8..].try_into().expect("8 bytes"));
+    let header = ChunkHeader {
+        count,
+        min_time,
+        max_time,
+    };
+    Ok((header, flags, &content[pos + 16..]))
+}
+
+/// The largest power of ten (exponent) that divides every timestamp.
+fn timestamp_scale(samples: &[Sample]) -> u8 {
+    let mut scale = 18u8;
+    for s in samples {
+        while scale > 0 && s.timestamp % 10i64.pow(scale as u32) != 0 {
+            scale -= 1;
+        }
+        if scale == 0 {
+            break;
+        }
+    }
+    scale
+}
+
+/// Delta-of-delta timestamps in the paper's variable-length buckets.
+fn gorilla_timestamps(samples: &[Sample], scale: u8) -> Vec<u8> {
+    let mut out = vec![scale];
+    let Some(first) = samples.first() else {
+        return out;
+    };
+    let div = 10i64.pow(scale as u32);
+    let first = first.timestamp / div;
+    put_uvarint(&mut out, zigzag(first));
+    let mut w = BitWriter::with_capacity(samples.len() / 4 + 8);
+    let (mut prev, mut prev_delta) = (first, 0i64);
+    for s in &samples[1..] {
+        let t = s.timestamp / div;
+        let delta = t.wrapping_sub(prev);
+        let dod = delta.wrapping_sub(prev_delta);
+        match dod {
+            0 => w.write(0, 1),
+            -63..=64 => {
+                w.write(0b10, 2);
+                w.write((dod + 63) as u64, 7);
+            }
+            -255..=256 => {
+                w.write(0b110, 3);
+                w.write((dod + 255) as u64, 9);
+            }
+            -2047..=2048 => {
+                w.write(0b1110, 4);
+                w.write((dod + 2047) as u64, 12);
+            }
+            // The paper's last bucket is 32 bits; nanosecond clocks need a 64-bit one too.
+            -2_147_483_647..=2_147_483_648 => {
+                w.write(0b11110, 5);
+                w.write((dod + 2_147_483_647) as u64, 32);
+            }
+            _ => {
+                w.write(0b11111, 5);
+                w.write(dod as u64, 64);
+            }
+        }
+        prev = t;
+        prev_delta = delta;
+    }
+    out.extend_from_slice(&w.finish());
+    out
+}
+
+fn decode_gorilla_timestamps(
+    bytes: &[u8],
+    count: usize,
+    out: &mut Vec<Sample>,
+) -> Result<(), CodecError> {
+    if count == 0 {
+        return Ok(());
+    }
+    let (mul, first, pos) = scaled_first(bytes)?;
+    out.push(Sample::new(first.wrapping_mul(mul), 0.0));
+    let mut r = BitReader::new(&bytes[pos..]);
+    let (mut prev, mut prev_delta) = (first, 0i64);
+    for _ in 1..count {
+        let dod = if !r.read_bit()? {
+            0
+        } else if !r.read_bit()? {
+            r.read(7)? as i64 - 63
+        } else if !r.read_bit()? {
+            r.read(9)? as i64 - 255
+        } else if !r.read_bit()? {
+            r.read(12)? as i64 - 2047
+        } else if !r.read_bit()? {
+            r.read(32)? as i64 - 2_147_483_647
+        } else {
+            r.read(64)? as i64
+        };
+        let delta = prev_delta.wrapping_add(dod);
+        let t = prev.wrapping_add(delta);
+        out.push(Sample::new(t.wrapping_mul(mul), 0.0));
+        prev = t;
+        prev_delta = delta;
+    }
+    Ok(())
+}
+
+fn scaled_first(bytes: &[u8]) -> Result<(i64, i64, usize), CodecError> {
+    let scale = *bytes.first().ok_or(CodecError::Truncated)?;
+    if scale > 18 {
+        return Err(CodecError::Malformed("timestamp scale over 18"));
+    }
+    let mut pos = 1;
+    let first = unzigzag(get_uvarint(bytes, &mut pos)?);
+    Ok((10i64.pow(scale as u32), first, pos))
+}
+
+/// Delta-of-delta timestamps as zigzag varints (compressed afterwards).
+fn varint_timestamps(samples: &[Sample], scale: u8) -> Vec<u8> {
+    let mut out = vec![scale];
+    let div = 10i64.pow(scale as u32);
+    let (mut prev, mut prev_delta) = (0i64, 0i64);
+    for (i, s) in samples.iter().enumerate() {
+        let t = s.timestamp / div;
+        if i == 0 {
+            put_uvarint(&mut out, zigzag(t));
+        } else {
+            let delta = t.wrapping_sub(prev);
+            put_uvarint(&mut out, zigzag(delta.wrapping_sub(prev_delta)));
+            prev_delta = delta;
+        }
+        prev = t;
+    }
+    out
+}
+
+fn decode_varint_timestamps(
+    bytes: &[u8],
+    count: usize,
+    out: &mut Vec<Sample>,
+) -> Result<(), CodecError> {
+    if count == 0 {
+        return Ok(());
+    }
+    let (mul, first, mut pos) = scaled_first(bytes)?;
+    out.push(Sample::new(first.wrapping_mul(mul), 0.0));
+    let (mut prev, mut prev_delta) = (first, 0i64);
+    for _ in 1..count {
+        let delta = prev_delta.wrapping_add(unzigzag(get_uvarint(bytes, &mut pos)?));
+        let t = prev.wrapping_add(delta);
+        out.push(Sample::new(t.wrapping_mul(mul), 0.0));
+        prev = t;
+        prev_delta = delta;
+    }
+    Ok(())
+}
+
+/// Gorilla XOR values; the leading/trailing-zero window is reused while the next
+/// XOR fits inside it, as the paper describes.
+fn gorilla_values(samples: &[Sample], out: &mut Vec<u8>) {
+    let mut w = BitWriter::with_capacity(samples.len() + 8);
+    let mut prev = 0u64;
+    // No window until the first non-zero XOR with a new window.
+    let (mut lead, mut trail) = (u32::MAX, 0u32);
+    for (i, s) in samples.iter().enumerate() {
+        let bits = s.value.to_bits();
+        if i == 0 {
+            w.write(bits, 64);
+            prev = bits;
+            continue;
+        }
+        let xor = bits ^ prev;
+        prev = bits;
+        if xor == 0 {
+            w.write(0, 1);
+            continue;
+        }
+        let l = xor.leading_zeros().min(31);
+        let t = xor.trailing_zeros();
+        if lead != u32::MAX && l >= lead && t >= trail {
+            w.write(0b10, 2);
+            w.write(xor >> trail, 64 - lead - trail);
+        } else {
+            let len = 64 - l - t;
+            w.write(0b11, 2);
+            w.write(l as u64, 5);
+            w.write((len - 1) as u64, 6);
+            w.write(xor >> t, len);
+            lead = l;
+            trail = t;
+        }
+    }
+    out.extend_from_slice(&w.finish());
+}
+
+fn decode_gorilla_values(bytes: &[u8], samples: &mut [Sample]) -> Result<(), CodecError> {
+    let mut r = BitReader::new(bytes);
+    let mut prev = 0u64;
+    let (mut lead, mut trail) = (u32::MAX, 0u32);
+    for (i, s) in samples.iter_mut().enumerate() {
+        if i == 0 {
+            prev = r.read(64)?;
+        } else if r.read_bit()? {
+            if !r.read_bit()? {
+                if lead == u32::MAX {
+                    return Err(CodecError::Malformed("XOR window reused before one was set"));
+                }
+                prev ^= r.read(64 - lead - trail)? << trail;
+            } else {
+                let l = r.read(5)? as u32;
+                let len = r.read(6)? as u32 + 1;
+                if l + len > 64 {
+                    return Err(CodecError::Malformed("XOR window wider than 64 bits"));
+                }
+                let t = 64 - l - len;
+                prev ^= r.read(len)? << t;
+                lead = l;
+                trail = t;
+            }
+        }
+        s.value = f64::from_bits(prev);
+    }
+    Ok(())
+}
+
+/// The smallest k such that every value is exactly `m / 10^k` for an integer `m`
+/// of at most 53 bits, or `None` (NaN, infinities, -0.0 and long fractions).
+fn decimal_exponent(samples: &[Sample]) -> Option<u8> {
+    let mut k = 0usize;
+    for s in samples {
+        while to_decimal(s.value, k).is_none() {
+            k += 1;
+            if k > MAX_DECIMAL_DIGITS {
+                return None;
+            }
+        }
+    }
+    // A value may need fewer digits than k yet not round-trip at k; check them all.
+    samples
+        .iter()
+        .all(|s| to_decimal(s.value, k).is_some())
+        .then_some(k as u8)
+}
+
+#[inline]
+fn to_decimal(v: f64, k: usize) -> Option<i64> {
+    let m = (v * POW10[k]).round();
+    if !(m.abs() <= MAX_EXACT_INT) {
+        return None;
+    }
+    let back = m / POW10[k];
+    (back.to_bits() == v.to_bits()).then_some(m as i64)
+}
+
+fn decimal_values(samples: &[Sample], k: u8, out: &mut Vec<u8>) {
+    out.push(k);
+    let mut prev = 0i64;
+    for s in samples {
+        let m = to_decimal(s.value, k as usize).expect("decimal_exponent checked every value");
+        put_uvarint(out, zigzag(m.wrapping_sub(prev)));
+        prev = m;
+    }
+}
+
+fn decode_decimal_values(bytes: &[u8], samples: &mut [Sample]) -> Result<(), CodecError> {
+    let k = *bytes.first().ok_or(CodecError::Truncated)? as usize;
+    if k > MAX_DECIMAL_DIGITS {
+        return Err(CodecError::Malformed("decimal exponent out of range"));
+    }
+    let mut pos = 1;
+    let mut prev = 0i64;
+    for s in samples {
+        prev = prev.wrapping_add(unzigzag(get_uvarint(bytes, &mut pos)?));
+        s.value = prev as f64 / POW10[k];
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,78 @@
+//! Shard configuration.
+
+use std::time::Duration;
+
+use crate::aggregate::AggregateFunction;
+use crate::codec::EncodeOptions;
+use crate::matcher::Matcher;
+use crate::model::Limits;
+
+/// How a shard stores and keeps data. `Default` gives the documented defaults.
+#[derive(Debug, Clone)]
+pub struct ShardConfig {
+    /// fsync the RocksDB WAL before `write_batch` returns (durable against power loss).
+    pub sync_writes: bool,
+    /// Raw data older than this is deleted by `enforce_retention`; `None` keeps it.
+    pub retention: Option<Duration>,
+    /// Chunks never span a boundary of this epoch-aligned window.
+    pub chunk_range: Duration,
+    /// A series' head is cut into a chunk at this many samples.
+    pub max_chunk_samples: usize,
+    /// When this many batches are logged past the durable index, old heads are cut.
+    pub max_log_lag: u64,
+    pub limits: Limits,
+    pub downsample: Vec<DownsampleRule>,
+    pub encode: EncodeOptions,
+    /// RocksDB block cache shared by the shard's column families.
+    pub block_cache_bytes: usize,
+}
+
+impl Default for ShardConfig {
+    fn default() -> Self {
+        Self {
+            sync_writes: true,
+            retention: None,
+            chunk_range: Duration::from_secs(2 * 3600),
+            max_chunk_samples: 2048,
+            max_log_lag: 1024,
+            limits: Limits::default(),
+            downsample: Vec::new(),
+            encode: EncodeOptions::default(),
+            block_cache_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Aggregate raw series into `<metric>:<window>:<fn>` series with the same labels.
+#[derive(Debug, Clone)]
+pub struct DownsampleRule {
+    pub window: Duration,
+    pub function: AggregateFunction,
+    /// How long the downsampled series are kept; `None` keeps them.
+    pub retention: Option<Duration>,
+    /// Which raw series the rule reads; empty means all of them.
+    pub matchers: Vec<Matcher>,
+}
+
+impl DownsampleRule {
+    /// The suffix of the output series' metric name, e.g. `5m:mean`.
+    pub fn suffix(&self) -> String {
+        format!("{}:{}", format_duration(self.window), self.function.name())
+    }
+}
+
+/// Compact duration text: `90s`, `5m`, `2h`, `7d`, or `250ms`.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    let units = [(86_400_000, "d"), (3_600_000, "h"), (60_000, "m"), (1_000, "s")];
+    for (size, unit) in units {
+        if ms >= size && ms % size == 0 {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
+pub(crate) fn nanos(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,27 @@
+//! Chronicle's storage engine: time-series shards on RocksDB.
+//!
+//! A [`Shard`] holds many series. Points are validated ([`model`]), logged and kept in
+//! a per-series head, then cut into compressed chunks ([`codec`]) stored by window.
+//! Reads select series through label postings ([`Matcher`]), scan time ranges, and
+//! push windowed aggregates ([`aggregate`]) down into the shard. The key layout is in
+//! `docs/storage.md`.
+
+pub mod aggregate;
+pub mod codec;
+mod config;
+mod error;
+mod keys;
+mod matcher;
+pub mod model;
+mod shard;
+pub mod workload;
+
+pub use aggregate::{AggregateFunction, AggregateSeries, Partial};
+pub use config::{format_duration, DownsampleRule, ShardConfig};
+pub use error::{Result, StorageError};
+pub use matcher::{MatchOp, Matcher};
+pub use model::{Label, Limits, Point, PointProblem, Sample, SeriesKey};
+pub use shard::{
+    finish_groups, AggregateRequest, DownsampleReport, FlushReport, GroupBy, PartialGroups,
+    RetentionReport, SeriesIter, Shard, SnapshotMeta,
+};

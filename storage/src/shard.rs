@@ -1,0 +1,1250 @@
+//! A storage shard: one RocksDB database holding many series.
+//!
+//! Writes land in a per-series in-memory head and, in the same RocksDB write, in a log
+//! (`head_log`) or, under Raft, in the caller's log. Heads are cut into compressed
+//! chunks per epoch-aligned window; the durable index says which logged batches are
+//! fully in chunks, and the log is truncated up to it. Reads merge chunks and head.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+
+use parking_lot::{Mutex, RwLock};
+use rocksdb::{
+    checkpoint::Checkpoint, BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor,
+    DBCompressionType, Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB,
+};
+use rustc_hash::FxHasher;
+use tracing::{debug, info_span};
+
+use crate::aggregate::{
+    is_aggregatable, window_start, AggregateFunction, AggregateSeries, CounterWindow, Partial,
+};
+use crate::codec::{self, encode_chunk, get_uvarint, put_uvarint, unzigzag, zigzag};
+use crate::config::{nanos, ShardConfig};
+use crate::keys::*;
+use crate::matcher::{MatchOp, Matcher};
+use crate::model::{validate, Label, Point, Sample, SeriesKey, METRIC_LABEL};
+use crate::{Result, StorageError};
+
+struct SeriesEntry {
+    key: SeriesKey,
+    tier: u8,
+    head: Vec<Sample>,
+    /// Lowest sequence whose samples may be in `head` (valid while it is not empty).
+    head_first_seq: u64,
+    /// Newest chunk window seen in the head, and the sequence that first wrote to it.
+    head_window: i64,
+    window_first_seq: u64,
+    /// What the chunks already hold: samples up to `flushed_seq` in windows below
+    /// `flushed_below` (replay skips those), and the newest flushed timestamp.
+    flushed_seq: u64,
+    flushed_below: i64,
+    max_time: i64,
+    cut_marked: bool,
+}
+
+impl SeriesEntry {
+    fn new(key: SeriesKey, tier: u8) -> Self {
+        Self {
+            key,
+            tier,
+            head: Vec::new(),
+            head_first_seq: 0,
+            head_window: i64::MIN,
+            window_first_seq: 0,
+            flushed_seq: 0,
+            flushed_below: i64::MIN,
+            max_time: i64::MIN,
+            cut_marked: false,
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    by_hash: HashMap<u64, Vec<u64>>,
+    series: HashMap<u64, SeriesEntry>,
+    /// (head_first_seq, id) of every series with a non-empty head.
+    pending: BTreeSet<(u64, u64)>,
+    to_cut: Vec<u64>,
+    next_id: u64,
+    last_seq: u64,
+    durable: u64,
+    log_truncated_to: u64,
+}
+
+impl State {
+    fn lookup(&self, hash: u64, metric: &str, labels: &[Label]) -> Option<u64> {
+        self.by_hash.get(&hash)?.iter().copied().find(|id| {
+            self.series
+                .get(id)
+                .is_some_and(|e| same_series(&e.key, metric, labels))
+        })
+    }
+}
+
+fn series_hash(metric: &str, labels: &[Label]) -> u64 {
+    let mut h = FxHasher::default();
+    metric.hash(&mut h);
+    for l in labels.iter().filter(|l| !l.value.is_empty()) {
+        l.name.hash(&mut h);
+        l.value.hash(&mut h);
+    }
+    h.finish()
+}
+
+fn same_series(key: &SeriesKey, metric: &str, labels: &[Label]) -> bool {
+    key.metric == metric && key.labels.iter().eq(labels.iter().filter(|l| !l.value.is_empty()))
+}
+
+/// How many samples a cut moved into chunks, for tests and reports.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FlushReport {
+    pub series: usize,
+    pub chunks: usize,
+    pub samples: usize,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionReport {
+    pub tiers_trimmed: usize,
+    pub series_removed: usize,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DownsampleReport {
+    pub rules_run: usize,
+    pub points_written: usize,
+}
+
+/// A consistent copy of a shard, made by [`Shard::checkpoint`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotMeta {
+    pub path: PathBuf,
+    /// Every batch up to this index is in the checkpoint, nothing after it.
+    pub applied_index: u64,
+}
+
+/// Grouping of an aggregation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupBy {
+    /// One group per distinct value combination of these labels (`__name__` allowed).
+    Labels(Vec<String>),
+    /// One group per series; the group carries all its labels and `__name__`.
+    Series,
+}
+
+/// A windowed aggregation evaluated inside the shard.
+#[derive(Debug, Clone)]
+pub struct AggregateRequest {
+    pub matchers: Vec<Matcher>,
+    /// Inclusive start, exclusive end, nanoseconds.
+    pub start: i64,
+    pub end: i64,
+    /// Window length in ns; 0 means one window covering `[start, end)`.
+    pub window: i64,
+    pub function: AggregateFunction,
+    pub group_by: GroupBy,
+}
+
+/// Partial aggregates per group and window, mergeable across shards.
+pub type PartialGroups = BTreeMap<Vec<Label>, BTreeMap<i64, Partial>>;
+
+/// A time-series shard on RocksDB. All methods take `&self`; writers serialize.
+pub struct Shard {
+    db: DB,
+    path: PathBuf,
+    config: ShardConfig,
+    chunk_range: i64,
+    state: RwLock<State>,
+    writer: Mutex<()>,
+}
+
+impl Shard {
+    /// Opens (or creates) the shard under `path` and replays its log into the head.
+    pub fn open(path: impl AsRef<Path>, config: ShardConfig) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let _span = info_span!("shard_open", path = %path.display()).entered();
+        if config.max_chunk_samples == 0 || config.chunk_range.is_zero() {
+            return Err(StorageError::InvalidRequest(
+                "max_chunk_samples and chunk_range must be positive".into(),
+            ));
+        }
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.set_max_background_jobs(2);
+        db_opts.set_bytes_per_sync(1 << 20);
+        let cache = Cache::new_lru_cache(config.block_cache_bytes);
+        let cfs = ALL_CFS.iter().map(|name| {
+            let mut o = Options::default();
+            let mut table = BlockBasedOptions::default();
+            table.set_block_cache(&cache);
+            match *name {
+                // Chunks are compressed already; the log is short-lived.
+                CF_CHUNKS | CF_HEAD_LOG => {
+                    o.set_compression_type(DBCompressionType::None);
+                    table.set_block_size(32 << 10);
+                    o.set_write_buffer_size(64 << 20);
+                }
+                _ => o.set_compression_type(DBCompressionType::Zstd),
+            }
+            o.set_block_based_table_factory(&table);
+            ColumnFamilyDescriptor::new(*name, o)
+        });
+        let db = DB::open_cf_descriptors(&db_opts, &path, cfs)?;
+        let shard = Self {
+            db,
+            path,
+            chunk_range: nanos(config.chunk_range),
+            config,
+            state: RwLock::new(State::default()),
+            writer: Mutex::new(()),
+        };
+        shard.load()?;
+        Ok(shard)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn config(&self) -> &ShardConfig {
+        &self.config
+    }
+
+    fn cf(&self, name: &str) -> &ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("every column family is opened in Shard::open")
+    }
+
+    fn load(&self) -> Result<()> {
+        let mut st = self.state.write();
+        st.next_id = self.meta_u64(META_NEXT_SERIES_ID)?.unwrap_or(1);
+        st.durable = self.meta_u64(META_DURABLE_INDEX)?.unwrap_or(0);
+        st.last_seq = st.durable;
+        st.log_truncated_to = st.durable;
+        for item in self.db.iterator_cf(self.cf(CF_SERIES_IDS), IteratorMode::Start) {
+            let (k, v) = item?;
+            let id = u64_from(&k).ok_or_else(|| corrupt("series_ids", "key is not a u64"))?;
+            let (&tier, key_bytes) = v
+                .split_first()
+                .ok_or_else(|| corrupt("series_ids", "empty value"))?;
+            let key = SeriesKey::decode(key_bytes).map_err(|e| corrupt("series_ids", e))?;
+            let hash = series_hash(&key.metric, &key.labels);
+            st.by_hash.entry(hash).or_default().push(id);
+            st.series.insert(id, SeriesEntry::new(key, tier));
+        }
+        for item in self.db.iterator_cf(self.cf(CF_SERIES_STATE), IteratorMode::Start) {
+            let (k, v) = item?;
+            let id = u64_from(&k).ok_or_else(|| corrupt("series_state", "key is not a u64"))?;
+            let (seq, below, max_time) =
+                parse_series_state(&v).ok_or_else(|| corrupt("series_state", "bad length"))?;
+            if let Some(e) = st.series.get_mut(&id) {
+                e.flushed_seq = seq;
+                e.flushed_below = below;
+                e.max_time = max_time;
+            }
+        }
+        // Replay logged batches the chunks do not cover yet.
+        let start = (st.durable + 1).to_be_bytes();
+        let mut replayed = 0usize;
+        for item in self.db.iterator_cf(
+            self.cf(CF_HEAD_LOG),
+            IteratorMode::From(&start, Direction::Forward),
+        ) {
+            let (k, v) = item?;
+            let seq = u64_from(&k).ok_or_else(|| corrupt("head_log", "key is not a u64"))?;
+            let samples = decode_log_record(&v).map_err(|e| corrupt("head_log", e))?;
+            for (id, sample) in samples {
+                let Some(e) = st.series.get(&id) else {
+                    continue; // removed by retention after it was logged
+                };
+                if seq <= e.flushed_seq && window_start(sample.timestamp, self.chunk_range) < e.flushed_below {
+                    continue;
+                }
+                self.insert(&mut st, id, sample, seq);
+            }
+            st.last_seq = seq;
+            let mut wb = WriteBatch::default();
+            self.cut_marked(&mut st, seq, &mut wb);
+            self.write_unsynced(wb)?;
+            replayed += 1;
+        }
+        debug!(series = st.series.len(), replayed, durable = st.durable, "shard loaded");
+        Ok(())
+    }
+
+    fn meta_u64(&self, key: &[u8]) -> Result<Option<u64>> {
+        match self.db.get_cf(self.cf(CF_META), key)? {
+            None => Ok(None),
+            Some(v) => u64_from(&v)
+                .map(Some)
+                .ok_or_else(|| corrupt("meta", "value is not a u64")),
+        }
+    }
+
+    /// Writes a batch atomically; it is durable (per `sync_writes`) and visible to
+    /// reads when this returns. Returns the batch's sequence number.
+    pub fn write_batch(&self, points: &[Point]) -> Result<u64> {
+        let _span = info_span!("write_batch", points = points.len()).entered();
+        let _writer = self.writer.lock();
+        let seq = self.state.read().last_seq + 1;
+        self.ingest(points, seq, true)?;
+        Ok(seq)
+    }
+
+    /// Applies a batch at a log index chosen by the caller (the Raft state machine).
+    ///
+    /// Deterministic: the same sequence of applies gives the same state. Indexes at or
+    /// below the last applied one are ignored (replay after restart), so this returns
+    /// `false` for them.
+    pub fn apply(&self, index: u64, points: &[Point]) -> Result<bool> {
+        let _span = info_span!("apply", index, points = points.len()).entered();
+        let _writer = self.writer.lock();
+        if index <= self.state.read().last_seq {
+            return Ok(false);
+        }
+        self.ingest(points, index, false)?;
+        Ok(true)
+    }
+
+    /// The last index given to `apply` or `write_batch`.
+    pub fn last_applied(&self) -> u64 {
+        self.state.read().last_seq
+    }
+
+    /// Every batch up to this index is in chunks on disk; after a restart without the
+    /// shard's own log, batches after it must be applied again.
+    pub fn durable_index(&self) -> u64 {
+        self.state.read().durable
+    }
+
+    fn ingest(&self, points: &[Point], seq: u64, log: bool) -> Result<()> {
+        // Validate everything first: a batch is all or nothing.
+        let mut sorted: Vec<Option<Vec<Label>>> = Vec::new();
+        for (index, p) in points.iter().enumerate() {
+            let unsorted = p.labels.windows(2).any(|w| w[0].name > w[1].name);
+            let labels = if unsorted {
+                let mut l = p.labels.clone();
+                l.sort();
+                sorted.resize(points.len(), None);
+                sorted[index] = Some(l);
+                sorted[index].as_deref().expect("just set")
+            } else {
+                &p.labels
+            };
+            validate(&p.metric, labels, &self.config.limits)
+                .map_err(|problem| StorageError::InvalidPoint { index, problem })?;
+        }
+        let labels_of = |i: usize| -> &[Label] {
+            match sorted.get(i) {
+                Some(Some(l)) => l,
+                _ => &points[i].labels,
+            }
+        };
+
+        // Resolve series ids; new series are written with the batch.
+        let mut ids = Vec::with_capacity(points.len());
+        let mut new_series: Vec<(u64, u64, SeriesKey)> = Vec::new();
+        let mut new_by_hash: HashMap<u64, Vec<usize>> = HashMap::new();
+        let mut wb = WriteBatch::default();
+        {
+            let st = self.state.read();
+            let mut next_id = st.next_id;
+            for (i, p) in points.iter().enumerate() {
+                let labels = labels_of(i);
+                let hash = series_hash(&p.metric, labels);
+                let id = match st.lookup(hash, &p.metric, labels) {
+                    Some(id) => id,
+                    None => {
+                        let known = new_by_hash.get(&hash).and_then(|c| {
+                            c.iter()
+                                .find(|&&n| same_series(&new_series[n].2, &p.metric, labels))
+                        });
+                        match known {
+                            Some(&n) => new_series[n].0,
+                            None => {
+                                let id = next_id;
+                                next_id = next_id.checked_add(1).ok_or(StorageError::SeriesIdsExhausted)?;
+                                let key = SeriesKey::new(p.metric.clone(), labels.to_vec());
+                                new_by_hash.entry(hash).or_default().push(new_series.len());
+                                new_series.push((id, hash, key));
+                                id
+                            }
+                        }
+                    }
+                };
+                ids.push(id);
+            }
+            if !new_series.is_empty() {
+                for (id, _, key) in &new_series {
+                    self.put_series(&mut wb, *id, key);
+                }
+                wb.put_cf(self.cf(CF_META), META_NEXT_SERIES_ID, next_id.to_be_bytes());
+            }
+        }
+        if log {
+            let record = encode_log_record(&ids, points);
+            wb.put_cf(self.cf(CF_HEAD_LOG), seq.to_be_bytes(), record);
+        }
+        if !wb.is_empty() {
+            let mut wo = WriteOptions::default();
+            wo.set_sync(log && self.config.sync_writes);
+            self.db.write_opt(wb, &wo)?;
+        }
+
+        let mut st = self.state.write();
+        for (id, hash, key) in new_series {
+            let tier = self.tier_of(&key.metric);
+            st.by_hash.entry(hash).or_default().push(id);
+            st.series.insert(id, SeriesEntry::new(key, tier));
+            st.next_id = st.next_id.max(id + 1);
+        }
+        for (id, p) in ids.iter().zip(points) {
+            self.insert(&mut st, *id, Sample::new(p.timestamp, p.value), seq);
+        }
+        st.last_seq = seq;
+        let mut wb = WriteBatch::default();
+        self.cut_marked(&mut st, seq, &mut wb);
+        drop(st);
+        self.write_unsynced(wb)
+    }
+
+    fn put_series(&self, wb: &mut WriteBatch, id: u64, key: &SeriesKey) {
+        let encoded = key.encode();
+        let mut v = Vec::with_capacity(encoded.len() + 1);
+        v.push(self.tier_of(&key.metric));
+        v.extend_from_slice(&encoded);
+        wb.put_cf(self.cf(CF_SERIES), &encoded, id.to_be_bytes());
+        wb.put_cf(self.cf(CF_SERIES_IDS), id.to_be_bytes(), v);
+        wb.put_cf(self.cf(CF_POSTINGS), postings_key(METRIC_LABEL, &key.metric, id), []);
+        for l in &key.labels {
+            wb.put_cf(self.cf(CF_POSTINGS), postings_key(&l.name, &l.value, id), []);
+        }
+    }
+
+    fn delete_series(&self, wb: &mut WriteBatch, id: u64, key: &SeriesKey) {
+        wb.delete_cf(self.cf(CF_SERIES), key.encode());
+        wb.delete_cf(self.cf(CF_SERIES_IDS), id.to_be_bytes());
+        wb.delete_cf(self.cf(CF_SERIES_STATE), id.to_be_bytes());
+        wb.delete_cf(self.cf(CF_POSTINGS), postings_key(METRIC_LABEL, &key.metric, id));
+        for l in &key.labels {
+            wb.delete_cf(self.cf(CF_POSTINGS), postings_key(&l.name, &l.value, id));
+        }
+    }
+
+    /// Downsampled series (`<metric>:<window>:<fn>` of a rule) live in the rule's tier.
+    fn tier_of(&self, metric: &str) -> u8 {
+        self.config
+            .downsample
+            .iter()
+            .position(|r| {
+                metric
+                    .strip_suffix(r.suffix().as_str())
+                    .is_some_and(|base| base.len() > 1 && base.ends_with(':'))
+            })
+            .map_or(0, |i| (i + 1).min(u8::MAX as usize) as u8)
+    }
+
+    fn insert(&self, st: &mut State, id: u64, s: Sample, seq: u64) {
+        let w = window_start(s.timestamp, self.chunk_range);
+        let max = self.config.max_chunk_samples;
+        let e = st.series.get_mut(&id).expect("ids are resolved before insert");
+        let mut newly_pending = false;
+        if e.head.is_empty() {
+            e.head_first_seq = seq;
+            e.head_window = w;
+            e.window_first_seq = seq;
+            newly_pending = true;
+        } else if w > e.head_window {
+            e.head_window = w;
+            e.window_first_seq = seq;
+            e.cut_marked = true;
+        }
+        e.head.push(s);
+        if e.head.len() >= max {
+            e.cut_marked = true;
+        }
+        let marked = e.cut_marked;
+        if newly_pending {
+            st.pending.insert((seq, id));
+        }
+        if marked && !st.to_cut.contains(&id) {
+            st.to_cut.push(id);
+        }
+    }
+
+    /// Cuts marked heads (and old ones holding the log back) into chunks.
+    fn cut_marked(&self, st: &mut State, seq: u64, wb: &mut WriteBatch) {
+        let marked = std::mem::take(&mut st.to_cut);
+        for id in marked {
+            let full = st.series.get(&id).is_some_and(|e| e.head.len() >= self.config.max_chunk_samples);
+            self.cut_series(st, id, seq, !full, wb);
+        }
+        if st.last_seq.saturating_sub(st.durable) > self.config.max_log_lag {
+            let threshold = st.durable + self.config.max_log_lag / 2;
+            let old: Vec<u64> = st
+                .pending
+                .iter()
+                .take_while(|(first, _)| *first <= threshold)
+                .map(|&(_, id)| id)
+                .collect();
+            for id in old {
+                self.cut_series(st, id, seq, false, wb);
+            }
+        }
+        self.advance_durable(st, wb);
+    }
+
+    fn advance_durable(&self, st: &mut State, wb: &mut WriteBatch) {
+        let durable = st
+            .pending
+            .first()
+            .map_or(st.last_seq, |&(first, _)| first - 1);
+        if durable > st.durable {
+            st.durable = durable;
+            wb.put_cf(self.cf(CF_META), META_DURABLE_INDEX, durable.to_be_bytes());
+            // Range deletes are cheap but not free: truncate the log in steps.
+            if durable >= st.log_truncated_to + 64 || st.pending.is_empty() {
+                wb.delete_range_cf(
+                    self.cf(CF_HEAD_LOG),
+                    0u64.to_be_bytes(),
+                    (durable + 1).to_be_bytes(),
+                );
+                st.log_truncated_to = durable;
+            }
+        }
+    }
+
+    /// Moves a series' head into chunks. With `keep_newest_window`, samples in the
+    /// newest window stay in the head (that window is still being written).
+    fn cut_series(&self, st: &mut State, id: u64, seq: u64, keep_newest_window: bool, wb: &mut WriteBatch) -> FlushReport {
+        let range = self.chunk_range;
+        let mut report = FlushReport::default();
+        let Some(e) = st.series.get_mut(&id) else {
+            return report;
+        };
+        e.cut_marked = false;
+        if e.head.is_empty() {
+            return report;
+        }
+        let old_first = e.head_first_seq;
+        let samples = sort_dedup(std::mem::take(&mut e.head));
+        let keep_from = if keep_newest_window { e.head_window } else { i64::MAX };
+        let split = samples.partition_point(|s| window_start(s.timestamp, range) < keep_from);
+        let (flush, keep) = samples.split_at(split);
+        let mut i = 0;
+        while i < flush.len() {
+            let w = window_start(flush[i].timestamp, range);
+            let n = flush[i..].partition_point(|s| window_start(s.timestamp, range) == w);
+            let chunk = encode_chunk(&flush[i..i + n], self.config.encode);
+            wb.put_cf(self.cf(CF_CHUNKS), chunk_key(e.tier, w, id, seq), chunk);
+            report.chunks += 1;
+            i += n;
+        }
+        if let Some(last) = flush.last() {
+            e.max_time = e.max_time.max(last.timestamp);
+        }
+        report.samples = flush.len();
+        report.series = 1;
+        e.flushed_seq = seq;
+        e.flushed_below = keep_from;
+        wb.put_cf(
+            self.cf(CF_SERIES_STATE),
+            id.to_be_bytes(),
+            series_state_value(seq, keep_from, e.max_time),
+        );
+        e.head = keep.to_vec();
+        let new_first = (!e.head.is_empty()).then_some(e.window_first_seq);
+        if let Some(first) = new_first {
+            e.head_first_seq = first;
+        }
+        st.pending.remove(&(old_first, id));
+        if let Some(first) = new_first {
+            st.pending.insert((first, id));
+        }
+        report
+    }
+
+    fn write_unsynced(&self, wb: WriteBatch) -> Result<()> {
+        if !wb.is_empty() {
+            let mut wo = WriteOptions::default();
+            wo.set_sync(false);
+            self.db.write_opt(wb, &wo)?;
+        }
+        Ok(())
+    }
+
+    /// Cuts every head into chunks and syncs, so the durable index reaches the last
+    /// applied one and the log is empty.
+    pub fn flush(&self) -> Result<FlushReport> {
+        let _writer = self.writer.lock();
+        self.flush_locked()
+    }
+
+    fn flush_locked(&self) -> Result<FlushReport> {
+        let mut st = self.state.write();
+        let seq = st.last_seq;
+        let mut wb = WriteBatch::default();
+        let ids: Vec<u64> = st.pending.iter().map(|&(_, id)| id).collect();
+        let mut total = FlushReport::default();
+        for id in ids {
+            let r = self.cut_series(&mut st, id, seq, false, &mut wb);
+            total.series += r.series;
+            total.chunks += r.chunks;
+            total.samples += r.samples;
+        }
+        st.to_cut.clear();
+        self.advance_durable(&mut st, &mut wb);
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(wb, &wo)?;
+        Ok(total)
+    }
+
+    /// Flushes and compacts every column family (for measuring size on disk).
+    pub fn compact(&self) -> Result<()> {
+        self.flush()?;
+        for name in ALL_CFS {
+            self.db.flush_cf(self.cf(name))?;
+            self.db.compact_range_cf(self.cf(name), None::<&[u8]>, None::<&[u8]>);
+        }
+        Ok(())
+    }
+
+    /// Bytes of live SST files across column families.
+    pub fn sst_bytes(&self) -> Result<u64> {
+        let mut total = 0;
+        for name in ALL_CFS {
+            total += self
+                .db
+                .property_int_value_cf(self.cf(name), "rocksdb.total-sst-files-size")?
+                .unwrap_or(0);
+        }
+        Ok(total)
+    }
+
+    /// A consistent RocksDB checkpoint in `dir` (which must not exist yet).
+    pub fn checkpoint(&self, dir: impl AsRef<Path>) -> Result<SnapshotMeta> {
+        let dir = dir.as_ref();
+        let _span = info_span!("checkpoint", dir = %dir.display()).entered();
+        let _writer = self.writer.lock();
+        self.flush_locked()?;
+        let applied_index = self.state.read().last_seq;
+        // The durable index equals the last applied one after a flush; record it.
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.put_cf_opt(self.cf(CF_META), META_DURABLE_INDEX, applied_index.to_be_bytes(), &wo)?;
+        Checkpoint::new(&self.db)?.create_checkpoint(dir)?;
+        Ok(SnapshotMeta {
+            path: dir.to_path_buf(),
+            applied_index,
+        })
+    }
+
+    /// Replaces `data_dir` with a copy of a checkpoint and opens it.
+    pub fn restore(checkpoint: impl AsRef<Path>, data_dir: impl AsRef<Path>, config: ShardConfig) -> Result<Self> {
+        let (src, dst) = (checkpoint.as_ref(), data_dir.as_ref());
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StorageError::Io { path, source }
+        };
+        if dst.exists() {
+            std::fs::remove_dir_all(dst).map_err(io(dst))?;
+        }
+        std::fs::create_dir_all(dst).map_err(io(dst))?;
+        for entry in std::fs::read_dir(src).map_err(io(src))? {
+            let entry = entry.map_err(io(src))?;
+            let target = dst.join(entry.file_name());
+            // SST files are immutable: hard-link when possible, copy otherwise.
+            if std::fs::hard_link(entry.path(), &target).is_err() {
+                std::fs::copy(entry.path(), &target).map_err(io(&target))?;
+            }
+        }
+        Self::open(dst, config)
+    }
+
+    /// Series matching all matchers (Prometheus semantics), through the postings.
+    pub fn select(&self, matchers: &[Matcher]) -> Result<Vec<(u64, SeriesKey)>> {
+        if !matchers.iter().any(|m| !m.matches("")) {
+            return Err(StorageError::InvalidRequest(
+                "at least one matcher must not match the empty string".into(),
+            ));
+        }
+        let mut include: Option<Vec<u64>> = None;
+        let mut exclude: Vec<u64> = Vec::new();
+        for m in matchers {
+            if m.matches("") {
+                // Matches series without the label: exclude those whose value fails.
+                exclude.extend(self.postings(m, true)?);
+            } else {
+                let ids = self.postings(m, false)?;
+                include = Some(match include {
+                    None => ids,
+                    Some(prev) => intersect(&prev, &ids),
+                });
+            }
+        }
+        let mut ids = include.unwrap_or_default();
+        exclude.sort_unstable();
+        exclude.dedup();
+        ids.retain(|id| exclude.binary_search(id).is_err());
+        let st = self.state.read();
+        Ok(ids
+            .into_iter()
+            .filter_map(|id| st.series.get(&id).map(|e| (id, e.key.clone())))
+            .collect())
+    }
+
+    /// Sorted ids of series whose label matches (or, with `negate`, does not match).
+    fn postings(&self, m: &Matcher, negate: bool) -> Result<Vec<u64>> {
+        let prefix = if m.op == MatchOp::Equal && !negate {
+            postings_prefix(&m.name, &m.value)
+        } else {
+            postings_name_prefix(&m.name)
+        };
+        let name_len = postings_name_prefix(&m.name).len();
+        let mut ids = Vec::new();
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_POSTINGS));
+        it.seek(&prefix);
+        let mut last_value: Option<(Vec<u8>, bool)> = None;
+        while let Some(key) = it.key() {
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let (value, id) =
+                parse_postings_key(key, name_len).ok_or_else(|| corrupt("postings", "bad key"))?;
+            let keep = match &last_value {
+                Some((v, keep)) if v == value => *keep,
+                _ => {
+                    let text = std::str::from_utf8(value).map_err(|e| corrupt("postings", e))?;
+                    let keep = m.matches(text) != negate;
+                    last_value = Some((value.to_vec(), keep));
+                    keep
+                }
+            };
+            if keep {
+                ids.push(id);
+            }
+            it.next();
+        }
+        it.status()?;
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    /// Reads `[start, end)` of one series as an iterator of samples in time order.
+    pub fn scan(&self, id: u64, start: i64, end: i64) -> Result<SeriesIter> {
+        Ok(self
+            .read_plan(&[id], start, end)?
+            .pop()
+            .unwrap_or_else(|| SeriesIter::empty(start, end)))
+    }
+
+    /// Selects series and reads `[start, end)` of each.
+    pub fn query(&self, matchers: &[Matcher], start: i64, end: i64) -> Result<Vec<(SeriesKey, Vec<Sample>)>> {
+        let selected = self.select(matchers)?;
+        let ids: Vec<u64> = selected.iter().map(|(id, _)| *id).collect();
+        let iters = self.read_plan(&ids, start, end)?;
+        selected
+            .into_iter()
+            .zip(iters)
+            .map(|((_, key), it)| Ok((key, it.collect::<Result<Vec<_>>>()?)))
+            .collect()
+    }
+
+    /// Gathers, under one consistent view, the head samples and chunk bytes of each
+    /// series; decoding happens lazily in the returned iterators.
+    fn read_plan(&self, ids: &[u64], start: i64, end: i64) -> Result<Vec<SeriesIter>> {
+        if start >= end {
+            return Ok(ids.iter().map(|_| SeriesIter::empty(start, end)).collect());
+        }
+        let range = self.chunk_range;
+        let snapshot;
+        let mut plans = Vec::with_capacity(ids.len());
+        {
+            let st = self.state.read();
+            snapshot = self.db.snapshot();
+            for id in ids {
+                let Some(e) = st.series.get(id) else {
+                    plans.push((*id, 0u8, String::new(), Vec::new(), i64::MIN));
+                    continue;
+                };
+                let newest = e.head.iter().map(|s| s.timestamp).fold(e.max_time, i64::max);
+                let head: Vec<Sample> = e
+                    .head
+                    .iter()
+                    .filter(|s| s.timestamp >= start && s.timestamp < end)
+                    .copied()
+                    .collect();
+                plans.push((*id, e.tier, e.key.to_string(), sort_dedup(head), newest));
+            }
+        }
+        let mut ro = ReadOptions::default();
+        ro.set_snapshot(&snapshot);
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_CHUNKS), ro);
+        let first_window = window_start(start, range);
+        // Windows before the tier's oldest chunk hold nothing: start there.
+        let mut oldest_by_tier: HashMap<u8, i64> = HashMap::new();
+        let mut out = Vec::with_capacity(plans.len());
+        for (id, tier, name, head, newest) in plans {
+            let oldest = match oldest_by_tier.get(&tier) {
+                Some(w) => *w,
+                None => {
+                    it.seek(chunk_window_start(tier, i64::MIN));
+                    let w = it
+                        .key()
+                        .and_then(parse_chunk_key)
+                        .filter(|k| k.tier == tier)
+                        .map_or(i64::MAX, |k| k.window);
+                    it.status()?;
+                    oldest_by_tier.insert(tier, w);
+                    w
+                }
+            };
+            let mut windows: VecDeque<WindowData> = VecDeque::new();
+            let mut w = first_window.max(oldest);
+            let stop = end.min(newest.saturating_add(1));
+            while w < stop {
+                let prefix = chunk_prefix(tier, w, id);
+                it.seek(prefix);
+                let mut chunks = Vec::new();
+                while let Some(key) = it.key() {
+                    if !key.starts_with(&prefix) {
+                        break;
+                    }
+                    let seq = parse_chunk_key(key).map_or(0, |k| k.seq);
+                    chunks.push((seq, it.value().unwrap_or_default().to_vec()));
+                    it.next();
+                }
+                it.status()?;
+                if !chunks.is_empty() {
+                    windows.push_back(WindowData { window: w, chunks, head: Vec::new() });
+                }
+                w = match w.checked_add(range) {
+                    Some(next) => next,
+                    None => break,
+                };
+            }
+            // Head samples join the window they belong to (windows stay in order).
+            for s in head {
+                let w = window_start(s.timestamp, range);
+                match windows.iter_mut().find(|d| d.window == w) {
+                    Some(d) => d.head.push(s),
+                    None => {
+                        let at = windows.partition_point(|d| d.window < w);
+                        windows.insert(at, WindowData { window: w, chunks: Vec::new(), head: vec![s] });
+                    }
+                }
+            }
+            out.push(SeriesIter {
+                series: name,
+                chunk_range: range,
+                windows,
+                current: Vec::new().into_iter(),
+                start,
+                end,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Partial aggregates per group and window, for merging across shards.
+    pub fn aggregate_partials(&self, req: &AggregateRequest) -> Result<PartialGroups> {
+        let _span = info_span!("aggregate", function = ?req.function, start = req.start, end = req.end).entered();
+        req.function.validate()?;
+        if req.window < 0 {
+            return Err(StorageError::InvalidRequest("window must not be negative".into()));
+        }
+        let selected = self.select(&req.matchers)?;
+        let ids: Vec<u64> = selected.iter().map(|(id, _)| *id).collect();
+        let iters = self.read_plan(&ids, req.start, req.end)?;
+        let keep_values = matches!(req.function, AggregateFunction::Percentile(_));
+        let is_rate = req.function == AggregateFunction::Rate;
+        let mut groups: PartialGroups = BTreeMap::new();
+        for ((_, key), iter) in selected.iter().zip(iters) {
+            let group = group_labels(key, &req.group_by);
+            let windows = groups.entry(group).or_default();
+            let mut counter: Option<(i64, CounterWindow)> = None;
+            for sample in iter {
+                let s = sample?;
+                if !is_aggregatable(&s) {
+                    continue;
+                }
+                let w = if req.window == 0 { req.start } else { window_start(s.timestamp, req.window) };
+                if is_rate {
+                    match &mut counter {
+                        Some((cw, c)) if *cw == w => c.push(s),
+                        _ => {
+                            if let Some((cw, c)) = counter.take() {
+                                fold_rate(windows, cw, &c);
+                            }
+                            let mut c = CounterWindow::default();
+                            c.push(s);
+                            counter = Some((w, c));
+                        }
+                    }
+                } else {
+                    windows.entry(w).or_default().push(s, keep_values);
+                }
+            }
+            if let Some((cw, c)) = counter {
+                fold_rate(windows, cw, &c);
+            }
+        }
+        groups.retain(|_, w| !w.is_empty());
+        Ok(groups)
+    }
+
+    /// Windowed aggregation grouped by labels, evaluated in the shard.
+    pub fn aggregate(&self, req: &AggregateRequest) -> Result<Vec<AggregateSeries>> {
+        let partials = self.aggregate_partials(req)?;
+        Ok(finish_groups(partials, req.function))
+    }
+
+    /// Deletes chunks of whole windows older than each tier's retention, and series
+    /// left with no data. `now` is in nanoseconds.
+    pub fn enforce_retention(&self, now: i64) -> Result<RetentionReport> {
+        let _span = info_span!("retention", now).entered();
+        let _writer = self.writer.lock();
+        let mut cutoffs: Vec<(u8, i64)> = Vec::new();
+        if let Some(r) = self.config.retention {
+            cutoffs.push((0, window_start(now.saturating_sub(nanos(r)), self.chunk_range)));
+        }
+        for (i, rule) in self.config.downsample.iter().enumerate() {
+            if let Some(r) = rule.retention {
+                let tier = (i + 1).min(u8::MAX as usize) as u8;
+                cutoffs.push((tier, window_start(now.saturating_sub(nanos(r)), self.chunk_range)));
+            }
+        }
+        let mut report = RetentionReport::default();
+        let mut wb = WriteBatch::default();
+        for &(tier, cut) in &cutoffs {
+            wb.delete_range_cf(self.cf(CF_CHUNKS), chunk_window_start(tier, i64::MIN), chunk_window_start(tier, cut));
+            report.tiers_trimmed += 1;
+        }
+        let mut st = self.state.write();
+        let gone: Vec<u64> = st
+            .series
+            .iter()
+            .filter(|(_, e)| {
+                e.head.is_empty()
+                    && cutoffs.iter().any(|&(tier, cut)| tier == e.tier && e.max_time < cut)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            if let Some(e) = st.series.remove(&id) {
+                self.delete_series(&mut wb, id, &e.key);
+                let hash = series_hash(&e.key.metric, &e.key.labels);
+                if let Some(list) = st.by_hash.get_mut(&hash) {
+                    list.retain(|x| *x != id);
+                    if list.is_empty() {
+                        st.by_hash.remove(&hash);
+                    }
+                }
+                report.series_removed += 1;
+            }
+        }
+        drop(st);
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(wb, &wo)?;
+        Ok(report)
+    }
+
+    /// Runs every downsampling rule over the complete windows it has not covered yet.
+    pub fn run_downsampling(&self, now: i64) -> Result<DownsampleReport> {
+        let mut report = DownsampleReport::default();
+        for rule in &self.config.downsample {
+            let _span = info_span!("downsample", rule = %rule.suffix()).entered();
+            let window = nanos(rule.window);
+            if window <= 0 {
+                return Err(StorageError::InvalidRequest("downsampling window must be positive".into()));
+            }
+            let meta_key = format!("{META_DOWNSAMPLED_PREFIX}{}", rule.suffix());
+            let to = window_start(now, window);
+            let from = match self.meta_u64(meta_key.as_bytes())? {
+                Some(done) => done as i64,
+                None => match self.oldest_raw_time()? {
+                    Some(t) => window_start(t, window),
+                    None => continue,
+                },
+            };
+            if from >= to {
+                continue;
+            }
+            let mut matchers = rule.matchers.clone();
+            if !matchers.iter().any(|m| !m.matches("")) {
+                matchers.push(Matcher::new(MatchOp::Regex, METRIC_LABEL, ".+")?);
+            }
+            let req = AggregateRequest {
+                matchers,
+                start: from,
+                end: to,
+                window,
+                function: rule.function,
+                group_by: GroupBy::Series,
+            };
+            let partials = self.aggregate_partials(&req)?;
+            let suffix = rule.suffix();
+            let mut points = Vec::new();
+            for series in finish_groups(partials, rule.function) {
+                let Some(metric) = series.group.iter().find(|l| l.name == METRIC_LABEL) else {
+                    continue;
+                };
+                if self.tier_of(&metric.value) != 0 {
+                    continue; // never downsample a downsampled series
+                }
+                let name = format!("{}:{suffix}", metric.value);
+                let labels: Vec<Label> = series.group.iter().filter(|l| l.name != METRIC_LABEL).cloned().collect();
+                for s in series.points {
+                    points.push(Point::new(name.clone(), labels.clone(), s.value, s.timestamp));
+                }
+            }
+            for batch in points.chunks(10_000) {
+                self.write_batch(batch)?;
+            }
+            report.points_written += points.len();
+            report.rules_run += 1;
+            let mut wo = WriteOptions::default();
+            wo.set_sync(true);
+            self.db.put_cf_opt(self.cf(CF_META), meta_key.as_bytes(), (to as u64).to_be_bytes(), &wo)?;
+        }
+        Ok(report)
+    }
+
+    fn oldest_raw_time(&self) -> Result<Option<i64>> {
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_CHUNKS));
+        it.seek(chunk_window_start(0, i64::MIN));
+        let from_chunks = it.key().and_then(parse_chunk_key).filter(|k| k.tier == 0).map(|k| k.window);
+        it.status()?;
+        let st = self.state.read();
+        let from_head = st
+            .series
+            .values()
+            .filter(|e| e.tier == 0)
+            .flat_map(|e| e.head.iter().map(|s| s.timestamp))
+            .min();
+        Ok(match (from_chunks, from_head) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
+    /// Number of series the shard holds.
+    pub fn series_count(&self) -> usize {
+        self.state.read().series.len()
+    }
+}
+
+fn fold_rate(windows: &mut BTreeMap<i64, Partial>, w: i64, c: &CounterWindow) {
+    if let Some(r) = c.rate() {
+        let p = windows.entry(w).or_default();
+        p.rate += r;
+        p.rate_series += 1;
+    }
+}
+
+/// Turns partial groups into output series (windows without a value are left out).
+pub fn finish_groups(groups: PartialGroups, function: AggregateFunction) -> Vec<AggregateSeries> {
+    groups
+        .into_iter()
+        .map(|(group, windows)| AggregateSeries {
+            group,
+            points: windows
+                .into_iter()
+                .filter_map(|(w, mut p)| p.finish(function).map(|v| Sample::new(w, v)))
+                .collect(),
+        })
+        .filter(|s| !s.points.is_empty())
+        .collect()
+}
+
+fn group_labels(key: &SeriesKey, by: &GroupBy) -> Vec<Label> {
+    match by {
+        GroupBy::Series => {
+            let mut l = vec![Label::new(METRIC_LABEL, key.metric.clone())];
+            l.extend(key.labels.iter().cloned());
+            l
+        }
+        GroupBy::Labels(names) => {
+            let mut l: Vec<Label> = names
+                .iter()
+                .filter_map(|n| key.label(n).map(|v| Label::new(n.clone(), v)))
+                .collect();
+            l.sort();
+            l.dedup();
+            l
+        }
+    }
+}
+
+fn intersect(a: &[u64], b: &[u64]) -> Vec<u64> {
+    let (mut i, mut j, mut out) = (0, 0, Vec::new());
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                out.push(a[i]);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Sorts by time (stable) and keeps the last-written sample of each timestamp.
+fn sort_dedup(mut samples: Vec<Sample>) -> Vec<Sample> {
+    if !samples.windows(2).all(|w| w[0].timestamp < w[1].timestamp) {
+        samples.sort_by_key(|s| s.timestamp);
+        let mut out: Vec<Sample> = Vec::with_capacity(samples.len());
+        for s in samples {
+            match out.last_mut() {
+                Some(last) if last.timestamp == s.timestamp => *last = s,
+                _ => out.push(s),
+            }
+        }
+        return out;
+    }
+    samples
+}
+
+fn corrupt(what: &'static str, reason: impl std::fmt::Display) -> StorageError {
+    StorageError::CorruptRecord {
+        what,
+        reason: reason.to_string(),
+    }
+}
+
+/// Log record: count, then per point the series id, the timestamp (delta from the
+/// previous point's) and the value's bits.
+fn encode_log_record(ids: &[u64], points: &[Point]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(points.len() * 16 + 8);
+    put_uvarint(&mut out, points.len() as u64);
+    let mut prev = 0i64;
+    for (id, p) in ids.iter().zip(points) {
+        put_uvarint(&mut out, *id);
+        put_uvarint(&mut out, zigzag(p.timestamp.wrapping_sub(prev)));
+        out.extend_from_slice(&p.value.to_bits().to_le_bytes());
+        prev = p.timestamp;
+    }
+    out
+}
+
+fn decode_log_record(bytes: &[u8]) -> std::result::Result<Vec<(u64, Sample)>, codec::CodecError> {
+    let mut pos = 0;
+    let n = get_uvarint(bytes, &mut pos)? as usize;
+    let mut out = Vec::with_capacity(n.min(bytes.len()));
+    let mut prev = 0i64;
+    for _ in 0..n {
+        let id = get_uvarint(bytes, &mut pos)?;
+        let t = prev.wrapping_add(unzigzag(get_uvarint(bytes, &mut pos)?));
+        let v = bytes.get(pos..pos + 8).ok_or(codec::CodecError::Truncated)?;
+        pos += 8;
+        out.push((id, Sample::new(t, f64::from_bits(u64::from_le_bytes(v.try_into().expect("8 bytes"))))));
+        prev = t;
+    }
+    Ok(out)
+}
+
+struct WindowData {
+    window: i64,
+    /// (sequence, chunk bytes); a higher sequence wins on equal timestamps.
+    chunks: Vec<(u64, Vec<u8>)>,
+    /// Head samples, sorted and deduplicated; they win over every chunk.
+    head: Vec<Sample>,
+}
+
+/// Samples of one series in `[start, end)`, in time order, decoded window by window.
+pub struct SeriesIter {
+    series: String,
+    chunk_range: i64,
+    windows: VecDeque<WindowData>,
+    current: std::vec::IntoIter<Sample>,
+    start: i64,
+    end: i64,
+}
+
+impl SeriesIter {
+    fn empty(start: i64, end: i64) -> Self {
+        Self {
+            series: String::new(),
+            chunk_range: 1,
+            windows: VecDeque::new(),
+            current: Vec::new().into_iter(),
+            start,
+            end,
+        }
+    }
+
+    fn materialize(&self, w: WindowData) -> Result<Vec<Sample>> {
+        let in_range = |s: &Sample| s.timestamp >= self.start && s.timestamp < self.end;
+        let decode = |bytes: &[u8], out: &mut Vec<Sample>| {
+            codec::decode_chunk_into(bytes, out).map_err(|reason| {
+                // A chunk that fails its checksum has no trustworthy header: name
+                // the window it is stored under instead.
+                let (start, end) = match codec::chunk_header(bytes) {
+                    Ok(h) => (h.min_time, h.max_time),
+                    Err(_) => (w.window, w.window.saturating_add(self.chunk_range - 1)),
+                };
+                StorageError::CorruptChunk {
+                    series: self.series.clone(),
+                    start,
+                    end,
+                    reason,
+                }
+            })
+        };
+        if w.chunks.len() == 1 && w.head.is_empty() {
+            let mut out = Vec::new();
+            decode(&w.chunks[0].1, &mut out)?;
+            out.retain(in_range);
+            return Ok(out);
+        }
+        // Overlapping sources: order by (time, priority) and keep the newest per time.
+        let mut all: Vec<(i64, u64, f64)> = Vec::new();
+        let mut buf = Vec::new();
+        for (seq, bytes) in &w.chunks {
+            buf.clear();
+            decode(bytes, &mut buf)?;
+            all.extend(buf.iter().filter(|s| in_range(s)).map(|s| (s.timestamp, *seq, s.value)));
+        }
+        all.extend(w.head.iter().map(|s| (s.timestamp, u64::MAX, s.value)));
+        all.sort_by_key(|&(t, seq, _)| (t, seq));
+        let mut out: Vec<Sample> = Vec::with_capacity(all.len());
+        for (t, _, v) in all {
+            match out.last_mut() {
+                Some(last) if last.timestamp == t => last.value = v,
+                _ => out.push(Sample::new(t, v)),
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Iterator for SeriesIter {
+    type Item = Result<Sample>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(s) = self.current.next() {
+                return Some(Ok(s));
+            }
+            let w = self.windows.pop_front()?;
+            match self.materialize(w) {
+                Ok(v) => self.current = v.into_iter(),
+                Err(e) => {
+                    self.windows.clear();
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
