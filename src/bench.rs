@@ -1,0 +1,177 @@
+//! `chronicle bench ...`: generated load against the real engine.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use chronicle_storage::workload::Workload;
+use chronicle_storage::{
+    AggregateFunction, AggregateRequest, GroupBy, Matcher, Shard, ShardConfig,
+};
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Storage engine: ingest rate, bytes per point on disk, query latency, peak RSS.
+    ///
+    /// Data: 1,000 series at a 10 s interval with jittered millisecond timestamps,
+    /// gauges as random walks at exporter precision, integer counters, constants
+    /// (see storage/src/workload.rs). Progress goes to stderr, results to stdout.
+    Storage(StorageBench),
+}
+
+#[derive(Args)]
+pub struct StorageBench {
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Points to ingest.
+    #[arg(long, default_value_t = 10_000_000)]
+    points: usize,
+    /// Points per write batch.
+    #[arg(long, default_value_t = 10_000)]
+    batch: usize,
+    /// Number of series.
+    #[arg(long, default_value_t = 1_000)]
+    series: usize,
+    /// Do not fsync each batch (measures the engine without the disk's flush cost).
+    #[arg(long)]
+    no_sync: bool,
+    /// Keep the database here instead of a temporary directory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+const SECOND: i64 = 1_000_000_000;
+const INTERVAL: i64 = 10 * SECOND;
+/// 2026-01-01T00:00:00Z, so timestamps look like today's.
+const START: i64 = 1_767_225_600 * SECOND;
+
+pub fn run(cmd: BenchCommand) -> Result<(), Box<dyn std::error::Error>> {
+    match cmd {
+        BenchCommand::Storage(args) => storage(args),
+    }
+}
+
+fn storage(args: StorageBench) -> Result<(), Box<dyn std::error::Error>> {
+    if args.points == 0 || args.batch == 0 || args.series == 0 {
+        return Err("--points, --batch and --series must be positive".into());
+    }
+    let tmp = tempfile::tempdir()?;
+    let root = args.data_dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    let config = ShardConfig {
+        sync_writes: !args.no_sync,
+        ..ShardConfig::default()
+    };
+
+    let shard = Shard::open(root.join("realistic"), config.clone())?;
+    let mut load = Workload::realistic(args.series, INTERVAL, START, 42);
+    let (written, ingest_secs) = ingest(&shard, &mut load, args.points, args.batch, "realistic")?;
+    shard.compact()?;
+    let bytes_per_point = shard.sst_bytes()? as f64 / written as f64;
+
+    // Queries over the last hour of data.
+    let rounds = written.div_ceil(args.series) as i64;
+    let end = START + rounds * INTERVAL;
+    let start = end - 3600 * SECOND;
+    let ids = shard.select(&[Matcher::equal("job", "node")])?;
+    let mut one = Vec::new();
+    for i in 0..200 {
+        let (id, _) = &ids[(i * 7919) % ids.len()];
+        let t = Instant::now();
+        let n = shard.scan(*id, start, end)?.try_fold(0usize, |n, s| s.map(|_| n + 1))?;
+        one.push(t.elapsed().as_secs_f64() * 1e3);
+        std::hint::black_box(n);
+    }
+    let mut group = Vec::new();
+    let req = AggregateRequest {
+        matchers: vec![Matcher::equal("job", "node")],
+        start,
+        end,
+        window: 60 * SECOND,
+        function: AggregateFunction::Mean,
+        group_by: GroupBy::Labels(vec!["host".into()]),
+    };
+    for _ in 0..50 {
+        let t = Instant::now();
+        std::hint::black_box(shard.aggregate(&req)?);
+        group.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    drop(shard);
+
+    let noisy_points = args.points.min(2_000_000);
+    let noisy = Shard::open(root.join("noisy"), config)?;
+    let mut load = Workload::noisy(args.series, INTERVAL, START, 43);
+    let (noisy_written, _) = ingest(&noisy, &mut load, noisy_points, args.batch, "noisy")?;
+    noisy.compact()?;
+    let noisy_bytes = noisy.sst_bytes()? as f64 / noisy_written as f64;
+    drop(noisy);
+
+    let result = json!({
+        "points": written,
+        "series": args.series,
+        "batch_points": args.batch,
+        "fsync_per_batch": !args.no_sync,
+        "ingest_points_per_sec": (written as f64 / ingest_secs).round(),
+        "bytes_per_point": round3(bytes_per_point),
+        "noisy_bytes_per_point": round3(noisy_bytes),
+        "query_one_series_1h_p50_ms": round3(quantile(&mut one, 0.5)),
+        "query_groupby_1000_series_1h_p50_ms": round3(quantile(&mut group, 0.5)),
+        "query_groupby_1000_series_1h_p99_ms": round3(quantile(&mut group, 0.99)),
+        "groupby_series": ids.len(),
+        "peak_rss_bytes": peak_rss_bytes(),
+    });
+    if args.json {
+        println!("{result}");
+    } else {
+        for (k, v) in result.as_object().into_iter().flatten() {
+            println!("{k:<40} {v}");
+        }
+    }
+    Ok(())
+}
+
+/// Writes `points` in batches; only the time spent in `write_batch` is counted.
+fn ingest(
+    shard: &Shard,
+    load: &mut Workload,
+    points: usize,
+    batch: usize,
+    label: &str,
+) -> Result<(usize, f64), Box<dyn std::error::Error>> {
+    let mut written = 0;
+    let mut secs = 0.0;
+    let mut next_report = Instant::now();
+    while written < points {
+        let pts = load.next_batch(batch.min(points - written));
+        let t = Instant::now();
+        shard.write_batch(&pts)?;
+        secs += t.elapsed().as_secs_f64();
+        written += pts.len();
+        if next_report.elapsed().as_secs() >= 2 || written == points {
+            eprintln!(
+                "{label}: {written}/{points} points ({:.0} points/s)",
+                written as f64 / secs
+            );
+            next_report = Instant::now();
+        }
+    }
+    Ok((written, secs))
+}
+
+fn quantile(v: &mut [f64], q: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+/// Peak resident set size (VmHWM) of this process, in bytes.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
