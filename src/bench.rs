@@ -58,7 +58,10 @@ fn storage(args: StorageBench) -> Result<(), Box<dyn std::error::Error>> {
         return Err("--points, --batch and --series must be positive".into());
     }
     let tmp = tempfile::tempdir()?;
-    let root = args.data_dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    let root = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| tmp.path().to_path_buf());
     let config = ShardConfig {
         sync_writes: !args.no_sync,
         ..ShardConfig::default()
@@ -79,7 +82,9 @@ fn storage(args: StorageBench) -> Result<(), Box<dyn std::error::Error>> {
     for i in 0..200 {
         let (id, _) = &ids[(i * 7919) % ids.len()];
         let t = Instant::now();
-        let n = shard.scan(*id, start, end)?.try_fold(0usize, |n, s| s.map(|_| n + 1))?;
+        let n = shard
+            .scan(*id, start, end)?
+            .try_fold(0usize, |n, s| s.map(|_| n + 1))?;
         one.push(t.elapsed().as_secs_f64() * 1e3);
         std::hint::black_box(n);
     }

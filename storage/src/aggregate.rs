@@ -315,8 +315,14 @@ mod tests {
 
     #[test]
     fn function_names_parse() {
-        assert_eq!("p99".parse::<AggregateFunction>().unwrap(), AggregateFunction::Percentile(99.0));
-        assert_eq!("avg".parse::<AggregateFunction>().unwrap(), AggregateFunction::Mean);
+        assert_eq!(
+            "p99".parse::<AggregateFunction>().unwrap(),
+            AggregateFunction::Percentile(99.0)
+        );
+        assert_eq!(
+            "avg".parse::<AggregateFunction>().unwrap(),
+            AggregateFunction::Mean
+        );
         assert!("p101".parse::<AggregateFunction>().is_err());
         assert!("median".parse::<AggregateFunction>().is_err());
     }

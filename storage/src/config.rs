@@ -64,7 +64,12 @@ impl DownsampleRule {
 /// Compact duration text: `90s`, `5m`, `2h`, `7d`, or `250ms`.
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    let units = [(86_400_000, "d"), (3_600_000, "h"), (60_000, "m"), (1_000, "s")];
+    let units = [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1_000, "s"),
+    ];
     for (size, unit) in units {
         if ms >= size && ms % size == 0 {
             return format!("{}{unit}", ms / size);

@@ -160,7 +160,10 @@ mod tests {
         assert_eq!((k.tier, k.window, k.id, k.seq), (2, -7_200, 42, 9));
         let name_len = postings_name_prefix("host").len();
         let key = postings_key("host", "web-1", 77);
-        assert_eq!(parse_postings_key(&key, name_len), Some((&b"web-1"[..], 77)));
+        assert_eq!(
+            parse_postings_key(&key, name_len),
+            Some((&b"web-1"[..], 77))
+        );
         assert!(key.starts_with(&postings_prefix("host", "web-1")));
         assert!(!postings_key("hostname", "x", 1).starts_with(&postings_name_prefix("host")));
     }

@@ -26,12 +26,14 @@ impl Matcher {
         let name = name.into();
         let value = value.into();
         let regex = match op {
-            MatchOp::Regex | MatchOp::NotRegex => Some(
-                Regex::new(&format!("^(?s:{value})$")).map_err(|e| StorageError::InvalidMatcher {
-                    label: name.clone(),
-                    reason: e.to_string(),
-                })?,
-            ),
+            MatchOp::Regex | MatchOp::NotRegex => {
+                Some(Regex::new(&format!("^(?s:{value})$")).map_err(|e| {
+                    StorageError::InvalidMatcher {
+                        label: name.clone(),
+                        reason: e.to_string(),
+                    }
+                })?)
+            }
             _ => None,
         };
         Ok(Self {

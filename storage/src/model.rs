@@ -308,7 +308,10 @@ mod tests {
     #[test]
     fn validation_names_the_field() {
         assert_eq!(check("", &[]), Err(PointProblem::EmptyMetric));
-        assert!(matches!(check("1cpu", &[]), Err(PointProblem::InvalidMetricName(_))));
+        assert!(matches!(
+            check("1cpu", &[]),
+            Err(PointProblem::InvalidMetricName(_))
+        ));
         assert_eq!(
             check("cpu", &[("host-name", "a")]),
             Err(PointProblem::InvalidLabelName("host-name".into()))
@@ -326,13 +329,26 @@ mod tests {
         assert_eq!(err.field(), "labels.host");
         let many: Vec<(String, String)> = (0..65).map(|i| (format!("l{i}"), "v".into())).collect();
         let many: Vec<(&str, &str)> = many.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-        assert!(matches!(check("cpu", &many), Err(PointProblem::TooManyLabels { count: 65, .. })));
-        assert_eq!(check("node_cpu:rate5m", &[("cpu", "0"), ("mode", "idle")]), Ok(()));
+        assert!(matches!(
+            check("cpu", &many),
+            Err(PointProblem::TooManyLabels { count: 65, .. })
+        ));
+        assert_eq!(
+            check("node_cpu:rate5m", &[("cpu", "0"), ("mode", "idle")]),
+            Ok(())
+        );
     }
 
     #[test]
     fn series_key_round_trips_and_drops_empty_values() {
-        let key = SeriesKey::new("m", vec![Label::new("b", "2"), Label::new("a", "1"), Label::new("c", "")]);
+        let key = SeriesKey::new(
+            "m",
+            vec![
+                Label::new("b", "2"),
+                Label::new("a", "1"),
+                Label::new("c", ""),
+            ],
+        );
         assert_eq!(key.labels.len(), 2);
         assert_eq!(SeriesKey::decode(&key.encode()).unwrap(), key);
         assert_eq!(key.label("__name__"), Some("m"));

@@ -95,7 +95,11 @@ fn series_hash(metric: &str, labels: &[Label]) -> u64 {
 }
 
 fn same_series(key: &SeriesKey, metric: &str, labels: &[Label]) -> bool {
-    key.metric == metric && key.labels.iter().eq(labels.iter().filter(|l| !l.value.is_empty()))
+    key.metric == metric
+        && key
+            .labels
+            .iter()
+            .eq(labels.iter().filter(|l| !l.value.is_empty()))
 }
 
 /// How many samples a cut moved into chunks, for tests and reports.
@@ -226,7 +230,10 @@ impl Shard {
         st.durable = self.meta_u64(META_DURABLE_INDEX)?.unwrap_or(0);
         st.last_seq = st.durable;
         st.log_truncated_to = st.durable;
-        for item in self.db.iterator_cf(self.cf(CF_SERIES_IDS), IteratorMode::Start) {
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_SERIES_IDS), IteratorMode::Start)
+        {
             let (k, v) = item?;
             let id = u64_from(&k).ok_or_else(|| corrupt("series_ids", "key is not a u64"))?;
             let (&tier, key_bytes) = v
@@ -237,7 +244,10 @@ impl Shard {
             st.by_hash.entry(hash).or_default().push(id);
             st.series.insert(id, SeriesEntry::new(key, tier));
         }
-        for item in self.db.iterator_cf(self.cf(CF_SERIES_STATE), IteratorMode::Start) {
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_SERIES_STATE), IteratorMode::Start)
+        {
             let (k, v) = item?;
             let id = u64_from(&k).ok_or_else(|| corrupt("series_state", "key is not a u64"))?;
             let (seq, below, max_time) =
@@ -262,7 +272,9 @@ impl Shard {
                 let Some(e) = st.series.get(&id) else {
                     continue; // removed by retention after it was logged
                 };
-                if seq <= e.flushed_seq && window_start(sample.timestamp, self.chunk_range) < e.flushed_below {
+                if seq <= e.flushed_seq
+                    && window_start(sample.timestamp, self.chunk_range) < e.flushed_below
+                {
                     continue;
                 }
                 self.insert(&mut st, id, sample, seq);
@@ -273,7 +285,12 @@ impl Shard {
             self.write_unsynced(wb)?;
             replayed += 1;
         }
-        debug!(series = st.series.len(), replayed, durable = st.durable, "shard loaded");
+        debug!(
+            series = st.series.len(),
+            replayed,
+            durable = st.durable,
+            "shard loaded"
+        );
         Ok(())
     }
 
@@ -368,7 +385,9 @@ impl Shard {
                             Some(&n) => new_series[n].0,
                             None => {
                                 let id = next_id;
-                                next_id = next_id.checked_add(1).ok_or(StorageError::SeriesIdsExhausted)?;
+                                next_id = next_id
+                                    .checked_add(1)
+                                    .ok_or(StorageError::SeriesIdsExhausted)?;
                                 let key = SeriesKey::new(p.metric.clone(), labels.to_vec());
                                 new_by_hash.entry(hash).or_default().push(new_series.len());
                                 new_series.push((id, hash, key));
@@ -420,9 +439,17 @@ impl Shard {
         v.extend_from_slice(&encoded);
         wb.put_cf(self.cf(CF_SERIES), &encoded, id.to_be_bytes());
         wb.put_cf(self.cf(CF_SERIES_IDS), id.to_be_bytes(), v);
-        wb.put_cf(self.cf(CF_POSTINGS), postings_key(METRIC_LABEL, &key.metric, id), []);
+        wb.put_cf(
+            self.cf(CF_POSTINGS),
+            postings_key(METRIC_LABEL, &key.metric, id),
+            [],
+        );
         for l in &key.labels {
-            wb.put_cf(self.cf(CF_POSTINGS), postings_key(&l.name, &l.value, id), []);
+            wb.put_cf(
+                self.cf(CF_POSTINGS),
+                postings_key(&l.name, &l.value, id),
+                [],
+            );
         }
     }
 
@@ -430,7 +457,10 @@ impl Shard {
         wb.delete_cf(self.cf(CF_SERIES), key.encode());
         wb.delete_cf(self.cf(CF_SERIES_IDS), id.to_be_bytes());
         wb.delete_cf(self.cf(CF_SERIES_STATE), id.to_be_bytes());
-        wb.delete_cf(self.cf(CF_POSTINGS), postings_key(METRIC_LABEL, &key.metric, id));
+        wb.delete_cf(
+            self.cf(CF_POSTINGS),
+            postings_key(METRIC_LABEL, &key.metric, id),
+        );
         for l in &key.labels {
             wb.delete_cf(self.cf(CF_POSTINGS), postings_key(&l.name, &l.value, id));
         }
@@ -452,7 +482,10 @@ impl Shard {
     fn insert(&self, st: &mut State, id: u64, s: Sample, seq: u64) {
         let w = window_start(s.timestamp, self.chunk_range);
         let max = self.config.max_chunk_samples;
-        let e = st.series.get_mut(&id).expect("ids are resolved before insert");
+        let e = st
+            .series
+            .get_mut(&id)
+            .expect("ids are resolved before insert");
         let mut newly_pending = false;
         if e.head.is_empty() {
             e.head_first_seq = seq;
@@ -481,7 +514,10 @@ impl Shard {
     fn cut_marked(&self, st: &mut State, seq: u64, wb: &mut WriteBatch) {
         let marked = std::mem::take(&mut st.to_cut);
         for id in marked {
-            let full = st.series.get(&id).is_some_and(|e| e.head.len() >= self.config.max_chunk_samples);
+            let full = st
+                .series
+                .get(&id)
+                .is_some_and(|e| e.head.len() >= self.config.max_chunk_samples);
             self.cut_series(st, id, seq, !full, wb);
         }
         if st.last_seq.saturating_sub(st.durable) > self.config.max_log_lag {
@@ -521,7 +557,14 @@ impl Shard {
 
     /// Moves a series' head into chunks. With `keep_newest_window`, samples in the
     /// newest window stay in the head (that window is still being written).
-    fn cut_series(&self, st: &mut State, id: u64, seq: u64, keep_newest_window: bool, wb: &mut WriteBatch) -> FlushReport {
+    fn cut_series(
+        &self,
+        st: &mut State,
+        id: u64,
+        seq: u64,
+        keep_newest_window: bool,
+        wb: &mut WriteBatch,
+    ) -> FlushReport {
         let range = self.chunk_range;
         let mut report = FlushReport::default();
         let Some(e) = st.series.get_mut(&id) else {
@@ -533,7 +576,11 @@ impl Shard {
         }
         let old_first = e.head_first_seq;
         let samples = sort_dedup(std::mem::take(&mut e.head));
-        let keep_from = if keep_newest_window { e.head_window } else { i64::MAX };
+        let keep_from = if keep_newest_window {
+            e.head_window
+        } else {
+            i64::MAX
+        };
         let split = samples.partition_point(|s| window_start(s.timestamp, range) < keep_from);
         let (flush, keep) = samples.split_at(split);
         let mut i = 0;
@@ -610,7 +657,8 @@ impl Shard {
         self.flush()?;
         for name in ALL_CFS {
             self.db.flush_cf(self.cf(name))?;
-            self.db.compact_range_cf(self.cf(name), None::<&[u8]>, None::<&[u8]>);
+            self.db
+                .compact_range_cf(self.cf(name), None::<&[u8]>, None::<&[u8]>);
         }
         Ok(())
     }
@@ -637,7 +685,12 @@ impl Shard {
         // The durable index equals the last applied one after a flush; record it.
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
-        self.db.put_cf_opt(self.cf(CF_META), META_DURABLE_INDEX, applied_index.to_be_bytes(), &wo)?;
+        self.db.put_cf_opt(
+            self.cf(CF_META),
+            META_DURABLE_INDEX,
+            applied_index.to_be_bytes(),
+            &wo,
+        )?;
         Checkpoint::new(&self.db)?.create_checkpoint(dir)?;
         Ok(SnapshotMeta {
             path: dir.to_path_buf(),
@@ -646,7 +699,11 @@ impl Shard {
     }
 
     /// Replaces `data_dir` with a copy of a checkpoint and opens it.
-    pub fn restore(checkpoint: impl AsRef<Path>, data_dir: impl AsRef<Path>, config: ShardConfig) -> Result<Self> {
+    pub fn restore(
+        checkpoint: impl AsRef<Path>,
+        data_dir: impl AsRef<Path>,
+        config: ShardConfig,
+    ) -> Result<Self> {
         let (src, dst) = (checkpoint.as_ref(), data_dir.as_ref());
         let io = |path: &Path| {
             let path = path.to_path_buf();
@@ -746,7 +803,12 @@ impl Shard {
     }
 
     /// Selects series and reads `[start, end)` of each.
-    pub fn query(&self, matchers: &[Matcher], start: i64, end: i64) -> Result<Vec<(SeriesKey, Vec<Sample>)>> {
+    pub fn query(
+        &self,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<(SeriesKey, Vec<Sample>)>> {
         let selected = self.select(matchers)?;
         let ids: Vec<u64> = selected.iter().map(|(id, _)| *id).collect();
         let iters = self.read_plan(&ids, start, end)?;
@@ -774,7 +836,11 @@ impl Shard {
                     plans.push((*id, 0u8, String::new(), Vec::new(), i64::MIN));
                     continue;
                 };
-                let newest = e.head.iter().map(|s| s.timestamp).fold(e.max_time, i64::max);
+                let newest = e
+                    .head
+                    .iter()
+                    .map(|s| s.timestamp)
+                    .fold(e.max_time, i64::max);
                 let head: Vec<Sample> = e
                     .head
                     .iter()
@@ -823,7 +889,11 @@ impl Shard {
                 }
                 it.status()?;
                 if !chunks.is_empty() {
-                    windows.push_back(WindowData { window: w, chunks, head: Vec::new() });
+                    windows.push_back(WindowData {
+                        window: w,
+                        chunks,
+                        head: Vec::new(),
+                    });
                 }
                 w = match w.checked_add(range) {
                     Some(next) => next,
@@ -837,7 +907,14 @@ impl Shard {
                     Some(d) => d.head.push(s),
                     None => {
                         let at = windows.partition_point(|d| d.window < w);
-                        windows.insert(at, WindowData { window: w, chunks: Vec::new(), head: vec![s] });
+                        windows.insert(
+                            at,
+                            WindowData {
+                                window: w,
+                                chunks: Vec::new(),
+                                head: vec![s],
+                            },
+                        );
                     }
                 }
             }
@@ -855,10 +932,14 @@ impl Shard {
 
     /// Partial aggregates per group and window, for merging across shards.
     pub fn aggregate_partials(&self, req: &AggregateRequest) -> Result<PartialGroups> {
-        let _span = info_span!("aggregate", function = ?req.function, start = req.start, end = req.end).entered();
+        let _span =
+            info_span!("aggregate", function = ?req.function, start = req.start, end = req.end)
+                .entered();
         req.function.validate()?;
         if req.window < 0 {
-            return Err(StorageError::InvalidRequest("window must not be negative".into()));
+            return Err(StorageError::InvalidRequest(
+                "window must not be negative".into(),
+            ));
         }
         let selected = self.select(&req.matchers)?;
         let ids: Vec<u64> = selected.iter().map(|(id, _)| *id).collect();
@@ -875,7 +956,11 @@ impl Shard {
                 if !is_aggregatable(&s) {
                     continue;
                 }
-                let w = if req.window == 0 { req.start } else { window_start(s.timestamp, req.window) };
+                let w = if req.window == 0 {
+                    req.start
+                } else {
+                    window_start(s.timestamp, req.window)
+                };
                 if is_rate {
                     match &mut counter {
                         Some((cw, c)) if *cw == w => c.push(s),
@@ -913,18 +998,28 @@ impl Shard {
         let _writer = self.writer.lock();
         let mut cutoffs: Vec<(u8, i64)> = Vec::new();
         if let Some(r) = self.config.retention {
-            cutoffs.push((0, window_start(now.saturating_sub(nanos(r)), self.chunk_range)));
+            cutoffs.push((
+                0,
+                window_start(now.saturating_sub(nanos(r)), self.chunk_range),
+            ));
         }
         for (i, rule) in self.config.downsample.iter().enumerate() {
             if let Some(r) = rule.retention {
                 let tier = (i + 1).min(u8::MAX as usize) as u8;
-                cutoffs.push((tier, window_start(now.saturating_sub(nanos(r)), self.chunk_range)));
+                cutoffs.push((
+                    tier,
+                    window_start(now.saturating_sub(nanos(r)), self.chunk_range),
+                ));
             }
         }
         let mut report = RetentionReport::default();
         let mut wb = WriteBatch::default();
         for &(tier, cut) in &cutoffs {
-            wb.delete_range_cf(self.cf(CF_CHUNKS), chunk_window_start(tier, i64::MIN), chunk_window_start(tier, cut));
+            wb.delete_range_cf(
+                self.cf(CF_CHUNKS),
+                chunk_window_start(tier, i64::MIN),
+                chunk_window_start(tier, cut),
+            );
             report.tiers_trimmed += 1;
         }
         let mut st = self.state.write();
@@ -933,7 +1028,9 @@ impl Shard {
             .iter()
             .filter(|(_, e)| {
                 e.head.is_empty()
-                    && cutoffs.iter().any(|&(tier, cut)| tier == e.tier && e.max_time < cut)
+                    && cutoffs
+                        .iter()
+                        .any(|&(tier, cut)| tier == e.tier && e.max_time < cut)
             })
             .map(|(id, _)| *id)
             .collect();
@@ -964,7 +1061,9 @@ impl Shard {
             let _span = info_span!("downsample", rule = %rule.suffix()).entered();
             let window = nanos(rule.window);
             if window <= 0 {
-                return Err(StorageError::InvalidRequest("downsampling window must be positive".into()));
+                return Err(StorageError::InvalidRequest(
+                    "downsampling window must be positive".into(),
+                ));
             }
             let meta_key = format!("{META_DOWNSAMPLED_PREFIX}{}", rule.suffix());
             let to = window_start(now, window);
@@ -1001,9 +1100,19 @@ impl Shard {
                     continue; // never downsample a downsampled series
                 }
                 let name = format!("{}:{suffix}", metric.value);
-                let labels: Vec<Label> = series.group.iter().filter(|l| l.name != METRIC_LABEL).cloned().collect();
+                let labels: Vec<Label> = series
+                    .group
+                    .iter()
+                    .filter(|l| l.name != METRIC_LABEL)
+                    .cloned()
+                    .collect();
                 for s in series.points {
-                    points.push(Point::new(name.clone(), labels.clone(), s.value, s.timestamp));
+                    points.push(Point::new(
+                        name.clone(),
+                        labels.clone(),
+                        s.value,
+                        s.timestamp,
+                    ));
                 }
             }
             for batch in points.chunks(10_000) {
@@ -1013,7 +1122,12 @@ impl Shard {
             report.rules_run += 1;
             let mut wo = WriteOptions::default();
             wo.set_sync(true);
-            self.db.put_cf_opt(self.cf(CF_META), meta_key.as_bytes(), (to as u64).to_be_bytes(), &wo)?;
+            self.db.put_cf_opt(
+                self.cf(CF_META),
+                meta_key.as_bytes(),
+                (to as u64).to_be_bytes(),
+                &wo,
+            )?;
         }
         Ok(report)
     }
@@ -1021,7 +1135,11 @@ impl Shard {
     fn oldest_raw_time(&self) -> Result<Option<i64>> {
         let mut it = self.db.raw_iterator_cf(self.cf(CF_CHUNKS));
         it.seek(chunk_window_start(0, i64::MIN));
-        let from_chunks = it.key().and_then(parse_chunk_key).filter(|k| k.tier == 0).map(|k| k.window);
+        let from_chunks = it
+            .key()
+            .and_then(parse_chunk_key)
+            .filter(|k| k.tier == 0)
+            .map(|k| k.window);
         it.status()?;
         let st = self.state.read();
         let from_head = st
@@ -1146,9 +1264,17 @@ fn decode_log_record(bytes: &[u8]) -> std::result::Result<Vec<(u64, Sample)>, co
     for _ in 0..n {
         let id = get_uvarint(bytes, &mut pos)?;
         let t = prev.wrapping_add(unzigzag(get_uvarint(bytes, &mut pos)?));
-        let v = bytes.get(pos..pos + 8).ok_or(codec::CodecError::Truncated)?;
+        let v = bytes
+            .get(pos..pos + 8)
+            .ok_or(codec::CodecError::Truncated)?;
         pos += 8;
-        out.push((id, Sample::new(t, f64::from_bits(u64::from_le_bytes(v.try_into().expect("8 bytes"))))));
+        out.push((
+            id,
+            Sample::new(
+                t,
+                f64::from_bits(u64::from_le_bytes(v.try_into().expect("8 bytes"))),
+            ),
+        ));
         prev = t;
     }
     Ok(out)
@@ -1214,7 +1340,11 @@ impl SeriesIter {
         for (seq, bytes) in &w.chunks {
             buf.clear();
             decode(bytes, &mut buf)?;
-            all.extend(buf.iter().filter(|s| in_range(s)).map(|s| (s.timestamp, *seq, s.value)));
+            all.extend(
+                buf.iter()
+                    .filter(|s| in_range(s))
+                    .map(|s| (s.timestamp, *seq, s.value)),
+            );
         }
         all.extend(w.head.iter().map(|s| (s.timestamp, u64::MAX, s.value)));
         all.sort_by_key(|&(t, seq, _)| (t, seq));

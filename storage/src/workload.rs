@@ -73,33 +73,71 @@ impl Workload {
                         0..=5 => {
                             let mean = rng.random_range(2.0..80.0);
                             let mode = ["user", "system", "iowait", "idle", "steal", "irq"][slot];
-                            ("cpu_usage_percent", vec![Label::new("mode", mode)], Shape::CpuPercent { mean }, mean)
+                            (
+                                "cpu_usage_percent",
+                                vec![Label::new("mode", mode)],
+                                Shape::CpuPercent { mean },
+                                mean,
+                            )
                         }
                         6..=8 => {
                             let sensor = format!("temp{}", slot - 6);
-                            ("node_hwmon_temp_celsius", vec![Label::new("sensor", sensor)], Shape::Temperature, rng.random_range(35.0f64..70.0).round())
+                            (
+                                "node_hwmon_temp_celsius",
+                                vec![Label::new("sensor", sensor)],
+                                Shape::Temperature,
+                                rng.random_range(35.0f64..70.0).round(),
+                            )
                         }
                         9..=11 => {
                             let kind = ["active", "cached", "free"][slot - 9];
                             let pages = rng.random_range(100_000u32..4_000_000) as f64;
-                            ("node_memory_bytes", vec![Label::new("kind", kind)], Shape::MemoryBytes, pages * 4096.0)
+                            (
+                                "node_memory_bytes",
+                                vec![Label::new("kind", kind)],
+                                Shape::MemoryBytes,
+                                pages * 4096.0,
+                            )
                         }
                         12..=17 => {
                             let (metric, rate) = match slot {
                                 12 => ("http_requests_total", rng.random_range(5.0..500.0)),
                                 13 => ("http_request_errors_total", rng.random_range(0.0..2.0)),
-                                14 => ("node_network_receive_packets_total", rng.random_range(100.0..20_000.0)),
-                                15 => ("node_disk_writes_completed_total", rng.random_range(1.0..300.0)),
-                                16 => ("node_context_switches_total", rng.random_range(1_000.0..50_000.0)),
+                                14 => (
+                                    "node_network_receive_packets_total",
+                                    rng.random_range(100.0..20_000.0),
+                                ),
+                                15 => (
+                                    "node_disk_writes_completed_total",
+                                    rng.random_range(1.0..300.0),
+                                ),
+                                16 => (
+                                    "node_context_switches_total",
+                                    rng.random_range(1_000.0..50_000.0),
+                                ),
                                 _ => ("process_open_fds_changes_total", rng.random_range(0.0..5.0)),
                             };
-                            (metric, vec![], Shape::Counter { per_scrape: rate }, rng.random_range(0u32..1_000_000) as f64)
+                            (
+                                metric,
+                                vec![],
+                                Shape::Counter { per_scrape: rate },
+                                rng.random_range(0u32..1_000_000) as f64,
+                            )
                         }
                         18 => ("up", vec![], Shape::Constant, 1.0),
-                        _ => ("node_memory_limit_bytes", vec![], Shape::Constant, 17_179_869_184.0),
+                        _ => (
+                            "node_memory_limit_bytes",
+                            vec![],
+                            Shape::Constant,
+                            17_179_869_184.0,
+                        ),
                     }
                 };
-                let mut labels = vec![Label::new("dc", dc), Label::new("host", host), Label::new("job", "node")];
+                let mut labels = vec![
+                    Label::new("dc", dc),
+                    Label::new("host", host),
+                    Label::new("job", "node"),
+                ];
                 labels.extend(extra);
                 labels.sort();
                 Series {
@@ -166,7 +204,9 @@ fn round_to(v: f64, digits: i32) -> f64 {
 
 fn step(shape: Shape, v: f64, normal: f64, uniform: f64) -> f64 {
     match shape {
-        Shape::CpuPercent { mean } => round_to((v + normal * 1.5 + 0.1 * (mean - v)).clamp(0.0, 100.0), 2),
+        Shape::CpuPercent { mean } => {
+            round_to((v + normal * 1.5 + 0.1 * (mean - v)).clamp(0.0, 100.0), 2)
+        }
         Shape::Temperature => round_to(v + normal * 0.2, 1),
         Shape::MemoryBytes => {
             let pages = (v / 4096.0 + (normal * 300.0).round()).max(1.0);
@@ -199,7 +239,10 @@ mod tests {
             assert!((gap - interval).abs() <= 10 * MS, "gap {gap}");
             assert_eq!(batch[i].labels, batch[i + 100].labels);
         }
-        let cpu = batch.iter().find(|p| p.metric == "cpu_usage_percent").unwrap();
+        let cpu = batch
+            .iter()
+            .find(|p| p.metric == "cpu_usage_percent")
+            .unwrap();
         assert_eq!(round_to(cpu.value, 2), cpu.value);
     }
 }

@@ -16,7 +16,12 @@ fn cfg() -> ShardConfig {
 }
 
 fn point(metric: &str, labels: &[(&str, &str)], t: i64, v: f64) -> Point {
-    Point::new(metric, labels.iter().map(|(n, v)| Label::new(*n, *v)).collect(), v, t)
+    Point::new(
+        metric,
+        labels.iter().map(|(n, v)| Label::new(*n, *v)).collect(),
+        v,
+        t,
+    )
 }
 
 fn eq(name: &str, value: &str) -> Matcher {
@@ -42,10 +47,15 @@ fn writes_are_visible_at_once_and_duplicates_replace() {
             point("cpu", &[("host", "a")], 20 * S, 2.0),
         ])
         .unwrap();
-    shard.write_batch(&[point("cpu", &[("host", "a")], 20 * S, 20.0)]).unwrap();
+    shard
+        .write_batch(&[point("cpu", &[("host", "a")], 20 * S, 20.0)])
+        .unwrap();
     let got = read(&shard, "cpu", 0, 100 * S);
     assert_eq!(got.len(), 1);
-    assert_eq!(values(&got[0].1), vec![(10 * S, 1.0), (20 * S, 20.0), (30 * S, 3.0)]);
+    assert_eq!(
+        values(&got[0].1),
+        vec![(10 * S, 1.0), (20 * S, 20.0), (30 * S, 3.0)]
+    );
     // The end of a scan is exclusive, the start inclusive.
     let got = read(&shard, "cpu", 20 * S, 30 * S);
     assert_eq!(values(&got[0].1), vec![(20 * S, 20.0)]);
@@ -73,7 +83,9 @@ fn data_survives_reopen_in_head_and_in_chunks() {
             shard.write_batch(&pts).unwrap();
         }
         // Overwrite some already-chunked samples.
-        shard.write_batch(&[point("temp", &[("room", "lab")], 100 * S, -1.0)]).unwrap();
+        shard
+            .write_batch(&[point("temp", &[("room", "lab")], 100 * S, -1.0)])
+            .unwrap();
         expected[10].1 = -1.0;
         assert!(shard.durable_index() > 0, "cuts advance the durable index");
     }
@@ -84,7 +96,10 @@ fn data_survives_reopen_in_head_and_in_chunks() {
     assert_eq!(shard.durable_index(), shard.last_applied());
     drop(shard);
     let shard = Shard::open(dir.path(), config).unwrap();
-    assert_eq!(values(&read(&shard, "temp", i64::MIN, i64::MAX)[0].1), expected);
+    assert_eq!(
+        values(&read(&shard, "temp", i64::MIN, i64::MAX)[0].1),
+        expected
+    );
 }
 
 #[test]
@@ -95,15 +110,27 @@ fn nan_stale_markers_and_signed_zero_round_trip_bit_exactly() {
     let vals = [stale, payload, -0.0, f64::INFINITY, f64::NEG_INFINITY, 0.1];
     {
         let shard = Shard::open(dir.path(), cfg()).unwrap();
-        let pts: Vec<Point> = vals.iter().enumerate().map(|(i, v)| point("m", &[], i as i64 * S, *v)).collect();
+        let pts: Vec<Point> = vals
+            .iter()
+            .enumerate()
+            .map(|(i, v)| point("m", &[], i as i64 * S, *v))
+            .collect();
         shard.write_batch(&pts).unwrap();
         let got = read(&shard, "m", 0, 100 * S);
-        assert!(got[0].1.iter().zip(vals).all(|(s, v)| s.value.to_bits() == v.to_bits()));
+        assert!(got[0]
+            .1
+            .iter()
+            .zip(vals)
+            .all(|(s, v)| s.value.to_bits() == v.to_bits()));
         shard.flush().unwrap();
     }
     let shard = Shard::open(dir.path(), cfg()).unwrap();
     let got = read(&shard, "m", 0, 100 * S);
-    assert!(got[0].1.iter().zip(vals).all(|(s, v)| s.value.to_bits() == v.to_bits()));
+    assert!(got[0]
+        .1
+        .iter()
+        .zip(vals)
+        .all(|(s, v)| s.value.to_bits() == v.to_bits()));
 }
 
 #[test]
@@ -111,7 +138,10 @@ fn invalid_points_reject_the_whole_batch_and_name_the_field() {
     let dir = TempDir::new().unwrap();
     let shard = Shard::open(dir.path(), cfg()).unwrap();
     let err = shard
-        .write_batch(&[point("ok", &[], 1, 1.0), point("bad", &[("0x", "v")], 1, 1.0)])
+        .write_batch(&[
+            point("ok", &[], 1, 1.0),
+            point("bad", &[("0x", "v")], 1, 1.0),
+        ])
         .unwrap_err();
     match err {
         StorageError::InvalidPoint { index, problem } => {
@@ -120,7 +150,10 @@ fn invalid_points_reject_the_whole_batch_and_name_the_field() {
         }
         other => panic!("unexpected {other}"),
     }
-    assert!(shard.select(&[eq("__name__", "ok")]).unwrap().is_empty(), "nothing of the batch was written");
+    assert!(
+        shard.select(&[eq("__name__", "ok")]).unwrap().is_empty(),
+        "nothing of the batch was written"
+    );
     let err = shard.write_batch(&[point("", &[], 1, 1.0)]).unwrap_err();
     assert!(err.to_string().contains("metric"), "{err}");
 }
@@ -138,22 +171,40 @@ fn matchers_follow_prometheus_semantics() {
         ])
         .unwrap();
     let names = |ms: &[Matcher]| -> Vec<String> {
-        let mut v: Vec<String> = shard.select(ms).unwrap().into_iter().map(|(_, k)| k.to_string()).collect();
+        let mut v: Vec<String> = shard
+            .select(ms)
+            .unwrap()
+            .into_iter()
+            .map(|(_, k)| k.to_string())
+            .collect();
         v.sort();
         v
     };
     let m = |op, n: &str, v: &str| Matcher::new(op, n, v).unwrap();
     assert_eq!(names(&[eq("__name__", "up"), eq("job", "api")]).len(), 2);
-    assert_eq!(names(&[eq("__name__", "up"), m(MatchOp::NotEqual, "env", "prod")]), vec![
-        "up{env=\"dev\",job=\"api\"}",
-        "up{job=\"db\"}",
-    ]);
+    assert_eq!(
+        names(&[eq("__name__", "up"), m(MatchOp::NotEqual, "env", "prod")]),
+        vec!["up{env=\"dev\",job=\"api\"}", "up{job=\"db\"}",]
+    );
     assert_eq!(names(&[m(MatchOp::Regex, "job", "a.*")]).len(), 3);
-    assert_eq!(names(&[m(MatchOp::Regex, "job", "a")]).len(), 0, "regexes are anchored");
-    assert_eq!(names(&[eq("__name__", "up"), m(MatchOp::NotRegex, "env", "p.*")]).len(), 2);
+    assert_eq!(
+        names(&[m(MatchOp::Regex, "job", "a")]).len(),
+        0,
+        "regexes are anchored"
+    );
+    assert_eq!(
+        names(&[eq("__name__", "up"), m(MatchOp::NotRegex, "env", "p.*")]).len(),
+        2
+    );
     // env="" selects series without the label.
-    assert_eq!(names(&[eq("__name__", "up"), eq("env", "")]), vec!["up{job=\"db\"}"]);
-    assert!(shard.select(&[m(MatchOp::NotEqual, "job", "x")]).is_err(), "needs one non-empty matcher");
+    assert_eq!(
+        names(&[eq("__name__", "up"), eq("env", "")]),
+        vec!["up{job=\"db\"}"]
+    );
+    assert!(
+        shard.select(&[m(MatchOp::NotEqual, "job", "x")]).is_err(),
+        "needs one non-empty matcher"
+    );
     assert!(Matcher::new(MatchOp::Regex, "job", "(").is_err());
 }
 
@@ -164,7 +215,12 @@ fn aggregates_push_down_with_windows_and_groups() {
     let mut pts = Vec::new();
     for (host, dc, base) in [("a", "x", 0.0), ("b", "x", 100.0), ("c", "y", 1000.0)] {
         for i in 0..12 {
-            pts.push(point("req_total", &[("host", host), ("dc", dc)], i * 10 * S, base + i as f64 * 10.0));
+            pts.push(point(
+                "req_total",
+                &[("host", host), ("dc", dc)],
+                i * 10 * S,
+                base + i as f64 * 10.0,
+            ));
         }
     }
     shard.write_batch(&pts).unwrap();
@@ -176,29 +232,61 @@ fn aggregates_push_down_with_windows_and_groups() {
         function: f,
         group_by: GroupBy::Labels(by.iter().map(|s| s.to_string()).collect()),
     };
-    let out = shard.aggregate(&req(AggregateFunction::Sum, 60 * S, &["dc"])).unwrap();
+    let out = shard
+        .aggregate(&req(AggregateFunction::Sum, 60 * S, &["dc"]))
+        .unwrap();
     assert_eq!(out.len(), 2);
     assert_eq!(out[0].group, vec![Label::new("dc", "x")]);
     // Window [0, 60 s): host a 0..50 step 10 = 150, host b 100..150 = 750.
-    assert_eq!(values(&out[0].points), vec![(0, 900.0), (60 * S, 900.0 + 720.0)]);
-    let rate = shard.aggregate(&req(AggregateFunction::Rate, 0, &["dc"])).unwrap();
-    assert!((rate[0].points[0].value - 2.0).abs() < 1e-9, "two series at 1/s");
-    let count = shard.aggregate(&req(AggregateFunction::Count, 0, &[])).unwrap();
+    assert_eq!(
+        values(&out[0].points),
+        vec![(0, 900.0), (60 * S, 900.0 + 720.0)]
+    );
+    let rate = shard
+        .aggregate(&req(AggregateFunction::Rate, 0, &["dc"]))
+        .unwrap();
+    assert!(
+        (rate[0].points[0].value - 2.0).abs() < 1e-9,
+        "two series at 1/s"
+    );
+    let count = shard
+        .aggregate(&req(AggregateFunction::Count, 0, &[]))
+        .unwrap();
     assert_eq!(count[0].group, vec![]);
     assert_eq!(count[0].points[0].value, 36.0);
-    let p50 = shard.aggregate(&req(AggregateFunction::Percentile(50.0), 0, &["host"])).unwrap();
+    let p50 = shard
+        .aggregate(&req(AggregateFunction::Percentile(50.0), 0, &["host"]))
+        .unwrap();
     assert_eq!(p50[0].points[0].value, 55.0);
-    let sd = shard.aggregate(&req(AggregateFunction::Stddev, 0, &["host"])).unwrap();
-    let expected = (((0..12).map(|i| (i as f64 * 10.0 - 55.0).powi(2)).sum::<f64>()) / 11.0).sqrt();
+    let sd = shard
+        .aggregate(&req(AggregateFunction::Stddev, 0, &["host"]))
+        .unwrap();
+    let expected = (((0..12)
+        .map(|i| (i as f64 * 10.0 - 55.0).powi(2))
+        .sum::<f64>())
+        / 11.0)
+        .sqrt();
     assert!((sd[0].points[0].value - expected).abs() < 1e-9);
-    let first = shard.aggregate(&req(AggregateFunction::First, 0, &["host"])).unwrap();
-    let last = shard.aggregate(&req(AggregateFunction::Last, 0, &["host"])).unwrap();
-    assert_eq!((first[1].points[0].value, last[1].points[0].value), (100.0, 210.0));
+    let first = shard
+        .aggregate(&req(AggregateFunction::First, 0, &["host"]))
+        .unwrap();
+    let last = shard
+        .aggregate(&req(AggregateFunction::Last, 0, &["host"]))
+        .unwrap();
+    assert_eq!(
+        (first[1].points[0].value, last[1].points[0].value),
+        (100.0, 210.0)
+    );
     let by_series = shard
-        .aggregate(&AggregateRequest { group_by: GroupBy::Series, ..req(AggregateFunction::Max, 0, &[]) })
+        .aggregate(&AggregateRequest {
+            group_by: GroupBy::Series,
+            ..req(AggregateFunction::Max, 0, &[])
+        })
         .unwrap();
     assert_eq!(by_series.len(), 3);
-    assert!(by_series[2].group.contains(&Label::new("__name__", "req_total")));
+    assert!(by_series[2]
+        .group
+        .contains(&Label::new("__name__", "req_total")));
     assert_eq!(by_series[2].points[0].value, 1110.0);
 }
 
@@ -213,14 +301,27 @@ fn retention_drops_whole_windows_and_empty_series() {
         },
     )
     .unwrap();
-    shard.write_batch(&[point("old", &[("k", "v")], H, 1.0), point("live", &[("k", "v")], H, 1.0)]).unwrap();
-    shard.write_batch(&[point("live", &[("k", "v")], 20 * H, 2.0)]).unwrap();
+    shard
+        .write_batch(&[
+            point("old", &[("k", "v")], H, 1.0),
+            point("live", &[("k", "v")], H, 1.0),
+        ])
+        .unwrap();
+    shard
+        .write_batch(&[point("live", &[("k", "v")], 20 * H, 2.0)])
+        .unwrap();
     shard.flush().unwrap();
     let report = shard.enforce_retention(24 * H).unwrap();
     assert_eq!(report.series_removed, 1);
-    assert!(shard.select(&[eq("__name__", "old")]).unwrap().is_empty(), "left the postings");
+    assert!(
+        shard.select(&[eq("__name__", "old")]).unwrap().is_empty(),
+        "left the postings"
+    );
     assert!(shard.select(&[eq("k", "v")]).unwrap().len() == 1);
-    assert_eq!(values(&read(&shard, "live", 0, i64::MAX)[0].1), vec![(20 * H, 2.0)]);
+    assert_eq!(
+        values(&read(&shard, "live", 0, i64::MAX)[0].1),
+        vec![(20 * H, 2.0)]
+    );
     drop(shard);
     let shard = Shard::open(dir.path(), cfg()).unwrap();
     assert_eq!(shard.series_count(), 1);
@@ -235,8 +336,17 @@ fn downsampling_keeps_labels_and_names_series_by_window_and_function() {
         retention: Some(Duration::from_secs(90 * 86_400)),
         matchers: vec![],
     };
-    let shard = Shard::open(dir.path(), ShardConfig { downsample: vec![rule], ..cfg() }).unwrap();
-    let pts: Vec<Point> = (0..60).map(|i| point("cpu", &[("host", "a")], i * 10 * S, i as f64)).collect();
+    let shard = Shard::open(
+        dir.path(),
+        ShardConfig {
+            downsample: vec![rule],
+            ..cfg()
+        },
+    )
+    .unwrap();
+    let pts: Vec<Point> = (0..60)
+        .map(|i| point("cpu", &[("host", "a")], i * 10 * S, i as f64))
+        .collect();
     shard.write_batch(&pts).unwrap();
     let report = shard.run_downsampling(600 * S + 1).unwrap();
     assert_eq!(report.points_written, 2);
@@ -244,20 +354,30 @@ fn downsampling_keeps_labels_and_names_series_by_window_and_function() {
     assert_eq!(got[0].0.labels, vec![Label::new("host", "a")]);
     assert_eq!(values(&got[0].1), vec![(0, 14.5), (300 * S, 44.5)]);
     // Progress is kept: a second run over the same time writes nothing new.
-    assert_eq!(shard.run_downsampling(600 * S + 1).unwrap().points_written, 0);
+    assert_eq!(
+        shard.run_downsampling(600 * S + 1).unwrap().points_written,
+        0
+    );
 }
 
 #[test]
 fn apply_is_idempotent_and_checkpoints_restore() {
     let dir = TempDir::new().unwrap();
     let batches: Vec<Vec<Point>> = (0..20)
-        .map(|b| (0..5).map(|i| point("m", &[("i", &i.to_string())], b * 10 * S, (b * i) as f64)).collect())
+        .map(|b| {
+            (0..5)
+                .map(|i| point("m", &[("i", &i.to_string())], b * 10 * S, (b * i) as f64))
+                .collect()
+        })
         .collect();
     let a = Shard::open(dir.path().join("a"), cfg()).unwrap();
     for (i, b) in batches.iter().enumerate() {
         assert!(a.apply(i as u64 + 1, b).unwrap());
     }
-    assert!(!a.apply(3, &batches[2]).unwrap(), "replayed index is ignored");
+    assert!(
+        !a.apply(3, &batches[2]).unwrap(),
+        "replayed index is ignored"
+    );
     let snap = a.checkpoint(dir.path().join("snap")).unwrap();
     assert_eq!(snap.applied_index, 20);
     let b = Shard::restore(&snap.path, dir.path().join("b"), cfg()).unwrap();
@@ -283,10 +403,17 @@ fn applied_batches_not_yet_durable_are_reapplied_after_restart() {
         s.apply(2, &[point("m", &[], 20 * S, 2.0)]).unwrap();
     }
     let s = Shard::open(dir.path(), cfg()).unwrap();
-    assert_eq!(s.durable_index(), 1, "index 2 lives only in the caller's log");
+    assert_eq!(
+        s.durable_index(),
+        1,
+        "index 2 lives only in the caller's log"
+    );
     assert!(!s.apply(1, &[point("m", &[], 10 * S, 1.0)]).unwrap());
     assert!(s.apply(2, &[point("m", &[], 20 * S, 2.0)]).unwrap());
-    assert_eq!(values(&read(&s, "m", 0, i64::MAX)[0].1), vec![(10 * S, 1.0), (20 * S, 2.0)]);
+    assert_eq!(
+        values(&read(&s, "m", 0, i64::MAX)[0].1),
+        vec![(10 * S, 1.0), (20 * S, 2.0)]
+    );
 }
 
 #[test]
@@ -294,14 +421,22 @@ fn a_corrupt_chunk_is_an_error_naming_series_and_range() {
     let dir = TempDir::new().unwrap();
     {
         let s = Shard::open(dir.path(), cfg()).unwrap();
-        s.write_batch(&[point("m", &[("k", "v")], 10 * S, 1.0), point("m", &[("k", "v")], 20 * S, 2.0)]).unwrap();
+        s.write_batch(&[
+            point("m", &[("k", "v")], 10 * S, 1.0),
+            point("m", &[("k", "v")], 20 * S, 2.0),
+        ])
+        .unwrap();
         s.flush().unwrap();
     }
     {
         let names = rocksdb::DB::list_cf(&rocksdb::Options::default(), dir.path()).unwrap();
         let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), dir.path(), &names).unwrap();
         let cf = db.cf_handle("chunks").unwrap();
-        let (k, v) = db.iterator_cf(cf, rocksdb::IteratorMode::Start).next().unwrap().unwrap();
+        let (k, v) = db
+            .iterator_cf(cf, rocksdb::IteratorMode::Start)
+            .next()
+            .unwrap()
+            .unwrap();
         let mut v = v.to_vec();
         let mid = v.len() / 2 + 3;
         v[mid] ^= 0x10;

@@ -44,7 +44,10 @@ fn acknowledged_batches_survive_sigkill_and_none_is_partial() {
         while acked.len() < target {
             match rx.recv_timeout(Duration::from_secs(60)) {
                 Ok(b) => acked.push(b),
-                Err(e) => panic!("round {round}: writer stalled after {} acks: {e}", acked.len()),
+                Err(e) => panic!(
+                    "round {round}: writer stalled after {} acks: {e}",
+                    acked.len()
+                ),
             }
         }
         // SAFETY: plain kill(2) on our own child's pid.
@@ -56,17 +59,30 @@ fn acknowledged_batches_survive_sigkill_and_none_is_partial() {
 
         let shard = Shard::open(&data, ShardConfig::default()).expect("reopens after SIGKILL");
         let mut per_batch: BTreeMap<i64, usize> = BTreeMap::new();
-        for (_, samples) in shard.query(&[Matcher::equal("__name__", "crash_test")], i64::MIN, i64::MAX).unwrap() {
+        for (_, samples) in shard
+            .query(
+                &[Matcher::equal("__name__", "crash_test")],
+                i64::MIN,
+                i64::MAX,
+            )
+            .unwrap()
+        {
             for s in samples {
                 assert_eq!(s.value, (s.timestamp / 1_000_000_000) as f64);
                 *per_batch.entry(s.timestamp / 1_000_000_000).or_default() += 1;
             }
         }
         for (batch, n) in &per_batch {
-            assert_eq!(*n, PER_BATCH, "round {round}: batch {batch} is there in part");
+            assert_eq!(
+                *n, PER_BATCH,
+                "round {round}: batch {batch} is there in part"
+            );
         }
         for b in &acked_total {
-            assert!(per_batch.contains_key(b), "round {round}: acknowledged batch {b} is lost");
+            assert!(
+                per_batch.contains_key(b),
+                "round {round}: acknowledged batch {b} is lost"
+            );
         }
         next_batch = per_batch.keys().next_back().map_or(0, |b| b + 1);
     }

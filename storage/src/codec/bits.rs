@@ -26,10 +26,18 @@ impl BitWriter {
         if n == 0 {
             return;
         }
-        let value = if n == 64 { value } else { value & ((1u64 << n) - 1) };
+        let value = if n == 64 {
+            value
+        } else {
+            value & ((1u64 << n) - 1)
+        };
         let free = 64 - self.acc_bits;
         if n <= free {
-            self.acc = if n == 64 { value } else { (self.acc << n) | value };
+            self.acc = if n == 64 {
+                value
+            } else {
+                (self.acc << n) | value
+            };
             self.acc_bits += n;
         } else {
             // Fill the accumulator, flush it, keep the rest.

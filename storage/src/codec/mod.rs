@@ -101,7 +101,11 @@ pub fn encode_chunk(samples: &[Sample], opts: EncodeOptions) -> Vec<u8> {
     let (min_time, max_time) = samples.iter().fold((i64::MAX, i64::MIN), |(lo, hi), s| {
         (lo.min(s.timestamp), hi.max(s.timestamp))
     });
-    let (min_time, max_time) = if count == 0 { (0, 0) } else { (min_time, max_time) };
+    let (min_time, max_time) = if count == 0 {
+        (0, 0)
+    } else {
+        (min_time, max_time)
+    };
     let scale = timestamp_scale(samples);
 
     // Candidate 1: the Gorilla paper's bit-packed encodings.
@@ -110,7 +114,12 @@ pub fn encode_chunk(samples: &[Sample], opts: EncodeOptions) -> Vec<u8> {
     put_uvarint(&mut gorilla, ts.len() as u64);
     gorilla.extend_from_slice(&ts);
     gorilla_values(samples, &mut gorilla);
-    let mut best = (TsEncoding::GorillaDod, ValueEncoding::GorillaXor, false, gorilla);
+    let mut best = (
+        TsEncoding::GorillaDod,
+        ValueEncoding::GorillaXor,
+        false,
+        gorilla,
+    );
 
     // Candidate 2: byte-oriented varints, general-purpose compressed.
     if count > 1 {
@@ -215,7 +224,8 @@ pub fn decode_chunk_into(chunk: &[u8], out: &mut Vec<Sample>) -> Result<ChunkHea
                 return Err(CodecError::Malformed("raw value section length"));
             }
             for (s, c) in samples.iter_mut().zip(value_bytes.chunks_exact(8)) {
-                s.value = f64::from_bits(u64::from_le_bytes(c.try_into().expect("chunks_exact(8)")));
+                s.value =
+                    f64::from_bits(u64::from_le_bytes(c.try_into().expect("chunks_exact(8)")));
             }
         }
         x if x == ValueEncoding::GorillaXor as u8 => decode_gorilla_values(value_bytes, samples)?,
@@ -448,7 +458,9 @@ fn decode_gorilla_values(bytes: &[u8], samples: &mut [Sample]) -> Result<(), Cod
         } else if r.read_bit()? {
             if !r.read_bit()? {
                 if lead == u32::MAX {
-                    return Err(CodecError::Malformed("XOR window reused before one was set"));
+                    return Err(CodecError::Malformed(
+                        "XOR window reused before one was set",
+                    ));
                 }
                 prev ^= r.read(64 - lead - trail)? << trail;
             } else {

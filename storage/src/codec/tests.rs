@@ -16,7 +16,12 @@ fn assert_round_trip(samples: &[Sample]) {
     let h = chunk_header(&chunk).unwrap();
     assert_eq!(h.count, samples.len());
     // Never larger than the raw fallback plus the header and checksum.
-    assert!(chunk.len() <= samples.len() * 16 + 40, "{} bytes for {}", chunk.len(), samples.len());
+    assert!(
+        chunk.len() <= samples.len() * 16 + 40,
+        "{} bytes for {}",
+        chunk.len(),
+        samples.len()
+    );
 }
 
 fn value() -> impl Strategy<Value = f64> {
@@ -117,7 +122,11 @@ fn edge_cases_round_trip() {
         Sample::new(0, 3.0),
     ]);
     let nan_payload = f64::from_bits(0x7ff8_dead_beef_0001);
-    assert_round_trip(&[Sample::new(1, nan_payload), Sample::new(2, -0.0), Sample::new(3, 0.0)]);
+    assert_round_trip(&[
+        Sample::new(1, nan_payload),
+        Sample::new(2, -0.0),
+        Sample::new(3, 0.0),
+    ]);
 }
 
 #[test]
@@ -134,10 +143,14 @@ fn regular_series_compress_far_below_raw() {
 #[test]
 fn gorilla_xor_reuses_the_window() {
     // Values whose XORs share a window: after the first, each costs 2 + width bits.
-    let samples: Vec<Sample> = (0..64).map(|i| Sample::new(i, 1.0 + (i % 2) as f64 * 0.5)).collect();
+    let samples: Vec<Sample> = (0..64)
+        .map(|i| Sample::new(i, 1.0 + (i % 2) as f64 * 0.5))
+        .collect();
     let mut body = Vec::new();
     gorilla_values(&samples, &mut body);
-    let window_bits = 64 - (1.0f64.to_bits() ^ 1.5f64.to_bits()).leading_zeros() - (1.0f64.to_bits() ^ 1.5f64.to_bits()).trailing_zeros();
+    let window_bits = 64
+        - (1.0f64.to_bits() ^ 1.5f64.to_bits()).leading_zeros()
+        - (1.0f64.to_bits() ^ 1.5f64.to_bits()).trailing_zeros();
     let expected_bits = 64 + (2 + 5 + 6 + window_bits) + 62 * (2 + window_bits);
     assert_eq!(body.len(), (expected_bits as usize).div_ceil(8));
 }
@@ -148,5 +161,8 @@ fn corrupt_chunk_reports_checksum() {
     let mut chunk = encode_chunk(&samples, opts());
     let last = chunk.len() - 6;
     chunk[last] ^= 0x40;
-    assert!(matches!(decode_chunk(&chunk), Err(CodecError::ChecksumMismatch { .. })));
+    assert!(matches!(
+        decode_chunk(&chunk),
+        Err(CodecError::ChecksumMismatch { .. })
+    ));
 }
