@@ -502,7 +502,7 @@ fn decimal_exponent(samples: &[Sample]) -> Option<u8> {
 #[inline]
 fn to_decimal(v: f64, k: usize) -> Option<i64> {
     let m = (v * POW10[k]).round();
-    if !(m.abs() <= MAX_EXACT_INT) {
+    if m.is_nan() || m.abs() > MAX_EXACT_INT {
         return None;
     }
     let back = m / POW10[k];
