@@ -37,6 +37,9 @@ pub struct StorageBench {
     /// Do not fsync each batch (measures the engine without the disk's flush cost).
     #[arg(long)]
     no_sync: bool,
+    /// zstd level for chunk bodies (1-22).
+    #[arg(long, default_value_t = chronicle_storage::codec::EncodeOptions::default().zstd_level)]
+    zstd_level: i32,
     /// Keep the database here instead of a temporary directory.
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -64,6 +67,9 @@ fn storage(args: StorageBench) -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|| tmp.path().to_path_buf());
     let config = ShardConfig {
         sync_writes: !args.no_sync,
+        encode: chronicle_storage::codec::EncodeOptions {
+            zstd_level: args.zstd_level,
+        },
         ..ShardConfig::default()
     };
 
