@@ -509,14 +509,32 @@ fn to_decimal(v: f64, k: usize) -> Option<i64> {
     (back.to_bits() == v.to_bits()).then_some(m as i64)
 }
 
+/// Decimal deltas divided by their greatest common divisor (memory gauges move in
+/// whole pages, counters in fixed steps): `k`, first value, divisor, then deltas.
 fn decimal_values(samples: &[Sample], k: u8, out: &mut Vec<u8>) {
     out.push(k);
-    let mut prev = 0i64;
-    for s in samples {
-        let m = to_decimal(s.value, k as usize).expect("decimal_exponent checked every value");
-        put_uvarint(out, zigzag(m.wrapping_sub(prev)));
-        prev = m;
+    let ms: Vec<i64> = samples
+        .iter()
+        .map(|s| to_decimal(s.value, k as usize).expect("decimal_exponent checked every value"))
+        .collect();
+    let divisor = ms
+        .windows(2)
+        .fold(0u64, |g, w| gcd(g, w[1].wrapping_sub(w[0]).unsigned_abs()))
+        .max(1);
+    put_uvarint(out, zigzag(ms[0]));
+    put_uvarint(out, divisor);
+    for w in ms.windows(2) {
+        // Exact: the divisor divides every delta (as a wrapping difference it is
+        // the true difference, |m| <= 2^53).
+        put_uvarint(out, zigzag(w[1].wrapping_sub(w[0]) / divisor as i64));
     }
+}
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
 }
 
 fn decode_decimal_values(bytes: &[u8], samples: &mut [Sample]) -> Result<(), CodecError> {
@@ -525,9 +543,12 @@ fn decode_decimal_values(bytes: &[u8], samples: &mut [Sample]) -> Result<(), Cod
         return Err(CodecError::Malformed("decimal exponent out of range"));
     }
     let mut pos = 1;
-    let mut prev = 0i64;
-    for s in samples {
-        prev = prev.wrapping_add(unzigzag(get_uvarint(bytes, &mut pos)?));
+    let mut prev = unzigzag(get_uvarint(bytes, &mut pos)?);
+    let divisor = get_uvarint(bytes, &mut pos)? as i64;
+    for (i, s) in samples.iter_mut().enumerate() {
+        if i > 0 {
+            prev = prev.wrapping_add(unzigzag(get_uvarint(bytes, &mut pos)?).wrapping_mul(divisor));
+        }
         s.value = prev as f64 / POW10[k];
     }
     Ok(())
