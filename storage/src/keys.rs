@@ -74,8 +74,6 @@ pub fn chunk_window_start(tier: u8, window: i64) -> [u8; 9] {
 pub struct ChunkKey {
     pub tier: u8,
     pub window: i64,
-    #[allow(dead_code)] // part of the layout; read by tests and tools
-    pub id: u64,
     pub seq: u64,
 }
 
@@ -86,7 +84,6 @@ pub fn parse_chunk_key(k: &[u8]) -> Option<ChunkKey> {
     Some(ChunkKey {
         tier: k[0],
         window: time_from_bytes(&k[1..9]),
-        id: u64_from(&k[9..17])?,
         seq: u64_from(&k[17..25])?,
     })
 }
@@ -157,7 +154,8 @@ mod tests {
     #[test]
     fn chunk_and_postings_keys_round_trip() {
         let k = parse_chunk_key(&chunk_key(2, -7_200, 42, 9)).unwrap();
-        assert_eq!((k.tier, k.window, k.id, k.seq), (2, -7_200, 42, 9));
+        assert_eq!((k.tier, k.window, k.seq), (2, -7_200, 9));
+        assert_eq!(&chunk_key(2, -7_200, 42, 9)[9..17], &42u64.to_be_bytes());
         let name_len = postings_name_prefix("host").len();
         let key = postings_key("host", "web-1", 77);
         assert_eq!(

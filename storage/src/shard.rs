@@ -5,6 +5,7 @@
 //! chunks per epoch-aligned window; the durable index says which logged batches are
 //! fully in chunks, and the log is truncated up to it. Reads merge chunks and head.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -340,28 +341,22 @@ impl Shard {
     }
 
     fn ingest(&self, points: &[Point], seq: u64, log: bool) -> Result<()> {
-        // Validate everything first: a batch is all or nothing.
-        let mut sorted: Vec<Option<Vec<Label>>> = Vec::new();
+        // Validate everything first: a batch is all or nothing. Labels out of order
+        // are sorted into a copy; sorted ones (the usual case) are borrowed.
+        let mut label_sets: Vec<Cow<'_, [Label]>> = Vec::with_capacity(points.len());
         for (index, p) in points.iter().enumerate() {
-            let unsorted = p.labels.windows(2).any(|w| w[0].name > w[1].name);
-            let labels = if unsorted {
+            let labels = if p.labels.windows(2).any(|w| w[0].name > w[1].name) {
                 let mut l = p.labels.clone();
                 l.sort();
-                sorted.resize(points.len(), None);
-                sorted[index] = Some(l);
-                sorted[index].as_deref().expect("just set")
+                Cow::Owned(l)
             } else {
-                &p.labels
+                Cow::Borrowed(p.labels.as_slice())
             };
-            validate(&p.metric, labels, &self.config.limits)
+            validate(&p.metric, &labels, &self.config.limits)
                 .map_err(|problem| StorageError::InvalidPoint { index, problem })?;
+            label_sets.push(labels);
         }
-        let labels_of = |i: usize| -> &[Label] {
-            match sorted.get(i) {
-                Some(Some(l)) => l,
-                _ => &points[i].labels,
-            }
-        };
+        let labels_of = |i: usize| -> &[Label] { &label_sets[i] };
 
         // Resolve series ids; new series are written with the batch.
         let mut ids = Vec::with_capacity(points.len());
@@ -681,16 +676,8 @@ impl Shard {
         let _span = info_span!("checkpoint", dir = %dir.display()).entered();
         let _writer = self.writer.lock();
         self.flush_locked()?;
+        // After the flush the durable index equals the last applied one and is synced.
         let applied_index = self.state.read().last_seq;
-        // The durable index equals the last applied one after a flush; record it.
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
-        self.db.put_cf_opt(
-            self.cf(CF_META),
-            META_DURABLE_INDEX,
-            applied_index.to_be_bytes(),
-            &wo,
-        )?;
         Checkpoint::new(&self.db)?.create_checkpoint(dir)?;
         Ok(SnapshotMeta {
             path: dir.to_path_buf(),
