@@ -8,6 +8,7 @@
 //! never larger than the raw fallback. Layout: `docs/storage.md`.
 
 mod bits;
+mod range;
 mod varint;
 
 use std::fmt;
@@ -16,6 +17,7 @@ pub use varint::{get_uvarint, put_uvarint, unzigzag, zigzag};
 
 use crate::model::Sample;
 use bits::{BitReader, BitWriter};
+use range::{RangeDecoder, RangeEncoder, UintModel};
 
 /// Current chunk format version (the first byte of every chunk).
 pub const FORMAT_VERSION: u8 = 1;
@@ -59,6 +61,7 @@ enum TsEncoding {
     Raw = 0,
     GorillaDod = 1,
     VarintDod = 2,
+    Grid = 3,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +70,7 @@ enum ValueEncoding {
     Raw = 0,
     GorillaXor = 1,
     DecimalDelta = 2,
+    DecimalModel = 3,
 }
 
 const FLAG_ZSTD: u8 = 1 << 4;
@@ -108,18 +112,31 @@ pub fn encode_chunk(samples: &[Sample], opts: EncodeOptions) -> Vec<u8> {
     };
     let scale = timestamp_scale(samples);
 
-    // Candidate 1: the Gorilla paper's bit-packed encodings.
-    let mut gorilla = Vec::new();
-    let ts = gorilla_timestamps(samples, scale);
-    put_uvarint(&mut gorilla, ts.len() as u64);
-    gorilla.extend_from_slice(&ts);
-    gorilla_values(samples, &mut gorilla);
-    let mut best = (
-        TsEncoding::GorillaDod,
-        ValueEncoding::GorillaXor,
-        false,
-        gorilla,
-    );
+    // Candidate 1: the smaller of the Gorilla paper's bit-packed encodings and the
+    // range-coded models, chosen separately for timestamps and values.
+    let mut ts_enc = TsEncoding::GorillaDod;
+    let mut ts = gorilla_timestamps(samples, scale);
+    if let Some(grid) = grid_timestamps(samples, scale, min_time) {
+        if grid.len() < ts.len() {
+            (ts_enc, ts) = (TsEncoding::Grid, grid);
+        }
+    }
+    let mut packed = Vec::with_capacity(ts.len() + samples.len() + 16);
+    put_uvarint(&mut packed, ts.len() as u64);
+    packed.extend_from_slice(&ts);
+    let values_at = packed.len();
+    gorilla_values(samples, &mut packed);
+    let mut value_enc = ValueEncoding::GorillaXor;
+    if let Some(k) = decimal_exponent(samples).filter(|_| count > 1) {
+        let mut modelled = Vec::new();
+        decimal_model_values(samples, k, &mut modelled);
+        if modelled.len() < packed.len() - values_at {
+            packed.truncate(values_at);
+            packed.extend_from_slice(&modelled);
+            value_enc = ValueEncoding::DecimalModel;
+        }
+    }
+    let mut best = (ts_enc, value_enc, false, packed);
 
     // Candidate 2: byte-oriented varints, general-purpose compressed.
     if count > 1 {
@@ -215,6 +232,9 @@ pub fn decode_chunk_into(chunk: &[u8], out: &mut Vec<Sample>) -> Result<ChunkHea
         }
         x if x == TsEncoding::GorillaDod as u8 => decode_gorilla_timestamps(ts_bytes, count, out)?,
         x if x == TsEncoding::VarintDod as u8 => decode_varint_timestamps(ts_bytes, count, out)?,
+        x if x == TsEncoding::Grid as u8 => {
+            decode_grid_timestamps(ts_bytes, count, header.min_time, out)?
+        }
         _ => return Err(CodecError::Malformed("unknown timestamp encoding")),
     }
     let samples = &mut out[start..];
@@ -230,6 +250,9 @@ pub fn decode_chunk_into(chunk: &[u8], out: &mut Vec<Sample>) -> Result<ChunkHea
         }
         x if x == ValueEncoding::GorillaXor as u8 => decode_gorilla_values(value_bytes, samples)?,
         x if x == ValueEncoding::DecimalDelta as u8 => decode_decimal_values(value_bytes, samples)?,
+        x if x == ValueEncoding::DecimalModel as u8 => {
+            decode_decimal_model_values(value_bytes, samples)?
+        }
         _ => return Err(CodecError::Malformed("unknown value encoding")),
     }
     Ok(header)
@@ -505,7 +528,8 @@ fn to_decimal(v: f64, k: usize) -> Option<i64> {
     if m.is_nan() || m.abs() > MAX_EXACT_INT {
         return None;
     }
-    let back = m / POW10[k];
+    // Round-trip through the integer, as the decoder will: -0.0 comes back as 0.0.
+    let back = (m as i64) as f64 / POW10[k];
     (back.to_bits() == v.to_bits()).then_some(m as i64)
 }
 
@@ -548,6 +572,199 @@ fn decode_decimal_values(bytes: &[u8], samples: &mut [Sample]) -> Result<(), Cod
     for (i, s) in samples.iter_mut().enumerate() {
         if i > 0 {
             prev = prev.wrapping_add(unzigzag(get_uvarint(bytes, &mut pos)?).wrapping_mul(divisor));
+        }
+        s.value = prev as f64 / POW10[k];
+    }
+    Ok(())
+}
+
+/// Timestamps as offsets from a regular grid, range coded.
+///
+/// Scrapers sample on a grid (interval plus a per-target phase) with a little jitter
+/// around each grid point. Delta-of-delta sees the jitter twice (it differences two
+/// independent offsets); offsets from the grid see it once. Per sample the coder
+/// stores how many intervals the grid advances (almost always one) and the offset.
+/// A large offset (the target restarted, the phase moved) re-anchors the grid on the
+/// sample so one disturbance does not cost every later sample. `None` when the
+/// arithmetic would overflow (timestamps spread over most of the i64 range).
+fn grid_timestamps(samples: &[Sample], scale: u8, min_time: i64) -> Option<Vec<u8>> {
+    let div = 10i64.pow(scale as u32);
+    let ts: Vec<i64> = samples.iter().map(|s| s.timestamp / div).collect();
+    let first = *ts.first()?;
+    let interval = grid_interval(&ts);
+    let mut out = vec![scale];
+    put_uvarint(&mut out, first.checked_sub(min_time / div)? as u64);
+    put_uvarint(&mut out, interval as u64);
+    let mut enc = RangeEncoder::new(out);
+    let (mut steps, mut offsets) = grid_models();
+    let mut grid = first;
+    for &t in &ts[1..] {
+        let (step, offset) = grid_split(t.checked_sub(grid)?, interval);
+        steps.encode(&mut enc, zigzag(step.checked_sub(1)?));
+        offsets.encode(&mut enc, zigzag(offset));
+        grid = grid_advance(grid, step, offset, interval)?;
+    }
+    Some(enc.finish())
+}
+
+/// Grid steps are almost always one interval (coded as 0); jitter offsets are
+/// usually a few units either side of the grid.
+fn grid_models() -> (UintModel, UintModel) {
+    (UintModel::with_small_bits(1), UintModel::with_small_bits(5))
+}
+
+/// The grid interval: the typical positive delta, refined over the whole chunk so
+/// a jittered median (10.001 s) does not drift against the true interval (10 s).
+fn grid_interval(ts: &[i64]) -> i64 {
+    let mut deltas: Vec<i64> = ts
+        .windows(2)
+        .filter_map(|w| w[1].checked_sub(w[0]))
+        .filter(|&d| d > 0)
+        .collect();
+    if deltas.is_empty() {
+        return 1;
+    }
+    let mid = deltas.len() / 2;
+    let median = *deltas.select_nth_unstable(mid).1;
+    let (mut span, mut steps) = (0i128, 0i128);
+    for &d in &deltas {
+        let q = (d as i128 + median as i128 / 2) / median as i128;
+        // Only deltas near a whole number of intervals: a phase shift is not drift.
+        let off_grid = (d as i128 - q * median as i128).abs() > median as i128 / 8;
+        if q > 0 && q < 1 << 20 && !off_grid {
+            span += d as i128;
+            steps += q;
+        }
+    }
+    if steps == 0 {
+        return median;
+    }
+    ((span + steps / 2) / steps).clamp(1, i64::MAX as i128) as i64
+}
+
+/// Splits a distance from the grid into whole intervals and a remainder of at most
+/// half an interval.
+#[inline]
+fn grid_split(delta: i64, interval: i64) -> (i64, i64) {
+    let q = delta.div_euclid(interval);
+    let r = delta.rem_euclid(interval);
+    if r > interval / 2 {
+        (q + 1, r - interval)
+    } else {
+        (q, r)
+    }
+}
+
+#[inline]
+fn grid_advance(grid: i64, step: i64, offset: i64, interval: i64) -> Option<i64> {
+    let next = grid.checked_add(step.checked_mul(interval)?)?;
+    if offset.unsigned_abs() > (interval / 8) as u64 {
+        next.checked_add(offset)
+    } else {
+        Some(next)
+    }
+}
+
+fn decode_grid_timestamps(
+    bytes: &[u8],
+    count: usize,
+    min_time: i64,
+    out: &mut Vec<Sample>,
+) -> Result<(), CodecError> {
+    if count == 0 {
+        return Ok(());
+    }
+    const OVERFLOW: CodecError = CodecError::Malformed("grid timestamp out of range");
+    let scale = *bytes.first().ok_or(CodecError::Truncated)?;
+    if scale > 18 {
+        return Err(CodecError::Malformed("timestamp scale over 18"));
+    }
+    let mul = 10i64.pow(scale as u32);
+    let mut pos = 1;
+    let first = (min_time / mul)
+        .checked_add_unsigned(get_uvarint(bytes, &mut pos)?)
+        .ok_or(OVERFLOW)?;
+    let interval = i64::try_from(get_uvarint(bytes, &mut pos)?).map_err(|_| OVERFLOW)?;
+    if interval < 1 {
+        return Err(CodecError::Malformed("grid interval below one"));
+    }
+    let push = |out: &mut Vec<Sample>, t: i64| -> Result<(), CodecError> {
+        out.push(Sample::new(t.checked_mul(mul).ok_or(OVERFLOW)?, 0.0));
+        Ok(())
+    };
+    push(out, first)?;
+    let mut dec = RangeDecoder::new(&bytes[pos..]);
+    let (mut steps, mut offsets) = grid_models();
+    let mut grid = first;
+    for _ in 1..count {
+        let step = unzigzag(steps.decode(&mut dec)?)
+            .checked_add(1)
+            .ok_or(OVERFLOW)?;
+        let offset = unzigzag(offsets.decode(&mut dec)?);
+        let t = step
+            .checked_mul(interval)
+            .and_then(|d| grid.checked_add(d))
+            .and_then(|g| g.checked_add(offset))
+            .ok_or(OVERFLOW)?;
+        push(out, t)?;
+        grid = grid_advance(grid, step, offset, interval).ok_or(OVERFLOW)?;
+    }
+    Ok(())
+}
+
+/// Exact short decimals as scaled integers: the deltas, divided by their common
+/// divisor and less their median (a counter's typical increase), range coded.
+/// Layout: `k`, first value, divisor, median, then the coded residuals.
+fn decimal_model_values(samples: &[Sample], k: u8, out: &mut Vec<u8>) {
+    let ms: Vec<i64> = samples
+        .iter()
+        .map(|s| to_decimal(s.value, k as usize).expect("decimal_exponent checked every value"))
+        .collect();
+    let divisor = ms
+        .windows(2)
+        .fold(0u64, |g, w| gcd(g, w[1].wrapping_sub(w[0]).unsigned_abs()))
+        .max(1) as i64;
+    // |m| <= 2^53, so deltas and their quotients are exact in i64.
+    let mut steps: Vec<i64> = ms.windows(2).map(|w| (w[1] - w[0]) / divisor).collect();
+    let median = if steps.is_empty() {
+        0
+    } else {
+        let mid = steps.len() / 2;
+        *steps.clone().select_nth_unstable(mid).1
+    };
+    out.push(k);
+    put_uvarint(out, zigzag(ms[0]));
+    put_uvarint(out, divisor as u64);
+    put_uvarint(out, zigzag(median));
+    let mut enc = RangeEncoder::new(std::mem::take(out));
+    let mut model = UintModel::default();
+    for s in steps.iter_mut() {
+        model.encode(&mut enc, zigzag(*s - median));
+    }
+    *out = enc.finish();
+}
+
+fn decode_decimal_model_values(bytes: &[u8], samples: &mut [Sample]) -> Result<(), CodecError> {
+    const OVERFLOW: CodecError = CodecError::Malformed("decimal value out of range");
+    let k = *bytes.first().ok_or(CodecError::Truncated)? as usize;
+    if k > MAX_DECIMAL_DIGITS {
+        return Err(CodecError::Malformed("decimal exponent out of range"));
+    }
+    let mut pos = 1;
+    let mut prev = unzigzag(get_uvarint(bytes, &mut pos)?);
+    let divisor = i64::try_from(get_uvarint(bytes, &mut pos)?).map_err(|_| OVERFLOW)?;
+    let median = unzigzag(get_uvarint(bytes, &mut pos)?);
+    let mut dec = RangeDecoder::new(&bytes[pos..]);
+    let mut model = UintModel::default();
+    for (i, s) in samples.iter_mut().enumerate() {
+        if i > 0 {
+            let step = unzigzag(model.decode(&mut dec)?)
+                .checked_add(median)
+                .ok_or(OVERFLOW)?;
+            prev = step
+                .checked_mul(divisor)
+                .and_then(|d| prev.checked_add(d))
+                .ok_or(OVERFLOW)?;
         }
         s.value = prev as f64 / POW10[k];
     }

@@ -166,3 +166,79 @@ fn corrupt_chunk_reports_checksum() {
         Err(CodecError::ChecksumMismatch { .. })
     ));
 }
+
+/// Scrape-like timestamps: 10 s grid, a phase, ±5 ms of jitter at ms precision.
+fn jittered(n: usize, seed: u64) -> Vec<Sample> {
+    let mut x = seed;
+    (0..n as i64)
+        .map(|i| {
+            // xorshift: deterministic jitter without a dependency on the generator.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let jitter_ms = (x % 11) as i64 - 5;
+            let t = 1_700_000_000_000_000_000 + i * 10_000_000_000 + jitter_ms * 1_000_000;
+            Sample::new(t, (i % 7) as f64 * 0.25)
+        })
+        .collect()
+}
+
+#[test]
+fn grid_timestamps_cost_about_the_jitter_entropy() {
+    let samples = jittered(720, 99);
+    let grid = grid_timestamps(&samples, 6, samples[0].timestamp).unwrap();
+    let dod = gorilla_timestamps(&samples, 6);
+    // 11 equally likely offsets: log2(11) = 3.46 bits; allow the models' learning.
+    assert!(grid.len() * 8 < 720 * 4, "grid {} bytes", grid.len());
+    assert!(grid.len() * 3 < dod.len() * 2, "grid {} vs dod {}", grid.len(), dod.len());
+    assert_round_trip(&samples);
+}
+
+#[test]
+fn grid_re_anchors_after_a_phase_shift() {
+    let mut samples = jittered(720, 5);
+    // The target restarts half way through with a new phase 3.7 s later.
+    for s in &mut samples[360..] {
+        s.timestamp += 3_700_000_000;
+    }
+    let grid = grid_timestamps(&samples, 6, samples[0].timestamp).unwrap();
+    assert!(grid.len() * 8 < 720 * 5, "grid {} bytes", grid.len());
+    assert_round_trip(&samples);
+}
+
+#[test]
+fn grid_handles_gaps_unsorted_and_equal_timestamps() {
+    let mut samples = jittered(300, 11);
+    samples.drain(100..140); // a scrape outage
+    samples.swap(10, 11);
+    samples.insert(50, samples[50]);
+    assert_round_trip(&samples);
+    assert_eq!(grid_interval(&[0, 10, 20, 50, 60, 61]), 10);
+}
+
+#[test]
+fn decimal_model_learns_a_counter_rate() {
+    // A counter rising by 1000 ± a little: the median step is taken out.
+    let samples: Vec<Sample> = (0..720i64)
+        .map(|i| Sample::new(i * 10_000, (i * 1000 + (i * 7) % 5) as f64))
+        .collect();
+    let mut modelled = Vec::new();
+    decimal_model_values(&samples, 0, &mut modelled);
+    assert!(modelled.len() < 720 * 3 / 8, "{} bytes", modelled.len());
+    assert_round_trip(&samples);
+}
+
+proptest! {
+    // The checksum normally rejects damage first; the decoders must still be total.
+    #[test]
+    fn modelled_decoders_never_panic_on_garbage(
+        bytes in prop::collection::vec(any::<u8>(), 0..200),
+        count in 0usize..300,
+        min_time in any::<i64>(),
+    ) {
+        let mut out = Vec::new();
+        let _ = decode_grid_timestamps(&bytes, count, min_time, &mut out);
+        let mut samples = vec![Sample::new(0, 0.0); count];
+        let _ = decode_decimal_model_values(&bytes, &mut samples);
+    }
+}

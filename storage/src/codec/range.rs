@@ -1,0 +1,410 @@
+//! Adaptive binary range coding for the modelled chunk encodings.
+//!
+//! A carry-propagating range coder over binary decisions with adaptive
+//! probabilities (the scheme LZMA popularised), plus a model for unsigned integers:
+//! the bit length is coded through an adaptive binary tree, the bits below the
+//! leading one adaptively (all of them for short integers, the top three for long
+//! ones), the rest directly. Residuals of a good predictor are
+//! concentrated near zero, and this spends close to their entropy on them, where a
+//! fixed bucket code (Gorilla's) or a varint spends whole bits or bytes.
+
+use super::CodecError;
+
+const PROB_BITS: u32 = 12;
+const PROB_ONE: u16 = 1 << PROB_BITS;
+/// Adaptation: a model moves by about 1/(n+2) of the gap after its n-th bit (close
+/// to counting frequencies while it is young, which matters in a chunk of a few
+/// hundred samples), then by 2^-RATE_LIMIT so it keeps tracking drift.
+const RATE_LIMIT: u32 = 6;
+const TOP: u32 = 1 << 24;
+/// Direct bits per division: the range keeps at least 2^(24 - 16) = 256 steps.
+const DIRECT_STEP: u32 = 16;
+/// Bit lengths below 15 take a 4-level tree; 15 escapes to a 6-level tree for the
+/// rest (15..=64), so typical residuals cost four decisions for their length.
+const LENGTH_TREE_BITS: u32 = 4;
+const LENGTH_ESCAPE: u32 = (1 << LENGTH_TREE_BITS) - 1;
+const LONG_LENGTH_BITS: u32 = 6;
+
+/// Probability that the next bit is 0, in units of 2^-12, and how many bits the
+/// model has seen (saturating).
+#[derive(Clone, Copy)]
+pub struct BitModel {
+    p: u16,
+    seen: u16,
+}
+
+impl Default for BitModel {
+    fn default() -> Self {
+        Self {
+            p: PROB_ONE / 2,
+            seen: 0,
+        }
+    }
+}
+
+impl BitModel {
+    #[inline]
+    fn bound(&self, range: u32) -> u32 {
+        (range >> PROB_BITS) * self.p as u32
+    }
+
+    #[inline]
+    fn update(&mut self, bit: bool) {
+        let rate = (self.seen as u32 + 2).ilog2().min(RATE_LIMIT);
+        self.seen = self.seen.saturating_add(1);
+        if bit {
+            self.p -= self.p >> rate;
+        } else {
+            self.p += (PROB_ONE - self.p) >> rate;
+        }
+    }
+}
+
+pub struct RangeEncoder {
+    low: u64,
+    range: u32,
+    cache: u8,
+    pending: u64,
+    out: Vec<u8>,
+    /// Where the coded bytes start in `out` (a caller's header may precede them).
+    start: usize,
+    /// The coder's first output byte is always 0; it is not stored.
+    first: bool,
+}
+
+impl RangeEncoder {
+    /// Appends the coded stream to `out`.
+    pub fn new(out: Vec<u8>) -> Self {
+        Self {
+            start: out.len(),
+            low: 0,
+            range: u32::MAX,
+            cache: 0,
+            pending: 1,
+            out,
+            first: true,
+        }
+    }
+
+    #[inline]
+    pub fn bit(&mut self, model: &mut BitModel, bit: bool) {
+        let bound = model.bound(self.range);
+        if bit {
+            self.low += bound as u64;
+            self.range -= bound;
+        } else {
+            self.range = bound;
+        }
+        model.update(bit);
+        while self.range < TOP {
+            self.range <<= 8;
+            self.shift_low();
+        }
+    }
+
+    /// The low `n` bits of `value`, each with probability one half, coded up to
+    /// `DIRECT_STEP` bits at a time.
+    #[inline]
+    pub fn direct(&mut self, value: u64, n: u32) {
+        let mut left = n;
+        while left > 0 {
+            let step = left.min(DIRECT_STEP);
+            left -= step;
+            let part = (value >> left) & ((1u64 << step) - 1);
+            self.range >>= step;
+            self.low += part * self.range as u64;
+            while self.range < TOP {
+                self.range <<= 8;
+                self.shift_low();
+            }
+        }
+    }
+
+    fn shift_low(&mut self) {
+        if (self.low as u32) < 0xFF00_0000 || (self.low >> 32) != 0 {
+            let carry = (self.low >> 32) as u8;
+            let mut byte = self.cache;
+            loop {
+                let b = byte.wrapping_add(carry);
+                if self.first {
+                    debug_assert_eq!(b, 0);
+                    self.first = false;
+                } else {
+                    self.out.push(b);
+                }
+                byte = 0xFF;
+                self.pending -= 1;
+                if self.pending == 0 {
+                    break;
+                }
+            }
+            self.cache = (self.low >> 24) as u8;
+        }
+        self.pending += 1;
+        self.low = (self.low & 0x00FF_FFFF) << 8;
+    }
+
+    pub fn finish(mut self) -> Vec<u8> {
+        for _ in 0..5 {
+            self.shift_low();
+        }
+        // Trailing zero bytes carry no information: the decoder reads zeros past the end.
+        while self.out.len() > self.start && self.out.last() == Some(&0) {
+            self.out.pop();
+        }
+        self.out
+    }
+}
+
+pub struct RangeDecoder<'a> {
+    input: &'a [u8],
+    range: u32,
+    code: u32,
+}
+
+impl<'a> RangeDecoder<'a> {
+    pub fn new(input: &'a [u8]) -> Self {
+        let mut d = Self {
+            input,
+            range: u32::MAX,
+            code: 0,
+        };
+        for _ in 0..4 {
+            d.code = (d.code << 8) | d.next_byte() as u32;
+        }
+        d
+    }
+
+    /// Bytes past the end read as zero (the encoder trims them), so a short stream
+    /// decodes to wrong numbers rather than failing: the chunk checksum is what
+    /// rejects a damaged stream before it gets here.
+    #[inline]
+    fn next_byte(&mut self) -> u8 {
+        match self.input.split_first() {
+            Some((&b, rest)) => {
+                self.input = rest;
+                b
+            }
+            None => 0,
+        }
+    }
+
+    #[inline]
+    pub fn bit(&mut self, model: &mut BitModel) -> bool {
+        let bound = model.bound(self.range);
+        let bit = if self.code < bound {
+            self.range = bound;
+            false
+        } else {
+            self.code -= bound;
+            self.range -= bound;
+            true
+        };
+        model.update(bit);
+        while self.range < TOP {
+            self.range <<= 8;
+            self.code = (self.code << 8) | self.next_byte() as u32;
+        }
+        bit
+    }
+
+    #[inline]
+    pub fn direct(&mut self, n: u32) -> u64 {
+        let mut v = 0u64;
+        let mut left = n;
+        while left > 0 {
+            let step = left.min(DIRECT_STEP);
+            left -= step;
+            self.range >>= step;
+            // A damaged stream can make the quotient exceed the step; clamp so the
+            // state stays well-formed (the checksum has already vouched for it).
+            let part = (self.code / self.range).min((1 << step) - 1);
+            self.code -= part * self.range;
+            v = (v << step) | part as u64;
+            while self.range < TOP {
+                self.range <<= 8;
+                self.code = (self.code << 8) | self.next_byte() as u32;
+            }
+        }
+        v
+    }
+}
+
+/// Mantissa bits below the leading one that get adaptive models: all of them for
+/// short integers (so any distribution over small values is learnt exactly), the
+/// top few for long ones (the rest of a long residual is close to uniform).
+const MODELLED_SHORT: u32 = 3;
+const MODELLED_LONG: u32 = 1;
+const MANTISSA_TREE: usize = 1 << MODELLED_SHORT;
+
+#[inline]
+fn modelled_bits(len: u32) -> u32 {
+    let rest = len.saturating_sub(1);
+    if rest <= MODELLED_SHORT {
+        rest
+    } else {
+        MODELLED_LONG
+    }
+}
+
+/// Widest optional tree for a small alphabet in front of the general code.
+const MAX_SMALL_BITS: u32 = 6;
+
+/// Adaptive model of unsigned 64-bit integers that are usually small.
+///
+/// With `small_bits = k`, values below `2^k - 1` are coded in one `k`-level tree
+/// (any distribution over them is learnt, at `k` decisions each) and the largest
+/// code escapes to the general form: length, then mantissa. Streams with a known
+/// small alphabet (grid steps, jitter) decode several times faster that way.
+pub struct UintModel {
+    small_bits: u32,
+    small: [BitModel; 1 << MAX_SMALL_BITS],
+    length: [BitModel; 1 << LENGTH_TREE_BITS],
+    long_length: [BitModel; 1 << LONG_LENGTH_BITS],
+    /// A binary tree over the modelled mantissa bits, per length.
+    mantissa: [BitModel; 65 * MANTISSA_TREE],
+}
+
+impl Default for UintModel {
+    fn default() -> Self {
+        Self::with_small_bits(0)
+    }
+}
+
+impl UintModel {
+    /// A model whose values are usually below `2^small_bits - 1` (`small_bits <= 6`).
+    pub fn with_small_bits(small_bits: u32) -> Self {
+        Self {
+            small_bits: small_bits.min(MAX_SMALL_BITS),
+            small: [BitModel::default(); 1 << MAX_SMALL_BITS],
+            length: [BitModel::default(); 1 << LENGTH_TREE_BITS],
+            long_length: [BitModel::default(); 1 << LONG_LENGTH_BITS],
+            mantissa: [BitModel::default(); 65 * MANTISSA_TREE],
+        }
+    }
+
+    #[inline]
+    pub fn encode(&mut self, enc: &mut RangeEncoder, v: u64) {
+        if self.small_bits > 0 {
+            let escape = (1u64 << self.small_bits) - 1;
+            let symbol = v.min(escape);
+            encode_tree(enc, &mut self.small, self.small_bits, symbol);
+            if symbol < escape {
+                return;
+            }
+        }
+        let len = 64 - v.leading_zeros();
+        encode_tree(enc, &mut self.length, LENGTH_TREE_BITS, len.min(LENGTH_ESCAPE) as u64);
+        if len >= LENGTH_ESCAPE {
+            let long = (len - LENGTH_ESCAPE) as u64;
+            encode_tree(enc, &mut self.long_length, LONG_LENGTH_BITS, long);
+        }
+        let rest = len.saturating_sub(1);
+        let modelled = modelled_bits(len);
+        let tree = &mut self.mantissa[len as usize * MANTISSA_TREE..][..MANTISSA_TREE];
+        let mut node = 1usize;
+        for i in (rest - modelled..rest).rev() {
+            let bit = (v >> i) & 1 == 1;
+            enc.bit(&mut tree[node], bit);
+            node = node * 2 + bit as usize;
+        }
+        enc.direct(v, rest - modelled);
+    }
+
+    #[inline]
+    pub fn decode(&mut self, dec: &mut RangeDecoder<'_>) -> Result<u64, CodecError> {
+        if self.small_bits > 0 {
+            let symbol = decode_tree(dec, &mut self.small, self.small_bits);
+            if symbol < (1u64 << self.small_bits) - 1 {
+                return Ok(symbol);
+            }
+        }
+        let mut len = decode_tree(dec, &mut self.length, LENGTH_TREE_BITS) as u32;
+        if len == LENGTH_ESCAPE {
+            len += decode_tree(dec, &mut self.long_length, LONG_LENGTH_BITS) as u32;
+        }
+        if len > 64 {
+            return Err(CodecError::Malformed("integer longer than 64 bits"));
+        }
+        if len == 0 {
+            return Ok(0);
+        }
+        let rest = len - 1;
+        let modelled = modelled_bits(len);
+        let tree = &mut self.mantissa[len as usize * MANTISSA_TREE..][..MANTISSA_TREE];
+        let mut node = 1usize;
+        for _ in 0..modelled {
+            node = node * 2 + dec.bit(&mut tree[node]) as usize;
+        }
+        let top = (1u64 << modelled) | (node as u64 - (1 << modelled));
+        let low = dec.direct(rest - modelled);
+        Ok((top << (rest - modelled)) | low)
+    }
+}
+
+/// Codes the low `bits` bits of `symbol` through a binary tree of models.
+#[inline]
+fn encode_tree(enc: &mut RangeEncoder, tree: &mut [BitModel], bits: u32, symbol: u64) {
+    let mut node = 1usize;
+    for i in (0..bits).rev() {
+        let bit = (symbol >> i) & 1 == 1;
+        enc.bit(&mut tree[node], bit);
+        node = node * 2 + bit as usize;
+    }
+}
+
+#[inline]
+fn decode_tree(dec: &mut RangeDecoder<'_>, tree: &mut [BitModel], bits: u32) -> u64 {
+    let mut node = 1usize;
+    for _ in 0..bits {
+        node = node * 2 + dec.bit(&mut tree[node]) as usize;
+    }
+    (node - (1 << bits)) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn round_trip(values: &[u64]) -> usize {
+        let mut enc = RangeEncoder::new(Vec::new());
+        let mut model = UintModel::default();
+        for &v in values {
+            model.encode(&mut enc, v);
+        }
+        let bytes = enc.finish();
+        let mut dec = RangeDecoder::new(&bytes);
+        let mut model = UintModel::default();
+        for &v in values {
+            assert_eq!(model.decode(&mut dec).unwrap(), v);
+        }
+        bytes.len()
+    }
+
+    #[test]
+    fn zeros_cost_almost_nothing() {
+        assert!(round_trip(&[0; 1000]) < 16);
+    }
+
+    #[test]
+    fn extremes_round_trip() {
+        round_trip(&[u64::MAX, 0, 1, 2, 3, u64::MAX - 1, 1 << 63, 4, 5, 7, 8]);
+    }
+
+    #[test]
+    fn small_values_cost_about_their_entropy() {
+        // Uniform over 0..16: 4 bits of entropy each.
+        let values: Vec<u64> = (0..4000u64).map(|i| (i * 7919) % 16).collect();
+        let bytes = round_trip(&values);
+        assert!(bytes * 8 < 4000 * 9 / 2, "{bytes} bytes");
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_integers_round_trip(values in prop::collection::vec(
+            prop_oneof![any::<u64>(), 0u64..4, 0u64..1000], 0..500)) {
+            round_trip(&values);
+        }
+    }
+}
