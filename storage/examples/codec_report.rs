@@ -36,7 +36,10 @@ fn main() {
             let encoded = encode_chunk(chunk, opts);
             let total = encoded.len();
             chunks.push(encoded);
-            let ts_only: Vec<Sample> = chunk.iter().map(|s| Sample::new(s.timestamp, 0.0)).collect();
+            let ts_only: Vec<Sample> = chunk
+                .iter()
+                .map(|s| Sample::new(s.timestamp, 0.0))
+                .collect();
             let ts = encode_chunk(&ts_only, opts).len();
             let e = report.entry(metric.clone()).or_default();
             e.0 += chunk.len();
@@ -45,7 +48,10 @@ fn main() {
         }
     }
     let (mut n, mut bytes, mut ts) = (0, 0, 0);
-    println!("{:<40} {:>10} {:>10} {:>10}", "metric", "B/sample", "ts B/s", "value B/s");
+    println!(
+        "{:<40} {:>10} {:>10} {:>10}",
+        "metric", "B/sample", "ts B/s", "value B/s"
+    );
     for (metric, (count, total, ts_bytes)) in &report {
         let c = *count as f64;
         println!(

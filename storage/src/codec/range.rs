@@ -294,7 +294,12 @@ impl UintModel {
             }
         }
         let len = 64 - v.leading_zeros();
-        encode_tree(enc, &mut self.length, LENGTH_TREE_BITS, len.min(LENGTH_ESCAPE) as u64);
+        encode_tree(
+            enc,
+            &mut self.length,
+            LENGTH_TREE_BITS,
+            len.min(LENGTH_ESCAPE) as u64,
+        );
         if len >= LENGTH_ESCAPE {
             let long = (len - LENGTH_ESCAPE) as u64;
             encode_tree(enc, &mut self.long_length, LONG_LENGTH_BITS, long);

@@ -190,7 +190,12 @@ fn grid_timestamps_cost_about_the_jitter_entropy() {
     let dod = gorilla_timestamps(&samples, 6);
     // 11 equally likely offsets: log2(11) = 3.46 bits; allow the models' learning.
     assert!(grid.len() * 8 < 720 * 4, "grid {} bytes", grid.len());
-    assert!(grid.len() * 3 < dod.len() * 2, "grid {} vs dod {}", grid.len(), dod.len());
+    assert!(
+        grid.len() * 3 < dod.len() * 2,
+        "grid {} vs dod {}",
+        grid.len(),
+        dod.len()
+    );
     assert_round_trip(&samples);
 }
 
