@@ -1,0 +1,51 @@
+//! The ingest actor: points arrive on `chronicle.ingest.>` (line protocol or JSON)
+//! or as direct messages from the HTTP front end; they are validated, batched by size
+//! and time, written durably, and acknowledged only after the write returned.
+
+mod actor;
+mod metrics;
+pub mod parse;
+mod writer;
+
+pub use actor::{IngestActor, IngestConfig, InjectPanic, Ping, WritePoints};
+pub use parse::{parse_json, parse_line_protocol, parse_payload, Precision};
+pub use writer::StorageWriter;
+
+/// Why points were not accepted or not written.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IngestError {
+    #[error("line {line}: {reason}")]
+    Line { line: usize, reason: String },
+    #[error("point {index}: {reason}")]
+    Point { index: usize, reason: String },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("the ingest actor restarted before this write was acknowledged; retry it")]
+    Restarted,
+    #[error("the ingest actor is not running")]
+    Unavailable,
+}
+
+impl IngestError {
+    /// A stable code for the JSON error body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            IngestError::Line { .. } => "invalid_line",
+            IngestError::Point { .. } => "invalid_point",
+            IngestError::BadRequest(_) => "bad_request",
+            IngestError::Storage(_) => "storage_error",
+            IngestError::Restarted => "retry",
+            IngestError::Unavailable => "unavailable",
+        }
+    }
+
+    /// Whether the client sent something wrong (as opposed to a server-side failure).
+    pub fn is_client_error(&self) -> bool {
+        matches!(
+            self,
+            IngestError::Line { .. } | IngestError::Point { .. } | IngestError::BadRequest(_)
+        )
+    }
+}

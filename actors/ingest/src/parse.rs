@@ -1,0 +1,312 @@
+//! Payloads the ingest path accepts: InfluxDB line protocol and JSON points.
+//!
+//! Line protocol naming: every field of a line becomes one point. The metric is
+//! `<measurement>_<field>`, except for a field named `value`, which keeps the bare
+//! measurement name (`cpu,host=a value=1` is the metric `cpu`). Tags become labels.
+//! Floats are stored as they are; integers and unsigned integers when they are exact
+//! in an f64 (|n| <= 2^53; larger ones are an error rather than silently rounded);
+//! booleans as 1 and 0. String fields cannot be stored in a numeric series and are
+//! an error naming the line. A line without a timestamp gets the receive time.
+
+use std::str::FromStr;
+
+use chronicle_storage::model::{validate, Label, Limits, Point};
+use influxdb_line_protocol::FieldValue;
+use serde::Deserialize;
+
+use crate::IngestError;
+
+/// Timestamp unit of line protocol input (InfluxDB's `precision` parameter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    #[default]
+    Nanoseconds,
+    Microseconds,
+    Milliseconds,
+    Seconds,
+}
+
+impl Precision {
+    fn factor(self) -> i64 {
+        match self {
+            Precision::Nanoseconds => 1,
+            Precision::Microseconds => 1_000,
+            Precision::Milliseconds => 1_000_000,
+            Precision::Seconds => 1_000_000_000,
+        }
+    }
+}
+
+impl FromStr for Precision {
+    type Err = IngestError;
+
+    /// `ns`, `us` (or `u`), `ms`, `s` — InfluxDB's spellings.
+    fn from_str(s: &str) -> Result<Self, IngestError> {
+        Ok(match s {
+            "ns" | "n" => Precision::Nanoseconds,
+            "us" | "u" | "µs" => Precision::Microseconds,
+            "ms" => Precision::Milliseconds,
+            "s" => Precision::Seconds,
+            other => {
+                return Err(IngestError::BadRequest(format!(
+                    "unknown precision {other:?} (use ns, us, ms or s)"
+                )))
+            }
+        })
+    }
+}
+
+/// Largest integer magnitude an f64 holds exactly.
+const MAX_EXACT: u64 = 1 << 53;
+
+/// Parses line protocol into points, all or nothing: the first bad line is an error
+/// naming its number (1-based) and the reason.
+pub fn parse_line_protocol(
+    text: &str,
+    precision: Precision,
+    now_ns: i64,
+    limits: &Limits,
+) -> Result<Vec<Point>, IngestError> {
+    let mut points = Vec::new();
+    for (index, raw) in influxdb_line_protocol::split_lines(text).enumerate() {
+        let line_no = index + 1;
+        let trimmed = raw.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let bad = |reason: String| IngestError::Line {
+            line: line_no,
+            reason,
+        };
+        let parsed = influxdb_line_protocol::parse_lines(trimmed)
+            .next()
+            .ok_or_else(|| bad("not a line protocol line".into()))?
+            .map_err(|e| bad(e.to_string()))?;
+        let timestamp = match parsed.timestamp {
+            Some(t) => t
+                .checked_mul(precision.factor())
+                .ok_or_else(|| bad(format!("timestamp {t} overflows at this precision")))?,
+            None => now_ns,
+        };
+        let measurement = parsed.series.measurement.as_str();
+        let labels: Vec<Label> = parsed
+            .series
+            .tag_set
+            .iter()
+            .flatten()
+            .map(|(k, v)| Label::new(k.as_str(), v.as_str()))
+            .collect();
+        for (field, value) in &parsed.field_set {
+            let value = match value {
+                FieldValue::F64(v) => *v,
+                FieldValue::I64(v) if v.unsigned_abs() <= MAX_EXACT => *v as f64,
+                FieldValue::U64(v) if *v <= MAX_EXACT => *v as f64,
+                FieldValue::I64(v) => {
+                    return Err(bad(format!(
+                        "field {field}: integer {v} is beyond 2^53 and would lose precision"
+                    )))
+                }
+                FieldValue::U64(v) => {
+                    return Err(bad(format!(
+                        "field {field}: integer {v} is beyond 2^53 and would lose precision"
+                    )))
+                }
+                FieldValue::Boolean(b) => f64::from(u8::from(*b)),
+                FieldValue::String(_) => {
+                    return Err(bad(format!(
+                        "field {field}: string fields cannot be stored in a numeric series"
+                    )))
+                }
+            };
+            let metric = if field.as_str() == "value" {
+                measurement.to_string()
+            } else {
+                format!("{measurement}_{}", field.as_str())
+            };
+            let point = Point::new(metric, labels.clone(), value, timestamp);
+            validate(&point.metric, &point.labels, limits)
+                .map_err(|p| bad(format!("{}: {p}", p.field())))?;
+            points.push(point);
+        }
+    }
+    Ok(points)
+}
+
+/// One point in the JSON format.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonPoint {
+    metric: String,
+    /// `labels` and `tags` are the same thing; the Go original says `tags`.
+    #[serde(default, alias = "tags")]
+    labels: std::collections::BTreeMap<String, String>,
+    value: JsonValue,
+    /// Nanoseconds since the epoch; the receive time when absent.
+    timestamp: Option<i64>,
+}
+
+/// A JSON number, or one of the strings Prometheus uses for non-finite values.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum JsonValue {
+    Number(f64),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum JsonBody {
+    Wrapped { points: Vec<JsonPoint> },
+    List(Vec<JsonPoint>),
+    One(JsonPoint),
+}
+
+/// Parses `{"points": [...]}`, a bare array of points, or one point object. Errors
+/// name the point's index (0-based) and the reason.
+pub fn parse_json(bytes: &[u8], now_ns: i64, limits: &Limits) -> Result<Vec<Point>, IngestError> {
+    let body: JsonBody = serde_json::from_slice(bytes)
+        .map_err(|e| IngestError::BadRequest(format!("invalid JSON points: {e}")))?;
+    let raw = match body {
+        JsonBody::Wrapped { points } | JsonBody::List(points) => points,
+        JsonBody::One(p) => vec![p],
+    };
+    raw.into_iter()
+        .enumerate()
+        .map(|(index, p)| {
+            let bad = |reason: String| IngestError::Point { index, reason };
+            let value = match p.value {
+                JsonValue::Number(v) => v,
+                JsonValue::Text(s) => match s.as_str() {
+                    "NaN" => f64::NAN,
+                    "+Inf" | "Inf" => f64::INFINITY,
+                    "-Inf" => f64::NEG_INFINITY,
+                    other => other
+                        .parse()
+                        .map_err(|_| bad(format!("value {other:?} is not a number")))?,
+                },
+            };
+            let labels = p
+                .labels
+                .into_iter()
+                .map(|(k, v)| Label::new(k, v))
+                .collect();
+            let point = Point::new(p.metric, labels, value, p.timestamp.unwrap_or(now_ns));
+            validate(&point.metric, &point.labels, limits)
+                .map_err(|e| bad(format!("{}: {e}", e.field())))?;
+            Ok(point)
+        })
+        .collect()
+}
+
+/// Line protocol or JSON, by content type when given, else by the first byte.
+pub fn parse_payload(
+    bytes: &[u8],
+    content_type: Option<&str>,
+    precision: Precision,
+    now_ns: i64,
+    limits: &Limits,
+) -> Result<Vec<Point>, IngestError> {
+    let json = match content_type {
+        Some(ct) => ct.contains("json"),
+        None => bytes
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| *b == b'{' || *b == b'['),
+    };
+    if json {
+        parse_json(bytes, now_ns, limits)
+    } else {
+        let text = std::str::from_utf8(bytes)
+            .map_err(|e| IngestError::BadRequest(format!("line protocol is not UTF-8: {e}")))?;
+        parse_line_protocol(text, precision, now_ns, limits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn lp(text: &str) -> Result<Vec<Point>, IngestError> {
+        parse_line_protocol(text, Precision::Nanoseconds, 42, &Limits::default())
+    }
+
+    #[test]
+    fn every_field_becomes_a_point() {
+        let points =
+            lp("cpu,host=a,region=eu usage_user=1.5,usage_system=2i,up=true 1000\n").unwrap();
+        let names: Vec<_> = points.iter().map(|p| p.metric.as_str()).collect();
+        assert_eq!(names, ["cpu_usage_user", "cpu_usage_system", "cpu_up"]);
+        assert_eq!(points[1].value, 2.0);
+        assert_eq!(points[2].value, 1.0);
+        assert!(points.iter().all(|p| p.timestamp == 1000));
+        assert_eq!(points[0].labels[0], Label::new("host", "a"));
+    }
+
+    #[test]
+    fn value_field_keeps_the_measurement_name_and_time_defaults_to_now() {
+        let points = lp("temp,room=k value=21.5").unwrap();
+        assert_eq!(points[0].metric, "temp");
+        assert_eq!(points[0].timestamp, 42);
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let err = lp("# comment\ncpu value=1 1\n\ncpu value= 2\n").unwrap_err();
+        match err {
+            IngestError::Line { line, .. } => assert_eq!(line, 4),
+            other => panic!("{other}"),
+        }
+        let err = lp("cpu msg=\"hello\" 1").unwrap_err().to_string();
+        assert!(err.contains("line 1") && err.contains("string"), "{err}");
+        let err = lp("cpu n=9007199254740993i 1").unwrap_err().to_string();
+        assert!(err.contains("2^53"), "{err}");
+        let err = lp("cpu,1bad=x value=1 1").unwrap_err().to_string();
+        assert!(err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn precision_scales_timestamps() {
+        let points =
+            parse_line_protocol("m value=1 5", Precision::Seconds, 0, &Limits::default()).unwrap();
+        assert_eq!(points[0].timestamp, 5_000_000_000);
+        assert!(parse_line_protocol(
+            "m value=1 9223372036854775807",
+            Precision::Seconds,
+            0,
+            &Limits::default()
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn json_forms() {
+        let limits = Limits::default();
+        let one = br#"{"metric":"cpu","tags":{"host":"a"},"value":1.5,"timestamp":7}"#;
+        let points = parse_json(one, 0, &limits).unwrap();
+        assert_eq!(points[0].labels, vec![Label::new("host", "a")]);
+        let wrapped = br#"{"points":[{"metric":"a","value":1},{"metric":"b","value":"NaN"}]}"#;
+        let points = parse_json(wrapped, 9, &limits).unwrap();
+        assert!(points[1].value.is_nan());
+        assert_eq!(points[0].timestamp, 9);
+        let err = parse_json(br#"[{"metric":"","value":1}]"#, 0, &limits).unwrap_err();
+        assert!(matches!(err, IngestError::Point { index: 0, .. }), "{err}");
+        assert!(parse_json(b"{", 0, &limits).is_err());
+        assert!(parse_payload(br#" [{"metric":"a","value":1}]"#, None, Precision::default(), 0, &limits).is_ok());
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
+            let _ = lp(&text);
+            let _ = parse_json(text.as_bytes(), 0, &Limits::default());
+        }
+
+        #[test]
+        fn numeric_fields_round_trip(v in any::<f64>().prop_filter("finite", |v| v.is_finite()), t in any::<i64>()) {
+            let points = lp(&format!("m,k=v f={v:?} {t}")).unwrap();
+            prop_assert_eq!(points[0].value.to_bits(), v.to_bits());
+            prop_assert_eq!(points[0].timestamp, t);
+        }
+    }
+}
