@@ -3,7 +3,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 use bytes::Bytes;
-use chronicle_actor_runtime::{error_json, guarded};
+use chronicle_actor_runtime::{error_json, guarded, InjectPanic};
 use chronicle_bus::{Bus, Message as BusMessage};
 use chronicle_storage::{Limits, Point};
 use tokio::sync::oneshot;
@@ -51,12 +51,6 @@ pub struct WritePoints(pub Vec<Point>);
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Ping;
-
-/// Makes the actor panic inside a handler: the supervision test and chaos runs use
-/// it to prove a panic restarts the actor without losing acknowledged writes.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct InjectPanic;
 
 /// Who is waiting for a batch to become durable.
 enum Waiter {

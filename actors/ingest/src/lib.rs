@@ -7,7 +7,8 @@ mod metrics;
 pub mod parse;
 mod writer;
 
-pub use actor::{IngestActor, IngestConfig, InjectPanic, Ping, WritePoints};
+pub use actor::{IngestActor, IngestConfig, Ping, WritePoints};
+pub use chronicle_actor_runtime::InjectPanic;
 pub use parse::{parse_json, parse_line_protocol, parse_payload, Precision};
 pub use writer::StorageWriter;
 

@@ -87,3 +87,9 @@ pub fn error_json(code: &str, message: impl Into<String>) -> Vec<u8> {
     })
     .expect("an error body always serializes")
 }
+
+/// Makes an actor panic inside a handler: supervision tests and chaos runs use it to
+/// prove that a panic restarts the actor and the node keeps serving.
+#[derive(actix::Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct InjectPanic;

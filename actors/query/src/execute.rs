@@ -1,0 +1,194 @@
+use chronicle_storage::model::{Label, METRIC_LABEL};
+use chronicle_storage::{AggregateRequest, Shard};
+
+use crate::request::{Plan, QueryRequest, QueryResult, SeriesResult};
+use crate::QueryError;
+
+/// Runs a request against a shard. `max_points` bounds the answer's size whatever
+/// the request's own `limit`.
+pub fn execute(
+    shard: &Shard,
+    request: &QueryRequest,
+    now: i64,
+    max_points: usize,
+) -> Result<QueryResult, QueryError> {
+    let plan = request.plan(now)?;
+    let storage = |e: chronicle_storage::StorageError| QueryError::Storage(e.to_string());
+    let series: Vec<SeriesResult> = match &plan.aggregate {
+        None => shard
+            .query(&plan.matchers, plan.start, plan.end)
+            .map_err(storage)?
+            .into_iter()
+            .filter(|(_, samples)| !samples.is_empty())
+            .map(|(key, samples)| {
+                let mut labels = vec![Label::new(METRIC_LABEL, key.metric.clone())];
+                labels.extend(key.labels);
+                SeriesResult::from_labels(&labels, &samples)
+            })
+            .collect(),
+        Some((function, window, group_by)) => shard
+            .aggregate(&AggregateRequest {
+                matchers: plan.matchers.clone(),
+                start: plan.start,
+                end: plan.end,
+                window: *window,
+                function: *function,
+                group_by: group_by.clone(),
+            })
+            .map_err(storage)?
+            .into_iter()
+            .map(|s| SeriesResult::from_labels(&s.group, &s.points))
+            .collect(),
+    };
+    limit(series, &plan, max_points)
+}
+
+fn limit(
+    mut series: Vec<SeriesResult>,
+    plan: &Plan,
+    max_points: usize,
+) -> Result<QueryResult, QueryError> {
+    let total: usize = series.iter().map(|s| s.points.len()).sum();
+    let cap = plan.limit.unwrap_or(usize::MAX);
+    if total > max_points && cap > max_points {
+        return Err(QueryError::TooLarge(format!(
+            "the result would hold {total} points, over this node's limit of {max_points}; \
+             narrow the time range or the selection, aggregate, or set \"limit\""
+        )));
+    }
+    let mut left = cap;
+    let mut truncated = false;
+    series.retain_mut(|s| {
+        if left == 0 {
+            truncated = true;
+            return false;
+        }
+        if s.points.len() > left {
+            s.points.truncate(left);
+            truncated = true;
+        }
+        left -= s.points.len();
+        true
+    });
+    Ok(QueryResult { series, truncated })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::{AggregationSpec, MatcherSpec, TimeSpec};
+    use chronicle_storage::{Point, ShardConfig};
+
+    fn shard() -> (tempfile::TempDir, Shard) {
+        let dir = tempfile::tempdir().unwrap();
+        let shard = Shard::open(dir.path(), ShardConfig::default()).unwrap();
+        let mut points = Vec::new();
+        for host in ["a", "b", "c"] {
+            for i in 0..60i64 {
+                points.push(Point::new(
+                    "cpu",
+                    vec![Label::new("host", host), Label::new("dc", "eu")],
+                    i as f64,
+                    i * 1_000_000_000,
+                ));
+            }
+        }
+        shard.write_batch(&points).unwrap();
+        (dir, shard)
+    }
+
+    fn request() -> QueryRequest {
+        QueryRequest {
+            metric: Some("cpu".into()),
+            start: Some(TimeSpec::Nanos(0)),
+            end: Some(TimeSpec::Nanos(60_000_000_000)),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn raw_query_with_tags_and_matchers() {
+        let (_d, shard) = shard();
+        let mut req = request();
+        req.tags.insert("host".into(), "a".into());
+        let r = execute(&shard, &req, 0, 1_000_000).unwrap();
+        assert_eq!(r.series.len(), 1);
+        assert_eq!(r.series[0].metric.as_deref(), Some("cpu"));
+        assert_eq!(r.series[0].labels["host"], "a");
+        assert_eq!(r.series[0].points.len(), 60);
+
+        let mut req = request();
+        req.matchers.push(MatcherSpec {
+            name: "host".into(),
+            op: "!~".into(),
+            value: "a|b".into(),
+        });
+        let r = execute(&shard, &req, 0, 1_000_000).unwrap();
+        assert_eq!(r.series.len(), 1);
+        assert_eq!(r.series[0].labels["host"], "c");
+    }
+
+    #[test]
+    fn aggregation_groups_and_windows() {
+        let (_d, shard) = shard();
+        let mut req = request();
+        req.aggregation = Some(AggregationSpec {
+            function: "max".into(),
+            window: Some("30s".into()),
+            percentile: None,
+        });
+        req.group_by = vec!["dc".into()];
+        let r = execute(&shard, &req, 0, 1_000_000).unwrap();
+        assert_eq!(r.series.len(), 1);
+        assert_eq!(r.series[0].labels["dc"], "eu");
+        let values: Vec<f64> = r.series[0].points.iter().map(|p| p.1).collect();
+        assert_eq!(values, [29.0, 59.0]);
+    }
+
+    #[test]
+    fn limits_truncate_or_refuse() {
+        let (_d, shard) = shard();
+        let mut req = request();
+        req.limit = Some(70);
+        let r = execute(&shard, &req, 0, 1_000_000).unwrap();
+        assert!(r.truncated);
+        assert_eq!(r.series.iter().map(|s| s.points.len()).sum::<usize>(), 70);
+        let err = execute(&shard, &request(), 0, 100).unwrap_err();
+        assert!(matches!(err, QueryError::TooLarge(_)), "{err}");
+    }
+
+    #[test]
+    fn bad_requests_say_why() {
+        let (_d, shard) = shard();
+        let cases = [
+            r#"{}"#,
+            r#"{"metric":"cpu","start":10,"end":5}"#,
+            r#"{"metric":"cpu","group_by":["host"]}"#,
+            r#"{"metric":"cpu","aggregation":{"function":"median"}}"#,
+            r#"{"metric":"cpu","aggregation":{"function":"mean","window":"soon"}}"#,
+            r#"{"metric":"cpu","matchers":[{"name":"host","op":"~","value":"a"}]}"#,
+            r#"{"metric":"cpu","start":"yesterday"}"#,
+        ];
+        for case in cases {
+            let req: QueryRequest = serde_json::from_str(case).unwrap();
+            let err = execute(&shard, &req, 100, 1000).unwrap_err();
+            assert!(matches!(err, QueryError::BadRequest(_)), "{case}: {err}");
+        }
+        assert!(serde_json::from_str::<QueryRequest>(r#"{"metrc":"cpu"}"#).is_err());
+    }
+
+    #[test]
+    fn relative_and_rfc3339_times() {
+        let now = 1_700_000_000_000_000_000;
+        assert_eq!(
+            TimeSpec::Text("now-1m".into()).resolve(now).unwrap(),
+            now - 60_000_000_000
+        );
+        assert_eq!(
+            TimeSpec::Text("2023-11-14T22:13:20Z".into())
+                .resolve(0)
+                .unwrap(),
+            now
+        );
+    }
+}
