@@ -54,7 +54,10 @@ pub struct Ping;
 
 /// Who is waiting for a batch to become durable.
 enum Waiter {
-    Reply { subject: String, points: usize },
+    Reply {
+        subject: String,
+        points: usize,
+    },
     Direct {
         tx: oneshot::Sender<Result<usize, IngestError>>,
         points: usize,
@@ -69,6 +72,21 @@ pub struct IngestActor {
     pending: Vec<Point>,
     waiters: Vec<Waiter>,
     timer: Option<SpawnHandle>,
+    /// The bus subscription ended (the bus is draining).
+    drained: bool,
+}
+
+/// Whether the bus subscription has ended and nothing is pending (shutdown).
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct IsDrained;
+
+impl Handler<IsDrained> for IngestActor {
+    type Result = bool;
+
+    fn handle(&mut self, _: IsDrained, _: &mut Context<Self>) -> bool {
+        self.drained && self.pending.is_empty()
+    }
 }
 
 impl IngestActor {
@@ -80,6 +98,7 @@ impl IngestActor {
             pending: Vec::new(),
             waiters: Vec::new(),
             timer: None,
+            drained: false,
         }
     }
 
@@ -88,7 +107,8 @@ impl IngestActor {
     }
 
     fn on_bus_message(&mut self, msg: BusMessage, ctx: &mut Context<Self>) {
-        let _span = info_span!("ingest_message", subject = %msg.subject, bytes = msg.payload.len()).entered();
+        let _span = info_span!("ingest_message", subject = %msg.subject, bytes = msg.payload.len())
+            .entered();
         BYTES_RECEIVED.inc_by(msg.payload.len() as u64);
         let precision = match msg.headers.get("Precision").map(str::parse).transpose() {
             Ok(p) => p.unwrap_or(Precision::Nanoseconds),
@@ -244,6 +264,7 @@ impl StreamHandler<BusMessage> for IngestActor {
 
     fn finished(&mut self, ctx: &mut Context<Self>) {
         // The bus is draining: write what was received, keep serving direct writes.
+        self.drained = true;
         self.flush(ctx);
     }
 }
@@ -258,6 +279,21 @@ impl Handler<WritePoints> for IngestActor {
             act.enqueue(msg.0, Some(Waiter::Direct { tx, points }), ctx)
         });
         Box::pin(async move { rx.await.unwrap_or(Err(IngestError::Restarted)) })
+    }
+}
+
+/// Writes whatever is pending now; answered once it is durable.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Flush;
+
+impl Handler<Flush> for IngestActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Flush, ctx: &mut Context<Self>) {
+        // `flush` holds the actor until the write returns, so a Ping sent after
+        // this is answered only once the batch is durable.
+        self.flush(ctx);
     }
 }
 

@@ -39,3 +39,11 @@ pub static BATCH_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     register(Box::new(h.clone()));
     h
 });
+
+/// Registers the ingest metrics so `/metrics` lists them before the first write.
+pub fn register_all() {
+    LazyLock::force(&POINTS_WRITTEN);
+    LazyLock::force(&BYTES_RECEIVED);
+    LazyLock::force(&REJECTED);
+    LazyLock::force(&BATCH_SECONDS);
+}

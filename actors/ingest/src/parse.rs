@@ -292,7 +292,14 @@ mod tests {
         let err = parse_json(br#"[{"metric":"","value":1}]"#, 0, &limits).unwrap_err();
         assert!(matches!(err, IngestError::Point { index: 0, .. }), "{err}");
         assert!(parse_json(b"{", 0, &limits).is_err());
-        assert!(parse_payload(br#" [{"metric":"a","value":1}]"#, None, Precision::default(), 0, &limits).is_ok());
+        assert!(parse_payload(
+            br#" [{"metric":"a","value":1}]"#,
+            None,
+            Precision::default(),
+            0,
+            &limits
+        )
+        .is_ok());
     }
 
     proptest! {

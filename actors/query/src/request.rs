@@ -131,7 +131,10 @@ impl QueryRequest {
         let bad = |m: String| QueryError::BadRequest(m);
         let mut matchers = Vec::new();
         if let Some(metric) = &self.metric {
-            matchers.push(Matcher::equal(chronicle_storage::model::METRIC_LABEL, metric));
+            matchers.push(Matcher::equal(
+                chronicle_storage::model::METRIC_LABEL,
+                metric,
+            ));
         }
         for (k, v) in &self.tags {
             matchers.push(Matcher::equal(k, v));
@@ -155,7 +158,9 @@ impl QueryRequest {
             );
         }
         if matchers.is_empty() {
-            return Err(bad("select something: give a metric, tags or matchers".into()));
+            return Err(bad(
+                "select something: give a metric, tags or matchers".into()
+            ));
         }
         let end = match &self.end {
             Some(t) => t.resolve(now)?,

@@ -1,0 +1,209 @@
+//! Node configuration: defaults, then a TOML file, then `CHRONICLE_*` environment
+//! variables, then flags (flags win). clap reads the environment and the flags; the
+//! file fills in what neither gave.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+
+/// Everything a node needs to start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Where the RocksDB shard lives.
+    pub data_dir: PathBuf,
+    /// HTTP listen address.
+    pub http_addr: SocketAddr,
+    /// Subject prefix (`<prefix>.ingest.>`, `<prefix>.query`).
+    pub subject_prefix: String,
+    /// Largest HTTP request body, bytes (after decompression).
+    pub max_body_bytes: usize,
+    /// fsync every write batch (durable on return); off trades durability for speed.
+    pub sync_writes: bool,
+    pub nats: NatsConfig,
+    pub ingest: IngestSettings,
+    pub query: QuerySettings,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            http_addr: "127.0.0.1:8086".parse().expect("static address"),
+            subject_prefix: "chronicle".into(),
+            max_body_bytes: 64 << 20,
+            sync_writes: true,
+            nats: NatsConfig::default(),
+            ingest: IngestSettings::default(),
+            query: QuerySettings::default(),
+        }
+    }
+}
+
+/// Joining NATS; with no URL the node uses the in-process bus.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsConfig {
+    pub urls: Vec<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+    pub nkey_seed: Option<String>,
+    pub credentials_file: Option<PathBuf>,
+    pub require_tls: bool,
+    pub tls_ca_file: Option<PathBuf>,
+    pub tls_client_cert: Option<PathBuf>,
+    pub tls_client_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestSettings {
+    pub max_batch_points: usize,
+    pub max_batch_delay_ms: u64,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        let d = chronicle_ingest::IngestConfig::default();
+        Self {
+            max_batch_points: d.max_batch_points,
+            max_batch_delay_ms: d.max_batch_delay.as_millis() as u64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuerySettings {
+    pub max_points: usize,
+    pub concurrency: usize,
+}
+
+impl Default for QuerySettings {
+    fn default() -> Self {
+        let d = chronicle_query::QueryConfig::default();
+        Self {
+            max_points: d.max_points,
+            concurrency: d.concurrency,
+        }
+    }
+}
+
+/// `chronicle serve` flags; each can also come from its `CHRONICLE_*` variable.
+#[derive(Debug, Args, Default)]
+pub struct ServeArgs {
+    /// Data directory (RocksDB). Default ./data.
+    #[arg(long, env = "CHRONICLE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// HTTP listen address. Default 127.0.0.1:8086.
+    #[arg(long, env = "CHRONICLE_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// Join NATS at this URL (comma-separated for several); default: in-process bus.
+    #[arg(long, env = "CHRONICLE_NATS_URL", value_delimiter = ',')]
+    pub nats_url: Vec<String>,
+    /// TOML configuration file (see docs/operations.md for every key).
+    #[arg(long, env = "CHRONICLE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Turn off fsync per write batch (faster, loses the last batches on power loss).
+    #[arg(long, env = "CHRONICLE_NO_SYNC")]
+    pub no_sync: bool,
+}
+
+impl ServeArgs {
+    /// Resolves the configuration in precedence order.
+    pub fn resolve(&self) -> Result<NodeConfig, String> {
+        let mut config = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("config file {}: {e}", path.display()))?;
+                toml::from_str::<NodeConfig>(&text)
+                    .map_err(|e| format!("config file {}: {e}", path.display()))?
+            }
+            None => NodeConfig::default(),
+        };
+        if let Some(d) = &self.data_dir {
+            config.data_dir = d.clone();
+        }
+        if let Some(a) = self.http_addr {
+            config.http_addr = a;
+        }
+        if !self.nats_url.is_empty() {
+            config.nats.urls = self.nats_url.clone();
+        }
+        if self.no_sync {
+            config.sync_writes = false;
+        }
+        Ok(config)
+    }
+}
+
+impl NodeConfig {
+    pub fn ingest_config(&self) -> chronicle_ingest::IngestConfig {
+        chronicle_ingest::IngestConfig {
+            subject_prefix: self.subject_prefix.clone(),
+            max_batch_points: self.ingest.max_batch_points.max(1),
+            max_batch_delay: Duration::from_millis(self.ingest.max_batch_delay_ms),
+            ..Default::default()
+        }
+    }
+
+    pub fn query_config(&self) -> chronicle_query::QueryConfig {
+        chronicle_query::QueryConfig {
+            subject_prefix: self.subject_prefix.clone(),
+            max_points: self.query.max_points,
+            concurrency: self.query.concurrency.max(1),
+            ..Default::default()
+        }
+    }
+
+    pub fn nats_options(&self) -> chronicle_bus::NatsOptions {
+        let n = &self.nats;
+        chronicle_bus::NatsOptions {
+            urls: n.urls.clone(),
+            name: Some("chronicle-node".into()),
+            user: n.user.clone(),
+            password: n.password.clone(),
+            token: n.token.clone(),
+            nkey_seed: n.nkey_seed.clone(),
+            credentials_file: n.credentials_file.clone(),
+            require_tls: n.require_tls,
+            tls_ca_file: n.tls_ca_file.clone(),
+            tls_client_cert: n.tls_client_cert.clone().zip(n.tls_client_key.clone()),
+            subscription_capacity: Some(4096),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"/from/file\"\nhttp_addr = \"127.0.0.1:9000\"\n[ingest]\nmax_batch_points = 7\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(file.clone()),
+            http_addr: Some("127.0.0.1:9100".parse().unwrap()),
+            ..Default::default()
+        };
+        let c = args.resolve().unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/from/file"));
+        assert_eq!(c.http_addr.port(), 9100);
+        assert_eq!(c.ingest.max_batch_points, 7);
+        assert!(c.nats.urls.is_empty());
+
+        std::fs::write(&file, "dta_dir = \"x\"\n").unwrap();
+        let err = args.resolve().unwrap_err();
+        assert!(err.contains("dta_dir"), "{err}");
+    }
+}

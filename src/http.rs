@@ -1,0 +1,206 @@
+//! The HTTP API: POST /write, POST /query, GET /health, GET /metrics.
+//! Errors are JSON `{"error": {"code", "message"}}` with a fitting status.
+
+use std::net::SocketAddr;
+
+use actix::Addr;
+use actix_web::dev::{Decompress, Server};
+use actix_web::http::StatusCode;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use chronicle_actor_runtime::error_json;
+use chronicle_ingest::{parse_payload, IngestActor, IngestError, Precision, WritePoints};
+use chronicle_query::{QueryActor, QueryError, QueryRequest, RunQuery};
+use chronicle_storage::Limits;
+use futures_util::StreamExt;
+use serde::Deserialize;
+use tracing::info_span;
+
+use crate::metrics;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub ingest: Addr<IngestActor>,
+    pub query: Addr<QueryActor>,
+    pub bus_kind: &'static str,
+    pub max_body_bytes: usize,
+}
+
+/// Binds and returns the server (not yet running) and the bound address.
+pub fn serve(state: AppState, addr: SocketAddr) -> std::io::Result<(Server, SocketAddr)> {
+    let data = web::Data::new(state);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .route("/write", web::post().to(write))
+            .route("/query", web::post().to(query))
+            .route("/health", web::get().to(health))
+            .route("/metrics", web::get().to(metrics_text))
+    })
+    .workers(2)
+    .disable_signals()
+    .bind(addr)?;
+    let bound = server.addrs().first().copied().unwrap_or(addr);
+    Ok((server.run(), bound))
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> HttpResponse {
+    HttpResponse::build(status)
+        .content_type("application/json")
+        .body(error_json(code, message))
+}
+
+/// Reads the body, decompressing gzip (Content-Encoding), with the limit applied
+/// after decompression so a small bomb cannot expand without bound.
+async fn read_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+) -> Result<Vec<u8>, HttpResponse> {
+    let mut stream = Decompress::from_headers(payload.into_inner(), req.headers());
+    let mut body = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                format!("reading the body: {e}"),
+            )
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the body is over this node's limit of {limit} bytes"),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+#[derive(Deserialize)]
+struct WriteParams {
+    precision: Option<String>,
+}
+
+fn ingest_status(e: &IngestError) -> StatusCode {
+    if e.is_client_error() {
+        StatusCode::BAD_REQUEST
+    } else if matches!(e, IngestError::Storage(_)) {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+/// POST /write: line protocol (or JSON points with a JSON content type); 204 when
+/// every point is durable, with `X-Chronicle-Points-Written`.
+async fn write(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    params: web::Query<WriteParams>,
+    payload: web::Payload,
+) -> HttpResponse {
+    let _span = info_span!("http_write").entered();
+    let body = match read_body(&req, payload, state.max_body_bytes).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let precision = match params.precision.as_deref().map(str::parse::<Precision>) {
+        None => Precision::Nanoseconds,
+        Some(Ok(p)) => p,
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, e.code(), e.to_string()),
+    };
+    let content_type = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    // Parsing is CPU work: off the async worker.
+    let parsed = web::block(move || {
+        parse_payload(
+            &body,
+            content_type.as_deref(),
+            precision,
+            chronicle_query::request::now_ns(),
+            &Limits::default(),
+        )
+    })
+    .await;
+    let points = match parsed {
+        Ok(Ok(points)) => points,
+        Ok(Err(e)) => return error(ingest_status(&e), e.code(), e.to_string()),
+        Err(_) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "parser failed",
+            )
+        }
+    };
+    match state.ingest.send(WritePoints(points)).await {
+        Ok(Ok(n)) => HttpResponse::NoContent()
+            .insert_header(("X-Chronicle-Points-Written", n.to_string()))
+            .finish(),
+        Ok(Err(e)) => error(ingest_status(&e), e.code(), e.to_string()),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the ingest actor is restarting; retry",
+        ),
+    }
+}
+
+/// POST /query: a JSON query request; the JSON result.
+async fn query(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    let _span = info_span!("http_query").entered();
+    let body = match read_body(&req, payload, 1 << 20).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let request: QueryRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("invalid query request: {e}"),
+            )
+        }
+    };
+    match state.query.send(RunQuery(request)).await {
+        Ok(Ok(result)) => HttpResponse::Ok().json(result),
+        Ok(Err(e)) => {
+            let status = match &e {
+                QueryError::BadRequest(_) => StatusCode::BAD_REQUEST,
+                QueryError::TooLarge(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                QueryError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                QueryError::Unavailable | QueryError::Restarted => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            error(status, e.code(), e.to_string())
+        }
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the query actor is restarting; retry",
+        ),
+    }
+}
+
+async fn health(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({
+        "status": "ok",
+        "bus": state.bus_kind,
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+}
+
+async fn metrics_text() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(metrics::render())
+}

@@ -1,0 +1,13 @@
+//! The Chronicle node (bus, storage, supervised actors, HTTP) and the operator CLI's
+//! commands, as a library so the `chronicle` binary and the cross-process tests in
+//! `tests/` share them.
+
+pub mod bench;
+pub mod client;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod node;
+
+pub use config::{NodeConfig, ServeArgs};
+pub use node::{Node, NodeError};

@@ -1,0 +1,172 @@
+//! A Chronicle node: the bus, the storage shard, the supervised actors and the HTTP
+//! server, started and stopped together.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Addr, Arbiter, Supervisor, SyncArbiter};
+use chronicle_bus::{Bus, LocalBus, NatsBus};
+use chronicle_ingest::{IngestActor, StorageWriter};
+use chronicle_query::QueryActor;
+use chronicle_storage::{Shard, ShardConfig};
+use tracing::{info, warn};
+
+use crate::config::NodeConfig;
+use crate::http;
+use crate::metrics::{MeteredBus, BUS_CONNECTED};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("storage at {path}: {source}")]
+    Storage {
+        path: String,
+        source: chronicle_storage::StorageError,
+    },
+    #[error("bus: {0}")]
+    Bus(#[from] chronicle_bus::BusError),
+    #[error("HTTP server on {addr}: {source}")]
+    Http {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the {0} actor did not start")]
+    ActorStart(&'static str),
+}
+
+/// A running node. Must be started inside an actix `System`.
+pub struct Node {
+    pub bus: Arc<dyn Bus>,
+    pub shard: Arc<Shard>,
+    pub ingest: Addr<IngestActor>,
+    pub query: Addr<QueryActor>,
+    /// The address the HTTP server listens on (the real port when 0 was asked).
+    pub http_addr: SocketAddr,
+    /// `local` or `nats`.
+    pub bus_kind: &'static str,
+    http: actix_web::dev::ServerHandle,
+    arbiters: Vec<Arbiter>,
+}
+
+impl Node {
+    pub async fn start(config: NodeConfig) -> Result<Self, NodeError> {
+        chronicle_ingest::register_metrics();
+        let (raw_bus, bus_kind): (Arc<dyn Bus>, _) = if config.nats.urls.is_empty() {
+            (Arc::new(LocalBus::default()), "local")
+        } else {
+            let nats = NatsBus::connect(config.nats_options()).await?;
+            (Arc::new(nats), "nats")
+        };
+        BUS_CONNECTED.set(1);
+        let bus: Arc<dyn Bus> = Arc::new(MeteredBus::new(raw_bus));
+
+        let shard_config = ShardConfig {
+            sync_writes: config.sync_writes,
+            ..ShardConfig::default()
+        };
+        let path = config.data_dir.clone();
+        let shard = tokio::task::spawn_blocking(move || Shard::open(&path, shard_config))
+            .await
+            .map_err(|_| NodeError::ActorStart("storage"))?
+            .map_err(|source| NodeError::Storage {
+                path: config.data_dir.display().to_string(),
+                source,
+            })?;
+        let shard = Arc::new(shard);
+
+        let writer_shard = shard.clone();
+        let writer = SyncArbiter::start(1, move || StorageWriter::new(writer_shard.clone()));
+
+        // Each actor on its own arbiter (thread): a busy ingest never delays queries.
+        let ingest_arbiter = Arbiter::new();
+        let ingest_bus = bus.clone();
+        let ingest_config = config.ingest_config();
+        let ingest = Supervisor::start_in_arbiter(&ingest_arbiter.handle(), move |_| {
+            IngestActor::new(ingest_bus, writer, ingest_config)
+        });
+        let query_arbiter = Arbiter::new();
+        let query_bus = bus.clone();
+        let query_shard = shard.clone();
+        let query_config = config.query_config();
+        let query = Supervisor::start_in_arbiter(&query_arbiter.handle(), move |_| {
+            QueryActor::new(query_bus, query_shard, query_config)
+        });
+        // Both subscribe in `started` before handling messages: these return once
+        // the subjects are live.
+        ingest
+            .send(chronicle_ingest::Ping)
+            .await
+            .map_err(|_| NodeError::ActorStart("ingest"))?;
+        query
+            .send(chronicle_query::Ping)
+            .await
+            .map_err(|_| NodeError::ActorStart("query"))?;
+        bus.flush().await?;
+
+        let state = http::AppState {
+            ingest: ingest.clone(),
+            query: query.clone(),
+            bus_kind,
+            max_body_bytes: config.max_body_bytes,
+        };
+        let (server, http_addr) =
+            http::serve(state, config.http_addr).map_err(|source| NodeError::Http {
+                addr: config.http_addr,
+                source,
+            })?;
+        let handle = server.handle();
+        actix::spawn(async move {
+            if let Err(e) = server.await {
+                warn!(error = %e, "HTTP server stopped with an error");
+            }
+        });
+        info!(%http_addr, bus = bus_kind, data_dir = %config.data_dir.display(), "node started");
+        Ok(Self {
+            bus,
+            shard,
+            ingest,
+            query,
+            http_addr,
+            bus_kind,
+            http: handle,
+            arbiters: vec![ingest_arbiter, query_arbiter],
+        })
+    }
+
+    /// Graceful shutdown: stop intake (HTTP, then the bus subscriptions), write what
+    /// was received, cut the head into chunks, close RocksDB.
+    pub async fn shutdown(self) {
+        info!("shutting down: stopping intake");
+        self.http.stop(true).await;
+        if let Err(e) = self.bus.drain().await {
+            warn!(error = %e, "bus drain failed");
+        }
+        // Let the ingest actor consume what the bus had buffered, then write it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let _ = self.ingest.send(chronicle_ingest::Flush).await;
+            let _ = self.ingest.send(chronicle_ingest::Ping).await;
+            let idle = self
+                .ingest
+                .send(chronicle_ingest::IsDrained)
+                .await
+                .unwrap_or(true);
+            if idle || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let shard = self.shard.clone();
+        match tokio::task::spawn_blocking(move || shard.flush()).await {
+            Ok(Ok(report)) => info!(chunks = report.chunks, "head flushed into chunks"),
+            Ok(Err(e)) => warn!(error = %e, "final flush failed; the log replays on restart"),
+            Err(_) => warn!("final flush panicked; the log replays on restart"),
+        }
+        for arbiter in &self.arbiters {
+            arbiter.stop();
+        }
+        BUS_CONNECTED.set(0);
+        info!("node stopped");
+    }
+}
