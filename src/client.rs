@@ -94,6 +94,11 @@ impl Sender {
                     .send(&body[..])
                     .map_err(|e| format!("{url}{path}: {e}"))?;
                 let status = response.status();
+                if let Some(n) = response.headers().get("x-chronicle-points-written") {
+                    // /write answers 204 with the count in a header.
+                    let n = n.to_str().unwrap_or("0");
+                    return Ok(format!("{{\"written\":{n}}}").into_bytes());
+                }
                 let text = response.body_mut().read_to_vec().unwrap_or_default();
                 if !status.is_success() {
                     return Err(describe_error(&text, &format!("HTTP {status}")).into());

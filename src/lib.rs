@@ -3,6 +3,7 @@
 //! `tests/` share them.
 
 pub mod bench;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod http;

@@ -163,8 +163,35 @@ impl Node {
             Ok(Err(e)) => warn!(error = %e, "final flush failed; the log replays on restart"),
             Err(_) => warn!("final flush panicked; the log replays on restart"),
         }
-        for arbiter in &self.arbiters {
-            arbiter.stop();
+        // Close RocksDB here, in order: stop the actors' threads (dropping the writer's
+        // last handle ends its thread), then drop the last reference to the shard.
+        // Leaving it open while the process exits races RocksDB's background threads
+        // against static destructors.
+        let Node {
+            shard,
+            arbiters,
+            ingest,
+            query,
+            bus,
+            ..
+        } = self;
+        drop((ingest, query, bus));
+        let _ = tokio::task::spawn_blocking(move || {
+            for arbiter in arbiters {
+                arbiter.stop();
+                let _ = arbiter.join();
+            }
+        })
+        .await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&shard) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        match Arc::try_unwrap(shard) {
+            Ok(shard) => {
+                let _ = tokio::task::spawn_blocking(move || drop(shard)).await;
+            }
+            Err(_) => warn!("storage still referenced at shutdown; closing at exit"),
         }
         BUS_CONNECTED.set(0);
         info!("node stopped");

@@ -1,0 +1,149 @@
+//! The `chronicle` command line: argument parsing and the `serve` loop.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::{bench, client, Node, ServeArgs};
+
+/// Chronicle, a distributed time-series database.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a node: in-process bus and RocksDB under ./data by default, HTTP on
+    /// 127.0.0.1:8086; --nats-url joins NATS. Stops cleanly on Ctrl-C / SIGTERM.
+    Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+        /// After starting, write a few points over the bus, query them back and
+        /// print both (shows the node working), then keep serving.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Write line protocol from a file or standard input.
+    Write(client::WriteArgs),
+    /// Query a node; prints a table (or --json).
+    Query(client::QueryArgs),
+    /// Run a benchmark and print its figures.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn init_tracing() {
+    let filter =
+        EnvFilter::try_from_env("CHRONICLE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs the `chronicle` command line with the process's arguments.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { args, demo } => serve(args, demo),
+        Command::Write(args) => client::write(args),
+        Command::Query(args) => client::query(args),
+        Command::Bench(cmd) => bench::run(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs, demo: bool) -> Result<(), Box<dyn std::error::Error>> {
+    init_tracing();
+    let config = args.resolve()?;
+    let system = actix::System::new();
+    system.block_on(async move {
+        let node = Node::start(config).await?;
+        println!(
+            "chronicle node serving: HTTP http://{}  bus {}  (Ctrl-C stops)",
+            node.http_addr, node.bus_kind
+        );
+        if demo {
+            if let Err(e) = run_demo(&node).await {
+                eprintln!("demo failed: {e}");
+            }
+        }
+        wait_for_signal().await;
+        node.shutdown().await;
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })?;
+    Ok(())
+}
+
+/// Publishes three points on `chronicle.ingest.demo` and asks `chronicle.query`
+/// for them, over the node's own bus, exactly as another service would.
+async fn run_demo(node: &Node) -> Result<(), Box<dyn std::error::Error>> {
+    use chronicle_bus::Message;
+    let now = chronicle_query::request::now_ns();
+    let lines = format!(
+        "demo_temperature,room=kitchen value=21.5 {}\n\
+         demo_temperature,room=kitchen value=21.7 {}\n\
+         demo_temperature,room=attic value=17.25 {}\n",
+        now - 2_000_000_000,
+        now - 1_000_000_000,
+        now - 1_000_000_000
+    );
+    print!("demo: published 3 points on chronicle.ingest.demo -> ");
+    let ack = node
+        .bus
+        .request(
+            Message::new("chronicle.ingest.demo", lines),
+            Duration::from_secs(5),
+        )
+        .await?;
+    println!("{}", String::from_utf8_lossy(&ack.payload));
+    let query = r#"{"metric":"demo_temperature","start":"now-1m","aggregation":{"function":"mean"},"group_by":["room"]}"#;
+    println!("demo: request on chronicle.query: {query}");
+    let reply = node
+        .bus
+        .request(
+            Message::new("chronicle.query", query),
+            Duration::from_secs(5),
+        )
+        .await?;
+    println!("demo: reply: {}", String::from_utf8_lossy(&reply.payload));
+    println!(
+        "demo: try  curl -s -XPOST http://{}/query -d '{{\"metric\":\"demo_temperature\",\"start\":\"now-1h\"}}'",
+        node.http_addr
+    );
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

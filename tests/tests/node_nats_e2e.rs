@@ -1,0 +1,238 @@
+//! End to end over a real nats-server: a node process joins NATS; a plain NATS
+//! client (standing in for a service in any language) writes line protocol and JSON
+//! and queries over subjects; HTTP and the CLI read the same data; SIGTERM stops the
+//! node cleanly and the data is there after a restart.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chronicle_tests::{free_port, NatsServer};
+
+const BIN: &str = env!("CARGO_BIN_EXE_chronicle-under-test");
+
+struct NodeProcess {
+    child: Child,
+    http: String,
+}
+
+impl NodeProcess {
+    fn start(data: &Path, nats_url: Option<&str>) -> Self {
+        let port = free_port();
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--data-dir"])
+            .arg(data)
+            .args(["--http-addr", &format!("127.0.0.1:{port}")])
+            .env("CHRONICLE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if let Some(url) = nats_url {
+            cmd.args(["--nats-url", url]);
+        }
+        let child = cmd.spawn().expect("start the node");
+        let node = Self {
+            child,
+            http: format!("http://127.0.0.1:{port}"),
+        };
+        wait_until(Duration::from_secs(20), "node health", || {
+            ureq::get(format!("{}/health", node.http)).call().is_ok()
+        });
+        node
+    }
+
+    fn stop(mut self) -> std::process::ExitStatus {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "node did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_until(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn http_query(http: &str, body: &str) -> serde_json::Value {
+    let mut resp = ureq::post(format!("{http}/query"))
+        .content_type("application/json")
+        .send(body)
+        .expect("query over HTTP");
+    serde_json::from_slice(&resp.body_mut().read_to_vec().unwrap()).unwrap()
+}
+
+fn points_in(result: &serde_json::Value) -> usize {
+    result["series"]
+        .as_array()
+        .map(|s| {
+            s.iter()
+                .map(|s| s["points"].as_array().unwrap().len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn nats_clients_write_and_query_a_node_process() {
+    let server = NatsServer::start();
+    let data = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(data.path(), Some(&server.url()));
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = async_nats::connect(server.url()).await.unwrap();
+        let ask = |subject: &'static str, body: String| {
+            let client = client.clone();
+            async move {
+                let reply = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    client.request(subject, body.into()),
+                )
+                .await
+                .expect("reply in time")
+                .expect("request");
+                String::from_utf8(reply.payload.to_vec()).unwrap()
+            }
+        };
+
+        // Line protocol, acknowledged.
+        let lines: String = (0..50)
+            .map(|i| format!("room,building=hq,floor=2 temp={}.5,humidity={i}i {}\n", 20 + i % 3, 1_000 + i))
+            .collect();
+        let ack = ask("chronicle.ingest.room", lines).await;
+        assert_eq!(ack, r#"{"written":100}"#);
+
+        // A bad line names itself; nothing of that message is stored.
+        let err = ask(
+            "chronicle.ingest.room",
+            "room temp=1 5000\nroom temp=oops 5001\n".into(),
+        )
+        .await;
+        assert!(err.contains("line 2") && err.contains("invalid_line"), "{err}");
+
+        // JSON, fire and forget (no reply subject).
+        client
+            .publish(
+                "chronicle.ingest.json",
+                r#"{"points":[{"metric":"door_open","tags":{"door":"front"},"value":1,"timestamp":7000}]}"#.into(),
+            )
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+
+        // Query over the subject.
+        let reply = ask(
+            "chronicle.query",
+            r#"{"metric":"room_temp","tags":{"floor":"2"},"start":0,"end":10000}"#.into(),
+        )
+        .await;
+        let result: serde_json::Value = serde_json::from_str(&reply).unwrap();
+        assert_eq!(points_in(&result), 50, "{reply}");
+        assert_eq!(result["series"][0]["labels"]["building"], "hq");
+    });
+
+    // The JSON point becomes visible; HTTP reads what NATS wrote.
+    wait_until(Duration::from_secs(10), "the JSON point", || {
+        points_in(&http_query(
+            &node.http,
+            r#"{"metric":"door_open","start":0,"end":10000}"#,
+        )) == 1
+    });
+    let agg = http_query(
+        &node.http,
+        r#"{"metric":"room_humidity","start":0,"end":10000,"aggregation":{"function":"max"},"group_by":["floor"]}"#,
+    );
+    assert_eq!(agg["series"][0]["points"][0][1], 49.0, "{agg}");
+    assert_eq!(
+        points_in(&http_query(
+            &node.http,
+            r#"{"metric":"room_temp","start":5000,"end":6000}"#
+        )),
+        0
+    );
+
+    // The CLI over NATS.
+    let out = Command::new(BIN)
+        .args([
+            "query",
+            "--nats-url",
+            &server.url(),
+            "--metric",
+            "room_temp",
+            "--start",
+            "0",
+            "--end",
+            "10000",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cli: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(points_in(&cli), 50);
+
+    // The CLI writing a file over HTTP.
+    let file = data.path().join("input.lp");
+    std::fs::write(
+        &file,
+        "cli_metric,src=file value=3 9000\ncli_metric,src=file value=4 9001\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["write", "--http", &node.http])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrote 2 points"));
+
+    // SIGTERM: clean exit; the data survives a restart (embedded bus this time).
+    let status = node.stop();
+    assert!(status.success(), "node exited with {status:?}");
+    let node = NodeProcess::start(data.path(), None);
+    assert_eq!(
+        points_in(&http_query(
+            &node.http,
+            r#"{"metric":"room_temp","start":0,"end":10000}"#
+        )),
+        50
+    );
+    assert_eq!(
+        points_in(&http_query(
+            &node.http,
+            r#"{"metric":"cli_metric","start":0,"end":10000}"#
+        )),
+        2
+    );
+    let status = node.stop();
+    assert!(status.success(), "node exited with {status:?}");
+}
