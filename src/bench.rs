@@ -18,6 +18,10 @@ pub enum BenchCommand {
     /// gauges as random walks at exporter precision, integer counters, constants
     /// (see storage/src/workload.rs). Progress goes to stderr, results to stdout.
     Storage(StorageBench),
+    /// End-to-end ingest through a node started in this process: acked line
+    /// protocol batches over NATS (--nats-url), the in-process bus, or HTTP (--http);
+    /// then single-point publish-to-visible latency and bus request/reply round trips.
+    Ingest(crate::bench_ingest::IngestBench),
 }
 
 #[derive(Args)]
@@ -53,6 +57,7 @@ const START: i64 = 1_767_225_600 * SECOND;
 pub fn run(cmd: BenchCommand) -> Result<(), Box<dyn std::error::Error>> {
     match cmd {
         BenchCommand::Storage(args) => storage(args),
+        BenchCommand::Ingest(args) => crate::bench_ingest::run(args),
     }
 }
 
@@ -170,12 +175,15 @@ fn ingest(
     Ok((written, secs))
 }
 
-fn quantile(v: &mut [f64], q: f64) -> f64 {
+pub(crate) fn quantile(v: &mut [f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
     v.sort_by(|a, b| a.total_cmp(b));
     v[((v.len() - 1) as f64 * q).round() as usize]
 }
 
-fn round3(v: f64) -> f64 {
+pub(crate) fn round3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
 }
 

@@ -3,6 +3,7 @@
 //! `tests/` share them.
 
 pub mod bench;
+mod bench_ingest;
 pub mod cli;
 pub mod client;
 pub mod config;

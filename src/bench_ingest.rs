@@ -1,0 +1,284 @@
+//! `chronicle bench ingest`: end-to-end ingest through a node started in this
+//! process, over NATS (`--nats-url`), the in-process bus, or HTTP (`--http`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chronicle_bus::{Bus, LocalBus, Message, NatsBus, NatsOptions};
+use chronicle_storage::workload::Workload;
+use chronicle_storage::Point;
+use clap::Args;
+use serde_json::json;
+use tokio::sync::Mutex;
+
+use crate::bench::{quantile, round3};
+use crate::{Node, NodeConfig};
+
+type Error = Box<dyn std::error::Error>;
+
+#[derive(Args, Debug)]
+pub struct IngestBench {
+    /// Print one JSON object instead of a summary.
+    #[arg(long)]
+    json: bool,
+    /// Publish over this NATS server (the node joins it too); default in-process bus.
+    #[arg(long, conflicts_with = "http")]
+    nats_url: Option<String>,
+    /// Send batches to the node's HTTP /write instead of the bus.
+    #[arg(long)]
+    http: bool,
+    /// Points to send.
+    #[arg(long, default_value_t = 2_000_000)]
+    points: usize,
+    /// Points per message (line protocol lines).
+    #[arg(long, default_value_t = 5_000)]
+    batch: usize,
+    /// Messages in flight at once (acks outstanding).
+    #[arg(long, default_value_t = 8)]
+    in_flight: usize,
+    /// Single-point publish-to-visible and request/reply samples to take.
+    #[arg(long, default_value_t = 200)]
+    latency_samples: usize,
+    /// Do not fsync each batch.
+    #[arg(long)]
+    no_sync: bool,
+}
+
+const SECOND: i64 = 1_000_000_000;
+
+/// One point as a line protocol line (`value` field keeps the metric name).
+fn to_line(p: &Point, out: &mut String) {
+    use std::fmt::Write;
+    let escape = |s: &str| s.replace(',', "\\,").replace('=', "\\=").replace(' ', "\\ ");
+    out.push_str(&escape(&p.metric));
+    for l in &p.labels {
+        let _ = write!(out, ",{}={}", escape(&l.name), escape(&l.value));
+    }
+    let _ = writeln!(out, " value={:?} {}", p.value, p.timestamp);
+}
+
+pub fn run(args: IngestBench) -> Result<(), Error> {
+    if args.points == 0 || args.batch == 0 || args.in_flight == 0 {
+        return Err("--points, --batch and --in-flight must be positive".into());
+    }
+    // Generate every payload first: the generator is not what is measured.
+    let mut load = Workload::realistic(1000, 10 * SECOND, 1_767_225_600 * SECOND, 42);
+    let mut payloads = Vec::new();
+    let mut left = args.points;
+    while left > 0 {
+        let n = args.batch.min(left);
+        let mut text = String::with_capacity(n * 80);
+        for p in load.next_batch(n) {
+            to_line(&p, &mut text);
+        }
+        payloads.push((n, Bytes::from(text)));
+        left -= n;
+    }
+    let bytes: usize = payloads.iter().map(|(_, b)| b.len()).sum();
+    eprintln!(
+        "generated {} messages, {} points, {:.1} MB of line protocol",
+        payloads.len(),
+        args.points,
+        bytes as f64 / 1e6
+    );
+
+    let dir = tempfile::tempdir()?;
+    let mut config = NodeConfig {
+        data_dir: dir.path().join("data"),
+        http_addr: "127.0.0.1:0".parse().expect("static address"),
+        sync_writes: !args.no_sync,
+        ..NodeConfig::default()
+    };
+    if let Some(url) = &args.nats_url {
+        config.nats.urls = vec![url.clone()];
+    }
+    let system = actix::System::new();
+    system.block_on(async move {
+        let node = Node::start(config).await?;
+        // Producers talk to the node the way other services do: a separate NATS
+        // connection, the in-process bus, or HTTP.
+        let client: Arc<dyn Bus> = match &args.nats_url {
+            Some(url) => Arc::new(
+                NatsBus::connect(NatsOptions {
+                    urls: vec![url.clone()],
+                    name: Some("chronicle-bench".into()),
+                    ..Default::default()
+                })
+                .await?,
+            ),
+            None => node.bus.clone(),
+        };
+        let transport = if args.http {
+            "http"
+        } else if args.nats_url.is_some() {
+            "nats"
+        } else {
+            "local"
+        };
+        let http_url = format!("http://{}/write", node.http_addr);
+
+        let queue = Arc::new(Mutex::new(payloads.into_iter()));
+        let latencies = Arc::new(Mutex::new(Vec::new()));
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..args.in_flight {
+            let queue = queue.clone();
+            let latencies = latencies.clone();
+            let client = client.clone();
+            let http_url = http_url.clone();
+            let http = args.http;
+            tasks.push(tokio::spawn(async move {
+                let agent = ureq::Agent::new_with_defaults();
+                loop {
+                    let Some((n, body)) = queue.lock().await.next() else {
+                        return Ok::<usize, String>(0);
+                    };
+                    let t = Instant::now();
+                    if http {
+                        let agent = agent.clone();
+                        let url = http_url.clone();
+                        let status = tokio::task::spawn_blocking(move || {
+                            agent
+                                .post(&url)
+                                .send(&body[..])
+                                .map(|r| r.status().as_u16())
+                                .map_err(|e| e.to_string())
+                        })
+                        .await
+                        .map_err(|e| e.to_string())??;
+                        if status != 204 {
+                            return Err(format!("HTTP {status}"));
+                        }
+                    } else {
+                        let reply = client
+                            .request(
+                                Message::new("chronicle.ingest.bench", body),
+                                Duration::from_secs(60),
+                            )
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        let want = format!("{{\"written\":{n}}}");
+                        if reply.payload != want.as_bytes() {
+                            return Err(String::from_utf8_lossy(&reply.payload).to_string());
+                        }
+                    }
+                    latencies.lock().await.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+            }));
+        }
+        let mut progress = Instant::now();
+        for task in tasks {
+            task.await.map_err(|e| e.to_string())??;
+            if progress.elapsed() > Duration::from_secs(2) {
+                eprintln!("ingest: waiting for the last acks");
+                progress = Instant::now();
+            }
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let mut acks = std::mem::take(&mut *latencies.lock().await);
+
+        // Publish-to-visible: one point, fire and forget, then query until it shows.
+        let mut visible = Vec::new();
+        for i in 0..args.latency_samples {
+            let ts = 2_000_000_000 * SECOND + i as i64;
+            let line = format!("bench_visible,run=latency value={i} {ts}");
+            let query = format!(
+                r#"{{"metric":"bench_visible","start":{ts},"end":{}}}"#,
+                ts + 1
+            );
+            let t = Instant::now();
+            client
+                .publish(Message::new("chronicle.ingest.visible", line))
+                .await?;
+            loop {
+                let reply = client
+                    .request(
+                        Message::new("chronicle.query", query.clone()),
+                        Duration::from_secs(10),
+                    )
+                    .await?;
+                if reply.payload.windows(8).any(|w| w == b"\"points\"") {
+                    break;
+                }
+                if t.elapsed() > Duration::from_secs(10) {
+                    return Err::<(), Error>("a published point never became visible".into());
+                }
+            }
+            visible.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+
+        // Request/reply round trip on the node's bus.
+        let echo_bus = node.bus.clone();
+        let mut echo = echo_bus.subscribe("bench.echo", None).await?;
+        let responder_bus = echo_bus.clone();
+        let responder = tokio::spawn(async move {
+            while let Some(m) = echo.next().await {
+                if let Some(reply) = m.reply {
+                    let _ = responder_bus.publish(Message::new(reply, m.payload)).await;
+                }
+            }
+        });
+        echo_bus.flush().await?;
+        let mut round_trips = Vec::new();
+        for _ in 0..args.latency_samples * 5 {
+            let t = Instant::now();
+            echo_bus
+                .request(Message::new("bench.echo", "ping"), Duration::from_secs(5))
+                .await?;
+            round_trips.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        responder.abort();
+        let local_round_trips = if args.nats_url.is_some() {
+            // Also the in-process bus, for comparison.
+            let local = LocalBus::default();
+            let mut sub = local.subscribe("bench.echo", None).await?;
+            let l2 = local.clone();
+            let task = tokio::spawn(async move {
+                while let Some(m) = sub.next().await {
+                    if let Some(reply) = m.reply {
+                        let _ = l2.publish(Message::new(reply, m.payload)).await;
+                    }
+                }
+            });
+            let mut v = Vec::new();
+            for _ in 0..args.latency_samples * 5 {
+                let t = Instant::now();
+                local
+                    .request(Message::new("bench.echo", "ping"), Duration::from_secs(5))
+                    .await?;
+                v.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            task.abort();
+            Some(v)
+        } else {
+            None
+        };
+        node.shutdown().await;
+
+        let mut result = json!({
+            "transport": transport,
+            "points": args.points,
+            "batch_points": args.batch,
+            "in_flight": args.in_flight,
+            "fsync_per_batch": !args.no_sync,
+            "points_per_sec": (args.points as f64 / secs).round(),
+            "ack_latency_p50_ms": round3(quantile(&mut acks, 0.5)),
+            "ack_latency_p99_ms": round3(quantile(&mut acks, 0.99)),
+            "visible_latency_p50_ms": round3(quantile(&mut visible, 0.5)),
+            "visible_latency_p99_ms": round3(quantile(&mut visible, 0.99)),
+            "bus_round_trip_p50_ms": round3(quantile(&mut round_trips, 0.5)),
+            "bus_round_trip_p99_ms": round3(quantile(&mut round_trips, 0.99)),
+        });
+        if let Some(mut v) = local_round_trips {
+            result["local_bus_round_trip_p50_ms"] = json!(round3(quantile(&mut v, 0.5)));
+            result["local_bus_round_trip_p99_ms"] = json!(round3(quantile(&mut v, 0.99)));
+        }
+        if args.json {
+            println!("{result}");
+        } else {
+            println!("{}", serde_json::to_string_pretty(&result)?);
+        }
+        Ok(())
+    })
+}
