@@ -50,7 +50,11 @@ const SECOND: i64 = 1_000_000_000;
 /// One point as a line protocol line (`value` field keeps the metric name).
 fn to_line(p: &Point, out: &mut String) {
     use std::fmt::Write;
-    let escape = |s: &str| s.replace(',', "\\,").replace('=', "\\=").replace(' ', "\\ ");
+    let escape = |s: &str| {
+        s.replace(',', "\\,")
+            .replace('=', "\\=")
+            .replace(' ', "\\ ")
+    };
     out.push_str(&escape(&p.metric));
     for l in &p.labels {
         let _ = write!(out, ",{}={}", escape(&l.name), escape(&l.value));

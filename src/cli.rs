@@ -37,9 +37,11 @@ enum Command {
     Bench(bench::BenchCommand),
 }
 
-fn init_tracing() {
+/// Logs go to stderr, filtered by `CHRONICLE_LOG` (e.g. `debug`,
+/// `chronicle_ingest=debug`); the default is `default_filter`.
+fn init_tracing(default_filter: &str) {
     let filter =
-        EnvFilter::try_from_env("CHRONICLE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+        EnvFilter::try_from_env("CHRONICLE_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -49,6 +51,11 @@ fn init_tracing() {
 /// Runs the `chronicle` command line with the process's arguments.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A node logs what it does; client commands and benchmarks only warnings.
+    init_tracing(match cli.command {
+        Command::Serve { .. } => "info",
+        _ => "warn",
+    });
     let result = match cli.command {
         Command::Serve { args, demo } => serve(args, demo),
         Command::Write(args) => client::write(args),
@@ -65,7 +72,6 @@ pub fn main() -> ExitCode {
 }
 
 fn serve(args: ServeArgs, demo: bool) -> Result<(), Box<dyn std::error::Error>> {
-    init_tracing();
     let config = args.resolve()?;
     let system = actix::System::new();
     system.block_on(async move {

@@ -64,6 +64,8 @@ pub struct NatsConfig {
 pub struct IngestSettings {
     pub max_batch_points: usize,
     pub max_batch_delay_ms: u64,
+    /// Threads parsing large payloads at once (default: the number of cores).
+    pub parse_threads: usize,
 }
 
 impl Default for IngestSettings {
@@ -72,6 +74,7 @@ impl Default for IngestSettings {
         Self {
             max_batch_points: d.max_batch_points,
             max_batch_delay_ms: d.max_batch_delay.as_millis() as u64,
+            parse_threads: d.parse_threads,
         }
     }
 }
@@ -147,6 +150,7 @@ impl NodeConfig {
             subject_prefix: self.subject_prefix.clone(),
             max_batch_points: self.ingest.max_batch_points.max(1),
             max_batch_delay: Duration::from_millis(self.ingest.max_batch_delay_ms),
+            parse_threads: self.ingest.parse_threads.max(1),
             ..Default::default()
         }
     }

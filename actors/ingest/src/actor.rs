@@ -1,3 +1,5 @@
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -6,7 +8,7 @@ use bytes::Bytes;
 use chronicle_actor_runtime::{error_json, guarded, InjectPanic};
 use chronicle_bus::{Bus, Message as BusMessage};
 use chronicle_storage::{Limits, Point};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info_span, warn};
 
 use crate::metrics::{BATCH_SECONDS, BYTES_RECEIVED, POINTS_WRITTEN, REJECTED};
@@ -27,6 +29,10 @@ pub struct IngestConfig {
     pub max_batch_points: usize,
     /// ...or when its first point has waited this long.
     pub max_batch_delay: Duration,
+    /// Payloads at least this large are parsed on a blocking thread, up to
+    /// `parse_threads` at once, while the actor takes the next message.
+    pub parse_offload_bytes: usize,
+    pub parse_threads: usize,
     pub limits: Limits,
 }
 
@@ -37,6 +43,8 @@ impl Default for IngestConfig {
             queue_group: "chronicle-ingest".into(),
             max_batch_points: 20_000,
             max_batch_delay: Duration::from_millis(2),
+            parse_offload_bytes: 64 * 1024,
+            parse_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             limits: Limits::default(),
         }
     }
@@ -64,7 +72,32 @@ enum Waiter {
     },
 }
 
+/// A parsed message: its reply subject and its points or why it was rejected.
+type ParsedMessage = (Option<String>, Result<Vec<Point>, IngestError>);
+
+/// The batch being written: one at a time.
+struct InFlight {
+    id: u64,
+    /// Turns true when the write has returned and its waiters were answered.
+    done: watch::Receiver<bool>,
+}
+
+impl InFlight {
+    fn finished(&self) -> impl std::future::Future<Output = ()> + 'static {
+        let mut done = self.done.clone();
+        async move {
+            // An error means the writing task is gone, which also ends the write.
+            let _ = done.wait_for(|finished| *finished).await;
+        }
+    }
+}
+
 /// The supervised ingest actor.
+///
+/// Writes are pipelined with parsing: while one batch is being written, the next
+/// fills (group commit). When the next batch is full before the write returns,
+/// the actor stops taking input until it does, so a slow disk slows the
+/// producers instead of growing memory: at most two batches are held.
 pub struct IngestActor {
     bus: Arc<dyn Bus>,
     writer: Addr<StorageWriter>,
@@ -72,6 +105,19 @@ pub struct IngestActor {
     pending: Vec<Point>,
     waiters: Vec<Waiter>,
     timer: Option<SpawnHandle>,
+    in_flight: Option<InFlight>,
+    next_write_id: u64,
+    /// The batch became due while a write was in flight: write it when that returns.
+    flush_when_done: bool,
+    /// Bounds the parses running on blocking threads.
+    parsers: Arc<Semaphore>,
+    /// Sequence number of the next message received...
+    next_seq: u64,
+    /// ...and of the next one to be batched: parsed messages are batched in the
+    /// order they arrived, so a later write of a point replaces an earlier one.
+    next_to_batch: u64,
+    /// Parsed messages waiting for an earlier one to finish parsing.
+    parsed: BTreeMap<u64, ParsedMessage>,
     /// The bus subscription ended (the bus is draining).
     drained: bool,
 }
@@ -85,7 +131,10 @@ impl Handler<IsDrained> for IngestActor {
     type Result = bool;
 
     fn handle(&mut self, _: IsDrained, _: &mut Context<Self>) -> bool {
-        self.drained && self.pending.is_empty()
+        self.drained
+            && self.pending.is_empty()
+            && self.in_flight.is_none()
+            && self.next_to_batch == self.next_seq
     }
 }
 
@@ -94,11 +143,18 @@ impl IngestActor {
         Self {
             bus,
             writer,
-            config,
             pending: Vec::new(),
             waiters: Vec::new(),
             timer: None,
+            in_flight: None,
+            next_write_id: 0,
+            flush_when_done: false,
+            parsers: Arc::new(Semaphore::new(config.parse_threads.max(1))),
+            next_seq: 0,
+            next_to_batch: 0,
+            parsed: BTreeMap::new(),
             drained: false,
+            config,
         }
     }
 
@@ -110,36 +166,101 @@ impl IngestActor {
         let _span = info_span!("ingest_message", subject = %msg.subject, bytes = msg.payload.len())
             .entered();
         BYTES_RECEIVED.inc_by(msg.payload.len() as u64);
+        let seq = self.next_seq;
+        self.next_seq += 1;
         let precision = match msg.headers.get("Precision").map(str::parse).transpose() {
             Ok(p) => p.unwrap_or(Precision::Nanoseconds),
-            Err(e) => return self.reject(&msg, e),
+            Err(e) => return self.parsed(seq, msg.reply, Err(e), ctx),
         };
-        let parsed = parse_payload(
-            &msg.payload,
-            msg.headers.get("Content-Type"),
+        let job = ParseJob {
+            content_type: msg.headers.get("Content-Type").map(str::to_owned),
+            payload: msg.payload,
             precision,
-            now_ns(),
-            &self.config.limits,
-        );
-        match parsed {
-            Err(e) => self.reject(&msg, e),
-            Ok(points) => {
-                let waiter = msg.reply.map(|subject| Waiter::Reply {
-                    subject,
-                    points: points.len(),
-                });
-                self.enqueue(points, waiter, ctx);
+            limits: self.config.limits,
+        };
+        if job.payload.len() < self.config.parse_offload_bytes {
+            let result = job.run();
+            return self.parsed(seq, msg.reply, result, ctx);
+        }
+        let reply = msg.reply;
+        match self.parsers.clone().try_acquire_owned() {
+            Ok(permit) => self.parse_elsewhere(seq, reply, job, permit, ctx),
+            Err(_) => {
+                // Every parser is busy: take no more input until one is free.
+                let parsers = self.parsers.clone();
+                ctx.wait(
+                    async move { parsers.acquire_owned().await }
+                        .into_actor(self)
+                        .map(move |permit, act, ctx| match permit {
+                            Ok(permit) => act.parse_elsewhere(seq, reply, job, permit, ctx),
+                            Err(_) => act.parsed(seq, reply, job.run(), ctx),
+                        }),
+                );
             }
         }
     }
 
-    fn reject(&self, msg: &BusMessage, e: IngestError) {
+    fn parse_elsewhere(
+        &mut self,
+        seq: u64,
+        reply: Option<String>,
+        job: ParseJob,
+        permit: OwnedSemaphorePermit,
+        ctx: &mut Context<Self>,
+    ) {
+        let parse = tokio::task::spawn_blocking(move || {
+            let result = catch_unwind(AssertUnwindSafe(|| job.run()));
+            drop(permit);
+            result.unwrap_or_else(|_| Err(IngestError::BadRequest("the parser failed".into())))
+        });
+        ctx.spawn(parse.into_actor(self).map(move |joined, act, ctx| {
+            let result = joined.unwrap_or(Err(IngestError::Unavailable));
+            act.parsed(seq, reply, result, ctx);
+        }));
+    }
+
+    /// Batches parsed messages in arrival order.
+    fn parsed(
+        &mut self,
+        seq: u64,
+        reply: Option<String>,
+        result: Result<Vec<Point>, IngestError>,
+        ctx: &mut Context<Self>,
+    ) {
+        if seq < self.next_to_batch {
+            // Parsed before a restart that gave up on it.
+            if let Some(subject) = reply {
+                answer(
+                    &self.bus,
+                    Waiter::Reply { subject, points: 0 },
+                    Err(IngestError::Restarted),
+                );
+            }
+            return;
+        }
+        self.parsed.insert(seq, (reply, result));
+        while let Some((reply, result)) = self.parsed.remove(&self.next_to_batch) {
+            self.next_to_batch += 1;
+            match result {
+                Err(e) => self.reject(reply, e),
+                Ok(points) => {
+                    let waiter = reply.map(|subject| Waiter::Reply {
+                        subject,
+                        points: points.len(),
+                    });
+                    self.enqueue(points, waiter, ctx);
+                }
+            }
+        }
+    }
+
+    fn reject(&self, reply: Option<String>, e: IngestError) {
         REJECTED.inc();
         debug!(error = %e, "ingest message rejected");
-        if let Some(reply) = &msg.reply {
+        if let Some(reply) = reply {
             publish_detached(
                 self.bus.clone(),
-                reply.clone(),
+                reply,
                 error_json(e.code(), e.to_string()).into(),
             );
         }
@@ -164,8 +285,8 @@ impl IngestActor {
         }
     }
 
-    /// Writes the pending batch; the actor handles nothing else until the write
-    /// returns, so a slow disk slows intake (the bus buffers, then pushes back).
+    /// Writes the pending batch, or arranges for it to be written when the
+    /// write in flight returns.
     fn flush(&mut self, ctx: &mut Context<Self>) {
         if let Some(timer) = self.timer.take() {
             ctx.cancel_future(timer);
@@ -173,36 +294,117 @@ impl IngestActor {
         if self.pending.is_empty() {
             return;
         }
+        let Some(write) = &self.in_flight else {
+            return self.start_write(ctx);
+        };
+        if self.pending.len() >= self.config.max_batch_points {
+            // Full while the disk is busy: hold all input until the write returns.
+            let id = write.id;
+            ctx.wait(write.finished().into_actor(self).map(move |(), act, ctx| {
+                act.write_returned(id);
+                act.flush(ctx);
+            }));
+        } else {
+            self.flush_when_done = true;
+        }
+    }
+
+    fn start_write(&mut self, ctx: &mut Context<Self>) {
         let points = std::mem::take(&mut self.pending);
         let waiters = std::mem::take(&mut self.waiters);
-        let started = Instant::now();
-        let write = self.writer.send(WriteBatch(points));
-        ctx.wait(write.into_actor(self).map(move |result, act, _| {
+        let (done_tx, done) = watch::channel(false);
+        let writer = self.writer.clone();
+        let bus = self.bus.clone();
+        // Detached from the actor's context so the write completes and its waiters
+        // are answered even while the actor holds its input (`ctx.wait`) or restarts.
+        actix::spawn(async move {
+            let started = Instant::now();
+            let result = writer
+                .send(WriteBatch(points))
+                .await
+                .unwrap_or(Err(IngestError::Unavailable));
             BATCH_SECONDS.observe(started.elapsed().as_secs_f64());
-            let result = result.unwrap_or(Err(IngestError::Unavailable));
             match &result {
                 Ok(n) => POINTS_WRITTEN.inc_by(*n as u64),
                 Err(e) => warn!(error = %e, "batch write failed; not acknowledged"),
             }
             for w in waiters {
-                act.answer(w, result.clone());
+                answer(&bus, w, result.clone());
+            }
+            let _ = done_tx.send(true);
+        });
+        let write = InFlight {
+            id: self.next_write_id,
+            done,
+        };
+        self.next_write_id += 1;
+        let id = write.id;
+        ctx.spawn(write.finished().into_actor(self).map(move |(), act, ctx| {
+            act.write_returned(id);
+            if std::mem::take(&mut act.flush_when_done) {
+                act.flush(ctx);
             }
         }));
+        self.in_flight = Some(write);
+    }
+
+    fn write_returned(&mut self, id: u64) {
+        if self.in_flight.as_ref().is_some_and(|w| w.id == id) {
+            self.in_flight = None;
+        }
+    }
+
+    /// Writes everything pending and holds the actor until it is durable.
+    fn flush_and_wait(&mut self, ctx: &mut Context<Self>) {
+        self.flush(ctx);
+        if let Some(write) = &self.in_flight {
+            let id = write.id;
+            ctx.wait(write.finished().into_actor(self).map(move |(), act, ctx| {
+                act.write_returned(id);
+                if !act.pending.is_empty() || act.in_flight.is_some() {
+                    act.flush_and_wait(ctx);
+                }
+            }));
+        }
     }
 
     fn answer(&self, waiter: Waiter, result: Result<usize, IngestError>) {
-        match waiter {
-            Waiter::Direct { tx, points } => {
-                let _ = tx.send(result.map(|_| points));
-            }
-            Waiter::Reply { subject, points } => {
-                let body = match result {
-                    Ok(_) => format!("{{\"written\":{points}}}").into_bytes(),
-                    Err(e) => error_json(e.code(), e.to_string()),
-                };
-                publish_detached(self.bus.clone(), subject, body.into());
-            }
+        answer(&self.bus, waiter, result);
+    }
+}
+
+fn answer(bus: &Arc<dyn Bus>, waiter: Waiter, result: Result<usize, IngestError>) {
+    match waiter {
+        Waiter::Direct { tx, points } => {
+            let _ = tx.send(result.map(|_| points));
         }
+        Waiter::Reply { subject, points } => {
+            let body = match result {
+                Ok(_) => format!("{{\"written\":{points}}}").into_bytes(),
+                Err(e) => error_json(e.code(), e.to_string()),
+            };
+            publish_detached(bus.clone(), subject, body.into());
+        }
+    }
+}
+
+/// One payload to parse, movable to another thread.
+struct ParseJob {
+    content_type: Option<String>,
+    payload: Bytes,
+    precision: Precision,
+    limits: Limits,
+}
+
+impl ParseJob {
+    fn run(&self) -> Result<Vec<Point>, IngestError> {
+        parse_payload(
+            &self.payload,
+            self.content_type.as_deref(),
+            self.precision,
+            now_ns(),
+            &self.limits,
+        )
     }
 }
 
@@ -251,6 +453,19 @@ impl Supervised for IngestActor {
         // Nothing pending was acknowledged; tell the waiters to retry.
         self.pending.clear();
         self.timer = None;
+        // A write in flight finishes and answers its own waiters.
+        self.in_flight = None;
+        self.flush_when_done = false;
+        // Messages still being parsed are answered with `Restarted` when they finish.
+        for (_, (reply, _)) in std::mem::take(&mut self.parsed) {
+            if let Some(subject) = reply {
+                self.answer(
+                    Waiter::Reply { subject, points: 0 },
+                    Err(IngestError::Restarted),
+                );
+            }
+        }
+        self.next_to_batch = self.next_seq;
         for w in std::mem::take(&mut self.waiters) {
             self.answer(w, Err(IngestError::Restarted));
         }
@@ -291,9 +506,9 @@ impl Handler<Flush> for IngestActor {
     type Result = ();
 
     fn handle(&mut self, _: Flush, ctx: &mut Context<Self>) {
-        // `flush` holds the actor until the write returns, so a Ping sent after
-        // this is answered only once the batch is durable.
-        self.flush(ctx);
+        // Holds the actor until everything is durable, so a Ping sent after this
+        // is answered only then.
+        self.flush_and_wait(ctx);
     }
 }
 
@@ -308,5 +523,72 @@ impl Handler<InjectPanic> for IngestActor {
 
     fn handle(&mut self, _: InjectPanic, ctx: &mut Context<Self>) {
         guarded(ACTOR, self, ctx, |_, _| panic!("injected panic"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix::SyncArbiter;
+    use chronicle_bus::LocalBus;
+    use chronicle_storage::{Matcher, Shard, ShardConfig};
+
+    #[actix::test]
+    async fn offloaded_parses_are_batched_in_arrival_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ShardConfig {
+            sync_writes: false,
+            ..Default::default()
+        };
+        let shard = Arc::new(Shard::open(dir.path(), config).unwrap());
+        let writer_shard = shard.clone();
+        let writer = SyncArbiter::start(1, move || StorageWriter::new(writer_shard.clone()));
+        let bus: Arc<dyn Bus> = Arc::new(LocalBus::default());
+        let ingest = IngestActor::new(
+            bus.clone(),
+            writer,
+            IngestConfig {
+                parse_offload_bytes: 0,
+                parse_threads: 2,
+                ..Default::default()
+            },
+        )
+        .start();
+        ingest.send(Ping).await.unwrap();
+
+        // Every message rewrites the same point. Large and small messages
+        // alternate, so a small one finishes parsing before the large one sent
+        // just before it: only arrival-order batching leaves the last value.
+        let mut acks = bus.subscribe("acks.>", None).await.unwrap();
+        let messages = 40;
+        for i in 0..messages {
+            let mut body = String::new();
+            if i % 2 == 0 {
+                for j in 0..3000 {
+                    body.push_str(&format!("pad,n={j} value=1 {j}\n"));
+                }
+            }
+            body.push_str(&format!("same value={i} 1000\n"));
+            let msg =
+                BusMessage::new("chronicle.ingest.order", body).with_reply(format!("acks.{i}"));
+            bus.publish(msg).await.unwrap();
+        }
+        for _ in 0..messages {
+            let ack = tokio::time::timeout(Duration::from_secs(20), acks.next())
+                .await
+                .expect("every message is acknowledged")
+                .unwrap();
+            assert!(
+                ack.payload.starts_with(b"{\"written\":"),
+                "{:?}",
+                ack.payload
+            );
+        }
+        let series = shard
+            .query(&[Matcher::equal("__name__", "same")], 0, i64::MAX)
+            .unwrap();
+        assert_eq!(series.len(), 1);
+        assert_eq!(series[0].1.len(), 1);
+        assert_eq!(series[0].1[0].value, f64::from(messages - 1));
     }
 }

@@ -36,7 +36,10 @@ impl Handler<WriteBatch> for StorageWriter {
     fn handle(&mut self, batch: WriteBatch, _: &mut SyncContext<Self>) -> Self::Result {
         let _span = tracing::debug_span!("write_batch", points = batch.0.len()).entered();
         let shard = &self.shard;
-        match catch_unwind(AssertUnwindSafe(|| shard.write_batch(&batch.0))) {
+        let started = std::time::Instant::now();
+        let outcome = catch_unwind(AssertUnwindSafe(|| shard.write_batch(&batch.0)));
+        tracing::debug!(points = batch.0.len(), elapsed = ?started.elapsed(), "batch written");
+        match outcome {
             Ok(Ok(_)) => Ok(batch.0.len()),
             Ok(Err(e)) => Err(IngestError::Storage(e.to_string())),
             Err(_) => {
