@@ -64,8 +64,9 @@ pub struct NatsConfig {
 pub struct IngestSettings {
     pub max_batch_points: usize,
     pub max_batch_delay_ms: u64,
-    /// Threads parsing large payloads at once (default: the number of cores).
-    pub parse_threads: usize,
+    /// Messages parsed in parallel or waiting in order to be batched (default:
+    /// twice the number of cores); beyond it the actor takes no more input.
+    pub parse_queue: usize,
 }
 
 impl Default for IngestSettings {
@@ -74,7 +75,7 @@ impl Default for IngestSettings {
         Self {
             max_batch_points: d.max_batch_points,
             max_batch_delay_ms: d.max_batch_delay.as_millis() as u64,
-            parse_threads: d.parse_threads,
+            parse_queue: d.parse_queue,
         }
     }
 }
@@ -150,7 +151,7 @@ impl NodeConfig {
             subject_prefix: self.subject_prefix.clone(),
             max_batch_points: self.ingest.max_batch_points.max(1),
             max_batch_delay: Duration::from_millis(self.ingest.max_batch_delay_ms),
-            parse_threads: self.ingest.parse_threads.max(1),
+            parse_queue: self.ingest.parse_queue.max(1),
             ..Default::default()
         }
     }

@@ -1,4 +1,4 @@
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -8,7 +8,7 @@ use bytes::Bytes;
 use chronicle_actor_runtime::{error_json, guarded, InjectPanic};
 use chronicle_bus::{Bus, Message as BusMessage};
 use chronicle_storage::{Limits, Point};
-use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, watch};
 use tracing::{debug, info_span, warn};
 
 use crate::metrics::{BATCH_SECONDS, BYTES_RECEIVED, POINTS_WRITTEN, REJECTED};
@@ -29,10 +29,12 @@ pub struct IngestConfig {
     pub max_batch_points: usize,
     /// ...or when its first point has waited this long.
     pub max_batch_delay: Duration,
-    /// Payloads at least this large are parsed on a blocking thread, up to
-    /// `parse_threads` at once, while the actor takes the next message.
+    /// Payloads at least this large are parsed on blocking threads while the
+    /// actor takes the next message...
     pub parse_offload_bytes: usize,
-    pub parse_threads: usize,
+    /// ...with at most this many messages parsing or parsed and waiting to be
+    /// batched; beyond it the actor takes no input (a bound on memory).
+    pub parse_queue: usize,
     pub limits: Limits,
 }
 
@@ -44,7 +46,7 @@ impl Default for IngestConfig {
             max_batch_points: 20_000,
             max_batch_delay: Duration::from_millis(2),
             parse_offload_bytes: 64 * 1024,
-            parse_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            parse_queue: 2 * std::thread::available_parallelism().map_or(2, |n| n.get()),
             limits: Limits::default(),
         }
     }
@@ -72,8 +74,18 @@ enum Waiter {
     },
 }
 
-/// A parsed message: its reply subject and its points or why it was rejected.
-type ParsedMessage = (Option<String>, Result<Vec<Point>, IngestError>);
+type Parsed = Result<Vec<Point>, IngestError>;
+
+/// A message handed to a parser thread.
+struct ParseTicket {
+    reply: Option<String>,
+    result: oneshot::Receiver<Parsed>,
+}
+
+/// A parser thread finished a message (wakes the actor to batch it).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ParseDone;
 
 /// The batch being written: one at a time.
 struct InFlight {
@@ -109,15 +121,10 @@ pub struct IngestActor {
     next_write_id: u64,
     /// The batch became due while a write was in flight: write it when that returns.
     flush_when_done: bool,
-    /// Bounds the parses running on blocking threads.
-    parsers: Arc<Semaphore>,
-    /// Sequence number of the next message received...
-    next_seq: u64,
-    /// ...and of the next one to be batched: parsed messages are batched in the
-    /// order they arrived, so a later write of a point replaces an earlier one.
-    next_to_batch: u64,
-    /// Parsed messages waiting for an earlier one to finish parsing.
-    parsed: BTreeMap<u64, ParsedMessage>,
+    /// Messages being parsed or parsed and waiting for an earlier one, in
+    /// arrival order: they are batched in that order, so a later write of a
+    /// point replaces an earlier one. At most `parse_queue` long.
+    parsing: VecDeque<ParseTicket>,
     /// The bus subscription ended (the bus is draining).
     drained: bool,
 }
@@ -134,7 +141,7 @@ impl Handler<IsDrained> for IngestActor {
         self.drained
             && self.pending.is_empty()
             && self.in_flight.is_none()
-            && self.next_to_batch == self.next_seq
+            && self.parsing.is_empty()
     }
 }
 
@@ -149,10 +156,7 @@ impl IngestActor {
             in_flight: None,
             next_write_id: 0,
             flush_when_done: false,
-            parsers: Arc::new(Semaphore::new(config.parse_threads.max(1))),
-            next_seq: 0,
-            next_to_batch: 0,
-            parsed: BTreeMap::new(),
+            parsing: VecDeque::new(),
             drained: false,
             config,
         }
@@ -166,11 +170,9 @@ impl IngestActor {
         let _span = info_span!("ingest_message", subject = %msg.subject, bytes = msg.payload.len())
             .entered();
         BYTES_RECEIVED.inc_by(msg.payload.len() as u64);
-        let seq = self.next_seq;
-        self.next_seq += 1;
         let precision = match msg.headers.get("Precision").map(str::parse).transpose() {
             Ok(p) => p.unwrap_or(Precision::Nanoseconds),
-            Err(e) => return self.parsed(seq, msg.reply, Err(e), ctx),
+            Err(e) => return self.reject(msg.reply, e),
         };
         let job = ParseJob {
             content_type: msg.headers.get("Content-Type").map(str::to_owned),
@@ -178,78 +180,63 @@ impl IngestActor {
             precision,
             limits: self.config.limits,
         };
-        if job.payload.len() < self.config.parse_offload_bytes {
+        if self.parsing.is_empty() && job.payload.len() < self.config.parse_offload_bytes {
+            // Small, and nothing earlier is still parsing: parse right here.
             let result = job.run();
-            return self.parsed(seq, msg.reply, result, ctx);
+            return self.batch(msg.reply, result, ctx);
         }
-        let reply = msg.reply;
-        match self.parsers.clone().try_acquire_owned() {
-            Ok(permit) => self.parse_elsewhere(seq, reply, job, permit, ctx),
-            Err(_) => {
-                // Every parser is busy: take no more input until one is free.
-                let parsers = self.parsers.clone();
-                ctx.wait(
-                    async move { parsers.acquire_owned().await }
-                        .into_actor(self)
-                        .map(move |permit, act, ctx| match permit {
-                            Ok(permit) => act.parse_elsewhere(seq, reply, job, permit, ctx),
-                            Err(_) => act.parsed(seq, reply, job.run(), ctx),
-                        }),
+        if self.parsing.len() >= self.config.parse_queue.max(1) {
+            // Every parser is taken: take no more input until the oldest is done.
+            let oldest = self.parsing.pop_front().expect("parsing is not empty");
+            let reply = msg.reply;
+            ctx.wait(oldest.result.into_actor(self).map(move |result, act, ctx| {
+                act.batch(
+                    oldest.reply,
+                    result.unwrap_or(Err(IngestError::Unavailable)),
+                    ctx,
                 );
-            }
-        }
-    }
-
-    fn parse_elsewhere(
-        &mut self,
-        seq: u64,
-        reply: Option<String>,
-        job: ParseJob,
-        permit: OwnedSemaphorePermit,
-        ctx: &mut Context<Self>,
-    ) {
-        let parse = tokio::task::spawn_blocking(move || {
-            let result = catch_unwind(AssertUnwindSafe(|| job.run()));
-            drop(permit);
-            result.unwrap_or_else(|_| Err(IngestError::BadRequest("the parser failed".into())))
-        });
-        ctx.spawn(parse.into_actor(self).map(move |joined, act, ctx| {
-            let result = joined.unwrap_or(Err(IngestError::Unavailable));
-            act.parsed(seq, reply, result, ctx);
-        }));
-    }
-
-    /// Batches parsed messages in arrival order.
-    fn parsed(
-        &mut self,
-        seq: u64,
-        reply: Option<String>,
-        result: Result<Vec<Point>, IngestError>,
-        ctx: &mut Context<Self>,
-    ) {
-        if seq < self.next_to_batch {
-            // Parsed before a restart that gave up on it.
-            if let Some(subject) = reply {
-                answer(
-                    &self.bus,
-                    Waiter::Reply { subject, points: 0 },
-                    Err(IngestError::Restarted),
-                );
-            }
+                act.batch_parsed(ctx);
+                act.parse_elsewhere(reply, job, ctx);
+            }));
             return;
         }
-        self.parsed.insert(seq, (reply, result));
-        while let Some((reply, result)) = self.parsed.remove(&self.next_to_batch) {
-            self.next_to_batch += 1;
-            match result {
-                Err(e) => self.reject(reply, e),
-                Ok(points) => {
-                    let waiter = reply.map(|subject| Waiter::Reply {
-                        subject,
-                        points: points.len(),
-                    });
-                    self.enqueue(points, waiter, ctx);
-                }
+        self.parse_elsewhere(msg.reply, job, ctx);
+    }
+
+    fn parse_elsewhere(&mut self, reply: Option<String>, job: ParseJob, ctx: &mut Context<Self>) {
+        let (tx, result) = oneshot::channel();
+        let actor = ctx.address();
+        tokio::task::spawn_blocking(move || {
+            let result = catch_unwind(AssertUnwindSafe(|| job.run()))
+                .unwrap_or_else(|_| Err(IngestError::BadRequest("the parser failed".into())));
+            let _ = tx.send(result);
+            actor.do_send(ParseDone);
+        });
+        self.parsing.push_back(ParseTicket { reply, result });
+    }
+
+    /// Batches, in arrival order, the messages whose parse has finished.
+    fn batch_parsed(&mut self, ctx: &mut Context<Self>) {
+        while let Some(oldest) = self.parsing.front_mut() {
+            let result = match oldest.result.try_recv() {
+                Ok(result) => result,
+                Err(oneshot::error::TryRecvError::Empty) => return,
+                Err(oneshot::error::TryRecvError::Closed) => Err(IngestError::Unavailable),
+            };
+            let reply = self.parsing.pop_front().and_then(|t| t.reply);
+            self.batch(reply, result, ctx);
+        }
+    }
+
+    fn batch(&mut self, reply: Option<String>, result: Parsed, ctx: &mut Context<Self>) {
+        match result {
+            Err(e) => self.reject(reply, e),
+            Ok(points) => {
+                let waiter = reply.map(|subject| Waiter::Reply {
+                    subject,
+                    points: points.len(),
+                });
+                self.enqueue(points, waiter, ctx);
             }
         }
     }
@@ -456,16 +443,15 @@ impl Supervised for IngestActor {
         // A write in flight finishes and answers its own waiters.
         self.in_flight = None;
         self.flush_when_done = false;
-        // Messages still being parsed are answered with `Restarted` when they finish.
-        for (_, (reply, _)) in std::mem::take(&mut self.parsed) {
-            if let Some(subject) = reply {
+        // Messages still being parsed are given up on: their senders retry.
+        for ticket in std::mem::take(&mut self.parsing) {
+            if let Some(subject) = ticket.reply {
                 self.answer(
                     Waiter::Reply { subject, points: 0 },
                     Err(IngestError::Restarted),
                 );
             }
         }
-        self.next_to_batch = self.next_seq;
         for w in std::mem::take(&mut self.waiters) {
             self.answer(w, Err(IngestError::Restarted));
         }
@@ -512,6 +498,14 @@ impl Handler<Flush> for IngestActor {
     }
 }
 
+impl Handler<ParseDone> for IngestActor {
+    type Result = ();
+
+    fn handle(&mut self, _: ParseDone, ctx: &mut Context<Self>) {
+        guarded(ACTOR, self, ctx, |act, ctx| act.batch_parsed(ctx));
+    }
+}
+
 impl Handler<Ping> for IngestActor {
     type Result = ();
 
@@ -549,7 +543,7 @@ mod tests {
             writer,
             IngestConfig {
                 parse_offload_bytes: 0,
-                parse_threads: 2,
+                parse_queue: 2,
                 ..Default::default()
             },
         )
