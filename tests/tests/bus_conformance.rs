@@ -162,13 +162,20 @@ async fn invalid_subjects(bus: Arc<dyn Bus>) {
 
 async fn drain_delivers_buffered_then_closes(bus: Arc<dyn Bus>) {
     let mut sub = bus.subscribe("conf.drain", None).await.unwrap();
+    let mut marker = bus.subscribe("conf.drain-marker", None).await.unwrap();
     settle(&*bus).await;
     for i in 0..10 {
         bus.publish_bytes("conf.drain", i.to_string().into())
             .await
             .unwrap();
     }
-    bus.flush().await.unwrap();
+    // Once the marker published after them is back, the ten are buffered in
+    // this client (a flush only pushes our writes out; it says nothing of
+    // what the server has delivered).
+    bus.publish_bytes("conf.drain-marker", "after".into())
+        .await
+        .unwrap();
+    recv(&mut marker).await;
     bus.drain().await.unwrap();
     let mut seen = 0;
     while let Ok(Some(_)) = tokio::time::timeout(WAIT, sub.next()).await {
