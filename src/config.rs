@@ -44,7 +44,7 @@ impl Default for NodeConfig {
 }
 
 /// Joining NATS; with no URL the node uses the in-process bus.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NatsConfig {
     pub urls: Vec<String>,
@@ -57,6 +57,28 @@ pub struct NatsConfig {
     pub tls_ca_file: Option<PathBuf>,
     pub tls_client_cert: Option<PathBuf>,
     pub tls_client_key: Option<PathBuf>,
+    /// Messages buffered per subscription; beyond it NATS's slow-consumer rule
+    /// drops (unacknowledged) messages instead of growing memory. Ingest
+    /// messages are up to the server's max payload (1 MiB by default) each.
+    pub subscription_capacity: usize,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            urls: Vec::new(),
+            user: None,
+            password: None,
+            token: None,
+            nkey_seed: None,
+            credentials_file: None,
+            require_tls: false,
+            tls_ca_file: None,
+            tls_client_cert: None,
+            tls_client_key: None,
+            subscription_capacity: 256,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -178,7 +200,7 @@ impl NodeConfig {
             require_tls: n.require_tls,
             tls_ca_file: n.tls_ca_file.clone(),
             tls_client_cert: n.tls_client_cert.clone().zip(n.tls_client_key.clone()),
-            subscription_capacity: Some(4096),
+            subscription_capacity: Some(n.subscription_capacity.max(1)),
         }
     }
 }

@@ -1,12 +1,12 @@
 //! Node-level metrics: bus traffic and round trips, and the `/metrics` text.
 
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chronicle_actor_runtime::register;
-use chronicle_bus::{Bus, Message, Result, Subscription};
+use chronicle_bus::{Bus, ConnectionState, Message, NatsBus, Result, Subscription};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, TextEncoder};
 
 static PUBLISHED: LazyLock<IntCounter> = LazyLock::new(|| {
@@ -42,6 +42,34 @@ pub static BUS_CONNECTED: LazyLock<IntGauge> = LazyLock::new(|| {
     register(Box::new(g.clone()));
     g
 });
+
+/// Messages NATS dropped for the node's subscriptions (slow consumer).
+pub static BUS_SLOW_CONSUMER: LazyLock<IntGauge> = LazyLock::new(|| {
+    let g = IntGauge::new(
+        "chronicle_bus_slow_consumer_dropped_total",
+        "Messages the NATS client dropped because a subscription's buffer was full",
+    )
+    .expect("static metric definition");
+    register(Box::new(g.clone()));
+    g
+});
+
+/// The NATS connection whose state the metrics report (none on the in-process bus).
+static WATCHED_NATS: Mutex<Option<Weak<NatsBus>>> = Mutex::new(None);
+
+/// Reports this connection's state in `chronicle_bus_connected` and its drops
+/// in `chronicle_bus_slow_consumer_dropped_total`, read at scrape time.
+pub fn watch_nats(bus: &Arc<NatsBus>) {
+    *WATCHED_NATS.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::downgrade(bus));
+}
+
+fn refresh_bus_gauges() {
+    let watched = WATCHED_NATS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(bus) = watched.as_ref().and_then(Weak::upgrade) {
+        BUS_CONNECTED.set(i64::from(bus.state() == ConnectionState::Connected));
+        BUS_SLOW_CONSUMER.set(bus.slow_consumer_events() as i64);
+    }
+}
 
 /// Wraps a bus to count what the node sends and time its round trips.
 pub struct MeteredBus {
@@ -98,6 +126,8 @@ pub fn render() -> String {
     LazyLock::force(&PUBLISHED);
     LazyLock::force(&ROUND_TRIPS);
     LazyLock::force(&BUS_CONNECTED);
+    LazyLock::force(&BUS_SLOW_CONSUMER);
+    refresh_bus_gauges();
     LazyLock::force(&chronicle_actor_runtime::ACTOR_RESTARTS);
     TextEncoder::new()
         .encode_to_string(&prometheus::default_registry().gather())

@@ -55,8 +55,9 @@ impl Node {
         let (raw_bus, bus_kind): (Arc<dyn Bus>, _) = if config.nats.urls.is_empty() {
             (Arc::new(LocalBus::default()), "local")
         } else {
-            let nats = NatsBus::connect(config.nats_options()).await?;
-            (Arc::new(nats), "nats")
+            let nats = Arc::new(NatsBus::connect(config.nats_options()).await?);
+            crate::metrics::watch_nats(&nats);
+            (nats, "nats")
         };
         BUS_CONNECTED.set(1);
         let bus: Arc<dyn Bus> = Arc::new(MeteredBus::new(raw_bus));

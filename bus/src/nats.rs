@@ -1,7 +1,7 @@
 //! The bus over a NATS cluster (async-nats).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,6 +53,7 @@ pub enum ConnectionState {
 pub struct NatsBus {
     client: async_nats::Client,
     state: Arc<AtomicU8>,
+    slow_consumer: Arc<AtomicU64>,
     urls: String,
 }
 
@@ -67,6 +68,7 @@ impl NatsBus {
             return Err(connect_err("no server URL given".into()));
         }
         let state = Arc::new(AtomicU8::new(ConnectionState::Disconnected as u8));
+        let slow_consumer = Arc::new(AtomicU64::new(0));
         let mut opts = ConnectOptions::new();
         if let Some(path) = &options.credentials_file {
             opts = opts
@@ -99,11 +101,13 @@ impl NatsBus {
             opts = opts.name(name);
         }
         let events = state.clone();
+        let slow_events = slow_consumer.clone();
         let opts = opts
             .connection_timeout(Duration::from_secs(5))
             .reconnect_delay_callback(backoff)
             .event_callback(move |event| {
                 let state = events.clone();
+                let slow = slow_events.clone();
                 async move {
                     match &event {
                         Event::Connected => {
@@ -119,11 +123,17 @@ impl NatsBus {
                             info!("NATS connection closed");
                         }
                         Event::SlowConsumer(sid) => {
-                            warn!(
-                                sid,
-                                "NATS slow consumer: messages dropped for a subscription"
-                            )
+                            // One event per dropped message: log the 1st, 2nd, 4th, ...
+                            let n = slow.fetch_add(1, Ordering::Relaxed) + 1;
+                            if n.is_power_of_two() {
+                                warn!(
+                                    sid,
+                                    total = n,
+                                    "NATS slow consumer: messages dropped for a subscription"
+                                )
+                            }
                         }
+                        Event::Draining => info!("NATS connection draining"),
                         other => warn!(event = %other, "NATS event"),
                     }
                 }
@@ -136,6 +146,7 @@ impl NatsBus {
         Ok(Self {
             client,
             state,
+            slow_consumer,
             urls,
         })
     }
@@ -146,6 +157,11 @@ impl NatsBus {
             1 => ConnectionState::Disconnected,
             _ => ConnectionState::Closed,
         }
+    }
+
+    /// Messages dropped so far because a subscription's buffer was full.
+    pub fn slow_consumer_events(&self) -> u64 {
+        self.slow_consumer.load(Ordering::Relaxed)
     }
 
     pub fn urls(&self) -> &str {

@@ -2,7 +2,7 @@
 //! This library holds what several test files share.
 
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -81,4 +81,89 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free loopback port")
+}
+
+/// A `chronicle serve` process on a free HTTP port, killed when dropped.
+pub struct NodeProcess {
+    pub child: Child,
+    /// `http://127.0.0.1:<port>`
+    pub http: String,
+}
+
+impl NodeProcess {
+    /// Starts `bin serve --data-dir <data> [--nats-url URL] <extra>` and waits
+    /// (bounded) until `/health` answers.
+    pub fn start(bin: &str, data: &Path, nats_url: Option<&str>, extra: &[&str]) -> Self {
+        let port = free_port();
+        let mut cmd = Command::new(bin);
+        cmd.args(["serve", "--data-dir"])
+            .arg(data)
+            .args(["--http-addr", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .env("CHRONICLE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if let Some(url) = nats_url {
+            cmd.args(["--nats-url", url]);
+        }
+        let child = cmd.spawn().expect("start the node");
+        let node = Self {
+            child,
+            http: format!("http://127.0.0.1:{port}"),
+        };
+        wait_until(Duration::from_secs(20), "node health", || {
+            ureq::get(format!("{}/health", node.http)).call().is_ok()
+        });
+        node
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "node did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The process's resident set size in bytes (Linux `/proc`).
+    pub fn rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `ok` until it holds; panics after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// POSTs a JSON query to the node's `/query` and returns the JSON answer.
+pub fn http_query(http: &str, body: &str) -> serde_json::Value {
+    let mut resp = ureq::post(format!("{http}/query"))
+        .content_type("application/json")
+        .send(body)
+        .expect("query over HTTP");
+    serde_json::from_slice(&resp.body_mut().read_to_vec().expect("query body"))
+        .expect("query answer is JSON")
 }

@@ -3,81 +3,12 @@
 //! and queries over subjects; HTTP and the CLI read the same data; SIGTERM stops the
 //! node cleanly and the data is there after a restart.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use chronicle_tests::{free_port, NatsServer};
+use chronicle_tests::{http_query, wait_until, NatsServer, NodeProcess};
 
 const BIN: &str = env!("CARGO_BIN_EXE_chronicle-under-test");
-
-struct NodeProcess {
-    child: Child,
-    http: String,
-}
-
-impl NodeProcess {
-    fn start(data: &Path, nats_url: Option<&str>) -> Self {
-        let port = free_port();
-        let mut cmd = Command::new(BIN);
-        cmd.args(["serve", "--data-dir"])
-            .arg(data)
-            .args(["--http-addr", &format!("127.0.0.1:{port}")])
-            .env("CHRONICLE_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        if let Some(url) = nats_url {
-            cmd.args(["--nats-url", url]);
-        }
-        let child = cmd.spawn().expect("start the node");
-        let node = Self {
-            child,
-            http: format!("http://127.0.0.1:{port}"),
-        };
-        wait_until(Duration::from_secs(20), "node health", || {
-            ureq::get(format!("{}/health", node.http)).call().is_ok()
-        });
-        node
-    }
-
-    fn stop(mut self) -> std::process::ExitStatus {
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "node did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_until(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
-fn http_query(http: &str, body: &str) -> serde_json::Value {
-    let mut resp = ureq::post(format!("{http}/query"))
-        .content_type("application/json")
-        .send(body)
-        .expect("query over HTTP");
-    serde_json::from_slice(&resp.body_mut().read_to_vec().unwrap()).unwrap()
-}
 
 fn points_in(result: &serde_json::Value) -> usize {
     result["series"]
@@ -94,7 +25,7 @@ fn points_in(result: &serde_json::Value) -> usize {
 fn nats_clients_write_and_query_a_node_process() {
     let server = NatsServer::start();
     let data = tempfile::tempdir().unwrap();
-    let node = NodeProcess::start(data.path(), Some(&server.url()));
+    let node = NodeProcess::start(BIN, data.path(), Some(&server.url()), &[]);
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -218,7 +149,7 @@ fn nats_clients_write_and_query_a_node_process() {
     // SIGTERM: clean exit; the data survives a restart (embedded bus this time).
     let status = node.stop();
     assert!(status.success(), "node exited with {status:?}");
-    let node = NodeProcess::start(data.path(), None);
+    let node = NodeProcess::start(BIN, data.path(), None, &[]);
     assert_eq!(
         points_in(&http_query(
             &node.http,
