@@ -21,6 +21,8 @@ pub struct NodeConfig {
     pub subject_prefix: String,
     /// Largest HTTP request body, bytes (after decompression).
     pub max_body_bytes: usize,
+    /// HTTP /write requests read and parsed at once; more wait their turn.
+    pub max_concurrent_writes: usize,
     /// fsync every write batch (durable on return); off trades durability for speed.
     pub sync_writes: bool,
     pub nats: NatsConfig,
@@ -34,7 +36,8 @@ impl Default for NodeConfig {
             data_dir: PathBuf::from("./data"),
             http_addr: "127.0.0.1:8086".parse().expect("static address"),
             subject_prefix: "chronicle".into(),
-            max_body_bytes: 64 << 20,
+            max_body_bytes: 32 << 20,
+            max_concurrent_writes: 4,
             sync_writes: true,
             nats: NatsConfig::default(),
             ingest: IngestSettings::default(),

@@ -2,6 +2,7 @@
 //! Errors are JSON `{"error": {"code", "message"}}` with a fitting status.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use actix::Addr;
 use actix_web::dev::{Decompress, Server};
@@ -13,7 +14,8 @@ use chronicle_query::{QueryActor, QueryError, QueryRequest, RunQuery};
 use chronicle_storage::Limits;
 use futures_util::StreamExt;
 use serde::Deserialize;
-use tracing::info_span;
+use tokio::sync::Semaphore;
+use tracing::instrument;
 
 use crate::metrics;
 
@@ -23,6 +25,9 @@ pub struct AppState {
     pub query: Addr<QueryActor>,
     pub bus_kind: &'static str,
     pub max_body_bytes: usize,
+    /// Bounds the /write requests whose bodies are read and parsed at once: a
+    /// burst of large writes waits for a slot instead of filling memory.
+    pub write_slots: Arc<Semaphore>,
 }
 
 /// Binds and returns the server (not yet running) and the bound address.
@@ -95,13 +100,20 @@ fn ingest_status(e: &IngestError) -> StatusCode {
 
 /// POST /write: line protocol (or JSON points with a JSON content type); 204 when
 /// every point is durable, with `X-Chronicle-Points-Written`.
+#[instrument(name = "http_write", skip_all)]
 async fn write(
     state: web::Data<AppState>,
     req: HttpRequest,
     params: web::Query<WriteParams>,
     payload: web::Payload,
 ) -> HttpResponse {
-    let _span = info_span!("http_write").entered();
+    let Ok(_slot) = state.write_slots.acquire().await else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the node is shutting down",
+        );
+    };
     let body = match read_body(&req, payload, state.max_body_bytes).await {
         Ok(b) => b,
         Err(resp) => return resp,
@@ -152,12 +164,12 @@ async fn write(
 }
 
 /// POST /query: a JSON query request; the JSON result.
+#[instrument(name = "http_query", skip_all)]
 async fn query(
     state: web::Data<AppState>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> HttpResponse {
-    let _span = info_span!("http_query").entered();
     let body = match read_body(&req, payload, 1 << 20).await {
         Ok(b) => b,
         Err(resp) => return resp,

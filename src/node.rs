@@ -110,6 +110,9 @@ impl Node {
             query: query.clone(),
             bus_kind,
             max_body_bytes: config.max_body_bytes,
+            write_slots: Arc::new(tokio::sync::Semaphore::new(
+                config.max_concurrent_writes.max(1),
+            )),
         };
         let (server, http_addr) =
             http::serve(state, config.http_addr).map_err(|source| NodeError::Http {
