@@ -44,6 +44,7 @@ fn init_tracing(default_filter: &str) {
         EnvFilter::try_from_env("CHRONICLE_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }
