@@ -106,23 +106,19 @@ async fn run_demo(node: &Node) -> Result<(), Box<dyn std::error::Error>> {
         now - 1_000_000_000,
         now - 1_000_000_000
     );
-    print!("demo: published 3 points on chronicle.ingest.demo -> ");
+    let ingest = format!("{}.ingest.demo", node.subject_prefix);
+    let query_subject = format!("{}.query", node.subject_prefix);
+    print!("demo: published 3 points on {ingest} -> ");
     let ack = node
         .bus
-        .request(
-            Message::new("chronicle.ingest.demo", lines),
-            Duration::from_secs(5),
-        )
+        .request(Message::new(ingest, lines), Duration::from_secs(5))
         .await?;
     println!("{}", String::from_utf8_lossy(&ack.payload));
     let query = r#"{"metric":"demo_temperature","start":"now-1m","aggregation":{"function":"mean"},"group_by":["room"]}"#;
-    println!("demo: request on chronicle.query: {query}");
+    println!("demo: request on {query_subject}: {query}");
     let reply = node
         .bus
-        .request(
-            Message::new("chronicle.query", query),
-            Duration::from_secs(5),
-        )
+        .request(Message::new(query_subject, query), Duration::from_secs(5))
         .await?;
     println!("demo: reply: {}", String::from_utf8_lossy(&reply.payload));
     println!(

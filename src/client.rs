@@ -22,9 +22,12 @@ pub struct WriteArgs {
     /// Node HTTP URL (default http://127.0.0.1:8086 unless --nats-url is given).
     #[arg(long, env = "CHRONICLE_HTTP", conflicts_with = "nats_url")]
     pub http: Option<String>,
-    /// Publish over NATS instead (request/reply on `chronicle.ingest.cli`).
+    /// Publish over NATS instead (request/reply on `<prefix>.ingest.cli`).
     #[arg(long, env = "CHRONICLE_NATS_URL")]
     pub nats_url: Option<String>,
+    /// The node's subject prefix (with --nats-url).
+    #[arg(long, env = "CHRONICLE_SUBJECT_PREFIX", default_value = "chronicle")]
+    pub subject_prefix: String,
     /// Timestamp unit of the input: ns, us, ms or s.
     #[arg(long, default_value = "ns")]
     pub precision: String,
@@ -81,7 +84,16 @@ impl Sender {
     }
 
     /// Sends `body` to `path` (HTTP) or `subject` (NATS); the reply body.
-    fn send(&self, path: &str, subject: &str, body: Vec<u8>, json: bool) -> Result<Vec<u8>, Error> {
+    /// POSTs to `path` over HTTP, or requests on `subject` over NATS; the
+    /// precision travels in the path's query string or as a `Precision` header.
+    fn send(
+        &self,
+        path: &str,
+        subject: &str,
+        body: Vec<u8>,
+        json: bool,
+        precision: Option<&str>,
+    ) -> Result<Vec<u8>, Error> {
         match self {
             Sender::Http { agent, url } => {
                 let mut response = agent
@@ -109,6 +121,9 @@ impl Sender {
                 let mut msg = Message::new(subject, Bytes::from(body));
                 if json {
                     msg = msg.with_header("Content-Type", "application/json");
+                }
+                if let Some(p) = precision {
+                    msg = msg.with_header("Precision", p);
                 }
                 let reply = runtime.block_on(bus.request(msg, Duration::from_secs(60)))?;
                 if reply.payload.starts_with(b"{\"error\"") {
@@ -158,6 +173,7 @@ pub fn write(args: WriteArgs) -> Result<(), Error> {
     };
     let started = Instant::now();
     let path = format!("/write?precision={}", args.precision);
+    let subject = format!("{}.ingest.cli", args.subject_prefix);
     let (mut lines, mut points, mut batch, mut first_line) = (0usize, 0usize, Vec::new(), 1usize);
     let mut in_batch = 0usize;
     let flush = |batch: &mut Vec<u8>, first_line: usize| -> Result<usize, Error> {
@@ -166,7 +182,7 @@ pub fn write(args: WriteArgs) -> Result<(), Error> {
         }
         let body = std::mem::take(batch);
         let reply = sender
-            .send(&path, "chronicle.ingest.cli", body, false)
+            .send(&path, &subject, body, false, Some(&args.precision))
             .map_err(|e| format!("batch starting at input line {first_line}: {e}"))?;
         Ok(written_count(&reply))
     };
@@ -207,9 +223,12 @@ pub struct QueryArgs {
     /// Node HTTP URL (default http://127.0.0.1:8086 unless --nats-url is given).
     #[arg(long, env = "CHRONICLE_HTTP", conflicts_with = "nats_url")]
     pub http: Option<String>,
-    /// Ask over NATS instead (request/reply on `chronicle.query`).
+    /// Ask over NATS instead (request/reply on `<prefix>.query`).
     #[arg(long, env = "CHRONICLE_NATS_URL")]
     pub nats_url: Option<String>,
+    /// The node's subject prefix (with --nats-url).
+    #[arg(long, env = "CHRONICLE_SUBJECT_PREFIX", default_value = "chronicle")]
+    pub subject_prefix: String,
     /// Metric name.
     #[arg(long)]
     pub metric: Option<String>,
@@ -292,7 +311,8 @@ pub fn query(args: QueryArgs) -> Result<(), Error> {
     }
     let sender = Sender::connect(args.http, args.nats_url)?;
     let body = serde_json::to_vec(&request)?;
-    let reply = sender.send("/query", "chronicle.query", body, true)?;
+    let subject = format!("{}.query", args.subject_prefix);
+    let reply = sender.send("/query", &subject, body, true, None)?;
     if args.json {
         println!("{}", String::from_utf8_lossy(&reply));
         return Ok(());

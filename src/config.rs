@@ -21,7 +21,8 @@ pub struct NodeConfig {
     pub subject_prefix: String,
     /// Largest HTTP request body, bytes (after decompression).
     pub max_body_bytes: usize,
-    /// HTTP /write requests read and parsed at once; more wait their turn.
+    /// HTTP /write requests in progress at once (reading, parsing, writing);
+    /// more wait their turn before their bodies are read.
     pub max_concurrent_writes: usize,
     /// fsync every write batch (durable on return); off trades durability for speed.
     pub sync_writes: bool,
@@ -140,6 +141,10 @@ pub struct ServeArgs {
     /// Turn off fsync per write batch (faster, loses the last batches on power loss).
     #[arg(long, env = "CHRONICLE_NO_SYNC")]
     pub no_sync: bool,
+    /// Subject prefix: the node serves `<prefix>.ingest.>` and `<prefix>.query`.
+    /// Default `chronicle`.
+    #[arg(long, env = "CHRONICLE_SUBJECT_PREFIX")]
+    pub subject_prefix: Option<String>,
 }
 
 impl ServeArgs {
@@ -166,6 +171,11 @@ impl ServeArgs {
         if self.no_sync {
             config.sync_writes = false;
         }
+        if let Some(p) = &self.subject_prefix {
+            config.subject_prefix = p.clone();
+        }
+        chronicle_bus::subject::validate_publish(&format!("{}.query", config.subject_prefix))
+            .map_err(|e| format!("subject prefix {:?}: {e}", config.subject_prefix))?;
         Ok(config)
     }
 }

@@ -44,8 +44,8 @@ pub static BUS_CONNECTED: LazyLock<IntGauge> = LazyLock::new(|| {
 });
 
 /// Messages NATS dropped for the node's subscriptions (slow consumer).
-pub static BUS_SLOW_CONSUMER: LazyLock<IntGauge> = LazyLock::new(|| {
-    let g = IntGauge::new(
+pub static BUS_SLOW_CONSUMER: LazyLock<IntCounter> = LazyLock::new(|| {
+    let g = IntCounter::new(
         "chronicle_bus_slow_consumer_dropped_total",
         "Messages the NATS client dropped because a subscription's buffer was full",
     )
@@ -67,7 +67,11 @@ fn refresh_bus_gauges() {
     let watched = WATCHED_NATS.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(bus) = watched.as_ref().and_then(Weak::upgrade) {
         BUS_CONNECTED.set(i64::from(bus.state() == ConnectionState::Connected));
-        BUS_SLOW_CONSUMER.set(bus.slow_consumer_events() as i64);
+        // The connection counts; the counter catches up at each scrape.
+        let (seen, reported) = (bus.slow_consumer_events(), BUS_SLOW_CONSUMER.get());
+        if seen > reported {
+            BUS_SLOW_CONSUMER.inc_by(seen - reported);
+        }
     }
 }
 

@@ -45,6 +45,8 @@ pub struct Node {
     pub http_addr: SocketAddr,
     /// `local` or `nats`.
     pub bus_kind: &'static str,
+    /// Subjects are `<prefix>.ingest.>` and `<prefix>.query`.
+    pub subject_prefix: String,
     http: actix_web::dev::ServerHandle,
     arbiters: Vec<Arbiter>,
 }
@@ -83,6 +85,8 @@ impl Node {
         let ingest_arbiter = Arbiter::new();
         let ingest_bus = bus.clone();
         let ingest_config = config.ingest_config();
+        chronicle_actor_runtime::announce(chronicle_ingest::ACTOR_NAME);
+        chronicle_actor_runtime::announce(chronicle_query::ACTOR_NAME);
         let ingest = Supervisor::start_in_arbiter(&ingest_arbiter.handle(), move |_| {
             IngestActor::new(ingest_bus, writer, ingest_config)
         });
@@ -133,6 +137,7 @@ impl Node {
             query,
             http_addr,
             bus_kind,
+            subject_prefix: config.subject_prefix.clone(),
             http: handle,
             arbiters: vec![ingest_arbiter, query_arbiter],
         })

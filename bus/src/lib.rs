@@ -43,7 +43,8 @@ pub trait Bus: Send + Sync + 'static {
     /// when nobody answered in time.
     async fn request(&self, message: Message, timeout: Duration) -> Result<Message>;
 
-    /// Returns when everything published so far has been handed to the transport.
+    /// Returns when everything sent so far (publishes and subscriptions) has
+    /// been processed by the transport: on NATS, by the server.
     async fn flush(&self) -> Result<()>;
 
     /// Stops new subscriptions and publishes, lets subscribers finish what they

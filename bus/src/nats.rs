@@ -14,6 +14,9 @@ use tracing::{info, warn};
 use crate::subject::{validate_publish, validate_queue_group, validate_subscribe};
 use crate::{Bus, BusError, Headers, Message, Result, Subscription};
 
+/// How long a flush waits for its round trip through the server.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How to reach and authenticate with NATS.
 #[derive(Debug, Clone, Default)]
 pub struct NatsOptions {
@@ -270,10 +273,26 @@ impl Bus for NatsBus {
     }
 
     async fn flush(&self) -> Result<()> {
-        self.client
-            .flush()
+        // async-nats's flush only empties the socket buffer. A message to
+        // ourselves through the server proves the server has processed
+        // everything sent before it, subscriptions included.
+        let err = nats_err("flush");
+        let inbox = self.client.new_inbox();
+        let mut echo = self
+            .client
+            .subscribe(inbox.clone())
             .await
-            .map_err(|e| nats_err("flush")(e.to_string()))
+            .map_err(|e| err(e.to_string()))?;
+        self.client
+            .publish(inbox, bytes::Bytes::new())
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        self.client.flush().await.map_err(|e| err(e.to_string()))?;
+        match tokio::time::timeout(FLUSH_TIMEOUT, echo.next()).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(err("connection closed".into())),
+            Err(_) => Err(err(format!("no round trip within {FLUSH_TIMEOUT:?}"))),
+        }
     }
 
     async fn drain(&self) -> Result<()> {

@@ -16,7 +16,8 @@ use crate::parse::{parse_payload, Precision};
 use crate::writer::{StorageWriter, WriteBatch};
 use crate::IngestError;
 
-const ACTOR: &str = "ingest";
+/// The name in logs and in `chronicle_actor_restarts_total{actor}`.
+pub const ACTOR: &str = "ingest";
 
 /// Settings of the ingest actor.
 #[derive(Debug, Clone)]

@@ -7,7 +7,9 @@ mod metrics;
 pub mod parse;
 mod writer;
 
-pub use actor::{Flush, IngestActor, IngestConfig, IsDrained, Ping, WritePoints};
+pub use actor::{
+    Flush, IngestActor, IngestConfig, IsDrained, Ping, WritePoints, ACTOR as ACTOR_NAME,
+};
 pub use chronicle_actor_runtime::InjectPanic;
 pub use metrics::register_all as register_metrics;
 pub use parse::{parse_json, parse_line_protocol, parse_payload, Precision};

@@ -12,7 +12,8 @@ use tracing::{debug, info_span, warn, Instrument};
 use crate::request::{now_ns, QueryRequest, QueryResult};
 use crate::{execute, QueryError};
 
-const ACTOR: &str = "query";
+/// The name in logs and in `chronicle_actor_restarts_total{actor}`.
+pub const ACTOR: &str = "query";
 
 /// Settings of the query actor.
 #[derive(Debug, Clone)]

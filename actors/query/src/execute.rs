@@ -13,7 +13,15 @@ pub fn execute(
     max_points: usize,
 ) -> Result<QueryResult, QueryError> {
     let plan = request.plan(now)?;
-    let storage = |e: chronicle_storage::StorageError| QueryError::Storage(e.to_string());
+    // The request's own mistakes (a matcher that selects everything, a bad
+    // regex) are the client's; anything else is the server's.
+    let storage = |e: chronicle_storage::StorageError| match e {
+        chronicle_storage::StorageError::InvalidMatcher { .. }
+        | chronicle_storage::StorageError::InvalidRequest(_) => {
+            QueryError::BadRequest(e.to_string())
+        }
+        other => QueryError::Storage(other.to_string()),
+    };
     let series: Vec<SeriesResult> = match &plan.aggregate {
         None => shard
             .query(&plan.matchers, plan.start, plan.end)
@@ -190,5 +198,21 @@ mod tests {
                 .unwrap(),
             now
         );
+    }
+
+    #[test]
+    fn a_matcher_that_selects_everything_is_the_clients_mistake() {
+        let (_dir, shard) = shard();
+        let req = QueryRequest {
+            metric: None,
+            matchers: vec![MatcherSpec {
+                name: "host".into(),
+                op: "!=".into(),
+                value: "a".into(),
+            }],
+            ..request()
+        };
+        let err = execute(&shard, &req, 0, 1_000).unwrap_err();
+        assert!(matches!(err, QueryError::BadRequest(_)), "{err:?}");
     }
 }

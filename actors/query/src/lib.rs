@@ -5,7 +5,7 @@ mod actor;
 mod execute;
 pub mod request;
 
-pub use actor::{Ping, QueryActor, QueryConfig, RunQuery};
+pub use actor::{Ping, QueryActor, QueryConfig, RunQuery, ACTOR as ACTOR_NAME};
 pub use chronicle_actor_runtime::InjectPanic;
 pub use execute::execute;
 pub use request::{QueryRequest, QueryResult, SeriesResult};

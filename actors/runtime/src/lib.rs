@@ -20,7 +20,7 @@ pub static ACTOR_RESTARTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     let counter = IntCounterVec::new(
         Opts::new(
             "chronicle_actor_restarts_total",
-            "Supervised actor restarts after a panic or a fatal error",
+            "Supervised actor restarts after a panic in a handler",
         ),
         &["actor"],
     )
@@ -63,6 +63,11 @@ where
             None
         }
     }
+}
+
+/// Makes `actor`'s restart count visible (as 0) before its first restart.
+pub fn announce(actor_name: &str) {
+    ACTOR_RESTARTS.with_label_values(&[actor_name]).inc_by(0);
 }
 
 /// The error body every Chronicle interface uses: `{"error": {"code", "message"}}`.

@@ -1,0 +1,164 @@
+//! The HTTP API of an in-process node: /write (line protocol, JSON, gzip,
+//! precision, limits, errors), /query, /health, /metrics.
+
+use std::io::Write;
+
+use chronicle::{Node, NodeConfig};
+use serde_json::Value;
+
+struct Answer {
+    status: u16,
+    written: Option<String>,
+    body: String,
+}
+
+fn post(url: &str, content_type: &str, gzip: bool, body: Vec<u8>) -> Answer {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut request = agent.post(url).content_type(content_type);
+    if gzip {
+        request = request.header("Content-Encoding", "gzip");
+    }
+    let mut resp = request.send(&body[..]).expect("request sent");
+    Answer {
+        status: resp.status().as_u16(),
+        written: resp
+            .headers()
+            .get("x-chronicle-points-written")
+            .map(|v| v.to_str().unwrap().to_string()),
+        body: resp.body_mut().read_to_string().unwrap_or_default(),
+    }
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(bytes).unwrap();
+    enc.finish().unwrap()
+}
+
+fn error_code(answer: &Answer) -> String {
+    let v: Value = serde_json::from_str(&answer.body)
+        .unwrap_or_else(|_| panic!("error body is JSON: {}", answer.body));
+    v["error"]["code"].as_str().expect("error.code").to_string()
+}
+
+#[actix::test]
+async fn write_query_health_metrics_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = NodeConfig {
+        data_dir: dir.path().join("data"),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        max_body_bytes: 64 * 1024,
+        ..NodeConfig::default()
+    };
+    let node = Node::start(config).await.unwrap();
+    let base = format!("http://{}", node.http_addr);
+
+    let checks = tokio::task::spawn_blocking(move || {
+        let write = format!("{base}/write");
+        // Line protocol, seconds precision; every field is a point.
+        let a = post(
+            &format!("{write}?precision=s"),
+            "text/plain",
+            false,
+            b"weather,city=oslo temp=-3.5,wind=7i 1767225600\n".to_vec(),
+        );
+        assert_eq!(a.status, 204, "{}", a.body);
+        assert_eq!(a.written.as_deref(), Some("2"));
+
+        // Gzip; the same line twice more at other times.
+        let lines = b"weather,city=oslo temp=-4 1767225660\nweather,city=oslo temp=-5 1767225720\n";
+        let a = post(
+            &format!("{write}?precision=s"),
+            "text/plain",
+            true,
+            gzip(lines),
+        );
+        assert_eq!(a.status, 204, "{}", a.body);
+        assert_eq!(a.written.as_deref(), Some("2"));
+
+        // JSON points.
+        let a = post(
+            &write,
+            "application/json",
+            false,
+            br#"{"points":[{"metric":"weather_temp","labels":{"city":"bergen"},"value":4.5,"timestamp":1767225600000000000}]}"#.to_vec(),
+        );
+        assert_eq!(a.status, 204, "{}", a.body);
+
+        // A bad line: 400, the line named, nothing written (all or nothing).
+        let a = post(
+            &write,
+            "text/plain",
+            false,
+            b"weather,city=rome temp=20 1767225600000000000\nweather,city=rome temp= 1\n".to_vec(),
+        );
+        assert_eq!(a.status, 400);
+        assert_eq!(error_code(&a), "invalid_line");
+        assert!(a.body.contains("line 2"), "{}", a.body);
+
+        // Unknown precision.
+        let a = post(&format!("{write}?precision=minutes"), "text/plain", false, b"x v=1".to_vec());
+        assert_eq!(a.status, 400);
+        assert_eq!(error_code(&a), "bad_request");
+
+        // Over the body limit after decompression: a small gzip of a big body.
+        let big = vec![b'#'; 200 * 1024];
+        let compressed = gzip(&big);
+        assert!(compressed.len() < 64 * 1024);
+        let a = post(&write, "text/plain", true, compressed);
+        assert_eq!(a.status, 413);
+        assert_eq!(error_code(&a), "body_too_large");
+
+        // Query: Oslo's three temperatures, Rome absent.
+        let q = post(
+            &format!("{base}/query"),
+            "application/json",
+            false,
+            br#"{"metric":"weather_temp","start":0,"end":"now","group_by":["city"],"aggregation":{"function":"count"}}"#.to_vec(),
+        );
+        assert_eq!(q.status, 200, "{}", q.body);
+        let v: Value = serde_json::from_str(&q.body).unwrap();
+        let counts: Vec<(String, f64)> = v["series"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["labels"]["city"].as_str().unwrap().to_string(),
+                    s["points"][0][1].as_f64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            counts,
+            vec![("bergen".to_string(), 1.0), ("oslo".to_string(), 3.0)]
+        );
+
+        // A query the client got wrong.
+        let q = post(&format!("{base}/query"), "application/json", false, br#"{"metrc":"x"}"#.to_vec());
+        assert_eq!(q.status, 400);
+        assert_eq!(error_code(&q), "bad_request");
+
+        // Health and metrics.
+        let mut h = ureq::get(format!("{base}/health")).call().unwrap();
+        let h: Value = serde_json::from_str(&h.body_mut().read_to_string().unwrap()).unwrap();
+        assert_eq!(h["status"], "ok");
+        let mut m = ureq::get(format!("{base}/metrics")).call().unwrap();
+        let text = m.body_mut().read_to_string().unwrap();
+        for name in [
+            "chronicle_ingest_points_total",
+            "chronicle_ingest_bytes_total",
+            "chronicle_actor_restarts_total",
+            "chronicle_bus_request_seconds",
+            "chronicle_bus_connected 1",
+        ] {
+            assert!(text.contains(name), "/metrics lacks {name}");
+        }
+    })
+    .await;
+    node.shutdown().await;
+    checks.unwrap();
+}
