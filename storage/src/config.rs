@@ -78,6 +78,7 @@ pub fn format_duration(d: Duration) -> String {
     format!("{ms}ms")
 }
 
+#[cfg(feature = "engine")]
 pub(crate) fn nanos(d: Duration) -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }

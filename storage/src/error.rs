@@ -30,6 +30,7 @@ pub enum StorageError {
     #[error("series id space exhausted")]
     SeriesIdsExhausted,
 
+    #[cfg(feature = "engine")]
     #[error("rocksdb: {0}")]
     Rocks(#[from] rocksdb::Error),
 

@@ -10,9 +10,11 @@ pub mod aggregate;
 pub mod codec;
 mod config;
 mod error;
+#[cfg(feature = "engine")]
 mod keys;
 mod matcher;
 pub mod model;
+#[cfg(feature = "engine")]
 mod shard;
 pub mod workload;
 
@@ -21,6 +23,7 @@ pub use config::{format_duration, DownsampleRule, ShardConfig};
 pub use error::{Result, StorageError};
 pub use matcher::{MatchOp, Matcher};
 pub use model::{Label, Limits, Point, PointProblem, Sample, SeriesKey};
+#[cfg(feature = "engine")]
 pub use shard::{
     finish_groups, AggregateRequest, DownsampleReport, FlushReport, GroupBy, PartialGroups,
     RetentionReport, SeriesIter, Shard, SnapshotMeta,

@@ -2,17 +2,24 @@
 //! or as direct messages from the HTTP front end; they are validated, batched by size
 //! and time, written durably, and acknowledged only after the write returned.
 
+#[cfg(feature = "actor")]
 mod actor;
+#[cfg(feature = "actor")]
 mod metrics;
 pub mod parse;
+#[cfg(feature = "actor")]
 mod writer;
 
+#[cfg(feature = "actor")]
 pub use actor::{
     Flush, IngestActor, IngestConfig, IsDrained, Ping, WritePoints, ACTOR as ACTOR_NAME,
 };
+#[cfg(feature = "actor")]
 pub use chronicle_actor_runtime::InjectPanic;
+#[cfg(feature = "actor")]
 pub use metrics::register_all as register_metrics;
 pub use parse::{parse_json, parse_line_protocol, parse_payload, Precision};
+#[cfg(feature = "actor")]
 pub use writer::StorageWriter;
 
 /// Why points were not accepted or not written.

@@ -1,0 +1,20 @@
+//! Line protocol from the wire: never a panic; what is accepted is valid.
+#![no_main]
+
+use chronicle_ingest::{parse_line_protocol, Precision};
+use chronicle_storage::model::{validate, Limits};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let limits = Limits::default();
+    for precision in [Precision::Nanoseconds, Precision::Seconds] {
+        if let Ok(points) = parse_line_protocol(text, precision, 0, &limits) {
+            for p in &points {
+                assert!(validate(&p.metric, &p.labels, &limits).is_ok());
+            }
+        }
+    }
+});
