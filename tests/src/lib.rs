@@ -1,6 +1,8 @@
 //! Cross-crate and multi-process tests live in `tests/`; helper binaries in `src/bin`.
 //! This library holds what several test files share.
 
+pub mod promqltest;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -170,8 +170,7 @@ async fn drain_delivers_buffered_then_closes(bus: Arc<dyn Bus>) {
             .unwrap();
     }
     // Once the marker published after them is back, the ten are buffered in
-    // this client (a flush only pushes our writes out; it says nothing of
-    // what the server has delivered).
+    // this client: delivered, not only processed by the server.
     bus.publish_bytes("conf.drain-marker", "after".into())
         .await
         .unwrap();

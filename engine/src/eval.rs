@@ -1,0 +1,537 @@
+//! Evaluates a plan over a series source, step by step.
+//!
+//! Every node is evaluated for all steps of the query at once (like Prometheus's
+//! range evaluation): an instant vector is a set of series with one optional
+//! value per step; a range vector is a set of series with their samples plus the
+//! window each step looks at. An instant query is a range query of one step.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use crate::plan::{At, Plan, Selector, ValueKind};
+use crate::source::SeriesSource;
+use crate::value::{is_stale, Labels, QueryValue, RangeSeries, Sample};
+use crate::{aggregate, binary, functions, EngineError, Result};
+
+/// Five minutes: how far back an instant vector looks for a sample.
+pub const DEFAULT_LOOKBACK: i64 = 5 * 60 * 1000;
+/// Step of a subquery without one in an instant query.
+pub const DEFAULT_SUBQUERY_STEP: i64 = 60 * 1000;
+
+/// What to evaluate, and when (milliseconds).
+#[derive(Debug, Clone)]
+pub struct Query {
+    pub plan: Plan,
+    pub start: i64,
+    pub end: i64,
+    /// Distance between steps; an instant query has `start == end`.
+    pub step: i64,
+    pub lookback: i64,
+}
+
+impl Query {
+    pub fn instant(plan: Plan, time: i64) -> Self {
+        Self {
+            plan,
+            start: time,
+            end: time,
+            step: 1,
+            lookback: DEFAULT_LOOKBACK,
+        }
+    }
+
+    pub fn range(plan: Plan, start: i64, end: i64, step: i64) -> Self {
+        Self {
+            plan,
+            start,
+            end,
+            step,
+            lookback: DEFAULT_LOOKBACK,
+        }
+    }
+}
+
+/// Bounds on one query's work.
+#[derive(Debug, Clone)]
+pub struct QueryLimits {
+    /// Samples read from storage.
+    pub max_samples: usize,
+    /// Series in any intermediate or final result.
+    pub max_series: usize,
+    /// Stop when this passes.
+    pub deadline: Option<Instant>,
+    /// Steps of a range query.
+    pub max_steps: usize,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        Self {
+            max_samples: 50_000_000,
+            max_series: 1_000_000,
+            deadline: None,
+            max_steps: 11_000,
+        }
+    }
+}
+
+/// One series of an instant vector: a value (or none) per step.
+#[derive(Debug, Clone)]
+pub(crate) struct StepSeries {
+    pub labels: Labels,
+    pub values: Vec<Option<f64>>,
+}
+
+/// A range vector: series with samples, and the window `(lo, hi]` of each step.
+#[derive(Debug, Clone)]
+pub(crate) struct Windows {
+    pub series: Vec<RangeSeries>,
+    pub windows: Vec<(i64, i64)>,
+}
+
+impl Windows {
+    /// The samples of `series` in step `i`'s window.
+    pub fn slice<'a>(&self, samples: &'a [Sample], i: usize) -> &'a [Sample] {
+        let (lo, hi) = self.windows[i];
+        let from = samples.partition_point(|s| s.t <= lo);
+        let to = samples.partition_point(|s| s.t <= hi);
+        &samples[from..to]
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Val {
+    Scalar(Vec<f64>),
+    String(String),
+    Vector(Vec<StepSeries>),
+    Matrix(Windows),
+}
+
+impl Val {
+    pub fn kind(&self) -> ValueKind {
+        match self {
+            Val::Scalar(_) => ValueKind::Scalar,
+            Val::String(_) => ValueKind::String,
+            Val::Vector(_) => ValueKind::Vector,
+            Val::Matrix(_) => ValueKind::Matrix,
+        }
+    }
+}
+
+pub(crate) struct Evaluator<'a> {
+    pub source: &'a dyn SeriesSource,
+    pub limits: &'a QueryLimits,
+    /// The outer query's start and end (for `@ start()` / `@ end()`).
+    pub query_start: i64,
+    pub query_end: i64,
+    pub lookback: i64,
+    pub samples_read: usize,
+}
+
+/// Runs `query` and shapes the answer as Prometheus does: an instant query gives
+/// a scalar, string, vector or (for a range vector) a matrix; a range query a matrix.
+pub fn evaluate(
+    source: &dyn SeriesSource,
+    query: &Query,
+    limits: &QueryLimits,
+) -> Result<QueryValue> {
+    if query.step <= 0 {
+        return Err(EngineError::Invalid(
+            "zero or negative query resolution step widths are not accepted".into(),
+        ));
+    }
+    if query.end < query.start {
+        return Err(EngineError::Invalid(
+            "end timestamp must not be before start time".into(),
+        ));
+    }
+    let steps = steps(query.start, query.end, query.step);
+    if steps.len() > limits.max_steps {
+        return Err(EngineError::Limit(format!(
+            "exceeded maximum resolution of {} points per timeseries",
+            limits.max_steps
+        )));
+    }
+    let instant = query.start == query.end;
+    let kind = query.plan.kind();
+    if !instant && matches!(kind, ValueKind::Matrix | ValueKind::String) {
+        return Err(EngineError::Invalid(format!(
+            "invalid expression type {} for range query, must be Scalar or instant Vector",
+            kind_name(kind)
+        )));
+    }
+    let mut ev = Evaluator {
+        source,
+        limits,
+        query_start: query.start,
+        query_end: query.end,
+        lookback: query.lookback,
+        samples_read: 0,
+    };
+    let value = ev.eval(&query.plan, &steps)?;
+    Ok(match value {
+        Val::String(s) => QueryValue::String(s),
+        Val::Scalar(v) if instant => QueryValue::Scalar(Sample {
+            t: steps[0],
+            v: v[0],
+        }),
+        Val::Scalar(v) => QueryValue::Matrix(vec![RangeSeries {
+            labels: Labels::default(),
+            samples: steps.iter().zip(v).map(|(&t, v)| Sample { t, v }).collect(),
+        }]),
+        Val::Vector(series) => {
+            let series = dedupe(series)?;
+            if instant {
+                QueryValue::Vector(
+                    series
+                        .into_iter()
+                        .filter_map(|s| s.values[0].map(|v| (s.labels, Sample { t: steps[0], v })))
+                        .collect(),
+                )
+            } else {
+                QueryValue::Matrix(
+                    series
+                        .into_iter()
+                        .filter_map(|s| {
+                            let samples: Vec<Sample> = steps
+                                .iter()
+                                .zip(&s.values)
+                                .filter_map(|(&t, v)| v.map(|v| Sample { t, v }))
+                                .collect();
+                            (!samples.is_empty()).then_some(RangeSeries {
+                                labels: s.labels,
+                                samples,
+                            })
+                        })
+                        .collect(),
+                )
+            }
+        }
+        Val::Matrix(w) => QueryValue::Matrix(
+            w.series
+                .iter()
+                .filter_map(|s| {
+                    let samples = w.slice(&s.samples, 0).to_vec();
+                    (!samples.is_empty()).then(|| RangeSeries {
+                        labels: s.labels.clone(),
+                        samples,
+                    })
+                })
+                .collect(),
+        ),
+    })
+}
+
+pub(crate) fn kind_name(kind: ValueKind) -> &'static str {
+    match kind {
+        ValueKind::Scalar => "scalar",
+        ValueKind::String => "string",
+        ValueKind::Vector => "instant vector",
+        ValueKind::Matrix => "range vector",
+    }
+}
+
+pub(crate) fn steps(start: i64, end: i64, step: i64) -> Vec<i64> {
+    let mut out = Vec::new();
+    let mut t = start;
+    while t <= end {
+        out.push(t);
+        t += step;
+    }
+    out
+}
+
+/// Series with the same labels are merged when they never have a value at the
+/// same step; otherwise the result is ambiguous and an error (as in Prometheus).
+pub(crate) fn dedupe(series: Vec<StepSeries>) -> Result<Vec<StepSeries>> {
+    let mut index: HashMap<Labels, usize> = HashMap::with_capacity(series.len());
+    let mut out: Vec<StepSeries> = Vec::with_capacity(series.len());
+    for s in series {
+        if s.values.iter().all(Option::is_none) {
+            continue;
+        }
+        match index.get(&s.labels) {
+            None => {
+                index.insert(s.labels.clone(), out.len());
+                out.push(s);
+            }
+            Some(&i) => {
+                let target = &mut out[i];
+                for (slot, v) in target.values.iter_mut().zip(s.values) {
+                    if v.is_some() {
+                        if slot.is_some() {
+                            return Err(EngineError::Execution(
+                                "vector cannot contain metrics with the same labelset".into(),
+                            ));
+                        }
+                        *slot = v;
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl Evaluator<'_> {
+    pub fn check_deadline(&self) -> Result<()> {
+        match self.limits.deadline {
+            Some(d) if Instant::now() > d => Err(EngineError::Limit(
+                "query timed out in expression evaluation".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn pinned(&self, at: Option<At>, t: i64) -> i64 {
+        match at {
+            None => t,
+            Some(At::Time(x)) => x,
+            Some(At::Start) => self.query_start,
+            Some(At::End) => self.query_end,
+        }
+    }
+
+    /// Reads every series of `selector` with samples in `[lo, hi]`.
+    fn fetch(&mut self, selector: &Selector, lo: i64, hi: i64) -> Result<Vec<RangeSeries>> {
+        let mut merged: Vec<RangeSeries> = Vec::new();
+        let mut seen: HashMap<Labels, usize> = HashMap::new();
+        for set in &selector.matcher_sets {
+            for s in self.source.select(set, lo, hi)? {
+                self.samples_read += s.samples.len();
+                if self.samples_read > self.limits.max_samples {
+                    return Err(EngineError::Limit(format!(
+                        "query processing would load too many samples into memory (over {})",
+                        self.limits.max_samples
+                    )));
+                }
+                if !seen.contains_key(&s.labels) {
+                    seen.insert(s.labels.clone(), merged.len());
+                    merged.push(s);
+                }
+            }
+        }
+        if merged.len() > self.limits.max_series {
+            return Err(EngineError::Limit(format!(
+                "query selects {} series, over the limit of {}",
+                merged.len(),
+                self.limits.max_series
+            )));
+        }
+        Ok(merged)
+    }
+
+    /// Instant vector selection: the latest sample in `(t - lookback, t]` per step.
+    /// With `timestamps`, the value is the sample's time in seconds (`timestamp()`).
+    pub fn select_vector(
+        &mut self,
+        selector: &Selector,
+        steps: &[i64],
+        timestamps: bool,
+    ) -> Result<Vec<StepSeries>> {
+        let times: Vec<i64> = steps
+            .iter()
+            .map(|&t| self.pinned(selector.at, t) - selector.offset)
+            .collect();
+        let lo = times.iter().copied().min().unwrap_or(0) - self.lookback;
+        let hi = times.iter().copied().max().unwrap_or(0);
+        let series = self.fetch(selector, lo + 1, hi)?;
+        let lookback = self.lookback;
+        Ok(series
+            .into_iter()
+            .map(|s| {
+                let values = times
+                    .iter()
+                    .map(|&t| {
+                        let end = s.samples.partition_point(|x| x.t <= t);
+                        let last = end.checked_sub(1).map(|i| s.samples[i])?;
+                        if last.t <= t - lookback || is_stale(last.v) {
+                            return None;
+                        }
+                        Some(if timestamps {
+                            last.t as f64 / 1000.0
+                        } else {
+                            last.v
+                        })
+                    })
+                    .collect();
+                StepSeries {
+                    labels: s.labels,
+                    values,
+                }
+            })
+            .filter(|s| s.values.iter().any(Option::is_some))
+            .collect())
+    }
+
+    fn select_matrix(&mut self, selector: &Selector, range: i64, steps: &[i64]) -> Result<Windows> {
+        let windows: Vec<(i64, i64)> = steps
+            .iter()
+            .map(|&t| {
+                let hi = self.pinned(selector.at, t) - selector.offset;
+                (hi - range, hi)
+            })
+            .collect();
+        let lo = windows.iter().map(|w| w.0).min().unwrap_or(0);
+        let hi = windows.iter().map(|w| w.1).max().unwrap_or(0);
+        let mut series = self.fetch(selector, lo + 1, hi)?;
+        for s in &mut series {
+            // Staleness markers end a series; they are never part of a window.
+            s.samples.retain(|x| !is_stale(x.v));
+        }
+        Ok(Windows { series, windows })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn subquery(
+        &mut self,
+        expr: &Plan,
+        range: i64,
+        step: Option<i64>,
+        offset: i64,
+        at: Option<At>,
+        steps: &[i64],
+        outer_step: i64,
+    ) -> Result<Windows> {
+        let step = step.unwrap_or(outer_step);
+        if step <= 0 {
+            return Err(EngineError::Invalid(
+                "subquery step must be positive".into(),
+            ));
+        }
+        let windows: Vec<(i64, i64)> = steps
+            .iter()
+            .map(|&t| {
+                let hi = self.pinned(at, t) - offset;
+                (hi - range, hi)
+            })
+            .collect();
+        let lo = windows.iter().map(|w| w.0).min().unwrap_or(0);
+        let hi = windows.iter().map(|w| w.1).max().unwrap_or(0);
+        // Inner steps sit on multiples of the step, as in Prometheus.
+        let first = (lo.div_euclid(step) + 1) * step;
+        let inner_steps = if first <= hi {
+            steps_of(first, hi, step)
+        } else {
+            Vec::new()
+        };
+        if inner_steps.len() > 10 * self.limits.max_steps {
+            return Err(EngineError::Limit(
+                "subquery resolution too fine for its range".into(),
+            ));
+        }
+        let saved = (self.query_start, self.query_end);
+        let value = if inner_steps.is_empty() {
+            Val::Vector(Vec::new())
+        } else {
+            self.eval(expr, &inner_steps)?
+        };
+        self.query_start = saved.0;
+        self.query_end = saved.1;
+        let series = match value {
+            Val::Vector(series) => series
+                .into_iter()
+                .map(|s| RangeSeries {
+                    labels: s.labels,
+                    samples: inner_steps
+                        .iter()
+                        .zip(s.values)
+                        .filter_map(|(&t, v)| v.map(|v| Sample { t, v }))
+                        .collect(),
+                })
+                .collect(),
+            Val::Scalar(values) => vec![RangeSeries {
+                labels: Labels::default(),
+                samples: inner_steps
+                    .iter()
+                    .zip(values)
+                    .map(|(&t, v)| Sample { t, v })
+                    .collect(),
+            }],
+            other => {
+                return Err(EngineError::Invalid(format!(
+                    "subquery is only allowed on instant vector, got {} instead",
+                    kind_name(other.kind())
+                )))
+            }
+        };
+        Ok(Windows { series, windows })
+    }
+
+    pub fn eval(&mut self, plan: &Plan, steps: &[i64]) -> Result<Val> {
+        self.check_deadline()?;
+        let outer_step = if steps.len() > 1 {
+            steps[1] - steps[0]
+        } else {
+            DEFAULT_SUBQUERY_STEP
+        };
+        Ok(match plan {
+            Plan::Number(n) => Val::Scalar(vec![*n; steps.len()]),
+            Plan::String(s) => Val::String(s.clone()),
+            Plan::Vector(sel) => Val::Vector(self.select_vector(sel, steps, false)?),
+            Plan::Matrix { selector, range } => Val::Matrix(self.select_matrix(selector, *range, steps)?),
+            Plan::Subquery {
+                expr,
+                range,
+                step,
+                offset,
+                at,
+            } => Val::Matrix(self.subquery(expr, *range, *step, *offset, *at, steps, outer_step)?),
+            Plan::Negate(inner) => match self.eval(inner, steps)? {
+                Val::Scalar(v) => Val::Scalar(v.into_iter().map(|x| -x).collect()),
+                Val::Vector(series) => Val::Vector(
+                    series
+                        .into_iter()
+                        .map(|s| StepSeries {
+                            labels: s.labels.without_name(),
+                            values: s.values.into_iter().map(|v| v.map(|x| -x)).collect(),
+                        })
+                        .collect(),
+                ),
+                other => {
+                    return Err(EngineError::Invalid(format!(
+                        "unary expression only allowed on expressions of type scalar or instant vector, got {}",
+                        kind_name(other.kind())
+                    )))
+                }
+            },
+            Plan::Call { function, args } => functions::call(self, function, args, steps)?,
+            Plan::Aggregate {
+                op,
+                expr,
+                param,
+                grouping,
+            } => {
+                let param = match param {
+                    Some(p) => Some(self.eval(p, steps)?),
+                    None => None,
+                };
+                let input = match self.eval(expr, steps)? {
+                    Val::Vector(v) => v,
+                    other => {
+                        return Err(EngineError::Invalid(format!(
+                            "expected type instant vector in aggregation expression, got {}",
+                            kind_name(other.kind())
+                        )))
+                    }
+                };
+                Val::Vector(aggregate::aggregate(*op, input, param, grouping, steps.len())?)
+            }
+            Plan::Binary {
+                op,
+                lhs,
+                rhs,
+                matching,
+                return_bool,
+            } => {
+                let l = self.eval(lhs, steps)?;
+                let r = self.eval(rhs, steps)?;
+                binary::binary(*op, l, r, matching.as_ref(), *return_bool)?
+            }
+        })
+    }
+}
+
+fn steps_of(start: i64, end: i64, step: i64) -> Vec<i64> {
+    steps(start, end, step)
+}

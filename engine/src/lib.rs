@@ -1,0 +1,44 @@
+//! Chronicle's query engine.
+//!
+//! Query languages compile into one logical [`plan::Plan`]; [`eval`] runs a plan
+//! over a [`source::SeriesSource`] (a storage shard, or anything that can select
+//! series by label matchers and read their samples) for one instant or a range of
+//! steps. PromQL is lowered by [`promql`]; SQL and CQL lower into the same plan.
+//!
+//! Times inside the engine are milliseconds since the epoch, as in PromQL; the
+//! storage adapter converts to and from nanoseconds.
+
+pub mod eval;
+mod functions;
+pub mod plan;
+pub mod promql;
+pub mod source;
+pub mod value;
+
+mod aggregate;
+mod binary;
+
+pub use eval::{evaluate, Query, QueryLimits};
+pub use value::{Labels, QueryValue, RangeSeries, Sample};
+
+/// Why a query could not be answered.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EngineError {
+    /// The query text does not parse.
+    #[error("parse error: {0}")]
+    Parse(String),
+    /// The query parses but cannot be evaluated as written.
+    #[error("{0}")]
+    Invalid(String),
+    /// Evaluation hit a rule of the language (e.g. duplicate series).
+    #[error("{0}")]
+    Execution(String),
+    /// Over a configured limit (series, samples, time).
+    #[error("query limit: {0}")]
+    Limit(String),
+    /// The storage underneath failed.
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+pub type Result<T> = std::result::Result<T, EngineError>;
