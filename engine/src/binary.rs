@@ -224,13 +224,18 @@ fn vector_vector(
     for step in 0..steps {
         let mut one_by_sig: HashMap<&Labels, usize> = HashMap::new();
         for (j, s) in one.iter().enumerate() {
-            if s.values[step].is_some() && one_by_sig.insert(&one_sig[j], j).is_some() {
+            if s.values[step].is_none() {
+                continue;
+            }
+            if let Some(other) = one_by_sig.insert(&one_sig[j], j) {
                 let side = if swapped { "left" } else { "right" };
+                let mut pair = [one[other].labels.braced(), s.labels.braced()];
+                pair.sort();
                 return Err(EngineError::Execution(format!(
                     "found duplicate series for the match group {} on the {side} hand-side of the operation: [{}, {}];many-to-many matching not allowed: matching labels must be unique on one side",
-                    one_sig[j],
-                    one[one_by_sig[&one_sig[j]]].labels,
-                    s.labels
+                    one_sig[j].braced(),
+                    pair[0],
+                    pair[1]
                 )));
             }
         }

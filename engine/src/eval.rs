@@ -124,6 +124,8 @@ pub(crate) struct Evaluator<'a> {
     /// The outer query's start and end (for `@ start()` / `@ end()`).
     pub query_start: i64,
     pub query_end: i64,
+    /// The outer query's step (0 for an instant query), for `step()`.
+    pub query_step: i64,
     pub lookback: i64,
     pub samples_read: usize,
 }
@@ -165,6 +167,7 @@ pub fn evaluate(
         limits,
         query_start: query.start,
         query_end: query.end,
+        query_step: if instant { 0 } else { query.step },
         lookback: query.lookback,
         samples_read: 0,
     };

@@ -9,7 +9,9 @@ use crate::{EngineError, Result};
 /// What a call returns, for planning (`kind`) before evaluation.
 pub(crate) fn return_kind(name: &str, _args: &[Plan]) -> ValueKind {
     match name {
-        "time" | "scalar" | "pi" => ValueKind::Scalar,
+        "time" | "scalar" | "pi" | "step" | "range" | "start" | "end" | "min_of" | "max_of" => {
+            ValueKind::Scalar
+        }
         _ => ValueKind::Vector,
     }
 }
@@ -202,6 +204,52 @@ pub(crate) fn call(ev: &mut Evaluator, name: &str, args: &[Plan], steps: &[i64])
     let time_seconds: Vec<f64> = steps.iter().map(|&t| t as f64 / 1000.0).collect();
     Ok(match name {
         "time" => Val::Scalar(time_seconds),
+        "step" => Val::Scalar(vec![ev.query_step as f64 / 1000.0; steps.len()]),
+        "range" => Val::Scalar(vec![
+            (ev.query_end - ev.query_start) as f64 / 1000.0;
+            steps.len()
+        ]),
+        "start" => Val::Scalar(vec![ev.query_start as f64 / 1000.0; steps.len()]),
+        "end" => Val::Scalar(vec![ev.query_end as f64 / 1000.0; steps.len()]),
+        "min_of" | "max_of" => {
+            let (a, b) = (scalar_arg(name, next()?)?, scalar_arg(name, next()?)?);
+            let min = name == "min_of";
+            Val::Scalar(
+                a.into_iter()
+                    .zip(b)
+                    .map(|(a, b)| {
+                        if a.is_nan() || b.is_nan() {
+                            f64::NAN
+                        } else if min {
+                            a.min(b)
+                        } else {
+                            a.max(b)
+                        }
+                    })
+                    .collect(),
+            )
+        }
+        "ts_of_min_over_time"
+        | "ts_of_max_over_time"
+        | "ts_of_last_over_time"
+        | "ts_of_first_over_time" => {
+            let w = matrix_arg(name, next()?)?;
+            let which = name.to_string();
+            Val::Vector(over_windows(&w, false, move |s, _| {
+                let pick = match which.as_str() {
+                    "ts_of_last_over_time" => s[s.len() - 1],
+                    "ts_of_first_over_time" => s[0],
+                    "ts_of_min_over_time" => {
+                        *s.iter()
+                            .reduce(|a, b| if b.v < a.v || a.v.is_nan() { b } else { a })?
+                    }
+                    _ => *s
+                        .iter()
+                        .reduce(|a, b| if b.v > a.v || a.v.is_nan() { b } else { a })?,
+                };
+                Some(pick.t as f64 / 1000.0)
+            }))
+        }
         "pi" => Val::Scalar(vec![std::f64::consts::PI; steps.len()]),
         "vector" => {
             let s = scalar_arg(name, next()?)?;
@@ -565,18 +613,20 @@ fn absent_labels(arg: Option<&Plan>) -> Labels {
         return Labels::default();
     };
     let mut pairs = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     let mut repeated = std::collections::HashSet::new();
     for m in set {
         if m.name == METRIC_NAME {
             continue;
         }
+        if !seen.insert(m.name.clone()) {
+            repeated.insert(m.name.clone());
+        }
         if m.op == chronicle_storage::MatchOp::Equal {
-            if pairs.iter().any(|(n, _): &(String, String)| *n == m.name) {
-                repeated.insert(m.name.clone());
-            }
             pairs.push((m.name.clone(), m.value.clone()));
         }
     }
+    // A label constrained twice has no single value to report.
     pairs.retain(|(n, _)| !repeated.contains(n));
     Labels::new(pairs)
 }

@@ -81,6 +81,14 @@ impl Labels {
     }
 }
 
+impl Labels {
+    /// `{__name__="x", a="1"}`: every label in braces, as Prometheus's errors print them.
+    pub fn braced(&self) -> String {
+        let inner: Vec<String> = self.iter().map(|(n, v)| format!("{n}={v:?}")).collect();
+        format!("{{{}}}", inner.join(", "))
+    }
+}
+
 impl fmt::Display for Labels {
     /// `name{a="1", b="2"}`, as Prometheus prints a series.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

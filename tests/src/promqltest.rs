@@ -64,12 +64,7 @@ fn parse_number(s: &str) -> Option<f64> {
         "Inf" | "+Inf" | "inf" | "+inf" => Some(f64::INFINITY),
         "-Inf" | "-inf" => Some(f64::NEG_INFINITY),
         "NaN" | "nan" => Some(f64::NAN),
-        _ => {
-            if let Some(hex) = s.strip_prefix("0x") {
-                return i64::from_str_radix(hex, 16).ok().map(|v| v as f64);
-            }
-            s.parse().ok()
-        }
+        _ => s.parse().ok(),
     }
 }
 
@@ -267,9 +262,9 @@ pub fn run_script(text: &str) -> Tally {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        // The block that follows a command: indented or not, up to a blank line.
+        // The block that follows a command: up to a blank line or the next command.
         let mut block = Vec::new();
-        while i < lines.len() && !lines[i].trim().is_empty() {
+        while i < lines.len() && !lines[i].trim().is_empty() && !is_command(lines[i]) {
             if !lines[i].trim().starts_with('#') {
                 block.push(lines[i].trim());
             }
@@ -283,11 +278,14 @@ pub fn run_script(text: &str) -> Tally {
             continue;
         }
         if let Some(rest) = line.strip_prefix("load") {
-            let interval = rest
-                .split_whitespace()
-                .next()
-                .and_then(parse_duration_ms)
-                .unwrap_or(60_000);
+            // `load <interval>` or `load_with_nhcb <interval>` (the native
+            // histogram copies are not made; the float buckets are loaded).
+            let Some(interval) = rest.split_whitespace().last().and_then(parse_duration_ms) else {
+                tally
+                    .failures
+                    .push(format!("{line_no}: cannot read {line:?}"));
+                continue;
+            };
             let mut points = Vec::new();
             for def in &block {
                 match parse_series(def) {
@@ -351,6 +349,12 @@ pub fn run_script(text: &str) -> Tally {
             .push(format!("{line_no}: unknown command {line:?}"));
     }
     tally
+}
+
+fn is_command(line: &str) -> bool {
+    ["load", "clear", "eval"]
+        .iter()
+        .any(|c| line.starts_with(c))
 }
 
 fn open_shard(path: &std::path::Path) -> Shard {

@@ -1,4 +1,4 @@
-//! Prometheus's PromQL test scripts (../shared/conformance/promql) against
+//! Prometheus's PromQL test scripts (tests/conformance/promql) against
 //! Chronicle's engine over a real shard. Passed / failed / skipped per file is
 //! printed; the pass count of each file may not drop below the one recorded in
 //! tests/conformance/promql-passing.txt (raise it as the engine improves).
@@ -12,7 +12,7 @@ fn scripts_dir() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     std::env::var_os("CHRONICLE_PROMQL_CONFORMANCE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| manifest.join("../../shared/conformance/promql"))
+        .unwrap_or_else(|| manifest.join("conformance/promql"))
 }
 
 fn recorded() -> BTreeMap<String, usize> {
