@@ -256,6 +256,13 @@ pub struct QueryArgs {
     /// At most this many points.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// A PromQL expression instead of --metric/--tag/--match/--agg: an instant
+    /// query at --end, or a range query from --start with --step.
+    #[arg(long, conflicts_with_all = ["metric", "tags", "matchers", "agg", "window", "group_by"])]
+    pub promql: Option<String>,
+    /// Resolution of a PromQL range query (`15s`, `1m`).
+    #[arg(long, requires = "promql")]
+    pub step: Option<String>,
     /// Print the JSON result instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -281,13 +288,24 @@ fn time_spec(s: &str) -> TimeSpec {
 }
 
 pub fn query(args: QueryArgs) -> Result<(), Error> {
-    let mut request = QueryRequest {
-        metric: args.metric,
-        start: Some(time_spec(&args.start)),
-        end: Some(time_spec(&args.end)),
-        group_by: args.group_by,
-        limit: args.limit,
-        ..Default::default()
+    let mut request = if let Some(promql) = args.promql.clone() {
+        QueryRequest {
+            promql: Some(promql),
+            start: args.step.as_ref().map(|_| time_spec(&args.start)),
+            end: Some(time_spec(&args.end)),
+            step: args.step.clone(),
+            limit: args.limit,
+            ..Default::default()
+        }
+    } else {
+        QueryRequest {
+            metric: args.metric,
+            start: Some(time_spec(&args.start)),
+            end: Some(time_spec(&args.end)),
+            group_by: args.group_by,
+            limit: args.limit,
+            ..Default::default()
+        }
     };
     for t in &args.tags {
         let (k, v) = t

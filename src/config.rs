@@ -111,6 +111,12 @@ impl Default for IngestSettings {
 pub struct QuerySettings {
     pub max_points: usize,
     pub concurrency: usize,
+    /// PromQL: samples one query may read from storage.
+    pub max_samples: usize,
+    /// PromQL: series one selector may select.
+    pub max_series: usize,
+    /// PromQL: longest a query may run (a client's shorter `timeout` wins).
+    pub timeout_secs: u64,
 }
 
 impl Default for QuerySettings {
@@ -119,6 +125,9 @@ impl Default for QuerySettings {
         Self {
             max_points: d.max_points,
             concurrency: d.concurrency,
+            max_samples: d.promql.max_samples,
+            max_series: d.promql.max_series,
+            timeout_secs: d.promql.default_timeout.as_secs(),
         }
     }
 }
@@ -196,6 +205,11 @@ impl NodeConfig {
             subject_prefix: self.subject_prefix.clone(),
             max_points: self.query.max_points,
             concurrency: self.query.concurrency.max(1),
+            promql: chronicle_query::PromqlLimits {
+                max_samples: self.query.max_samples.max(1),
+                max_series: self.query.max_series.max(1),
+                default_timeout: Duration::from_secs(self.query.timeout_secs.max(1)),
+            },
             ..Default::default()
         }
     }

@@ -41,6 +41,7 @@ pub fn serve(state: AppState, addr: SocketAddr) -> std::io::Result<(Server, Sock
             .route("/query", web::post().to(query))
             .route("/health", web::get().to(health))
             .route("/metrics", web::get().to(metrics_text))
+            .configure(crate::prom_api::configure)
     })
     .workers(2)
     .disable_signals()
@@ -185,7 +186,11 @@ async fn query(
         Ok(Err(e)) => {
             let status = match &e {
                 QueryError::BadRequest(_) => StatusCode::BAD_REQUEST,
-                QueryError::TooLarge(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                QueryError::TooLarge(_) | QueryError::Execution(_) => {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                }
+                QueryError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+                QueryError::Cancelled => StatusCode::BAD_REQUEST,
                 QueryError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
                 QueryError::Unavailable | QueryError::Restarted => StatusCode::SERVICE_UNAVAILABLE,
             };

@@ -10,6 +10,7 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod node;
+mod prom_api;
 
 pub use config::{NodeConfig, ServeArgs};
 pub use node::{Node, NodeError};

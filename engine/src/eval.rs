@@ -6,6 +6,8 @@
 //! window each step looks at. An instant query is a range query of one step.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::plan::{At, Plan, Selector, ValueKind};
@@ -62,6 +64,8 @@ pub struct QueryLimits {
     pub deadline: Option<Instant>,
     /// Steps of a range query.
     pub max_steps: usize,
+    /// Set when the client went away: evaluation stops at the next check.
+    pub cancelled: Option<Arc<AtomicBool>>,
 }
 
 impl Default for QueryLimits {
@@ -71,6 +75,7 @@ impl Default for QueryLimits {
             max_series: 1_000_000,
             deadline: None,
             max_steps: 11_000,
+            cancelled: None,
         }
     }
 }
@@ -278,10 +283,16 @@ pub(crate) fn dedupe(series: Vec<StepSeries>) -> Result<Vec<StepSeries>> {
 
 impl Evaluator<'_> {
     pub fn check_deadline(&self) -> Result<()> {
+        if self
+            .limits
+            .cancelled
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+        {
+            return Err(EngineError::Cancelled);
+        }
         match self.limits.deadline {
-            Some(d) if Instant::now() > d => Err(EngineError::Limit(
-                "query timed out in expression evaluation".into(),
-            )),
+            Some(d) if Instant::now() > d => Err(EngineError::Timeout),
             _ => Ok(()),
         }
     }
@@ -300,6 +311,7 @@ impl Evaluator<'_> {
         let mut merged: Vec<RangeSeries> = Vec::new();
         let mut seen: HashMap<Labels, usize> = HashMap::new();
         for set in &selector.matcher_sets {
+            self.check_deadline()?;
             for s in self.source.select(set, lo, hi)? {
                 self.samples_read += s.samples.len();
                 if self.samples_read > self.limits.max_samples {

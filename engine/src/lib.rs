@@ -36,6 +36,12 @@ pub enum EngineError {
     /// Over a configured limit (series, samples, time).
     #[error("query limit: {0}")]
     Limit(String),
+    /// The query ran past its deadline.
+    #[error("query timed out in expression evaluation")]
+    Timeout,
+    /// Whoever asked went away.
+    #[error("query cancelled")]
+    Cancelled,
     /// The storage underneath failed.
     #[error("storage: {0}")]
     Storage(String),

@@ -9,8 +9,10 @@ use chronicle_storage::Shard;
 use tokio::sync::Semaphore;
 use tracing::{debug, info_span, warn, Instrument};
 
+use crate::promql::{run_meta, run_promql, MetaAnswer, MetaQuery, PromqlLimits, PromqlQuery};
 use crate::request::{now_ns, QueryRequest, QueryResult};
 use crate::{execute, QueryError};
+use chronicle_engine::QueryValue;
 
 /// The name in logs and in `chronicle_actor_restarts_total{actor}`.
 pub const ACTOR: &str = "query";
@@ -25,6 +27,7 @@ pub struct QueryConfig {
     pub max_points: usize,
     /// Queries running at once; more wait for a slot.
     pub concurrency: usize,
+    pub promql: PromqlLimits,
 }
 
 impl Default for QueryConfig {
@@ -34,6 +37,7 @@ impl Default for QueryConfig {
             queue_group: "chronicle-query".into(),
             max_points: 5_000_000,
             concurrency: 4,
+            promql: PromqlLimits::default(),
         }
     }
 }
@@ -42,6 +46,16 @@ impl Default for QueryConfig {
 #[derive(Message)]
 #[rtype(result = "Result<QueryResult, QueryError>")]
 pub struct RunQuery(pub QueryRequest);
+
+/// A PromQL evaluation (the Prometheus API).
+#[derive(Message)]
+#[rtype(result = "Result<QueryValue, QueryError>")]
+pub struct RunPromql(pub PromqlQuery);
+
+/// A series-metadata question (the Prometheus API).
+#[derive(Message)]
+#[rtype(result = "Result<MetaAnswer, QueryError>")]
+pub struct RunMeta(pub MetaQuery);
 
 /// The supervised query actor. Queries run on the blocking pool so a long scan
 /// never stalls the actor; the semaphore bounds how many run at once.
@@ -64,16 +78,28 @@ impl QueryActor {
     }
 
     fn run(&self, request: QueryRequest) -> impl Future<Output = Result<QueryResult, QueryError>> {
+        let max_points = self.config.max_points;
+        let limits = self.config.promql.clone();
+        self.on_shard("query", move |shard| {
+            execute(shard, &request, now_ns(), max_points, &limits)
+        })
+    }
+
+    /// Runs `work` on the blocking pool once a slot is free.
+    fn on_shard<T: Send + 'static>(
+        &self,
+        span: &'static str,
+        work: impl FnOnce(&Shard) -> Result<T, QueryError> + Send + 'static,
+    ) -> impl Future<Output = Result<T, QueryError>> {
         let shard = self.shard.clone();
         let slots = self.slots.clone();
-        let max_points = self.config.max_points;
         async move {
             let _slot = slots.acquire().await.map_err(|_| QueryError::Unavailable)?;
-            tokio::task::spawn_blocking(move || execute(&shard, &request, now_ns(), max_points))
+            tokio::task::spawn_blocking(move || work(&shard))
                 .await
                 .map_err(|_| QueryError::Storage("query task panicked".into()))?
         }
-        .instrument(info_span!("query"))
+        .instrument(info_span!("query", kind = span))
     }
 
     fn on_bus_message(&mut self, msg: BusMessage) {
@@ -168,5 +194,22 @@ impl Handler<InjectPanic> for QueryActor {
 
     fn handle(&mut self, _: InjectPanic, ctx: &mut Context<Self>) {
         guarded(ACTOR, self, ctx, |_, _| panic!("injected panic"));
+    }
+}
+
+impl Handler<RunPromql> for QueryActor {
+    type Result = ResponseFuture<Result<QueryValue, QueryError>>;
+
+    fn handle(&mut self, msg: RunPromql, _: &mut Context<Self>) -> Self::Result {
+        let limits = self.config.promql.clone();
+        Box::pin(self.on_shard("promql", move |shard| run_promql(shard, &msg.0, &limits)))
+    }
+}
+
+impl Handler<RunMeta> for QueryActor {
+    type Result = ResponseFuture<Result<MetaAnswer, QueryError>>;
+
+    fn handle(&mut self, msg: RunMeta, _: &mut Context<Self>) -> Self::Result {
+        Box::pin(self.on_shard("metadata", move |shard| run_meta(shard, &msg.0)))
     }
 }

@@ -1,8 +1,14 @@
 use chronicle_storage::model::{Label, METRIC_LABEL};
 use chronicle_storage::{AggregateRequest, Shard};
 
-use crate::request::{Plan, QueryRequest, QueryResult, SeriesResult};
+use chronicle_engine::QueryValue;
+use chronicle_storage::Sample;
+
+use crate::promql::{run_promql, PromqlLimits, PromqlQuery};
+use crate::request::{QueryRequest, QueryResult, SeriesResult};
 use crate::QueryError;
+
+const NS_PER_MS: i64 = 1_000_000;
 
 /// Runs a request against a shard. `max_points` bounds the answer's size whatever
 /// the request's own `limit`.
@@ -11,7 +17,16 @@ pub fn execute(
     request: &QueryRequest,
     now: i64,
     max_points: usize,
+    promql_limits: &PromqlLimits,
 ) -> Result<QueryResult, QueryError> {
+    if let Some(text) = &request.promql {
+        return execute_promql(shard, request, text, now, max_points, promql_limits);
+    }
+    if request.step.is_some() {
+        return Err(QueryError::BadRequest(
+            "\"step\" applies to \"promql\" queries only".into(),
+        ));
+    }
     let plan = request.plan(now)?;
     // The request's own mistakes (a matcher that selects everything, a bad
     // regex) are the client's; anything else is the server's.
@@ -48,16 +63,92 @@ pub fn execute(
             .map(|s| SeriesResult::from_labels(&s.group, &s.points))
             .collect(),
     };
-    limit(series, &plan, max_points)
+    limit(series, plan.limit, max_points)
+}
+
+/// `{"promql": ...}`: instant at `end` (default now), or a range with `step`.
+fn execute_promql(
+    shard: &Shard,
+    request: &QueryRequest,
+    text: &str,
+    now: i64,
+    max_points: usize,
+    limits: &PromqlLimits,
+) -> Result<QueryResult, QueryError> {
+    if request.metric.is_some()
+        || !request.tags.is_empty()
+        || !request.matchers.is_empty()
+        || request.aggregation.is_some()
+        || !request.group_by.is_empty()
+    {
+        return Err(QueryError::BadRequest(
+            "\"promql\" cannot be combined with metric, tags, matchers, aggregation or group_by"
+                .into(),
+        ));
+    }
+    let end = request.end.as_ref().map_or(Ok(now), |t| t.resolve(now))?;
+    let (start, step) = match &request.step {
+        None => {
+            if request.start.is_some() {
+                return Err(QueryError::BadRequest(
+                    "an instant PromQL query takes \"end\" only; add \"step\" for a range".into(),
+                ));
+            }
+            (end, 0)
+        }
+        Some(step) => {
+            let step = humantime::parse_duration(step.trim())
+                .map_err(|e| QueryError::BadRequest(format!("step {step:?}: {e}")))?;
+            let step_ms = i64::try_from(step.as_millis()).unwrap_or(i64::MAX);
+            if step_ms <= 0 {
+                return Err(QueryError::BadRequest("step must be positive".into()));
+            }
+            let start = match &request.start {
+                Some(t) => t.resolve(now)?,
+                None => end - 3_600_000_000_000,
+            };
+            (start, step_ms)
+        }
+    };
+    let query = PromqlQuery {
+        query: text.to_string(),
+        start: start.div_euclid(NS_PER_MS),
+        end: end.div_euclid(NS_PER_MS),
+        step: step.max(1),
+        timeout: std::time::Duration::ZERO,
+        cancelled: None,
+    };
+    let to_series = |labels: &chronicle_engine::Labels, samples: &[chronicle_engine::Sample]| {
+        let labels: Vec<Label> = labels.iter().map(|(n, v)| Label::new(n, v)).collect();
+        let samples: Vec<Sample> = samples
+            .iter()
+            .map(|s| Sample {
+                timestamp: s.t * NS_PER_MS,
+                value: s.v,
+            })
+            .collect();
+        SeriesResult::from_labels(&labels, &samples)
+    };
+    let series = match run_promql(shard, &query, limits)? {
+        QueryValue::Scalar(s) => vec![to_series(&Default::default(), &[s])],
+        QueryValue::Vector(v) => v.iter().map(|(l, s)| to_series(l, &[*s])).collect(),
+        QueryValue::Matrix(m) => m.iter().map(|s| to_series(&s.labels, &s.samples)).collect(),
+        QueryValue::String(_) => {
+            return Err(QueryError::BadRequest(
+                "a string result has no series; use /api/v1/query".into(),
+            ))
+        }
+    };
+    limit(series, request.limit, max_points)
 }
 
 fn limit(
     mut series: Vec<SeriesResult>,
-    plan: &Plan,
+    limit: Option<usize>,
     max_points: usize,
 ) -> Result<QueryResult, QueryError> {
     let total: usize = series.iter().map(|s| s.points.len()).sum();
-    let cap = plan.limit.unwrap_or(usize::MAX);
+    let cap = limit.unwrap_or(usize::MAX);
     if total > max_points && cap > max_points {
         return Err(QueryError::TooLarge(format!(
             "the result would hold {total} points, over this node's limit of {max_points}; \
@@ -119,7 +210,7 @@ mod tests {
         let (_d, shard) = shard();
         let mut req = request();
         req.tags.insert("host".into(), "a".into());
-        let r = execute(&shard, &req, 0, 1_000_000).unwrap();
+        let r = execute(&shard, &req, 0, 1_000_000, &PromqlLimits::default()).unwrap();
         assert_eq!(r.series.len(), 1);
         assert_eq!(r.series[0].metric.as_deref(), Some("cpu"));
         assert_eq!(r.series[0].labels["host"], "a");
@@ -131,7 +222,7 @@ mod tests {
             op: "!~".into(),
             value: "a|b".into(),
         });
-        let r = execute(&shard, &req, 0, 1_000_000).unwrap();
+        let r = execute(&shard, &req, 0, 1_000_000, &PromqlLimits::default()).unwrap();
         assert_eq!(r.series.len(), 1);
         assert_eq!(r.series[0].labels["host"], "c");
     }
@@ -146,7 +237,7 @@ mod tests {
             percentile: None,
         });
         req.group_by = vec!["dc".into()];
-        let r = execute(&shard, &req, 0, 1_000_000).unwrap();
+        let r = execute(&shard, &req, 0, 1_000_000, &PromqlLimits::default()).unwrap();
         assert_eq!(r.series.len(), 1);
         assert_eq!(r.series[0].labels["dc"], "eu");
         let values: Vec<f64> = r.series[0].points.iter().map(|p| p.1).collect();
@@ -158,10 +249,10 @@ mod tests {
         let (_d, shard) = shard();
         let mut req = request();
         req.limit = Some(70);
-        let r = execute(&shard, &req, 0, 1_000_000).unwrap();
+        let r = execute(&shard, &req, 0, 1_000_000, &PromqlLimits::default()).unwrap();
         assert!(r.truncated);
         assert_eq!(r.series.iter().map(|s| s.points.len()).sum::<usize>(), 70);
-        let err = execute(&shard, &request(), 0, 100).unwrap_err();
+        let err = execute(&shard, &request(), 0, 100, &PromqlLimits::default()).unwrap_err();
         assert!(matches!(err, QueryError::TooLarge(_)), "{err}");
     }
 
@@ -179,7 +270,7 @@ mod tests {
         ];
         for case in cases {
             let req: QueryRequest = serde_json::from_str(case).unwrap();
-            let err = execute(&shard, &req, 100, 1000).unwrap_err();
+            let err = execute(&shard, &req, 100, 1000, &PromqlLimits::default()).unwrap_err();
             assert!(matches!(err, QueryError::BadRequest(_)), "{case}: {err}");
         }
         assert!(serde_json::from_str::<QueryRequest>(r#"{"metrc":"cpu"}"#).is_err());
@@ -212,7 +303,7 @@ mod tests {
             }],
             ..request()
         };
-        let err = execute(&shard, &req, 0, 1_000).unwrap_err();
+        let err = execute(&shard, &req, 0, 1_000, &PromqlLimits::default()).unwrap_err();
         assert!(matches!(err, QueryError::BadRequest(_)), "{err:?}");
     }
 }

@@ -3,11 +3,13 @@
 
 mod actor;
 mod execute;
+pub mod promql;
 pub mod request;
 
-pub use actor::{Ping, QueryActor, QueryConfig, RunQuery, ACTOR as ACTOR_NAME};
+pub use actor::{Ping, QueryActor, QueryConfig, RunMeta, RunPromql, RunQuery, ACTOR as ACTOR_NAME};
 pub use chronicle_actor_runtime::InjectPanic;
 pub use execute::execute;
+pub use promql::{MetaAnswer, MetaQuery, PromqlLimits, PromqlQuery};
 pub use request::{QueryRequest, QueryResult, SeriesResult};
 
 /// Why a query failed.
@@ -17,6 +19,13 @@ pub enum QueryError {
     BadRequest(String),
     #[error("{0}")]
     TooLarge(String),
+    /// The query is valid but its evaluation broke a rule of the language.
+    #[error("{0}")]
+    Execution(String),
+    #[error("query timed out in expression evaluation")]
+    Timeout,
+    #[error("query cancelled: the client went away")]
+    Cancelled,
     #[error("storage: {0}")]
     Storage(String),
     #[error("the query actor is not running")]
@@ -30,6 +39,9 @@ impl QueryError {
         match self {
             QueryError::BadRequest(_) => "bad_request",
             QueryError::TooLarge(_) => "query_too_large",
+            QueryError::Execution(_) => "execution_error",
+            QueryError::Timeout => "timeout",
+            QueryError::Cancelled => "cancelled",
             QueryError::Storage(_) => "storage_error",
             QueryError::Unavailable => "unavailable",
             QueryError::Restarted => "retry",
@@ -37,6 +49,9 @@ impl QueryError {
     }
 
     pub fn is_client_error(&self) -> bool {
-        matches!(self, QueryError::BadRequest(_) | QueryError::TooLarge(_))
+        matches!(
+            self,
+            QueryError::BadRequest(_) | QueryError::TooLarge(_) | QueryError::Execution(_)
+        )
     }
 }

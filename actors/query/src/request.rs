@@ -2,8 +2,8 @@
 //!
 //! Fields follow the Go original's `Query`: metric, tags (exact label matches) or
 //! matchers, start, end, aggregation {function, window, percentile}, group_by, limit.
-//! The query-languages work adds `promql`, `sql` and `cql` beside them; until then an
-//! unknown field is an error rather than being ignored.
+//! `promql` (with `step` for a range) runs a PromQL expression instead; `sql` and
+//! `cql` arrive with the SQL/CQL work. An unknown field is an error, never ignored.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -42,6 +42,13 @@ pub struct QueryRequest {
     /// At most this many points in the whole result (series in label order).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
+    /// A PromQL expression. With it only `start`, `end`, `step` and `limit` apply:
+    /// a range query when `step` is given, else an instant query at `end`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promql: Option<String>,
+    /// Resolution of a PromQL range query (`15s`, `1m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -1,0 +1,426 @@
+//! The Prometheus HTTP API, so Grafana's Prometheus data source and other
+//! Prometheus clients work unmodified: /api/v1/query, /api/v1/query_range,
+//! /api/v1/series, /api/v1/labels, /api/v1/label/<name>/values,
+//! /api/v1/metadata, /api/v1/status/buildinfo. GET with a query string or POST
+//! with a form body, answered in Prometheus's JSON shapes and error format.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::web::{self, Bytes};
+use actix_web::{HttpRequest, HttpResponse};
+use chronicle_engine::value::{Labels, Sample};
+use chronicle_engine::QueryValue;
+use chronicle_query::{MetaAnswer, MetaQuery, PromqlQuery, QueryError, RunMeta, RunPromql};
+use serde_json::{json, Map, Value};
+use tracing::instrument;
+
+use crate::http::AppState;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/v1/query", web::get().to(instant_query))
+        .route("/api/v1/query", web::post().to(instant_query))
+        .route("/api/v1/query_range", web::get().to(range_query))
+        .route("/api/v1/query_range", web::post().to(range_query))
+        .route("/api/v1/series", web::get().to(series))
+        .route("/api/v1/series", web::post().to(series))
+        .route("/api/v1/labels", web::get().to(label_names))
+        .route("/api/v1/labels", web::post().to(label_names))
+        .route("/api/v1/label/{name}/values", web::get().to(label_values))
+        .route("/api/v1/metadata", web::get().to(metadata))
+        .route("/api/v1/status/buildinfo", web::get().to(buildinfo));
+}
+
+/// Query-string and form parameters together (a name may repeat: `match[]`).
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn read(req: &HttpRequest, body: &Bytes) -> Result<Self, ApiError> {
+        let bad = |e: serde_urlencoded::de::Error| {
+            ApiError(ErrorType::BadData, format!("invalid parameters: {e}"))
+        };
+        let mut pairs: Vec<(String, String)> =
+            serde_urlencoded::from_str(req.query_string()).map_err(bad)?;
+        let form = req
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"));
+        if form && !body.is_empty() {
+            pairs.extend(serde_urlencoded::from_bytes::<Vec<(String, String)>>(body).map_err(bad)?);
+        }
+        Ok(Self(pairs))
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn all(&self, name: &str) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+}
+
+/// An error before any query ran; becomes the JSON error response.
+struct ApiError(ErrorType, String);
+
+impl ApiError {
+    fn response(self) -> HttpResponse {
+        error(self.0, self.1)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum ErrorType {
+    BadData,
+    Execution,
+    Timeout,
+    Canceled,
+    Internal,
+    Unavailable,
+}
+
+fn error(kind: ErrorType, message: impl Into<String>) -> HttpResponse {
+    let (status, name) = match kind {
+        ErrorType::BadData => (StatusCode::BAD_REQUEST, "bad_data"),
+        ErrorType::Execution => (StatusCode::UNPROCESSABLE_ENTITY, "execution"),
+        ErrorType::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
+        ErrorType::Canceled => (
+            StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+            "canceled",
+        ),
+        ErrorType::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        ErrorType::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+    };
+    HttpResponse::build(status).json(json!({
+        "status": "error",
+        "errorType": name,
+        "error": message.into(),
+    }))
+}
+
+fn query_error(e: QueryError) -> HttpResponse {
+    let kind = match &e {
+        QueryError::BadRequest(_) => ErrorType::BadData,
+        QueryError::Execution(_) | QueryError::TooLarge(_) => ErrorType::Execution,
+        QueryError::Timeout => ErrorType::Timeout,
+        QueryError::Cancelled => ErrorType::Canceled,
+        QueryError::Storage(_) => ErrorType::Internal,
+        QueryError::Unavailable | QueryError::Restarted => ErrorType::Unavailable,
+    };
+    error(kind, e.to_string())
+}
+
+fn success(data: Value) -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "success", "data": data}))
+}
+
+/// Prometheus's number formatting: `NaN`, `+Inf`, `-Inf`, else the shortest decimal.
+fn format_value(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v == f64::INFINITY {
+        "+Inf".into()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        format!("{v}")
+    }
+}
+
+fn point(s: &Sample) -> Value {
+    json!([s.t as f64 / 1000.0, format_value(s.v)])
+}
+
+fn metric(labels: &Labels) -> Value {
+    let mut m = Map::new();
+    for (n, v) in labels.iter() {
+        m.insert(n.to_string(), Value::String(v.to_string()));
+    }
+    Value::Object(m)
+}
+
+fn result_json(value: QueryValue) -> Value {
+    match value {
+        QueryValue::Scalar(s) => json!({"resultType": "scalar", "result": point(&s)}),
+        QueryValue::String(s) => json!({"resultType": "string", "result": [0, s]}),
+        QueryValue::Vector(v) => json!({
+            "resultType": "vector",
+            "result": v.iter().map(|(l, s)| json!({"metric": metric(l), "value": point(s)})).collect::<Vec<_>>(),
+        }),
+        QueryValue::Matrix(m) => json!({
+            "resultType": "matrix",
+            "result": m.iter().map(|s| json!({
+                "metric": metric(&s.labels),
+                "values": s.samples.iter().map(point).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        }),
+    }
+}
+
+/// Unix seconds (`1435781451.781`) or RFC 3339, to milliseconds.
+fn parse_time(s: &str) -> Result<i64, String> {
+    if let Ok(secs) = s.parse::<f64>() {
+        if secs.is_finite() {
+            return Ok((secs * 1000.0).round() as i64);
+        }
+    }
+    let t = humantime::parse_rfc3339_weak(s)
+        .map_err(|_| format!("cannot parse {s:?} to a valid timestamp"))?;
+    let ms = match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_millis() as i64,
+        Err(e) => -(e.duration().as_millis() as i64),
+    };
+    Ok(ms)
+}
+
+/// Seconds (`15`, `0.5`) or a duration (`15s`, `1m`), to milliseconds.
+fn parse_duration(s: &str) -> Result<i64, String> {
+    if let Ok(secs) = s.parse::<f64>() {
+        if secs.is_finite() {
+            return Ok((secs * 1000.0).round() as i64);
+        }
+    }
+    humantime::parse_duration(s)
+        .map(|d| d.as_millis() as i64)
+        .map_err(|_| format!("cannot parse {s:?} to a valid duration"))
+}
+
+fn now_ms() -> i64 {
+    chronicle_query::request::now_ns() / 1_000_000
+}
+
+/// Marks the query cancelled if the handler is dropped before it finishes
+/// (the client went away).
+struct CancelOnDrop(Arc<AtomicBool>, bool);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn run(state: &AppState, mut q: PromqlQuery) -> HttpResponse {
+    let flag = Arc::new(AtomicBool::new(false));
+    q.cancelled = Some(flag.clone());
+    let mut guard = CancelOnDrop(flag, false);
+    let answer = state.query.send(RunPromql(q)).await;
+    guard.1 = true;
+    match answer {
+        Ok(Ok(value)) => success(result_json(value)),
+        Ok(Err(e)) => query_error(e),
+        Err(_) => error(
+            ErrorType::Unavailable,
+            "the query actor is restarting; retry",
+        ),
+    }
+}
+
+fn timeout_param(p: &Params) -> Result<Duration, ApiError> {
+    match p.get("timeout") {
+        None => Ok(Duration::ZERO),
+        Some(t) => parse_duration(t)
+            .map(|ms| Duration::from_millis(ms.max(0) as u64))
+            .map_err(|e| {
+                ApiError(
+                    ErrorType::BadData,
+                    format!("invalid parameter \"timeout\": {e}"),
+                )
+            }),
+    }
+}
+
+#[instrument(name = "prom_query", skip_all)]
+async fn instant_query(state: web::Data<AppState>, req: HttpRequest, body: Bytes) -> HttpResponse {
+    let p = match Params::read(&req, &body) {
+        Ok(p) => p,
+        Err(e) => return e.response(),
+    };
+    let Some(query) = p.get("query") else {
+        return error(
+            ErrorType::BadData,
+            "invalid parameter \"query\": no query given",
+        );
+    };
+    let time = match p.get("time").map(parse_time).transpose() {
+        Ok(t) => t.unwrap_or_else(now_ms),
+        Err(e) => {
+            return error(
+                ErrorType::BadData,
+                format!("invalid parameter \"time\": {e}"),
+            )
+        }
+    };
+    let timeout = match timeout_param(&p) {
+        Ok(t) => t,
+        Err(e) => return e.response(),
+    };
+    run(
+        &state,
+        PromqlQuery {
+            query: query.to_string(),
+            start: time,
+            end: time,
+            step: 1,
+            timeout,
+            cancelled: None,
+        },
+    )
+    .await
+}
+
+#[instrument(name = "prom_query_range", skip_all)]
+async fn range_query(state: web::Data<AppState>, req: HttpRequest, body: Bytes) -> HttpResponse {
+    let p = match Params::read(&req, &body) {
+        Ok(p) => p,
+        Err(e) => return e.response(),
+    };
+    let Some(query) = p.get("query") else {
+        return error(
+            ErrorType::BadData,
+            "invalid parameter \"query\": no query given",
+        );
+    };
+    let mut times = [0i64; 2];
+    for (slot, name) in times.iter_mut().zip(["start", "end"]) {
+        match p.get(name).map(parse_time) {
+            Some(Ok(t)) => *slot = t,
+            Some(Err(e)) => {
+                return error(
+                    ErrorType::BadData,
+                    format!("invalid parameter \"{name}\": {e}"),
+                )
+            }
+            None => {
+                return error(
+                    ErrorType::BadData,
+                    format!("invalid parameter \"{name}\": missing"),
+                )
+            }
+        }
+    }
+    let [start, end] = times;
+    if end < start {
+        return error(
+            ErrorType::BadData,
+            "invalid parameter \"end\": end timestamp must not be before start time",
+        );
+    }
+    let step = match p.get("step").map(parse_duration) {
+        Some(Ok(s)) if s > 0 => s,
+        Some(Ok(_)) => {
+            return error(
+                ErrorType::BadData,
+                "invalid parameter \"step\": zero or negative query resolution step widths are not accepted. Try a positive integer",
+            )
+        }
+        Some(Err(e)) => return error(ErrorType::BadData, format!("invalid parameter \"step\": {e}")),
+        None => return error(ErrorType::BadData, "invalid parameter \"step\": missing"),
+    };
+    if (end - start) / step > 11_000 {
+        return error(
+            ErrorType::BadData,
+            "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)",
+        );
+    }
+    let timeout = match timeout_param(&p) {
+        Ok(t) => t,
+        Err(e) => return e.response(),
+    };
+    // A one-step range is still a range query (a matrix answer).
+    let (start, end) = if start == end {
+        (start, end + step)
+    } else {
+        (start, end)
+    };
+    let end = start + (end - start) / step * step;
+    run(
+        &state,
+        PromqlQuery {
+            query: query.to_string(),
+            start,
+            end,
+            step,
+            timeout,
+            cancelled: None,
+        },
+    )
+    .await
+}
+
+async fn meta(state: &AppState, q: MetaQuery) -> HttpResponse {
+    match state.query.send(RunMeta(q)).await {
+        Ok(Ok(MetaAnswer::Series(series))) => success(json!(series)),
+        Ok(Ok(MetaAnswer::Strings(s))) => success(json!(s)),
+        Ok(Err(e)) => query_error(e),
+        Err(_) => error(
+            ErrorType::Unavailable,
+            "the query actor is restarting; retry",
+        ),
+    }
+}
+
+#[instrument(name = "prom_series", skip_all)]
+async fn series(state: web::Data<AppState>, req: HttpRequest, body: Bytes) -> HttpResponse {
+    match Params::read(&req, &body) {
+        Ok(p) => meta(&state, MetaQuery::Series(p.all("match[]"))).await,
+        Err(e) => e.response(),
+    }
+}
+
+#[instrument(name = "prom_labels", skip_all)]
+async fn label_names(state: web::Data<AppState>, req: HttpRequest, body: Bytes) -> HttpResponse {
+    match Params::read(&req, &body) {
+        Ok(p) => meta(&state, MetaQuery::LabelNames(p.all("match[]"))).await,
+        Err(e) => e.response(),
+    }
+}
+
+#[instrument(name = "prom_label_values", skip_all)]
+async fn label_values(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    name: web::Path<String>,
+    body: Bytes,
+) -> HttpResponse {
+    match Params::read(&req, &body) {
+        Ok(p) => {
+            meta(
+                &state,
+                MetaQuery::LabelValues {
+                    name: name.into_inner(),
+                    selectors: p.all("match[]"),
+                },
+            )
+            .await
+        }
+        Err(e) => e.response(),
+    }
+}
+
+/// Chronicle keeps no metric metadata (type, help, unit): an empty map.
+async fn metadata() -> HttpResponse {
+    success(json!({}))
+}
+
+async fn buildinfo() -> HttpResponse {
+    success(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "revision": "",
+        "branch": "",
+        "buildUser": "chronicle",
+        "buildDate": "",
+        "goVersion": "n/a (chronicle, Rust)",
+    }))
+}

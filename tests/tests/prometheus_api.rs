@@ -1,0 +1,195 @@
+//! The Prometheus HTTP API of an in-process node: instant and range queries
+//! (GET and POST form), series, labels, label values, metadata, buildinfo,
+//! Prometheus's error format, `{"promql": ...}` on /query, and an over-limit
+//! query answered with an error while a small one beside it succeeds.
+
+use chronicle::config::QuerySettings;
+use chronicle::{Node, NodeConfig};
+use serde_json::Value;
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+fn get(url: &str) -> (u16, Value) {
+    let mut resp = agent().get(url).call().expect("GET");
+    let status = resp.status().as_u16();
+    let body = resp.body_mut().read_to_string().unwrap();
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or_else(|_| panic!("JSON from {url}: {body}")),
+    )
+}
+
+fn post_form(url: &str, form: &[(&str, &str)]) -> (u16, Value) {
+    let body = serde_urlencoded::to_string(form).unwrap();
+    let mut resp = agent()
+        .post(url)
+        .content_type("application/x-www-form-urlencoded")
+        .send(body.as_bytes())
+        .expect("POST");
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap();
+    (status, serde_json::from_str(&text).unwrap())
+}
+
+fn enc(s: &str) -> String {
+    serde_urlencoded::to_string([("q", s)]).unwrap()[2..].to_string()
+}
+
+#[actix::test]
+async fn prometheus_api_answers_like_prometheus() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = NodeConfig {
+        data_dir: dir.path().join("data"),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        query: QuerySettings {
+            max_samples: 5_000,
+            ..QuerySettings::default()
+        },
+        ..NodeConfig::default()
+    };
+    let node = Node::start(config).await.unwrap();
+    let base = format!("http://{}", node.http_addr);
+
+    let checks = tokio::task::spawn_blocking(move || {
+        // Two counters over 10 minutes, one sample every 15 s (seconds precision).
+        let mut lines = String::new();
+        for i in 0..=40 {
+            let t = 1_767_225_600 + i * 15;
+            lines.push_str(&format!(
+                "http_requests_total,job=api,instance=a value={} {t}\n",
+                i * 30
+            ));
+            lines.push_str(&format!(
+                "http_requests_total,job=api,instance=b value={} {t}\n",
+                i * 60
+            ));
+        }
+        // A wide metric for the limit test: 200 series × 40 samples.
+        for s in 0..200 {
+            for i in 0..40 {
+                let t = 1_767_225_600 + i * 15;
+                lines.push_str(&format!("wide,n={s} value={i} {t}\n"));
+            }
+        }
+        let resp = agent()
+            .post(format!("{base}/write?precision=s"))
+            .send(lines.as_bytes())
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 204);
+
+        let at = 1_767_225_600 + 600;
+        // Instant query: per-second rate of each counter, summed.
+        let (status, v) = get(&format!(
+            "{base}/api/v1/query?query={}&time={at}",
+            enc("sum by (job) (rate(http_requests_total[5m]))")
+        ));
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["status"], "success");
+        assert_eq!(v["data"]["resultType"], "vector");
+        let sample = &v["data"]["result"][0];
+        assert_eq!(sample["metric"]["job"], "api");
+        assert_eq!(sample["value"][0].as_f64(), Some(at as f64));
+        let rate: f64 = sample["value"][1].as_str().unwrap().parse().unwrap();
+        assert!((rate - 6.0).abs() < 1e-9, "2 + 4 per second, got {rate}");
+
+        // Range query over POST form.
+        let (status, v) = post_form(
+            &format!("{base}/api/v1/query_range"),
+            &[
+                ("query", "http_requests_total{instance=\"a\"} / 30"),
+                ("start", &(at - 60).to_string()),
+                ("end", &at.to_string()),
+                ("step", "30s"),
+            ],
+        );
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["data"]["resultType"], "matrix");
+        let values = v["data"]["result"][0]["values"].as_array().unwrap();
+        let got: Vec<&str> = values.iter().map(|p| p[1].as_str().unwrap()).collect();
+        assert_eq!(got, ["36", "38", "40"]);
+
+        // Scalars and strings.
+        let (_, v) = get(&format!(
+            "{base}/api/v1/query?query={}&time=100",
+            enc("1 + 2")
+        ));
+        assert_eq!(v["data"]["resultType"], "scalar");
+        assert_eq!(v["data"]["result"][1], "3");
+
+        // Metadata endpoints.
+        let (_, v) = get(&format!(
+            "{base}/api/v1/series?match[]={}",
+            enc("http_requests_total")
+        ));
+        assert_eq!(v["data"].as_array().unwrap().len(), 2);
+        let (_, v) = get(&format!("{base}/api/v1/labels"));
+        let names: Vec<&str> = v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["__name__", "instance", "job", "n"]);
+        let (_, v) = get(&format!("{base}/api/v1/label/instance/values"));
+        assert_eq!(v["data"], serde_json::json!(["a", "b"]));
+        let (status, v) = get(&format!("{base}/api/v1/metadata"));
+        assert_eq!((status, v["status"].as_str()), (200, Some("success")));
+        let (status, _) = get(&format!("{base}/api/v1/status/buildinfo"));
+        assert_eq!(status, 200);
+
+        // Prometheus's error format.
+        let (status, v) = get(&format!("{base}/api/v1/query?query={}", enc("sum(")));
+        assert_eq!(status, 400);
+        assert_eq!(v["status"], "error");
+        assert_eq!(v["errorType"], "bad_data");
+        let (status, v) = get(&format!(
+            "{base}/api/v1/query_range?query=up&start=10&end=0&step=1"
+        ));
+        assert_eq!((status, v["errorType"].as_str()), (400, Some("bad_data")));
+
+        // The JSON front door takes PromQL too.
+        let mut resp = agent()
+            .post(format!("{base}/query"))
+            .content_type("application/json")
+            .send(
+                format!(
+                    r#"{{"promql":"max(http_requests_total)","end":{}}}"#,
+                    at as i128 * 1_000_000_000
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+        let v: Value = serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+        assert_eq!(v["series"][0]["points"][0][1].as_f64(), Some(2400.0), "{v}");
+
+        // An over-limit query fails cleanly while a small one beside it succeeds.
+        let big_base = base.clone();
+        let big = std::thread::spawn(move || {
+            get(&format!(
+                "{big_base}/api/v1/query?query={}&time={at}",
+                enc("sum(count_over_time(wide[10m]))")
+            ))
+        });
+        let (status, small) = get(&format!(
+            "{base}/api/v1/query?query={}&time={at}",
+            enc("count(http_requests_total)")
+        ));
+        assert_eq!(status, 200);
+        assert_eq!(small["data"]["result"][0]["value"][1], "2");
+        let (status, v) = big.join().unwrap();
+        assert_eq!(status, 422, "{v}");
+        assert_eq!(v["errorType"], "execution");
+        assert!(
+            v["error"].as_str().unwrap().contains("too many samples"),
+            "{v}"
+        );
+    })
+    .await;
+    node.shutdown().await;
+    checks.unwrap();
+}
