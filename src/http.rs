@@ -38,6 +38,7 @@ pub fn serve(state: AppState, addr: SocketAddr) -> std::io::Result<(Server, Sock
         App::new()
             .app_data(data.clone())
             .route("/write", web::post().to(write))
+            .route("/api/v1/write", web::post().to(remote_write))
             .route("/query", web::post().to(query))
             .route("/health", web::get().to(health))
             .route("/metrics", web::get().to(metrics_text))
@@ -144,6 +145,78 @@ async fn write(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
                 "parser failed",
+            )
+        }
+    };
+    match state.ingest.send(WritePoints(points)).await {
+        Ok(Ok(n)) => HttpResponse::NoContent()
+            .insert_header(("X-Chronicle-Points-Written", n.to_string()))
+            .finish(),
+        Ok(Err(e)) => error(ingest_status(&e), e.code(), e.to_string()),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the ingest actor is restarting; retry",
+        ),
+    }
+}
+
+/// POST /api/v1/write: Prometheus remote write 1.0 (snappy + protobuf); 204 when
+/// every sample is durable. Bad data is a 400 (Prometheus does not retry it);
+/// a node that cannot write answers 5xx (Prometheus retries).
+#[instrument(name = "http_remote_write", skip_all)]
+async fn remote_write(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    let _slot = state.write_slots.acquire().await.ok();
+    if req
+        .headers()
+        .get("content-encoding")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|e| !e.eq_ignore_ascii_case("snappy"))
+    {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "bad_request",
+            "remote write bodies are snappy-compressed protobuf (Content-Encoding: snappy)",
+        );
+    }
+    let mut body = Vec::new();
+    let mut stream = payload.into_inner();
+    while let Some(chunk) = stream.next().await {
+        let Ok(chunk) = chunk else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                "reading the body failed",
+            );
+        };
+        if body.len() + chunk.len() > state.max_body_bytes {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!(
+                    "the body is over this node's limit of {} bytes",
+                    state.max_body_bytes
+                ),
+            );
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let max = state.max_body_bytes;
+    let parsed =
+        web::block(move || chronicle_ingest::parse_remote_write(&body, max, &Limits::default()))
+            .await;
+    let points = match parsed {
+        Ok(Ok(points)) => points,
+        Ok(Err(e)) => return error(ingest_status(&e), e.code(), e.to_string()),
+        Err(_) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "decoder failed",
             )
         }
     };

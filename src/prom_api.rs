@@ -227,6 +227,47 @@ async fn run(state: &AppState, mut q: PromqlQuery) -> HttpResponse {
     }
 }
 
+/// A range query; one of a single step is evaluated as an instant query and
+/// still answered as a matrix.
+async fn run_range(state: &AppState, q: PromqlQuery) -> HttpResponse {
+    if q.start != q.end {
+        return run(state, q).await;
+    }
+    let flag = Arc::new(AtomicBool::new(false));
+    let mut guard = CancelOnDrop(flag.clone(), false);
+    let answer = state
+        .query
+        .send(RunPromql(PromqlQuery {
+            cancelled: Some(flag),
+            ..q
+        }))
+        .await;
+    guard.1 = true;
+    let as_matrix = |value| match value {
+        QueryValue::Vector(v) => QueryValue::Matrix(
+            v.into_iter()
+                .map(|(labels, s)| chronicle_engine::RangeSeries {
+                    labels,
+                    samples: vec![s],
+                })
+                .collect(),
+        ),
+        QueryValue::Scalar(s) => QueryValue::Matrix(vec![chronicle_engine::RangeSeries {
+            labels: Labels::default(),
+            samples: vec![s],
+        }]),
+        other => other,
+    };
+    match answer {
+        Ok(Ok(value)) => success(result_json(as_matrix(value))),
+        Ok(Err(e)) => query_error(e),
+        Err(_) => error(
+            ErrorType::Unavailable,
+            "the query actor is restarting; retry",
+        ),
+    }
+}
+
 fn timeout_param(p: &Params) -> Result<Duration, ApiError> {
     match p.get("timeout") {
         None => Ok(Duration::ZERO),
@@ -338,14 +379,8 @@ async fn range_query(state: web::Data<AppState>, req: HttpRequest, body: Bytes) 
         Ok(t) => t,
         Err(e) => return e.response(),
     };
-    // A one-step range is still a range query (a matrix answer).
-    let (start, end) = if start == end {
-        (start, end + step)
-    } else {
-        (start, end)
-    };
     let end = start + (end - start) / step * step;
-    run(
+    run_range(
         &state,
         PromqlQuery {
             query: query.to_string(),

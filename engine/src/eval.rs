@@ -74,7 +74,8 @@ impl Default for QueryLimits {
             max_samples: 50_000_000,
             max_series: 1_000_000,
             deadline: None,
-            max_steps: 11_000,
+            // Prometheus refuses (end - start) / step > 11,000: 11,001 points.
+            max_steps: 11_001,
             cancelled: None,
         }
     }
@@ -197,7 +198,7 @@ pub fn evaluate(
                         .collect(),
                 )
             } else {
-                QueryValue::Matrix(
+                QueryValue::Matrix(sorted(
                     series
                         .into_iter()
                         .filter_map(|s| {
@@ -212,10 +213,10 @@ pub fn evaluate(
                             })
                         })
                         .collect(),
-                )
+                ))
             }
         }
-        Val::Matrix(w) => QueryValue::Matrix(
+        Val::Matrix(w) => QueryValue::Matrix(sorted(
             w.series
                 .iter()
                 .filter_map(|s| {
@@ -226,8 +227,14 @@ pub fn evaluate(
                     })
                 })
                 .collect(),
-        ),
+        )),
     })
+}
+
+/// Matrices come out ordered by labels, as Prometheus orders them.
+fn sorted(mut series: Vec<RangeSeries>) -> Vec<RangeSeries> {
+    series.sort_by(|a, b| a.labels.cmp(&b.labels));
+    series
 }
 
 pub(crate) fn kind_name(kind: ValueKind) -> &'static str {
@@ -475,11 +482,9 @@ impl Evaluator<'_> {
 
     pub fn eval(&mut self, plan: &Plan, steps: &[i64]) -> Result<Val> {
         self.check_deadline()?;
-        let outer_step = if steps.len() > 1 {
-            steps[1] - steps[0]
-        } else {
-            DEFAULT_SUBQUERY_STEP
-        };
+        // A subquery without a step uses the default evaluation interval, in
+        // range queries too (as Prometheus does), not the query's step.
+        let outer_step = DEFAULT_SUBQUERY_STEP;
         Ok(match plan {
             Plan::Number(n) => Val::Scalar(vec![*n; steps.len()]),
             Plan::String(s) => Val::String(s.clone()),

@@ -167,6 +167,52 @@ async fn prometheus_api_answers_like_prometheus() {
         let v: Value = serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
         assert_eq!(v["series"][0]["points"][0][1].as_f64(), Some(2400.0), "{v}");
 
+        // Remote write keeps the name and labels exactly; PromQL sees them.
+        use chronicle_ingest::remote_write::{
+            encode_remote_write, ProtoLabel, ProtoSample, TimeSeries, WriteRequest,
+        };
+        let label = |n: &str, v: &str| ProtoLabel {
+            name: n.into(),
+            value: v.into(),
+        };
+        let request = WriteRequest {
+            timeseries: vec![TimeSeries {
+                labels: vec![
+                    label("__name__", "node_load1"),
+                    label("instance", "host:9100"),
+                    label("job", "node"),
+                ],
+                samples: vec![ProtoSample {
+                    value: 0.75,
+                    timestamp: at * 1000,
+                }],
+                histograms: Vec::new(),
+            }],
+        };
+        let resp = agent()
+            .post(format!("{base}/api/v1/write"))
+            .header("Content-Encoding", "snappy")
+            .content_type("application/x-protobuf")
+            .send(&encode_remote_write(&request)[..])
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 204);
+        let (_, v) = get(&format!(
+            "{base}/api/v1/query?query={}&time={at}",
+            enc("node_load1")
+        ));
+        let r = &v["data"]["result"][0];
+        assert_eq!(
+            r["metric"],
+            serde_json::json!({"__name__": "node_load1", "instance": "host:9100", "job": "node"})
+        );
+        assert_eq!(r["value"][1], "0.75");
+        let resp = agent()
+            .post(format!("{base}/api/v1/write"))
+            .header("Content-Encoding", "snappy")
+            .send(&b"definitely not snappy"[..])
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 400);
+
         // An over-limit query fails cleanly while a small one beside it succeeds.
         let big_base = base.clone();
         let big = std::thread::spawn(move || {

@@ -7,6 +7,7 @@ mod actor;
 #[cfg(feature = "actor")]
 mod metrics;
 pub mod parse;
+pub mod remote_write;
 #[cfg(feature = "actor")]
 mod writer;
 
@@ -19,6 +20,7 @@ pub use chronicle_actor_runtime::InjectPanic;
 #[cfg(feature = "actor")]
 pub use metrics::register_all as register_metrics;
 pub use parse::{parse_json, parse_line_protocol, parse_payload, Precision};
+pub use remote_write::parse_remote_write;
 #[cfg(feature = "actor")]
 pub use writer::StorageWriter;
 
