@@ -17,6 +17,8 @@ pub mod value;
 
 mod aggregate;
 mod binary;
+#[cfg(test)]
+mod tests;
 
 pub use eval::{evaluate, Query, QueryLimits};
 pub use value::{Labels, QueryValue, RangeSeries, Sample};
