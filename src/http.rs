@@ -148,6 +148,11 @@ async fn write(
             )
         }
     };
+    write_points(&state, points).await
+}
+
+/// Hands parsed points to the ingest actor; 204 once they are durable.
+async fn write_points(state: &AppState, points: Vec<chronicle_storage::Point>) -> HttpResponse {
     match state.ingest.send(WritePoints(points)).await {
         Ok(Ok(n)) => HttpResponse::NoContent()
             .insert_header(("X-Chronicle-Points-Written", n.to_string()))
@@ -220,17 +225,7 @@ async fn remote_write(
             )
         }
     };
-    match state.ingest.send(WritePoints(points)).await {
-        Ok(Ok(n)) => HttpResponse::NoContent()
-            .insert_header(("X-Chronicle-Points-Written", n.to_string()))
-            .finish(),
-        Ok(Err(e)) => error(ingest_status(&e), e.code(), e.to_string()),
-        Err(_) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the ingest actor is restarting; retry",
-        ),
-    }
+    write_points(&state, points).await
 }
 
 /// POST /query: a JSON query request; the JSON result.

@@ -211,19 +211,27 @@ impl Drop for CancelOnDrop {
     }
 }
 
-async fn run(state: &AppState, mut q: PromqlQuery) -> HttpResponse {
+/// Evaluates on the query actor; the query is cancelled if the client goes away.
+async fn evaluate(state: &AppState, mut q: PromqlQuery) -> Result<QueryValue, HttpResponse> {
     let flag = Arc::new(AtomicBool::new(false));
     q.cancelled = Some(flag.clone());
     let mut guard = CancelOnDrop(flag, false);
     let answer = state.query.send(RunPromql(q)).await;
     guard.1 = true;
     match answer {
-        Ok(Ok(value)) => success(result_json(value)),
-        Ok(Err(e)) => query_error(e),
-        Err(_) => error(
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(query_error(e)),
+        Err(_) => Err(error(
             ErrorType::Unavailable,
             "the query actor is restarting; retry",
-        ),
+        )),
+    }
+}
+
+async fn run(state: &AppState, q: PromqlQuery) -> HttpResponse {
+    match evaluate(state, q).await {
+        Ok(value) => success(result_json(value)),
+        Err(response) => response,
     }
 }
 
@@ -233,16 +241,6 @@ async fn run_range(state: &AppState, q: PromqlQuery) -> HttpResponse {
     if q.start != q.end {
         return run(state, q).await;
     }
-    let flag = Arc::new(AtomicBool::new(false));
-    let mut guard = CancelOnDrop(flag.clone(), false);
-    let answer = state
-        .query
-        .send(RunPromql(PromqlQuery {
-            cancelled: Some(flag),
-            ..q
-        }))
-        .await;
-    guard.1 = true;
     let as_matrix = |value| match value {
         QueryValue::Vector(v) => QueryValue::Matrix(
             v.into_iter()
@@ -258,13 +256,9 @@ async fn run_range(state: &AppState, q: PromqlQuery) -> HttpResponse {
         }]),
         other => other,
     };
-    match answer {
-        Ok(Ok(value)) => success(result_json(as_matrix(value))),
-        Ok(Err(e)) => query_error(e),
-        Err(_) => error(
-            ErrorType::Unavailable,
-            "the query actor is restarting; retry",
-        ),
+    match evaluate(state, q).await {
+        Ok(value) => success(result_json(as_matrix(value))),
+        Err(response) => response,
     }
 }
 
