@@ -62,6 +62,29 @@ fn to_line(p: &Point, out: &mut String) {
     let _ = writeln!(out, " value={:?} {}", p.value, p.timestamp);
 }
 
+/// Request/reply round trips (milliseconds) to an echo responder on `bus`.
+async fn echo_round_trips(bus: Arc<dyn Bus>, samples: usize) -> Result<Vec<f64>, Error> {
+    let mut echo = bus.subscribe("bench.echo", None).await?;
+    let responder_bus = bus.clone();
+    let responder = tokio::spawn(async move {
+        while let Some(m) = echo.next().await {
+            if let Some(reply) = m.reply {
+                let _ = responder_bus.publish(Message::new(reply, m.payload)).await;
+            }
+        }
+    });
+    bus.flush().await?;
+    let mut round_trips = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let t = Instant::now();
+        bus.request(Message::new("bench.echo", "ping"), Duration::from_secs(5))
+            .await?;
+        round_trips.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    responder.abort();
+    Ok(round_trips)
+}
+
 pub fn run(args: IngestBench) -> Result<(), Error> {
     if args.points == 0 || args.batch == 0 || args.in_flight == 0 {
         return Err("--points, --batch and --in-flight must be positive".into());
@@ -213,48 +236,11 @@ pub fn run(args: IngestBench) -> Result<(), Error> {
         }
 
         // Request/reply round trip on the node's bus.
-        let echo_bus = node.bus.clone();
-        let mut echo = echo_bus.subscribe("bench.echo", None).await?;
-        let responder_bus = echo_bus.clone();
-        let responder = tokio::spawn(async move {
-            while let Some(m) = echo.next().await {
-                if let Some(reply) = m.reply {
-                    let _ = responder_bus.publish(Message::new(reply, m.payload)).await;
-                }
-            }
-        });
-        echo_bus.flush().await?;
-        let mut round_trips = Vec::new();
-        for _ in 0..args.latency_samples * 5 {
-            let t = Instant::now();
-            echo_bus
-                .request(Message::new("bench.echo", "ping"), Duration::from_secs(5))
-                .await?;
-            round_trips.push(t.elapsed().as_secs_f64() * 1e3);
-        }
-        responder.abort();
+        let mut round_trips = echo_round_trips(node.bus.clone(), args.latency_samples * 5).await?;
         let local_round_trips = if args.nats_url.is_some() {
             // Also the in-process bus, for comparison.
-            let local = LocalBus::default();
-            let mut sub = local.subscribe("bench.echo", None).await?;
-            let l2 = local.clone();
-            let task = tokio::spawn(async move {
-                while let Some(m) = sub.next().await {
-                    if let Some(reply) = m.reply {
-                        let _ = l2.publish(Message::new(reply, m.payload)).await;
-                    }
-                }
-            });
-            let mut v = Vec::new();
-            for _ in 0..args.latency_samples * 5 {
-                let t = Instant::now();
-                local
-                    .request(Message::new("bench.echo", "ping"), Duration::from_secs(5))
-                    .await?;
-                v.push(t.elapsed().as_secs_f64() * 1e3);
-            }
-            task.abort();
-            Some(v)
+            let local: Arc<dyn Bus> = Arc::new(LocalBus::default());
+            Some(echo_round_trips(local, args.latency_samples * 5).await?)
         } else {
             None
         };

@@ -137,6 +137,18 @@ async fn write(
         )
     })
     .await;
+    write_points(&state, parsed).await
+}
+
+/// Hands parsed points to the ingest actor; 204 once they are durable. A
+/// parse error is the client's; a parser that did not return is ours.
+async fn write_points(
+    state: &AppState,
+    parsed: Result<
+        Result<Vec<chronicle_storage::Point>, IngestError>,
+        actix_web::error::BlockingError,
+    >,
+) -> HttpResponse {
     let points = match parsed {
         Ok(Ok(points)) => points,
         Ok(Err(e)) => return error(ingest_status(&e), e.code(), e.to_string()),
@@ -144,15 +156,10 @@ async fn write(
             return error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
-                "parser failed",
+                "the parser failed",
             )
         }
     };
-    write_points(&state, points).await
-}
-
-/// Hands parsed points to the ingest actor; 204 once they are durable.
-async fn write_points(state: &AppState, points: Vec<chronicle_storage::Point>) -> HttpResponse {
     match state.ingest.send(WritePoints(points)).await {
         Ok(Ok(n)) => HttpResponse::NoContent()
             .insert_header(("X-Chronicle-Points-Written", n.to_string()))
@@ -214,18 +221,7 @@ async fn remote_write(
     let parsed =
         web::block(move || chronicle_ingest::parse_remote_write(&body, max, &Limits::default()))
             .await;
-    let points = match parsed {
-        Ok(Ok(points)) => points,
-        Ok(Err(e)) => return error(ingest_status(&e), e.code(), e.to_string()),
-        Err(_) => {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "decoder failed",
-            )
-        }
-    };
-    write_points(&state, points).await
+    write_points(&state, parsed).await
 }
 
 /// POST /query: a JSON query request; the JSON result.
