@@ -22,6 +22,13 @@ pub enum BenchCommand {
     /// protocol batches over NATS (--nats-url), the in-process bus, or HTTP (--http);
     /// then single-point publish-to-visible latency and bus request/reply round trips.
     Ingest(crate::bench_ingest::IngestBench),
+    /// PromQL query latency: a TSBS-style set (single-groupby-1-1-1,
+    /// single-groupby-5-8-1, cpu-max-all-1, double-groupby-1, high-cpu-1,
+    /// lastpoint) over the storage bench's data set, through the HTTP API of a
+    /// node started in this process. With --prometheus, the same samples are
+    /// loaded into Prometheus (via promtool) and every query runs against both;
+    /// answers must agree, and the latency ratio per query is reported.
+    Query(crate::bench_query::QueryBench),
 }
 
 #[derive(Args)]
@@ -58,6 +65,7 @@ pub fn run(cmd: BenchCommand) -> Result<(), Box<dyn std::error::Error>> {
     match cmd {
         BenchCommand::Storage(args) => storage(args),
         BenchCommand::Ingest(args) => crate::bench_ingest::run(args),
+        BenchCommand::Query(args) => crate::bench_query::run(args),
     }
 }
 

@@ -26,6 +26,9 @@ pub struct NodeConfig {
     pub max_concurrent_writes: usize,
     /// fsync every write batch (durable on return); off trades durability for speed.
     pub sync_writes: bool,
+    /// Memory for recently read chunks kept decoded, bytes; 0 turns the cache off
+    /// (every query decodes the chunks it reads).
+    pub decoded_cache_bytes: usize,
     pub nats: NatsConfig,
     pub ingest: IngestSettings,
     pub query: QuerySettings,
@@ -40,6 +43,7 @@ impl Default for NodeConfig {
             max_body_bytes: 32 << 20,
             max_concurrent_writes: 4,
             sync_writes: true,
+            decoded_cache_bytes: chronicle_storage::ShardConfig::default().decoded_cache_bytes,
             nats: NatsConfig::default(),
             ingest: IngestSettings::default(),
             query: QuerySettings::default(),

@@ -4,6 +4,7 @@
 
 pub mod bench;
 mod bench_ingest;
+mod bench_query;
 pub mod cli;
 pub mod client;
 pub mod config;

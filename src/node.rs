@@ -66,6 +66,7 @@ impl Node {
 
         let shard_config = ShardConfig {
             sync_writes: config.sync_writes,
+            decoded_cache_bytes: config.decoded_cache_bytes,
             ..ShardConfig::default()
         };
         let path = config.data_dir.clone();

@@ -11,10 +11,12 @@ use std::time::Duration;
 use actix_web::http::StatusCode;
 use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
-use chronicle_engine::value::{Labels, Sample};
+use chronicle_engine::value::{Labels, RangeSeries, Sample};
 use chronicle_engine::QueryValue;
 use chronicle_query::{MetaAnswer, MetaQuery, PromqlQuery, QueryError, RunMeta, RunPromql};
-use serde_json::{json, Map, Value};
+use serde::ser::{SerializeMap, SerializeTuple};
+use serde::{Serialize, Serializer};
+use serde_json::{json, Value};
 use tracing::instrument;
 
 use crate::http::AppState;
@@ -125,45 +127,156 @@ fn success(data: Value) -> HttpResponse {
 }
 
 /// Prometheus's number formatting: `NaN`, `+Inf`, `-Inf`, else the shortest decimal.
-fn format_value(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v == f64::INFINITY {
-        "+Inf".into()
-    } else if v == f64::NEG_INFINITY {
-        "-Inf".into()
-    } else {
-        format!("{v}")
+struct PromNumber(f64);
+
+impl std::fmt::Display for PromNumber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = self.0;
+        if v.is_nan() {
+            f.write_str("NaN")
+        } else if v == f64::INFINITY {
+            f.write_str("+Inf")
+        } else if v == f64::NEG_INFINITY {
+            f.write_str("-Inf")
+        } else {
+            write!(f, "{v}")
+        }
     }
 }
 
-fn point(s: &Sample) -> Value {
-    json!([s.t as f64 / 1000.0, format_value(s.v)])
-}
+// Query results are serialised straight from the engine's values: building a
+// `serde_json::Value` first cost an allocation per label and per point.
 
-fn metric(labels: &Labels) -> Value {
-    let mut m = Map::new();
-    for (n, v) in labels.iter() {
-        m.insert(n.to_string(), Value::String(v.to_string()));
+/// `[<unix seconds>, "<value>"]`.
+struct PointJson<'a>(&'a Sample);
+
+impl Serialize for PointJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut t = s.serialize_tuple(2)?;
+        t.serialize_element(&(self.0.t as f64 / 1000.0))?;
+        t.serialize_element(&Collected(PromNumber(self.0.v)))?;
+        t.end()
     }
-    Value::Object(m)
 }
 
-fn result_json(value: QueryValue) -> Value {
-    match value {
-        QueryValue::Scalar(s) => json!({"resultType": "scalar", "result": point(&s)}),
-        QueryValue::String(s) => json!({"resultType": "string", "result": [0, s]}),
-        QueryValue::Vector(v) => json!({
-            "resultType": "vector",
-            "result": v.iter().map(|(l, s)| json!({"metric": metric(l), "value": point(s)})).collect::<Vec<_>>(),
-        }),
-        QueryValue::Matrix(m) => json!({
-            "resultType": "matrix",
-            "result": m.iter().map(|s| json!({
-                "metric": metric(&s.labels),
-                "values": s.samples.iter().map(point).collect::<Vec<_>>(),
-            })).collect::<Vec<_>>(),
-        }),
+/// A `Display` value written as a JSON string without an intermediate `String`.
+struct Collected<T>(T);
+
+impl<T: std::fmt::Display> Serialize for Collected<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+struct LabelsJson<'a>(&'a Labels);
+
+impl Serialize for LabelsJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter())
+    }
+}
+
+struct VectorJson<'a>(&'a [(Labels, Sample)]);
+
+impl Serialize for VectorJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|(labels, sample)| SeriesJson {
+            labels,
+            points: Points::One(sample),
+        }))
+    }
+}
+
+enum Points<'a> {
+    One(&'a Sample),
+    Many(&'a [Sample]),
+}
+
+struct SeriesJson<'a> {
+    labels: &'a Labels,
+    points: Points<'a>,
+}
+
+impl Serialize for SeriesJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("metric", &LabelsJson(self.labels))?;
+        match self.points {
+            Points::One(p) => m.serialize_entry("value", &PointJson(p))?,
+            Points::Many(ps) => {
+                m.serialize_entry("values", &PointsJson(ps))?;
+            }
+        }
+        m.end()
+    }
+}
+
+/// A run of samples as a JSON array of points.
+struct PointsJson<'a>(&'a [Sample]);
+
+impl Serialize for PointsJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(PointJson))
+    }
+}
+
+/// The `data` of a query answer.
+struct QueryData<'a>(&'a QueryValue);
+
+impl Serialize for QueryData<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(2))?;
+        match self.0 {
+            QueryValue::Scalar(p) => {
+                m.serialize_entry("resultType", "scalar")?;
+                m.serialize_entry("result", &PointJson(p))?;
+            }
+            QueryValue::String(text) => {
+                m.serialize_entry("resultType", "string")?;
+                m.serialize_entry("result", &(0, text))?;
+            }
+            QueryValue::Vector(v) => {
+                m.serialize_entry("resultType", "vector")?;
+                m.serialize_entry("result", &VectorJson(v))?;
+            }
+            QueryValue::Matrix(series) => {
+                m.serialize_entry("resultType", "matrix")?;
+                m.serialize_entry("result", &MatrixJson(series))?;
+            }
+        }
+        m.end()
+    }
+}
+
+struct MatrixJson<'a>(&'a [RangeSeries]);
+
+impl Serialize for MatrixJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|r| SeriesJson {
+            labels: &r.labels,
+            points: Points::Many(&r.samples),
+        }))
+    }
+}
+
+fn query_success(value: &QueryValue) -> HttpResponse {
+    #[derive(Serialize)]
+    struct Envelope<'a> {
+        status: &'static str,
+        data: QueryData<'a>,
+    }
+    match serde_json::to_vec(&Envelope {
+        status: "success",
+        data: QueryData(value),
+    }) {
+        Ok(body) => HttpResponse::Ok()
+            .content_type("application/json")
+            .body(body),
+        Err(e) => HttpResponse::InternalServerError().json(json!({
+            "status": "error",
+            "errorType": "internal",
+            "error": e.to_string(),
+        })),
     }
 }
 
@@ -230,7 +343,7 @@ async fn evaluate(state: &AppState, mut q: PromqlQuery) -> Result<QueryValue, Ht
 
 async fn run(state: &AppState, q: PromqlQuery) -> HttpResponse {
     match evaluate(state, q).await {
-        Ok(value) => success(result_json(value)),
+        Ok(value) => query_success(&value),
         Err(response) => response,
     }
 }
@@ -257,7 +370,7 @@ async fn run_range(state: &AppState, q: PromqlQuery) -> HttpResponse {
         other => other,
     };
     match evaluate(state, q).await {
-        Ok(value) => success(result_json(as_matrix(value))),
+        Ok(value) => query_success(&as_matrix(value)),
         Err(response) => response,
     }
 }

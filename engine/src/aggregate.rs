@@ -1,6 +1,6 @@
 //! Aggregation operators over instant vectors, per step and group.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::eval::{StepSeries, Val};
 use crate::plan::{AggregateOp, Grouping};
@@ -180,7 +180,7 @@ pub(crate) fn aggregate(
         }
         _ => {}
     }
-    let mut groups: HashMap<Labels, usize> = HashMap::new();
+    let mut groups: HashMap<Labels, usize> = HashMap::default();
     let mut out_labels: Vec<Labels> = Vec::new();
     let mut accs: Vec<Vec<Option<Acc>>> = Vec::new();
     for s in &input {
@@ -236,7 +236,7 @@ fn select_k(
         if want == 0 {
             continue;
         }
-        let mut by_group: HashMap<&Labels, Vec<usize>> = HashMap::new();
+        let mut by_group: HashMap<&Labels, Vec<usize>> = HashMap::default();
         for (i, s) in input.iter().enumerate() {
             if s.values[step].is_some() {
                 by_group.entry(&keys[i]).or_default().push(i);
@@ -331,7 +331,7 @@ fn quantile_over_groups(
     grouping: &Grouping,
     steps: usize,
 ) -> Result<Vec<StepSeries>> {
-    let mut groups: HashMap<Labels, usize> = HashMap::new();
+    let mut groups: HashMap<Labels, usize> = HashMap::default();
     let mut out_labels = Vec::new();
     let mut values: Vec<Vec<Vec<f64>>> = Vec::new();
     for s in &input {
@@ -367,7 +367,7 @@ fn count_values(
     grouping: &Grouping,
     steps: usize,
 ) -> Result<Vec<StepSeries>> {
-    let mut groups: HashMap<Labels, Vec<Option<f64>>> = HashMap::new();
+    let mut groups: HashMap<Labels, Vec<Option<f64>>> = HashMap::default();
     let mut order: Vec<Labels> = Vec::new();
     for s in &input {
         let base = group_labels(&s.labels, grouping);

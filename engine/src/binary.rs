@@ -1,7 +1,7 @@
 //! Binary operators: arithmetic, comparisons (filtering or `bool`), and set
 //! operators, with Prometheus's vector matching.
 
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use crate::eval::{kind_name, StepSeries, Val};
 use crate::plan::{BinaryOp, Cardinality, VectorMatching};
@@ -219,10 +219,10 @@ fn vector_vector(
     let one_sig: Vec<Labels> = one.iter().map(|s| signature(&s.labels, m)).collect();
     let drop = drops_name(op, return_bool);
     let mut out: Vec<StepSeries> = Vec::new();
-    let mut out_index: HashMap<Labels, usize> = HashMap::new();
-    let mut result_labels_cache: HashMap<(usize, usize), Labels> = HashMap::new();
+    let mut out_index: HashMap<Labels, usize> = HashMap::default();
+    let mut result_labels_cache: HashMap<(usize, usize), Labels> = HashMap::default();
     for step in 0..steps {
-        let mut one_by_sig: HashMap<&Labels, usize> = HashMap::new();
+        let mut one_by_sig: HashMap<&Labels, usize> = HashMap::default();
         for (j, s) in one.iter().enumerate() {
             if s.values[step].is_none() {
                 continue;
@@ -239,7 +239,7 @@ fn vector_vector(
                 )));
             }
         }
-        let mut matched_one: HashSet<usize> = HashSet::new();
+        let mut matched_one: HashSet<usize> = HashSet::default();
         for (i, s) in many.iter().enumerate() {
             let Some(mv) = s.values[step] else { continue };
             let Some(&j) = one_by_sig.get(&many_sig[i]) else {

@@ -5,7 +5,7 @@
 //! value per step; a range vector is a set of series with their samples plus the
 //! window each step looks at. An instant query is a range query of one step.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -259,18 +259,38 @@ pub(crate) fn steps(start: i64, end: i64, step: i64) -> Vec<i64> {
 /// Series with the same labels are merged when they never have a value at the
 /// same step; otherwise the result is ambiguous and an error (as in Prometheus).
 pub(crate) fn dedupe(series: Vec<StepSeries>) -> Result<Vec<StepSeries>> {
-    let mut index: HashMap<Labels, usize> = HashMap::with_capacity(series.len());
+    // Indexed by the labels' hash, so the labels are not cloned into the index;
+    // equal hashes are told apart by comparing the labels.
+    let mut index: HashMap<u64, usize> =
+        HashMap::with_capacity_and_hasher(series.len(), Default::default());
+    let mut collisions: Vec<(u64, usize)> = Vec::new();
     let mut out: Vec<StepSeries> = Vec::with_capacity(series.len());
     for s in series {
         if s.values.iter().all(Option::is_none) {
             continue;
         }
-        match index.get(&s.labels) {
+        let hash = labels_hash(&s.labels);
+        let existing = index
+            .get(&hash)
+            .into_iter()
+            .chain(
+                collisions
+                    .iter()
+                    .filter(|(h, _)| *h == hash)
+                    .map(|(_, i)| i),
+            )
+            .copied()
+            .find(|&i| out[i].labels == s.labels);
+        match existing {
             None => {
-                index.insert(s.labels.clone(), out.len());
+                if index.contains_key(&hash) {
+                    collisions.push((hash, out.len()));
+                } else {
+                    index.insert(hash, out.len());
+                }
                 out.push(s);
             }
-            Some(&i) => {
+            Some(i) => {
                 let target = &mut out[i];
                 for (slot, v) in target.values.iter_mut().zip(s.values) {
                     if v.is_some() {
@@ -286,6 +306,11 @@ pub(crate) fn dedupe(series: Vec<StepSeries>) -> Result<Vec<StepSeries>> {
         }
     }
     Ok(out)
+}
+
+fn labels_hash(labels: &Labels) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<rustc_hash::FxHasher>::default().hash_one(labels)
 }
 
 impl Evaluator<'_> {
@@ -316,7 +341,9 @@ impl Evaluator<'_> {
     /// Reads every series of `selector` with samples in `[lo, hi]`.
     fn fetch(&mut self, selector: &Selector, lo: i64, hi: i64) -> Result<Vec<RangeSeries>> {
         let mut merged: Vec<RangeSeries> = Vec::new();
-        let mut seen: HashMap<Labels, usize> = HashMap::new();
+        // Only alternative matcher sets (`or`ed) can select a series twice.
+        let alternatives = selector.matcher_sets.len() > 1;
+        let mut seen: HashMap<Labels, usize> = HashMap::default();
         for set in &selector.matcher_sets {
             self.check_deadline()?;
             for s in self.source.select(set, lo, hi)? {
@@ -327,7 +354,9 @@ impl Evaluator<'_> {
                         self.limits.max_samples
                     )));
                 }
-                if !seen.contains_key(&s.labels) {
+                if !alternatives {
+                    merged.push(s);
+                } else if !seen.contains_key(&s.labels) {
                     seen.insert(s.labels.clone(), merged.len());
                     merged.push(s);
                 }

@@ -613,8 +613,8 @@ fn absent_labels(arg: Option<&Plan>) -> Labels {
         return Labels::default();
     };
     let mut pairs = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    let mut repeated = std::collections::HashSet::new();
+    let mut seen = rustc_hash::FxHashSet::default();
+    let mut repeated = rustc_hash::FxHashSet::default();
     for m in set {
         if m.name == METRIC_NAME {
             continue;
@@ -856,8 +856,8 @@ fn date_part(part: &str, seconds: f64) -> Option<f64> {
 
 /// `histogram_quantile` over classic buckets (`le` labels), per step and group.
 fn histogram_quantile(q: &[f64], series: Vec<StepSeries>, steps: usize) -> Vec<StepSeries> {
-    use std::collections::HashMap;
-    let mut groups: HashMap<Labels, Vec<(f64, usize)>> = HashMap::new();
+    use rustc_hash::FxHashMap as HashMap;
+    let mut groups: HashMap<Labels, Vec<(f64, usize)>> = HashMap::default();
     let mut order = Vec::new();
     for (i, s) in series.iter().enumerate() {
         let Some(le) = s.labels.get("le").and_then(parse_go_float) else {

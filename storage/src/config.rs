@@ -25,6 +25,8 @@ pub struct ShardConfig {
     pub encode: EncodeOptions,
     /// RocksDB block cache shared by the shard's column families.
     pub block_cache_bytes: usize,
+    /// Recently read chunks kept decoded, bytes (0 turns the cache off).
+    pub decoded_cache_bytes: usize,
 }
 
 impl Default for ShardConfig {
@@ -39,6 +41,7 @@ impl Default for ShardConfig {
             downsample: Vec::new(),
             encode: EncodeOptions::default(),
             block_cache_bytes: 64 << 20,
+            decoded_cache_bytes: 256 << 20,
         }
     }
 }

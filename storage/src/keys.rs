@@ -109,6 +109,7 @@ pub fn postings_key(name: &str, value: &str, id: u64) -> Vec<u8> {
 }
 
 /// Splits a postings key into (value, id), given the length of its name prefix.
+#[cfg(test)]
 pub fn parse_postings_key(key: &[u8], name_prefix_len: usize) -> Option<(&[u8], u64)> {
     let rest = key.get(name_prefix_len..)?;
     let mut pos = 0;

@@ -9,11 +9,15 @@
 pub mod aggregate;
 pub mod codec;
 mod config;
+#[cfg(feature = "engine")]
+mod decoded_cache;
 mod error;
 #[cfg(feature = "engine")]
 mod keys;
 mod matcher;
 pub mod model;
+#[cfg(feature = "engine")]
+mod postings;
 #[cfg(feature = "engine")]
 mod shard;
 pub mod workload;

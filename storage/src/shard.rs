@@ -9,6 +9,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 use rocksdb::{
@@ -23,13 +24,16 @@ use crate::aggregate::{
 };
 use crate::codec::{self, encode_chunk, get_uvarint, put_uvarint, unzigzag, zigzag};
 use crate::config::{nanos, ShardConfig};
+use crate::decoded_cache::{ChunkId, DecodedCache};
 use crate::keys::*;
 use crate::matcher::{MatchOp, Matcher};
 use crate::model::{validate, Label, Point, Sample, SeriesKey, METRIC_LABEL};
+use crate::postings::Postings;
 use crate::{Result, StorageError};
 
 struct SeriesEntry {
-    key: SeriesKey,
+    /// Shared with readers, which name the series only if a chunk is corrupt.
+    key: Arc<SeriesKey>,
     tier: u8,
     head: Vec<Sample>,
     /// Lowest sequence whose samples may be in `head` (valid while it is not empty).
@@ -48,7 +52,7 @@ struct SeriesEntry {
 impl SeriesEntry {
     fn new(key: SeriesKey, tier: u8) -> Self {
         Self {
-            key,
+            key: key.into(),
             tier,
             head: Vec::new(),
             head_first_seq: 0,
@@ -65,6 +69,7 @@ impl SeriesEntry {
 #[derive(Default)]
 struct State {
     by_hash: HashMap<u64, Vec<u64>>,
+    postings: Postings,
     series: HashMap<u64, SeriesEntry>,
     /// (head_first_seq, id) of every series with a non-empty head.
     pending: BTreeSet<(u64, u64)>,
@@ -164,6 +169,7 @@ pub struct Shard {
     chunk_range: i64,
     state: RwLock<State>,
     writer: Mutex<()>,
+    decoded: Option<Arc<DecodedCache>>,
 }
 
 impl Shard {
@@ -203,6 +209,7 @@ impl Shard {
             db,
             path,
             chunk_range: nanos(config.chunk_range),
+            decoded: DecodedCache::new(config.decoded_cache_bytes).map(Arc::new),
             config,
             state: RwLock::new(State::default()),
             writer: Mutex::new(()),
@@ -243,6 +250,7 @@ impl Shard {
             let key = SeriesKey::decode(key_bytes).map_err(|e| corrupt("series_ids", e))?;
             let hash = series_hash(&key.metric, &key.labels);
             st.by_hash.entry(hash).or_default().push(id);
+            st.postings.add(id, &key);
             st.series.insert(id, SeriesEntry::new(key, tier));
         }
         for item in self
@@ -414,6 +422,7 @@ impl Shard {
         for (id, hash, key) in new_series {
             let tier = self.tier_of(&key.metric);
             st.by_hash.entry(hash).or_default().push(id);
+            st.postings.add(id, &key);
             st.series.insert(id, SeriesEntry::new(key, tier));
             st.next_id = st.next_id.max(id + 1);
         }
@@ -583,6 +592,14 @@ impl Shard {
             let w = window_start(flush[i].timestamp, range);
             let n = flush[i..].partition_point(|s| window_start(s.timestamp, range) == w);
             let chunk = encode_chunk(&flush[i..i + n], self.config.encode);
+            // Write-through: what was just written is what dashboards read next,
+            // and its samples are at hand. Keyed by checksum, an entry for a
+            // batch that then fails to commit is never matched.
+            if let Some(cache) = &self.decoded {
+                if let Some(key) = chunk_id(id, e.tier, w, seq, &chunk) {
+                    cache.insert(key, flush[i..i + n].into());
+                }
+            }
             wb.put_cf(self.cf(CF_CHUNKS), chunk_key(e.tier, w, id, seq), chunk);
             report.chunks += 1;
             i += n;
@@ -656,6 +673,11 @@ impl Shard {
                 .compact_range_cf(self.cf(name), None::<&[u8]>, None::<&[u8]>);
         }
         Ok(())
+    }
+
+    /// Bytes held by the decoded-chunk cache (0 when it is off).
+    pub fn decoded_cache_bytes(&self) -> u64 {
+        self.decoded.as_ref().map_or(0, |c| c.weight())
     }
 
     /// Bytes of live SST files across column families.
@@ -739,46 +761,13 @@ impl Shard {
         let st = self.state.read();
         Ok(ids
             .into_iter()
-            .filter_map(|id| st.series.get(&id).map(|e| (id, e.key.clone())))
+            .filter_map(|id| st.series.get(&id).map(|e| (id, SeriesKey::clone(&e.key))))
             .collect())
     }
 
     /// Sorted ids of series whose label matches (or, with `negate`, does not match).
     fn postings(&self, m: &Matcher, negate: bool) -> Result<Vec<u64>> {
-        let prefix = if m.op == MatchOp::Equal && !negate {
-            postings_prefix(&m.name, &m.value)
-        } else {
-            postings_name_prefix(&m.name)
-        };
-        let name_len = postings_name_prefix(&m.name).len();
-        let mut ids = Vec::new();
-        let mut it = self.db.raw_iterator_cf(self.cf(CF_POSTINGS));
-        it.seek(&prefix);
-        let mut last_value: Option<(Vec<u8>, bool)> = None;
-        while let Some(key) = it.key() {
-            if !key.starts_with(&prefix) {
-                break;
-            }
-            let (value, id) =
-                parse_postings_key(key, name_len).ok_or_else(|| corrupt("postings", "bad key"))?;
-            let keep = match &last_value {
-                Some((v, keep)) if v == value => *keep,
-                _ => {
-                    let text = std::str::from_utf8(value).map_err(|e| corrupt("postings", e))?;
-                    let keep = m.matches(text) != negate;
-                    last_value = Some((value.to_vec(), keep));
-                    keep
-                }
-            };
-            if keep {
-                ids.push(id);
-            }
-            it.next();
-        }
-        it.status()?;
-        ids.sort_unstable();
-        ids.dedup();
-        Ok(ids)
+        Ok(self.state.read().postings.matching(m, negate))
     }
 
     /// Reads `[start, end)` of one series as an iterator of samples in time order.
@@ -820,7 +809,7 @@ impl Shard {
             snapshot = self.db.snapshot();
             for id in ids {
                 let Some(e) = st.series.get(id) else {
-                    plans.push((*id, 0u8, String::new(), Vec::new(), i64::MIN));
+                    plans.push((*id, 0u8, None, Vec::new(), i64::MIN));
                     continue;
                 };
                 let newest = e
@@ -834,7 +823,7 @@ impl Shard {
                     .filter(|s| s.timestamp >= start && s.timestamp < end)
                     .copied()
                     .collect();
-                plans.push((*id, e.tier, e.key.to_string(), sort_dedup(head), newest));
+                plans.push((*id, e.tier, Some(e.key.clone()), sort_dedup(head), newest));
             }
         }
         let mut ro = ReadOptions::default();
@@ -864,14 +853,24 @@ impl Shard {
             let stop = end.min(newest.saturating_add(1));
             while w < stop {
                 let prefix = chunk_prefix(tier, w, id);
-                it.seek(prefix);
+                seek_forward(&mut it, &prefix);
                 let mut chunks = Vec::new();
                 while let Some(key) = it.key() {
                     if !key.starts_with(&prefix) {
                         break;
                     }
                     let seq = parse_chunk_key(key).map_or(0, |k| k.seq);
-                    chunks.push((seq, it.value().unwrap_or_default().to_vec()));
+                    let bytes = it.value().unwrap_or_default();
+                    // A chunk already decoded is not copied out of RocksDB again.
+                    let chunk = match self
+                        .decoded
+                        .as_ref()
+                        .and_then(|cache| cache.get(&chunk_id(id, tier, w, seq, bytes)?))
+                    {
+                        Some(samples) => StoredChunk::Decoded(samples),
+                        None => StoredChunk::Encoded(bytes.to_vec()),
+                    };
+                    chunks.push((seq, chunk));
                     it.next();
                 }
                 it.status()?;
@@ -906,6 +905,9 @@ impl Shard {
                 }
             }
             out.push(SeriesIter {
+                id,
+                tier,
+                cache: self.decoded.clone(),
                 series: name,
                 chunk_range: range,
                 windows,
@@ -1024,6 +1026,7 @@ impl Shard {
         for id in gone {
             if let Some(e) = st.series.remove(&id) {
                 self.delete_series(&mut wb, id, &e.key);
+                st.postings.remove(id, &e.key);
                 let hash = series_hash(&e.key.metric, &e.key.labels);
                 if let Some(list) = st.by_hash.get_mut(&hash) {
                     list.retain(|x| *x != id);
@@ -1269,15 +1272,52 @@ fn decode_log_record(bytes: &[u8]) -> std::result::Result<Vec<(u64, Sample)>, co
 
 struct WindowData {
     window: i64,
-    /// (sequence, chunk bytes); a higher sequence wins on equal timestamps.
-    chunks: Vec<(u64, Vec<u8>)>,
+    /// (sequence, chunk); a higher sequence wins on equal timestamps.
+    chunks: Vec<(u64, StoredChunk)>,
     /// Head samples, sorted and deduplicated; they win over every chunk.
     head: Vec<Sample>,
 }
 
+/// Positions `it` at the first key at or after `target`. Series are read in id
+/// order, so the next one's chunk is usually a few keys ahead: stepping there is
+/// far cheaper than a seek through every level. Falls back to a seek.
+fn seek_forward(it: &mut rocksdb::DBRawIteratorWithThreadMode<'_, DB>, target: &[u8]) {
+    const STEPS: usize = 8;
+    if it.key().is_some_and(|k| k < target) {
+        for _ in 0..STEPS {
+            it.next();
+            match it.key() {
+                Some(k) if k < target => {}
+                // Reached the first key at or past the target, or the end.
+                _ => return,
+            }
+        }
+    }
+    it.seek(target);
+}
+
+/// A chunk as read: its stored bytes, or its samples from the decoded cache.
+enum StoredChunk {
+    Encoded(Vec<u8>),
+    Decoded(Arc<[Sample]>),
+}
+
+fn chunk_id(series: u64, tier: u8, window: i64, seq: u64, bytes: &[u8]) -> Option<ChunkId> {
+    Some(ChunkId {
+        series,
+        tier,
+        window,
+        seq,
+        checksum: codec::stored_checksum(bytes)?,
+    })
+}
+
 /// Samples of one series in `[start, end)`, in time order, decoded window by window.
 pub struct SeriesIter {
-    series: String,
+    id: u64,
+    tier: u8,
+    cache: Option<Arc<DecodedCache>>,
+    series: Option<Arc<SeriesKey>>,
     chunk_range: i64,
     windows: VecDeque<WindowData>,
     current: std::vec::IntoIter<Sample>,
@@ -1288,7 +1328,10 @@ pub struct SeriesIter {
 impl SeriesIter {
     fn empty(start: i64, end: i64) -> Self {
         Self {
-            series: String::new(),
+            id: 0,
+            tier: 0,
+            cache: None,
+            series: None,
             chunk_range: 1,
             windows: VecDeque::new(),
             current: Vec::new().into_iter(),
@@ -1297,39 +1340,61 @@ impl SeriesIter {
         }
     }
 
-    fn materialize(&self, w: WindowData) -> Result<Vec<Sample>> {
-        let in_range = |s: &Sample| s.timestamp >= self.start && s.timestamp < self.end;
-        let decode = |bytes: &[u8], out: &mut Vec<Sample>| {
-            codec::decode_chunk_into(bytes, out).map_err(|reason| {
-                // A chunk that fails its checksum has no trustworthy header: name
-                // the window it is stored under instead.
-                let (start, end) = match codec::chunk_header(bytes) {
-                    Ok(h) => (h.min_time, h.max_time),
-                    Err(_) => (w.window, w.window.saturating_add(self.chunk_range - 1)),
-                };
-                StorageError::CorruptChunk {
-                    series: self.series.clone(),
-                    start,
-                    end,
-                    reason,
-                }
-            })
+    /// One chunk's samples: as read, or decoded now (and cached).
+    fn decoded(&self, window: i64, seq: u64, chunk: &StoredChunk) -> Result<Arc<[Sample]>> {
+        let bytes = match chunk {
+            StoredChunk::Decoded(samples) => return Ok(samples.clone()),
+            StoredChunk::Encoded(bytes) => bytes,
         };
+        let mut out = Vec::new();
+        codec::decode_chunk_into(bytes, &mut out).map_err(|reason| {
+            // A chunk that fails its checksum has no trustworthy header: name
+            // the window it is stored under instead.
+            let (start, end) = match codec::chunk_header(bytes) {
+                Ok(h) => (h.min_time, h.max_time),
+                Err(_) => (window, window.saturating_add(self.chunk_range - 1)),
+            };
+            StorageError::CorruptChunk {
+                series: self
+                    .series
+                    .as_ref()
+                    .map(|k| k.to_string())
+                    .unwrap_or_default(),
+                start,
+                end,
+                reason,
+            }
+        })?;
+        let samples: Arc<[Sample]> = out.into();
+        if let Some(cache) = &self.cache {
+            if let Some(key) = chunk_id(self.id, self.tier, window, seq, bytes) {
+                cache.insert(key, samples.clone());
+            }
+        }
+        Ok(samples)
+    }
+
+    /// The samples of a time-ordered chunk inside `[start, end)`.
+    fn in_range<'a>(&self, samples: &'a [Sample]) -> &'a [Sample] {
+        debug_assert!(samples.is_sorted_by_key(|s| s.timestamp));
+        let from = samples.partition_point(|s| s.timestamp < self.start);
+        let to = samples.partition_point(|s| s.timestamp < self.end);
+        &samples[from..to.max(from)]
+    }
+
+    fn materialize(&self, w: WindowData) -> Result<Vec<Sample>> {
         if w.chunks.len() == 1 && w.head.is_empty() {
-            let mut out = Vec::new();
-            decode(&w.chunks[0].1, &mut out)?;
-            out.retain(in_range);
-            return Ok(out);
+            let (seq, chunk) = &w.chunks[0];
+            let samples = self.decoded(w.window, *seq, chunk)?;
+            return Ok(self.in_range(&samples).to_vec());
         }
         // Overlapping sources: order by (time, priority) and keep the newest per time.
         let mut all: Vec<(i64, u64, f64)> = Vec::new();
-        let mut buf = Vec::new();
-        for (seq, bytes) in &w.chunks {
-            buf.clear();
-            decode(bytes, &mut buf)?;
+        for (seq, chunk) in &w.chunks {
+            let samples = self.decoded(w.window, *seq, chunk)?;
             all.extend(
-                buf.iter()
-                    .filter(|s| in_range(s))
+                self.in_range(&samples)
+                    .iter()
                     .map(|s| (s.timestamp, *seq, s.value)),
             );
         }

@@ -450,3 +450,48 @@ fn a_corrupt_chunk_is_an_error_naming_series_and_range() {
     // The checksum covers the header too, so the range named is the chunk's window.
     assert!(text.contains(&format!("[0, {}]", 2 * H - 1)), "{text}");
 }
+
+#[test]
+fn decoded_cache_serves_what_is_stored_after_late_writes() {
+    let dir = TempDir::new().unwrap();
+    let uncached = TempDir::new().unwrap();
+    let cached = Shard::open(dir.path(), cfg()).unwrap();
+    let plain = Shard::open(
+        uncached.path(),
+        ShardConfig {
+            decoded_cache_bytes: 0,
+            ..cfg()
+        },
+    )
+    .unwrap();
+    let writes: [Vec<Point>; 3] = [
+        (0..100)
+            .map(|i| point("m", &[("k", "v")], i * 10 * S, i as f64))
+            .collect(),
+        // Late: overwrites one sample and adds one inside the flushed window.
+        vec![
+            point("m", &[("k", "v")], 500 * S, -1.0),
+            point("m", &[("k", "v")], 505 * S, 0.5),
+        ],
+        vec![point("m", &[("k", "v")], 990 * S, 99.0)],
+    ];
+    for batch in &writes {
+        for shard in [&cached, &plain] {
+            shard.write_batch(batch).unwrap();
+            shard.flush().unwrap();
+        }
+        // Read twice: the second read is served from the cache.
+        for _ in 0..2 {
+            assert_eq!(
+                read(&cached, "m", 0, H),
+                read(&plain, "m", 0, H),
+                "cached and uncached reads differ"
+            );
+        }
+    }
+    let got = read(&cached, "m", 499 * S, 506 * S);
+    assert_eq!(values(&got[0].1), vec![(500 * S, -1.0), (505 * S, 0.5)]);
+    cached.compact().unwrap();
+    assert_eq!(read(&cached, "m", 0, H), read(&plain, "m", 0, H));
+    assert!(cached.decoded_cache_bytes() > 0);
+}

@@ -258,6 +258,12 @@ pub fn decode_chunk_into(chunk: &[u8], out: &mut Vec<Sample>) -> Result<ChunkHea
     Ok(header)
 }
 
+/// The CRC-32 a chunk was stored with (its last four bytes), unverified.
+pub fn stored_checksum(chunk: &[u8]) -> Option<u32> {
+    let tail = chunk.get(chunk.len().checked_sub(CHECKSUM_LEN)?..)?;
+    Some(u32::from_le_bytes(tail.try_into().ok()?))
+}
+
 fn parse(chunk: &[u8]) -> Result<(ChunkHeader, u8, &[u8]), CodecError> {
     if chunk.len() < HEADER_FIXED + 1 + CHECKSUM_LEN {
         return Err(CodecError::Truncated);

@@ -1,0 +1,560 @@
+//! `chronicle bench query`: a TSBS-style query set in PromQL over the storage
+//! bench's data set, against a node started in this process and, with
+//! `--prometheus`, side by side against a Prometheus server holding the same
+//! samples (loaded with `promtool tsdb create-blocks-from openmetrics`).
+//!
+//! Both systems are asked over HTTP (`/api/v1/query_range`, `/api/v1/query`)
+//! by the same client, one query at a time, alternating which goes first, and
+//! every answer pair is compared: a benchmark of two systems that disagree
+//! would measure nothing.
+
+use std::collections::BTreeMap;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chronicle_storage::workload::Workload;
+use clap::Args;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+
+use crate::bench::{quantile, round3};
+use crate::{Node, NodeConfig};
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Args, Debug)]
+pub struct QueryBench {
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Points to load (1,000 series at 10 s: 10 M points is ≈ 27.8 h of data).
+    #[arg(long, default_value_t = 10_000_000)]
+    points: usize,
+    /// Timed runs per query (after `--warmup` untimed ones).
+    #[arg(long, default_value_t = 100)]
+    iterations: usize,
+    /// Untimed runs per query before timing starts.
+    #[arg(long, default_value_t = 5)]
+    warmup: usize,
+    /// Also load the same samples into Prometheus and run every query against
+    /// both. Value: the `prometheus` binary; `promtool` is looked up beside it.
+    #[arg(long, value_name = "BINARY", num_args = 0..=1, default_missing_value = "prometheus")]
+    prometheus: Option<PathBuf>,
+    /// Keep both databases here instead of a temporary directory; a later run
+    /// with the same directory and --points reuses them instead of loading again.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Chronicle's decoded-chunk cache, bytes; 0 makes every query decode the
+    /// chunks it reads (the cold figure).
+    #[arg(long, default_value_t = chronicle_storage::ShardConfig::default().decoded_cache_bytes)]
+    decoded_cache_bytes: usize,
+    /// Run only these queries (repeatable; default all).
+    #[arg(long = "query", value_name = "NAME", value_parser = clap::builder::PossibleValuesParser::new(QUERIES))]
+    only: Vec<String>,
+}
+
+const SECOND: i64 = 1_000_000_000;
+const INTERVAL: i64 = 10 * SECOND;
+const START: i64 = 1_767_225_600 * SECOND;
+const SERIES: usize = 1_000;
+const HOSTS: usize = SERIES / 20;
+const HOUR: i64 = 3600;
+
+/// One query of the set, with the time range it covers (seconds).
+struct Instance {
+    promql: String,
+    start: i64,
+    end: i64,
+    /// `None`: an instant query at `end`.
+    step: Option<i64>,
+}
+
+/// The TSBS query types, mapped onto this data set's `cpu_usage_percent{mode}`
+/// (six modes per host; TSBS's ten `cpu` fields become `mode` values).
+const QUERIES: [&str; 6] = [
+    "single-groupby-1-1-1",
+    "single-groupby-5-8-1",
+    "cpu-max-all-1",
+    "double-groupby-1",
+    "high-cpu-1",
+    "lastpoint",
+];
+
+fn host(i: usize) -> String {
+    format!("host-{i:03}")
+}
+
+/// A random instance of query `name` over data spanning `[first, last]` seconds;
+/// as in TSBS, hosts and window starts are drawn at random for every run.
+fn instance(name: &str, rng: &mut SmallRng, first: i64, last: i64) -> Instance {
+    // A window of `len` seconds inside the data (the whole data if shorter).
+    let mut window = |len: i64| {
+        let latest = (last - len).max(first);
+        let start = first + rng.random_range(0..=(latest - first)) / 60 * 60;
+        (start, (start + len).min(last))
+    };
+    match name {
+        "single-groupby-1-1-1" => {
+            let (start, end) = window(HOUR);
+            let h = host(rng.random_range(0..HOSTS));
+            Instance {
+                promql: format!(
+                    r#"max by (host) (max_over_time(cpu_usage_percent{{mode="user",host="{h}"}}[1m]))"#
+                ),
+                start,
+                end,
+                step: Some(60),
+            }
+        }
+        "single-groupby-5-8-1" => {
+            let (start, end) = window(HOUR);
+            let first_host = rng.random_range(0..HOSTS - 8);
+            let hosts: Vec<String> = (first_host..first_host + 8).map(host).collect();
+            Instance {
+                promql: format!(
+                    r#"max by (mode) (max_over_time(cpu_usage_percent{{mode=~"user|system|iowait|idle|steal",host=~"{}"}}[1m]))"#,
+                    hosts.join("|")
+                ),
+                start,
+                end,
+                step: Some(60),
+            }
+        }
+        "cpu-max-all-1" => {
+            let (start, end) = window(8 * HOUR);
+            let h = host(rng.random_range(0..HOSTS));
+            Instance {
+                promql: format!(
+                    r#"max by (mode) (max_over_time(cpu_usage_percent{{host="{h}"}}[1h]))"#
+                ),
+                start,
+                end,
+                step: Some(HOUR),
+            }
+        }
+        "double-groupby-1" => {
+            let (start, end) = window(12 * HOUR);
+            Instance {
+                promql: r#"avg by (host) (avg_over_time(cpu_usage_percent{mode="user"}[1h]))"#
+                    .into(),
+                start,
+                end,
+                step: Some(HOUR),
+            }
+        }
+        "high-cpu-1" => {
+            let (start, end) = window(12 * HOUR);
+            let h = host(rng.random_range(0..HOSTS));
+            Instance {
+                promql: format!(r#"cpu_usage_percent{{mode="user",host="{h}"}} > 60"#),
+                start,
+                end,
+                step: Some(10),
+            }
+        }
+        "lastpoint" => Instance {
+            promql: "cpu_usage_percent".into(),
+            start: last,
+            end: last,
+            step: None,
+        },
+        other => unreachable!("unknown query {other}"),
+    }
+}
+
+/// A Prometheus-API endpoint (Chronicle's or Prometheus's).
+struct Target {
+    name: &'static str,
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl Target {
+    fn new(name: &'static str, base: String) -> Self {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(300)))
+            .build()
+            .into();
+        Self { name, base, agent }
+    }
+
+    /// Runs `q`; the elapsed milliseconds and the decoded `data` field.
+    fn run(&self, q: &Instance) -> Result<(f64, Value), Error> {
+        let t = Instant::now();
+        let request = match q.step {
+            Some(step) => self
+                .agent
+                .get(format!("{}/api/v1/query_range", self.base))
+                .query("query", &q.promql)
+                .query("start", q.start.to_string())
+                .query("end", q.end.to_string())
+                .query("step", step.to_string()),
+            None => self
+                .agent
+                .get(format!("{}/api/v1/query", self.base))
+                .query("query", &q.promql)
+                .query("time", q.end.to_string()),
+        };
+        let mut response = request.call()?;
+        let status = response.status();
+        let body = response.body_mut().read_to_string()?;
+        let elapsed = t.elapsed().as_secs_f64() * 1e3;
+        if status != 200 {
+            return Err(format!("{}: HTTP {status} for {}: {body}", self.name, q.promql).into());
+        }
+        let mut v: Value = serde_json::from_str(&body)?;
+        Ok((elapsed, v["data"].take()))
+    }
+}
+
+/// Series of a query answer as `labels -> [(t, value)]`, for comparison.
+fn normalise(data: &Value) -> BTreeMap<String, Vec<(f64, f64)>> {
+    let mut out = BTreeMap::new();
+    for series in data["result"].as_array().into_iter().flatten() {
+        let key = series["metric"].to_string();
+        let points: Vec<&Value> = match series.get("values") {
+            Some(values) => values.as_array().into_iter().flatten().collect(),
+            None => vec![&series["value"]],
+        };
+        let points = points
+            .iter()
+            .map(|p| {
+                let t = p[0].as_f64().unwrap_or(f64::NAN);
+                let v = p[1]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(f64::NAN);
+                (t, v)
+            })
+            .collect();
+        out.insert(key, points);
+    }
+    out
+}
+
+/// Why two answers differ, or `None` when they agree (values to 1e-9 relative).
+fn difference(a: &Value, b: &Value) -> Option<String> {
+    let (a, b) = (normalise(a), normalise(b));
+    if a.len() != b.len() || a.keys().ne(b.keys()) {
+        return Some(format!("{} series vs {}", a.len(), b.len()));
+    }
+    for (key, (pa, pb)) in a.iter().map(|(k, v)| (k, (v, &b[k]))) {
+        if pa.len() != pb.len() {
+            return Some(format!("{key}: {} points vs {}", pa.len(), pb.len()));
+        }
+        for ((ta, va), (tb, vb)) in pa.iter().zip(pb) {
+            let close =
+                (va - vb).abs() <= 1e-9 * va.abs().max(vb.abs()) || (va.is_nan() && vb.is_nan());
+            if ta != tb || !close {
+                return Some(format!("{key}: ({ta}, {va}) vs ({tb}, {vb})"));
+            }
+        }
+    }
+    None
+}
+
+/// Writes `points` of the workload as OpenMetrics text for promtool.
+fn write_openmetrics(path: &Path, points: usize) -> Result<(), Error> {
+    let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    let mut load = Workload::realistic(SERIES, INTERVAL, START, 42);
+    let mut left = points;
+    while left > 0 {
+        let batch = load.next_batch(left.min(100_000));
+        left -= batch.len();
+        for p in batch {
+            write!(out, "{}{{", p.metric)?;
+            for (i, l) in p.labels.iter().enumerate() {
+                let sep = if i == 0 { "" } else { "," };
+                write!(out, "{sep}{}=\"{}\"", l.name, l.value)?;
+            }
+            // Timestamps in seconds with millisecond precision, as OpenMetrics wants.
+            let ms = p.timestamp / 1_000_000;
+            writeln!(out, "}} {} {}.{:03}", p.value, ms / 1000, ms % 1000)?;
+        }
+    }
+    writeln!(out, "# EOF")?;
+    out.flush()?;
+    Ok(())
+}
+
+/// A Prometheus server on a loopback port, stopped on drop.
+struct Prometheus {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> Result<u16, Error> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn start_prometheus(binary: &Path, dir: &Path, points: usize) -> Result<Prometheus, Error> {
+    let promtool = binary.with_file_name("promtool");
+    let promtool = if binary.parent().is_some_and(|p| !p.as_os_str().is_empty()) {
+        promtool
+    } else {
+        PathBuf::from("promtool")
+    };
+    let metrics = dir.join("samples.om");
+    let tsdb = dir.join("prometheus");
+    let marker = dir.join("prometheus-loaded");
+    if std::fs::read_to_string(&marker).ok() != Some(points.to_string()) {
+        if tsdb.exists() {
+            std::fs::remove_dir_all(&tsdb)?;
+        }
+        eprintln!("prometheus: writing {points} samples as OpenMetrics");
+        write_openmetrics(&metrics, points)?;
+        eprintln!("prometheus: promtool tsdb create-blocks-from openmetrics (this takes a while)");
+        let status = Command::new(&promtool)
+            .args(["tsdb", "create-blocks-from", "openmetrics"])
+            .arg(&metrics)
+            .arg(&tsdb)
+            .stdout(Stdio::null())
+            .status()
+            .map_err(|e| format!("{}: {e}", promtool.display()))?;
+        if !status.success() {
+            return Err(format!("promtool failed: {status}").into());
+        }
+        std::fs::remove_file(&metrics)?;
+        std::fs::write(&marker, points.to_string())?;
+    }
+    let config = dir.join("prometheus.yml");
+    std::fs::write(&config, "global:\n  scrape_interval: 1h\n")?;
+    let port = free_port()?;
+    let child = Command::new(binary)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", tsdb.display()))
+        // The samples are dated 2026-01-01: keep them whatever today is.
+        .arg("--storage.tsdb.retention.time=100y")
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("prometheus.log"))?)
+        .spawn()
+        .map_err(|e| format!("{}: {e}", binary.display()))?;
+    let server = Prometheus {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if ureq::get(format!("{}/-/ready", server.url)).call().is_ok() {
+            return Ok(server);
+        }
+        if Instant::now() > deadline {
+            return Err("prometheus did not become ready within 120 s (see prometheus.log)".into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn version(binary: &Path) -> String {
+    Command::new(binary)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.lines().next().map(str::to_string))
+        .unwrap_or_default()
+}
+
+pub fn run(args: QueryBench) -> Result<(), Box<dyn std::error::Error>> {
+    if args.points < SERIES || args.iterations == 0 {
+        return Err(format!("--points must be at least {SERIES} and --iterations positive").into());
+    }
+    let tmp = tempfile::tempdir()?;
+    let root = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| tmp.path().to_path_buf());
+    std::fs::create_dir_all(&root)?;
+    let prometheus = match &args.prometheus {
+        Some(binary) => Some((
+            start_prometheus(binary, &root, args.points).map_err(|e| e.to_string())?,
+            version(binary),
+        )),
+        None => None,
+    };
+
+    // A database left by an earlier run is reused only if it holds this data set.
+    let marker = root.join("chronicle-loaded");
+    let loaded = std::fs::read_to_string(&marker).ok() == Some(args.points.to_string());
+    if !loaded && root.join("chronicle").exists() {
+        std::fs::remove_dir_all(root.join("chronicle"))?;
+    }
+    let config = NodeConfig {
+        data_dir: root.join("chronicle"),
+        http_addr: "127.0.0.1:0".parse().expect("static address"),
+        decoded_cache_bytes: args.decoded_cache_bytes,
+        ..NodeConfig::default()
+    };
+    let prom = prometheus
+        .as_ref()
+        .map(|(p, _)| Target::new("prometheus", p.url.clone()));
+    let system = actix::System::new();
+    let result = system.block_on(async move {
+        let node = Node::start(config).await?;
+        let points = args.points;
+        if !loaded {
+            let shard = node.shard.clone();
+            tokio::task::spawn_blocking(move || load(&shard, points)).await??;
+            std::fs::write(&marker, points.to_string())?;
+        }
+        let only = args.only.clone();
+        let chronicle = Target::new("chronicle", format!("http://{}", node.http_addr));
+        let results = tokio::task::spawn_blocking(move || {
+            measure(
+                &chronicle,
+                prom.as_ref(),
+                points,
+                &only,
+                args.iterations,
+                args.warmup,
+            )
+        })
+        .await??;
+        let mut results = results;
+        results["decoded_cache_bytes"] = json!(args.decoded_cache_bytes);
+        results["decoded_cache_bytes_used"] = json!(node.shard.decoded_cache_bytes());
+        node.shutdown().await;
+        Ok::<_, Error>(results)
+    });
+    let mut result = result.map_err(|e| e.to_string())?;
+    if let Some((_, v)) = &prometheus {
+        result["prometheus_version"] = json!(v);
+    }
+    if args.json {
+        println!("{result}");
+    } else {
+        print_table(&result);
+    }
+    Ok(())
+}
+
+/// Loads the data set straight into the node's shard (ingest is not what is
+/// measured here), then compacts it as the storage bench does.
+fn load(shard: &chronicle_storage::Shard, points: usize) -> Result<(), Error> {
+    let mut workload = Workload::realistic(SERIES, INTERVAL, START, 42);
+    let mut left = points;
+    let mut report = Instant::now();
+    while left > 0 {
+        let batch = workload.next_batch(left.min(10_000));
+        left -= batch.len();
+        shard.write_batch(&batch)?;
+        if report.elapsed() > Duration::from_secs(2) || left == 0 {
+            eprintln!("chronicle: loaded {}/{points} points", points - left);
+            report = Instant::now();
+        }
+    }
+    shard.compact()?;
+    Ok(())
+}
+
+fn measure(
+    chronicle: &Target,
+    prometheus: Option<&Target>,
+    points: usize,
+    only: &[String],
+    iterations: usize,
+    warmup: usize,
+) -> Result<Value, Error> {
+    let first = START / SECOND;
+    let last = first + ((points / SERIES) as i64 - 1) * (INTERVAL / SECOND);
+    let mut rng = SmallRng::seed_from_u64(7);
+    let mut out = serde_json::Map::new();
+    for name in QUERIES {
+        if !only.is_empty() && !only.iter().any(|o| o == name) {
+            continue;
+        }
+        let mut times: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+        let mut series = 0;
+        for i in 0..warmup + iterations {
+            let q = instance(name, &mut rng, first, last);
+            let targets: Vec<&Target> = match prometheus {
+                // Alternate which system goes first so neither always gets warm caches.
+                Some(p) if i % 2 == 1 => vec![p, chronicle],
+                Some(p) => vec![chronicle, p],
+                None => vec![chronicle],
+            };
+            let mut answers = Vec::new();
+            for t in targets {
+                let (ms, data) = t.run(&q)?;
+                let slot = usize::from(t.name != "chronicle");
+                if i >= warmup {
+                    times[slot].push(ms);
+                }
+                answers.push((slot, data));
+            }
+            answers.sort_by_key(|(slot, _)| *slot);
+            series = answers[0].1["result"].as_array().map_or(0, Vec::len);
+            if let [(_, a), (_, b)] = &answers[..] {
+                if let Some(diff) = difference(a, b) {
+                    return Err(format!(
+                        "{name}: Chronicle and Prometheus disagree on {} [{}, {}]: {diff}",
+                        q.promql, q.start, q.end
+                    )
+                    .into());
+                }
+            }
+        }
+        let [mut c, mut p] = times;
+        let mut entry = json!({
+            "chronicle_p50_ms": round3(quantile(&mut c, 0.5)),
+            "chronicle_p99_ms": round3(quantile(&mut c, 0.99)),
+            "series": series,
+        });
+        if prometheus.is_some() {
+            let (c50, p50) = (quantile(&mut c, 0.5), quantile(&mut p, 0.5));
+            entry["prometheus_p50_ms"] = json!(round3(p50));
+            entry["prometheus_p99_ms"] = json!(round3(quantile(&mut p, 0.99)));
+            entry["ratio_p50"] = json!(round3(c50 / p50));
+            entry["ratio_p99"] = json!(round3(quantile(&mut c, 0.99) / quantile(&mut p, 0.99)));
+        }
+        eprintln!("{name}: {entry}");
+        out.insert(name.to_string(), entry);
+    }
+    Ok(json!({
+        "points": points,
+        "series": SERIES,
+        "iterations": iterations,
+        "answers_compared": prometheus.is_some(),
+        "queries": out,
+    }))
+}
+
+fn print_table(result: &Value) {
+    let compared = result["answers_compared"].as_bool().unwrap_or(false);
+    print!("{:<22} {:>12} {:>12}", "query", "p50 ms", "p99 ms");
+    if compared {
+        print!(" {:>12} {:>12} {:>9}", "prom p50", "prom p99", "ratio p50");
+    }
+    println!();
+    for (name, q) in result["queries"].as_object().into_iter().flatten() {
+        let cell = |k: &str| q[k].to_string();
+        print!(
+            "{name:<22} {:>12} {:>12}",
+            cell("chronicle_p50_ms"),
+            cell("chronicle_p99_ms")
+        );
+        if compared {
+            print!(
+                " {:>12} {:>12} {:>9}",
+                cell("prometheus_p50_ms"),
+                cell("prometheus_p99_ms"),
+                cell("ratio_p50")
+            );
+        }
+        println!();
+    }
+}
