@@ -283,10 +283,13 @@ pub(crate) fn dedupe(series: Vec<StepSeries>) -> Result<Vec<StepSeries>> {
             .find(|&i| out[i].labels == s.labels);
         match existing {
             None => {
-                if index.contains_key(&hash) {
-                    collisions.push((hash, out.len()));
-                } else {
-                    index.insert(hash, out.len());
+                match index.entry(hash) {
+                    std::collections::hash_map::Entry::Occupied(_) => {
+                        collisions.push((hash, out.len()))
+                    }
+                    std::collections::hash_map::Entry::Vacant(slot) => {
+                        slot.insert(out.len());
+                    }
                 }
                 out.push(s);
             }
