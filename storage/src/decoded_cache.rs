@@ -39,8 +39,10 @@ impl Weighter<ChunkId, Arc<[Sample]>> for BytesWeighter {
     }
 }
 
+type FxBuild = std::hash::BuildHasherDefault<rustc_hash::FxHasher>;
+
 pub(crate) struct DecodedCache {
-    cache: Cache<ChunkId, Arc<[Sample]>, BytesWeighter>,
+    cache: Cache<ChunkId, Arc<[Sample]>, BytesWeighter, FxBuild>,
 }
 
 /// A decoded chunk is ~720 samples × 16 bytes; used to size the hash table.
@@ -50,10 +52,12 @@ impl DecodedCache {
     /// `None` when `bytes` is zero (caching off).
     pub fn new(bytes: usize) -> Option<Self> {
         (bytes > 0).then(|| Self {
-            cache: Cache::with_weighter(
+            cache: Cache::with(
                 (bytes / TYPICAL_ENTRY_BYTES).max(16),
                 bytes as u64,
                 BytesWeighter,
+                FxBuild::default(),
+                Default::default(),
             ),
         })
     }

@@ -1282,7 +1282,7 @@ struct WindowData {
 /// order, so the next one's chunk is usually a few keys ahead: stepping there is
 /// far cheaper than a seek through every level. Falls back to a seek.
 fn seek_forward(it: &mut rocksdb::DBRawIteratorWithThreadMode<'_, DB>, target: &[u8]) {
-    const STEPS: usize = 8;
+    const STEPS: usize = 32;
     if it.key().is_some_and(|k| k < target) {
         for _ in 0..STEPS {
             it.next();

@@ -59,7 +59,7 @@ pub fn run_promql(
     q: &PromqlQuery,
     limits: &PromqlLimits,
 ) -> Result<QueryValue, QueryError> {
-    let plan = promql::parse(&q.query).map_err(engine_error)?;
+    let plan = promql::parse_cached(&q.query).map_err(engine_error)?;
     let query = if q.start == q.end {
         Query::instant(plan, q.start)
     } else {
