@@ -12,7 +12,7 @@ use actix_web::http::StatusCode;
 use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
 use chronicle_engine::value::{Labels, RangeSeries, Sample};
-use chronicle_engine::QueryValue;
+use chronicle_engine::{Answer, QueryValue, Severity};
 use chronicle_query::{MetaAnswer, MetaQuery, PromqlQuery, QueryError, RunMeta, RunPromql};
 use serde::ser::{SerializeMap, SerializeTuple};
 use serde::{Serialize, Serializer};
@@ -259,15 +259,31 @@ impl Serialize for MatrixJson<'_> {
     }
 }
 
-fn query_success(value: &QueryValue) -> HttpResponse {
+/// `{"status": "success", "data": ..., "warnings": [...], "infos": [...]}`, the
+/// annotation lists only when not empty (as Prometheus answers).
+fn query_success(answer: &Answer) -> HttpResponse {
     #[derive(Serialize)]
     struct Envelope<'a> {
         status: &'static str,
         data: QueryData<'a>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        warnings: Vec<&'a str>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        infos: Vec<&'a str>,
     }
+    let of = |severity| {
+        answer
+            .annotations
+            .iter()
+            .filter(|a| a.severity == severity)
+            .map(|a| a.message.as_str())
+            .collect()
+    };
     match serde_json::to_vec(&Envelope {
         status: "success",
-        data: QueryData(value),
+        data: QueryData(&answer.value),
+        warnings: of(Severity::Warning),
+        infos: of(Severity::Info),
     }) {
         Ok(body) => HttpResponse::Ok()
             .content_type("application/json")
@@ -325,7 +341,7 @@ impl Drop for CancelOnDrop {
 }
 
 /// Evaluates on the query actor; the query is cancelled if the client goes away.
-async fn evaluate(state: &AppState, mut q: PromqlQuery) -> Result<QueryValue, HttpResponse> {
+async fn evaluate(state: &AppState, mut q: PromqlQuery) -> Result<Answer, HttpResponse> {
     let flag = Arc::new(AtomicBool::new(false));
     q.cancelled = Some(flag.clone());
     let mut guard = CancelOnDrop(flag, false);
@@ -343,7 +359,7 @@ async fn evaluate(state: &AppState, mut q: PromqlQuery) -> Result<QueryValue, Ht
 
 async fn run(state: &AppState, q: PromqlQuery) -> HttpResponse {
     match evaluate(state, q).await {
-        Ok(value) => query_success(&value),
+        Ok(answer) => query_success(&answer),
         Err(response) => response,
     }
 }
@@ -354,7 +370,7 @@ async fn run_range(state: &AppState, q: PromqlQuery) -> HttpResponse {
     if q.start != q.end {
         return run(state, q).await;
     }
-    let as_matrix = |value| match value {
+    let as_matrix_value = |value| match value {
         QueryValue::Vector(v) => QueryValue::Matrix(
             v.into_iter()
                 .map(|(labels, s)| chronicle_engine::RangeSeries {
@@ -370,7 +386,10 @@ async fn run_range(state: &AppState, q: PromqlQuery) -> HttpResponse {
         other => other,
     };
     match evaluate(state, q).await {
-        Ok(value) => query_success(&as_matrix(value)),
+        Ok(answer) => query_success(&Answer {
+            value: as_matrix_value(answer.value),
+            annotations: answer.annotations,
+        }),
         Err(response) => response,
     }
 }

@@ -2,6 +2,7 @@
 
 use rustc_hash::FxHashMap as HashMap;
 
+use crate::annotations::{go_float, Annotation, Pos};
 use crate::eval::{StepSeries, Val};
 use crate::plan::{AggregateOp, Grouping};
 use crate::value::{Labels, METRIC_NAME};
@@ -149,7 +150,14 @@ pub(crate) fn aggregate(
     param: Option<Val>,
     grouping: &Grouping,
     steps: usize,
+    param_pos: Option<Pos>,
+    annotations: &mut Vec<Annotation>,
 ) -> Result<Vec<StepSeries>> {
+    let mut annotate = |a: Annotation| {
+        if !annotations.contains(&a) {
+            annotations.push(a);
+        }
+    };
     match op {
         AggregateOp::Topk | AggregateOp::Bottomk | AggregateOp::LimitK => {
             let k = scalar_param(&param, "topk/bottomk/limitk")?;
@@ -157,6 +165,17 @@ pub(crate) fn aggregate(
         }
         AggregateOp::Quantile => {
             let q = scalar_param(&param, "quantile")?;
+            for &q in &q {
+                if q.is_nan() || !(0.0..=1.0).contains(&q) {
+                    annotate(Annotation::warning(
+                        format!(
+                            "quantile value should be between 0 and 1, got {}",
+                            go_float(q)
+                        ),
+                        param_pos,
+                    ));
+                }
+            }
             return quantile_over_groups(input, &q, grouping, steps);
         }
         AggregateOp::CountValues => {
@@ -176,7 +195,17 @@ pub(crate) fn aggregate(
             return count_values(input, &label, grouping, steps);
         }
         AggregateOp::LimitRatio => {
-            return Err(EngineError::Invalid("limit_ratio is not supported".into()))
+            let r = scalar_param(&param, "limit_ratio")?;
+            return limit_ratio(input, &r, steps, |p, capped| {
+                annotate(Annotation::warning(
+                    format!(
+                        "ratio value should be between -1 and 1, got {}, capping to {}",
+                        go_float(p),
+                        go_float(capped)
+                    ),
+                    param_pos,
+                ))
+            });
         }
         _ => {}
     }
@@ -204,6 +233,55 @@ pub(crate) fn aggregate(
             values: accs.into_iter().map(|a| a.map(|a| a.result(op))).collect(),
         })
         .collect())
+}
+
+/// `limit_ratio(r, v)`: a deterministic sample of about `r` of the series.
+/// Each series sits at a fixed point of [0, 1) given by the hash of its labels
+/// (xxHash64 of `name\xffvalue\xff...`, as Prometheus hashes label sets, so
+/// the same series are chosen here as there); a positive `r` keeps the points
+/// below `r`, a negative one those at or above `1 + r`, so `limit_ratio(r, v)`
+/// and `limit_ratio(-(1 - r), v)` split `v` into complements.
+fn limit_ratio(
+    mut input: Vec<StepSeries>,
+    r: &[f64],
+    steps: usize,
+    mut capped: impl FnMut(f64, f64),
+) -> Result<Vec<StepSeries>> {
+    let offsets: Vec<f64> = input.iter().map(|s| ratio_offset(&s.labels)).collect();
+    for (step, &p) in r.iter().enumerate().take(steps) {
+        if p.is_nan() {
+            return Err(EngineError::Execution("Ratio value is NaN".into()));
+        }
+        let ratio = if p < -1.0 {
+            capped(p, -1.0);
+            -1.0
+        } else if p > 1.0 {
+            capped(p, 1.0);
+            1.0
+        } else {
+            p
+        };
+        for (s, &offset) in input.iter_mut().zip(&offsets) {
+            let keep = (ratio > 0.0 && offset < ratio) || (ratio < 0.0 && offset >= 1.0 + ratio);
+            if !keep {
+                s.values[step] = None;
+            }
+        }
+    }
+    input.retain(|s| s.values.iter().any(Option::is_some));
+    Ok(input)
+}
+
+/// Where a series sits in [0, 1] for `limit_ratio`.
+fn ratio_offset(labels: &Labels) -> f64 {
+    let mut bytes = Vec::with_capacity(128);
+    for (name, value) in labels.iter() {
+        bytes.extend_from_slice(name.as_bytes());
+        bytes.push(0xff);
+        bytes.extend_from_slice(value.as_bytes());
+        bytes.push(0xff);
+    }
+    xxhash_rust::xxh64::xxh64(&bytes, 0) as f64 / u64::MAX as f64
 }
 
 pub(crate) fn is_valid_label_name(s: &str) -> bool {

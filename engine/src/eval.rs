@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::annotations::Annotation;
 use crate::plan::{At, Plan, Selector, ValueKind};
 use crate::source::SeriesSource;
 use crate::value::{is_stale, Labels, QueryValue, RangeSeries, Sample};
@@ -134,15 +135,20 @@ pub(crate) struct Evaluator<'a> {
     pub query_step: i64,
     pub lookback: i64,
     pub samples_read: usize,
+    /// Warnings and infos so far, each once.
+    pub annotations: Vec<Annotation>,
+}
+
+/// A query's answer and what it has to say about it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub value: QueryValue,
+    pub annotations: Vec<Annotation>,
 }
 
 /// Runs `query` and shapes the answer as Prometheus does: an instant query gives
 /// a scalar, string, vector or (for a range vector) a matrix; a range query a matrix.
-pub fn evaluate(
-    source: &dyn SeriesSource,
-    query: &Query,
-    limits: &QueryLimits,
-) -> Result<QueryValue> {
+pub fn evaluate(source: &dyn SeriesSource, query: &Query, limits: &QueryLimits) -> Result<Answer> {
     if query.step <= 0 {
         return Err(EngineError::Invalid(
             "zero or negative query resolution step widths are not accepted".into(),
@@ -176,9 +182,11 @@ pub fn evaluate(
         query_step: if instant { 0 } else { query.step },
         lookback: query.lookback,
         samples_read: 0,
+        annotations: Vec::new(),
     };
     let value = ev.eval(&query.plan, &steps)?;
-    Ok(match value {
+    let annotations = std::mem::take(&mut ev.annotations);
+    let value = match value {
         Val::String(s) => QueryValue::String(s),
         Val::Scalar(v) if instant => QueryValue::Scalar(Sample {
             t: steps[0],
@@ -228,7 +236,8 @@ pub fn evaluate(
                 })
                 .collect(),
         )),
-    })
+    };
+    Ok(Answer { value, annotations })
 }
 
 /// Matrices come out ordered by labels, as Prometheus orders them.
@@ -317,6 +326,13 @@ fn labels_hash(labels: &Labels) -> u64 {
 }
 
 impl Evaluator<'_> {
+    /// Records `a` unless the same annotation is there already.
+    pub fn annotate(&mut self, a: Annotation) {
+        if !self.annotations.contains(&a) {
+            self.annotations.push(a);
+        }
+    }
+
     pub fn check_deadline(&self) -> Result<()> {
         if self
             .limits
@@ -547,12 +563,18 @@ impl Evaluator<'_> {
                     )))
                 }
             },
-            Plan::Call { function, args } => functions::call(self, function, args, steps)?,
+            Plan::Call {
+                function,
+                args,
+                pos,
+                arg_pos,
+            } => functions::call(self, function, args, (*pos, arg_pos), steps)?,
             Plan::Aggregate {
                 op,
                 expr,
                 param,
                 grouping,
+                param_pos,
             } => {
                 let param = match param {
                     Some(p) => Some(self.eval(p, steps)?),
@@ -567,7 +589,15 @@ impl Evaluator<'_> {
                         )))
                     }
                 };
-                Val::Vector(aggregate::aggregate(*op, input, param, grouping, steps.len())?)
+                Val::Vector(aggregate::aggregate(
+                    *op,
+                    input,
+                    param,
+                    grouping,
+                    steps.len(),
+                    *param_pos,
+                    &mut self.annotations,
+                )?)
             }
             Plan::Binary {
                 op,

@@ -1,6 +1,7 @@
 //! The PromQL function library over instant and range vectors.
 
 use crate::aggregate::{quantile, KahanSum};
+use crate::annotations::{go_float, Annotation, Pos};
 use crate::eval::{kind_name, Evaluator, StepSeries, Val, Windows};
 use crate::plan::{Plan, ValueKind};
 use crate::value::{Labels, Sample, METRIC_NAME};
@@ -147,7 +148,18 @@ fn simple_math(name: &str) -> Option<fn(f64) -> f64> {
     })
 }
 
-pub(crate) fn call(ev: &mut Evaluator, name: &str, args: &[Plan], steps: &[i64]) -> Result<Val> {
+/// Where a call and its arguments start in the query text, for annotations.
+pub(crate) type Site<'a> = (Option<Pos>, &'a [Pos]);
+
+pub(crate) fn call(
+    ev: &mut Evaluator,
+    name: &str,
+    args: &[Plan],
+    site: Site<'_>,
+    steps: &[i64],
+) -> Result<Val> {
+    let (call_pos, arg_pos) = site;
+    let arg_at = |i: usize| arg_pos.get(i).copied();
     // Functions that look at their argument's plan, not only its value.
     match name {
         "timestamp" => {
@@ -302,6 +314,7 @@ pub(crate) fn call(ev: &mut Evaluator, name: &str, args: &[Plan], steps: &[i64])
         }
         "sort" | "sort_desc" => {
             let mut series = vector_arg(name, next()?)?;
+            sort_in_range_warning(ev, call_pos);
             let desc = name == "sort_desc";
             series.sort_by(|a, b| {
                 let (x, y) = (
@@ -314,6 +327,7 @@ pub(crate) fn call(ev: &mut Evaluator, name: &str, args: &[Plan], steps: &[i64])
         }
         "sort_by_label" | "sort_by_label_desc" => {
             let mut series = vector_arg(name, next()?)?;
+            sort_in_range_warning(ev, call_pos);
             let mut names = Vec::new();
             for v in values_rest(next) {
                 names.push(string_arg(name, v)?);
@@ -407,7 +421,28 @@ pub(crate) fn call(ev: &mut Evaluator, name: &str, args: &[Plan], steps: &[i64])
         "histogram_quantile" => {
             let q = scalar_arg(name, next()?)?;
             let series = vector_arg(name, next()?)?;
-            Val::Vector(histogram_quantile(&q, series, steps.len()))
+            for &q in &q {
+                invalid_quantile_warning(ev, q, arg_at(0));
+            }
+            let (out, notes) = histogram_quantile(&q, series, steps.len());
+            for note in notes {
+                let annotation = match note {
+                    BucketNote::BadLe { metric, le } => Annotation::warning(
+                        format!(
+                            "bucket label \"le\" is missing or has a malformed value of {le:?} for metric name {metric:?}"
+                        ),
+                        arg_at(1),
+                    ),
+                    BucketNote::ForcedMonotonic { metric } => Annotation::info(
+                        format!(
+                            "input to histogram_quantile needed to be fixed for monotonicity (see https://prometheus.io/docs/prometheus/latest/querying/functions/#histogram_quantile) for metric name {metric:?}"
+                        ),
+                        arg_at(1),
+                    ),
+                };
+                ev.annotate(annotation);
+            }
+            Val::Vector(out)
         }
         "histogram_count" | "histogram_sum" | "histogram_avg" | "histogram_fraction"
         | "histogram_stddev" | "histogram_stdvar" => {
@@ -482,12 +517,15 @@ pub(crate) fn call(ev: &mut Evaluator, name: &str, args: &[Plan], steps: &[i64])
         "quantile_over_time" => {
             let q = scalar_arg(name, next()?)?;
             let w = matrix_arg(name, next()?)?;
+            // Warned about only where a value is computed, as Prometheus does.
+            let mut computed = vec![false; q.len()];
             let mut out = Vec::new();
             for s in &w.series {
                 let values = (0..w.windows.len())
                     .map(|i| {
                         let window = w.slice(&s.samples, i);
                         (!window.is_empty()).then(|| {
+                            computed[i] = true;
                             let mut vs: Vec<f64> = window.iter().map(|x| x.v).collect();
                             quantile(q[i], &mut vs)
                         })
@@ -497,6 +535,11 @@ pub(crate) fn call(ev: &mut Evaluator, name: &str, args: &[Plan], steps: &[i64])
                     labels: s.labels.without_name(),
                     values,
                 });
+            }
+            for (i, &q) in q.iter().enumerate() {
+                if computed[i] {
+                    invalid_quantile_warning(ev, q, arg_at(0));
+                }
             }
             Val::Vector(out)
         }
@@ -773,6 +816,10 @@ fn over_time(which: &str, s: &[Sample]) -> Option<f64> {
             }
         }
         "mad_over_time" => {
+            // A NaN makes the deviation NaN rather than being sorted away.
+            if s.iter().any(|p| p.v.is_nan()) {
+                return Some(f64::NAN);
+            }
             let mut vs: Vec<f64> = s.iter().map(|p| p.v).collect();
             let median = quantile(0.5, &mut vs);
             let mut dev: Vec<f64> = s.iter().map(|p| (p.v - median).abs()).collect();
@@ -854,13 +901,51 @@ fn date_part(part: &str, seconds: f64) -> Option<f64> {
     })
 }
 
+/// Warns that a range query's sort is undone (results are ordered by labels).
+fn sort_in_range_warning(ev: &mut Evaluator, pos: Option<Pos>) {
+    if ev.query_step != 0 {
+        ev.annotate(Annotation::warning(
+            "sort is ineffective for range queries since results are always ordered by labels",
+            pos,
+        ));
+    }
+}
+
+pub(crate) fn invalid_quantile_warning(ev: &mut Evaluator, q: f64, pos: Option<Pos>) {
+    if q.is_nan() || !(0.0..=1.0).contains(&q) {
+        ev.annotate(Annotation::warning(
+            format!(
+                "quantile value should be between 0 and 1, got {}",
+                go_float(q)
+            ),
+            pos,
+        ));
+    }
+}
+
+/// Something `histogram_quantile` had to say about its buckets.
+enum BucketNote {
+    BadLe { metric: String, le: String },
+    ForcedMonotonic { metric: String },
+}
+
 /// `histogram_quantile` over classic buckets (`le` labels), per step and group.
-fn histogram_quantile(q: &[f64], series: Vec<StepSeries>, steps: usize) -> Vec<StepSeries> {
+fn histogram_quantile(
+    q: &[f64],
+    series: Vec<StepSeries>,
+    steps: usize,
+) -> (Vec<StepSeries>, Vec<BucketNote>) {
     use rustc_hash::FxHashMap as HashMap;
+    let mut notes = Vec::new();
     let mut groups: HashMap<Labels, Vec<(f64, usize)>> = HashMap::default();
     let mut order = Vec::new();
     for (i, s) in series.iter().enumerate() {
-        let Some(le) = s.labels.get("le").and_then(parse_go_float) else {
+        let le_text = s.labels.get("le");
+        let Some(le) = le_text.and_then(parse_go_float) else {
+            notes.push(BucketNote::BadLe {
+                metric: s.labels.get(METRIC_NAME).unwrap_or("").to_string(),
+                le: le_text.unwrap_or("").to_string(),
+            });
             continue;
         };
         let key = s
@@ -874,22 +959,38 @@ fn histogram_quantile(q: &[f64], series: Vec<StepSeries>, steps: usize) -> Vec<S
             })
             .push((le, i));
     }
-    order
+    let out = order
         .into_iter()
         .map(|labels| {
             let members = &groups[&labels];
+            let mut forced = false;
             let values = (0..steps)
                 .map(|step| {
                     let mut buckets: Vec<(f64, f64)> = members
                         .iter()
                         .filter_map(|&(le, i)| series[i].values[step].map(|c| (le, c)))
                         .collect();
-                    (!buckets.is_empty()).then(|| bucket_quantile(q[step], &mut buckets))
+                    (!buckets.is_empty()).then(|| {
+                        let (v, fixed) = bucket_quantile(q[step], &mut buckets);
+                        forced |= fixed;
+                        v
+                    })
                 })
                 .collect();
+            if forced {
+                let first = members[0].1;
+                notes.push(BucketNote::ForcedMonotonic {
+                    metric: series[first]
+                        .labels
+                        .get(METRIC_NAME)
+                        .unwrap_or("")
+                        .to_string(),
+                });
+            }
             StepSeries { labels, values }
         })
-        .collect()
+        .collect();
+    (out, notes)
 }
 
 fn parse_go_float(s: &str) -> Option<f64> {
@@ -901,19 +1002,21 @@ fn parse_go_float(s: &str) -> Option<f64> {
     }
 }
 
-fn bucket_quantile(q: f64, buckets: &mut [(f64, f64)]) -> f64 {
+/// Prometheus's `BucketQuantile` over (upper bound, cumulative count) pairs;
+/// also whether decreasing counts had to be raised to make them monotonic.
+fn bucket_quantile(q: f64, buckets: &mut [(f64, f64)]) -> (f64, bool) {
     if q.is_nan() {
-        return f64::NAN;
+        return (f64::NAN, false);
     }
     if q < 0.0 {
-        return f64::NEG_INFINITY;
+        return (f64::NEG_INFINITY, false);
     }
     if q > 1.0 {
-        return f64::INFINITY;
+        return (f64::INFINITY, false);
     }
     buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
     if buckets.last().is_none_or(|b| b.0 != f64::INFINITY) {
-        return f64::NAN;
+        return (f64::NAN, false);
     }
     // Merge buckets with the same bound.
     let mut merged: Vec<(f64, f64)> = Vec::with_capacity(buckets.len());
@@ -923,15 +1026,46 @@ fn bucket_quantile(q: f64, buckets: &mut [(f64, f64)]) -> f64 {
             _ => merged.push((le, c)),
         }
     }
-    // Counts must not decrease.
-    let mut max = f64::NEG_INFINITY;
-    for b in &mut merged {
-        if b.1 > max {
-            max = b.1;
-        } else {
-            b.1 = max;
+    // Counts must not decrease. Differences within floating-point noise (a
+    // relative 1e-12) are smoothed either way; real decreases are raised and
+    // reported.
+    let mut forced = false;
+    let mut prev = merged[0].1;
+    for b in merged.iter_mut().skip(1) {
+        let cur = b.1;
+        if cur == prev {
+            continue;
         }
+        if almost_equal(prev, cur, 1e-12) {
+            b.1 = prev;
+            continue;
+        }
+        if cur < prev {
+            b.1 = prev;
+            forced = true;
+            continue;
+        }
+        prev = cur;
     }
+    (bucket_rank(q, &merged), forced)
+}
+
+/// Prometheus's `almost.Equal`.
+fn almost_equal(a: f64, b: f64, epsilon: f64) -> bool {
+    const MIN_NORMAL: f64 = f64::MIN_POSITIVE;
+    if (a.is_nan() && b.is_nan()) || a == b {
+        return true;
+    }
+    let abs_sum = a.abs() + b.abs();
+    let diff = (a - b).abs();
+    if a == 0.0 || b == 0.0 || abs_sum < MIN_NORMAL {
+        return diff < epsilon * MIN_NORMAL;
+    }
+    diff / abs_sum.min(f64::MAX) < epsilon
+}
+
+/// The quantile's value from monotonic merged buckets, interpolating linearly.
+fn bucket_rank(q: f64, merged: &[(f64, f64)]) -> f64 {
     if merged.len() < 2 {
         return f64::NAN;
     }

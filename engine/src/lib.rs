@@ -8,6 +8,7 @@
 //! Times inside the engine are milliseconds since the epoch, as in PromQL; the
 //! storage adapter converts to and from nanoseconds.
 
+pub mod annotations;
 pub mod eval;
 mod functions;
 pub mod plan;
@@ -16,11 +17,14 @@ pub mod source;
 pub mod value;
 
 mod aggregate;
+#[cfg(test)]
+mod annotation_tests;
 mod binary;
 #[cfg(test)]
 mod tests;
 
-pub use eval::{evaluate, Query, QueryLimits};
+pub use annotations::{Annotation, Pos, Severity};
+pub use eval::{evaluate, Answer, Query, QueryLimits};
 pub use value::{Labels, QueryValue, RangeSeries, Sample};
 
 /// Why a query could not be answered.

@@ -8,6 +8,8 @@
 
 use chronicle_storage::Matcher;
 
+use crate::annotations::Pos;
+
 /// Where a selector or subquery is pinned in time (`@`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum At {
@@ -140,12 +142,18 @@ pub enum Plan {
     Call {
         function: String,
         args: Vec<Plan>,
+        /// Where the call and each argument start in the query text, for
+        /// annotations (`None`/empty when the plan was not made from text).
+        pos: Option<Pos>,
+        arg_pos: Vec<Pos>,
     },
     Aggregate {
         op: AggregateOp,
         expr: Box<Plan>,
         param: Option<Box<Plan>>,
         grouping: Grouping,
+        /// Where the parameter starts in the query text.
+        param_pos: Option<Pos>,
     },
     Binary {
         op: BinaryOp,
@@ -166,7 +174,7 @@ impl Plan {
             Plan::String(_) => ValueKind::String,
             Plan::Vector(_) | Plan::Aggregate { .. } => ValueKind::Vector,
             Plan::Matrix { .. } | Plan::Subquery { .. } => ValueKind::Matrix,
-            Plan::Call { function, args } => crate::functions::return_kind(function, args),
+            Plan::Call { function, args, .. } => crate::functions::return_kind(function, args),
             Plan::Binary { lhs, rhs, .. } => {
                 if lhs.kind() == ValueKind::Scalar && rhs.kind() == ValueKind::Scalar {
                     ValueKind::Scalar

@@ -1,5 +1,6 @@
 //! PromQL → plan, parsed with the promql-parser crate.
 
+use std::collections::VecDeque;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chronicle_storage::{MatchOp, Matcher};
@@ -9,6 +10,7 @@ use promql_parser::parser::{
     VectorSelector,
 };
 
+use crate::annotations::Pos;
 use crate::plan::{
     AggregateOp, At, BinaryOp, Cardinality, Grouping, Plan, Selector, VectorMatching,
 };
@@ -18,7 +20,115 @@ use crate::{EngineError, Result};
 /// Parses PromQL text into a plan.
 pub fn parse(query: &str) -> Result<Plan> {
     let expr = parser::parse(query).map_err(EngineError::Parse)?;
-    lower(&expr)
+    let mut positions = Positions::scan(query, &expr);
+    lower(&expr, &mut positions)
+}
+
+/// Where calls and aggregation parameters start in the query text, in source
+/// order. promql-parser's AST carries no positions, so they come from its
+/// lexer's tokens; lowering visits calls and aggregations in source order and
+/// takes them one by one.
+#[derive(Default)]
+struct Positions {
+    /// (call, each argument) per function call.
+    calls: VecDeque<(Pos, Vec<Pos>)>,
+    /// The parameter's start per aggregation (None without a parameter).
+    aggregates: VecDeque<Option<Pos>>,
+}
+
+impl Positions {
+    fn scan(query: &str, expr: &Expr) -> Self {
+        use lrpar::{Lexeme, Lexer};
+        use promql_parser::parser::token::{
+            T_AGGREGATORS_END, T_AGGREGATORS_START, T_BY, T_COMMA, T_IDENTIFIER, T_LEFT_BRACE,
+            T_LEFT_PAREN, T_RIGHT_BRACE, T_RIGHT_PAREN, T_WITHOUT,
+        };
+        let Ok(lexer) = parser::lex::lexer(query) else {
+            return Self::default();
+        };
+        let tokens: Vec<(u16, usize)> = lexer
+            .iter()
+            .filter_map(|l| l.ok())
+            .map(|l| (l.tok_id(), l.span().start()))
+            .collect();
+        let kind = |i: usize| tokens.get(i).map(|t| t.0);
+        let pos = |i: usize| tokens.get(i).map(|t| Pos::at(query, t.1));
+        let mut out = Self::default();
+        for i in 0..tokens.len() {
+            let id = tokens[i].0;
+            if id == T_IDENTIFIER && kind(i + 1) == Some(T_LEFT_PAREN) {
+                // Each argument starts after the `(` or after a comma at depth one.
+                // Commas inside label braces separate matchers, not arguments.
+                let mut args = Vec::new();
+                let (mut depth, mut braces) = (0usize, 0usize);
+                let mut j = i + 1;
+                while let Some(k) = kind(j) {
+                    match k {
+                        T_LEFT_PAREN => depth += 1,
+                        T_RIGHT_PAREN => {
+                            depth = depth.saturating_sub(1);
+                            if depth == 0 {
+                                break;
+                            }
+                        }
+                        T_LEFT_BRACE => braces += 1,
+                        T_RIGHT_BRACE => braces = braces.saturating_sub(1),
+                        _ => {}
+                    }
+                    let opens_arg =
+                        depth == 1 && braces == 0 && (k == T_LEFT_PAREN || k == T_COMMA);
+                    if opens_arg && kind(j + 1) != Some(T_RIGHT_PAREN) {
+                        args.extend(pos(j + 1));
+                    }
+                    j += 1;
+                }
+                out.calls.push_back((Pos::at(query, tokens[i].1), args));
+            } else if id > T_AGGREGATORS_START && id < T_AGGREGATORS_END {
+                // `op by (a, b) (param, expr)` or `op (param, expr) by (a, b)`.
+                let mut j = i + 1;
+                if matches!(kind(j), Some(T_BY) | Some(T_WITHOUT)) {
+                    while j < tokens.len() && kind(j) != Some(T_RIGHT_PAREN) {
+                        j += 1;
+                    }
+                    j += 1;
+                }
+                out.aggregates.push_back(pos(j + 1));
+            }
+        }
+        // Trust the positions only if they line up with the tree one to one.
+        let (mut calls, mut aggregates) = (0, 0);
+        count_nodes(expr, &mut calls, &mut aggregates);
+        if calls != out.calls.len() || aggregates != out.aggregates.len() {
+            return Self::default();
+        }
+        out
+    }
+}
+
+fn count_nodes(expr: &Expr, calls: &mut usize, aggregates: &mut usize) {
+    match expr {
+        Expr::Call(c) => {
+            *calls += 1;
+            for a in &c.args.args {
+                count_nodes(a, calls, aggregates);
+            }
+        }
+        Expr::Aggregate(a) => {
+            *aggregates += 1;
+            if let Some(p) = &a.param {
+                count_nodes(p, calls, aggregates);
+            }
+            count_nodes(&a.expr, calls, aggregates);
+        }
+        Expr::Paren(p) => count_nodes(&p.expr, calls, aggregates),
+        Expr::Unary(u) => count_nodes(&u.expr, calls, aggregates),
+        Expr::Subquery(s) => count_nodes(&s.expr, calls, aggregates),
+        Expr::Binary(b) => {
+            count_nodes(&b.lhs, calls, aggregates);
+            count_nodes(&b.rhs, calls, aggregates);
+        }
+        _ => {}
+    }
 }
 
 /// Plans of recently parsed queries. Dashboards send the same expressions
@@ -108,33 +218,41 @@ fn labels(l: &promql_parser::label::Labels) -> Vec<String> {
     l.labels.iter().map(|s| s.to_string()).collect()
 }
 
-fn lower(expr: &Expr) -> Result<Plan> {
+fn lower(expr: &Expr, positions: &mut Positions) -> Result<Plan> {
     Ok(match expr {
         Expr::NumberLiteral(n) => Plan::Number(n.val),
         Expr::StringLiteral(s) => Plan::String(s.val.clone()),
-        Expr::Paren(p) => lower(&p.expr)?,
-        Expr::Unary(u) => Plan::Negate(Box::new(lower(&u.expr)?)),
+        Expr::Paren(p) => lower(&p.expr, positions)?,
+        Expr::Unary(u) => Plan::Negate(Box::new(lower(&u.expr, positions)?)),
         Expr::VectorSelector(vs) => Plan::Vector(selector(vs)?),
         Expr::MatrixSelector(m) => Plan::Matrix {
             selector: selector(&m.vs)?,
             range: ms(&m.range),
         },
         Expr::Subquery(s) => Plan::Subquery {
-            expr: Box::new(lower(&s.expr)?),
+            expr: Box::new(lower(&s.expr, positions)?),
             range: ms(&s.range),
             step: s.step.as_ref().map(ms),
             offset: offset_ms(&s.offset),
             at: at(&s.at),
         },
-        Expr::Call(c) => Plan::Call {
-            function: c.func.name.to_string(),
-            args: c
-                .args
-                .args
-                .iter()
-                .map(|a| lower(a))
-                .collect::<Result<_>>()?,
-        },
+        Expr::Call(c) => {
+            let (pos, arg_pos) = match positions.calls.pop_front() {
+                Some((call, args)) => (Some(call), args),
+                None => (None, Vec::new()),
+            };
+            Plan::Call {
+                function: c.func.name.to_string(),
+                args: c
+                    .args
+                    .args
+                    .iter()
+                    .map(|a| lower(a, positions))
+                    .collect::<Result<_>>()?,
+                pos,
+                arg_pos,
+            }
+        }
         Expr::Aggregate(a) => {
             let op = match a.op.to_string().as_str() {
                 "sum" => AggregateOp::Sum,
@@ -158,15 +276,19 @@ fn lower(expr: &Expr) -> Result<Plan> {
                 Some(LabelModifier::Include(l)) => Grouping::By(labels(l)),
                 Some(LabelModifier::Exclude(l)) => Grouping::Without(labels(l)),
             };
+            let param_pos = positions.aggregates.pop_front().flatten();
+            // The parameter comes first in the text: lower it first.
+            let param = a
+                .param
+                .as_ref()
+                .map(|p| lower(p, positions).map(Box::new))
+                .transpose()?;
             Plan::Aggregate {
                 op,
-                expr: Box::new(lower(&a.expr)?),
-                param: a
-                    .param
-                    .as_ref()
-                    .map(|p| lower(p).map(Box::new))
-                    .transpose()?,
+                expr: Box::new(lower(&a.expr, positions)?),
+                param,
                 grouping,
+                param_pos,
             }
         }
         Expr::Binary(b) => {
@@ -189,8 +311,8 @@ fn lower(expr: &Expr) -> Result<Plan> {
                 "unless" => BinaryOp::Unless,
                 other => return Err(EngineError::Invalid(format!("unknown operator {other}"))),
             };
-            let lhs = lower(&b.lhs)?;
-            let rhs = lower(&b.rhs)?;
+            let lhs = lower(&b.lhs, positions)?;
+            let rhs = lower(&b.rhs, positions)?;
             let both_vectors = lhs.kind() == crate::plan::ValueKind::Vector
                 && rhs.kind() == crate::plan::ValueKind::Vector;
             let matching = both_vectors.then(|| vector_matching(op, b.modifier.as_ref()));

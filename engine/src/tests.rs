@@ -24,7 +24,8 @@ fn by_group(source: &MemorySource, query: &str) -> Vec<(String, f64)> {
         &Query::instant(plan, 60_000),
         &QueryLimits::default(),
     )
-    .unwrap();
+    .unwrap()
+    .value;
     let QueryValue::Vector(v) = value else {
         panic!("{query} is not a vector")
     };

@@ -127,7 +127,10 @@ impl fmt::Display for PointProblem {
                 write!(f, "label name {n:?} does not match [a-zA-Z_][a-zA-Z0-9_]*")
             }
             PointProblem::ReservedLabelName(n) => {
-                write!(f, "label name {n:?} is reserved (names starting with __)")
+                write!(
+                    f,
+                    "label name {n:?} is reserved (the metric name is given apart)"
+                )
             }
             PointProblem::DuplicateLabel(n) => write!(f, "label name {n:?} appears twice"),
             PointProblem::TooLong { field, len, max } => {
@@ -188,7 +191,9 @@ pub fn validate(metric: &str, labels: &[Label], limits: &Limits) -> Result<(), P
         if !is_label_name(&l.name) {
             return Err(PointProblem::InvalidLabelName(l.name.clone()));
         }
-        if l.name.starts_with("__") {
+        // `__name__` is the metric, given apart from the labels. Other `__` names
+        // are stored as Prometheus's TSDB stores them (remote write, `__address__`).
+        if l.name == METRIC_LABEL {
             return Err(PointProblem::ReservedLabelName(l.name.clone()));
         }
         if l.value.len() > limits.max_label_value_bytes {

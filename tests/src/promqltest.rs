@@ -1,11 +1,12 @@
 //! A runner for Prometheus's PromQL test scripts (`load`, `clear`, `eval
 //! instant`, `eval range`, `expect` lines), against Chronicle's engine over a
-//! real storage shard. Native histogram cases (`{{...}}`) are skipped and counted.
+//! real storage shard. Native histogram cases are skipped and counted: those
+//! whose expected results hold `{{...}}`, and those whose selectors select a
+//! series that was loaded with native histogram samples.
 
-use std::collections::HashSet;
-
+use chronicle_engine::plan::{Plan, Selector};
 use chronicle_engine::value::{Labels, QueryValue, Sample};
-use chronicle_engine::{evaluate, promql, EngineError, Query, QueryLimits};
+use chronicle_engine::{evaluate, promql, Annotation, EngineError, Query, QueryLimits, Severity};
 use chronicle_storage::model::STALE_NAN_BITS;
 use chronicle_storage::{Label, Point, Shard, ShardConfig};
 
@@ -220,10 +221,11 @@ fn parse_labels(s: &str) -> Result<(Labels, &str), String> {
 
 enum Expect {
     Fail(Option<Matcher>),
-    NoAnnotations,
+    NoInfo,
+    NoWarn,
     Ordered,
-    Info,
-    Warn,
+    Info(Option<Matcher>),
+    Warn(Option<Matcher>),
     String(String),
     RangeVector { start: i64, end: i64, step: i64 },
 }
@@ -253,7 +255,9 @@ pub fn run_script(text: &str) -> Tally {
     let lines: Vec<&str> = text.lines().collect();
     let mut dir = tempfile::tempdir().expect("temp dir");
     let mut shard = open_shard(dir.path());
-    let mut histogram_metrics: HashSet<String> = HashSet::new();
+    // Series that had native histogram samples in the current load: a case
+    // that selects one reads native histograms and is skipped.
+    let mut histogram_series: Vec<Labels> = Vec::new();
     let mut i = 0;
     while i < lines.len() {
         let line = lines[i].trim();
@@ -274,7 +278,7 @@ pub fn run_script(text: &str) -> Tally {
             drop(shard);
             dir = tempfile::tempdir().expect("temp dir");
             shard = open_shard(dir.path());
-            histogram_metrics.clear();
+            histogram_series.clear();
             continue;
         }
         if let Some(rest) = line.strip_prefix("load") {
@@ -301,7 +305,7 @@ pub fn run_script(text: &str) -> Tally {
                     }
                     Ok(None) => {
                         if let Ok((labels, _)) = parse_labels(def) {
-                            histogram_metrics.insert(labels.get("__name__").unwrap_or("").into());
+                            histogram_series.push(labels);
                         }
                     }
                     Err(e) => tally.failures.push(format!("{line_no}: load: {e}")),
@@ -321,9 +325,8 @@ pub fn run_script(text: &str) -> Tally {
                         .push(format!("{line_no}: {line}: cannot read: {e}"));
                 }
                 Ok(mut eval) => {
-                    if histogram_metrics
-                        .iter()
-                        .any(|m| !m.is_empty() && eval.query.contains(m.as_str()))
+                    if promql::parse(&eval.query)
+                        .is_ok_and(|plan| selects_any(&plan, &histogram_series))
                     {
                         eval.skip = true;
                     }
@@ -385,8 +388,8 @@ fn parse_eval(line: &str, line_no: usize, block: &[&str]) -> Result<Eval, String
         "eval" => {}
         "eval_fail" => expects.push(Expect::Fail(None)),
         "eval_ordered" => expects.push(Expect::Ordered),
-        "eval_warn" => expects.push(Expect::Warn),
-        "eval_info" => expects.push(Expect::Info),
+        "eval_warn" => expects.push(Expect::Warn(None)),
+        "eval_info" => expects.push(Expect::Info(None)),
         other => return Err(format!("unknown command {other}")),
     }
     let words: Vec<&str> = rest.splitn(3, ' ').collect();
@@ -462,10 +465,10 @@ fn parse_expect(e: &str) -> Result<Expect, String> {
     Ok(match kind {
         "fail" => Expect::Fail(matcher(rest)?),
         "ordered" => Expect::Ordered,
-        "info" => Expect::Info,
-        "warn" => Expect::Warn,
-        // The engine emits no annotations, so these always hold.
-        "no_info" | "no_warn" => Expect::NoAnnotations,
+        "info" => Expect::Info(matcher(rest)?),
+        "warn" => Expect::Warn(matcher(rest)?),
+        "no_info" => Expect::NoInfo,
+        "no_warn" => Expect::NoWarn,
         "string" => Expect::String(unquote(rest.trim())),
         "range" => {
             // `range vector from <a> to <b> step <c>`
@@ -482,6 +485,89 @@ fn parse_expect(e: &str) -> Result<Expect, String> {
         }
         other => return Err(format!("unknown expectation {other:?}")),
     })
+}
+
+impl Matcher {
+    fn matches(&self, text: &str) -> bool {
+        match self {
+            Matcher::Exact(want) => want == text,
+            Matcher::Regex(re) => re.is_match(text),
+        }
+    }
+}
+
+/// The `expect info|warn|no_info|no_warn` rules of FORMAT.md: every expect line
+/// matches at least one annotation of its kind; when a kind has expect lines,
+/// every annotation of that kind matches one of them; `no_*` wants none.
+fn check_annotations(eval: &Eval, annotations: &[Annotation]) -> Result<(), String> {
+    for severity in [Severity::Warning, Severity::Info] {
+        let got: Vec<&str> = annotations
+            .iter()
+            .filter(|a| a.severity == severity)
+            .map(|a| a.message.as_str())
+            .collect();
+        let (word, forbidden) = match severity {
+            Severity::Warning => (
+                "warn",
+                eval.expects.iter().any(|e| matches!(e, Expect::NoWarn)),
+            ),
+            Severity::Info => (
+                "info",
+                eval.expects.iter().any(|e| matches!(e, Expect::NoInfo)),
+            ),
+        };
+        if forbidden && !got.is_empty() {
+            return Err(format!("expected no {word} annotation, got {got:?}"));
+        }
+        let lines: Vec<Option<&Matcher>> = eval
+            .expects
+            .iter()
+            .filter_map(|e| match (e, severity) {
+                (Expect::Warn(m), Severity::Warning) | (Expect::Info(m), Severity::Info) => {
+                    Some(m.as_ref())
+                }
+                _ => None,
+            })
+            .collect();
+        if lines.is_empty() {
+            continue;
+        }
+        let fits = |m: Option<&Matcher>, text: &str| m.is_none_or(|m| m.matches(text));
+        for m in &lines {
+            if !got.iter().any(|text| fits(*m, text)) {
+                return Err(format!("expected a {word} annotation, got {got:?}"));
+            }
+        }
+        if let Some(extra) = got
+            .iter()
+            .find(|text| !lines.iter().any(|m| fits(*m, text)))
+        {
+            return Err(format!("unexpected {word} annotation {extra:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `plan` selects any of `series` (label sets with `__name__`).
+fn selects_any(plan: &Plan, series: &[Labels]) -> bool {
+    let matches = |sel: &Selector| {
+        series.iter().any(|labels| {
+            sel.matcher_sets.iter().any(|set| {
+                set.iter()
+                    .all(|m| m.matches(labels.get(&m.name).unwrap_or("")))
+            })
+        })
+    };
+    match plan {
+        Plan::Vector(sel) | Plan::Matrix { selector: sel, .. } => matches(sel),
+        Plan::Subquery { expr, .. } | Plan::Negate(expr) => selects_any(expr, series),
+        Plan::Call { args, .. } => args.iter().any(|a| selects_any(a, series)),
+        Plan::Aggregate { expr, param, .. } => {
+            selects_any(expr, series) || param.as_ref().is_some_and(|p| selects_any(p, series))
+        }
+        Plan::Binary { lhs, rhs, .. } => selects_any(lhs, series) || selects_any(rhs, series),
+        Plan::Number(_) | Plan::String(_) => false,
+    }
 }
 
 fn unquote(s: &str) -> String {
@@ -518,10 +604,6 @@ fn run_eval(shard: &Shard, eval: &Eval) -> Result<(), String> {
         Expect::Fail(m) => Some(m),
         _ => None,
     });
-    let wants_annotation = eval
-        .expects
-        .iter()
-        .any(|e| matches!(e, Expect::Info | Expect::Warn));
     let result = promql::parse(&eval.query).and_then(|plan| {
         let query = if eval.range {
             Query::range(plan, eval.start, eval.end, eval.step)
@@ -549,10 +631,9 @@ fn run_eval(shard: &Shard, eval: &Eval) -> Result<(), String> {
             }
         };
     }
-    let value = result.map_err(|e| format!("unexpected error: {e}"))?;
-    if wants_annotation {
-        return Err("expected an info/warn annotation; the engine emits none".into());
-    }
+    let answer = result.map_err(|e| format!("unexpected error: {e}"))?;
+    check_annotations(eval, &answer.annotations)?;
+    let value = answer.value;
     let ordered = eval.expects.iter().any(|e| matches!(e, Expect::Ordered));
     if let Some(want) = eval.expects.iter().find_map(|e| match e {
         Expect::String(s) => Some(s),

@@ -112,6 +112,20 @@ async fn prometheus_api_answers_like_prometheus() {
         let values = v["data"]["result"][0]["values"].as_array().unwrap();
         let got: Vec<&str> = values.iter().map(|p| p[1].as_str().unwrap()).collect();
         assert_eq!(got, ["36", "38", "40"]);
+        assert!(v.get("warnings").is_none(), "no warnings expected: {v}");
+
+        // Annotations travel as Prometheus's `warnings` / `infos` lists.
+        let (status, v) = get(&format!(
+            "{base}/api/v1/query_range?query={}&start={}&end={at}&step=30",
+            enc("sort(http_requests_total)"),
+            at - 60
+        ));
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(
+            v["warnings"],
+            serde_json::json!(["PromQL warning: sort is ineffective for range queries since results are always ordered by labels (1:1)"])
+        );
+        assert!(v.get("infos").is_none(), "{v}");
 
         // Scalars and strings.
         let (_, v) = get(&format!(

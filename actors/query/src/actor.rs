@@ -12,7 +12,7 @@ use tracing::{debug, info_span, warn, Instrument};
 use crate::promql::{run_meta, run_promql, MetaAnswer, MetaQuery, PromqlLimits, PromqlQuery};
 use crate::request::{now_ns, QueryRequest, QueryResult};
 use crate::{execute, QueryError};
-use chronicle_engine::QueryValue;
+use chronicle_engine::Answer;
 
 /// The name in logs and in `chronicle_actor_restarts_total{actor}`.
 pub const ACTOR: &str = "query";
@@ -49,7 +49,7 @@ pub struct RunQuery(pub QueryRequest);
 
 /// A PromQL evaluation (the Prometheus API).
 #[derive(Message)]
-#[rtype(result = "Result<QueryValue, QueryError>")]
+#[rtype(result = "Result<Answer, QueryError>")]
 pub struct RunPromql(pub PromqlQuery);
 
 /// A series-metadata question (the Prometheus API).
@@ -198,7 +198,7 @@ impl Handler<InjectPanic> for QueryActor {
 }
 
 impl Handler<RunPromql> for QueryActor {
-    type Result = ResponseFuture<Result<QueryValue, QueryError>>;
+    type Result = ResponseFuture<Result<Answer, QueryError>>;
 
     fn handle(&mut self, msg: RunPromql, _: &mut Context<Self>) -> Self::Result {
         let limits = self.config.promql.clone();

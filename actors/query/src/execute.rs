@@ -1,7 +1,7 @@
 use chronicle_storage::model::{Label, METRIC_LABEL};
 use chronicle_storage::{AggregateRequest, Shard};
 
-use chronicle_engine::QueryValue;
+use chronicle_engine::{QueryValue, Severity};
 use chronicle_storage::Sample;
 
 use crate::promql::{run_promql, PromqlLimits, PromqlQuery};
@@ -129,7 +129,8 @@ fn execute_promql(
             .collect();
         SeriesResult::from_labels(&labels, &samples)
     };
-    let series = match run_promql(shard, &query, limits)? {
+    let answer = run_promql(shard, &query, limits)?;
+    let series = match answer.value {
         QueryValue::Scalar(s) => vec![to_series(&Default::default(), &[s])],
         QueryValue::Vector(v) => v.iter().map(|(l, s)| to_series(l, &[*s])).collect(),
         QueryValue::Matrix(m) => m.iter().map(|s| to_series(&s.labels, &s.samples)).collect(),
@@ -139,7 +140,14 @@ fn execute_promql(
             ))
         }
     };
-    limit(series, request.limit, max_points)
+    let mut result = limit(series, request.limit, max_points)?;
+    for a in answer.annotations {
+        match a.severity {
+            Severity::Warning => result.warnings.push(a.message),
+            Severity::Info => result.infos.push(a.message),
+        }
+    }
+    Ok(result)
 }
 
 fn limit(
@@ -169,7 +177,11 @@ fn limit(
         left -= s.points.len();
         true
     });
-    Ok(QueryResult { series, truncated })
+    Ok(QueryResult {
+        series,
+        truncated,
+        ..Default::default()
+    })
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chronicle_engine::value::{Labels, METRIC_NAME};
-use chronicle_engine::{evaluate, promql, EngineError, Query, QueryLimits, QueryValue};
+use chronicle_engine::{evaluate, promql, Answer, EngineError, Query, QueryLimits};
 use chronicle_storage::{MatchOp, Matcher, Shard};
 
 use crate::QueryError;
@@ -58,7 +58,7 @@ pub fn run_promql(
     shard: &Shard,
     q: &PromqlQuery,
     limits: &PromqlLimits,
-) -> Result<QueryValue, QueryError> {
+) -> Result<Answer, QueryError> {
     let plan = promql::parse_cached(&q.query).map_err(engine_error)?;
     let query = if q.start == q.end {
         Query::instant(plan, q.start)

@@ -233,6 +233,11 @@ pub struct QueryResult {
     /// True when `limit` cut the result short.
     #[serde(default)]
     pub truncated: bool,
+    /// PromQL's warnings and infos about the answer (`PromQL warning: ...`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub infos: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
