@@ -140,3 +140,31 @@ fn limit_ratio_caps_and_refuses_nan() {
     let err = evaluate(&src, &Query::instant(plan, 0), &QueryLimits::default()).unwrap_err();
     assert_eq!(err.to_string(), "Ratio value is NaN");
 }
+
+/// Found by fuzzing: promql-parser panics on durations that overflow; they
+/// must be parse errors.
+#[test]
+fn out_of_range_durations_are_parse_errors() {
+    for q in [
+        "x[1e400]",
+        "x[5m:1e400]",
+        "x[1e400:5m]",
+        "x offset 1e400",
+        "x offset -1e400",
+        "x[5999998E9999:99990m]",
+        "x[99999999999999999999999]",
+        "x[5m:1m] offset 1e300",
+        "x[0xffffffffffffffff]",
+    ] {
+        let err = promql::parse(q).unwrap_err();
+        // Refused before the parser sees it (the fuzzer aborts on any panic,
+        // caught or not).
+        assert!(
+            matches!(&err, crate::EngineError::Parse(m) if m.contains("out of range")),
+            "{q}: {err:?}"
+        );
+    }
+    for q in ["x[1e6]", "x offset 1e9", "x[5m:30]", "1e400 + x"] {
+        assert!(promql::parse(q).is_ok(), "{q}");
+    }
+}

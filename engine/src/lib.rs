@@ -13,6 +13,8 @@ pub mod eval;
 mod functions;
 pub mod plan;
 pub mod promql;
+#[cfg(feature = "shard")]
+mod shard_source;
 pub mod source;
 pub mod value;
 

@@ -19,9 +19,53 @@ use crate::{EngineError, Result};
 
 /// Parses PromQL text into a plan.
 pub fn parse(query: &str) -> Result<Plan> {
-    let expr = parser::parse(query).map_err(EngineError::Parse)?;
+    reject_unrepresentable_durations(query)?;
+    // promql-parser panics on some inputs (found by fuzzing; see
+    // `reject_unrepresentable_durations`). A client's query must never take a
+    // thread down, so any other such panic becomes a parse error too.
+    let expr = std::panic::catch_unwind(|| parser::parse(query))
+        .map_err(|_| EngineError::Parse("the PromQL parser failed on this query".into()))?
+        .map_err(EngineError::Parse)?;
     let mut positions = Positions::scan(query, &expr);
     lower(&expr, &mut positions)
+}
+
+/// promql-parser 0.11 turns a duration written as a number of seconds
+/// (`x[1e400]`, `x offset 1e30`) into a `Duration` with `from_secs_f64`, which
+/// panics when the number does not fit. Such numbers (inside `[...]` or after
+/// `offset`) are refused here first, with the error Prometheus would give.
+fn reject_unrepresentable_durations(query: &str) -> Result<()> {
+    use lrpar::{Lexeme, Lexer, NonStreamingLexer};
+    use promql_parser::parser::token::{T_LEFT_BRACKET, T_NUMBER, T_OFFSET, T_RIGHT_BRACKET};
+    let Ok(lexer) = parser::lex::lexer(query) else {
+        return Ok(()); // the parser reports lexing errors itself
+    };
+    let (mut in_brackets, mut after_offset) = (false, false);
+    for lexeme in lexer.iter().filter_map(|l| l.ok()) {
+        let id = lexeme.tok_id();
+        if id == T_NUMBER && (in_brackets || after_offset) {
+            let text = lexer.span_str(lexeme.span());
+            let seconds = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+                Some(hex) => u64::from_str_radix(hex, 16)
+                    .map(|v| v as f64)
+                    .unwrap_or(f64::INFINITY),
+                None => text.parse::<f64>().unwrap_or(f64::INFINITY),
+            };
+            // `Duration::from_secs_f64` takes up to 2^64 seconds, exclusive.
+            if !(seconds.abs() < 1.8e19) {
+                return Err(EngineError::Parse(format!(
+                    "duration {text} is out of range"
+                )));
+            }
+        }
+        match id {
+            T_LEFT_BRACKET => in_brackets = true,
+            T_RIGHT_BRACKET => in_brackets = false,
+            _ => {}
+        }
+        after_offset = id == T_OFFSET || (after_offset && lexer.span_str(lexeme.span()) == "-");
+    }
+    Ok(())
 }
 
 /// Where calls and aggregation parameters start in the query text, in source

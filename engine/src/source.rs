@@ -1,57 +1,15 @@
 //! Where the engine reads series from.
 
-use chronicle_storage::{Label, Matcher, Shard};
+use chronicle_storage::Matcher;
 
-use crate::value::{Labels, RangeSeries, Sample, METRIC_NAME};
-use crate::{EngineError, Result};
+use crate::value::RangeSeries;
+use crate::Result;
 
 /// Anything that selects series by label matchers and reads their samples.
 pub trait SeriesSource: Sync {
     /// Every series matching all `matchers`, with its samples in `[start, end]`
     /// (milliseconds, both inclusive) in time order, staleness markers included.
     fn select(&self, matchers: &[Matcher], start: i64, end: i64) -> Result<Vec<RangeSeries>>;
-}
-
-const NS_PER_MS: i64 = 1_000_000;
-
-/// A storage shard: nanosecond timestamps become milliseconds (samples that are
-/// not on a millisecond are floored, as Prometheus would store them).
-impl SeriesSource for Shard {
-    fn select(&self, matchers: &[Matcher], start: i64, end: i64) -> Result<Vec<RangeSeries>> {
-        let start_ns = start.saturating_mul(NS_PER_MS);
-        // The shard's end is exclusive; the engine's is inclusive.
-        let end_ns = end.saturating_add(1).saturating_mul(NS_PER_MS);
-        let series = self
-            .query(matchers, start_ns, end_ns)
-            .map_err(|e| match e {
-                chronicle_storage::StorageError::InvalidMatcher { .. }
-                | chronicle_storage::StorageError::InvalidRequest(_) => {
-                    EngineError::Invalid(e.to_string())
-                }
-                other => EngineError::Storage(other.to_string()),
-            })?;
-        Ok(series
-            .into_iter()
-            .map(|(key, samples)| {
-                let mut pairs: Vec<(String, String)> = key
-                    .labels
-                    .into_iter()
-                    .map(|Label { name, value }| (name, value))
-                    .collect();
-                pairs.push((METRIC_NAME.to_string(), key.metric));
-                RangeSeries {
-                    labels: Labels::new(pairs),
-                    samples: samples
-                        .into_iter()
-                        .map(|s| Sample {
-                            t: s.timestamp.div_euclid(NS_PER_MS),
-                            v: s.value,
-                        })
-                        .collect(),
-                }
-            })
-            .collect())
-    }
 }
 
 /// Series held in memory (tests, and results fed back into a plan).
