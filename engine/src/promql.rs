@@ -52,7 +52,7 @@ fn reject_unrepresentable_durations(query: &str) -> Result<()> {
                 None => text.parse::<f64>().unwrap_or(f64::INFINITY),
             };
             // `Duration::from_secs_f64` takes up to 2^64 seconds, exclusive.
-            if !(seconds.abs() < 1.8e19) {
+            if seconds.is_nan() || seconds.abs() >= 1.8e19 {
                 return Err(EngineError::Parse(format!(
                     "duration {text} is out of range"
                 )));
