@@ -13,7 +13,9 @@ use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
 use chronicle_engine::value::{Labels, RangeSeries, Sample};
 use chronicle_engine::{Answer, QueryValue, Severity};
-use chronicle_query::{MetaAnswer, MetaQuery, PromqlQuery, QueryError, RunMeta, RunPromql};
+use chronicle_query::{
+    MetaAnswer, MetaKind, MetaQuery, PromqlQuery, QueryError, RunMeta, RunPromql,
+};
 use serde::ser::{SerializeMap, SerializeTuple};
 use serde::{Serialize, Serializer};
 use serde_json::{json, Value};
@@ -32,7 +34,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/api/v1/labels", web::post().to(label_names))
         .route("/api/v1/label/{name}/values", web::get().to(label_values))
         .route("/api/v1/metadata", web::get().to(metadata))
-        .route("/api/v1/status/buildinfo", web::get().to(buildinfo));
+        .route("/api/v1/status/buildinfo", web::get().to(buildinfo))
+        // Chronicle keeps no exemplars, recording/alerting rules or alerts: the
+        // empty answers Prometheus gives when it has none, so clients such as
+        // Grafana that ask for them work unchanged.
+        .route("/api/v1/query_exemplars", web::get().to(no_exemplars))
+        .route("/api/v1/query_exemplars", web::post().to(no_exemplars))
+        .route("/api/v1/rules", web::get().to(no_rules))
+        .route("/api/v1/alerts", web::get().to(no_alerts));
 }
 
 /// Query-string and form parameters together (a name may repeat: `match[]`).
@@ -505,7 +514,6 @@ async fn range_query(state: web::Data<AppState>, req: HttpRequest, body: Bytes) 
         Ok(t) => t,
         Err(e) => return e.response(),
     };
-    let end = start + (end - start) / step * step;
     run_range(
         &state,
         PromqlQuery {
@@ -532,20 +540,69 @@ async fn meta(state: &AppState, q: MetaQuery) -> HttpResponse {
     }
 }
 
-#[instrument(name = "prom_series", skip_all)]
-async fn series(state: web::Data<AppState>, req: HttpRequest, body: Bytes) -> HttpResponse {
-    match Params::read(&req, &body) {
-        Ok(p) => meta(&state, MetaQuery::Series(p.all("match[]"))).await,
+/// `match[]`, `start`, `end` and `limit` of a /series or /labels request.
+fn meta_query(kind: MetaKind, p: &Params) -> Result<MetaQuery, ApiError> {
+    let time = |name: &str| -> Result<Option<i64>, ApiError> {
+        p.get(name)
+            .map(|t| {
+                parse_time(t).map_err(|e| {
+                    ApiError(
+                        ErrorType::BadData,
+                        format!("invalid parameter \"{name}\": {e}"),
+                    )
+                })
+            })
+            .transpose()
+    };
+    let (start, end) = (time("start")?, time("end")?);
+    if let (Some(s), Some(e)) = (start, end) {
+        if e < s {
+            return Err(ApiError(
+                ErrorType::BadData,
+                "invalid parameter \"end\": end timestamp must not be before start time".into(),
+            ));
+        }
+    }
+    // Prometheus: 0 (or none) means no limit; a negative limit is an error.
+    let limit = match p.get("limit").map(str::parse::<i64>) {
+        None | Some(Ok(0)) => None,
+        Some(Ok(n)) if n > 0 => Some(n as usize),
+        _ => {
+            return Err(ApiError(
+                ErrorType::BadData,
+                "invalid parameter \"limit\": must be a non-negative integer".into(),
+            ))
+        }
+    };
+    Ok(MetaQuery {
+        kind,
+        selectors: p.all("match[]"),
+        start,
+        end,
+        limit,
+    })
+}
+
+async fn meta_request(
+    state: &AppState,
+    req: &HttpRequest,
+    body: &Bytes,
+    kind: MetaKind,
+) -> HttpResponse {
+    match Params::read(req, body).and_then(|p| meta_query(kind, &p)) {
+        Ok(q) => meta(state, q).await,
         Err(e) => e.response(),
     }
 }
 
+#[instrument(name = "prom_series", skip_all)]
+async fn series(state: web::Data<AppState>, req: HttpRequest, body: Bytes) -> HttpResponse {
+    meta_request(&state, &req, &body, MetaKind::Series).await
+}
+
 #[instrument(name = "prom_labels", skip_all)]
 async fn label_names(state: web::Data<AppState>, req: HttpRequest, body: Bytes) -> HttpResponse {
-    match Params::read(&req, &body) {
-        Ok(p) => meta(&state, MetaQuery::LabelNames(p.all("match[]"))).await,
-        Err(e) => e.response(),
-    }
+    meta_request(&state, &req, &body, MetaKind::LabelNames).await
 }
 
 #[instrument(name = "prom_label_values", skip_all)]
@@ -555,24 +612,30 @@ async fn label_values(
     name: web::Path<String>,
     body: Bytes,
 ) -> HttpResponse {
-    match Params::read(&req, &body) {
-        Ok(p) => {
-            meta(
-                &state,
-                MetaQuery::LabelValues {
-                    name: name.into_inner(),
-                    selectors: p.all("match[]"),
-                },
-            )
-            .await
-        }
-        Err(e) => e.response(),
-    }
+    meta_request(
+        &state,
+        &req,
+        &body,
+        MetaKind::LabelValues(name.into_inner()),
+    )
+    .await
 }
 
 /// Chronicle keeps no metric metadata (type, help, unit): an empty map.
 async fn metadata() -> HttpResponse {
     success(json!({}))
+}
+
+async fn no_exemplars() -> HttpResponse {
+    success(json!([]))
+}
+
+async fn no_rules() -> HttpResponse {
+    success(json!({"groups": []}))
+}
+
+async fn no_alerts() -> HttpResponse {
+    success(json!({"alerts": []}))
 }
 
 async fn buildinfo() -> HttpResponse {

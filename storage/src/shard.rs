@@ -770,6 +770,56 @@ impl Shard {
         Ok(self.state.read().postings.matching(m, negate))
     }
 
+    /// Which of `ids` hold data in `[start, end)` (nanoseconds), at the
+    /// granularity of chunk windows: a series counts if a sample in its head
+    /// falls in the range or it has a chunk in a window that overlaps it (as
+    /// Prometheus answers series and label lookups at block granularity).
+    /// Nothing is decoded: one seek per series and window at most.
+    pub fn have_data(&self, ids: &[u64], start: i64, end: i64) -> Result<Vec<bool>> {
+        if start >= end {
+            return Ok(vec![false; ids.len()]);
+        }
+        let range = self.chunk_range;
+        let mut out = vec![false; ids.len()];
+        let mut tiers = Vec::with_capacity(ids.len());
+        let snapshot;
+        {
+            let st = self.state.read();
+            snapshot = self.db.snapshot();
+            for (slot, id) in out.iter_mut().zip(ids) {
+                let e = st.series.get(id);
+                *slot = e.is_some_and(|e| {
+                    e.head
+                        .iter()
+                        .any(|s| s.timestamp >= start && s.timestamp < end)
+                });
+                tiers.push(e.map(|e| (e.tier, e.max_time)));
+            }
+        }
+        let mut ro = ReadOptions::default();
+        ro.set_snapshot(&snapshot);
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_CHUNKS), ro);
+        for ((slot, id), tier) in out.iter_mut().zip(ids).zip(tiers) {
+            let Some((tier, newest)) = tier else { continue };
+            if *slot {
+                continue;
+            }
+            let mut w = window_start(start, range);
+            let stop = end.min(newest.saturating_add(1));
+            while w < stop && !*slot {
+                let prefix = chunk_prefix(tier, w, *id);
+                seek_forward(&mut it, &prefix);
+                *slot = it.key().is_some_and(|k| k.starts_with(&prefix));
+                w = match w.checked_add(range) {
+                    Some(next) => next,
+                    None => break,
+                };
+            }
+            it.status()?;
+        }
+        Ok(out)
+    }
+
     /// Reads `[start, end)` of one series as an iterator of samples in time order.
     pub fn scan(&self, id: u64, start: i64, end: i64) -> Result<SeriesIter> {
         Ok(self

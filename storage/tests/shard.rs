@@ -495,3 +495,32 @@ fn decoded_cache_serves_what_is_stored_after_late_writes() {
     assert_eq!(read(&cached, "m", 0, H), read(&plain, "m", 0, H));
     assert!(cached.decoded_cache_bytes() > 0);
 }
+
+#[test]
+fn have_data_answers_per_series_from_head_and_chunks() {
+    let dir = TempDir::new().unwrap();
+    let shard = Shard::open(dir.path(), cfg()).unwrap();
+    shard
+        .write_batch(&[
+            point("old", &[("k", "v")], 10 * S, 1.0),
+            point("new", &[("k", "v")], 10 * H, 1.0),
+        ])
+        .unwrap();
+    shard.flush().unwrap(); // "old" and "new" are now in chunks
+    shard
+        .write_batch(&[point("head", &[("k", "v")], 20 * H, 1.0)])
+        .unwrap();
+    let ids: Vec<u64> = ["old", "new", "head"]
+        .iter()
+        .map(|m| shard.select(&[eq("__name__", m)]).unwrap()[0].0)
+        .collect();
+    let ask = |start, end| shard.have_data(&ids, start, end).unwrap();
+    assert_eq!(ask(0, H), [true, false, false]);
+    assert_eq!(ask(9 * H, 11 * H), [false, true, false]);
+    assert_eq!(ask(19 * H, 21 * H), [false, false, true]);
+    assert_eq!(ask(0, 30 * H), [true, true, true]);
+    assert_eq!(ask(30 * H, 40 * H), [false, false, false]);
+    assert_eq!(ask(5, 5), [false, false, false]);
+    // Unknown ids hold nothing.
+    assert_eq!(shard.have_data(&[9999], 0, 30 * H).unwrap(), [false]);
+}

@@ -151,6 +151,53 @@ async fn prometheus_api_answers_like_prometheus() {
         assert_eq!(names, ["__name__", "instance", "job", "n"]);
         let (_, v) = get(&format!("{base}/api/v1/label/instance/values"));
         assert_eq!(v["data"], serde_json::json!(["a", "b"]));
+
+        // Time-bounded lookups and `limit`, as Grafana's label browser asks:
+        // everything was written on 2026-01-01, so a range in 2025 finds nothing.
+        let day = 1_767_225_600;
+        let (_, v) = get(&format!(
+            "{base}/api/v1/label/__name__/values?start={}&end={}",
+            day - 3600,
+            day + 3600
+        ));
+        assert_eq!(v["data"], serde_json::json!(["http_requests_total", "wide"]));
+        let (_, v) = get(&format!(
+            "{base}/api/v1/label/__name__/values?start={}&end={}",
+            day - 86_400 * 30,
+            day - 86_400 * 29
+        ));
+        assert_eq!(v["data"], serde_json::json!([]), "nothing was written then");
+        let (_, v) = get(&format!(
+            "{base}/api/v1/series?match[]={}&start={}&end={}&limit=3",
+            enc("wide"),
+            day,
+            day + 600
+        ));
+        assert_eq!(v["data"].as_array().unwrap().len(), 3, "{v}");
+        let (status, v) = post_form(
+            &format!("{base}/api/v1/labels"),
+            &[("match[]", "http_requests_total"), ("start", "2026-01-01T00:00:00Z")],
+        );
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["data"], serde_json::json!(["__name__", "instance", "job"]));
+        let (status, v) = get(&format!("{base}/api/v1/labels?limit=-1"));
+        assert_eq!((status, v["errorType"].as_str()), (400, Some("bad_data")));
+
+        // What Grafana's data source asks besides queries: its health check,
+        // exemplars, rules and alerts (Chronicle has none: empty, not 404).
+        let (status, v) = get(&format!(
+            "{base}/api/v1/query?query={}&time={at}",
+            enc("1+1")
+        ));
+        assert_eq!((status, v["data"]["result"][1].as_str()), (200, Some("2")));
+        let (status, v) = get(&format!(
+            "{base}/api/v1/query_exemplars?query=wide&start={day}&end={at}"
+        ));
+        assert_eq!((status, v["data"].clone()), (200, serde_json::json!([])));
+        let (_, v) = get(&format!("{base}/api/v1/rules"));
+        assert_eq!(v["data"]["groups"], serde_json::json!([]));
+        let (_, v) = get(&format!("{base}/api/v1/alerts"));
+        assert_eq!(v["data"]["alerts"], serde_json::json!([]));
         let (status, v) = get(&format!("{base}/api/v1/metadata"));
         assert_eq!((status, v["status"].as_str()), (200, Some("success")));
         let (status, _) = get(&format!("{base}/api/v1/status/buildinfo"));

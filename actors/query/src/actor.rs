@@ -210,6 +210,7 @@ impl Handler<RunMeta> for QueryActor {
     type Result = ResponseFuture<Result<MetaAnswer, QueryError>>;
 
     fn handle(&mut self, msg: RunMeta, _: &mut Context<Self>) -> Self::Result {
-        Box::pin(self.on_shard("metadata", move |shard| run_meta(shard, &msg.0)))
+        let limits = self.config.promql.clone();
+        Box::pin(self.on_shard("metadata", move |shard| run_meta(shard, &msg.0, &limits)))
     }
 }

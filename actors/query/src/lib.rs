@@ -9,7 +9,7 @@ pub mod request;
 pub use actor::{Ping, QueryActor, QueryConfig, RunMeta, RunPromql, RunQuery, ACTOR as ACTOR_NAME};
 pub use chronicle_actor_runtime::InjectPanic;
 pub use execute::execute;
-pub use promql::{MetaAnswer, MetaQuery, PromqlLimits, PromqlQuery};
+pub use promql::{MetaAnswer, MetaKind, MetaQuery, PromqlLimits, PromqlQuery};
 pub use request::{QueryRequest, QueryResult, SeriesResult};
 
 /// Why a query failed.

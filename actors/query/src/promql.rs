@@ -6,6 +6,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+const NS_PER_MS: i64 = 1_000_000;
+
 use chronicle_engine::value::{Labels, METRIC_NAME};
 use chronicle_engine::{evaluate, promql, Answer, EngineError, Query, QueryLimits};
 use chronicle_storage::{MatchOp, Matcher, Shard};
@@ -80,18 +82,27 @@ pub fn run_promql(
     evaluate(shard, &query, &engine_limits).map_err(engine_error)
 }
 
-/// Series-metadata questions (Prometheus's /series, /labels, /label/<n>/values).
-#[derive(Debug, Clone)]
-pub enum MetaQuery {
-    /// Series matching any of the selectors.
-    Series(Vec<String>),
-    /// Label names of the series matching the selectors (all series when none).
-    LabelNames(Vec<String>),
-    /// Values of one label across the matching series.
-    LabelValues {
-        name: String,
-        selectors: Vec<String>,
-    },
+/// A series-metadata question (the Prometheus API's /series and /labels).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetaQuery {
+    pub kind: MetaKind,
+    /// Series selectors (`match[]`); for label lookups, none means all series.
+    pub selectors: Vec<String>,
+    /// Only series with data in `[start, end]` (milliseconds; either open).
+    pub start: Option<i64>,
+    pub end: Option<i64>,
+    /// At most this many results (`limit`; Prometheus's semantics).
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetaKind {
+    /// The series themselves.
+    Series,
+    /// Their label names.
+    LabelNames,
+    /// The values of one label.
+    LabelValues(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -110,23 +121,43 @@ fn selector_matchers(text: &str) -> Result<Vec<Vec<Matcher>>, QueryError> {
     }
 }
 
-fn keys(shard: &Shard, selectors: &[String]) -> Result<Vec<Labels>, QueryError> {
-    let sets = if selectors.is_empty() {
-        vec![vec![Matcher::new(MatchOp::Regex, METRIC_NAME, ".+")
-            .map_err(|e| QueryError::Storage(e.to_string()))?]]
+fn keys(shard: &Shard, q: &MetaQuery, max_series: usize) -> Result<Vec<Labels>, QueryError> {
+    let storage = |e: chronicle_storage::StorageError| QueryError::Storage(e.to_string());
+    let sets = if q.selectors.is_empty() {
+        vec![vec![
+            Matcher::new(MatchOp::Regex, METRIC_NAME, ".+").map_err(storage)?
+        ]]
     } else {
         let mut sets = Vec::new();
-        for s in selectors {
+        for s in &q.selectors {
             sets.extend(selector_matchers(s)?);
         }
         sets
     };
-    let mut seen = BTreeSet::new();
+    let mut selected = BTreeMap::new();
     for set in sets {
-        for (_, key) in shard
-            .select(&set)
-            .map_err(|e| QueryError::Storage(e.to_string()))?
-        {
+        for (id, key) in shard.select(&set).map_err(storage)? {
+            selected.insert(id, key);
+            if selected.len() > max_series {
+                return Err(QueryError::TooLarge(format!(
+                    "the selectors match more than {max_series} series; narrow them or give start and end"
+                )));
+            }
+        }
+    }
+    let (ids, keys): (Vec<u64>, Vec<_>) = selected.into_iter().unzip();
+    let keep = match (q.start, q.end) {
+        (None, None) => vec![true; ids.len()],
+        (start, end) => {
+            // Milliseconds, inclusive, to the shard's nanoseconds, end exclusive.
+            let start = start.map_or(i64::MIN, |t| t.saturating_mul(NS_PER_MS));
+            let end = end.map_or(i64::MAX, |t| t.saturating_add(1).saturating_mul(NS_PER_MS));
+            shard.have_data(&ids, start, end).map_err(storage)?
+        }
+    };
+    let mut seen = BTreeSet::new();
+    for (key, keep) in keys.into_iter().zip(keep) {
+        if keep {
             let mut pairs: Vec<(String, String)> =
                 key.labels.into_iter().map(|l| (l.name, l.value)).collect();
             pairs.push((METRIC_NAME.to_string(), key.metric));
@@ -136,34 +167,40 @@ fn keys(shard: &Shard, selectors: &[String]) -> Result<Vec<Labels>, QueryError> 
     Ok(seen.into_iter().collect())
 }
 
-pub fn run_meta(shard: &Shard, q: &MetaQuery) -> Result<MetaAnswer, QueryError> {
-    Ok(match q {
-        MetaQuery::Series(selectors) => {
-            if selectors.is_empty() {
+pub fn run_meta(
+    shard: &Shard,
+    q: &MetaQuery,
+    limits: &PromqlLimits,
+) -> Result<MetaAnswer, QueryError> {
+    let cap = q.limit.unwrap_or(usize::MAX);
+    Ok(match &q.kind {
+        MetaKind::Series => {
+            if q.selectors.is_empty() {
                 return Err(QueryError::BadRequest(
                     "no match[] parameter provided".into(),
                 ));
             }
             MetaAnswer::Series(
-                keys(shard, selectors)?
+                keys(shard, q, limits.max_series)?
                     .into_iter()
+                    .take(cap)
                     .map(|l| l.0.into_iter().collect())
                     .collect(),
             )
         }
-        MetaQuery::LabelNames(selectors) => {
-            let names: BTreeSet<String> = keys(shard, selectors)?
+        MetaKind::LabelNames => {
+            let names: BTreeSet<String> = keys(shard, q, limits.max_series)?
                 .into_iter()
                 .flat_map(|l| l.0.into_iter().map(|(n, _)| n))
                 .collect();
-            MetaAnswer::Strings(names.into_iter().collect())
+            MetaAnswer::Strings(names.into_iter().take(cap).collect())
         }
-        MetaQuery::LabelValues { name, selectors } => {
-            let values: BTreeSet<String> = keys(shard, selectors)?
+        MetaKind::LabelValues(name) => {
+            let values: BTreeSet<String> = keys(shard, q, limits.max_series)?
                 .into_iter()
                 .filter_map(|l| l.get(name).map(str::to_string))
                 .collect();
-            MetaAnswer::Strings(values.into_iter().collect())
+            MetaAnswer::Strings(values.into_iter().take(cap).collect())
         }
     })
 }
