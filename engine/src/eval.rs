@@ -365,14 +365,19 @@ impl Evaluator<'_> {
         let mut seen: HashMap<Labels, usize> = HashMap::default();
         for set in &selector.matcher_sets {
             self.check_deadline()?;
-            for s in self.source.select(set, lo, hi)? {
+            let budget = self.limits.max_samples.saturating_sub(self.samples_read);
+            let selected = self
+                .source
+                .select(set, lo, hi, budget)
+                .map_err(|e| match e {
+                    // Name the query's limit, not what was left of it.
+                    EngineError::Limit(_) => {
+                        crate::source::too_many_samples(self.limits.max_samples)
+                    }
+                    other => other,
+                })?;
+            for s in selected {
                 self.samples_read += s.samples.len();
-                if self.samples_read > self.limits.max_samples {
-                    return Err(EngineError::Limit(format!(
-                        "query processing would load too many samples into memory (over {})",
-                        self.limits.max_samples
-                    )));
-                }
                 if !alternatives {
                     merged.push(s);
                 } else if !seen.contains_key(&s.labels) {

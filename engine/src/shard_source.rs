@@ -2,7 +2,7 @@
 
 use chronicle_storage::{Label, Matcher, Shard};
 
-use crate::source::SeriesSource;
+use crate::source::{too_many_samples, SeriesSource};
 use crate::value::{Labels, RangeSeries, Sample, METRIC_NAME};
 use crate::{EngineError, Result};
 
@@ -11,19 +11,26 @@ const NS_PER_MS: i64 = 1_000_000;
 /// A storage shard: nanosecond timestamps become milliseconds (samples that are
 /// not on a millisecond are floored, as Prometheus would store them).
 impl SeriesSource for Shard {
-    fn select(&self, matchers: &[Matcher], start: i64, end: i64) -> Result<Vec<RangeSeries>> {
+    fn select(
+        &self,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+        max_samples: usize,
+    ) -> Result<Vec<RangeSeries>> {
         let start_ns = start.saturating_mul(NS_PER_MS);
         // The shard's end is exclusive; the engine's is inclusive.
         let end_ns = end.saturating_add(1).saturating_mul(NS_PER_MS);
         let series = self
-            .query(matchers, start_ns, end_ns)
+            .query_limited(matchers, start_ns, end_ns, max_samples)
             .map_err(|e| match e {
                 chronicle_storage::StorageError::InvalidMatcher { .. }
                 | chronicle_storage::StorageError::InvalidRequest(_) => {
                     EngineError::Invalid(e.to_string())
                 }
                 other => EngineError::Storage(other.to_string()),
-            })?;
+            })?
+            .ok_or_else(|| too_many_samples(max_samples))?;
         Ok(series
             .into_iter()
             .map(|(key, samples)| {

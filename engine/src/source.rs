@@ -3,13 +3,28 @@
 use chronicle_storage::Matcher;
 
 use crate::value::RangeSeries;
-use crate::Result;
+use crate::{EngineError, Result};
 
 /// Anything that selects series by label matchers and reads their samples.
 pub trait SeriesSource: Sync {
     /// Every series matching all `matchers`, with its samples in `[start, end]`
     /// (milliseconds, both inclusive) in time order, staleness markers included.
-    fn select(&self, matchers: &[Matcher], start: i64, end: i64) -> Result<Vec<RangeSeries>>;
+    /// More than `max_samples` samples in all is [`EngineError::Limit`], found
+    /// while reading, not after.
+    fn select(
+        &self,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+        max_samples: usize,
+    ) -> Result<Vec<RangeSeries>>;
+}
+
+/// The error for a selection over its sample budget.
+pub(crate) fn too_many_samples(max: usize) -> EngineError {
+    EngineError::Limit(format!(
+        "query processing would load too many samples into memory (over {max})"
+    ))
 }
 
 /// Series held in memory (tests, and results fed back into a plan).
@@ -19,8 +34,14 @@ pub struct MemorySource {
 }
 
 impl SeriesSource for MemorySource {
-    fn select(&self, matchers: &[Matcher], start: i64, end: i64) -> Result<Vec<RangeSeries>> {
-        Ok(self
+    fn select(
+        &self,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+        max_samples: usize,
+    ) -> Result<Vec<RangeSeries>> {
+        let out: Vec<RangeSeries> = self
             .series
             .iter()
             .filter(|s| {
@@ -37,6 +58,10 @@ impl SeriesSource for MemorySource {
                     .copied()
                     .collect(),
             })
-            .collect())
+            .collect();
+        if out.iter().map(|s| s.samples.len()).sum::<usize>() > max_samples {
+            return Err(too_many_samples(max_samples));
+        }
+        Ok(out)
     }
 }

@@ -834,15 +834,39 @@ impl Shard {
         matchers: &[Matcher],
         start: i64,
         end: i64,
-    ) -> Result<Vec<(SeriesKey, Vec<Sample>)>> {
+    ) -> Result<Vec<SeriesSamples>> {
+        Ok(self
+            .query_limited(matchers, start, end, usize::MAX)?
+            .unwrap_or_default())
+    }
+
+    /// [`Self::query`] that stops decoding once more than `max_samples` samples
+    /// were read, answering `None`: an over-limit query is refused before it
+    /// holds its whole answer in memory.
+    pub fn query_limited(
+        &self,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+        max_samples: usize,
+    ) -> Result<Option<Vec<SeriesSamples>>> {
         let selected = self.select(matchers)?;
         let ids: Vec<u64> = selected.iter().map(|(id, _)| *id).collect();
         let iters = self.read_plan(&ids, start, end)?;
-        selected
-            .into_iter()
-            .zip(iters)
-            .map(|((_, key), it)| Ok((key, it.collect::<Result<Vec<_>>>()?)))
-            .collect()
+        let mut left = max_samples;
+        let mut out = Vec::with_capacity(selected.len());
+        for ((_, key), it) in selected.into_iter().zip(iters) {
+            let mut samples = Vec::new();
+            for s in it {
+                if left == 0 {
+                    return Ok(None);
+                }
+                left -= 1;
+                samples.push(s?);
+            }
+            out.push((key, samples));
+        }
+        Ok(Some(out))
     }
 
     /// Gathers, under one consistent view, the head samples and chunk bytes of each
@@ -1327,6 +1351,9 @@ struct WindowData {
     /// Head samples, sorted and deduplicated; they win over every chunk.
     head: Vec<Sample>,
 }
+
+/// A series and its samples, as queries return them.
+pub type SeriesSamples = (SeriesKey, Vec<Sample>);
 
 /// Positions `it` at the first key at or after `target`. Series are read in id
 /// order, so the next one's chunk is usually a few keys ahead: stepping there is

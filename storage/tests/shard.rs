@@ -524,3 +524,24 @@ fn have_data_answers_per_series_from_head_and_chunks() {
     // Unknown ids hold nothing.
     assert_eq!(shard.have_data(&[9999], 0, 30 * H).unwrap(), [false]);
 }
+
+#[test]
+fn query_limited_stops_at_the_sample_budget() {
+    let dir = TempDir::new().unwrap();
+    let shard = Shard::open(dir.path(), cfg()).unwrap();
+    let points: Vec<Point> = (0..10)
+        .flat_map(|s| {
+            let host = format!("h{s}");
+            (0..10).map(move |i| point("m", &[("host", host.as_str())], i * S, 1.0))
+        })
+        .collect();
+    shard.write_batch(&points).unwrap();
+    shard.flush().unwrap();
+    let m = [eq("__name__", "m")];
+    let all = shard.query_limited(&m, 0, H, 100).unwrap().unwrap();
+    assert_eq!(all.iter().map(|(_, s)| s.len()).sum::<usize>(), 100);
+    assert!(shard.query_limited(&m, 0, H, 99).unwrap().is_none());
+    assert!(shard.query_limited(&m, 0, H, 0).unwrap().is_none());
+    // The budget counts what is in range only.
+    assert!(shard.query_limited(&m, 0, 5 * S, 50).unwrap().is_some());
+}
