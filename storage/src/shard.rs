@@ -829,12 +829,7 @@ impl Shard {
     }
 
     /// Selects series and reads `[start, end)` of each.
-    pub fn query(
-        &self,
-        matchers: &[Matcher],
-        start: i64,
-        end: i64,
-    ) -> Result<Vec<SeriesSamples>> {
+    pub fn query(&self, matchers: &[Matcher], start: i64, end: i64) -> Result<Vec<SeriesSamples>> {
         Ok(self
             .query_limited(matchers, start, end, usize::MAX)?
             .unwrap_or_default())
