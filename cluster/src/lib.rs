@@ -1,0 +1,22 @@
+//! Chronicle's replication: each storage shard is a Raft group (openraft).
+//!
+//! * [`TypeConfig`]: what the groups replicate — batches of points.
+//! * [`LogStore`]: the Raft log and vote in RocksDB. The log is the shard's
+//!   write-ahead log: the state machine applies batches to the shard without
+//!   logging them again, and after a restart openraft re-applies what the
+//!   shard had not yet made durable (the shard ignores indexes it already has).
+//! * [`ShardStateMachine`]: the state machine is a storage shard; a snapshot is
+//!   a RocksDB checkpoint of it, packed as a tar file that openraft streams in
+//!   chunks; installing one opens the checkpoint as the new shard.
+//! * [`wire`]: rkyv encodings of entries (in the log and on the bus).
+
+mod error;
+mod log_store;
+mod state_machine;
+mod types;
+pub mod wire;
+
+pub use error::ClusterError;
+pub use log_store::LogStore;
+pub use state_machine::{ShardCell, ShardStateMachine};
+pub use types::{Applied, TypeConfig, WriteBatch};

@@ -1,0 +1,192 @@
+//! rkyv encodings of Raft data, for the log on disk and RPCs on the bus.
+//! openraft's own types are not rkyv types: these mirror them, and convert.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chronicle_storage::{Label, Point};
+use openraft::{CommittedLeaderId, EmptyNode, Entry, EntryPayload, LogId, Membership, Vote};
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::types::{TypeConfig, WriteBatch};
+use crate::ClusterError;
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WireLogId {
+    pub term: u64,
+    pub node: u64,
+    pub index: u64,
+}
+
+impl From<&LogId<u64>> for WireLogId {
+    fn from(id: &LogId<u64>) -> Self {
+        Self {
+            term: id.leader_id.term,
+            node: id.leader_id.node_id,
+            index: id.index,
+        }
+    }
+}
+
+impl From<WireLogId> for LogId<u64> {
+    fn from(w: WireLogId) -> Self {
+        LogId::new(CommittedLeaderId::new(w.term, w.node), w.index)
+    }
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WireVote {
+    pub term: u64,
+    pub node: u64,
+    pub committed: bool,
+}
+
+impl From<&Vote<u64>> for WireVote {
+    fn from(v: &Vote<u64>) -> Self {
+        Self {
+            term: v.leader_id.term,
+            node: v.leader_id.node_id,
+            committed: v.committed,
+        }
+    }
+}
+
+impl From<WireVote> for Vote<u64> {
+    fn from(w: WireVote) -> Self {
+        if w.committed {
+            Vote::new_committed(w.term, w.node)
+        } else {
+            Vote::new(w.term, w.node)
+        }
+    }
+}
+
+/// Voter sets (one, or two during a joint change) and every member, learners included.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct WireMembership {
+    pub configs: Vec<Vec<u64>>,
+    pub nodes: Vec<u64>,
+}
+
+impl From<&Membership<u64, EmptyNode>> for WireMembership {
+    fn from(m: &Membership<u64, EmptyNode>) -> Self {
+        Self {
+            configs: m
+                .get_joint_config()
+                .iter()
+                .map(|c| c.iter().copied().collect())
+                .collect(),
+            nodes: m.nodes().map(|(id, _)| *id).collect(),
+        }
+    }
+}
+
+impl From<WireMembership> for Membership<u64, EmptyNode> {
+    fn from(w: WireMembership) -> Self {
+        let configs: Vec<BTreeSet<u64>> = w
+            .configs
+            .into_iter()
+            .map(|c| c.into_iter().collect())
+            .collect();
+        let nodes: BTreeMap<u64, EmptyNode> =
+            w.nodes.into_iter().map(|id| (id, EmptyNode {})).collect();
+        Membership::new(configs, nodes)
+    }
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct WirePoint {
+    pub metric: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+    pub timestamp: i64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum WirePayload {
+    Blank,
+    Points(Vec<WirePoint>),
+    Membership(WireMembership),
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct WireEntry {
+    pub log_id: WireLogId,
+    pub payload: WirePayload,
+}
+
+impl From<&Entry<TypeConfig>> for WireEntry {
+    fn from(e: &Entry<TypeConfig>) -> Self {
+        let payload = match &e.payload {
+            EntryPayload::Blank => WirePayload::Blank,
+            EntryPayload::Normal(batch) => WirePayload::Points(
+                batch
+                    .points
+                    .iter()
+                    .map(|p| WirePoint {
+                        metric: p.metric.clone(),
+                        labels: p
+                            .labels
+                            .iter()
+                            .map(|l| (l.name.clone(), l.value.clone()))
+                            .collect(),
+                        value: p.value,
+                        timestamp: p.timestamp,
+                    })
+                    .collect(),
+            ),
+            EntryPayload::Membership(m) => WirePayload::Membership(m.into()),
+        };
+        Self {
+            log_id: (&e.log_id).into(),
+            payload,
+        }
+    }
+}
+
+impl From<WireEntry> for Entry<TypeConfig> {
+    fn from(w: WireEntry) -> Self {
+        let payload = match w.payload {
+            WirePayload::Blank => EntryPayload::Blank,
+            WirePayload::Points(points) => EntryPayload::Normal(WriteBatch {
+                points: points
+                    .into_iter()
+                    .map(|p| {
+                        Point::new(
+                            p.metric,
+                            p.labels
+                                .into_iter()
+                                .map(|(n, v)| Label::new(n, v))
+                                .collect(),
+                            p.value,
+                            p.timestamp,
+                        )
+                    })
+                    .collect(),
+            }),
+            WirePayload::Membership(m) => EntryPayload::Membership(m.into()),
+        };
+        Entry {
+            log_id: w.log_id.into(),
+            payload,
+        }
+    }
+}
+
+/// An entry as stored in the log (a versioned, validated rkyv envelope).
+pub fn encode_entry(e: &Entry<TypeConfig>) -> Result<Vec<u8>, ClusterError> {
+    chronicle_bus::envelope::encode(&WireEntry::from(e))
+        .map(|b| b.to_vec())
+        .map_err(|e| ClusterError::Corrupt {
+            what: "entry",
+            why: e.to_string(),
+        })
+}
+
+pub fn decode_entry(bytes: &[u8]) -> Result<Entry<TypeConfig>, ClusterError> {
+    chronicle_bus::envelope::decode::<WireEntry>(bytes)
+        .map(Entry::from)
+        .map_err(|e| ClusterError::Corrupt {
+            what: "log entry",
+            why: e.to_string(),
+        })
+}
