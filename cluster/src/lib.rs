@@ -12,11 +12,13 @@
 
 mod error;
 mod log_store;
+pub mod network;
 mod state_machine;
 mod types;
 pub mod wire;
 
 pub use error::ClusterError;
 pub use log_store::LogStore;
+pub use network::{raft_subject, serve, BusNetwork};
 pub use state_machine::{ShardCell, ShardStateMachine};
 pub use types::{Applied, TypeConfig, WriteBatch};

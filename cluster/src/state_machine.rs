@@ -24,10 +24,9 @@ use openraft::{
     RaftSnapshotBuilder, SnapshotMeta, StorageError, StoredMembership,
 };
 use parking_lot::RwLock;
-use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::types::{Applied, TypeConfig};
-use crate::wire::{WireLogId, WireMembership};
+use crate::wire::WireSnapshotMeta;
 use crate::ClusterError;
 
 /// The live shard of a group, swapped when a snapshot is installed. Readers
@@ -45,37 +44,6 @@ impl ShardCell {
     }
 }
 
-/// What the last snapshot covers, kept beside it.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
-struct StoredSnapshotMeta {
-    last_log_id: Option<WireLogId>,
-    membership_log_id: Option<WireLogId>,
-    membership: WireMembership,
-    snapshot_id: String,
-}
-
-impl StoredSnapshotMeta {
-    fn from_meta(m: &SnapshotMeta<u64, EmptyNode>) -> Self {
-        Self {
-            last_log_id: m.last_log_id.as_ref().map(WireLogId::from),
-            membership_log_id: m.last_membership.log_id().as_ref().map(WireLogId::from),
-            membership: m.last_membership.membership().into(),
-            snapshot_id: m.snapshot_id.clone(),
-        }
-    }
-
-    fn to_meta(&self) -> SnapshotMeta<u64, EmptyNode> {
-        SnapshotMeta {
-            last_log_id: self.last_log_id.map(LogId::from),
-            last_membership: StoredMembership::new(
-                self.membership_log_id.map(LogId::from),
-                self.membership.clone().into(),
-            ),
-            snapshot_id: self.snapshot_id.clone(),
-        }
-    }
-}
-
 /// Makes `tar` (complete on disk) the group's current snapshot: the file
 /// first, then the meta that names what it covers (written and renamed, so a
 /// crash leaves the old pair or the new one).
@@ -87,7 +55,7 @@ fn commit_snapshot(
     let target = dir.join("snapshot.tar");
     std::fs::rename(tar, &target).map_err(io(&target))?;
     let bytes =
-        chronicle_bus::envelope::encode(&StoredSnapshotMeta::from_meta(meta)).map_err(|e| {
+        chronicle_bus::envelope::encode(&WireSnapshotMeta::from_meta(meta)).map_err(|e| {
             ClusterError::Corrupt {
                 what: "snapshot meta",
                 why: e.to_string(),
@@ -186,7 +154,7 @@ impl ShardStateMachine {
         self.dir.join("snapshot.tar")
     }
 
-    fn stored_meta(&self) -> Result<Option<StoredSnapshotMeta>, ClusterError> {
+    fn stored_meta(&self) -> Result<Option<WireSnapshotMeta>, ClusterError> {
         let path = self.meta_path();
         match std::fs::read(&path) {
             Ok(bytes) => chronicle_bus::envelope::decode(&bytes)

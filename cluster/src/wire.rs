@@ -4,7 +4,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chronicle_storage::{Label, Point};
-use openraft::{CommittedLeaderId, EmptyNode, Entry, EntryPayload, LogId, Membership, Vote};
+use openraft::{
+    CommittedLeaderId, EmptyNode, Entry, EntryPayload, LogId, Membership, SnapshotMeta,
+    StoredMembership, Vote,
+};
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::types::{TypeConfig, WriteBatch};
@@ -168,6 +171,37 @@ impl From<WireEntry> for Entry<TypeConfig> {
         Entry {
             log_id: w.log_id.into(),
             payload,
+        }
+    }
+}
+
+/// What a snapshot covers (beside the snapshot file, and in install RPCs).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct WireSnapshotMeta {
+    pub last_log_id: Option<WireLogId>,
+    pub membership_log_id: Option<WireLogId>,
+    pub membership: WireMembership,
+    pub snapshot_id: String,
+}
+
+impl WireSnapshotMeta {
+    pub fn from_meta(m: &SnapshotMeta<u64, EmptyNode>) -> Self {
+        Self {
+            last_log_id: m.last_log_id.as_ref().map(WireLogId::from),
+            membership_log_id: m.last_membership.log_id().as_ref().map(WireLogId::from),
+            membership: m.last_membership.membership().into(),
+            snapshot_id: m.snapshot_id.clone(),
+        }
+    }
+
+    pub fn to_meta(&self) -> SnapshotMeta<u64, EmptyNode> {
+        SnapshotMeta {
+            last_log_id: self.last_log_id.map(LogId::from),
+            last_membership: StoredMembership::new(
+                self.membership_log_id.map(LogId::from),
+                self.membership.clone().into(),
+            ),
+            snapshot_id: self.snapshot_id.clone(),
         }
     }
 }

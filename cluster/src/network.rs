@@ -1,0 +1,318 @@
+//! Raft RPCs over the bus: request/reply on `<prefix>.raft.<group>.<node>`
+//! with rkyv payloads. The same code runs over NATS between processes and
+//! over the in-process bus.
+
+use std::sync::Arc;
+
+use chronicle_bus::{Bus, Message};
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{EmptyNode, Entry, LogId, Raft, Vote};
+use rkyv::{Archive, Deserialize, Serialize};
+use tracing::{debug, warn};
+
+use crate::types::TypeConfig;
+use crate::wire::{WireEntry, WireLogId, WireSnapshotMeta, WireVote};
+
+/// The subject node `node` of group `group` answers Raft RPCs on.
+pub fn raft_subject(prefix: &str, group: u64, node: u64) -> String {
+    format!("{prefix}.raft.{group}.{node}")
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum WireRequest {
+    Append {
+        vote: WireVote,
+        prev_log_id: Option<WireLogId>,
+        entries: Vec<WireEntry>,
+        leader_commit: Option<WireLogId>,
+    },
+    Vote {
+        vote: WireVote,
+        last_log_id: Option<WireLogId>,
+    },
+    Snapshot {
+        vote: WireVote,
+        meta: WireSnapshotMeta,
+        offset: u64,
+        data: Vec<u8>,
+        done: bool,
+    },
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum WireAppendReply {
+    Success,
+    PartialSuccess(Option<WireLogId>),
+    Conflict,
+    HigherVote(WireVote),
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum WireReply {
+    Append(WireAppendReply),
+    Vote {
+        vote: WireVote,
+        granted: bool,
+        last_log_id: Option<WireLogId>,
+    },
+    Snapshot {
+        vote: WireVote,
+    },
+    /// The remote Raft refused or failed; the sender backs off and retries.
+    Error(String),
+}
+
+fn id(l: &Option<LogId<u64>>) -> Option<WireLogId> {
+    l.as_ref().map(WireLogId::from)
+}
+
+/// Opens connections to the members of one group.
+#[derive(Clone)]
+pub struct BusNetwork {
+    bus: Arc<dyn Bus>,
+    prefix: String,
+    group: u64,
+}
+
+impl BusNetwork {
+    pub fn new(bus: Arc<dyn Bus>, prefix: impl Into<String>, group: u64) -> Self {
+        Self {
+            bus,
+            prefix: prefix.into(),
+            group,
+        }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for BusNetwork {
+    type Network = BusConnection;
+
+    async fn new_client(&mut self, target: u64, _node: &EmptyNode) -> Self::Network {
+        BusConnection {
+            bus: self.bus.clone(),
+            subject: raft_subject(&self.prefix, self.group, target),
+        }
+    }
+}
+
+/// One member, reached by subject.
+pub struct BusConnection {
+    bus: Arc<dyn Bus>,
+    subject: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct RemoteFailure(String);
+
+impl BusConnection {
+    /// Sends `request`; a timeout, no responder or a remote failure is an
+    /// `Unreachable` error (openraft backs off and retries), a garbled reply a
+    /// network error.
+    async fn call<E: std::error::Error>(
+        &self,
+        request: &WireRequest,
+        option: &RPCOption,
+    ) -> Result<WireReply, RPCError<u64, EmptyNode, E>> {
+        let payload = chronicle_bus::envelope::encode(request)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let reply = self
+            .bus
+            .request(
+                Message::new(self.subject.clone(), payload),
+                option.hard_ttl(),
+            )
+            .await
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        match chronicle_bus::envelope::decode::<WireReply>(&reply.payload) {
+            Ok(WireReply::Error(why)) => {
+                Err(RPCError::Unreachable(Unreachable::new(&RemoteFailure(why))))
+            }
+            Ok(reply) => Ok(reply),
+            Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
+        }
+    }
+}
+
+fn unexpected<E: std::error::Error>(what: &str) -> RPCError<u64, EmptyNode, E> {
+    RPCError::Network(NetworkError::new(&RemoteFailure(format!(
+        "unexpected reply to {what}"
+    ))))
+}
+
+impl RaftNetwork<TypeConfig> for BusConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, EmptyNode, RaftError<u64>>> {
+        let request = WireRequest::Append {
+            vote: (&rpc.vote).into(),
+            prev_log_id: id(&rpc.prev_log_id),
+            entries: rpc.entries.iter().map(WireEntry::from).collect(),
+            leader_commit: id(&rpc.leader_commit),
+        };
+        match self.call(&request, &option).await? {
+            WireReply::Append(r) => Ok(match r {
+                WireAppendReply::Success => AppendEntriesResponse::Success,
+                WireAppendReply::PartialSuccess(l) => {
+                    AppendEntriesResponse::PartialSuccess(l.map(LogId::from))
+                }
+                WireAppendReply::Conflict => AppendEntriesResponse::Conflict,
+                WireAppendReply::HigherVote(v) => AppendEntriesResponse::HigherVote(v.into()),
+            }),
+            _ => Err(unexpected("append entries")),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<u64>,
+        RPCError<u64, EmptyNode, RaftError<u64, InstallSnapshotError>>,
+    > {
+        let request = WireRequest::Snapshot {
+            vote: (&rpc.vote).into(),
+            meta: WireSnapshotMeta::from_meta(&rpc.meta),
+            offset: rpc.offset,
+            data: rpc.data,
+            done: rpc.done,
+        };
+        match self.call(&request, &option).await? {
+            WireReply::Snapshot { vote } => Ok(InstallSnapshotResponse { vote: vote.into() }),
+            _ => Err(unexpected("install snapshot")),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, EmptyNode, RaftError<u64>>> {
+        let request = WireRequest::Vote {
+            vote: (&rpc.vote).into(),
+            last_log_id: id(&rpc.last_log_id),
+        };
+        match self.call(&request, &option).await? {
+            WireReply::Vote {
+                vote,
+                granted,
+                last_log_id,
+            } => Ok(VoteResponse {
+                vote: vote.into(),
+                vote_granted: granted,
+                last_log_id: last_log_id.map(LogId::from),
+            }),
+            _ => Err(unexpected("vote")),
+        }
+    }
+}
+
+/// Answers this member's Raft RPCs from the bus until the subscription ends.
+/// Each request is handled in its own task, so a slow snapshot chunk never
+/// holds up heartbeats or votes.
+pub async fn serve(
+    raft: Raft<TypeConfig>,
+    bus: Arc<dyn Bus>,
+    prefix: &str,
+    group: u64,
+    node: u64,
+) -> Result<tokio::task::JoinHandle<()>, chronicle_bus::BusError> {
+    let subject = raft_subject(prefix, group, node);
+    let mut subscription = bus.subscribe(&subject, None).await?;
+    Ok(tokio::spawn(async move {
+        while let Some(message) = subscription.next().await {
+            let Some(reply_to) = message.reply.clone() else {
+                continue;
+            };
+            let (raft, bus) = (raft.clone(), bus.clone());
+            tokio::spawn(async move {
+                let reply = match chronicle_bus::envelope::decode::<WireRequest>(&message.payload) {
+                    Ok(request) => handle(&raft, request).await,
+                    Err(e) => WireReply::Error(format!("bad raft request: {e}")),
+                };
+                match chronicle_bus::envelope::encode(&reply) {
+                    Ok(payload) => {
+                        if let Err(e) = bus.publish(Message::new(reply_to, payload)).await {
+                            debug!(error = %e, "raft reply not sent");
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "raft reply not encoded"),
+                }
+            });
+        }
+    }))
+}
+
+async fn handle(raft: &Raft<TypeConfig>, request: WireRequest) -> WireReply {
+    match request {
+        WireRequest::Append {
+            vote,
+            prev_log_id,
+            entries,
+            leader_commit,
+        } => {
+            let rpc = AppendEntriesRequest {
+                vote: vote.into(),
+                prev_log_id: prev_log_id.map(LogId::from),
+                entries: entries.into_iter().map(Entry::from).collect(),
+                leader_commit: leader_commit.map(LogId::from),
+            };
+            match raft.append_entries(rpc).await {
+                Ok(r) => WireReply::Append(match r {
+                    AppendEntriesResponse::Success => WireAppendReply::Success,
+                    AppendEntriesResponse::PartialSuccess(l) => {
+                        WireAppendReply::PartialSuccess(id(&l))
+                    }
+                    AppendEntriesResponse::Conflict => WireAppendReply::Conflict,
+                    AppendEntriesResponse::HigherVote(v) => {
+                        WireAppendReply::HigherVote((&v).into())
+                    }
+                }),
+                Err(e) => WireReply::Error(e.to_string()),
+            }
+        }
+        WireRequest::Vote { vote, last_log_id } => {
+            let rpc = VoteRequest {
+                vote: Vote::from(vote),
+                last_log_id: last_log_id.map(LogId::from),
+            };
+            match raft.vote(rpc).await {
+                Ok(r) => WireReply::Vote {
+                    vote: (&r.vote).into(),
+                    granted: r.vote_granted,
+                    last_log_id: id(&r.last_log_id),
+                },
+                Err(e) => WireReply::Error(e.to_string()),
+            }
+        }
+        WireRequest::Snapshot {
+            vote,
+            meta,
+            offset,
+            data,
+            done,
+        } => {
+            let rpc = InstallSnapshotRequest {
+                vote: vote.into(),
+                meta: meta.to_meta(),
+                offset,
+                data,
+                done,
+            };
+            match raft.install_snapshot(rpc).await {
+                Ok(r) => WireReply::Snapshot {
+                    vote: (&r.vote).into(),
+                },
+                Err(e) => WireReply::Error(e.to_string()),
+            }
+        }
+    }
+}
