@@ -12,6 +12,14 @@ pub enum ClusterError {
         path: String,
         source: std::io::Error,
     },
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("bus: {0}")]
+    Bus(String),
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     #[error("corrupt {what}: {why}")]
     Corrupt { what: &'static str, why: String },
 }

@@ -13,6 +13,7 @@
 mod error;
 mod log_store;
 pub mod network;
+mod node;
 mod state_machine;
 mod types;
 pub mod wire;
@@ -20,5 +21,6 @@ pub mod wire;
 pub use error::ClusterError;
 pub use log_store::LogStore;
 pub use network::{raft_subject, serve, BusNetwork};
+pub use node::{placement, shard_of, ClusterConfig, ClusterNode, ShardStatus};
 pub use state_machine::{ShardCell, ShardStateMachine};
 pub use types::{Applied, TypeConfig, WriteBatch};

@@ -30,5 +30,5 @@ pub use model::{Label, Limits, Point, PointProblem, Sample, SeriesKey};
 #[cfg(feature = "engine")]
 pub use shard::{
     finish_groups, AggregateRequest, DownsampleReport, FlushReport, GroupBy, PartialGroups,
-    RetentionReport, SeriesIter, Shard, SnapshotMeta,
+    RetentionReport, SeriesIter, SeriesSamples, Shard, SnapshotMeta,
 };

@@ -1,0 +1,615 @@
+//! One node's part of the cluster: its members of every shard group it
+//! replicates, write routing (to the shard's leader, forwarded over the bus
+//! when it is elsewhere), linearizable reads through the leader, and status.
+//!
+//! Placement is deterministic from the initial member list: shard `i` lives on
+//! `replication` distinct nodes, `nodes[(i + k) % n]` for `k` in
+//! `0..replication`. Every node computes the same map without asking anyone.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chronicle_bus::{Bus, Message};
+use chronicle_storage::{Label, MatchOp, Matcher, Point, SeriesSamples, ShardConfig};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{Config, Raft};
+use rkyv::{Archive, Deserialize, Serialize};
+use tracing::{debug, info, warn};
+
+use crate::network::{serve, BusNetwork};
+use crate::state_machine::{ShardCell, ShardStateMachine};
+use crate::types::{TypeConfig, WriteBatch};
+use crate::wire::WirePoint;
+use crate::{ClusterError, LogStore};
+
+/// How a node joins the cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub node_id: u64,
+    /// The members the cluster was created with (this node included).
+    pub initial_nodes: Vec<u64>,
+    /// Fixed when the cluster is created: series hash into this many shards.
+    pub shards: u32,
+    /// Replicas per shard (capped at the number of nodes).
+    pub replication: usize,
+    pub data_dir: PathBuf,
+    /// Subjects are `<prefix>.raft.<shard>.<node>` and `<prefix>.cluster.*`.
+    pub prefix: String,
+    pub shard: ShardConfig,
+    pub raft: Arc<Config>,
+    /// How long a forwarded write or read may take.
+    pub request_timeout: Duration,
+}
+
+impl ClusterConfig {
+    /// Defaults for a member of `initial_nodes`: 4 shards, 3 replicas,
+    /// 100 ms heartbeats, elections after 0.5-1 s of silence.
+    pub fn new(node_id: u64, initial_nodes: Vec<u64>, data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            node_id,
+            initial_nodes,
+            shards: 4,
+            replication: 3,
+            data_dir: data_dir.into(),
+            prefix: "chronicle".into(),
+            shard: ShardConfig::default(),
+            raft: Arc::new(
+                Config {
+                    heartbeat_interval: 100,
+                    election_timeout_min: 500,
+                    election_timeout_max: 1000,
+                    ..Default::default()
+                }
+                .validate()
+                .expect("static raft config is valid"),
+            ),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Which nodes hold each shard.
+pub fn placement(nodes: &[u64], shards: u32, replication: usize) -> Vec<Vec<u64>> {
+    let mut nodes: Vec<u64> = nodes.to_vec();
+    nodes.sort_unstable();
+    nodes.dedup();
+    let rf = replication.clamp(1, nodes.len().max(1));
+    (0..shards as usize)
+        .map(|i| (0..rf).map(|k| nodes[(i + k) % nodes.len()]).collect())
+        .collect()
+}
+
+/// The shard a series belongs to: a stable hash (xxHash64) of its metric and
+/// labels, the same on every node and every version.
+pub fn shard_of(metric: &str, labels: &[Label], shards: u32) -> u32 {
+    let mut key = Vec::with_capacity(64);
+    key.extend_from_slice(metric.as_bytes());
+    let mut sorted: Vec<&Label> = labels.iter().filter(|l| !l.value.is_empty()).collect();
+    sorted.sort();
+    for l in sorted {
+        key.push(0xff);
+        key.extend_from_slice(l.name.as_bytes());
+        key.push(0xff);
+        key.extend_from_slice(l.value.as_bytes());
+    }
+    (xxhash_rust::xxh64::xxh64(&key, 0) % u64::from(shards.max(1))) as u32
+}
+
+struct Group {
+    raft: Raft<TypeConfig>,
+    shard: ShardCell,
+    server: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+enum WireClusterRequest {
+    Write(Vec<WirePoint>),
+    Read {
+        matchers: Vec<(String, u8, String)>,
+        start: i64,
+        end: i64,
+    },
+}
+
+/// A series read: metric, labels, (timestamp, value) samples.
+type WireSeries = (String, Vec<(String, String)>, Vec<(i64, f64)>);
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+enum WireClusterReply {
+    Written(u64),
+    Series(Vec<WireSeries>),
+    /// Not the leader; the leader if known.
+    NotLeader(Option<u64>),
+    Error(String),
+}
+
+/// A shard's state as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardStatus {
+    pub id: u32,
+    pub leader: Option<u64>,
+    pub replicas: Vec<u64>,
+    /// Entries each replica is behind the leader (known on the leader's node).
+    pub lag: BTreeMap<u64, u64>,
+}
+
+pub struct ClusterNode {
+    config: ClusterConfig,
+    bus: Arc<dyn Bus>,
+    placement: Vec<Vec<u64>>,
+    groups: BTreeMap<u32, Group>,
+    service: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn to_wire(p: &Point) -> WirePoint {
+    WirePoint {
+        metric: p.metric.clone(),
+        labels: p
+            .labels
+            .iter()
+            .map(|l| (l.name.clone(), l.value.clone()))
+            .collect(),
+        value: p.value,
+        timestamp: p.timestamp,
+    }
+}
+
+fn from_wire(p: WirePoint) -> Point {
+    Point::new(
+        p.metric,
+        p.labels
+            .into_iter()
+            .map(|(n, v)| Label::new(n, v))
+            .collect(),
+        p.value,
+        p.timestamp,
+    )
+}
+
+fn op_code(op: MatchOp) -> u8 {
+    match op {
+        MatchOp::Equal => 0,
+        MatchOp::NotEqual => 1,
+        MatchOp::Regex => 2,
+        MatchOp::NotRegex => 3,
+    }
+}
+
+fn op_from(code: u8) -> Option<MatchOp> {
+    Some(match code {
+        0 => MatchOp::Equal,
+        1 => MatchOp::NotEqual,
+        2 => MatchOp::Regex,
+        3 => MatchOp::NotRegex,
+        _ => return None,
+    })
+}
+
+fn service_subject(prefix: &str, shard: u32, node: u64) -> String {
+    format!("{prefix}.cluster.{shard}.{node}")
+}
+
+impl ClusterNode {
+    /// Starts this node's members of its shards, serves their Raft RPCs and
+    /// forwarded requests, and creates each group it is the first member of.
+    pub async fn start(config: ClusterConfig, bus: Arc<dyn Bus>) -> Result<Self, ClusterError> {
+        if !config.initial_nodes.contains(&config.node_id) {
+            return Err(ClusterError::Config(format!(
+                "node {} is not among the initial nodes {:?}",
+                config.node_id, config.initial_nodes
+            )));
+        }
+        let placement = placement(&config.initial_nodes, config.shards, config.replication);
+        let mut groups = BTreeMap::new();
+        let mut service = Vec::new();
+        for (shard, replicas) in placement.iter().enumerate() {
+            let shard = shard as u32;
+            if !replicas.contains(&config.node_id) {
+                continue;
+            }
+            let dir = config.data_dir.join(format!("shard-{shard}"));
+            let log = LogStore::open(dir.join("raft-log"))?;
+            let sm = ShardStateMachine::open(dir.join("state"), config.shard.clone())?;
+            let cell = sm.shard();
+            let network = BusNetwork::new(bus.clone(), config.prefix.clone(), u64::from(shard));
+            let raft = Raft::new(config.node_id, config.raft.clone(), network, log, sm)
+                .await
+                .map_err(|e| ClusterError::Raft(e.to_string()))?;
+            let server = serve(
+                raft.clone(),
+                bus.clone(),
+                &config.prefix,
+                u64::from(shard),
+                config.node_id,
+            )
+            .await
+            .map_err(|e| ClusterError::Bus(e.to_string()))?;
+            service.push(
+                serve_requests(
+                    raft.clone(),
+                    cell.clone(),
+                    bus.clone(),
+                    &config.prefix,
+                    shard,
+                    config.node_id,
+                )
+                .await?,
+            );
+            // The first replica creates the group; the others wait to hear from it.
+            let fresh = raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .nodes()
+                .next()
+                .is_none();
+            if fresh && replicas.first() == Some(&config.node_id) {
+                let members: BTreeSet<u64> = replicas.iter().copied().collect();
+                match raft.initialize(members).await {
+                    Ok(()) => info!(shard, ?replicas, "created shard group"),
+                    Err(e) => debug!(shard, error = %e, "group already initialized"),
+                }
+            }
+            groups.insert(
+                shard,
+                Group {
+                    raft,
+                    shard: cell,
+                    server,
+                },
+            );
+        }
+        Ok(Self {
+            config,
+            bus,
+            placement,
+            groups,
+            service,
+        })
+    }
+
+    pub fn shards(&self) -> u32 {
+        self.config.shards
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.config.node_id
+    }
+
+    /// Writes `points`, each to its shard's leader, acknowledged after commit
+    /// in every shard touched. Returns the points written.
+    pub async fn write(&self, points: &[Point]) -> Result<usize, ClusterError> {
+        let mut by_shard: BTreeMap<u32, Vec<Point>> = BTreeMap::new();
+        for p in points {
+            by_shard
+                .entry(shard_of(&p.metric, &p.labels, self.config.shards))
+                .or_default()
+                .push(p.clone());
+        }
+        let mut written = 0;
+        for (shard, points) in by_shard {
+            written += self.write_shard(shard, points).await?;
+        }
+        Ok(written)
+    }
+
+    async fn write_shard(&self, shard: u32, points: Vec<Point>) -> Result<usize, ClusterError> {
+        let request = WireClusterRequest::Write(points.iter().map(to_wire).collect());
+        let reply = self
+            .to_leader(shard, &request, |raft| {
+                let batch = WriteBatch {
+                    points: points.clone(),
+                };
+                async move {
+                    raft.client_write(batch)
+                        .await
+                        .map(|r| r.data.written as u64)
+                }
+            })
+            .await?;
+        match reply {
+            WireClusterReply::Written(n) => Ok(n as usize),
+            other => Err(ClusterError::Raft(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Reads a selection from `shard` linearizably: on its leader, after the
+    /// leader confirmed it still leads (read index) and applied up to it.
+    pub async fn read(
+        &self,
+        shard: u32,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<SeriesSamples>, ClusterError> {
+        let request = WireClusterRequest::Read {
+            matchers: matchers
+                .iter()
+                .map(|m| (m.name.clone(), op_code(m.op), m.value.clone()))
+                .collect(),
+            start,
+            end,
+        };
+        match self.ask_leader(shard, &request).await? {
+            WireClusterReply::Series(series) => Ok(decode_series(series)),
+            other => Err(ClusterError::Raft(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Reads every shard (in parallel) and merges the series.
+    pub async fn read_all(
+        &self,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<SeriesSamples>, ClusterError> {
+        let reads = (0..self.config.shards).map(|s| self.read(s, matchers, start, end));
+        let mut out = Vec::new();
+        for part in futures_join_all(reads).await {
+            out.extend(part?);
+        }
+        Ok(out)
+    }
+
+    /// A local leader handles `request` with `local`; otherwise it goes to the
+    /// leader over the bus, following "not leader" hints a few times.
+    async fn to_leader<F, Fut>(
+        &self,
+        shard: u32,
+        request: &WireClusterRequest,
+        local: F,
+    ) -> Result<WireClusterReply, ClusterError>
+    where
+        F: Fn(Raft<TypeConfig>) -> Fut,
+        Fut: std::future::Future<
+            Output = Result<u64, RaftError<u64, ClientWriteError<u64, openraft::EmptyNode>>>,
+        >,
+    {
+        if let Some(group) = self.groups.get(&shard) {
+            if group.raft.metrics().borrow().current_leader == Some(self.config.node_id) {
+                match local(group.raft.clone()).await {
+                    Ok(n) => return Ok(WireClusterReply::Written(n)),
+                    Err(e) if e.forward_to_leader::<openraft::EmptyNode>().is_some() => {}
+                    Err(e) => return Err(ClusterError::Raft(e.to_string())),
+                }
+            }
+        }
+        self.ask_leader(shard, request).await
+    }
+
+    async fn ask_leader(
+        &self,
+        shard: u32,
+        request: &WireClusterRequest,
+    ) -> Result<WireClusterReply, ClusterError> {
+        let replicas = &self.placement[shard as usize];
+        let mut target = self
+            .groups
+            .get(&shard)
+            .and_then(|g| g.raft.metrics().borrow().current_leader)
+            .unwrap_or(replicas[0]);
+        let payload = chronicle_bus::envelope::encode(request)
+            .map_err(|e| ClusterError::Bus(e.to_string()))?;
+        let mut last_error = String::from("no replica answered");
+        for attempt in 0..(replicas.len() * 3) {
+            let subject = service_subject(&self.config.prefix, shard, target);
+            let reply = self
+                .bus
+                .request(
+                    Message::new(subject, payload.clone()),
+                    self.config.request_timeout,
+                )
+                .await;
+            match reply.map(|m| chronicle_bus::envelope::decode::<WireClusterReply>(&m.payload)) {
+                Ok(Ok(WireClusterReply::NotLeader(hint))) => {
+                    last_error = format!("node {target} is not the leader of shard {shard}");
+                    target = hint.unwrap_or(replicas[(attempt + 1) % replicas.len()]);
+                    if hint.is_none() {
+                        // An election is under way: give it a moment.
+                        tokio::time::sleep(Duration::from_millis(
+                            self.config.raft.election_timeout_min.min(500),
+                        ))
+                        .await;
+                    }
+                }
+                Ok(Ok(WireClusterReply::Error(e))) => return Err(ClusterError::Raft(e)),
+                Ok(Ok(reply)) => return Ok(reply),
+                Ok(Err(e)) => return Err(ClusterError::Bus(e.to_string())),
+                Err(e) => {
+                    last_error = format!("node {target}: {e}");
+                    target = replicas[(attempt + 1) % replicas.len()];
+                }
+            }
+        }
+        Err(ClusterError::Unavailable(format!(
+            "shard {shard}: {last_error}"
+        )))
+    }
+
+    /// Members, and each shard's leader, replicas and replication lag.
+    pub fn status(&self) -> (Vec<u64>, Vec<ShardStatus>) {
+        let mut members: Vec<u64> = self.config.initial_nodes.clone();
+        members.sort_unstable();
+        members.dedup();
+        let shards = self
+            .placement
+            .iter()
+            .enumerate()
+            .map(|(i, replicas)| {
+                let (leader, lag) = match self.groups.get(&(i as u32)) {
+                    Some(g) => {
+                        let m = g.raft.metrics().borrow().clone();
+                        let last = m.last_log_index.unwrap_or(0);
+                        let lag = m
+                            .replication
+                            .as_ref()
+                            .map(|r| {
+                                r.iter()
+                                    .map(|(id, matched)| {
+                                        (*id, last.saturating_sub(matched.map_or(0, |l| l.index)))
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        (m.current_leader, lag)
+                    }
+                    None => (None, BTreeMap::new()),
+                };
+                ShardStatus {
+                    id: i as u32,
+                    leader,
+                    replicas: replicas.clone(),
+                    lag,
+                }
+            })
+            .collect();
+        (members, shards)
+    }
+
+    /// Stops this node's members (as a crash would, minus the lost memory).
+    pub async fn shutdown(self) {
+        for task in &self.service {
+            task.abort();
+        }
+        for (_, g) in self.groups {
+            g.server.abort();
+            if let Err(e) = g.raft.shutdown().await {
+                warn!(error = %e, "raft shutdown");
+            }
+        }
+    }
+
+    /// The local replica of `shard`, for follower reads (may lag the leader).
+    pub fn local_shard(&self, shard: u32) -> Option<ShardCell> {
+        self.groups.get(&shard).map(|g| g.shard.clone())
+    }
+}
+
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output> {
+    let handles: Vec<F> = futures.collect();
+    let mut out = Vec::with_capacity(handles.len());
+    // Shards are few; awaiting in turn keeps this free of extra dependencies,
+    // and each read is already running on its leader when awaited.
+    for f in handles {
+        out.push(f.await);
+    }
+    out
+}
+
+fn decode_series(series: Vec<WireSeries>) -> Vec<SeriesSamples> {
+    series
+        .into_iter()
+        .map(|(metric, labels, samples)| {
+            (
+                chronicle_storage::SeriesKey::new(
+                    metric,
+                    labels.into_iter().map(|(n, v)| Label::new(n, v)).collect(),
+                ),
+                samples
+                    .into_iter()
+                    .map(|(t, v)| chronicle_storage::Sample::new(t, v))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// Answers forwarded writes and reads for one shard on this node.
+async fn serve_requests(
+    raft: Raft<TypeConfig>,
+    shard: ShardCell,
+    bus: Arc<dyn Bus>,
+    prefix: &str,
+    shard_id: u32,
+    node: u64,
+) -> Result<tokio::task::JoinHandle<()>, ClusterError> {
+    let mut sub = bus
+        .subscribe(&service_subject(prefix, shard_id, node), None)
+        .await
+        .map_err(|e| ClusterError::Bus(e.to_string()))?;
+    Ok(tokio::spawn(async move {
+        while let Some(message) = sub.next().await {
+            let Some(reply_to) = message.reply.clone() else {
+                continue;
+            };
+            let (raft, shard, bus) = (raft.clone(), shard.clone(), bus.clone());
+            tokio::spawn(async move {
+                let reply =
+                    match chronicle_bus::envelope::decode::<WireClusterRequest>(&message.payload) {
+                        Ok(request) => answer(&raft, &shard, request).await,
+                        Err(e) => WireClusterReply::Error(format!("bad cluster request: {e}")),
+                    };
+                if let Ok(payload) = chronicle_bus::envelope::encode(&reply) {
+                    let _ = bus.publish(Message::new(reply_to, payload)).await;
+                }
+            });
+        }
+    }))
+}
+
+async fn answer(
+    raft: &Raft<TypeConfig>,
+    shard: &ShardCell,
+    request: WireClusterRequest,
+) -> WireClusterReply {
+    let not_leader = || WireClusterReply::NotLeader(raft.metrics().borrow().current_leader);
+    match request {
+        WireClusterRequest::Write(points) => {
+            let batch = WriteBatch {
+                points: points.into_iter().map(from_wire).collect(),
+            };
+            match raft.client_write(batch).await {
+                Ok(r) => WireClusterReply::Written(r.data.written as u64),
+                Err(e) if e.forward_to_leader::<openraft::EmptyNode>().is_some() => not_leader(),
+                Err(e) => WireClusterReply::Error(e.to_string()),
+            }
+        }
+        WireClusterRequest::Read {
+            matchers,
+            start,
+            end,
+        } => {
+            if let Err(e) = raft.ensure_linearizable().await {
+                return match e.forward_to_leader::<openraft::EmptyNode>() {
+                    Some(_) => not_leader(),
+                    None => WireClusterReply::Error(e.to_string()),
+                };
+            }
+            let mut parsed = Vec::with_capacity(matchers.len());
+            for (name, op, value) in matchers {
+                let Some(op) = op_from(op) else {
+                    return WireClusterReply::Error(format!("unknown matcher op {op}"));
+                };
+                match Matcher::new(op, name, value) {
+                    Ok(m) => parsed.push(m),
+                    Err(e) => return WireClusterReply::Error(e.to_string()),
+                }
+            }
+            let shard = shard.current();
+            match tokio::task::spawn_blocking(move || shard.query(&parsed, start, end)).await {
+                Ok(Ok(series)) => WireClusterReply::Series(
+                    series
+                        .into_iter()
+                        .map(|(key, samples)| {
+                            (
+                                key.metric,
+                                key.labels.into_iter().map(|l| (l.name, l.value)).collect(),
+                                samples
+                                    .into_iter()
+                                    .map(|s| (s.timestamp, s.value))
+                                    .collect(),
+                            )
+                        })
+                        .collect(),
+                ),
+                Ok(Err(e)) => WireClusterReply::Error(e.to_string()),
+                Err(e) => WireClusterReply::Error(e.to_string()),
+            }
+        }
+    }
+}
