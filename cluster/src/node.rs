@@ -348,7 +348,7 @@ impl ClusterNode {
     ) -> Result<Vec<SeriesSamples>, ClusterError> {
         let reads = (0..self.config.shards).map(|s| self.read(s, matchers, start, end));
         let mut out = Vec::new();
-        for part in futures_join_all(reads).await {
+        for part in futures_util::future::join_all(reads).await {
             out.extend(part?);
         }
         Ok(out)
@@ -486,19 +486,6 @@ impl ClusterNode {
     pub fn local_shard(&self, shard: u32) -> Option<ShardCell> {
         self.groups.get(&shard).map(|g| g.shard.clone())
     }
-}
-
-async fn futures_join_all<F: std::future::Future>(
-    futures: impl Iterator<Item = F>,
-) -> Vec<F::Output> {
-    let handles: Vec<F> = futures.collect();
-    let mut out = Vec::with_capacity(handles.len());
-    // Shards are few; awaiting in turn keeps this free of extra dependencies,
-    // and each read is already running on its leader when awaited.
-    for f in handles {
-        out.push(f.await);
-    }
-    out
 }
 
 fn decode_series(series: Vec<WireSeries>) -> Vec<SeriesSamples> {
