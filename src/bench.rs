@@ -29,6 +29,10 @@ pub enum BenchCommand {
     /// loaded into Prometheus (via promtool) and every query runs against both;
     /// answers must agree, and the latency ratio per query is reported.
     Query(crate::bench_query::QueryBench),
+    /// Replication: three cluster nodes in this process (over NATS with
+    /// --nats-url), every shard on all three: replicated ingest throughput,
+    /// commit latency per write, and failover time after killing a leader.
+    Cluster(crate::bench_cluster::ClusterBench),
 }
 
 #[derive(Args)]
@@ -66,6 +70,7 @@ pub fn run(cmd: BenchCommand) -> Result<(), Box<dyn std::error::Error>> {
         BenchCommand::Storage(args) => storage(args),
         BenchCommand::Ingest(args) => crate::bench_ingest::run(args),
         BenchCommand::Query(args) => crate::bench_query::run(args),
+        BenchCommand::Cluster(args) => crate::bench_cluster::run(args),
     }
 }
 

@@ -3,6 +3,7 @@
 //! `tests/` share them.
 
 pub mod bench;
+mod bench_cluster;
 mod bench_ingest;
 mod bench_query;
 pub mod cli;

@@ -18,6 +18,10 @@ use tracing::{debug, warn};
 use crate::types::TypeConfig;
 use crate::wire::{WireEntry, WireLogId, WireSnapshotMeta, WireVote};
 
+/// Largest Raft RPC sent as one bus message: under NATS's default 1 MiB
+/// payload limit with room for headers.
+pub const MAX_RPC_BYTES: usize = 960 * 1024;
+
 /// The subject node `node` of group `group` answers Raft RPCs on.
 pub fn raft_subject(prefix: &str, group: u64, node: u64) -> String {
     format!("{prefix}.raft.{group}.{node}")
@@ -121,6 +125,14 @@ impl BusConnection {
     ) -> Result<WireReply, RPCError<u64, EmptyNode, E>> {
         let payload = chronicle_bus::envelope::encode(request)
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.send(payload, option).await
+    }
+
+    async fn send<E: std::error::Error>(
+        &self,
+        payload: bytes::Bytes,
+        option: &RPCOption,
+    ) -> Result<WireReply, RPCError<u64, EmptyNode, E>> {
         let reply = self
             .bus
             .request(
@@ -151,14 +163,31 @@ impl RaftNetwork<TypeConfig> for BusConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, EmptyNode, RaftError<u64>>> {
-        let request = WireRequest::Append {
-            vote: (&rpc.vote).into(),
-            prev_log_id: id(&rpc.prev_log_id),
-            entries: rpc.entries.iter().map(WireEntry::from).collect(),
-            leader_commit: id(&rpc.leader_commit),
+        // A bus message must stay under the server's payload limit (NATS's
+        // default is 1 MiB): send the longest prefix of the entries that fits
+        // and report a partial success, so openraft sends the rest next.
+        let entries: Vec<WireEntry> = rpc.entries.iter().map(WireEntry::from).collect();
+        let mut n = entries.len();
+        let payload = loop {
+            let request = WireRequest::Append {
+                vote: (&rpc.vote).into(),
+                prev_log_id: id(&rpc.prev_log_id),
+                entries: entries[..n].to_vec(),
+                leader_commit: id(&rpc.leader_commit),
+            };
+            let payload = chronicle_bus::envelope::encode(&request)
+                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            if payload.len() <= MAX_RPC_BYTES || n <= 1 {
+                break payload;
+            }
+            n = (n * MAX_RPC_BYTES / payload.len()).clamp(1, n - 1);
         };
-        match self.call(&request, &option).await? {
+        let partial = n < entries.len();
+        match self.send(payload, &option).await? {
             WireReply::Append(r) => Ok(match r {
+                WireAppendReply::Success if partial => {
+                    AppendEntriesResponse::PartialSuccess(Some(rpc.entries[n - 1].log_id))
+                }
                 WireAppendReply::Success => AppendEntriesResponse::Success,
                 WireAppendReply::PartialSuccess(l) => {
                     AppendEntriesResponse::PartialSuccess(l.map(LogId::from))

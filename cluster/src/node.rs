@@ -45,7 +45,7 @@ pub struct ClusterConfig {
 
 impl ClusterConfig {
     /// Defaults for a member of `initial_nodes`: 4 shards, 3 replicas,
-    /// 100 ms heartbeats, elections after 0.5-1 s of silence.
+    /// 50 ms heartbeats, elections after 0.3-0.6 s of silence.
     pub fn new(node_id: u64, initial_nodes: Vec<u64>, data_dir: impl Into<PathBuf>) -> Self {
         Self {
             node_id,
@@ -57,9 +57,11 @@ impl ClusterConfig {
             shard: ShardConfig::default(),
             raft: Arc::new(
                 Config {
-                    heartbeat_interval: 100,
-                    election_timeout_min: 500,
-                    election_timeout_max: 1000,
+                    heartbeat_interval: 50,
+                    election_timeout_min: 300,
+                    election_timeout_max: 600,
+                    // Snapshot chunks travel as single bus messages.
+                    snapshot_max_chunk_size: crate::network::MAX_RPC_BYTES as u64 / 2,
                     ..Default::default()
                 }
                 .validate()
@@ -186,6 +188,9 @@ fn op_from(code: u8) -> Option<MatchOp> {
         _ => return None,
     })
 }
+
+/// Pause between rounds over a shard's replicas while it has no leader.
+const RETRY_PAUSE_MS: u64 = 25;
 
 fn service_subject(prefix: &str, shard: u32, node: u64) -> String {
     format!("{prefix}.cluster.{shard}.{node}")
@@ -394,34 +399,34 @@ impl ClusterNode {
         let payload = chronicle_bus::envelope::encode(request)
             .map_err(|e| ClusterError::Bus(e.to_string()))?;
         let mut last_error = String::from("no replica answered");
-        for attempt in 0..(replicas.len() * 3) {
+        // Until the request timeout: follow leader hints; while an election is
+        // under way (no hint, or the old leader gone) try the replicas in turn.
+        let deadline = tokio::time::Instant::now() + self.config.request_timeout;
+        let mut next = 0usize;
+        while tokio::time::Instant::now() < deadline {
             let subject = service_subject(&self.config.prefix, shard, target);
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let reply = self
                 .bus
-                .request(
-                    Message::new(subject, payload.clone()),
-                    self.config.request_timeout,
-                )
+                .request(Message::new(subject, payload.clone()), left)
                 .await;
             match reply.map(|m| chronicle_bus::envelope::decode::<WireClusterReply>(&m.payload)) {
-                Ok(Ok(WireClusterReply::NotLeader(hint))) => {
+                Ok(Ok(WireClusterReply::NotLeader(Some(hint)))) if hint != target => {
+                    target = hint;
+                    continue;
+                }
+                Ok(Ok(WireClusterReply::NotLeader(_))) => {
                     last_error = format!("node {target} is not the leader of shard {shard}");
-                    target = hint.unwrap_or(replicas[(attempt + 1) % replicas.len()]);
-                    if hint.is_none() {
-                        // An election is under way: give it a moment.
-                        tokio::time::sleep(Duration::from_millis(
-                            self.config.raft.election_timeout_min.min(500),
-                        ))
-                        .await;
-                    }
                 }
                 Ok(Ok(WireClusterReply::Error(e))) => return Err(ClusterError::Raft(e)),
                 Ok(Ok(reply)) => return Ok(reply),
                 Ok(Err(e)) => return Err(ClusterError::Bus(e.to_string())),
-                Err(e) => {
-                    last_error = format!("node {target}: {e}");
-                    target = replicas[(attempt + 1) % replicas.len()];
-                }
+                Err(e) => last_error = format!("node {target}: {e}"),
+            }
+            next += 1;
+            target = replicas[next % replicas.len()];
+            if next.is_multiple_of(replicas.len()) {
+                tokio::time::sleep(Duration::from_millis(RETRY_PAUSE_MS)).await;
             }
         }
         Err(ClusterError::Unavailable(format!(

@@ -33,6 +33,7 @@ fn raft_config() -> Arc<Config> {
             // from a snapshot.
             snapshot_policy: SnapshotPolicy::LogsSinceLast(20),
             max_in_snapshot_log_to_keep: 0,
+            snapshot_max_chunk_size: chronicle_cluster::network::MAX_RPC_BYTES as u64 / 2,
             ..Default::default()
         }
         .validate()
