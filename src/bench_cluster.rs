@@ -113,8 +113,12 @@ async fn bench(args: ClusterBench) -> Result<(), Error> {
     let dir = tempfile::tempdir()?;
     let local: Arc<dyn Bus> = Arc::new(LocalBus::default());
     let mut nodes: Vec<Option<ClusterNode>> = Vec::new();
+    // Each node's own connection (NATS), closed when the node is killed, as a
+    // killed process's connection is.
+    let mut buses: Vec<Arc<dyn Bus>> = Vec::new();
     for id in 1..=3 {
         let bus = connect(&args.nats_url, &local, id).await?;
+        buses.push(bus.clone());
         nodes.push(Some(
             ClusterNode::start(config(id, dir.path(), args.shards), bus).await?,
         ));
@@ -178,6 +182,9 @@ async fn bench(args: ClusterBench) -> Result<(), Error> {
         let leader = leader_of(&nodes, 0, Duration::from_secs(30)).await?;
         let victim = nodes[(leader - 1) as usize].take().expect("leader is up");
         victim.shutdown().await;
+        if args.nats_url.is_some() {
+            let _ = buses[(leader - 1) as usize].drain().await;
+        }
         let killed = Instant::now();
         let survivor = nodes.iter().flatten().next().expect("two nodes left");
         let point = Point::new(
@@ -203,6 +210,7 @@ async fn bench(args: ClusterBench) -> Result<(), Error> {
         failovers.push(took);
         // Bring the node back before the next round.
         let bus = connect(&args.nats_url, &local, leader).await?;
+        buses[(leader - 1) as usize] = bus.clone();
         nodes[(leader - 1) as usize] =
             Some(ClusterNode::start(config(leader, dir.path(), args.shards), bus).await?);
     }

@@ -22,6 +22,9 @@ use crate::wire::{WireEntry, WireLogId, WireSnapshotMeta, WireVote};
 /// payload limit with room for headers.
 pub const MAX_RPC_BYTES: usize = 960 * 1024;
 
+/// Least time an append carrying entries is given (see `append_entries`).
+const APPEND_WITH_ENTRIES_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The subject node `node` of group `group` answers Raft RPCs on.
 pub fn raft_subject(prefix: &str, group: u64, node: u64) -> String {
     format!("{prefix}.raft.{group}.{node}")
@@ -183,6 +186,16 @@ impl RaftNetwork<TypeConfig> for BusConnection {
             n = (n * MAX_RPC_BYTES / payload.len()).clamp(1, n - 1);
         };
         let partial = n < entries.len();
+        // openraft gives every append the heartbeat interval as its deadline.
+        // An append carrying entries can take longer on a loaded machine; timing
+        // it out makes the follower look unreachable (half a second of backoff)
+        // and fall behind, and a lagging replica cannot win the next election.
+        // Heartbeats keep the short deadline, so a dead member is still seen fast.
+        let option = if n > 0 {
+            RPCOption::new(option.hard_ttl().max(APPEND_WITH_ENTRIES_TTL))
+        } else {
+            option
+        };
         match self.send(payload, &option).await? {
             WireReply::Append(r) => Ok(match r {
                 WireAppendReply::Success if partial => {

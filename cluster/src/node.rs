@@ -45,7 +45,7 @@ pub struct ClusterConfig {
 
 impl ClusterConfig {
     /// Defaults for a member of `initial_nodes`: 4 shards, 3 replicas,
-    /// 50 ms heartbeats, elections after 0.3-0.6 s of silence.
+    /// 100 ms heartbeats, elections after 0.3-0.6 s of silence.
     pub fn new(node_id: u64, initial_nodes: Vec<u64>, data_dir: impl Into<PathBuf>) -> Self {
         Self {
             node_id,
@@ -57,7 +57,7 @@ impl ClusterConfig {
             shard: ShardConfig::default(),
             raft: Arc::new(
                 Config {
-                    heartbeat_interval: 50,
+                    heartbeat_interval: 100,
                     election_timeout_min: 300,
                     election_timeout_max: 600,
                     // Snapshot chunks travel as single bus messages.
@@ -189,6 +189,12 @@ fn op_from(code: u8) -> Option<MatchOp> {
     })
 }
 
+/// Points per Raft entry: a few hundred KB encoded, well under a bus message.
+pub const MAX_ENTRY_POINTS: usize = 2_000;
+
+/// Longest one forwarded request may take before the next replica is tried.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Pause between rounds over a shard's replicas while it has no leader.
 const RETRY_PAUSE_MS: u64 = 25;
 
@@ -301,7 +307,21 @@ impl ClusterNode {
         Ok(written)
     }
 
+    /// Writes one shard's points as entries of at most [`MAX_ENTRY_POINTS`]
+    /// points (an entry must fit in one bus message), all in flight at once
+    /// so openraft replicates them together.
     async fn write_shard(&self, shard: u32, points: Vec<Point>) -> Result<usize, ClusterError> {
+        let parts = points
+            .chunks(MAX_ENTRY_POINTS)
+            .map(|part| self.write_entry(shard, part.to_vec()));
+        let mut written = 0;
+        for result in futures_util::future::join_all(parts).await {
+            written += result?;
+        }
+        Ok(written)
+    }
+
+    async fn write_entry(&self, shard: u32, points: Vec<Point>) -> Result<usize, ClusterError> {
         let request = WireClusterRequest::Write(points.iter().map(to_wire).collect());
         let reply = self
             .to_leader(shard, &request, |raft| {
@@ -405,7 +425,11 @@ impl ClusterNode {
         let mut next = 0usize;
         while tokio::time::Instant::now() < deadline {
             let subject = service_subject(&self.config.prefix, shard, target);
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            // A member that died without closing its connection answers nothing:
+            // give each attempt a bounded share, not the whole deadline.
+            let left = deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .min(ATTEMPT_TIMEOUT);
             let reply = self
                 .bus
                 .request(Message::new(subject, payload.clone()), left)
@@ -485,6 +509,18 @@ impl ClusterNode {
                 warn!(error = %e, "raft shutdown");
             }
         }
+    }
+
+    /// The last index this node's replica of `shard` applied (None if it holds none).
+    pub fn applied_index(&self, shard: u32) -> Option<u64> {
+        let g = self.groups.get(&shard)?;
+        let applied = g
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |l| l.index);
+        Some(applied)
     }
 
     /// The local replica of `shard`, for follower reads (may lag the leader).

@@ -293,27 +293,36 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        // Applying writes RocksDB and can take milliseconds per batch: it runs
+        // on the blocking pool, so Raft's timers and heartbeats on the async
+        // workers never wait behind it (a stalled heartbeat means an election).
         let shard = self.shard.current();
-        let mut out = Vec::new();
-        for entry in entries {
-            let written = match &entry.payload {
-                EntryPayload::Blank => 0,
-                EntryPayload::Normal(batch) => {
-                    let fresh = shard
-                        .apply(entry.log_id.index, &batch.points)
-                        .map_err(|e| sm_err(ErrorVerb::Write, e))?;
-                    if fresh {
-                        batch.points.len()
-                    } else {
-                        0
-                    }
-                }
-                EntryPayload::Membership(m) => {
-                    self.membership = StoredMembership::new(Some(entry.log_id), m.clone());
-                    0
-                }
-            };
-            self.last_applied = Some(entry.log_id);
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let applied = tokio::task::spawn_blocking(move || {
+            entries
+                .into_iter()
+                .map(|entry| {
+                    let (written, membership) = match entry.payload {
+                        EntryPayload::Normal(batch) => {
+                            let fresh = shard.apply(entry.log_id.index, &batch.points)?;
+                            (if fresh { batch.points.len() } else { 0 }, None)
+                        }
+                        EntryPayload::Membership(m) => (0, Some(m)),
+                        EntryPayload::Blank => (0, None),
+                    };
+                    Ok((entry.log_id, written, membership))
+                })
+                .collect::<Result<Vec<_>, chronicle_storage::StorageError>>()
+        })
+        .await
+        .map_err(|e| sm_err(ErrorVerb::Write, e))?
+        .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let mut out = Vec::with_capacity(applied.len());
+        for (log_id, written, membership) in applied {
+            if let Some(m) = membership {
+                self.membership = StoredMembership::new(Some(log_id), m);
+            }
+            self.last_applied = Some(log_id);
             out.push(Applied { written });
         }
         Ok(out)
