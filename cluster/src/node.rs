@@ -145,31 +145,6 @@ pub struct ClusterNode {
     service: Vec<tokio::task::JoinHandle<()>>,
 }
 
-fn to_wire(p: &Point) -> WirePoint {
-    WirePoint {
-        metric: p.metric.clone(),
-        labels: p
-            .labels
-            .iter()
-            .map(|l| (l.name.clone(), l.value.clone()))
-            .collect(),
-        value: p.value,
-        timestamp: p.timestamp,
-    }
-}
-
-fn from_wire(p: WirePoint) -> Point {
-    Point::new(
-        p.metric,
-        p.labels
-            .into_iter()
-            .map(|(n, v)| Label::new(n, v))
-            .collect(),
-        p.value,
-        p.timestamp,
-    )
-}
-
 fn op_code(op: MatchOp) -> u8 {
     match op {
         MatchOp::Equal => 0,
@@ -322,7 +297,7 @@ impl ClusterNode {
     }
 
     async fn write_entry(&self, shard: u32, points: Vec<Point>) -> Result<usize, ClusterError> {
-        let request = WireClusterRequest::Write(points.iter().map(to_wire).collect());
+        let request = WireClusterRequest::Write(points.iter().map(WirePoint::from).collect());
         let reply = self
             .to_leader(shard, &request, |raft| {
                 let batch = WriteBatch {
@@ -589,7 +564,7 @@ async fn answer(
     match request {
         WireClusterRequest::Write(points) => {
             let batch = WriteBatch {
-                points: points.into_iter().map(from_wire).collect(),
+                points: points.into_iter().map(Point::from).collect(),
             };
             match raft.client_write(batch).await {
                 Ok(r) => WireClusterReply::Written(r.data.written as u64),

@@ -104,6 +104,35 @@ pub struct WirePoint {
     pub timestamp: i64,
 }
 
+impl From<&Point> for WirePoint {
+    fn from(p: &Point) -> Self {
+        Self {
+            metric: p.metric.clone(),
+            labels: p
+                .labels
+                .iter()
+                .map(|l| (l.name.clone(), l.value.clone()))
+                .collect(),
+            value: p.value,
+            timestamp: p.timestamp,
+        }
+    }
+}
+
+impl From<WirePoint> for Point {
+    fn from(p: WirePoint) -> Self {
+        Point::new(
+            p.metric,
+            p.labels
+                .into_iter()
+                .map(|(n, v)| Label::new(n, v))
+                .collect(),
+            p.value,
+            p.timestamp,
+        )
+    }
+}
+
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub enum WirePayload {
     Blank,
@@ -121,22 +150,9 @@ impl From<&Entry<TypeConfig>> for WireEntry {
     fn from(e: &Entry<TypeConfig>) -> Self {
         let payload = match &e.payload {
             EntryPayload::Blank => WirePayload::Blank,
-            EntryPayload::Normal(batch) => WirePayload::Points(
-                batch
-                    .points
-                    .iter()
-                    .map(|p| WirePoint {
-                        metric: p.metric.clone(),
-                        labels: p
-                            .labels
-                            .iter()
-                            .map(|l| (l.name.clone(), l.value.clone()))
-                            .collect(),
-                        value: p.value,
-                        timestamp: p.timestamp,
-                    })
-                    .collect(),
-            ),
+            EntryPayload::Normal(batch) => {
+                WirePayload::Points(batch.points.iter().map(WirePoint::from).collect())
+            }
             EntryPayload::Membership(m) => WirePayload::Membership(m.into()),
         };
         Self {
@@ -151,20 +167,7 @@ impl From<WireEntry> for Entry<TypeConfig> {
         let payload = match w.payload {
             WirePayload::Blank => EntryPayload::Blank,
             WirePayload::Points(points) => EntryPayload::Normal(WriteBatch {
-                points: points
-                    .into_iter()
-                    .map(|p| {
-                        Point::new(
-                            p.metric,
-                            p.labels
-                                .into_iter()
-                                .map(|(n, v)| Label::new(n, v))
-                                .collect(),
-                            p.value,
-                            p.timestamp,
-                        )
-                    })
-                    .collect(),
+                points: points.into_iter().map(Point::from).collect(),
             }),
             WirePayload::Membership(m) => EntryPayload::Membership(m.into()),
         };
