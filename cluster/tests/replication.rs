@@ -101,18 +101,28 @@ async fn leader_of(members: &[&Member], timeout: Duration) -> u64 {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicates_fails_over_and_catches_up_from_a_snapshot() {
+/// Three members of one group, each behind its own fault-injecting view of
+/// one in-process bus, with a leader elected.
+struct Group {
+    dir: TempDir,
+    bus: Box<dyn Fn(u64) -> Arc<dyn Bus>>,
+    faults: Arc<FaultController>,
+    members: Vec<Member>,
+    leader: u64,
+}
+
+async fn group(seed: u64) -> Group {
     let dir = TempDir::new().unwrap();
     let local: Arc<dyn Bus> = Arc::new(LocalBus::default());
-    let faults = FaultController::new(1);
-    let bus = |id: u64| -> Arc<dyn Bus> {
+    let faults = FaultController::new(seed);
+    let shared = faults.clone();
+    let bus: Box<dyn Fn(u64) -> Arc<dyn Bus>> = Box::new(move |id| {
         Arc::new(FaultyBus::new(
             local.clone(),
             format!("n{id}"),
-            faults.clone(),
+            shared.clone(),
         ))
-    };
+    });
     let mut members = Vec::new();
     for id in 1..=3 {
         members.push(start(id, dir.path(), bus(id)).await);
@@ -124,6 +134,24 @@ async fn replicates_fails_over_and_catches_up_from_a_snapshot() {
         .unwrap();
     let all: Vec<&Member> = members.iter().collect();
     let leader = leader_of(&all, Duration::from_secs(10)).await;
+    Group {
+        dir,
+        bus,
+        faults,
+        members,
+        leader,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicates_fails_over_and_catches_up_from_a_snapshot() {
+    let Group {
+        dir,
+        bus,
+        faults: _faults,
+        mut members,
+        leader,
+    } = group(1).await;
 
     // Writes go through the leader and reach every replica.
     for i in 0..10 {
@@ -196,27 +224,14 @@ async fn replicates_fails_over_and_catches_up_from_a_snapshot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_minority_refuses_writes_and_converges_after_healing() {
-    let dir = TempDir::new().unwrap();
-    let local: Arc<dyn Bus> = Arc::new(LocalBus::default());
-    let faults = FaultController::new(2);
-    let bus = |id: u64| -> Arc<dyn Bus> {
-        Arc::new(FaultyBus::new(
-            local.clone(),
-            format!("n{id}"),
-            faults.clone(),
-        ))
-    };
-    let mut members = Vec::new();
-    for id in 1..=3 {
-        members.push(start(id, dir.path(), bus(id)).await);
-    }
-    members[0]
-        .raft
-        .initialize(BTreeSet::from([1u64, 2, 3]))
-        .await
-        .unwrap();
-    let all: Vec<&Member> = members.iter().collect();
-    let leader = leader_of(&all, Duration::from_secs(10)).await;
+    let Group {
+        // Bound, not dropped: the directory must outlive the members.
+        dir: _dir,
+        bus: _bus,
+        faults,
+        members,
+        leader,
+    } = group(2).await;
     members[(leader - 1) as usize]
         .raft
         .client_write(batch(0, 10))
