@@ -420,7 +420,10 @@ impl ClusterNode {
                 Ok(Ok(WireClusterReply::Error(e))) => return Err(ClusterError::Raft(e)),
                 Ok(Ok(reply)) => return Ok(reply),
                 Ok(Err(e)) => return Err(ClusterError::Bus(e.to_string())),
-                Err(e) => last_error = format!("node {target}: {e}"),
+                Err(e) => {
+                    debug!(shard, node = target, error = %e, "forwarded request failed");
+                    last_error = format!("node {target}: {e}");
+                }
             }
             next += 1;
             target = replicas[next % replicas.len()];
@@ -566,7 +569,16 @@ async fn answer(
             let batch = WriteBatch {
                 points: points.into_iter().map(Point::from).collect(),
             };
-            match raft.client_write(batch).await {
+            let started = std::time::Instant::now();
+            let result = raft.client_write(batch).await;
+            if started.elapsed() > Duration::from_secs(1) {
+                debug!(
+                    took = ?started.elapsed(),
+                    ok = result.is_ok(),
+                    "slow forwarded write"
+                );
+            }
+            match result {
                 Ok(r) => WireClusterReply::Written(r.data.written as u64),
                 Err(e) if e.forward_to_leader::<openraft::EmptyNode>().is_some() => not_leader(),
                 Err(e) => WireClusterReply::Error(e.to_string()),
