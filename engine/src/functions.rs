@@ -1050,8 +1050,9 @@ fn bucket_quantile(q: f64, buckets: &mut [(f64, f64)]) -> (f64, bool) {
     (bucket_rank(q, &merged), forced)
 }
 
-/// Prometheus's `almost.Equal`.
-fn almost_equal(a: f64, b: f64, epsilon: f64) -> bool {
+/// Prometheus's `almost.Equal`: relative difference below `epsilon`, NaN
+/// equal to NaN, values near zero compared on the scale of the smallest normal.
+pub fn almost_equal(a: f64, b: f64, epsilon: f64) -> bool {
     const MIN_NORMAL: f64 = f64::MIN_POSITIVE;
     if (a.is_nan() && b.is_nan()) || a == b {
         return true;

@@ -27,6 +27,7 @@ mod tests;
 
 pub use annotations::{Annotation, Pos, Severity};
 pub use eval::{evaluate, Answer, Query, QueryLimits};
+pub use functions::almost_equal;
 pub use value::{Labels, QueryValue, RangeSeries, Sample};
 
 /// Why a query could not be answered.

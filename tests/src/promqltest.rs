@@ -583,20 +583,7 @@ fn unquote(s: &str) -> String {
 
 /// Prometheus's tolerance for float comparisons in these scripts.
 fn almost_equal(a: f64, b: f64) -> bool {
-    const EPSILON: f64 = 1e-6;
-    const MIN_NORMAL: f64 = f64::MIN_POSITIVE;
-    if a.is_nan() && b.is_nan() {
-        return true;
-    }
-    if a == b {
-        return true;
-    }
-    let abs_sum = a.abs() + b.abs();
-    let diff = (a - b).abs();
-    if a == 0.0 || b == 0.0 || abs_sum < MIN_NORMAL {
-        return diff < EPSILON * MIN_NORMAL;
-    }
-    diff / abs_sum.min(f64::MAX) < EPSILON
+    chronicle_engine::almost_equal(a, b, 1e-6)
 }
 
 fn run_eval(shard: &Shard, eval: &Eval) -> Result<(), String> {
