@@ -3,6 +3,7 @@
 //! over the in-process bus.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chronicle_bus::{Bus, Message};
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
@@ -22,8 +23,14 @@ use crate::wire::{WireEntry, WireLogId, WireSnapshotMeta, WireVote};
 /// payload limit with room for headers.
 pub const MAX_RPC_BYTES: usize = 960 * 1024;
 
+/// Least time a heartbeat is given: a reply slower than the heartbeat interval
+/// is not a dead member, and backing off from it (half a second) starves the
+/// follower of heartbeats until it starts an election. Still well under the
+/// election timeout, so a dead member is noticed in time.
+const HEARTBEAT_TTL: Duration = Duration::from_millis(250);
+
 /// Least time an append carrying entries is given (see `append_entries`).
-const APPEND_WITH_ENTRIES_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+const APPEND_WITH_ENTRIES_TTL: Duration = Duration::from_secs(5);
 
 /// The subject node `node` of group `group` answers Raft RPCs on.
 pub fn raft_subject(prefix: &str, group: u64, node: u64) -> String {
@@ -190,11 +197,11 @@ impl RaftNetwork<TypeConfig> for BusConnection {
         // An append carrying entries can take longer on a loaded machine; timing
         // it out makes the follower look unreachable (half a second of backoff)
         // and fall behind, and a lagging replica cannot win the next election.
-        // Heartbeats keep the short deadline, so a dead member is still seen fast.
+        // Heartbeats get a shorter floor, so a dead member is still seen fast.
         let option = if n > 0 {
             RPCOption::new(option.hard_ttl().max(APPEND_WITH_ENTRIES_TTL))
         } else {
-            option
+            RPCOption::new(option.hard_ttl().max(HEARTBEAT_TTL))
         };
         match self.send(payload, &option).await? {
             WireReply::Append(r) => Ok(match r {
