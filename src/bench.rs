@@ -150,14 +150,19 @@ fn storage(args: StorageBench) -> Result<(), Box<dyn std::error::Error>> {
         "groupby_series": ids.len(),
         "peak_rss_bytes": peak_rss_bytes(),
     });
-    if args.json {
+    print_result(&result, args.json);
+    Ok(())
+}
+
+/// A bench's result: one JSON object, or one `key value` line per field.
+pub(crate) fn print_result(result: &serde_json::Value, json: bool) {
+    if json {
         println!("{result}");
     } else {
         for (k, v) in result.as_object().into_iter().flatten() {
             println!("{k:<40} {v}");
         }
     }
-    Ok(())
 }
 
 /// Writes `points` in batches; only the time spent in `write_batch` is counted.

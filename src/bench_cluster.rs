@@ -274,12 +274,6 @@ async fn bench(args: ClusterBench) -> Result<(), Error> {
         "failover_p50_ms": round3(quantile(&mut failovers.clone(), 0.5)),
         "failover_p99_ms": round3(quantile(&mut failovers, 0.99)),
     });
-    if args.json {
-        println!("{result}");
-    } else {
-        for (k, v) in result.as_object().into_iter().flatten() {
-            println!("{k:<32} {v}");
-        }
-    }
+    crate::bench::print_result(&result, args.json);
     Ok(())
 }

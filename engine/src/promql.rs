@@ -19,14 +19,15 @@ use crate::{EngineError, Result};
 
 /// Parses PromQL text into a plan.
 pub fn parse(query: &str) -> Result<Plan> {
-    reject_unrepresentable_durations(query)?;
+    let tokens = tokens(query);
+    reject_unrepresentable_durations(query, &tokens)?;
     // promql-parser panics on some inputs (found by fuzzing; see
     // `reject_unrepresentable_durations`). A client's query must never take a
     // thread down, so any other such panic becomes a parse error too.
     let expr = std::panic::catch_unwind(|| parser::parse(query))
         .map_err(|_| EngineError::Parse("the PromQL parser failed on this query".into()))?
         .map_err(EngineError::Parse)?;
-    let mut positions = Positions::scan(query, &expr);
+    let mut positions = Positions::scan(query, &tokens, &expr);
     lower(&expr, &mut positions)
 }
 
@@ -34,17 +35,12 @@ pub fn parse(query: &str) -> Result<Plan> {
 /// (`x[1e400]`, `x offset 1e30`) into a `Duration` with `from_secs_f64`, which
 /// panics when the number does not fit. Such numbers (inside `[...]` or after
 /// `offset`) are refused here first, with the error Prometheus would give.
-fn reject_unrepresentable_durations(query: &str) -> Result<()> {
-    use lrpar::{Lexeme, Lexer, NonStreamingLexer};
+fn reject_unrepresentable_durations(query: &str, tokens: &[Token]) -> Result<()> {
     use promql_parser::parser::token::{T_LEFT_BRACKET, T_NUMBER, T_OFFSET, T_RIGHT_BRACKET};
-    let Ok(lexer) = parser::lex::lexer(query) else {
-        return Ok(()); // the parser reports lexing errors itself
-    };
     let (mut in_brackets, mut after_offset) = (false, false);
-    for lexeme in lexer.iter().filter_map(|l| l.ok()) {
-        let id = lexeme.tok_id();
+    for t in tokens {
+        let (id, text) = (t.id, &query[t.start..t.end]);
         if id == T_NUMBER && (in_brackets || after_offset) {
-            let text = lexer.span_str(lexeme.span());
             let seconds = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
                 Some(hex) => u64::from_str_radix(hex, 16)
                     .map(|v| v as f64)
@@ -63,9 +59,34 @@ fn reject_unrepresentable_durations(query: &str) -> Result<()> {
             T_RIGHT_BRACKET => in_brackets = false,
             _ => {}
         }
-        after_offset = id == T_OFFSET || (after_offset && lexer.span_str(lexeme.span()) == "-");
+        after_offset = id == T_OFFSET || (after_offset && text == "-");
     }
     Ok(())
+}
+
+/// One token of promql-parser's own lexer: its id and byte span.
+struct Token {
+    id: u16,
+    start: usize,
+    end: usize,
+}
+
+/// The query's tokens, lexed once for the checks and positions below (none
+/// when it does not lex; the parser then reports the error).
+fn tokens(query: &str) -> Vec<Token> {
+    use lrpar::{Lexeme, Lexer};
+    let Ok(lexer) = parser::lex::lexer(query) else {
+        return Vec::new();
+    };
+    lexer
+        .iter()
+        .filter_map(|l| l.ok())
+        .map(|l| Token {
+            id: l.tok_id(),
+            start: l.span().start(),
+            end: l.span().end(),
+        })
+        .collect()
 }
 
 /// Where calls and aggregation parameters start in the query text, in source
@@ -81,25 +102,16 @@ struct Positions {
 }
 
 impl Positions {
-    fn scan(query: &str, expr: &Expr) -> Self {
-        use lrpar::{Lexeme, Lexer};
+    fn scan(query: &str, tokens: &[Token], expr: &Expr) -> Self {
         use promql_parser::parser::token::{
             T_AGGREGATORS_END, T_AGGREGATORS_START, T_BY, T_COMMA, T_IDENTIFIER, T_LEFT_BRACE,
             T_LEFT_PAREN, T_RIGHT_BRACE, T_RIGHT_PAREN, T_WITHOUT,
         };
-        let Ok(lexer) = parser::lex::lexer(query) else {
-            return Self::default();
-        };
-        let tokens: Vec<(u16, usize)> = lexer
-            .iter()
-            .filter_map(|l| l.ok())
-            .map(|l| (l.tok_id(), l.span().start()))
-            .collect();
-        let kind = |i: usize| tokens.get(i).map(|t| t.0);
-        let pos = |i: usize| tokens.get(i).map(|t| Pos::at(query, t.1));
+        let kind = |i: usize| tokens.get(i).map(|t| t.id);
+        let pos = |i: usize| tokens.get(i).map(|t| Pos::at(query, t.start));
         let mut out = Self::default();
         for i in 0..tokens.len() {
-            let id = tokens[i].0;
+            let id = tokens[i].id;
             if id == T_IDENTIFIER && kind(i + 1) == Some(T_LEFT_PAREN) {
                 // Each argument starts after the `(` or after a comma at depth one.
                 // Commas inside label braces separate matchers, not arguments.
@@ -126,7 +138,7 @@ impl Positions {
                     }
                     j += 1;
                 }
-                out.calls.push_back((Pos::at(query, tokens[i].1), args));
+                out.calls.push_back((Pos::at(query, tokens[i].start), args));
             } else if id > T_AGGREGATORS_START && id < T_AGGREGATORS_END {
                 // `op by (a, b) (param, expr)` or `op (param, expr) by (a, b)`.
                 let mut j = i + 1;
