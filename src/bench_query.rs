@@ -407,8 +407,7 @@ pub fn run(args: QueryBench) -> Result<(), Box<dyn std::error::Error>> {
         let node = Node::start(config).await?;
         let points = args.points;
         if !loaded {
-            let shard = node.shard.clone();
-            tokio::task::spawn_blocking(move || load(&shard, points)).await??;
+            load(&node, points).await?;
             std::fs::write(&marker, points.to_string())?;
         }
         let only = args.only.clone();
@@ -426,7 +425,11 @@ pub fn run(args: QueryBench) -> Result<(), Box<dyn std::error::Error>> {
         .await??;
         let mut results = results;
         results["decoded_cache_bytes"] = json!(args.decoded_cache_bytes);
-        results["decoded_cache_bytes_used"] = json!(node.shard.decoded_cache_bytes());
+        results["decoded_cache_bytes_used"] = json!(node
+            .local_shards()
+            .iter()
+            .map(|s| s.decoded_cache_bytes())
+            .sum::<u64>());
         node.shutdown().await;
         Ok::<_, Error>(results)
     });
@@ -442,22 +445,24 @@ pub fn run(args: QueryBench) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Loads the data set straight into the node's shard (ingest is not what is
-/// measured here), then compacts it as the storage bench does.
-fn load(shard: &chronicle_storage::Shard, points: usize) -> Result<(), Error> {
+/// Loads the data set through the node's write path (Raft, without the
+/// ingest actor's parsing: ingest is not what is measured here), then compacts
+/// as the storage bench does.
+async fn load(node: &crate::Node, points: usize) -> Result<(), Error> {
     let mut workload = Workload::realistic(SERIES, INTERVAL, START, 42);
     let mut left = points;
     let mut report = Instant::now();
     while left > 0 {
-        let batch = workload.next_batch(left.min(10_000));
+        let batch = workload.next_batch(left.min(20_000));
         left -= batch.len();
-        shard.write_batch(&batch)?;
+        node.write(batch).await?;
         if report.elapsed() > Duration::from_secs(2) || left == 0 {
             eprintln!("chronicle: loaded {}/{points} points", points - left);
             report = Instant::now();
         }
     }
-    shard.compact()?;
+    let shards = node.local_shards();
+    tokio::task::spawn_blocking(move || shards.iter().try_for_each(|s| s.compact())).await??;
     Ok(())
 }
 

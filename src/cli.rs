@@ -54,7 +54,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // A node logs what it does; client commands and benchmarks only warnings.
     init_tracing(match cli.command {
-        Command::Serve { .. } => "info",
+        Command::Serve { .. } => "info,openraft=warn",
         _ => "warn",
     });
     let result = match cli.command {

@@ -32,6 +32,7 @@ pub struct NodeConfig {
     pub nats: NatsConfig,
     pub ingest: IngestSettings,
     pub query: QuerySettings,
+    pub cluster: ClusterSettings,
 }
 
 impl Default for NodeConfig {
@@ -47,7 +48,81 @@ impl Default for NodeConfig {
             nats: NatsConfig::default(),
             ingest: IngestSettings::default(),
             query: QuerySettings::default(),
+            cluster: ClusterSettings::default(),
         }
+    }
+}
+
+/// Which cluster the node belongs to. A node always runs as a cluster member:
+/// alone by default (one-voter Raft groups, the same write path as many nodes).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// This node's id, unique in the cluster (1 or more).
+    pub node_id: u64,
+    /// The members a new cluster is created with; empty: this node alone.
+    pub initial_nodes: Vec<u64>,
+    /// Shards of a new cluster (fixed at creation); default 1 for a one-node
+    /// cluster, 4 for more.
+    pub shards: Option<u32>,
+    /// Replicas per shard, on distinct nodes (capped at the number of nodes).
+    pub replication: usize,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        Self {
+            node_id: 1,
+            initial_nodes: Vec::new(),
+            shards: None,
+            replication: 3,
+        }
+    }
+}
+
+impl ClusterSettings {
+    /// The members, this node included.
+    pub fn members(&self) -> Vec<u64> {
+        let mut members = if self.initial_nodes.is_empty() {
+            vec![self.node_id]
+        } else {
+            self.initial_nodes.clone()
+        };
+        members.sort_unstable();
+        members.dedup();
+        members
+    }
+
+    pub fn shard_count(&self) -> u32 {
+        self.shards
+            .unwrap_or(if self.members().len() > 1 { 4 } else { 1 })
+    }
+
+    /// Refuses settings no cluster can be made of.
+    pub fn validate(&self, has_nats: bool) -> Result<(), String> {
+        if self.node_id == 0 {
+            return Err("--node-id must be 1 or more".into());
+        }
+        let members = self.members();
+        if !members.contains(&self.node_id) {
+            return Err(format!(
+                "node {} is not among --initial-nodes {:?}; a node joining an existing cluster is added with `chronicle cluster add-node`",
+                self.node_id, self.initial_nodes
+            ));
+        }
+        if members.len() > 1 && !has_nats {
+            return Err(
+                "a cluster of several nodes needs --nats-url: members reach each other over NATS"
+                    .into(),
+            );
+        }
+        if self.shard_count() == 0 {
+            return Err("--shards must be 1 or more".into());
+        }
+        if self.replication == 0 {
+            return Err("--replication must be 1 or more".into());
+        }
+        Ok(())
     }
 }
 
@@ -158,6 +233,20 @@ pub struct ServeArgs {
     /// Default `chronicle`.
     #[arg(long, env = "CHRONICLE_SUBJECT_PREFIX")]
     pub subject_prefix: Option<String>,
+    /// This node's id in the cluster (1 or more). Default 1.
+    #[arg(long, env = "CHRONICLE_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// Create a cluster of these members (comma-separated node ids, this node
+    /// among them), as etcd's initial cluster; they find each other over NATS.
+    /// Default: this node alone.
+    #[arg(long, env = "CHRONICLE_INITIAL_NODES", value_delimiter = ',')]
+    pub initial_nodes: Vec<u64>,
+    /// Shards of a new cluster (fixed once created). Default 1 alone, 4 with peers.
+    #[arg(long, env = "CHRONICLE_SHARDS")]
+    pub shards: Option<u32>,
+    /// Replicas per shard of a new cluster. Default 3 (capped at the member count).
+    #[arg(long, env = "CHRONICLE_REPLICATION")]
+    pub replication: Option<usize>,
 }
 
 impl ServeArgs {
@@ -187,6 +276,19 @@ impl ServeArgs {
         if let Some(p) = &self.subject_prefix {
             config.subject_prefix = p.clone();
         }
+        if let Some(id) = self.node_id {
+            config.cluster.node_id = id;
+        }
+        if !self.initial_nodes.is_empty() {
+            config.cluster.initial_nodes = self.initial_nodes.clone();
+        }
+        if let Some(n) = self.shards {
+            config.cluster.shards = Some(n);
+        }
+        if let Some(r) = self.replication {
+            config.cluster.replication = r;
+        }
+        config.cluster.validate(!config.nats.urls.is_empty())?;
         chronicle_bus::subject::validate_publish(&format!("{}.query", config.subject_prefix))
             .map_err(|e| format!("subject prefix {:?}: {e}", config.subject_prefix))?;
         Ok(config)

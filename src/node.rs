@@ -1,20 +1,30 @@
-//! A Chronicle node: the bus, the storage shard, the supervised actors and the HTTP
+//! A Chronicle node: the bus, its member of the cluster (Raft groups whose
+//! state machines are the storage shards), the supervised actors and the HTTP
 //! server, started and stopped together.
+//!
+//! A node is always a cluster member: alone by default (one-voter groups), so
+//! every write takes the same path, through the Raft log, on one node or many.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Addr, Arbiter, Supervisor, SyncArbiter};
 use chronicle_bus::{Bus, LocalBus, NatsBus};
-use chronicle_ingest::{IngestActor, StorageWriter};
-use chronicle_query::QueryActor;
-use chronicle_storage::{Shard, ShardConfig};
+use chronicle_cluster::{ClusterConfig, ClusterError, ClusterNode};
+use chronicle_ingest::{IngestActor, PointSink, StorageWriter};
+use chronicle_query::{DataSource, QueryActor};
+use chronicle_storage::{Point, Shard, ShardConfig};
 use tracing::{info, warn};
 
-use crate::config::NodeConfig;
+use crate::cluster_io::{ClusterSink, ClusterSource};
+use crate::config::{ClusterSettings, NodeConfig};
 use crate::http;
 use crate::metrics::{MeteredBus, BUS_CONNECTED};
+
+/// Where a data directory records the cluster it was created for.
+const IDENTITY_FILE: &str = "cluster.json";
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -33,12 +43,66 @@ pub enum NodeError {
     },
     #[error("the {0} actor did not start")]
     ActorStart(&'static str),
+    #[error("{0}")]
+    Config(String),
+    #[error("cluster: {0}")]
+    Cluster(#[from] ClusterError),
+}
+
+/// The cluster identity of `dir`: recorded at creation, and what a restart
+/// must keep (placement derives from it). Settings given again must match;
+/// none given means "as recorded".
+fn settle_identity(dir: &Path, given: &ClusterSettings) -> Result<ClusterSettings, NodeError> {
+    let path = dir.join(IDENTITY_FILE);
+    let mut wanted = given.clone();
+    wanted.shards = Some(given.shard_count());
+    wanted.initial_nodes = given.members();
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let recorded: ClusterSettings = serde_json::from_slice(&bytes)
+                .map_err(|e| NodeError::Config(format!("{}: {e}", path.display())))?;
+            if *given == ClusterSettings::default() || wanted == recorded {
+                Ok(recorded)
+            } else {
+                Err(NodeError::Config(format!(
+                    "{} holds node {} of cluster {:?} ({} shards, {} replicas); start it with those settings or none (asked: node {} of {:?}, {} shards, {} replicas)",
+                    dir.display(),
+                    recorded.node_id,
+                    recorded.initial_nodes,
+                    recorded.shard_count(),
+                    recorded.replication,
+                    wanted.node_id,
+                    wanted.initial_nodes,
+                    wanted.shard_count(),
+                    wanted.replication
+                )))
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if dir.join("CURRENT").exists() {
+                return Err(NodeError::Config(format!(
+                    "{} holds a storage shard of an earlier layout (no {IDENTITY_FILE}); start with an empty --data-dir",
+                    dir.display()
+                )));
+            }
+            std::fs::create_dir_all(dir)
+                .map_err(|e| NodeError::Config(format!("data directory {}: {e}", dir.display())))?;
+            let text = serde_json::to_vec_pretty(&wanted).expect("settings serialize");
+            let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
+            std::fs::write(&tmp, text)
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .map_err(|e| NodeError::Config(format!("{}: {e}", path.display())))?;
+            Ok(wanted)
+        }
+        Err(e) => Err(NodeError::Config(format!("{}: {e}", path.display()))),
+    }
 }
 
 /// A running node. Must be started inside an actix `System`.
 pub struct Node {
     pub bus: Arc<dyn Bus>,
-    pub shard: Arc<Shard>,
+    /// This node's member of the cluster; runs on `runtime`.
+    pub cluster: Arc<ClusterNode>,
     pub ingest: Addr<IngestActor>,
     pub query: Addr<QueryActor>,
     /// The address the HTTP server listens on (the real port when 0 was asked).
@@ -49,6 +113,9 @@ pub struct Node {
     pub subject_prefix: String,
     http: actix_web::dev::ServerHandle,
     arbiters: Vec<Arbiter>,
+    /// The cluster's own runtime (actix's is single-threaded per arbiter;
+    /// Raft's timers must not wait behind an actor).
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl Node {
@@ -64,23 +131,71 @@ impl Node {
         BUS_CONNECTED.set(1);
         let bus: Arc<dyn Bus> = Arc::new(MeteredBus::new(raw_bus));
 
-        let shard_config = ShardConfig {
+        let identity = {
+            let (dir, given) = (config.data_dir.clone(), config.cluster.clone());
+            tokio::task::spawn_blocking(move || settle_identity(&dir, &given))
+                .await
+                .map_err(|_| NodeError::ActorStart("storage"))??
+        };
+        let members = identity.members();
+        let shards = identity.shard_count();
+        let local = chronicle_cluster::placement(&members, shards, identity.replication)
+            .iter()
+            .filter(|replicas| replicas.contains(&identity.node_id))
+            .count()
+            .max(1);
+        let mut cluster_config =
+            ClusterConfig::new(identity.node_id, members.clone(), &config.data_dir);
+        cluster_config.shards = shards;
+        cluster_config.replication = identity.replication;
+        cluster_config.prefix = config.subject_prefix.clone();
+        cluster_config.sync_log = config.sync_writes;
+        cluster_config.shard = ShardConfig {
             sync_writes: config.sync_writes,
-            decoded_cache_bytes: config.decoded_cache_bytes,
+            // The cache budget is the node's, shared by its replicas.
+            decoded_cache_bytes: config.decoded_cache_bytes / local,
             ..ShardConfig::default()
         };
-        let path = config.data_dir.clone();
-        let shard = tokio::task::spawn_blocking(move || Shard::open(&path, shard_config))
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("chronicle-cluster")
+            .enable_all()
+            .build()
+            .map_err(|e| NodeError::Config(format!("cluster runtime: {e}")))?;
+        let cluster_bus = bus.clone();
+        let cluster = runtime
+            .spawn(ClusterNode::start(cluster_config, cluster_bus))
             .await
-            .map_err(|_| NodeError::ActorStart("storage"))?
-            .map_err(|source| NodeError::Storage {
-                path: config.data_dir.display().to_string(),
-                source,
+            .map_err(|_| NodeError::ActorStart("cluster"))?
+            .map_err(|e| match e {
+                ClusterError::Storage(source) => NodeError::Storage {
+                    path: config.data_dir.display().to_string(),
+                    source,
+                },
+                other => NodeError::Cluster(other),
             })?;
-        let shard = Arc::new(shard);
-
-        let writer_shard = shard.clone();
-        let writer = SyncArbiter::start(1, move || StorageWriter::new(writer_shard.clone()));
+        let cluster = Arc::new(cluster);
+        if members.len() == 1 {
+            // Alone, this node elects itself: serve once it has.
+            let c = cluster.clone();
+            let elected = runtime
+                .spawn(async move { c.wait_for_leaders(Duration::from_secs(10)).await })
+                .await
+                .unwrap_or(false);
+            if !elected {
+                warn!("no leader elected in 10 s; writes wait for one");
+            }
+        }
+        let handle = runtime.handle().clone();
+        let sink: Arc<dyn PointSink> = Arc::new(ClusterSink {
+            cluster: cluster.clone(),
+            runtime: handle.clone(),
+        });
+        let source: Arc<dyn DataSource> = Arc::new(ClusterSource {
+            cluster: cluster.clone(),
+            runtime: handle,
+        });
+        let writer = SyncArbiter::start(1, move || StorageWriter::new(sink.clone()));
 
         // Each actor on its own arbiter (thread): a busy ingest never delays queries.
         let ingest_arbiter = Arbiter::new();
@@ -93,10 +208,9 @@ impl Node {
         });
         let query_arbiter = Arbiter::new();
         let query_bus = bus.clone();
-        let query_shard = shard.clone();
         let query_config = config.query_config();
         let query = Supervisor::start_in_arbiter(&query_arbiter.handle(), move |_| {
-            QueryActor::new(query_bus, query_shard, query_config)
+            QueryActor::new(query_bus, source.clone(), query_config)
         });
         // Both subscribe in `started` before handling messages: these return once
         // the subjects are live.
@@ -130,10 +244,18 @@ impl Node {
                 warn!(error = %e, "HTTP server stopped with an error");
             }
         });
-        info!(%http_addr, bus = bus_kind, data_dir = %config.data_dir.display(), "node started");
+        info!(
+            %http_addr,
+            bus = bus_kind,
+            data_dir = %config.data_dir.display(),
+            node_id = identity.node_id,
+            ?members,
+            shards,
+            "node started"
+        );
         Ok(Self {
             bus,
-            shard,
+            cluster,
             ingest,
             query,
             http_addr,
@@ -141,7 +263,37 @@ impl Node {
             subject_prefix: config.subject_prefix.clone(),
             http: handle,
             arbiters: vec![ingest_arbiter, query_arbiter],
+            runtime: Some(runtime),
         })
+    }
+
+    /// The runtime the cluster runs on (its futures must be driven there).
+    pub fn cluster_runtime(&self) -> tokio::runtime::Handle {
+        self.runtime
+            .as_ref()
+            .expect("the runtime lives as long as the node")
+            .handle()
+            .clone()
+    }
+
+    /// Writes points through the cluster (as the ingest actor does, without
+    /// batching), acknowledged once committed.
+    pub async fn write(&self, points: Vec<Point>) -> Result<usize, ClusterError> {
+        let cluster = self.cluster.clone();
+        self.cluster_runtime()
+            .spawn(async move { cluster.write(&points).await })
+            .await
+            .map_err(|e| ClusterError::Raft(format!("write task failed: {e}")))?
+    }
+
+    /// This node's replicas' storage (for tools and benchmarks; reads through
+    /// them may lag the leader).
+    pub fn local_shards(&self) -> Vec<Arc<Shard>> {
+        self.cluster
+            .local_shards()
+            .into_iter()
+            .map(|(_, shard)| shard)
+            .collect()
     }
 
     /// Graceful shutdown: stop intake (HTTP, then the bus subscriptions), write what
@@ -167,22 +319,29 @@ impl Node {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let shard = self.shard.clone();
-        match tokio::task::spawn_blocking(move || shard.flush()).await {
-            Ok(Ok(report)) => info!(chunks = report.chunks, "head flushed into chunks"),
-            Ok(Err(e)) => warn!(error = %e, "final flush failed; the log replays on restart"),
-            Err(_) => warn!("final flush panicked; the log replays on restart"),
+        let shards = self.local_shards();
+        let flushed = tokio::task::spawn_blocking(move || {
+            shards.iter().try_fold(0, |chunks, shard| {
+                shard.flush().map(|report| chunks + report.chunks)
+            })
+        })
+        .await;
+        match flushed {
+            Ok(Ok(chunks)) => info!(chunks, "head flushed into chunks"),
+            Ok(Err(e)) => warn!(error = %e, "final flush failed; the Raft log replays on restart"),
+            Err(_) => warn!("final flush panicked; the Raft log replays on restart"),
         }
-        // Close RocksDB here, in order: stop the actors' threads (dropping the writer's
-        // last handle ends its thread), then drop the last reference to the shard.
-        // Leaving it open while the process exits races RocksDB's background threads
-        // against static destructors.
+        // Close RocksDB here, in order: stop the actors' threads (dropping the
+        // writer's and the query actor's handles on the cluster), then the
+        // cluster's groups, then its runtime. Leaving RocksDB open while the
+        // process exits races its background threads against static destructors.
         let Node {
-            shard,
+            cluster,
             arbiters,
             ingest,
             query,
             bus,
+            runtime,
             ..
         } = self;
         drop((ingest, query, bus));
@@ -194,15 +353,20 @@ impl Node {
         })
         .await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while Arc::strong_count(&shard) > 1 && tokio::time::Instant::now() < deadline {
+        while Arc::strong_count(&cluster) > 1 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        match Arc::try_unwrap(shard) {
-            Ok(shard) => {
-                let _ = tokio::task::spawn_blocking(move || drop(shard)).await;
+        let runtime = runtime.expect("the runtime lives as long as the node");
+        match Arc::try_unwrap(cluster) {
+            Ok(cluster) => {
+                let _ = runtime.spawn(cluster.shutdown()).await;
             }
-            Err(_) => warn!("storage still referenced at shutdown; closing at exit"),
+            Err(_) => warn!("the cluster is still referenced at shutdown; closing at exit"),
         }
+        let _ = tokio::task::spawn_blocking(move || {
+            runtime.shutdown_timeout(Duration::from_secs(5));
+        })
+        .await;
         BUS_CONNECTED.set(0);
         info!("node stopped");
     }

@@ -30,6 +30,7 @@ const KEY_PURGED: &[u8] = b"purged";
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
+    sync: bool,
 }
 
 fn io_error(
@@ -49,13 +50,24 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError<u64> {
 }
 
 impl LogStore {
+    /// Opens (or creates) the log; every write is synced.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, ClusterError> {
+        Self::open_with(path, true)
+    }
+
+    /// `sync: false` leaves writes in the OS cache (`--no-sync`: faster, and
+    /// the last entries may be lost on power loss, so a replica may forget
+    /// entries it acknowledged).
+    pub fn open_with(path: impl AsRef<Path>, sync: bool) -> Result<Self, ClusterError> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         let cfs = [CF_LOG, CF_META].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
-        Ok(Self { db: Arc::new(db) })
+        Ok(Self {
+            db: Arc::new(db),
+            sync,
+        })
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -66,7 +78,7 @@ impl LogStore {
 
     fn synced(&self, batch: WriteBatch) -> Result<(), rocksdb::Error> {
         let mut wo = WriteOptions::default();
-        wo.set_sync(true);
+        wo.set_sync(self.sync);
         self.db.write_opt(batch, &wo)
     }
 

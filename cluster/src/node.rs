@@ -12,13 +12,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chronicle_bus::{Bus, Message};
-use chronicle_storage::{Label, MatchOp, Matcher, Point, SeriesSamples, ShardConfig};
+use chronicle_storage::{Label, Matcher, Point, SeriesSamples, ShardConfig};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{Config, Raft};
 use rkyv::{Archive, Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use crate::network::{serve, BusNetwork};
+use crate::read::{merge, ShardAnswer, ShardRead, WireAnswer, WireRead};
 use crate::state_machine::{ShardCell, ShardStateMachine};
 use crate::types::{TypeConfig, WriteBatch};
 use crate::wire::WirePoint;
@@ -39,8 +40,12 @@ pub struct ClusterConfig {
     pub prefix: String,
     pub shard: ShardConfig,
     pub raft: Arc<Config>,
-    /// How long a forwarded write or read may take.
+    /// Sync every Raft log write (the default); off trades durability for speed.
+    pub sync_log: bool,
+    /// How long a forwarded write may take, retries included.
     pub request_timeout: Duration,
+    /// How long one shard's part of a read may take, retries included.
+    pub read_timeout: Duration,
 }
 
 impl ClusterConfig {
@@ -67,7 +72,9 @@ impl ClusterConfig {
                 .validate()
                 .expect("static raft config is valid"),
             ),
+            sync_log: true,
             request_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -108,24 +115,36 @@ struct Group {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 enum WireClusterRequest {
     Write(Vec<WirePoint>),
+    /// A read; an answer too large for one message comes in parts, the first
+    /// as the reply and the rest published on `inbox`.
     Read {
-        matchers: Vec<(String, u8, String)>,
-        start: i64,
-        end: i64,
+        read: WireRead,
+        inbox: String,
     },
 }
-
-/// A series read: metric, labels, (timestamp, value) samples.
-type WireSeries = (String, Vec<(String, String)>, Vec<(i64, f64)>);
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 enum WireClusterReply {
     Written(u64),
-    Series(Vec<WireSeries>),
+    /// The first part of an encoded [`WireAnswer`] split into `total` parts.
+    Answer {
+        total: u32,
+        first: Vec<u8>,
+    },
     /// Not the leader; the leader if known.
     NotLeader(Option<u64>),
     Error(String),
 }
+
+/// A later part of an answer: its number, then its bytes.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+struct WireAnswerPart {
+    seq: u32,
+    bytes: Vec<u8>,
+}
+
+/// Bytes of an answer per message (under the bus's 1 MiB, with room for the envelope).
+const ANSWER_PART_BYTES: usize = crate::network::MAX_RPC_BYTES - 4096;
 
 /// A shard's state as this node sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,25 +162,10 @@ pub struct ClusterNode {
     placement: Vec<Vec<u64>>,
     groups: BTreeMap<u32, Group>,
     service: Vec<tokio::task::JoinHandle<()>>,
-}
-
-fn op_code(op: MatchOp) -> u8 {
-    match op {
-        MatchOp::Equal => 0,
-        MatchOp::NotEqual => 1,
-        MatchOp::Regex => 2,
-        MatchOp::NotRegex => 3,
-    }
-}
-
-fn op_from(code: u8) -> Option<MatchOp> {
-    Some(match code {
-        0 => MatchOp::Equal,
-        1 => MatchOp::NotEqual,
-        2 => MatchOp::Regex,
-        3 => MatchOp::NotRegex,
-        _ => return None,
-    })
+    /// Inboxes for the parts of large answers: `<prefix>.inbox.<node>.<nonce>.<n>`
+    /// (the nonce keeps a restarted node from receiving its predecessor's parts).
+    inbox_nonce: u64,
+    next_inbox: std::sync::atomic::AtomicU64,
 }
 
 /// Points per Raft entry: a few hundred KB encoded, well under a bus message.
@@ -169,6 +173,9 @@ pub const MAX_ENTRY_POINTS: usize = 2_000;
 
 /// Longest one forwarded request may take before the next replica is tried.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Longest one shard's read may take on one replica before the next is tried.
+const READ_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Pause between rounds over a shard's replicas while it has no leader.
 const RETRY_PAUSE_MS: u64 = 25;
@@ -196,7 +203,7 @@ impl ClusterNode {
                 continue;
             }
             let dir = config.data_dir.join(format!("shard-{shard}"));
-            let log = LogStore::open(dir.join("raft-log"))?;
+            let log = LogStore::open_with(dir.join("raft-log"), config.sync_log)?;
             let sm = ShardStateMachine::open(dir.join("state"), config.shard.clone())?;
             let cell = sm.shard();
             let network = BusNetwork::new(bus.clone(), config.prefix.clone(), u64::from(shard));
@@ -254,6 +261,8 @@ impl ClusterNode {
             placement,
             groups,
             service,
+            inbox_nonce: inbox_nonce(),
+            next_inbox: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -268,6 +277,23 @@ impl ClusterNode {
     /// Writes `points`, each to its shard's leader, acknowledged after commit
     /// in every shard touched. Returns the points written.
     pub async fn write(&self, points: &[Point]) -> Result<usize, ClusterError> {
+        // A committed entry must apply on every replica: refuse bad points
+        // before they reach the log (all or nothing, as a shard's own write).
+        for (index, p) in points.iter().enumerate() {
+            let checked = if p.labels.windows(2).any(|w| w[0].name > w[1].name) {
+                let mut sorted = p.labels.clone();
+                sorted.sort();
+                chronicle_storage::model::validate(&p.metric, &sorted, &self.config.shard.limits)
+            } else {
+                chronicle_storage::model::validate(&p.metric, &p.labels, &self.config.shard.limits)
+            };
+            checked.map_err(|problem| {
+                ClusterError::Storage(chronicle_storage::StorageError::InvalidPoint {
+                    index,
+                    problem,
+                })
+            })?;
+        }
         let mut by_shard: BTreeMap<u32, Vec<Point>> = BTreeMap::new();
         for p in points {
             by_shard
@@ -325,17 +351,15 @@ impl ClusterNode {
         start: i64,
         end: i64,
     ) -> Result<Vec<SeriesSamples>, ClusterError> {
-        let request = WireClusterRequest::Read {
-            matchers: matchers
-                .iter()
-                .map(|m| (m.name.clone(), op_code(m.op), m.value.clone()))
-                .collect(),
+        let read = ShardRead::Series {
+            matchers: matchers.to_vec(),
             start,
             end,
+            max_samples: usize::MAX,
         };
-        match self.ask_leader(shard, &request).await? {
-            WireClusterReply::Series(series) => Ok(decode_series(series)),
-            other => Err(ClusterError::Raft(format!("unexpected reply {other:?}"))),
+        match self.read_shard(shard, &read).await? {
+            ShardAnswer::Series(Some(series)) => Ok(series),
+            other => Err(unexpected_answer(&other)),
         }
     }
 
@@ -346,12 +370,100 @@ impl ClusterNode {
         start: i64,
         end: i64,
     ) -> Result<Vec<SeriesSamples>, ClusterError> {
-        let reads = (0..self.config.shards).map(|s| self.read(s, matchers, start, end));
-        let mut out = Vec::new();
-        for part in futures_util::future::join_all(reads).await {
-            out.extend(part?);
+        let read = ShardRead::Series {
+            matchers: matchers.to_vec(),
+            start,
+            end,
+            max_samples: usize::MAX,
+        };
+        match self.query(&read).await? {
+            ShardAnswer::Series(Some(series)) => Ok(series),
+            other => Err(unexpected_answer(&other)),
         }
-        Ok(out)
+    }
+
+    /// Asks every shard (concurrently, each linearizably through its leader)
+    /// and merges their answers.
+    pub async fn query(&self, read: &ShardRead) -> Result<ShardAnswer, ClusterError> {
+        read.validate()?;
+        let parts = (0..self.config.shards).map(|s| self.read_shard(s, read));
+        let mut answers = Vec::with_capacity(self.config.shards as usize);
+        for answer in futures_util::future::join_all(parts).await {
+            answers.push(answer?);
+        }
+        merge(read, answers)
+    }
+
+    /// Answers `read` from one shard's leader: here when this node leads it
+    /// (after a read index confirms it still does), otherwise over the bus.
+    pub async fn read_shard(
+        &self,
+        shard: u32,
+        read: &ShardRead,
+    ) -> Result<ShardAnswer, ClusterError> {
+        if let Some(group) = self.groups.get(&shard) {
+            if group.raft.metrics().borrow().current_leader == Some(self.config.node_id) {
+                match group.raft.ensure_linearizable().await {
+                    Ok(_) => return run_local(&group.shard, read.clone()).await,
+                    Err(e) if e.forward_to_leader::<openraft::EmptyNode>().is_some() => {}
+                    Err(e) => return Err(ClusterError::Raft(e.to_string())),
+                }
+            }
+        }
+        let inbox = format!(
+            "{}.inbox.{}.{}.{}",
+            self.config.prefix,
+            self.config.node_id,
+            self.inbox_nonce,
+            self.next_inbox
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let mut parts = self
+            .bus
+            .subscribe(&inbox, None)
+            .await
+            .map_err(|e| ClusterError::Bus(e.to_string()))?;
+        let request = WireClusterRequest::Read {
+            read: WireRead::from(read),
+            inbox,
+        };
+        let reply = self
+            .ask_leader(
+                shard,
+                &request,
+                READ_ATTEMPT_TIMEOUT,
+                self.config.read_timeout,
+            )
+            .await?;
+        let WireClusterReply::Answer { total, first } = reply else {
+            return Err(ClusterError::Raft(format!("unexpected reply {reply:?}")));
+        };
+        let mut bytes = first;
+        for seq in 1..total {
+            let part = tokio::time::timeout(READ_ATTEMPT_TIMEOUT, parts.next())
+                .await
+                .map_err(|_| {
+                    ClusterError::Unavailable(format!(
+                        "shard {shard}: part {seq} of {total} of an answer did not arrive"
+                    ))
+                })?
+                .ok_or_else(|| ClusterError::Bus("answer inbox closed".into()))?;
+            let part: WireAnswerPart = chronicle_bus::envelope::decode(&part.payload)
+                .map_err(|e| ClusterError::Bus(e.to_string()))?;
+            if part.seq != seq {
+                return Err(ClusterError::Corrupt {
+                    what: "answer",
+                    why: format!("part {} arrived where {seq} was expected", part.seq),
+                });
+            }
+            bytes.extend_from_slice(&part.bytes);
+        }
+        let answer: WireAnswer =
+            chronicle_bus::envelope::decode(&bytes).map_err(|e| ClusterError::Corrupt {
+                what: "answer",
+                why: e.to_string(),
+            })?;
+        Ok(answer.into())
     }
 
     /// A local leader handles `request` with `local`; otherwise it goes to the
@@ -377,13 +489,18 @@ impl ClusterNode {
                 }
             }
         }
-        self.ask_leader(shard, request).await
+        self.ask_leader(shard, request, ATTEMPT_TIMEOUT, self.config.request_timeout)
+            .await
     }
 
+    /// Sends `request` to the shard's leader, giving each attempt at most
+    /// `attempt` and all of them `total`.
     async fn ask_leader(
         &self,
         shard: u32,
         request: &WireClusterRequest,
+        attempt: Duration,
+        total: Duration,
     ) -> Result<WireClusterReply, ClusterError> {
         let replicas = &self.placement[shard as usize];
         let mut target = self
@@ -396,7 +513,7 @@ impl ClusterNode {
         let mut last_error = String::from("no replica answered");
         // Until the request timeout: follow leader hints; while an election is
         // under way (no hint, or the old leader gone) try the replicas in turn.
-        let deadline = tokio::time::Instant::now() + self.config.request_timeout;
+        let deadline = tokio::time::Instant::now() + total;
         let mut next = 0usize;
         while tokio::time::Instant::now() < deadline {
             let subject = service_subject(&self.config.prefix, shard, target);
@@ -404,7 +521,7 @@ impl ClusterNode {
             // give each attempt a bounded share, not the whole deadline.
             let left = deadline
                 .saturating_duration_since(tokio::time::Instant::now())
-                .min(ATTEMPT_TIMEOUT);
+                .min(attempt);
             let reply = self
                 .bus
                 .request(Message::new(subject, payload.clone()), left)
@@ -501,28 +618,60 @@ impl ClusterNode {
         Some(applied)
     }
 
+    /// Waits until every shard this node holds knows its leader; false when
+    /// `timeout` passed first.
+    pub async fn wait_for_leaders(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        for group in self.groups.values() {
+            let mut metrics = group.raft.metrics();
+            let waited =
+                tokio::time::timeout_at(deadline, metrics.wait_for(|m| m.current_leader.is_some()))
+                    .await;
+            if !matches!(waited, Ok(Ok(_))) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// This node's replicas: shard id and its current storage.
+    pub fn local_shards(&self) -> Vec<(u32, Arc<chronicle_storage::Shard>)> {
+        self.groups
+            .iter()
+            .map(|(id, g)| (*id, g.shard.current()))
+            .collect()
+    }
+
     /// The local replica of `shard`, for follower reads (may lag the leader).
     pub fn local_shard(&self, shard: u32) -> Option<ShardCell> {
         self.groups.get(&shard).map(|g| g.shard.clone())
     }
 }
 
-fn decode_series(series: Vec<WireSeries>) -> Vec<SeriesSamples> {
-    series
-        .into_iter()
-        .map(|(metric, labels, samples)| {
-            (
-                chronicle_storage::SeriesKey::new(
-                    metric,
-                    labels.into_iter().map(|(n, v)| Label::new(n, v)).collect(),
-                ),
-                samples
-                    .into_iter()
-                    .map(|(t, v)| chronicle_storage::Sample::new(t, v))
-                    .collect(),
-            )
-        })
-        .collect()
+fn inbox_nonce() -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let mut seed = now.to_le_bytes().to_vec();
+    seed.extend_from_slice(&std::process::id().to_le_bytes());
+    xxhash_rust::xxh64::xxh64(&seed, 0)
+}
+
+fn unexpected_answer(answer: &ShardAnswer) -> ClusterError {
+    ClusterError::Corrupt {
+        what: "answer",
+        why: format!("unexpected {answer:?}"),
+    }
+}
+
+/// Runs a read on this node's replica (on the blocking pool: it reads RocksDB).
+async fn run_local(cell: &ShardCell, read: ShardRead) -> Result<ShardAnswer, ClusterError> {
+    let shard = cell.current();
+    tokio::task::spawn_blocking(move || read.run(&shard))
+        .await
+        .map_err(|e| ClusterError::Raft(format!("read task failed: {e}")))?
+        .map_err(ClusterError::Storage)
 }
 
 /// Answers forwarded writes and reads for one shard on this node.
@@ -545,24 +694,34 @@ async fn serve_requests(
             };
             let (raft, shard, bus) = (raft.clone(), shard.clone(), bus.clone());
             tokio::spawn(async move {
-                let reply =
+                let (reply, later) =
                     match chronicle_bus::envelope::decode::<WireClusterRequest>(&message.payload) {
                         Ok(request) => answer(&raft, &shard, request).await,
-                        Err(e) => WireClusterReply::Error(format!("bad cluster request: {e}")),
+                        Err(e) => (
+                            WireClusterReply::Error(format!("bad cluster request: {e}")),
+                            Vec::new(),
+                        ),
                     };
                 if let Ok(payload) = chronicle_bus::envelope::encode(&reply) {
                     let _ = bus.publish(Message::new(reply_to, payload)).await;
+                }
+                for part in later {
+                    if bus.publish(part).await.is_err() {
+                        break;
+                    }
                 }
             });
         }
     }))
 }
 
+/// The reply to `request`, and the messages that follow it (the later parts
+/// of a large answer).
 async fn answer(
     raft: &Raft<TypeConfig>,
     shard: &ShardCell,
     request: WireClusterRequest,
-) -> WireClusterReply {
+) -> (WireClusterReply, Vec<Message>) {
     let not_leader = || WireClusterReply::NotLeader(raft.metrics().borrow().current_leader);
     match request {
         WireClusterRequest::Write(points) => {
@@ -578,53 +737,51 @@ async fn answer(
                     "slow forwarded write"
                 );
             }
-            match result {
+            let reply = match result {
                 Ok(r) => WireClusterReply::Written(r.data.written as u64),
                 Err(e) if e.forward_to_leader::<openraft::EmptyNode>().is_some() => not_leader(),
                 Err(e) => WireClusterReply::Error(e.to_string()),
-            }
+            };
+            (reply, Vec::new())
         }
-        WireClusterRequest::Read {
-            matchers,
-            start,
-            end,
-        } => {
+        WireClusterRequest::Read { read, inbox } => {
             if let Err(e) = raft.ensure_linearizable().await {
-                return match e.forward_to_leader::<openraft::EmptyNode>() {
+                let reply = match e.forward_to_leader::<openraft::EmptyNode>() {
                     Some(_) => not_leader(),
                     None => WireClusterReply::Error(e.to_string()),
                 };
+                return (reply, Vec::new());
             }
-            let mut parsed = Vec::with_capacity(matchers.len());
-            for (name, op, value) in matchers {
-                let Some(op) = op_from(op) else {
-                    return WireClusterReply::Error(format!("unknown matcher op {op}"));
+            let read = match ShardRead::try_from(read) {
+                Ok(read) => read,
+                Err(e) => return (WireClusterReply::Error(e), Vec::new()),
+            };
+            let answer = match run_local(shard, read).await {
+                Ok(answer) => answer,
+                Err(e) => return (WireClusterReply::Error(e.to_string()), Vec::new()),
+            };
+            let bytes = match chronicle_bus::envelope::encode(&WireAnswer::from(&answer)) {
+                Ok(bytes) => bytes,
+                Err(e) => return (WireClusterReply::Error(e.to_string()), Vec::new()),
+            };
+            let mut chunks = bytes.chunks(ANSWER_PART_BYTES);
+            let first = chunks.next().unwrap_or_default().to_vec();
+            let mut later = Vec::new();
+            for (seq, chunk) in chunks.enumerate() {
+                let part = WireAnswerPart {
+                    seq: seq as u32 + 1,
+                    bytes: chunk.to_vec(),
                 };
-                match Matcher::new(op, name, value) {
-                    Ok(m) => parsed.push(m),
-                    Err(e) => return WireClusterReply::Error(e.to_string()),
+                match chronicle_bus::envelope::encode(&part) {
+                    Ok(payload) => later.push(Message::new(inbox.clone(), payload)),
+                    Err(e) => return (WireClusterReply::Error(e.to_string()), Vec::new()),
                 }
             }
-            let shard = shard.current();
-            match tokio::task::spawn_blocking(move || shard.query(&parsed, start, end)).await {
-                Ok(Ok(series)) => WireClusterReply::Series(
-                    series
-                        .into_iter()
-                        .map(|(key, samples)| {
-                            (
-                                key.metric,
-                                key.labels.into_iter().map(|l| (l.name, l.value)).collect(),
-                                samples
-                                    .into_iter()
-                                    .map(|s| (s.timestamp, s.value))
-                                    .collect(),
-                            )
-                        })
-                        .collect(),
-                ),
-                Ok(Err(e)) => WireClusterReply::Error(e.to_string()),
-                Err(e) => WireClusterReply::Error(e.to_string()),
-            }
+            let reply = WireClusterReply::Answer {
+                total: later.len() as u32 + 1,
+                first,
+            };
+            (reply, later)
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The storage shard as a series source (feature `shard`).
 
-use chronicle_storage::{Label, Matcher, Shard};
+use chronicle_storage::{Label, Matcher, SeriesSamples, Shard};
 
 use crate::source::{too_many_samples, SeriesSource};
 use crate::value::{Labels, RangeSeries, Sample, METRIC_NAME};
@@ -31,26 +31,32 @@ impl SeriesSource for Shard {
                 other => EngineError::Storage(other.to_string()),
             })?
             .ok_or_else(|| too_many_samples(max_samples))?;
-        Ok(series
-            .into_iter()
-            .map(|(key, samples)| {
-                let mut pairs: Vec<(String, String)> = key
-                    .labels
-                    .into_iter()
-                    .map(|Label { name, value }| (name, value))
-                    .collect();
-                pairs.push((METRIC_NAME.to_string(), key.metric));
-                RangeSeries {
-                    labels: Labels::new(pairs),
-                    samples: samples
-                        .into_iter()
-                        .map(|s| Sample {
-                            t: s.timestamp.div_euclid(NS_PER_MS),
-                            v: s.value,
-                        })
-                        .collect(),
-                }
-            })
-            .collect())
+        Ok(from_storage(series))
     }
+}
+
+/// Storage series as the engine's: `__name__` among the labels, nanoseconds
+/// floored to milliseconds.
+pub fn from_storage(series: Vec<SeriesSamples>) -> Vec<RangeSeries> {
+    series
+        .into_iter()
+        .map(|(key, samples)| {
+            let mut pairs: Vec<(String, String)> = key
+                .labels
+                .into_iter()
+                .map(|Label { name, value }| (name, value))
+                .collect();
+            pairs.push((METRIC_NAME.to_string(), key.metric));
+            RangeSeries {
+                labels: Labels::new(pairs),
+                samples: samples
+                    .into_iter()
+                    .map(|s| Sample {
+                        t: s.timestamp.div_euclid(NS_PER_MS),
+                        v: s.value,
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
 }

@@ -5,6 +5,9 @@ use chronicle_storage::Matcher;
 use crate::value::RangeSeries;
 use crate::{EngineError, Result};
 
+#[cfg(feature = "shard")]
+pub use crate::shard_source::from_storage;
+
 /// Anything that selects series by label matchers and reads their samples.
 pub trait SeriesSource: Sync {
     /// Every series matching all `matchers`, with its samples in `[start, end]`
@@ -21,7 +24,7 @@ pub trait SeriesSource: Sync {
 }
 
 /// The error for a selection over its sample budget.
-pub(crate) fn too_many_samples(max: usize) -> EngineError {
+pub fn too_many_samples(max: usize) -> EngineError {
     EngineError::Limit(format!(
         "query processing would load too many samples into memory (over {max})"
     ))

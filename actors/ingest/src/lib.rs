@@ -22,7 +22,7 @@ pub use metrics::register_all as register_metrics;
 pub use parse::{parse_json, parse_line_protocol, parse_payload, Precision};
 pub use remote_write::parse_remote_write;
 #[cfg(feature = "actor")]
-pub use writer::StorageWriter;
+pub use writer::{PointSink, StorageWriter};
 
 /// Why points were not accepted or not written.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -39,6 +39,10 @@ pub enum IngestError {
     Restarted,
     #[error("the ingest actor is not running")]
     Unavailable,
+    /// The cluster could not commit the write (no leader reachable, or this
+    /// node is cut off from the majority); nothing was acknowledged.
+    #[error("not committed: {0}")]
+    NotCommitted(String),
 }
 
 impl IngestError {
@@ -51,6 +55,7 @@ impl IngestError {
             IngestError::Storage(_) => "storage_error",
             IngestError::Restarted => "retry",
             IngestError::Unavailable => "unavailable",
+            IngestError::NotCommitted(_) => "not_committed",
         }
     }
 

@@ -7,15 +7,30 @@ use tracing::error;
 
 use crate::IngestError;
 
-/// Writes batches on its own thread (RocksDB calls block; the fsync per batch is
-/// what makes an acknowledgement durable).
+/// Where batches go: a storage shard directly (tests, tools), or the node's
+/// cluster, which commits them through Raft before they count as written.
+pub trait PointSink: Send + Sync + 'static {
+    /// Writes `points` durably (blocking) and returns how many were written.
+    fn write_points(&self, points: &[Point]) -> Result<usize, IngestError>;
+}
+
+impl PointSink for Shard {
+    fn write_points(&self, points: &[Point]) -> Result<usize, IngestError> {
+        self.write_batch(points)
+            .map(|_| points.len())
+            .map_err(|e| IngestError::Storage(e.to_string()))
+    }
+}
+
+/// Writes batches on its own thread (the sink blocks; its fsync, or the
+/// cluster's commit, is what makes an acknowledgement durable).
 pub struct StorageWriter {
-    shard: Arc<Shard>,
+    sink: Arc<dyn PointSink>,
 }
 
 impl StorageWriter {
-    pub fn new(shard: Arc<Shard>) -> Self {
-        Self { shard }
+    pub fn new(sink: Arc<dyn PointSink>) -> Self {
+        Self { sink }
     }
 }
 
@@ -35,13 +50,12 @@ impl Handler<WriteBatch> for StorageWriter {
 
     fn handle(&mut self, batch: WriteBatch, _: &mut SyncContext<Self>) -> Self::Result {
         let _span = tracing::debug_span!("write_batch", points = batch.0.len()).entered();
-        let shard = &self.shard;
+        let sink = &self.sink;
         let started = std::time::Instant::now();
-        let outcome = catch_unwind(AssertUnwindSafe(|| shard.write_batch(&batch.0)));
+        let outcome = catch_unwind(AssertUnwindSafe(|| sink.write_points(&batch.0)));
         tracing::debug!(points = batch.0.len(), elapsed = ?started.elapsed(), "batch written");
         match outcome {
-            Ok(Ok(_)) => Ok(batch.0.len()),
-            Ok(Err(e)) => Err(IngestError::Storage(e.to_string())),
+            Ok(result) => result,
             Err(_) => {
                 error!("storage write panicked; the batch is not acknowledged");
                 Err(IngestError::Storage("write panicked".into()))

@@ -5,12 +5,12 @@ use std::time::Duration;
 use actix::prelude::*;
 use chronicle_actor_runtime::{error_json, guarded, InjectPanic};
 use chronicle_bus::{Bus, Message as BusMessage};
-use chronicle_storage::Shard;
 use tokio::sync::Semaphore;
 use tracing::{debug, info_span, warn, Instrument};
 
 use crate::promql::{run_meta, run_promql, MetaAnswer, MetaQuery, PromqlLimits, PromqlQuery};
 use crate::request::{now_ns, QueryRequest, QueryResult};
+use crate::source::DataSource;
 use crate::{execute, QueryError};
 use chronicle_engine::Answer;
 
@@ -61,17 +61,17 @@ pub struct RunMeta(pub MetaQuery);
 /// never stalls the actor; the semaphore bounds how many run at once.
 pub struct QueryActor {
     bus: Arc<dyn Bus>,
-    shard: Arc<Shard>,
+    source: Arc<dyn DataSource>,
     config: QueryConfig,
     slots: Arc<Semaphore>,
 }
 
 impl QueryActor {
-    pub fn new(bus: Arc<dyn Bus>, shard: Arc<Shard>, config: QueryConfig) -> Self {
+    pub fn new(bus: Arc<dyn Bus>, source: Arc<dyn DataSource>, config: QueryConfig) -> Self {
         let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
         Self {
             bus,
-            shard,
+            source,
             config,
             slots,
         }
@@ -80,22 +80,22 @@ impl QueryActor {
     fn run(&self, request: QueryRequest) -> impl Future<Output = Result<QueryResult, QueryError>> {
         let max_points = self.config.max_points;
         let limits = self.config.promql.clone();
-        self.on_shard("query", move |shard| {
-            execute(shard, &request, now_ns(), max_points, &limits)
+        self.on_source("query", move |source| {
+            execute(source, &request, now_ns(), max_points, &limits)
         })
     }
 
     /// Runs `work` on the blocking pool once a slot is free.
-    fn on_shard<T: Send + 'static>(
+    fn on_source<T: Send + 'static>(
         &self,
         span: &'static str,
-        work: impl FnOnce(&Shard) -> Result<T, QueryError> + Send + 'static,
+        work: impl FnOnce(&dyn DataSource) -> Result<T, QueryError> + Send + 'static,
     ) -> impl Future<Output = Result<T, QueryError>> {
-        let shard = self.shard.clone();
+        let source = self.source.clone();
         let slots = self.slots.clone();
         async move {
             let _slot = slots.acquire().await.map_err(|_| QueryError::Unavailable)?;
-            tokio::task::spawn_blocking(move || work(&shard))
+            tokio::task::spawn_blocking(move || work(source.as_ref()))
                 .await
                 .map_err(|_| QueryError::Storage("query task panicked".into()))?
         }
@@ -202,7 +202,7 @@ impl Handler<RunPromql> for QueryActor {
 
     fn handle(&mut self, msg: RunPromql, _: &mut Context<Self>) -> Self::Result {
         let limits = self.config.promql.clone();
-        Box::pin(self.on_shard("promql", move |shard| run_promql(shard, &msg.0, &limits)))
+        Box::pin(self.on_source("promql", move |source| run_promql(source, &msg.0, &limits)))
     }
 }
 
@@ -211,6 +211,6 @@ impl Handler<RunMeta> for QueryActor {
 
     fn handle(&mut self, msg: RunMeta, _: &mut Context<Self>) -> Self::Result {
         let limits = self.config.promql.clone();
-        Box::pin(self.on_shard("metadata", move |shard| run_meta(shard, &msg.0, &limits)))
+        Box::pin(self.on_source("metadata", move |source| run_meta(source, &msg.0, &limits)))
     }
 }

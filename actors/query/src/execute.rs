@@ -1,26 +1,27 @@
 use chronicle_storage::model::{Label, METRIC_LABEL};
-use chronicle_storage::{AggregateRequest, Shard};
+use chronicle_storage::AggregateRequest;
 
 use chronicle_engine::{QueryValue, Severity};
 use chronicle_storage::Sample;
 
 use crate::promql::{run_promql, PromqlLimits, PromqlQuery};
 use crate::request::{QueryRequest, QueryResult, SeriesResult};
+use crate::source::DataSource;
 use crate::QueryError;
 
 const NS_PER_MS: i64 = 1_000_000;
 
-/// Runs a request against a shard. `max_points` bounds the answer's size whatever
+/// Runs a request against a data source. `max_points` bounds the answer's size whatever
 /// the request's own `limit`.
 pub fn execute(
-    shard: &Shard,
+    source: &dyn DataSource,
     request: &QueryRequest,
     now: i64,
     max_points: usize,
     promql_limits: &PromqlLimits,
 ) -> Result<QueryResult, QueryError> {
     if let Some(text) = &request.promql {
-        return execute_promql(shard, request, text, now, max_points, promql_limits);
+        return execute_promql(source, request, text, now, max_points, promql_limits);
     }
     if request.step.is_some() {
         return Err(QueryError::BadRequest(
@@ -28,19 +29,9 @@ pub fn execute(
         ));
     }
     let plan = request.plan(now)?;
-    // The request's own mistakes (a matcher that selects everything, a bad
-    // regex) are the client's; anything else is the server's.
-    let storage = |e: chronicle_storage::StorageError| match e {
-        chronicle_storage::StorageError::InvalidMatcher { .. }
-        | chronicle_storage::StorageError::InvalidRequest(_) => {
-            QueryError::BadRequest(e.to_string())
-        }
-        other => QueryError::Storage(other.to_string()),
-    };
     let series: Vec<SeriesResult> = match &plan.aggregate {
-        None => shard
-            .query(&plan.matchers, plan.start, plan.end)
-            .map_err(storage)?
+        None => source
+            .series(&plan.matchers, plan.start, plan.end)?
             .into_iter()
             .filter(|(_, samples)| !samples.is_empty())
             .map(|(key, samples)| {
@@ -49,7 +40,7 @@ pub fn execute(
                 SeriesResult::from_labels(&labels, &samples)
             })
             .collect(),
-        Some((function, window, group_by)) => shard
+        Some((function, window, group_by)) => source
             .aggregate(&AggregateRequest {
                 matchers: plan.matchers.clone(),
                 start: plan.start,
@@ -57,8 +48,7 @@ pub fn execute(
                 window: *window,
                 function: *function,
                 group_by: group_by.clone(),
-            })
-            .map_err(storage)?
+            })?
             .into_iter()
             .map(|s| SeriesResult::from_labels(&s.group, &s.points))
             .collect(),
@@ -68,7 +58,7 @@ pub fn execute(
 
 /// `{"promql": ...}`: instant at `end` (default now), or a range with `step`.
 fn execute_promql(
-    shard: &Shard,
+    source: &dyn DataSource,
     request: &QueryRequest,
     text: &str,
     now: i64,
@@ -129,7 +119,7 @@ fn execute_promql(
             .collect();
         SeriesResult::from_labels(&labels, &samples)
     };
-    let answer = run_promql(shard, &query, limits)?;
+    let answer = run_promql(source, &query, limits)?;
     let series = match answer.value {
         QueryValue::Scalar(s) => vec![to_series(&Default::default(), &[s])],
         QueryValue::Vector(v) => v.iter().map(|(l, s)| to_series(l, &[*s])).collect(),
@@ -188,7 +178,7 @@ fn limit(
 mod tests {
     use super::*;
     use crate::request::{AggregationSpec, MatcherSpec, TimeSpec};
-    use chronicle_storage::{Point, ShardConfig};
+    use chronicle_storage::{Point, Shard, ShardConfig};
 
     fn shard() -> (tempfile::TempDir, Shard) {
         let dir = tempfile::tempdir().unwrap();

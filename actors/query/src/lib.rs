@@ -5,12 +5,14 @@ mod actor;
 mod execute;
 pub mod promql;
 pub mod request;
+mod source;
 
 pub use actor::{Ping, QueryActor, QueryConfig, RunMeta, RunPromql, RunQuery, ACTOR as ACTOR_NAME};
 pub use chronicle_actor_runtime::InjectPanic;
 pub use execute::execute;
 pub use promql::{MetaAnswer, MetaKind, MetaQuery, PromqlLimits, PromqlQuery};
 pub use request::{QueryRequest, QueryResult, SeriesResult};
+pub use source::{storage_error, DataSource};
 
 /// Why a query failed.
 #[derive(Debug, Clone, thiserror::Error)]

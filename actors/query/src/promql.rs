@@ -10,8 +10,9 @@ const NS_PER_MS: i64 = 1_000_000;
 
 use chronicle_engine::value::{Labels, METRIC_NAME};
 use chronicle_engine::{evaluate, promql, Answer, EngineError, Query, QueryLimits};
-use chronicle_storage::{MatchOp, Matcher, Shard};
+use chronicle_storage::{MatchOp, Matcher};
 
+use crate::source::DataSource;
 use crate::QueryError;
 
 /// A PromQL evaluation: instant when `start == end`. Milliseconds.
@@ -57,7 +58,7 @@ pub(crate) fn engine_error(e: EngineError) -> QueryError {
 
 /// Parses and evaluates `q` on `shard`.
 pub fn run_promql(
-    shard: &Shard,
+    source: &dyn DataSource,
     q: &PromqlQuery,
     limits: &PromqlLimits,
 ) -> Result<Answer, QueryError> {
@@ -79,7 +80,7 @@ pub fn run_promql(
         cancelled: q.cancelled.clone(),
         ..QueryLimits::default()
     };
-    evaluate(shard, &query, &engine_limits).map_err(engine_error)
+    evaluate(source, &query, &engine_limits).map_err(engine_error)
 }
 
 /// A series-metadata question (the Prometheus API's /series and /labels).
@@ -121,7 +122,11 @@ fn selector_matchers(text: &str) -> Result<Vec<Vec<Matcher>>, QueryError> {
     }
 }
 
-fn keys(shard: &Shard, q: &MetaQuery, max_series: usize) -> Result<Vec<Labels>, QueryError> {
+fn keys(
+    source: &dyn DataSource,
+    q: &MetaQuery,
+    max_series: usize,
+) -> Result<Vec<Labels>, QueryError> {
     let storage = |e: chronicle_storage::StorageError| QueryError::Storage(e.to_string());
     let sets = if q.selectors.is_empty() {
         vec![vec![
@@ -134,41 +139,36 @@ fn keys(shard: &Shard, q: &MetaQuery, max_series: usize) -> Result<Vec<Labels>, 
         }
         sets
     };
-    let mut selected = BTreeMap::new();
-    for set in sets {
-        for (id, key) in shard.select(&set).map_err(storage)? {
-            selected.insert(id, key);
-            if selected.len() > max_series {
-                return Err(QueryError::TooLarge(format!(
-                    "the selectors match more than {max_series} series; narrow them or give start and end"
-                )));
-            }
-        }
-    }
-    let (ids, keys): (Vec<u64>, Vec<_>) = selected.into_iter().unzip();
-    let keep = match (q.start, q.end) {
-        (None, None) => vec![true; ids.len()],
-        (start, end) => {
-            // Milliseconds, inclusive, to the shard's nanoseconds, end exclusive.
-            let start = start.map_or(i64::MIN, |t| t.saturating_mul(NS_PER_MS));
-            let end = end.map_or(i64::MAX, |t| t.saturating_add(1).saturating_mul(NS_PER_MS));
-            shard.have_data(&ids, start, end).map_err(storage)?
-        }
+    // Milliseconds, inclusive, to nanoseconds, end exclusive.
+    let start = q.start.map_or(i64::MIN, |t| t.saturating_mul(NS_PER_MS));
+    let end = q
+        .end
+        .map_or(i64::MAX, |t| t.saturating_add(1).saturating_mul(NS_PER_MS));
+    let too_many = || {
+        QueryError::TooLarge(format!(
+            "the selectors match more than {max_series} series; narrow them or give start and end"
+        ))
     };
     let mut seen = BTreeSet::new();
-    for (key, keep) in keys.into_iter().zip(keep) {
-        if keep {
+    for set in sets {
+        let keys = source
+            .series_keys(&set, start, end, max_series)?
+            .ok_or_else(too_many)?;
+        for key in keys {
             let mut pairs: Vec<(String, String)> =
                 key.labels.into_iter().map(|l| (l.name, l.value)).collect();
             pairs.push((METRIC_NAME.to_string(), key.metric));
             seen.insert(Labels::new(pairs));
+        }
+        if seen.len() > max_series {
+            return Err(too_many());
         }
     }
     Ok(seen.into_iter().collect())
 }
 
 pub fn run_meta(
-    shard: &Shard,
+    source: &dyn DataSource,
     q: &MetaQuery,
     limits: &PromqlLimits,
 ) -> Result<MetaAnswer, QueryError> {
@@ -181,7 +181,7 @@ pub fn run_meta(
                 ));
             }
             MetaAnswer::Series(
-                keys(shard, q, limits.max_series)?
+                keys(source, q, limits.max_series)?
                     .into_iter()
                     .take(cap)
                     .map(|l| l.0.into_iter().collect())
@@ -189,14 +189,14 @@ pub fn run_meta(
             )
         }
         MetaKind::LabelNames => {
-            let names: BTreeSet<String> = keys(shard, q, limits.max_series)?
+            let names: BTreeSet<String> = keys(source, q, limits.max_series)?
                 .into_iter()
                 .flat_map(|l| l.0.into_iter().map(|(n, _)| n))
                 .collect();
             MetaAnswer::Strings(names.into_iter().take(cap).collect())
         }
         MetaKind::LabelValues(name) => {
-            let values: BTreeSet<String> = keys(shard, q, limits.max_series)?
+            let values: BTreeSet<String> = keys(source, q, limits.max_series)?
                 .into_iter()
                 .filter_map(|l| l.get(name).map(str::to_string))
                 .collect();

@@ -1,0 +1,148 @@
+//! The node's actors over the cluster: the ingest writer's sink commits through
+//! Raft, and the query actor reads every shard through its leader. The actors
+//! run on actix's threads; the cluster runs on its own tokio runtime, so these
+//! adapters block on it (they are called from blocking threads only).
+
+use std::sync::Arc;
+
+use chronicle_cluster::{ClusterError, ClusterNode, ShardAnswer, ShardRead};
+use chronicle_engine::source::SeriesSource;
+use chronicle_engine::{EngineError, RangeSeries};
+use chronicle_ingest::{IngestError, PointSink};
+use chronicle_query::{storage_error, DataSource, QueryError};
+use chronicle_storage::{
+    finish_groups, AggregateRequest, AggregateSeries, Matcher, Point, SeriesKey, SeriesSamples,
+    StorageError,
+};
+use tokio::runtime::Handle;
+
+const NS_PER_MS: i64 = 1_000_000;
+
+/// Writes through the cluster: acknowledged once committed in every shard touched.
+pub struct ClusterSink {
+    pub cluster: Arc<ClusterNode>,
+    pub runtime: Handle,
+}
+
+impl PointSink for ClusterSink {
+    fn write_points(&self, points: &[Point]) -> Result<usize, IngestError> {
+        self.runtime
+            .block_on(self.cluster.write(points))
+            .map_err(|e| match e {
+                ClusterError::Storage(StorageError::InvalidPoint { index, problem }) => {
+                    IngestError::Point {
+                        index,
+                        reason: problem.to_string(),
+                    }
+                }
+                ClusterError::Storage(other) => IngestError::Storage(other.to_string()),
+                other => IngestError::NotCommitted(other.to_string()),
+            })
+    }
+}
+
+/// Reads through the cluster: each shard linearizably from its leader,
+/// aggregations as partial aggregates merged here.
+pub struct ClusterSource {
+    pub cluster: Arc<ClusterNode>,
+    pub runtime: Handle,
+}
+
+impl ClusterSource {
+    fn ask(&self, read: ShardRead) -> Result<ShardAnswer, ClusterError> {
+        self.runtime.block_on(self.cluster.query(&read))
+    }
+}
+
+fn query_error(e: ClusterError) -> QueryError {
+    match e {
+        ClusterError::Storage(e) => storage_error(e),
+        other => QueryError::Storage(other.to_string()),
+    }
+}
+
+fn unexpected(answer: &ShardAnswer) -> QueryError {
+    QueryError::Storage(format!("the cluster answered {answer:?}"))
+}
+
+impl DataSource for ClusterSource {
+    fn series(
+        &self,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<SeriesSamples>, QueryError> {
+        let read = ShardRead::Series {
+            matchers: matchers.to_vec(),
+            start,
+            end,
+            max_samples: usize::MAX,
+        };
+        match self.ask(read).map_err(query_error)? {
+            ShardAnswer::Series(Some(series)) => Ok(series),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn aggregate(&self, req: &AggregateRequest) -> Result<Vec<AggregateSeries>, QueryError> {
+        match self
+            .ask(ShardRead::Partials(req.clone()))
+            .map_err(query_error)?
+        {
+            ShardAnswer::Partials(groups) => Ok(finish_groups(groups, req.function)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn series_keys(
+        &self,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+        max_series: usize,
+    ) -> Result<Option<Vec<SeriesKey>>, QueryError> {
+        let read = ShardRead::Keys {
+            matchers: matchers.to_vec(),
+            start,
+            end,
+            max_series,
+        };
+        match self.ask(read).map_err(query_error)? {
+            ShardAnswer::Keys(keys) => Ok(keys),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+/// The engine's view: milliseconds, end inclusive.
+impl SeriesSource for ClusterSource {
+    fn select(
+        &self,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+        max_samples: usize,
+    ) -> Result<Vec<RangeSeries>, EngineError> {
+        let read = ShardRead::Series {
+            matchers: matchers.to_vec(),
+            start: start.saturating_mul(NS_PER_MS),
+            end: end.saturating_add(1).saturating_mul(NS_PER_MS),
+            max_samples,
+        };
+        match self.ask(read) {
+            Ok(ShardAnswer::Series(Some(series))) => {
+                Ok(chronicle_engine::source::from_storage(series))
+            }
+            Ok(ShardAnswer::Series(None)) => {
+                Err(chronicle_engine::source::too_many_samples(max_samples))
+            }
+            Ok(other) => Err(EngineError::Storage(format!(
+                "the cluster answered {other:?}"
+            ))),
+            Err(ClusterError::Storage(
+                e @ (StorageError::InvalidMatcher { .. } | StorageError::InvalidRequest(_)),
+            )) => Err(EngineError::Invalid(e.to_string())),
+            Err(e) => Err(EngineError::Storage(e.to_string())),
+        }
+    }
+}
