@@ -32,6 +32,9 @@ enum Command {
     Write(client::WriteArgs),
     /// Query a node; prints a table (or --json).
     Query(client::QueryArgs),
+    /// Inspect the cluster through a node.
+    #[command(subcommand)]
+    Cluster(crate::cluster_cli::ClusterCommand),
     /// Run a benchmark and print its figures.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -61,6 +64,7 @@ pub fn main() -> ExitCode {
         Command::Serve { args, demo } => serve(args, demo),
         Command::Write(args) => client::write(args),
         Command::Query(args) => client::query(args),
+        Command::Cluster(cmd) => crate::cluster_cli::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
     };
     match result {

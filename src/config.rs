@@ -33,6 +33,9 @@ pub struct NodeConfig {
     pub ingest: IngestSettings,
     pub query: QuerySettings,
     pub cluster: ClusterSettings,
+    /// Wrap the bus in the fault injector and serve `/debug/faults/*` (chaos
+    /// and partition tests only: anyone who can reach HTTP can cut the node off).
+    pub fault_injection: bool,
 }
 
 impl Default for NodeConfig {
@@ -49,6 +52,7 @@ impl Default for NodeConfig {
             ingest: IngestSettings::default(),
             query: QuerySettings::default(),
             cluster: ClusterSettings::default(),
+            fault_injection: false,
         }
     }
 }
@@ -247,6 +251,10 @@ pub struct ServeArgs {
     /// Replicas per shard of a new cluster. Default 3 (capped at the member count).
     #[arg(long, env = "CHRONICLE_REPLICATION")]
     pub replication: Option<usize>,
+    /// Serve /debug/faults/partition and /debug/faults/heal, which cut this
+    /// node off from others on the bus (chaos and partition tests only).
+    #[arg(long, env = "CHRONICLE_ALLOW_FAULT_INJECTION")]
+    pub allow_fault_injection: bool,
 }
 
 impl ServeArgs {
@@ -287,6 +295,9 @@ impl ServeArgs {
         }
         if let Some(r) = self.replication {
             config.cluster.replication = r;
+        }
+        if self.allow_fault_injection {
+            config.fault_injection = true;
         }
         config.cluster.validate(!config.nats.urls.is_empty())?;
         chronicle_bus::subject::validate_publish(&format!("{}.query", config.subject_prefix))

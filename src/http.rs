@@ -29,6 +29,11 @@ pub struct AppState {
     /// the durable write): a burst of large writes waits for a slot before its
     /// body is read, instead of filling memory.
     pub write_slots: Arc<Semaphore>,
+    pub cluster: Arc<chronicle_cluster::ClusterNode>,
+    /// Cluster futures run on the cluster's runtime.
+    pub cluster_runtime: tokio::runtime::Handle,
+    /// Set when the node runs with fault injection.
+    pub faults: Option<Arc<chronicle_bus::FaultController>>,
 }
 
 /// Binds and returns the server (not yet running) and the bound address.
@@ -41,6 +46,9 @@ pub fn serve(state: AppState, addr: SocketAddr) -> std::io::Result<(Server, Sock
             .route("/api/v1/write", web::post().to(remote_write))
             .route("/query", web::post().to(query))
             .route("/health", web::get().to(health))
+            .route("/api/v1/cluster/status", web::get().to(cluster_status))
+            .route("/debug/faults/partition", web::post().to(fault_partition))
+            .route("/debug/faults/heal", web::post().to(fault_heal))
             .route("/metrics", web::get().to(metrics_text))
             .configure(crate::prom_api::configure)
     })
@@ -274,6 +282,82 @@ async fn health(state: web::Data<AppState>) -> HttpResponse {
         "bus": state.bus_kind,
         "version": env!("CARGO_PKG_VERSION"),
     }))
+}
+
+/// GET /api/v1/cluster/status: see [`crate::cluster_cli::status_json`].
+#[instrument(name = "http_cluster_status", skip_all)]
+async fn cluster_status(state: web::Data<AppState>) -> HttpResponse {
+    let cluster = state.cluster.clone();
+    match state
+        .cluster_runtime
+        .spawn(async move { cluster.cluster_status().await })
+        .await
+    {
+        Ok(status) => HttpResponse::Ok().json(crate::cluster_cli::status_json(&status)),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("status task failed: {e}"),
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+struct PartitionParams {
+    /// Comma-separated node ids this node stops hearing (and being heard by).
+    from: String,
+}
+
+/// POST /debug/faults/partition?from=1,2: this node drops bus messages from
+/// those nodes (each side is told, so the cut goes both ways). 404 unless the
+/// node runs with `--allow-fault-injection`.
+#[instrument(name = "http_fault_partition", skip_all)]
+async fn fault_partition(
+    state: web::Data<AppState>,
+    params: web::Query<PartitionParams>,
+) -> HttpResponse {
+    let Some(faults) = &state.faults else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "fault injection is off (start with --allow-fault-injection)",
+        );
+    };
+    let mut others = Vec::new();
+    for id in params.from.split(',').filter(|s| !s.trim().is_empty()) {
+        match id.trim().parse::<u64>() {
+            Ok(id) => others.push(crate::node::fault_name(id)),
+            Err(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("from: {id:?} is not a node id"),
+                )
+            }
+        }
+    }
+    let me = crate::node::fault_name(state.cluster.node_id());
+    let others: Vec<&str> = others.iter().map(String::as_str).collect();
+    faults.partition(&[me.as_str()], &others);
+    tracing::warn!(node = %me, ?others, "partitioned by request");
+    HttpResponse::NoContent().finish()
+}
+
+/// POST /debug/faults/heal: removes every partition and rule.
+#[instrument(name = "http_fault_heal", skip_all)]
+async fn fault_heal(state: web::Data<AppState>) -> HttpResponse {
+    match &state.faults {
+        Some(faults) => {
+            faults.clear();
+            tracing::warn!("faults healed by request");
+            HttpResponse::NoContent().finish()
+        }
+        None => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "fault injection is off (start with --allow-fault-injection)",
+        ),
+    }
 }
 
 async fn metrics_text() -> HttpResponse {

@@ -8,6 +8,7 @@ mod bench_ingest;
 mod bench_query;
 pub mod cli;
 pub mod client;
+pub mod cluster_cli;
 mod cluster_io;
 pub mod config;
 pub mod http;

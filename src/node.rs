@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Addr, Arbiter, Supervisor, SyncArbiter};
-use chronicle_bus::{Bus, LocalBus, NatsBus};
+use chronicle_bus::{Bus, FaultController, FaultyBus, LocalBus, NatsBus};
 use chronicle_cluster::{ClusterConfig, ClusterError, ClusterNode};
 use chronicle_ingest::{IngestActor, PointSink, StorageWriter};
 use chronicle_query::{DataSource, QueryActor};
@@ -98,6 +98,11 @@ fn settle_identity(dir: &Path, given: &ClusterSettings) -> Result<ClusterSetting
     }
 }
 
+/// A node's name in the fault wrapper (`Chronicle-From` headers).
+pub fn fault_name(node_id: u64) -> String {
+    format!("node-{node_id}")
+}
+
 /// A running node. Must be started inside an actix `System`.
 pub struct Node {
     pub bus: Arc<dyn Bus>,
@@ -121,6 +126,12 @@ pub struct Node {
 impl Node {
     pub async fn start(config: NodeConfig) -> Result<Self, NodeError> {
         chronicle_ingest::register_metrics();
+        let identity = {
+            let (dir, given) = (config.data_dir.clone(), config.cluster.clone());
+            tokio::task::spawn_blocking(move || settle_identity(&dir, &given))
+                .await
+                .map_err(|_| NodeError::ActorStart("storage"))??
+        };
         let (raw_bus, bus_kind): (Arc<dyn Bus>, _) = if config.nats.urls.is_empty() {
             (Arc::new(LocalBus::default()), "local")
         } else {
@@ -129,14 +140,18 @@ impl Node {
             (nats, "nats")
         };
         BUS_CONNECTED.set(1);
+        // Chaos runs cut this node off from others with the fault wrapper.
+        let (raw_bus, faults) = if config.fault_injection {
+            let faults = FaultController::new(identity.node_id);
+            let name = fault_name(identity.node_id);
+            warn!(node = %name, "fault injection is on: /debug/faults can partition this node");
+            let faulty: Arc<dyn Bus> = Arc::new(FaultyBus::new(raw_bus, name, faults.clone()));
+            (faulty, Some(faults))
+        } else {
+            (raw_bus, None)
+        };
         let bus: Arc<dyn Bus> = Arc::new(MeteredBus::new(raw_bus));
 
-        let identity = {
-            let (dir, given) = (config.data_dir.clone(), config.cluster.clone());
-            tokio::task::spawn_blocking(move || settle_identity(&dir, &given))
-                .await
-                .map_err(|_| NodeError::ActorStart("storage"))??
-        };
         let members = identity.members();
         let shards = identity.shard_count();
         let local = chronicle_cluster::placement(&members, shards, identity.replication)
@@ -232,6 +247,9 @@ impl Node {
             write_slots: Arc::new(tokio::sync::Semaphore::new(
                 config.max_concurrent_writes.max(1),
             )),
+            cluster: cluster.clone(),
+            cluster_runtime: runtime.handle().clone(),
+            faults,
         };
         let (server, http_addr) =
             http::serve(state, config.http_addr).map_err(|source| NodeError::Http {

@@ -22,7 +22,7 @@ pub mod wire;
 pub use error::ClusterError;
 pub use log_store::LogStore;
 pub use network::{raft_subject, serve, BusNetwork};
-pub use node::{placement, shard_of, ClusterConfig, ClusterNode, ShardStatus};
+pub use node::{placement, shard_of, ClusterConfig, ClusterNode, ClusterStatus, ShardStatus};
 pub use read::{ShardAnswer, ShardRead};
 pub use state_machine::{ShardCell, ShardStateMachine};
 pub use types::{Applied, TypeConfig, WriteBatch};

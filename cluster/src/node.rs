@@ -121,6 +121,8 @@ enum WireClusterRequest {
         read: WireRead,
         inbox: String,
     },
+    /// This member's view of its group.
+    Status,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -134,6 +136,42 @@ enum WireClusterReply {
     /// Not the leader; the leader if known.
     NotLeader(Option<u64>),
     Error(String),
+    Status(WireMemberStatus),
+}
+
+/// One member's view of its shard group.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+struct WireMemberStatus {
+    node: u64,
+    leader: Option<u64>,
+    term: u64,
+    last_log_index: u64,
+    applied_index: u64,
+    /// Per follower, entries behind (on the leader only).
+    lag: Vec<(u64, u64)>,
+}
+
+fn member_status(node: u64, raft: &Raft<TypeConfig>) -> WireMemberStatus {
+    let m = raft.metrics().borrow().clone();
+    let last = m.last_log_index.unwrap_or(0);
+    let lag = m
+        .replication
+        .as_ref()
+        .map(|r| {
+            r.iter()
+                .filter(|(id, _)| **id != node)
+                .map(|(id, matched)| (*id, last.saturating_sub(matched.map_or(0, |l| l.index))))
+                .collect()
+        })
+        .unwrap_or_default();
+    WireMemberStatus {
+        node,
+        leader: m.current_leader,
+        term: m.current_term,
+        last_log_index: last,
+        applied_index: m.last_applied.map_or(0, |l| l.index),
+        lag,
+    }
 }
 
 /// A later part of an answer: its number, then its bytes.
@@ -152,8 +190,21 @@ pub struct ShardStatus {
     pub id: u32,
     pub leader: Option<u64>,
     pub replicas: Vec<u64>,
-    /// Entries each replica is behind the leader (known on the leader's node).
+    /// Entries each follower is behind the leader (known on the leader's node).
     pub lag: BTreeMap<u64, u64>,
+    /// The leader's term and last log index (0 when no member answered).
+    pub term: u64,
+    pub last_log_index: u64,
+}
+
+/// The whole cluster as one node gathers it: members, and per shard what its
+/// leader (or, failing that, any replica) reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// The node that answered.
+    pub node_id: u64,
+    pub members: Vec<u64>,
+    pub shards: Vec<ShardStatus>,
 }
 
 pub struct ClusterNode {
@@ -173,6 +224,9 @@ pub const MAX_ENTRY_POINTS: usize = 2_000;
 
 /// Longest one forwarded request may take before the next replica is tried.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Longest a forwarded write may wait for its commit on the leader.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Longest one shard's read may take on one replica before the next is tried.
 const READ_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -482,10 +536,21 @@ impl ClusterNode {
     {
         if let Some(group) = self.groups.get(&shard) {
             if group.raft.metrics().borrow().current_leader == Some(self.config.node_id) {
-                match local(group.raft.clone()).await {
-                    Ok(n) => return Ok(WireClusterReply::Written(n)),
-                    Err(e) if e.forward_to_leader::<openraft::EmptyNode>().is_some() => {}
-                    Err(e) => return Err(ClusterError::Raft(e.to_string())),
+                // A leader cut off from its majority cannot commit, and
+                // openraft 0.9 keeps it leader until it hears of a newer term:
+                // give up rather than wait for a heal.
+                match tokio::time::timeout(self.config.request_timeout, local(group.raft.clone()))
+                    .await
+                {
+                    Ok(Ok(n)) => return Ok(WireClusterReply::Written(n)),
+                    Ok(Err(e)) if e.forward_to_leader::<openraft::EmptyNode>().is_some() => {}
+                    Ok(Err(e)) => return Err(ClusterError::Raft(e.to_string())),
+                    Err(_) => {
+                        return Err(ClusterError::Unavailable(format!(
+                            "shard {shard}: not committed within {:?}; this node leads it but cannot reach a majority",
+                            self.config.request_timeout
+                        )))
+                    }
                 }
             }
         }
@@ -582,15 +647,103 @@ impl ClusterNode {
                     }
                     None => (None, BTreeMap::new()),
                 };
+                let (term, last_log_index) = self
+                    .groups
+                    .get(&(i as u32))
+                    .map(|g| {
+                        let m = g.raft.metrics().borrow().clone();
+                        (m.current_term, m.last_log_index.unwrap_or(0))
+                    })
+                    .unwrap_or_default();
                 ShardStatus {
                     id: i as u32,
                     leader,
                     replicas: replicas.clone(),
                     lag,
+                    term,
+                    last_log_index,
                 }
             })
             .collect();
         (members, shards)
+    }
+
+    /// Every shard's leader, term and followers' lag, asked of the shard's
+    /// members over the bus (this node's own replicas answer locally). A shard
+    /// none of whose members answers within a second shows no leader.
+    pub async fn cluster_status(&self) -> ClusterStatus {
+        let shards = (0..self.config.shards).map(|shard| self.shard_status(shard));
+        let shards = futures_util::future::join_all(shards).await;
+        let mut members = self.config.initial_nodes.clone();
+        members.sort_unstable();
+        members.dedup();
+        ClusterStatus {
+            node_id: self.config.node_id,
+            members,
+            shards,
+        }
+    }
+
+    async fn shard_status(&self, shard: u32) -> ShardStatus {
+        let replicas = self.placement[shard as usize].clone();
+        let mut best: Option<WireMemberStatus> = self
+            .groups
+            .get(&shard)
+            .map(|g| member_status(self.config.node_id, &g.raft));
+        // Ask the leader for the lag; if unknown, any replica for the leader.
+        let mut asked = BTreeSet::new();
+        asked.insert(self.config.node_id);
+        for _ in 0..=replicas.len() {
+            let next = match &best {
+                Some(s) if s.leader == Some(s.node) => break,
+                Some(WireMemberStatus {
+                    leader: Some(l), ..
+                }) if !asked.contains(l) => *l,
+                _ => match replicas.iter().find(|r| !asked.contains(r)) {
+                    Some(r) => *r,
+                    None => break,
+                },
+            };
+            asked.insert(next);
+            if let Some(status) = self.ask_status(shard, next).await {
+                if best
+                    .as_ref()
+                    .is_none_or(|b| status.leader == Some(status.node) || status.term >= b.term)
+                {
+                    best = Some(status);
+                }
+            }
+        }
+        let best = best.unwrap_or(WireMemberStatus {
+            node: 0,
+            leader: None,
+            term: 0,
+            last_log_index: 0,
+            applied_index: 0,
+            lag: Vec::new(),
+        });
+        ShardStatus {
+            id: shard,
+            leader: best.leader,
+            replicas,
+            lag: best.lag.into_iter().collect(),
+            term: best.term,
+            last_log_index: best.last_log_index,
+        }
+    }
+
+    async fn ask_status(&self, shard: u32, node: u64) -> Option<WireMemberStatus> {
+        let payload = chronicle_bus::envelope::encode(&WireClusterRequest::Status).ok()?;
+        let subject = service_subject(&self.config.prefix, shard, node);
+        let reply = self
+            .bus
+            .request(Message::new(subject, payload), Duration::from_secs(1))
+            .await
+            .ok()?;
+        match chronicle_bus::envelope::decode::<WireClusterReply>(&reply.payload).ok()? {
+            WireClusterReply::Status(status) => Some(status),
+            _ => None,
+        }
     }
 
     /// Stops this node's members (as a crash would, minus the lost memory).
@@ -696,7 +849,7 @@ async fn serve_requests(
             tokio::spawn(async move {
                 let (reply, later) =
                     match chronicle_bus::envelope::decode::<WireClusterRequest>(&message.payload) {
-                        Ok(request) => answer(&raft, &shard, request).await,
+                        Ok(request) => answer(node, &raft, &shard, request).await,
                         Err(e) => (
                             WireClusterReply::Error(format!("bad cluster request: {e}")),
                             Vec::new(),
@@ -718,6 +871,7 @@ async fn serve_requests(
 /// The reply to `request`, and the messages that follow it (the later parts
 /// of a large answer).
 async fn answer(
+    node: u64,
     raft: &Raft<TypeConfig>,
     shard: &ShardCell,
     request: WireClusterRequest,
@@ -729,7 +883,13 @@ async fn answer(
                 points: points.into_iter().map(Point::from).collect(),
             };
             let started = std::time::Instant::now();
-            let result = raft.client_write(batch).await;
+            let Ok(result) = tokio::time::timeout(COMMIT_TIMEOUT, raft.client_write(batch)).await
+            else {
+                let reply = WireClusterReply::Error(format!(
+                    "not committed within {COMMIT_TIMEOUT:?}: the leader cannot reach a majority"
+                ));
+                return (reply, Vec::new());
+            };
             if started.elapsed() > Duration::from_secs(1) {
                 debug!(
                     took = ?started.elapsed(),
@@ -744,6 +904,10 @@ async fn answer(
             };
             (reply, Vec::new())
         }
+        WireClusterRequest::Status => (
+            WireClusterReply::Status(member_status(node, raft)),
+            Vec::new(),
+        ),
         WireClusterRequest::Read { read, inbox } => {
             if let Err(e) = raft.ensure_linearizable().await {
                 let reply = match e.forward_to_leader::<openraft::EmptyNode>() {

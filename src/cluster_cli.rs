@@ -1,0 +1,175 @@
+//! `chronicle cluster ...`: the operator's view of the cluster, over a node's
+//! HTTP API, and the JSON that API answers with.
+
+use std::time::Duration;
+
+use chronicle_cluster::ClusterStatus;
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+type Error = Box<dyn std::error::Error>;
+
+#[derive(Subcommand)]
+pub enum ClusterCommand {
+    /// Members, shards, each shard's leader node id and its followers' lag
+    /// (entries behind the leader), as one node gathers them.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Node HTTP URL (any member answers for the whole cluster).
+    #[arg(long, env = "CHRONICLE_HTTP", default_value = "http://127.0.0.1:8086")]
+    pub http: String,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(command: ClusterCommand) -> Result<(), Error> {
+    match command {
+        ClusterCommand::Status(args) => status(args),
+    }
+}
+
+/// `GET /api/v1/cluster/status`: `{"node_id", "members": [{"node_id"}],
+/// "shards": [{"id", "leader", "replicas", "term", "last_log_index", "lag"}]}`;
+/// `leader` is null while a shard has none (or none of its members answered).
+pub fn status_json(status: &ClusterStatus) -> Value {
+    json!({
+        "node_id": status.node_id,
+        "members": status.members.iter().map(|id| json!({"node_id": id})).collect::<Vec<_>>(),
+        "shards": status.shards.iter().map(|s| json!({
+            "id": s.id,
+            "leader": s.leader,
+            "replicas": s.replicas,
+            "term": s.term,
+            "last_log_index": s.last_log_index,
+            "lag": s.lag.iter().map(|(node, behind)| (node.to_string(), json!(behind))).collect::<serde_json::Map<_, _>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn status(args: StatusArgs) -> Result<(), Error> {
+    let url = format!("{}/api/v1/cluster/status", args.http.trim_end_matches('/'));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let mut response = agent.get(&url).call().map_err(|e| format!("{url}: {e}"))?;
+    let body = response.body_mut().read_to_vec()?;
+    if !response.status().is_success() {
+        return Err(format!(
+            "{url}: HTTP {}: {}",
+            response.status(),
+            String::from_utf8_lossy(&body)
+        )
+        .into());
+    }
+    let value: Value =
+        serde_json::from_slice(&body).map_err(|e| format!("{url}: not JSON: {e}"))?;
+    if args.json {
+        println!("{value}");
+        return Ok(());
+    }
+    print!("{}", status_table(&value));
+    Ok(())
+}
+
+fn status_table(value: &Value) -> String {
+    let ids = |v: &Value| -> String {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|x| x.as_u64().map_or("?".into(), |n| n.to_string()))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default()
+    };
+    let members: Vec<String> = value["members"]
+        .as_array()
+        .map(|m| m.iter().map(|x| x["node_id"].to_string()).collect())
+        .unwrap_or_default();
+    let mut out = format!(
+        "members: {}   (answered by node {})\n",
+        members.join(", "),
+        value["node_id"]
+    );
+    out.push_str(&format!(
+        "{:<6} {:<7} {:<12} {:<6} {:<10} {}\n",
+        "shard", "leader", "replicas", "term", "last index", "lag (node:entries)"
+    ));
+    for s in value["shards"].as_array().into_iter().flatten() {
+        let leader = s["leader"]
+            .as_u64()
+            .map_or("none".to_string(), |l| l.to_string());
+        let lag = s["lag"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(n, v)| format!("{n}:{v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "{:<6} {:<7} {:<12} {:<6} {:<10} {}\n",
+            s["id"],
+            leader,
+            ids(&s["replicas"]),
+            s["term"],
+            s["last_log_index"],
+            if lag.is_empty() { "-".into() } else { lag }
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chronicle_cluster::ShardStatus;
+
+    #[test]
+    fn status_has_the_documented_shape_and_prints_as_a_table() {
+        let status = ClusterStatus {
+            node_id: 2,
+            members: vec![1, 2, 3],
+            shards: vec![
+                ShardStatus {
+                    id: 0,
+                    leader: Some(3),
+                    replicas: vec![1, 2, 3],
+                    lag: [(1, 0), (2, 4)].into(),
+                    term: 2,
+                    last_log_index: 40,
+                },
+                ShardStatus {
+                    id: 1,
+                    leader: None,
+                    replicas: vec![2, 3, 1],
+                    lag: Default::default(),
+                    term: 0,
+                    last_log_index: 0,
+                },
+            ],
+        };
+        let v = status_json(&status);
+        assert_eq!(v["members"][1]["node_id"], 2);
+        assert_eq!(v["shards"][0]["leader"], 3);
+        assert_eq!(v["shards"][0]["replicas"], json!([1, 2, 3]));
+        assert_eq!(v["shards"][0]["lag"]["2"], 4);
+        assert!(v["shards"][1]["leader"].is_null());
+        let table = status_table(&v);
+        assert!(table.contains("members: 1, 2, 3"), "{table}");
+        assert!(table.contains("1:0 2:4"), "{table}");
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with("1 ") && l.contains("none")),
+            "{table}"
+        );
+    }
+}

@@ -1,0 +1,349 @@
+//! A three-node cluster of real `chronicle serve` processes over a real
+//! nats-server on loopback: writes through any node and reads from any node;
+//! `kill -9` of a shard leader under write load (a new leader, no acknowledged
+//! write lost, the killed node catches up after a restart); a node partitioned
+//! with the bus fault wrapper (the majority serves, the minority refuses
+//! writes, and after healing it converges without deposing the leaders).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chronicle_tests::{http_query, wait_until, NatsServer, NodeProcess};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_chronicle-under-test");
+const SHARDS: usize = 3;
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into()
+}
+
+/// POSTs line protocol to `/write`: the status and the body.
+fn write(http: &str, lines: &str) -> (u16, String) {
+    match agent().post(format!("{http}/write")).send(lines) {
+        Ok(mut r) => (
+            r.status().as_u16(),
+            r.body_mut().read_to_string().unwrap_or_default(),
+        ),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+fn post(http: &str, path: &str) -> u16 {
+    agent()
+        .post(format!("{http}{path}"))
+        .send_empty()
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+fn status(http: &str) -> Option<Value> {
+    let mut r = agent()
+        .get(format!("{http}/api/v1/cluster/status"))
+        .call()
+        .ok()?;
+    serde_json::from_slice(&r.body_mut().read_to_vec().ok()?).ok()
+}
+
+fn leader(status: &Value, shard: usize) -> Option<u64> {
+    status["shards"][shard]["leader"].as_u64()
+}
+
+fn all_led(http: &str) -> bool {
+    status(http).is_some_and(|s| (0..SHARDS).all(|i| leader(&s, i).is_some()))
+}
+
+/// The (host, timestamp) pairs of `metric` a node returns.
+fn stored(http: &str, metric: &str) -> BTreeSet<(String, i64)> {
+    let answer = http_query(
+        http,
+        &format!(r#"{{"metric":"{metric}","start":0,"end":100000000000}}"#),
+    );
+    let mut out = BTreeSet::new();
+    for series in answer["series"].as_array().unwrap_or(&Vec::new()) {
+        let host = series["labels"]["host"].as_str().unwrap_or("").to_string();
+        for p in series["points"].as_array().unwrap() {
+            out.insert((host.clone(), p[0].as_i64().unwrap()));
+        }
+    }
+    out
+}
+
+struct Cluster {
+    server: NatsServer,
+    dirs: Vec<tempfile::TempDir>,
+    nodes: Vec<Option<NodeProcess>>,
+    extra: Vec<&'static str>,
+}
+
+impl Cluster {
+    fn start(extra: &[&'static str]) -> Self {
+        let mut cluster = Self {
+            server: NatsServer::start(),
+            dirs: (0..3).map(|_| tempfile::tempdir().unwrap()).collect(),
+            nodes: vec![None, None, None],
+            extra: extra.to_vec(),
+        };
+        for id in 1..=3 {
+            cluster.start_node(id);
+        }
+        let http = cluster.http(1);
+        wait_until(Duration::from_secs(30), "every shard has a leader", || {
+            all_led(&http)
+        });
+        cluster
+    }
+
+    fn start_node(&mut self, id: u64) {
+        let id_text = id.to_string();
+        let shards = SHARDS.to_string();
+        let mut args = vec![
+            "--node-id",
+            &id_text,
+            "--initial-nodes",
+            "1,2,3",
+            "--shards",
+            &shards,
+        ];
+        args.extend(self.extra.iter().copied());
+        let dir: &Path = self.dirs[id as usize - 1].path();
+        self.nodes[id as usize - 1] = Some(NodeProcess::start(
+            BIN,
+            dir,
+            Some(&self.server.url()),
+            &args,
+        ));
+    }
+
+    fn http(&self, id: u64) -> String {
+        self.nodes[id as usize - 1]
+            .as_ref()
+            .expect("node running")
+            .http
+            .clone()
+    }
+
+    fn kill(&mut self, id: u64) {
+        let mut node = self.nodes[id as usize - 1].take().expect("node running");
+        node.child.kill().expect("SIGKILL");
+        node.child.wait().expect("reaped");
+    }
+}
+
+/// Lines for `hosts` series of `metric` at `ts`, all with `value`.
+fn lines(metric: &str, hosts: usize, ts: i64, value: i64) -> String {
+    (0..hosts)
+        .map(|h| format!("{metric},host=h{h} value={value} {ts}\n"))
+        .collect()
+}
+
+#[test]
+fn three_processes_write_anywhere_read_anywhere_and_survive_a_leader_kill() {
+    let mut cluster = Cluster::start(&[]);
+
+    // Write through every node, read from every node (linearizable reads).
+    let mut expected = BTreeSet::new();
+    for id in 1..=3u64 {
+        for ts in 0..5 {
+            let t = (id as i64) * 1_000 + ts;
+            let (code, body) = write(&cluster.http(id), &lines("cpu", 12, t, 1));
+            assert_eq!(code, 204, "write via node {id}: {body}");
+            expected.extend((0..12).map(|h| (format!("h{h}"), t)));
+        }
+    }
+    for id in 1..=3 {
+        assert_eq!(
+            stored(&cluster.http(id), "cpu"),
+            expected,
+            "read via node {id}"
+        );
+    }
+
+    // The operator's view, from the CLI.
+    let out = Command::new(BIN)
+        .args(["cluster", "status", "--json", "--http", &cluster.http(2)])
+        .output()
+        .expect("chronicle cluster status");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let view: Value = serde_json::from_slice(&out.stdout).expect("status is JSON");
+    let members: Vec<u64> = view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["node_id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(members, [1, 2, 3]);
+    for shard in view["shards"].as_array().unwrap() {
+        let replicas: Vec<u64> = serde_json::from_value(shard["replicas"].clone()).unwrap();
+        assert_eq!(replicas.len(), 3);
+        assert!(
+            replicas.contains(&shard["leader"].as_u64().unwrap()),
+            "{shard}"
+        );
+    }
+
+    // Under write load, kill -9 the leader of shard 0.
+    let victim = leader(&status(&cluster.http(1)).unwrap(), 0).unwrap();
+    let via = if victim == 1 { 2 } else { 1 };
+    let via_http = cluster.http(via);
+    let acked = Arc::new(Mutex::new(Vec::<i64>::new()));
+    let failed = Arc::new(Mutex::new(0usize));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (acked, failed, stop, http) = (
+            acked.clone(),
+            failed.clone(),
+            stop.clone(),
+            via_http.clone(),
+        );
+        std::thread::spawn(move || {
+            let mut ts = 100_000;
+            // Bounded: the test stops it, and it gives up after two minutes.
+            let limit = Instant::now() + Duration::from_secs(120);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < limit {
+                ts += 1;
+                match write(&http, &lines("load", 24, ts, ts)) {
+                    (204, _) => acked.lock().unwrap().push(ts),
+                    _ => *failed.lock().unwrap() += 1,
+                }
+            }
+        })
+    };
+    wait_until(Duration::from_secs(30), "writes before the kill", || {
+        acked.lock().unwrap().len() >= 20
+    });
+    let killed_at = Instant::now();
+    let acked_before = acked.lock().unwrap().len();
+    cluster.kill(victim);
+    wait_until(Duration::from_secs(20), "a new leader of shard 0", || {
+        status(&via_http).is_some_and(|s| leader(&s, 0).is_some_and(|l| l != victim))
+    });
+    let elected = killed_at.elapsed();
+    wait_until(Duration::from_secs(30), "writes after the kill", || {
+        acked.lock().unwrap().len() >= acked_before + 20
+    });
+    let resumed = killed_at.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    eprintln!(
+        "leader {victim} killed: new leader seen after {elected:?}, 20 more writes acknowledged after {resumed:?}; {} failed attempts",
+        failed.lock().unwrap()
+    );
+
+    // Every acknowledged write is there, read through a survivor.
+    let load = stored(&via_http, "load");
+    for ts in acked.lock().unwrap().iter() {
+        for h in 0..24 {
+            assert!(
+                load.contains(&(format!("h{h}"), *ts)),
+                "acknowledged point h{h}@{ts} lost"
+            );
+        }
+    }
+
+    // The killed node restarts and catches up: every leader reports it level.
+    cluster.start_node(victim);
+    let back = cluster.http(victim);
+    wait_until(
+        Duration::from_secs(60),
+        "the restarted node caught up",
+        || {
+            status(&back).is_some_and(|s| {
+                (0..SHARDS).all(|i| {
+                    leader(&s, i).is_some()
+                        && (leader(&s, i) == Some(victim)
+                            || s["shards"][i]["lag"][victim.to_string()].as_u64() == Some(0))
+                })
+            })
+        },
+    );
+    assert_eq!(
+        stored(&back, "load"),
+        load,
+        "read through the restarted node"
+    );
+    assert_eq!(stored(&back, "cpu"), expected);
+}
+
+#[test]
+fn a_partitioned_node_refuses_writes_and_converges_after_healing() {
+    let cluster = Cluster::start(&["--allow-fault-injection"]);
+    let lonely = 3u64;
+    assert_eq!(
+        post(&cluster.http(lonely), "/debug/faults/partition?from=1,2"),
+        204
+    );
+    assert_eq!(
+        post(&cluster.http(1), "/debug/faults/partition?from=3"),
+        204
+    );
+    assert_eq!(
+        post(&cluster.http(2), "/debug/faults/partition?from=3"),
+        204
+    );
+
+    // The majority keeps serving (once it has re-elected what node 3 led).
+    let majority = cluster.http(1);
+    let mut expected = BTreeSet::new();
+    let started = Instant::now();
+    for ts in 0..10 {
+        loop {
+            let (code, body) = write(&majority, &lines("part", 12, ts, 1));
+            if code == 204 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the majority refused writes: {code} {body}"
+            );
+        }
+        expected.extend((0..12).map(|h| (format!("h{h}"), ts)));
+    }
+    let leaders: Vec<u64> = {
+        let s = status(&majority).unwrap();
+        (0..SHARDS).map(|i| leader(&s, i).unwrap()).collect()
+    };
+    assert!(
+        !leaders.contains(&lonely),
+        "the cut-off node still leads: {leaders:?}"
+    );
+
+    // The minority refuses, with a clear error, and does not hang.
+    let asked = Instant::now();
+    let (code, body) = write(&cluster.http(lonely), &lines("part", 12, 999, 9));
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("not_committed"), "{body}");
+    assert!(asked.elapsed() < Duration::from_secs(40));
+
+    for id in 1..=3 {
+        assert_eq!(post(&cluster.http(id), "/debug/faults/heal"), 204);
+    }
+    let lonely_http = cluster.http(lonely);
+    wait_until(Duration::from_secs(60), "the healed node caught up", || {
+        status(&majority).is_some_and(|s| {
+            (0..SHARDS).all(|i| s["shards"][i]["lag"][lonely.to_string()].as_u64() == Some(0))
+        })
+    });
+    assert_eq!(
+        stored(&lonely_http, "part"),
+        expected,
+        "the refused write must not appear"
+    );
+    let after: Vec<u64> = {
+        let s = status(&majority).unwrap();
+        (0..SHARDS).map(|i| leader(&s, i).unwrap()).collect()
+    };
+    assert_eq!(after, leaders, "healing deposed a leader");
+}
