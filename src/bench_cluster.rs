@@ -78,7 +78,7 @@ async fn connect(
 }
 
 async fn leader_of(
-    nodes: &[Option<ClusterNode>],
+    nodes: &[Option<Arc<ClusterNode>>],
     shard: u32,
     timeout: Duration,
 ) -> Result<u64, Error> {
@@ -101,7 +101,7 @@ async fn leader_of(
 /// Waits until every replica of every shard applied what the most advanced
 /// replica applied.
 async fn converge(
-    nodes: &[Option<ClusterNode>],
+    nodes: &[Option<Arc<ClusterNode>>],
     shards: u32,
     timeout: Duration,
 ) -> Result<(), Error> {
@@ -139,7 +139,7 @@ pub fn run(args: ClusterBench) -> Result<(), Box<dyn std::error::Error>> {
 async fn bench(args: ClusterBench) -> Result<(), Error> {
     let dir = tempfile::tempdir()?;
     let local: Arc<dyn Bus> = Arc::new(LocalBus::default());
-    let mut nodes: Vec<Option<ClusterNode>> = Vec::new();
+    let mut nodes: Vec<Option<Arc<ClusterNode>>> = Vec::new();
     // Each node's own connection (NATS), closed when the node is killed, as a
     // killed process's connection is.
     let mut buses: Vec<Arc<dyn Bus>> = Vec::new();

@@ -14,6 +14,34 @@ pub enum ClusterCommand {
     /// Members, shards, each shard's leader node id and its followers' lag
     /// (entries behind the leader), as one node gathers them.
     Status(StatusArgs),
+    /// Move replicas onto a node started with `serve --join` until every node
+    /// holds within one replica of the others.
+    AddNode(NodeArgs),
+    /// Move every replica off a node; it can then be stopped.
+    RemoveNode(NodeArgs),
+    /// Make a replica the leader of its shard.
+    TransferLeader(TransferArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// The node id.
+    pub id: u64,
+    /// Node HTTP URL (any member).
+    #[arg(long, env = "CHRONICLE_HTTP", default_value = "http://127.0.0.1:8086")]
+    pub http: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TransferArgs {
+    #[arg(long)]
+    pub shard: u32,
+    /// The node to lead it (one of its replicas).
+    #[arg(long)]
+    pub to: u64,
+    /// Node HTTP URL (any member).
+    #[arg(long, env = "CHRONICLE_HTTP", default_value = "http://127.0.0.1:8086")]
+    pub http: String,
 }
 
 #[derive(Debug, Args)]
@@ -29,7 +57,76 @@ pub struct StatusArgs {
 pub fn run(command: ClusterCommand) -> Result<(), Error> {
     match command {
         ClusterCommand::Status(args) => status(args),
+        ClusterCommand::AddNode(args) => {
+            let reply = post(
+                &args.http,
+                &format!("/api/v1/cluster/add-node?id={}", args.id),
+            )?;
+            print_moves(&reply, &format!("node {} added", args.id));
+            Ok(())
+        }
+        ClusterCommand::RemoveNode(args) => {
+            let reply = post(
+                &args.http,
+                &format!("/api/v1/cluster/remove-node?id={}", args.id),
+            )?;
+            print_moves(
+                &reply,
+                &format!("node {} holds no replica now; it can be stopped", args.id),
+            );
+            Ok(())
+        }
+        ClusterCommand::TransferLeader(args) => {
+            post(
+                &args.http,
+                &format!(
+                    "/api/v1/cluster/transfer-leader?shard={}&to={}",
+                    args.shard, args.to
+                ),
+            )?;
+            println!("node {} leads shard {}", args.to, args.shard);
+            Ok(())
+        }
     }
+}
+
+fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .build()
+        .into()
+}
+
+/// POSTs to a node; the JSON answer (null for none). Moving shards can take
+/// as long as copying them, so there is no short timeout.
+fn post(http: &str, path: &str) -> Result<Value, Error> {
+    let url = format!("{}{path}", http.trim_end_matches('/'));
+    eprintln!("asking {url} (moving replicas waits for them to catch up)...");
+    let mut response = agent(Duration::from_secs(3600))
+        .post(&url)
+        .send_empty()
+        .map_err(|e| format!("{url}: {e}"))?;
+    let body = response.body_mut().read_to_vec()?;
+    if !response.status().is_success() {
+        return Err(format!(
+            "{url}: HTTP {}: {}",
+            response.status(),
+            String::from_utf8_lossy(&body)
+        )
+        .into());
+    }
+    Ok(serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+fn print_moves(reply: &Value, done: &str) {
+    for m in reply["moves"].as_array().into_iter().flatten() {
+        println!(
+            "moved shard {} from node {} to node {}",
+            m["shard"], m["from"], m["to"]
+        );
+    }
+    println!("{done}");
 }
 
 /// `GET /api/v1/cluster/status`: `{"node_id", "members": [{"node_id"}],
@@ -52,12 +149,10 @@ pub fn status_json(status: &ClusterStatus) -> Value {
 
 fn status(args: StatusArgs) -> Result<(), Error> {
     let url = format!("{}/api/v1/cluster/status", args.http.trim_end_matches('/'));
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into();
-    let mut response = agent.get(&url).call().map_err(|e| format!("{url}: {e}"))?;
+    let mut response = agent(Duration::from_secs(30))
+        .get(&url)
+        .call()
+        .map_err(|e| format!("{url}: {e}"))?;
     let body = response.body_mut().read_to_vec()?;
     if !response.status().is_success() {
         return Err(format!(

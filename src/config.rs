@@ -71,6 +71,9 @@ pub struct ClusterSettings {
     pub shards: Option<u32>,
     /// Replicas per shard, on distinct nodes (capped at the number of nodes).
     pub replication: usize,
+    /// Start as a new member of a running cluster: host nothing until
+    /// `chronicle cluster add-node` moves shards here.
+    pub join: bool,
 }
 
 impl Default for ClusterSettings {
@@ -80,13 +83,17 @@ impl Default for ClusterSettings {
             initial_nodes: Vec::new(),
             shards: None,
             replication: 3,
+            join: false,
         }
     }
 }
 
 impl ClusterSettings {
-    /// The members, this node included.
+    /// The members the cluster is created with (none for a joining node).
     pub fn members(&self) -> Vec<u64> {
+        if self.join {
+            return Vec::new();
+        }
         let mut members = if self.initial_nodes.is_empty() {
             vec![self.node_id]
         } else {
@@ -106,6 +113,17 @@ impl ClusterSettings {
     pub fn validate(&self, has_nats: bool) -> Result<(), String> {
         if self.node_id == 0 {
             return Err("--node-id must be 1 or more".into());
+        }
+        if self.join {
+            if !self.initial_nodes.is_empty() {
+                return Err(
+                    "--join starts a node outside --initial-nodes; give one or the other".into(),
+                );
+            }
+            if !has_nats {
+                return Err("--join needs --nats-url: the cluster is found over NATS".into());
+            }
+            return Ok(());
         }
         let members = self.members();
         if !members.contains(&self.node_id) {
@@ -255,6 +273,10 @@ pub struct ServeArgs {
     /// node off from others on the bus (chaos and partition tests only).
     #[arg(long, env = "CHRONICLE_ALLOW_FAULT_INJECTION")]
     pub allow_fault_injection: bool,
+    /// Start as a new member of the running cluster on --nats-url: the node
+    /// holds nothing until `chronicle cluster add-node <id>` moves shards to it.
+    #[arg(long, env = "CHRONICLE_JOIN", conflicts_with = "initial_nodes")]
+    pub join: bool,
 }
 
 impl ServeArgs {
@@ -298,6 +320,9 @@ impl ServeArgs {
         }
         if self.allow_fault_injection {
             config.fault_injection = true;
+        }
+        if self.join {
+            config.cluster.join = true;
         }
         config.cluster.validate(!config.nats.urls.is_empty())?;
         chronicle_bus::subject::validate_publish(&format!("{}.query", config.subject_prefix))

@@ -47,6 +47,15 @@ pub fn serve(state: AppState, addr: SocketAddr) -> std::io::Result<(Server, Sock
             .route("/query", web::post().to(query))
             .route("/health", web::get().to(health))
             .route("/api/v1/cluster/status", web::get().to(cluster_status))
+            .route("/api/v1/cluster/add-node", web::post().to(cluster_add_node))
+            .route(
+                "/api/v1/cluster/remove-node",
+                web::post().to(cluster_remove_node),
+            )
+            .route(
+                "/api/v1/cluster/transfer-leader",
+                web::post().to(cluster_transfer_leader),
+            )
             .route("/debug/faults/partition", web::post().to(fault_partition))
             .route("/debug/faults/heal", web::post().to(fault_heal))
             .route("/metrics", web::get().to(metrics_text))
@@ -299,6 +308,91 @@ async fn cluster_status(state: web::Data<AppState>) -> HttpResponse {
             "internal",
             format!("status task failed: {e}"),
         ),
+    }
+}
+
+#[derive(Deserialize)]
+struct NodeParams {
+    id: u64,
+}
+
+#[derive(Deserialize)]
+struct TransferParams {
+    shard: u32,
+    to: u64,
+}
+
+fn cluster_error(e: chronicle_cluster::ClusterError) -> HttpResponse {
+    use chronicle_cluster::ClusterError as E;
+    let (status, code) = match &e {
+        E::Config(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+        E::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "cluster_error"),
+    };
+    error(status, code, e.to_string())
+}
+
+fn moves_json(moves: &[(u32, u64, u64)]) -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({
+        "moves": moves
+            .iter()
+            .map(|(shard, from, to)| serde_json::json!({"shard": shard, "from": from, "to": to}))
+            .collect::<Vec<_>>(),
+    }))
+}
+
+/// POST /api/v1/cluster/add-node?id=N: moves replicas onto node N (running
+/// with `--join`) until the cluster is balanced; the moves made.
+#[instrument(name = "http_cluster_add_node", skip_all)]
+async fn cluster_add_node(
+    state: web::Data<AppState>,
+    params: web::Query<NodeParams>,
+) -> HttpResponse {
+    let (cluster, id) = (state.cluster.clone(), params.id);
+    match state
+        .cluster_runtime
+        .spawn(async move { cluster.add_node(id).await })
+        .await
+    {
+        Ok(Ok(moves)) => moves_json(&moves),
+        Ok(Err(e)) => cluster_error(e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
+}
+
+/// POST /api/v1/cluster/remove-node?id=N: moves every replica off node N.
+#[instrument(name = "http_cluster_remove_node", skip_all)]
+async fn cluster_remove_node(
+    state: web::Data<AppState>,
+    params: web::Query<NodeParams>,
+) -> HttpResponse {
+    let (cluster, id) = (state.cluster.clone(), params.id);
+    match state
+        .cluster_runtime
+        .spawn(async move { cluster.remove_node(id).await })
+        .await
+    {
+        Ok(Ok(moves)) => moves_json(&moves),
+        Ok(Err(e)) => cluster_error(e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
+}
+
+/// POST /api/v1/cluster/transfer-leader?shard=S&to=N: 204 once N leads S.
+#[instrument(name = "http_cluster_transfer_leader", skip_all)]
+async fn cluster_transfer_leader(
+    state: web::Data<AppState>,
+    params: web::Query<TransferParams>,
+) -> HttpResponse {
+    let (cluster, shard, to) = (state.cluster.clone(), params.shard, params.to);
+    match state
+        .cluster_runtime
+        .spawn(async move { cluster.transfer_leader(shard, to).await })
+        .await
+    {
+        Ok(Ok(())) => HttpResponse::NoContent().finish(),
+        Ok(Err(e)) => cluster_error(e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
     }
 }
 

@@ -55,13 +55,15 @@ pub enum NodeError {
 fn settle_identity(dir: &Path, given: &ClusterSettings) -> Result<ClusterSettings, NodeError> {
     let path = dir.join(IDENTITY_FILE);
     let mut wanted = given.clone();
-    wanted.shards = Some(given.shard_count());
+    // A joining node learns the shard count from the cluster.
+    wanted.shards = (!given.join).then(|| given.shard_count());
     wanted.initial_nodes = given.members();
     match std::fs::read(&path) {
         Ok(bytes) => {
             let recorded: ClusterSettings = serde_json::from_slice(&bytes)
                 .map_err(|e| NodeError::Config(format!("{}: {e}", path.display())))?;
-            if *given == ClusterSettings::default() || wanted == recorded {
+            let same_joiner = wanted.join && recorded.join && wanted.node_id == recorded.node_id;
+            if *given == ClusterSettings::default() || wanted == recorded || same_joiner {
                 Ok(recorded)
             } else {
                 Err(NodeError::Config(format!(
@@ -96,6 +98,17 @@ fn settle_identity(dir: &Path, given: &ClusterSettings) -> Result<ClusterSetting
         }
         Err(e) => Err(NodeError::Config(format!("{}: {e}", path.display()))),
     }
+}
+
+fn record_identity(dir: &Path, identity: &ClusterSettings) -> Result<(), NodeError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| NodeError::Config(format!("data directory {}: {e}", dir.display())))?;
+    let path = dir.join(IDENTITY_FILE);
+    let text = serde_json::to_vec_pretty(identity).expect("settings serialize");
+    let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| NodeError::Config(format!("{}: {e}", path.display())))
 }
 
 /// A node's name in the fault wrapper (`Chronicle-From` headers).
@@ -152,6 +165,21 @@ impl Node {
         };
         let bus: Arc<dyn Bus> = Arc::new(MeteredBus::new(raw_bus));
 
+        let mut identity = identity;
+        if identity.join && identity.shards.is_none() {
+            let (answered, shards) = chronicle_cluster::ClusterNode::discover(
+                bus.as_ref(),
+                &config.subject_prefix,
+                Duration::from_secs(30),
+            )
+            .await?;
+            info!(shards, answered, "found the cluster");
+            identity.shards = Some(shards);
+            let (dir, recorded) = (config.data_dir.clone(), identity.clone());
+            tokio::task::spawn_blocking(move || record_identity(&dir, &recorded))
+                .await
+                .map_err(|_| NodeError::ActorStart("storage"))??;
+        }
         let members = identity.members();
         let shards = identity.shard_count();
         let local = chronicle_cluster::placement(&members, shards, identity.replication)
@@ -189,7 +217,6 @@ impl Node {
                 },
                 other => NodeError::Cluster(other),
             })?;
-        let cluster = Arc::new(cluster);
         if members.len() == 1 {
             // Alone, this node elects itself: serve once it has.
             let c = cluster.clone();
@@ -375,12 +402,15 @@ impl Node {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let runtime = runtime.expect("the runtime lives as long as the node");
-        match Arc::try_unwrap(cluster) {
-            Ok(cluster) => {
-                let _ = runtime.spawn(cluster.shutdown()).await;
-            }
-            Err(_) => warn!("the cluster is still referenced at shutdown; closing at exit"),
+        if Arc::strong_count(&cluster) > 1 {
+            warn!("the cluster is still referenced at shutdown; closing anyway");
         }
+        let _ = runtime
+            .spawn(async move {
+                cluster.shutdown().await;
+                drop(cluster);
+            })
+            .await;
         let _ = tokio::task::spawn_blocking(move || {
             runtime.shutdown_timeout(Duration::from_secs(5));
         })

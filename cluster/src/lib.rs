@@ -12,6 +12,7 @@
 
 mod error;
 mod log_store;
+mod membership;
 pub mod network;
 mod node;
 pub mod read;

@@ -84,7 +84,10 @@ pub fn placement(nodes: &[u64], shards: u32, replication: usize) -> Vec<Vec<u64>
     let mut nodes: Vec<u64> = nodes.to_vec();
     nodes.sort_unstable();
     nodes.dedup();
-    let rf = replication.clamp(1, nodes.len().max(1));
+    if nodes.is_empty() {
+        return vec![Vec::new(); shards as usize];
+    }
+    let rf = replication.clamp(1, nodes.len());
     (0..shards as usize)
         .map(|i| (0..rf).map(|k| nodes[(i + k) % nodes.len()]).collect())
         .collect()
@@ -106,10 +109,11 @@ pub fn shard_of(metric: &str, labels: &[Label], shards: u32) -> u32 {
     (xxhash_rust::xxh64::xxh64(&key, 0) % u64::from(shards.max(1))) as u32
 }
 
-struct Group {
-    raft: Raft<TypeConfig>,
+pub(crate) struct Group {
+    pub(crate) raft: Raft<TypeConfig>,
     shard: ShardCell,
-    server: tokio::task::JoinHandle<()>,
+    /// Its Raft RPC server, forwarded-request servers and membership watcher.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -123,6 +127,57 @@ enum WireClusterRequest {
     },
     /// This member's view of its group.
     Status,
+    /// A membership or leadership operation, for the leader.
+    Leader(LeaderOp),
+}
+
+/// What only a shard's leader can do.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub(crate) enum LeaderOp {
+    /// Add a learner and return once it has caught up.
+    AddLearner(u64),
+    /// Make these the voters (joint consensus; removed members leave).
+    SetVoters(Vec<u64>),
+    /// Send no heartbeats for this many milliseconds.
+    PauseHeartbeats(u64),
+}
+
+/// Runs `op` on `raft`, which is expected to lead.
+async fn run_leader_op(raft: &Raft<TypeConfig>, op: LeaderOp) -> WireClusterReply {
+    let not_leader = |e: &dyn std::fmt::Display| WireClusterReply::Error(e.to_string());
+    match op {
+        LeaderOp::AddLearner(node) => {
+            match raft.add_learner(node, openraft::EmptyNode {}, true).await {
+                Ok(_) => WireClusterReply::Done,
+                Err(e) if e.forward_to_leader::<openraft::EmptyNode>().is_some() => {
+                    WireClusterReply::NotLeader(raft.metrics().borrow().current_leader)
+                }
+                Err(e) => not_leader(&e),
+            }
+        }
+        LeaderOp::SetVoters(voters) => {
+            let voters: BTreeSet<u64> = voters.into_iter().collect();
+            match raft.change_membership(voters, false).await {
+                Ok(_) => WireClusterReply::Done,
+                Err(e) if e.forward_to_leader::<openraft::EmptyNode>().is_some() => {
+                    WireClusterReply::NotLeader(raft.metrics().borrow().current_leader)
+                }
+                Err(e) => not_leader(&e),
+            }
+        }
+        LeaderOp::PauseHeartbeats(millis) => {
+            if raft.metrics().borrow().current_leader != Some(raft.metrics().borrow().id) {
+                return WireClusterReply::NotLeader(raft.metrics().borrow().current_leader);
+            }
+            raft.runtime_config().heartbeat(false);
+            let raft = raft.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(millis)).await;
+                raft.runtime_config().heartbeat(true);
+            });
+            WireClusterReply::Done
+        }
+    }
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -137,6 +192,7 @@ enum WireClusterReply {
     NotLeader(Option<u64>),
     Error(String),
     Status(WireMemberStatus),
+    Done,
 }
 
 /// One member's view of its shard group.
@@ -149,6 +205,8 @@ struct WireMemberStatus {
     applied_index: u64,
     /// Per follower, entries behind (on the leader only).
     lag: Vec<(u64, u64)>,
+    /// The group's voters as this member knows them.
+    voters: Vec<u64>,
 }
 
 fn member_status(node: u64, raft: &Raft<TypeConfig>) -> WireMemberStatus {
@@ -171,6 +229,7 @@ fn member_status(node: u64, raft: &Raft<TypeConfig>) -> WireMemberStatus {
         last_log_index: last,
         applied_index: m.last_applied.map_or(0, |l| l.index),
         lag,
+        voters: m.membership_config.membership().voter_ids().collect(),
     }
 }
 
@@ -208,11 +267,17 @@ pub struct ClusterStatus {
 }
 
 pub struct ClusterNode {
-    config: ClusterConfig,
-    bus: Arc<dyn Bus>,
-    placement: Vec<Vec<u64>>,
-    groups: BTreeMap<u32, Group>,
-    service: Vec<tokio::task::JoinHandle<()>>,
+    pub(crate) config: ClusterConfig,
+    pub(crate) bus: Arc<dyn Bus>,
+    /// Each shard's voters as last seen (this node's own groups keep theirs
+    /// current; others are learned from status replies). Routing hints only:
+    /// each group's Raft membership is the truth.
+    pub(crate) placement: parking_lot::RwLock<Vec<Vec<u64>>>,
+    /// This node's members of shard groups. Groups come (a shard moved here)
+    /// and go (moved away) while the node runs.
+    pub(crate) groups: parking_lot::RwLock<BTreeMap<u32, Arc<Group>>>,
+    /// The node-level service (`<prefix>.node.<id>`, `<prefix>.cluster.info`).
+    service: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Inboxes for the parts of large answers: `<prefix>.inbox.<node>.<nonce>.<n>`
     /// (the nonce keeps a restarted node from receiving its predecessor's parts).
     inbox_nonce: u64,
@@ -238,86 +303,180 @@ fn service_subject(prefix: &str, shard: u32, node: u64) -> String {
     format!("{prefix}.cluster.{shard}.{node}")
 }
 
+/// Any replica of a shard answers here (a queue group): a way to find a
+/// shard's leader without knowing where it lives.
+fn any_replica_subject(prefix: &str, shard: u32) -> String {
+    format!("{prefix}.cluster.{shard}.any")
+}
+
+const ANY_GROUP: &str = "replicas";
+
+/// Written once the initial placement's groups exist: afterwards a node hosts
+/// the shards on its disk, not the initial placement.
+const CREATED_MARKER: &str = "groups-created";
+
 impl ClusterNode {
     /// Starts this node's members of its shards, serves their Raft RPCs and
     /// forwarded requests, and creates each group it is the first member of.
-    pub async fn start(config: ClusterConfig, bus: Arc<dyn Bus>) -> Result<Self, ClusterError> {
-        if !config.initial_nodes.contains(&config.node_id) {
-            return Err(ClusterError::Config(format!(
-                "node {} is not among the initial nodes {:?}",
-                config.node_id, config.initial_nodes
-            )));
-        }
-        let placement = placement(&config.initial_nodes, config.shards, config.replication);
-        let mut groups = BTreeMap::new();
-        let mut service = Vec::new();
-        for (shard, replicas) in placement.iter().enumerate() {
-            let shard = shard as u32;
-            if !replicas.contains(&config.node_id) {
-                continue;
+    ///
+    /// On the first start of a member of `initial_nodes`, the shards are the
+    /// initial placement's; afterwards they are the ones on disk (shards move
+    /// between nodes). A node started outside `initial_nodes` hosts nothing
+    /// until a shard is moved to it (`add_node`).
+    pub async fn start(
+        config: ClusterConfig,
+        bus: Arc<dyn Bus>,
+    ) -> Result<Arc<Self>, ClusterError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| ClusterError::Snapshot {
+            path: config.data_dir.display().to_string(),
+            source,
+        })?;
+        let created = config.data_dir.join(CREATED_MARKER);
+        let initial = if config.initial_nodes.contains(&config.node_id) {
+            placement(&config.initial_nodes, config.shards, config.replication)
+        } else {
+            vec![Vec::new(); config.shards as usize]
+        };
+        let node = Arc::new(Self {
+            placement: parking_lot::RwLock::new(initial.clone()),
+            groups: parking_lot::RwLock::new(BTreeMap::new()),
+            service: parking_lot::Mutex::new(Vec::new()),
+            config,
+            bus,
+            inbox_nonce: inbox_nonce(),
+            next_inbox: std::sync::atomic::AtomicU64::new(0),
+        });
+        let mut hosted = node.shards_on_disk()?;
+        if !created.exists() {
+            for (shard, replicas) in initial.iter().enumerate() {
+                if replicas.contains(&node.config.node_id) {
+                    hosted.insert(shard as u32);
+                }
             }
-            let dir = config.data_dir.join(format!("shard-{shard}"));
-            let log = LogStore::open_with(dir.join("raft-log"), config.sync_log)?;
-            let sm = ShardStateMachine::open(dir.join("state"), config.shard.clone())?;
-            let cell = sm.shard();
-            let network = BusNetwork::new(bus.clone(), config.prefix.clone(), u64::from(shard));
-            let raft = Raft::new(config.node_id, config.raft.clone(), network, log, sm)
+        }
+        for shard in hosted {
+            let create = (!created.exists())
+                .then(|| initial[shard as usize].clone())
+                .filter(|r| r.first() == Some(&node.config.node_id));
+            node.host(shard, create).await?;
+        }
+        std::fs::write(&created, b"").map_err(|source| ClusterError::Snapshot {
+            path: created.display().to_string(),
+            source,
+        })?;
+        crate::membership::serve_node(&node).await?;
+        Ok(node)
+    }
+
+    /// The shards with a directory under the data directory.
+    fn shards_on_disk(&self) -> Result<BTreeSet<u32>, ClusterError> {
+        let mut out = BTreeSet::new();
+        let entries =
+            std::fs::read_dir(&self.config.data_dir).map_err(|source| ClusterError::Snapshot {
+                path: self.config.data_dir.display().to_string(),
+                source,
+            })?;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("shard-"))
+                .and_then(|n| n.parse::<u32>().ok())
+            {
+                if id < self.config.shards {
+                    out.insert(id);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn shard_dir(&self, shard: u32) -> PathBuf {
+        self.config.data_dir.join(format!("shard-{shard}"))
+    }
+
+    /// Starts this node's member of `shard`'s group (a no-op when it runs).
+    /// With `create`, a pristine member creates the group with those voters.
+    pub(crate) async fn host(
+        self: &Arc<Self>,
+        shard: u32,
+        create: Option<Vec<u64>>,
+    ) -> Result<(), ClusterError> {
+        if self.groups.read().contains_key(&shard) {
+            return Ok(());
+        }
+        let config = &self.config;
+        let dir = self.shard_dir(shard);
+        let mut log = LogStore::open_with(dir.join("raft-log"), config.sync_log)?;
+        // Asked of the store itself: openraft's metrics may not show the
+        // stored membership yet right after `Raft::new`.
+        let pristine = {
+            use openraft::storage::RaftLogStorage;
+            let state = log
+                .get_log_state()
                 .await
                 .map_err(|e| ClusterError::Raft(e.to_string()))?;
-            let server = serve(
-                raft.clone(),
-                bus.clone(),
-                &config.prefix,
-                u64::from(shard),
-                config.node_id,
-            )
+            let vote = log
+                .read_vote()
+                .await
+                .map_err(|e| ClusterError::Raft(e.to_string()))?;
+            state.last_log_id.is_none() && vote.is_none()
+        };
+        let sm = ShardStateMachine::open(dir.join("state"), config.shard.clone())?;
+        let cell = sm.shard();
+        let network = BusNetwork::new(self.bus.clone(), config.prefix.clone(), u64::from(shard));
+        let raft = Raft::new(config.node_id, config.raft.clone(), network, log, sm)
             .await
-            .map_err(|e| ClusterError::Bus(e.to_string()))?;
-            service.push(
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let mut tasks = vec![serve(
+            raft.clone(),
+            self.bus.clone(),
+            &config.prefix,
+            u64::from(shard),
+            config.node_id,
+        )
+        .await
+        .map_err(|e| ClusterError::Bus(e.to_string()))?];
+        for group in [None, Some(ANY_GROUP)] {
+            tasks.push(
                 serve_requests(
                     raft.clone(),
                     cell.clone(),
-                    bus.clone(),
+                    self.bus.clone(),
                     &config.prefix,
                     shard,
                     config.node_id,
+                    group,
                 )
                 .await?,
             );
-            // The first replica creates the group; the others wait to hear from it.
-            let fresh = raft
-                .metrics()
-                .borrow()
-                .membership_config
-                .membership()
-                .nodes()
-                .next()
-                .is_none();
-            if fresh && replicas.first() == Some(&config.node_id) {
-                let members: BTreeSet<u64> = replicas.iter().copied().collect();
-                match raft.initialize(members).await {
-                    Ok(()) => info!(shard, ?replicas, "created shard group"),
-                    Err(e) => debug!(shard, error = %e, "group already initialized"),
-                }
-            }
-            groups.insert(
-                shard,
-                Group {
-                    raft,
-                    shard: cell,
-                    server,
-                },
-            );
         }
-        Ok(Self {
-            config,
-            bus,
-            placement,
-            groups,
-            service,
-            inbox_nonce: inbox_nonce(),
-            next_inbox: std::sync::atomic::AtomicU64::new(0),
-        })
+        tasks.push(crate::membership::watch_membership(
+            Arc::downgrade(self),
+            shard,
+            raft.clone(),
+        ));
+        if let Some(voters) = create.filter(|_| pristine) {
+            let members: BTreeSet<u64> = voters.iter().copied().collect();
+            match raft.initialize(members).await {
+                Ok(()) => info!(shard, ?voters, "created shard group"),
+                Err(e) => debug!(shard, error = %e, "group already initialized"),
+            }
+        }
+        self.groups.write().insert(
+            shard,
+            Arc::new(Group {
+                raft,
+                shard: cell,
+                tasks,
+            }),
+        );
+        Ok(())
+    }
+
+    /// This node's member of `shard`, if it has one.
+    pub(crate) fn group(&self, shard: u32) -> Option<Arc<Group>> {
+        self.groups.read().get(&shard).cloned()
     }
 
     pub fn shards(&self) -> u32 {
@@ -455,7 +614,7 @@ impl ClusterNode {
         shard: u32,
         read: &ShardRead,
     ) -> Result<ShardAnswer, ClusterError> {
-        if let Some(group) = self.groups.get(&shard) {
+        if let Some(group) = self.group(shard) {
             if group.raft.metrics().borrow().current_leader == Some(self.config.node_id) {
                 match group.raft.ensure_linearizable().await {
                     Ok(_) => return run_local(&group.shard, read.clone()).await,
@@ -534,7 +693,7 @@ impl ClusterNode {
             Output = Result<u64, RaftError<u64, ClientWriteError<u64, openraft::EmptyNode>>>,
         >,
     {
-        if let Some(group) = self.groups.get(&shard) {
+        if let Some(group) = self.group(shard) {
             if group.raft.metrics().borrow().current_leader == Some(self.config.node_id) {
                 // A leader cut off from its majority cannot commit, and
                 // openraft 0.9 keeps it leader until it hears of a newer term:
@@ -567,12 +726,19 @@ impl ClusterNode {
         attempt: Duration,
         total: Duration,
     ) -> Result<WireClusterReply, ClusterError> {
-        let replicas = &self.placement[shard as usize];
+        // Candidates: the replicas as last seen, then any replica at all
+        // (`None`: the shard's queue-group subject), for when they moved.
+        let mut candidates: Vec<Option<u64>> = self
+            .placement
+            .read()
+            .get(shard as usize)
+            .map(|r| r.iter().copied().map(Some).collect())
+            .unwrap_or_default();
+        candidates.push(None);
         let mut target = self
-            .groups
-            .get(&shard)
+            .group(shard)
             .and_then(|g| g.raft.metrics().borrow().current_leader)
-            .unwrap_or(replicas[0]);
+            .or(candidates[0]);
         let payload = chronicle_bus::envelope::encode(request)
             .map_err(|e| ClusterError::Bus(e.to_string()))?;
         let mut last_error = String::from("no replica answered");
@@ -581,7 +747,11 @@ impl ClusterNode {
         let deadline = tokio::time::Instant::now() + total;
         let mut next = 0usize;
         while tokio::time::Instant::now() < deadline {
-            let subject = service_subject(&self.config.prefix, shard, target);
+            let subject = match target {
+                Some(node) => service_subject(&self.config.prefix, shard, node),
+                None => any_replica_subject(&self.config.prefix, shard),
+            };
+            let who = target.map_or("any replica".to_string(), |n| format!("node {n}"));
             // A member that died without closing its connection answers nothing:
             // give each attempt a bounded share, not the whole deadline.
             let left = deadline
@@ -592,24 +762,24 @@ impl ClusterNode {
                 .request(Message::new(subject, payload.clone()), left)
                 .await;
             match reply.map(|m| chronicle_bus::envelope::decode::<WireClusterReply>(&m.payload)) {
-                Ok(Ok(WireClusterReply::NotLeader(Some(hint)))) if hint != target => {
-                    target = hint;
+                Ok(Ok(WireClusterReply::NotLeader(Some(hint)))) if Some(hint) != target => {
+                    target = Some(hint);
                     continue;
                 }
                 Ok(Ok(WireClusterReply::NotLeader(_))) => {
-                    last_error = format!("node {target} is not the leader of shard {shard}");
+                    last_error = format!("{who} is not the leader of shard {shard}");
                 }
                 Ok(Ok(WireClusterReply::Error(e))) => return Err(ClusterError::Raft(e)),
                 Ok(Ok(reply)) => return Ok(reply),
                 Ok(Err(e)) => return Err(ClusterError::Bus(e.to_string())),
                 Err(e) => {
-                    debug!(shard, node = target, error = %e, "forwarded request failed");
-                    last_error = format!("node {target}: {e}");
+                    debug!(shard, %who, error = %e, "forwarded request failed");
+                    last_error = format!("{who}: {e}");
                 }
             }
             next += 1;
-            target = replicas[next % replicas.len()];
-            if next.is_multiple_of(replicas.len()) {
+            target = candidates[next % candidates.len()];
+            if next.is_multiple_of(candidates.len()) {
                 tokio::time::sleep(Duration::from_millis(RETRY_PAUSE_MS)).await;
             }
         }
@@ -618,54 +788,33 @@ impl ClusterNode {
         )))
     }
 
-    /// Members, and each shard's leader, replicas and replication lag.
+    /// This node's own view, without asking anyone: the members it knows of,
+    /// and per shard the replicas as last seen, and leader, term and lag where
+    /// it holds a replica.
     pub fn status(&self) -> (Vec<u64>, Vec<ShardStatus>) {
-        let mut members: Vec<u64> = self.config.initial_nodes.clone();
-        members.sort_unstable();
-        members.dedup();
-        let shards = self
-            .placement
-            .iter()
+        let placement = self.placement.read().clone();
+        let members: BTreeSet<u64> = placement.iter().flatten().copied().collect();
+        let shards = placement
+            .into_iter()
             .enumerate()
             .map(|(i, replicas)| {
-                let (leader, lag) = match self.groups.get(&(i as u32)) {
-                    Some(g) => {
-                        let m = g.raft.metrics().borrow().clone();
-                        let last = m.last_log_index.unwrap_or(0);
-                        let lag = m
-                            .replication
-                            .as_ref()
-                            .map(|r| {
-                                r.iter()
-                                    .map(|(id, matched)| {
-                                        (*id, last.saturating_sub(matched.map_or(0, |l| l.index)))
-                                    })
-                                    .collect()
-                            })
-                            .unwrap_or_default();
-                        (m.current_leader, lag)
-                    }
-                    None => (None, BTreeMap::new()),
-                };
-                let (term, last_log_index) = self
-                    .groups
-                    .get(&(i as u32))
-                    .map(|g| {
-                        let m = g.raft.metrics().borrow().clone();
-                        (m.current_term, m.last_log_index.unwrap_or(0))
-                    })
-                    .unwrap_or_default();
+                let local = self
+                    .group(i as u32)
+                    .map(|g| member_status(self.config.node_id, &g.raft));
                 ShardStatus {
                     id: i as u32,
-                    leader,
-                    replicas: replicas.clone(),
-                    lag,
-                    term,
-                    last_log_index,
+                    leader: local.as_ref().and_then(|m| m.leader),
+                    replicas,
+                    lag: local
+                        .as_ref()
+                        .map(|m| m.lag.iter().copied().collect())
+                        .unwrap_or_default(),
+                    term: local.as_ref().map_or(0, |m| m.term),
+                    last_log_index: local.as_ref().map_or(0, |m| m.last_log_index),
                 }
             })
             .collect();
-        (members, shards)
+        (members.into_iter().collect(), shards)
     }
 
     /// Every shard's leader, term and followers' lag, asked of the shard's
@@ -674,38 +823,41 @@ impl ClusterNode {
     pub async fn cluster_status(&self) -> ClusterStatus {
         let shards = (0..self.config.shards).map(|shard| self.shard_status(shard));
         let shards = futures_util::future::join_all(shards).await;
-        let mut members = self.config.initial_nodes.clone();
-        members.sort_unstable();
-        members.dedup();
+        let members: BTreeSet<u64> = shards.iter().flat_map(|s| s.replicas.clone()).collect();
         ClusterStatus {
             node_id: self.config.node_id,
-            members,
+            members: members.into_iter().collect(),
             shards,
         }
     }
 
     async fn shard_status(&self, shard: u32) -> ShardStatus {
-        let replicas = self.placement[shard as usize].clone();
+        let mut replicas = self.placement.read()[shard as usize].clone();
         let mut best: Option<WireMemberStatus> = self
-            .groups
-            .get(&shard)
+            .group(shard)
             .map(|g| member_status(self.config.node_id, &g.raft));
-        // Ask the leader for the lag; if unknown, any replica for the leader.
-        let mut asked = BTreeSet::new();
-        asked.insert(self.config.node_id);
-        for _ in 0..=replicas.len() {
+        // Ask the leader for the lag; if unknown, the replicas (or any
+        // replica at all) who the leader is.
+        let mut asked = BTreeSet::from([self.config.node_id]);
+        let mut asked_any = false;
+        for _ in 0..replicas.len() + 3 {
             let next = match &best {
                 Some(s) if s.leader == Some(s.node) => break,
                 Some(WireMemberStatus {
                     leader: Some(l), ..
-                }) if !asked.contains(l) => *l,
+                }) if !asked.contains(l) => Some(*l),
                 _ => match replicas.iter().find(|r| !asked.contains(r)) {
-                    Some(r) => *r,
+                    Some(r) => Some(*r),
+                    None if !asked_any => None,
                     None => break,
                 },
             };
-            asked.insert(next);
+            match next {
+                Some(n) => asked.insert(n),
+                None => std::mem::replace(&mut asked_any, true),
+            };
             if let Some(status) = self.ask_status(shard, next).await {
+                asked.insert(status.node);
                 if best
                     .as_ref()
                     .is_none_or(|b| status.leader == Some(status.node) || status.term >= b.term)
@@ -714,6 +866,10 @@ impl ClusterNode {
                 }
             }
         }
+        if let Some(b) = best.as_ref().filter(|b| !b.voters.is_empty()) {
+            replicas = b.voters.clone();
+            self.placement.write()[shard as usize] = replicas.clone();
+        }
         let best = best.unwrap_or(WireMemberStatus {
             node: 0,
             leader: None,
@@ -721,6 +877,7 @@ impl ClusterNode {
             last_log_index: 0,
             applied_index: 0,
             lag: Vec::new(),
+            voters: Vec::new(),
         });
         ShardStatus {
             id: shard,
@@ -732,9 +889,13 @@ impl ClusterNode {
         }
     }
 
-    async fn ask_status(&self, shard: u32, node: u64) -> Option<WireMemberStatus> {
+    /// One member's view of `shard` (`None`: whichever replica answers).
+    async fn ask_status(&self, shard: u32, node: Option<u64>) -> Option<WireMemberStatus> {
         let payload = chronicle_bus::envelope::encode(&WireClusterRequest::Status).ok()?;
-        let subject = service_subject(&self.config.prefix, shard, node);
+        let subject = match node {
+            Some(node) => service_subject(&self.config.prefix, shard, node),
+            None => any_replica_subject(&self.config.prefix, shard),
+        };
         let reply = self
             .bus
             .request(Message::new(subject, payload), Duration::from_secs(1))
@@ -747,21 +908,21 @@ impl ClusterNode {
     }
 
     /// Stops this node's members (as a crash would, minus the lost memory).
-    pub async fn shutdown(self) {
-        for task in &self.service {
+    pub async fn shutdown(&self) {
+        for task in self.service.lock().drain(..) {
             task.abort();
         }
-        for (_, g) in self.groups {
-            g.server.abort();
-            if let Err(e) = g.raft.shutdown().await {
-                warn!(error = %e, "raft shutdown");
-            }
+        let groups: Vec<Arc<Group>> = std::mem::take(&mut *self.groups.write())
+            .into_values()
+            .collect();
+        for g in groups {
+            g.stop().await;
         }
     }
 
     /// The last index this node's replica of `shard` applied (None if it holds none).
     pub fn applied_index(&self, shard: u32) -> Option<u64> {
-        let g = self.groups.get(&shard)?;
+        let g = self.group(shard)?;
         let applied = g
             .raft
             .metrics()
@@ -775,7 +936,8 @@ impl ClusterNode {
     /// `timeout` passed first.
     pub async fn wait_for_leaders(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
-        for group in self.groups.values() {
+        let groups: Vec<Arc<Group>> = self.groups.read().values().cloned().collect();
+        for group in groups {
             let mut metrics = group.raft.metrics();
             let waited =
                 tokio::time::timeout_at(deadline, metrics.wait_for(|m| m.current_leader.is_some()))
@@ -790,6 +952,7 @@ impl ClusterNode {
     /// This node's replicas: shard id and its current storage.
     pub fn local_shards(&self) -> Vec<(u32, Arc<chronicle_storage::Shard>)> {
         self.groups
+            .read()
             .iter()
             .map(|(id, g)| (*id, g.shard.current()))
             .collect()
@@ -797,10 +960,59 @@ impl ClusterNode {
 
     /// The local replica of `shard`, for follower reads (may lag the leader).
     pub fn local_shard(&self, shard: u32) -> Option<ShardCell> {
-        self.groups.get(&shard).map(|g| g.shard.clone())
+        self.group(shard).map(|g| g.shard.clone())
+    }
+
+    /// Runs `op` on `shard`'s leader (here, or over the bus), allowing it `timeout`.
+    pub(crate) async fn on_leader(
+        &self,
+        shard: u32,
+        op: LeaderOp,
+        timeout: Duration,
+    ) -> Result<(), ClusterError> {
+        if let Some(group) = self.group(shard) {
+            if group.raft.metrics().borrow().current_leader == Some(self.config.node_id) {
+                match tokio::time::timeout(timeout, run_leader_op(&group.raft, op.clone())).await {
+                    Ok(WireClusterReply::Done) => return Ok(()),
+                    Ok(WireClusterReply::NotLeader(_)) => {}
+                    Ok(WireClusterReply::Error(e)) => return Err(ClusterError::Raft(e)),
+                    Ok(other) => {
+                        return Err(ClusterError::Raft(format!("unexpected reply {other:?}")))
+                    }
+                    Err(_) => {
+                        return Err(ClusterError::Unavailable(format!(
+                            "shard {shard}: {op:?} did not finish within {timeout:?}"
+                        )))
+                    }
+                }
+            }
+        }
+        match self
+            .ask_leader(shard, &WireClusterRequest::Leader(op), timeout, timeout)
+            .await?
+        {
+            WireClusterReply::Done => Ok(()),
+            other => Err(ClusterError::Raft(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Registers a node-level task to stop at shutdown.
+    pub(crate) fn add_service(&self, task: tokio::task::JoinHandle<()>) {
+        self.service.lock().push(task);
     }
 }
 
+impl Group {
+    /// Stops the member: its servers, its watcher, then Raft.
+    pub(crate) async fn stop(&self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        if let Err(e) = self.raft.shutdown().await {
+            warn!(error = %e, "raft shutdown");
+        }
+    }
+}
 fn inbox_nonce() -> u64 {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -835,9 +1047,14 @@ async fn serve_requests(
     prefix: &str,
     shard_id: u32,
     node: u64,
+    any_group: Option<&str>,
 ) -> Result<tokio::task::JoinHandle<()>, ClusterError> {
+    let subject = match any_group {
+        None => service_subject(prefix, shard_id, node),
+        Some(_) => any_replica_subject(prefix, shard_id),
+    };
     let mut sub = bus
-        .subscribe(&service_subject(prefix, shard_id, node), None)
+        .subscribe(&subject, any_group)
         .await
         .map_err(|e| ClusterError::Bus(e.to_string()))?;
     Ok(tokio::spawn(async move {
@@ -904,6 +1121,7 @@ async fn answer(
             };
             (reply, Vec::new())
         }
+        WireClusterRequest::Leader(op) => (run_leader_op(raft, op).await, Vec::new()),
         WireClusterRequest::Status => (
             WireClusterReply::Status(member_status(node, raft)),
             Vec::new(),

@@ -102,7 +102,11 @@ impl NodeProcess {
             .arg(data)
             .args(["--http-addr", &format!("127.0.0.1:{port}")])
             .args(extra)
-            .env("CHRONICLE_LOG", "warn")
+            // CHRONICLE_TEST_NODE_LOG (e.g. `info`) shows what the nodes do.
+            .env(
+                "CHRONICLE_LOG",
+                std::env::var("CHRONICLE_TEST_NODE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         if let Some(url) = nats_url {

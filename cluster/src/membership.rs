@@ -1,0 +1,494 @@
+//! Membership changes: moving a shard's replica from one node to another,
+//! adding a node (shards rebalance onto it), removing one (its shards move
+//! first), and handing a shard's leadership to a chosen replica.
+//!
+//! Placement has no store of its own: a shard's replicas are its Raft group's
+//! voters, changed through that group's log (openraft's joint consensus), so
+//! each shard's placement is exactly as durable and consistent as its data.
+//! A move adds the new node as a learner, waits until it has caught up (from
+//! a snapshot when the log was purged), then swaps the voters; the node left
+//! out sees itself gone from the membership, stops its member and deletes the
+//! replica.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use chronicle_bus::Message;
+use openraft::Raft;
+use rkyv::{Archive, Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::node::ClusterNode;
+use crate::types::TypeConfig;
+use crate::ClusterError;
+
+/// Requests to a node as a whole, on `<prefix>.node.<id>`, and
+/// `Info` to any node on `<prefix>.cluster.info`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub(crate) enum WireNodeRequest {
+    /// Start a member of this shard's group (it will receive the group's
+    /// state from the leader).
+    Host(u32),
+    /// Start an election in this shard's group now.
+    Elect(u32),
+    /// This node was voted out of the shard's group: check with the group and
+    /// delete the replica. (The leader stops replicating to a removed member
+    /// as soon as the new membership is in its log, so the member may never
+    /// see it.)
+    Release(u32),
+    Info,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub(crate) enum WireNodeReply {
+    Done,
+    Info {
+        node: u64,
+        shards: u32,
+        hosted: Vec<u32>,
+    },
+    Error(String),
+}
+
+fn node_subject(prefix: &str, node: u64) -> String {
+    format!("{prefix}.node.{node}")
+}
+
+fn info_subject(prefix: &str) -> String {
+    format!("{prefix}.cluster.info")
+}
+
+/// How long a learner may take to catch up before a move is abandoned.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Serves this node's node-level requests until shutdown.
+pub(crate) async fn serve_node(node: &Arc<ClusterNode>) -> Result<(), ClusterError> {
+    let prefix = node.config.prefix.clone();
+    for (subject, group) in [
+        (node_subject(&prefix, node.config.node_id), None),
+        (info_subject(&prefix), Some("info")),
+    ] {
+        let mut sub = node
+            .bus
+            .subscribe(&subject, group)
+            .await
+            .map_err(|e| ClusterError::Bus(e.to_string()))?;
+        let weak = Arc::downgrade(node);
+        node.add_service(tokio::spawn(async move {
+            while let Some(message) = sub.next().await {
+                let Some(reply_to) = message.reply.clone() else {
+                    continue;
+                };
+                let Some(node) = weak.upgrade() else { break };
+                tokio::spawn(async move {
+                    let reply = match chronicle_bus::envelope::decode::<WireNodeRequest>(
+                        &message.payload,
+                    ) {
+                        Ok(request) => node.answer_node(request).await,
+                        Err(e) => WireNodeReply::Error(format!("bad node request: {e}")),
+                    };
+                    if let Ok(payload) = chronicle_bus::envelope::encode(&reply) {
+                        let _ = node.bus.publish(Message::new(reply_to, payload)).await;
+                    }
+                });
+            }
+        }));
+    }
+    Ok(())
+}
+
+/// Follows one group's membership: keeps the placement hint current, and
+/// when this node has been moved out of the group, stops its member and
+/// deletes the replica.
+pub(crate) fn watch_membership(
+    node: Weak<ClusterNode>,
+    shard: u32,
+    raft: Raft<TypeConfig>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut metrics = raft.metrics();
+        let mut was_member = false;
+        loop {
+            let (voters, all): (Vec<u64>, BTreeSet<u64>) = {
+                let m = metrics.borrow_and_update();
+                let membership = m.membership_config.membership();
+                (
+                    membership.voter_ids().collect(),
+                    membership.nodes().map(|(id, _)| *id).collect(),
+                )
+            };
+            let Some(node) = node.upgrade() else { return };
+            if !voters.is_empty() {
+                if let Some(slot) = node.placement.write().get_mut(shard as usize) {
+                    *slot = voters;
+                }
+            }
+            let me = node.config.node_id;
+            if all.contains(&me) {
+                was_member = true;
+            } else if was_member {
+                // Removed: let go of the replica (from another task: stopping
+                // the group aborts this one).
+                tokio::spawn(async move { node.drop_replica(shard).await });
+                return;
+            }
+            drop(node);
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+impl ClusterNode {
+    async fn answer_node(self: &Arc<Self>, request: WireNodeRequest) -> WireNodeReply {
+        match request {
+            WireNodeRequest::Host(shard) if shard >= self.config.shards => {
+                WireNodeReply::Error(format!("no shard {shard}"))
+            }
+            WireNodeRequest::Host(shard) => match self.host(shard, None).await {
+                Ok(()) => WireNodeReply::Done,
+                Err(e) => WireNodeReply::Error(e.to_string()),
+            },
+            WireNodeRequest::Elect(shard) => match self.group(shard) {
+                Some(g) => match g.raft.trigger().elect().await {
+                    Ok(()) => WireNodeReply::Done,
+                    Err(e) => WireNodeReply::Error(e.to_string()),
+                },
+                None => WireNodeReply::Error(format!(
+                    "node {} holds no replica of shard {shard}",
+                    self.config.node_id
+                )),
+            },
+            WireNodeRequest::Release(shard) => {
+                let status = self.cluster_status().await;
+                tracing::debug!(shard, status = ?status.shards.get(shard as usize), "asked to release a replica");
+                match status.shards.get(shard as usize) {
+                    Some(s) if s.leader.is_some() && !s.replicas.contains(&self.config.node_id) => {
+                        let node = self.clone();
+                        tokio::spawn(async move { node.drop_replica(shard).await });
+                        WireNodeReply::Done
+                    }
+                    _ => WireNodeReply::Error(format!(
+                        "shard {shard} still counts node {} among its replicas",
+                        self.config.node_id
+                    )),
+                }
+            }
+            WireNodeRequest::Info => WireNodeReply::Info {
+                node: self.config.node_id,
+                shards: self.config.shards,
+                hosted: self.groups.read().keys().copied().collect(),
+            },
+        }
+    }
+
+    async fn ask_node(
+        &self,
+        node: u64,
+        request: &WireNodeRequest,
+        timeout: Duration,
+    ) -> Result<WireNodeReply, ClusterError> {
+        let payload = chronicle_bus::envelope::encode(request)
+            .map_err(|e| ClusterError::Bus(e.to_string()))?;
+        let reply = self
+            .bus
+            .request(
+                Message::new(node_subject(&self.config.prefix, node), payload),
+                timeout,
+            )
+            .await
+            .map_err(|e| ClusterError::Unavailable(format!("node {node}: {e}")))?;
+        match chronicle_bus::envelope::decode::<WireNodeReply>(&reply.payload) {
+            Ok(WireNodeReply::Error(e)) => Err(ClusterError::Raft(format!("node {node}: {e}"))),
+            Ok(reply) => Ok(reply),
+            Err(e) => Err(ClusterError::Bus(e.to_string())),
+        }
+    }
+
+    /// Stops this node's member of `shard` and deletes its replica.
+    async fn drop_replica(&self, shard: u32) {
+        let Some(group) = self.groups.write().remove(&shard) else {
+            return;
+        };
+        info!(shard, "moved away: stopping this replica");
+        group.stop().await;
+        info!(shard, "moved away: replica stopped");
+        drop(group);
+        let dir = self.shard_dir(shard);
+        // The state machine's storage closes when its last handle drops;
+        // readers of the old shard may still hold one for a moment.
+        let removed = tokio::task::spawn_blocking(move || {
+            let gone = dir.with_extension("removed");
+            std::fs::rename(&dir, &gone).and_then(|()| std::fs::remove_dir_all(&gone))
+        })
+        .await;
+        match removed {
+            Ok(Ok(())) => info!(shard, "moved away: replica deleted"),
+            Ok(Err(e)) => warn!(shard, error = %e, "moved away: replica not deleted"),
+            Err(e) => warn!(shard, error = %e, "moved away: replica not deleted"),
+        }
+    }
+
+    /// The shard count and a member, asked of whichever node answers first
+    /// (how a node started outside the initial members learns the cluster).
+    pub async fn discover(
+        bus: &dyn chronicle_bus::Bus,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<(u64, u32), ClusterError> {
+        let payload = chronicle_bus::envelope::encode(&WireNodeRequest::Info)
+            .map_err(|e| ClusterError::Bus(e.to_string()))?;
+        let reply = bus
+            .request(Message::new(info_subject(prefix), payload), timeout)
+            .await
+            .map_err(|e| {
+                ClusterError::Unavailable(format!("no cluster member answered on the bus: {e}"))
+            })?;
+        match chronicle_bus::envelope::decode::<WireNodeReply>(&reply.payload) {
+            Ok(WireNodeReply::Info { node, shards, .. }) => Ok((node, shards)),
+            Ok(other) => Err(ClusterError::Raft(format!("unexpected reply {other:?}"))),
+            Err(e) => Err(ClusterError::Bus(e.to_string())),
+        }
+    }
+
+    /// Moves `shard`'s replica on `from` to `to`: `to` starts a member, the
+    /// leader adds it as a learner and waits until it has caught up, then
+    /// makes it a voter in `from`'s place.
+    pub async fn move_replica(
+        self: &Arc<Self>,
+        shard: u32,
+        from: u64,
+        to: u64,
+    ) -> Result<(), ClusterError> {
+        let status = self.cluster_status().await;
+        let Some(s) = status.shards.get(shard as usize) else {
+            return Err(ClusterError::Config(format!("no shard {shard}")));
+        };
+        if !s.replicas.contains(&from) {
+            return Err(ClusterError::Config(format!(
+                "node {from} holds no replica of shard {shard} (replicas {:?})",
+                s.replicas
+            )));
+        }
+        if s.replicas.contains(&to) {
+            return Err(ClusterError::Config(format!(
+                "node {to} already holds a replica of shard {shard}"
+            )));
+        }
+        info!(shard, from, to, "moving a replica");
+        self.ask_node(to, &WireNodeRequest::Host(shard), Duration::from_secs(30))
+            .await?;
+        self.on_leader(
+            shard,
+            crate::node::LeaderOp::AddLearner(to),
+            CATCH_UP_TIMEOUT,
+        )
+        .await?;
+        let voters: Vec<u64> = s
+            .replicas
+            .iter()
+            .map(|&r| if r == from { to } else { r })
+            .collect();
+        // A leader voted out stops serving before it could finish the
+        // change (and its replica is deleted): hand leadership over first.
+        let now = self.cluster_status().await;
+        if now.shards[shard as usize].leader == Some(from) {
+            let heir = s
+                .replicas
+                .iter()
+                .copied()
+                .find(|&r| r != from)
+                .ok_or_else(|| {
+                    ClusterError::Config(format!(
+                        "shard {shard} has no other voter to lead it while its replica moves"
+                    ))
+                })?;
+            self.transfer_leader(shard, heir).await?;
+        }
+        self.on_leader(
+            shard,
+            crate::node::LeaderOp::SetVoters(voters),
+            Duration::from_secs(60),
+        )
+        .await?;
+        if let Err(e) = self
+            .ask_node(
+                from,
+                &WireNodeRequest::Release(shard),
+                Duration::from_secs(10),
+            )
+            .await
+        {
+            // Not fatal: the data is safe on the new voters; the old copy stays.
+            warn!(shard, from, error = %e, "the old replica was not released");
+        }
+        info!(shard, from, to, "replica moved");
+        Ok(())
+    }
+
+    /// Adds a running node (started without `--initial-nodes`) and moves
+    /// replicas onto it until every node holds within one of the others.
+    pub async fn add_node(
+        self: &Arc<Self>,
+        node: u64,
+    ) -> Result<Vec<(u32, u64, u64)>, ClusterError> {
+        match self.ask_node(node, &WireNodeRequest::Info, Duration::from_secs(5)).await {
+            Ok(WireNodeReply::Info { shards, .. }) if shards != self.config.shards => {
+                return Err(ClusterError::Config(format!(
+                    "node {node} was started for {shards} shards; this cluster has {}",
+                    self.config.shards
+                )))
+            }
+            Ok(_) => {}
+            Err(e) => {
+                return Err(ClusterError::Unavailable(format!(
+                    "node {node} does not answer ({e}); start it first with `chronicle serve --node-id {node} --join`"
+                )))
+            }
+        }
+        self.rebalance(&[node], &[]).await
+    }
+
+    /// Moves every replica off `node` (onto the least loaded others); the node
+    /// then holds nothing and can be stopped.
+    pub async fn remove_node(
+        self: &Arc<Self>,
+        node: u64,
+    ) -> Result<Vec<(u32, u64, u64)>, ClusterError> {
+        self.rebalance(&[], &[node]).await
+    }
+
+    /// Moves replicas until none is on a node in `leaving` and the others
+    /// (with `joining`) each hold within one of each other. Returns the moves.
+    async fn rebalance(
+        self: &Arc<Self>,
+        joining: &[u64],
+        leaving: &[u64],
+    ) -> Result<Vec<(u32, u64, u64)>, ClusterError> {
+        let mut moves = Vec::new();
+        let limit = self.config.shards as usize * 8;
+        for _ in 0..limit {
+            let status = self.cluster_status().await;
+            if let Some(s) = status.shards.iter().find(|s| s.leader.is_none()) {
+                return Err(ClusterError::Unavailable(format!(
+                    "shard {} has no leader; retry when it has",
+                    s.id
+                )));
+            }
+            let mut load: BTreeMap<u64, usize> = BTreeMap::new();
+            for n in status.members.iter().chain(joining) {
+                load.entry(*n).or_default();
+            }
+            for s in &status.shards {
+                for r in &s.replicas {
+                    *load.entry(*r).or_default() += 1;
+                }
+            }
+            let targets: Vec<(u64, usize)> = load
+                .iter()
+                .filter(|(n, _)| !leaving.contains(n))
+                .map(|(n, l)| (*n, *l))
+                .collect();
+            // The next move: off a leaving node, else from the fullest node
+            // to the emptiest, whenever they differ by more than one.
+            let next = status.shards.iter().find_map(|s| {
+                let from = s.replicas.iter().find(|r| leaving.contains(r))?;
+                let to = targets
+                    .iter()
+                    .filter(|(n, _)| !s.replicas.contains(n))
+                    .min_by_key(|(_, l)| *l)?;
+                Some((s.id, *from, to.0))
+            });
+            let next = next.or_else(|| {
+                let (empty, low) = *targets.iter().min_by_key(|(_, l)| *l)?;
+                let (full, high) = *targets.iter().max_by_key(|(_, l)| *l)?;
+                if high <= low + 1 {
+                    return None;
+                }
+                let s = status
+                    .shards
+                    .iter()
+                    .find(|s| s.replicas.contains(&full) && !s.replicas.contains(&empty))?;
+                Some((s.id, full, empty))
+            });
+            match next {
+                Some((shard, from, to)) => {
+                    self.move_replica(shard, from, to).await?;
+                    moves.push((shard, from, to));
+                }
+                None => {
+                    if let Some(s) = status
+                        .shards
+                        .iter()
+                        .find(|s| s.replicas.iter().any(|r| leaving.contains(r)))
+                    {
+                        return Err(ClusterError::Config(format!(
+                            "shard {} cannot leave node(s) {leaving:?}: no other node is free to take its replica (replicas {:?}); add a node first",
+                            s.id, s.replicas
+                        )));
+                    }
+                    return Ok(moves);
+                }
+            }
+        }
+        Err(ClusterError::Unavailable(format!(
+            "rebalancing did not settle after {limit} moves"
+        )))
+    }
+
+    /// Makes `to` the leader of `shard`: once it has caught up, the leader
+    /// pauses its heartbeats for a lease and `to` stands for election (openraft
+    /// 0.9 has no leadership transfer; followers refuse votes while the leader's
+    /// lease holds, so the pause is what lets `to` win). Retried a few times
+    /// when another replica wins the race.
+    pub async fn transfer_leader(&self, shard: u32, to: u64) -> Result<(), ClusterError> {
+        let lease = Duration::from_millis(self.config.raft.election_timeout_max);
+        for attempt in 1..=5 {
+            let status = self.cluster_status().await;
+            let Some(s) = status.shards.get(shard as usize) else {
+                return Err(ClusterError::Config(format!("no shard {shard}")));
+            };
+            if !s.replicas.contains(&to) {
+                return Err(ClusterError::Config(format!(
+                    "node {to} holds no replica of shard {shard} (replicas {:?})",
+                    s.replicas
+                )));
+            }
+            if s.leader == Some(to) {
+                return Ok(());
+            }
+            if s.lag.get(&to).copied().unwrap_or(0) > 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            let pause = lease * 2;
+            self.on_leader(
+                shard,
+                crate::node::LeaderOp::PauseHeartbeats(pause.as_millis() as u64),
+                Duration::from_secs(5),
+            )
+            .await?;
+            tokio::time::sleep(lease + Duration::from_millis(50)).await;
+            self.ask_node(to, &WireNodeRequest::Elect(shard), Duration::from_secs(5))
+                .await?;
+            let deadline = tokio::time::Instant::now() + pause * 2;
+            while tokio::time::Instant::now() < deadline {
+                let now = self.cluster_status().await;
+                match now.shards[shard as usize].leader {
+                    Some(l) if l == to => return Ok(()),
+                    Some(l) if Some(l) != s.leader => break,
+                    _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+            warn!(
+                shard,
+                to, attempt, "leadership went elsewhere; trying again"
+            );
+        }
+        Err(ClusterError::Unavailable(format!(
+            "node {to} did not become the leader of shard {shard} in 5 attempts"
+        )))
+    }
+}
