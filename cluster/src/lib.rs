@@ -10,6 +10,7 @@
 //!   chunks; installing one opens the checkpoint as the new shard.
 //! * [`wire`]: rkyv encodings of entries (in the log and on the bus).
 
+mod election;
 mod error;
 mod log_store;
 mod membership;
@@ -22,7 +23,7 @@ pub mod wire;
 
 pub use error::ClusterError;
 pub use log_store::LogStore;
-pub use network::{raft_subject, serve, BusNetwork};
+pub use network::{raft_subject, serve, serve_tracked, BusNetwork, LeaderContact};
 pub use node::{placement, shard_of, ClusterConfig, ClusterNode, ClusterStatus, ShardStatus};
 pub use read::{ShardAnswer, ShardRead};
 pub use state_machine::{ShardCell, ShardStateMachine};

@@ -56,6 +56,10 @@ pub enum WireRequest {
         data: Vec<u8>,
         done: bool,
     },
+    /// Would you vote for a candidate with this log, were it to stand?
+    /// (Asked before an election, which is not started unless a majority
+    /// says yes: a member cut off from its group then never raises its term.)
+    PreVote { last_log_index: Option<u64> },
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -77,6 +81,7 @@ pub enum WireReply {
     Snapshot {
         vote: WireVote,
     },
+    PreVote(bool),
     /// The remote Raft refused or failed; the sender backs off and retries.
     Error(String),
 }
@@ -274,6 +279,54 @@ pub async fn serve(
     group: u64,
     node: u64,
 ) -> Result<tokio::task::JoinHandle<()>, chronicle_bus::BusError> {
+    serve_tracked(raft, bus, prefix, group, node, Arc::default()).await
+}
+
+/// When a member last accepted an append or a snapshot chunk from a leader.
+#[derive(Debug, Default)]
+pub struct LeaderContact {
+    /// Milliseconds since [`clock_start`] plus one; 0: never.
+    at: std::sync::atomic::AtomicU64,
+}
+
+fn clock_start() -> std::time::Instant {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(std::time::Instant::now)
+}
+
+impl LeaderContact {
+    pub fn touch(&self) {
+        let now = clock_start().elapsed().as_millis() as u64 + 1;
+        self.at.store(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long ago; `None` if never.
+    pub fn elapsed(&self) -> Option<Duration> {
+        match self.at.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            at => Some(
+                clock_start()
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(at - 1)),
+            ),
+        }
+    }
+
+    /// Whether a leader was heard within `lease`.
+    pub fn within(&self, lease: Duration) -> bool {
+        self.elapsed().is_some_and(|e| e < lease)
+    }
+}
+
+/// [`serve`], recording leader contact in `contact` and answering pre-votes by it.
+pub async fn serve_tracked(
+    raft: Raft<TypeConfig>,
+    bus: Arc<dyn Bus>,
+    prefix: &str,
+    group: u64,
+    node: u64,
+    contact: Arc<LeaderContact>,
+) -> Result<tokio::task::JoinHandle<()>, chronicle_bus::BusError> {
     let subject = raft_subject(prefix, group, node);
     let mut subscription = bus.subscribe(&subject, None).await?;
     Ok(tokio::spawn(async move {
@@ -281,10 +334,10 @@ pub async fn serve(
             let Some(reply_to) = message.reply.clone() else {
                 continue;
             };
-            let (raft, bus) = (raft.clone(), bus.clone());
+            let (raft, bus, contact) = (raft.clone(), bus.clone(), contact.clone());
             tokio::spawn(async move {
                 let reply = match chronicle_bus::envelope::decode::<WireRequest>(&message.payload) {
-                    Ok(request) => handle(&raft, request).await,
+                    Ok(request) => handle(&raft, &contact, request).await,
                     Err(e) => WireReply::Error(format!("bad raft request: {e}")),
                 };
                 match chronicle_bus::envelope::encode(&reply) {
@@ -300,8 +353,21 @@ pub async fn serve(
     }))
 }
 
-async fn handle(raft: &Raft<TypeConfig>, request: WireRequest) -> WireReply {
+async fn handle(
+    raft: &Raft<TypeConfig>,
+    contact: &LeaderContact,
+    request: WireRequest,
+) -> WireReply {
     match request {
+        WireRequest::PreVote { last_log_index } => {
+            let m = raft.metrics().borrow().clone();
+            let lease = Duration::from_millis(raft.config().election_timeout_max);
+            // Yes only if no leader is known to be alive (not us, nobody heard
+            // within the lease) and the candidate's log is not behind ours.
+            let leading = m.current_leader == Some(m.id);
+            let up_to_date = last_log_index >= m.last_log_index;
+            WireReply::PreVote(!leading && !contact.within(lease) && up_to_date)
+        }
         WireRequest::Append {
             vote,
             prev_log_id,
@@ -314,7 +380,11 @@ async fn handle(raft: &Raft<TypeConfig>, request: WireRequest) -> WireReply {
                 entries: entries.into_iter().map(Entry::from).collect(),
                 leader_commit: leader_commit.map(LogId::from),
             };
-            match raft.append_entries(rpc).await {
+            let reply = raft.append_entries(rpc).await;
+            if matches!(&reply, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+                contact.touch();
+            }
+            match reply {
                 Ok(r) => WireReply::Append(match r {
                     AppendEntriesResponse::Success => WireAppendReply::Success,
                     AppendEntriesResponse::PartialSuccess(l) => {
@@ -356,7 +426,11 @@ async fn handle(raft: &Raft<TypeConfig>, request: WireRequest) -> WireReply {
                 data,
                 done,
             };
-            match raft.install_snapshot(rpc).await {
+            let reply = raft.install_snapshot(rpc).await;
+            if reply.is_ok() {
+                contact.touch();
+            }
+            match reply {
                 Ok(r) => WireReply::Snapshot {
                     vote: (&r.vote).into(),
                 },

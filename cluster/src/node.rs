@@ -18,7 +18,7 @@ use openraft::{Config, Raft};
 use rkyv::{Archive, Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
-use crate::network::{serve, BusNetwork};
+use crate::network::BusNetwork;
 use crate::read::{merge, ShardAnswer, ShardRead, WireAnswer, WireRead};
 use crate::state_machine::{ShardCell, ShardStateMachine};
 use crate::types::{TypeConfig, WriteBatch};
@@ -428,15 +428,25 @@ impl ClusterNode {
         let raft = Raft::new(config.node_id, config.raft.clone(), network, log, sm)
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
-        let mut tasks = vec![serve(
+        let contact = Arc::new(crate::network::LeaderContact::default());
+        let mut tasks = vec![crate::network::serve_tracked(
             raft.clone(),
             self.bus.clone(),
             &config.prefix,
             u64::from(shard),
             config.node_id,
+            contact.clone(),
         )
         .await
         .map_err(|e| ClusterError::Bus(e.to_string()))?];
+        tasks.push(crate::election::guard_elections(
+            raft.clone(),
+            self.bus.clone(),
+            config.prefix.clone(),
+            u64::from(shard),
+            config.node_id,
+            contact,
+        ));
         for group in [None, Some(ANY_GROUP)] {
             tasks.push(
                 serve_requests(

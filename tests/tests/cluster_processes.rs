@@ -341,13 +341,13 @@ fn a_partitioned_node_refuses_writes_and_converges_after_healing() {
         expected,
         "the refused write must not appear"
     );
-    // Not yet asserted: openraft 0.9 has no pre-vote, so a healed node's
-    // higher term can still depose a leader (see docs/cluster.md).
+    // The cut-off node asked for pre-votes and got none: its term did not
+    // grow, so healing deposed nobody.
     let after: Vec<u64> = {
         let s = status(&majority).unwrap();
         (0..SHARDS).map(|i| leader(&s, i).unwrap()).collect()
     };
-    eprintln!("leaders before the heal {leaders:?}, after {after:?}");
+    assert_eq!(after, leaders, "healing deposed a leader");
 }
 
 fn cli(args: &[&str]) -> String {
