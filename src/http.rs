@@ -341,17 +341,17 @@ fn moves_json(moves: &[(u32, u64, u64)]) -> HttpResponse {
     }))
 }
 
-/// POST /api/v1/cluster/add-node?id=N: moves replicas onto node N (running
-/// with `--join`) until the cluster is balanced; the moves made.
-#[instrument(name = "http_cluster_add_node", skip_all)]
-async fn cluster_add_node(
-    state: web::Data<AppState>,
-    params: web::Query<NodeParams>,
-) -> HttpResponse {
-    let (cluster, id) = (state.cluster.clone(), params.id);
+/// Runs a rebalancing operation on the cluster's runtime; the moves made.
+async fn moves<F, Fut>(state: &AppState, operation: F) -> HttpResponse
+where
+    F: FnOnce(Arc<chronicle_cluster::ClusterNode>) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<(u32, u64, u64)>, chronicle_cluster::ClusterError>>
+        + Send
+        + 'static,
+{
     match state
         .cluster_runtime
-        .spawn(async move { cluster.add_node(id).await })
+        .spawn(operation(state.cluster.clone()))
         .await
     {
         Ok(Ok(moves)) => moves_json(&moves),
@@ -360,22 +360,32 @@ async fn cluster_add_node(
     }
 }
 
+/// POST /api/v1/cluster/add-node?id=N: moves replicas onto node N (running
+/// with `--join`) until the cluster is balanced; the moves made.
+#[instrument(name = "http_cluster_add_node", skip_all)]
+async fn cluster_add_node(
+    state: web::Data<AppState>,
+    params: web::Query<NodeParams>,
+) -> HttpResponse {
+    let id = params.id;
+    moves(
+        &state,
+        move |cluster| async move { cluster.add_node(id).await },
+    )
+    .await
+}
+
 /// POST /api/v1/cluster/remove-node?id=N: moves every replica off node N.
 #[instrument(name = "http_cluster_remove_node", skip_all)]
 async fn cluster_remove_node(
     state: web::Data<AppState>,
     params: web::Query<NodeParams>,
 ) -> HttpResponse {
-    let (cluster, id) = (state.cluster.clone(), params.id);
-    match state
-        .cluster_runtime
-        .spawn(async move { cluster.remove_node(id).await })
-        .await
-    {
-        Ok(Ok(moves)) => moves_json(&moves),
-        Ok(Err(e)) => cluster_error(e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
-    }
+    let id = params.id;
+    moves(&state, move |cluster| async move {
+        cluster.remove_node(id).await
+    })
+    .await
 }
 
 /// POST /api/v1/cluster/transfer-leader?shard=S&to=N: 204 once N leads S.

@@ -61,25 +61,7 @@ impl ShardRead {
                 start,
                 end,
                 max_series,
-            } => {
-                let selected = shard.select(matchers)?;
-                if selected.len() > *max_series {
-                    return Ok(ShardAnswer::Keys(None));
-                }
-                let keep = if *start == i64::MIN && *end == i64::MAX {
-                    vec![true; selected.len()]
-                } else {
-                    let ids: Vec<u64> = selected.iter().map(|(id, _)| *id).collect();
-                    shard.have_data(&ids, *start, *end)?
-                };
-                ShardAnswer::Keys(Some(
-                    selected
-                        .into_iter()
-                        .zip(keep)
-                        .filter_map(|((_, key), keep)| keep.then_some(key))
-                        .collect(),
-                ))
-            }
+            } => ShardAnswer::Keys(shard.series_keys(matchers, *start, *end, *max_series)?),
         })
     }
 

@@ -770,6 +770,35 @@ impl Shard {
         Ok(self.state.read().postings.matching(m, negate))
     }
 
+    /// The keys of series matching `matchers` that have data in `[start, end)`
+    /// (`i64::MIN..i64::MAX`: any, nothing read), or `None` when more than
+    /// `max_series` match (the request should be narrowed).
+    pub fn series_keys(
+        &self,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+        max_series: usize,
+    ) -> Result<Option<Vec<SeriesKey>>> {
+        let selected = self.select(matchers)?;
+        if selected.len() > max_series {
+            return Ok(None);
+        }
+        let keep = if start == i64::MIN && end == i64::MAX {
+            vec![true; selected.len()]
+        } else {
+            let ids: Vec<u64> = selected.iter().map(|(id, _)| *id).collect();
+            self.have_data(&ids, start, end)?
+        };
+        Ok(Some(
+            selected
+                .into_iter()
+                .zip(keep)
+                .filter_map(|((_, key), keep)| keep.then_some(key))
+                .collect(),
+        ))
+    }
+
     /// Which of `ids` hold data in `[start, end)` (nanoseconds), at the
     /// granularity of chunk windows: a series counts if a sample in its head
     /// falls in the range or it has a chunk in a window that overlaps it (as

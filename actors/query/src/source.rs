@@ -66,22 +66,6 @@ impl DataSource for Shard {
         end: i64,
         max_series: usize,
     ) -> Result<Option<Vec<SeriesKey>>, QueryError> {
-        let selected = self.select(matchers).map_err(storage_error)?;
-        if selected.len() > max_series {
-            return Ok(None);
-        }
-        let keep = if start == i64::MIN && end == i64::MAX {
-            vec![true; selected.len()]
-        } else {
-            let ids: Vec<u64> = selected.iter().map(|(id, _)| *id).collect();
-            self.have_data(&ids, start, end).map_err(storage_error)?
-        };
-        Ok(Some(
-            selected
-                .into_iter()
-                .zip(keep)
-                .filter_map(|((_, key), keep)| keep.then_some(key))
-                .collect(),
-        ))
+        Shard::series_keys(self, matchers, start, end, max_series).map_err(storage_error)
     }
 }
