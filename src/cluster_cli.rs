@@ -98,15 +98,13 @@ fn agent(timeout: Duration) -> ureq::Agent {
         .into()
 }
 
-/// POSTs to a node; the JSON answer (null for none). Moving shards can take
-/// as long as copying them, so there is no short timeout.
-fn post(http: &str, path: &str) -> Result<Value, Error> {
-    let url = format!("{}{path}", http.trim_end_matches('/'));
-    eprintln!("asking {url} (moving replicas waits for them to catch up)...");
-    let mut response = agent(Duration::from_secs(3600))
-        .post(&url)
-        .send_empty()
-        .map_err(|e| format!("{url}: {e}"))?;
+/// Sends `request` to `url`; the JSON answer (null for an empty body), or
+/// the node's error.
+fn call(
+    url: &str,
+    request: impl FnOnce() -> Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> Result<Value, Error> {
+    let mut response = request().map_err(|e| format!("{url}: {e}"))?;
     let body = response.body_mut().read_to_vec()?;
     if !response.status().is_success() {
         return Err(format!(
@@ -116,7 +114,20 @@ fn post(http: &str, path: &str) -> Result<Value, Error> {
         )
         .into());
     }
-    Ok(serde_json::from_slice(&body).unwrap_or(Value::Null))
+    if body.is_empty() {
+        return Ok(Value::Null);
+    }
+    Ok(serde_json::from_slice(&body).map_err(|e| format!("{url}: not JSON: {e}"))?)
+}
+
+/// POSTs to a node. Moving shards can take as long as copying them, so there
+/// is no short timeout.
+fn post(http: &str, path: &str) -> Result<Value, Error> {
+    let url = format!("{}{path}", http.trim_end_matches('/'));
+    eprintln!("asking {url} (moving replicas waits for them to catch up)...");
+    call(&url, || {
+        agent(Duration::from_secs(3600)).post(&url).send_empty()
+    })
 }
 
 fn print_moves(reply: &Value, done: &str) {
@@ -149,21 +160,7 @@ pub fn status_json(status: &ClusterStatus) -> Value {
 
 fn status(args: StatusArgs) -> Result<(), Error> {
     let url = format!("{}/api/v1/cluster/status", args.http.trim_end_matches('/'));
-    let mut response = agent(Duration::from_secs(30))
-        .get(&url)
-        .call()
-        .map_err(|e| format!("{url}: {e}"))?;
-    let body = response.body_mut().read_to_vec()?;
-    if !response.status().is_success() {
-        return Err(format!(
-            "{url}: HTTP {}: {}",
-            response.status(),
-            String::from_utf8_lossy(&body)
-        )
-        .into());
-    }
-    let value: Value =
-        serde_json::from_slice(&body).map_err(|e| format!("{url}: not JSON: {e}"))?;
+    let value = call(&url, || agent(Duration::from_secs(30)).get(&url).call())?;
     if args.json {
         println!("{value}");
         return Ok(());

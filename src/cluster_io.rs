@@ -16,8 +16,6 @@ use chronicle_storage::{
 };
 use tokio::runtime::Handle;
 
-const NS_PER_MS: i64 = 1_000_000;
-
 /// Writes through the cluster: acknowledged once committed in every shard touched.
 pub struct ClusterSink {
     pub cluster: Arc<ClusterNode>,
@@ -72,13 +70,10 @@ impl DataSource for ClusterSource {
         start: i64,
         end: i64,
     ) -> Result<Vec<SeriesSamples>, QueryError> {
-        let read = ShardRead::Series {
-            matchers: matchers.to_vec(),
-            start,
-            end,
-            max_samples: usize::MAX,
-        };
-        match self.ask(read).map_err(query_error)? {
+        match self
+            .ask(ShardRead::all_series(matchers, start, end))
+            .map_err(query_error)?
+        {
             ShardAnswer::Series(Some(series)) => Ok(series),
             other => Err(unexpected(&other)),
         }
@@ -123,10 +118,11 @@ impl SeriesSource for ClusterSource {
         end: i64,
         max_samples: usize,
     ) -> Result<Vec<RangeSeries>, EngineError> {
+        let (start, end) = chronicle_engine::source::storage_window(start, end);
         let read = ShardRead::Series {
             matchers: matchers.to_vec(),
-            start: start.saturating_mul(NS_PER_MS),
-            end: end.saturating_add(1).saturating_mul(NS_PER_MS),
+            start,
+            end,
             max_samples,
         };
         match self.ask(read) {

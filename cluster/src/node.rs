@@ -574,16 +574,8 @@ impl ClusterNode {
         start: i64,
         end: i64,
     ) -> Result<Vec<SeriesSamples>, ClusterError> {
-        let read = ShardRead::Series {
-            matchers: matchers.to_vec(),
-            start,
-            end,
-            max_samples: usize::MAX,
-        };
-        match self.read_shard(shard, &read).await? {
-            ShardAnswer::Series(Some(series)) => Ok(series),
-            other => Err(unexpected_answer(&other)),
-        }
+        let read = ShardRead::all_series(matchers, start, end);
+        into_series(self.read_shard(shard, &read).await?)
     }
 
     /// Reads every shard (in parallel) and merges the series.
@@ -593,16 +585,8 @@ impl ClusterNode {
         start: i64,
         end: i64,
     ) -> Result<Vec<SeriesSamples>, ClusterError> {
-        let read = ShardRead::Series {
-            matchers: matchers.to_vec(),
-            start,
-            end,
-            max_samples: usize::MAX,
-        };
-        match self.query(&read).await? {
-            ShardAnswer::Series(Some(series)) => Ok(series),
-            other => Err(unexpected_answer(&other)),
-        }
+        let read = ShardRead::all_series(matchers, start, end);
+        into_series(self.query(&read).await?)
     }
 
     /// Asks every shard (concurrently, each linearizably through its leader)
@@ -1033,10 +1017,14 @@ fn inbox_nonce() -> u64 {
     xxhash_rust::xxh64::xxh64(&seed, 0)
 }
 
-fn unexpected_answer(answer: &ShardAnswer) -> ClusterError {
-    ClusterError::Corrupt {
-        what: "answer",
-        why: format!("unexpected {answer:?}"),
+/// The series of an answer to [`ShardRead::all_series`].
+fn into_series(answer: ShardAnswer) -> Result<Vec<SeriesSamples>, ClusterError> {
+    match answer {
+        ShardAnswer::Series(Some(series)) => Ok(series),
+        other => Err(ClusterError::Corrupt {
+            what: "answer",
+            why: format!("unexpected {other:?}"),
+        }),
     }
 }
 

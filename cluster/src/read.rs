@@ -46,6 +46,16 @@ pub enum ShardAnswer {
 }
 
 impl ShardRead {
+    /// Every sample of the matching series, no limit.
+    pub fn all_series(matchers: &[Matcher], start: i64, end: i64) -> Self {
+        ShardRead::Series {
+            matchers: matchers.to_vec(),
+            start,
+            end,
+            max_samples: usize::MAX,
+        }
+    }
+
     /// Answers the read from `shard`.
     pub fn run(&self, shard: &Shard) -> Result<ShardAnswer, StorageError> {
         Ok(match self {

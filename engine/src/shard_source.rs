@@ -18,9 +18,7 @@ impl SeriesSource for Shard {
         end: i64,
         max_samples: usize,
     ) -> Result<Vec<RangeSeries>> {
-        let start_ns = start.saturating_mul(NS_PER_MS);
-        // The shard's end is exclusive; the engine's is inclusive.
-        let end_ns = end.saturating_add(1).saturating_mul(NS_PER_MS);
+        let (start_ns, end_ns) = crate::source::storage_window(start, end);
         let series = self
             .query_limited(matchers, start_ns, end_ns, max_samples)
             .map_err(|e| match e {

@@ -8,6 +8,16 @@ use crate::{EngineError, Result};
 #[cfg(feature = "shard")]
 pub use crate::shard_source::from_storage;
 
+/// The storage window (nanoseconds, end exclusive) of an engine selection
+/// (milliseconds, end inclusive).
+pub fn storage_window(start_ms: i64, end_ms: i64) -> (i64, i64) {
+    const NS_PER_MS: i64 = 1_000_000;
+    (
+        start_ms.saturating_mul(NS_PER_MS),
+        end_ms.saturating_add(1).saturating_mul(NS_PER_MS),
+    )
+}
+
 /// Anything that selects series by label matchers and reads their samples.
 pub trait SeriesSource: Sync {
     /// Every series matching all `matchers`, with its samples in `[start, end]`
