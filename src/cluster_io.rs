@@ -23,9 +23,9 @@ pub struct ClusterSink {
 }
 
 impl PointSink for ClusterSink {
-    fn write_points(&self, points: &[Point]) -> Result<usize, IngestError> {
+    fn write_points(&self, points: Vec<Point>) -> Result<usize, IngestError> {
         self.runtime
-            .block_on(self.cluster.write(points))
+            .block_on(self.cluster.write_owned(points))
             .map_err(|e| match e {
                 ClusterError::Storage(StorageError::InvalidPoint { index, problem }) => {
                     IngestError::Point {

@@ -326,7 +326,7 @@ impl Node {
     pub async fn write(&self, points: Vec<Point>) -> Result<usize, ClusterError> {
         let cluster = self.cluster.clone();
         self.cluster_runtime()
-            .spawn(async move { cluster.write(&points).await })
+            .spawn(async move { cluster.write_owned(points).await })
             .await
             .map_err(|e| ClusterError::Raft(format!("write task failed: {e}")))?
     }

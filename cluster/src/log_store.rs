@@ -4,11 +4,22 @@
 //! Column family `meta`: `vote`, `committed`, `purged` (rkyv envelopes).
 //! Every write is synced before openraft is told it is done: the log is the
 //! shard's write-ahead log.
+//!
+//! Writes go through one writer thread per group, in order: appends return at
+//! once and openraft hears they are flushed when the thread has synced them
+//! (writes queued meanwhile share one fsync: group commit), so neither the
+//! fsync nor RocksDB blocks the async workers that run heartbeats. Entries
+//! appended recently are kept in memory, as openraft gave them: replication and
+//! apply read them without decoding, and before they reach the disk.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{Entry, ErrorSubject, ErrorVerb, LogId, OptionalSend, StorageError, Vote};
@@ -26,11 +37,134 @@ const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_PURGED: &[u8] = b"purged";
 
-/// A group's log store; clones share the database (openraft's log readers).
+/// Points in the recent entries kept in memory once they are on disk (a
+/// contiguous suffix of the log; ten full entries). Entries not
+/// yet written stay regardless.
+const CACHED_POINTS: usize = 20_000;
+
+/// Writes the writer thread makes in one go (the last one synced).
+const GROUP_COMMIT: usize = 64;
+
+/// A group's log store; clones share the database, the writer and the cache
+/// (openraft's log readers).
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
+    writer: Arc<Mutex<std::sync::mpsc::Sender<Job>>>,
+    /// Appended entries by index: those not yet on disk, and the newest written.
+    recent: Arc<Mutex<Recent>>,
+    /// Every entry up to this index is on disk (0: none known).
+    written: Arc<AtomicU64>,
+}
+
+/// Entries in memory, and how many points they hold.
+#[derive(Default)]
+struct Recent {
+    entries: BTreeMap<u64, Entry<TypeConfig>>,
+    points: usize,
+}
+
+fn points_of(e: &Entry<TypeConfig>) -> usize {
+    match &e.payload {
+        openraft::EntryPayload::Normal(batch) => batch.points.len(),
+        _ => 0,
+    }
+}
+
+impl Recent {
+    fn insert(&mut self, e: Entry<TypeConfig>) {
+        self.points += points_of(&e);
+        if let Some(old) = self.entries.insert(e.log_id.index, e) {
+            self.points -= points_of(&old);
+        }
+    }
+
+    /// Keeps entries before `index` (drops it and everything after).
+    fn truncate(&mut self, index: u64) {
+        for e in self.entries.split_off(&index).values() {
+            self.points -= points_of(e);
+        }
+    }
+
+    /// Drops entries up to and including `index`.
+    fn purge(&mut self, index: u64) {
+        let kept = self.entries.split_off(&index.saturating_add(1));
+        for e in std::mem::replace(&mut self.entries, kept).values() {
+            self.points -= points_of(e);
+        }
+    }
+
+    /// Forgets the oldest entries that are on disk while over the budget.
+    fn trim(&mut self, written: u64) {
+        while self.points > CACHED_POINTS {
+            match self.entries.first_key_value() {
+                Some((&i, _)) if i <= written => {
+                    if let Some((_, e)) = self.entries.pop_first() {
+                        self.points -= points_of(&e);
+                    }
+                }
+                _ => break,
+            }
+        }
+    }
+}
+
+/// Who hears that a queued write is durable.
+enum Done {
+    Flushed(LogFlushed<TypeConfig>),
+    Reply(tokio::sync::oneshot::Sender<Result<(), String>>),
+}
+
+struct Job {
+    batch: WriteBatch,
+    /// The last log index this write puts on disk, if it appends.
+    upto: Option<u64>,
+    done: Done,
+}
+
+/// The writer thread: takes queued writes in order, writes them, syncs the
+/// last of each group, then tells everyone waiting.
+fn write_loop(
+    db: Arc<DB>,
     sync: bool,
+    jobs: std::sync::mpsc::Receiver<Job>,
+    written: Arc<AtomicU64>,
+) {
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        while group.len() < GROUP_COMMIT {
+            match jobs.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let last = group.len() - 1;
+        let mut result = Ok(());
+        for (i, job) in group.iter_mut().enumerate() {
+            let mut options = WriteOptions::default();
+            // A synced write makes every earlier write in the WAL durable too.
+            options.set_sync(sync && i == last);
+            if let Err(e) = db.write_opt(std::mem::take(&mut job.batch), &options) {
+                result = Err(e.to_string());
+                break;
+            }
+        }
+        if result.is_ok() {
+            if let Some(upto) = group.iter().filter_map(|j| j.upto).max() {
+                written.fetch_max(upto, Ordering::Release);
+            }
+        }
+        for job in group {
+            match job.done {
+                Done::Flushed(callback) => {
+                    callback.log_io_completed(result.clone().map_err(std::io::Error::other))
+                }
+                Done::Reply(reply) => {
+                    let _ = reply.send(result.clone());
+                }
+            }
+        }
+    }
 }
 
 fn io_error(
@@ -63,23 +197,48 @@ impl LogStore {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         let cfs = [CF_LOG, CF_META].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
-        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
+        let db = Arc::new(DB::open_cf_descriptors(&opts, path, cfs)?);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let written = Arc::new(AtomicU64::new(0));
+        let (thread_db, thread_written) = (db.clone(), written.clone());
+        std::thread::Builder::new()
+            .name("raft-log-writer".into())
+            .spawn(move || write_loop(thread_db, sync, rx, thread_written))
+            .map_err(|e| ClusterError::Config(format!("log writer thread: {e}")))?;
         Ok(Self {
-            db: Arc::new(db),
-            sync,
+            db,
+            writer: Arc::new(Mutex::new(tx)),
+            recent: Arc::default(),
+            written,
         })
+    }
+
+    fn queue(&self, job: Job) -> Result<(), std::io::Error> {
+        self.writer
+            .lock()
+            .send(job)
+            .map_err(|_| std::io::Error::other("the log writer thread has stopped"))
+    }
+
+    /// Queues `batch` behind every earlier write and waits until it is durable.
+    async fn write_and_wait(&self, batch: WriteBatch) -> Result<(), std::io::Error> {
+        let (reply, done) = tokio::sync::oneshot::channel();
+        self.queue(Job {
+            batch,
+            upto: None,
+            done: Done::Reply(reply),
+        })?;
+        match done.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(std::io::Error::other(e)),
+            Err(_) => Err(std::io::Error::other("the log writer thread has stopped")),
+        }
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
         self.db
             .cf_handle(name)
             .expect("column families are created at open")
-    }
-
-    fn synced(&self, batch: WriteBatch) -> Result<(), rocksdb::Error> {
-        let mut wo = WriteOptions::default();
-        wo.set_sync(self.sync);
-        self.db.write_opt(batch, &wo)
     }
 
     fn meta<T>(&self, key: &[u8]) -> Result<Option<T>, ClusterError>
@@ -100,7 +259,7 @@ impl LogStore {
         }
     }
 
-    fn put_meta<T>(&self, key: &[u8], value: &T) -> Result<(), ClusterError>
+    async fn put_meta<T>(&self, key: &[u8], value: &T) -> Result<(), std::io::Error>
     where
         T: for<'a> rkyv::Serialize<
             rkyv::api::high::HighSerializer<
@@ -110,16 +269,16 @@ impl LogStore {
             >,
         >,
     {
-        let bytes = chronicle_bus::envelope::encode(value).map_err(|e| ClusterError::Corrupt {
-            what: "raft meta",
-            why: e.to_string(),
-        })?;
+        let bytes = chronicle_bus::envelope::encode(value).map_err(std::io::Error::other)?;
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_META), key, &bytes);
-        Ok(self.synced(batch)?)
+        self.write_and_wait(batch).await
     }
 
     fn last_entry_id(&self) -> Result<Option<LogId<u64>>, ClusterError> {
+        if let Some((_, e)) = self.recent.lock().entries.last_key_value() {
+            return Ok(Some(e.log_id));
+        }
         let mut it = self.db.iterator_cf(self.cf(CF_LOG), IteratorMode::End);
         match it.next() {
             None => Ok(None),
@@ -141,24 +300,38 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(&i) => i.saturating_add(1),
             Bound::Unbounded => 0,
         };
+        // The newest entries come from memory; older ones from disk.
+        let cached: Vec<Entry<TypeConfig>> = {
+            let recent = self.recent.lock();
+            recent
+                .entries
+                .range(start..)
+                .take_while(|(i, _)| range.contains(*i))
+                .map(|(_, e)| e.clone())
+                .collect()
+        };
+        let disk_end = cached.first().map_or(u64::MAX, |e| e.log_id.index);
         let mut out = Vec::new();
-        let from = start.to_be_bytes();
-        let it = self.db.iterator_cf(
-            self.cf(CF_LOG),
-            IteratorMode::From(&from, Direction::Forward),
-        );
-        for item in it {
-            let (key, value) = item.map_err(read_err)?;
-            let index = u64::from_be_bytes(
-                key.as_ref()
-                    .try_into()
-                    .map_err(|_| read_err(std::io::Error::other("log key is not a u64")))?,
+        if start < disk_end {
+            let from = start.to_be_bytes();
+            let it = self.db.iterator_cf(
+                self.cf(CF_LOG),
+                IteratorMode::From(&from, Direction::Forward),
             );
-            if !range.contains(&index) {
-                break;
+            for item in it {
+                let (key, value) = item.map_err(read_err)?;
+                let index = u64::from_be_bytes(
+                    key.as_ref()
+                        .try_into()
+                        .map_err(|_| read_err(std::io::Error::other("log key is not a u64")))?,
+                );
+                if !range.contains(&index) || index >= disk_end {
+                    break;
+                }
+                out.push(decode_entry(&value).map_err(read_err)?);
             }
-            out.push(decode_entry(&value).map_err(read_err)?);
         }
+        out.extend(cached);
         Ok(out)
     }
 }
@@ -187,6 +360,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError<u64>> {
         self.put_meta(KEY_VOTE, &WireVote::from(vote))
+            .await
             .map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Write, e))
     }
 
@@ -204,11 +378,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         match committed {
             Some(id) => self
                 .put_meta(KEY_COMMITTED, &WireLogId::from(&id))
+                .await
                 .map_err(write_err),
             None => {
                 let mut batch = WriteBatch::default();
                 batch.delete_cf(self.cf(CF_META), KEY_COMMITTED);
-                self.synced(batch).map_err(write_err)
+                self.write_and_wait(batch).await.map_err(write_err)
             }
         }
     }
@@ -230,17 +405,28 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut batch = WriteBatch::default();
+        let mut upto = None;
+        let mut appended = Vec::new();
         for e in entries {
             let bytes = encode_entry(&e).map_err(write_err)?;
             batch.put_cf(self.cf(CF_LOG), e.log_id.index.to_be_bytes(), bytes);
+            upto = Some(e.log_id.index);
+            appended.push(e);
         }
-        let result = self.synced(batch);
-        let io = result
-            .as_ref()
-            .map(|_| ())
-            .map_err(|e| std::io::Error::other(e.to_string()));
-        callback.log_io_completed(io);
-        result.map_err(write_err)
+        {
+            let mut recent = self.recent.lock();
+            for e in appended {
+                recent.insert(e);
+            }
+            recent.trim(self.written.load(Ordering::Acquire));
+        }
+        // Returns now; openraft hears of the flush from the writer thread.
+        self.queue(Job {
+            batch,
+            upto,
+            done: Done::Flushed(callback),
+        })
+        .map_err(write_err)
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
@@ -252,7 +438,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             u64::MAX.to_be_bytes(),
         );
         batch.delete_cf(self.cf(CF_LOG), u64::MAX.to_be_bytes());
-        self.synced(batch).map_err(write_err)
+        self.recent.lock().truncate(log_id.index);
+        self.write_and_wait(batch).await.map_err(write_err)
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
@@ -267,6 +454,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             0u64.to_be_bytes(),
             log_id.index.saturating_add(1).to_be_bytes(),
         );
-        self.synced(batch).map_err(write_err)
+        self.recent.lock().purge(log_id.index);
+        self.write_and_wait(batch).await.map_err(write_err)
     }
 }

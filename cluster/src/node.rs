@@ -500,6 +500,11 @@ impl ClusterNode {
     /// Writes `points`, each to its shard's leader, acknowledged after commit
     /// in every shard touched. Returns the points written.
     pub async fn write(&self, points: &[Point]) -> Result<usize, ClusterError> {
+        self.write_owned(points.to_vec()).await
+    }
+
+    /// [`Self::write`] of points the caller gives up (no copy is made).
+    pub async fn write_owned(&self, points: Vec<Point>) -> Result<usize, ClusterError> {
         // A committed entry must apply on every replica: refuse bad points
         // before they reach the log (all or nothing, as a shard's own write).
         for (index, p) in points.iter().enumerate() {
@@ -522,33 +527,38 @@ impl ClusterNode {
             by_shard
                 .entry(shard_of(&p.metric, &p.labels, self.config.shards))
                 .or_default()
-                .push(p.clone());
+                .push(p);
         }
-        let mut written = 0;
-        for (shard, points) in by_shard {
-            written += self.write_shard(shard, points).await?;
+        // Entries of at most MAX_ENTRY_POINTS points (an entry must fit in one
+        // bus message), all in flight at once, in every shard, so openraft
+        // logs and replicates them together.
+        let mut entries = Vec::new();
+        for (shard, mut points) in by_shard {
+            while points.len() > MAX_ENTRY_POINTS {
+                let rest = points.split_off(MAX_ENTRY_POINTS);
+                entries.push((shard, Arc::new(std::mem::replace(&mut points, rest))));
+            }
+            entries.push((shard, Arc::new(points)));
         }
-        Ok(written)
-    }
-
-    /// Writes one shard's points as entries of at most [`MAX_ENTRY_POINTS`]
-    /// points (an entry must fit in one bus message), all in flight at once
-    /// so openraft replicates them together.
-    async fn write_shard(&self, shard: u32, points: Vec<Point>) -> Result<usize, ClusterError> {
-        let parts = points
-            .chunks(MAX_ENTRY_POINTS)
-            .map(|part| self.write_entry(shard, part.to_vec()));
+        let writes = entries
+            .into_iter()
+            .map(|(shard, points)| self.write_entry(shard, points));
         let mut written = 0;
-        for result in futures_util::future::join_all(parts).await {
+        for result in futures_util::future::join_all(writes).await {
             written += result?;
         }
         Ok(written)
     }
 
-    async fn write_entry(&self, shard: u32, points: Vec<Point>) -> Result<usize, ClusterError> {
-        let request = WireClusterRequest::Write(points.iter().map(WirePoint::from).collect());
+    async fn write_entry(
+        &self,
+        shard: u32,
+        points: Arc<Vec<Point>>,
+    ) -> Result<usize, ClusterError> {
+        // The wire form is built only if the write has to be forwarded.
+        let request = || WireClusterRequest::Write(points.iter().map(WirePoint::from).collect());
         let reply = self
-            .to_leader(shard, &request, |raft| {
+            .to_leader(shard, request, |raft| {
                 let batch = WriteBatch {
                     points: points.clone(),
                 };
@@ -678,7 +688,7 @@ impl ClusterNode {
     async fn to_leader<F, Fut>(
         &self,
         shard: u32,
-        request: &WireClusterRequest,
+        request: impl FnOnce() -> WireClusterRequest,
         local: F,
     ) -> Result<WireClusterReply, ClusterError>
     where
@@ -707,8 +717,13 @@ impl ClusterNode {
                 }
             }
         }
-        self.ask_leader(shard, request, ATTEMPT_TIMEOUT, self.config.request_timeout)
-            .await
+        self.ask_leader(
+            shard,
+            &request(),
+            ATTEMPT_TIMEOUT,
+            self.config.request_timeout,
+        )
+        .await
     }
 
     /// Sends `request` to the shard's leader, giving each attempt at most
@@ -1094,9 +1109,7 @@ async fn answer(
     let not_leader = || WireClusterReply::NotLeader(raft.metrics().borrow().current_leader);
     match request {
         WireClusterRequest::Write(points) => {
-            let batch = WriteBatch {
-                points: points.into_iter().map(Point::from).collect(),
-            };
+            let batch = WriteBatch::new(points.into_iter().map(Point::from).collect());
             let started = std::time::Instant::now();
             let Ok(result) = tokio::time::timeout(COMMIT_TIMEOUT, raft.client_write(batch)).await
             else {

@@ -1,12 +1,23 @@
 //! The Raft type configuration shared by every group.
 
+use std::sync::Arc;
+
 use chronicle_storage::Point;
 
 /// What one Raft entry carries: a batch of points for the shard, applied all
-/// or nothing.
+/// or nothing. Shared, not copied, between the client's request, the log's
+/// memory and the state machine.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct WriteBatch {
-    pub points: Vec<Point>,
+    pub points: Arc<Vec<Point>>,
+}
+
+impl WriteBatch {
+    pub fn new(points: Vec<Point>) -> Self {
+        Self {
+            points: Arc::new(points),
+        }
+    }
 }
 
 /// What applying an entry answered.

@@ -166,9 +166,9 @@ impl From<WireEntry> for Entry<TypeConfig> {
     fn from(w: WireEntry) -> Self {
         let payload = match w.payload {
             WirePayload::Blank => EntryPayload::Blank,
-            WirePayload::Points(points) => EntryPayload::Normal(WriteBatch {
-                points: points.into_iter().map(Point::from).collect(),
-            }),
+            WirePayload::Points(points) => EntryPayload::Normal(WriteBatch::new(
+                points.into_iter().map(Point::from).collect(),
+            )),
             WirePayload::Membership(m) => EntryPayload::Membership(m.into()),
         };
         Entry {

@@ -65,7 +65,8 @@ fn batch(from: i64, n: i64) -> WriteBatch {
     WriteBatch {
         points: (from..from + n)
             .map(|i| Point::new("m", vec![Label::new("k", "v")], i as f64, i * S))
-            .collect(),
+            .collect::<Vec<_>>()
+            .into(),
     }
 }
 

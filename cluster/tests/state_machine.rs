@@ -19,14 +19,12 @@ fn config() -> ShardConfig {
 fn entry(index: u64) -> Entry<TypeConfig> {
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-        payload: EntryPayload::Normal(WriteBatch {
-            points: vec![Point::new(
-                "m",
-                vec![Label::new("k", "v")],
-                index as f64,
-                index as i64 * S,
-            )],
-        }),
+        payload: EntryPayload::Normal(WriteBatch::new(vec![Point::new(
+            "m",
+            vec![Label::new("k", "v")],
+            index as f64,
+            index as i64 * S,
+        )])),
     }
 }
 

@@ -11,12 +11,12 @@ use crate::IngestError;
 /// cluster, which commits them through Raft before they count as written.
 pub trait PointSink: Send + Sync + 'static {
     /// Writes `points` durably (blocking) and returns how many were written.
-    fn write_points(&self, points: &[Point]) -> Result<usize, IngestError>;
+    fn write_points(&self, points: Vec<Point>) -> Result<usize, IngestError>;
 }
 
 impl PointSink for Shard {
-    fn write_points(&self, points: &[Point]) -> Result<usize, IngestError> {
-        self.write_batch(points)
+    fn write_points(&self, points: Vec<Point>) -> Result<usize, IngestError> {
+        self.write_batch(&points)
             .map(|_| points.len())
             .map_err(|e| IngestError::Storage(e.to_string()))
     }
@@ -52,8 +52,9 @@ impl Handler<WriteBatch> for StorageWriter {
         let _span = tracing::debug_span!("write_batch", points = batch.0.len()).entered();
         let sink = &self.sink;
         let started = std::time::Instant::now();
-        let outcome = catch_unwind(AssertUnwindSafe(|| sink.write_points(&batch.0)));
-        tracing::debug!(points = batch.0.len(), elapsed = ?started.elapsed(), "batch written");
+        let points = batch.0.len();
+        let outcome = catch_unwind(AssertUnwindSafe(|| sink.write_points(batch.0)));
+        tracing::debug!(points, elapsed = ?started.elapsed(), "batch written");
         match outcome {
             Ok(result) => result,
             Err(_) => {
