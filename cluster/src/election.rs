@@ -6,7 +6,9 @@
 //! and this task stands for election instead, only after a majority of the
 //! voters (itself included) answered a pre-vote: "no leader heard from within
 //! the lease, and your log is not behind mine". A cut-off member gets no
-//! answers, never raises its term, and rejoins without disruption.
+//! answers, never raises its term, and rejoins without disruption. A change of
+//! the member's vote counts as contact, as granting a vote resets Raft's
+//! election timer.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,11 +49,26 @@ pub(crate) fn guard_elections(
             if m.running_state.is_err() {
                 return;
             }
+            // A vote given or taken (a new term, a candidate, a leader just
+            // elected) counts as hearing from a leader, as granting a vote
+            // resets Raft's election timer: without it, a member that voted
+            // for the new leader could stand again before its first heartbeat.
+            contact.observe_vote(&m.vote);
             if m.current_leader == Some(me) {
                 continue;
             }
             let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
             if !voters.contains(&me) {
+                continue;
+            }
+            if voters.len() == 1 {
+                // Alone: nobody to disrupt or to wait for.
+                if last_stood.is_none_or(|t| t.elapsed() >= patience) {
+                    if raft.trigger().elect().await.is_err() {
+                        return;
+                    }
+                    last_stood = Some(Instant::now());
+                }
                 continue;
             }
             let silent = contact.elapsed().is_none_or(|e| e >= patience);
@@ -60,15 +77,25 @@ pub(crate) fn guard_elections(
                 continue;
             }
             let others: Vec<u64> = voters.iter().copied().filter(|v| *v != me).collect();
-            let asks = others
+            // Stop asking once a majority said yes (a cut-off voter's answer
+            // would only arrive as a timeout).
+            let mut asks: futures_util::stream::FuturesUnordered<_> = others
                 .iter()
-                .map(|&v| pre_vote(bus.as_ref(), &prefix, group, v, m.last_log_index));
-            let granted = 1 + futures_util::future::join_all(asks)
-                .await
-                .into_iter()
-                .filter(|yes| *yes)
-                .count();
-            if granted * 2 > voters.len() {
+                .map(|&v| pre_vote(bus.as_ref(), &prefix, group, v, m.last_log_index))
+                .collect();
+            let mut granted = 1;
+            while granted * 2 <= voters.len() {
+                match futures_util::StreamExt::next(&mut asks).await {
+                    Some(true) => granted += 1,
+                    Some(false) => {}
+                    None => break,
+                }
+            }
+            drop(asks);
+            // A leader may have been elected while we asked.
+            contact.observe_vote(&raft.metrics().borrow().vote);
+            let still_silent = contact.elapsed().is_none_or(|e| e >= patience);
+            if granted * 2 > voters.len() && still_silent {
                 debug!(
                     group,
                     me,

@@ -282,11 +282,15 @@ pub async fn serve(
     serve_tracked(raft, bus, prefix, group, node, Arc::default()).await
 }
 
-/// When a member last accepted an append or a snapshot chunk from a leader.
+/// When a member last heard from a leader: accepted an append or a snapshot
+/// chunk, or saw its vote change (a new term, a vote given, itself elected),
+/// which resets an election timer as hearing from a leader does.
 #[derive(Debug, Default)]
 pub struct LeaderContact {
     /// Milliseconds since [`clock_start`] plus one; 0: never.
     at: std::sync::atomic::AtomicU64,
+    /// The vote last observed.
+    vote: parking_lot::Mutex<Option<Vote<u64>>>,
 }
 
 fn clock_start() -> std::time::Instant {
@@ -309,6 +313,15 @@ impl LeaderContact {
                     .elapsed()
                     .saturating_sub(Duration::from_millis(at - 1)),
             ),
+        }
+    }
+
+    /// Counts a change of `vote` since the last observation as contact.
+    pub fn observe_vote(&self, vote: &Vote<u64>) {
+        let mut last = self.vote.lock();
+        if last.as_ref() != Some(vote) {
+            *last = Some(*vote);
+            self.touch();
         }
     }
 
@@ -362,9 +375,11 @@ async fn handle(
         WireRequest::PreVote { last_log_index } => {
             let m = raft.metrics().borrow().clone();
             let lease = Duration::from_millis(raft.config().election_timeout_max);
+            contact.observe_vote(&m.vote);
             // Yes only if no leader is known to be alive (not us, nobody heard
             // within the lease) and the candidate's log is not behind ours.
-            let leading = m.current_leader == Some(m.id);
+            let leading = m.current_leader == Some(m.id)
+                || (m.vote.is_committed() && m.vote.leader_id().voted_for() == Some(m.id));
             let up_to_date = last_log_index >= m.last_log_index;
             WireReply::PreVote(!leading && !contact.within(lease) && up_to_date)
         }
@@ -374,10 +389,18 @@ async fn handle(
             entries,
             leader_commit,
         } => {
+            let entries = match entries
+                .into_iter()
+                .map(Entry::try_from)
+                .collect::<Result<Vec<_>, _>>()
+            {
+                Ok(entries) => entries,
+                Err(e) => return WireReply::Error(e.to_string()),
+            };
             let rpc = AppendEntriesRequest {
                 vote: vote.into(),
                 prev_log_id: prev_log_id.map(LogId::from),
-                entries: entries.into_iter().map(Entry::from).collect(),
+                entries,
                 leader_commit: leader_commit.map(LogId::from),
             };
             let reply = raft.append_entries(rpc).await;

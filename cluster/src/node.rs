@@ -22,7 +22,6 @@ use crate::network::BusNetwork;
 use crate::read::{merge, ShardAnswer, ShardRead, WireAnswer, WireRead};
 use crate::state_machine::{ShardCell, ShardStateMachine};
 use crate::types::{TypeConfig, WriteBatch};
-use crate::wire::WirePoint;
 use crate::{ClusterError, LogStore};
 
 /// How a node joins the cluster.
@@ -118,13 +117,11 @@ pub(crate) struct Group {
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 enum WireClusterRequest {
-    Write(Vec<WirePoint>),
+    /// Points in storage's point encoding.
+    Write(Vec<u8>),
     /// A read; an answer too large for one message comes in parts, the first
     /// as the reply and the rest published on `inbox`.
-    Read {
-        read: WireRead,
-        inbox: String,
-    },
+    Read { read: WireRead, inbox: String },
     /// This member's view of its group.
     Status,
     /// A membership or leadership operation, for the leader.
@@ -556,7 +553,8 @@ impl ClusterNode {
         points: Arc<Vec<Point>>,
     ) -> Result<usize, ClusterError> {
         // The wire form is built only if the write has to be forwarded.
-        let request = || WireClusterRequest::Write(points.iter().map(WirePoint::from).collect());
+        let request =
+            || WireClusterRequest::Write(chronicle_storage::model::encode_points(&points));
         let reply = self
             .to_leader(shard, request, |raft| {
                 let batch = WriteBatch {
@@ -1109,7 +1107,13 @@ async fn answer(
     let not_leader = || WireClusterReply::NotLeader(raft.metrics().borrow().current_leader);
     match request {
         WireClusterRequest::Write(points) => {
-            let batch = WriteBatch::new(points.into_iter().map(Point::from).collect());
+            let batch = match chronicle_storage::model::decode_points(&points) {
+                Ok(points) => WriteBatch::new(points),
+                Err(e) => {
+                    let reply = WireClusterReply::Error(format!("bad forwarded points: {e}"));
+                    return (reply, Vec::new());
+                }
+            };
             let started = std::time::Instant::now();
             let Ok(result) = tokio::time::timeout(COMMIT_TIMEOUT, raft.client_write(batch)).await
             else {

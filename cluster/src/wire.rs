@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chronicle_storage::{Label, Point};
+use chronicle_storage::model::{decode_points, encode_points};
 use openraft::{
     CommittedLeaderId, EmptyNode, Entry, EntryPayload, LogId, Membership, SnapshotMeta,
     StoredMembership, Vote,
@@ -97,46 +97,11 @@ impl From<WireMembership> for Membership<u64, EmptyNode> {
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct WirePoint {
-    pub metric: String,
-    pub labels: Vec<(String, String)>,
-    pub value: f64,
-    pub timestamp: i64,
-}
-
-impl From<&Point> for WirePoint {
-    fn from(p: &Point) -> Self {
-        Self {
-            metric: p.metric.clone(),
-            labels: p
-                .labels
-                .iter()
-                .map(|l| (l.name.clone(), l.value.clone()))
-                .collect(),
-            value: p.value,
-            timestamp: p.timestamp,
-        }
-    }
-}
-
-impl From<WirePoint> for Point {
-    fn from(p: WirePoint) -> Self {
-        Point::new(
-            p.metric,
-            p.labels
-                .into_iter()
-                .map(|(n, v)| Label::new(n, v))
-                .collect(),
-            p.value,
-            p.timestamp,
-        )
-    }
-}
-
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub enum WirePayload {
     Blank,
-    Points(Vec<WirePoint>),
+    /// A batch in storage's point encoding (`encode_points`): written as
+    /// bytes, without a structure per point.
+    Points(Vec<u8>),
     Membership(WireMembership),
 }
 
@@ -150,9 +115,7 @@ impl From<&Entry<TypeConfig>> for WireEntry {
     fn from(e: &Entry<TypeConfig>) -> Self {
         let payload = match &e.payload {
             EntryPayload::Blank => WirePayload::Blank,
-            EntryPayload::Normal(batch) => {
-                WirePayload::Points(batch.points.iter().map(WirePoint::from).collect())
-            }
+            EntryPayload::Normal(batch) => WirePayload::Points(encode_points(&batch.points)),
             EntryPayload::Membership(m) => WirePayload::Membership(m.into()),
         };
         Self {
@@ -162,19 +125,25 @@ impl From<&Entry<TypeConfig>> for WireEntry {
     }
 }
 
-impl From<WireEntry> for Entry<TypeConfig> {
-    fn from(w: WireEntry) -> Self {
+impl TryFrom<WireEntry> for Entry<TypeConfig> {
+    type Error = ClusterError;
+
+    fn try_from(w: WireEntry) -> Result<Self, ClusterError> {
         let payload = match w.payload {
             WirePayload::Blank => EntryPayload::Blank,
-            WirePayload::Points(points) => EntryPayload::Normal(WriteBatch::new(
-                points.into_iter().map(Point::from).collect(),
-            )),
+            WirePayload::Points(bytes) => {
+                let points = decode_points(&bytes).map_err(|e| ClusterError::Corrupt {
+                    what: "entry points",
+                    why: e.to_string(),
+                })?;
+                EntryPayload::Normal(WriteBatch::new(points))
+            }
             WirePayload::Membership(m) => EntryPayload::Membership(m.into()),
         };
-        Entry {
+        Ok(Entry {
             log_id: w.log_id.into(),
             payload,
-        }
+        })
     }
 }
 
@@ -221,9 +190,9 @@ pub fn encode_entry(e: &Entry<TypeConfig>) -> Result<Vec<u8>, ClusterError> {
 
 pub fn decode_entry(bytes: &[u8]) -> Result<Entry<TypeConfig>, ClusterError> {
     chronicle_bus::envelope::decode::<WireEntry>(bytes)
-        .map(Entry::from)
         .map_err(|e| ClusterError::Corrupt {
             what: "log entry",
             why: e.to_string(),
-        })
+        })?
+        .try_into()
 }
