@@ -8,7 +8,7 @@ use std::sync::Arc;
 use chronicle_cluster::{ClusterError, ClusterNode, ShardAnswer, ShardRead};
 use chronicle_engine::source::SeriesSource;
 use chronicle_engine::{EngineError, RangeSeries};
-use chronicle_ingest::{IngestError, PointSink};
+use chronicle_ingest::{IngestError, PendingWrite, PointSink};
 use chronicle_query::{storage_error, DataSource, QueryError};
 use chronicle_storage::{
     finish_groups, AggregateRequest, AggregateSeries, Matcher, Point, SeriesKey, SeriesSamples,
@@ -23,19 +23,35 @@ pub struct ClusterSink {
 }
 
 impl PointSink for ClusterSink {
-    fn write_points(&self, points: Vec<Point>) -> Result<usize, IngestError> {
-        self.runtime
-            .block_on(self.cluster.write_owned(points))
-            .map_err(|e| match e {
-                ClusterError::Storage(StorageError::InvalidPoint { index, problem }) => {
-                    IngestError::Point {
-                        index,
-                        reason: problem.to_string(),
-                    }
-                }
-                ClusterError::Storage(other) => IngestError::Storage(other.to_string()),
-                other => IngestError::NotCommitted(other.to_string()),
-            })
+    /// Hands the batch to Raft (in order: the writer submits one batch at a
+    /// time); the commit is awaited on the cluster's runtime.
+    fn submit(&self, points: Vec<Point>) -> Result<PendingWrite, IngestError> {
+        let pending = self
+            .runtime
+            .block_on(self.cluster.submit(points))
+            .map_err(ingest_error)?;
+        let commit = self.runtime.spawn(pending.wait());
+        Ok(Box::pin(async move {
+            match commit.await {
+                Ok(result) => result.map_err(ingest_error),
+                Err(e) => Err(IngestError::NotCommitted(format!(
+                    "commit task failed: {e}"
+                ))),
+            }
+        }))
+    }
+}
+
+fn ingest_error(e: ClusterError) -> IngestError {
+    match e {
+        ClusterError::Storage(StorageError::InvalidPoint { index, problem }) => {
+            IngestError::Point {
+                index,
+                reason: problem.to_string(),
+            }
+        }
+        ClusterError::Storage(other) => IngestError::Storage(other.to_string()),
+        other => IngestError::NotCommitted(other.to_string()),
     }
 }
 

@@ -194,6 +194,8 @@ pub struct IngestSettings {
     /// Messages parsed in parallel or waiting in order to be batched (default:
     /// twice the number of cores); beyond it the actor takes no more input.
     pub parse_queue: usize,
+    /// Batches committing through Raft at once; beyond it the actor holds its input.
+    pub commits_in_flight: usize,
 }
 
 impl Default for IngestSettings {
@@ -203,6 +205,7 @@ impl Default for IngestSettings {
             max_batch_points: d.max_batch_points,
             max_batch_delay_ms: d.max_batch_delay.as_millis() as u64,
             parse_queue: d.parse_queue,
+            commits_in_flight: d.commits_in_flight,
         }
     }
 }
@@ -338,6 +341,7 @@ impl NodeConfig {
             max_batch_points: self.ingest.max_batch_points.max(1),
             max_batch_delay: Duration::from_millis(self.ingest.max_batch_delay_ms),
             parse_queue: self.ingest.parse_queue.max(1),
+            commits_in_flight: self.ingest.commits_in_flight.max(1),
             ..Default::default()
         }
     }

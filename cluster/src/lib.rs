@@ -24,7 +24,9 @@ pub mod wire;
 pub use error::ClusterError;
 pub use log_store::LogStore;
 pub use network::{raft_subject, serve, serve_tracked, BusNetwork, LeaderContact};
-pub use node::{placement, shard_of, ClusterConfig, ClusterNode, ClusterStatus, ShardStatus};
+pub use node::{
+    placement, shard_of, ClusterConfig, ClusterNode, ClusterStatus, PendingWrite, ShardStatus,
+};
 pub use read::{ShardAnswer, ShardRead};
 pub use state_machine::{ShardCell, ShardStateMachine};
 pub use types::{Applied, TypeConfig, WriteBatch};

@@ -240,6 +240,56 @@ struct WireAnswerPart {
 /// Bytes of an answer per message (under the bus's 1 MiB, with room for the envelope).
 const ANSWER_PART_BYTES: usize = crate::network::MAX_RPC_BYTES - 4096;
 
+/// Where openraft reports an entry's commit (or why it was not committed).
+type CommitReceiver = tokio::sync::oneshot::Receiver<
+    Result<
+        openraft::raft::ClientWriteResponse<TypeConfig>,
+        ClientWriteError<u64, openraft::EmptyNode>,
+    >,
+>;
+
+/// A write handed to Raft and not yet known to be committed.
+pub struct PendingWrite {
+    node: Arc<ClusterNode>,
+    submitted: Vec<(u32, Arc<Vec<Point>>, CommitReceiver)>,
+    /// Points already committed (forwarded entries).
+    written: usize,
+}
+
+impl PendingWrite {
+    /// Waits for every entry's commit; the points written.
+    pub async fn wait(self) -> Result<usize, ClusterError> {
+        let timeout = self.node.config.request_timeout;
+        let node = self.node;
+        let commits = self.submitted.into_iter().map(|(shard, points, commit)| {
+            let node = node.clone();
+            async move {
+                match tokio::time::timeout(timeout, commit).await {
+                    Ok(Ok(Ok(response))) => Ok(response.data.written),
+                    // Leadership moved before the commit: send the entry to
+                    // the new leader (should the old leader's copy commit too,
+                    // the points are written twice with the same values).
+                    Ok(Ok(Err(ClientWriteError::ForwardToLeader(_)))) => {
+                        node.write_entry(shard, points).await
+                    }
+                    Ok(Ok(Err(e))) => Err(ClusterError::Raft(e.to_string())),
+                    Ok(Err(_)) => Err(ClusterError::Raft(format!(
+                        "shard {shard}: raft stopped before the commit"
+                    ))),
+                    Err(_) => Err(ClusterError::Unavailable(format!(
+                        "shard {shard}: not committed within {timeout:?}; this node leads it but cannot reach a majority"
+                    ))),
+                }
+            }
+        });
+        let mut written = self.written;
+        for result in futures_util::future::join_all(commits).await {
+            written += result?;
+        }
+        Ok(written)
+    }
+}
+
 /// A shard's state as this node sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardStatus {
@@ -496,12 +546,25 @@ impl ClusterNode {
 
     /// Writes `points`, each to its shard's leader, acknowledged after commit
     /// in every shard touched. Returns the points written.
-    pub async fn write(&self, points: &[Point]) -> Result<usize, ClusterError> {
+    pub async fn write(self: &Arc<Self>, points: &[Point]) -> Result<usize, ClusterError> {
         self.write_owned(points.to_vec()).await
     }
 
     /// [`Self::write`] of points the caller gives up (no copy is made).
-    pub async fn write_owned(&self, points: Vec<Point>) -> Result<usize, ClusterError> {
+    pub async fn write_owned(self: &Arc<Self>, points: Vec<Point>) -> Result<usize, ClusterError> {
+        self.submit(points).await?.wait().await
+    }
+
+    /// Puts `points` into their shards' logs, in order, and returns what to
+    /// wait on for the commit: entries of groups this node leads are handed
+    /// to Raft (after every earlier submission to the same group), entries
+    /// led elsewhere are forwarded and waited for here. So a caller may submit
+    /// the next batch while this one commits, and a later write of a point
+    /// still lands after an earlier one.
+    pub async fn submit(
+        self: &Arc<Self>,
+        points: Vec<Point>,
+    ) -> Result<PendingWrite, ClusterError> {
         // A committed entry must apply on every replica: refuse bad points
         // before they reach the log (all or nothing, as a shard's own write).
         for (index, p) in points.iter().enumerate() {
@@ -537,14 +600,36 @@ impl ClusterNode {
             }
             entries.push((shard, Arc::new(points)));
         }
-        let writes = entries
+        let mut pending = PendingWrite {
+            node: self.clone(),
+            submitted: Vec::new(),
+            written: 0,
+        };
+        let mut forwarded = Vec::new();
+        for (shard, points) in entries {
+            if let Some(group) = self.group(shard) {
+                if group.raft.metrics().borrow().current_leader == Some(self.config.node_id) {
+                    let batch = WriteBatch {
+                        points: points.clone(),
+                    };
+                    let commit = group
+                        .raft
+                        .client_write_ff(batch)
+                        .await
+                        .map_err(|e| ClusterError::Raft(e.to_string()))?;
+                    pending.submitted.push((shard, points, commit));
+                    continue;
+                }
+            }
+            forwarded.push((shard, points));
+        }
+        let writes = forwarded
             .into_iter()
             .map(|(shard, points)| self.write_entry(shard, points));
-        let mut written = 0;
         for result in futures_util::future::join_all(writes).await {
-            written += result?;
+            pending.written += result?;
         }
-        Ok(written)
+        Ok(pending)
     }
 
     async fn write_entry(

@@ -36,6 +36,10 @@ pub struct IngestConfig {
     /// ...with at most this many messages parsing or parsed and waiting to be
     /// batched; beyond it the actor takes no input (a bound on memory).
     pub parse_queue: usize,
+    /// Batches submitted and waiting for their commit at once (the sink
+    /// takes the next batch while earlier ones commit); beyond it the actor
+    /// holds its input.
+    pub commits_in_flight: usize,
     pub limits: Limits,
 }
 
@@ -48,6 +52,7 @@ impl Default for IngestConfig {
             max_batch_delay: Duration::from_millis(2),
             parse_offload_bytes: 64 * 1024,
             parse_queue: 2 * std::thread::available_parallelism().map_or(2, |n| n.get()),
+            commits_in_flight: 4,
             limits: Limits::default(),
         }
     }
@@ -88,10 +93,11 @@ struct ParseTicket {
 #[rtype(result = "()")]
 struct ParseDone;
 
-/// The batch being written: one at a time.
+/// The batch being submitted: one at a time, so batches reach the sink in order.
 struct InFlight {
     id: u64,
-    /// Turns true when the write has returned and its waiters were answered.
+    /// Turns true once the sink has taken the batch (its commit may still be
+    /// under way), or the submission failed.
     done: watch::Receiver<bool>,
 }
 
@@ -128,6 +134,8 @@ pub struct IngestActor {
     parsing: VecDeque<ParseTicket>,
     /// The bus subscription ended (the bus is draining).
     drained: bool,
+    /// One permit per batch submitted and not yet committed.
+    commit_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Whether the bus subscription has ended and nothing is pending (shutdown).
@@ -143,6 +151,7 @@ impl Handler<IsDrained> for IngestActor {
             && self.pending.is_empty()
             && self.in_flight.is_none()
             && self.parsing.is_empty()
+            && self.commit_slots.available_permits() == self.config.commits_in_flight.max(1)
     }
 }
 
@@ -159,6 +168,7 @@ impl IngestActor {
             flush_when_done: false,
             parsing: VecDeque::new(),
             drained: false,
+            commit_slots: Arc::new(tokio::sync::Semaphore::new(config.commits_in_flight.max(1))),
             config,
         }
     }
@@ -303,14 +313,24 @@ impl IngestActor {
         let (done_tx, done) = watch::channel(false);
         let writer = self.writer.clone();
         let bus = self.bus.clone();
+        let slots = self.commit_slots.clone();
         // Detached from the actor's context so the write completes and its waiters
         // are answered even while the actor holds its input (`ctx.wait`) or restarts.
         actix::spawn(async move {
             let started = Instant::now();
-            let result = writer
+            // Waits while too many batches are committing (backpressure).
+            let permit = slots.acquire_owned().await;
+            let submitted = writer
                 .send(WriteBatch(points))
                 .await
                 .unwrap_or(Err(IngestError::Unavailable));
+            // The next batch may go to the sink now, behind this one.
+            let _ = done_tx.send(true);
+            let result = match submitted {
+                Ok(commit) => commit.await,
+                Err(e) => Err(e),
+            };
+            drop(permit);
             BATCH_SECONDS.observe(started.elapsed().as_secs_f64());
             match &result {
                 Ok(n) => POINTS_WRITTEN.inc_by(*n as u64),
@@ -319,7 +339,6 @@ impl IngestActor {
             for w in waiters {
                 answer(&bus, w, result.clone());
             }
-            let _ = done_tx.send(true);
         });
         let write = InFlight {
             id: self.next_write_id,
@@ -342,17 +361,25 @@ impl IngestActor {
         }
     }
 
-    /// Writes everything pending and holds the actor until it is durable.
+    /// Writes everything pending and holds the actor until it is durable:
+    /// submitted, then every commit in flight finished.
     fn flush_and_wait(&mut self, ctx: &mut Context<Self>) {
         self.flush(ctx);
         if let Some(write) = &self.in_flight {
             let id = write.id;
             ctx.wait(write.finished().into_actor(self).map(move |(), act, ctx| {
                 act.write_returned(id);
-                if !act.pending.is_empty() || act.in_flight.is_some() {
-                    act.flush_and_wait(ctx);
-                }
+                act.flush_and_wait(ctx);
             }));
+        } else {
+            let slots = self.commit_slots.clone();
+            let all = self.config.commits_in_flight.max(1) as u32;
+            ctx.wait(
+                async move {
+                    let _ = slots.acquire_many(all).await;
+                }
+                .into_actor(self),
+            );
         }
     }
 

@@ -22,7 +22,7 @@ pub use metrics::register_all as register_metrics;
 pub use parse::{parse_json, parse_line_protocol, parse_payload, Precision};
 pub use remote_write::parse_remote_write;
 #[cfg(feature = "actor")]
-pub use writer::{PointSink, StorageWriter};
+pub use writer::{PendingWrite, PointSink, StorageWriter};
 
 /// Why points were not accepted or not written.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -1,4 +1,6 @@
+use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
 use std::sync::Arc;
 
 use actix::{Actor, Handler, Message, SyncContext};
@@ -7,18 +9,28 @@ use tracing::error;
 
 use crate::IngestError;
 
+/// A batch handed to a sink: completes with the points written once they are
+/// durable.
+pub type PendingWrite = Pin<Box<dyn Future<Output = Result<usize, IngestError>> + Send>>;
+
 /// Where batches go: a storage shard directly (tests, tools), or the node's
 /// cluster, which commits them through Raft before they count as written.
 pub trait PointSink: Send + Sync + 'static {
-    /// Writes `points` durably (blocking) and returns how many were written.
-    fn write_points(&self, points: Vec<Point>) -> Result<usize, IngestError>;
+    /// Hands `points` over (blocking), ordered after every earlier batch: a
+    /// later write of a point replaces an earlier one. The returned future
+    /// completes when they are durable; the next batch may be submitted
+    /// before it does.
+    fn submit(&self, points: Vec<Point>) -> Result<PendingWrite, IngestError>;
 }
 
 impl PointSink for Shard {
-    fn write_points(&self, points: Vec<Point>) -> Result<usize, IngestError> {
-        self.write_batch(&points)
+    /// Written and synced before returning.
+    fn submit(&self, points: Vec<Point>) -> Result<PendingWrite, IngestError> {
+        let written = self
+            .write_batch(&points)
             .map(|_| points.len())
-            .map_err(|e| IngestError::Storage(e.to_string()))
+            .map_err(|e| IngestError::Storage(e.to_string()))?;
+        Ok(Box::pin(std::future::ready(Ok(written))))
     }
 }
 
@@ -38,23 +50,24 @@ impl Actor for StorageWriter {
     type Context = SyncContext<Self>;
 }
 
-/// One durable write of a batch.
+/// One batch to hand to the sink; answered once it is submitted, with what
+/// completes when it is durable.
 pub struct WriteBatch(pub Vec<Point>);
 
 impl Message for WriteBatch {
-    type Result = Result<usize, IngestError>;
+    type Result = Result<PendingWrite, IngestError>;
 }
 
 impl Handler<WriteBatch> for StorageWriter {
-    type Result = Result<usize, IngestError>;
+    type Result = Result<PendingWrite, IngestError>;
 
     fn handle(&mut self, batch: WriteBatch, _: &mut SyncContext<Self>) -> Self::Result {
         let _span = tracing::debug_span!("write_batch", points = batch.0.len()).entered();
         let sink = &self.sink;
         let started = std::time::Instant::now();
         let points = batch.0.len();
-        let outcome = catch_unwind(AssertUnwindSafe(|| sink.write_points(batch.0)));
-        tracing::debug!(points, elapsed = ?started.elapsed(), "batch written");
+        let outcome = catch_unwind(AssertUnwindSafe(|| sink.submit(batch.0)));
+        tracing::debug!(points, elapsed = ?started.elapsed(), "batch submitted");
         match outcome {
             Ok(result) => result,
             Err(_) => {
