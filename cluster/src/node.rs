@@ -583,11 +583,16 @@ impl ClusterNode {
             })?;
         }
         let mut by_shard: BTreeMap<u32, Vec<Point>> = BTreeMap::new();
-        for p in points {
-            by_shard
-                .entry(shard_of(&p.metric, &p.labels, self.config.shards))
-                .or_default()
-                .push(p);
+        if self.config.shards <= 1 {
+            // One shard (a node alone): nothing to hash.
+            by_shard.insert(0, points);
+        } else {
+            for p in points {
+                by_shard
+                    .entry(shard_of(&p.metric, &p.labels, self.config.shards))
+                    .or_default()
+                    .push(p);
+            }
         }
         // Entries of at most MAX_ENTRY_POINTS points (an entry must fit in one
         // bus message), all in flight at once, in every shard, so openraft
