@@ -40,7 +40,8 @@ pub(crate) fn guard_elections(
         let spread = config
             .election_timeout_max
             .saturating_sub(config.election_timeout_min);
-        let tick = Duration::from_millis((config.heartbeat_interval / 2).max(10));
+        // Fine-grained, so the random patience really differs between members.
+        let tick = Duration::from_millis((config.heartbeat_interval / 10).max(5));
         let mut patience = lease + jitter(spread, me, group);
         let mut last_stood: Option<Instant> = None;
         loop {

@@ -49,7 +49,8 @@ pub struct ClusterConfig {
 
 impl ClusterConfig {
     /// Defaults for a member of `initial_nodes`: 4 shards, 3 replicas,
-    /// 100 ms heartbeats, elections after 0.3-0.6 s of silence.
+    /// 100 ms heartbeats, a 400 ms leader lease; a member stands for election
+    /// after 0.4-0.6 s of silence, once a pre-vote majority agrees.
     pub fn new(node_id: u64, initial_nodes: Vec<u64>, data_dir: impl Into<PathBuf>) -> Self {
         Self {
             node_id,
@@ -62,8 +63,8 @@ impl ClusterConfig {
             raft: Arc::new(
                 Config {
                     heartbeat_interval: 100,
-                    election_timeout_min: 300,
-                    election_timeout_max: 600,
+                    election_timeout_min: 200,
+                    election_timeout_max: 400,
                     // Snapshot chunks travel as single bus messages.
                     snapshot_max_chunk_size: crate::network::MAX_RPC_BYTES as u64 / 2,
                     ..Default::default()
