@@ -85,6 +85,29 @@ async fn echo_round_trips(bus: Arc<dyn Bus>, samples: usize) -> Result<Vec<f64>,
     Ok(round_trips)
 }
 
+/// Lines of line protocol parsed (and validated into points) per second on
+/// one thread, over the bench's own payloads; the best of three passes.
+fn line_protocol_parse_rate(payloads: &[(usize, Bytes)]) -> Result<f64, Error> {
+    let limits = chronicle_storage::model::Limits::default();
+    let lines: usize = payloads.iter().map(|(n, _)| n).sum();
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let t = Instant::now();
+        for (_, text) in payloads {
+            let text = std::str::from_utf8(text)?;
+            let points = chronicle_ingest::parse_line_protocol(
+                text,
+                chronicle_ingest::Precision::Nanoseconds,
+                0,
+                &limits,
+            )?;
+            std::hint::black_box(points);
+        }
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(lines as f64 / best)
+}
+
 pub fn run(args: IngestBench) -> Result<(), Error> {
     if args.points == 0 || args.batch == 0 || args.in_flight == 0 {
         return Err("--points, --batch and --in-flight must be positive".into());
@@ -103,6 +126,7 @@ pub fn run(args: IngestBench) -> Result<(), Error> {
         left -= n;
     }
     let bytes: usize = payloads.iter().map(|(_, b)| b.len()).sum();
+    let parse_lines_per_sec = line_protocol_parse_rate(&payloads)?;
     eprintln!(
         "generated {} messages, {} points, {:.1} MB of line protocol",
         payloads.len(),
@@ -253,6 +277,7 @@ pub fn run(args: IngestBench) -> Result<(), Error> {
             "in_flight": args.in_flight,
             "fsync_per_batch": !args.no_sync,
             "points_per_sec": (args.points as f64 / secs).round(),
+            "line_protocol_parse_lines_per_sec_one_core": parse_lines_per_sec.round(),
             "ack_latency_p50_ms": round3(quantile(&mut acks, 0.5)),
             "ack_latency_p99_ms": round3(quantile(&mut acks, 0.99)),
             "visible_latency_p50_ms": round3(quantile(&mut visible, 0.5)),

@@ -1,5 +1,5 @@
-//! `chronicle bench query`: a TSBS-style query set in PromQL over the storage
-//! bench's data set, against a node started in this process and, with
+//! `chronicle bench query`: a TSBS-style query set in PromQL, SQL and CQL over
+//! the storage bench's data set (with each language's parse+plan time), against a node started in this process and, with
 //! `--prometheus`, side by side against a Prometheus server holding the same
 //! samples (loaded with `promtool tsdb create-blocks-from openmetrics`).
 //!
@@ -63,9 +63,16 @@ const SERIES: usize = 1_000;
 const HOSTS: usize = SERIES / 20;
 const HOUR: i64 = 3600;
 
-/// One query of the set, with the time range it covers (seconds).
+/// One query of the set, with the time range it covers (seconds), in PromQL
+/// and in SQL and CQL. The SQL and CQL forms ask the same question the way
+/// those languages do (windows `[t, t + w)` over every sample, not PromQL's
+/// `(t - w, t]` at each step), so their answers are not compared with
+/// Prometheus's; tests/tests/query_languages.rs checks that the languages agree
+/// where their windows coincide.
 struct Instance {
     promql: String,
+    sql: String,
+    cql: String,
     start: i64,
     end: i64,
     /// `None`: an instant query at `end`.
@@ -87,6 +94,15 @@ fn host(i: usize) -> String {
     format!("host-{i:03}")
 }
 
+/// `'a','b'` for an SQL IN list.
+fn quoted(values: &[String]) -> String {
+    values
+        .iter()
+        .map(|v| format!("'{v}'"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// A random instance of query `name` over data spanning `[first, last]` seconds;
 /// as in TSBS, hosts and window starts are drawn at random for every run.
 fn instance(name: &str, rng: &mut SmallRng, first: i64, last: i64) -> Instance {
@@ -104,6 +120,8 @@ fn instance(name: &str, rng: &mut SmallRng, first: i64, last: i64) -> Instance {
                 promql: format!(
                     r#"max by (host) (max_over_time(cpu_usage_percent{{mode="user",host="{h}"}}[1m]))"#
                 ),
+                sql: format!("SELECT max(value) FROM cpu_usage_percent WHERE mode = 'user' AND host = '{h}' AND time >= {} AND time < {} GROUP BY time(1m), host", start * SECOND, end * SECOND),
+                cql: format!("SELECT max(value) FROM cpu_usage_percent WHERE mode = 'user' AND host = '{h}' AND time >= {} AND time < {} GROUP BY host WINDOW 1m", start * SECOND, end * SECOND),
                 start,
                 end,
                 step: Some(60),
@@ -118,6 +136,8 @@ fn instance(name: &str, rng: &mut SmallRng, first: i64, last: i64) -> Instance {
                     r#"max by (mode) (max_over_time(cpu_usage_percent{{mode=~"user|system|iowait|idle|steal",host=~"{}"}}[1m]))"#,
                     hosts.join("|")
                 ),
+                sql: format!("SELECT max(value) FROM cpu_usage_percent WHERE mode IN ('user','system','iowait','idle','steal') AND host IN ({}) AND time >= {} AND time < {} GROUP BY time(1m), mode", quoted(&hosts), start * SECOND, end * SECOND),
+                cql: format!("SELECT max(value) FROM cpu_usage_percent WHERE mode =~ 'user|system|iowait|idle|steal' AND host =~ '{}' AND time >= {} AND time < {} GROUP BY mode WINDOW 1m", hosts.join("|"), start * SECOND, end * SECOND),
                 start,
                 end,
                 step: Some(60),
@@ -130,6 +150,8 @@ fn instance(name: &str, rng: &mut SmallRng, first: i64, last: i64) -> Instance {
                 promql: format!(
                     r#"max by (mode) (max_over_time(cpu_usage_percent{{host="{h}"}}[1h]))"#
                 ),
+                sql: format!("SELECT max(value) FROM cpu_usage_percent WHERE host = '{h}' AND time >= {} AND time < {} GROUP BY time(1h), mode", start * SECOND, end * SECOND),
+                cql: format!("SELECT max(value) FROM cpu_usage_percent WHERE host = '{h}' AND time >= {} AND time < {} GROUP BY mode WINDOW 1h", start * SECOND, end * SECOND),
                 start,
                 end,
                 step: Some(HOUR),
@@ -140,6 +162,8 @@ fn instance(name: &str, rng: &mut SmallRng, first: i64, last: i64) -> Instance {
             Instance {
                 promql: r#"avg by (host) (avg_over_time(cpu_usage_percent{mode="user"}[1h]))"#
                     .into(),
+                sql: format!("SELECT mean(value) FROM cpu_usage_percent WHERE mode = 'user' AND time >= {} AND time < {} GROUP BY time(1h), host", start * SECOND, end * SECOND),
+                cql: format!("SELECT mean(value) FROM cpu_usage_percent WHERE mode = 'user' AND time >= {} AND time < {} GROUP BY host WINDOW 1h", start * SECOND, end * SECOND),
                 start,
                 end,
                 step: Some(HOUR),
@@ -150,6 +174,8 @@ fn instance(name: &str, rng: &mut SmallRng, first: i64, last: i64) -> Instance {
             let h = host(rng.random_range(0..HOSTS));
             Instance {
                 promql: format!(r#"cpu_usage_percent{{mode="user",host="{h}"}} > 60"#),
+                sql: format!("SELECT time, value FROM cpu_usage_percent WHERE mode = 'user' AND host = '{h}' AND value > 60 AND time >= {} AND time < {}", start * SECOND, end * SECOND),
+                cql: format!("SELECT time, value FROM cpu_usage_percent WHERE mode = 'user' AND host = '{h}' AND value > 60 AND time >= {} AND time < {}", start * SECOND, end * SECOND),
                 start,
                 end,
                 step: Some(10),
@@ -157,6 +183,14 @@ fn instance(name: &str, rng: &mut SmallRng, first: i64, last: i64) -> Instance {
         }
         "lastpoint" => Instance {
             promql: "cpu_usage_percent".into(),
+            sql: format!(
+                "SELECT last(value) FROM cpu_usage_percent WHERE time > {} GROUP BY host, mode",
+                (last - 300) * SECOND
+            ),
+            cql: format!(
+                "SELECT last(value) FROM cpu_usage_percent WHERE time > {} GROUP BY host, mode",
+                (last - 300) * SECOND
+            ),
             start: last,
             end: last,
             step: None,
@@ -209,6 +243,45 @@ impl Target {
         let mut v: Value = serde_json::from_str(&body)?;
         Ok((elapsed, v["data"].take()))
     }
+}
+
+impl Target {
+    /// Runs a `{"sql": ...}` or `{"cql": ...}` request on `/query`; the elapsed
+    /// milliseconds and the number of rows.
+    fn run_select(&self, language: &str, text: &str) -> Result<(f64, usize), Error> {
+        let t = Instant::now();
+        let mut response = self
+            .agent
+            .post(format!("{}/query", self.base))
+            .content_type("application/json")
+            .send(json!({ language: text }).to_string())?;
+        let status = response.status();
+        let body = response.body_mut().read_to_string()?;
+        let elapsed = t.elapsed().as_secs_f64() * 1e3;
+        if status != 200 {
+            return Err(format!("{}: HTTP {status} for {text}: {body}", self.name).into());
+        }
+        let v: Value = serde_json::from_str(&body)?;
+        let rows = v["rows"]
+            .as_array()
+            .ok_or_else(|| format!("no rows in the answer to {text}: {body}"))?
+            .len();
+        Ok((elapsed, rows))
+    }
+}
+
+/// Nanoseconds to parse and plan `text` once, the median of `runs` (no cache:
+/// the PromQL plan cache is bypassed).
+fn parse_ns(runs: usize, mut parse: impl FnMut() -> bool) -> Result<f64, Error> {
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        if !parse() {
+            return Err("a benchmark query did not parse".into());
+        }
+        times.push(t.elapsed().as_secs_f64() * 1e9);
+    }
+    Ok(quantile(&mut times, 0.5))
 }
 
 /// Series of a query answer as `labels -> [(t, value)]`, for comparison.
@@ -483,9 +556,30 @@ fn measure(
             continue;
         }
         let mut times: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+        let (mut sql_times, mut cql_times) = (Vec::new(), Vec::new());
         let mut series = 0;
+        let mut sql_rows = 0;
+        let mut parse = None;
         for i in 0..warmup + iterations {
             let q = instance(name, &mut rng, first, last);
+            if parse.is_none() {
+                use chronicle_engine::{cql, promql, sql};
+                parse = Some(json!({
+                    "promql_ns": round3(parse_ns(1000, || promql::parse(&q.promql).is_ok())?),
+                    "sql_ns": round3(parse_ns(1000, || sql::parse(&q.sql).is_ok())?),
+                    "cql_ns": round3(parse_ns(1000, || cql::parse(&q.cql).is_ok())?),
+                }));
+            }
+            let (sql_ms, rows) = chronicle.run_select("sql", &q.sql)?;
+            let (cql_ms, cql_rows) = chronicle.run_select("cql", &q.cql)?;
+            if rows != cql_rows {
+                return Err(format!("{name}: SQL gave {rows} rows and CQL {cql_rows}").into());
+            }
+            sql_rows = rows;
+            if i >= warmup {
+                sql_times.push(sql_ms);
+                cql_times.push(cql_ms);
+            }
             let targets: Vec<&Target> = match prometheus {
                 // Alternate which system goes first so neither always gets warm caches.
                 Some(p) if i % 2 == 1 => vec![p, chronicle],
@@ -518,6 +612,12 @@ fn measure(
             "chronicle_p50_ms": round3(quantile(&mut c, 0.5)),
             "chronicle_p99_ms": round3(quantile(&mut c, 0.99)),
             "series": series,
+            "sql_p50_ms": round3(quantile(&mut sql_times, 0.5)),
+            "sql_p99_ms": round3(quantile(&mut sql_times, 0.99)),
+            "cql_p50_ms": round3(quantile(&mut cql_times, 0.5)),
+            "cql_p99_ms": round3(quantile(&mut cql_times, 0.99)),
+            "sql_rows": sql_rows,
+            "parse_plan": parse,
         });
         if prometheus.is_some() {
             let (c50, p50) = (quantile(&mut c, 0.5), quantile(&mut p, 0.5));
@@ -540,7 +640,10 @@ fn measure(
 
 fn print_table(result: &Value) {
     let compared = result["answers_compared"].as_bool().unwrap_or(false);
-    print!("{:<22} {:>12} {:>12}", "query", "p50 ms", "p99 ms");
+    print!(
+        "{:<22} {:>12} {:>12} {:>12} {:>12}",
+        "query", "p50 ms", "p99 ms", "sql p50", "sql p99"
+    );
     if compared {
         print!(" {:>12} {:>12} {:>9}", "prom p50", "prom p99", "ratio p50");
     }
@@ -548,9 +651,11 @@ fn print_table(result: &Value) {
     for (name, q) in result["queries"].as_object().into_iter().flatten() {
         let cell = |k: &str| q[k].to_string();
         print!(
-            "{name:<22} {:>12} {:>12}",
+            "{name:<22} {:>12} {:>12} {:>12} {:>12}",
             cell("chronicle_p50_ms"),
-            cell("chronicle_p99_ms")
+            cell("chronicle_p99_ms"),
+            cell("sql_p50_ms"),
+            cell("sql_p99_ms")
         );
         if compared {
             print!(

@@ -263,6 +263,17 @@ pub struct QueryArgs {
     /// Resolution of a PromQL range query (`15s`, `1m`).
     #[arg(long, requires = "promql")]
     pub step: Option<String>,
+    /// A SQL SELECT (docs/sql.md), e.g. "SELECT mean(value) FROM cpu WHERE time >
+    /// now() - 1h GROUP BY time(5m), host". It carries its own time range.
+    #[arg(long, conflicts_with_all = ["metric", "tags", "matchers", "agg", "window", "group_by", "promql", "step", "limit"])]
+    pub sql: Option<String>,
+    /// A CQL query (docs/cql.md), e.g. "SELECT max(value) FROM cpu LAST 1h WINDOW
+    /// 5m GAP_FILL previous".
+    #[arg(long, conflicts_with_all = ["metric", "tags", "matchers", "agg", "window", "group_by", "promql", "step", "limit", "sql"])]
+    pub cql: Option<String>,
+    /// Print the plan of the --promql, --sql or --cql query instead of running it.
+    #[arg(long)]
+    pub explain: bool,
     /// Print the JSON result instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -288,7 +299,13 @@ fn time_spec(s: &str) -> TimeSpec {
 }
 
 pub fn query(args: QueryArgs) -> Result<(), Error> {
-    let mut request = if let Some(promql) = args.promql.clone() {
+    let mut request = if args.sql.is_some() || args.cql.is_some() {
+        QueryRequest {
+            sql: args.sql.clone(),
+            cql: args.cql.clone(),
+            ..Default::default()
+        }
+    } else if let Some(promql) = args.promql.clone() {
         QueryRequest {
             promql: Some(promql),
             start: args.step.as_ref().map(|_| time_spec(&args.start)),
@@ -327,6 +344,12 @@ pub fn query(args: QueryArgs) -> Result<(), Error> {
             percentile,
         });
     }
+    if args.explain {
+        if request.promql.is_none() && request.sql.is_none() && request.cql.is_none() {
+            return Err("--explain applies to --promql, --sql and --cql".into());
+        }
+        request.explain = true;
+    }
     let sender = Sender::connect(args.http, args.nats_url)?;
     let body = serde_json::to_vec(&request)?;
     let subject = format!("{}.query", args.subject_prefix);
@@ -336,8 +359,49 @@ pub fn query(args: QueryArgs) -> Result<(), Error> {
         return Ok(());
     }
     let result: QueryResult = serde_json::from_slice(&reply)?;
-    print_table(&result);
+    if let Some(plan) = &result.explain {
+        print!("{plan}");
+    } else if let (Some(columns), Some(rows)) = (&result.columns, &result.rows) {
+        print_rows(columns, rows);
+    } else {
+        print_table(&result);
+    }
     Ok(())
+}
+
+/// A SQL/CQL answer as aligned columns; times stay nanoseconds (exact).
+fn print_rows(columns: &[String], rows: &[Vec<chronicle_query::Cell>]) {
+    use chronicle_query::Cell;
+    let text: Vec<Vec<String>> =
+        std::iter::once(columns.iter().map(|c| c.to_uppercase()).collect())
+            .chain(rows.iter().map(|r| {
+                r.iter()
+                    .map(|c| match c {
+                        Cell::Null => "null".to_string(),
+                        Cell::Int(i) => i.to_string(),
+                        Cell::Number(v) => v.to_string(),
+                        Cell::Text(t) => t.clone(),
+                    })
+                    .collect()
+            }))
+            .collect();
+    let widths: Vec<usize> = (0..columns.len())
+        .map(|i| {
+            text.iter()
+                .map(|r| r.get(i).map_or(0, String::len))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in &text {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+    eprintln!("{} rows", rows.len());
 }
 
 fn print_table(result: &QueryResult) {

@@ -43,8 +43,13 @@ pub fn serve(state: AppState, addr: SocketAddr) -> std::io::Result<(Server, Sock
         App::new()
             .app_data(data.clone())
             .route("/write", web::post().to(write))
+            .route("/api/v2/write", web::post().to(write))
             .route("/api/v1/write", web::post().to(remote_write))
+            .route("/v1/metrics", web::post().to(otlp_metrics))
             .route("/query", web::post().to(query))
+            .route("/api/v1/cql", web::post().to(cql_query))
+            .route("/api/v1/cql/validate", web::post().to(cql_validate))
+            .route("/api/v1/cql/explain", web::post().to(cql_explain))
             .route("/health", web::get().to(health))
             .route("/api/v1/cluster/status", web::get().to(cluster_status))
             .route("/api/v1/cluster/add-node", web::post().to(cluster_add_node))
@@ -103,9 +108,18 @@ async fn read_body(
     Ok(body)
 }
 
+/// `/write` and `/api/v2/write` parameters. InfluxDB's `db`, `org` and
+/// `bucket` are accepted so its clients work unchanged; Chronicle has one
+/// database, so they select nothing (docs/http-api.md).
 #[derive(Deserialize)]
 struct WriteParams {
     precision: Option<String>,
+    #[allow(dead_code)]
+    db: Option<String>,
+    #[allow(dead_code)]
+    org: Option<String>,
+    #[allow(dead_code)]
+    bucket: Option<String>,
 }
 
 fn ingest_status(e: &IngestError) -> StatusCode {
@@ -190,6 +204,51 @@ async fn write_points(
     }
 }
 
+/// POST /v1/metrics: OTLP metrics (protobuf or JSON, gzip allowed); 200 with an
+/// empty `ExportMetricsServiceResponse` once every point is durable.
+#[instrument(name = "http_otlp", skip_all)]
+async fn otlp_metrics(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    let _slot = state.write_slots.acquire().await.ok();
+    let content_type = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok());
+    let encoding = match chronicle_ingest::OtlpEncoding::from_content_type(content_type) {
+        Ok(e) => e,
+        Err(e) => return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, e.code(), e.to_string()),
+    };
+    let body = match read_body(&req, payload, state.max_body_bytes).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let parsed = web::block(move || {
+        chronicle_ingest::parse_otlp_metrics(
+            &body,
+            encoding,
+            chronicle_query::request::now_ns(),
+            &Limits::default(),
+        )
+    })
+    .await;
+    let written = write_points(&state, parsed).await;
+    if written.status() != StatusCode::NO_CONTENT {
+        return written;
+    }
+    match encoding {
+        chronicle_ingest::OtlpEncoding::Json => HttpResponse::Ok()
+            .content_type("application/json")
+            .body("{}"),
+        // An empty message encodes as zero bytes.
+        chronicle_ingest::OtlpEncoding::Protobuf => HttpResponse::Ok()
+            .content_type("application/x-protobuf")
+            .finish(),
+    }
+}
+
 /// POST /api/v1/write: Prometheus remote write 1.0 (snappy + protobuf); 204 when
 /// every sample is durable. Bad data is a 400 (Prometheus does not retry it);
 /// a node that cannot write answers 5xx (Prometheus retries).
@@ -262,6 +321,10 @@ async fn query(
             )
         }
     };
+    run_query(&state, request).await
+}
+
+async fn run_query(state: &AppState, request: QueryRequest) -> HttpResponse {
     match state.query.send(RunQuery(request)).await {
         Ok(Ok(result)) => HttpResponse::Ok().json(result),
         Ok(Err(e)) => {
@@ -282,6 +345,88 @@ async fn query(
             "unavailable",
             "the query actor is restarting; retry",
         ),
+    }
+}
+
+/// The body of the CQL routes: `{"query": "SELECT ..."}` (the Go original's shape).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CqlBody {
+    query: String,
+}
+
+async fn cql_body(req: &HttpRequest, payload: web::Payload) -> Result<String, HttpResponse> {
+    let body = read_body(req, payload, 1 << 20).await?;
+    serde_json::from_slice::<CqlBody>(&body)
+        .map(|b| b.query)
+        .map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("expected {{\"query\": \"SELECT ...\"}}: {e}"),
+            )
+        })
+}
+
+/// POST /api/v1/cql: runs a CQL query; the answer has `columns` and `rows`.
+#[tracing::instrument(name = "http_cql", skip_all)]
+async fn cql_query(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    match cql_body(&req, payload).await {
+        Ok(text) => {
+            let request = QueryRequest {
+                cql: Some(text),
+                ..Default::default()
+            };
+            run_query(&state, request).await
+        }
+        Err(resp) => resp,
+    }
+}
+
+/// POST /api/v1/cql/validate: `{"valid": true}`, or `{"valid": false, "error":
+/// {"message", "line", "column"}}` (line and column when the parser knows them).
+async fn cql_validate(req: HttpRequest, payload: web::Payload) -> HttpResponse {
+    let text = match cql_body(&req, payload).await {
+        Ok(t) => t,
+        Err(resp) => return resp,
+    };
+    match chronicle_engine::cql::parse(&text) {
+        Ok(_) => HttpResponse::Ok().json(serde_json::json!({"valid": true})),
+        Err(chronicle_engine::EngineError::Syntax {
+            line,
+            column,
+            message,
+        }) => HttpResponse::Ok().json(serde_json::json!({
+            "valid": false,
+            "error": {"message": message, "line": line, "column": column},
+        })),
+        Err(e) => HttpResponse::Ok().json(serde_json::json!({
+            "valid": false,
+            "error": {"message": e.to_string()},
+        })),
+    }
+}
+
+/// POST /api/v1/cql/explain: `{"explain": "<one step per line>"}`.
+async fn cql_explain(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    match cql_body(&req, payload).await {
+        Ok(text) => {
+            let request = QueryRequest {
+                cql: Some(text),
+                explain: true,
+                ..Default::default()
+            };
+            run_query(&state, request).await
+        }
+        Err(resp) => resp,
     }
 }
 

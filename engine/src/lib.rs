@@ -3,19 +3,24 @@
 //! Query languages compile into one logical [`plan::Plan`]; [`eval`] runs a plan
 //! over a [`source::SeriesSource`] (a storage shard, or anything that can select
 //! series by label matchers and read their samples) for one instant or a range of
-//! steps. PromQL is lowered by [`promql`]; SQL and CQL lower into the same plan.
+//! steps. PromQL is lowered by [`promql`]. SQL ([`sql`]) and CQL ([`cql`]) answer
+//! with rows rather than series and lower into [`select::SelectPlan`] (ADR 0004).
 //!
 //! Times inside the engine are milliseconds since the epoch, as in PromQL; the
 //! storage adapter converts to and from nanoseconds.
 
 pub mod annotations;
+pub mod cql;
 pub mod eval;
+pub mod explain;
 mod functions;
 pub mod plan;
 pub mod promql;
+pub mod select;
 #[cfg(feature = "shard")]
 mod shard_source;
 pub mod source;
+pub mod sql;
 pub mod value;
 
 mod aggregate;
@@ -36,6 +41,13 @@ pub enum EngineError {
     /// The query text does not parse.
     #[error("parse error: {0}")]
     Parse(String),
+    /// The query text does not parse, at this line and column (1-based).
+    #[error("syntax error at line {line}, column {column}: {message}")]
+    Syntax {
+        line: u64,
+        column: u64,
+        message: String,
+    },
     /// The query parses but cannot be evaluated as written.
     #[error("{0}")]
     Invalid(String),

@@ -162,3 +162,106 @@ async fn write_query_health_metrics_over_http() {
     node.shutdown().await;
     checks.unwrap();
 }
+
+/// The SQL/CQL/OTLP front doors of a node: InfluxDB 2's write path with
+/// escaping and every numeric field type, OTLP JSON and protobuf, `{"sql"}` and
+/// `{"cql"}` on /query, the CQL routes, EXPLAIN for all three languages.
+#[actix::test]
+async fn query_languages_and_ingest_protocols_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = NodeConfig {
+        data_dir: dir.path().join("data"),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        ..NodeConfig::default()
+    };
+    let node = Node::start(config).await.unwrap();
+    let base = format!("http://{}", node.http_addr);
+
+    let checks = tokio::task::spawn_blocking(move || {
+        // InfluxDB 2.x path: escaped spaces and commas in tags, integers,
+        // unsigned integers, booleans and floats; org and bucket are accepted.
+        let lp = "disk,host=a\\ b,path=/var\\,log used=10i,free=5u,ok=true,ratio=0.5 1767225600\n\
+                  disk,host=a\\ b,path=/var\\,log used=12i 1767225660\n";
+        let a = post(
+            &format!("{base}/api/v2/write?org=o&bucket=b&precision=s"),
+            "text/plain",
+            true,
+            gzip(lp.as_bytes()),
+        );
+        assert_eq!(a.status, 204, "{}", a.body);
+        assert_eq!(a.written.as_deref(), Some("5"));
+
+        // OTLP JSON: a gauge with a resource; the answer is an empty JSON response.
+        let otlp = r#"{"resourceMetrics":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"api"}}]},
+          "scopeMetrics":[{"metrics":[{"name":"queue.depth","unit":"{items}","gauge":{"dataPoints":[
+          {"timeUnixNano":"1767225600000000000","asInt":"7"}]}}]}]}]}"#;
+        let a = post(&format!("{base}/v1/metrics"), "application/json", false, otlp.into());
+        assert_eq!((a.status, a.body.as_str()), (200, "{}"));
+        let a = post(&format!("{base}/v1/metrics"), "text/csv", false, b"x".to_vec());
+        assert_eq!(a.status, 415, "{}", a.body);
+
+        let query = |body: serde_json::Value| -> (u16, Value) {
+            let a = post(&format!("{base}/query"), "application/json", false, body.to_string().into_bytes());
+            (a.status, serde_json::from_str(&a.body).unwrap_or(Value::Null))
+        };
+        // SQL over the line protocol points (the label with an escaped space).
+        let (status, v) = query(serde_json::json!({
+            "sql": "SELECT host, path, sum(value) AS used FROM disk_used WHERE host = 'a b' GROUP BY host, path"
+        }));
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["columns"], serde_json::json!(["host", "path", "used"]));
+        assert_eq!(v["rows"], serde_json::json!([["a b", "/var,log", 22.0]]));
+        // CQL over the OTLP point: the Prometheus name and the job label.
+        let (status, v) = query(serde_json::json!({
+            "cql": "SELECT time, job, value FROM queue_depth WHERE job = 'api'"
+        }));
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["rows"], serde_json::json!([[1767225600000000000i64, "api", 7.0]]));
+        // Booleans are 1/0, unsigned integers numbers.
+        let (_, v) = query(serde_json::json!({"sql": "SELECT value FROM disk_ok"}));
+        assert_eq!(v["rows"], serde_json::json!([[1.0]]));
+        // A syntax error names line and column; other fields are refused beside sql.
+        let (status, v) = query(serde_json::json!({"sql": "SELECT value\nFROM disk_used WHERE host = = 'x'"}));
+        assert_eq!(status, 400);
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains("line 2, column"), "{message}");
+        let (status, _) = query(serde_json::json!({"sql": "SELECT value FROM disk_used", "metric": "x"}));
+        assert_eq!(status, 400);
+        // EXPLAIN in all three languages.
+        for body in [
+            serde_json::json!({"sql": "EXPLAIN SELECT mean(value) FROM disk_used GROUP BY time(1m)"}),
+            serde_json::json!({"cql": "SELECT mean(value) FROM disk_used WINDOW 1m", "explain": true}),
+            serde_json::json!({"promql": "sum(rate(disk_used[5m]))", "explain": true}),
+        ] {
+            let (status, v) = query(body.clone());
+            assert_eq!(status, 200, "{v}");
+            let plan = v["explain"].as_str().unwrap_or_else(|| panic!("{body}: {v}"));
+            assert!(plan.contains("disk_used"), "{plan}");
+        }
+
+        // The Go original's CQL routes.
+        let cql = |path: &str, q: &str| -> (u16, Value) {
+            let a = post(
+                &format!("{base}/api/v1/cql{path}"),
+                "application/json",
+                false,
+                serde_json::json!({"query": q}).to_string().into_bytes(),
+            );
+            (a.status, serde_json::from_str(&a.body).unwrap_or(Value::Null))
+        };
+        let (status, v) = cql("", "SELECT count(*) FROM disk_used GROUP BY host");
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["rows"], serde_json::json!([["a b", 2.0]]));
+        let (_, v) = cql("/validate", "SELECT value FROM disk_used LAST soon");
+        assert_eq!(v["valid"], false);
+        assert_eq!((v["error"]["line"].as_u64(), v["error"]["column"].as_u64()), (Some(1), Some(34)));
+        let (_, v) = cql("/validate", "SELECT value FROM disk_used LAST 1h");
+        assert_eq!(v, serde_json::json!({"valid": true}));
+        let (status, v) = cql("/explain", "SELECT max(value) FROM disk_used WHERE host != 'x' WINDOW 5m");
+        assert_eq!(status, 200, "{v}");
+        assert!(v["explain"].as_str().unwrap().contains("Aggregate max(value)"));
+    })
+    .await;
+    node.shutdown().await;
+    checks.unwrap();
+}

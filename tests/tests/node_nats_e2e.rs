@@ -81,6 +81,16 @@ fn nats_clients_write_and_query_a_node_process() {
         let result: serde_json::Value = serde_json::from_str(&reply).unwrap();
         assert_eq!(points_in(&result), 50, "{reply}");
         assert_eq!(result["series"][0]["labels"]["building"], "hq");
+
+        // SQL over the same subject: a table.
+        let reply = ask(
+            "chronicle.query",
+            r#"{"sql":"SELECT floor, count(*) AS n FROM room_temp WHERE time >= 0 AND time < 10000 GROUP BY floor ORDER BY floor"}"#.into(),
+        )
+        .await;
+        let result: serde_json::Value = serde_json::from_str(&reply).unwrap();
+        assert_eq!(result["columns"], serde_json::json!(["floor", "n"]), "{reply}");
+        assert_eq!(result["rows"], serde_json::json!([["2", 50.0]]), "{reply}");
     });
 
     // The JSON point becomes visible; HTTP reads what NATS wrote.
@@ -126,6 +136,42 @@ fn nats_clients_write_and_query_a_node_process() {
     );
     let cli: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(points_in(&cli), 50);
+
+    // --sql and --cql print tables; --explain prints the plan.
+    for args in [
+        vec![
+            "--sql",
+            "SELECT count(value) AS n FROM room_temp WHERE floor = '2' AND time < 10000",
+        ],
+        vec![
+            "--cql",
+            "SELECT count(value) AS n FROM room_temp WHERE floor = '2' AND time < 10000",
+        ],
+    ] {
+        let out = Command::new(BIN)
+            .args(["query", "--nats-url", &server.url()])
+            .args(&args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(stdout.lines().collect::<Vec<_>>(), ["N", "50"], "{args:?}");
+    }
+    let out = Command::new(BIN)
+        .args(["query", "--http", &node.http, "--explain", "--sql"])
+        .arg("SELECT max(value) FROM room_temp GROUP BY time(1m), floor")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("Scan room_temp series matching"));
 
     // The CLI writing a file over HTTP.
     let file = data.path().join("input.lp");

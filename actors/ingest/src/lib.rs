@@ -1,11 +1,13 @@
 //! The ingest actor: points arrive on `chronicle.ingest.>` (line protocol or JSON)
-//! or as direct messages from the HTTP front end; they are validated, batched by size
+//! or as direct messages from the HTTP front end (line protocol, JSON, Prometheus
+//! remote write, OTLP metrics); they are validated, batched by size
 //! and time, written durably, and acknowledged only after the write returned.
 
 #[cfg(feature = "actor")]
 mod actor;
 #[cfg(feature = "actor")]
 mod metrics;
+pub mod otlp;
 pub mod parse;
 pub mod remote_write;
 #[cfg(feature = "actor")]
@@ -19,6 +21,7 @@ pub use actor::{
 pub use chronicle_actor_runtime::InjectPanic;
 #[cfg(feature = "actor")]
 pub use metrics::register_all as register_metrics;
+pub use otlp::{parse_otlp_metrics, OtlpEncoding};
 pub use parse::{parse_json, parse_line_protocol, parse_payload, Precision};
 pub use remote_write::parse_remote_write;
 #[cfg(feature = "actor")]

@@ -4,8 +4,9 @@ use chronicle_storage::AggregateRequest;
 use chronicle_engine::{QueryValue, Severity};
 use chronicle_storage::Sample;
 
-use crate::promql::{run_promql, PromqlLimits, PromqlQuery};
+use crate::promql::{engine_error, run_promql, PromqlLimits, PromqlQuery};
 use crate::request::{QueryRequest, QueryResult, SeriesResult};
+use crate::select::run_select;
 use crate::source::DataSource;
 use crate::QueryError;
 
@@ -20,8 +21,32 @@ pub fn execute(
     max_points: usize,
     promql_limits: &PromqlLimits,
 ) -> Result<QueryResult, QueryError> {
+    let languages = [&request.promql, &request.sql, &request.cql]
+        .iter()
+        .filter(|l| l.is_some())
+        .count();
+    if languages > 1 {
+        return Err(QueryError::BadRequest(
+            "give one of \"promql\", \"sql\" and \"cql\"".into(),
+        ));
+    }
     if let Some(text) = &request.promql {
+        if request.explain {
+            let plan = chronicle_engine::promql::parse(text).map_err(engine_error)?;
+            return Ok(QueryResult {
+                explain: Some(chronicle_engine::explain::explain(&plan)),
+                ..Default::default()
+            });
+        }
         return execute_promql(source, request, text, now, max_points, promql_limits);
+    }
+    if request.sql.is_some() || request.cql.is_some() {
+        return execute_select(source, request, now, max_points);
+    }
+    if request.explain {
+        return Err(QueryError::BadRequest(
+            "\"explain\" applies to promql, sql and cql queries".into(),
+        ));
     }
     if request.step.is_some() {
         return Err(QueryError::BadRequest(
@@ -54,6 +79,54 @@ pub fn execute(
             .collect(),
     };
     limit(series, plan.limit, max_points)
+}
+
+/// `{"sql": ...}` or `{"cql": ...}`: the query text carries its own time range.
+fn execute_select(
+    source: &dyn DataSource,
+    request: &QueryRequest,
+    now: i64,
+    max_rows: usize,
+) -> Result<QueryResult, QueryError> {
+    if request.metric.is_some()
+        || !request.tags.is_empty()
+        || !request.matchers.is_empty()
+        || request.aggregation.is_some()
+        || !request.group_by.is_empty()
+        || request.start.is_some()
+        || request.end.is_some()
+        || request.step.is_some()
+        || request.limit.is_some()
+    {
+        return Err(QueryError::BadRequest(
+            "\"sql\" and \"cql\" carry their own selection, time range and LIMIT; \
+             give only the query (and \"explain\")"
+                .into(),
+        ));
+    }
+    let (plan, explain) = match (&request.sql, &request.cql) {
+        (Some(text), _) => {
+            let q = chronicle_engine::sql::parse(text).map_err(engine_error)?;
+            (q.plan, q.explain)
+        }
+        (_, Some(text)) => {
+            let q = chronicle_engine::cql::parse(text).map_err(engine_error)?;
+            (q.plan, q.explain)
+        }
+        _ => unreachable!("checked by the caller"),
+    };
+    if explain || request.explain {
+        return Ok(QueryResult {
+            explain: Some(chronicle_engine::select::explain(&plan, now)),
+            ..Default::default()
+        });
+    }
+    let table = run_select(source, &plan, now, max_rows)?;
+    Ok(QueryResult {
+        columns: Some(table.columns),
+        rows: Some(table.rows),
+        ..Default::default()
+    })
 }
 
 /// `{"promql": ...}`: instant at `end` (default now), or a range with `step`.

@@ -5,6 +5,7 @@ mod actor;
 mod execute;
 pub mod promql;
 pub mod request;
+pub mod select;
 mod source;
 
 pub use actor::{Ping, QueryActor, QueryConfig, RunMeta, RunPromql, RunQuery, ACTOR as ACTOR_NAME};
@@ -12,6 +13,7 @@ pub use chronicle_actor_runtime::InjectPanic;
 pub use execute::execute;
 pub use promql::{MetaAnswer, MetaKind, MetaQuery, PromqlLimits, PromqlQuery};
 pub use request::{QueryRequest, QueryResult, SeriesResult};
+pub use select::{run_select, Cell, Table};
 pub use source::{storage_error, DataSource};
 
 /// Why a query failed.

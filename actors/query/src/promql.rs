@@ -48,6 +48,7 @@ impl Default for PromqlLimits {
 pub(crate) fn engine_error(e: EngineError) -> QueryError {
     match e {
         EngineError::Parse(m) | EngineError::Invalid(m) => QueryError::BadRequest(m),
+        e @ EngineError::Syntax { .. } => QueryError::BadRequest(e.to_string()),
         EngineError::Execution(m) => QueryError::Execution(m),
         EngineError::Limit(m) => QueryError::TooLarge(m),
         EngineError::Timeout => QueryError::Timeout,

@@ -2,8 +2,9 @@
 //!
 //! Fields follow the Go original's `Query`: metric, tags (exact label matches) or
 //! matchers, start, end, aggregation {function, window, percentile}, group_by, limit.
-//! `promql` (with `step` for a range) runs a PromQL expression instead; `sql` and
-//! `cql` arrive with the SQL/CQL work. An unknown field is an error, never ignored.
+//! `promql` (with `step` for a range), `sql` or `cql` run a query in that language
+//! instead; `explain` shows the plan without running it. An unknown field is an
+//! error, never ignored.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -49,6 +50,15 @@ pub struct QueryRequest {
     /// Resolution of a PromQL range query (`15s`, `1m`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
+    /// A SQL SELECT (docs/sql.md); the answer is `columns` and `rows`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql: Option<String>,
+    /// A CQL query (docs/cql.md); the answer is `columns` and `rows`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cql: Option<String>,
+    /// Answer with the plan (`explain`) instead of running the query.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub explain: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -238,6 +248,14 @@ pub struct QueryResult {
     pub warnings: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub infos: Vec<String>,
+    /// SQL and CQL answers: column names, and rows of cells in that order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<Vec<Vec<crate::select::Cell>>>,
+    /// With `explain`: the plan, one step per line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explain: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -1,0 +1,813 @@
+//! OTLP metrics over HTTP (`POST /v1/metrics`): an `ExportMetricsServiceRequest`
+//! as protobuf or JSON, turned into points by OpenTelemetry's rules for
+//! Prometheus ("Prometheus and OpenMetrics Compatibility"):
+//!
+//! - names: characters outside `[a-zA-Z0-9_:]` become `_` (runs collapse), a
+//!   leading digit gets `_`; the unit is appended (`By` → `bytes`, `s` →
+//!   `seconds`, `1` on a gauge → `ratio`, `{...}` annotations dropped), then
+//!   `_total` for monotonic cumulative sums;
+//! - labels: the data point's attributes, then the resource's (`service.name` →
+//!   `job`, with `service.namespace/` in front; `service.instance.id` →
+//!   `instance`), then `otel_scope_name` / `otel_scope_version` and the scope's
+//!   attributes as `otel_scope_<key>`; label names are sanitised like metric
+//!   names, and one starting with a digit gets `key_`;
+//! - gauges and sums: one point; histograms: classic `_bucket{le}` (cumulative),
+//!   `_sum`, `_count` (exponential histograms are turned into classic buckets at
+//!   their bucket boundaries); summaries: `{quantile}`, `_sum`, `_count`;
+//! - a point flagged "no recorded value" is a staleness marker.
+//!
+//! Delta sums have no Prometheus form; their increments are stored as they
+//! come, under the name without `_total` (docs/ingest.md).
+
+use chronicle_storage::model::{validate, Label, Limits, Point, STALE_NAN_BITS};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::metrics::v1::{
+    exponential_histogram_data_point::Buckets, metric::Data, number_data_point,
+    AggregationTemporality, ExponentialHistogramDataPoint, HistogramDataPoint, Metric,
+    NumberDataPoint, SummaryDataPoint,
+};
+use prost::Message;
+
+use crate::IngestError;
+
+/// The body's encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpEncoding {
+    Protobuf,
+    Json,
+}
+
+impl OtlpEncoding {
+    /// From the Content-Type: `application/x-protobuf` or `application/json`.
+    pub fn from_content_type(ct: Option<&str>) -> Result<Self, IngestError> {
+        let ct = ct.unwrap_or("application/x-protobuf");
+        let base = ct.split(';').next().unwrap_or("").trim();
+        match base {
+            "application/x-protobuf" | "application/protobuf" => Ok(Self::Protobuf),
+            "application/json" => Ok(Self::Json),
+            other => Err(IngestError::BadRequest(format!(
+                "OTLP bodies are application/x-protobuf or application/json, not {other:?}"
+            ))),
+        }
+    }
+}
+
+/// Decodes an export request and converts it into points, all or nothing.
+/// `now_ns` stamps data points without a time.
+pub fn parse_otlp_metrics(
+    body: &[u8],
+    encoding: OtlpEncoding,
+    now_ns: i64,
+    limits: &Limits,
+) -> Result<Vec<Point>, IngestError> {
+    let request = match encoding {
+        OtlpEncoding::Protobuf => ExportMetricsServiceRequest::decode(body)
+            .map_err(|e| IngestError::BadRequest(format!("invalid OTLP protobuf: {e}")))?,
+        OtlpEncoding::Json => serde_json::from_slice(body)
+            .map_err(|e| IngestError::BadRequest(format!("invalid OTLP JSON: {e}")))?,
+    };
+    convert(&request, now_ns, limits)
+}
+
+/// The points an export request stands for.
+pub fn convert(
+    request: &ExportMetricsServiceRequest,
+    now_ns: i64,
+    limits: &Limits,
+) -> Result<Vec<Point>, IngestError> {
+    let mut out = Emitter {
+        points: Vec::new(),
+        now_ns,
+        limits,
+        index: 0,
+    };
+    for rm in &request.resource_metrics {
+        let resource = rm
+            .resource
+            .as_ref()
+            .map(|r| resource_labels(&r.attributes))
+            .unwrap_or_default();
+        for sm in &rm.scope_metrics {
+            let mut shared = resource.clone();
+            if let Some(scope) = &sm.scope {
+                if !scope.name.is_empty() {
+                    shared.push(Label::new("otel_scope_name", &scope.name));
+                }
+                if !scope.version.is_empty() {
+                    shared.push(Label::new("otel_scope_version", &scope.version));
+                }
+                for kv in &scope.attributes {
+                    shared.push(Label::new(
+                        format!("otel_scope_{}", label_name(&kv.key)),
+                        attribute_text(kv.value.as_ref()),
+                    ));
+                }
+            }
+            for metric in &sm.metrics {
+                out.metric(metric, &shared)?;
+            }
+        }
+    }
+    Ok(out.points)
+}
+
+struct Emitter<'a> {
+    points: Vec<Point>,
+    now_ns: i64,
+    limits: &'a Limits,
+    /// The metric's position in the request, for errors.
+    index: usize,
+}
+
+impl Emitter<'_> {
+    fn metric(&mut self, m: &Metric, shared: &[Label]) -> Result<(), IngestError> {
+        self.index += 1;
+        let Some(data) = &m.data else {
+            return Ok(());
+        };
+        let base = metric_name(&m.name);
+        if base.is_empty() {
+            return Err(self.problem(format!("metric name {:?} has no usable characters", m.name)));
+        }
+        match data {
+            Data::Gauge(g) => {
+                let name = with_unit(&base, &m.unit, true);
+                for p in &g.data_points {
+                    self.number(&name, p, shared)?;
+                }
+            }
+            Data::Sum(s) => {
+                let cumulative =
+                    s.aggregation_temporality == AggregationTemporality::Cumulative as i32;
+                let mut name = with_unit(&base, &m.unit, false);
+                if s.is_monotonic && cumulative && !name.ends_with("_total") {
+                    name.push_str("_total");
+                }
+                for p in &s.data_points {
+                    self.number(&name, p, shared)?;
+                }
+            }
+            Data::Histogram(h) => {
+                let name = with_unit(&base, &m.unit, false);
+                for p in &h.data_points {
+                    self.histogram(&name, p, shared)?;
+                }
+            }
+            Data::ExponentialHistogram(h) => {
+                let name = with_unit(&base, &m.unit, false);
+                for p in &h.data_points {
+                    self.exponential(&name, p, shared)?;
+                }
+            }
+            Data::Summary(s) => {
+                let name = with_unit(&base, &m.unit, false);
+                for p in &s.data_points {
+                    self.summary(&name, p, shared)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn problem(&self, reason: String) -> IngestError {
+        IngestError::Point {
+            index: self.index,
+            reason,
+        }
+    }
+
+    fn time(&self, t: u64) -> Result<i64, IngestError> {
+        if t == 0 {
+            return Ok(self.now_ns);
+        }
+        i64::try_from(t).map_err(|_| self.problem(format!("time {t} ns is out of range")))
+    }
+
+    /// Pushes one point after checking its name and labels against the limits.
+    fn push(
+        &mut self,
+        name: &str,
+        labels: Vec<Label>,
+        value: f64,
+        t: i64,
+    ) -> Result<(), IngestError> {
+        validate(name, &labels, self.limits)
+            .map_err(|p| self.problem(format!("{name}: {}: {p}", p.field())))?;
+        self.points.push(Point::new(name, labels, value, t));
+        Ok(())
+    }
+
+    fn number(
+        &mut self,
+        name: &str,
+        p: &NumberDataPoint,
+        shared: &[Label],
+    ) -> Result<(), IngestError> {
+        let value = if no_recorded_value(p.flags) {
+            f64::from_bits(STALE_NAN_BITS)
+        } else {
+            match p.value {
+                Some(number_data_point::Value::AsDouble(v)) => v,
+                Some(number_data_point::Value::AsInt(v)) => v as f64,
+                None => return Err(self.problem(format!("{name}: a data point without a value"))),
+            }
+        };
+        let t = self.time(p.time_unix_nano)?;
+        self.push(name, point_labels(&p.attributes, shared), value, t)
+    }
+
+    fn histogram(
+        &mut self,
+        name: &str,
+        p: &HistogramDataPoint,
+        shared: &[Label],
+    ) -> Result<(), IngestError> {
+        let t = self.time(p.time_unix_nano)?;
+        let labels = point_labels(&p.attributes, shared);
+        let stale = no_recorded_value(p.flags);
+        if !p.bucket_counts.is_empty() && p.bucket_counts.len() != p.explicit_bounds.len() + 1 {
+            return Err(self.problem(format!(
+                "{name}: {} bucket counts for {} bounds (want one more count than bounds)",
+                p.bucket_counts.len(),
+                p.explicit_bounds.len()
+            )));
+        }
+        let mut cumulative = 0u64;
+        let mut buckets = Vec::new();
+        for (i, bound) in p.explicit_bounds.iter().enumerate() {
+            cumulative = cumulative.saturating_add(p.bucket_counts.get(i).copied().unwrap_or(0));
+            buckets.push((*bound, cumulative));
+        }
+        self.classic(name, &labels, &buckets, p.count, p.sum, stale, t)
+    }
+
+    /// `_bucket{le}` for each (upper bound, cumulative count) and `+Inf`, `_sum`
+    /// (when known) and `_count`.
+    #[allow(clippy::too_many_arguments)]
+    fn classic(
+        &mut self,
+        name: &str,
+        labels: &[Label],
+        buckets: &[(f64, u64)],
+        count: u64,
+        sum: Option<f64>,
+        stale: bool,
+        t: i64,
+    ) -> Result<(), IngestError> {
+        let v = |x: f64| {
+            if stale {
+                f64::from_bits(STALE_NAN_BITS)
+            } else {
+                x
+            }
+        };
+        for (bound, c) in buckets {
+            let mut l = labels.to_vec();
+            l.push(Label::new("le", format_bound(*bound)));
+            self.push(&format!("{name}_bucket"), l, v(*c as f64), t)?;
+        }
+        let mut l = labels.to_vec();
+        l.push(Label::new("le", "+Inf"));
+        self.push(&format!("{name}_bucket"), l, v(count as f64), t)?;
+        if let Some(s) = sum {
+            self.push(&format!("{name}_sum"), labels.to_vec(), v(s), t)?;
+        }
+        self.push(
+            &format!("{name}_count"),
+            labels.to_vec(),
+            v(count as f64),
+            t,
+        )
+    }
+
+    /// Base-2 exponential buckets at scale `s` have bounds `2^(i·2^-s)`: bucket
+    /// `i` holds values in `(base^i, base^(i+1)]`, negative ones mirrored, and the
+    /// zero bucket `[-z, z]`. Their upper bounds become classic `le` bounds.
+    fn exponential(
+        &mut self,
+        name: &str,
+        p: &ExponentialHistogramDataPoint,
+        shared: &[Label],
+    ) -> Result<(), IngestError> {
+        let t = self.time(p.time_unix_nano)?;
+        let labels = point_labels(&p.attributes, shared);
+        if !(-10..=20).contains(&p.scale) {
+            return Err(self.problem(format!(
+                "{name}: exponential scale {} is out of range (-10..=20)",
+                p.scale
+            )));
+        }
+        let base = 2f64.powf(2f64.powi(-p.scale));
+        let empty = Buckets::default();
+        let negative = p.negative.as_ref().unwrap_or(&empty);
+        let positive = p.positive.as_ref().unwrap_or(&empty);
+        let mut buckets = Vec::new();
+        let mut cumulative = 0u64;
+        // Most negative first: bucket i covers [-base^(i+1), -base^i).
+        for (k, c) in negative.bucket_counts.iter().enumerate().rev() {
+            let i = negative.offset as f64 + k as f64;
+            cumulative = cumulative.saturating_add(*c);
+            buckets.push((-base.powf(i), cumulative));
+        }
+        cumulative = cumulative.saturating_add(p.zero_count);
+        buckets.push((p.zero_threshold.abs(), cumulative));
+        for (k, c) in positive.bucket_counts.iter().enumerate() {
+            let i = positive.offset as f64 + k as f64;
+            cumulative = cumulative.saturating_add(*c);
+            buckets.push((base.powf(i + 1.0), cumulative));
+        }
+        self.classic(
+            name,
+            &labels,
+            &buckets,
+            p.count,
+            p.sum,
+            no_recorded_value(p.flags),
+            t,
+        )
+    }
+
+    fn summary(
+        &mut self,
+        name: &str,
+        p: &SummaryDataPoint,
+        shared: &[Label],
+    ) -> Result<(), IngestError> {
+        let t = self.time(p.time_unix_nano)?;
+        let labels = point_labels(&p.attributes, shared);
+        let stale = no_recorded_value(p.flags);
+        let v = |x: f64| {
+            if stale {
+                f64::from_bits(STALE_NAN_BITS)
+            } else {
+                x
+            }
+        };
+        for q in &p.quantile_values {
+            let mut l = labels.clone();
+            l.push(Label::new("quantile", format_bound(q.quantile)));
+            self.push(name, l, v(q.value), t)?;
+        }
+        self.push(&format!("{name}_sum"), labels.clone(), v(p.sum), t)?;
+        self.push(&format!("{name}_count"), labels, v(p.count as f64), t)
+    }
+}
+
+/// `FLAG_NO_RECORDED_VALUE`.
+fn no_recorded_value(flags: u32) -> bool {
+    flags & 1 == 1
+}
+
+/// Bounds as Prometheus writes them (`0.5`, `1`, `+Inf`).
+fn format_bound(b: f64) -> String {
+    if b == f64::INFINITY {
+        "+Inf".into()
+    } else if b == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        b.to_string()
+    }
+}
+
+/// Data point attributes first; resource and scope labels fill in what they lack.
+fn point_labels(attributes: &[KeyValue], shared: &[Label]) -> Vec<Label> {
+    let mut labels: Vec<Label> = attributes
+        .iter()
+        .map(|kv| Label::new(label_name(&kv.key), attribute_text(kv.value.as_ref())))
+        .collect();
+    for l in shared {
+        if !labels.iter().any(|x| x.name == l.name) {
+            labels.push(l.clone());
+        }
+    }
+    labels.retain(|l| !l.value.is_empty());
+    labels.sort();
+    labels.dedup_by(|a, b| a.name == b.name);
+    labels
+}
+
+fn resource_labels(attributes: &[KeyValue]) -> Vec<Label> {
+    let get = |k: &str| {
+        attributes
+            .iter()
+            .find(|kv| kv.key == k)
+            .map(|kv| attribute_text(kv.value.as_ref()))
+    };
+    let mut labels = Vec::new();
+    if let Some(service) = get("service.name") {
+        let job = match get("service.namespace") {
+            Some(ns) if !ns.is_empty() => format!("{ns}/{service}"),
+            _ => service,
+        };
+        labels.push(Label::new("job", job));
+    }
+    if let Some(instance) = get("service.instance.id") {
+        labels.push(Label::new("instance", instance));
+    }
+    for kv in attributes {
+        if matches!(
+            kv.key.as_str(),
+            "service.name" | "service.namespace" | "service.instance.id"
+        ) {
+            continue;
+        }
+        labels.push(Label::new(
+            label_name(&kv.key),
+            attribute_text(kv.value.as_ref()),
+        ));
+    }
+    labels
+}
+
+fn attribute_text(v: Option<&AnyValue>) -> String {
+    match v.and_then(|v| v.value.as_ref()) {
+        None => String::new(),
+        Some(any_value::Value::StringValue(s)) => s.clone(),
+        Some(any_value::Value::BoolValue(b)) => b.to_string(),
+        Some(any_value::Value::IntValue(i)) => i.to_string(),
+        Some(any_value::Value::DoubleValue(d)) => d.to_string(),
+        Some(any_value::Value::BytesValue(b)) => b.iter().map(|x| format!("{x:02x}")).collect(),
+        Some(any_value::Value::ArrayValue(a)) => {
+            let items: Vec<String> = a.values.iter().map(|v| attribute_text(Some(v))).collect();
+            format!("[{}]", items.join(","))
+        }
+        Some(any_value::Value::KvlistValue(l)) => {
+            let items: Vec<String> = l
+                .values
+                .iter()
+                .map(|kv| format!("{}={}", kv.key, attribute_text(kv.value.as_ref())))
+                .collect();
+            format!("{{{}}}", items.join(","))
+        }
+        #[allow(unreachable_patterns)]
+        Some(_) => String::new(),
+    }
+}
+
+/// Replaces characters outside `allowed` with `_`, collapsing runs.
+fn sanitize(name: &str, allowed: impl Fn(char) -> bool) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        let c = if allowed(c) { c } else { '_' };
+        if c == '_' && out.ends_with('_') {
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn metric_name(name: &str) -> String {
+    let s = sanitize(name, |c| c.is_ascii_alphanumeric() || c == '_' || c == ':');
+    if s.starts_with(|c: char| c.is_ascii_digit()) {
+        format!("_{s}")
+    } else {
+        s
+    }
+}
+
+fn label_name(key: &str) -> String {
+    let s = sanitize(key, |c| c.is_ascii_alphanumeric() || c == '_');
+    if s.starts_with(|c: char| c.is_ascii_digit()) {
+        format!("key_{s}")
+    } else {
+        s
+    }
+}
+
+/// The unit's Prometheus spelling, appended unless the name already ends with it.
+fn with_unit(name: &str, unit: &str, gauge: bool) -> String {
+    // `{requests}` and the like are annotations, not units.
+    let unit: String = {
+        let mut depth = 0;
+        unit.chars()
+            .filter(|c| match c {
+                '{' => {
+                    depth += 1;
+                    false
+                }
+                '}' => {
+                    depth -= 1;
+                    false
+                }
+                _ => depth == 0,
+            })
+            .collect()
+    };
+    let unit = unit.trim();
+    let word = match unit {
+        "" => return name.to_string(),
+        "1" if gauge => "ratio".to_string(),
+        "1" => return name.to_string(),
+        other => match other.split_once('/') {
+            Some((a, b)) => format!("{}_per_{}", unit_word(a), per_unit_word(b)),
+            None => unit_word(other),
+        },
+    };
+    let word = sanitize(&word, |c| c.is_ascii_alphanumeric() || c == '_');
+    let word = word.trim_matches('_');
+    if word.is_empty()
+        || name.ends_with(&format!("_{word}"))
+        || name.ends_with(&format!("_{word}_total"))
+    {
+        name.to_string()
+    } else {
+        format!("{name}_{word}")
+    }
+}
+
+fn unit_word(u: &str) -> String {
+    match u {
+        "d" => "days",
+        "h" => "hours",
+        "min" => "minutes",
+        "s" => "seconds",
+        "ms" => "milliseconds",
+        "us" => "microseconds",
+        "ns" => "nanoseconds",
+        "By" => "bytes",
+        "KiBy" => "kibibytes",
+        "MiBy" => "mebibytes",
+        "GiBy" => "gibibytes",
+        "TiBy" => "tibibytes",
+        "KBy" => "kilobytes",
+        "MBy" => "megabytes",
+        "GBy" => "gigabytes",
+        "TBy" => "terabytes",
+        "m" => "meters",
+        "V" => "volts",
+        "A" => "amperes",
+        "J" => "joules",
+        "W" => "watts",
+        "g" => "grams",
+        "Cel" => "celsius",
+        "Hz" => "hertz",
+        "%" => "percent",
+        other => other,
+    }
+    .to_string()
+}
+
+fn per_unit_word(u: &str) -> String {
+    match u {
+        "s" => "second",
+        "m" => "minute",
+        "h" => "hour",
+        "d" => "day",
+        "w" => "week",
+        "mo" => "month",
+        "y" => "year",
+        other => other,
+    }
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
+    use opentelemetry_proto::tonic::metrics::v1::{
+        Gauge, Histogram, ResourceMetrics, ScopeMetrics, Sum,
+    };
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+
+    fn kv(k: &str, v: &str) -> KeyValue {
+        KeyValue {
+            key: k.into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(v.into())),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn request(metrics: Vec<Metric>) -> ExportMetricsServiceRequest {
+        ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: Some(Resource {
+                    attributes: vec![
+                        kv("service.name", "api"),
+                        kv("service.namespace", "shop"),
+                        kv("service.instance.id", "pod-1"),
+                        kv("host.name", "h1"),
+                    ],
+                    ..Default::default()
+                }),
+                scope_metrics: vec![ScopeMetrics {
+                    scope: Some(InstrumentationScope {
+                        name: "io.meter".into(),
+                        version: "1.2".into(),
+                        ..Default::default()
+                    }),
+                    metrics,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn number(v: f64, t: u64, attrs: Vec<KeyValue>) -> NumberDataPoint {
+        NumberDataPoint {
+            attributes: attrs,
+            time_unix_nano: t,
+            value: Some(number_data_point::Value::AsDouble(v)),
+            ..Default::default()
+        }
+    }
+
+    fn labels(p: &Point) -> Vec<(String, String)> {
+        p.labels
+            .iter()
+            .map(|l| (l.name.clone(), l.value.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn names_units_and_labels_follow_the_prometheus_rules() {
+        let req = request(vec![
+            Metric {
+                name: "http.server.request.duration".into(),
+                unit: "s".into(),
+                data: Some(Data::Sum(Sum {
+                    data_points: vec![number(3.0, 1_000, vec![kv("http.method", "GET")])],
+                    aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                    is_monotonic: true,
+                })),
+                ..Default::default()
+            },
+            Metric {
+                name: "cpu.utilization".into(),
+                unit: "1".into(),
+                data: Some(Data::Gauge(Gauge {
+                    data_points: vec![number(0.5, 2_000, vec![kv("1cpu", "0")])],
+                })),
+                ..Default::default()
+            },
+            Metric {
+                name: "queue.size".into(),
+                unit: "{items}".into(),
+                data: Some(Data::Sum(Sum {
+                    data_points: vec![number(7.0, 3_000, vec![])],
+                    aggregation_temporality: AggregationTemporality::Delta as i32,
+                    is_monotonic: true,
+                })),
+                ..Default::default()
+            },
+        ]);
+        let points = convert(&req, 99, &Limits::default()).unwrap();
+        let names: Vec<&str> = points.iter().map(|p| p.metric.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "http_server_request_duration_seconds_total",
+                "cpu_utilization_ratio",
+                "queue_size"
+            ]
+        );
+        assert_eq!(
+            labels(&points[0]),
+            [
+                ("host_name".into(), "h1".into()),
+                ("http_method".into(), "GET".into()),
+                ("instance".into(), "pod-1".into()),
+                ("job".into(), "shop/api".into()),
+                ("otel_scope_name".into(), "io.meter".into()),
+                ("otel_scope_version".into(), "1.2".into()),
+            ]
+        );
+        assert!(labels(&points[1]).contains(&("key_1cpu".into(), "0".into())));
+        assert_eq!((points[0].value, points[0].timestamp), (3.0, 1_000));
+    }
+
+    #[test]
+    fn histograms_become_classic_buckets() {
+        let req = request(vec![Metric {
+            name: "latency".into(),
+            unit: "ms".into(),
+            data: Some(Data::Histogram(Histogram {
+                data_points: vec![HistogramDataPoint {
+                    time_unix_nano: 5,
+                    count: 6,
+                    sum: Some(42.0),
+                    bucket_counts: vec![1, 2, 3],
+                    explicit_bounds: vec![10.0, 100.0],
+                    ..Default::default()
+                }],
+                aggregation_temporality: AggregationTemporality::Cumulative as i32,
+            })),
+            ..Default::default()
+        }]);
+        let points = convert(&req, 0, &Limits::default()).unwrap();
+        let got: Vec<(String, Option<String>, f64)> = points
+            .iter()
+            .map(|p| {
+                (
+                    p.metric.clone(),
+                    p.labels
+                        .iter()
+                        .find(|l| l.name == "le")
+                        .map(|l| l.value.clone()),
+                    p.value,
+                )
+            })
+            .collect();
+        let e = |m: &str, le: Option<&str>, v: f64| (m.to_string(), le.map(str::to_string), v);
+        assert_eq!(
+            got,
+            [
+                e("latency_milliseconds_bucket", Some("10"), 1.0),
+                e("latency_milliseconds_bucket", Some("100"), 3.0),
+                e("latency_milliseconds_bucket", Some("+Inf"), 6.0),
+                e("latency_milliseconds_sum", None, 42.0),
+                e("latency_milliseconds_count", None, 6.0),
+            ]
+        );
+    }
+
+    #[test]
+    fn exponential_buckets_become_cumulative_bounds() {
+        let p = ExponentialHistogramDataPoint {
+            time_unix_nano: 1,
+            count: 6,
+            sum: Some(10.0),
+            scale: 0,
+            zero_count: 1,
+            positive: Some(Buckets {
+                offset: 0,
+                bucket_counts: vec![2, 3],
+            }),
+            ..Default::default()
+        };
+        let mut e = Emitter {
+            points: Vec::new(),
+            now_ns: 0,
+            limits: &Limits::default(),
+            index: 0,
+        };
+        e.exponential("x", &p, &[]).unwrap();
+        let got: Vec<(String, f64)> = e
+            .points
+            .iter()
+            .filter(|p| p.metric == "x_bucket")
+            .map(|p| {
+                (
+                    p.labels
+                        .iter()
+                        .find(|l| l.name == "le")
+                        .unwrap()
+                        .value
+                        .clone(),
+                    p.value,
+                )
+            })
+            .collect();
+        // Scale 0: base 2; bucket 0 is (1, 2], bucket 1 is (2, 4].
+        assert_eq!(
+            got,
+            [
+                ("0".into(), 1.0),
+                ("2".into(), 3.0),
+                ("4".into(), 6.0),
+                ("+Inf".into(), 6.0)
+            ]
+        );
+    }
+
+    #[test]
+    fn json_and_protobuf_decode_alike() {
+        let json = r#"{"resourceMetrics":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"api"}}]},
+          "scopeMetrics":[{"metrics":[{"name":"temp","unit":"Cel","gauge":{"dataPoints":[
+            {"timeUnixNano":"1700000000000000000","asDouble":21.5,"attributes":[{"key":"room","value":{"stringValue":"k"}}]},
+            {"timeUnixNano":"1700000001000000000","asInt":"22"}]}}]}]}]}"#;
+        let from_json =
+            parse_otlp_metrics(json.as_bytes(), OtlpEncoding::Json, 0, &Limits::default()).unwrap();
+        assert_eq!(from_json.len(), 2);
+        assert_eq!(from_json[0].metric, "temp_celsius");
+        assert_eq!((from_json[0].value, from_json[1].value), (21.5, 22.0));
+        assert_eq!(from_json[1].timestamp, 1_700_000_001_000_000_000);
+        let req: ExportMetricsServiceRequest = serde_json::from_str(json).unwrap();
+        let from_proto = parse_otlp_metrics(
+            &req.encode_to_vec(),
+            OtlpEncoding::Protobuf,
+            0,
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(from_json, from_proto);
+    }
+
+    #[test]
+    fn bad_input_is_an_error() {
+        assert!(
+            parse_otlp_metrics(b"\xff\xff", OtlpEncoding::Protobuf, 0, &Limits::default()).is_err()
+        );
+        assert!(parse_otlp_metrics(b"{", OtlpEncoding::Json, 0, &Limits::default()).is_err());
+        assert!(OtlpEncoding::from_content_type(Some("text/plain")).is_err());
+        assert_eq!(
+            OtlpEncoding::from_content_type(Some("application/json; charset=utf-8")).unwrap(),
+            OtlpEncoding::Json
+        );
+    }
+}
