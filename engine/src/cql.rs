@@ -33,7 +33,11 @@ pub struct CqlQuery {
 /// Parses and checks one CQL query.
 pub fn parse(text: &str) -> Result<CqlQuery> {
     let tokens = lex(text)?;
-    let mut p = Parser { tokens, at: 0 };
+    let mut p = Parser {
+        tokens,
+        at: 0,
+        depth: 0,
+    };
     let ast = p.query()?;
     p.expect_end()?;
     Ok(CqlQuery {
@@ -224,13 +228,16 @@ struct Pos {
 
 #[derive(Debug, Clone)]
 enum Expr {
-    Or(Box<Expr>, Box<Expr>, Pos),
-    And(Box<Expr>, Box<Expr>, Pos),
+    /// Two or more alternatives (n-ary, so a long chain does not nest).
+    Or(Vec<Expr>, Pos),
+    /// Two or more conditions.
+    And(Vec<Expr>, Pos),
     Not(Box<Expr>, Pos),
     Compare(Box<Expr>, &'static str, Box<Expr>, Pos),
     /// `a + b`, `a - b` (time arithmetic).
     Arith(Box<Expr>, char, Box<Expr>, Pos),
-    Number(f64, Pos),
+    /// The value and the text as written (exact epoch times, label values).
+    Number(f64, String, Pos),
     Duration(i64, Pos),
     Str(String, Pos),
     Star(Pos),
@@ -248,7 +255,7 @@ impl Expr {
             | Expr::Not(_, p)
             | Expr::Compare(.., p)
             | Expr::Arith(.., p)
-            | Expr::Number(_, p)
+            | Expr::Number(_, _, p)
             | Expr::Duration(_, p)
             | Expr::Str(_, p)
             | Expr::Star(p)
@@ -302,7 +309,13 @@ struct Ast {
 struct Parser {
     tokens: Vec<Token>,
     at: usize,
+    /// How deeply expressions nest now; bounded so that no query can exhaust
+    /// the stack (parsing and lowering recurse once per level).
+    depth: usize,
 }
+
+/// Deepest expression nesting accepted (sqlparser's limit is 50 too).
+const MAX_DEPTH: usize = 50;
 
 /// Words that end an expression or a name.
 const KEYWORDS: &[&str] = &[
@@ -504,7 +517,11 @@ impl Parser {
         let window = if self.is_keyword("window") {
             let pos = self.pos();
             self.next();
-            Some((self.duration("WINDOW")?, pos))
+            let d = self.duration("WINDOW")?;
+            if d <= 0 {
+                return Err(syntax(pos.line, pos.column, "the window must be positive"));
+            }
+            Some((d, pos))
         } else {
             None
         };
@@ -641,32 +658,52 @@ impl Parser {
     }
 
     fn expr(&mut self) -> Result<Expr> {
-        let mut left = self.and()?;
-        while self.is_keyword("or") {
-            let pos = self.pos();
-            self.next();
-            let right = self.and()?;
-            left = Expr::Or(Box::new(left), Box::new(right), pos);
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(self.error(format!("expressions nest deeper than {MAX_DEPTH} levels")));
         }
-        Ok(left)
+        let e = self.or();
+        self.depth -= 1;
+        e
+    }
+
+    fn or(&mut self) -> Result<Expr> {
+        let pos = self.pos();
+        let mut parts = vec![self.and()?];
+        while self.eat_keyword("or") {
+            parts.push(self.and()?);
+        }
+        Ok(if parts.len() == 1 {
+            parts.pop().expect("one part")
+        } else {
+            Expr::Or(parts, pos)
+        })
     }
 
     fn and(&mut self) -> Result<Expr> {
-        let mut left = self.not()?;
-        while self.is_keyword("and") {
-            let pos = self.pos();
-            self.next();
-            let right = self.not()?;
-            left = Expr::And(Box::new(left), Box::new(right), pos);
+        let pos = self.pos();
+        let mut parts = vec![self.not()?];
+        while self.eat_keyword("and") {
+            parts.push(self.not()?);
         }
-        Ok(left)
+        Ok(if parts.len() == 1 {
+            parts.pop().expect("one part")
+        } else {
+            Expr::And(parts, pos)
+        })
     }
 
     fn not(&mut self) -> Result<Expr> {
         if self.is_keyword("not") {
             let pos = self.pos();
             self.next();
-            return Ok(Expr::Not(Box::new(self.not()?), pos));
+            self.depth += 1;
+            if self.depth > MAX_DEPTH {
+                return Err(self.error(format!("expressions nest deeper than {MAX_DEPTH} levels")));
+            }
+            let inner = self.not();
+            self.depth -= 1;
+            return Ok(Expr::Not(Box::new(inner?), pos));
         }
         self.comparison()
     }
@@ -687,7 +724,8 @@ impl Parser {
 
     fn additive(&mut self) -> Result<Expr> {
         let mut left = self.primary()?;
-        loop {
+        // Time arithmetic lowers recursively: keep chains short.
+        for _ in 0..MAX_DEPTH {
             let op = match &self.peek().tok {
                 Tok::Sym("+") => '+',
                 Tok::Sym("-") => '-',
@@ -698,15 +736,18 @@ impl Parser {
             let right = self.primary()?;
             left = Expr::Arith(Box::new(left), op, Box::new(right), pos);
         }
+        if matches!(self.peek().tok, Tok::Sym("+" | "-")) {
+            return Err(self.error(format!("more than {MAX_DEPTH} terms added or subtracted")));
+        }
         Ok(left)
     }
 
     fn primary(&mut self) -> Result<Expr> {
         let pos = self.pos();
         match self.peek().tok.clone() {
-            Tok::Number(v, _) => {
+            Tok::Number(v, text) => {
                 self.next();
-                Ok(Expr::Number(v, pos))
+                Ok(Expr::Number(v, text, pos))
             }
             Tok::Duration(d, _) => {
                 self.next();
@@ -722,9 +763,13 @@ impl Parser {
             }
             Tok::Sym("-") => {
                 self.next();
-                match self.primary()? {
-                    Expr::Number(v, _) => Ok(Expr::Number(-v, pos)),
-                    other => Err(other.error("only numbers can be negated")),
+                match &self.peek().tok {
+                    Tok::Number(v, text) => {
+                        let e = Expr::Number(-v, format!("-{text}"), pos);
+                        self.next();
+                        Ok(e)
+                    }
+                    _ => Err(self.error("only numbers can be negated")),
                 }
             }
             Tok::Sym("(") => {
@@ -835,16 +880,16 @@ impl Scope {
 }
 
 fn lower(ast: Ast) -> Result<SelectPlan> {
+    // An aliased measurement is named by its alias only (as in SQL), so a
+    // measurement can be joined with itself.
     let (metric, alias) = ast.from;
     let mut scope = Scope {
-        left: vec![metric.clone()],
+        left: vec![alias.unwrap_or_else(|| metric.clone())],
         right: Vec::new(),
     };
-    scope.left.extend(alias);
     let mut plan = SelectPlan::new(&metric);
     if let Some((m, alias, tolerance)) = ast.join {
-        scope.right.push(m.clone());
-        scope.right.extend(alias);
+        scope.right.push(alias.unwrap_or_else(|| m.clone()));
         if scope.right.iter().any(|n| scope.left.contains(n)) {
             return Err(EngineError::Invalid(
                 "the joined measurements need different names; give one an alias (AS b)".into(),
@@ -874,6 +919,9 @@ fn lower(ast: Ast) -> Result<SelectPlan> {
                 let [Expr::Duration(d, _)] = args.as_slice() else {
                     return Err(g.error("time() takes a window such as 5m"));
                 };
+                if *d <= 0 {
+                    return Err(g.error("the window must be positive"));
+                }
                 if ast.window.is_some() || plan.window.is_some() {
                     return Err(g.error("give the window once (GROUP BY time(...) or WINDOW)"));
                 }
@@ -957,14 +1005,12 @@ fn lower(ast: Ast) -> Result<SelectPlan> {
 
     for (e, desc) in &ast.order_by {
         let index = match e {
-            Expr::Number(n, _) => {
-                let visible: Vec<usize> = (0..plan.columns.len())
-                    .filter(|i| !plan.columns[*i].hidden)
-                    .collect();
-                (n.fract() == 0.0 && *n >= 1.0)
-                    .then(|| visible.get(*n as usize - 1).copied())
-                    .flatten()
-                    .ok_or_else(|| e.error(format!("ORDER BY {n}: no such column position")))?
+            Expr::Number(_, text, _) => {
+                let position = text
+                    .parse::<usize>()
+                    .map_err(|_| e.error(format!("ORDER BY {text}: no such column position")))?;
+                plan.column_at_position(position)
+                    .map_err(|m| e.error(m.to_string()))?
             }
             Expr::Name(parts, _)
                 if parts.len() == 1 && plan.columns.iter().any(|c| c.name == parts[0]) =>
@@ -997,7 +1043,7 @@ fn text_of(e: &Expr) -> String {
             "{name}({})",
             args.iter().map(text_of).collect::<Vec<_>>().join(", ")
         ),
-        Expr::Number(v, _) => v.to_string(),
+        Expr::Number(_, text, _) => text.clone(),
         Expr::Star(_) => "*".into(),
         _ => "?".into(),
     }
@@ -1007,7 +1053,7 @@ fn column(scope: &Scope, e: &Expr) -> Result<Column> {
     if let Expr::Call(name, args, _) = e {
         let (target, param) = match args.as_slice() {
             [t] => (t, None),
-            [t, Expr::Number(p, _)] => (t, Some(*p)),
+            [t, Expr::Number(p, _, _)] => (t, Some(*p)),
             _ => {
                 return Err(e.error(format!(
                     "{name}() takes value (and a parameter for percentile)"
@@ -1039,7 +1085,8 @@ fn column(scope: &Scope, e: &Expr) -> Result<Column> {
 
 enum Literal {
     Text(String),
-    Number(f64),
+    /// The value and its text as written.
+    Number(f64, String),
     /// A time expression (`now() - 1h`), which only `time` compares with.
     Time,
 }
@@ -1047,7 +1094,7 @@ enum Literal {
 fn literal(e: &Expr) -> Result<Literal> {
     match e {
         Expr::Str(s, _) => Ok(Literal::Text(s.clone())),
-        Expr::Number(v, _) => Ok(Literal::Number(*v)),
+        Expr::Number(v, text, _) => Ok(Literal::Number(*v, text.clone())),
         Expr::Now(_) | Expr::Arith(..) => time_value(e).map(|_| Literal::Time),
         _ => Err(e.error("expected a literal (a string, a number or a time)")),
     }
@@ -1056,7 +1103,11 @@ fn literal(e: &Expr) -> Result<Literal> {
 fn time_value(e: &Expr) -> Result<Time> {
     match e {
         Expr::Now(_) => Ok(Time::FromNow(0)),
-        Expr::Number(v, _) if v.fract() == 0.0 => Ok(Time::Absolute(*v as i64)),
+        // Parsed from the text: an f64 would round epoch nanoseconds.
+        Expr::Number(_, text, _) => text
+            .parse::<i64>()
+            .map(Time::Absolute)
+            .map_err(|_| e.error("epoch times are whole nanoseconds")),
         Expr::Str(s, _) => parse_time_literal(s)
             .map(Time::Absolute)
             .ok_or_else(|| e.error(format!("{s:?} is not an RFC 3339 time"))),
@@ -1078,14 +1129,18 @@ fn time_value(e: &Expr) -> Result<Time> {
 
 fn predicate(scope: &Scope, e: &Expr) -> Result<Predicate> {
     match e {
-        Expr::Or(a, b, _) => Ok(Predicate::Or(vec![
-            predicate(scope, a)?,
-            predicate(scope, b)?,
-        ])),
-        Expr::And(a, b, _) => Ok(Predicate::and(vec![
-            predicate(scope, a)?,
-            predicate(scope, b)?,
-        ])),
+        Expr::Or(parts, _) => Ok(Predicate::Or(
+            parts
+                .iter()
+                .map(|p| predicate(scope, p))
+                .collect::<Result<_>>()?,
+        )),
+        Expr::And(parts, _) => Ok(Predicate::and(
+            parts
+                .iter()
+                .map(|p| predicate(scope, p))
+                .collect::<Result<_>>()?,
+        )),
         Expr::Not(a, _) => Ok(Predicate::Not(Box::new(predicate(scope, a)?))),
         Expr::Compare(l, op, r, _) => {
             let (column, other, flip) = match (scope.resolve(l)?, scope.resolve(r)?) {
@@ -1117,7 +1172,7 @@ fn predicate(scope: &Scope, e: &Expr) -> Result<Predicate> {
                     })
                 }
                 ("value", Some(cmp)) => match literal(other)? {
-                    Literal::Number(v) => Ok(Predicate::Value {
+                    Literal::Number(v, _) => Ok(Predicate::Value {
                         side,
                         cmp,
                         value: v,
@@ -1128,7 +1183,7 @@ fn predicate(scope: &Scope, e: &Expr) -> Result<Predicate> {
                 (label, _) => {
                     let text = match literal(other)? {
                         Literal::Text(s) => s,
-                        Literal::Number(v) => v.to_string(),
+                        Literal::Number(_, text) => text,
                         Literal::Time => return Err(other.error("labels compare with text")),
                     };
                     let mop = match *op {
@@ -1212,6 +1267,51 @@ mod tests {
         let p = plan("SELECT sum(value) FROM m GROUP BY time(1m) GAP_FILL -1 ALIGN 15s");
         assert_eq!(p.gap_fill, Some(GapFill::Value(-1.0)));
         assert_eq!(p.window.unwrap().align, Alignment::Epoch(15_000_000_000));
+    }
+
+    #[test]
+    fn review_findings_stay_fixed() {
+        // A zero window is an error, not a division by zero.
+        for q in [
+            "SELECT count(*) FROM m WINDOW 0s ALIGN EPOCH",
+            "SELECT count(*) FROM m GROUP BY time(0s) ALIGN 5s",
+        ] {
+            assert!(parse(q).is_err(), "{q}");
+        }
+        // Deep nesting and long chains are refused, not a stack overflow.
+        let deep = format!(
+            "SELECT value FROM m WHERE {}host = 'a'{}",
+            "(".repeat(10_000),
+            ")".repeat(10_000)
+        );
+        assert!(matches!(parse(&deep), Err(EngineError::Syntax { .. })));
+        let nots = format!(
+            "SELECT value FROM m WHERE {}host = 'a'",
+            "NOT ".repeat(10_000)
+        );
+        assert!(parse(&nots).is_err());
+        let sum = format!(
+            "SELECT value FROM m WHERE time > NOW{}",
+            " - 1s".repeat(10_000)
+        );
+        assert!(parse(&sum).is_err());
+        // A long OR chain is flat, so it is fine.
+        let ors = vec!["host = 'a'"; 5_000].join(" OR ");
+        assert!(parse(&format!("SELECT value FROM m WHERE {ors}")).is_ok());
+        // Epoch nanoseconds are exact; numeric label values keep their text.
+        let p = plan("SELECT value FROM m WHERE time <= 1700000000123456789 AND ver = 1.10");
+        assert_eq!(p.filter.time_bounds(0).1, 1_700_000_000_123_456_790);
+        assert!(
+            p.filter.to_string().contains("ver=\"1.10\""),
+            "{}",
+            p.filter
+        );
+        // An aliased measurement joins itself.
+        let p = plan("SELECT a.value, b.value FROM cpu AS a ASOF JOIN cpu AS b");
+        assert_eq!(p.join.unwrap().metric, "cpu");
+        // ORDER BY a position after * is ambiguous.
+        assert!(parse("SELECT * FROM m ORDER BY 3").is_err());
+        assert!(parse("SELECT time, * FROM m ORDER BY 1").is_ok());
     }
 
     #[test]

@@ -238,6 +238,10 @@ impl Predicate {
 /// on exact selection and filters rows instead.
 const MAX_MATCHER_SETS: usize = 64;
 
+/// Most matchers all the sets may hold together (a long AND of labels times
+/// a few ORs would otherwise copy quadratically many).
+const MAX_EXPANDED_MATCHERS: usize = 4096;
+
 /// Negation normal form over one side's label conditions; anything else is true.
 fn nnf(p: &Predicate, side: Side, negated: bool) -> Predicate {
     match p {
@@ -307,7 +311,8 @@ fn dnf(p: &Predicate) -> Option<Vec<Vec<Matcher>>> {
                         next.push(both);
                     }
                 }
-                if next.len() > MAX_MATCHER_SETS {
+                let matchers: usize = next.iter().map(Vec::len).sum();
+                if next.len() > MAX_MATCHER_SETS || matchers > MAX_EXPANDED_MATCHERS {
                     return None;
                 }
                 acc = next;
@@ -521,13 +526,56 @@ impl SelectPlan {
         Ok(())
     }
 
+    /// The label matcher sets that select the left side's series: the WHERE
+    /// clause's label conditions expanded, or, when that expansion gives up, the
+    /// metric alone (rows are then filtered one by one).
+    pub fn left_selection(&self) -> (Vec<Vec<Matcher>>, bool) {
+        let (sets, exact) = self.left_filter().series_selection(Side::Left);
+        if exact {
+            (sets, true)
+        } else {
+            (
+                vec![vec![Matcher::equal(METRIC_LABEL, &self.metric)]],
+                false,
+            )
+        }
+    }
+
+    /// The plan column a 1-based ORDER BY position names. Refused when `*`
+    /// comes first: its width (one column per label) is known only when the
+    /// data is read.
+    pub fn column_at_position(&self, position: usize) -> Result<usize> {
+        let visible: Vec<usize> = (0..self.columns.len())
+            .filter(|i| !self.columns[*i].hidden)
+            .collect();
+        let index = position
+            .checked_sub(1)
+            .and_then(|i| visible.get(i).copied())
+            .ok_or_else(|| {
+                EngineError::Invalid(format!("ORDER BY {position}: no such column position"))
+            })?;
+        if self.columns[..index]
+            .iter()
+            .any(|c| matches!(c.column, Column::AllLabels(_)))
+        {
+            return Err(EngineError::Invalid(format!(
+                "ORDER BY {position}: positions after * are ambiguous; order by a column name"
+            )));
+        }
+        Ok(index)
+    }
+
     /// Whether the shards can compute every aggregate themselves (mergeable
-    /// partials): no join, conditions only on labels and top-level time bounds,
-    /// windows aligned to the epoch, every column an aggregate, the window start
-    /// or a group label.
+    /// partials): no join, conditions only on labels (one matcher set) and
+    /// top-level time bounds, windows aligned to the epoch, every column an
+    /// aggregate, the window start or a group label.
     pub fn pushdown(&self) -> bool {
+        let (sets, exact) = self.left_filter().series_selection(Side::Left);
         self.is_aggregate()
             && self.join.is_none()
+            && exact
+            // Several sets may select one series twice; partials would count it twice.
+            && sets.len() == 1
             && self.filter.is_selection_only()
             && self.window.is_none_or(|w| w.align == Alignment::Epoch(0))
             && self
@@ -739,7 +787,7 @@ pub fn explain(plan: &SelectPlan, now: i64) -> String {
         i64::MAX => "+inf".to_string(),
         t => t.to_string(),
     };
-    let (sets, exact) = plan.left_filter().series_selection(Side::Left);
+    let (sets, exact) = plan.left_selection();
     out.push_str(&format!(
         "Scan {} series matching {} over [{}, {})\n",
         plan.metric,
@@ -862,9 +910,12 @@ pub fn parse_duration_ns(text: &str) -> Option<i64> {
     if let Ok(d) = humantime::parse_duration(t) {
         return i64::try_from(d.as_nanos()).ok();
     }
-    // Fractions (`1.5h`), which humantime does not take.
+    // One fractional number and one unit (`1.5h`), which humantime does not take.
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
     let (num, unit) = t.split_at(split);
+    if !unit.trim().chars().all(char::is_alphabetic) {
+        return None;
+    }
     let n: f64 = num.parse().ok()?;
     let unit_ns = humantime::parse_duration(&format!("1{}", unit.trim()))
         .ok()?

@@ -50,8 +50,40 @@ impl Dialect for ChronicleDialect {
     }
 }
 
+/// Most operators (AND, OR, NOT, comparisons, + and -) a query may hold. The
+/// AST nests once per operator in a chain, and walking or dropping it recurses:
+/// the bound keeps any query's depth far from the stack's end.
+const MAX_OPERATORS: usize = 1000;
+
 /// Parses one SQL statement.
 pub fn parse(text: &str) -> Result<SqlQuery> {
+    use sqlparser::keywords::Keyword;
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    let tokens = Tokenizer::new(&ChronicleDialect, text)
+        .tokenize()
+        .map_err(|e| syntax_error(ParserError::TokenizerError(e.to_string())))?;
+    let operators = tokens
+        .iter()
+        .filter(|t| match t {
+            Token::Word(w) => matches!(w.keyword, Keyword::AND | Keyword::OR | Keyword::NOT),
+            Token::Eq
+            | Token::DoubleEq
+            | Token::Neq
+            | Token::Lt
+            | Token::Gt
+            | Token::LtEq
+            | Token::GtEq
+            | Token::Plus
+            | Token::Minus => true,
+            _ => false,
+        })
+        .count();
+    if operators > MAX_OPERATORS {
+        return Err(EngineError::Invalid(format!(
+            "the query has {operators} operators; at most {MAX_OPERATORS} are accepted \
+             (use IN (...) or a regex for long lists of alternatives)"
+        )));
+    }
     let statements = Parser::parse_sql(&ChronicleDialect, text).map_err(syntax_error)?;
     let [statement] = <[Statement; 1]>::try_from(statements).map_err(|v| {
         EngineError::Invalid(format!("give exactly one statement (got {})", v.len()))
@@ -363,15 +395,12 @@ impl Names {
     fn order_target(&self, e: &Expr, plan: &mut SelectPlan) -> Result<usize> {
         if let Expr::Value(v) = e {
             if let Value::Number(n, _) = &v.value {
-                let visible: Vec<usize> = (0..plan.columns.len())
-                    .filter(|i| !plan.columns[*i].hidden)
-                    .collect();
-                return n
+                let position = n
                     .parse::<usize>()
-                    .ok()
-                    .and_then(|i| i.checked_sub(1))
-                    .and_then(|i| visible.get(i).copied())
-                    .ok_or_else(|| at(e, format!("ORDER BY {n}: no such column position")));
+                    .map_err(|_| at(e, format!("ORDER BY {n}: no such column position")))?;
+                return plan
+                    .column_at_position(position)
+                    .map_err(|m| at(e, m.to_string()));
             }
         }
         if let Some(name) = self.column_name(e) {
@@ -861,6 +890,25 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad} should be refused");
         }
+    }
+
+    #[test]
+    fn long_conditions_are_bounded() {
+        let ors = vec!["host = 'a'"; 2_000].join(" OR ");
+        assert!(parse(&format!("SELECT value FROM m WHERE {ors}")).is_err());
+        let ors = vec!["host = 'a'"; 300].join(" OR ");
+        assert!(parse(&format!("SELECT value FROM m WHERE {ors}")).is_ok());
+        // Fractions count once per unit.
+        assert_eq!(
+            crate::select::parse_duration_ns("1.5h30m"),
+            Some(7_200_000_000_000)
+        );
+        assert_eq!(
+            crate::select::parse_duration_ns("2.5m"),
+            Some(150_000_000_000)
+        );
+        // Several label alternatives: the executor cannot push partials down.
+        assert!(!plan("SELECT sum(value) FROM m WHERE host = 'a' OR host = 'b'").pushdown());
     }
 
     #[test]

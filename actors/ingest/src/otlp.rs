@@ -140,8 +140,15 @@ impl Emitter<'_> {
             Data::Sum(s) => {
                 let cumulative =
                     s.aggregation_temporality == AggregationTemporality::Cumulative as i32;
-                let mut name = with_unit(&base, &m.unit, false);
-                if s.is_monotonic && cumulative && !name.ends_with("_total") {
+                let counter = s.is_monotonic && cumulative;
+                // A counter's `_total` goes after the unit (`jobs_total` in
+                // seconds is `jobs_seconds_total`).
+                let stem = match base.strip_suffix("_total") {
+                    Some(stem) if counter && !stem.is_empty() => stem,
+                    _ => base.as_str(),
+                };
+                let mut name = with_unit(stem, &m.unit, false);
+                if counter {
                     name.push_str("_total");
                 }
                 for p in &s.data_points {
@@ -233,11 +240,15 @@ impl Emitter<'_> {
                 p.explicit_bounds.len()
             )));
         }
+        // No bucket counts: only the total is known (`+Inf`, `_sum`, `_count`),
+        // not zero in every bucket.
         let mut cumulative = 0u64;
         let mut buckets = Vec::new();
-        for (i, bound) in p.explicit_bounds.iter().enumerate() {
-            cumulative = cumulative.saturating_add(p.bucket_counts.get(i).copied().unwrap_or(0));
-            buckets.push((*bound, cumulative));
+        if !p.bucket_counts.is_empty() {
+            for (i, bound) in p.explicit_bounds.iter().enumerate() {
+                cumulative = cumulative.saturating_add(p.bucket_counts[i]);
+                buckets.push((*bound, cumulative));
+            }
         }
         self.classic(name, &labels, &buckets, p.count, p.sum, stale, t)
     }
@@ -298,24 +309,45 @@ impl Emitter<'_> {
                 p.scale
             )));
         }
-        let base = 2f64.powf(2f64.powi(-p.scale));
+        // Each bound straight from its index (no accumulated rounding):
+        // 2^(i·2^-scale).
+        let step = 2f64.powi(-p.scale);
+        let bound = |i: f64| (i * step).exp2();
         let empty = Buckets::default();
         let negative = p.negative.as_ref().unwrap_or(&empty);
         let positive = p.positive.as_ref().unwrap_or(&empty);
-        let mut buckets = Vec::new();
+        let mut buckets: Vec<(f64, u64)> = Vec::new();
         let mut cumulative = 0u64;
+        // At extreme scales bounds overflow to infinity or underflow onto their
+        // neighbours; such a bucket's count joins the next bucket that has a
+        // bound of its own (or +Inf), which keeps the counts cumulative.
+        let push = |le: f64, cumulative: u64, buckets: &mut Vec<(f64, u64)>| {
+            if !le.is_finite() {
+                return;
+            }
+            match buckets.last_mut() {
+                Some((last, c)) if le <= *last => *c = cumulative,
+                _ => buckets.push((le, cumulative)),
+            }
+        };
         // Most negative first: bucket i covers [-base^(i+1), -base^i).
         for (k, c) in negative.bucket_counts.iter().enumerate().rev() {
-            let i = negative.offset as f64 + k as f64;
             cumulative = cumulative.saturating_add(*c);
-            buckets.push((-base.powf(i), cumulative));
+            push(
+                -bound(f64::from(negative.offset) + k as f64),
+                cumulative,
+                &mut buckets,
+            );
         }
         cumulative = cumulative.saturating_add(p.zero_count);
-        buckets.push((p.zero_threshold.abs(), cumulative));
+        push(p.zero_threshold.abs(), cumulative, &mut buckets);
         for (k, c) in positive.bucket_counts.iter().enumerate() {
-            let i = positive.offset as f64 + k as f64;
             cumulative = cumulative.saturating_add(*c);
-            buckets.push((base.powf(i + 1.0), cumulative));
+            push(
+                bound(f64::from(positive.offset) + k as f64 + 1.0),
+                cumulative,
+                &mut buckets,
+            );
         }
         self.classic(
             name,
@@ -796,6 +828,84 @@ mod tests {
         )
         .unwrap();
         assert_eq!(from_json, from_proto);
+    }
+
+    #[test]
+    fn counters_put_total_after_the_unit_and_empty_histograms_keep_only_totals() {
+        let req = request(vec![
+            Metric {
+                name: "jobs_total".into(),
+                unit: "s".into(),
+                data: Some(Data::Sum(Sum {
+                    data_points: vec![number(1.0, 1, vec![])],
+                    aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                    is_monotonic: true,
+                })),
+                ..Default::default()
+            },
+            Metric {
+                name: "h".into(),
+                data: Some(Data::Histogram(Histogram {
+                    data_points: vec![HistogramDataPoint {
+                        count: 3,
+                        explicit_bounds: vec![1.0, 2.0],
+                        ..Default::default()
+                    }],
+                    aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                })),
+                ..Default::default()
+            },
+        ]);
+        let points = convert(&req, 1, &Limits::default()).unwrap();
+        let names: Vec<&str> = points.iter().map(|p| p.metric.as_str()).collect();
+        assert_eq!(names, ["jobs_seconds_total", "h_bucket", "h_count"]);
+        assert!(points[1]
+            .labels
+            .iter()
+            .any(|l| l.name == "le" && l.value == "+Inf"));
+    }
+
+    #[test]
+    fn extreme_exponential_scales_keep_bounds_increasing() {
+        for scale in [-10, 20] {
+            let p = ExponentialHistogramDataPoint {
+                count: 10,
+                scale,
+                zero_count: 1,
+                positive: Some(Buckets {
+                    offset: -3,
+                    bucket_counts: vec![1, 2, 3],
+                }),
+                negative: Some(Buckets {
+                    offset: 0,
+                    bucket_counts: vec![1, 2],
+                }),
+                ..Default::default()
+            };
+            let mut e = Emitter {
+                points: Vec::new(),
+                now_ns: 0,
+                limits: &Limits::default(),
+                index: 0,
+            };
+            e.exponential("x", &p, &[]).unwrap();
+            let buckets: Vec<(f64, f64)> = e
+                .points
+                .iter()
+                .filter(|p| p.metric == "x_bucket")
+                .map(|p| {
+                    let le = &p.labels.iter().find(|l| l.name == "le").unwrap().value;
+                    (le.parse::<f64>().unwrap_or(f64::INFINITY), p.value)
+                })
+                .collect();
+            assert!(
+                buckets
+                    .windows(2)
+                    .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+                "{scale}: {buckets:?}"
+            );
+            assert_eq!(buckets.last().unwrap(), &(f64::INFINITY, 10.0));
+        }
     }
 
     #[test]

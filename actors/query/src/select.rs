@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use chronicle_engine::select::{Alignment, Column, GapFill, Predicate, RowView, SelectPlan, Side};
+use chronicle_engine::select::{Alignment, Column, GapFill, RowView, SelectPlan, Side};
 use chronicle_storage::aggregate::{is_aggregatable, window_start, CounterWindow};
 use chronicle_storage::model::METRIC_LABEL;
 use chronicle_storage::{
@@ -90,35 +90,24 @@ pub fn run_select(
     if start >= end {
         return Ok(empty_table(plan, &[], &[]));
     }
-    let (left_sets, exact) = plan.left_filter().series_selection(Side::Left);
-    // An expansion that gave up reads the whole metric and filters rows.
-    let left_sets = if exact {
-        left_sets
-    } else {
-        vec![vec![Matcher::equal(METRIC_LABEL, &plan.metric)]]
-    };
-    let mut out = if plan.pushdown() && left_sets.len() == 1 {
-        pushed_down(source, plan, &left_sets[0], start, end)?
+    let (left_sets, exact) = plan.left_selection();
+    let mut out = if plan.pushdown() {
+        pushed_down(source, plan, &left_sets[0], start, end, max_rows)?
     } else {
         let left = read_series(source, &left_sets, start, end)?;
         let right = match &plan.join {
             None => Vec::new(),
+            // Every series of the joined measurement: its label conditions are
+            // checked on the joined rows (filtering before the join would match
+            // rows with a sample the condition then refuses, not with none).
             Some(j) => {
-                let filter = Predicate::and(vec![
-                    Predicate::Label {
-                        side: Side::Right,
-                        matcher: Matcher::equal(METRIC_LABEL, &j.metric),
-                    },
-                    plan.filter.clone(),
-                ]);
-                let (sets, exact) = filter.series_selection(Side::Right);
-                let sets = if exact {
-                    sets
-                } else {
-                    vec![vec![Matcher::equal(METRIC_LABEL, &j.metric)]]
-                };
                 let from = j.tolerance.map_or(i64::MIN, |t| start.saturating_sub(t));
-                read_series(source, &sets, from, end)?
+                read_series(
+                    source,
+                    &[vec![Matcher::equal(METRIC_LABEL, &j.metric)]],
+                    from,
+                    end,
+                )?
             }
         };
         let rows = join_rows(plan, &left, &right, start, end);
@@ -140,7 +129,7 @@ pub fn run_select(
             rows
         };
         if plan.is_aggregate() {
-            aggregate_rows(plan, &rows, &left, &right, start, end)?
+            aggregate_rows(plan, &rows, &left, start, end, max_rows)?
         } else {
             project_raw(plan, &rows, &left, &right)
         }
@@ -451,9 +440,9 @@ fn aggregate_rows(
     plan: &SelectPlan,
     rows: &[Row],
     left: &[Series],
-    right: &[Series],
     start: i64,
     end: i64,
+    max_rows: usize,
 ) -> Result<Building, QueryError> {
     let aggs: Vec<(AggregateFunction, Side)> = plan
         .columns
@@ -499,7 +488,6 @@ fn aggregate_rows(
             }
         }
     }
-    let _ = right;
     let finished = groups
         .into_iter()
         .map(|(g, windows)| {
@@ -527,7 +515,7 @@ fn aggregate_rows(
             (g, windows)
         })
         .collect();
-    grouped_rows(plan, finished, origin, start, end, aggs.len())
+    grouped_rows(plan, finished, origin, start, end, aggs.len(), max_rows)
 }
 
 /// The time windows are counted from.
@@ -557,8 +545,9 @@ fn pushed_down(
     matchers: &[Matcher],
     start: i64,
     end: i64,
+    max_rows: usize,
 ) -> Result<Building, QueryError> {
-    let aggs: Vec<AggregateFunction> = plan
+    let mut aggs: Vec<AggregateFunction> = plan
         .columns
         .iter()
         .filter_map(|c| match c.column {
@@ -566,6 +555,13 @@ fn pushed_down(
             _ => None,
         })
         .collect();
+    let n_aggs = aggs.len();
+    // Shards leave out windows whose value they cannot give (stddev of one
+    // sample, a rate without two): with GAP_FILL a count says which windows had
+    // samples, so those stay null instead of being filled, as computed here.
+    if plan.gap_fill.is_some() {
+        aggs.push(AggregateFunction::Count);
+    }
     let window = plan.window.map_or(0, |w| w.width);
     let mut finished: Finished = BTreeMap::new();
     // One request per distinct function; each shard answers with partials.
@@ -600,11 +596,14 @@ fn pushed_down(
             let windows = finished.entry(key).or_default();
             for p in s.points {
                 let w = if window == 0 { i64::MIN } else { p.timestamp };
-                windows.entry(w).or_insert_with(|| vec![None; aggs.len()])[i] = Some(p.value);
+                let values = windows.entry(w).or_insert_with(|| vec![None; n_aggs]);
+                if i < n_aggs {
+                    values[i] = Some(p.value);
+                }
             }
         }
     }
-    grouped_rows(plan, finished, 0, start, end, aggs.len())
+    grouped_rows(plan, finished, 0, start, end, n_aggs, max_rows)
 }
 
 /// Gap filling and projection of finished groups into rows (group order, then time).
@@ -615,35 +614,45 @@ fn grouped_rows(
     start: i64,
     end: i64,
     n_aggs: usize,
+    max_rows: usize,
 ) -> Result<Building, QueryError> {
     if let (Some(fill), Some(w)) = (plan.gap_fill, plan.window) {
-        let first = if start != i64::MIN {
-            Some(window_of(plan, origin, start))
-        } else {
-            finished
-                .values()
-                .filter_map(|ws| ws.keys().next().copied())
-                .min()
-        };
-        let last = if end != i64::MAX {
-            Some(window_of(plan, origin, end - 1))
-        } else {
-            finished
-                .values()
-                .filter_map(|ws| ws.keys().last().copied())
-                .max()
-        };
-        if let (Some(first), Some(last)) = (first, last) {
-            let count = (last.saturating_sub(first)) / w.width + 1;
-            if count.saturating_mul(finished.len().max(1) as i64) > MAX_WINDOWS {
-                return Err(QueryError::TooLarge(format!(
-                    "GAP_FILL would make {count} windows per group; narrow the time range or widen the window"
-                )));
-            }
-            if finished.is_empty() && plan.group_by.is_empty() {
-                finished.insert(Vec::new(), BTreeMap::new());
-            }
-            for windows in finished.values_mut() {
+        if finished.is_empty() && plan.group_by.is_empty() && start != i64::MIN && end != i64::MAX {
+            finished.insert(Vec::new(), BTreeMap::new());
+        }
+        // From the query's start to its end; where the range is open, from the
+        // group's own first or to its own last window.
+        let bounds: Vec<Option<(i64, i64)>> = finished
+            .values()
+            .map(|windows| {
+                let first = if start != i64::MIN {
+                    Some(window_of(plan, origin, start))
+                } else {
+                    windows.keys().next().copied()
+                };
+                let last = if end != i64::MAX {
+                    Some(window_of(plan, origin, end - 1))
+                } else {
+                    windows.keys().next_back().copied()
+                };
+                first.zip(last)
+            })
+            .collect();
+        // Count before making anything: a window of 1 ns over years is a
+        // query mistake, not a reason to run out of memory.
+        let total: i128 = bounds
+            .iter()
+            .flatten()
+            .map(|(first, last)| (i128::from(*last) - i128::from(*first)) / i128::from(w.width) + 1)
+            .sum();
+        let cap = (max_rows as i128).min(i128::from(MAX_WINDOWS));
+        if total > cap {
+            return Err(QueryError::TooLarge(format!(
+                "GAP_FILL would make {total} rows, over the limit of {cap}; narrow the time range or widen the window"
+            )));
+        }
+        for (windows, bound) in finished.values_mut().zip(bounds) {
+            if let Some((first, last)) = bound {
                 fill_gaps(windows, fill, first, last, w.width, n_aggs);
             }
         }
@@ -897,6 +906,53 @@ mod tests {
             nums(&t, "mean"),
             [Some(1.5), Some(3.0), Some(0.0), Some(4.0)]
         );
+    }
+
+    #[test]
+    fn gap_fill_agrees_across_paths_and_is_bounded() {
+        // Host b has one sample per minute: stddev is null there, and those
+        // windows had samples, so GAP_FILL leaves them null on both paths.
+        let q = "SELECT stddev(value) FROM cpu WHERE host = 'b' AND time >= 0 AND time < 120000000000 WINDOW 1m GAP_FILL 0";
+        let pushed = run(q, true);
+        let local = run(&q.replace("WHERE", "WHERE value > -1e300 AND"), true);
+        assert_eq!(pushed, local);
+        assert_eq!(nums(&pushed, "stddev"), [None, None]);
+        // Billions of windows are refused before any is made.
+        let plan = cql::parse(
+            "SELECT count(*) FROM cpu WHERE time >= -9000000000000000000 AND time < 9000000000000000000 WINDOW 1ns GAP_FILL",
+        )
+        .unwrap()
+        .plan;
+        assert!(matches!(
+            run_select(&data(), &plan, 0, 1000),
+            Err(QueryError::TooLarge(_))
+        ));
+        // An open range fills each group between its own first and last window.
+        // Host a's samples over 2 are at 20 s and 70 s: windows 20..60 s, three
+        // rows; host b's at 5 s and 65 s: windows 0..60 s, four rows.
+        let t = run(
+            "SELECT count(*) FROM cpu WHERE value > 2 GROUP BY host WINDOW 20s GAP_FILL",
+            true,
+        );
+        let rows = |h: &str| {
+            t.rows
+                .iter()
+                .filter(|r| r[1] == Cell::Text(h.into()))
+                .count()
+        };
+        assert_eq!((rows("a"), rows("b")), (3, 4), "{t:?}");
+    }
+
+    #[test]
+    fn joined_conditions_apply_after_the_join() {
+        let t = run(
+            "SELECT time, a.host, b.value FROM cpu AS a ASOF JOIN mem AS b WHERE b.host != 'a'",
+            true,
+        );
+        // Rows joined to host a's mem samples are removed; host b's rows had no
+        // partner and stay, with nulls.
+        let hosts: Vec<&Cell> = t.rows.iter().map(|r| &r[1]).collect();
+        assert_eq!(hosts, [&Cell::Text("b".into()), &Cell::Text("b".into())]);
     }
 
     #[test]
