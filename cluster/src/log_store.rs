@@ -139,6 +139,7 @@ fn write_loop(
             }
         }
         let last = group.len() - 1;
+        let started = std::time::Instant::now();
         let mut result = Ok(());
         for (i, job) in group.iter_mut().enumerate() {
             let mut options = WriteOptions::default();
@@ -148,6 +149,9 @@ fn write_loop(
                 result = Err(e.to_string());
                 break;
             }
+        }
+        if started.elapsed() > std::time::Duration::from_millis(50) {
+            tracing::debug!(writes = group.len(), took = ?started.elapsed(), "slow raft log write");
         }
         if result.is_ok() {
             if let Some(upto) = group.iter().filter_map(|j| j.upto).max() {

@@ -403,7 +403,11 @@ async fn handle(
                 entries,
                 leader_commit: leader_commit.map(LogId::from),
             };
+            let (n, started) = (rpc.entries.len(), std::time::Instant::now());
             let reply = raft.append_entries(rpc).await;
+            if started.elapsed() > Duration::from_millis(50) {
+                debug!(entries = n, took = ?started.elapsed(), "slow append");
+            }
             if matches!(&reply, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
                 contact.touch();
             }
