@@ -375,13 +375,24 @@ async fn cql_query(
     req: HttpRequest,
     payload: web::Payload,
 ) -> HttpResponse {
-    match cql_body(&req, payload).await {
+    run_cql(&state, &req, payload, false).await
+}
+
+/// A CQL body run as a `{"cql"}` query, or explained.
+async fn run_cql(
+    state: &AppState,
+    req: &HttpRequest,
+    payload: web::Payload,
+    explain: bool,
+) -> HttpResponse {
+    match cql_body(req, payload).await {
         Ok(text) => {
             let request = QueryRequest {
                 cql: Some(text),
+                explain,
                 ..Default::default()
             };
-            run_query(&state, request).await
+            run_query(state, request).await
         }
         Err(resp) => resp,
     }
@@ -412,22 +423,13 @@ async fn cql_validate(req: HttpRequest, payload: web::Payload) -> HttpResponse {
 }
 
 /// POST /api/v1/cql/explain: `{"explain": "<one step per line>"}`.
+#[tracing::instrument(name = "http_cql_explain", skip_all)]
 async fn cql_explain(
     state: web::Data<AppState>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> HttpResponse {
-    match cql_body(&req, payload).await {
-        Ok(text) => {
-            let request = QueryRequest {
-                cql: Some(text),
-                explain: true,
-                ..Default::default()
-            };
-            run_query(&state, request).await
-        }
-        Err(resp) => resp,
-    }
+    run_cql(&state, &req, payload, true).await
 }
 
 async fn health(state: web::Data<AppState>) -> HttpResponse {

@@ -742,6 +742,21 @@ impl Parser {
         Ok(left)
     }
 
+    /// A call's arguments after its `(`, through the closing `)`.
+    fn call_args(&mut self) -> Result<Vec<Expr>> {
+        let mut args = Vec::new();
+        if !self.eat_sym(")") {
+            loop {
+                args.push(self.expr()?);
+                if !self.eat_sym(",") {
+                    break;
+                }
+            }
+            self.expect_sym(")")?;
+        }
+        Ok(args)
+    }
+
     fn primary(&mut self) -> Result<Expr> {
         let pos = self.pos();
         match self.peek().tok.clone() {
@@ -794,31 +809,13 @@ impl Parser {
             {
                 self.next();
                 self.next();
-                let mut args = Vec::new();
-                if !self.eat_sym(")") {
-                    loop {
-                        args.push(self.expr()?);
-                        if !self.eat_sym(",") {
-                            break;
-                        }
-                    }
-                    self.expect_sym(")")?;
-                }
+                let args = self.call_args()?;
                 Ok(Expr::Call(w.to_ascii_lowercase(), args, pos))
             }
             Tok::Word(_) | Tok::Quoted(_) => {
                 let first = self.ident("a name")?;
                 if self.eat_sym("(") {
-                    let mut args = Vec::new();
-                    if !self.eat_sym(")") {
-                        loop {
-                            args.push(self.expr()?);
-                            if !self.eat_sym(",") {
-                                break;
-                            }
-                        }
-                        self.expect_sym(")")?;
-                    }
+                    let args = self.call_args()?;
                     return Ok(Expr::Call(first.to_ascii_lowercase(), args, pos));
                 }
                 let mut parts = vec![first];
