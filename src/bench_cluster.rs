@@ -137,6 +137,18 @@ pub fn run(args: ClusterBench) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 async fn bench(args: ClusterBench) -> Result<(), Error> {
+    // Debug aid: report when the runtime could not run a 10 ms ticker on time.
+    tokio::spawn(async {
+        let mut last = Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let late = last.elapsed().saturating_sub(Duration::from_millis(10));
+            if late > Duration::from_millis(50) {
+                tracing::debug!(late_ms = late.as_millis() as u64, "runtime tick late");
+            }
+            last = Instant::now();
+        }
+    });
     let dir = tempfile::tempdir()?;
     let local: Arc<dyn Bus> = Arc::new(LocalBus::default());
     let mut nodes: Vec<Option<Arc<ClusterNode>>> = Vec::new();

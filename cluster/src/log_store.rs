@@ -171,6 +171,28 @@ fn write_loop(
     }
 }
 
+/// The entries with indexes in `[start, end)` on disk, in order.
+fn read_entries(db: &DB, start: u64, end: u64) -> Result<Vec<Entry<TypeConfig>>, std::io::Error> {
+    let cf = db
+        .cf_handle(CF_LOG)
+        .expect("column families are created at open");
+    let from = start.to_be_bytes();
+    let mut out = Vec::new();
+    for item in db.iterator_cf(cf, IteratorMode::From(&from, Direction::Forward)) {
+        let (key, value) = item.map_err(std::io::Error::other)?;
+        let index = u64::from_be_bytes(
+            key.as_ref()
+                .try_into()
+                .map_err(|_| std::io::Error::other("log key is not a u64"))?,
+        );
+        if index >= end {
+            break;
+        }
+        out.push(decode_entry(&value).map_err(std::io::Error::other)?);
+    }
+    Ok(out)
+}
+
 fn io_error(
     subject: ErrorSubject<u64>,
     verb: ErrorVerb,
@@ -317,23 +339,21 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let disk_end = cached.first().map_or(u64::MAX, |e| e.log_id.index);
         let mut out = Vec::new();
         if start < disk_end {
-            let from = start.to_be_bytes();
-            let it = self.db.iterator_cf(
-                self.cf(CF_LOG),
-                IteratorMode::From(&from, Direction::Forward),
-            );
-            for item in it {
-                let (key, value) = item.map_err(read_err)?;
-                let index = u64::from_be_bytes(
-                    key.as_ref()
-                        .try_into()
-                        .map_err(|_| read_err(std::io::Error::other("log key is not a u64")))?,
-                );
-                if !range.contains(&index) || index >= disk_end {
-                    break;
-                }
-                out.push(decode_entry(&value).map_err(read_err)?);
+            // Reading and decoding older batches (megabytes of points when a new
+            // leader catches a follower up) is blocking work: on the async
+            // workers it stalled every group's heartbeats and elections for
+            // hundreds of milliseconds, so it runs on the blocking pool.
+            let db = self.db.clone();
+            let end = match range.end_bound() {
+                Bound::Included(&i) => i.saturating_add(1),
+                Bound::Excluded(&i) => i,
+                Bound::Unbounded => u64::MAX,
             }
+            .min(disk_end);
+            out = tokio::task::spawn_blocking(move || read_entries(&db, start, end))
+                .await
+                .map_err(read_err)?
+                .map_err(read_err)?;
         }
         out.extend(cached);
         Ok(out)
