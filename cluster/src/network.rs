@@ -181,7 +181,22 @@ impl RaftNetwork<TypeConfig> for BusConnection {
         // A bus message must stay under the server's payload limit (NATS's
         // default is 1 MiB): send the longest prefix of the entries that fits
         // and report a partial success, so openraft sends the rest next.
-        let entries: Vec<WireEntry> = rpc.entries.iter().map(WireEntry::from).collect();
+        // Convert entries only until the message is full: openraft hands over
+        // up to `max_payload_entries` batches at once, and encoding them all to
+        // send the first few burned the CPU a new leader needed (with appends
+        // cut at 100 ms and resent, a catch-up re-encoded megabytes of points
+        // again and again; see docs/benchmarks.md, Replication).
+        let mut entries: Vec<WireEntry> = Vec::new();
+        let mut budget = MAX_RPC_BYTES;
+        for e in &rpc.entries {
+            let wire = WireEntry::from(e);
+            let size = wire.payload_len();
+            if !entries.is_empty() && size > budget {
+                break;
+            }
+            budget = budget.saturating_sub(size);
+            entries.push(wire);
+        }
         let mut n = entries.len();
         let payload = loop {
             let request = WireRequest::Append {
@@ -197,7 +212,7 @@ impl RaftNetwork<TypeConfig> for BusConnection {
             }
             n = (n * MAX_RPC_BYTES / payload.len()).clamp(1, n - 1);
         };
-        let partial = n < entries.len();
+        let partial = n < rpc.entries.len();
         // openraft gives every append the heartbeat interval as its deadline.
         // An append carrying entries can take longer on a loaded machine; timing
         // it out makes the follower look unreachable (half a second of backoff)

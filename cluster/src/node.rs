@@ -67,6 +67,9 @@ impl ClusterConfig {
                     election_timeout_max: 400,
                     // Snapshot chunks travel as single bus messages.
                     snapshot_max_chunk_size: crate::network::MAX_RPC_BYTES as u64 / 2,
+                    // An entry is a whole batch (up to thousands of points); an
+                    // append carries what fits one message anyway (network.rs).
+                    max_payload_entries: 64,
                     ..Default::default()
                 }
                 .validate()

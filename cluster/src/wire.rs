@@ -111,6 +111,16 @@ pub struct WireEntry {
     pub payload: WirePayload,
 }
 
+impl WireEntry {
+    /// Bytes its payload adds to a message (near enough to budget by).
+    pub fn payload_len(&self) -> usize {
+        match &self.payload {
+            WirePayload::Points(bytes) => bytes.len(),
+            WirePayload::Blank | WirePayload::Membership(_) => 64,
+        }
+    }
+}
+
 impl From<&Entry<TypeConfig>> for WireEntry {
     fn from(e: &Entry<TypeConfig>) -> Self {
         let payload = match &e.payload {
