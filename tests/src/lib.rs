@@ -124,12 +124,17 @@ impl NodeProcess {
     }
 
     /// SIGTERM, then waits (bounded) for the exit status.
-    pub fn stop(mut self) -> std::process::ExitStatus {
+    pub fn stop(self) -> std::process::ExitStatus {
+        self.stop_within(Duration::from_secs(15))
+    }
+
+    /// SIGTERM, then waits up to `limit` for the exit status.
+    pub fn stop_within(mut self, limit: Duration) -> std::process::ExitStatus {
         // SAFETY: plain kill(2) on our own child's pid.
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
         }
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 return status;

@@ -157,5 +157,10 @@ async fn a_flood_is_shed_with_bounded_memory_and_no_acknowledged_write_lost() {
         }
         acked.iter().all(|b| counts.get(b) == Some(&LINES))
     });
-    assert!(node.stop().success(), "node exits cleanly after the flood");
+    let stopping = std::time::Instant::now();
+    assert!(
+        node.stop_within(Duration::from_secs(60)).success(),
+        "node exits cleanly after the flood"
+    );
+    eprintln!("stopped {:?} after SIGTERM", stopping.elapsed());
 }

@@ -88,11 +88,7 @@ fn execute_select(
     now: i64,
     max_rows: usize,
 ) -> Result<QueryResult, QueryError> {
-    if request.metric.is_some()
-        || !request.tags.is_empty()
-        || !request.matchers.is_empty()
-        || request.aggregation.is_some()
-        || !request.group_by.is_empty()
+    if request.has_selection()
         || request.start.is_some()
         || request.end.is_some()
         || request.step.is_some()
@@ -138,12 +134,7 @@ fn execute_promql(
     max_points: usize,
     limits: &PromqlLimits,
 ) -> Result<QueryResult, QueryError> {
-    if request.metric.is_some()
-        || !request.tags.is_empty()
-        || !request.matchers.is_empty()
-        || request.aggregation.is_some()
-        || !request.group_by.is_empty()
-    {
+    if request.has_selection() {
         return Err(QueryError::BadRequest(
             "\"promql\" cannot be combined with metric, tags, matchers, aggregation or group_by"
                 .into(),

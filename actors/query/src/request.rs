@@ -143,6 +143,16 @@ pub struct Plan {
 }
 
 impl QueryRequest {
+    /// Whether any field of the JSON selection (metric, tags, matchers,
+    /// aggregation, group_by) is given; query languages carry their own.
+    pub fn has_selection(&self) -> bool {
+        self.metric.is_some()
+            || !self.tags.is_empty()
+            || !self.matchers.is_empty()
+            || self.aggregation.is_some()
+            || !self.group_by.is_empty()
+    }
+
     /// Validates the request and resolves times against `now`.
     pub fn plan(&self, now: i64) -> Result<Plan, QueryError> {
         let bad = |m: String| QueryError::BadRequest(m);
