@@ -668,28 +668,29 @@ impl Parser {
     }
 
     fn or(&mut self) -> Result<Expr> {
-        let pos = self.pos();
-        let mut parts = vec![self.and()?];
-        while self.eat_keyword("or") {
-            parts.push(self.and()?);
-        }
-        Ok(if parts.len() == 1 {
-            parts.pop().expect("one part")
-        } else {
-            Expr::Or(parts, pos)
-        })
+        self.chain("or", Self::and, Expr::Or)
     }
 
     fn and(&mut self) -> Result<Expr> {
+        self.chain("and", Self::not, Expr::And)
+    }
+
+    /// Operands joined by `keyword`, as one n-ary node (a lone operand as itself).
+    fn chain(
+        &mut self,
+        keyword: &str,
+        operand: fn(&mut Self) -> Result<Expr>,
+        node: fn(Vec<Expr>, Pos) -> Expr,
+    ) -> Result<Expr> {
         let pos = self.pos();
-        let mut parts = vec![self.not()?];
-        while self.eat_keyword("and") {
-            parts.push(self.not()?);
+        let mut parts = vec![operand(self)?];
+        while self.eat_keyword(keyword) {
+            parts.push(operand(self)?);
         }
         Ok(if parts.len() == 1 {
             parts.pop().expect("one part")
         } else {
-            Expr::And(parts, pos)
+            node(parts, pos)
         })
     }
 

@@ -649,6 +649,15 @@ mod tests {
         }
     }
 
+    fn emitter(limits: &Limits) -> Emitter<'_> {
+        Emitter {
+            points: Vec::new(),
+            now_ns: 0,
+            limits,
+            index: 0,
+        }
+    }
+
     fn labels(p: &Point) -> Vec<(String, String)> {
         p.labels
             .iter()
@@ -772,12 +781,8 @@ mod tests {
             }),
             ..Default::default()
         };
-        let mut e = Emitter {
-            points: Vec::new(),
-            now_ns: 0,
-            limits: &Limits::default(),
-            index: 0,
-        };
+        let limits = Limits::default();
+        let mut e = emitter(&limits);
         e.exponential("x", &p, &[]).unwrap();
         let got: Vec<(String, f64)> = e
             .points
@@ -882,12 +887,8 @@ mod tests {
                 }),
                 ..Default::default()
             };
-            let mut e = Emitter {
-                points: Vec::new(),
-                now_ns: 0,
-                limits: &Limits::default(),
-                index: 0,
-            };
+            let limits = Limits::default();
+            let mut e = emitter(&limits);
             e.exponential("x", &p, &[]).unwrap();
             let buckets: Vec<(f64, f64)> = e
                 .points
