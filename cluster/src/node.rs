@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chronicle_bus::{Bus, Message};
-use chronicle_storage::{Label, Matcher, Point, SeriesSamples, ShardConfig};
+use chronicle_storage::{EncodedPoints, Label, Limits, Matcher, Point, SeriesSamples, ShardConfig};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{Config, Raft};
 use rkyv::{Archive, Deserialize, Serialize};
@@ -99,17 +99,26 @@ pub fn placement(nodes: &[u64], shards: u32, replication: usize) -> Vec<Vec<u64>
 /// The shard a series belongs to: a stable hash (xxHash64) of its metric and
 /// labels, the same on every node and every version.
 pub fn shard_of(metric: &str, labels: &[Label], shards: u32) -> u32 {
-    let mut key = Vec::with_capacity(64);
-    key.extend_from_slice(metric.as_bytes());
-    let mut sorted: Vec<&Label> = labels.iter().filter(|l| !l.value.is_empty()).collect();
-    sorted.sort();
-    for l in sorted {
-        key.push(0xff);
-        key.extend_from_slice(l.name.as_bytes());
-        key.push(0xff);
-        key.extend_from_slice(l.value.as_bytes());
+    // Streamed into the hasher (equal to hashing the concatenation): no key
+    // is built, and labels are sorted into a copy only when out of order.
+    let mut h = xxhash_rust::xxh64::Xxh64::new(0);
+    h.update(metric.as_bytes());
+    let put = |l: &Label| {
+        if !l.value.is_empty() {
+            h.update(&[0xff]);
+            h.update(l.name.as_bytes());
+            h.update(&[0xff]);
+            h.update(l.value.as_bytes());
+        }
+    };
+    if labels.windows(2).all(|w| w[0] <= w[1]) {
+        labels.iter().for_each(put);
+    } else {
+        let mut sorted: Vec<&Label> = labels.iter().collect();
+        sorted.sort();
+        sorted.into_iter().for_each(put);
     }
-    (xxhash_rust::xxh64::xxh64(&key, 0) % u64::from(shards.max(1))) as u32
+    (h.digest() % u64::from(shards.max(1))) as u32
 }
 
 pub(crate) struct Group {
@@ -255,7 +264,7 @@ type CommitReceiver = tokio::sync::oneshot::Receiver<
 /// A write handed to Raft and not yet known to be committed.
 pub struct PendingWrite {
     node: Arc<ClusterNode>,
-    submitted: Vec<(u32, Arc<Vec<Point>>, CommitReceiver)>,
+    submitted: Vec<(u32, EncodedPoints, CommitReceiver)>,
     /// Points already committed (forwarded entries).
     written: usize,
 }
@@ -600,14 +609,12 @@ impl ClusterNode {
         }
         // Entries of at most MAX_ENTRY_POINTS points (an entry must fit in one
         // bus message), all in flight at once, in every shard, so openraft
-        // logs and replicates them together.
+        // logs and replicates them together. Each is encoded here, once.
         let mut entries = Vec::new();
-        for (shard, mut points) in by_shard {
-            while points.len() > MAX_ENTRY_POINTS {
-                let rest = points.split_off(MAX_ENTRY_POINTS);
-                entries.push((shard, Arc::new(std::mem::replace(&mut points, rest))));
+        for (shard, points) in by_shard {
+            for chunk in points.chunks(MAX_ENTRY_POINTS) {
+                entries.push((shard, EncodedPoints::encode(chunk)));
             }
-            entries.push((shard, Arc::new(points)));
         }
         let mut pending = PendingWrite {
             node: self.clone(),
@@ -618,12 +625,9 @@ impl ClusterNode {
         for (shard, points) in entries {
             if let Some(group) = self.group(shard) {
                 if group.raft.metrics().borrow().current_leader == Some(self.config.node_id) {
-                    let batch = WriteBatch {
-                        points: points.clone(),
-                    };
                     let commit = group
                         .raft
-                        .client_write_ff(batch)
+                        .client_write_ff(WriteBatch::new(points.clone()))
                         .await
                         .map_err(|e| ClusterError::Raft(e.to_string()))?;
                     pending.submitted.push((shard, points, commit));
@@ -641,19 +645,12 @@ impl ClusterNode {
         Ok(pending)
     }
 
-    async fn write_entry(
-        &self,
-        shard: u32,
-        points: Arc<Vec<Point>>,
-    ) -> Result<usize, ClusterError> {
+    async fn write_entry(&self, shard: u32, points: EncodedPoints) -> Result<usize, ClusterError> {
         // The wire form is built only if the write has to be forwarded.
-        let request =
-            || WireClusterRequest::Write(chronicle_storage::model::encode_points(&points));
+        let request = || WireClusterRequest::Write(points.as_bytes().to_vec());
         let reply = self
             .to_leader(shard, request, |raft| {
-                let batch = WriteBatch {
-                    points: points.clone(),
-                };
+                let batch = WriteBatch::new(points.clone());
                 async move {
                     raft.client_write(batch)
                         .await
@@ -1190,6 +1187,16 @@ async fn serve_requests(
     }))
 }
 
+/// A forwarded batch, if it decodes and every point is valid.
+fn checked_batch(bytes: Vec<u8>, limits: &Limits) -> Result<WriteBatch, String> {
+    let points = EncodedPoints::from_bytes(bytes).map_err(|e| e.to_string())?;
+    let mut view = points.view().map_err(|e| e.to_string())?;
+    view.sort_labels();
+    view.validate(limits)
+        .map_err(|(index, problem)| format!("point {index}: {problem}"))?;
+    Ok(WriteBatch::new(points))
+}
+
 /// The reply to `request`, and the messages that follow it (the later parts
 /// of a large answer).
 async fn answer(
@@ -1201,10 +1208,12 @@ async fn answer(
     let not_leader = || WireClusterReply::NotLeader(raft.metrics().borrow().current_leader);
     match request {
         WireClusterRequest::Write(points) => {
-            let batch = match chronicle_storage::model::decode_points(&points) {
-                Ok(points) => WriteBatch::new(points),
-                Err(e) => {
-                    let reply = WireClusterReply::Error(format!("bad forwarded points: {e}"));
+            // From any bus client: checked as a local write is before it
+            // reaches the log, since a committed entry must apply everywhere.
+            let batch = match checked_batch(points, &shard.current().config().limits) {
+                Ok(batch) => batch,
+                Err(why) => {
+                    let reply = WireClusterReply::Error(format!("bad forwarded points: {why}"));
                     return (reply, Vec::new());
                 }
             };

@@ -304,7 +304,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
                 .map(|entry| {
                     let (written, membership) = match entry.payload {
                         EntryPayload::Normal(batch) => {
-                            let fresh = shard.apply(entry.log_id.index, &batch.points)?;
+                            let fresh = shard.apply_encoded(entry.log_id.index, &batch.points)?;
                             (if fresh { batch.points.len() } else { 0 }, None)
                         }
                         EntryPayload::Membership(m) => (0, Some(m)),

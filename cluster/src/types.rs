@@ -1,22 +1,23 @@
 //! The Raft type configuration shared by every group.
 
-use std::sync::Arc;
-
-use chronicle_storage::Point;
+use chronicle_storage::{EncodedPoints, Point};
 
 /// What one Raft entry carries: a batch of points for the shard, applied all
-/// or nothing. Shared, not copied, between the client's request, the log's
-/// memory and the state machine.
+/// or nothing. Encoded once, where the write enters the cluster; the same
+/// bytes (shared, not copied) go to the log, to followers and to the state
+/// machine, which reads them in place.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct WriteBatch {
-    pub points: Arc<Vec<Point>>,
+    pub points: EncodedPoints,
 }
 
 impl WriteBatch {
-    pub fn new(points: Vec<Point>) -> Self {
-        Self {
-            points: Arc::new(points),
-        }
+    pub fn new(points: EncodedPoints) -> Self {
+        Self { points }
+    }
+
+    pub fn encode(points: &[Point]) -> Self {
+        Self::new(EncodedPoints::encode(points))
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chronicle_storage::model::{decode_points, encode_points};
+use chronicle_storage::EncodedPoints;
 use openraft::{
     CommittedLeaderId, EmptyNode, Entry, EntryPayload, LogId, Membership, SnapshotMeta,
     StoredMembership, Vote,
@@ -125,7 +125,7 @@ impl From<&Entry<TypeConfig>> for WireEntry {
     fn from(e: &Entry<TypeConfig>) -> Self {
         let payload = match &e.payload {
             EntryPayload::Blank => WirePayload::Blank,
-            EntryPayload::Normal(batch) => WirePayload::Points(encode_points(&batch.points)),
+            EntryPayload::Normal(batch) => WirePayload::Points(batch.points.as_bytes().to_vec()),
             EntryPayload::Membership(m) => WirePayload::Membership(m.into()),
         };
         Self {
@@ -142,10 +142,11 @@ impl TryFrom<WireEntry> for Entry<TypeConfig> {
         let payload = match w.payload {
             WirePayload::Blank => EntryPayload::Blank,
             WirePayload::Points(bytes) => {
-                let points = decode_points(&bytes).map_err(|e| ClusterError::Corrupt {
-                    what: "entry points",
-                    why: e.to_string(),
-                })?;
+                let points =
+                    EncodedPoints::from_bytes(bytes).map_err(|e| ClusterError::Corrupt {
+                        what: "entry points",
+                        why: e.to_string(),
+                    })?;
                 EntryPayload::Normal(WriteBatch::new(points))
             }
             WirePayload::Membership(m) => EntryPayload::Membership(m.into()),

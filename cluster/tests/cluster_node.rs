@@ -35,6 +35,14 @@ fn placement_spreads_shards_over_distinct_nodes() {
         16,
     );
     assert_eq!(a, b);
+    // Placement is on disk: the hash is xxh64 of the metric and 0xff-separated
+    // sorted pairs, and must not change between versions.
+    let key = b"m\xffa\xff1\xffb\xff2";
+    assert_eq!(
+        u64::from(a),
+        xxhash_rust::xxh64::xxh64(key, 0) % 16,
+        "placement hash changed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -62,12 +62,10 @@ async fn start(id: u64, dir: &Path, bus: Arc<dyn Bus>) -> Member {
 }
 
 fn batch(from: i64, n: i64) -> WriteBatch {
-    WriteBatch {
-        points: (from..from + n)
-            .map(|i| Point::new("m", vec![Label::new("k", "v")], i as f64, i * S))
-            .collect::<Vec<_>>()
-            .into(),
-    }
+    let points: Vec<Point> = (from..from + n)
+        .map(|i| Point::new("m", vec![Label::new("k", "v")], i as f64, i * S))
+        .collect();
+    WriteBatch::encode(&points)
 }
 
 fn count(shard: &ShardCell) -> usize {

@@ -19,7 +19,7 @@ fn config() -> ShardConfig {
 fn entry(index: u64) -> Entry<TypeConfig> {
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-        payload: EntryPayload::Normal(WriteBatch::new(vec![Point::new(
+        payload: EntryPayload::Normal(WriteBatch::encode(&[Point::new(
             "m",
             vec![Label::new("k", "v")],
             index as f64,

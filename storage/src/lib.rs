@@ -26,7 +26,10 @@ pub use aggregate::{AggregateFunction, AggregateSeries, Partial};
 pub use config::{format_duration, DownsampleRule, ShardConfig};
 pub use error::{Result, StorageError};
 pub use matcher::{MatchOp, Matcher};
-pub use model::{Label, Limits, Point, PointProblem, Sample, SeriesKey};
+pub use model::{
+    EncodedPoints, Label, LabelPair, LabelRef, Limits, Point, PointProblem, PointRef, PointsView,
+    Sample, SeriesKey,
+};
 #[cfg(feature = "engine")]
 pub use shard::{
     finish_groups, AggregateRequest, DownsampleReport, FlushReport, GroupBy, PartialGroups,

@@ -38,6 +38,54 @@ impl Label {
     }
 }
 
+/// Read access to a label pair, so owned [`Label`]s and [`LabelRef`]s borrowed
+/// from an encoded batch share one validation, hashing and lookup path.
+pub trait LabelPair {
+    fn name(&self) -> &str;
+    fn value(&self) -> &str;
+}
+
+impl LabelPair for Label {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn value(&self) -> &str {
+        &self.value
+    }
+}
+
+/// A label pair borrowed from an encoded batch (see [`PointsView`]). Orders
+/// as [`Label`] does: by name, then value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LabelRef<'a> {
+    pub name: &'a str,
+    pub value: &'a str,
+}
+
+impl LabelPair for LabelRef<'_> {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn value(&self) -> &str {
+        self.value
+    }
+}
+
+impl<'a> From<&'a Label> for LabelRef<'a> {
+    fn from(l: &'a Label) -> Self {
+        Self {
+            name: &l.name,
+            value: &l.value,
+        }
+    }
+}
+
+impl From<LabelRef<'_>> for Label {
+    fn from(l: LabelRef<'_>) -> Self {
+        Label::new(l.name, l.value)
+    }
+}
+
 /// Prometheus's stale marker: a NaN with this exact bit pattern.
 pub const STALE_NAN_BITS: u64 = 0x7ff0_0000_0000_0002;
 
@@ -160,7 +208,11 @@ pub fn is_label_name(s: &str) -> bool {
 ///
 /// Labels must already be sorted by name (as [`Point::new`] leaves them). A label with
 /// an empty value is the same as no label, as in Prometheus; [`SeriesKey`] drops it.
-pub fn validate(metric: &str, labels: &[Label], limits: &Limits) -> Result<(), PointProblem> {
+pub fn validate<L: LabelPair>(
+    metric: &str,
+    labels: &[L],
+    limits: &Limits,
+) -> Result<(), PointProblem> {
     if metric.is_empty() {
         return Err(PointProblem::EmptyMetric);
     }
@@ -181,30 +233,30 @@ pub fn validate(metric: &str, labels: &[Label], limits: &Limits) -> Result<(), P
         });
     }
     for (i, l) in labels.iter().enumerate() {
-        if l.name.len() > limits.max_name_bytes {
+        if l.name().len() > limits.max_name_bytes {
             return Err(PointProblem::TooLong {
                 field: "label name".into(),
-                len: l.name.len(),
+                len: l.name().len(),
                 max: limits.max_name_bytes,
             });
         }
-        if !is_label_name(&l.name) {
-            return Err(PointProblem::InvalidLabelName(l.name.clone()));
+        if !is_label_name(l.name()) {
+            return Err(PointProblem::InvalidLabelName(l.name().into()));
         }
         // `__name__` is the metric, given apart from the labels. Other `__` names
         // are stored as Prometheus's TSDB stores them (remote write, `__address__`).
-        if l.name == METRIC_LABEL {
-            return Err(PointProblem::ReservedLabelName(l.name.clone()));
+        if l.name() == METRIC_LABEL {
+            return Err(PointProblem::ReservedLabelName(l.name().into()));
         }
-        if l.value.len() > limits.max_label_value_bytes {
+        if l.value().len() > limits.max_label_value_bytes {
             return Err(PointProblem::TooLong {
-                field: format!("labels.{}", l.name),
-                len: l.value.len(),
+                field: format!("labels.{}", l.name()),
+                len: l.value().len(),
                 max: limits.max_label_value_bytes,
             });
         }
-        if i > 0 && labels[i - 1].name == l.name {
-            return Err(PointProblem::DuplicateLabel(l.name.clone()));
+        if i > 0 && labels[i - 1].name() == l.name() {
+            return Err(PointProblem::DuplicateLabel(l.name().into()));
         }
     }
     Ok(())
@@ -289,11 +341,7 @@ pub(crate) fn put_str(out: &mut Vec<u8>, s: &str) {
 }
 
 fn read_str(bytes: &[u8], pos: &mut usize) -> Result<String, CodecError> {
-    let len = get_uvarint(bytes, pos)? as usize;
-    let end = pos.checked_add(len).ok_or(CodecError::Truncated)?;
-    let s = bytes.get(*pos..end).ok_or(CodecError::Truncated)?;
-    *pos = end;
-    String::from_utf8(s.to_vec()).map_err(|_| CodecError::Malformed("series key is not UTF-8"))
+    borrow_str(bytes, pos).map(String::from)
 }
 
 /// A batch of points as bytes (the Raft log's and the cluster's form of a
@@ -316,36 +364,227 @@ pub fn encode_points(points: &[Point]) -> Vec<u8> {
     out
 }
 
-/// Decodes [`encode_points`]; any malformed or truncated input is an error.
+/// Decodes [`encode_points`] into owned points; any malformed or truncated
+/// input is an error. The write path reads batches through [`PointsView`]
+/// instead, without a string allocation per label.
 pub fn decode_points(bytes: &[u8]) -> Result<Vec<Point>, CodecError> {
-    let mut pos = 0;
-    let n = get_uvarint(bytes, &mut pos)? as usize;
-    // Every point takes at least 18 bytes: a hostile count cannot reserve more.
-    let mut out = Vec::with_capacity(n.min(bytes.len() / 18));
-    for _ in 0..n {
-        let metric = read_str(bytes, &mut pos)?;
-        let labels_n = get_uvarint(bytes, &mut pos)? as usize;
-        let mut labels = Vec::with_capacity(labels_n.min(bytes.len().saturating_sub(pos) / 2));
-        for _ in 0..labels_n {
-            let name = read_str(bytes, &mut pos)?;
-            let value = read_str(bytes, &mut pos)?;
-            labels.push(Label::new(name, value));
+    Ok(PointsView::decode(bytes)?.to_points())
+}
+
+/// A point whose strings are borrowed (from an encoded batch or from owned
+/// points); its labels are a slice of its batch's [`PointsView`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PointRef<'v, 'a> {
+    pub metric: &'a str,
+    pub labels: &'v [LabelRef<'a>],
+    pub value: f64,
+    pub timestamp: i64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PointSlot<'a> {
+    metric: &'a str,
+    /// This point's labels: `labels[first..first + count]` of the view.
+    first: u32,
+    count: u32,
+    value: f64,
+    timestamp: i64,
+}
+
+/// A batch of points read without copying its strings: two allocations per
+/// batch instead of one per string. Replicas apply every Raft entry through
+/// one of these.
+#[derive(Debug, Clone, Default)]
+pub struct PointsView<'a> {
+    labels: Vec<LabelRef<'a>>,
+    points: Vec<PointSlot<'a>>,
+}
+
+impl<'a> PointsView<'a> {
+    /// Borrows owned points.
+    pub fn from_points(points: &'a [Point]) -> Self {
+        let mut labels = Vec::with_capacity(points.iter().map(|p| p.labels.len()).sum());
+        let points = points
+            .iter()
+            .map(|p| {
+                let first = labels.len() as u32;
+                labels.extend(p.labels.iter().map(LabelRef::from));
+                PointSlot {
+                    metric: &p.metric,
+                    first,
+                    count: p.labels.len() as u32,
+                    value: p.value,
+                    timestamp: p.timestamp,
+                }
+            })
+            .collect();
+        Self { labels, points }
+    }
+
+    /// Reads [`encode_points`]' bytes; any malformed or truncated input, or
+    /// bytes after the last point, is an error.
+    pub fn decode(bytes: &'a [u8]) -> Result<Self, CodecError> {
+        let mut pos = 0;
+        let n = get_uvarint(bytes, &mut pos)? as usize;
+        // Every point takes at least 18 bytes and every label 2: a hostile
+        // count cannot reserve more than the input could hold.
+        let mut points = Vec::with_capacity(n.min(bytes.len() / 18));
+        let mut labels = Vec::with_capacity(n.saturating_mul(4).min(bytes.len() / 2));
+        for _ in 0..n {
+            let metric = borrow_str(bytes, &mut pos)?;
+            let count = get_uvarint(bytes, &mut pos)?;
+            let count = u32::try_from(count).map_err(|_| CodecError::Malformed("label count"))?;
+            let first = u32::try_from(labels.len())
+                .map_err(|_| CodecError::Malformed("too many labels in one batch"))?;
+            for _ in 0..count {
+                let name = borrow_str(bytes, &mut pos)?;
+                let value = borrow_str(bytes, &mut pos)?;
+                labels.push(LabelRef { name, value });
+            }
+            let fixed = bytes.get(pos..pos + 16).ok_or(CodecError::Truncated)?;
+            pos += 16;
+            let mut ts = [0u8; 8];
+            let mut bits = [0u8; 8];
+            ts.copy_from_slice(&fixed[..8]);
+            bits.copy_from_slice(&fixed[8..]);
+            points.push(PointSlot {
+                metric,
+                first,
+                count,
+                value: f64::from_bits(u64::from_le_bytes(bits)),
+                timestamp: i64::from_le_bytes(ts),
+            });
         }
-        let fixed = bytes.get(pos..pos + 16).ok_or(CodecError::Truncated)?;
-        pos += 16;
-        let timestamp = i64::from_le_bytes(fixed[..8].try_into().expect("8 bytes"));
-        let value = f64::from_bits(u64::from_le_bytes(fixed[8..].try_into().expect("8 bytes")));
-        out.push(Point {
-            metric,
-            labels,
-            value,
-            timestamp,
-        });
+        if pos != bytes.len() {
+            return Err(CodecError::Malformed("bytes after the last point"));
+        }
+        Ok(Self { labels, points })
     }
-    if pos != bytes.len() {
-        return Err(CodecError::Malformed("bytes after the last point"));
+
+    pub fn len(&self) -> usize {
+        self.points.len()
     }
-    Ok(out)
+
+    pub fn is_empty(&self) -> bool {
+        self.points.is_empty()
+    }
+
+    pub fn get(&self, index: usize) -> Option<PointRef<'_, 'a>> {
+        self.points.get(index).map(|s| self.point(s))
+    }
+
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = PointRef<'_, 'a>> + '_ {
+        self.points.iter().map(|s| self.point(s))
+    }
+
+    fn point(&self, s: &PointSlot<'a>) -> PointRef<'_, 'a> {
+        let first = s.first as usize;
+        PointRef {
+            metric: s.metric,
+            labels: &self.labels[first..first + s.count as usize],
+            value: s.value,
+            timestamp: s.timestamp,
+        }
+    }
+
+    /// Sorts each point's labels by name (in place; most batches arrive sorted).
+    pub fn sort_labels(&mut self) {
+        for s in &self.points {
+            let first = s.first as usize;
+            let labels = &mut self.labels[first..first + s.count as usize];
+            if labels.windows(2).any(|w| w[0] > w[1]) {
+                labels.sort_unstable();
+            }
+        }
+    }
+
+    /// Validates every point ([`validate`]); labels must be sorted first
+    /// ([`PointsView::sort_labels`]). The error names the first bad point.
+    pub fn validate(&self, limits: &Limits) -> Result<(), (usize, PointProblem)> {
+        for (index, p) in self.iter().enumerate() {
+            validate(p.metric, p.labels, limits).map_err(|problem| (index, problem))?;
+        }
+        Ok(())
+    }
+
+    pub fn to_points(&self) -> Vec<Point> {
+        self.iter()
+            .map(|p| Point {
+                metric: p.metric.into(),
+                labels: p.labels.iter().map(|&l| l.into()).collect(),
+                value: p.value,
+                timestamp: p.timestamp,
+            })
+            .collect()
+    }
+}
+
+/// An encoded batch ([`encode_points`]) that is known to decode: built by
+/// encoding points, or from bytes after a full check. Clones share the bytes,
+/// so a Raft entry goes to the log, to every follower and to the state machine
+/// without being encoded or decoded again.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EncodedPoints {
+    bytes: bytes::Bytes,
+    len: usize,
+}
+
+impl EncodedPoints {
+    pub fn encode(points: &[Point]) -> Self {
+        Self {
+            bytes: encode_points(points).into(),
+            len: points.len(),
+        }
+    }
+
+    /// Takes bytes from the network or the disk, refusing any that do not decode.
+    pub fn from_bytes(bytes: impl Into<bytes::Bytes>) -> Result<Self, CodecError> {
+        let bytes = bytes.into();
+        let len = PointsView::decode(&bytes)?.len();
+        Ok(Self { bytes, len })
+    }
+
+    /// Points in the batch.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The batch, borrowed. Cannot fail for bytes this type accepted; the
+    /// error is there so that a broken invariant is an error, not a panic.
+    pub fn view(&self) -> Result<PointsView<'_>, CodecError> {
+        PointsView::decode(&self.bytes)
+    }
+}
+
+impl Default for EncodedPoints {
+    fn default() -> Self {
+        Self::encode(&[])
+    }
+}
+
+impl fmt::Debug for EncodedPoints {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EncodedPoints")
+            .field("points", &self.len)
+            .field("bytes", &self.bytes.len())
+            .finish()
+    }
+}
+
+fn borrow_str<'a>(bytes: &'a [u8], pos: &mut usize) -> Result<&'a str, CodecError> {
+    let len = get_uvarint(bytes, pos)? as usize;
+    let end = pos.checked_add(len).ok_or(CodecError::Truncated)?;
+    let s = bytes.get(*pos..end).ok_or(CodecError::Truncated)?;
+    *pos = end;
+    std::str::from_utf8(s).map_err(|_| CodecError::Malformed("a string is not UTF-8"))
 }
 
 #[cfg(test)]
@@ -397,6 +636,22 @@ mod tests {
     }
 
     #[test]
+    fn a_view_validates_like_points_and_names_the_bad_one() {
+        let points = vec![
+            Point::new("cpu", vec![Label::new("host", "a")], 1.0, 1),
+            Point::new("cpu", vec![Label::new("host-name", "a")], 1.0, 1),
+        ];
+        let encoded = EncodedPoints::encode(&points);
+        let err = encoded.view().unwrap().validate(&Limits::default());
+        assert_eq!(
+            err,
+            Err((1, PointProblem::InvalidLabelName("host-name".into())))
+        );
+        assert!(EncodedPoints::from_bytes(vec![2u8, 0]).is_err());
+        assert_eq!(EncodedPoints::default().view().unwrap().len(), 0);
+    }
+
+    #[test]
     fn series_key_round_trips_and_drops_empty_values() {
         let key = SeriesKey::new(
             "m",
@@ -443,6 +698,34 @@ mod tests {
         }
 
         #[test]
+        fn views_of_bytes_and_of_points_agree(points in proptest::collection::vec(arb_point(), 0..20)) {
+            let encoded = EncodedPoints::encode(&points);
+            proptest::prop_assert_eq!(encoded.len(), points.len());
+            let again = EncodedPoints::from_bytes(encoded.as_bytes().to_vec()).unwrap();
+            proptest::prop_assert_eq!(&again, &encoded);
+            let from_bytes = encoded.view().unwrap();
+            let from_points = PointsView::from_points(&points);
+            proptest::prop_assert_eq!(from_bytes.len(), points.len());
+            for (a, b) in from_bytes.iter().zip(from_points.iter()) {
+                proptest::prop_assert_eq!(a.metric, b.metric);
+                proptest::prop_assert_eq!(a.labels, b.labels);
+                proptest::prop_assert_eq!(a.timestamp, b.timestamp);
+                proptest::prop_assert_eq!(a.value.to_bits(), b.value.to_bits());
+            }
+        }
+
+        #[test]
+        fn sorting_a_view_sorts_like_point_new(points in proptest::collection::vec(arb_point(), 0..20)) {
+            let mut view = PointsView::from_points(&points);
+            view.sort_labels();
+            for (v, p) in view.iter().zip(&points) {
+                let sorted = Point::new(p.metric.clone(), p.labels.clone(), p.value, p.timestamp);
+                let owned: Vec<Label> = v.labels.iter().map(|&l| l.into()).collect();
+                proptest::prop_assert_eq!(owned, sorted.labels);
+            }
+        }
+
+        #[test]
         fn damaged_point_batches_are_errors_not_panics(
             points in proptest::collection::vec(arb_point(), 1..5),
             cut in 0usize..200,
@@ -454,6 +737,9 @@ mod tests {
             let i = flip % bad.len();
             bad[i] ^= 0xa5;
             let _ = decode_points(&bad);
+            if let Ok(batch) = EncodedPoints::from_bytes(bad) {
+                proptest::prop_assert!(batch.view().is_ok());
+            }
         }
     }
 }

@@ -5,7 +5,6 @@
 //! chunks per epoch-aligned window; the durable index says which logged batches are
 //! fully in chunks, and the log is truncated up to it. Reads merge chunks and head.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -16,7 +15,7 @@ use rocksdb::{
     checkpoint::Checkpoint, BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor,
     DBCompressionType, Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB,
 };
-use rustc_hash::FxHasher;
+use rustc_hash::{FxHashMap, FxHasher};
 use tracing::{debug, info_span};
 
 use crate::aggregate::{
@@ -27,7 +26,9 @@ use crate::config::{nanos, ShardConfig};
 use crate::decoded_cache::{ChunkId, DecodedCache};
 use crate::keys::*;
 use crate::matcher::{MatchOp, Matcher};
-use crate::model::{validate, Label, Point, Sample, SeriesKey, METRIC_LABEL};
+use crate::model::{
+    EncodedPoints, Label, LabelPair, Point, PointsView, Sample, SeriesKey, METRIC_LABEL,
+};
 use crate::postings::Postings;
 use crate::{Result, StorageError};
 
@@ -68,9 +69,9 @@ impl SeriesEntry {
 
 #[derive(Default)]
 struct State {
-    by_hash: HashMap<u64, Vec<u64>>,
+    by_hash: FxHashMap<u64, Vec<u64>>,
     postings: Postings,
-    series: HashMap<u64, SeriesEntry>,
+    series: FxHashMap<u64, SeriesEntry>,
     /// (head_first_seq, id) of every series with a non-empty head.
     pending: BTreeSet<(u64, u64)>,
     to_cut: Vec<u64>,
@@ -81,7 +82,7 @@ struct State {
 }
 
 impl State {
-    fn lookup(&self, hash: u64, metric: &str, labels: &[Label]) -> Option<u64> {
+    fn lookup<L: LabelPair>(&self, hash: u64, metric: &str, labels: &[L]) -> Option<u64> {
         self.by_hash.get(&hash)?.iter().copied().find(|id| {
             self.series
                 .get(id)
@@ -90,22 +91,26 @@ impl State {
     }
 }
 
-fn series_hash(metric: &str, labels: &[Label]) -> u64 {
+fn series_hash<L: LabelPair>(metric: &str, labels: &[L]) -> u64 {
     let mut h = FxHasher::default();
     metric.hash(&mut h);
-    for l in labels.iter().filter(|l| !l.value.is_empty()) {
-        l.name.hash(&mut h);
-        l.value.hash(&mut h);
+    for l in labels.iter().filter(|l| !l.value().is_empty()) {
+        l.name().hash(&mut h);
+        l.value().hash(&mut h);
     }
     h.finish()
 }
 
-fn same_series(key: &SeriesKey, metric: &str, labels: &[Label]) -> bool {
+fn same_series<L: LabelPair>(key: &SeriesKey, metric: &str, labels: &[L]) -> bool {
     key.metric == metric
         && key
             .labels
             .iter()
-            .eq(labels.iter().filter(|l| !l.value.is_empty()))
+            .map(|l| (l.name.as_str(), l.value.as_str()))
+            .eq(labels
+                .iter()
+                .filter(|l| !l.value().is_empty())
+                .map(|l| (l.name(), l.value())))
 }
 
 /// How many samples a cut moved into chunks, for tests and reports.
@@ -318,7 +323,7 @@ impl Shard {
         let _span = info_span!("write_batch", points = points.len()).entered();
         let _writer = self.writer.lock();
         let seq = self.state.read().last_seq + 1;
-        self.ingest(points, seq, true)?;
+        self.ingest(PointsView::from_points(points), seq, true)?;
         Ok(seq)
     }
 
@@ -328,6 +333,20 @@ impl Shard {
     /// below the last applied one are ignored (replay after restart), so this returns
     /// `false` for them.
     pub fn apply(&self, index: u64, points: &[Point]) -> Result<bool> {
+        self.apply_view(index, PointsView::from_points(points))
+    }
+
+    /// [`Shard::apply`] for an encoded batch (a Raft entry as logged), read in
+    /// place: no string of it is copied unless it names a new series.
+    pub fn apply_encoded(&self, index: u64, batch: &EncodedPoints) -> Result<bool> {
+        let view = batch.view().map_err(|e| StorageError::CorruptRecord {
+            what: "point batch",
+            reason: e.to_string(),
+        })?;
+        self.apply_view(index, view)
+    }
+
+    fn apply_view(&self, index: u64, points: PointsView<'_>) -> Result<bool> {
         let _span = info_span!("apply", index, points = points.len()).entered();
         let _writer = self.writer.lock();
         if index <= self.state.read().last_seq {
@@ -348,23 +367,13 @@ impl Shard {
         self.state.read().durable
     }
 
-    fn ingest(&self, points: &[Point], seq: u64, log: bool) -> Result<()> {
-        // Validate everything first: a batch is all or nothing. Labels out of order
-        // are sorted into a copy; sorted ones (the usual case) are borrowed.
-        let mut label_sets: Vec<Cow<'_, [Label]>> = Vec::with_capacity(points.len());
-        for (index, p) in points.iter().enumerate() {
-            let labels = if p.labels.windows(2).any(|w| w[0].name > w[1].name) {
-                let mut l = p.labels.clone();
-                l.sort();
-                Cow::Owned(l)
-            } else {
-                Cow::Borrowed(p.labels.as_slice())
-            };
-            validate(&p.metric, &labels, &self.config.limits)
-                .map_err(|problem| StorageError::InvalidPoint { index, problem })?;
-            label_sets.push(labels);
-        }
-        let labels_of = |i: usize| -> &[Label] { &label_sets[i] };
+    fn ingest(&self, mut points: PointsView<'_>, seq: u64, log: bool) -> Result<()> {
+        // Validate everything first: a batch is all or nothing. Labels out of
+        // order are sorted in the view (its own slice of references).
+        points.sort_labels();
+        points
+            .validate(&self.config.limits)
+            .map_err(|(index, problem)| StorageError::InvalidPoint { index, problem })?;
 
         // Resolve series ids; new series are written with the batch.
         let mut ids = Vec::with_capacity(points.len());
@@ -374,15 +383,14 @@ impl Shard {
         {
             let st = self.state.read();
             let mut next_id = st.next_id;
-            for (i, p) in points.iter().enumerate() {
-                let labels = labels_of(i);
-                let hash = series_hash(&p.metric, labels);
-                let id = match st.lookup(hash, &p.metric, labels) {
+            for p in points.iter() {
+                let hash = series_hash(p.metric, p.labels);
+                let id = match st.lookup(hash, p.metric, p.labels) {
                     Some(id) => id,
                     None => {
                         let known = new_by_hash.get(&hash).and_then(|c| {
                             c.iter()
-                                .find(|&&n| same_series(&new_series[n].2, &p.metric, labels))
+                                .find(|&&n| same_series(&new_series[n].2, p.metric, p.labels))
                         });
                         match known {
                             Some(&n) => new_series[n].0,
@@ -391,7 +399,8 @@ impl Shard {
                                 next_id = next_id
                                     .checked_add(1)
                                     .ok_or(StorageError::SeriesIdsExhausted)?;
-                                let key = SeriesKey::new(p.metric.clone(), labels.to_vec());
+                                let labels = p.labels.iter().map(|&l| l.into()).collect();
+                                let key = SeriesKey::new(p.metric, labels);
                                 new_by_hash.entry(hash).or_default().push(new_series.len());
                                 new_series.push((id, hash, key));
                                 id
@@ -409,7 +418,7 @@ impl Shard {
             }
         }
         if log {
-            let record = encode_log_record(&ids, points);
+            let record = encode_log_record(&ids, &points);
             wb.put_cf(self.cf(CF_HEAD_LOG), seq.to_be_bytes(), record);
         }
         if !wb.is_empty() {
@@ -426,7 +435,7 @@ impl Shard {
             st.series.insert(id, SeriesEntry::new(key, tier));
             st.next_id = st.next_id.max(id + 1);
         }
-        for (id, p) in ids.iter().zip(points) {
+        for (id, p) in ids.iter().zip(points.iter()) {
             self.insert(&mut st, *id, Sample::new(p.timestamp, p.value), seq);
         }
         st.last_seq = seq;
@@ -1331,11 +1340,11 @@ fn corrupt(what: &'static str, reason: impl std::fmt::Display) -> StorageError {
 
 /// Log record: count, then per point the series id, the timestamp (delta from the
 /// previous point's) and the value's bits.
-fn encode_log_record(ids: &[u64], points: &[Point]) -> Vec<u8> {
+fn encode_log_record(ids: &[u64], points: &PointsView<'_>) -> Vec<u8> {
     let mut out = Vec::with_capacity(points.len() * 16 + 8);
     put_uvarint(&mut out, points.len() as u64);
     let mut prev = 0i64;
-    for (id, p) in ids.iter().zip(points) {
+    for (id, p) in ids.iter().zip(points.iter()) {
         put_uvarint(&mut out, *id);
         put_uvarint(&mut out, zigzag(p.timestamp.wrapping_sub(prev)));
         out.extend_from_slice(&p.value.to_bits().to_le_bytes());
