@@ -1285,3 +1285,34 @@ async fn answer(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_batches_are_checked_before_they_reach_the_log() {
+        let limits = Limits::default();
+        let good = vec![Point::new(
+            "cpu",
+            vec![Label::new("mode", "idle"), Label::new("host", "a")],
+            1.0,
+            1,
+        )];
+        let batch = checked_batch(chronicle_storage::model::encode_points(&good), &limits);
+        assert_eq!(batch.map(|b| b.points.len()), Ok(1));
+
+        // A committed entry that fails to apply would stop every replica's
+        // state machine: bad names and undecodable bytes are refused here.
+        let bad = vec![
+            good[0].clone(),
+            Point::new("cpu", vec![Label::new("__name__", "x")], 1.0, 1),
+        ];
+        let err = checked_batch(chronicle_storage::model::encode_points(&bad), &limits)
+            .unwrap_err();
+        assert!(err.starts_with("point 1:"), "{err}");
+        let mut cut = chronicle_storage::model::encode_points(&good);
+        cut.pop();
+        assert!(checked_batch(cut, &limits).is_err());
+    }
+}
