@@ -62,6 +62,12 @@ fn info_subject(prefix: &str) -> String {
 /// How long a learner may take to catch up before a move is abandoned.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// How often a member that hears from no leader asks whether it was moved away.
+const ORPHAN_CHECK_EVERY: Duration = Duration::from_secs(3);
+
+/// Silence from leaders after which a member starts asking.
+const ORPHAN_SILENCE: Duration = Duration::from_secs(2);
+
 /// Serves this node's node-level requests until shutdown.
 pub(crate) async fn serve_node(node: &Arc<ClusterNode>) -> Result<(), ClusterError> {
     let prefix = node.config.prefix.clone();
@@ -141,7 +147,89 @@ pub(crate) fn watch_membership(
     })
 }
 
+/// Reclaims a replica that was moved to other nodes while this node was down.
+///
+/// Such a replica's own log still counts it a member (the change that removed
+/// it never reached it), and no leader contacts it any more, so the
+/// membership watcher never sees the removal. While this member hears from no
+/// leader, it asks the group's leader for its membership and lets go of the
+/// replica only when that leader, in a term at least this member's, reports an
+/// applied (so committed) membership without this node. A member cut off by a
+/// partition reaches no leader and keeps its replica.
+pub(crate) fn reclaim_if_moved_away(
+    node: Weak<ClusterNode>,
+    shard: u32,
+    raft: Raft<TypeConfig>,
+    contact: Arc<crate::network::LeaderContact>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(ORPHAN_CHECK_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(node) = node.upgrade() else { return };
+            let me = node.config.node_id;
+            let (leader, term) = {
+                let m = raft.metrics().borrow().clone();
+                (m.current_leader, m.current_term)
+            };
+            if leader == Some(me) || contact.within(ORPHAN_SILENCE) {
+                continue;
+            }
+            if node.moved_away(shard, term).await {
+                warn!(
+                    shard,
+                    "this replica was moved to other nodes while this node was away: deleting it"
+                );
+                // From another task: stopping the group aborts this one.
+                tokio::spawn(async move { node.drop_replica(shard).await });
+                return;
+            }
+        }
+    })
+}
+
 impl ClusterNode {
+    /// Whether `shard`'s leader reports a committed membership without this
+    /// node, in a term at least `term`. Any doubt (no leader reached) is no.
+    async fn moved_away(&self, shard: u32, term: u64) -> bool {
+        let me = self.config.node_id;
+        let hint = self
+            .placement
+            .read()
+            .get(shard as usize)
+            .cloned()
+            .unwrap_or_default();
+        // The replicas this node knew of, then any replica at all, following
+        // "the leader is" hints first.
+        let mut to_ask: std::collections::VecDeque<Option<u64>> = hint
+            .into_iter()
+            .filter(|&n| n != me)
+            .map(Some)
+            .chain([None])
+            .collect();
+        let mut asked = BTreeSet::from([me]);
+        while let Some(target) = to_ask.pop_front() {
+            if asked.len() > 8 {
+                break;
+            }
+            let Some(status) = self.ask_status(shard, target).await else {
+                continue;
+            };
+            asked.insert(status.node);
+            if status.leader == Some(status.node) {
+                return status.term >= term
+                    && status.membership_committed
+                    && !status.members.contains(&me);
+            }
+            if let Some(leader) = status.leader.filter(|l| !asked.contains(l)) {
+                to_ask.push_front(Some(leader));
+            }
+        }
+        false
+    }
+
     async fn answer_node(self: &Arc<Self>, request: WireNodeRequest) -> WireNodeReply {
         match request {
             WireNodeRequest::Host(shard) if shard >= self.config.shards => {
@@ -209,6 +297,7 @@ impl ClusterNode {
 
     /// Stops this node's member of `shard` and deletes its replica.
     async fn drop_replica(&self, shard: u32) {
+        let _changing = self.replica_changes.lock().await;
         let Some(group) = self.groups.write().remove(&shard) else {
             return;
         };
@@ -221,6 +310,10 @@ impl ClusterNode {
         // readers of the old shard may still hold one for a moment.
         let removed = tokio::task::spawn_blocking(move || {
             let gone = dir.with_extension("removed");
+            // What an earlier deletion, cut short by a crash, left behind.
+            if gone.exists() {
+                std::fs::remove_dir_all(&gone)?;
+            }
             std::fs::rename(&dir, &gone).and_then(|()| std::fs::remove_dir_all(&gone))
         })
         .await;

@@ -207,16 +207,20 @@ enum WireClusterReply {
 
 /// One member's view of its shard group.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
-struct WireMemberStatus {
-    node: u64,
-    leader: Option<u64>,
-    term: u64,
-    last_log_index: u64,
-    applied_index: u64,
+pub(crate) struct WireMemberStatus {
+    pub(crate) node: u64,
+    pub(crate) leader: Option<u64>,
+    pub(crate) term: u64,
+    pub(crate) last_log_index: u64,
+    pub(crate) applied_index: u64,
     /// Per follower, entries behind (on the leader only).
-    lag: Vec<(u64, u64)>,
+    pub(crate) lag: Vec<(u64, u64)>,
     /// The group's voters as this member knows them.
-    voters: Vec<u64>,
+    pub(crate) voters: Vec<u64>,
+    /// Every member, learners included.
+    pub(crate) members: Vec<u64>,
+    /// Whether that membership is applied here (so committed, never undone).
+    pub(crate) membership_committed: bool,
 }
 
 fn member_status(node: u64, raft: &Raft<TypeConfig>) -> WireMemberStatus {
@@ -240,6 +244,14 @@ fn member_status(node: u64, raft: &Raft<TypeConfig>) -> WireMemberStatus {
         applied_index: m.last_applied.map_or(0, |l| l.index),
         lag,
         voters: m.membership_config.membership().voter_ids().collect(),
+        members: m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect(),
+        membership_committed: m.membership_config.log_id().map_or(0, |l| l.index)
+            <= m.last_applied.map_or(0, |l| l.index),
     }
 }
 
@@ -336,6 +348,10 @@ pub struct ClusterNode {
     /// This node's members of shard groups. Groups come (a shard moved here)
     /// and go (moved away) while the node runs.
     pub(crate) groups: parking_lot::RwLock<BTreeMap<u32, Arc<Group>>>,
+    /// Held while a replica is started or deleted, so a shard moved back
+    /// here while its old replica is being deleted waits for the deletion
+    /// instead of opening a directory that is going away.
+    pub(crate) replica_changes: tokio::sync::Mutex<()>,
     /// The node-level service (`<prefix>.node.<id>`, `<prefix>.cluster.info`).
     service: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Inboxes for the parts of large answers: `<prefix>.inbox.<node>.<nonce>.<n>`
@@ -400,6 +416,7 @@ impl ClusterNode {
         let node = Arc::new(Self {
             placement: parking_lot::RwLock::new(initial.clone()),
             groups: parking_lot::RwLock::new(BTreeMap::new()),
+            replica_changes: tokio::sync::Mutex::new(()),
             service: parking_lot::Mutex::new(Vec::new()),
             config,
             bus,
@@ -462,6 +479,7 @@ impl ClusterNode {
         shard: u32,
         create: Option<Vec<u64>>,
     ) -> Result<(), ClusterError> {
+        let _changing = self.replica_changes.lock().await;
         if self.groups.read().contains_key(&shard) {
             return Ok(());
         }
@@ -505,6 +523,12 @@ impl ClusterNode {
             config.prefix.clone(),
             u64::from(shard),
             config.node_id,
+            contact.clone(),
+        ));
+        tasks.push(crate::membership::reclaim_if_moved_away(
+            Arc::downgrade(self),
+            shard,
+            raft.clone(),
             contact,
         ));
         for group in [None, Some(ANY_GROUP)] {
@@ -976,6 +1000,8 @@ impl ClusterNode {
             applied_index: 0,
             lag: Vec::new(),
             voters: Vec::new(),
+            members: Vec::new(),
+            membership_committed: false,
         });
         ShardStatus {
             id: shard,
@@ -988,7 +1014,11 @@ impl ClusterNode {
     }
 
     /// One member's view of `shard` (`None`: whichever replica answers).
-    async fn ask_status(&self, shard: u32, node: Option<u64>) -> Option<WireMemberStatus> {
+    pub(crate) async fn ask_status(
+        &self,
+        shard: u32,
+        node: Option<u64>,
+    ) -> Option<WireMemberStatus> {
         let payload = chronicle_bus::envelope::encode(&WireClusterRequest::Status).ok()?;
         let subject = match node {
             Some(node) => service_subject(&self.config.prefix, shard, node),
@@ -1308,8 +1338,8 @@ mod tests {
             good[0].clone(),
             Point::new("cpu", vec![Label::new("__name__", "x")], 1.0, 1),
         ];
-        let err = checked_batch(chronicle_storage::model::encode_points(&bad), &limits)
-            .unwrap_err();
+        let err =
+            checked_batch(chronicle_storage::model::encode_points(&bad), &limits).unwrap_err();
         assert!(err.starts_with("point 1:"), "{err}");
         let mut cut = chronicle_storage::model::encode_points(&good);
         cut.pop();

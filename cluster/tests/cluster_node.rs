@@ -109,3 +109,92 @@ async fn writes_through_any_node_are_read_from_any_node() {
         n.shutdown().await;
     }
 }
+
+async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_moved_away_while_its_node_was_down_is_reclaimed_after_a_restart() {
+    let dir = TempDir::new().unwrap();
+    let bus: Arc<dyn Bus> = Arc::new(LocalBus::default());
+    let config = |id: u64| {
+        let mut config = ClusterConfig::new(id, vec![1, 2, 3], dir.path().join(format!("n{id}")));
+        config.shards = 1;
+        config.shard = ShardConfig {
+            sync_writes: false,
+            ..ShardConfig::default()
+        };
+        config
+    };
+    let mut nodes = Vec::new();
+    for id in 1..=3u64 {
+        nodes.push(ClusterNode::start(config(id), bus.clone()).await.unwrap());
+    }
+    wait_until("shard 0 has a leader", Duration::from_secs(15), || {
+        nodes.iter().any(|n| n.status().1[0].leader.is_some())
+    })
+    .await;
+    assert_eq!(nodes[0].write(&points("a", 10)).await.unwrap(), 10);
+
+    // Node 4 takes node 3's replica, then goes down and is moved out.
+    let fourth = ClusterNode::start(config(4), bus.clone()).await.unwrap();
+    nodes[0].move_replica(0, 3, 4).await.unwrap();
+    let replica = dir.path().join("n4").join("shard-0");
+    assert!(replica.exists());
+    fourth.shutdown().await;
+    drop(fourth);
+    nodes[0].move_replica(0, 4, 3).await.unwrap();
+    assert_eq!(nodes[0].write(&points("b", 10)).await.unwrap(), 10);
+    assert!(replica.exists(), "nobody could tell the stopped node");
+
+    // Back up, its replica's log still counts it a member; the group's
+    // leader does not, so the node lets go of the replica.
+    let fourth = ClusterNode::start(config(4), bus.clone()).await.unwrap();
+    wait_until(
+        "the stale replica is deleted",
+        Duration::from_secs(30),
+        || !replica.exists(),
+    )
+    .await;
+    let (_, shards) = nodes[0].status();
+    let mut voters = shards[0].replicas.clone();
+    voters.sort_unstable();
+    assert_eq!(voters, vec![1, 2, 3]);
+    // The group never noticed; the restarted node still reads through it.
+    assert_eq!(nodes[1].write(&points("c", 10)).await.unwrap(), 10);
+    let series = fourth
+        .read_all(&[Matcher::equal("__name__", "cpu")], 0, i64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(series.len(), 3);
+    fourth.shutdown().await;
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cut_off_from_its_group_keeps_its_replica() {
+    // The other side of the rule: silence alone never deletes a replica.
+    let dir = TempDir::new().unwrap();
+    let bus: Arc<dyn Bus> = Arc::new(LocalBus::default());
+    let mut config = ClusterConfig::new(1, vec![1, 2, 3], dir.path().join("n1"));
+    config.shards = 1;
+    let lonely = ClusterNode::start(config, bus.clone()).await.unwrap();
+    let replica = dir.path().join("n1").join("shard-0");
+    // Several checks' worth of time with no leader anywhere.
+    let until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < until {
+        assert!(
+            replica.exists(),
+            "a replica was deleted without a leader's word"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    lonely.shutdown().await;
+}
