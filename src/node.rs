@@ -350,6 +350,7 @@ impl Node {
             warn!(error = %e, "bus drain failed");
         }
         // Let the ingest actor consume what the bus had buffered, then write it.
+        let draining = std::time::Instant::now();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let _ = self.ingest.send(chronicle_ingest::Flush).await;
@@ -359,11 +360,22 @@ impl Node {
                 .send(chronicle_ingest::IsDrained)
                 .await
                 .unwrap_or(true);
-            if idle || tokio::time::Instant::now() >= deadline {
+            if idle {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                // Bounded by the bus's subscription capacity; a debug build
+                // or a slow disk can still take longer than this.
+                warn!(
+                    "intake not all written within 10 s of stopping; messages still queued \
+                     are dropped unacknowledged (publishers waiting for an ack see none)"
+                );
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        info!(took = ?draining.elapsed(), "intake written");
+        let flushing = std::time::Instant::now();
         let shards = self.local_shards();
         let flushed = tokio::task::spawn_blocking(move || {
             shards.iter().try_fold(0, |chunks, shard| {
@@ -372,7 +384,7 @@ impl Node {
         })
         .await;
         match flushed {
-            Ok(Ok(chunks)) => info!(chunks, "head flushed into chunks"),
+            Ok(Ok(chunks)) => info!(chunks, took = ?flushing.elapsed(), "head flushed into chunks"),
             Ok(Err(e)) => warn!(error = %e, "final flush failed; the Raft log replays on restart"),
             Err(_) => warn!("final flush panicked; the Raft log replays on restart"),
         }
