@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chronicle_bus::{Bus, Message};
-use chronicle_storage::{EncodedPoints, Label, Limits, Matcher, Point, SeriesSamples, ShardConfig};
+use chronicle_storage::{
+    EncodedPoints, Label, Limits, Matcher, Point, PointsView, SeriesSamples, ShardConfig,
+};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{Config, Raft};
 use rkyv::{Archive, Deserialize, Serialize};
@@ -604,21 +606,16 @@ impl ClusterNode {
     ) -> Result<PendingWrite, ClusterError> {
         // A committed entry must apply on every replica: refuse bad points
         // before they reach the log (all or nothing, as a shard's own write).
-        for (index, p) in points.iter().enumerate() {
-            let checked = if p.labels.windows(2).any(|w| w[0].name > w[1].name) {
-                let mut sorted = p.labels.clone();
-                sorted.sort();
-                chronicle_storage::model::validate(&p.metric, &sorted, &self.config.shard.limits)
-            } else {
-                chronicle_storage::model::validate(&p.metric, &p.labels, &self.config.shard.limits)
-            };
-            checked.map_err(|problem| {
+        let mut view = PointsView::from_points(&points);
+        view.sort_labels();
+        view.validate(&self.config.shard.limits)
+            .map_err(|(index, problem)| {
                 ClusterError::Storage(chronicle_storage::StorageError::InvalidPoint {
                     index,
                     problem,
                 })
             })?;
-        }
+        drop(view);
         let mut by_shard: BTreeMap<u32, Vec<Point>> = BTreeMap::new();
         if self.config.shards <= 1 {
             // One shard (a node alone): nothing to hash.
