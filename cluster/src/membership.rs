@@ -170,11 +170,18 @@ pub(crate) fn reclaim_if_moved_away(
             tick.tick().await;
             let Some(node) = node.upgrade() else { return };
             let me = node.config.node_id;
-            let (leader, term) = {
+            let (leader, term, listed) = {
                 let m = raft.metrics().borrow().clone();
-                (m.current_leader, m.current_term)
+                let listed = m
+                    .membership_config
+                    .membership()
+                    .nodes()
+                    .any(|(id, _)| *id == me);
+                (m.current_leader, m.current_term, listed)
             };
-            if leader == Some(me) || contact.within(ORPHAN_SILENCE) {
+            // A member its own log does not list is new (started for a move,
+            // not yet added as a learner): silence is expected, never asked about.
+            if !listed || leader == Some(me) || contact.within(ORPHAN_SILENCE) {
                 continue;
             }
             if node.moved_away(shard, term).await {
