@@ -202,39 +202,12 @@ impl ClusterNode {
     /// node, in a term at least `term`. Any doubt (no leader reached) is no.
     async fn moved_away(&self, shard: u32, term: u64) -> bool {
         let me = self.config.node_id;
-        let hint = self
-            .placement
-            .read()
-            .get(shard as usize)
-            .cloned()
-            .unwrap_or_default();
-        // The replicas this node knew of, then any replica at all, following
-        // "the leader is" hints first.
-        let mut to_ask: std::collections::VecDeque<Option<u64>> = hint
-            .into_iter()
-            .filter(|&n| n != me)
-            .map(Some)
-            .chain([None])
-            .collect();
-        let mut asked = BTreeSet::from([me]);
-        while let Some(target) = to_ask.pop_front() {
-            if asked.len() > 8 {
-                break;
-            }
-            let Some(status) = self.ask_status(shard, target).await else {
-                continue;
-            };
-            asked.insert(status.node);
-            if status.leader == Some(status.node) {
-                return status.term >= term
-                    && status.membership_committed
-                    && !status.members.contains(&me);
-            }
-            if let Some(leader) = status.leader.filter(|l| !asked.contains(l)) {
-                to_ask.push_front(Some(leader));
-            }
-        }
-        false
+        self.best_status(shard)
+            .await
+            .filter(|s| s.leader == Some(s.node))
+            .is_some_and(|leader| {
+                leader.term >= term && leader.membership_committed && !leader.members.contains(&me)
+            })
     }
 
     async fn answer_node(self: &Arc<Self>, request: WireNodeRequest) -> WireNodeReply {

@@ -951,7 +951,33 @@ impl ClusterNode {
     }
 
     async fn shard_status(&self, shard: u32) -> ShardStatus {
-        let mut replicas = self.placement.read()[shard as usize].clone();
+        let best = self.best_status(shard).await;
+        let replicas = self.placement.read()[shard as usize].clone();
+        let best = best.unwrap_or(WireMemberStatus {
+            node: 0,
+            leader: None,
+            term: 0,
+            last_log_index: 0,
+            applied_index: 0,
+            lag: Vec::new(),
+            voters: Vec::new(),
+            members: Vec::new(),
+            membership_committed: false,
+        });
+        ShardStatus {
+            id: shard,
+            leader: best.leader,
+            replicas,
+            lag: best.lag.into_iter().collect(),
+            term: best.term,
+            last_log_index: best.last_log_index,
+        }
+    }
+
+    /// The leader's view of `shard` if one is reached, else the member view
+    /// with the highest term; this node's placement hint follows its voters.
+    pub(crate) async fn best_status(&self, shard: u32) -> Option<WireMemberStatus> {
+        let replicas = self.placement.read()[shard as usize].clone();
         let mut best: Option<WireMemberStatus> = self
             .group(shard)
             .map(|g| member_status(self.config.node_id, &g.raft));
@@ -986,28 +1012,9 @@ impl ClusterNode {
             }
         }
         if let Some(b) = best.as_ref().filter(|b| !b.voters.is_empty()) {
-            replicas = b.voters.clone();
-            self.placement.write()[shard as usize] = replicas.clone();
+            self.placement.write()[shard as usize] = b.voters.clone();
         }
-        let best = best.unwrap_or(WireMemberStatus {
-            node: 0,
-            leader: None,
-            term: 0,
-            last_log_index: 0,
-            applied_index: 0,
-            lag: Vec::new(),
-            voters: Vec::new(),
-            members: Vec::new(),
-            membership_committed: false,
-        });
-        ShardStatus {
-            id: shard,
-            leader: best.leader,
-            replicas,
-            lag: best.lag.into_iter().collect(),
-            term: best.term,
-            last_log_index: best.last_log_index,
-        }
+        best
     }
 
     /// One member's view of `shard` (`None`: whichever replica answers).
