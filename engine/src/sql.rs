@@ -1,7 +1,8 @@
 //! SQL, parsed by the sqlparser crate and lowered into a [`SelectPlan`].
 //!
 //! `SELECT <aggregates or columns> FROM <metric> [WHERE ...] [GROUP BY time(<dur>
-//! [, <offset>]), <labels>] [ORDER BY ...] [LIMIT n] [OFFSET n]`, plus `EXPLAIN`.
+//! [, <offset>]), <labels>] [ORDER BY ...] [LIMIT n] [OFFSET n]` (or MySQL's
+//! `LIMIT offset, n`), plus `EXPLAIN`.
 //! Columns: `time`, `value`, any label by name, `*`; aggregates over `value`:
 //! count (also `count(*)`), sum, mean/avg, min, max, first, last, stddev, median,
 //! percentile(value, p), rate. Durations are written `5m` or `INTERVAL '5 minutes'`.
@@ -46,6 +47,11 @@ impl Dialect for ChronicleDialect {
     }
 
     fn supports_numeric_prefix(&self) -> bool {
+        true
+    }
+
+    /// MySQL's `LIMIT offset, n`, which docs/sql.md offers.
+    fn supports_limit_comma(&self) -> bool {
         true
     }
 }
@@ -909,6 +915,17 @@ mod tests {
         );
         // Several label alternatives: the executor cannot push partials down.
         assert!(!plan("SELECT sum(value) FROM m WHERE host = 'a' OR host = 'b'").pushdown());
+    }
+
+    #[test]
+    fn limit_comma_is_offset_then_count() {
+        // MySQL's `LIMIT offset, n`, which docs/sql.md offers.
+        let comma = plan("SELECT value FROM m ORDER BY time LIMIT 3, 7");
+        let keywords = plan("SELECT value FROM m ORDER BY time LIMIT 7 OFFSET 3");
+        assert_eq!((comma.offset, comma.limit), (3, Some(7)));
+        assert_eq!(format!("{comma:?}"), format!("{keywords:?}"));
+        assert!(parse("SELECT value FROM m LIMIT -1, 2").is_err());
+        assert!(parse("SELECT value FROM m LIMIT 1, 2 OFFSET 3").is_err());
     }
 
     #[test]
