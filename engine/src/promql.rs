@@ -26,9 +26,21 @@ pub fn parse(query: &str) -> Result<Plan> {
     // thread down, so any other such panic becomes a parse error too.
     let expr = std::panic::catch_unwind(|| parser::parse(query))
         .map_err(|_| EngineError::Parse("the PromQL parser failed on this query".into()))?
-        .map_err(EngineError::Parse)?;
+        .map_err(|e| EngineError::Parse(prometheus_wording(e)))?;
     let mut positions = Positions::scan(query, &tokens, &expr);
     lower(&expr, &mut positions)
+}
+
+/// promql-parser words an unknown function as Prometheus does but quotes its
+/// name in single quotes; clients match Prometheus's double quotes.
+fn prometheus_wording(message: String) -> String {
+    match message
+        .strip_prefix("unknown function with name '")
+        .and_then(|rest| rest.strip_suffix('\''))
+    {
+        Some(name) => format!("unknown function with name {name:?}"),
+        None => message,
+    }
 }
 
 /// promql-parser 0.11 turns a duration written as a number of seconds
@@ -408,5 +420,26 @@ fn vector_matching(op: BinaryOp, modifier: Option<&BinModifier>) -> VectorMatchi
         on,
         labels: labels_list,
         cardinality,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_functions_are_named_as_prometheus_names_them() {
+        for (query, name) in [
+            ("foo(up)", "foo"),
+            ("sum(rate(up[5m])) / bar_baz()", "bar_baz"),
+            ("holt_winters(x[5m], 0.5, 0.5)", "holt_winters"),
+        ] {
+            let e = parse(query).unwrap_err();
+            let message = format!("unknown function with name \"{name}\"");
+            assert_eq!(e, EngineError::Parse(message.clone()), "{query}");
+            assert_eq!(e.to_string(), format!("parse error: {message}"));
+        }
+        // A real syntax error inside an unknown call is still that error.
+        assert!(parse("foo(up +)").is_err());
     }
 }
