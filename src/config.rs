@@ -196,6 +196,9 @@ pub struct IngestSettings {
     pub parse_queue: usize,
     /// Batches committing through Raft at once; beyond it the actor holds its input.
     pub commits_in_flight: usize,
+    /// OTLP resource attributes copied as labels onto every series of their
+    /// resource (the others are only on `target_info`).
+    pub otlp_promote_resource_attributes: Vec<String>,
 }
 
 impl Default for IngestSettings {
@@ -206,6 +209,7 @@ impl Default for IngestSettings {
             max_batch_delay_ms: d.max_batch_delay.as_millis() as u64,
             parse_queue: d.parse_queue,
             commits_in_flight: d.commits_in_flight,
+            otlp_promote_resource_attributes: Vec::new(),
         }
     }
 }
@@ -343,6 +347,13 @@ impl NodeConfig {
             parse_queue: self.ingest.parse_queue.max(1),
             commits_in_flight: self.ingest.commits_in_flight.max(1),
             ..Default::default()
+        }
+    }
+
+    /// How OTLP resources become labels.
+    pub fn otlp_options(&self) -> chronicle_ingest::otlp::OtlpOptions {
+        chronicle_ingest::otlp::OtlpOptions {
+            promote_resource_attributes: self.ingest.otlp_promote_resource_attributes.clone(),
         }
     }
 

@@ -25,6 +25,8 @@ pub struct AppState {
     pub query: Addr<QueryActor>,
     pub bus_kind: &'static str,
     pub max_body_bytes: usize,
+    /// How OTLP resources become labels.
+    pub otlp: chronicle_ingest::otlp::OtlpOptions,
     /// Bounds the /write requests in progress (body read, parsed, waiting for
     /// the durable write): a burst of large writes waits for a slot before its
     /// body is read, instead of filling memory.
@@ -225,12 +227,14 @@ async fn otlp_metrics(
         Ok(b) => b,
         Err(resp) => return resp,
     };
+    let options = state.otlp.clone();
     let parsed = web::block(move || {
         chronicle_ingest::parse_otlp_metrics(
             &body,
             encoding,
             chronicle_query::request::now_ns(),
             &Limits::default(),
+            &options,
         )
     })
     .await;

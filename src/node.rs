@@ -271,6 +271,7 @@ impl Node {
             query: query.clone(),
             bus_kind,
             max_body_bytes: config.max_body_bytes,
+            otlp: config.otlp_options(),
             write_slots: Arc::new(tokio::sync::Semaphore::new(
                 config.max_concurrent_writes.max(1),
             )),

@@ -1,9 +1,11 @@
 //! The Prometheus HTTP API of an in-process node: instant and range queries
 //! (GET and POST form), series, labels, label values, metadata, buildinfo,
 //! Prometheus's error format, `{"promql": ...}` on /query, and an over-limit
-//! query answered with an error while a small one beside it succeeds.
+//! query answered with an error while a small one beside it succeeds; OTLP
+//! resources as the series Prometheus users expect (`job`, `instance`,
+//! `target_info`).
 
-use chronicle::config::QuerySettings;
+use chronicle::config::{IngestSettings, QuerySettings};
 use chronicle::{Node, NodeConfig};
 use serde_json::Value;
 
@@ -295,6 +297,71 @@ async fn prometheus_api_answers_like_prometheus() {
             v["error"].as_str().unwrap().contains("too many samples"),
             "{v}"
         );
+    })
+    .await;
+    node.shutdown().await;
+    checks.unwrap();
+}
+
+/// OTLP resources as the Collector's Prometheus exporters write them: `job`
+/// and `instance` on every series, the other attributes on `target_info`,
+/// and the configured ones promoted onto every series.
+#[actix::test]
+async fn otlp_resources_become_job_instance_and_target_info() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = NodeConfig {
+        data_dir: dir.path().join("data"),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        ingest: IngestSettings {
+            otlp_promote_resource_attributes: vec!["deployment.environment".into()],
+            ..IngestSettings::default()
+        },
+        ..NodeConfig::default()
+    };
+    let node = Node::start(config).await.unwrap();
+    let base = format!("http://{}", node.http_addr);
+
+    let checks = tokio::task::spawn_blocking(move || {
+        let body = r#"{"resourceMetrics":[{"resource":{"attributes":[
+            {"key":"service.name","value":{"stringValue":"api"}},
+            {"key":"service.namespace","value":{"stringValue":"shop"}},
+            {"key":"service.instance.id","value":{"stringValue":"pod-1"}},
+            {"key":"deployment.environment","value":{"stringValue":"prod"}},
+            {"key":"host.name","value":{"stringValue":"h1"}}]},
+          "scopeMetrics":[{"metrics":[{"name":"queue.depth","gauge":{"dataPoints":[
+            {"timeUnixNano":"1767225600000000000","asInt":"7"}]}}]}]}]}"#;
+        let mut resp = agent()
+            .post(format!("{base}/v1/metrics"))
+            .content_type("application/json")
+            .send(body.as_bytes())
+            .expect("POST");
+        let status = resp.status().as_u16();
+        assert_eq!(status, 200, "{}", resp.body_mut().read_to_string().unwrap());
+
+        let series = |selector: &str| {
+            let (status, v) = get(&format!("{base}/api/v1/series?match[]={}", enc(selector)));
+            assert_eq!(status, 200, "{v}");
+            v["data"].clone()
+        };
+        assert_eq!(
+            series("queue_depth"),
+            serde_json::json!([{"__name__": "queue_depth", "deployment_environment": "prod",
+                "instance": "pod-1", "job": "shop/api"}])
+        );
+        assert_eq!(
+            series("target_info"),
+            serde_json::json!([{"__name__": "target_info", "deployment_environment": "prod",
+                "host_name": "h1", "instance": "pod-1", "job": "shop/api"}])
+        );
+        // The join that gives a series its resource's other attributes.
+        let (status, v) = get(&format!(
+            "{base}/api/v1/query?query={}&time=1767225600",
+            enc("queue_depth * on (job, instance) group_left (host_name) target_info")
+        ));
+        assert_eq!(status, 200, "{v}");
+        let result = &v["data"]["result"][0];
+        assert_eq!(result["metric"]["host_name"], "h1", "{v}");
+        assert_eq!(result["value"][1], "7", "{v}");
     })
     .await;
     node.shutdown().await;

@@ -6,11 +6,15 @@
 //!   leading digit gets `_`; the unit is appended (`By` → `bytes`, `s` →
 //!   `seconds`, `1` on a gauge → `ratio`, `{...}` annotations dropped), then
 //!   `_total` for monotonic cumulative sums;
-//! - labels: the data point's attributes, then the resource's (`service.name` →
-//!   `job`, with `service.namespace/` in front; `service.instance.id` →
-//!   `instance`), then `otel_scope_name` / `otel_scope_version` and the scope's
-//!   attributes as `otel_scope_<key>`; label names are sanitised like metric
-//!   names, and one starting with a digit gets `key_`;
+//! - labels: the data point's attributes; `job` (`service.namespace/` and
+//!   `service.name`) and `instance` (`service.instance.id`) from the resource;
+//!   the resource attributes listed in [`OtlpOptions`]; `otel_scope_name` /
+//!   `otel_scope_version` and the scope's attributes as `otel_scope_<key>`.
+//!   Label names are sanitised like metric names, and one starting with a
+//!   digit gets `key_`;
+//! - the resource's other attributes: one `target_info` point (value 1, with
+//!   `job` and `instance`) per resource, at its latest data point's time, as
+//!   the Collector's Prometheus exporters write it;
 //! - gauges and sums: one point; histograms: classic `_bucket{le}` (cumulative),
 //!   `_sum`, `_count` (exponential histograms are turned into classic buckets at
 //!   their bucket boundaries); summaries: `{quantile}`, `_sum`, `_count`;
@@ -53,6 +57,21 @@ impl OtlpEncoding {
     }
 }
 
+/// How resources become labels.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OtlpOptions {
+    /// Resource attributes, by their OpenTelemetry names (`k8s.namespace.name`),
+    /// copied as labels onto every series of their resource (they also stay on
+    /// `target_info`). A data point's own attribute of the same name wins.
+    pub promote_resource_attributes: Vec<String>,
+}
+
+/// The name of the series holding each resource's attributes.
+const TARGET_INFO: &str = "target_info";
+
+/// The resource attributes that make `job` and `instance`.
+const IDENTIFYING: [&str; 3] = ["service.name", "service.namespace", "service.instance.id"];
+
 /// Decodes an export request and converts it into points, all or nothing.
 /// `now_ns` stamps data points without a time.
 pub fn parse_otlp_metrics(
@@ -60,6 +79,7 @@ pub fn parse_otlp_metrics(
     encoding: OtlpEncoding,
     now_ns: i64,
     limits: &Limits,
+    options: &OtlpOptions,
 ) -> Result<Vec<Point>, IngestError> {
     let request = match encoding {
         OtlpEncoding::Protobuf => ExportMetricsServiceRequest::decode(body)
@@ -67,7 +87,7 @@ pub fn parse_otlp_metrics(
         OtlpEncoding::Json => serde_json::from_slice(body)
             .map_err(|e| IngestError::BadRequest(format!("invalid OTLP JSON: {e}")))?,
     };
-    convert(&request, now_ns, limits)
+    convert(&request, now_ns, limits, options)
 }
 
 /// The points an export request stands for.
@@ -75,30 +95,43 @@ pub fn convert(
     request: &ExportMetricsServiceRequest,
     now_ns: i64,
     limits: &Limits,
+    options: &OtlpOptions,
 ) -> Result<Vec<Point>, IngestError> {
     let mut out = Emitter {
         points: Vec::new(),
         now_ns,
         limits,
         index: 0,
+        latest: None,
     };
+    // A request may repeat a resource: one `target_info` point per time.
+    let mut target_infos = std::collections::HashSet::new();
     for rm in &request.resource_metrics {
-        let resource = rm
-            .resource
-            .as_ref()
-            .map(|r| resource_labels(&r.attributes))
-            .unwrap_or_default();
+        let attributes = rm.resource.as_ref().map_or(&[][..], |r| &r.attributes[..]);
+        let identity = identity_labels(attributes);
+        let promoted: Vec<Label> = options
+            .promote_resource_attributes
+            .iter()
+            .filter_map(|name| attributes.iter().find(|kv| &kv.key == name))
+            .map(|kv| Label::new(label_name(&kv.key), attribute_text(kv.value.as_ref())))
+            .collect();
+        out.latest = None;
         for sm in &rm.scope_metrics {
-            let mut shared = resource.clone();
+            let mut shared = Shared {
+                identity: identity.clone(),
+                fill: promoted.clone(),
+            };
             if let Some(scope) = &sm.scope {
                 if !scope.name.is_empty() {
-                    shared.push(Label::new("otel_scope_name", &scope.name));
+                    shared.fill.push(Label::new("otel_scope_name", &scope.name));
                 }
                 if !scope.version.is_empty() {
-                    shared.push(Label::new("otel_scope_version", &scope.version));
+                    shared
+                        .fill
+                        .push(Label::new("otel_scope_version", &scope.version));
                 }
                 for kv in &scope.attributes {
-                    shared.push(Label::new(
+                    shared.fill.push(Label::new(
                         format!("otel_scope_{}", label_name(&kv.key)),
                         attribute_text(kv.value.as_ref()),
                     ));
@@ -108,8 +141,20 @@ pub fn convert(
                 out.metric(metric, &shared)?;
             }
         }
+        out.target_info(attributes, identity, &mut target_infos)?;
     }
     Ok(out.points)
+}
+
+/// Labels every point of a scope gets beside its own attributes.
+#[derive(Debug, Clone, Default)]
+struct Shared {
+    /// `job` and `instance`: they name the series' source, so they win over
+    /// a data point's attributes of the same name.
+    identity: Vec<Label>,
+    /// Promoted resource attributes and the scope's labels: they fill in what
+    /// the data point's attributes lack.
+    fill: Vec<Label>,
 }
 
 struct Emitter<'a> {
@@ -118,10 +163,45 @@ struct Emitter<'a> {
     limits: &'a Limits,
     /// The metric's position in the request, for errors.
     index: usize,
+    /// The latest time of the current resource's points (its `target_info` time).
+    latest: Option<i64>,
 }
 
 impl Emitter<'_> {
-    fn metric(&mut self, m: &Metric, shared: &[Label]) -> Result<(), IngestError> {
+    /// The resource's attributes other than the identifying ones, as one
+    /// `target_info` point beside `job` and `instance` at the resource's
+    /// latest point. As in the Collector: none for a resource without points,
+    /// without other attributes, or without `job` and `instance`.
+    fn target_info(
+        &mut self,
+        attributes: &[KeyValue],
+        identity: Vec<Label>,
+        written: &mut std::collections::HashSet<(Vec<Label>, i64)>,
+    ) -> Result<(), IngestError> {
+        let Some(t) = self.latest else {
+            return Ok(());
+        };
+        let others: Vec<KeyValue> = attributes
+            .iter()
+            .filter(|kv| !IDENTIFYING.contains(&kv.key.as_str()))
+            .cloned()
+            .collect();
+        let shared = Shared {
+            identity,
+            fill: Vec::new(),
+        };
+        let labels = point_labels(&others, &shared);
+        let identified = |l: &Label| l.name == "job" || l.name == "instance";
+        if !labels.iter().any(identified) || labels.iter().all(identified) {
+            return Ok(());
+        }
+        if written.insert((labels.clone(), t)) {
+            self.push(TARGET_INFO, labels, 1.0, t)?;
+        }
+        Ok(())
+    }
+
+    fn metric(&mut self, m: &Metric, shared: &Shared) -> Result<(), IngestError> {
         self.index += 1;
         let Some(data) = &m.data else {
             return Ok(());
@@ -201,6 +281,7 @@ impl Emitter<'_> {
     ) -> Result<(), IngestError> {
         validate(name, &labels, self.limits)
             .map_err(|p| self.problem(format!("{name}: {}: {p}", p.field())))?;
+        self.latest = Some(self.latest.map_or(t, |l| l.max(t)));
         self.points.push(Point::new(name, labels, value, t));
         Ok(())
     }
@@ -209,7 +290,7 @@ impl Emitter<'_> {
         &mut self,
         name: &str,
         p: &NumberDataPoint,
-        shared: &[Label],
+        shared: &Shared,
     ) -> Result<(), IngestError> {
         let value = if no_recorded_value(p.flags) {
             f64::from_bits(STALE_NAN_BITS)
@@ -228,7 +309,7 @@ impl Emitter<'_> {
         &mut self,
         name: &str,
         p: &HistogramDataPoint,
-        shared: &[Label],
+        shared: &Shared,
     ) -> Result<(), IngestError> {
         let t = self.time(p.time_unix_nano)?;
         let labels = point_labels(&p.attributes, shared);
@@ -299,7 +380,7 @@ impl Emitter<'_> {
         &mut self,
         name: &str,
         p: &ExponentialHistogramDataPoint,
-        shared: &[Label],
+        shared: &Shared,
     ) -> Result<(), IngestError> {
         let t = self.time(p.time_unix_nano)?;
         let labels = point_labels(&p.attributes, shared);
@@ -364,7 +445,7 @@ impl Emitter<'_> {
         &mut self,
         name: &str,
         p: &SummaryDataPoint,
-        shared: &[Label],
+        shared: &Shared,
     ) -> Result<(), IngestError> {
         let t = self.time(p.time_unix_nano)?;
         let labels = point_labels(&p.attributes, shared);
@@ -402,13 +483,16 @@ fn format_bound(b: f64) -> String {
     }
 }
 
-/// Data point attributes first; resource and scope labels fill in what they lack.
-fn point_labels(attributes: &[KeyValue], shared: &[Label]) -> Vec<Label> {
+/// `job` and `instance` replace the attributes of their names; the data point's
+/// other attributes come next, and the promoted and scope labels fill in.
+fn point_labels(attributes: &[KeyValue], shared: &Shared) -> Vec<Label> {
     let mut labels: Vec<Label> = attributes
         .iter()
         .map(|kv| Label::new(label_name(&kv.key), attribute_text(kv.value.as_ref())))
+        .filter(|l| !shared.identity.iter().any(|i| i.name == l.name))
         .collect();
-    for l in shared {
+    labels.extend(shared.identity.iter().cloned());
+    for l in &shared.fill {
         if !labels.iter().any(|x| x.name == l.name) {
             labels.push(l.clone());
         }
@@ -419,7 +503,9 @@ fn point_labels(attributes: &[KeyValue], shared: &[Label]) -> Vec<Label> {
     labels
 }
 
-fn resource_labels(attributes: &[KeyValue]) -> Vec<Label> {
+/// `job` from `service.namespace/service.name` (or `service.name` alone) and
+/// `instance` from `service.instance.id`, each when the resource has it.
+fn identity_labels(attributes: &[KeyValue]) -> Vec<Label> {
     let get = |k: &str| {
         attributes
             .iter()
@@ -436,18 +522,6 @@ fn resource_labels(attributes: &[KeyValue]) -> Vec<Label> {
     }
     if let Some(instance) = get("service.instance.id") {
         labels.push(Label::new("instance", instance));
-    }
-    for kv in attributes {
-        if matches!(
-            kv.key.as_str(),
-            "service.name" | "service.namespace" | "service.instance.id"
-        ) {
-            continue;
-        }
-        labels.push(Label::new(
-            label_name(&kv.key),
-            attribute_text(kv.value.as_ref()),
-        ));
     }
     labels
 }
@@ -655,6 +729,7 @@ mod tests {
             now_ns: 0,
             limits,
             index: 0,
+            latest: None,
         }
     }
 
@@ -697,20 +772,21 @@ mod tests {
                 ..Default::default()
             },
         ]);
-        let points = convert(&req, 99, &Limits::default()).unwrap();
+        let points = convert(&req, 99, &Limits::default(), &OtlpOptions::default()).unwrap();
         let names: Vec<&str> = points.iter().map(|p| p.metric.as_str()).collect();
         assert_eq!(
             names,
             [
                 "http_server_request_duration_seconds_total",
                 "cpu_utilization_ratio",
-                "queue_size"
+                "queue_size",
+                "target_info"
             ]
         );
+        // `host.name` is on `target_info` only.
         assert_eq!(
             labels(&points[0]),
             [
-                ("host_name".into(), "h1".into()),
                 ("http_method".into(), "GET".into()),
                 ("instance".into(), "pod-1".into()),
                 ("job".into(), "shop/api".into()),
@@ -740,7 +816,7 @@ mod tests {
             })),
             ..Default::default()
         }]);
-        let points = convert(&req, 0, &Limits::default()).unwrap();
+        let points = convert(&req, 0, &Limits::default(), &OtlpOptions::default()).unwrap();
         let got: Vec<(String, Option<String>, f64)> = points
             .iter()
             .map(|p| {
@@ -763,6 +839,7 @@ mod tests {
                 e("latency_milliseconds_bucket", Some("+Inf"), 6.0),
                 e("latency_milliseconds_sum", None, 42.0),
                 e("latency_milliseconds_count", None, 6.0),
+                e("target_info", None, 1.0),
             ]
         );
     }
@@ -783,7 +860,7 @@ mod tests {
         };
         let limits = Limits::default();
         let mut e = emitter(&limits);
-        e.exponential("x", &p, &[]).unwrap();
+        e.exponential("x", &p, &Shared::default()).unwrap();
         let got: Vec<(String, f64)> = e
             .points
             .iter()
@@ -818,8 +895,14 @@ mod tests {
           "scopeMetrics":[{"metrics":[{"name":"temp","unit":"Cel","gauge":{"dataPoints":[
             {"timeUnixNano":"1700000000000000000","asDouble":21.5,"attributes":[{"key":"room","value":{"stringValue":"k"}}]},
             {"timeUnixNano":"1700000001000000000","asInt":"22"}]}}]}]}]}"#;
-        let from_json =
-            parse_otlp_metrics(json.as_bytes(), OtlpEncoding::Json, 0, &Limits::default()).unwrap();
+        let from_json = parse_otlp_metrics(
+            json.as_bytes(),
+            OtlpEncoding::Json,
+            0,
+            &Limits::default(),
+            &OtlpOptions::default(),
+        )
+        .unwrap();
         assert_eq!(from_json.len(), 2);
         assert_eq!(from_json[0].metric, "temp_celsius");
         assert_eq!((from_json[0].value, from_json[1].value), (21.5, 22.0));
@@ -830,6 +913,7 @@ mod tests {
             OtlpEncoding::Protobuf,
             0,
             &Limits::default(),
+            &OtlpOptions::default(),
         )
         .unwrap();
         assert_eq!(from_json, from_proto);
@@ -861,9 +945,12 @@ mod tests {
                 ..Default::default()
             },
         ]);
-        let points = convert(&req, 1, &Limits::default()).unwrap();
+        let points = convert(&req, 1, &Limits::default(), &OtlpOptions::default()).unwrap();
         let names: Vec<&str> = points.iter().map(|p| p.metric.as_str()).collect();
-        assert_eq!(names, ["jobs_seconds_total", "h_bucket", "h_count"]);
+        assert_eq!(
+            names,
+            ["jobs_seconds_total", "h_bucket", "h_count", "target_info"]
+        );
         assert!(points[1]
             .labels
             .iter()
@@ -889,7 +976,7 @@ mod tests {
             };
             let limits = Limits::default();
             let mut e = emitter(&limits);
-            e.exponential("x", &p, &[]).unwrap();
+            e.exponential("x", &p, &Shared::default()).unwrap();
             let buckets: Vec<(f64, f64)> = e
                 .points
                 .iter()
@@ -909,12 +996,126 @@ mod tests {
         }
     }
 
+    fn gauge(name: &str, t: u64, attrs: Vec<KeyValue>) -> Metric {
+        Metric {
+            name: name.into(),
+            data: Some(Data::Gauge(Gauge {
+                data_points: vec![number(1.0, t, attrs)],
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn resource_metrics(attributes: Vec<KeyValue>, metrics: Vec<Metric>) -> ResourceMetrics {
+        ResourceMetrics {
+            resource: Some(Resource {
+                attributes,
+                ..Default::default()
+            }),
+            scope_metrics: vec![ScopeMetrics {
+                metrics,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn resource_attributes_go_to_target_info_unless_promoted() {
+        let resource = vec![
+            kv("service.name", "api"),
+            kv("service.namespace", "shop"),
+            kv("service.instance.id", "pod-1"),
+            kv("host.name", "h1"),
+            kv("k8s.pod.name", "p-7"),
+        ];
+        let req = ExportMetricsServiceRequest {
+            resource_metrics: vec![
+                resource_metrics(
+                    resource.clone(),
+                    vec![
+                        // A point's own `job` gives way to the resource's; its
+                        // own `k8s_pod_name` wins over the promoted one.
+                        gauge("a", 3_000, vec![kv("job", "mine"), kv("x", "1")]),
+                        gauge("b", 5_000, vec![kv("k8s_pod_name", "own")]),
+                        gauge("c", 0, vec![]),
+                    ],
+                ),
+                // The same resource again, up to the same time: its
+                // `target_info` point is not repeated.
+                resource_metrics(resource, vec![gauge("d", 5_000, vec![])]),
+                // Nothing beyond job and instance: no `target_info`.
+                resource_metrics(
+                    vec![kv("service.name", "solo")],
+                    vec![gauge("e", 1, vec![])],
+                ),
+                // Neither job nor instance: no `target_info`.
+                resource_metrics(vec![kv("host.name", "h2")], vec![gauge("f", 1, vec![])]),
+            ],
+        };
+        let options = OtlpOptions {
+            promote_resource_attributes: vec!["k8s.pod.name".into(), "absent".into()],
+        };
+        let points = convert(&req, 4_000, &Limits::default(), &options).unwrap();
+        let by_name =
+            |n: &str| -> Vec<&Point> { points.iter().filter(|p| p.metric == n).collect() };
+        let l = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            labels(by_name("a")[0]),
+            l(&[
+                ("instance", "pod-1"),
+                ("job", "shop/api"),
+                ("k8s_pod_name", "p-7"),
+                ("x", "1")
+            ])
+        );
+        assert_eq!(
+            labels(by_name("b")[0]),
+            l(&[
+                ("instance", "pod-1"),
+                ("job", "shop/api"),
+                ("k8s_pod_name", "own")
+            ])
+        );
+        assert_eq!(labels(by_name("e")[0]), l(&[("job", "solo")]));
+        assert_eq!(labels(by_name("f")[0]), l(&[]));
+        // At the resource's latest point's time (`c`, without a time, is at
+        // `now`, 4 000).
+        let info = by_name("target_info");
+        assert_eq!(info.len(), 1, "{info:?}");
+        assert_eq!((info[0].value, info[0].timestamp), (1.0, 5_000));
+        let expected = l(&[
+            ("host_name", "h1"),
+            ("instance", "pod-1"),
+            ("job", "shop/api"),
+            ("k8s_pod_name", "p-7"),
+        ]);
+        assert_eq!(labels(info[0]), expected);
+    }
+
     #[test]
     fn bad_input_is_an_error() {
-        assert!(
-            parse_otlp_metrics(b"\xff\xff", OtlpEncoding::Protobuf, 0, &Limits::default()).is_err()
-        );
-        assert!(parse_otlp_metrics(b"{", OtlpEncoding::Json, 0, &Limits::default()).is_err());
+        assert!(parse_otlp_metrics(
+            b"\xff\xff",
+            OtlpEncoding::Protobuf,
+            0,
+            &Limits::default(),
+            &OtlpOptions::default()
+        )
+        .is_err());
+        assert!(parse_otlp_metrics(
+            b"{",
+            OtlpEncoding::Json,
+            0,
+            &Limits::default(),
+            &OtlpOptions::default()
+        )
+        .is_err());
         assert!(OtlpEncoding::from_content_type(Some("text/plain")).is_err());
         assert_eq!(
             OtlpEncoding::from_content_type(Some("application/json; charset=utf-8")).unwrap(),
