@@ -9,10 +9,11 @@ use chronicle_cluster::{ClusterError, ClusterNode, ShardAnswer, ShardRead};
 use chronicle_engine::source::SeriesSource;
 use chronicle_engine::{EngineError, RangeSeries};
 use chronicle_ingest::{IngestError, PendingWrite, PointSink};
-use chronicle_query::{storage_error, DataSource, QueryError};
+use chronicle_query::{
+    storage_error, too_many_samples, DataSource, QueryError, ReadLimit, SeriesRead,
+};
 use chronicle_storage::{
-    finish_groups, AggregateRequest, AggregateSeries, Matcher, Point, SeriesKey, SeriesSamples,
-    StorageError,
+    finish_groups, AggregateRequest, AggregateSeries, Matcher, Point, SeriesKey, StorageError,
 };
 use tokio::runtime::Handle;
 
@@ -85,12 +86,31 @@ impl DataSource for ClusterSource {
         matchers: &[Matcher],
         start: i64,
         end: i64,
-    ) -> Result<Vec<SeriesSamples>, QueryError> {
-        match self
-            .ask(ShardRead::all_series(matchers, start, end))
-            .map_err(query_error)?
-        {
-            ShardAnswer::Series(Some(series)) => Ok(series),
+        limit: ReadLimit,
+    ) -> Result<SeriesRead, QueryError> {
+        let read = match limit {
+            ReadLimit::AtMost(max_samples) => ShardRead::Series {
+                matchers: matchers.to_vec(),
+                start,
+                end,
+                max_samples,
+            },
+            ReadLimit::First(count) => ShardRead::First {
+                matchers: matchers.to_vec(),
+                start,
+                end,
+                count,
+            },
+        };
+        match self.ask(read).map_err(query_error)? {
+            ShardAnswer::Series(Some(series)) => Ok(SeriesRead {
+                series: series.into_iter().filter(|(_, s)| !s.is_empty()).collect(),
+                truncated: false,
+            }),
+            ShardAnswer::Series(None) => Err(too_many_samples(match limit {
+                ReadLimit::AtMost(max) | ReadLimit::First(max) => max,
+            })),
+            ShardAnswer::First { series, truncated } => Ok(SeriesRead { series, truncated }),
             other => Err(unexpected(&other)),
         }
     }

@@ -196,6 +196,11 @@ pub struct IngestSettings {
     pub parse_queue: usize,
     /// Batches committing through Raft at once; beyond it the actor holds its input.
     pub commits_in_flight: usize,
+    /// Points one write request (HTTP or bus message) may create; more: 413.
+    pub max_request_points: usize,
+    /// Metric name and label bytes one request may create, counted per point
+    /// (a label set stated once for many samples counts once per sample); more: 413.
+    pub max_request_label_bytes: usize,
     /// OTLP resource attributes copied as labels onto every series of their
     /// resource (the others are only on `target_info`).
     pub otlp_promote_resource_attributes: Vec<String>,
@@ -209,6 +214,8 @@ impl Default for IngestSettings {
             max_batch_delay_ms: d.max_batch_delay.as_millis() as u64,
             parse_queue: d.parse_queue,
             commits_in_flight: d.commits_in_flight,
+            max_request_points: d.limits.max_request_points,
+            max_request_label_bytes: d.limits.max_request_label_bytes,
             otlp_promote_resource_attributes: Vec::new(),
         }
     }
@@ -223,8 +230,10 @@ pub struct QuerySettings {
     pub max_samples: usize,
     /// PromQL: series one selector may select.
     pub max_series: usize,
-    /// PromQL: longest a query may run (a client's shorter `timeout` wins).
+    /// Longest a query may run, any language (a client's shorter `timeout` wins).
     pub timeout_secs: u64,
+    /// Queries waiting for a slot; past it a query is refused at once (503 busy).
+    pub max_queued: usize,
 }
 
 impl Default for QuerySettings {
@@ -236,6 +245,7 @@ impl Default for QuerySettings {
             max_samples: d.promql.max_samples,
             max_series: d.promql.max_series,
             timeout_secs: d.promql.default_timeout.as_secs(),
+            max_queued: d.max_queued,
         }
     }
 }
@@ -346,6 +356,7 @@ impl NodeConfig {
             max_batch_delay: Duration::from_millis(self.ingest.max_batch_delay_ms),
             parse_queue: self.ingest.parse_queue.max(1),
             commits_in_flight: self.ingest.commits_in_flight.max(1),
+            limits: self.point_limits(),
             ..Default::default()
         }
     }
@@ -357,17 +368,38 @@ impl NodeConfig {
         }
     }
 
+    /// What one point and one write request may hold.
+    pub fn point_limits(&self) -> chronicle_storage::Limits {
+        chronicle_storage::Limits {
+            max_request_points: self.ingest.max_request_points.max(1),
+            max_request_label_bytes: self.ingest.max_request_label_bytes.max(1),
+            ..chronicle_storage::Limits::default()
+        }
+    }
+
     pub fn query_config(&self) -> chronicle_query::QueryConfig {
         chronicle_query::QueryConfig {
             subject_prefix: self.subject_prefix.clone(),
             max_points: self.query.max_points,
             concurrency: self.query.concurrency.max(1),
+            max_queued: self.query.max_queued,
             promql: chronicle_query::PromqlLimits {
                 max_samples: self.query.max_samples.max(1),
                 max_series: self.query.max_series.max(1),
                 default_timeout: Duration::from_secs(self.query.timeout_secs.max(1)),
             },
             ..Default::default()
+        }
+    }
+
+    /// The cluster's own NATS connection: the same servers and credentials,
+    /// its own name and larger subscription buffers (Raft appends and
+    /// snapshot chunks must not be dropped behind client traffic).
+    pub fn cluster_nats_options(&self) -> chronicle_bus::NatsOptions {
+        chronicle_bus::NatsOptions {
+            name: Some("chronicle-node-cluster".into()),
+            subscription_capacity: Some(self.nats.subscription_capacity.max(1024)),
+            ..self.nats_options()
         }
     }
 

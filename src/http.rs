@@ -2,6 +2,7 @@
 //! Errors are JSON `{"error": {"code", "message"}}` with a fitting status.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use actix::Addr;
@@ -25,6 +26,8 @@ pub struct AppState {
     pub query: Addr<QueryActor>,
     pub bus_kind: &'static str,
     pub max_body_bytes: usize,
+    /// What one point and one write request may hold.
+    pub limits: Limits,
     /// How OTLP resources become labels.
     pub otlp: chronicle_ingest::otlp::OtlpOptions,
     /// Bounds the /write requests in progress (body read, parsed, waiting for
@@ -36,6 +39,10 @@ pub struct AppState {
     pub cluster_runtime: tokio::runtime::Handle,
     /// Set when the node runs with fault injection.
     pub faults: Option<Arc<chronicle_bus::FaultController>>,
+    /// The node's connections, named (readiness asks whether they are up).
+    pub buses: Vec<(&'static str, Arc<dyn chronicle_bus::Bus>)>,
+    /// Set when shutdown begins: readiness turns false before intake stops.
+    pub shutting_down: Arc<AtomicBool>,
 }
 
 /// Binds and returns the server (not yet running) and the bound address.
@@ -52,7 +59,9 @@ pub fn serve(state: AppState, addr: SocketAddr) -> std::io::Result<(Server, Sock
             .route("/api/v1/cql", web::post().to(cql_query))
             .route("/api/v1/cql/validate", web::post().to(cql_validate))
             .route("/api/v1/cql/explain", web::post().to(cql_explain))
-            .route("/health", web::get().to(health))
+            .route("/health", web::get().to(ready))
+            .route("/health/ready", web::get().to(ready))
+            .route("/health/live", web::get().to(live))
             .route("/api/v1/cluster/status", web::get().to(cluster_status))
             .route("/api/v1/cluster/add-node", web::post().to(cluster_add_node))
             .route(
@@ -125,7 +134,9 @@ struct WriteParams {
 }
 
 fn ingest_status(e: &IngestError) -> StatusCode {
-    if e.is_client_error() {
+    if let IngestError::TooLarge(_) = e {
+        StatusCode::PAYLOAD_TOO_LARGE
+    } else if e.is_client_error() {
         StatusCode::BAD_REQUEST
     } else if matches!(e, IngestError::Storage(_)) {
         StatusCode::INTERNAL_SERVER_ERROR
@@ -160,13 +171,14 @@ async fn write(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     // Parsing is CPU work: off the async worker.
+    let limits = state.limits;
     let parsed = web::block(move || {
         parse_payload(
             &body,
             content_type.as_deref(),
             precision,
             chronicle_query::request::now_ns(),
-            &Limits::default(),
+            &limits,
         )
     })
     .await;
@@ -227,13 +239,14 @@ async fn otlp_metrics(
         Ok(b) => b,
         Err(resp) => return resp,
     };
+    let limits = state.limits;
     let options = state.otlp.clone();
     let parsed = web::block(move || {
         chronicle_ingest::parse_otlp_metrics(
             &body,
             encoding,
             chronicle_query::request::now_ns(),
-            &Limits::default(),
+            &limits,
             &options,
         )
     })
@@ -298,9 +311,9 @@ async fn remote_write(
         body.extend_from_slice(&chunk);
     }
     let max = state.max_body_bytes;
+    let limits = state.limits;
     let parsed =
-        web::block(move || chronicle_ingest::parse_remote_write(&body, max, &Limits::default()))
-            .await;
+        web::block(move || chronicle_ingest::parse_remote_write(&body, max, &limits)).await;
     write_points(&state, parsed).await
 }
 
@@ -328,8 +341,20 @@ async fn query(
     run_query(&state, request).await
 }
 
+/// Runs a query on the query actor; it is cancelled if the client goes away
+/// (actix drops this handler's future).
 async fn run_query(state: &AppState, request: QueryRequest) -> HttpResponse {
-    match state.query.send(RunQuery(request)).await {
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let guard = CancelOnDrop(cancelled.clone());
+    let answer = state
+        .query
+        .send(RunQuery {
+            request,
+            cancelled: Some(cancelled),
+        })
+        .await;
+    std::mem::forget(guard);
+    match answer {
         Ok(Ok(result)) => HttpResponse::Ok().json(result),
         Ok(Err(e)) => {
             let status = match &e {
@@ -340,7 +365,9 @@ async fn run_query(state: &AppState, request: QueryRequest) -> HttpResponse {
                 QueryError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
                 QueryError::Cancelled => StatusCode::BAD_REQUEST,
                 QueryError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
-                QueryError::Unavailable | QueryError::Restarted => StatusCode::SERVICE_UNAVAILABLE,
+                QueryError::Unavailable | QueryError::Restarted | QueryError::Busy => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
             };
             error(status, e.code(), e.to_string())
         }
@@ -349,6 +376,15 @@ async fn run_query(state: &AppState, request: QueryRequest) -> HttpResponse {
             "unavailable",
             "the query actor is restarting; retry",
         ),
+    }
+}
+
+/// Sets the flag when dropped: the handler was dropped before its query ended.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 
@@ -436,12 +472,61 @@ async fn cql_explain(
     run_cql(&state, &req, payload, true).await
 }
 
-async fn health(state: web::Data<AppState>) -> HttpResponse {
+/// GET /health/live: the process answers HTTP (a liveness probe: restart the
+/// node only when this fails).
+async fn live() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({
-        "status": "ok",
-        "bus": state.bus_kind,
+        "status": "live",
         "version": env!("CARGO_PKG_VERSION"),
     }))
+}
+
+/// What keeps this node from serving, empty when it can: shutting down, the
+/// bus not connected, a replica it should hold not open, or a shard it holds
+/// a replica of without a known leader (writes and linearizable reads there
+/// would wait).
+fn not_ready(state: &AppState) -> Vec<String> {
+    let mut problems = Vec::new();
+    if state.shutting_down.load(Ordering::Relaxed) {
+        problems.push("shutting down".to_string());
+    }
+    for (name, bus) in &state.buses {
+        if !bus.is_connected() {
+            problems.push(format!("{name} ({}): not connected", state.bus_kind));
+        }
+    }
+    let me = state.cluster.node_id();
+    let (_, shards) = state.cluster.status();
+    for shard in shards.iter().filter(|s| s.replicas.contains(&me)) {
+        if state.cluster.local_shard(shard.id).is_none() {
+            problems.push(format!(
+                "shard {}: this node's replica is not open",
+                shard.id
+            ));
+        } else if shard.leader.is_none() {
+            problems.push(format!("shard {}: no known leader", shard.id));
+        }
+    }
+    problems
+}
+
+/// GET /health/ready (and /health): 200 when the node can serve reads and
+/// writes, else 503 with what is not ready (a readiness probe: send traffic
+/// only while this answers 200).
+async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    let problems = not_ready(&state);
+    let body = serde_json::json!({
+        "status": if problems.is_empty() { "ready" } else { "not ready" },
+        "not_ready": problems,
+        "bus": state.bus_kind,
+        "node_id": state.cluster.node_id(),
+        "version": env!("CARGO_PKG_VERSION"),
+    });
+    if problems.is_empty() {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
 }
 
 /// GET /api/v1/cluster/status: see [`crate::cluster_cli::status_json`].

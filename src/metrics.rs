@@ -122,6 +122,10 @@ impl Bus for MeteredBus {
     fn new_inbox(&self) -> String {
         self.inner.new_inbox()
     }
+
+    fn is_connected(&self) -> bool {
+        self.inner.is_connected()
+    }
 }
 
 /// Every registered metric in Prometheus's text format.

@@ -134,6 +134,11 @@ pub struct Node {
     /// The cluster's own runtime (actix's is single-threaded per arbiter;
     /// Raft's timers must not wait behind an actor).
     runtime: Option<tokio::runtime::Runtime>,
+    /// Readiness turns false once shutdown begins.
+    shutting_down: Arc<std::sync::atomic::AtomicBool>,
+    /// Raft's and the cluster's own connection (the client bus on the
+    /// in-process bus).
+    cluster_bus: Arc<dyn Bus>,
 }
 
 impl Node {
@@ -145,30 +150,41 @@ impl Node {
                 .await
                 .map_err(|_| NodeError::ActorStart("storage"))??
         };
-        let (raw_bus, bus_kind): (Arc<dyn Bus>, _) = if config.nats.urls.is_empty() {
-            (Arc::new(LocalBus::default()), "local")
-        } else {
-            let nats = Arc::new(NatsBus::connect(config.nats_options()).await?);
-            crate::metrics::watch_nats(&nats);
-            (nats, "nats")
-        };
+        let (raw_bus, raw_cluster_bus, bus_kind): (Arc<dyn Bus>, Arc<dyn Bus>, _) =
+            if config.nats.urls.is_empty() {
+                let local: Arc<dyn Bus> = Arc::new(LocalBus::default());
+                (local.clone(), local, "local")
+            } else {
+                let nats = Arc::new(NatsBus::connect(config.nats_options()).await?);
+                crate::metrics::watch_nats(&nats);
+                // Raft and cluster traffic get their own connection and
+                // subscription buffers: a client flood that makes the server
+                // cut the client connection off as a slow consumer never cuts
+                // Raft's heartbeats with it.
+                let cluster = Arc::new(NatsBus::connect(config.cluster_nats_options()).await?);
+                (nats, cluster, "nats")
+            };
         BUS_CONNECTED.set(1);
         // Chaos runs cut this node off from others with the fault wrapper.
-        let (raw_bus, faults) = if config.fault_injection {
+        let (raw_bus, raw_cluster_bus, faults) = if config.fault_injection {
             let faults = FaultController::new(identity.node_id);
             let name = fault_name(identity.node_id);
             warn!(node = %name, "fault injection is on: /debug/faults can partition this node");
-            let faulty: Arc<dyn Bus> = Arc::new(FaultyBus::new(raw_bus, name, faults.clone()));
-            (faulty, Some(faults))
+            let faulty: Arc<dyn Bus> =
+                Arc::new(FaultyBus::new(raw_bus, name.clone(), faults.clone()));
+            let faulty_cluster: Arc<dyn Bus> =
+                Arc::new(FaultyBus::new(raw_cluster_bus, name, faults.clone()));
+            (faulty, faulty_cluster, Some(faults))
         } else {
-            (raw_bus, None)
+            (raw_bus, raw_cluster_bus, None)
         };
         let bus: Arc<dyn Bus> = Arc::new(MeteredBus::new(raw_bus));
+        let cluster_bus: Arc<dyn Bus> = Arc::new(MeteredBus::new(raw_cluster_bus));
 
         let mut identity = identity;
         if identity.join && identity.shards.is_none() {
             let (answered, shards) = chronicle_cluster::ClusterNode::discover(
-                bus.as_ref(),
+                cluster_bus.as_ref(),
                 &config.subject_prefix,
                 Duration::from_secs(30),
             )
@@ -205,9 +221,8 @@ impl Node {
             .enable_all()
             .build()
             .map_err(|e| NodeError::Config(format!("cluster runtime: {e}")))?;
-        let cluster_bus = bus.clone();
         let cluster = runtime
-            .spawn(ClusterNode::start(cluster_config, cluster_bus))
+            .spawn(ClusterNode::start(cluster_config, cluster_bus.clone()))
             .await
             .map_err(|_| NodeError::ActorStart("cluster"))?
             .map_err(|e| match e {
@@ -266,11 +281,13 @@ impl Node {
             .map_err(|_| NodeError::ActorStart("query"))?;
         bus.flush().await?;
 
+        let shutting_down = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let state = http::AppState {
             ingest: ingest.clone(),
             query: query.clone(),
             bus_kind,
             max_body_bytes: config.max_body_bytes,
+            limits: config.point_limits(),
             otlp: config.otlp_options(),
             write_slots: Arc::new(tokio::sync::Semaphore::new(
                 config.max_concurrent_writes.max(1),
@@ -278,6 +295,8 @@ impl Node {
             cluster: cluster.clone(),
             cluster_runtime: runtime.handle().clone(),
             faults,
+            buses: vec![("bus", bus.clone()), ("cluster bus", cluster_bus.clone())],
+            shutting_down: shutting_down.clone(),
         };
         let (server, http_addr) =
             http::serve(state, config.http_addr).map_err(|source| NodeError::Http {
@@ -310,6 +329,8 @@ impl Node {
             http: handle,
             arbiters: vec![ingest_arbiter, query_arbiter],
             runtime: Some(runtime),
+            shutting_down,
+            cluster_bus,
         })
     }
 
@@ -342,14 +363,21 @@ impl Node {
             .collect()
     }
 
-    /// Graceful shutdown: stop intake (HTTP, then the bus subscriptions), write what
-    /// was received, cut the head into chunks, close RocksDB.
+    /// Graceful shutdown, in an order that loses no acknowledgement: stop
+    /// intake (readiness off, the bus subscriptions drained, HTTP closed to new
+    /// requests), write what was received while the bus is up so its
+    /// acknowledgements go out, hand over the leadership of every shard this
+    /// node leads, then close the bus, the cluster and RocksDB.
     pub async fn shutdown(self) {
         info!("shutting down: stopping intake");
+        self.shutting_down
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        // Drained subscriptions: the server delivers nothing new; what was
+        // already delivered is written and acknowledged on the open connection.
+        let _ = self.ingest.send(chronicle_ingest::StopIntake).await;
+        let _ = self.query.send(chronicle_query::StopIntake).await;
+        // In-flight HTTP writes finish (they wait for their commit) first.
         self.http.stop(true).await;
-        if let Err(e) = self.bus.drain().await {
-            warn!(error = %e, "bus drain failed");
-        }
         // Let the ingest actor consume what the bus had buffered, then write it.
         let draining = std::time::Instant::now();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -376,6 +404,21 @@ impl Node {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         info!(took = ?draining.elapsed(), "intake written");
+        // The acknowledgements out, then the client connection closed.
+        if let Err(e) = self.bus.drain().await {
+            warn!(error = %e, "bus drain failed");
+        }
+        // Followers take over now, not an election timeout after this node
+        // stops answering.
+        let handing = std::time::Instant::now();
+        let cluster = self.cluster.clone();
+        let handed = self
+            .cluster_runtime()
+            .spawn(async move { cluster.hand_over_leadership(Duration::from_secs(5)).await })
+            .await;
+        if let Ok((moved, kept)) = handed {
+            info!(?moved, ?kept, took = ?handing.elapsed(), "leadership handed over");
+        }
         let flushing = std::time::Instant::now();
         let shards = self.local_shards();
         let flushed = tokio::task::spawn_blocking(move || {
@@ -400,6 +443,7 @@ impl Node {
             query,
             bus,
             runtime,
+            cluster_bus,
             ..
         } = self;
         drop((ingest, query, bus));
@@ -422,6 +466,9 @@ impl Node {
             .spawn(async move {
                 cluster.shutdown().await;
                 drop(cluster);
+                if let Err(e) = cluster_bus.drain().await {
+                    warn!(error = %e, "cluster bus drain failed");
+                }
             })
             .await;
         let _ = tokio::task::spawn_blocking(move || {

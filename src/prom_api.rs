@@ -126,7 +126,9 @@ fn query_error(e: QueryError) -> HttpResponse {
         QueryError::Timeout => ErrorType::Timeout,
         QueryError::Cancelled => ErrorType::Canceled,
         QueryError::Storage(_) => ErrorType::Internal,
-        QueryError::Unavailable | QueryError::Restarted => ErrorType::Unavailable,
+        QueryError::Unavailable | QueryError::Restarted | QueryError::Busy => {
+            ErrorType::Unavailable
+        }
     };
     error(kind, e.to_string())
 }
@@ -305,20 +307,31 @@ fn query_success(answer: &Answer) -> HttpResponse {
     }
 }
 
-/// Unix seconds (`1435781451.781`) or RFC 3339, to milliseconds.
+/// The times storage can hold (nanoseconds in an i64: years 1677 to 2262), in
+/// milliseconds. Query times are clamped to it, so no time arithmetic on them
+/// can overflow.
+const MIN_TIME_MS: i64 = i64::MIN / 1_000_000;
+const MAX_TIME_MS: i64 = i64::MAX / 1_000_000;
+
+/// Unix seconds (`1435781451.781`) or RFC 3339, to milliseconds, clamped to
+/// what storage can hold.
 fn parse_time(s: &str) -> Result<i64, String> {
     if let Ok(secs) = s.parse::<f64>() {
         if secs.is_finite() {
-            return Ok((secs * 1000.0).round() as i64);
+            let ms = (secs * 1000.0)
+                .round()
+                .clamp(MIN_TIME_MS as f64, MAX_TIME_MS as f64);
+            return Ok(ms as i64);
         }
+        return Err(format!("cannot parse {s:?} to a valid timestamp"));
     }
     let t = humantime::parse_rfc3339_weak(s)
         .map_err(|_| format!("cannot parse {s:?} to a valid timestamp"))?;
     let ms = match t.duration_since(std::time::UNIX_EPOCH) {
-        Ok(d) => d.as_millis() as i64,
-        Err(e) => -(e.duration().as_millis() as i64),
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_millis()).map_or(i64::MIN, |ms| -ms),
     };
-    Ok(ms)
+    Ok(ms.clamp(MIN_TIME_MS, MAX_TIME_MS))
 }
 
 /// Seconds (`15`, `0.5`) or a duration (`15s`, `1m`), to milliseconds.
@@ -329,7 +342,7 @@ fn parse_duration(s: &str) -> Result<i64, String> {
         }
     }
     humantime::parse_duration(s)
-        .map(|d| d.as_millis() as i64)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .map_err(|_| format!("cannot parse {s:?} to a valid duration"))
 }
 
@@ -504,7 +517,8 @@ async fn range_query(state: web::Data<AppState>, req: HttpRequest, body: Bytes) 
         Some(Err(e)) => return error(ErrorType::BadData, format!("invalid parameter \"step\": {e}")),
         None => return error(ErrorType::BadData, "invalid parameter \"step\": missing"),
     };
-    if (end - start) / step > 11_000 {
+    // Counted without overflow, before anything is built.
+    if chronicle_engine::step_count(start, end, step) > 11_001 {
         return error(
             ErrorType::BadData,
             "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)",

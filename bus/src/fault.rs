@@ -281,4 +281,8 @@ impl Bus for FaultyBus {
     fn new_inbox(&self) -> String {
         self.inner.new_inbox()
     }
+
+    fn is_connected(&self) -> bool {
+        self.inner.is_connected()
+    }
 }

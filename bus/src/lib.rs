@@ -23,7 +23,7 @@ use bytes::Bytes;
 pub use error::{BusError, Result};
 pub use fault::{Fault, FaultController, FaultyBus, RuleId};
 pub use local::{LocalBus, LocalBusOptions};
-pub use message::{Headers, Message, Subscription};
+pub use message::{DrainHandle, Headers, Message, Subscription};
 pub use nats::{ConnectionState, NatsBus, NatsOptions};
 
 /// The operations every bus offers, with the same semantics on every implementation
@@ -53,6 +53,12 @@ pub trait Bus: Send + Sync + 'static {
 
     /// A unique subject for replies.
     fn new_inbox(&self) -> String;
+
+    /// Whether the transport is connected now (readiness probes). An
+    /// in-process bus always is.
+    fn is_connected(&self) -> bool {
+        true
+    }
 }
 
 /// Shorthands over any [`Bus`].

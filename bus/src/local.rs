@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::SendTimeoutError;
 use tracing::warn;
 
+use crate::message::DrainHandle;
 use crate::subject::{matches, validate_publish, validate_queue_group, validate_subscribe};
 use crate::{Bus, BusError, Message, Result, Subscription};
 
@@ -185,7 +186,12 @@ impl Bus for LocalBus {
             queue_group: queue_group.map(str::to_string),
             tx,
         });
-        Ok(Subscription::new(subject, tokio_stream_from(rx)))
+        let drain = DrainHandle::default();
+        Ok(Subscription::new(
+            subject,
+            draining_stream(rx, drain.clone()),
+            drain,
+        ))
     }
 
     async fn request(&self, mut message: Message, timeout: Duration) -> Result<Message> {
@@ -221,8 +227,22 @@ impl Bus for LocalBus {
     }
 }
 
-fn tokio_stream_from(
-    mut rx: mpsc::Receiver<Message>,
+/// The receiver as a stream that, once drained, refuses new messages (senders
+/// see it closed) and ends after the buffered ones.
+fn draining_stream(
+    rx: mpsc::Receiver<Message>,
+    drain: DrainHandle,
 ) -> impl futures_util::Stream<Item = Message> + Send + 'static {
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    futures_util::stream::unfold((rx, drain, false), |(mut rx, drain, closed)| async move {
+        if closed {
+            return rx.recv().await.map(|m| (m, (rx, drain, true)));
+        }
+        tokio::select! {
+            m = rx.recv() => m.map(|m| (m, (rx, drain, false))),
+            () = drain.requested() => {
+                rx.close();
+                rx.recv().await.map(|m| (m, (rx, drain, true)))
+            }
+        }
+    })
 }

@@ -1,5 +1,6 @@
 use std::fmt;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -79,21 +80,51 @@ impl Message {
     }
 }
 
-/// A stream of the messages delivered to one subscription. Dropping it unsubscribes.
+/// A stream of the messages delivered to one subscription. Dropping it
+/// unsubscribes (what it had buffered is lost); draining it
+/// ([`Subscription::drain_handle`]) stops deliveries and ends the stream after
+/// what it already holds.
 pub struct Subscription {
     subject: String,
     inner: Pin<Box<dyn Stream<Item = Message> + Send>>,
+    drain: DrainHandle,
+}
+
+/// Drains one subscription from outside its stream (the stream itself is
+/// usually owned by an actor): no new message is delivered to it, the ones it
+/// already holds still are, then it ends. The bus stays usable for publishing
+/// (replies and acknowledgements of what was drained).
+#[derive(Clone, Debug, Default)]
+pub struct DrainHandle(Arc<tokio::sync::Notify>);
+
+impl DrainHandle {
+    pub fn drain(&self) {
+        // A stored permit: the stream sees it even when not waiting right now.
+        self.0.notify_one();
+    }
+
+    /// Completes once [`Self::drain`] was called.
+    pub(crate) async fn requested(&self) {
+        self.0.notified().await
+    }
 }
 
 impl Subscription {
     pub(crate) fn new(
         subject: impl Into<String>,
         inner: impl Stream<Item = Message> + Send + 'static,
+        drain: DrainHandle,
     ) -> Self {
         Self {
             subject: subject.into(),
             inner: Box::pin(inner),
+            drain,
         }
+    }
+
+    /// The handle that drains this subscription.
+    pub fn drain_handle(&self) -> DrainHandle {
+        self.drain.clone()
     }
 
     /// The subject (pattern) subscribed to.
@@ -116,6 +147,7 @@ impl Subscription {
         Subscription {
             subject: self.subject,
             inner: Box::pin(f(self.inner)),
+            drain: self.drain,
         }
     }
 }

@@ -11,8 +11,36 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use tracing::{info, warn};
 
+use crate::message::DrainHandle;
 use crate::subject::{validate_publish, validate_queue_group, validate_subscribe};
 use crate::{Bus, BusError, Headers, Message, Result, Subscription};
+
+/// The subscriber as a stream that, once drained, has the server stop
+/// delivering (NATS's subscription drain: UNSUB, then what is in flight still
+/// arrives) and ends after the messages it holds; the connection stays open.
+fn draining_subscriber(
+    subscriber: async_nats::Subscriber,
+    drain: DrainHandle,
+) -> impl futures_util::Stream<Item = Message> + Send + 'static {
+    futures_util::stream::unfold(
+        (subscriber, drain, false),
+        |(mut sub, drain, draining)| async move {
+            if draining {
+                return sub.next().await.map(|m| (from_nats(m), (sub, drain, true)));
+            }
+            tokio::select! {
+                m = sub.next() => m.map(|m| (from_nats(m), (sub, drain, false))),
+                () = drain.requested() => {
+                    if let Err(e) = sub.drain().await {
+                        warn!(error = %e, "subscription drain failed; it ends now");
+                        return None;
+                    }
+                    sub.next().await.map(|m| (from_nats(m), (sub, drain, true)))
+                }
+            }
+        },
+    )
+}
 
 /// How long a flush waits for its round trip through the server.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -252,7 +280,12 @@ impl Bus for NatsBus {
             None => self.client.subscribe(subject.to_string()).await,
         }
         .map_err(|e| err(e.to_string()))?;
-        Ok(Subscription::new(subject, subscriber.map(from_nats)))
+        let drain = DrainHandle::default();
+        Ok(Subscription::new(
+            subject,
+            draining_subscriber(subscriber, drain.clone()),
+            drain,
+        ))
     }
 
     async fn request(&self, message: Message, timeout: Duration) -> Result<Message> {
@@ -304,5 +337,9 @@ impl Bus for NatsBus {
 
     fn new_inbox(&self) -> String {
         self.client.new_inbox()
+    }
+
+    fn is_connected(&self) -> bool {
+        self.state() == ConnectionState::Connected
     }
 }

@@ -564,4 +564,54 @@ impl ClusterNode {
             "node {to} did not become the leader of shard {shard} in 5 attempts"
         )))
     }
+
+    /// Hands the leadership of every shard this node leads to its most
+    /// caught-up follower, all shards at once (shutdown: the new leaders take
+    /// over while this node can still answer, instead of after an election
+    /// timeout). Returns the shards handed over and those that could not be
+    /// (a one-replica shard, or no follower took it within `within`).
+    pub async fn hand_over_leadership(&self, within: Duration) -> (Vec<u32>, Vec<u32>) {
+        let me = self.node_id();
+        let (_, shards) = self.status();
+        let mine: Vec<(u32, u64)> = shards
+            .iter()
+            .filter(|s| s.leader == Some(me))
+            .filter_map(|s| {
+                // Least behind first; the lag map is the leader's own.
+                let to = s
+                    .replicas
+                    .iter()
+                    .filter(|&&r| r != me)
+                    .min_by_key(|r| s.lag.get(r).copied().unwrap_or(u64::MAX))?;
+                Some((s.id, *to))
+            })
+            .collect();
+        let unmovable: Vec<u32> = shards
+            .iter()
+            .filter(|s| s.leader == Some(me) && !mine.iter().any(|(id, _)| *id == s.id))
+            .map(|s| s.id)
+            .collect();
+        let moves = mine.iter().map(|&(shard, to)| async move {
+            let moved = tokio::time::timeout(within, self.transfer_leader(shard, to)).await;
+            // Another follower winning is as good: this node no longer leads.
+            let leads = self
+                .group(shard)
+                .and_then(|g| g.raft.metrics().borrow().current_leader)
+                == Some(me);
+            match moved {
+                Ok(Ok(())) => (shard, true),
+                _ => (shard, !leads),
+            }
+        });
+        let (mut moved, mut kept) = (Vec::new(), unmovable);
+        for (shard, ok) in futures_util::future::join_all(moves).await {
+            if ok {
+                moved.push(shard);
+            } else {
+                kept.push(shard);
+            }
+        }
+        info!(?moved, ?kept, "leadership handed over");
+        (moved, kept)
+    }
 }

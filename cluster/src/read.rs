@@ -36,11 +36,24 @@ pub enum ShardRead {
         end: i64,
         max_series: usize,
     },
+    /// The first `count` samples of the matching series in key order (metric,
+    /// then labels): each shard stops reading once it has `count`.
+    First {
+        matchers: Vec<Matcher>,
+        start: i64,
+        end: i64,
+        count: usize,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ShardAnswer {
     Series(Option<Vec<SeriesSamples>>),
+    /// Series in key order; `truncated` when samples were left unread.
+    First {
+        series: Vec<SeriesSamples>,
+        truncated: bool,
+    },
     Partials(PartialGroups),
     Keys(Option<Vec<SeriesKey>>),
 }
@@ -72,6 +85,15 @@ impl ShardRead {
                 end,
                 max_series,
             } => ShardAnswer::Keys(shard.series_keys(matchers, *start, *end, *max_series)?),
+            ShardRead::First {
+                matchers,
+                start,
+                end,
+                count,
+            } => {
+                let (series, truncated) = shard.query_first(matchers, *start, *end, *count)?;
+                ShardAnswer::First { series, truncated }
+            }
         })
     }
 
@@ -95,6 +117,10 @@ impl ShardRead {
             ShardRead::Series { .. } => ShardAnswer::Series(Some(Vec::new())),
             ShardRead::Partials(_) => ShardAnswer::Partials(PartialGroups::new()),
             ShardRead::Keys { .. } => ShardAnswer::Keys(Some(Vec::new())),
+            ShardRead::First { .. } => ShardAnswer::First {
+                series: Vec::new(),
+                truncated: false,
+            },
         }
     }
 }
@@ -114,6 +140,16 @@ pub fn merge(read: &ShardRead, answers: Vec<ShardAnswer>) -> Result<ShardAnswer,
                 (Some(all), Some(part)) => all.extend(part),
                 _ => *all = None,
             },
+            (
+                ShardAnswer::First { series, truncated },
+                ShardAnswer::First {
+                    series: part,
+                    truncated: cut,
+                },
+            ) => {
+                series.extend(part);
+                *truncated |= cut;
+            }
             (ShardAnswer::Partials(all), ShardAnswer::Partials(part)) => {
                 for (group, windows) in part {
                     let mine = all.entry(group).or_default();
@@ -140,6 +176,24 @@ pub fn merge(read: &ShardRead, answers: Vec<ShardAnswer>) -> Result<ShardAnswer,
             if all.len() > *max_series =>
         {
             out = ShardAnswer::Keys(None)
+        }
+        // Each shard gave its own first `count`; the first `count` of all of
+        // them are among those.
+        (ShardAnswer::First { series, truncated }, ShardRead::First { count, .. }) => {
+            series.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            let mut left = *count;
+            series.retain_mut(|(_, samples)| {
+                if left == 0 {
+                    *truncated = true;
+                    return false;
+                }
+                if samples.len() > left {
+                    samples.truncate(left);
+                    *truncated = true;
+                }
+                left -= samples.len();
+                true
+            });
         }
         _ => {}
     }
@@ -218,6 +272,12 @@ pub(crate) enum WireRead {
         end: i64,
         max_series: u64,
     },
+    First {
+        matchers: Vec<WireMatcher>,
+        start: i64,
+        end: i64,
+        count: u64,
+    },
 }
 
 fn function_code(f: AggregateFunction) -> (u8, f64) {
@@ -295,6 +355,17 @@ impl From<&ShardRead> for WireRead {
                 end: *end,
                 max_series: count(*max_series),
             },
+            ShardRead::First {
+                matchers,
+                start,
+                end,
+                count: n,
+            } => WireRead::First {
+                matchers: wire_matchers(matchers),
+                start: *start,
+                end: *end,
+                count: count(*n),
+            },
         }
     }
 }
@@ -340,6 +411,17 @@ impl TryFrom<WireRead> for ShardRead {
                 start,
                 end,
                 max_series: size(max_series),
+            },
+            WireRead::First {
+                matchers,
+                start,
+                end,
+                count,
+            } => ShardRead::First {
+                matchers: matchers_from(matchers)?,
+                start,
+                end,
+                count: size(count),
             },
         })
     }
@@ -404,22 +486,44 @@ pub(crate) enum WireAnswer {
     Series(Option<Vec<WireSeries>>),
     Partials(Vec<(WireLabels, Vec<(i64, WirePartial)>)>),
     Keys(Option<Vec<(String, WireLabels)>>),
+    First(Vec<WireSeries>, bool),
+}
+
+fn wire_series(all: &[SeriesSamples]) -> Vec<WireSeries> {
+    all.iter()
+        .map(|(key, samples)| {
+            (
+                key.metric.clone(),
+                wire_labels(&key.labels),
+                samples.iter().map(|s| (s.timestamp, s.value)).collect(),
+            )
+        })
+        .collect()
+}
+
+fn series_from(all: Vec<WireSeries>) -> Vec<SeriesSamples> {
+    all.into_iter()
+        .map(|(metric, labels, samples)| {
+            (
+                SeriesKey::new(metric, labels_from(labels)),
+                samples
+                    .into_iter()
+                    .map(|(t, v)| Sample::new(t, v))
+                    .collect(),
+            )
+        })
+        .collect()
 }
 
 impl From<&ShardAnswer> for WireAnswer {
     fn from(answer: &ShardAnswer) -> Self {
         match answer {
-            ShardAnswer::Series(series) => WireAnswer::Series(series.as_ref().map(|all| {
-                all.iter()
-                    .map(|(key, samples)| {
-                        (
-                            key.metric.clone(),
-                            wire_labels(&key.labels),
-                            samples.iter().map(|s| (s.timestamp, s.value)).collect(),
-                        )
-                    })
-                    .collect()
-            })),
+            ShardAnswer::Series(series) => {
+                WireAnswer::Series(series.as_ref().map(|all| wire_series(all)))
+            }
+            ShardAnswer::First { series, truncated } => {
+                WireAnswer::First(wire_series(series), *truncated)
+            }
             ShardAnswer::Partials(groups) => WireAnswer::Partials(
                 groups
                     .iter()
@@ -446,19 +550,11 @@ impl From<&ShardAnswer> for WireAnswer {
 impl From<WireAnswer> for ShardAnswer {
     fn from(wire: WireAnswer) -> Self {
         match wire {
-            WireAnswer::Series(series) => ShardAnswer::Series(series.map(|all| {
-                all.into_iter()
-                    .map(|(metric, labels, samples)| {
-                        (
-                            SeriesKey::new(metric, labels_from(labels)),
-                            samples
-                                .into_iter()
-                                .map(|(t, v)| Sample::new(t, v))
-                                .collect(),
-                        )
-                    })
-                    .collect()
-            })),
+            WireAnswer::Series(series) => ShardAnswer::Series(series.map(series_from)),
+            WireAnswer::First(series, truncated) => ShardAnswer::First {
+                series: series_from(series),
+                truncated,
+            },
             WireAnswer::Partials(groups) => ShardAnswer::Partials(
                 groups
                     .into_iter()

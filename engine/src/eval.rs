@@ -57,7 +57,8 @@ impl Query {
 /// Bounds on one query's work.
 #[derive(Debug, Clone)]
 pub struct QueryLimits {
-    /// Samples read from storage.
+    /// Samples read from storage plus values evaluation builds (series x steps
+    /// of every intermediate and final result).
     pub max_samples: usize,
     /// Series in any intermediate or final result.
     pub max_series: usize,
@@ -115,6 +116,16 @@ pub(crate) enum Val {
 }
 
 impl Val {
+    /// Values or samples held (what `max_samples` counts).
+    pub fn size(&self) -> usize {
+        match self {
+            Val::Scalar(v) => v.len(),
+            Val::String(_) => 0,
+            Val::Vector(series) => series.iter().map(|s| s.values.len()).sum(),
+            Val::Matrix(w) => w.series.iter().map(|s| s.samples.len()).sum(),
+        }
+    }
+
     pub fn kind(&self) -> ValueKind {
         match self {
             Val::Scalar(_) => ValueKind::Scalar,
@@ -135,6 +146,9 @@ pub(crate) struct Evaluator<'a> {
     pub query_step: i64,
     pub lookback: i64,
     pub samples_read: usize,
+    /// Values and samples that evaluation itself made (step values of instant
+    /// vectors, subquery samples): with `samples_read`, bounded by `max_samples`.
+    pub values_built: usize,
     /// Warnings and infos so far, each once.
     pub annotations: Vec<Annotation>,
 }
@@ -159,13 +173,15 @@ pub fn evaluate(source: &dyn SeriesSource, query: &Query, limits: &QueryLimits) 
             "end timestamp must not be before start time".into(),
         ));
     }
-    let steps = steps(query.start, query.end, query.step);
-    if steps.len() > limits.max_steps {
+    // Counted before anything is built: a 1 ms step over centuries must be
+    // refused, not allocated.
+    if step_count(query.start, query.end, query.step) > limits.max_steps as u128 {
         return Err(EngineError::Limit(format!(
             "exceeded maximum resolution of {} points per timeseries",
             limits.max_steps
         )));
     }
+    let steps = steps(query.start, query.end, query.step);
     let instant = query.start == query.end;
     let kind = query.plan.kind();
     if !instant && matches!(kind, ValueKind::Matrix | ValueKind::String) {
@@ -182,6 +198,7 @@ pub fn evaluate(source: &dyn SeriesSource, query: &Query, limits: &QueryLimits) 
         query_step: if instant { 0 } else { query.step },
         lookback: query.lookback,
         samples_read: 0,
+        values_built: 0,
         annotations: Vec::new(),
     };
     let value = ev.eval(&query.plan, &steps)?;
@@ -255,12 +272,23 @@ pub(crate) fn kind_name(kind: ValueKind) -> &'static str {
     }
 }
 
+/// How many steps `start, start + step, ..., <= end` has, without overflow
+/// whatever the inputs (zero for an empty range or a step that is not positive).
+pub fn step_count(start: i64, end: i64, step: i64) -> u128 {
+    if step <= 0 || end < start {
+        return 0;
+    }
+    ((end as i128 - start as i128) / step as i128 + 1) as u128
+}
+
+/// The step times; callers check [`step_count`] against their limit first.
 pub(crate) fn steps(start: i64, end: i64, step: i64) -> Vec<i64> {
-    let mut out = Vec::new();
-    let mut t = start;
-    while t <= end {
-        out.push(t);
-        t += step;
+    let count = step_count(start, end, step);
+    let mut out = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(1 << 20));
+    let mut t = Some(start);
+    while let Some(now) = t.filter(|&now| now <= end) {
+        out.push(now);
+        t = now.checked_add(step);
     }
     out
 }
@@ -333,6 +361,20 @@ impl Evaluator<'_> {
         }
     }
 
+    /// Accounts for `n` values about to be built; refuses once the query would
+    /// hold more than `max_samples` in all.
+    pub fn charge(&mut self, n: usize) -> Result<()> {
+        let held = self
+            .samples_read
+            .saturating_add(self.values_built)
+            .saturating_add(n);
+        if held > self.limits.max_samples {
+            return Err(crate::source::too_many_samples(self.limits.max_samples));
+        }
+        self.values_built += n;
+        Ok(())
+    }
+
     pub fn check_deadline(&self) -> Result<()> {
         if self
             .limits
@@ -365,7 +407,10 @@ impl Evaluator<'_> {
         let mut seen: HashMap<Labels, usize> = HashMap::default();
         for set in &selector.matcher_sets {
             self.check_deadline()?;
-            let budget = self.limits.max_samples.saturating_sub(self.samples_read);
+            let budget = self
+                .limits
+                .max_samples
+                .saturating_sub(self.samples_read.saturating_add(self.values_built));
             let selected = self
                 .source
                 .select(set, lo, hi, budget)
@@ -406,11 +451,18 @@ impl Evaluator<'_> {
     ) -> Result<Vec<StepSeries>> {
         let times: Vec<i64> = steps
             .iter()
-            .map(|&t| self.pinned(selector.at, t) - selector.offset)
+            .map(|&t| self.pinned(selector.at, t).saturating_sub(selector.offset))
             .collect();
-        let lo = times.iter().copied().min().unwrap_or(0) - self.lookback;
+        let lo = times
+            .iter()
+            .copied()
+            .min()
+            .unwrap_or(0)
+            .saturating_sub(self.lookback);
         let hi = times.iter().copied().max().unwrap_or(0);
-        let series = self.fetch(selector, lo + 1, hi)?;
+        let series = self.fetch(selector, lo.saturating_add(1), hi)?;
+        // A few samples can become series x steps values: count them first.
+        self.charge(series.len().saturating_mul(times.len()))?;
         let lookback = self.lookback;
         Ok(series
             .into_iter()
@@ -420,7 +472,7 @@ impl Evaluator<'_> {
                     .map(|&t| {
                         let end = s.samples.partition_point(|x| x.t <= t);
                         let last = end.checked_sub(1).map(|i| s.samples[i])?;
-                        if last.t <= t - lookback || is_stale(last.v) {
+                        if last.t <= t.saturating_sub(lookback) || is_stale(last.v) {
                             return None;
                         }
                         Some(if timestamps {
@@ -443,13 +495,13 @@ impl Evaluator<'_> {
         let windows: Vec<(i64, i64)> = steps
             .iter()
             .map(|&t| {
-                let hi = self.pinned(selector.at, t) - selector.offset;
-                (hi - range, hi)
+                let hi = self.pinned(selector.at, t).saturating_sub(selector.offset);
+                (hi.saturating_sub(range), hi)
             })
             .collect();
         let lo = windows.iter().map(|w| w.0).min().unwrap_or(0);
         let hi = windows.iter().map(|w| w.1).max().unwrap_or(0);
-        let mut series = self.fetch(selector, lo + 1, hi)?;
+        let mut series = self.fetch(selector, lo.saturating_add(1), hi)?;
         for s in &mut series {
             // Staleness markers end a series; they are never part of a window.
             s.samples.retain(|x| !is_stale(x.v));
@@ -477,24 +529,29 @@ impl Evaluator<'_> {
         let windows: Vec<(i64, i64)> = steps
             .iter()
             .map(|&t| {
-                let hi = self.pinned(at, t) - offset;
-                (hi - range, hi)
+                let hi = self.pinned(at, t).saturating_sub(offset);
+                (hi.saturating_sub(range), hi)
             })
             .collect();
         let lo = windows.iter().map(|w| w.0).min().unwrap_or(0);
         let hi = windows.iter().map(|w| w.1).max().unwrap_or(0);
-        // Inner steps sit on multiples of the step, as in Prometheus.
-        let first = (lo.div_euclid(step) + 1) * step;
-        let inner_steps = if first <= hi {
-            steps_of(first, hi, step)
-        } else {
-            Vec::new()
-        };
-        if inner_steps.len() > 10 * self.limits.max_steps {
-            return Err(EngineError::Limit(
-                "subquery resolution too fine for its range".into(),
-            ));
+        // Inner steps sit on multiples of the step, as in Prometheus; counted
+        // before any is built.
+        let first = lo
+            .div_euclid(step)
+            .checked_add(1)
+            .and_then(|n| n.checked_mul(step));
+        let count = first.map_or(0, |first| step_count(first, hi, step));
+        if count > 10 * self.limits.max_steps as u128 {
+            return Err(EngineError::Limit(format!(
+                "subquery resolution too fine for its range: {count} steps, over the limit of {}",
+                10 * self.limits.max_steps
+            )));
         }
+        let inner_steps = match first {
+            Some(first) if first <= hi => steps_of(first, hi, step),
+            _ => Vec::new(),
+        };
         let saved = (self.query_start, self.query_end);
         let value = if inner_steps.is_empty() {
             Val::Vector(Vec::new())
@@ -535,6 +592,22 @@ impl Evaluator<'_> {
 
     pub fn eval(&mut self, plan: &Plan, steps: &[i64]) -> Result<Val> {
         self.check_deadline()?;
+        if let Plan::Number(_) = plan {
+            self.charge(steps.len())?;
+        }
+        let value = self.eval_node(plan, steps)?;
+        // Selections were counted as they were read and expanded; everything
+        // else is counted by what it made.
+        if !matches!(
+            plan,
+            Plan::Vector(_) | Plan::Matrix { .. } | Plan::Number(_)
+        ) {
+            self.charge(value.size())?;
+        }
+        Ok(value)
+    }
+
+    fn eval_node(&mut self, plan: &Plan, steps: &[i64]) -> Result<Val> {
         // A subquery without a step uses the default evaluation interval, in
         // range queries too (as Prometheus does), not the query's step.
         let outer_step = DEFAULT_SUBQUERY_STEP;

@@ -28,10 +28,12 @@ mod aggregate;
 mod annotation_tests;
 mod binary;
 #[cfg(test)]
+mod limit_tests;
+#[cfg(test)]
 mod tests;
 
 pub use annotations::{Annotation, Pos, Severity};
-pub use eval::{evaluate, Answer, Query, QueryLimits};
+pub use eval::{evaluate, step_count, Answer, Query, QueryLimits};
 pub use functions::almost_equal;
 pub use value::{Labels, QueryValue, RangeSeries, Sample};
 

@@ -113,12 +113,34 @@ impl Point {
     }
 }
 
-/// Size limits applied when a point is validated.
+/// Size limits: of one point (checked when it is validated) and of one write
+/// request (checked by the parsers before they build the points).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub max_name_bytes: usize,
     pub max_label_value_bytes: usize,
     pub max_labels: usize,
+    /// Points one request may create.
+    pub max_request_points: usize,
+    /// Metric name and label bytes one request may create, counted per point:
+    /// formats that state a label set once for many samples (remote write,
+    /// OTLP resources, line protocol fields) cannot multiply it past this.
+    pub max_request_label_bytes: usize,
+}
+
+impl Limits {
+    /// No size limit, only the rules of what a name and a label set are: what
+    /// a replica applies committed entries under, so that a node configured
+    /// with smaller limits than the leader's still applies what was committed.
+    pub fn structural() -> Self {
+        Self {
+            max_name_bytes: usize::MAX,
+            max_label_value_bytes: usize::MAX,
+            max_labels: usize::MAX,
+            max_request_points: usize::MAX,
+            max_request_label_bytes: usize::MAX,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -127,6 +149,8 @@ impl Default for Limits {
             max_name_bytes: 256,
             max_label_value_bytes: 2048,
             max_labels: 64,
+            max_request_points: 1_000_000,
+            max_request_label_bytes: 128 << 20,
         }
     }
 }
@@ -505,6 +529,28 @@ impl<'a> PointsView<'a> {
             validate(p.metric, p.labels, limits).map_err(|problem| (index, problem))?;
         }
         Ok(())
+    }
+
+    /// Drops the points [`validate`] refuses, keeping the others in order;
+    /// returns each dropped point's original index and problem.
+    pub fn retain_valid(&mut self, limits: &Limits) -> Vec<(usize, PointProblem)> {
+        let mut dropped = Vec::new();
+        let labels = &self.labels;
+        let mut index = 0;
+        self.points.retain(|s| {
+            let first = s.first as usize;
+            let point_labels = &labels[first..first + s.count as usize];
+            let kept = match validate(s.metric, point_labels, limits) {
+                Ok(()) => true,
+                Err(problem) => {
+                    dropped.push((index, problem));
+                    false
+                }
+            };
+            index += 1;
+            kept
+        });
+        dropped
     }
 
     pub fn to_points(&self) -> Vec<Point> {

@@ -27,7 +27,7 @@ use crate::decoded_cache::{ChunkId, DecodedCache};
 use crate::keys::*;
 use crate::matcher::{MatchOp, Matcher};
 use crate::model::{
-    EncodedPoints, Label, LabelPair, Point, PointsView, Sample, SeriesKey, METRIC_LABEL,
+    EncodedPoints, Label, LabelPair, Limits, Point, PointsView, Sample, SeriesKey, METRIC_LABEL,
 };
 use crate::postings::Postings;
 use crate::{Result, StorageError};
@@ -368,12 +368,29 @@ impl Shard {
     }
 
     fn ingest(&self, mut points: PointsView<'_>, seq: u64, log: bool) -> Result<()> {
-        // Validate everything first: a batch is all or nothing. Labels out of
-        // order are sorted in the view (its own slice of references).
+        // Labels out of order are sorted in the view (its own slice of references).
         points.sort_labels();
-        points
-            .validate(&self.config.limits)
-            .map_err(|(index, problem)| StorageError::InvalidPoint { index, problem })?;
+        if log {
+            // A direct write: validated here, all or nothing.
+            points
+                .validate(&self.config.limits)
+                .map_err(|(index, problem)| StorageError::InvalidPoint { index, problem })?;
+        } else {
+            // A committed entry, validated when it was proposed. Applying is
+            // total and the same on every replica whatever its own limits: only
+            // what no shard can hold (a malformed name, a duplicate label) is
+            // left out, the same way everywhere, and the rest applied.
+            let dropped = points.retain_valid(&Limits::structural());
+            if let Some((index, problem)) = dropped.first() {
+                tracing::error!(
+                    seq,
+                    dropped = dropped.len(),
+                    first = index,
+                    %problem,
+                    "committed entry held points no shard can store; applied without them"
+                );
+            }
+        }
 
         // Resolve series ids; new series are written with the batch.
         let mut ids = Vec::with_capacity(points.len());
@@ -860,10 +877,9 @@ impl Shard {
 
     /// Reads `[start, end)` of one series as an iterator of samples in time order.
     pub fn scan(&self, id: u64, start: i64, end: i64) -> Result<SeriesIter> {
-        Ok(self
-            .read_plan(&[id], start, end)?
-            .pop()
-            .unwrap_or_else(|| SeriesIter::empty(start, end)))
+        self.read_plan(&[id], start, end)?
+            .next()
+            .unwrap_or_else(|| Ok(SeriesIter::empty(start, end)))
     }
 
     /// Selects series and reads `[start, end)` of each.
@@ -890,7 +906,7 @@ impl Shard {
         let mut out = Vec::with_capacity(selected.len());
         for ((_, key), it) in selected.into_iter().zip(iters) {
             let mut samples = Vec::new();
-            for s in it {
+            for s in it? {
                 if left == 0 {
                     return Ok(None);
                 }
@@ -902,21 +918,65 @@ impl Shard {
         Ok(Some(out))
     }
 
-    /// Gathers, under one consistent view, the head samples and chunk bytes of each
-    /// series; decoding happens lazily in the returned iterators.
-    fn read_plan(&self, ids: &[u64], start: i64, end: i64) -> Result<Vec<SeriesIter>> {
-        if start >= end {
-            return Ok(ids.iter().map(|_| SeriesIter::empty(start, end)).collect());
+    /// The first `count` samples of the matching series taken in key order
+    /// (metric, then labels), each series in time order: reading stops once
+    /// there are `count`. The flag says whether anything was left unread.
+    /// Series without samples in the range are left out.
+    pub fn query_first(
+        &self,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+        count: usize,
+    ) -> Result<(Vec<SeriesSamples>, bool)> {
+        let mut selected = self.select(matchers)?;
+        selected.sort_unstable_by(|a, b| a.1.cmp(&b.1));
+        let ids: Vec<u64> = selected.iter().map(|(id, _)| *id).collect();
+        let iters = self.read_plan(&ids, start, end)?;
+        let mut left = count;
+        let mut out = Vec::new();
+        for ((_, key), it) in selected.into_iter().zip(iters) {
+            let mut samples = Vec::new();
+            for s in it? {
+                let s = s?;
+                if left == 0 {
+                    if !samples.is_empty() {
+                        out.push((key, samples));
+                    }
+                    return Ok((out, true));
+                }
+                left -= 1;
+                samples.push(s);
+            }
+            if !samples.is_empty() {
+                out.push((key, samples));
+            }
         }
-        let range = self.chunk_range;
+        Ok((out, false))
+    }
+
+    /// Takes, under one consistent view, the head samples of each series; the
+    /// returned plan reads each series' chunk bytes from that view only when the
+    /// caller gets to it, so a read that stops early (a limit) never gathered
+    /// the rest.
+    fn read_plan(&self, ids: &[u64], start: i64, end: i64) -> Result<ReadPlan<'_>> {
+        if start >= end {
+            return Ok(ReadPlan::empty(self, ids.len(), start, end));
+        }
         let snapshot;
-        let mut plans = Vec::with_capacity(ids.len());
+        let mut series = Vec::with_capacity(ids.len());
         {
             let st = self.state.read();
             snapshot = self.db.snapshot();
             for id in ids {
                 let Some(e) = st.series.get(id) else {
-                    plans.push((*id, 0u8, None, Vec::new(), i64::MIN));
+                    series.push(PlannedSeries {
+                        id: *id,
+                        tier: 0,
+                        key: None,
+                        head: Vec::new(),
+                        newest: i64::MIN,
+                    });
                     continue;
                 };
                 let newest = e
@@ -930,100 +990,129 @@ impl Shard {
                     .filter(|s| s.timestamp >= start && s.timestamp < end)
                     .copied()
                     .collect();
-                plans.push((*id, e.tier, Some(e.key.clone()), sort_dedup(head), newest));
+                series.push(PlannedSeries {
+                    id: *id,
+                    tier: e.tier,
+                    key: Some(e.key.clone()),
+                    head: sort_dedup(head),
+                    newest,
+                });
             }
         }
         let mut ro = ReadOptions::default();
         ro.set_snapshot(&snapshot);
-        let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_CHUNKS), ro);
+        let it = self.db.raw_iterator_cf_opt(self.cf(CF_CHUNKS), ro);
+        Ok(ReadPlan {
+            shard: self,
+            it: Some(it),
+            _snapshot: Some(snapshot),
+            series: series.into_iter(),
+            oldest_by_tier: HashMap::new(),
+            start,
+            end,
+        })
+    }
+
+    /// The chunk bytes of one planned series, read through `it` (the plan's view).
+    fn series_iter(
+        &self,
+        it: &mut rocksdb::DBRawIteratorWithThreadMode<'_, DB>,
+        oldest_by_tier: &mut HashMap<u8, i64>,
+        planned: PlannedSeries,
+        start: i64,
+        end: i64,
+    ) -> Result<SeriesIter> {
+        let range = self.chunk_range;
         let first_window = window_start(start, range);
+        let PlannedSeries {
+            id,
+            tier,
+            key: name,
+            head,
+            newest,
+        } = planned;
         // Windows before the tier's oldest chunk hold nothing: start there.
-        let mut oldest_by_tier: HashMap<u8, i64> = HashMap::new();
-        let mut out = Vec::with_capacity(plans.len());
-        for (id, tier, name, head, newest) in plans {
-            let oldest = match oldest_by_tier.get(&tier) {
-                Some(w) => *w,
-                None => {
-                    it.seek(chunk_window_start(tier, i64::MIN));
-                    let w = it
-                        .key()
-                        .and_then(parse_chunk_key)
-                        .filter(|k| k.tier == tier)
-                        .map_or(i64::MAX, |k| k.window);
-                    it.status()?;
-                    oldest_by_tier.insert(tier, w);
-                    w
-                }
-            };
-            let mut windows: VecDeque<WindowData> = VecDeque::new();
-            let mut w = first_window.max(oldest);
-            let stop = end.min(newest.saturating_add(1));
-            while w < stop {
-                let prefix = chunk_prefix(tier, w, id);
-                seek_forward(&mut it, &prefix);
-                let mut chunks = Vec::new();
-                while let Some(key) = it.key() {
-                    if !key.starts_with(&prefix) {
-                        break;
-                    }
-                    let seq = parse_chunk_key(key).map_or(0, |k| k.seq);
-                    let bytes = it.value().unwrap_or_default();
-                    // A chunk already decoded is not copied out of RocksDB again.
-                    let chunk = match self
-                        .decoded
-                        .as_ref()
-                        .and_then(|cache| cache.get(&chunk_id(id, tier, w, seq, bytes)?))
-                    {
-                        Some(samples) => StoredChunk::Decoded(samples),
-                        None => StoredChunk::Encoded(bytes.to_vec()),
-                    };
-                    chunks.push((seq, chunk));
-                    it.next();
-                }
+        let oldest = match oldest_by_tier.get(&tier) {
+            Some(w) => *w,
+            None => {
+                it.seek(chunk_window_start(tier, i64::MIN));
+                let w = it
+                    .key()
+                    .and_then(parse_chunk_key)
+                    .filter(|k| k.tier == tier)
+                    .map_or(i64::MAX, |k| k.window);
                 it.status()?;
-                if !chunks.is_empty() {
-                    windows.push_back(WindowData {
-                        window: w,
-                        chunks,
-                        head: Vec::new(),
-                    });
+                oldest_by_tier.insert(tier, w);
+                w
+            }
+        };
+        let mut windows: VecDeque<WindowData> = VecDeque::new();
+        let mut w = first_window.max(oldest);
+        let stop = end.min(newest.saturating_add(1));
+        while w < stop {
+            let prefix = chunk_prefix(tier, w, id);
+            seek_forward(it, &prefix);
+            let mut chunks = Vec::new();
+            while let Some(key) = it.key() {
+                if !key.starts_with(&prefix) {
+                    break;
                 }
-                w = match w.checked_add(range) {
-                    Some(next) => next,
-                    None => break,
+                let seq = parse_chunk_key(key).map_or(0, |k| k.seq);
+                let bytes = it.value().unwrap_or_default();
+                // A chunk already decoded is not copied out of RocksDB again.
+                let chunk = match self
+                    .decoded
+                    .as_ref()
+                    .and_then(|cache| cache.get(&chunk_id(id, tier, w, seq, bytes)?))
+                {
+                    Some(samples) => StoredChunk::Decoded(samples),
+                    None => StoredChunk::Encoded(bytes.to_vec()),
                 };
+                chunks.push((seq, chunk));
+                it.next();
             }
-            // Head samples join the window they belong to (windows stay in order).
-            for s in head {
-                let w = window_start(s.timestamp, range);
-                match windows.iter_mut().find(|d| d.window == w) {
-                    Some(d) => d.head.push(s),
-                    None => {
-                        let at = windows.partition_point(|d| d.window < w);
-                        windows.insert(
-                            at,
-                            WindowData {
-                                window: w,
-                                chunks: Vec::new(),
-                                head: vec![s],
-                            },
-                        );
-                    }
+            it.status()?;
+            if !chunks.is_empty() {
+                windows.push_back(WindowData {
+                    window: w,
+                    chunks,
+                    head: Vec::new(),
+                });
+            }
+            w = match w.checked_add(range) {
+                Some(next) => next,
+                None => break,
+            };
+        }
+        // Head samples join the window they belong to (windows stay in order).
+        for s in head {
+            let w = window_start(s.timestamp, range);
+            match windows.iter_mut().find(|d| d.window == w) {
+                Some(d) => d.head.push(s),
+                None => {
+                    let at = windows.partition_point(|d| d.window < w);
+                    windows.insert(
+                        at,
+                        WindowData {
+                            window: w,
+                            chunks: Vec::new(),
+                            head: vec![s],
+                        },
+                    );
                 }
             }
-            out.push(SeriesIter {
-                id,
-                tier,
-                cache: self.decoded.clone(),
-                series: name,
-                chunk_range: range,
-                windows,
-                current: Vec::new().into_iter(),
-                start,
-                end,
-            });
         }
-        Ok(out)
+        Ok(SeriesIter {
+            id,
+            tier,
+            cache: self.decoded.clone(),
+            series: name,
+            chunk_range: range,
+            windows,
+            current: Vec::new().into_iter(),
+            start,
+            end,
+        })
     }
 
     /// Partial aggregates per group and window, for merging across shards.
@@ -1044,6 +1133,7 @@ impl Shard {
         let is_rate = req.function == AggregateFunction::Rate;
         let mut groups: PartialGroups = BTreeMap::new();
         for ((_, key), iter) in selected.iter().zip(iters) {
+            let iter = iter?;
             let group = group_labels(key, &req.group_by);
             let windows = groups.entry(group).or_default();
             let mut counter: Option<(i64, CounterWindow)> = None;
@@ -1375,6 +1465,68 @@ fn decode_log_record(bytes: &[u8]) -> std::result::Result<Vec<(u64, Sample)>, co
         prev = t;
     }
     Ok(out)
+}
+
+/// One series of a [`ReadPlan`]: what was taken under the plan's lock.
+struct PlannedSeries {
+    id: u64,
+    tier: u8,
+    key: Option<Arc<SeriesKey>>,
+    head: Vec<Sample>,
+    newest: i64,
+}
+
+/// Reads series one at a time from one consistent view (a RocksDB snapshot
+/// and the head samples copied with it), in the order they were asked for.
+struct ReadPlan<'a> {
+    shard: &'a Shard,
+    // Declared before the snapshot: the iterator reads through it and must be
+    // dropped first.
+    it: Option<rocksdb::DBRawIteratorWithThreadMode<'a, DB>>,
+    _snapshot: Option<rocksdb::SnapshotWithThreadMode<'a, DB>>,
+    series: std::vec::IntoIter<PlannedSeries>,
+    oldest_by_tier: HashMap<u8, i64>,
+    start: i64,
+    end: i64,
+}
+
+impl<'a> ReadPlan<'a> {
+    /// An empty time range: every series reads as empty.
+    fn empty(shard: &'a Shard, count: usize, start: i64, end: i64) -> Self {
+        let series: Vec<PlannedSeries> = (0..count)
+            .map(|_| PlannedSeries {
+                id: 0,
+                tier: 0,
+                key: None,
+                head: Vec::new(),
+                newest: i64::MIN,
+            })
+            .collect();
+        Self {
+            shard,
+            it: None,
+            _snapshot: None,
+            series: series.into_iter(),
+            oldest_by_tier: HashMap::new(),
+            start,
+            end,
+        }
+    }
+}
+
+impl Iterator for ReadPlan<'_> {
+    type Item = Result<SeriesIter>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let planned = self.series.next()?;
+        let Some(it) = self.it.as_mut() else {
+            return Some(Ok(SeriesIter::empty(self.start, self.end)));
+        };
+        Some(
+            self.shard
+                .series_iter(it, &mut self.oldest_by_tier, planned, self.start, self.end),
+        )
+    }
 }
 
 struct WindowData {

@@ -394,6 +394,75 @@ fn apply_is_idempotent_and_checkpoints_restore() {
 }
 
 #[test]
+fn query_first_reads_the_first_samples_in_key_order_and_stops() {
+    let dir = TempDir::new().unwrap();
+    let s = Shard::open(dir.path(), cfg()).unwrap();
+    // Written in reverse key order, so id order is not key order.
+    for host in ["c", "b", "a"] {
+        let points: Vec<Point> = (0..10)
+            .map(|i| point("m", &[("host", host)], i * S, i as f64))
+            .collect();
+        s.write_batch(&points).unwrap();
+    }
+    let (series, truncated) = s
+        .query_first(&[eq("__name__", "m")], 0, i64::MAX, 13)
+        .unwrap();
+    assert!(truncated);
+    let hosts: Vec<&str> = series
+        .iter()
+        .map(|(k, _)| k.label("host").unwrap())
+        .collect();
+    assert_eq!(hosts, ["a", "b"]);
+    assert_eq!(series[0].1.len(), 10);
+    assert_eq!(values(&series[1].1), vec![(0, 0.0), (S, 1.0), (2 * S, 2.0)]);
+    // Exactly everything: not truncated.
+    let (series, truncated) = s
+        .query_first(&[eq("__name__", "m")], 0, i64::MAX, 30)
+        .unwrap();
+    assert!(!truncated);
+    assert_eq!(series.iter().map(|(_, v)| v.len()).sum::<usize>(), 30);
+    // The limited read refuses as soon as it passes the bound.
+    assert!(s
+        .query_limited(&[eq("__name__", "m")], 0, i64::MAX, 29)
+        .unwrap()
+        .is_none());
+    assert!(s
+        .query_limited(&[eq("__name__", "m")], 0, i64::MAX, 30)
+        .unwrap()
+        .is_some());
+}
+
+#[test]
+fn committed_entries_apply_whatever_this_replicas_limits() {
+    // This replica allows 2 labels; the leader accepted 3. A committed entry
+    // is applied anyway (validated at proposal), never refused here: a
+    // refusal would stop the replica's state machine for good.
+    let dir = TempDir::new().unwrap();
+    let strict = ShardConfig {
+        limits: Limits {
+            max_labels: 2,
+            ..Limits::default()
+        },
+        ..cfg()
+    };
+    let s = Shard::open(dir.path(), strict).unwrap();
+    let wide = point("m", &[("a", "1"), ("b", "2"), ("c", "3")], 10 * S, 1.0);
+    assert!(
+        s.write_batch(std::slice::from_ref(&wide)).is_err(),
+        "a direct write is checked"
+    );
+    assert!(s.apply(1, &[wide]).unwrap());
+    // What no shard can hold is left out the same way on every replica; the
+    // rest of the entry applies and the index advances.
+    let bad = point("bad metric name", &[], 20 * S, 2.0);
+    let good = point("m", &[("a", "1"), ("b", "2"), ("c", "3")], 20 * S, 2.0);
+    assert!(s.apply(2, &[bad, good]).unwrap());
+    assert_eq!(s.last_applied(), 2);
+    let stored = read(&s, "m", 0, i64::MAX);
+    assert_eq!(values(&stored[0].1), vec![(10 * S, 1.0), (20 * S, 2.0)]);
+}
+
+#[test]
 fn applied_batches_not_yet_durable_are_reapplied_after_restart() {
     let dir = TempDir::new().unwrap();
     {

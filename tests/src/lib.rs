@@ -94,7 +94,8 @@ pub struct NodeProcess {
 
 impl NodeProcess {
     /// Starts `bin serve --data-dir <data> [--nats-url URL] <extra>` and waits
-    /// (bounded) until `/health` answers.
+    /// (bounded) until `/health/live` answers (a node of a cluster whose
+    /// other members are not up yet is live, not ready).
     pub fn start(bin: &str, data: &Path, nats_url: Option<&str>, extra: &[&str]) -> Self {
         let port = free_port();
         let mut cmd = Command::new(bin);
@@ -118,7 +119,9 @@ impl NodeProcess {
             http: format!("http://127.0.0.1:{port}"),
         };
         wait_until(Duration::from_secs(20), "node health", || {
-            ureq::get(format!("{}/health", node.http)).call().is_ok()
+            ureq::get(format!("{}/health/live", node.http))
+                .call()
+                .is_ok()
         });
         node
     }

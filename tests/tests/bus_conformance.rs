@@ -183,6 +183,37 @@ async fn drain_delivers_buffered_then_closes(bus: Arc<dyn Bus>) {
     assert_eq!(seen, 10, "buffered messages are delivered before close");
 }
 
+async fn draining_one_subscription_keeps_the_bus_open(bus: Arc<dyn Bus>) {
+    let mut sub = bus.subscribe("conf.subdrain", None).await.unwrap();
+    let mut marker = bus.subscribe("conf.subdrain-marker", None).await.unwrap();
+    settle(&*bus).await;
+    for i in 0..10 {
+        bus.publish_bytes("conf.subdrain", i.to_string().into())
+            .await
+            .unwrap();
+    }
+    bus.publish_bytes("conf.subdrain-marker", "after".into())
+        .await
+        .unwrap();
+    recv(&mut marker).await;
+    sub.drain_handle().drain();
+    // What it held is still delivered; then it ends.
+    let mut seen = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(WAIT, sub.next()).await {
+        seen += 1;
+    }
+    assert_eq!(
+        seen, 10,
+        "buffered messages are delivered, then the stream ends"
+    );
+    // The bus still publishes (acknowledgements of what was drained) and the
+    // other subscription still receives.
+    bus.publish_bytes("conf.subdrain-marker", "still".into())
+        .await
+        .unwrap();
+    assert_eq!(&recv(&mut marker).await.payload[..], b"still");
+}
+
 async fn faults(bus: Arc<dyn Bus>) {
     let faults = FaultController::new(7);
     let n1 = FaultyBus::new(bus.clone(), "n1", faults.clone());
@@ -301,5 +332,6 @@ conformance!(
     no_responders_and_timeout,
     invalid_subjects,
     drain_delivers_buffered_then_closes,
+    draining_one_subscription_keeps_the_bus_open,
     faults,
 );

@@ -77,6 +77,22 @@ fn stored(http: &str, metric: &str) -> BTreeSet<(String, i64)> {
     out
 }
 
+/// `/health/ready`'s status and body.
+fn ready(http: &str) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut resp = agent
+        .get(format!("{http}/health/ready"))
+        .call()
+        .expect("readiness answers");
+    (
+        resp.status().as_u16(),
+        resp.body_mut().read_to_string().unwrap_or_default(),
+    )
+}
+
 struct Cluster {
     server: NatsServer,
     dirs: Vec<tempfile::TempDir>,
@@ -92,13 +108,24 @@ impl Cluster {
             nodes: vec![None, None, None],
             extra: extra.to_vec(),
         };
-        for id in 1..=3 {
+        cluster.start_node(1);
+        // Alone, node 1 is live but not ready: its shards have no leader.
+        let (code, body) = ready(&cluster.http(1));
+        assert_eq!(code, 503, "{body}");
+        assert!(body.contains("no known leader"), "{body}");
+        for id in 2..=3 {
             cluster.start_node(id);
         }
         let http = cluster.http(1);
         wait_until(Duration::from_secs(30), "every shard has a leader", || {
             all_led(&http)
         });
+        for id in 1..=3 {
+            let http = cluster.http(id);
+            wait_until(Duration::from_secs(10), "every node ready", || {
+                ready(&http).0 == 200
+            });
+        }
         cluster
     }
 
@@ -471,4 +498,198 @@ fn a_fourth_node_takes_replicas_leads_one_and_a_node_leaves() {
     }
     assert_eq!(stored(&node4.http, "moved"), expected);
     assert_eq!(stored(&cluster.http(2), "moved"), expected);
+}
+
+#[test]
+fn sigterm_on_a_leader_under_write_load_hands_over_and_loses_nothing() {
+    let mut cluster = Cluster::start(&[]);
+    let victim = leader(&status(&cluster.http(1)).unwrap(), 0).unwrap();
+    let survivors: Vec<String> = (1..=3u64)
+        .filter(|&id| id != victim)
+        .map(|id| cluster.http(id))
+        .collect();
+    let acked = Arc::new(Mutex::new(Vec::<i64>::new()));
+    let slowest = Arc::new(Mutex::new(Duration::ZERO));
+    let failed = Arc::new(Mutex::new(0usize));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (acked, slowest, failed, stop, targets) = (
+            acked.clone(),
+            slowest.clone(),
+            failed.clone(),
+            stop.clone(),
+            survivors.clone(),
+        );
+        std::thread::spawn(move || {
+            let mut ts = 200_000;
+            // Bounded: the test stops it, and it gives up after two minutes.
+            let limit = Instant::now() + Duration::from_secs(120);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < limit {
+                ts += 1;
+                let started = Instant::now();
+                let via = &targets[ts as usize % targets.len()];
+                match write(via, &lines("handover", 24, ts, ts)) {
+                    (204, _) => {
+                        acked.lock().unwrap().push(ts);
+                        let took = started.elapsed();
+                        let mut s = slowest.lock().unwrap();
+                        *s = (*s).max(took);
+                    }
+                    _ => *failed.lock().unwrap() += 1,
+                }
+            }
+        })
+    };
+    wait_until(Duration::from_secs(30), "writes before the stop", || {
+        acked.lock().unwrap().len() >= 20
+    });
+    *slowest.lock().unwrap() = Duration::ZERO;
+    let stopped_at = Instant::now();
+    let node = cluster.nodes[victim as usize - 1].take().unwrap();
+    let exit = node.stop_within(Duration::from_secs(60));
+    let took = stopped_at.elapsed();
+    let acked_at_stop = acked.lock().unwrap().len();
+    wait_until(Duration::from_secs(30), "writes after the stop", || {
+        acked.lock().unwrap().len() >= acked_at_stop + 20
+    });
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    let slowest = *slowest.lock().unwrap();
+    eprintln!(
+        "leader {victim} stopped with SIGTERM in {took:?} ({exit}); slowest acknowledged write \
+         meanwhile {slowest:?}; {} failed attempts",
+        failed.lock().unwrap()
+    );
+    assert!(exit.success(), "a SIGTERM stop exits 0, got {exit}");
+    assert_eq!(
+        *failed.lock().unwrap(),
+        0,
+        "no write failed during the handover"
+    );
+    // The cluster's election timeout is at most 400 ms; a write that waited
+    // for an election would take longer than this.
+    assert!(
+        slowest < Duration::from_millis(400),
+        "a write waited {slowest:?}: longer than one election timeout"
+    );
+    let after = status(&survivors[0]).unwrap();
+    for shard in 0..SHARDS {
+        let l = leader(&after, shard).expect("every shard led");
+        assert_ne!(l, victim, "shard {shard} still led by the stopped node");
+    }
+    let stored = stored(&survivors[0], "handover");
+    for ts in acked.lock().unwrap().iter() {
+        for h in 0..24 {
+            assert!(
+                stored.contains(&(format!("h{h}"), *ts)),
+                "acknowledged point h{h}@{ts} lost"
+            );
+        }
+    }
+}
+
+/// Every shard's (leader, term), as node `http` sees it.
+fn leadership(http: &str) -> Option<Vec<(Option<u64>, u64)>> {
+    let s = status(http)?;
+    Some(
+        (0..SHARDS)
+            .map(|i| (leader(&s, i), s["shards"][i]["term"].as_u64().unwrap_or(0)))
+            .collect(),
+    )
+}
+
+#[test]
+fn a_client_flood_over_nats_changes_no_leader() {
+    let cluster = Cluster::start(&[]);
+    // Settled: the same leaders and terms seen twice, a second apart.
+    let mut before = leadership(&cluster.http(1)).unwrap();
+    wait_until(Duration::from_secs(20), "leadership settled", || {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = leadership(&cluster.http(1)).unwrap();
+        let settled = now == before;
+        before = now;
+        settled
+    });
+    // About 0.4 MB per message, published without waiting for acks: far more
+    // than the nodes take, so NATS sheds it as slow-consumer traffic.
+    let message: String = (0..5_000)
+        .map(|i| {
+            format!(
+                "flood,host=h{:02} v={i} {}\n",
+                i % 50,
+                1_767_225_600_000_000_000_i64 + i as i64 * 1_000_000_000
+            )
+        })
+        .collect();
+    let url = cluster.server.url();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let flood_for = Duration::from_secs(6);
+    let published = runtime.block_on(async {
+        let mut producers = Vec::new();
+        for _ in 0..3 {
+            let client = async_nats::connect(url.as_str()).await.unwrap();
+            let body = bytes::Bytes::from(message.clone());
+            producers.push(tokio::spawn(async move {
+                let until = tokio::time::Instant::now() + flood_for;
+                let mut sent = 0u64;
+                while tokio::time::Instant::now() < until {
+                    let reply = client.new_inbox();
+                    if client
+                        .publish_with_reply("chronicle.ingest.flood", reply, body.clone())
+                        .await
+                        .is_ok()
+                    {
+                        sent += 1;
+                    }
+                    if sent.is_multiple_of(16) {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                let _ = client.flush().await;
+                sent
+            }));
+        }
+        // Leadership, sampled through the flood from every node.
+        let flood_started = Instant::now();
+        let mut changes = Vec::new();
+        let until = tokio::time::Instant::now() + flood_for;
+        while tokio::time::Instant::now() < until {
+            for id in 1..=3 {
+                let http = cluster.http(id);
+                let seen = tokio::task::spawn_blocking(move || leadership(&http))
+                    .await
+                    .unwrap();
+                if let Some(seen) = seen {
+                    if seen
+                        .iter()
+                        .zip(&before)
+                        .any(|(now, was)| now != was && now.0.is_some())
+                    {
+                        changes.push((id, flood_started.elapsed(), seen));
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let mut published = 0;
+        for p in producers {
+            published += p.await.unwrap();
+        }
+        assert!(
+            changes.is_empty(),
+            "leadership changed under the flood: {changes:?} (before {before:?})"
+        );
+        published
+    });
+    let after = leadership(&cluster.http(1)).unwrap();
+    eprintln!("{published} messages of 0.4 MB published in {flood_for:?}; leadership before {before:?}, after {after:?}");
+    assert_eq!(after, before, "no election during or after the flood");
+    assert!(
+        published > 100,
+        "the flood was a flood: {published} messages"
+    );
 }

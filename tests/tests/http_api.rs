@@ -143,9 +143,15 @@ async fn write_query_health_metrics_over_http() {
         assert_eq!(error_code(&q), "bad_request");
 
         // Health and metrics.
-        let mut h = ureq::get(format!("{base}/health")).call().unwrap();
+        for path in ["/health", "/health/ready"] {
+            let mut h = ureq::get(format!("{base}{path}")).call().unwrap();
+            let h: Value = serde_json::from_str(&h.body_mut().read_to_string().unwrap()).unwrap();
+            assert_eq!(h["status"], "ready", "{path}: {h}");
+            assert_eq!(h["not_ready"], serde_json::json!([]), "{path}: {h}");
+        }
+        let mut h = ureq::get(format!("{base}/health/live")).call().unwrap();
         let h: Value = serde_json::from_str(&h.body_mut().read_to_string().unwrap()).unwrap();
-        assert_eq!(h["status"], "ok");
+        assert_eq!(h["status"], "live");
         let mut m = ureq::get(format!("{base}/metrics")).call().unwrap();
         let text = m.body_mut().read_to_string().unwrap();
         for name in [

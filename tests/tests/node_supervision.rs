@@ -92,7 +92,7 @@ fn panics_restart_actors_without_losing_acknowledged_writes() {
             serde_json::from_str(r#"{"metric":"sup","start":0,"end":2000000000}"#).unwrap();
         let result: QueryResult = node
             .query
-            .send(RunQuery(request))
+            .send(RunQuery::new(request))
             .await
             .expect("query actor answers after its restart")
             .expect("query runs");

@@ -5,8 +5,10 @@
 //! `CHRONICLE_PRINT_DOC_ANSWERS=1` prints every answer instead of comparing,
 //! for writing new examples (check each by hand before pasting).
 
+use std::time::Duration;
+
 use chronicle_ingest::{parse_line_protocol, Precision};
-use chronicle_query::{execute, Cell, PromqlLimits, QueryRequest};
+use chronicle_query::{execute, Budget, Cell, PromqlLimits, QueryRequest};
 use chronicle_storage::{Limits, Shard, ShardConfig};
 
 /// `now()` in the examples: 100 s after the epoch.
@@ -108,7 +110,15 @@ fn run_doc(path: &str) {
             cql: (ex.language == "cql").then(|| ex.query.clone()),
             ..Default::default()
         };
-        let answer = match execute(&shard, &request, NOW, 10_000, &PromqlLimits::default()) {
+        let budget = Budget::new(Duration::ZERO, Duration::from_secs(60), None);
+        let answer = match execute(
+            &shard,
+            &request,
+            NOW,
+            10_000,
+            &PromqlLimits::default(),
+            &budget,
+        ) {
             Ok(r) => markdown(
                 r.columns.as_deref().unwrap_or(&[]),
                 r.rows.as_deref().unwrap_or(&[]),

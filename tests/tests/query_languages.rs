@@ -12,7 +12,9 @@
 
 use std::collections::BTreeMap;
 
-use chronicle_query::{execute, Cell, PromqlLimits, QueryRequest, QueryResult};
+use std::time::Duration;
+
+use chronicle_query::{execute, Budget, Cell, PromqlLimits, QueryRequest, QueryResult};
 use chronicle_storage::{Label, Point, Shard, ShardConfig};
 use proptest::prelude::*;
 
@@ -158,7 +160,8 @@ proptest! {
         let reference: Answer = groups.iter().map(|(k, vs)| (k.clone(), f.naive(vs))).collect();
 
         let run = |request: QueryRequest| {
-            execute(&shard, &request, end * MS, 1_000_000, &PromqlLimits::default())
+            let budget = Budget::new(Duration::ZERO, Duration::from_secs(60), None);
+            execute(&shard, &request, end * MS, 1_000_000, &PromqlLimits::default(), &budget)
                 .unwrap_or_else(|e| panic!("{request:?}: {e}"))
         };
         let sql = format!(

@@ -134,6 +134,8 @@ pub struct IngestActor {
     parsing: VecDeque<ParseTicket>,
     /// The bus subscription ended (the bus is draining).
     drained: bool,
+    /// Drains the bus subscription (shutdown stops intake with it).
+    intake: Option<chronicle_bus::DrainHandle>,
     /// One permit per batch submitted and not yet committed.
     commit_slots: Arc<tokio::sync::Semaphore>,
 }
@@ -142,6 +144,25 @@ pub struct IngestActor {
 #[derive(Message)]
 #[rtype(result = "bool")]
 pub struct IsDrained;
+
+/// Stops taking messages from the bus (shutdown's first step): the
+/// subscription is drained, so what was already delivered is still written and
+/// acknowledged over the bus, which stays open for the acknowledgements.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopIntake;
+
+impl Handler<StopIntake> for IngestActor {
+    type Result = ();
+
+    fn handle(&mut self, _: StopIntake, _: &mut Context<Self>) {
+        match &self.intake {
+            Some(intake) => intake.drain(),
+            // Never subscribed: nothing to wait for.
+            None => self.drained = true,
+        }
+    }
+}
 
 impl Handler<IsDrained> for IngestActor {
     type Result = bool;
@@ -168,6 +189,7 @@ impl IngestActor {
             flush_when_done: false,
             parsing: VecDeque::new(),
             drained: false,
+            intake: None,
             commit_slots: Arc::new(tokio::sync::Semaphore::new(config.commits_in_flight.max(1))),
             config,
         }
@@ -218,6 +240,7 @@ impl IngestActor {
         let (tx, result) = oneshot::channel();
         let actor = ctx.address();
         tokio::task::spawn_blocking(move || {
+            chronicle_actor_runtime::yield_to_cluster_work();
             let result = catch_unwind(AssertUnwindSafe(|| job.run()))
                 .unwrap_or_else(|_| Err(IngestError::BadRequest("the parser failed".into())));
             let _ = tx.send(result);
@@ -442,6 +465,8 @@ impl Actor for IngestActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        // The actor's own thread parses small messages and batches.
+        chronicle_actor_runtime::yield_to_cluster_work();
         // Bounded mailbox: HTTP writers wait when the actor is behind.
         ctx.set_mailbox_capacity(64);
         let bus = self.bus.clone();
@@ -450,8 +475,9 @@ impl Actor for IngestActor {
         ctx.wait(
             async move { bus.subscribe(&subject, Some(&group)).await }
                 .into_actor(self)
-                .map(|result, _, ctx| match result {
+                .map(|result, act, ctx| match result {
                     Ok(subscription) => {
+                        act.intake = Some(subscription.drain_handle());
                         ctx.add_stream(subscription);
                     }
                     Err(e) => {

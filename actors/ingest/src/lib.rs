@@ -15,7 +15,7 @@ mod writer;
 
 #[cfg(feature = "actor")]
 pub use actor::{
-    Flush, IngestActor, IngestConfig, IsDrained, Ping, WritePoints, ACTOR as ACTOR_NAME,
+    Flush, IngestActor, IngestConfig, IsDrained, Ping, StopIntake, WritePoints, ACTOR as ACTOR_NAME,
 };
 #[cfg(feature = "actor")]
 pub use chronicle_actor_runtime::InjectPanic;
@@ -46,6 +46,63 @@ pub enum IngestError {
     /// node is cut off from the majority); nothing was acknowledged.
     #[error("not committed: {0}")]
     NotCommitted(String),
+    /// The request would create more points or label bytes than one request
+    /// may; nothing of it was kept. Split it.
+    #[error("{0}")]
+    TooLarge(String),
+}
+
+/// Counts what a request creates against [`chronicle_storage::Limits`]'s
+/// per-request bounds, before the parser builds it.
+#[derive(Debug)]
+pub struct RequestBudget {
+    points: usize,
+    label_bytes: usize,
+    max_points: usize,
+    max_label_bytes: usize,
+}
+
+impl RequestBudget {
+    pub fn new(limits: &chronicle_storage::Limits) -> Self {
+        Self {
+            points: 0,
+            label_bytes: 0,
+            max_points: limits.max_request_points,
+            max_label_bytes: limits.max_request_label_bytes,
+        }
+    }
+
+    /// Accounts for `points` more points, each with `label_bytes` of name and labels.
+    pub fn charge(&mut self, points: usize, label_bytes: usize) -> Result<(), IngestError> {
+        self.points = self.points.saturating_add(points);
+        self.label_bytes = self
+            .label_bytes
+            .saturating_add(points.saturating_mul(label_bytes));
+        if self.points > self.max_points {
+            return Err(IngestError::TooLarge(format!(
+                "the request holds more than {} points, the most one request may; split it",
+                self.max_points
+            )));
+        }
+        if self.label_bytes > self.max_label_bytes {
+            return Err(IngestError::TooLarge(format!(
+                "the request's points would carry more than {} bytes of names and labels \
+                 (a label set repeated for every sample counts every time); split it",
+                self.max_label_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Bytes of a metric name and its labels.
+pub fn label_bytes<'a>(
+    metric: &str,
+    labels: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> usize {
+    labels
+        .into_iter()
+        .fold(metric.len(), |n, (k, v)| n + k.len() + v.len())
 }
 
 impl IngestError {
@@ -59,6 +116,7 @@ impl IngestError {
             IngestError::Restarted => "retry",
             IngestError::Unavailable => "unavailable",
             IngestError::NotCommitted(_) => "not_committed",
+            IngestError::TooLarge(_) => "request_too_large",
         }
     }
 
@@ -66,7 +124,10 @@ impl IngestError {
     pub fn is_client_error(&self) -> bool {
         matches!(
             self,
-            IngestError::Line { .. } | IngestError::Point { .. } | IngestError::BadRequest(_)
+            IngestError::Line { .. }
+                | IngestError::Point { .. }
+                | IngestError::BadRequest(_)
+                | IngestError::TooLarge(_)
         )
     }
 }

@@ -33,7 +33,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 };
 use prost::Message;
 
-use crate::IngestError;
+use crate::{IngestError, RequestBudget};
 
 /// The body's encoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +103,7 @@ pub fn convert(
         limits,
         index: 0,
         latest: None,
+        budget: RequestBudget::new(limits),
     };
     // A request may repeat a resource: one `target_info` point per time.
     let mut target_infos = std::collections::HashSet::new();
@@ -165,6 +166,9 @@ struct Emitter<'a> {
     index: usize,
     /// The latest time of the current resource's points (its `target_info` time).
     latest: Option<i64>,
+    /// What the request created so far: every point carries its resource's
+    /// and scope's labels, so a large resource over many points is bounded here.
+    budget: RequestBudget,
 }
 
 impl Emitter<'_> {
@@ -281,6 +285,13 @@ impl Emitter<'_> {
     ) -> Result<(), IngestError> {
         validate(name, &labels, self.limits)
             .map_err(|p| self.problem(format!("{name}: {}: {p}", p.field())))?;
+        self.budget.charge(
+            1,
+            crate::label_bytes(
+                name,
+                labels.iter().map(|l| (l.name.as_str(), l.value.as_str())),
+            ),
+        )?;
         self.latest = Some(self.latest.map_or(t, |l| l.max(t)));
         self.points.push(Point::new(name, labels, value, t));
         Ok(())
@@ -730,6 +741,7 @@ mod tests {
             limits,
             index: 0,
             latest: None,
+            budget: RequestBudget::new(limits),
         }
     }
 
@@ -887,6 +899,66 @@ mod tests {
                 ("+Inf".into(), 6.0)
             ]
         );
+    }
+
+    #[test]
+    fn what_a_request_creates_is_bounded_before_it_is_kept() {
+        // A histogram of 64 buckets whose point carries 40 attributes of 2 KB:
+        // every bucket series copies them (66 points x ~80 KB).
+        let attributes: String = (0..40)
+            .map(|i| {
+                format!(
+                    r#"{{"key":"a{i:02}","value":{{"stringValue":"{}"}}}}"#,
+                    "v".repeat(2000)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        let bounds: Vec<String> = (1..64).map(|b| b.to_string()).collect();
+        let counts: Vec<String> = (0..64).map(|_| "\"1\"".to_string()).collect();
+        let json = format!(
+            r#"{{"resourceMetrics":[{{"scopeMetrics":[{{"metrics":[{{"name":"lat","histogram":{{"aggregationTemporality":2,"dataPoints":[
+              {{"timeUnixNano":"1700000000000000000","count":"64","sum":1.0,"bucketCounts":[{}],"explicitBounds":[{}],"attributes":[{}]}}]}}}}]}}]}}]}}"#,
+            counts.join(","),
+            bounds.join(","),
+            attributes
+        );
+        let tight = Limits {
+            max_request_label_bytes: 1 << 20,
+            ..Limits::default()
+        };
+        let err = parse_otlp_metrics(
+            json.as_bytes(),
+            OtlpEncoding::Json,
+            0,
+            &tight,
+            &OtlpOptions::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, IngestError::TooLarge(_)), "{err}");
+        let few = Limits {
+            max_request_points: 10,
+            ..Limits::default()
+        };
+        let err = parse_otlp_metrics(
+            json.as_bytes(),
+            OtlpEncoding::Json,
+            0,
+            &few,
+            &OtlpOptions::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, IngestError::TooLarge(_)), "{err}");
+        // Within the defaults it is accepted.
+        let points = parse_otlp_metrics(
+            json.as_bytes(),
+            OtlpEncoding::Json,
+            0,
+            &Limits::default(),
+            &OtlpOptions::default(),
+        )
+        .unwrap();
+        assert!(points.len() > 64, "{}", points.len());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use chronicle_storage::model::{validate, Label, Limits, Point};
 use influxdb_line_protocol::FieldValue;
 use serde::Deserialize;
 
-use crate::IngestError;
+use crate::{label_bytes, IngestError, RequestBudget};
 
 /// Timestamp unit of line protocol input (InfluxDB's `precision` parameter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -68,6 +68,7 @@ pub fn parse_line_protocol(
     limits: &Limits,
 ) -> Result<Vec<Point>, IngestError> {
     let mut points = Vec::new();
+    let mut budget = RequestBudget::new(limits);
     for (index, raw) in influxdb_line_protocol::split_lines(text).enumerate() {
         let line_no = index + 1;
         let trimmed = raw.trim_start();
@@ -96,6 +97,12 @@ pub fn parse_line_protocol(
             .flatten()
             .map(|(k, v)| Label::new(k.as_str(), v.as_str()))
             .collect();
+        // Every field repeats the tags: counted before they are copied.
+        let tag_bytes = label_bytes(
+            measurement,
+            labels.iter().map(|l| (l.name.as_str(), l.value.as_str())),
+        );
+        budget.charge(parsed.field_set.len(), tag_bytes)?;
         for (field, value) in &parsed.field_set {
             let value = match value {
                 FieldValue::F64(v) => *v,
@@ -170,9 +177,17 @@ pub fn parse_json(bytes: &[u8], now_ns: i64, limits: &Limits) -> Result<Vec<Poin
         JsonBody::Wrapped { points } | JsonBody::List(points) => points,
         JsonBody::One(p) => vec![p],
     };
+    let mut budget = RequestBudget::new(limits);
     raw.into_iter()
         .enumerate()
         .map(|(index, p)| {
+            budget.charge(
+                1,
+                label_bytes(
+                    &p.metric,
+                    p.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                ),
+            )?;
             let bad = |reason: String| IngestError::Point { index, reason };
             let value = match p.value {
                 JsonValue::Number(v) => v,
@@ -225,6 +240,31 @@ pub fn parse_payload(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fields_repeating_large_tags_are_bounded_per_request() {
+        let limits = Limits {
+            max_request_label_bytes: 10_000,
+            ..Limits::default()
+        };
+        let tags: String = (0..10)
+            .map(|i| format!(",t{i}={}", "v".repeat(200)))
+            .collect();
+        let fields: Vec<String> = (0..10).map(|i| format!("f{i}=1")).collect();
+        // One line: 10 fields x ~2 KiB of tags = ~20 KB of label copies.
+        let line = format!("m{tags} {} 1", fields.join(","));
+        let err = parse_line_protocol(&line, Precision::Seconds, 0, &limits).unwrap_err();
+        assert!(matches!(err, IngestError::TooLarge(_)), "{err}");
+        let few = Limits {
+            max_request_points: 3,
+            ..Limits::default()
+        };
+        let err =
+            parse_line_protocol("m a=1,b=2\nm c=3,d=4", Precision::Seconds, 0, &few).unwrap_err();
+        assert!(matches!(err, IngestError::TooLarge(_)), "{err}");
+        let err = parse_json(br#"[{"metric":"a","value":1},{"metric":"a","value":1},{"metric":"a","value":1},{"metric":"a","value":1}]"#, 0, &few).unwrap_err();
+        assert!(matches!(err, IngestError::TooLarge(_)), "{err}");
+    }
     use proptest::prelude::*;
 
     fn lp(text: &str) -> Result<Vec<Point>, IngestError> {

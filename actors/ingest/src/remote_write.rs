@@ -5,7 +5,7 @@
 use chronicle_storage::model::{validate, Label, Limits, Point};
 use prost::Message;
 
-use crate::IngestError;
+use crate::{IngestError, RequestBudget};
 
 /// `prometheus.WriteRequest` (remote write 1.0), the fields Chronicle reads.
 #[derive(Clone, PartialEq, Message)]
@@ -64,7 +64,24 @@ pub fn parse_remote_write(
         .map_err(|e| bad(format!("the body is not snappy (block format): {e}")))?;
     let request =
         WriteRequest::decode(raw.as_slice()).map_err(|e| bad(format!("invalid protobuf: {e}")))?;
-    let mut points = Vec::new();
+    // Counted before anything is built: a large label set under many (even
+    // empty) samples must be refused, not copied onto each.
+    let mut budget = RequestBudget::new(limits);
+    for series in &request.timeseries {
+        let bytes: usize = series
+            .labels
+            .iter()
+            .map(|l| {
+                if l.name == "__name__" {
+                    l.value.len()
+                } else {
+                    l.name.len() + l.value.len()
+                }
+            })
+            .sum();
+        budget.charge(series.samples.len(), bytes)?;
+    }
+    let mut points = Vec::with_capacity(request.timeseries.iter().map(|s| s.samples.len()).sum());
     for (index, series) in request.timeseries.into_iter().enumerate() {
         let problem = |reason: String| IngestError::Point { index, reason };
         if !series.histograms.is_empty() {
@@ -158,6 +175,45 @@ mod tests {
         // Over the decompressed-size limit, refused before decompressing.
         let big = request("x", &vec![(1, 1.0); 10_000]);
         assert!(parse_remote_write(&encode_remote_write(&big), 1024, &limits).is_err());
+    }
+
+    #[test]
+    fn a_large_label_set_under_many_samples_is_refused_before_copying() {
+        // 60 labels of 2 KiB under 2,000 empty samples: 240 MiB of label copies
+        // from a body of a few hundred KiB.
+        let mut req = request("m", &vec![(0, 0.0); 2_000]);
+        for i in 0..60 {
+            req.timeseries[0].labels.push(ProtoLabel {
+                name: format!("l{i:02}"),
+                value: "x".repeat(2_000),
+            });
+        }
+        let body = encode_remote_write(&req);
+        assert!(body.len() < 1 << 20, "{}", body.len());
+        let err = parse_remote_write(&body, 32 << 20, &Limits::default()).unwrap_err();
+        assert!(matches!(err, IngestError::TooLarge(_)), "{err}");
+        // Too many points, whatever their labels.
+        let limits = Limits {
+            max_request_points: 10,
+            ..Limits::default()
+        };
+        let err = parse_remote_write(
+            &encode_remote_write(&request("m", &[(0, 0.0); 11])),
+            1 << 20,
+            &limits,
+        )
+        .unwrap_err();
+        assert!(matches!(err, IngestError::TooLarge(_)), "{err}");
+        assert_eq!(
+            parse_remote_write(
+                &encode_remote_write(&request("m", &[(0, 0.0); 10])),
+                1 << 20,
+                &limits
+            )
+            .unwrap()
+            .len(),
+            10
+        );
     }
 
     proptest! {

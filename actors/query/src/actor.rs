@@ -1,4 +1,6 @@
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -6,6 +8,7 @@ use actix::prelude::*;
 use chronicle_actor_runtime::{error_json, guarded, InjectPanic};
 use chronicle_bus::{Bus, Message as BusMessage};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tracing::{debug, info_span, warn, Instrument};
 
 use crate::promql::{run_meta, run_promql, MetaAnswer, MetaQuery, PromqlLimits, PromqlQuery};
@@ -17,6 +20,10 @@ use chronicle_engine::Answer;
 /// The name in logs and in `chronicle_actor_restarts_total{actor}`.
 pub const ACTOR: &str = "query";
 
+/// Bus header: how long the requester waits for the answer (`5s`, `250ms`);
+/// the query stops when that passes.
+pub const TIMEOUT_HEADER: &str = "Chronicle-Timeout";
+
 /// Settings of the query actor.
 #[derive(Debug, Clone)]
 pub struct QueryConfig {
@@ -27,6 +34,9 @@ pub struct QueryConfig {
     pub max_points: usize,
     /// Queries running at once; more wait for a slot.
     pub concurrency: usize,
+    /// Queries waiting for a slot; one more is refused at once as busy
+    /// instead of queuing without end.
+    pub max_queued: usize,
     pub promql: PromqlLimits,
 }
 
@@ -37,6 +47,7 @@ impl Default for QueryConfig {
             queue_group: "chronicle-query".into(),
             max_points: 5_000_000,
             concurrency: 4,
+            max_queued: 64,
             promql: PromqlLimits::default(),
         }
     }
@@ -45,7 +56,70 @@ impl Default for QueryConfig {
 /// A query from the HTTP front end.
 #[derive(Message)]
 #[rtype(result = "Result<QueryResult, QueryError>")]
-pub struct RunQuery(pub QueryRequest);
+pub struct RunQuery {
+    pub request: QueryRequest,
+    /// Set by the caller when its client goes away: the query stops.
+    pub cancelled: Option<Arc<AtomicBool>>,
+}
+
+impl RunQuery {
+    pub fn new(request: QueryRequest) -> Self {
+        Self {
+            request,
+            cancelled: None,
+        }
+    }
+}
+
+/// When a query must stop, and the flag that stops it.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    pub deadline: std::time::Instant,
+    pub cancelled: Arc<AtomicBool>,
+}
+
+impl Budget {
+    /// The node's default timeout, or the request's when shorter (zero: the default).
+    pub fn new(requested: Duration, default: Duration, cancelled: Option<Arc<AtomicBool>>) -> Self {
+        let timeout = if requested.is_zero() {
+            default
+        } else {
+            requested.min(default)
+        };
+        Self {
+            deadline: std::time::Instant::now() + timeout,
+            cancelled: cancelled.unwrap_or_default(),
+        }
+    }
+
+    /// Timed out or cancelled: the work should stop.
+    pub fn check(&self) -> Result<(), QueryError> {
+        if self.cancelled.load(Ordering::Relaxed) {
+            return Err(QueryError::Cancelled);
+        }
+        if std::time::Instant::now() > self.deadline {
+            return Err(QueryError::Timeout);
+        }
+        Ok(())
+    }
+}
+
+/// Sets the flag when dropped before [`Self::done`]: the caller went away.
+struct CancelOnDrop(Arc<AtomicBool>, bool);
+
+impl CancelOnDrop {
+    fn done(mut self) {
+        self.1 = true;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+}
 
 /// A PromQL evaluation (the Prometheus API).
 #[derive(Message)]
@@ -63,41 +137,106 @@ pub struct QueryActor {
     bus: Arc<dyn Bus>,
     source: Arc<dyn DataSource>,
     config: QueryConfig,
+    /// Queries running.
     slots: Arc<Semaphore>,
+    /// Queries running or waiting for a slot.
+    admitted: Arc<Semaphore>,
+    /// Drains the bus subscription (shutdown stops intake with it).
+    intake: Option<chronicle_bus::DrainHandle>,
+}
+
+/// Stops taking queries from the bus: those already delivered are answered.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopIntake;
+
+impl Handler<StopIntake> for QueryActor {
+    type Result = ();
+
+    fn handle(&mut self, _: StopIntake, _: &mut Context<Self>) {
+        if let Some(intake) = &self.intake {
+            intake.drain();
+        }
+    }
 }
 
 impl QueryActor {
     pub fn new(bus: Arc<dyn Bus>, source: Arc<dyn DataSource>, config: QueryConfig) -> Self {
-        let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
+        let running = config.concurrency.max(1);
+        let slots = Arc::new(Semaphore::new(running));
+        let admitted = Arc::new(Semaphore::new(running.saturating_add(config.max_queued)));
         Self {
             bus,
             source,
             config,
             slots,
+            admitted,
+            intake: None,
         }
     }
 
-    fn run(&self, request: QueryRequest) -> impl Future<Output = Result<QueryResult, QueryError>> {
+    fn run(
+        &self,
+        request: QueryRequest,
+        requested_timeout: Duration,
+        cancelled: Option<Arc<AtomicBool>>,
+    ) -> Pin<Box<dyn Future<Output = Result<QueryResult, QueryError>>>> {
         let max_points = self.config.max_points;
         let limits = self.config.promql.clone();
-        self.on_source("query", move |source| {
-            execute(source, &request, now_ns(), max_points, &limits)
-        })
+        // The request's own timeout wins over the transport's (a bus header).
+        let requested = match request.timeout() {
+            Ok(t) if !t.is_zero() => t,
+            Ok(_) => requested_timeout,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        let budget = Budget::new(requested, limits.default_timeout, cancelled);
+        Box::pin(self.on_source("query", budget, move |source, budget| {
+            execute(source, &request, now_ns(), max_points, &limits, budget)
+        }))
     }
 
-    /// Runs `work` on the blocking pool once a slot is free.
+    /// Runs `work` on the blocking pool once a slot is free. Refused at once
+    /// (busy) when the wait queue is full; a timeout once `budget`'s deadline
+    /// passes, waiting or running (the work is told to stop, and holds its
+    /// slot until it has). Dropping the future cancels the work.
     fn on_source<T: Send + 'static>(
         &self,
         span: &'static str,
-        work: impl FnOnce(&dyn DataSource) -> Result<T, QueryError> + Send + 'static,
+        budget: Budget,
+        work: impl FnOnce(&dyn DataSource, &Budget) -> Result<T, QueryError> + Send + 'static,
     ) -> impl Future<Output = Result<T, QueryError>> {
         let source = self.source.clone();
         let slots = self.slots.clone();
+        let admitted = self.admitted.clone().try_acquire_owned();
         async move {
-            let _slot = slots.acquire().await.map_err(|_| QueryError::Unavailable)?;
-            tokio::task::spawn_blocking(move || work(source.as_ref()))
-                .await
-                .map_err(|_| QueryError::Storage("query task panicked".into()))?
+            let admitted = admitted.map_err(|_| QueryError::Busy)?;
+            let guard = CancelOnDrop(budget.cancelled.clone(), false);
+            let deadline = Instant::from_std(budget.deadline);
+            let slot = match tokio::time::timeout_at(deadline, slots.acquire_owned()).await {
+                Err(_) => {
+                    guard.done();
+                    return Err(QueryError::Timeout);
+                }
+                Ok(slot) => slot.map_err(|_| QueryError::Unavailable)?,
+            };
+            let cancelled = budget.cancelled.clone();
+            let task = tokio::task::spawn_blocking(move || {
+                chronicle_actor_runtime::yield_to_cluster_work();
+                let _held = (slot, admitted);
+                budget.check()?;
+                work(source.as_ref(), &budget)
+            });
+            let outcome = match tokio::time::timeout_at(deadline, task).await {
+                Ok(joined) => {
+                    joined.map_err(|_| QueryError::Storage("query task panicked".into()))?
+                }
+                Err(_) => {
+                    cancelled.store(true, Ordering::Relaxed);
+                    Err(QueryError::Timeout)
+                }
+            };
+            guard.done();
+            outcome
         }
         .instrument(info_span!("query", kind = span))
     }
@@ -116,7 +255,27 @@ impl QueryActor {
                 });
                 return;
             }
-            Ok(request) => self.run(request),
+            Ok(request) => {
+                // A requester on the bus cannot say it stopped waiting: it says
+                // how long it waits, and the query stops then.
+                let waits = match msg.headers.get(TIMEOUT_HEADER).map(str::trim) {
+                    None => Duration::ZERO,
+                    Some(text) => match humantime::parse_duration(text) {
+                        Ok(d) => d,
+                        Err(e) => {
+                            let body = error_json(
+                                "bad_request",
+                                format!("header {TIMEOUT_HEADER} {text:?}: {e}"),
+                            );
+                            actix::spawn(async move {
+                                let _ = bus.publish(BusMessage::new(reply, body)).await;
+                            });
+                            return;
+                        }
+                    },
+                };
+                self.run(request, waits, None)
+            }
         };
         actix::spawn(async move {
             let body = match answer.await {
@@ -142,8 +301,9 @@ impl Actor for QueryActor {
         ctx.wait(
             async move { bus.subscribe(&subject, Some(&group)).await }
                 .into_actor(self)
-                .map(|result, _, ctx| match result {
+                .map(|result, act, ctx| match result {
                     Ok(subscription) => {
+                        act.intake = Some(subscription.drain_handle());
                         ctx.add_stream(subscription);
                     }
                     Err(e) => {
@@ -171,8 +331,10 @@ impl Handler<RunQuery> for QueryActor {
     type Result = ResponseFuture<Result<QueryResult, QueryError>>;
 
     fn handle(&mut self, msg: RunQuery, ctx: &mut Context<Self>) -> Self::Result {
-        match guarded(ACTOR, self, ctx, |act, _| act.run(msg.0)) {
-            Some(fut) => Box::pin(fut),
+        match guarded(ACTOR, self, ctx, |act, _| {
+            act.run(msg.request, Duration::ZERO, msg.cancelled)
+        }) {
+            Some(fut) => fut,
             None => Box::pin(async { Err(QueryError::Restarted) }),
         }
     }
@@ -202,7 +364,14 @@ impl Handler<RunPromql> for QueryActor {
 
     fn handle(&mut self, msg: RunPromql, _: &mut Context<Self>) -> Self::Result {
         let limits = self.config.promql.clone();
-        Box::pin(self.on_source("promql", move |source| run_promql(source, &msg.0, &limits)))
+        let budget = Budget::new(
+            msg.0.timeout,
+            limits.default_timeout,
+            msg.0.cancelled.clone(),
+        );
+        Box::pin(self.on_source("promql", budget, move |source, budget| {
+            run_promql(source, &msg.0, &limits, budget)
+        }))
     }
 }
 
@@ -211,6 +380,9 @@ impl Handler<RunMeta> for QueryActor {
 
     fn handle(&mut self, msg: RunMeta, _: &mut Context<Self>) -> Self::Result {
         let limits = self.config.promql.clone();
-        Box::pin(self.on_source("metadata", move |source| run_meta(source, &msg.0, &limits)))
+        let budget = Budget::new(Duration::ZERO, limits.default_timeout, None);
+        Box::pin(self.on_source("metadata", budget, move |source, _| {
+            run_meta(source, &msg.0, &limits)
+        }))
     }
 }

@@ -4,10 +4,11 @@ use chronicle_storage::AggregateRequest;
 use chronicle_engine::{QueryValue, Severity};
 use chronicle_storage::Sample;
 
+use crate::actor::Budget;
 use crate::promql::{engine_error, run_promql, PromqlLimits, PromqlQuery};
 use crate::request::{QueryRequest, QueryResult, SeriesResult};
 use crate::select::run_select;
-use crate::source::DataSource;
+use crate::source::{DataSource, ReadLimit};
 use crate::QueryError;
 
 const NS_PER_MS: i64 = 1_000_000;
@@ -20,6 +21,7 @@ pub fn execute(
     now: i64,
     max_points: usize,
     promql_limits: &PromqlLimits,
+    budget: &Budget,
 ) -> Result<QueryResult, QueryError> {
     let languages = [&request.promql, &request.sql, &request.cql]
         .iter()
@@ -38,10 +40,18 @@ pub fn execute(
                 ..Default::default()
             });
         }
-        return execute_promql(source, request, text, now, max_points, promql_limits);
+        return execute_promql(
+            source,
+            request,
+            text,
+            now,
+            max_points,
+            promql_limits,
+            budget,
+        );
     }
     if request.sql.is_some() || request.cql.is_some() {
-        return execute_select(source, request, now, max_points);
+        return execute_select(source, request, now, max_points, promql_limits.max_samples);
     }
     if request.explain {
         return Err(QueryError::BadRequest(
@@ -55,16 +65,33 @@ pub fn execute(
     }
     let plan = request.plan(now)?;
     let series: Vec<SeriesResult> = match &plan.aggregate {
-        None => source
-            .series(&plan.matchers, plan.start, plan.end)?
-            .into_iter()
-            .filter(|(_, samples)| !samples.is_empty())
-            .map(|(key, samples)| {
-                let mut labels = vec![Label::new(METRIC_LABEL, key.metric.clone())];
-                labels.extend(key.labels);
-                SeriesResult::from_labels(&labels, &samples)
-            })
-            .collect(),
+        None => {
+            // The limit goes into the read: storage stops at the first `limit`
+            // points, or as soon as there are more than the node allows.
+            let read_limit = match plan.limit {
+                Some(n) if n <= max_points => ReadLimit::First(n),
+                _ => ReadLimit::AtMost(max_points),
+            };
+            let read = source
+                .series(&plan.matchers, plan.start, plan.end, read_limit)
+                .map_err(|e| match e {
+                    QueryError::TooLarge(_) => too_many_points(max_points),
+                    other => other,
+                })?;
+            let series = read
+                .series
+                .into_iter()
+                .filter(|(_, samples)| !samples.is_empty())
+                .map(|(key, samples)| {
+                    let mut labels = vec![Label::new(METRIC_LABEL, key.metric.clone())];
+                    labels.extend(key.labels);
+                    SeriesResult::from_labels(&labels, &samples)
+                })
+                .collect();
+            let mut result = limit(series, plan.limit, max_points)?;
+            result.truncated |= read.truncated;
+            return Ok(result);
+        }
         Some((function, window, group_by)) => source
             .aggregate(&AggregateRequest {
                 matchers: plan.matchers.clone(),
@@ -87,6 +114,7 @@ fn execute_select(
     request: &QueryRequest,
     now: i64,
     max_rows: usize,
+    max_samples: usize,
 ) -> Result<QueryResult, QueryError> {
     if request.has_selection()
         || request.start.is_some()
@@ -117,7 +145,7 @@ fn execute_select(
             ..Default::default()
         });
     }
-    let table = run_select(source, &plan, now, max_rows)?;
+    let table = run_select(source, &plan, now, max_rows, max_samples)?;
     Ok(QueryResult {
         columns: Some(table.columns),
         rows: Some(table.rows),
@@ -133,6 +161,7 @@ fn execute_promql(
     now: i64,
     max_points: usize,
     limits: &PromqlLimits,
+    budget: &Budget,
 ) -> Result<QueryResult, QueryError> {
     if request.has_selection() {
         return Err(QueryError::BadRequest(
@@ -159,7 +188,7 @@ fn execute_promql(
             }
             let start = match &request.start {
                 Some(t) => t.resolve(now)?,
-                None => end - 3_600_000_000_000,
+                None => end.saturating_sub(3_600_000_000_000),
             };
             (start, step_ms)
         }
@@ -177,13 +206,13 @@ fn execute_promql(
         let samples: Vec<Sample> = samples
             .iter()
             .map(|s| Sample {
-                timestamp: s.t * NS_PER_MS,
+                timestamp: s.t.saturating_mul(NS_PER_MS),
                 value: s.v,
             })
             .collect();
         SeriesResult::from_labels(&labels, &samples)
     };
-    let answer = run_promql(source, &query, limits)?;
+    let answer = run_promql(source, &query, limits, budget)?;
     let series = match answer.value {
         QueryValue::Scalar(s) => vec![to_series(&Default::default(), &[s])],
         QueryValue::Vector(v) => v.iter().map(|(l, s)| to_series(l, &[*s])).collect(),
@@ -204,6 +233,13 @@ fn execute_promql(
     Ok(result)
 }
 
+fn too_many_points(max_points: usize) -> QueryError {
+    QueryError::TooLarge(format!(
+        "the result would hold more than {max_points} points, this node's limit; \
+         narrow the time range or the selection, aggregate, or set \"limit\""
+    ))
+}
+
 fn limit(
     mut series: Vec<SeriesResult>,
     limit: Option<usize>,
@@ -212,10 +248,7 @@ fn limit(
     let total: usize = series.iter().map(|s| s.points.len()).sum();
     let cap = limit.unwrap_or(usize::MAX);
     if total > max_points && cap > max_points {
-        return Err(QueryError::TooLarge(format!(
-            "the result would hold {total} points, over this node's limit of {max_points}; \
-             narrow the time range or the selection, aggregate, or set \"limit\""
-        )));
+        return Err(too_many_points(max_points));
     }
     let mut left = cap;
     let mut truncated = false;
@@ -241,6 +274,14 @@ fn limit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn budget() -> Budget {
+        Budget::new(
+            std::time::Duration::ZERO,
+            std::time::Duration::from_secs(60),
+            None,
+        )
+    }
     use crate::request::{AggregationSpec, MatcherSpec, TimeSpec};
     use chronicle_storage::{Point, Shard, ShardConfig};
 
@@ -276,7 +317,15 @@ mod tests {
         let (_d, shard) = shard();
         let mut req = request();
         req.tags.insert("host".into(), "a".into());
-        let r = execute(&shard, &req, 0, 1_000_000, &PromqlLimits::default()).unwrap();
+        let r = execute(
+            &shard,
+            &req,
+            0,
+            1_000_000,
+            &PromqlLimits::default(),
+            &budget(),
+        )
+        .unwrap();
         assert_eq!(r.series.len(), 1);
         assert_eq!(r.series[0].metric.as_deref(), Some("cpu"));
         assert_eq!(r.series[0].labels["host"], "a");
@@ -288,7 +337,15 @@ mod tests {
             op: "!~".into(),
             value: "a|b".into(),
         });
-        let r = execute(&shard, &req, 0, 1_000_000, &PromqlLimits::default()).unwrap();
+        let r = execute(
+            &shard,
+            &req,
+            0,
+            1_000_000,
+            &PromqlLimits::default(),
+            &budget(),
+        )
+        .unwrap();
         assert_eq!(r.series.len(), 1);
         assert_eq!(r.series[0].labels["host"], "c");
     }
@@ -303,7 +360,15 @@ mod tests {
             percentile: None,
         });
         req.group_by = vec!["dc".into()];
-        let r = execute(&shard, &req, 0, 1_000_000, &PromqlLimits::default()).unwrap();
+        let r = execute(
+            &shard,
+            &req,
+            0,
+            1_000_000,
+            &PromqlLimits::default(),
+            &budget(),
+        )
+        .unwrap();
         assert_eq!(r.series.len(), 1);
         assert_eq!(r.series[0].labels["dc"], "eu");
         let values: Vec<f64> = r.series[0].points.iter().map(|p| p.1).collect();
@@ -315,10 +380,26 @@ mod tests {
         let (_d, shard) = shard();
         let mut req = request();
         req.limit = Some(70);
-        let r = execute(&shard, &req, 0, 1_000_000, &PromqlLimits::default()).unwrap();
+        let r = execute(
+            &shard,
+            &req,
+            0,
+            1_000_000,
+            &PromqlLimits::default(),
+            &budget(),
+        )
+        .unwrap();
         assert!(r.truncated);
         assert_eq!(r.series.iter().map(|s| s.points.len()).sum::<usize>(), 70);
-        let err = execute(&shard, &request(), 0, 100, &PromqlLimits::default()).unwrap_err();
+        let err = execute(
+            &shard,
+            &request(),
+            0,
+            100,
+            &PromqlLimits::default(),
+            &budget(),
+        )
+        .unwrap_err();
         assert!(matches!(err, QueryError::TooLarge(_)), "{err}");
     }
 
@@ -336,7 +417,8 @@ mod tests {
         ];
         for case in cases {
             let req: QueryRequest = serde_json::from_str(case).unwrap();
-            let err = execute(&shard, &req, 100, 1000, &PromqlLimits::default()).unwrap_err();
+            let err =
+                execute(&shard, &req, 100, 1000, &PromqlLimits::default(), &budget()).unwrap_err();
             assert!(matches!(err, QueryError::BadRequest(_)), "{case}: {err}");
         }
         assert!(serde_json::from_str::<QueryRequest>(r#"{"metrc":"cpu"}"#).is_err());
@@ -369,7 +451,7 @@ mod tests {
             }],
             ..request()
         };
-        let err = execute(&shard, &req, 0, 1_000, &PromqlLimits::default()).unwrap_err();
+        let err = execute(&shard, &req, 0, 1_000, &PromqlLimits::default(), &budget()).unwrap_err();
         assert!(matches!(err, QueryError::BadRequest(_)), "{err:?}");
     }
 }

@@ -8,13 +8,16 @@ pub mod request;
 pub mod select;
 mod source;
 
-pub use actor::{Ping, QueryActor, QueryConfig, RunMeta, RunPromql, RunQuery, ACTOR as ACTOR_NAME};
+pub use actor::{
+    Budget, Ping, QueryActor, QueryConfig, RunMeta, RunPromql, RunQuery, StopIntake,
+    ACTOR as ACTOR_NAME, TIMEOUT_HEADER,
+};
 pub use chronicle_actor_runtime::InjectPanic;
 pub use execute::execute;
 pub use promql::{MetaAnswer, MetaKind, MetaQuery, PromqlLimits, PromqlQuery};
 pub use request::{QueryRequest, QueryResult, SeriesResult};
 pub use select::{run_select, Cell, Table};
-pub use source::{storage_error, DataSource};
+pub use source::{storage_error, too_many_samples, DataSource, ReadLimit, SeriesRead};
 
 /// Why a query failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -36,6 +39,9 @@ pub enum QueryError {
     Unavailable,
     #[error("the query actor restarted while running this query; retry it")]
     Restarted,
+    /// Every slot is taken and the wait queue is full: retry later.
+    #[error("the node is busy: too many queries are running or waiting; retry later")]
+    Busy,
 }
 
 impl QueryError {
@@ -49,6 +55,7 @@ impl QueryError {
             QueryError::Storage(_) => "storage_error",
             QueryError::Unavailable => "unavailable",
             QueryError::Restarted => "retry",
+            QueryError::Busy => "busy",
         }
     }
 

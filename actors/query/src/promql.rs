@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const NS_PER_MS: i64 = 1_000_000;
 
@@ -12,6 +12,7 @@ use chronicle_engine::value::{Labels, METRIC_NAME};
 use chronicle_engine::{evaluate, promql, Answer, EngineError, Query, QueryLimits};
 use chronicle_storage::{MatchOp, Matcher};
 
+use crate::actor::Budget;
 use crate::source::DataSource;
 use crate::QueryError;
 
@@ -62,6 +63,7 @@ pub fn run_promql(
     source: &dyn DataSource,
     q: &PromqlQuery,
     limits: &PromqlLimits,
+    budget: &Budget,
 ) -> Result<Answer, QueryError> {
     let plan = promql::parse_cached(&q.query).map_err(engine_error)?;
     let query = if q.start == q.end {
@@ -69,16 +71,11 @@ pub fn run_promql(
     } else {
         Query::range(plan, q.start, q.end, q.step)
     };
-    let timeout = if q.timeout.is_zero() {
-        limits.default_timeout
-    } else {
-        q.timeout.min(limits.default_timeout)
-    };
     let engine_limits = QueryLimits {
         max_samples: limits.max_samples,
         max_series: limits.max_series,
-        deadline: Some(Instant::now() + timeout),
-        cancelled: q.cancelled.clone(),
+        deadline: Some(budget.deadline),
+        cancelled: Some(budget.cancelled.clone()),
         ..QueryLimits::default()
     };
     evaluate(source, &query, &engine_limits).map_err(engine_error)

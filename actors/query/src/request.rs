@@ -59,6 +59,10 @@ pub struct QueryRequest {
     /// Answer with the plan (`explain`) instead of running the query.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub explain: bool,
+    /// Longest the query may take (`30s`, `500ms`), any language; the node's
+    /// own limit wins when shorter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -81,6 +85,17 @@ pub struct AggregationSpec {
     /// For `percentile`: 0..=100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percentile: Option<f64>,
+}
+
+impl QueryRequest {
+    /// The requested timeout; zero when none was given.
+    pub fn timeout(&self) -> Result<Duration, QueryError> {
+        match &self.timeout {
+            None => Ok(Duration::ZERO),
+            Some(text) => humantime::parse_duration(text.trim())
+                .map_err(|e| QueryError::BadRequest(format!("timeout {text:?}: {e}"))),
+        }
+    }
 }
 
 /// A point in time as a request gives it.

@@ -15,7 +15,7 @@ use chronicle_storage::{
 };
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::source::DataSource;
+use crate::source::{DataSource, ReadLimit};
 use crate::QueryError;
 
 /// One value in an answer row.
@@ -79,13 +79,16 @@ pub struct Table {
 const MAX_WINDOWS: i64 = 10_000_000;
 
 /// Runs `plan`. An answer over `max_rows` (after LIMIT) is an error, never
-/// silently cut.
+/// silently cut; so is reading more than `max_samples` raw samples (found
+/// while reading, not after).
 pub fn run_select(
     source: &dyn DataSource,
     plan: &SelectPlan,
     now: i64,
     max_rows: usize,
+    max_samples: usize,
 ) -> Result<Table, QueryError> {
+    let mut budget = max_samples;
     let (start, end) = plan.filter.time_bounds(now);
     if start >= end {
         return Ok(empty_table(plan, &[], &[]));
@@ -94,7 +97,7 @@ pub fn run_select(
     let mut out = if plan.pushdown() {
         pushed_down(source, plan, &left_sets[0], start, end, max_rows)?
     } else {
-        let left = read_series(source, &left_sets, start, end)?;
+        let left = read_series(source, &left_sets, start, end, &mut budget)?;
         let right = match &plan.join {
             None => Vec::new(),
             // Every series of the joined measurement: its label conditions are
@@ -107,6 +110,7 @@ pub fn run_select(
                     &[vec![Matcher::equal(METRIC_LABEL, &j.metric)]],
                     from,
                     end,
+                    &mut budget,
                 )?
             }
         };
@@ -224,16 +228,20 @@ fn empty_table(plan: &SelectPlan, left: &[Series], right: &[Series]) -> Table {
 
 type Series = (SeriesKey, Vec<Sample>);
 
-/// Every series matching any of the sets, once each, in key order.
+/// Every series matching any of the sets, once each, in key order. `budget`
+/// is how many samples the query may still read; reads take from it.
 fn read_series(
     source: &dyn DataSource,
     sets: &[Vec<Matcher>],
     start: i64,
     end: i64,
+    budget: &mut usize,
 ) -> Result<Vec<Series>, QueryError> {
     let mut all: BTreeMap<SeriesKey, Vec<Sample>> = BTreeMap::new();
     for set in sets {
-        for (key, samples) in source.series(set, start, end)? {
+        let read = source.series(set, start, end, ReadLimit::AtMost(*budget))?;
+        for (key, samples) in read.series {
+            *budget -= samples.len();
             all.entry(key).or_insert(samples);
         }
     }
@@ -740,6 +748,7 @@ fn fill_gaps(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::SeriesRead;
     use chronicle_engine::{cql, sql};
     use chronicle_storage::Label;
 
@@ -760,8 +769,14 @@ mod tests {
     }
 
     impl DataSource for Memory {
-        fn series(&self, m: &[Matcher], start: i64, end: i64) -> Result<Vec<Series>, QueryError> {
-            Ok(self
+        fn series(
+            &self,
+            m: &[Matcher],
+            start: i64,
+            end: i64,
+            limit: ReadLimit,
+        ) -> Result<SeriesRead, QueryError> {
+            let series: Vec<Series> = self
                 .0
                 .iter()
                 .filter(|(k, _)| m.iter().all(|m| m.matches(k.label(&m.name).unwrap_or(""))))
@@ -774,7 +789,16 @@ mod tests {
                             .collect(),
                     )
                 })
-                .collect())
+                .collect();
+            match limit {
+                ReadLimit::AtMost(max) if series.iter().map(|s| s.1.len()).sum::<usize>() > max => {
+                    Err(crate::source::too_many_samples(max))
+                }
+                _ => Ok(SeriesRead {
+                    series,
+                    truncated: false,
+                }),
+            }
         }
 
         fn aggregate(
@@ -837,7 +861,7 @@ mod tests {
         } else {
             sql::parse(text).unwrap().plan
         };
-        run_select(&data(), &plan, 1_000 * S, 1000).unwrap()
+        run_select(&data(), &plan, 1_000 * S, 1000, usize::MAX).unwrap()
     }
 
     fn nums(t: &Table, col: &str) -> Vec<Option<f64>> {
@@ -870,12 +894,12 @@ mod tests {
         let sql = "SELECT sum(value), count(value), max(value) FROM cpu WHERE time >= 0 AND time < 120000000000 GROUP BY time(1m), host";
         let plan = sql::parse(sql).unwrap().plan;
         assert!(plan.pushdown());
-        let pushed = run_select(&data(), &plan, 0, 100).unwrap();
+        let pushed = run_select(&data(), &plan, 0, 100, usize::MAX).unwrap();
         // The same query with a value condition that keeps everything goes the local way.
         let local_sql = sql.replace("WHERE", "WHERE value > -1e9 AND");
         let local = sql::parse(&local_sql).unwrap().plan;
         assert!(!local.pushdown());
-        let computed = run_select(&data(), &local, 0, 100).unwrap();
+        let computed = run_select(&data(), &local, 0, 100, usize::MAX).unwrap();
         assert_eq!(pushed, computed);
         assert_eq!(pushed.columns, ["time", "host", "sum", "count", "max"]);
         assert_eq!(
@@ -924,7 +948,7 @@ mod tests {
         .unwrap()
         .plan;
         assert!(matches!(
-            run_select(&data(), &plan, 0, 1000),
+            run_select(&data(), &plan, 0, 1000, usize::MAX),
             Err(QueryError::TooLarge(_))
         ));
         // An open range fills each group between its own first and last window.

@@ -98,3 +98,40 @@ pub fn error_json(code: &str, message: impl Into<String>) -> Vec<u8> {
 #[derive(actix::Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
 pub struct InjectPanic;
+
+/// Lowers the calling thread's scheduling priority (nice 10), once per thread.
+///
+/// Client work (parsing writes, running queries) calls this on the threads it
+/// runs on, so that on a busy machine the cluster's threads (Raft heartbeats,
+/// appends, applies) are scheduled first: a flood of client traffic slows
+/// clients down instead of starving heartbeats into needless elections.
+/// Lowering a priority needs no privilege. Linux applies it to the one thread.
+pub fn yield_to_cluster_work() {
+    use std::cell::Cell;
+    thread_local! {
+        static LOWERED: Cell<bool> = const { Cell::new(false) };
+    }
+    LOWERED.with(|lowered| {
+        if lowered.replace(true) {
+            return;
+        }
+        #[cfg(target_os = "linux")]
+        {
+            // SAFETY: gettid has no preconditions; setpriority on our own
+            // thread id only changes this thread's nice value.
+            let rc = unsafe {
+                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                libc::setpriority(libc::PRIO_PROCESS, tid, CLIENT_WORK_NICE)
+            };
+            if rc != 0 {
+                tracing::debug!(
+                    error = %std::io::Error::last_os_error(),
+                    "could not lower this thread's priority"
+                );
+            }
+        }
+    })
+}
+
+/// The nice value of threads doing client work (0 is the default, 19 the lowest).
+pub const CLIENT_WORK_NICE: libc::c_int = 10;

@@ -1,0 +1,139 @@
+//! The query actor's admission: a bounded wait queue (busy at once past it),
+//! a timeout that holds in the queue and while running, and cancellation.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::Actor;
+use chronicle_bus::{LocalBus, LocalBusOptions};
+use chronicle_engine::source::SeriesSource;
+use chronicle_engine::{EngineError, RangeSeries};
+use chronicle_query::{
+    DataSource, QueryActor, QueryConfig, QueryError, QueryRequest, ReadLimit, RunQuery, SeriesRead,
+};
+use chronicle_storage::{AggregateRequest, AggregateSeries, Matcher, SeriesKey};
+
+/// A source whose reads take until they are released (or 10 s at most).
+#[derive(Default)]
+struct Slow {
+    release: AtomicBool,
+    reads: AtomicUsize,
+}
+
+impl Slow {
+    fn wait(&self) {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        let until = Instant::now() + Duration::from_secs(10);
+        while !self.release.load(Ordering::SeqCst) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl SeriesSource for Slow {
+    fn select(
+        &self,
+        _: &[Matcher],
+        _: i64,
+        _: i64,
+        _: usize,
+    ) -> Result<Vec<RangeSeries>, EngineError> {
+        self.wait();
+        Ok(Vec::new())
+    }
+}
+
+impl DataSource for Slow {
+    fn series(
+        &self,
+        _: &[Matcher],
+        _: i64,
+        _: i64,
+        _: ReadLimit,
+    ) -> Result<SeriesRead, QueryError> {
+        self.wait();
+        Ok(SeriesRead::default())
+    }
+
+    fn aggregate(&self, _: &AggregateRequest) -> Result<Vec<AggregateSeries>, QueryError> {
+        self.wait();
+        Ok(Vec::new())
+    }
+
+    fn series_keys(
+        &self,
+        _: &[Matcher],
+        _: i64,
+        _: i64,
+        _: usize,
+    ) -> Result<Option<Vec<SeriesKey>>, QueryError> {
+        Ok(Some(Vec::new()))
+    }
+}
+
+fn request(json: &str) -> QueryRequest {
+    serde_json::from_str(json).unwrap()
+}
+
+#[test]
+fn a_full_queue_answers_busy_at_once_and_timeouts_hold() {
+    actix::System::new().block_on(async {
+        let source = Arc::new(Slow::default());
+        let bus = Arc::new(LocalBus::new(LocalBusOptions::default()));
+        let config = QueryConfig {
+            concurrency: 1,
+            max_queued: 1,
+            ..QueryConfig::default()
+        };
+        let actor = QueryActor::new(bus, source.clone(), config).start();
+        let q = || request(r#"{"metric":"m","start":0,"end":10}"#);
+
+        // One runs, one waits: the third is refused at once.
+        let running = actor.send(RunQuery::new(q()));
+        let waiting = actor.send(RunQuery::new(q()));
+        let (running, waiting) = (actix::spawn(running), actix::spawn(waiting));
+        while source.reads.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let started = Instant::now();
+        let third = actor.send(RunQuery::new(q())).await.unwrap();
+        assert!(matches!(third, Err(QueryError::Busy)), "{third:?}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+
+        source.release.store(true, Ordering::SeqCst);
+        running.await.unwrap().unwrap().unwrap();
+        waiting.await.unwrap().unwrap().unwrap();
+
+        // A timeout is kept even while the work is stuck in storage.
+        source.release.store(false, Ordering::SeqCst);
+        let started = Instant::now();
+        let timed = actor
+            .send(RunQuery::new(request(
+                r#"{"metric":"m","start":0,"end":10,"timeout":"200ms"}"#,
+            )))
+            .await
+            .unwrap();
+        assert!(matches!(timed, Err(QueryError::Timeout)), "{timed:?}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        source.release.store(true, Ordering::SeqCst);
+
+        // A bad timeout is the client's error.
+        let bad = actor
+            .send(RunQuery::new(request(r#"{"metric":"m","timeout":"soon"}"#)))
+            .await
+            .unwrap();
+        assert!(matches!(bad, Err(QueryError::BadRequest(_))), "{bad:?}");
+
+        // A cancelled query stops before it runs.
+        let cancelled = Arc::new(AtomicBool::new(true));
+        let answer = actor
+            .send(RunQuery {
+                request: q(),
+                cancelled: Some(cancelled),
+            })
+            .await
+            .unwrap();
+        assert!(matches!(answer, Err(QueryError::Cancelled)), "{answer:?}");
+    });
+}
