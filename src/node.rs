@@ -368,7 +368,12 @@ impl Node {
     /// requests), write what was received while the bus is up so its
     /// acknowledgements go out, hand over the leadership of every shard this
     /// node leads, then close the bus, the cluster and RocksDB.
-    pub async fn shutdown(self) {
+    ///
+    /// Returns whether every replica's RocksDB was closed. When one is still
+    /// held (a task the runtime could not stop in time), the caller must not
+    /// let the process run C++ static destructors while RocksDB's background
+    /// threads are alive (that race aborted a node once): see `cli::serve`.
+    pub async fn shutdown(self) -> bool {
         info!("shutting down: stopping intake");
         self.shutting_down
             .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -421,6 +426,7 @@ impl Node {
         }
         let flushing = std::time::Instant::now();
         let shards = self.local_shards();
+        let open: Vec<std::sync::Weak<Shard>> = shards.iter().map(Arc::downgrade).collect();
         let flushed = tokio::task::spawn_blocking(move || {
             shards.iter().try_fold(0, |chunks, shard| {
                 shard.flush().map(|report| chunks + report.chunks)
@@ -476,6 +482,21 @@ impl Node {
         })
         .await;
         BUS_CONNECTED.set(0);
+        // Every replica's last handle is gone, so its RocksDB is closed (its
+        // background threads joined), before the process may exit.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while open.iter().any(|w| w.strong_count() > 0) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let still_open = open.iter().filter(|w| w.strong_count() > 0).count();
+        if still_open > 0 {
+            warn!(
+                replicas = still_open,
+                "RocksDB still open at exit (a task outlived the runtime's shutdown); \
+                 exiting without static destructors"
+            );
+        }
         info!("node stopped");
+        still_open == 0
     }
 }

@@ -165,7 +165,10 @@ async fn write_query_health_metrics_over_http() {
         }
     })
     .await;
-    node.shutdown().await;
+    assert!(
+        node.shutdown().await,
+        "every replica's RocksDB closed at shutdown"
+    );
     checks.unwrap();
 }
 
@@ -268,6 +271,9 @@ async fn query_languages_and_ingest_protocols_over_http() {
         assert!(v["explain"].as_str().unwrap().contains("Aggregate max(value)"));
     })
     .await;
-    node.shutdown().await;
+    assert!(
+        node.shutdown().await,
+        "every replica's RocksDB closed at shutdown"
+    );
     checks.unwrap();
 }

@@ -98,6 +98,9 @@ fn panics_restart_actors_without_losing_acknowledged_writes() {
             .expect("query runs");
         assert_eq!(result.series.len(), 10, "every acknowledged batch is there");
         assert!(result.series.iter().all(|s| s.points.len() == 100));
-        node.shutdown().await;
+        assert!(
+            node.shutdown().await,
+            "every replica's RocksDB closed at shutdown"
+        );
     });
 }
