@@ -12,11 +12,14 @@ use serde_json::json;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
-    /// Storage engine: ingest rate, bytes per point on disk, query latency, peak RSS.
+    /// The storage engine alone (one shard written directly with its own log, not
+    /// the node's Raft write path; `bench ingest` measures that): ingest rate,
+    /// bytes per point on disk, query latency, peak RSS.
     ///
     /// Data: 1,000 series at a 10 s interval with jittered millisecond timestamps,
     /// gauges as random walks at exporter precision, integer counters, constants
-    /// (see storage/src/workload.rs). Progress goes to stderr, results to stdout.
+    /// (see storage/src/workload.rs); or, with --dataset, the samples of a real
+    /// capture (scripts/record-capture). Progress goes to stderr, results to stdout.
     Storage(StorageBench),
     /// End-to-end ingest through a node started in this process: acked line
     /// protocol batches over NATS (--nats-url), the in-process bus, or HTTP (--http);
@@ -58,6 +61,12 @@ pub struct StorageBench {
     /// Keep the database here instead of a temporary directory.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Write the samples of this capture instead of generated ones: a
+    /// `promtool tsdb dump` (what scripts/record-capture writes) or exposition
+    /// lines with timestamps. Reports the engine's ingest rate and bytes per
+    /// point on it.
+    #[arg(long)]
+    dataset: Option<PathBuf>,
 }
 
 const SECOND: i64 = 1_000_000_000;
@@ -90,6 +99,9 @@ fn storage(args: StorageBench) -> Result<(), Box<dyn std::error::Error>> {
         },
         ..ShardConfig::default()
     };
+    if let Some(path) = &args.dataset {
+        return storage_dataset(&args, path, &root, config);
+    }
 
     let shard = Shard::open(root.join("realistic"), config.clone())?;
     let mut load = Workload::realistic(args.series, INTERVAL, START, 42);
@@ -141,13 +153,61 @@ fn storage(args: StorageBench) -> Result<(), Box<dyn std::error::Error>> {
         "series": args.series,
         "batch_points": args.batch,
         "fsync_per_batch": !args.no_sync,
-        "ingest_points_per_sec": (written as f64 / ingest_secs).round(),
+        "engine_ingest_points_per_sec": (written as f64 / ingest_secs).round(),
         "bytes_per_point": round3(bytes_per_point),
         "noisy_bytes_per_point": round3(noisy_bytes),
         "query_one_series_1h_p50_ms": round3(quantile(&mut one, 0.5)),
         "query_groupby_1000_series_1h_p50_ms": round3(quantile(&mut group, 0.5)),
         "query_groupby_1000_series_1h_p99_ms": round3(quantile(&mut group, 0.99)),
         "groupby_series": ids.len(),
+        "peak_rss_bytes": peak_rss_bytes(),
+    });
+    print_result(&result, args.json);
+    Ok(())
+}
+
+/// `--dataset`: the capture's samples in time order, in batches, then the
+/// bytes per point after compaction.
+fn storage_dataset(
+    args: &StorageBench,
+    path: &std::path::Path,
+    root: &std::path::Path,
+    config: ShardConfig,
+) -> Result<(), Box<dyn std::error::Error>> {
+    eprintln!("reading {}", path.display());
+    let data = crate::bench_dataset::Dataset::load(path)?;
+    let total = data.samples.len();
+    eprintln!("{total} samples in {} series", data.series.len());
+    let shard = Shard::open(root.join("dataset"), config)?;
+    let (mut written, mut secs) = (0, 0.0);
+    let mut next_report = Instant::now();
+    while written < total {
+        let points = data.points(written, args.batch);
+        let t = Instant::now();
+        shard.write_batch(&points)?;
+        secs += t.elapsed().as_secs_f64();
+        written += points.len();
+        if next_report.elapsed().as_secs() >= 2 || written == total {
+            eprintln!(
+                "dataset: {written}/{total} points ({:.0} points/s)",
+                written as f64 / secs
+            );
+            next_report = Instant::now();
+        }
+    }
+    shard.compact()?;
+    let bytes = shard.sst_bytes()?;
+    let (first, last) = (data.samples[0].1, data.samples[total - 1].1);
+    let result = json!({
+        "dataset": path.display().to_string(),
+        "points": written,
+        "series": data.series.len(),
+        "span_seconds": (last - first) / SECOND,
+        "batch_points": args.batch,
+        "fsync_per_batch": !args.no_sync,
+        "engine_ingest_points_per_sec": (written as f64 / secs).round(),
+        "sst_bytes": bytes,
+        "bytes_per_point": round3(bytes as f64 / written as f64),
         "peak_rss_bytes": peak_rss_bytes(),
     });
     print_result(&result, args.json);
