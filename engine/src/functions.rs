@@ -425,27 +425,49 @@ pub(crate) fn call(
                 invalid_quantile_warning(ev, q, arg_at(0));
             }
             let (out, notes) = histogram_quantile(&q, series, steps.len());
-            for note in notes {
-                let annotation = match note {
-                    BucketNote::BadLe { metric, le } => Annotation::warning(
-                        format!(
-                            "bucket label \"le\" is missing or has a malformed value of {le:?} for metric name {metric:?}"
-                        ),
-                        arg_at(1),
-                    ),
-                    BucketNote::ForcedMonotonic { metric } => Annotation::info(
-                        format!(
-                            "input to histogram_quantile needed to be fixed for monotonicity (see https://prometheus.io/docs/prometheus/latest/querying/functions/#histogram_quantile) for metric name {metric:?}"
-                        ),
-                        arg_at(1),
-                    ),
-                };
-                ev.annotate(annotation);
+            note_buckets(ev, notes, arg_at(1));
+            Val::Vector(out)
+        }
+        "histogram_quantiles" => {
+            // histogram_quantiles(buckets, "label", q1, q2, ...): one series
+            // per group and quantile, the quantile in `label`.
+            let series = vector_arg(name, next()?)?;
+            let label = string_arg(name, next()?)?;
+            if !valid_label_name(&label) {
+                return Err(EngineError::Execution(format!(
+                    "invalid quantile label name in histogram_quantiles(): {label}"
+                )));
+            }
+            let mut out = Vec::new();
+            // The quantiles are arguments 2, 3, ...
+            for (index, q) in (2..).zip(values.by_ref()) {
+                let q = scalar_arg(name, q)?;
+                for &q in &q {
+                    invalid_quantile_warning(ev, q, arg_at(index));
+                }
+                let (groups, notes) = histogram_quantile(&q, series.clone(), steps.len());
+                note_buckets(ev, notes, arg_at(0));
+                let q_text = q.first().map(|q| format_go_float(*q)).unwrap_or_default();
+                out.extend(groups.into_iter().map(|mut g| {
+                    g.labels.set(&label, &q_text);
+                    g
+                }));
             }
             Val::Vector(out)
         }
-        "histogram_count" | "histogram_sum" | "histogram_avg" | "histogram_fraction"
-        | "histogram_stddev" | "histogram_stdvar" => {
+        "histogram_fraction" => {
+            // Classic buckets (`le`); a native histogram is not stored here.
+            let lower = scalar_arg(name, next()?)?;
+            let upper = scalar_arg(name, next()?)?;
+            let series = vector_arg(name, next()?)?;
+            let (out, notes) = per_bucket_group(series, steps.len(), |step, buckets| {
+                bucket_fraction(lower[step], upper[step], buckets)
+            });
+            note_buckets(ev, notes, arg_at(2));
+            Val::Vector(out)
+        }
+        "histogram_count" | "histogram_sum" | "histogram_avg" | "histogram_stddev"
+        | "histogram_stdvar" => {
             // Native histograms only; float series give nothing.
             Val::Vector(Vec::new())
         }
@@ -935,6 +957,41 @@ fn histogram_quantile(
     series: Vec<StepSeries>,
     steps: usize,
 ) -> (Vec<StepSeries>, Vec<BucketNote>) {
+    per_bucket_group(series, steps, |step, buckets| {
+        bucket_quantile(q[step], buckets)
+    })
+}
+
+/// Reports what the bucket functions had to say.
+fn note_buckets(ev: &mut Evaluator, notes: Vec<BucketNote>, at: Option<Pos>) {
+    for note in notes {
+        let annotation = match note {
+            BucketNote::BadLe { metric, le } => Annotation::warning(
+                format!(
+                    "bucket label \"le\" is missing or has a malformed value of {le:?} for metric name {metric:?}"
+                ),
+                at,
+            ),
+            BucketNote::ForcedMonotonic { metric } => Annotation::info(
+                format!(
+                    "input to histogram_quantile needed to be fixed for monotonicity (see https://prometheus.io/docs/prometheus/latest/querying/functions/#histogram_quantile) for metric name {metric:?}"
+                ),
+                at,
+            ),
+        };
+        ev.annotate(annotation);
+    }
+}
+
+/// Groups classic bucket series (by their labels without `le`; the metric
+/// name keeps two histograms apart, and is dropped from the result, so two
+/// with otherwise equal labels collide as in Prometheus) and computes `f` over
+/// each group's (upper bound, cumulative count) pairs per step.
+fn per_bucket_group(
+    series: Vec<StepSeries>,
+    steps: usize,
+    f: impl Fn(usize, &mut [(f64, f64)]) -> (f64, bool),
+) -> (Vec<StepSeries>, Vec<BucketNote>) {
     use rustc_hash::FxHashMap as HashMap;
     let mut notes = Vec::new();
     let mut groups: HashMap<Labels, Vec<(f64, usize)>> = HashMap::default();
@@ -948,9 +1005,7 @@ fn histogram_quantile(
             });
             continue;
         };
-        let key = s
-            .labels
-            .keep(&["le".to_string(), METRIC_NAME.to_string()], false);
+        let key = s.labels.keep(&["le".to_string()], false);
         groups
             .entry(key.clone())
             .or_insert_with(|| {
@@ -971,12 +1026,13 @@ fn histogram_quantile(
                         .filter_map(|&(le, i)| series[i].values[step].map(|c| (le, c)))
                         .collect();
                     (!buckets.is_empty()).then(|| {
-                        let (v, fixed) = bucket_quantile(q[step], &mut buckets);
+                        let (v, fixed) = f(step, &mut buckets);
                         forced |= fixed;
                         v
                     })
                 })
                 .collect();
+            let labels = labels.without_name();
             if forced {
                 let first = members[0].1;
                 notes.push(BucketNote::ForcedMonotonic {
@@ -991,6 +1047,84 @@ fn histogram_quantile(
         })
         .collect();
     (out, notes)
+}
+
+/// The fraction of a classic histogram's observations in `[lower, upper]`,
+/// interpolating linearly inside a bucket. A bucket with an infinite side
+/// cannot be interpolated: it counts in full when the range reaches that
+/// infinity, else not at all. The first bucket starts at 0 when its bound is
+/// positive, at -Inf otherwise.
+fn bucket_fraction(lower: f64, upper: f64, buckets: &mut [(f64, f64)]) -> (f64, bool) {
+    if lower.is_nan() || upper.is_nan() {
+        return (f64::NAN, false);
+    }
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    if buckets.last().is_none_or(|b| b.0 != f64::INFINITY) {
+        return (f64::NAN, false);
+    }
+    let mut merged: Vec<(f64, f64)> = Vec::with_capacity(buckets.len());
+    for &(le, c) in buckets.iter() {
+        match merged.last_mut() {
+            Some(last) if last.0 == le => last.1 += c,
+            _ => merged.push((le, c)),
+        }
+    }
+    // Counts must not decrease (as histogram_quantile makes them).
+    let mut forced = false;
+    for i in 1..merged.len() {
+        if merged[i].1 < merged[i - 1].1 {
+            forced |= !almost_equal(merged[i].1, merged[i - 1].1, 1e-12);
+            merged[i].1 = merged[i - 1].1;
+        }
+    }
+    let total = merged[merged.len() - 1].1;
+    if total == 0.0 {
+        return (f64::NAN, forced);
+    }
+    if lower >= upper {
+        return (0.0, forced);
+    }
+    let mut inside = 0.0;
+    let (mut below, mut prev_count) = (
+        if merged[0].0 > 0.0 {
+            0.0
+        } else {
+            f64::NEG_INFINITY
+        },
+        0.0,
+    );
+    for &(le, cum) in &merged {
+        let count = cum - prev_count;
+        let (from, to) = (lower.max(below), upper.min(le));
+        if to > from {
+            if below.is_infinite() || le.is_infinite() {
+                let reaches = (below.is_infinite() && lower == f64::NEG_INFINITY)
+                    || (le.is_infinite() && upper == f64::INFINITY);
+                if reaches {
+                    inside += count;
+                }
+            } else {
+                inside += count * (to - from) / (le - below);
+            }
+        }
+        below = le;
+        prev_count = cum;
+    }
+    (inside / total, forced)
+}
+
+/// A quantile as Prometheus writes it into a label: OpenMetrics' canonical
+/// float, so whole numbers keep a `.0` (`0.0`, `1.0`, `0.25`).
+fn format_go_float(f: f64) -> String {
+    if f.is_nan() {
+        "NaN".into()
+    } else if f.is_infinite() {
+        if f > 0.0 { "+Inf" } else { "-Inf" }.into()
+    } else if f == f.trunc() && f.abs() < 1e15 {
+        format!("{f:.1}")
+    } else {
+        format!("{f}")
+    }
 }
 
 fn parse_go_float(s: &str) -> Option<f64> {

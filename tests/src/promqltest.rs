@@ -282,8 +282,11 @@ pub fn run_script(text: &str) -> Tally {
             continue;
         }
         if let Some(rest) = line.strip_prefix("load") {
-            // `load <interval>` or `load_with_nhcb <interval>` (the native
-            // histogram copies are not made; the float buckets are loaded).
+            // `load <interval>` or `load_with_nhcb <interval>`: the float
+            // buckets are loaded; the native-histogram copy (the `_bucket`
+            // series' base name, without `le`) is not made, and a query that
+            // selects it is skipped like one selecting `{{...}}` samples.
+            let nhcb = rest.starts_with("_with_nhcb");
             let Some(interval) = rest.split_whitespace().last().and_then(parse_duration_ms) else {
                 tally
                     .failures
@@ -294,6 +297,11 @@ pub fn run_script(text: &str) -> Tally {
             for def in &block {
                 match parse_series(def) {
                     Ok(Some((labels, values))) => {
+                        if nhcb {
+                            if let Some(native) = nhcb_copy(&labels) {
+                                histogram_series.push(native);
+                            }
+                        }
                         for (k, p) in values.iter().enumerate() {
                             let v = match p {
                                 Point_::Value(v) => *v,
@@ -549,6 +557,20 @@ fn check_annotations(eval: &Eval, annotations: &[Annotation]) -> Result<(), Stri
 }
 
 /// Whether `plan` selects any of `series` (label sets with `__name__`).
+/// The labels of the native histogram `load_with_nhcb` makes of a classic
+/// bucket series: the metric without `_bucket`, the labels without `le`.
+fn nhcb_copy(labels: &Labels) -> Option<Labels> {
+    let base = labels.get("__name__")?.strip_suffix("_bucket")?.to_string();
+    Some(Labels::new(
+        labels
+            .iter()
+            .filter(|(n, _)| *n != "le" && *n != "__name__")
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .chain([("__name__".to_string(), base)])
+            .collect(),
+    ))
+}
+
 fn selects_any(plan: &Plan, series: &[Labels]) -> bool {
     let matches = |sel: &Selector| {
         series.iter().any(|labels| {
