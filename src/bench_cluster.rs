@@ -43,6 +43,13 @@ pub struct ClusterBench {
     /// Leader kills to time.
     #[arg(long, default_value_t = 5)]
     failovers: usize,
+    /// Failover only, as an operator meets it: three `chronicle serve`
+    /// processes (needs --nats-url), the leader of shard 0 killed with SIGKILL,
+    /// timed to the first write to that shard a survivor acknowledges over HTTP.
+    /// Without it, nodes run in this process and a "kill" is a graceful stop
+    /// whose clock starts after the stop returned.
+    #[arg(long)]
+    processes: bool,
 }
 
 const SECOND: i64 = 1_000_000_000;
@@ -128,6 +135,14 @@ async fn converge(
 pub fn run(args: ClusterBench) -> Result<(), Box<dyn std::error::Error>> {
     if args.points == 0 || args.batch == 0 || args.in_flight == 0 || args.shards == 0 {
         return Err("--points, --batch, --in-flight and --shards must be positive".into());
+    }
+    if args.processes {
+        let nats = args
+            .nats_url
+            .as_deref()
+            .ok_or("--processes needs --nats-url: the node processes meet over NATS")?;
+        return crate::bench_failover::run(nats, args.shards, args.failovers, args.json)
+            .map_err(|e| e.to_string().into());
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -5,6 +5,7 @@
 pub mod bench;
 mod bench_cluster;
 mod bench_dataset;
+mod bench_failover;
 mod bench_ingest;
 mod bench_query;
 pub mod cli;
