@@ -495,6 +495,7 @@ fn not_ready(state: &AppState) -> Vec<String> {
             problems.push(format!("{name} ({}): not connected", state.bus_kind));
         }
     }
+    problems.extend(state.cluster.group_problems());
     let me = state.cluster.node_id();
     let (_, shards) = state.cluster.status();
     for shard in shards.iter().filter(|s| s.replicas.contains(&me)) {

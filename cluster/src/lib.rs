@@ -18,6 +18,7 @@ pub mod network;
 mod node;
 pub mod read;
 mod state_machine;
+mod supervise;
 mod types;
 pub mod wire;
 

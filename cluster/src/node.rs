@@ -360,6 +360,8 @@ pub struct ClusterNode {
     /// (the nonce keeps a restarted node from receiving its predecessor's parts).
     inbox_nonce: u64,
     next_inbox: std::sync::atomic::AtomicU64,
+    /// What the group supervisor knows (restarts, groups down).
+    pub(crate) supervision: crate::supervise::Supervision,
 }
 
 /// Points per Raft entry: a few hundred KB encoded, well under a bus message.
@@ -424,6 +426,7 @@ impl ClusterNode {
             bus,
             inbox_nonce: inbox_nonce(),
             next_inbox: std::sync::atomic::AtomicU64::new(0),
+            supervision: Default::default(),
         });
         let mut hosted = node.shards_on_disk()?;
         if !created.exists() {
@@ -444,7 +447,31 @@ impl ClusterNode {
             source,
         })?;
         crate::membership::serve_node(&node).await?;
+        node.add_service(crate::supervise::spawn(Arc::downgrade(&node)));
         Ok(node)
+    }
+
+    /// What keeps this node's Raft groups from serving: a group down (its
+    /// core stopped and is being restarted from disk) or one that restarted
+    /// repeatedly in the last five minutes. Empty when all is well.
+    pub fn group_problems(&self) -> Vec<String> {
+        self.supervision.problems()
+    }
+
+    /// Times `shard`'s group was restarted by the supervisor in the last five minutes.
+    pub fn group_restarts(&self, shard: u32) -> usize {
+        self.supervision.restarts(shard)
+    }
+
+    /// Chaos hook: stops `shard`'s Raft core as a fatal error would, leaving
+    /// the group in place for the supervisor to find. Returns false when this
+    /// node holds no replica of `shard`.
+    pub async fn inject_group_failure(&self, shard: u32) -> bool {
+        let Some(group) = self.group(shard) else {
+            return false;
+        };
+        let _ = group.raft.shutdown().await;
+        true
     }
 
     /// The shards with a directory under the data directory.

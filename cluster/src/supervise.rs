@@ -1,0 +1,150 @@
+//! Watches this node's Raft groups: a group whose Raft core stopped with a
+//! fatal error (a storage failure while applying or logging, a panic in the
+//! core) would otherwise stay dead while the node looks healthy. The
+//! supervisor restarts it from disk (its log and state machine) with backoff,
+//! and reports a group that keeps failing so readiness can say so.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use tracing::{error, info, warn};
+
+use crate::node::ClusterNode;
+
+/// How often the groups are looked at.
+const PERIOD: Duration = Duration::from_millis(250);
+/// First wait before a restart; doubles per failure, up to `MAX_BACKOFF`.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Restarts within `WINDOW` from which a group counts as failing.
+const FAILING_AFTER: usize = 3;
+const WINDOW: Duration = Duration::from_secs(300);
+
+/// What the supervisor knows of one shard's group.
+#[derive(Debug, Default)]
+pub(crate) struct GroupHealth {
+    /// When it was restarted, within the window.
+    restarts: Vec<Instant>,
+    /// Why it last stopped.
+    last_failure: Option<String>,
+    /// Stopped and not running again yet (the restart failed or waits).
+    down_since: Option<Instant>,
+    next_attempt: Option<Instant>,
+    failures_in_a_row: u32,
+}
+
+/// Per-shard health, shared between the supervisor and readiness.
+#[derive(Debug, Default)]
+pub(crate) struct Supervision {
+    groups: parking_lot::Mutex<BTreeMap<u32, GroupHealth>>,
+}
+
+impl Supervision {
+    /// Shards that are down or restarted `FAILING_AFTER` times within the
+    /// window, with what happened.
+    pub(crate) fn problems(&self) -> Vec<String> {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for (shard, h) in self.groups.lock().iter_mut() {
+            h.restarts.retain(|t| now.duration_since(*t) < WINDOW);
+            let why = h.last_failure.as_deref().unwrap_or("unknown");
+            if let Some(since) = h.down_since {
+                out.push(format!(
+                    "shard {shard}: raft group down for {:.0?} ({why}); restarting",
+                    now.duration_since(since)
+                ));
+            } else if h.restarts.len() >= FAILING_AFTER {
+                out.push(format!(
+                    "shard {shard}: raft group restarted {} times in {:?} (last: {why})",
+                    h.restarts.len(),
+                    WINDOW
+                ));
+            }
+        }
+        out
+    }
+
+    /// Restarts of `shard`'s group within the window.
+    pub(crate) fn restarts(&self, shard: u32) -> usize {
+        self.groups
+            .lock()
+            .get(&shard)
+            .map_or(0, |h| h.restarts.len())
+    }
+}
+
+/// Runs until the node is dropped or shut down (the task is aborted then).
+pub(crate) fn spawn(node: Weak<ClusterNode>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(PERIOD).await;
+            let Some(node) = node.upgrade() else { return };
+            check(&node).await;
+        }
+    })
+}
+
+async fn check(node: &Arc<ClusterNode>) {
+    let failed: Vec<(u32, String)> = node
+        .groups
+        .read()
+        .iter()
+        .filter_map(|(shard, g)| {
+            let m = g.raft.metrics().borrow().clone();
+            m.running_state
+                .err()
+                .map(|fatal| (*shard, fatal.to_string()))
+        })
+        .collect();
+    for (shard, why) in failed {
+        error!(shard, reason = %why, "raft group stopped; restarting it from disk");
+        {
+            let mut groups = node.supervision.groups.lock();
+            let h = groups.entry(shard).or_default();
+            h.last_failure = Some(why);
+            h.down_since.get_or_insert_with(Instant::now);
+        }
+        // Out of the map (so nothing routes to it), then stopped.
+        let _changing = node.replica_changes.lock().await;
+        let stopped = node.groups.write().remove(&shard);
+        drop(_changing);
+        if let Some(group) = stopped {
+            group.stop().await;
+        }
+    }
+    // Groups down: restart when their backoff has passed.
+    let due: Vec<u32> = {
+        let now = Instant::now();
+        node.supervision
+            .groups
+            .lock()
+            .iter()
+            .filter(|(_, h)| h.down_since.is_some() && h.next_attempt.is_none_or(|t| now >= t))
+            .map(|(s, _)| *s)
+            .collect()
+    };
+    for shard in due {
+        let outcome = node.host(shard, None).await;
+        let mut groups = node.supervision.groups.lock();
+        let h = groups.entry(shard).or_default();
+        match outcome {
+            Ok(()) => {
+                h.restarts.push(Instant::now());
+                h.down_since = None;
+                h.next_attempt = None;
+                h.failures_in_a_row = 0;
+                info!(shard, restarts = h.restarts.len(), "raft group restarted");
+            }
+            Err(e) => {
+                h.failures_in_a_row = h.failures_in_a_row.saturating_add(1);
+                let wait = FIRST_BACKOFF
+                    .saturating_mul(1 << h.failures_in_a_row.min(16))
+                    .min(MAX_BACKOFF);
+                h.next_attempt = Some(Instant::now() + wait);
+                h.last_failure = Some(format!("restart failed: {e}"));
+                warn!(shard, error = %e, retry_in = ?wait, "raft group did not restart");
+            }
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! A Raft group whose core stops (as it does on a fatal storage error) is
+//! found by the node's supervisor and restarted from disk; what it had
+//! committed is still there and it takes writes again. Until then readiness
+//! has a reason to give.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chronicle_bus::{Bus, LocalBus};
+use chronicle_cluster::{ClusterConfig, ClusterNode};
+use chronicle_storage::{Label, Matcher, Point, ShardConfig};
+use tempfile::TempDir;
+
+const S: i64 = 1_000_000_000;
+
+fn point(i: i64) -> Point {
+    Point::new("sup", vec![Label::new("host", "a")], i as f64, i * S)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_raft_group_is_restarted_from_disk() {
+    let dir = TempDir::new().unwrap();
+    let bus: Arc<dyn Bus> = Arc::new(LocalBus::default());
+    let mut config = ClusterConfig::new(1, vec![1], dir.path().join("n1"));
+    config.shards = 1;
+    config.shard = ShardConfig {
+        sync_writes: false,
+        ..ShardConfig::default()
+    };
+    let node = ClusterNode::start(config, bus).await.unwrap();
+    assert!(node.wait_for_leaders(Duration::from_secs(10)).await);
+    node.write(&[point(1), point(2)]).await.unwrap();
+
+    assert!(node.inject_group_failure(0).await);
+    // Writes fail while it is down; the supervisor brings it back.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut saw_problem = false;
+    loop {
+        saw_problem |= !node.group_problems().is_empty();
+        if node.group_restarts(0) >= 1 && node.write(&[point(3)]).await.is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the group was not restarted: {:?}",
+            node.group_problems()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        saw_problem,
+        "readiness had a reason while the group was down"
+    );
+    let stored = node
+        .read_all(&[Matcher::equal("__name__", "sup")], 0, 10 * S)
+        .await
+        .unwrap();
+    let times: Vec<i64> = stored[0].1.iter().map(|s| s.timestamp).collect();
+    assert_eq!(
+        times,
+        vec![S, 2 * S, 3 * S],
+        "committed writes survive the restart"
+    );
+    assert!(
+        node.group_problems().is_empty(),
+        "{:?}",
+        node.group_problems()
+    );
+    node.shutdown().await;
+}
