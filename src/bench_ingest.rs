@@ -269,6 +269,9 @@ pub fn run(args: IngestBench) -> Result<(), Error> {
             None
         };
         node.shutdown().await;
+        // What the node keeps on disk for these points once stopped (the head
+        // flushed into chunks): the Raft log, the shards, their snapshots.
+        let disk = NodeDisk::measure(&dir.path().join("data"))?;
 
         let mut result = json!({
             "transport": transport,
@@ -284,6 +287,10 @@ pub fn run(args: IngestBench) -> Result<(), Error> {
             "visible_latency_p99_ms": round3(quantile(&mut visible, 0.99)),
             "bus_round_trip_p50_ms": round3(quantile(&mut round_trips, 0.5)),
             "bus_round_trip_p99_ms": round3(quantile(&mut round_trips, 0.99)),
+            "node_disk_bytes_per_point": round3(disk.total as f64 / args.points as f64),
+            "raft_log_bytes_per_point": round3(disk.raft_log as f64 / args.points as f64),
+            "shard_bytes_per_point": round3(disk.shards as f64 / args.points as f64),
+            "other_bytes_per_point": round3((disk.total - disk.raft_log - disk.shards) as f64 / args.points as f64),
         });
         if let Some(mut v) = local_round_trips {
             result["local_bus_round_trip_p50_ms"] = json!(round3(quantile(&mut v, 0.5)));
@@ -296,4 +303,50 @@ pub fn run(args: IngestBench) -> Result<(), Error> {
         }
         Ok(())
     })
+}
+
+/// Bytes under a stopped node's data directory, by what holds them.
+struct NodeDisk {
+    total: u64,
+    /// `shard-*/raft-log`: the Raft log and vote.
+    raft_log: u64,
+    /// `shard-*/state`: the replicas' RocksDB shards (snapshots are elsewhere).
+    shards: u64,
+}
+
+impl NodeDisk {
+    fn measure(data: &std::path::Path) -> std::io::Result<Self> {
+        let mut out = Self {
+            total: dir_bytes(data)?,
+            raft_log: 0,
+            shards: 0,
+        };
+        for entry in std::fs::read_dir(data)? {
+            let path = entry?.path();
+            if path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("shard-"))
+            {
+                out.raft_log += dir_bytes(&path.join("raft-log"))?;
+                out.shards += dir_bytes(&path.join("state"))?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Bytes of the files under `path` (0 when it does not exist).
+fn dir_bytes(path: &std::path::Path) -> std::io::Result<u64> {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(0);
+    };
+    if !meta.is_dir() {
+        return Ok(meta.len());
+    }
+    let mut total = 0;
+    for entry in std::fs::read_dir(path)? {
+        total += dir_bytes(&entry?.path())?;
+    }
+    Ok(total)
 }
