@@ -11,7 +11,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use chronicle_actor_runtime::error_json;
 use chronicle_ingest::{parse_payload, IngestActor, IngestError, Precision, WritePoints};
-use chronicle_query::{QueryActor, QueryError, QueryRequest, RunQuery};
+use chronicle_query::{CancelOnDrop, QueryActor, QueryError, QueryRequest, RunQuery};
 use chronicle_storage::Limits;
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -345,7 +345,7 @@ async fn query(
 /// (actix drops this handler's future).
 async fn run_query(state: &AppState, request: QueryRequest) -> HttpResponse {
     let cancelled = Arc::new(AtomicBool::new(false));
-    let guard = CancelOnDrop(cancelled.clone());
+    let guard = CancelOnDrop::new(cancelled.clone());
     let answer = state
         .query
         .send(RunQuery {
@@ -353,7 +353,7 @@ async fn run_query(state: &AppState, request: QueryRequest) -> HttpResponse {
             cancelled: Some(cancelled),
         })
         .await;
-    std::mem::forget(guard);
+    guard.done();
     match answer {
         Ok(Ok(result)) => HttpResponse::Ok().json(result),
         Ok(Err(e)) => {
@@ -376,15 +376,6 @@ async fn run_query(state: &AppState, request: QueryRequest) -> HttpResponse {
             "unavailable",
             "the query actor is restarting; retry",
         ),
-    }
-}
-
-/// Sets the flag when dropped: the handler was dropped before its query ended.
-struct CancelOnDrop(Arc<AtomicBool>);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
     }
 }
 

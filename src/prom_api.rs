@@ -4,7 +4,7 @@
 //! /api/v1/metadata, /api/v1/status/buildinfo. GET with a query string or POST
 //! with a form body, answered in Prometheus's JSON shapes and error format.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -350,25 +350,13 @@ fn now_ms() -> i64 {
     chronicle_query::request::now_ns() / 1_000_000
 }
 
-/// Marks the query cancelled if the handler is dropped before it finishes
-/// (the client went away).
-struct CancelOnDrop(Arc<AtomicBool>, bool);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        if !self.1 {
-            self.0.store(true, Ordering::Relaxed);
-        }
-    }
-}
-
 /// Evaluates on the query actor; the query is cancelled if the client goes away.
 async fn evaluate(state: &AppState, mut q: PromqlQuery) -> Result<Answer, HttpResponse> {
     let flag = Arc::new(AtomicBool::new(false));
     q.cancelled = Some(flag.clone());
-    let mut guard = CancelOnDrop(flag, false);
+    let guard = chronicle_query::CancelOnDrop::new(flag);
     let answer = state.query.send(RunPromql(q)).await;
-    guard.1 = true;
+    guard.done();
     match answer {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(query_error(e)),

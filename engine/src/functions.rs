@@ -1058,25 +1058,9 @@ fn bucket_fraction(lower: f64, upper: f64, buckets: &mut [(f64, f64)]) -> (f64, 
     if lower.is_nan() || upper.is_nan() {
         return (f64::NAN, false);
     }
-    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    if buckets.last().is_none_or(|b| b.0 != f64::INFINITY) {
+    let Some((merged, forced)) = monotonic_buckets(buckets) else {
         return (f64::NAN, false);
-    }
-    let mut merged: Vec<(f64, f64)> = Vec::with_capacity(buckets.len());
-    for &(le, c) in buckets.iter() {
-        match merged.last_mut() {
-            Some(last) if last.0 == le => last.1 += c,
-            _ => merged.push((le, c)),
-        }
-    }
-    // Counts must not decrease (as histogram_quantile makes them).
-    let mut forced = false;
-    for i in 1..merged.len() {
-        if merged[i].1 < merged[i - 1].1 {
-            forced |= !almost_equal(merged[i].1, merged[i - 1].1, 1e-12);
-            merged[i].1 = merged[i - 1].1;
-        }
-    }
+    };
     let total = merged[merged.len() - 1].1;
     if total == 0.0 {
         return (f64::NAN, forced);
@@ -1148,9 +1132,19 @@ fn bucket_quantile(q: f64, buckets: &mut [(f64, f64)]) -> (f64, bool) {
     if q > 1.0 {
         return (f64::INFINITY, false);
     }
+    let Some((merged, forced)) = monotonic_buckets(buckets) else {
+        return (f64::NAN, false);
+    };
+    (bucket_rank(q, &merged), forced)
+}
+
+/// The buckets sorted by bound with equal bounds merged and counts made
+/// monotonic (Prometheus's rules for both bucket functions), and whether a
+/// real decrease had to be raised; `None` without a `+Inf` bucket.
+fn monotonic_buckets(buckets: &mut [(f64, f64)]) -> Option<(Vec<(f64, f64)>, bool)> {
     buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
     if buckets.last().is_none_or(|b| b.0 != f64::INFINITY) {
-        return (f64::NAN, false);
+        return None;
     }
     // Merge buckets with the same bound.
     let mut merged: Vec<(f64, f64)> = Vec::with_capacity(buckets.len());
@@ -1181,7 +1175,7 @@ fn bucket_quantile(q: f64, buckets: &mut [(f64, f64)]) -> (f64, bool) {
         }
         prev = cur;
     }
-    (bucket_rank(q, &merged), forced)
+    Some((merged, forced))
 }
 
 /// Prometheus's `almost.Equal`: relative difference below `epsilon`, NaN

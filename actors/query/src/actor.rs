@@ -104,11 +104,17 @@ impl Budget {
     }
 }
 
-/// Sets the flag when dropped before [`Self::done`]: the caller went away.
-struct CancelOnDrop(Arc<AtomicBool>, bool);
+/// Sets the flag when dropped before [`Self::done`]: whoever waited for the
+/// query went away (an HTTP handler dropped by actix, a future dropped).
+pub struct CancelOnDrop(Arc<AtomicBool>, bool);
 
 impl CancelOnDrop {
-    fn done(mut self) {
+    pub fn new(flag: Arc<AtomicBool>) -> Self {
+        Self(flag, false)
+    }
+
+    /// The wait ended normally: nothing to cancel.
+    pub fn done(mut self) {
         self.1 = true;
     }
 }
@@ -210,7 +216,7 @@ impl QueryActor {
         let admitted = self.admitted.clone().try_acquire_owned();
         async move {
             let admitted = admitted.map_err(|_| QueryError::Busy)?;
-            let guard = CancelOnDrop(budget.cancelled.clone(), false);
+            let guard = CancelOnDrop::new(budget.cancelled.clone());
             let deadline = Instant::from_std(budget.deadline);
             let slot = match tokio::time::timeout_at(deadline, slots.acquire_owned()).await {
                 Err(_) => {

@@ -9,7 +9,7 @@ pub mod select;
 mod source;
 
 pub use actor::{
-    Budget, Ping, QueryActor, QueryConfig, RunMeta, RunPromql, RunQuery, StopIntake,
+    Budget, CancelOnDrop, Ping, QueryActor, QueryConfig, RunMeta, RunPromql, RunQuery, StopIntake,
     ACTOR as ACTOR_NAME, TIMEOUT_HEADER,
 };
 pub use chronicle_actor_runtime::InjectPanic;
