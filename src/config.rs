@@ -33,6 +33,7 @@ pub struct NodeConfig {
     pub ingest: IngestSettings,
     pub query: QuerySettings,
     pub cluster: ClusterSettings,
+    pub retention: RetentionSettings,
     /// Wrap the bus in the fault injector and serve `/debug/faults/*` (chaos
     /// and partition tests only: anyone who can reach HTTP can cut the node off).
     pub fault_injection: bool,
@@ -52,8 +53,51 @@ impl Default for NodeConfig {
             ingest: IngestSettings::default(),
             query: QuerySettings::default(),
             cluster: ClusterSettings::default(),
+            retention: RetentionSettings::default(),
             fault_injection: false,
         }
+    }
+}
+
+/// How long data is kept. Retention runs as a replicated operation: the
+/// leader of each shard proposes "drop what is before T" with T fixed in the
+/// entry, so replicas never diverge by their clocks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Raw data older than this is deleted, in whole 2-hour chunk windows
+    /// (`"30d"`, `"12h"`); absent: kept for ever.
+    pub raw: Option<String>,
+    /// How often each shard's leader proposes retention.
+    pub check_interval_secs: u64,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        Self {
+            raw: None,
+            check_interval_secs: 60,
+        }
+    }
+}
+
+impl RetentionSettings {
+    /// The raw retention, checked.
+    pub fn raw_retention(&self) -> Result<Option<std::time::Duration>, String> {
+        self.raw
+            .as_deref()
+            .map(|text| {
+                humantime::parse_duration(text.trim())
+                    .map_err(|e| format!("[retention] raw {text:?}: {e}"))
+                    .and_then(|d| {
+                        if d.is_zero() {
+                            Err("[retention] raw must be longer than zero".into())
+                        } else {
+                            Ok(d)
+                        }
+                    })
+            })
+            .transpose()
     }
 }
 

@@ -209,7 +209,13 @@ impl Node {
         cluster_config.replication = identity.replication;
         cluster_config.prefix = config.subject_prefix.clone();
         cluster_config.sync_log = config.sync_writes;
+        cluster_config.retention_check =
+            Duration::from_secs(config.retention.check_interval_secs.max(1));
         cluster_config.shard = ShardConfig {
+            retention: config
+                .retention
+                .raw_retention()
+                .map_err(NodeError::Config)?,
             sync_writes: config.sync_writes,
             // The cache budget is the node's, shared by its replicas.
             decoded_cache_bytes: config.decoded_cache_bytes / local,

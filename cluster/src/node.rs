@@ -47,6 +47,9 @@ pub struct ClusterConfig {
     pub request_timeout: Duration,
     /// How long one shard's part of a read may take, retries included.
     pub read_timeout: Duration,
+    /// How often the leader of each shard proposes a retention entry (when
+    /// `shard` sets a retention).
+    pub retention_check: Duration,
 }
 
 impl ClusterConfig {
@@ -80,6 +83,7 @@ impl ClusterConfig {
             sync_log: true,
             request_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
+            retention_check: Duration::from_secs(60),
         }
     }
 }
@@ -448,7 +452,46 @@ impl ClusterNode {
         })?;
         crate::membership::serve_node(&node).await?;
         node.add_service(crate::supervise::spawn(Arc::downgrade(&node)));
+        let expires = node.config.shard.retention.is_some()
+            || node
+                .config
+                .shard
+                .downsample
+                .iter()
+                .any(|r| r.retention.is_some());
+        if expires {
+            node.add_service(spawn_retention(Arc::downgrade(&node)));
+        }
         Ok(node)
+    }
+
+    /// Proposes a retention entry on every shard this node leads: the
+    /// cutoffs come from its shard settings at `now` (nanoseconds) and travel
+    /// in the entry, so every replica deletes the same windows. Returns the
+    /// shards whose entry committed.
+    pub async fn propose_retention(&self, now: i64) -> Result<Vec<u32>, ClusterError> {
+        let me = self.config.node_id;
+        let led: Vec<(u32, Arc<Group>)> = self
+            .groups
+            .read()
+            .iter()
+            .filter(|(_, g)| g.raft.metrics().borrow().current_leader == Some(me))
+            .map(|(s, g)| (*s, g.clone()))
+            .collect();
+        let mut done = Vec::new();
+        for (shard, group) in led {
+            let cutoffs = group.shard.current().retention_cutoffs(now);
+            if cutoffs.is_empty() {
+                continue;
+            }
+            group
+                .raft
+                .client_write(WriteBatch::retain(cutoffs))
+                .await
+                .map_err(|e| ClusterError::Raft(e.to_string()))?;
+            done.push(shard);
+        }
+        Ok(done)
     }
 
     /// What keeps this node's Raft groups from serving: a group down (its
@@ -1172,6 +1215,28 @@ impl Group {
         }
     }
 }
+/// Has the leaders among this node's members propose retention every
+/// `retention_check`.
+fn spawn_retention(node: std::sync::Weak<ClusterNode>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let Some(period) = node.upgrade().map(|n| n.config.retention_check) else {
+                return;
+            };
+            tokio::time::sleep(period).await;
+            let Some(node) = node.upgrade() else { return };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+            match node.propose_retention(now).await {
+                Ok(shards) if !shards.is_empty() => debug!(?shards, "retention proposed"),
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "retention not proposed; trying again next period"),
+            }
+        }
+    })
+}
+
 fn inbox_nonce() -> u64 {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -303,6 +303,10 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
                 .into_iter()
                 .map(|entry| {
                     let (written, membership) = match entry.payload {
+                        EntryPayload::Normal(batch) if !batch.retain.is_empty() => {
+                            shard.apply_retention(entry.log_id.index, &batch.retain)?;
+                            (0, None)
+                        }
                         EntryPayload::Normal(batch) => {
                             let fresh = shard.apply_encoded(entry.log_id.index, &batch.points)?;
                             (if fresh { batch.points.len() } else { 0 }, None)

@@ -9,11 +9,27 @@ use chronicle_storage::{EncodedPoints, Point};
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct WriteBatch {
     pub points: EncodedPoints,
+    /// A retention entry instead of points: per tier, drop the chunk windows
+    /// that end before the cutoff (nanoseconds). The leader fixes the cutoffs
+    /// when it proposes, so every replica deletes exactly the same data
+    /// whatever its own clock or settings.
+    pub retain: Vec<(u8, i64)>,
 }
 
 impl WriteBatch {
     pub fn new(points: EncodedPoints) -> Self {
-        Self { points }
+        Self {
+            points,
+            retain: Vec::new(),
+        }
+    }
+
+    /// A retention entry.
+    pub fn retain(cutoffs: Vec<(u8, i64)>) -> Self {
+        Self {
+            points: EncodedPoints::default(),
+            retain: cutoffs,
+        }
     }
 
     pub fn encode(points: &[Point]) -> Self {

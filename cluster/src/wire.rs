@@ -103,6 +103,8 @@ pub enum WirePayload {
     /// bytes, without a structure per point.
     Points(Vec<u8>),
     Membership(WireMembership),
+    /// A retention entry: (tier, cutoff in nanoseconds) pairs.
+    Retain(Vec<(u8, i64)>),
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -116,7 +118,7 @@ impl WireEntry {
     pub fn payload_len(&self) -> usize {
         match &self.payload {
             WirePayload::Points(bytes) => bytes.len(),
-            WirePayload::Blank | WirePayload::Membership(_) => 64,
+            WirePayload::Blank | WirePayload::Membership(_) | WirePayload::Retain(_) => 64,
         }
     }
 }
@@ -125,6 +127,9 @@ impl From<&Entry<TypeConfig>> for WireEntry {
     fn from(e: &Entry<TypeConfig>) -> Self {
         let payload = match &e.payload {
             EntryPayload::Blank => WirePayload::Blank,
+            EntryPayload::Normal(batch) if !batch.retain.is_empty() => {
+                WirePayload::Retain(batch.retain.clone())
+            }
             EntryPayload::Normal(batch) => WirePayload::Points(batch.points.as_bytes().to_vec()),
             EntryPayload::Membership(m) => WirePayload::Membership(m.into()),
         };
@@ -150,6 +155,7 @@ impl TryFrom<WireEntry> for Entry<TypeConfig> {
                 EntryPayload::Normal(WriteBatch::new(points))
             }
             WirePayload::Membership(m) => EntryPayload::Membership(m.into()),
+            WirePayload::Retain(cutoffs) => EntryPayload::Normal(WriteBatch::retain(cutoffs)),
         };
         Ok(Entry {
             log_id: w.log_id.into(),

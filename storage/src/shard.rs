@@ -1182,6 +1182,33 @@ impl Shard {
     pub fn enforce_retention(&self, now: i64) -> Result<RetentionReport> {
         let _span = info_span!("retention", now).entered();
         let _writer = self.writer.lock();
+        self.retain(&self.retention_cutoffs(now))
+    }
+
+    /// Applies a replicated retention entry at `index` (the Raft state
+    /// machine): the cutoffs come with the entry, so every replica deletes the
+    /// same windows. Indexes already applied are skipped (replay), as for
+    /// point batches.
+    pub fn apply_retention(&self, index: u64, cutoffs: &[(u8, i64)]) -> Result<bool> {
+        let _span = info_span!("apply_retention", index).entered();
+        let _writer = self.writer.lock();
+        if index <= self.state.read().last_seq {
+            return Ok(false);
+        }
+        let report = self.retain(cutoffs)?;
+        self.state.write().last_seq = index;
+        debug!(
+            index,
+            series_removed = report.series_removed,
+            "retention applied"
+        );
+        Ok(true)
+    }
+
+    /// Per tier, the start of the first chunk window `now` keeps under this
+    /// shard's retention settings (raw data is tier 0, downsampling rules
+    /// tiers 1, 2, ...). Empty when nothing expires.
+    pub fn retention_cutoffs(&self, now: i64) -> Vec<(u8, i64)> {
         let mut cutoffs: Vec<(u8, i64)> = Vec::new();
         if let Some(r) = self.config.retention {
             cutoffs.push((
@@ -1198,9 +1225,15 @@ impl Shard {
                 ));
             }
         }
+        cutoffs
+    }
+
+    /// Deletes, per (tier, cutoff), the chunk windows before the cutoff, and
+    /// the series left with no data. The caller holds the writer lock.
+    fn retain(&self, cutoffs: &[(u8, i64)]) -> Result<RetentionReport> {
         let mut report = RetentionReport::default();
         let mut wb = WriteBatch::default();
-        for &(tier, cut) in &cutoffs {
+        for &(tier, cut) in cutoffs {
             wb.delete_range_cf(
                 self.cf(CF_CHUNKS),
                 chunk_window_start(tier, i64::MIN),
@@ -1209,6 +1242,14 @@ impl Shard {
             report.tiers_trimmed += 1;
         }
         let mut st = self.state.write();
+        // Samples before a cutoff go from the head too: which samples sit in
+        // chunks and which still in a head differs between replicas (a cut
+        // at shutdown, a restart), what retention leaves must not.
+        for e in st.series.values_mut() {
+            if let Some(&(_, cut)) = cutoffs.iter().find(|(tier, _)| *tier == e.tier) {
+                e.head.retain(|s| s.timestamp >= cut);
+            }
+        }
         let gone: Vec<u64> = st
             .series
             .iter()
