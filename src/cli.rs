@@ -80,6 +80,7 @@ fn serve(args: ServeArgs, demo: bool) -> Result<(), Box<dyn std::error::Error>> 
     let config = args.resolve()?;
     let system = actix::System::new();
     system.block_on(async move {
+        let mut stop = StopSignals::install()?;
         let node = Node::start(config).await?;
         println!(
             "chronicle node serving: HTTP http://{}  bus {}  (Ctrl-C stops)",
@@ -90,7 +91,7 @@ fn serve(args: ServeArgs, demo: bool) -> Result<(), Box<dyn std::error::Error>> 
                 eprintln!("demo failed: {e}");
             }
         }
-        wait_for_signal().await;
+        stop.recv().await;
         if !node.shutdown().await {
             // RocksDB's threads are still running: exit now, as a crash would
             // (the Raft log, fsynced, replays what the shards had not made
@@ -138,25 +139,38 @@ async fn run_demo(node: &Node) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGINT and SIGTERM, listened for from the moment the process starts
+/// serving: one that arrives while the node starts or runs its demo is
+/// answered with the graceful stop afterwards, not with the default action
+/// (an abrupt exit).
+struct StopSignals {
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                interrupt: signal(SignalKind::interrupt())?,
+                terminate: signal(SignalKind::terminate())?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Self {})
     }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {},
+            _ = self.terminate.recv() => {},
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
