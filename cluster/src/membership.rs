@@ -517,6 +517,18 @@ impl ClusterNode {
     /// lease holds, so the pause is what lets `to` win). Retried a few times
     /// when another replica wins the race.
     pub async fn transfer_leader(&self, shard: u32, to: u64) -> Result<(), ClusterError> {
+        self.move_leadership(shard, to, false).await
+    }
+
+    /// [`Self::transfer_leader`]; with `any_other`, done as soon as a replica
+    /// other than the current leader leads (what a stopping leader needs: a
+    /// retry to reach `to` would pause the new leader too, a second stall).
+    async fn move_leadership(
+        &self,
+        shard: u32,
+        to: u64,
+        any_other: bool,
+    ) -> Result<(), ClusterError> {
         let lease = Duration::from_millis(self.config.raft.election_timeout_max);
         for attempt in 1..=5 {
             let status = self.cluster_status().await;
@@ -551,6 +563,7 @@ impl ClusterNode {
                 let now = self.cluster_status().await;
                 match now.shards[shard as usize].leader {
                     Some(l) if l == to => return Ok(()),
+                    Some(l) if any_other && Some(l) != s.leader => return Ok(()),
                     Some(l) if Some(l) != s.leader => break,
                     _ => tokio::time::sleep(Duration::from_millis(50)).await,
                 }
@@ -592,7 +605,7 @@ impl ClusterNode {
             .map(|s| s.id)
             .collect();
         let moves = mine.iter().map(|&(shard, to)| async move {
-            let moved = tokio::time::timeout(within, self.transfer_leader(shard, to)).await;
+            let moved = tokio::time::timeout(within, self.move_leadership(shard, to, true)).await;
             // Another follower winning is as good: this node no longer leads.
             let leads = self
                 .group(shard)
