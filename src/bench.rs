@@ -105,7 +105,9 @@ fn storage(args: StorageBench) -> Result<(), Box<dyn std::error::Error>> {
 
     let shard = Shard::open(root.join("realistic"), config.clone())?;
     let mut load = Workload::realistic(args.series, INTERVAL, START, 42);
-    let (written, ingest_secs) = ingest(&shard, &mut load, args.points, args.batch, "realistic")?;
+    let (written, ingest_secs) = ingest(&shard, args.points, args.batch, "realistic", |_, n| {
+        load.next_batch(n)
+    })?;
     shard.compact()?;
     let bytes_per_point = shard.sst_bytes()? as f64 / written as f64;
 
@@ -143,7 +145,9 @@ fn storage(args: StorageBench) -> Result<(), Box<dyn std::error::Error>> {
     let noisy_points = args.points.min(2_000_000);
     let noisy = Shard::open(root.join("noisy"), config)?;
     let mut load = Workload::noisy(args.series, INTERVAL, START, 43);
-    let (noisy_written, _) = ingest(&noisy, &mut load, noisy_points, args.batch, "noisy")?;
+    let (noisy_written, _) = ingest(&noisy, noisy_points, args.batch, "noisy", |_, n| {
+        load.next_batch(n)
+    })?;
     noisy.compact()?;
     let noisy_bytes = noisy.sst_bytes()? as f64 / noisy_written as f64;
     drop(noisy);
@@ -179,22 +183,9 @@ fn storage_dataset(
     let total = data.samples.len();
     eprintln!("{total} samples in {} series", data.series.len());
     let shard = Shard::open(root.join("dataset"), config)?;
-    let (mut written, mut secs) = (0, 0.0);
-    let mut next_report = Instant::now();
-    while written < total {
-        let points = data.points(written, args.batch);
-        let t = Instant::now();
-        shard.write_batch(&points)?;
-        secs += t.elapsed().as_secs_f64();
-        written += points.len();
-        if next_report.elapsed().as_secs() >= 2 || written == total {
-            eprintln!(
-                "dataset: {written}/{total} points ({:.0} points/s)",
-                written as f64 / secs
-            );
-            next_report = Instant::now();
-        }
-    }
+    let (written, secs) = ingest(&shard, total, args.batch, "dataset", |from, n| {
+        data.points(from, n)
+    })?;
     shard.compact()?;
     let bytes = shard.sst_bytes()?;
     let (first, last) = (data.samples[0].1, data.samples[total - 1].1);
@@ -226,18 +217,22 @@ pub(crate) fn print_result(result: &serde_json::Value, json: bool) {
 }
 
 /// Writes `points` in batches; only the time spent in `write_batch` is counted.
+/// `next(written, n)` gives the next batch of at most `n` points.
 fn ingest(
     shard: &Shard,
-    load: &mut Workload,
     points: usize,
     batch: usize,
     label: &str,
+    mut next: impl FnMut(usize, usize) -> Vec<chronicle_storage::Point>,
 ) -> Result<(usize, f64), Box<dyn std::error::Error>> {
     let mut written = 0;
     let mut secs = 0.0;
     let mut next_report = Instant::now();
     while written < points {
-        let pts = load.next_batch(batch.min(points - written));
+        let pts = next(written, batch.min(points - written));
+        if pts.is_empty() {
+            break;
+        }
         let t = Instant::now();
         shard.write_batch(&pts)?;
         secs += t.elapsed().as_secs_f64();

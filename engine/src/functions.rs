@@ -447,7 +447,7 @@ pub(crate) fn call(
                 }
                 let (groups, notes) = histogram_quantile(&q, series.clone(), steps.len());
                 note_buckets(ev, notes, arg_at(0));
-                let q_text = q.first().map(|q| format_go_float(*q)).unwrap_or_default();
+                let q_text = q.first().map(|q| quantile_label(*q)).unwrap_or_default();
                 out.extend(groups.into_iter().map(|mut g| {
                     g.labels.set(&label, &q_text);
                     g
@@ -1099,7 +1099,7 @@ fn bucket_fraction(lower: f64, upper: f64, buckets: &mut [(f64, f64)]) -> (f64, 
 
 /// A quantile as Prometheus writes it into a label: OpenMetrics' canonical
 /// float, so whole numbers keep a `.0` (`0.0`, `1.0`, `0.25`).
-fn format_go_float(f: f64) -> String {
+fn quantile_label(f: f64) -> String {
     if f.is_nan() {
         "NaN".into()
     } else if f.is_infinite() {

@@ -275,11 +275,25 @@ fn limit(
 mod tests {
     use super::*;
 
-    fn budget() -> Budget {
-        Budget::new(
+    /// `execute` with the default PromQL limits and a minute to run.
+    fn run(
+        source: &dyn DataSource,
+        request: &QueryRequest,
+        now: i64,
+        max_points: usize,
+    ) -> Result<QueryResult, QueryError> {
+        let budget = Budget::new(
             std::time::Duration::ZERO,
             std::time::Duration::from_secs(60),
             None,
+        );
+        execute(
+            source,
+            request,
+            now,
+            max_points,
+            &PromqlLimits::default(),
+            &budget,
         )
     }
     use crate::request::{AggregationSpec, MatcherSpec, TimeSpec};
@@ -317,15 +331,7 @@ mod tests {
         let (_d, shard) = shard();
         let mut req = request();
         req.tags.insert("host".into(), "a".into());
-        let r = execute(
-            &shard,
-            &req,
-            0,
-            1_000_000,
-            &PromqlLimits::default(),
-            &budget(),
-        )
-        .unwrap();
+        let r = run(&shard, &req, 0, 1_000_000).unwrap();
         assert_eq!(r.series.len(), 1);
         assert_eq!(r.series[0].metric.as_deref(), Some("cpu"));
         assert_eq!(r.series[0].labels["host"], "a");
@@ -337,15 +343,7 @@ mod tests {
             op: "!~".into(),
             value: "a|b".into(),
         });
-        let r = execute(
-            &shard,
-            &req,
-            0,
-            1_000_000,
-            &PromqlLimits::default(),
-            &budget(),
-        )
-        .unwrap();
+        let r = run(&shard, &req, 0, 1_000_000).unwrap();
         assert_eq!(r.series.len(), 1);
         assert_eq!(r.series[0].labels["host"], "c");
     }
@@ -360,15 +358,7 @@ mod tests {
             percentile: None,
         });
         req.group_by = vec!["dc".into()];
-        let r = execute(
-            &shard,
-            &req,
-            0,
-            1_000_000,
-            &PromqlLimits::default(),
-            &budget(),
-        )
-        .unwrap();
+        let r = run(&shard, &req, 0, 1_000_000).unwrap();
         assert_eq!(r.series.len(), 1);
         assert_eq!(r.series[0].labels["dc"], "eu");
         let values: Vec<f64> = r.series[0].points.iter().map(|p| p.1).collect();
@@ -380,26 +370,10 @@ mod tests {
         let (_d, shard) = shard();
         let mut req = request();
         req.limit = Some(70);
-        let r = execute(
-            &shard,
-            &req,
-            0,
-            1_000_000,
-            &PromqlLimits::default(),
-            &budget(),
-        )
-        .unwrap();
+        let r = run(&shard, &req, 0, 1_000_000).unwrap();
         assert!(r.truncated);
         assert_eq!(r.series.iter().map(|s| s.points.len()).sum::<usize>(), 70);
-        let err = execute(
-            &shard,
-            &request(),
-            0,
-            100,
-            &PromqlLimits::default(),
-            &budget(),
-        )
-        .unwrap_err();
+        let err = run(&shard, &request(), 0, 100).unwrap_err();
         assert!(matches!(err, QueryError::TooLarge(_)), "{err}");
     }
 
@@ -417,8 +391,7 @@ mod tests {
         ];
         for case in cases {
             let req: QueryRequest = serde_json::from_str(case).unwrap();
-            let err =
-                execute(&shard, &req, 100, 1000, &PromqlLimits::default(), &budget()).unwrap_err();
+            let err = run(&shard, &req, 100, 1000).unwrap_err();
             assert!(matches!(err, QueryError::BadRequest(_)), "{case}: {err}");
         }
         assert!(serde_json::from_str::<QueryRequest>(r#"{"metrc":"cpu"}"#).is_err());
@@ -451,7 +424,7 @@ mod tests {
             }],
             ..request()
         };
-        let err = execute(&shard, &req, 0, 1_000, &PromqlLimits::default(), &budget()).unwrap_err();
+        let err = run(&shard, &req, 0, 1_000).unwrap_err();
         assert!(matches!(err, QueryError::BadRequest(_)), "{err:?}");
     }
 }
