@@ -118,6 +118,9 @@ pub struct ClusterSettings {
     /// Start as a new member of a running cluster: host nothing until
     /// `chronicle cluster add-node` moves shards here.
     pub join: bool,
+    /// A replica snapshots its shard once this many bytes were appended to
+    /// its Raft log since the last snapshot, then purges the log before it.
+    pub snapshot_log_bytes: u64,
 }
 
 impl Default for ClusterSettings {
@@ -128,6 +131,7 @@ impl Default for ClusterSettings {
             shards: None,
             replication: 3,
             join: false,
+            snapshot_log_bytes: 64 << 20,
         }
     }
 }

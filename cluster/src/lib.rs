@@ -6,8 +6,9 @@
 //!   logging them again, and after a restart openraft re-applies what the
 //!   shard had not yet made durable (the shard ignores indexes it already has).
 //! * [`ShardStateMachine`]: the state machine is a storage shard; a snapshot is
-//!   a RocksDB checkpoint of it, packed as a tar file that openraft streams in
-//!   chunks; installing one opens the checkpoint as the new shard.
+//!   a RocksDB checkpoint of it (hard links, no copy) with a manifest of its
+//!   files; a follower receives only the files it lacks ([`snapshot`],
+//!   [`network`]) and installing one opens the checkpoint as the new shard.
 //! * [`wire`]: rkyv encodings of entries (in the log and on the bus).
 
 mod election;
@@ -17,6 +18,8 @@ mod membership;
 pub mod network;
 mod node;
 pub mod read;
+pub mod snapshot;
+mod snapshot_transfer;
 mod state_machine;
 mod supervise;
 mod types;
@@ -29,5 +32,7 @@ pub use node::{
     placement, shard_of, ClusterConfig, ClusterNode, ClusterStatus, PendingWrite, ShardStatus,
 };
 pub use read::{ShardAnswer, ShardRead};
+pub use snapshot::{Manifest, SnapshotFiles};
+pub use snapshot_transfer::SnapshotReceiver;
 pub use state_machine::{ShardCell, ShardStateMachine};
 pub use types::{Applied, TypeConfig, WriteBatch};

@@ -55,6 +55,9 @@ pub struct LogStore {
     recent: Arc<Mutex<Recent>>,
     /// Every entry up to this index is on disk (0: none known).
     written: Arc<AtomicU64>,
+    /// Bytes appended since open, starting from an estimate of what the log
+    /// held then (the snapshot trigger counts from it).
+    appended: Arc<AtomicU64>,
 }
 
 /// Entries in memory, and how many points they hold.
@@ -231,12 +234,25 @@ impl LogStore {
             .name("raft-log-writer".into())
             .spawn(move || write_loop(thread_db, sync, rx, thread_written))
             .map_err(|e| ClusterError::Config(format!("log writer thread: {e}")))?;
+        let held = {
+            let cf = db.cf_handle(CF_LOG).expect("column families are created at open");
+            ["rocksdb.estimate-live-data-size", "rocksdb.cur-size-all-mem-tables"]
+                .iter()
+                .filter_map(|p| db.property_int_value_cf(cf, *p).ok().flatten())
+                .sum::<u64>()
+        };
         Ok(Self {
             db,
             writer: Arc::new(Mutex::new(tx)),
             recent: Arc::default(),
             written,
+            appended: Arc::new(AtomicU64::new(held)),
         })
+    }
+
+    /// The running count of bytes appended (see the field).
+    pub fn appended_bytes(&self) -> Arc<AtomicU64> {
+        self.appended.clone()
     }
 
     fn queue(&self, job: Job) -> Result<(), std::io::Error> {
@@ -431,12 +447,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = WriteBatch::default();
         let mut upto = None;
         let mut appended = Vec::new();
+        let mut bytes_total = 0u64;
         for e in entries {
             let bytes = encode_entry(&e).map_err(write_err)?;
+            bytes_total += bytes.len() as u64;
             batch.put_cf(self.cf(CF_LOG), e.log_id.index.to_be_bytes(), bytes);
             upto = Some(e.log_id.index);
             appended.push(e);
         }
+        self.appended.fetch_add(bytes_total, Ordering::Relaxed);
         {
             let mut recent = self.recent.lock();
             for e in appended {

@@ -6,18 +6,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chronicle_bus::{Bus, Message};
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
+use openraft::error::{
+    Fatal, NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
-use openraft::{EmptyNode, Entry, LogId, Raft, Vote};
+use openraft::{EmptyNode, Entry, LogId, OptionalSend, Raft, Snapshot, Vote};
 use rkyv::{Archive, Deserialize, Serialize};
 use tracing::{debug, warn};
 
+use crate::snapshot_transfer::{self, SnapshotReceiver};
 use crate::types::TypeConfig;
-use crate::wire::{WireEntry, WireLogId, WireSnapshotMeta, WireVote};
+use crate::wire::{WireEntry, WireLogId, WireVote};
 
 /// Largest Raft RPC sent as one bus message: under NATS's default 1 MiB
 /// payload limit with room for headers.
@@ -49,13 +51,21 @@ pub enum WireRequest {
         vote: WireVote,
         last_log_id: Option<WireLogId>,
     },
-    Snapshot {
+    /// A snapshot on offer: what it covers and its files. The answer names
+    /// the files the member lacks (see snapshot_transfer.rs).
+    SnapshotOffer {
         vote: WireVote,
-        meta: WireSnapshotMeta,
+        manifest: crate::snapshot::Manifest,
+    },
+    /// Part of a file of an offered snapshot, in order.
+    SnapshotChunk {
+        transfer: u64,
+        file: u32,
         offset: u64,
         data: Vec<u8>,
-        done: bool,
     },
+    /// Every missing file is sent: check them and install the snapshot.
+    SnapshotDone { transfer: u64, vote: WireVote },
     /// Would you vote for a candidate with this log, were it to stand?
     /// (Asked before an election, which is not started unless a majority
     /// says yes: a member cut off from its group then never raises its term.)
@@ -78,9 +88,11 @@ pub enum WireReply {
         granted: bool,
         last_log_id: Option<WireLogId>,
     },
-    Snapshot {
-        vote: WireVote,
-    },
+    /// Which files of an offered snapshot to send (indexes into its manifest).
+    SnapshotNeed { transfer: u64, files: Vec<u32> },
+    SnapshotChunkStored,
+    /// A snapshot installed, or refused for this (higher) vote.
+    Snapshot { vote: WireVote },
     PreVote(bool),
     /// The remote Raft refused or failed; the sender backs off and retries.
     Error(String),
@@ -166,6 +178,23 @@ impl BusConnection {
     }
 }
 
+impl BusConnection {
+    /// One request of a snapshot transfer, with its own deadline.
+    pub(crate) async fn transfer_call(
+        &self,
+        request: &WireRequest,
+        ttl: Duration,
+    ) -> Result<WireReply, StreamingError<TypeConfig, Fatal<u64>>> {
+        let payload = chronicle_bus::envelope::encode(request)
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        match self.send::<Fatal<u64>>(payload, &RPCOption::new(ttl)).await {
+            Ok(reply) => Ok(reply),
+            Err(RPCError::Network(e)) => Err(StreamingError::Network(e)),
+            Err(e) => Err(StreamingError::Unreachable(Unreachable::new(&e))),
+        }
+    }
+}
+
 fn unexpected<E: std::error::Error>(what: &str) -> RPCError<u64, EmptyNode, E> {
     RPCError::Network(NetworkError::new(&RemoteFailure(format!(
         "unexpected reply to {what}"
@@ -239,25 +268,14 @@ impl RaftNetwork<TypeConfig> for BusConnection {
         }
     }
 
-    async fn install_snapshot(
+    async fn full_snapshot(
         &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<u64>,
-        RPCError<u64, EmptyNode, RaftError<u64, InstallSnapshotError>>,
-    > {
-        let request = WireRequest::Snapshot {
-            vote: (&rpc.vote).into(),
-            meta: WireSnapshotMeta::from_meta(&rpc.meta),
-            offset: rpc.offset,
-            data: rpc.data,
-            done: rpc.done,
-        };
-        match self.call(&request, &option).await? {
-            WireReply::Snapshot { vote } => Ok(InstallSnapshotResponse { vote: vote.into() }),
-            _ => Err(unexpected("install snapshot")),
-        }
+        vote: Vote<u64>,
+        snapshot: Snapshot<TypeConfig>,
+        cancel: impl std::future::Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<u64>, StreamingError<TypeConfig, Fatal<u64>>> {
+        snapshot_transfer::send(self, vote, *snapshot.snapshot, cancel).await
     }
 
     async fn vote(
@@ -289,12 +307,13 @@ impl RaftNetwork<TypeConfig> for BusConnection {
 /// holds up heartbeats or votes.
 pub async fn serve(
     raft: Raft<TypeConfig>,
+    snapshots: Arc<SnapshotReceiver>,
     bus: Arc<dyn Bus>,
     prefix: &str,
     group: u64,
     node: u64,
 ) -> Result<tokio::task::JoinHandle<()>, chronicle_bus::BusError> {
-    serve_tracked(raft, bus, prefix, group, node, Arc::default()).await
+    serve_tracked(raft, snapshots, bus, prefix, group, node, Arc::default()).await
 }
 
 /// When a member last heard from a leader: accepted an append or a snapshot
@@ -349,6 +368,7 @@ impl LeaderContact {
 /// [`serve`], recording leader contact in `contact` and answering pre-votes by it.
 pub async fn serve_tracked(
     raft: Raft<TypeConfig>,
+    snapshots: Arc<SnapshotReceiver>,
     bus: Arc<dyn Bus>,
     prefix: &str,
     group: u64,
@@ -363,9 +383,10 @@ pub async fn serve_tracked(
                 continue;
             };
             let (raft, bus, contact) = (raft.clone(), bus.clone(), contact.clone());
+            let snapshots = snapshots.clone();
             tokio::spawn(async move {
                 let reply = match chronicle_bus::envelope::decode::<WireRequest>(&message.payload) {
-                    Ok(request) => handle(&raft, &contact, request).await,
+                    Ok(request) => handle(&raft, &snapshots, &contact, request).await,
                     Err(e) => WireReply::Error(format!("bad raft request: {e}")),
                 };
                 match chronicle_bus::envelope::encode(&reply) {
@@ -383,6 +404,7 @@ pub async fn serve_tracked(
 
 async fn handle(
     raft: &Raft<TypeConfig>,
+    snapshots: &SnapshotReceiver,
     contact: &LeaderContact,
     request: WireRequest,
 ) -> WireReply {
@@ -454,30 +476,24 @@ async fn handle(
                 Err(e) => WireReply::Error(e.to_string()),
             }
         }
-        WireRequest::Snapshot {
-            vote,
-            meta,
+        WireRequest::SnapshotOffer { vote, manifest } => {
+            snapshots.offer(raft, vote.into(), manifest).await
+        }
+        WireRequest::SnapshotChunk {
+            transfer,
+            file,
             offset,
             data,
-            done,
         } => {
-            let rpc = InstallSnapshotRequest {
-                vote: vote.into(),
-                meta: meta.to_meta(),
-                offset,
-                data,
-                done,
-            };
-            let reply = raft.install_snapshot(rpc).await;
-            if reply.is_ok() {
+            contact.touch();
+            snapshots.chunk(transfer, file, offset, data).await
+        }
+        WireRequest::SnapshotDone { transfer, vote } => {
+            let reply = snapshots.done(raft, transfer, vote.into()).await;
+            if matches!(reply, WireReply::Snapshot { .. }) {
                 contact.touch();
             }
-            match reply {
-                Ok(r) => WireReply::Snapshot {
-                    vote: (&r.vote).into(),
-                },
-                Err(e) => WireReply::Error(e.to_string()),
-            }
+            reply
         }
     }
 }

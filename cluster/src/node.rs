@@ -50,6 +50,10 @@ pub struct ClusterConfig {
     /// How often the leader of each shard proposes a retention entry (when
     /// `shard` sets a retention).
     pub retention_check: Duration,
+    /// A member snapshots its shard once this many bytes were appended to its
+    /// Raft log since the last snapshot; the log before the snapshot is then
+    /// purged (all but a short tail for followers a little behind).
+    pub snapshot_log_bytes: u64,
 }
 
 impl ClusterConfig {
@@ -70,8 +74,13 @@ impl ClusterConfig {
                     heartbeat_interval: 100,
                     election_timeout_min: 200,
                     election_timeout_max: 400,
-                    // Snapshot chunks travel as single bus messages.
-                    snapshot_max_chunk_size: crate::network::MAX_RPC_BYTES as u64 / 2,
+                    // Snapshots are taken by log size (`snapshot_log_bytes`,
+                    // `snapshot_by_log_size`), not by a count of entries: an
+                    // entry is anything from one point to a whole batch.
+                    snapshot_policy: openraft::SnapshotPolicy::Never,
+                    // Entries kept after a snapshot, for a follower a little
+                    // behind (it would need a snapshot otherwise).
+                    max_in_snapshot_log_to_keep: 256,
                     // An entry is a whole batch (up to thousands of points); an
                     // append carries what fits one message anyway (network.rs).
                     max_payload_entries: 64,
@@ -84,6 +93,7 @@ impl ClusterConfig {
             request_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
             retention_check: Duration::from_secs(60),
+            snapshot_log_bytes: 64 << 20,
         }
     }
 }
@@ -574,6 +584,8 @@ impl ClusterNode {
         };
         let sm = ShardStateMachine::open(dir.join("state"), config.shard.clone())?;
         let cell = sm.shard();
+        let receiver = Arc::new(crate::SnapshotReceiver::new(sm.layout()));
+        let appended = log.appended_bytes();
         let network = BusNetwork::new(self.bus.clone(), config.prefix.clone(), u64::from(shard));
         let raft = Raft::new(config.node_id, config.raft.clone(), network, log, sm)
             .await
@@ -581,6 +593,7 @@ impl ClusterNode {
         let contact = Arc::new(crate::network::LeaderContact::default());
         let mut tasks = vec![crate::network::serve_tracked(
             raft.clone(),
+            receiver,
             self.bus.clone(),
             &config.prefix,
             u64::from(shard),
@@ -617,6 +630,11 @@ impl ClusterNode {
                 .await?,
             );
         }
+        tasks.push(snapshot_by_log_size(
+            raft.clone(),
+            appended,
+            config.snapshot_log_bytes,
+        ));
         tasks.push(crate::membership::watch_membership(
             Arc::downgrade(self),
             shard,
@@ -1215,6 +1233,45 @@ impl Group {
         }
     }
 }
+/// Asks `raft` for a snapshot whenever `threshold` bytes were appended to its
+/// log since the last one (checked every second; asked again after 30 s if a
+/// snapshot did not follow, e.g. because the shard's durable frontier had not
+/// moved).
+fn snapshot_by_log_size(
+    raft: Raft<TypeConfig>,
+    appended: Arc<std::sync::atomic::AtomicU64>,
+    threshold: u64,
+) -> tokio::task::JoinHandle<()> {
+    use std::sync::atomic::Ordering;
+    tokio::spawn(async move {
+        let mut last = raft.metrics().borrow().snapshot;
+        let mut base = 0u64;
+        let mut asked: Option<(std::time::Instant, u64)> = None;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = appended.load(Ordering::Relaxed);
+            let snapshot = raft.metrics().borrow().snapshot;
+            if snapshot != last {
+                last = snapshot;
+                // What the new snapshot covers: at least what was appended
+                // when it was asked for (or now, if it came otherwise).
+                base = asked.take().map_or(now, |(_, bytes)| bytes);
+            }
+            let due = now.saturating_sub(base) >= threshold;
+            let waiting = asked.is_some_and(|(at, _)| at.elapsed() < Duration::from_secs(30));
+            if due && !waiting {
+                debug!(since = now - base, "log size reached: snapshot");
+                if raft.trigger().snapshot().await.is_err() {
+                    return;
+                }
+                asked = Some((std::time::Instant::now(), now));
+            }
+        }
+    })
+}
+
 /// Has the leaders among this node's members propose retention every
 /// `retention_check`.
 fn spawn_retention(node: std::sync::Weak<ClusterNode>) -> tokio::task::JoinHandle<()> {

@@ -1,11 +1,10 @@
 //! The state machine of a group: a storage shard.
 //!
-//! Layout under the group's directory:
-//! * `shards/<n>/` — shard generations; `CURRENT` names the live one. Installing
-//!   a snapshot opens it as a new generation, so readers still holding the old
-//!   shard keep a consistent view while the new one takes over.
-//! * `snapshot.tar`, `snapshot.meta` — the last snapshot (a tar of a RocksDB
-//!   checkpoint) and what it covers.
+//! Its files (live shard generations, snapshots, work in progress) are laid
+//! out and switched by [`crate::snapshot::Layout`]. A snapshot is a RocksDB
+//! checkpoint taken without cutting heads: it covers the log up to the
+//! shard's durable frontier, so chunks are cut when they are full, never
+//! because a snapshot was due.
 //!
 //! Applying does not write the batch to disk again: the shard keeps it in its
 //! head until it cuts chunks, and the Raft log is the write-ahead log. After a
@@ -13,8 +12,7 @@
 //! re-applies the committed entries after it; the shard skips the indexes it
 //! already made durable, so nothing is applied twice.
 
-use std::io::{Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use chronicle_storage::{Shard, ShardConfig};
@@ -25,6 +23,7 @@ use openraft::{
 };
 use parking_lot::RwLock;
 
+use crate::snapshot::{Built, Layout, Manifest, SnapshotFiles};
 use crate::types::{Applied, TypeConfig};
 use crate::wire::WireSnapshotMeta;
 use crate::ClusterError;
@@ -44,40 +43,62 @@ impl ShardCell {
     }
 }
 
-/// Makes `tar` (complete on disk) the group's current snapshot: the file
-/// first, then the meta that names what it covers (written and renamed, so a
-/// crash leaves the old pair or the new one).
-fn commit_snapshot(
-    dir: &Path,
-    tar: &Path,
-    meta: &SnapshotMeta<u64, EmptyNode>,
-) -> Result<(), ClusterError> {
-    let target = dir.join("snapshot.tar");
-    std::fs::rename(tar, &target).map_err(io(&target))?;
-    let bytes =
-        chronicle_bus::envelope::encode(&WireSnapshotMeta::from_meta(meta)).map_err(|e| {
-            ClusterError::Corrupt {
-                what: "snapshot meta",
-                why: e.to_string(),
-            }
-        })?;
-    let tmp = dir.join("snapshot.meta.tmp");
-    std::fs::write(&tmp, &bytes).map_err(io(&tmp))?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(io(&tmp))?;
-    std::fs::rename(&tmp, dir.join("snapshot.meta")).map_err(io(&tmp))
+/// What a snapshot at an index must say: the log id at that index and the
+/// membership in force there. Kept from the current snapshot on (two short
+/// lists: they grow only when the leader or the membership changes).
+#[derive(Debug, Clone, Default)]
+struct History {
+    /// The first log id of each leader's run of entries, ascending.
+    leaders: Vec<LogId<u64>>,
+    /// Memberships by the log id that set them, ascending.
+    memberships: Vec<StoredMembership<u64, EmptyNode>>,
 }
 
-pub struct ShardStateMachine {
-    dir: PathBuf,
-    config: ShardConfig,
-    shard: ShardCell,
-    last_applied: Option<LogId<u64>>,
-    membership: StoredMembership<u64, EmptyNode>,
-    /// Shard generation number of the live shard.
-    generation: u64,
-    snapshots_built: u64,
+impl History {
+    fn from_snapshot(meta: &SnapshotMeta<u64, EmptyNode>) -> Self {
+        Self {
+            leaders: meta.last_log_id.into_iter().collect(),
+            memberships: vec![meta.last_membership.clone()],
+        }
+    }
+
+    fn applied(&mut self, log_id: LogId<u64>) {
+        if self.leaders.last().map(|l| l.leader_id) != Some(log_id.leader_id) {
+            self.leaders.push(log_id);
+        }
+    }
+
+    /// The log id at `index`, if `index` is at or after the first one known.
+    fn log_id_at(&self, index: u64) -> Option<LogId<u64>> {
+        let run = self.leaders.iter().rev().find(|l| l.index <= index)?;
+        Some(LogId::new(run.leader_id, index))
+    }
+
+    fn membership_at(&self, index: u64) -> StoredMembership<u64, EmptyNode> {
+        self.memberships
+            .iter()
+            .rev()
+            .find(|m| m.log_id().is_none_or(|l| l.index <= index))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Forgets what no snapshot at or after `index` needs.
+    fn forget_before(&mut self, index: u64) {
+        let keep_from = |ids: &[Option<u64>]| {
+            ids.iter()
+                .rposition(|i| i.is_none_or(|i| i <= index))
+                .unwrap_or(0)
+        };
+        let leaders: Vec<Option<u64>> = self.leaders.iter().map(|l| Some(l.index)).collect();
+        self.leaders.drain(..keep_from(&leaders));
+        let memberships: Vec<Option<u64>> = self
+            .memberships
+            .iter()
+            .map(|m| m.log_id().map(|l| l.index))
+            .collect();
+        self.memberships.drain(..keep_from(&memberships));
+    }
 }
 
 fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError<u64> {
@@ -96,47 +117,40 @@ fn snapshot_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError<u64>
     )
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ClusterError + '_ {
-    move |source| ClusterError::Snapshot {
-        path: path.display().to_string(),
-        source,
+fn to_snapshot(files: SnapshotFiles) -> Snapshot<TypeConfig> {
+    Snapshot {
+        meta: files.manifest.meta.to_meta(),
+        snapshot: Box::new(files),
     }
+}
+
+pub struct ShardStateMachine {
+    layout: Arc<Layout>,
+    config: ShardConfig,
+    shard: ShardCell,
+    last_applied: Option<LogId<u64>>,
+    membership: StoredMembership<u64, EmptyNode>,
+    history: History,
 }
 
 impl ShardStateMachine {
     /// Opens (or creates) the group's state under `dir`.
     pub fn open(dir: impl AsRef<Path>, config: ShardConfig) -> Result<Self, ClusterError> {
-        let dir = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(dir.join("shards")).map_err(io(&dir))?;
-        let current = dir.join("CURRENT");
-        let generation = match std::fs::read_to_string(&current) {
-            Ok(text) => text.trim().parse().map_err(|e| ClusterError::Corrupt {
-                what: "CURRENT",
-                why: format!("{e}"),
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::write(&current, "0").map_err(io(&current))?;
-                0
-            }
-            Err(e) => return Err(io(&current)(e)),
-        };
-        let shard = Shard::open(
-            dir.join("shards").join(generation.to_string()),
-            config.clone(),
-        )?;
+        let layout = Arc::new(Layout::open(dir.as_ref())?);
+        let shard = Shard::open(layout.shard_dir(layout.generation()), config.clone())?;
         let mut sm = Self {
-            dir,
+            layout,
             config,
             shard: ShardCell(Arc::new(RwLock::new(Arc::new(shard)))),
             last_applied: None,
             membership: StoredMembership::default(),
-            generation,
-            snapshots_built: 0,
+            history: History::default(),
         };
-        if let Some(meta) = sm.stored_meta()? {
-            let meta = meta.to_meta();
+        if let Some(current) = sm.layout.current()? {
+            let meta = current.manifest.meta.to_meta();
             sm.last_applied = meta.last_log_id;
-            sm.membership = meta.last_membership;
+            sm.membership = meta.last_membership.clone();
+            sm.history = History::from_snapshot(&meta);
         }
         Ok(sm)
     }
@@ -146,136 +160,66 @@ impl ShardStateMachine {
         self.shard.clone()
     }
 
-    fn meta_path(&self) -> PathBuf {
-        self.dir.join("snapshot.meta")
-    }
-
-    fn tar_path(&self) -> PathBuf {
-        self.dir.join("snapshot.tar")
-    }
-
-    fn stored_meta(&self) -> Result<Option<WireSnapshotMeta>, ClusterError> {
-        let path = self.meta_path();
-        match std::fs::read(&path) {
-            Ok(bytes) => chronicle_bus::envelope::decode(&bytes)
-                .map(Some)
-                .map_err(|e| ClusterError::Corrupt {
-                    what: "snapshot meta",
-                    why: e.to_string(),
-                }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io(&path)(e)),
-        }
-    }
-
-    async fn open_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, ClusterError> {
-        let Some(meta) = self.stored_meta()? else {
-            return Ok(None);
-        };
-        let path = self.tar_path();
-        let file = tokio::fs::File::open(&path).await.map_err(io(&path))?;
-        Ok(Some(Snapshot {
-            meta: meta.to_meta(),
-            snapshot: Box::new(file),
-        }))
-    }
-
-    /// Checkpoints the shard and packs the checkpoint into a tar file.
-    fn pack(shard: &Shard, dir: &Path, name: &str) -> Result<PathBuf, ClusterError> {
-        let checkpoint = dir.join(format!("{name}.checkpoint"));
-        if checkpoint.exists() {
-            std::fs::remove_dir_all(&checkpoint).map_err(io(&checkpoint))?;
-        }
-        shard.checkpoint(&checkpoint)?;
-        let tar_path = dir.join(format!("{name}.tar"));
-        let file = std::fs::File::create(&tar_path).map_err(io(&tar_path))?;
-        let mut builder = tar::Builder::new(file);
-        builder
-            .append_dir_all(".", &checkpoint)
-            .map_err(io(&checkpoint))?;
-        let file = builder.into_inner().map_err(io(&tar_path))?;
-        file.sync_all().map_err(io(&tar_path))?;
-        std::fs::remove_dir_all(&checkpoint).map_err(io(&checkpoint))?;
-        Ok(tar_path)
-    }
-
-    fn install(
-        &mut self,
-        meta: &SnapshotMeta<u64, EmptyNode>,
-        data: std::fs::File,
-    ) -> Result<(), ClusterError> {
-        let mut data = data;
-        let incoming = self.dir.join("incoming.tar");
-        data.seek(SeekFrom::Start(0)).map_err(io(&incoming))?;
-        // Keep a copy as our own current snapshot, then unpack it.
-        {
-            let mut copy = std::fs::File::create(&incoming).map_err(io(&incoming))?;
-            std::io::copy(&mut data, &mut copy).map_err(io(&incoming))?;
-            copy.sync_all().map_err(io(&incoming))?;
-        }
-        let checkpoint = self.dir.join("incoming.checkpoint");
-        if checkpoint.exists() {
-            std::fs::remove_dir_all(&checkpoint).map_err(io(&checkpoint))?;
-        }
-        let file = std::fs::File::open(&incoming).map_err(io(&incoming))?;
-        tar::Archive::new(file)
-            .unpack(&checkpoint)
-            .map_err(io(&checkpoint))?;
-        let next = self.generation + 1;
-        let shard_dir = self.dir.join("shards").join(next.to_string());
-        let shard = Shard::restore(&checkpoint, &shard_dir, self.config.clone())?;
-        std::fs::remove_dir_all(&checkpoint).map_err(io(&checkpoint))?;
-        // The new generation is live from here on, also after a restart.
-        let current = self.dir.join("CURRENT");
-        let tmp = self.dir.join("CURRENT.tmp");
-        std::fs::write(&tmp, next.to_string()).map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &current).map_err(io(&current))?;
-        commit_snapshot(&self.dir, &incoming, meta)?;
-        self.shard.replace(Arc::new(shard));
-        let old = self.dir.join("shards").join(self.generation.to_string());
-        self.generation = next;
-        // Readers may still hold the old shard; its open files outlive the unlink.
-        let _ = std::fs::remove_dir_all(old);
-        self.last_applied = meta.last_log_id;
-        self.membership = meta.last_membership.clone();
-        Ok(())
+    /// The group's files, for the snapshot receiver.
+    pub fn layout(&self) -> Arc<Layout> {
+        self.layout.clone()
     }
 }
 
-/// Builds snapshots of the shard as it is when the build starts.
+/// Builds a snapshot of the shard as it is when the build starts.
 pub struct ShardSnapshotBuilder {
-    dir: PathBuf,
+    layout: Arc<Layout>,
     shard: Arc<Shard>,
+    generation: u64,
     last_applied: Option<LogId<u64>>,
-    membership: StoredMembership<u64, EmptyNode>,
-    snapshot_id: String,
+    history: History,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for ShardSnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
-        let meta = SnapshotMeta {
-            last_log_id: self.last_applied,
-            last_membership: self.membership.clone(),
-            snapshot_id: self.snapshot_id.clone(),
-        };
-        // The checkpoint may hold entries applied after `last_applied` (applying
-        // goes on meanwhile); installing it and replaying those entries is
-        // harmless, since the shard skips indexes it already holds.
-        let tar = ShardStateMachine::pack(
-            &self.shard,
-            &self.dir,
-            &format!("build-{}", self.snapshot_id),
-        )
-        .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
-        commit_snapshot(&self.dir, &tar, &meta).map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
-        let path = self.dir.join("snapshot.tar");
-        let file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| snapshot_err(ErrorVerb::Read, e))?;
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(file),
+        let (layout, shard, generation) = (self.layout.clone(), self.shard.clone(), self.generation);
+        let (applied, history) = (self.last_applied, self.history.clone());
+        // Checkpointing and checksumming are file work: on the blocking pool,
+        // so heartbeats on the async workers never wait behind a large shard.
+        let built = tokio::task::spawn_blocking(move || {
+            let current = layout.current()?;
+            let current_index = current
+                .as_ref()
+                .and_then(|c| c.manifest.meta.last_log_id)
+                .map(|l| l.index);
+            let applied_index = applied.map(|l| l.index);
+            let built = layout.build(&shard, generation, applied_index, |covered| {
+                // Before the first entry this member knows of: nothing
+                // (the history starts at the current snapshot, if any).
+                let last_log_id = covered.and_then(|i| history.log_id_at(i));
+                let newer = match (last_log_id, current_index) {
+                    (_, None) => true,
+                    (Some(l), Some(c)) => l.index > c,
+                    (None, Some(_)) => false,
+                };
+                newer.then(|| SnapshotMeta {
+                    last_log_id,
+                    last_membership: covered
+                        .map(|i| history.membership_at(i))
+                        .unwrap_or_default(),
+                    snapshot_id: match last_log_id {
+                        Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
+                        None => "0-0-0".into(),
+                    },
+                })
+            })?;
+            match built {
+                Built::Current(files) => Ok(files),
+                Built::Superseded => layout.current()?.ok_or_else(|| ClusterError::Corrupt {
+                    what: "snapshot",
+                    why: "a build was superseded but no snapshot is current".into(),
+                }),
+            }
         })
+        .await
+        .map_err(|e| snapshot_err(ErrorVerb::Write, e))?
+        .map_err(|e: ClusterError| snapshot_err(ErrorVerb::Write, e))?;
+        Ok(to_snapshot(built))
     }
 }
 
@@ -323,8 +267,10 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         .map_err(|e| sm_err(ErrorVerb::Write, e))?;
         let mut out = Vec::with_capacity(applied.len());
         for (log_id, written, membership) in applied {
+            self.history.applied(log_id);
             if let Some(m) = membership {
                 self.membership = StoredMembership::new(Some(log_id), m);
+                self.history.memberships.push(self.membership.clone());
             }
             self.last_applied = Some(log_id);
             out.push(Applied { written });
@@ -333,53 +279,62 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        self.snapshots_built += 1;
-        let snapshot_id = match self.last_applied {
-            Some(id) => format!(
-                "{}-{}-{}",
-                id.leader_id.term, id.index, self.snapshots_built
-            ),
-            None => format!("0-0-{}", self.snapshots_built),
-        };
+        if let Ok(Some(current)) = self.layout.current() {
+            if let Some(l) = current.manifest.meta.last_log_id {
+                self.history.forget_before(l.index);
+            }
+        }
         ShardSnapshotBuilder {
-            dir: self.dir.clone(),
+            layout: self.layout.clone(),
             shard: self.shard.current(),
+            generation: self.layout.generation(),
             last_applied: self.last_applied,
-            membership: self.membership.clone(),
-            snapshot_id,
+            history: self.history.clone(),
         }
     }
 
+    /// Snapshots arrive through the bus transfer (network.rs), which hands
+    /// over a finished directory; this empty one is only a placeholder.
     async fn begin_receiving_snapshot(
         &mut self,
-    ) -> Result<Box<tokio::fs::File>, StorageError<u64>> {
-        let path = self.dir.join("receiving.tar");
-        let file = tokio::fs::File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .await
-            .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
-        Ok(Box::new(file))
+    ) -> Result<Box<SnapshotFiles>, StorageError<u64>> {
+        Ok(Box::new(SnapshotFiles {
+            dir: self.layout.incoming_root().join(self.layout.unique("empty")),
+            manifest: Manifest {
+                meta: WireSnapshotMeta::from_meta(&SnapshotMeta::default()),
+                files: Vec::new(),
+            },
+        }))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<u64, EmptyNode>,
-        snapshot: Box<tokio::fs::File>,
+        snapshot: Box<SnapshotFiles>,
     ) -> Result<(), StorageError<u64>> {
-        let file = snapshot.into_std().await;
-        self.install(meta, file)
-            .map_err(|e| snapshot_err(ErrorVerb::Write, e))
+        let (layout, config) = (self.layout.clone(), self.config.clone());
+        let mut files = *snapshot;
+        files.manifest.meta = WireSnapshotMeta::from_meta(meta);
+        let (shard, _generation) =
+            tokio::task::spawn_blocking(move || layout.install(files, config))
+                .await
+                .map_err(|e| snapshot_err(ErrorVerb::Write, e))?
+                .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
+        self.shard.replace(Arc::new(shard));
+        self.last_applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        self.history = History::from_snapshot(meta);
+        Ok(())
     }
 
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
-        self.open_snapshot()
+        let layout = self.layout.clone();
+        let current = tokio::task::spawn_blocking(move || layout.current())
             .await
-            .map_err(|e| snapshot_err(ErrorVerb::Read, e))
+            .map_err(|e| snapshot_err(ErrorVerb::Read, e))?
+            .map_err(|e| snapshot_err(ErrorVerb::Read, e))?;
+        Ok(current.map(to_snapshot))
     }
 }

@@ -46,11 +46,12 @@ pub struct Applied {
 
 openraft::declare_raft_types!(
     /// Chronicle's Raft groups: node ids are numbers, nodes need no address
-    /// (they are reached over the bus by id), snapshots are files.
+    /// (they are reached over the bus by id), a snapshot is a directory of
+    /// files the bus transfer moves (network.rs).
     pub TypeConfig:
         D = WriteBatch,
         R = Applied,
         NodeId = u64,
         Node = openraft::EmptyNode,
-        SnapshotData = tokio::fs::File,
+        SnapshotData = crate::snapshot::SnapshotFiles,
 );

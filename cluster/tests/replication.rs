@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use chronicle_bus::{Bus, FaultController, FaultyBus, LocalBus};
 use chronicle_cluster::{
-    serve, BusNetwork, LogStore, ShardCell, ShardStateMachine, TypeConfig, WriteBatch,
+    serve, BusNetwork, LogStore, ShardCell, ShardStateMachine, SnapshotReceiver, TypeConfig,
+    WriteBatch,
 };
 use chronicle_storage::{Label, Matcher, Point, ShardConfig};
 use openraft::{Config, Raft, SnapshotPolicy};
@@ -33,7 +34,6 @@ fn raft_config() -> Arc<Config> {
             // from a snapshot.
             snapshot_policy: SnapshotPolicy::LogsSinceLast(20),
             max_in_snapshot_log_to_keep: 0,
-            snapshot_max_chunk_size: chronicle_cluster::network::MAX_RPC_BYTES as u64 / 2,
             ..Default::default()
         }
         .validate()
@@ -45,15 +45,21 @@ async fn start(id: u64, dir: &Path, bus: Arc<dyn Bus>) -> Member {
     let log = LogStore::open(dir.join(format!("n{id}/log"))).unwrap();
     let config = ShardConfig {
         sync_writes: false,
+        // A snapshot covers what the shard made durable: cutting heads after
+        // 8 entries keeps that close behind in a test of a few dozen entries.
+        max_log_lag: 8,
         ..ShardConfig::default()
     };
     let sm = ShardStateMachine::open(dir.join(format!("n{id}/sm")), config).unwrap();
     let shard = sm.shard();
+    let receiver = Arc::new(SnapshotReceiver::new(sm.layout()));
     let network = BusNetwork::new(bus.clone(), "chronicle", 0);
     let raft = Raft::new(id, raft_config(), network, log, sm)
         .await
         .unwrap();
-    let server = serve(raft.clone(), bus, "chronicle", 0, id).await.unwrap();
+    let server = serve(raft.clone(), receiver, bus, "chronicle", 0, id)
+        .await
+        .unwrap();
     Member {
         raft,
         shard,

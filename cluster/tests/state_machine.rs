@@ -38,20 +38,30 @@ fn stored(sm: &ShardStateMachine) -> Vec<f64> {
         .unwrap_or_default()
 }
 
+async fn build(sm: &mut ShardStateMachine) -> openraft::SnapshotMeta<u64, openraft::EmptyNode> {
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap()
+        .meta
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn restart_reapplies_from_the_snapshot_without_duplicates() {
+async fn a_snapshot_covers_what_the_shard_made_durable_and_a_restart_replays_the_rest() {
     let dir = TempDir::new().unwrap();
     {
         let mut sm = ShardStateMachine::open(dir.path(), config()).unwrap();
         let applied = sm.apply((1..=3).map(entry)).await.unwrap();
         assert!(applied.iter().all(|a| a.written == 1));
-        let snap = sm
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
-        assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(3));
+        // The three points are in the series' head, not yet in a chunk: a
+        // snapshot does not cut heads, so it covers none of them.
+        assert_eq!(build(&mut sm).await.last_log_id, None);
+        sm.shard().current().flush().unwrap();
+        assert_eq!(build(&mut sm).await.last_log_id.map(|l| l.index), Some(3));
+        // Not newer than the current one: the current one stands.
+        let again = build(&mut sm).await;
+        assert_eq!(again.last_log_id.map(|l| l.index), Some(3));
         sm.apply((4..=5).map(entry)).await.unwrap();
         assert_eq!(stored(&sm), [1.0, 2.0, 3.0, 4.0, 5.0]);
         // Dropped without a flush: 4 and 5 lived only in the shard's head.
@@ -78,12 +88,14 @@ async fn a_snapshot_moves_the_shard_to_another_replica() {
     let mut leader = ShardStateMachine::open(a.path(), config()).unwrap();
     let mut follower = ShardStateMachine::open(b.path(), config()).unwrap();
     leader.apply((1..=100).map(entry)).await.unwrap();
+    leader.shard().current().flush().unwrap();
     let snap = leader
         .get_snapshot_builder()
         .await
         .build_snapshot()
         .await
         .unwrap();
+    assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(100));
     // A reader of the follower's old shard keeps it while the new one takes over.
     let old = follower.shard().current();
     let mut incoming = follower.begin_receiving_snapshot().await.unwrap();

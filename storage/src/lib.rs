@@ -33,5 +33,5 @@ pub use model::{
 #[cfg(feature = "engine")]
 pub use shard::{
     finish_groups, AggregateRequest, DownsampleReport, FlushReport, GroupBy, PartialGroups,
-    RetentionReport, SeriesIter, SeriesSamples, Shard, SnapshotMeta,
+    DurableFrontier, RetentionReport, SeriesIter, SeriesSamples, Shard, SnapshotMeta,
 };

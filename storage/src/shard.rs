@@ -141,6 +141,16 @@ pub struct SnapshotMeta {
     pub applied_index: u64,
 }
 
+/// How much of what was applied a checkpoint holds on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DurableFrontier {
+    /// Every batch applied so far (no head holds unwritten samples).
+    Everything,
+    /// Every batch up to and including this index; later ones live (in part)
+    /// only in heads, and must be replayed from the log.
+    UpTo(u64),
+}
+
 /// Grouping of an aggregation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GroupBy {
@@ -733,6 +743,28 @@ impl Shard {
         })
     }
 
+    /// A consistent RocksDB checkpoint in `dir` (which must not exist yet),
+    /// taken without cutting heads into chunks: the checkpoint holds every
+    /// batch up to the durable frontier it returns, and possibly parts of
+    /// later ones (replaying those is harmless: a replay skips what is held).
+    /// Cutting heads for every snapshot would fragment chunks and cost ratio.
+    pub fn checkpoint_durable(&self, dir: impl AsRef<Path>) -> Result<DurableFrontier> {
+        let dir = dir.as_ref();
+        let _span = info_span!("checkpoint_durable", dir = %dir.display()).entered();
+        // No batch is applied while the checkpoint is taken, so the frontier
+        // read here is the checkpoint's.
+        let _writer = self.writer.lock();
+        let frontier = {
+            let st = self.state.read();
+            match st.pending.first() {
+                None => DurableFrontier::Everything,
+                Some(&(first, _)) => DurableFrontier::UpTo(first - 1),
+            }
+        };
+        Checkpoint::new(&self.db)?.create_checkpoint(dir)?;
+        Ok(frontier)
+    }
+
     /// Replaces `data_dir` with a copy of a checkpoint and opens it.
     pub fn restore(
         checkpoint: impl AsRef<Path>,
@@ -751,8 +783,11 @@ impl Shard {
         for entry in std::fs::read_dir(src).map_err(io(src))? {
             let entry = entry.map_err(io(src))?;
             let target = dst.join(entry.file_name());
-            // SST files are immutable: hard-link when possible, copy otherwise.
-            if std::fs::hard_link(entry.path(), &target).is_err() {
+            // SST files are immutable: hard-link when possible. Others
+            // (MANIFEST, CURRENT, OPTIONS, WAL) are copied: RocksDB may
+            // write to them, and the checkpoint must stay as it was.
+            let immutable = entry.path().extension().is_some_and(|e| e == "sst");
+            if !immutable || std::fs::hard_link(entry.path(), &target).is_err() {
                 std::fs::copy(entry.path(), &target).map_err(io(&target))?;
             }
         }
