@@ -2,6 +2,7 @@
 //! This library holds what several test files share.
 
 pub mod promqltest;
+pub mod snapshot_fixture;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
