@@ -8,7 +8,7 @@ use std::sync::Arc;
 use chronicle_cluster::{ClusterError, ClusterNode, ShardAnswer, ShardRead};
 use chronicle_engine::source::SeriesSource;
 use chronicle_engine::{EngineError, RangeSeries};
-use chronicle_ingest::{IngestError, PendingWrite, PointSink};
+use chronicle_ingest::{IngestError, KeyedSpan, PendingWrite, PointSink};
 use chronicle_query::{
     storage_error, too_many_samples, DataSource, QueryError, ReadLimit, SeriesRead,
 };
@@ -26,10 +26,22 @@ pub struct ClusterSink {
 impl PointSink for ClusterSink {
     /// Hands the batch to Raft (in order: the writer submits one batch at a
     /// time); the commit is awaited on the cluster's runtime.
-    fn submit(&self, points: Vec<Point>) -> Result<PendingWrite, IngestError> {
+    fn submit(
+        &self,
+        points: Vec<Point>,
+        keys: Vec<KeyedSpan>,
+    ) -> Result<PendingWrite, IngestError> {
+        let keys: Vec<chronicle_cluster::KeySpan> = keys
+            .into_iter()
+            .map(|k| chronicle_cluster::KeySpan {
+                key: k.key,
+                start: k.start,
+                len: k.len,
+            })
+            .collect();
         let pending = self
             .runtime
-            .block_on(self.cluster.submit(points))
+            .block_on(self.cluster.submit_keyed(points, &keys))
             .map_err(ingest_error)?;
         let commit = self.runtime.spawn(pending.wait());
         Ok(Box::pin(async move {

@@ -182,13 +182,14 @@ async fn write(
         )
     })
     .await;
-    write_points(&state, parsed).await
+    write_points(&state, &req, parsed).await
 }
 
 /// Hands parsed points to the ingest actor; 204 once they are durable. A
 /// parse error is the client's; a parser that did not return is ours.
 async fn write_points(
     state: &AppState,
+    req: &HttpRequest,
     parsed: Result<
         Result<Vec<chronicle_storage::Point>, IngestError>,
         actix_web::error::BlockingError,
@@ -205,7 +206,33 @@ async fn write_points(
             )
         }
     };
-    match state.ingest.send(WritePoints(points)).await {
+    // A retry with the same key within the window is acknowledged without
+    // being applied again (docs/http-api.md, Idempotent writes).
+    let idempotency_key = match req.headers().get("idempotency-key") {
+        None => None,
+        Some(v) => match v.to_str().map_err(|_| ()).and_then(|k| {
+            chronicle_ingest::check_idempotency_key(k)
+                .map(|()| k.to_string())
+                .map_err(|_| ())
+        }) {
+            Ok(k) => Some(k),
+            Err(()) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_idempotency_key",
+                    format!(
+                        "Idempotency-Key must be 1 to {} visible ASCII characters",
+                        chronicle_ingest::MAX_IDEMPOTENCY_KEY
+                    ),
+                )
+            }
+        },
+    };
+    let write = WritePoints {
+        points,
+        idempotency_key,
+    };
+    match state.ingest.send(write).await {
         Ok(Ok(n)) => HttpResponse::NoContent()
             .insert_header(("X-Chronicle-Points-Written", n.to_string()))
             .finish(),
@@ -251,7 +278,7 @@ async fn otlp_metrics(
         )
     })
     .await;
-    let written = write_points(&state, parsed).await;
+    let written = write_points(&state, &req, parsed).await;
     if written.status() != StatusCode::NO_CONTENT {
         return written;
     }
@@ -314,7 +341,7 @@ async fn remote_write(
     let limits = state.limits;
     let parsed =
         web::block(move || chronicle_ingest::parse_remote_write(&body, max, &limits)).await;
-    write_points(&state, parsed).await
+    write_points(&state, &req, parsed).await
 }
 
 /// POST /query: a JSON query request; the JSON result.

@@ -235,11 +235,16 @@ impl LogStore {
             .spawn(move || write_loop(thread_db, sync, rx, thread_written))
             .map_err(|e| ClusterError::Config(format!("log writer thread: {e}")))?;
         let held = {
-            let cf = db.cf_handle(CF_LOG).expect("column families are created at open");
-            ["rocksdb.estimate-live-data-size", "rocksdb.cur-size-all-mem-tables"]
-                .iter()
-                .filter_map(|p| db.property_int_value_cf(cf, *p).ok().flatten())
-                .sum::<u64>()
+            let cf = db
+                .cf_handle(CF_LOG)
+                .expect("column families are created at open");
+            [
+                "rocksdb.estimate-live-data-size",
+                "rocksdb.cur-size-all-mem-tables",
+            ]
+            .iter()
+            .filter_map(|p| db.property_int_value_cf(cf, *p).ok().flatten())
+            .sum::<u64>()
         };
         Ok(Self {
             db,

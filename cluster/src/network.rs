@@ -89,10 +89,15 @@ pub enum WireReply {
         last_log_id: Option<WireLogId>,
     },
     /// Which files of an offered snapshot to send (indexes into its manifest).
-    SnapshotNeed { transfer: u64, files: Vec<u32> },
+    SnapshotNeed {
+        transfer: u64,
+        files: Vec<u32>,
+    },
     SnapshotChunkStored,
     /// A snapshot installed, or refused for this (higher) vote.
-    Snapshot { vote: WireVote },
+    Snapshot {
+        vote: WireVote,
+    },
     PreVote(bool),
     /// The remote Raft refused or failed; the sender backs off and retries.
     Error(String),

@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 use crate::network::BusNetwork;
 use crate::read::{merge, ShardAnswer, ShardRead, WireAnswer, WireRead};
 use crate::state_machine::{ShardCell, ShardStateMachine};
-use crate::types::{TypeConfig, WriteBatch};
+use crate::types::{KeySpan, KeyedWrite, TypeConfig, WriteBatch};
 use crate::{ClusterError, LogStore};
 
 /// How a node joins the cluster.
@@ -54,6 +54,9 @@ pub struct ClusterConfig {
     /// Raft log since the last snapshot; the log before the snapshot is then
     /// purged (all but a short tail for followers a little behind).
     pub snapshot_log_bytes: u64,
+    /// How long an idempotency key is remembered: a write retried with the
+    /// same key within this window is not applied again.
+    pub idempotency_window: Duration,
 }
 
 impl ClusterConfig {
@@ -94,6 +97,35 @@ impl ClusterConfig {
             read_timeout: Duration::from_secs(60),
             retention_check: Duration::from_secs(60),
             snapshot_log_bytes: 64 << 20,
+            idempotency_window: Duration::from_secs(600),
+        }
+    }
+}
+
+/// The longest idempotency key a forwarded write may carry.
+const MAX_KEY_BYTES: usize = 256;
+
+/// A keyed part before the leader stamps it with its clock.
+#[derive(Debug, Clone)]
+struct KeyedPart {
+    key: String,
+    part: u32,
+    nonce: u64,
+    window: i64,
+}
+
+impl KeyedPart {
+    /// Stamped now: called where the entry is proposed (on the leader).
+    fn stamped(&self) -> KeyedWrite {
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        KeyedWrite {
+            key: self.key.clone(),
+            part: self.part,
+            nonce: self.nonce,
+            at,
+            window: self.window,
         }
     }
 }
@@ -155,6 +187,17 @@ enum WireClusterRequest {
     Status,
     /// A membership or leadership operation, for the leader.
     Leader(LeaderOp),
+    /// A part of a write with an idempotency key; the leader stamps it.
+    WriteKeyed(Box<WireKeyedWrite>),
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+struct WireKeyedWrite {
+    points: Vec<u8>,
+    key: String,
+    part: u32,
+    nonce: u64,
+    window: i64,
 }
 
 /// What only a shard's leader can do.
@@ -292,7 +335,7 @@ type CommitReceiver = tokio::sync::oneshot::Receiver<
 /// A write handed to Raft and not yet known to be committed.
 pub struct PendingWrite {
     node: Arc<ClusterNode>,
-    submitted: Vec<(u32, EncodedPoints, CommitReceiver)>,
+    submitted: Vec<(u32, EncodedPoints, Option<KeyedPart>, CommitReceiver)>,
     /// Points already committed (forwarded entries).
     written: usize,
 }
@@ -302,16 +345,23 @@ impl PendingWrite {
     pub async fn wait(self) -> Result<usize, ClusterError> {
         let timeout = self.node.config.request_timeout;
         let node = self.node;
-        let commits = self.submitted.into_iter().map(|(shard, points, commit)| {
+        let commits = self.submitted.into_iter().map(|(shard, points, keyed, commit)| {
             let node = node.clone();
             async move {
                 match tokio::time::timeout(timeout, commit).await {
                     Ok(Ok(Ok(response))) => Ok(response.data.written),
                     // Leadership moved before the commit: send the entry to
-                    // the new leader (should the old leader's copy commit too,
-                    // the points are written twice with the same values).
+                    // the new leader. Should the old leader's copy commit too,
+                    // the points are written twice with the same values (and
+                    // may overwrite a newer write of the same point), unless
+                    // the write has an idempotency key: the re-sent part is
+                    // another submission of it, skipped if the first applied.
                     Ok(Ok(Err(ClientWriteError::ForwardToLeader(_)))) => {
-                        node.write_entry(shard, points).await
+                        let keyed = keyed.map(|k| KeyedPart {
+                            nonce: k.nonce ^ inbox_nonce(),
+                            ..k
+                        });
+                        node.write_entry(shard, points, keyed).await
                     }
                     Ok(Ok(Err(e))) => Err(ClusterError::Raft(e.to_string())),
                     Ok(Err(_)) => Err(ClusterError::Raft(format!(
@@ -692,6 +742,19 @@ impl ClusterNode {
         self: &Arc<Self>,
         points: Vec<Point>,
     ) -> Result<PendingWrite, ClusterError> {
+        self.submit_keyed(points, &[]).await
+    }
+
+    /// [`Self::submit`] where `keys` name spans of `points` written with an
+    /// idempotency key: each span, in each shard, is split into entries of its
+    /// own (numbered parts, split the same way whenever the same write is
+    /// sent), and a part already applied under its key by an earlier
+    /// submission within `idempotency_window` is not applied again.
+    pub async fn submit_keyed(
+        self: &Arc<Self>,
+        points: Vec<Point>,
+        keys: &[KeySpan],
+    ) -> Result<PendingWrite, ClusterError> {
         // A committed entry must apply on every replica: refuse bad points
         // before they reach the log (all or nothing, as a shard's own write).
         let mut view = PointsView::from_points(&points);
@@ -704,26 +767,31 @@ impl ClusterNode {
                 })
             })?;
         drop(view);
-        let mut by_shard: BTreeMap<u32, Vec<Point>> = BTreeMap::new();
-        if self.config.shards <= 1 {
-            // One shard (a node alone): nothing to hash.
-            by_shard.insert(0, points);
+        let mut entries: Vec<(u32, EncodedPoints, Option<KeyedPart>)> = Vec::new();
+        if keys.is_empty() {
+            let mut by_shard: BTreeMap<u32, Vec<Point>> = BTreeMap::new();
+            if self.config.shards <= 1 {
+                // One shard (a node alone): nothing to hash.
+                by_shard.insert(0, points);
+            } else {
+                for p in points {
+                    by_shard
+                        .entry(shard_of(&p.metric, &p.labels, self.config.shards))
+                        .or_default()
+                        .push(p);
+                }
+            }
+            // Entries of at most MAX_ENTRY_POINTS points (an entry must fit in
+            // one bus message), all in flight at once, in every shard, so
+            // openraft logs and replicates them together. Each is encoded
+            // here, once.
+            for (shard, points) in by_shard {
+                for chunk in points.chunks(MAX_ENTRY_POINTS) {
+                    entries.push((shard, EncodedPoints::encode(chunk), None));
+                }
+            }
         } else {
-            for p in points {
-                by_shard
-                    .entry(shard_of(&p.metric, &p.labels, self.config.shards))
-                    .or_default()
-                    .push(p);
-            }
-        }
-        // Entries of at most MAX_ENTRY_POINTS points (an entry must fit in one
-        // bus message), all in flight at once, in every shard, so openraft
-        // logs and replicates them together. Each is encoded here, once.
-        let mut entries = Vec::new();
-        for (shard, points) in by_shard {
-            for chunk in points.chunks(MAX_ENTRY_POINTS) {
-                entries.push((shard, EncodedPoints::encode(chunk)));
-            }
+            entries = self.keyed_entries(points, keys)?;
         }
         let mut pending = PendingWrite {
             node: self.clone(),
@@ -731,35 +799,116 @@ impl ClusterNode {
             written: 0,
         };
         let mut forwarded = Vec::new();
-        for (shard, points) in entries {
+        for (shard, points, keyed) in entries {
             if let Some(group) = self.group(shard) {
                 if group.raft.metrics().borrow().current_leader == Some(self.config.node_id) {
+                    let mut batch = WriteBatch::new(points.clone());
+                    batch.keyed = keyed.as_ref().map(|k| Box::new(k.stamped()));
                     let commit = group
                         .raft
-                        .client_write_ff(WriteBatch::new(points.clone()))
+                        .client_write_ff(batch)
                         .await
                         .map_err(|e| ClusterError::Raft(e.to_string()))?;
-                    pending.submitted.push((shard, points, commit));
+                    pending.submitted.push((shard, points, keyed, commit));
                     continue;
                 }
             }
-            forwarded.push((shard, points));
+            forwarded.push((shard, points, keyed));
         }
         let writes = forwarded
             .into_iter()
-            .map(|(shard, points)| self.write_entry(shard, points));
+            .map(|(shard, points, keyed)| self.write_entry(shard, points, keyed));
         for result in futures_util::future::join_all(writes).await {
             pending.written += result?;
         }
         Ok(pending)
     }
 
-    async fn write_entry(&self, shard: u32, points: EncodedPoints) -> Result<usize, ClusterError> {
+    /// The entries of a write with keyed spans: unkeyed points as usual; each
+    /// keyed span, per shard, in parts of its own of at most
+    /// `MAX_ENTRY_POINTS` points, numbered in order.
+    fn keyed_entries(
+        &self,
+        points: Vec<Point>,
+        keys: &[KeySpan],
+    ) -> Result<Vec<(u32, EncodedPoints, Option<KeyedPart>)>, ClusterError> {
+        let nonce = inbox_nonce()
+            ^ self
+                .next_inbox
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let window = i64::try_from(self.config.idempotency_window.as_nanos()).unwrap_or(i64::MAX);
+        // Which span each point is in (None: unkeyed).
+        let mut span_of = vec![None; points.len()];
+        for (i, k) in keys.iter().enumerate() {
+            let end = k.start.checked_add(k.len).filter(|&e| e <= points.len());
+            let Some(end) = end else {
+                return Err(ClusterError::Config(format!(
+                    "idempotency span {}..+{} outside a write of {} points",
+                    k.start,
+                    k.len,
+                    points.len()
+                )));
+            };
+            for slot in &mut span_of[k.start..end] {
+                *slot = Some(i);
+            }
+        }
+        // Per shard, runs of points of one span (or unkeyed), in order.
+        let mut by_shard: BTreeMap<u32, Vec<(Option<usize>, Vec<Point>)>> = BTreeMap::new();
+        for (p, span) in points.into_iter().zip(span_of) {
+            let shard = if self.config.shards <= 1 {
+                0
+            } else {
+                shard_of(&p.metric, &p.labels, self.config.shards)
+            };
+            let runs = by_shard.entry(shard).or_default();
+            match runs.last_mut() {
+                Some((s, run)) if *s == span => run.push(p),
+                _ => runs.push((span, vec![p])),
+            }
+        }
+        let mut entries = Vec::new();
+        for (shard, runs) in by_shard {
+            let mut parts = vec![0u32; keys.len()];
+            for (span, run) in runs {
+                for chunk in run.chunks(MAX_ENTRY_POINTS) {
+                    let keyed = span.map(|i| {
+                        parts[i] += 1;
+                        KeyedPart {
+                            key: keys[i].key.clone(),
+                            part: parts[i] - 1,
+                            nonce,
+                            window,
+                        }
+                    });
+                    entries.push((shard, EncodedPoints::encode(chunk), keyed));
+                }
+            }
+        }
+        Ok(entries)
+    }
+
+    async fn write_entry(
+        &self,
+        shard: u32,
+        points: EncodedPoints,
+        keyed: Option<KeyedPart>,
+    ) -> Result<usize, ClusterError> {
         // The wire form is built only if the write has to be forwarded.
-        let request = || WireClusterRequest::Write(points.as_bytes().to_vec());
+        let request = || match &keyed {
+            None => WireClusterRequest::Write(points.as_bytes().to_vec()),
+            Some(k) => WireClusterRequest::WriteKeyed(Box::new(WireKeyedWrite {
+                points: points.as_bytes().to_vec(),
+                key: k.key.clone(),
+                part: k.part,
+                nonce: k.nonce,
+                window: k.window,
+            })),
+        };
         let reply = self
             .to_leader(shard, request, |raft| {
-                let batch = WriteBatch::new(points.clone());
+                let mut batch = WriteBatch::new(points.clone());
+                batch.keyed = keyed.as_ref().map(|k| Box::new(k.stamped()));
                 async move {
                     raft.client_write(batch)
                         .await
@@ -1390,11 +1539,34 @@ async fn answer(
 ) -> (WireClusterReply, Vec<Message>) {
     let not_leader = || WireClusterReply::NotLeader(raft.metrics().borrow().current_leader);
     match request {
-        WireClusterRequest::Write(points) => {
+        WireClusterRequest::Write(_) | WireClusterRequest::WriteKeyed(_) => {
+            let (points, keyed) = match request {
+                WireClusterRequest::WriteKeyed(k) => {
+                    let k = *k;
+                    if k.key.is_empty() || k.key.len() > MAX_KEY_BYTES {
+                        let reply = WireClusterReply::Error(format!(
+                            "an idempotency key is 1 to {MAX_KEY_BYTES} bytes"
+                        ));
+                        return (reply, Vec::new());
+                    }
+                    let part = KeyedPart {
+                        key: k.key,
+                        part: k.part,
+                        nonce: k.nonce,
+                        window: k.window,
+                    };
+                    (k.points, Some(part))
+                }
+                WireClusterRequest::Write(points) => (points, None),
+                _ => unreachable!("matched above"),
+            };
             // From any bus client: checked as a local write is before it
             // reaches the log, since a committed entry must apply everywhere.
             let batch = match checked_batch(points, &shard.current().config().limits) {
-                Ok(batch) => batch,
+                Ok(mut batch) => {
+                    batch.keyed = keyed.map(|k| Box::new(k.stamped()));
+                    batch
+                }
                 Err(why) => {
                     let reply = WireClusterReply::Error(format!("bad forwarded points: {why}"));
                     return (reply, Vec::new());

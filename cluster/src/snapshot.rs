@@ -522,7 +522,9 @@ fn legacy_state(dir: &Path) -> Result<WireState, ClusterError> {
                 std::fs::remove_dir_all(&target).map_err(io(&target))?;
             }
             let file = std::fs::File::open(&tar).map_err(io(&tar))?;
-            tar::Archive::new(file).unpack(&target).map_err(io(&target))?;
+            tar::Archive::new(file)
+                .unpack(&target)
+                .map_err(io(&target))?;
             let manifest = manifest_of(&target, meta, None)?;
             write_manifest(&target, &manifest)?;
             fsync_dir(&dir.join("snapshots"))?;

@@ -77,7 +77,11 @@ pub(crate) async fn send(
     let (transfer, wanted) = match step!(offer, STEP_TTL) {
         WireReply::SnapshotNeed { transfer, files } => (transfer, files),
         WireReply::Snapshot { vote } => return Ok(SnapshotResponse::new(vote.into())),
-        other => return Err(unreachable(format!("unexpected reply to an offer: {other:?}"))),
+        other => {
+            return Err(unreachable(format!(
+                "unexpected reply to an offer: {other:?}"
+            )))
+        }
     };
     let files = &snapshot.manifest.files;
     let mut sent_bytes = 0u64;
@@ -117,7 +121,9 @@ pub(crate) async fn send(
             match step!(chunk, STEP_TTL) {
                 WireReply::SnapshotChunkStored => {}
                 other => {
-                    return Err(unreachable(format!("unexpected reply to a chunk: {other:?}")))
+                    return Err(unreachable(format!(
+                        "unexpected reply to a chunk: {other:?}"
+                    )))
                 }
             }
             offset += n as u64;
@@ -158,6 +164,19 @@ pub struct SnapshotReceiver {
     layout: Arc<Layout>,
     transfers: parking_lot::Mutex<HashMap<u64, Arc<tokio::sync::Mutex<Transfer>>>>,
     next: AtomicU64,
+    stats: ReceiveStats,
+}
+
+/// What a member received, since it started.
+#[derive(Debug, Default)]
+pub struct ReceiveStats {
+    /// Files offered, and of those found already held (linked, not sent).
+    pub files_offered: AtomicU64,
+    pub files_reused: AtomicU64,
+    /// Bytes offered (whole snapshots) and bytes that had to be sent.
+    pub bytes_offered: AtomicU64,
+    pub bytes_received: AtomicU64,
+    pub installed: AtomicU64,
 }
 
 fn error(why: impl std::fmt::Display) -> WireReply {
@@ -170,7 +189,12 @@ impl SnapshotReceiver {
             layout,
             transfers: parking_lot::Mutex::default(),
             next: AtomicU64::new(1),
+            stats: ReceiveStats::default(),
         }
+    }
+
+    pub fn stats(&self) -> &ReceiveStats {
+        &self.stats
     }
 
     /// Transfers in progress (for tests and metrics).
@@ -237,6 +261,12 @@ impl SnapshotReceiver {
         files.sort_unstable();
         let reused = manifest.files.len() - files.len();
         debug!(offered = manifest.files.len(), reused, "snapshot offer");
+        let st = &self.stats;
+        st.files_offered
+            .fetch_add(manifest.files.len() as u64, Ordering::Relaxed);
+        st.files_reused.fetch_add(reused as u64, Ordering::Relaxed);
+        st.bytes_offered
+            .fetch_add(manifest.total_bytes(), Ordering::Relaxed);
         let transfer = self.next.fetch_add(1, Ordering::Relaxed);
         self.transfers.lock().insert(
             transfer,
@@ -284,6 +314,7 @@ impl SnapshotReceiver {
         .await;
         match written {
             Ok(Ok(n)) => {
+                self.stats.bytes_received.fetch_add(n, Ordering::Relaxed);
                 t.missing.insert(file, received + n);
                 t.touched = Instant::now();
                 WireReply::SnapshotChunkStored
@@ -293,7 +324,12 @@ impl SnapshotReceiver {
         }
     }
 
-    pub(crate) async fn done(&self, raft: &Raft<TypeConfig>, id: u64, vote: Vote<u64>) -> WireReply {
+    pub(crate) async fn done(
+        &self,
+        raft: &Raft<TypeConfig>,
+        id: u64,
+        vote: Vote<u64>,
+    ) -> WireReply {
         let Some(transfer) = self.transfers.lock().remove(&id) else {
             return error(format!("no snapshot transfer {id}"));
         };
@@ -358,9 +394,12 @@ impl SnapshotReceiver {
         // Installed, the directory moved into place; refused or failed, it goes.
         let _ = discard(dir).await;
         match reply {
-            Ok(r) => WireReply::Snapshot {
-                vote: WireVote::from(&r.vote),
-            },
+            Ok(r) => {
+                self.stats.installed.fetch_add(1, Ordering::Relaxed);
+                WireReply::Snapshot {
+                    vote: WireVote::from(&r.vote),
+                }
+            }
             Err(e) => error(e),
         }
     }

@@ -177,7 +177,8 @@ pub struct ShardSnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for ShardSnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
-        let (layout, shard, generation) = (self.layout.clone(), self.shard.clone(), self.generation);
+        let (layout, shard, generation) =
+            (self.layout.clone(), self.shard.clone(), self.generation);
         let (applied, history) = (self.last_applied, self.history.clone());
         // Checkpointing and checksumming are file work: on the blocking pool,
         // so heartbeats on the async workers never wait behind a large shard.
@@ -203,7 +204,9 @@ impl RaftSnapshotBuilder<TypeConfig> for ShardSnapshotBuilder {
                         .map(|i| history.membership_at(i))
                         .unwrap_or_default(),
                     snapshot_id: match last_log_id {
-                        Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
+                        Some(l) => {
+                            format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index)
+                        }
                         None => "0-0-0".into(),
                     },
                 })
@@ -251,6 +254,27 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
                             shard.apply_retention(entry.log_id.index, &batch.retain)?;
                             (0, None)
                         }
+                        EntryPayload::Normal(batch) if batch.keyed.is_some() => {
+                            let k = batch.keyed.as_deref().expect("checked");
+                            let part = chronicle_storage::KeyedPart {
+                                key: &k.key,
+                                part: k.part,
+                                start: 0,
+                                len: batch.points.len() as u32,
+                            };
+                            let stamp = chronicle_storage::KeyedStamp {
+                                nonce: k.nonce,
+                                at: k.at,
+                                window: k.window,
+                            };
+                            let r = shard.apply_encoded_keyed(
+                                entry.log_id.index,
+                                &batch.points,
+                                &[part],
+                                stamp,
+                            )?;
+                            (r.written, None)
+                        }
                         EntryPayload::Normal(batch) => {
                             let fresh = shard.apply_encoded(entry.log_id.index, &batch.points)?;
                             (if fresh { batch.points.len() } else { 0 }, None)
@@ -295,11 +319,12 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
 
     /// Snapshots arrive through the bus transfer (network.rs), which hands
     /// over a finished directory; this empty one is only a placeholder.
-    async fn begin_receiving_snapshot(
-        &mut self,
-    ) -> Result<Box<SnapshotFiles>, StorageError<u64>> {
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFiles>, StorageError<u64>> {
         Ok(Box::new(SnapshotFiles {
-            dir: self.layout.incoming_root().join(self.layout.unique("empty")),
+            dir: self
+                .layout
+                .incoming_root()
+                .join(self.layout.unique("empty")),
             manifest: Manifest {
                 meta: WireSnapshotMeta::from_meta(&SnapshotMeta::default()),
                 files: Vec::new(),

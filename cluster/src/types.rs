@@ -14,6 +14,33 @@ pub struct WriteBatch {
     /// when it proposes, so every replica deletes exactly the same data
     /// whatever its own clock or settings.
     pub retain: Vec<(u8, i64)>,
+    /// The points are (a part of) one write with an idempotency key.
+    pub keyed: Option<Box<KeyedWrite>>,
+}
+
+/// Which keyed write an entry's points belong to. A write's points in one
+/// shard are split into parts of at most one entry each, numbered from 0, the
+/// same way every time the same write is sent; a part already applied under
+/// the same key by another submission within the window is not applied again
+/// (storage's `Shard::apply_encoded_keyed`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyedWrite {
+    pub key: String,
+    pub part: u32,
+    /// Unique per submission: a client's retry is a new one.
+    pub nonce: u64,
+    /// Fixed by the leader when it proposes (ns since the epoch).
+    pub at: i64,
+    /// How long the key is remembered (ns).
+    pub window: i64,
+}
+
+/// The points `start..start + len` of a write, sent with an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySpan {
+    pub key: String,
+    pub start: usize,
+    pub len: usize,
 }
 
 impl WriteBatch {
@@ -21,6 +48,7 @@ impl WriteBatch {
         Self {
             points,
             retain: Vec::new(),
+            keyed: None,
         }
     }
 
@@ -29,6 +57,7 @@ impl WriteBatch {
         Self {
             points: EncodedPoints::default(),
             retain: cutoffs,
+            keyed: None,
         }
     }
 

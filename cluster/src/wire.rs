@@ -105,6 +105,19 @@ pub enum WirePayload {
     Membership(WireMembership),
     /// A retention entry: (tier, cutoff in nanoseconds) pairs.
     Retain(Vec<(u8, i64)>),
+    /// Points of a write with an idempotency key (boxed: the enum's other
+    /// variants keep their size).
+    KeyedPoints(Box<WireKeyedPoints>),
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct WireKeyedPoints {
+    pub points: Vec<u8>,
+    pub key: String,
+    pub part: u32,
+    pub nonce: u64,
+    pub at: i64,
+    pub window: i64,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -118,6 +131,7 @@ impl WireEntry {
     pub fn payload_len(&self) -> usize {
         match &self.payload {
             WirePayload::Points(bytes) => bytes.len(),
+            WirePayload::KeyedPoints(k) => k.points.len() + k.key.len() + 64,
             WirePayload::Blank | WirePayload::Membership(_) | WirePayload::Retain(_) => 64,
         }
     }
@@ -129,6 +143,17 @@ impl From<&Entry<TypeConfig>> for WireEntry {
             EntryPayload::Blank => WirePayload::Blank,
             EntryPayload::Normal(batch) if !batch.retain.is_empty() => {
                 WirePayload::Retain(batch.retain.clone())
+            }
+            EntryPayload::Normal(batch) if batch.keyed.is_some() => {
+                let k = batch.keyed.as_deref().expect("checked");
+                WirePayload::KeyedPoints(Box::new(WireKeyedPoints {
+                    points: batch.points.as_bytes().to_vec(),
+                    key: k.key.clone(),
+                    part: k.part,
+                    nonce: k.nonce,
+                    at: k.at,
+                    window: k.window,
+                }))
             }
             EntryPayload::Normal(batch) => WirePayload::Points(batch.points.as_bytes().to_vec()),
             EntryPayload::Membership(m) => WirePayload::Membership(m.into()),
@@ -156,6 +181,23 @@ impl TryFrom<WireEntry> for Entry<TypeConfig> {
             }
             WirePayload::Membership(m) => EntryPayload::Membership(m.into()),
             WirePayload::Retain(cutoffs) => EntryPayload::Normal(WriteBatch::retain(cutoffs)),
+            WirePayload::KeyedPoints(k) => {
+                let k = *k;
+                let points =
+                    EncodedPoints::from_bytes(k.points).map_err(|e| ClusterError::Corrupt {
+                        what: "entry points",
+                        why: e.to_string(),
+                    })?;
+                let mut batch = WriteBatch::new(points);
+                batch.keyed = Some(Box::new(crate::types::KeyedWrite {
+                    key: k.key,
+                    part: k.part,
+                    nonce: k.nonce,
+                    at: k.at,
+                    window: k.window,
+                }));
+                EntryPayload::Normal(batch)
+            }
         };
         Ok(Entry {
             log_id: w.log_id.into(),

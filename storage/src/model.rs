@@ -533,6 +533,16 @@ impl<'a> PointsView<'a> {
 
     /// Drops the points [`validate`] refuses, keeping the others in order;
     /// returns each dropped point's original index and problem.
+    /// Keeps the points whose index (in the view as it is) passes `keep`.
+    pub fn retain_indexes(&mut self, mut keep: impl FnMut(usize) -> bool) {
+        let mut index = 0;
+        self.points.retain(|_| {
+            let kept = keep(index);
+            index += 1;
+            kept
+        });
+    }
+
     pub fn retain_valid(&mut self, limits: &Limits) -> Vec<(usize, PointProblem)> {
         let mut dropped = Vec::new();
         let labels = &self.labels;

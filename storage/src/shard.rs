@@ -79,6 +79,13 @@ struct State {
     last_seq: u64,
     durable: u64,
     log_truncated_to: u64,
+    /// Idempotency records (and their expiry index) changed by entries after
+    /// the durable index: the value and the entry that set it (`None`:
+    /// deleted). RocksDB holds them as of the durable index, like chunks, so
+    /// a replay from there decides exactly as the first run did.
+    idem_overlay: BTreeMap<Vec<u8>, (Option<Vec<u8>>, u64)>,
+    /// The same changes in entry order, written as the durable index passes them.
+    idem_pending: VecDeque<(u64, Vec<u8>, Option<Vec<u8>>)>,
 }
 
 impl State {
@@ -139,6 +146,61 @@ pub struct SnapshotMeta {
     pub path: PathBuf,
     /// Every batch up to this index is in the checkpoint, nothing after it.
     pub applied_index: u64,
+}
+
+/// One keyed part of a batch: points `start..start + len` of the batch belong
+/// to the write with this idempotency key (its `part`-th piece in this shard).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyedPart<'a> {
+    pub key: &'a str,
+    pub part: u32,
+    pub start: u32,
+    pub len: u32,
+}
+
+/// Fixed in the log entry by the leader, so every replica decides alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyedStamp {
+    /// Unique per submission: a retry is a new submission.
+    pub nonce: u64,
+    /// When the leader proposed it (ns since the epoch).
+    pub at: i64,
+    /// How long a key is remembered (ns).
+    pub window: i64,
+}
+
+/// What applying a keyed batch did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyedApply {
+    /// False for an index already applied (nothing done).
+    pub fresh: bool,
+    pub written: usize,
+    /// Parts skipped as retries of a write already applied.
+    pub duplicates: Vec<usize>,
+}
+
+fn idem_set(st: &mut State, index: u64, key: Vec<u8>, value: Option<Vec<u8>>) {
+    st.idem_overlay.insert(key.clone(), (value.clone(), index));
+    st.idem_pending.push_back((index, key, value));
+}
+
+const IDEMPOTENCY_PREFIX: &[u8] = b"idem/";
+const IDEMPOTENCY_EXPIRY_PREFIX: &[u8] = b"idemx/";
+
+fn idempotency_key(key: &str, part: u32) -> Vec<u8> {
+    let mut k = IDEMPOTENCY_PREFIX.to_vec();
+    k.extend_from_slice(key.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&part.to_be_bytes());
+    k
+}
+
+/// Expiry index: time (order-preserving) then the record's key.
+fn idempotency_expiry_key(at: i64, record: &[u8]) -> Vec<u8> {
+    let mut k = IDEMPOTENCY_EXPIRY_PREFIX.to_vec();
+    k.extend_from_slice(&((at as u64) ^ (1 << 63)).to_be_bytes());
+    k.extend_from_slice(record);
+    k
 }
 
 /// How much of what was applied a checkpoint holds on disk.
@@ -354,6 +416,139 @@ impl Shard {
             reason: e.to_string(),
         })?;
         self.apply_view(index, view)
+    }
+
+    /// [`Shard::apply_encoded`] for a batch carrying idempotency keys: each
+    /// keyed part (one request's points, or a piece of them) is applied at most
+    /// once per key and part number within `stamp.window` nanoseconds of the
+    /// stamp that first wrote it. A part recorded by a different submission
+    /// (another nonce: a client's retry) is skipped; the same submission
+    /// (a replay after a restart, another entry of the same write) applies.
+    /// The stamp comes from the entry, so every replica decides the same.
+    pub fn apply_encoded_keyed(
+        &self,
+        index: u64,
+        batch: &EncodedPoints,
+        parts: &[KeyedPart<'_>],
+        stamp: KeyedStamp,
+    ) -> Result<KeyedApply> {
+        let mut view = batch.view().map_err(|e| StorageError::CorruptRecord {
+            what: "point batch",
+            reason: e.to_string(),
+        })?;
+        let _span = info_span!("apply_keyed", index, points = view.len()).entered();
+        let _writer = self.writer.lock();
+        if index <= self.state.read().last_seq {
+            return Ok(KeyedApply::default());
+        }
+        let mut duplicates = Vec::new();
+        {
+            let mut st = self.state.write();
+            for (i, part) in parts.iter().enumerate() {
+                let record = idempotency_key(part.key, part.part);
+                let recorded = self
+                    .idem_get(&st, &record)?
+                    .and_then(|v| Some((u64_from(v.get(..8)?)?, u64_from(v.get(8..16)?)? as i64)));
+                if recorded.is_some_and(|(nonce, at)| {
+                    nonce != stamp.nonce && stamp.at.saturating_sub(at) < stamp.window
+                }) {
+                    duplicates.push(i);
+                    continue;
+                }
+                if recorded.is_some_and(|(nonce, _)| nonce == stamp.nonce) {
+                    continue; // another entry of the same submission
+                }
+                let mut value = stamp.nonce.to_be_bytes().to_vec();
+                value.extend_from_slice(&(stamp.at as u64).to_be_bytes());
+                idem_set(
+                    &mut st,
+                    index,
+                    idempotency_expiry_key(stamp.at, &record),
+                    Some(Vec::new()),
+                );
+                idem_set(&mut st, index, record, Some(value));
+            }
+            self.expire_idempotency(&mut st, index, stamp)?;
+        }
+        if !duplicates.is_empty() {
+            let skip: Vec<std::ops::Range<usize>> = duplicates
+                .iter()
+                .map(|&i| {
+                    let p = &parts[i];
+                    p.start as usize..(p.start as usize).saturating_add(p.len as usize)
+                })
+                .collect();
+            view.retain_indexes(|i| !skip.iter().any(|r| r.contains(&i)));
+        }
+        let written = view.len();
+        self.ingest(view, index, false)?;
+        Ok(KeyedApply {
+            fresh: true,
+            written,
+            duplicates,
+        })
+    }
+
+    /// An idempotency record as of the last applied entry.
+    fn idem_get(&self, st: &State, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        match st.idem_overlay.get(key) {
+            Some((value, _)) => Ok(value.clone()),
+            None => Ok(self.db.get_cf(self.cf(CF_META), key)?),
+        }
+    }
+
+    /// Forgets records older than the window (a bounded number per entry,
+    /// oldest first). Decided from the state as of this entry, so every
+    /// replica, and every replay, forgets the same ones.
+    fn expire_idempotency(&self, st: &mut State, index: u64, stamp: KeyedStamp) -> Result<()> {
+        let cutoff = stamp.at.saturating_sub(stamp.window);
+        let bound = idempotency_expiry_key(cutoff, b"");
+        // Expiry keys below the cutoff: on disk (unless deleted since) and in the overlay.
+        let mut candidates: BTreeSet<Vec<u8>> = BTreeSet::new();
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_META));
+        it.seek(IDEMPOTENCY_EXPIRY_PREFIX);
+        while let Some(key) = it.key() {
+            if !key.starts_with(IDEMPOTENCY_EXPIRY_PREFIX) || key >= bound.as_slice() {
+                break;
+            }
+            candidates.insert(key.to_vec());
+            if candidates.len() >= 1024 {
+                break;
+            }
+            it.next();
+        }
+        for (key, (value, _)) in st
+            .idem_overlay
+            .range(IDEMPOTENCY_EXPIRY_PREFIX.to_vec()..bound.clone())
+        {
+            if value.is_some() {
+                candidates.insert(key.clone());
+            } else {
+                candidates.remove(key);
+            }
+        }
+        for key in candidates.into_iter().take(1024) {
+            let rest = &key[IDEMPOTENCY_EXPIRY_PREFIX.len()..];
+            let at = rest
+                .get(..8)
+                .and_then(u64_from)
+                .map(|a| (a ^ (1 << 63)) as i64);
+            let record = rest[8.min(rest.len())..].to_vec();
+            // The record may have been written again since; only its own
+            // expiry removes it.
+            let current = self.idem_get(st, &record)?;
+            if current
+                .as_deref()
+                .and_then(|v| v.get(8..16))
+                .and_then(u64_from)
+                .map(|a| a as i64)
+                == at
+            {
+                idem_set(st, index, record, None);
+            }
+            idem_set(st, index, key, None);
+        }
+        Ok(())
     }
 
     fn apply_view(&self, index: u64, points: PointsView<'_>) -> Result<bool> {
@@ -583,6 +778,21 @@ impl Shard {
         if durable > st.durable {
             st.durable = durable;
             wb.put_cf(self.cf(CF_META), META_DURABLE_INDEX, durable.to_be_bytes());
+            // Idempotency changes reach the disk with the entries they belong to.
+            while st
+                .idem_pending
+                .front()
+                .is_some_and(|(i, _, _)| *i <= durable)
+            {
+                let (i, key, value) = st.idem_pending.pop_front().expect("checked");
+                match &value {
+                    Some(v) => wb.put_cf(self.cf(CF_META), &key, v),
+                    None => wb.delete_cf(self.cf(CF_META), &key),
+                }
+                if st.idem_overlay.get(&key).is_some_and(|(_, by)| *by <= i) {
+                    st.idem_overlay.remove(&key);
+                }
+            }
             // Range deletes are cheap but not free: truncate the log in steps.
             if durable >= st.log_truncated_to + 64 || st.pending.is_empty() {
                 wb.delete_range_cf(

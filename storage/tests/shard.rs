@@ -614,3 +614,97 @@ fn query_limited_stops_at_the_sample_budget() {
     // The budget counts what is in range only.
     assert!(shard.query_limited(&m, 0, 5 * S, 50).unwrap().is_some());
 }
+
+mod idempotency {
+    use chronicle_storage::{
+        EncodedPoints, KeyedPart, KeyedStamp, Label, Matcher, Point, Shard, ShardConfig,
+    };
+
+    const S: i64 = 1_000_000_000;
+
+    fn batch(value: f64) -> EncodedPoints {
+        EncodedPoints::encode(&[Point::new("m", vec![Label::new("k", "v")], value, 10 * S)])
+    }
+
+    fn value(shard: &Shard) -> f64 {
+        let got = shard
+            .query(&[Matcher::equal("__name__", "m")], 0, i64::MAX)
+            .unwrap();
+        got[0].1.last().unwrap().value
+    }
+
+    fn part(key: &str) -> [KeyedPart<'_>; 1] {
+        [KeyedPart {
+            key,
+            part: 0,
+            start: 0,
+            len: 1,
+        }]
+    }
+
+    fn stamp(nonce: u64, at: i64) -> KeyedStamp {
+        KeyedStamp {
+            nonce,
+            at,
+            window: 60 * S,
+        }
+    }
+
+    #[test]
+    fn a_part_applies_once_per_key_within_the_window_and_replays_stay_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ShardConfig {
+            sync_writes: false,
+            ..ShardConfig::default()
+        };
+        {
+            let shard = Shard::open(dir.path(), config.clone()).unwrap();
+            let first = shard
+                .apply_encoded_keyed(1, &batch(1.0), &part("a"), stamp(7, 100 * S))
+                .unwrap();
+            assert_eq!((first.written, first.duplicates.len()), (1, 0));
+            shard.apply_encoded(2, &batch(2.0)).unwrap();
+            // A retry (another submission) within the window: skipped.
+            let retry = shard
+                .apply_encoded_keyed(3, &batch(1.0), &part("a"), stamp(8, 110 * S))
+                .unwrap();
+            assert_eq!((retry.written, retry.duplicates), (0, vec![0]));
+            assert_eq!(value(&shard), 2.0);
+            // The same submission (another entry of it): applied.
+            let same = shard
+                .apply_encoded_keyed(4, &batch(4.0), &part("a"), stamp(7, 111 * S))
+                .unwrap();
+            assert_eq!(same.written, 1);
+            // After the window the key is new again.
+            let late = shard
+                .apply_encoded_keyed(5, &batch(5.0), &part("a"), stamp(9, 200 * S))
+                .unwrap();
+            assert_eq!(late.written, 1);
+            assert_eq!(value(&shard), 5.0);
+            // Dropped unflushed: entries 1..=5 are replayed from the log.
+        }
+        let shard = Shard::open(dir.path(), config).unwrap();
+        // Records written by later entries (5 rewrote key a) do not make an
+        // earlier entry a duplicate when it is replayed.
+        let r1 = shard
+            .apply_encoded_keyed(1, &batch(1.0), &part("a"), stamp(7, 100 * S))
+            .unwrap();
+        assert_eq!(r1.written, 1);
+        shard.apply_encoded(2, &batch(2.0)).unwrap();
+        let r3 = shard
+            .apply_encoded_keyed(3, &batch(1.0), &part("a"), stamp(8, 110 * S))
+            .unwrap();
+        let r4 = shard
+            .apply_encoded_keyed(4, &batch(4.0), &part("a"), stamp(7, 111 * S))
+            .unwrap();
+        let r5 = shard
+            .apply_encoded_keyed(5, &batch(5.0), &part("a"), stamp(9, 200 * S))
+            .unwrap();
+        assert_eq!(
+            (r3.written, r4.written, r5.written),
+            (0, 1, 1),
+            "the replay decides as the first run did"
+        );
+        assert_eq!(value(&shard), 5.0);
+    }
+}

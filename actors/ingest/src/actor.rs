@@ -13,7 +13,7 @@ use tracing::{debug, info_span, warn};
 
 use crate::metrics::{BATCH_SECONDS, BYTES_RECEIVED, POINTS_WRITTEN, REJECTED};
 use crate::parse::{parse_payload, Precision};
-use crate::writer::{StorageWriter, WriteBatch};
+use crate::writer::{check_idempotency_key, KeyedSpan, StorageWriter, WriteBatch};
 use crate::IngestError;
 
 /// The name in logs and in `chronicle_actor_restarts_total{actor}`.
@@ -59,9 +59,14 @@ impl Default for IngestConfig {
 }
 
 /// Points from the HTTP front end (already parsed), acknowledged when durable.
+/// With an idempotency key, a retry of the same write within the window is
+/// acknowledged without being applied again.
 #[derive(Message)]
 #[rtype(result = "Result<usize, IngestError>")]
-pub struct WritePoints(pub Vec<Point>);
+pub struct WritePoints {
+    pub points: Vec<Point>,
+    pub idempotency_key: Option<String>,
+}
 
 /// Answers once the actor is subscribed and serving (a readiness probe).
 #[derive(Message)]
@@ -85,6 +90,7 @@ type Parsed = Result<Vec<Point>, IngestError>;
 /// A message handed to a parser thread.
 struct ParseTicket {
     reply: Option<String>,
+    key: Option<String>,
     result: oneshot::Receiver<Parsed>,
 }
 
@@ -122,6 +128,8 @@ pub struct IngestActor {
     writer: Addr<StorageWriter>,
     config: IngestConfig,
     pending: Vec<Point>,
+    /// Spans of `pending` sent with an idempotency key.
+    pending_keys: Vec<KeyedSpan>,
     waiters: Vec<Waiter>,
     timer: Option<SpawnHandle>,
     in_flight: Option<InFlight>,
@@ -182,6 +190,7 @@ impl IngestActor {
             bus,
             writer,
             pending: Vec::new(),
+            pending_keys: Vec::new(),
             waiters: Vec::new(),
             timer: None,
             in_flight: None,
@@ -207,6 +216,12 @@ impl IngestActor {
             Ok(p) => p.unwrap_or(Precision::Nanoseconds),
             Err(e) => return self.reject(msg.reply, e),
         };
+        let key = msg.headers.get("Idempotency-Key").map(str::to_owned);
+        if let Some(k) = &key {
+            if let Err(e) = check_idempotency_key(k) {
+                return self.reject(msg.reply, e);
+            }
+        }
         let job = ParseJob {
             content_type: msg.headers.get("Content-Type").map(str::to_owned),
             payload: msg.payload,
@@ -216,7 +231,7 @@ impl IngestActor {
         if self.parsing.is_empty() && job.payload.len() < self.config.parse_offload_bytes {
             // Small, and nothing earlier is still parsing: parse right here.
             let result = job.run();
-            return self.batch(msg.reply, result, ctx);
+            return self.batch(msg.reply, key, result, ctx);
         }
         if self.parsing.len() >= self.config.parse_queue.max(1) {
             // Every parser is taken: take no more input until the oldest is done.
@@ -225,18 +240,25 @@ impl IngestActor {
             ctx.wait(oldest.result.into_actor(self).map(move |result, act, ctx| {
                 act.batch(
                     oldest.reply,
+                    oldest.key,
                     result.unwrap_or(Err(IngestError::Unavailable)),
                     ctx,
                 );
                 act.batch_parsed(ctx);
-                act.parse_elsewhere(reply, job, ctx);
+                act.parse_elsewhere(reply, key, job, ctx);
             }));
             return;
         }
-        self.parse_elsewhere(msg.reply, job, ctx);
+        self.parse_elsewhere(msg.reply, key, job, ctx);
     }
 
-    fn parse_elsewhere(&mut self, reply: Option<String>, job: ParseJob, ctx: &mut Context<Self>) {
+    fn parse_elsewhere(
+        &mut self,
+        reply: Option<String>,
+        key: Option<String>,
+        job: ParseJob,
+        ctx: &mut Context<Self>,
+    ) {
         let (tx, result) = oneshot::channel();
         let actor = ctx.address();
         tokio::task::spawn_blocking(move || {
@@ -246,7 +268,7 @@ impl IngestActor {
             let _ = tx.send(result);
             actor.do_send(ParseDone);
         });
-        self.parsing.push_back(ParseTicket { reply, result });
+        self.parsing.push_back(ParseTicket { reply, key, result });
     }
 
     /// Batches, in arrival order, the messages whose parse has finished.
@@ -257,12 +279,21 @@ impl IngestActor {
                 Err(oneshot::error::TryRecvError::Empty) => return,
                 Err(oneshot::error::TryRecvError::Closed) => Err(IngestError::Unavailable),
             };
-            let reply = self.parsing.pop_front().and_then(|t| t.reply);
-            self.batch(reply, result, ctx);
+            let (reply, key) = self
+                .parsing
+                .pop_front()
+                .map_or((None, None), |t| (t.reply, t.key));
+            self.batch(reply, key, result, ctx);
         }
     }
 
-    fn batch(&mut self, reply: Option<String>, result: Parsed, ctx: &mut Context<Self>) {
+    fn batch(
+        &mut self,
+        reply: Option<String>,
+        key: Option<String>,
+        result: Parsed,
+        ctx: &mut Context<Self>,
+    ) {
         match result {
             Err(e) => self.reject(reply, e),
             Ok(points) => {
@@ -270,7 +301,7 @@ impl IngestActor {
                     subject,
                     points: points.len(),
                 });
-                self.enqueue(points, waiter, ctx);
+                self.enqueue(points, waiter, key, ctx);
             }
         }
     }
@@ -287,12 +318,25 @@ impl IngestActor {
         }
     }
 
-    fn enqueue(&mut self, points: Vec<Point>, waiter: Option<Waiter>, ctx: &mut Context<Self>) {
+    fn enqueue(
+        &mut self,
+        points: Vec<Point>,
+        waiter: Option<Waiter>,
+        key: Option<String>,
+        ctx: &mut Context<Self>,
+    ) {
         if points.is_empty() {
             if let Some(w) = waiter {
                 self.answer(w, Ok(0));
             }
             return;
+        }
+        if let Some(key) = key {
+            self.pending_keys.push(KeyedSpan {
+                key,
+                start: self.pending.len(),
+                len: points.len(),
+            });
         }
         self.pending.extend(points);
         self.waiters.extend(waiter);
@@ -332,6 +376,7 @@ impl IngestActor {
 
     fn start_write(&mut self, ctx: &mut Context<Self>) {
         let points = std::mem::take(&mut self.pending);
+        let keys = std::mem::take(&mut self.pending_keys);
         let waiters = std::mem::take(&mut self.waiters);
         let (done_tx, done) = watch::channel(false);
         let writer = self.writer.clone();
@@ -344,7 +389,7 @@ impl IngestActor {
             // Waits while too many batches are committing (backpressure).
             let permit = slots.acquire_owned().await;
             let submitted = writer
-                .send(WriteBatch(points))
+                .send(WriteBatch(points, keys))
                 .await
                 .unwrap_or(Err(IngestError::Unavailable));
             // The next batch may go to the sink now, behind this one.
@@ -529,9 +574,19 @@ impl Handler<WritePoints> for IngestActor {
 
     fn handle(&mut self, msg: WritePoints, ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
-        let points = msg.0.len();
+        let points = msg.points.len();
+        if let Some(key) = &msg.idempotency_key {
+            if let Err(e) = check_idempotency_key(key) {
+                return Box::pin(async move { Err(e) });
+            }
+        }
         guarded(ACTOR, self, ctx, |act, ctx| {
-            act.enqueue(msg.0, Some(Waiter::Direct { tx, points }), ctx)
+            act.enqueue(
+                msg.points,
+                Some(Waiter::Direct { tx, points }),
+                msg.idempotency_key,
+                ctx,
+            )
         });
         Box::pin(async move { rx.await.unwrap_or(Err(IngestError::Restarted)) })
     }

@@ -25,7 +25,9 @@ pub use otlp::{parse_otlp_metrics, OtlpEncoding};
 pub use parse::{parse_json, parse_line_protocol, parse_payload, Precision};
 pub use remote_write::parse_remote_write;
 #[cfg(feature = "actor")]
-pub use writer::{PendingWrite, PointSink, StorageWriter};
+pub use writer::{
+    check_idempotency_key, KeyedSpan, PendingWrite, PointSink, StorageWriter, MAX_IDEMPOTENCY_KEY,
+};
 
 /// Why points were not accepted or not written.
 #[derive(Debug, Clone, thiserror::Error)]

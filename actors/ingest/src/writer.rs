@@ -13,19 +13,54 @@ use crate::IngestError;
 /// durable.
 pub type PendingWrite = Pin<Box<dyn Future<Output = Result<usize, IngestError>> + Send>>;
 
+/// Points `start..start + len` of a batch were sent with this idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyedSpan {
+    pub key: String,
+    pub start: usize,
+    pub len: usize,
+}
+
+/// The longest idempotency key taken, in bytes.
+pub const MAX_IDEMPOTENCY_KEY: usize = 128;
+
+/// Checks a client's idempotency key: 1 to 128 visible ASCII characters.
+pub fn check_idempotency_key(key: &str) -> Result<(), IngestError> {
+    if key.is_empty()
+        || key.len() > MAX_IDEMPOTENCY_KEY
+        || !key.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(IngestError::BadRequest(format!(
+            "an idempotency key is 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+        )));
+    }
+    Ok(())
+}
+
 /// Where batches go: a storage shard directly (tests, tools), or the node's
 /// cluster, which commits them through Raft before they count as written.
 pub trait PointSink: Send + Sync + 'static {
     /// Hands `points` over (blocking), ordered after every earlier batch: a
     /// later write of a point replaces an earlier one. The returned future
     /// completes when they are durable; the next batch may be submitted
-    /// before it does.
-    fn submit(&self, points: Vec<Point>) -> Result<PendingWrite, IngestError>;
+    /// before it does. `keys` name the spans sent with an idempotency key.
+    fn submit(&self, points: Vec<Point>, keys: Vec<KeyedSpan>)
+        -> Result<PendingWrite, IngestError>;
 }
 
 impl PointSink for Shard {
-    /// Written and synced before returning.
-    fn submit(&self, points: Vec<Point>) -> Result<PendingWrite, IngestError> {
+    /// Written and synced before returning. Idempotency keys are kept by the
+    /// replicated write path only.
+    fn submit(
+        &self,
+        points: Vec<Point>,
+        keys: Vec<KeyedSpan>,
+    ) -> Result<PendingWrite, IngestError> {
+        if !keys.is_empty() {
+            return Err(IngestError::BadRequest(
+                "idempotency keys need the node's replicated write path".into(),
+            ));
+        }
         let written = self
             .write_batch(&points)
             .map(|_| points.len())
@@ -50,9 +85,9 @@ impl Actor for StorageWriter {
     type Context = SyncContext<Self>;
 }
 
-/// One batch to hand to the sink; answered once it is submitted, with what
-/// completes when it is durable.
-pub struct WriteBatch(pub Vec<Point>);
+/// One batch to hand to the sink (and its keyed spans); answered once it is
+/// submitted, with what completes when it is durable.
+pub struct WriteBatch(pub Vec<Point>, pub Vec<KeyedSpan>);
 
 impl Message for WriteBatch {
     type Result = Result<PendingWrite, IngestError>;
@@ -66,7 +101,7 @@ impl Handler<WriteBatch> for StorageWriter {
         let sink = &self.sink;
         let started = std::time::Instant::now();
         let points = batch.0.len();
-        let outcome = catch_unwind(AssertUnwindSafe(|| sink.submit(batch.0)));
+        let outcome = catch_unwind(AssertUnwindSafe(|| sink.submit(batch.0, batch.1)));
         tracing::debug!(points, elapsed = ?started.elapsed(), "batch submitted");
         match outcome {
             Ok(result) => result,
