@@ -121,6 +121,8 @@ pub struct ClusterSettings {
     /// A replica snapshots its shard once this many bytes were appended to
     /// its Raft log since the last snapshot, then purges the log before it.
     pub snapshot_log_bytes: u64,
+    /// How long a write's idempotency key is remembered, in seconds.
+    pub idempotency_window_secs: u64,
 }
 
 impl Default for ClusterSettings {
@@ -132,6 +134,7 @@ impl Default for ClusterSettings {
             replication: 3,
             join: false,
             snapshot_log_bytes: 64 << 20,
+            idempotency_window_secs: 600,
         }
     }
 }

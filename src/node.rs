@@ -210,6 +210,8 @@ impl Node {
         cluster_config.prefix = config.subject_prefix.clone();
         cluster_config.sync_log = config.sync_writes;
         cluster_config.snapshot_log_bytes = config.cluster.snapshot_log_bytes.max(1 << 20);
+        cluster_config.idempotency_window =
+            Duration::from_secs(config.cluster.idempotency_window_secs.max(1));
         cluster_config.retention_check =
             Duration::from_secs(config.retention.check_interval_secs.max(1));
         cluster_config.shard = ShardConfig {

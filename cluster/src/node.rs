@@ -102,6 +102,12 @@ impl ClusterConfig {
     }
 }
 
+/// An entry to propose: its shard, its points, its keyed part if any.
+type Entry = (u32, EncodedPoints, Option<KeyedPart>);
+
+/// Consecutive points of one keyed span (or of none) bound for one shard.
+type Run = (Option<usize>, Vec<Point>);
+
 /// The longest idempotency key a forwarded write may carry.
 const MAX_KEY_BYTES: usize = 256;
 
@@ -767,7 +773,7 @@ impl ClusterNode {
                 })
             })?;
         drop(view);
-        let mut entries: Vec<(u32, EncodedPoints, Option<KeyedPart>)> = Vec::new();
+        let mut entries: Vec<Entry> = Vec::new();
         if keys.is_empty() {
             let mut by_shard: BTreeMap<u32, Vec<Point>> = BTreeMap::new();
             if self.config.shards <= 1 {
@@ -831,7 +837,7 @@ impl ClusterNode {
         &self,
         points: Vec<Point>,
         keys: &[KeySpan],
-    ) -> Result<Vec<(u32, EncodedPoints, Option<KeyedPart>)>, ClusterError> {
+    ) -> Result<Vec<Entry>, ClusterError> {
         let nonce = inbox_nonce()
             ^ self
                 .next_inbox
@@ -854,7 +860,7 @@ impl ClusterNode {
             }
         }
         // Per shard, runs of points of one span (or unkeyed), in order.
-        let mut by_shard: BTreeMap<u32, Vec<(Option<usize>, Vec<Point>)>> = BTreeMap::new();
+        let mut by_shard: BTreeMap<u32, Vec<Run>> = BTreeMap::new();
         for (p, span) in points.into_iter().zip(span_of) {
             let shard = if self.config.shards <= 1 {
                 0
