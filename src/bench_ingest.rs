@@ -338,15 +338,29 @@ impl NodeDisk {
 
 /// Bytes of the files under `path` (0 when it does not exist).
 fn dir_bytes(path: &std::path::Path) -> std::io::Result<u64> {
+    dir_bytes_once(path, &mut std::collections::HashSet::new())
+}
+
+/// Bytes under `path`, each file counted once however many hard links it has
+/// (a snapshot links the shard's SST files, as `du` would count them).
+fn dir_bytes_once(
+    path: &std::path::Path,
+    seen: &mut std::collections::HashSet<(u64, u64)>,
+) -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         return Ok(0);
     };
     if !meta.is_dir() {
-        return Ok(meta.len());
+        return Ok(if seen.insert((meta.dev(), meta.ino())) {
+            meta.len()
+        } else {
+            0
+        });
     }
     let mut total = 0;
     for entry in std::fs::read_dir(path)? {
-        total += dir_bytes(&entry?.path())?;
+        total += dir_bytes_once(&entry?.path(), seen)?;
     }
     Ok(total)
 }

@@ -225,7 +225,16 @@ impl LogStore {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        let cfs = [CF_LOG, CF_META].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        // The log is a queue: written once, read soon, purged from the front.
+        // Small memtables reach SST files (which a purge can drop whole)
+        // sooner, and bound the RocksDB WAL the log keeps beside them.
+        opts.set_max_total_wal_size(32 << 20);
+        let mut log_opts = Options::default();
+        log_opts.set_write_buffer_size(8 << 20);
+        let cfs = [
+            ColumnFamilyDescriptor::new(CF_LOG, log_opts),
+            ColumnFamilyDescriptor::new(CF_META, Options::default()),
+        ];
         let db = Arc::new(DB::open_cf_descriptors(&opts, path, cfs)?);
         let (tx, rx) = std::sync::mpsc::channel();
         let written = Arc::new(AtomicU64::new(0));
@@ -503,6 +512,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             log_id.index.saturating_add(1).to_be_bytes(),
         );
         self.recent.lock().purge(log_id.index);
-        self.write_and_wait(batch).await.map_err(write_err)
+        self.write_and_wait(batch).await.map_err(write_err)?;
+        // A range delete frees no space until a compaction reaches it; files
+        // wholly inside the purged range are dropped now (after the delete
+        // is durable, so a crash cannot bring their entries back).
+        let db = self.db.clone();
+        let end = log_id.index.saturating_add(1).to_be_bytes();
+        tokio::task::spawn_blocking(move || {
+            let cf = db
+                .cf_handle(CF_LOG)
+                .expect("column families are created at open");
+            if let Err(e) = db.delete_file_in_range_cf(cf, 0u64.to_be_bytes(), end) {
+                tracing::debug!(error = %e, "purged log files not dropped; compaction will");
+            }
+        })
+        .await
+        .map_err(write_err)
     }
 }
