@@ -37,6 +37,10 @@ pub struct NodeConfig {
     /// Wrap the bus in the fault injector and serve `/debug/faults/*` (chaos
     /// and partition tests only: anyone who can reach HTTP can cut the node off).
     pub fault_injection: bool,
+    /// Serve Prometheus's admin API (`/api/v1/admin/tsdb/delete_series`):
+    /// anyone who can reach HTTP can then delete data. Off by default, as
+    /// Prometheus's `--web.enable-admin-api`.
+    pub enable_admin_api: bool,
 }
 
 impl Default for NodeConfig {
@@ -55,6 +59,7 @@ impl Default for NodeConfig {
             cluster: ClusterSettings::default(),
             retention: RetentionSettings::default(),
             fault_injection: false,
+            enable_admin_api: false,
         }
     }
 }
@@ -341,6 +346,10 @@ pub struct ServeArgs {
     /// node off from others on the bus (chaos and partition tests only).
     #[arg(long, env = "CHRONICLE_ALLOW_FAULT_INJECTION")]
     pub allow_fault_injection: bool,
+    /// Serve Prometheus's admin API (POST /api/v1/admin/tsdb/delete_series):
+    /// whoever reaches HTTP can then delete data.
+    #[arg(long, env = "CHRONICLE_ENABLE_ADMIN_API")]
+    pub enable_admin_api: bool,
     /// Start as a new member of the running cluster on --nats-url: the node
     /// holds nothing until `chronicle cluster add-node <id>` moves shards to it.
     #[arg(long, env = "CHRONICLE_JOIN", conflicts_with = "initial_nodes")]
@@ -388,6 +397,9 @@ impl ServeArgs {
         }
         if self.allow_fault_injection {
             config.fault_injection = true;
+        }
+        if self.enable_admin_api {
+            config.enable_admin_api = true;
         }
         if self.join {
             config.cluster.join = true;

@@ -43,6 +43,8 @@ pub struct AppState {
     pub buses: Vec<(&'static str, Arc<dyn chronicle_bus::Bus>)>,
     /// Set when shutdown begins: readiness turns false before intake stops.
     pub shutting_down: Arc<AtomicBool>,
+    /// Serve the admin API (delete_series).
+    pub admin_api: bool,
 }
 
 /// Binds and returns the server (not yet running) and the bound address.
@@ -577,7 +579,7 @@ struct TransferParams {
     to: u64,
 }
 
-fn cluster_error(e: chronicle_cluster::ClusterError) -> HttpResponse {
+pub(crate) fn cluster_error(e: chronicle_cluster::ClusterError) -> HttpResponse {
     use chronicle_cluster::ClusterError as E;
     let (status, code) = match &e {
         E::Config(_) => (StatusCode::BAD_REQUEST, "bad_request"),

@@ -306,6 +306,7 @@ impl Node {
             faults,
             buses: vec![("bus", bus.clone()), ("cluster bus", cluster_bus.clone())],
             shutting_down: shutting_down.clone(),
+            admin_api: config.enable_admin_api,
         };
         let (server, http_addr) =
             http::serve(state, config.http_addr).map_err(|source| NodeError::Http {

@@ -41,7 +41,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/api/v1/query_exemplars", web::get().to(no_exemplars))
         .route("/api/v1/query_exemplars", web::post().to(no_exemplars))
         .route("/api/v1/rules", web::get().to(no_rules))
-        .route("/api/v1/alerts", web::get().to(no_alerts));
+        .route("/api/v1/alerts", web::get().to(no_alerts))
+        .route(
+            "/api/v1/admin/tsdb/delete_series",
+            web::post().to(delete_series),
+        )
+        .route(
+            "/api/v1/admin/tsdb/delete_series",
+            web::put().to(delete_series),
+        );
 }
 
 /// Query-string and form parameters together (a name may repeat: `match[]`).
@@ -621,6 +629,82 @@ async fn label_values(
         MetaKind::LabelValues(name.into_inner()),
     )
     .await
+}
+
+/// Selectors one delete may name.
+const MAX_DELETE_SELECTORS: usize = 64;
+
+/// POST or PUT /api/v1/admin/tsdb/delete_series?match[]=..&start=..&end=..:
+/// deletes the matching samples in [start, end] (inclusive; default all
+/// time) through every shard's log; 204 once every shard committed it.
+/// Served only with `enable_admin_api` (403 otherwise).
+#[instrument(name = "prom_delete_series", skip_all)]
+async fn delete_series(state: web::Data<AppState>, req: HttpRequest, body: Bytes) -> HttpResponse {
+    if !state.admin_api {
+        return HttpResponse::Forbidden().json(json!({
+            "status": "error",
+            "errorType": "unavailable",
+            "error": "admin APIs disabled; set enable_admin_api = true in the node's configuration",
+        }));
+    }
+    let p = match Params::read(&req, &body) {
+        Ok(p) => p,
+        Err(e) => return e.response(),
+    };
+    let selectors = p.all("match[]");
+    if selectors.is_empty() {
+        return error(ErrorType::BadData, "no match[] parameter provided");
+    }
+    if selectors.len() > MAX_DELETE_SELECTORS {
+        return error(
+            ErrorType::BadData,
+            format!("at most {MAX_DELETE_SELECTORS} match[] parameters"),
+        );
+    }
+    let time = |name: &str, default: i64| -> Result<i64, String> {
+        match p.get(name) {
+            None => Ok(default),
+            Some(t) => parse_time(t).map_err(|e| format!("invalid parameter \"{name}\": {e}")),
+        }
+    };
+    let (start, end) = match (time("start", MIN_TIME_MS), time("end", MAX_TIME_MS)) {
+        (Ok(s), Ok(e)) => (s, e),
+        (Err(why), _) | (_, Err(why)) => return error(ErrorType::BadData, why),
+    };
+    if end < start {
+        return error(
+            ErrorType::BadData,
+            "invalid parameter \"end\": end timestamp must not be before start time",
+        );
+    }
+    let mut sets = Vec::new();
+    for s in &selectors {
+        match chronicle_query::selector_matchers(s) {
+            Ok(found) => sets.extend(found),
+            Err(e) => return error(ErrorType::BadData, e.to_string()),
+        }
+    }
+    // Milliseconds, both inclusive, to nanoseconds.
+    let start_ns = start.saturating_mul(1_000_000);
+    let end_ns = end.saturating_mul(1_000_000).saturating_add(999_999);
+    let cluster = state.cluster.clone();
+    let deleted = state
+        .cluster_runtime
+        .spawn(async move {
+            for set in sets {
+                cluster.delete_series(&set, start_ns, end_ns).await?;
+            }
+            Ok::<(), chronicle_cluster::ClusterError>(())
+        })
+        .await;
+    match deleted {
+        Ok(Ok(())) => HttpResponse::NoContent().finish(),
+        Ok(Err(chronicle_cluster::ClusterError::Storage(e))) => {
+            error(ErrorType::BadData, e.to_string())
+        }
+        Ok(Err(e)) => crate::http::cluster_error(e),
+        Err(e) => error(ErrorType::Internal, e.to_string()),
+    }
 }
 
 /// Chronicle keeps no metric metadata (type, help, unit): an empty map.

@@ -35,4 +35,4 @@ pub use read::{ShardAnswer, ShardRead};
 pub use snapshot::{Manifest, SnapshotFiles};
 pub use snapshot_transfer::SnapshotReceiver;
 pub use state_machine::{ShardCell, ShardStateMachine};
-pub use types::{Applied, KeySpan, KeyedWrite, TypeConfig, WriteBatch};
+pub use types::{Applied, DeleteRange, KeySpan, KeyedWrite, TypeConfig, WriteBatch};

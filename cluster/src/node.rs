@@ -195,6 +195,8 @@ enum WireClusterRequest {
     Leader(LeaderOp),
     /// A part of a write with an idempotency key; the leader stamps it.
     WriteKeyed(Box<WireKeyedWrite>),
+    /// Delete matching samples in [start, end] (ns, inclusive).
+    Delete(Box<(Vec<crate::read::WireMatcher>, i64, i64)>),
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -558,6 +560,52 @@ impl ClusterNode {
             done.push(shard);
         }
         Ok(done)
+    }
+
+    /// Deletes the samples of the series matching `matchers` with timestamps
+    /// in `[start, end]` (ns, inclusive), in every shard, through each
+    /// shard's log: every replica deletes exactly the same samples, and a
+    /// read sees a shard before the delete or after it, never in between.
+    /// Returns when every shard committed it.
+    pub async fn delete_series(
+        &self,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+    ) -> Result<(), ClusterError> {
+        if !matchers.iter().any(|m| !m.matches("")) {
+            return Err(ClusterError::Storage(
+                chronicle_storage::StorageError::InvalidRequest(
+                    "at least one matcher must not match the empty string".into(),
+                ),
+            ));
+        }
+        let wire = crate::read::wire_matchers(matchers);
+        let deletes = (0..self.config.shards).map(|shard| {
+            let wire = wire.clone();
+            let range = crate::types::DeleteRange {
+                matchers: matchers.to_vec(),
+                start,
+                end,
+            };
+            async move {
+                let request = || WireClusterRequest::Delete(Box::new((wire.clone(), start, end)));
+                let reply = self
+                    .to_leader(shard, request, |raft| {
+                        let batch = WriteBatch::delete(range.clone());
+                        async move { raft.client_write(batch).await.map(|_| 0) }
+                    })
+                    .await?;
+                match reply {
+                    WireClusterReply::Written(_) => Ok(()),
+                    other => Err(ClusterError::Raft(format!("unexpected reply {other:?}"))),
+                }
+            }
+        });
+        for result in futures_util::future::join_all(deletes).await {
+            result?;
+        }
+        Ok(())
     }
 
     /// What keeps this node's Raft groups from serving: a group down (its
@@ -1597,6 +1645,33 @@ async fn answer(
                 Ok(r) => WireClusterReply::Written(r.data.written as u64),
                 Err(e) if e.forward_to_leader::<openraft::EmptyNode>().is_some() => not_leader(),
                 Err(e) => WireClusterReply::Error(e.to_string()),
+            };
+            (reply, Vec::new())
+        }
+        WireClusterRequest::Delete(d) => {
+            let (matchers, start, end) = *d;
+            let matchers = match crate::read::matchers_from(matchers) {
+                Ok(m) if m.iter().any(|m| !m.matches("")) => m,
+                Ok(_) => {
+                    let why = "at least one matcher must not match the empty string";
+                    return (WireClusterReply::Error(why.into()), Vec::new());
+                }
+                Err(why) => return (WireClusterReply::Error(why), Vec::new()),
+            };
+            let batch = WriteBatch::delete(crate::types::DeleteRange {
+                matchers,
+                start,
+                end,
+            });
+            let reply = match tokio::time::timeout(COMMIT_TIMEOUT, raft.client_write(batch)).await {
+                Ok(Ok(_)) => WireClusterReply::Written(0),
+                Ok(Err(e)) if e.forward_to_leader::<openraft::EmptyNode>().is_some() => {
+                    not_leader()
+                }
+                Ok(Err(e)) => WireClusterReply::Error(e.to_string()),
+                Err(_) => WireClusterReply::Error(format!(
+                    "not committed within {COMMIT_TIMEOUT:?}: the leader cannot reach a majority"
+                )),
             };
             (reply, Vec::new())
         }

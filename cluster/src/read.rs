@@ -220,7 +220,7 @@ pub(crate) fn wire_matchers(matchers: &[Matcher]) -> Vec<WireMatcher> {
         .collect()
 }
 
-fn matchers_from(wire: Vec<WireMatcher>) -> Result<Vec<Matcher>, String> {
+pub(crate) fn matchers_from(wire: Vec<WireMatcher>) -> Result<Vec<Matcher>, String> {
     wire.into_iter()
         .map(|(name, op, value)| {
             let op = match op {

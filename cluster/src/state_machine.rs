@@ -254,6 +254,11 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
                             shard.apply_retention(entry.log_id.index, &batch.retain)?;
                             (0, None)
                         }
+                        EntryPayload::Normal(batch) if batch.delete.is_some() => {
+                            let d = batch.delete.as_deref().expect("checked");
+                            shard.apply_delete(entry.log_id.index, &d.matchers, d.start, d.end)?;
+                            (0, None)
+                        }
                         EntryPayload::Normal(batch) if batch.keyed.is_some() => {
                             let k = batch.keyed.as_deref().expect("checked");
                             let part = chronicle_storage::KeyedPart {

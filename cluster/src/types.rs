@@ -16,6 +16,23 @@ pub struct WriteBatch {
     pub retain: Vec<(u8, i64)>,
     /// The points are (a part of) one write with an idempotency key.
     pub keyed: Option<Box<KeyedWrite>>,
+    /// A delete entry instead of points.
+    pub delete: Option<Box<DeleteRange>>,
+}
+
+/// Delete the samples of matching series in `[start, end]` (ns, inclusive).
+#[derive(Debug, Clone)]
+pub struct DeleteRange {
+    pub matchers: Vec<chronicle_storage::Matcher>,
+    pub start: i64,
+    pub end: i64,
+}
+
+impl PartialEq for DeleteRange {
+    fn eq(&self, other: &Self) -> bool {
+        let key = |d: &Self| (crate::read::wire_matchers(&d.matchers), d.start, d.end);
+        key(self) == key(other)
+    }
 }
 
 /// Which keyed write an entry's points belong to. A write's points in one
@@ -49,6 +66,7 @@ impl WriteBatch {
             points,
             retain: Vec::new(),
             keyed: None,
+            delete: None,
         }
     }
 
@@ -58,6 +76,17 @@ impl WriteBatch {
             points: EncodedPoints::default(),
             retain: cutoffs,
             keyed: None,
+            delete: None,
+        }
+    }
+
+    /// A delete entry.
+    pub fn delete(range: DeleteRange) -> Self {
+        Self {
+            points: EncodedPoints::default(),
+            retain: Vec::new(),
+            keyed: None,
+            delete: Some(Box::new(range)),
         }
     }
 

@@ -108,6 +108,8 @@ pub enum WirePayload {
     /// Points of a write with an idempotency key (boxed: the enum's other
     /// variants keep their size).
     KeyedPoints(Box<WireKeyedPoints>),
+    /// A delete: matchers, start, end (ns, inclusive).
+    Delete(Box<(Vec<crate::read::WireMatcher>, i64, i64)>),
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -132,7 +134,10 @@ impl WireEntry {
         match &self.payload {
             WirePayload::Points(bytes) => bytes.len(),
             WirePayload::KeyedPoints(k) => k.points.len() + k.key.len() + 64,
-            WirePayload::Blank | WirePayload::Membership(_) | WirePayload::Retain(_) => 64,
+            WirePayload::Blank
+            | WirePayload::Membership(_)
+            | WirePayload::Retain(_)
+            | WirePayload::Delete(_) => 64,
         }
     }
 }
@@ -143,6 +148,14 @@ impl From<&Entry<TypeConfig>> for WireEntry {
             EntryPayload::Blank => WirePayload::Blank,
             EntryPayload::Normal(batch) if !batch.retain.is_empty() => {
                 WirePayload::Retain(batch.retain.clone())
+            }
+            EntryPayload::Normal(batch) if batch.delete.is_some() => {
+                let d = batch.delete.as_deref().expect("checked");
+                WirePayload::Delete(Box::new((
+                    crate::read::wire_matchers(&d.matchers),
+                    d.start,
+                    d.end,
+                )))
             }
             EntryPayload::Normal(batch) if batch.keyed.is_some() => {
                 let k = batch.keyed.as_deref().expect("checked");
@@ -181,6 +194,19 @@ impl TryFrom<WireEntry> for Entry<TypeConfig> {
             }
             WirePayload::Membership(m) => EntryPayload::Membership(m.into()),
             WirePayload::Retain(cutoffs) => EntryPayload::Normal(WriteBatch::retain(cutoffs)),
+            WirePayload::Delete(d) => {
+                let (matchers, start, end) = *d;
+                let matchers =
+                    crate::read::matchers_from(matchers).map_err(|why| ClusterError::Corrupt {
+                        what: "delete entry",
+                        why,
+                    })?;
+                EntryPayload::Normal(WriteBatch::delete(crate::types::DeleteRange {
+                    matchers,
+                    start,
+                    end,
+                }))
+            }
             WirePayload::KeyedPoints(k) => {
                 let k = *k;
                 let points =

@@ -179,6 +179,22 @@ pub struct KeyedApply {
     pub duplicates: Vec<usize>,
 }
 
+/// Keeps the head samples of series `id` that pass `keep`; a head left empty
+/// no longer holds the durable frontier back.
+fn trim_head(st: &mut State, id: u64, keep: impl Fn(&Sample) -> bool) {
+    let Some(e) = st.series.get_mut(&id) else {
+        return;
+    };
+    if e.head.is_empty() {
+        return;
+    }
+    e.head.retain(|s| keep(s));
+    if e.head.is_empty() {
+        let first = e.head_first_seq;
+        st.pending.remove(&(first, id));
+    }
+}
+
 fn idem_set(st: &mut State, index: u64, key: Vec<u8>, value: Option<Vec<u8>>) {
     st.idem_overlay.insert(key.clone(), (value.clone(), index));
     st.idem_pending.push_back((index, key, value));
@@ -201,6 +217,17 @@ fn idempotency_expiry_key(at: i64, record: &[u8]) -> Vec<u8> {
     k.extend_from_slice(&((at as u64) ^ (1 << 63)).to_be_bytes());
     k.extend_from_slice(record);
     k
+}
+
+/// What a delete removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeleteReport {
+    /// Series matched.
+    pub series: usize,
+    /// Samples removed (from chunks and heads).
+    pub samples: usize,
+    /// Chunks rewritten or dropped.
+    pub chunks_rewritten: usize,
 }
 
 /// How much of what was applied a checkpoint holds on disk.
@@ -1450,6 +1477,121 @@ impl Shard {
         Ok(true)
     }
 
+    /// Deletes the samples of the series matching `matchers` with timestamps
+    /// in `[start, end]` (nanoseconds, both inclusive: Prometheus's
+    /// `delete_series`), at log index `index` (a replicated entry; an index
+    /// already applied does nothing). Chunks cut before this entry are
+    /// rewritten without the samples (or dropped); chunks cut after it hold
+    /// only samples written after the delete and are left alone, so a replay
+    /// after a restart deletes exactly what the first run did. Heads lose
+    /// the samples too, and readers see all of it at once or none: the
+    /// chunks and heads change under the state lock readers take. Series
+    /// stay in the index (as Prometheus keeps them until compaction).
+    pub fn apply_delete(
+        &self,
+        index: u64,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+    ) -> Result<DeleteReport> {
+        let _span = info_span!("apply_delete", index, start, end).entered();
+        let _writer = self.writer.lock();
+        let mut report = DeleteReport::default();
+        if index <= self.state.read().last_seq {
+            return Ok(report);
+        }
+        let selected = if start <= end {
+            self.select(matchers)?
+        } else {
+            Vec::new()
+        };
+        let mut by_tier: BTreeMap<u8, Vec<u64>> = BTreeMap::new();
+        {
+            let st = self.state.read();
+            for (id, _) in &selected {
+                if let Some(e) = st.series.get(id) {
+                    by_tier.entry(e.tier).or_default().push(*id);
+                }
+            }
+        }
+        let mut wb = WriteBatch::default();
+        let range = self.chunk_range;
+        for (tier, mut ids) in by_tier {
+            ids.sort_unstable();
+            let mut it = self.db.raw_iterator_cf(self.cf(CF_CHUNKS));
+            let mut window = window_start(start, range);
+            loop {
+                // The next window holding any chunk of this tier.
+                it.seek(chunk_window_start(tier, window));
+                let Some(found) = it.key().and_then(parse_chunk_key) else {
+                    break;
+                };
+                if found.tier != tier || found.window > end {
+                    break;
+                }
+                window = found.window;
+                for &id in &ids {
+                    let prefix = chunk_prefix(tier, window, id);
+                    it.seek(prefix);
+                    while let (Some(key), Some(value)) = (it.key(), it.value()) {
+                        if !key.starts_with(&prefix) {
+                            break;
+                        }
+                        let seq = parse_chunk_key(key).map_or(u64::MAX, |k| k.seq);
+                        if seq < index {
+                            let samples = codec::decode_chunk(value).map_err(|e| {
+                                StorageError::CorruptChunk {
+                                    series: format!("id {id}"),
+                                    start: window,
+                                    end: window.saturating_add(range - 1),
+                                    reason: e,
+                                }
+                            })?;
+                            let kept: Vec<Sample> = samples
+                                .iter()
+                                .copied()
+                                .filter(|s| s.timestamp < start || s.timestamp > end)
+                                .collect();
+                            if kept.len() < samples.len() {
+                                report.samples += samples.len() - kept.len();
+                                report.chunks_rewritten += 1;
+                                if kept.is_empty() {
+                                    wb.delete_cf(self.cf(CF_CHUNKS), key);
+                                } else {
+                                    let chunk = encode_chunk(&kept, self.config.encode);
+                                    wb.put_cf(self.cf(CF_CHUNKS), key, chunk);
+                                }
+                            }
+                        }
+                        it.next();
+                    }
+                }
+                match window.checked_add(range) {
+                    Some(next) if next <= end => window = next,
+                    _ => break,
+                }
+            }
+            it.status()?;
+        }
+        let mut st = self.state.write();
+        for (id, _) in &selected {
+            let before = st.series.get(id).map_or(0, |e| e.head.len());
+            trim_head(&mut st, *id, |s| s.timestamp < start || s.timestamp > end);
+            let after = st.series.get(id).map_or(0, |e| e.head.len());
+            report.samples += before - after;
+        }
+        report.series = selected.len();
+        st.last_seq = index;
+        self.advance_durable(&mut st, &mut wb);
+        // Written while readers are held off: they see the delete whole or not at all.
+        let mut wo = WriteOptions::default();
+        wo.set_sync(self.config.sync_writes);
+        self.db.write_opt(wb, &wo)?;
+        drop(st);
+        debug!(index, ?report, "delete applied");
+        Ok(report)
+    }
+
     /// Per tier, the start of the first chunk window `now` keeps under this
     /// shard's retention settings (raw data is tier 0, downsampling rules
     /// tiers 1, 2, ...). Empty when nothing expires.
@@ -1490,9 +1632,11 @@ impl Shard {
         // Samples before a cutoff go from the head too: which samples sit in
         // chunks and which still in a head differs between replicas (a cut
         // at shutdown, a restart), what retention leaves must not.
-        for e in st.series.values_mut() {
-            if let Some(&(_, cut)) = cutoffs.iter().find(|(tier, _)| *tier == e.tier) {
-                e.head.retain(|s| s.timestamp >= cut);
+        let ids: Vec<u64> = st.series.keys().copied().collect();
+        for id in ids {
+            let tier = st.series[&id].tier;
+            if let Some(&(_, cut)) = cutoffs.iter().find(|(t, _)| *t == tier) {
+                trim_head(&mut st, id, |s| s.timestamp >= cut);
             }
         }
         let gone: Vec<u64> = st

@@ -111,7 +111,8 @@ pub enum MetaAnswer {
 }
 
 /// Turns a selector such as `up{job="x"}` into matcher sets.
-fn selector_matchers(text: &str) -> Result<Vec<Vec<Matcher>>, QueryError> {
+/// The matcher sets of a series selector (`up{job="x"}`; several for an `or`).
+pub fn selector_matchers(text: &str) -> Result<Vec<Vec<Matcher>>, QueryError> {
     match promql::parse(text).map_err(engine_error)? {
         chronicle_engine::plan::Plan::Vector(sel) => Ok(sel.matcher_sets),
         _ => Err(QueryError::BadRequest(format!(
