@@ -146,10 +146,16 @@ async fn write_and_compact(
     }
     let want = (seconds.end as usize) * SERIES;
     for m in live {
-        wait_for("replication", Duration::from_secs(30), || {
-            count(&m.shard) == want
-        })
-        .await;
+        let mut last = 0;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while last != want {
+            assert!(
+                Instant::now() < deadline,
+                "replication: {last} samples, want {want}"
+            );
+            last = count(&m.shard);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     for m in live {
         // Chunks cut now, so the snapshot covers everything written.
@@ -173,6 +179,12 @@ async fn write_and_compact(
         m.raft.trigger().snapshot().await.unwrap();
         wait_for("snapshot", Duration::from_secs(30), || {
             m.raft.metrics().borrow().snapshot != before
+        })
+        .await;
+        // And the log before it purged (the purge follows the snapshot).
+        wait_for("purge", Duration::from_secs(30), || {
+            let metrics = m.raft.metrics().borrow().clone();
+            metrics.purged.is_some() && metrics.purged == metrics.snapshot
         })
         .await;
     }
@@ -263,11 +275,18 @@ async fn a_lagging_member_catches_up_from_a_snapshot_and_then_receives_only_new_
     back.stop().await;
 
     // Round 2: a little more data; the member lacks only the new files.
-    write_and_compact(dir.path(), &members[leader], &live, 400..420, false).await;
+    write_and_compact(
+        dir.path(),
+        &members[leader],
+        &live,
+        seconds..seconds + 20,
+        false,
+    )
+    .await;
 
     let back = start(lagging_id, dir.path(), bus.clone()).await;
     wait_for("second catch-up", Duration::from_secs(60), || {
-        count(&back.shard) == 420 * SERIES
+        count(&back.shard) == (seconds as usize + 20) * SERIES
     })
     .await;
     let second = back.receiver.stats();
