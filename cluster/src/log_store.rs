@@ -517,7 +517,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // wholly inside the purged range are dropped now (after the delete
         // is durable, so a crash cannot bring their entries back).
         let db = self.db.clone();
-        let end = log_id.index.saturating_add(1).to_be_bytes();
+        // RocksDB's range here includes its end: the last purged index.
+        let end = log_id.index.to_be_bytes();
         tokio::task::spawn_blocking(move || {
             let cf = db
                 .cf_handle(CF_LOG)

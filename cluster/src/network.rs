@@ -490,8 +490,11 @@ async fn handle(
             offset,
             data,
         } => {
-            contact.touch();
-            snapshots.chunk(transfer, file, offset, data).await
+            let reply = snapshots.chunk(transfer, file, offset, data).await;
+            if matches!(reply, WireReply::SnapshotChunkStored) {
+                contact.touch();
+            }
+            reply
         }
         WireRequest::SnapshotDone { transfer, vote } => {
             let reply = snapshots.done(raft, transfer, vote.into()).await;

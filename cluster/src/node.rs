@@ -1597,6 +1597,14 @@ async fn answer(
             let (points, keyed) = match request {
                 WireClusterRequest::WriteKeyed(k) => {
                     let k = *k;
+                    const MAX_WINDOW: i64 = 30 * 86_400 * 1_000_000_000;
+                    if !(1..=MAX_WINDOW).contains(&k.window) {
+                        let reply = WireClusterReply::Error(format!(
+                            "an idempotency window is 1 ns to 30 days, not {} ns",
+                            k.window
+                        ));
+                        return (reply, Vec::new());
+                    }
                     if k.key.is_empty() || k.key.len() > MAX_KEY_BYTES {
                         let reply = WireClusterReply::Error(format!(
                             "an idempotency key is 1 to {MAX_KEY_BYTES} bytes"

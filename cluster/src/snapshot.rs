@@ -51,7 +51,9 @@ pub struct Manifest {
 
 impl Manifest {
     pub fn total_bytes(&self) -> u64 {
-        self.files.iter().map(|f| f.size).sum()
+        self.files
+            .iter()
+            .fold(0u64, |t, f| t.saturating_add(f.size))
     }
 }
 
@@ -95,6 +97,7 @@ macro_rules! crash_point {
 /// component, nothing that could reach outside the directory.
 pub fn safe_name(name: &str) -> bool {
     !name.is_empty()
+        && !name.starts_with(MANIFEST_FILE)
         && name.len() <= 200
         && name != "."
         && name != ".."
@@ -323,7 +326,10 @@ impl Layout {
     /// Removes what `STATE` does not name. Work directories go only at open
     /// (`live_work: false`); later, a build or a transfer may be using them.
     fn remove_unnamed(&self, live_work: bool) -> Result<(), ClusterError> {
-        let state = self.live.lock().clone();
+        // Held throughout: an install filling a new generation under the lock
+        // must not see its directories listed as garbage.
+        let live = self.live.lock();
+        let state = live.clone();
         let keep_shard = state.generation.to_string();
         let mut subs = vec!["shards", "snapshots"];
         if !live_work {
@@ -388,7 +394,31 @@ impl Layout {
     ) -> Result<Built, ClusterError> {
         let name = self.unique("build");
         let building = self.dir.join("building").join(&name);
-        let frontier = shard.checkpoint_durable(&building)?;
+        match self.build_in(shard, generation, applied, meta_at, &name, &building) {
+            Ok(built) => Ok(built),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&building);
+                // An install replaced the shard meanwhile (and removed its
+                // files): the build is moot, not a failure.
+                if self.generation() != generation {
+                    Ok(Built::Superseded)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    fn build_in(
+        &self,
+        shard: &Shard,
+        generation: u64,
+        applied: Option<u64>,
+        meta_at: impl FnOnce(Option<u64>) -> Option<SnapshotMeta<u64, EmptyNode>>,
+        name: &str,
+        building: &Path,
+    ) -> Result<Built, ClusterError> {
+        let frontier = shard.checkpoint_durable(building)?;
         crash_point!("snapshot-build-checkpointed");
         let covered = match frontier {
             chronicle_storage::DurableFrontier::Everything => applied,
@@ -398,31 +428,31 @@ impl Layout {
             let _ = std::fs::remove_dir_all(building);
         };
         let Some(meta) = meta_at(covered) else {
-            discard(&building);
+            discard(building);
             return Ok(Built::Superseded);
         };
         let previous = self.current()?;
         let manifest = manifest_of(
-            &building,
+            building,
             WireSnapshotMeta::from_meta(&meta),
             previous.as_ref(),
         )?;
-        write_manifest(&building, &manifest)?;
+        write_manifest(building, &manifest)?;
         crash_point!("snapshot-build-manifested");
         let mut live = self.live.lock();
         if live.generation != generation {
             // An install replaced the shard this was taken from.
             drop(live);
-            discard(&building);
+            discard(building);
             return Ok(Built::Superseded);
         }
-        let target = self.snapshot_dir(&name);
-        std::fs::rename(&building, &target).map_err(io(&target))?;
+        let target = self.snapshot_dir(name);
+        std::fs::rename(building, &target).map_err(io(&target))?;
         fsync_dir(&self.dir.join("snapshots"))?;
         crash_point!("snapshot-build-placed");
         let next = WireState {
             generation,
-            snapshot: Some(name),
+            snapshot: Some(name.to_string()),
         };
         self.switch(&mut live, next)?;
         crash_point!("snapshot-build-switched");

@@ -12,8 +12,8 @@
 //!
 //! Every file operation runs on the blocking pool. Each transfer has its own
 //! directory, so concurrent transfers never share a temporary file; one left
-//! behind by a leader that went away is removed after an idle timeout, or at
-//! the next start.
+//! behind by a leader that went away is removed when a later offer finds it
+//! idle for two minutes, or at the next start.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -84,17 +84,23 @@ pub(crate) async fn send(
         }
     };
     let files = &snapshot.manifest.files;
-    let mut sent_bytes = 0u64;
-    let mut buf = vec![0u8; CHUNK_BYTES];
+    // Every file is opened now: should a newer snapshot replace this one and
+    // its directory go while the transfer runs, open files stay readable.
+    // (tokio's file I/O runs on the blocking pool.)
+    let mut opened = Vec::with_capacity(wanted.len());
     for &index in &wanted {
         let file = files
             .get(index as usize)
             .ok_or_else(|| unreachable(format!("the member asked for file {index}")))?;
         let path = snapshot.dir.join(&file.name);
-        // tokio's file I/O runs on the blocking pool.
-        let mut reader = tokio::fs::File::open(&path)
+        let reader = tokio::fs::File::open(&path)
             .await
             .map_err(|e| unreachable(format!("{}: {e}", path.display())))?;
+        opened.push((index, file, path, reader));
+    }
+    let mut sent_bytes = 0u64;
+    let mut buf = vec![0u8; CHUNK_BYTES];
+    for (index, file, path, mut reader) in opened {
         let mut offset = 0u64;
         while offset < file.size {
             reader
@@ -253,8 +259,15 @@ impl SnapshotReceiver {
         };
         let missing = match prepared.await {
             Ok(Ok(missing)) => missing,
-            Ok(Err(e)) => return error(e),
-            Err(e) => return error(e),
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                    Ok(Ok(_)) => unreachable!("matched above"),
+                };
+                let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+                return error(why);
+            }
         };
         let files: Vec<u32> = missing.iter().map(|(&i, _)| i).collect();
         let mut files = files;

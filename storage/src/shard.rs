@@ -448,10 +448,10 @@ impl Shard {
     /// [`Shard::apply_encoded`] for a batch carrying idempotency keys: each
     /// keyed part (one request's points, or a piece of them) is applied at most
     /// once per key and part number within `stamp.window` nanoseconds of the
-    /// stamp that first wrote it. A part recorded by a different submission
-    /// (another nonce: a client's retry) is skipped; the same submission
-    /// (a replay after a restart, another entry of the same write) applies.
-    /// The stamp comes from the entry, so every replica decides the same.
+    /// stamp that first wrote it; a later entry with the same key and part
+    /// (a retry, a re-send) is skipped. Records reach RocksDB with the
+    /// durable frontier, so a replay after a restart decides as the first run
+    /// did. The stamp comes from the entry, so every replica decides the same.
     pub fn apply_encoded_keyed(
         &self,
         index: u64,
@@ -476,14 +476,13 @@ impl Shard {
                 let recorded = self
                     .idem_get(&st, &record)?
                     .and_then(|v| Some((u64_from(v.get(..8)?)?, u64_from(v.get(8..16)?)? as i64)));
-                if recorded.is_some_and(|(nonce, at)| {
-                    nonce != stamp.nonce && stamp.at.saturating_sub(at) < stamp.window
-                }) {
+                // Any record within the window makes this part a repeat: a
+                // client's retry, a re-send of a forwarded write, the same key
+                // twice in one batch. (A replay never sees its own entry's
+                // record: records reach the disk with the durable frontier.)
+                if recorded.is_some_and(|(_, at)| stamp.at.saturating_sub(at) < stamp.window) {
                     duplicates.push(i);
                     continue;
-                }
-                if recorded.is_some_and(|(nonce, _)| nonce == stamp.nonce) {
-                    continue; // another entry of the same submission
                 }
                 let mut value = stamp.nonce.to_be_bytes().to_vec();
                 value.extend_from_slice(&(stamp.at as u64).to_be_bytes());
@@ -531,6 +530,9 @@ impl Shard {
         let cutoff = stamp.at.saturating_sub(stamp.window);
         let bound = idempotency_expiry_key(cutoff, b"");
         // Expiry keys below the cutoff: on disk (unless deleted since) and in the overlay.
+        // The oldest live expiry keys (disk as of the durable frontier, with
+        // the overlay over it), the same on every replica whatever its
+        // frontier: keys the overlay deleted are skipped, not counted.
         let mut candidates: BTreeSet<Vec<u8>> = BTreeSet::new();
         let mut it = self.db.raw_iterator_cf(self.cf(CF_META));
         it.seek(IDEMPOTENCY_EXPIRY_PREFIX);
@@ -538,9 +540,11 @@ impl Shard {
             if !key.starts_with(IDEMPOTENCY_EXPIRY_PREFIX) || key >= bound.as_slice() {
                 break;
             }
-            candidates.insert(key.to_vec());
-            if candidates.len() >= 1024 {
-                break;
+            if !matches!(st.idem_overlay.get(key), Some((None, _))) {
+                candidates.insert(key.to_vec());
+                if candidates.len() >= 1024 {
+                    break;
+                }
             }
             it.next();
         }
@@ -550,8 +554,6 @@ impl Shard {
         {
             if value.is_some() {
                 candidates.insert(key.clone());
-            } else {
-                candidates.remove(key);
             }
         }
         for key in candidates.into_iter().take(1024) {
@@ -983,7 +985,8 @@ impl Shard {
     /// A consistent RocksDB checkpoint in `dir` (which must not exist yet),
     /// taken without cutting heads into chunks: the checkpoint holds every
     /// batch up to the durable frontier it returns, and possibly parts of
-    /// later ones (replaying those is harmless: a replay skips what is held).
+    /// later ones (replaying those is harmless: samples already in chunks are
+    /// written again with the same values, and reads keep one per timestamp).
     /// Cutting heads for every snapshot would fragment chunks and cost ratio.
     pub fn checkpoint_durable(&self, dir: impl AsRef<Path>) -> Result<DurableFrontier> {
         let dir = dir.as_ref();
@@ -1514,6 +1517,9 @@ impl Shard {
                 }
             }
         }
+        // Readers are held off from here to the end, so they see the delete
+        // whole or not at all while it is written in bounded batches.
+        let mut st = self.state.write();
         let mut wb = WriteBatch::default();
         let range = self.chunk_range;
         for (tier, mut ids) in by_tier {
@@ -1561,6 +1567,12 @@ impl Shard {
                                     let chunk = encode_chunk(&kept, self.config.encode);
                                     wb.put_cf(self.cf(CF_CHUNKS), key, chunk);
                                 }
+                                // Bounded memory: a crash between batches is
+                                // safe, the entry is replayed and rewriting
+                                // an already rewritten chunk changes nothing.
+                                if wb.size_in_bytes() > 32 << 20 {
+                                    self.db.write(std::mem::take(&mut wb))?;
+                                }
                             }
                         }
                         it.next();
@@ -1573,7 +1585,6 @@ impl Shard {
             }
             it.status()?;
         }
-        let mut st = self.state.write();
         for (id, _) in &selected {
             let before = st.series.get(id).map_or(0, |e| e.head.len());
             trim_head(&mut st, *id, |s| s.timestamp < start || s.timestamp > end);
@@ -1583,7 +1594,6 @@ impl Shard {
         report.series = selected.len();
         st.last_seq = index;
         self.advance_durable(&mut st, &mut wb);
-        // Written while readers are held off: they see the delete whole or not at all.
         let mut wo = WriteOptions::default();
         wo.set_sync(self.config.sync_writes);
         self.db.write_opt(wb, &wo)?;

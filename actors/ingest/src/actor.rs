@@ -538,6 +538,7 @@ impl Supervised for IngestActor {
     fn restarting(&mut self, _: &mut Context<Self>) {
         // Nothing pending was acknowledged; tell the waiters to retry.
         self.pending.clear();
+        self.pending_keys.clear();
         self.timer = None;
         // A write in flight finishes and answers its own waiters.
         self.in_flight = None;
