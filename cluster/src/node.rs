@@ -120,12 +120,17 @@ struct KeyedPart {
     window: i64,
 }
 
+/// This node's clock, ns since the epoch (stamps made where an entry is proposed).
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
 impl KeyedPart {
     /// Stamped now: called where the entry is proposed (on the leader).
     fn stamped(&self) -> KeyedWrite {
-        let at = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        let at = now_ns();
         KeyedWrite {
             key: self.key.clone(),
             part: self.part,
@@ -195,8 +200,8 @@ enum WireClusterRequest {
     Leader(LeaderOp),
     /// A part of a write with an idempotency key; the leader stamps it.
     WriteKeyed(Box<WireKeyedWrite>),
-    /// Delete matching samples in [start, end] (ns, inclusive).
-    Delete(Box<(Vec<crate::read::WireMatcher>, i64, i64)>),
+    /// Delete matching samples in [start, end] (ns, inclusive); the request's id.
+    Delete(Box<(Vec<crate::read::WireMatcher>, i64, i64, u64)>),
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -581,18 +586,29 @@ impl ClusterNode {
             ));
         }
         let wire = crate::read::wire_matchers(matchers);
+        // One id for the request: an entry sent again (a slow answer, a
+        // leader change) is applied once.
+        let id = inbox_nonce()
+            ^ self
+                .next_inbox
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let deletes = (0..self.config.shards).map(|shard| {
             let wire = wire.clone();
             let range = crate::types::DeleteRange {
                 matchers: matchers.to_vec(),
                 start,
                 end,
+                id,
+                at: 0,
             };
             async move {
-                let request = || WireClusterRequest::Delete(Box::new((wire.clone(), start, end)));
+                let request =
+                    || WireClusterRequest::Delete(Box::new((wire.clone(), start, end, id)));
                 let reply = self
                     .to_leader(shard, request, |raft| {
-                        let batch = WriteBatch::delete(range.clone());
+                        let mut range = range.clone();
+                        range.at = now_ns();
+                        let batch = WriteBatch::delete(range);
                         async move { raft.client_write(batch).await.map(|_| 0) }
                     })
                     .await?;
@@ -1657,7 +1673,7 @@ async fn answer(
             (reply, Vec::new())
         }
         WireClusterRequest::Delete(d) => {
-            let (matchers, start, end) = *d;
+            let (matchers, start, end, id) = *d;
             let matchers = match crate::read::matchers_from(matchers) {
                 Ok(m) if m.iter().any(|m| !m.matches("")) => m,
                 Ok(_) => {
@@ -1670,6 +1686,8 @@ async fn answer(
                 matchers,
                 start,
                 end,
+                id,
+                at: now_ns(),
             });
             let reply = match tokio::time::timeout(COMMIT_TIMEOUT, raft.client_write(batch)).await {
                 Ok(Ok(_)) => WireClusterReply::Written(0),

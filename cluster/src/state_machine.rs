@@ -256,7 +256,18 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
                         }
                         EntryPayload::Normal(batch) if batch.delete.is_some() => {
                             let d = batch.delete.as_deref().expect("checked");
-                            shard.apply_delete(entry.log_id.index, &d.matchers, d.start, d.end)?;
+                            let once = chronicle_storage::KeyedStamp {
+                                nonce: d.id,
+                                at: d.at,
+                                window: crate::types::DELETE_ONCE_WINDOW,
+                            };
+                            shard.apply_delete(
+                                entry.log_id.index,
+                                &d.matchers,
+                                d.start,
+                                d.end,
+                                Some(once),
+                            )?;
                             (0, None)
                         }
                         EntryPayload::Normal(batch) if batch.keyed.is_some() => {

@@ -26,7 +26,14 @@ pub struct DeleteRange {
     pub matchers: Vec<chronicle_storage::Matcher>,
     pub start: i64,
     pub end: i64,
+    /// Unique per delete request: a re-sent request is applied once.
+    pub id: u64,
+    /// Fixed by the leader when it proposes (ns since the epoch).
+    pub at: i64,
 }
+
+/// How long a delete's id is remembered (ns): an hour.
+pub const DELETE_ONCE_WINDOW: i64 = 3_600 * 1_000_000_000;
 
 impl PartialEq for DeleteRange {
     fn eq(&self, other: &Self) -> bool {

@@ -108,8 +108,8 @@ pub enum WirePayload {
     /// Points of a write with an idempotency key (boxed: the enum's other
     /// variants keep their size).
     KeyedPoints(Box<WireKeyedPoints>),
-    /// A delete: matchers, start, end (ns, inclusive).
-    Delete(Box<(Vec<crate::read::WireMatcher>, i64, i64)>),
+    /// A delete: matchers, start, end (ns, inclusive), its id and stamp.
+    Delete(Box<(Vec<crate::read::WireMatcher>, i64, i64, u64, i64)>),
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -155,6 +155,8 @@ impl From<&Entry<TypeConfig>> for WireEntry {
                     crate::read::wire_matchers(&d.matchers),
                     d.start,
                     d.end,
+                    d.id,
+                    d.at,
                 )))
             }
             EntryPayload::Normal(batch) if batch.keyed.is_some() => {
@@ -195,7 +197,7 @@ impl TryFrom<WireEntry> for Entry<TypeConfig> {
             WirePayload::Membership(m) => EntryPayload::Membership(m.into()),
             WirePayload::Retain(cutoffs) => EntryPayload::Normal(WriteBatch::retain(cutoffs)),
             WirePayload::Delete(d) => {
-                let (matchers, start, end) = *d;
+                let (matchers, start, end, id, at) = *d;
                 let matchers =
                     crate::read::matchers_from(matchers).map_err(|why| ClusterError::Corrupt {
                         what: "delete entry",
@@ -205,6 +207,8 @@ impl TryFrom<WireEntry> for Entry<TypeConfig> {
                     matchers,
                     start,
                     end,
+                    id,
+                    at,
                 }))
             }
             WirePayload::KeyedPoints(k) => {

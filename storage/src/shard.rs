@@ -228,6 +228,8 @@ pub struct DeleteReport {
     pub samples: usize,
     /// Chunks rewritten or dropped.
     pub chunks_rewritten: usize,
+    /// The entry repeated a delete already applied (nothing done).
+    pub repeated: bool,
 }
 
 /// How much of what was applied a checkpoint holds on disk.
@@ -1496,12 +1498,41 @@ impl Shard {
         matchers: &[Matcher],
         start: i64,
         end: i64,
+        once: Option<KeyedStamp>,
     ) -> Result<DeleteReport> {
         let _span = info_span!("apply_delete", index, start, end).entered();
         let _writer = self.writer.lock();
         let mut report = DeleteReport::default();
         if index <= self.state.read().last_seq {
             return Ok(report);
+        }
+        // `once`: the delete's id (the nonce) and stamp. A second entry of the
+        // same delete (a re-sent request) within the window does nothing, so
+        // it cannot remove what was written between the two.
+        if let Some(stamp) = once {
+            let mut st = self.state.write();
+            let record = idempotency_key(&format!("delete/{:016x}", stamp.nonce), 0);
+            let recorded = self
+                .idem_get(&st, &record)?
+                .and_then(|v| Some(u64_from(v.get(8..16)?)? as i64));
+            if recorded.is_some_and(|at| stamp.at.saturating_sub(at) < stamp.window) {
+                st.last_seq = index;
+                let mut wb = WriteBatch::default();
+                self.advance_durable(&mut st, &mut wb);
+                self.write_unsynced(wb)?;
+                report.repeated = true;
+                return Ok(report);
+            }
+            let mut value = stamp.nonce.to_be_bytes().to_vec();
+            value.extend_from_slice(&(stamp.at as u64).to_be_bytes());
+            idem_set(
+                &mut st,
+                index,
+                idempotency_expiry_key(stamp.at, &record),
+                Some(Vec::new()),
+            );
+            idem_set(&mut st, index, record, Some(value));
+            self.expire_idempotency(&mut st, index, stamp)?;
         }
         let selected = if start <= end {
             self.select(matchers)?

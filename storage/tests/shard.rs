@@ -746,7 +746,7 @@ mod delete {
             shard.apply(2, &[point("x", 10)]).unwrap();
             shard.apply(3, &[point("x", 20)]).unwrap();
             let report = shard
-                .apply_delete(4, &[Matcher::equal("s", "x")], 0, 100)
+                .apply_delete(4, &[Matcher::equal("s", "x")], 0, 100, None)
                 .unwrap();
             for (i, t) in [30, 40, 50, 60].into_iter().enumerate() {
                 shard.apply(5 + i as u64, &[point("x", t)]).unwrap();
@@ -783,7 +783,7 @@ mod delete {
             shard.apply(t as u64 + 1, &[point("x", t * 10)]).unwrap();
         }
         let report = shard
-            .apply_delete(21, &[Matcher::equal("s", "x")], 50, 140)
+            .apply_delete(21, &[Matcher::equal("s", "x")], 50, 140, None)
             .unwrap();
         assert_eq!(report.samples, 10);
         let want: Vec<i64> = (0..20)
@@ -793,9 +793,26 @@ mod delete {
         assert_eq!(times(&shard, "x"), want);
         // An index already applied does nothing.
         let again = shard
-            .apply_delete(21, &[Matcher::equal("s", "x")], 0, 1000)
+            .apply_delete(21, &[Matcher::equal("s", "x")], 0, 1000, None)
             .unwrap();
         assert_eq!(again.samples, 0);
         assert_eq!(times(&shard, "x"), want);
+        // The same delete sent twice (one id): the second entry does nothing,
+        // so what was written between the two stays.
+        let stamp = chronicle_storage::KeyedStamp {
+            nonce: 99,
+            at: 1_000,
+            window: 3_600_000_000_000,
+        };
+        let first = shard
+            .apply_delete(22, &[Matcher::equal("s", "x")], 0, 40, Some(stamp))
+            .unwrap();
+        assert_eq!((first.samples, first.repeated), (5, false));
+        shard.apply(23, &[point("x", 0)]).unwrap();
+        let repeat = shard
+            .apply_delete(24, &[Matcher::equal("s", "x")], 0, 40, Some(stamp))
+            .unwrap();
+        assert!(repeat.repeated);
+        assert_eq!(times(&shard, "x")[0], 0, "the repeat deleted a later write");
     }
 }
