@@ -637,6 +637,8 @@ mod tests {
     use chronicle_bus::LocalBus;
     use chronicle_storage::{Matcher, Shard, ShardConfig};
 
+    use crate::writer::PointSink;
+
     #[actix::test]
     async fn offloaded_parses_are_batched_in_arrival_order() {
         let dir = tempfile::tempdir().unwrap();
@@ -645,8 +647,13 @@ mod tests {
             ..Default::default()
         };
         let shard = Arc::new(Shard::open(dir.path(), config).unwrap());
-        let writer_shard = shard.clone();
-        let writer = SyncArbiter::start(1, move || StorageWriter::new(writer_shard.clone()));
+        // The writer's thread holds the shard only weakly, so the test closes
+        // RocksDB itself (dropping the last reference) before the process
+        // exits: a database still open on another thread at exit can crash it.
+        let weak = Arc::downgrade(&shard);
+        let writer = SyncArbiter::start(1, move || {
+            StorageWriter::new(Arc::new(WeakSink(weak.clone())) as Arc<dyn PointSink>)
+        });
         let bus: Arc<dyn Bus> = Arc::new(LocalBus::default());
         let ingest = IngestActor::new(
             bus.clone(),
@@ -694,5 +701,23 @@ mod tests {
         assert_eq!(series.len(), 1);
         assert_eq!(series[0].1.len(), 1);
         assert_eq!(series[0].1[0].value, f64::from(messages - 1));
+        drop(series);
+        drop(shard);
+    }
+
+    /// A sink that writes to a shard it does not keep open.
+    struct WeakSink(std::sync::Weak<Shard>);
+
+    impl PointSink for WeakSink {
+        fn submit(
+            &self,
+            points: Vec<Point>,
+            keys: Vec<KeyedSpan>,
+        ) -> Result<crate::PendingWrite, IngestError> {
+            match self.0.upgrade() {
+                Some(shard) => shard.submit(points, keys),
+                None => Err(IngestError::Unavailable),
+            }
+        }
     }
 }
