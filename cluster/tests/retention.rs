@@ -110,11 +110,11 @@ async fn three_replicas_agree_after_a_delete_and_a_replay_deletes_the_same() {
             ..ShardConfig::default()
         };
         let bus = bus.clone();
-        async move { ClusterNode::start(config, bus).await.unwrap() }
+        async move { ClusterNode::start(config, bus).await }
     };
     let mut nodes = Vec::new();
     for id in 1..=3u64 {
-        nodes.push(start_node(id).await);
+        nodes.push(start_node(id).await.unwrap());
     }
     for n in &nodes {
         assert!(n.wait_for_leaders(Duration::from_secs(20)).await);
@@ -195,7 +195,20 @@ async fn three_replicas_agree_after_a_delete_and_a_replay_deletes_the_same() {
     let restarted = nodes.remove(1);
     restarted.shutdown().await;
     drop(restarted);
-    nodes.insert(1, start_node(2).await);
+    // The old member's log store closes on its own threads: its RocksDB
+    // lock may still be held for a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let again = loop {
+        match start_node(2).await {
+            Ok(node) => break node,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("restart: {e}; trying again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("restart: {e}"),
+        }
+    };
+    nodes.insert(1, again);
     assert!(nodes[1].wait_for_leaders(Duration::from_secs(20)).await);
     settle(&nodes).await;
     assert_eq!(
