@@ -32,6 +32,7 @@ pub(crate) fn guard_elections(
     group: u64,
     me: u64,
     contact: Arc<LeaderContact>,
+    retiring: Arc<crate::handover::Retiring>,
 ) -> tokio::task::JoinHandle<()> {
     raft.runtime_config().elect(false);
     tokio::spawn(async move {
@@ -55,7 +56,9 @@ pub(crate) fn guard_elections(
             // resets Raft's election timer: without it, a member that voted
             // for the new leader could stand again before its first heartbeat.
             contact.observe_vote(&m.vote);
-            if m.current_leader == Some(me) {
+            // A stopping node hands its leaderships over and must not win
+            // them back.
+            if m.current_leader == Some(me) || retiring.get() {
                 continue;
             }
             let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();

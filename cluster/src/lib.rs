@@ -13,6 +13,7 @@
 
 mod election;
 mod error;
+mod handover;
 mod log_store;
 mod membership;
 pub mod network;

@@ -511,18 +511,19 @@ impl ClusterNode {
         )))
     }
 
-    /// Makes `to` the leader of `shard`: once it has caught up, the leader
-    /// pauses its heartbeats for a lease and `to` stands for election (openraft
-    /// 0.9 has no leadership transfer; followers refuse votes while the leader's
-    /// lease holds, so the pause is what lets `to` win). Retried a few times
-    /// when another replica wins the race.
+    /// Makes `to` the leader of `shard` (see [`crate::handover`]): the leader
+    /// holds new proposals and heartbeats, `to` catches up on every entry and
+    /// stands for election, and the old leader, whose log is now no longer
+    /// than `to`'s, votes for it. Retried a few times when another replica
+    /// wins the race.
     pub async fn transfer_leader(&self, shard: u32, to: u64) -> Result<(), ClusterError> {
         self.move_leadership(shard, to, false).await
     }
 
     /// [`Self::transfer_leader`]; with `any_other`, done as soon as a replica
     /// other than the current leader leads (what a stopping leader needs: a
-    /// retry to reach `to` would pause the new leader too, a second stall).
+    /// retry to reach `to` would hold the new leader's writes too, a second
+    /// stall).
     async fn move_leadership(
         &self,
         shard: u32,
@@ -548,24 +549,36 @@ impl ClusterNode {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
-            let pause = lease * 2;
+            // Held for at most two leases: if the vote fails, the followers'
+            // leases run out meanwhile and a plain election follows.
+            let hold = lease * 2;
             self.on_leader(
                 shard,
-                crate::node::LeaderOp::PauseHeartbeats(pause.as_millis() as u64),
+                crate::node::LeaderOp::HoldForTransfer(hold.as_millis() as u64),
                 Duration::from_secs(5),
             )
             .await?;
-            tokio::time::sleep(lease + Duration::from_millis(50)).await;
+            // With nothing new proposed, the entries in flight reach `to`
+            // within a few round trips.
+            let catch_up = tokio::time::Instant::now() + lease;
+            while tokio::time::Instant::now() < catch_up {
+                let now = self.cluster_status().await;
+                let now = &now.shards[shard as usize];
+                if now.leader != s.leader || now.lag.get(&to) == Some(&0) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             self.ask_node(to, &WireNodeRequest::Elect(shard), Duration::from_secs(5))
                 .await?;
-            let deadline = tokio::time::Instant::now() + pause * 2;
+            let deadline = tokio::time::Instant::now() + hold * 2;
             while tokio::time::Instant::now() < deadline {
                 let now = self.cluster_status().await;
                 match now.shards[shard as usize].leader {
                     Some(l) if l == to => return Ok(()),
                     Some(l) if any_other && Some(l) != s.leader => return Ok(()),
                     Some(l) if Some(l) != s.leader => break,
-                    _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
                 }
             }
             warn!(
@@ -582,9 +595,11 @@ impl ClusterNode {
     /// caught-up follower, all shards at once (shutdown: the new leaders take
     /// over while this node can still answer, instead of after an election
     /// timeout). Returns the shards handed over and those that could not be
-    /// (a one-replica shard, or no follower took it within `within`).
+    /// (a one-replica shard, or no follower took it within `within`). From
+    /// here on the node no longer stands for election.
     pub async fn hand_over_leadership(&self, within: Duration) -> (Vec<u32>, Vec<u32>) {
         let me = self.node_id();
+        self.retiring.set();
         let (_, shards) = self.status();
         let mine: Vec<(u32, u64)> = shards
             .iter()

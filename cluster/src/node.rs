@@ -183,6 +183,8 @@ pub fn shard_of(metric: &str, labels: &[Label], shards: u32) -> u32 {
 pub(crate) struct Group {
     pub(crate) raft: Raft<TypeConfig>,
     shard: ShardCell,
+    /// Where new proposals wait while this member hands its leadership over.
+    pub(crate) gate: Arc<crate::handover::WriteGate>,
     /// Its Raft RPC server, forwarded-request servers and membership watcher.
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -220,12 +222,17 @@ pub(crate) enum LeaderOp {
     AddLearner(u64),
     /// Make these the voters (joint consensus; removed members leave).
     SetVoters(Vec<u64>),
-    /// Send no heartbeats for this many milliseconds.
-    PauseHeartbeats(u64),
+    /// Hold new proposals and heartbeats for at most this many milliseconds,
+    /// while leadership moves (see [`crate::handover`]).
+    HoldForTransfer(u64),
 }
 
 /// Runs `op` on `raft`, which is expected to lead.
-async fn run_leader_op(raft: &Raft<TypeConfig>, op: LeaderOp) -> WireClusterReply {
+async fn run_leader_op(
+    raft: &Raft<TypeConfig>,
+    gate: &Arc<crate::handover::WriteGate>,
+    op: LeaderOp,
+) -> WireClusterReply {
     let not_leader = |e: &dyn std::fmt::Display| WireClusterReply::Error(e.to_string());
     match op {
         LeaderOp::AddLearner(node) => {
@@ -247,16 +254,11 @@ async fn run_leader_op(raft: &Raft<TypeConfig>, op: LeaderOp) -> WireClusterRepl
                 Err(e) => not_leader(&e),
             }
         }
-        LeaderOp::PauseHeartbeats(millis) => {
+        LeaderOp::HoldForTransfer(millis) => {
             if raft.metrics().borrow().current_leader != Some(raft.metrics().borrow().id) {
                 return WireClusterReply::NotLeader(raft.metrics().borrow().current_leader);
             }
-            raft.runtime_config().heartbeat(false);
-            let raft = raft.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(millis)).await;
-                raft.runtime_config().heartbeat(true);
-            });
+            crate::handover::hold_for_transfer(raft, gate.clone(), Duration::from_millis(millis));
             WireClusterReply::Done
         }
     }
@@ -439,6 +441,8 @@ pub struct ClusterNode {
     next_inbox: std::sync::atomic::AtomicU64,
     /// What the group supervisor knows (restarts, groups down).
     pub(crate) supervision: crate::supervise::Supervision,
+    /// Set once the node hands its leaderships over to stop.
+    pub(crate) retiring: Arc<crate::handover::Retiring>,
 }
 
 /// Points per Raft entry: a few hundred KB encoded, well under a bus message.
@@ -504,6 +508,7 @@ impl ClusterNode {
             inbox_nonce: inbox_nonce(),
             next_inbox: std::sync::atomic::AtomicU64::new(0),
             supervision: Default::default(),
+            retiring: Default::default(),
         });
         let mut hosted = node.shards_on_disk()?;
         if !created.exists() {
@@ -557,6 +562,7 @@ impl ClusterNode {
             if cutoffs.is_empty() {
                 continue;
             }
+            group.gate.pass().await;
             group
                 .raft
                 .client_write(WriteBatch::retain(cutoffs))
@@ -729,6 +735,7 @@ impl ClusterNode {
             u64::from(shard),
             config.node_id,
             contact.clone(),
+            self.retiring.clone(),
         ));
         tasks.push(crate::membership::reclaim_if_moved_away(
             Arc::downgrade(self),
@@ -736,11 +743,13 @@ impl ClusterNode {
             raft.clone(),
             contact,
         ));
+        let gate = Arc::new(crate::handover::WriteGate::default());
         for group in [None, Some(ANY_GROUP)] {
             tasks.push(
                 serve_requests(
                     raft.clone(),
                     cell.clone(),
+                    gate.clone(),
                     self.bus.clone(),
                     &config.prefix,
                     shard,
@@ -772,6 +781,7 @@ impl ClusterNode {
             Arc::new(Group {
                 raft,
                 shard: cell,
+                gate,
                 tasks,
             }),
         );
@@ -871,6 +881,7 @@ impl ClusterNode {
         let mut forwarded = Vec::new();
         for (shard, points, keyed) in entries {
             if let Some(group) = self.group(shard) {
+                group.gate.pass().await;
                 if group.raft.metrics().borrow().current_leader == Some(self.config.node_id) {
                     let mut batch = WriteBatch::new(points.clone());
                     batch.keyed = keyed.as_ref().map(|k| Box::new(k.stamped()));
@@ -1115,6 +1126,7 @@ impl ClusterNode {
         >,
     {
         if let Some(group) = self.group(shard) {
+            group.gate.pass().await;
             if group.raft.metrics().borrow().current_leader == Some(self.config.node_id) {
                 // A leader cut off from its majority cannot commit, and
                 // openraft 0.9 keeps it leader until it hears of a newer term:
@@ -1411,7 +1423,7 @@ impl ClusterNode {
     ) -> Result<(), ClusterError> {
         if let Some(group) = self.group(shard) {
             if group.raft.metrics().borrow().current_leader == Some(self.config.node_id) {
-                match tokio::time::timeout(timeout, run_leader_op(&group.raft, op.clone())).await {
+                match tokio::time::timeout(timeout, run_leader_op(&group.raft, &group.gate, op.clone())).await {
                     Ok(WireClusterReply::Done) => return Ok(()),
                     Ok(WireClusterReply::NotLeader(_)) => {}
                     Ok(WireClusterReply::Error(e)) => return Err(ClusterError::Raft(e)),
@@ -1547,6 +1559,7 @@ async fn run_local(cell: &ShardCell, read: ShardRead) -> Result<ShardAnswer, Clu
 async fn serve_requests(
     raft: Raft<TypeConfig>,
     shard: ShardCell,
+    gate: Arc<crate::handover::WriteGate>,
     bus: Arc<dyn Bus>,
     prefix: &str,
     shard_id: u32,
@@ -1566,11 +1579,12 @@ async fn serve_requests(
             let Some(reply_to) = message.reply.clone() else {
                 continue;
             };
-            let (raft, shard, bus) = (raft.clone(), shard.clone(), bus.clone());
+            let (raft, shard, gate, bus) =
+                (raft.clone(), shard.clone(), gate.clone(), bus.clone());
             tokio::spawn(async move {
                 let (reply, later) =
                     match chronicle_bus::envelope::decode::<WireClusterRequest>(&message.payload) {
-                        Ok(request) => answer(node, &raft, &shard, request).await,
+                        Ok(request) => answer(node, &raft, &shard, &gate, request).await,
                         Err(e) => (
                             WireClusterReply::Error(format!("bad cluster request: {e}")),
                             Vec::new(),
@@ -1605,6 +1619,7 @@ async fn answer(
     node: u64,
     raft: &Raft<TypeConfig>,
     shard: &ShardCell,
+    gate: &Arc<crate::handover::WriteGate>,
     request: WireClusterRequest,
 ) -> (WireClusterReply, Vec<Message>) {
     let not_leader = || WireClusterReply::NotLeader(raft.metrics().borrow().current_leader);
@@ -1650,6 +1665,7 @@ async fn answer(
                     return (reply, Vec::new());
                 }
             };
+            gate.pass().await;
             let started = std::time::Instant::now();
             let Ok(result) = tokio::time::timeout(COMMIT_TIMEOUT, raft.client_write(batch)).await
             else {
@@ -1689,6 +1705,7 @@ async fn answer(
                 id,
                 at: now_ns(),
             });
+            gate.pass().await;
             let reply = match tokio::time::timeout(COMMIT_TIMEOUT, raft.client_write(batch)).await {
                 Ok(Ok(_)) => WireClusterReply::Written(0),
                 Ok(Err(e)) if e.forward_to_leader::<openraft::EmptyNode>().is_some() => {
@@ -1701,7 +1718,7 @@ async fn answer(
             };
             (reply, Vec::new())
         }
-        WireClusterRequest::Leader(op) => (run_leader_op(raft, op).await, Vec::new()),
+        WireClusterRequest::Leader(op) => (run_leader_op(raft, gate, op).await, Vec::new()),
         WireClusterRequest::Status => (
             WireClusterReply::Status(member_status(node, raft)),
             Vec::new(),
