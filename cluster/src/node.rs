@@ -1423,7 +1423,12 @@ impl ClusterNode {
     ) -> Result<(), ClusterError> {
         if let Some(group) = self.group(shard) {
             if group.raft.metrics().borrow().current_leader == Some(self.config.node_id) {
-                match tokio::time::timeout(timeout, run_leader_op(&group.raft, &group.gate, op.clone())).await {
+                match tokio::time::timeout(
+                    timeout,
+                    run_leader_op(&group.raft, &group.gate, op.clone()),
+                )
+                .await
+                {
                     Ok(WireClusterReply::Done) => return Ok(()),
                     Ok(WireClusterReply::NotLeader(_)) => {}
                     Ok(WireClusterReply::Error(e)) => return Err(ClusterError::Raft(e)),
@@ -1579,8 +1584,7 @@ async fn serve_requests(
             let Some(reply_to) = message.reply.clone() else {
                 continue;
             };
-            let (raft, shard, gate, bus) =
-                (raft.clone(), shard.clone(), gate.clone(), bus.clone());
+            let (raft, shard, gate, bus) = (raft.clone(), shard.clone(), gate.clone(), bus.clone());
             tokio::spawn(async move {
                 let (reply, later) =
                     match chronicle_bus::envelope::decode::<WireClusterRequest>(&message.payload) {
