@@ -747,9 +747,11 @@ impl ClusterNode {
         for group in [None, Some(ANY_GROUP)] {
             tasks.push(
                 serve_requests(
-                    raft.clone(),
-                    cell.clone(),
-                    gate.clone(),
+                    Served {
+                        raft: raft.clone(),
+                        shard: cell.clone(),
+                        gate: gate.clone(),
+                    },
                     self.bus.clone(),
                     &config.prefix,
                     shard,
@@ -1560,11 +1562,18 @@ async fn run_local(cell: &ShardCell, read: ShardRead) -> Result<ShardAnswer, Clu
         .map_err(ClusterError::Storage)
 }
 
-/// Answers forwarded writes and reads for one shard on this node.
-async fn serve_requests(
+/// What a shard's request server answers with: its member's Raft, its
+/// replica and its write gate.
+#[derive(Clone)]
+struct Served {
     raft: Raft<TypeConfig>,
     shard: ShardCell,
     gate: Arc<crate::handover::WriteGate>,
+}
+
+/// Answers forwarded writes and reads for one shard on this node.
+async fn serve_requests(
+    served: Served,
     bus: Arc<dyn Bus>,
     prefix: &str,
     shard_id: u32,
@@ -1584,7 +1593,7 @@ async fn serve_requests(
             let Some(reply_to) = message.reply.clone() else {
                 continue;
             };
-            let (raft, shard, gate, bus) = (raft.clone(), shard.clone(), gate.clone(), bus.clone());
+            let (Served { raft, shard, gate }, bus) = (served.clone(), bus.clone());
             tokio::spawn(async move {
                 let (reply, later) =
                     match chronicle_bus::envelope::decode::<WireClusterRequest>(&message.payload) {
