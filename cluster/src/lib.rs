@@ -21,6 +21,7 @@ mod node;
 pub mod read;
 pub mod snapshot;
 mod snapshot_transfer;
+pub mod state;
 mod state_machine;
 mod supervise;
 mod types;

@@ -57,6 +57,9 @@ pub struct ClusterConfig {
     /// How long an idempotency key is remembered: a write retried with the
     /// same key within this window is not applied again.
     pub idempotency_window: Duration,
+    /// How long state changes stay in a namespace's history, for watchers
+    /// resuming after a revision.
+    pub state_history: Duration,
 }
 
 impl ClusterConfig {
@@ -98,6 +101,7 @@ impl ClusterConfig {
             retention_check: Duration::from_secs(60),
             snapshot_log_bytes: 64 << 20,
             idempotency_window: Duration::from_secs(600),
+            state_history: Duration::from_secs(86_400),
         }
     }
 }
@@ -121,7 +125,7 @@ struct KeyedPart {
 }
 
 /// This node's clock, ns since the epoch (stamps made where an entry is proposed).
-fn now_ns() -> i64 {
+pub(crate) fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
@@ -182,7 +186,7 @@ pub fn shard_of(metric: &str, labels: &[Label], shards: u32) -> u32 {
 
 pub(crate) struct Group {
     pub(crate) raft: Raft<TypeConfig>,
-    shard: ShardCell,
+    pub(crate) shard: ShardCell,
     /// Where new proposals wait while this member hands its leadership over.
     pub(crate) gate: Arc<crate::handover::WriteGate>,
     /// Its Raft RPC server, forwarded-request servers and membership watcher.
@@ -190,7 +194,7 @@ pub(crate) struct Group {
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
-enum WireClusterRequest {
+pub(crate) enum WireClusterRequest {
     /// Points in storage's point encoding.
     Write(Vec<u8>),
     /// A read; an answer too large for one message comes in parts, the first
@@ -204,10 +208,14 @@ enum WireClusterRequest {
     WriteKeyed(Box<WireKeyedWrite>),
     /// Delete matching samples in [start, end] (ns, inclusive); the request's id.
     Delete(Box<(Vec<crate::read::WireMatcher>, i64, i64, u64)>),
+    /// State transactions for a namespace this shard holds; the leader stamps it.
+    StateWrite(Box<crate::state::WireStateBatch>),
+    /// A state read, answered after a read index.
+    StateRead(Box<crate::state::WireStateRead>),
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
-struct WireKeyedWrite {
+pub(crate) struct WireKeyedWrite {
     points: Vec<u8>,
     key: String,
     part: u32,
@@ -265,7 +273,7 @@ async fn run_leader_op(
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
-enum WireClusterReply {
+pub(crate) enum WireClusterReply {
     Written(u64),
     /// The first part of an encoded [`WireAnswer`] split into `total` parts.
     Answer {
@@ -277,6 +285,8 @@ enum WireClusterReply {
     Error(String),
     Status(WireMemberStatus),
     Done,
+    StateWritten(Vec<crate::state::WireOutcome>),
+    StateAnswer(Box<crate::state::WireStateAnswer>),
 }
 
 /// One member's view of its shard group.
@@ -449,7 +459,7 @@ pub struct ClusterNode {
 pub const MAX_ENTRY_POINTS: usize = 2_000;
 
 /// Longest one forwarded request may take before the next replica is tried.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Longest a forwarded write may wait for its commit on the leader.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -1159,7 +1169,7 @@ impl ClusterNode {
 
     /// Sends `request` to the shard's leader, giving each attempt at most
     /// `attempt` and all of them `total`.
-    async fn ask_leader(
+    pub(crate) async fn ask_leader(
         &self,
         shard: u32,
         request: &WireClusterRequest,
@@ -1732,6 +1742,44 @@ async fn answer(
             (reply, Vec::new())
         }
         WireClusterRequest::Leader(op) => (run_leader_op(raft, gate, op).await, Vec::new()),
+        WireClusterRequest::StateWrite(batch) => {
+            let mut batch = chronicle_storage::state::StateBatch::from(*batch);
+            if let Err(e) = batch.validate() {
+                return (WireClusterReply::Error(e.to_string()), Vec::new());
+            }
+            batch.at = now_ns();
+            let expected = batch.txns.len();
+            gate.pass().await;
+            let write = raft.client_write(WriteBatch::state(batch));
+            let reply = match tokio::time::timeout(COMMIT_TIMEOUT, write).await {
+                Ok(Ok(r)) if r.data.state.len() == expected => {
+                    WireClusterReply::StateWritten(r.data.state.iter().map(Into::into).collect())
+                }
+                Ok(Ok(_)) => WireClusterReply::Error("state entry applied without outcomes".into()),
+                Ok(Err(e)) if e.forward_to_leader::<openraft::EmptyNode>().is_some() => {
+                    not_leader()
+                }
+                Ok(Err(e)) => WireClusterReply::Error(e.to_string()),
+                Err(_) => WireClusterReply::Error(format!(
+                    "not committed within {COMMIT_TIMEOUT:?}: the leader cannot reach a majority"
+                )),
+            };
+            (reply, Vec::new())
+        }
+        WireClusterRequest::StateRead(read) => {
+            if let Err(e) = raft.ensure_linearizable().await {
+                let reply = match e.forward_to_leader::<openraft::EmptyNode>() {
+                    Some(_) => not_leader(),
+                    None => WireClusterReply::Error(e.to_string()),
+                };
+                return (reply, Vec::new());
+            }
+            let reply = match crate::state::answer_read(raft, shard, *read).await {
+                Ok(answer) => WireClusterReply::StateAnswer(Box::new(answer)),
+                Err(e) => WireClusterReply::Error(e.to_string()),
+            };
+            (reply, Vec::new())
+        }
         WireClusterRequest::Status => (
             WireClusterReply::Status(member_status(node, raft)),
             Vec::new(),

@@ -249,10 +249,15 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
             entries
                 .into_iter()
                 .map(|entry| {
-                    let (written, membership) = match entry.payload {
+                    let (written, membership, state) = match entry.payload {
                         EntryPayload::Normal(batch) if !batch.retain.is_empty() => {
                             shard.apply_retention(entry.log_id.index, &batch.retain)?;
-                            (0, None)
+                            (0, None, Vec::new())
+                        }
+                        EntryPayload::Normal(batch) if batch.state.is_some() => {
+                            let s = batch.state.as_deref().expect("checked");
+                            let outcomes = shard.apply_state(entry.log_id.index, s)?;
+                            (0, None, outcomes)
                         }
                         EntryPayload::Normal(batch) if batch.delete.is_some() => {
                             let d = batch.delete.as_deref().expect("checked");
@@ -268,7 +273,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
                                 d.end,
                                 Some(once),
                             )?;
-                            (0, None)
+                            (0, None, Vec::new())
                         }
                         EntryPayload::Normal(batch) if batch.keyed.is_some() => {
                             let k = batch.keyed.as_deref().expect("checked");
@@ -289,16 +294,16 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
                                 &[part],
                                 stamp,
                             )?;
-                            (r.written, None)
+                            (r.written, None, Vec::new())
                         }
                         EntryPayload::Normal(batch) => {
                             let fresh = shard.apply_encoded(entry.log_id.index, &batch.points)?;
-                            (if fresh { batch.points.len() } else { 0 }, None)
+                            (if fresh { batch.points.len() } else { 0 }, None, Vec::new())
                         }
-                        EntryPayload::Membership(m) => (0, Some(m)),
-                        EntryPayload::Blank => (0, None),
+                        EntryPayload::Membership(m) => (0, Some(m), Vec::new()),
+                        EntryPayload::Blank => (0, None, Vec::new()),
                     };
-                    Ok((entry.log_id, written, membership))
+                    Ok((entry.log_id, written, membership, state))
                 })
                 .collect::<Result<Vec<_>, chronicle_storage::StorageError>>()
         })
@@ -306,14 +311,14 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         .map_err(|e| sm_err(ErrorVerb::Write, e))?
         .map_err(|e| sm_err(ErrorVerb::Write, e))?;
         let mut out = Vec::with_capacity(applied.len());
-        for (log_id, written, membership) in applied {
+        for (log_id, written, membership, state) in applied {
             self.history.applied(log_id);
             if let Some(m) = membership {
                 self.membership = StoredMembership::new(Some(log_id), m);
                 self.history.memberships.push(self.membership.clone());
             }
             self.last_applied = Some(log_id);
-            out.push(Applied { written });
+            out.push(Applied { written, state });
         }
         Ok(out)
     }

@@ -18,6 +18,8 @@ pub struct WriteBatch {
     pub keyed: Option<Box<KeyedWrite>>,
     /// A delete entry instead of points.
     pub delete: Option<Box<DeleteRange>>,
+    /// A state entry (feature key-value data) instead of points.
+    pub state: Option<Box<chronicle_storage::state::StateBatch>>,
 }
 
 /// Delete the samples of matching series in `[start, end]` (ns, inclusive).
@@ -74,6 +76,7 @@ impl WriteBatch {
             retain: Vec::new(),
             keyed: None,
             delete: None,
+            state: None,
         }
     }
 
@@ -84,6 +87,7 @@ impl WriteBatch {
             retain: cutoffs,
             keyed: None,
             delete: None,
+            state: None,
         }
     }
 
@@ -94,6 +98,18 @@ impl WriteBatch {
             retain: Vec::new(),
             keyed: None,
             delete: Some(Box::new(range)),
+            state: None,
+        }
+    }
+
+    /// A state entry.
+    pub fn state(batch: chronicle_storage::state::StateBatch) -> Self {
+        Self {
+            points: EncodedPoints::default(),
+            retain: Vec::new(),
+            keyed: None,
+            delete: None,
+            state: Some(Box::new(batch)),
         }
     }
 
@@ -107,6 +123,9 @@ impl WriteBatch {
 pub struct Applied {
     /// Points written (0 for a batch the shard already held, or a non-data entry).
     pub written: usize,
+    /// What each transaction of a state entry did (on the replica that
+    /// applied it first; empty for a replay).
+    pub state: Vec<chronicle_storage::state::TxnOutcome>,
 }
 
 openraft::declare_raft_types!(

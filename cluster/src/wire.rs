@@ -110,6 +110,8 @@ pub enum WirePayload {
     KeyedPoints(Box<WireKeyedPoints>),
     /// A delete: matchers, start, end (ns, inclusive), its id and stamp.
     Delete(Box<(Vec<crate::read::WireMatcher>, i64, i64, u64, i64)>),
+    /// State transactions (feature key-value data).
+    State(Box<crate::state::WireStateBatch>),
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -134,6 +136,17 @@ impl WireEntry {
         match &self.payload {
             WirePayload::Points(bytes) => bytes.len(),
             WirePayload::KeyedPoints(k) => k.points.len() + k.key.len() + 64,
+            WirePayload::State(s) => {
+                s.txns
+                    .iter()
+                    .flat_map(|t| &t.ops)
+                    .map(|o| match o {
+                        crate::state::WireStateOp::Put(k, v) => k.len() + v.len() + 16,
+                        crate::state::WireStateOp::Delete(k) => k.len() + 16,
+                    })
+                    .sum::<usize>()
+                    + 64
+            }
             WirePayload::Blank
             | WirePayload::Membership(_)
             | WirePayload::Retain(_)
@@ -158,6 +171,10 @@ impl From<&Entry<TypeConfig>> for WireEntry {
                     d.id,
                     d.at,
                 )))
+            }
+            EntryPayload::Normal(batch) if batch.state.is_some() => {
+                let s = batch.state.as_deref().expect("checked");
+                WirePayload::State(Box::new(s.into()))
             }
             EntryPayload::Normal(batch) if batch.keyed.is_some() => {
                 let k = batch.keyed.as_deref().expect("checked");
@@ -211,6 +228,7 @@ impl TryFrom<WireEntry> for Entry<TypeConfig> {
                     at,
                 }))
             }
+            WirePayload::State(s) => EntryPayload::Normal(WriteBatch::state((*s).into())),
             WirePayload::KeyedPoints(k) => {
                 let k = *k;
                 let points =

@@ -27,6 +27,9 @@ pub enum StorageError {
     #[error("apply index {index} is not after the last applied index {last}")]
     StaleApply { index: u64, last: u64 },
 
+    #[error("the state history was pruned up to revision {compacted}; changes after {requested} are gone (read the current values, then watch from their revision)")]
+    Compacted { requested: u64, compacted: u64 },
+
     #[error("series id space exhausted")]
     SeriesIdsExhausted,
 

@@ -16,8 +16,10 @@ pub const CF_HEAD_LOG: &str = "head_log";
 pub const CF_SERIES_STATE: &str = "series_state";
 /// Engine-wide values (next series id, durable index, downsampling progress).
 pub const CF_META: &str = "meta";
+/// Replicated key-value state for features (layout in shard/state.rs).
+pub const CF_STATE: &str = "state";
 
-pub const ALL_CFS: [&str; 7] = [
+pub const ALL_CFS: [&str; 8] = [
     CF_SERIES,
     CF_SERIES_IDS,
     CF_POSTINGS,
@@ -25,6 +27,7 @@ pub const ALL_CFS: [&str; 7] = [
     CF_HEAD_LOG,
     CF_SERIES_STATE,
     CF_META,
+    CF_STATE,
 ];
 
 pub const META_NEXT_SERIES_ID: &[u8] = b"next_series_id";

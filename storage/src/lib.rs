@@ -20,6 +20,7 @@ pub mod model;
 mod postings;
 #[cfg(feature = "engine")]
 mod shard;
+pub mod state;
 pub mod workload;
 
 pub use aggregate::{AggregateFunction, AggregateSeries, Partial};

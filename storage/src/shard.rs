@@ -32,6 +32,8 @@ use crate::model::{
 use crate::postings::Postings;
 use crate::{Result, StorageError};
 
+mod state;
+
 struct SeriesEntry {
     /// Shared with readers, which name the series only if a chunk is corrupt.
     key: Arc<SeriesKey>,

@@ -1,0 +1,421 @@
+//! The key-value state in a shard's `state` column family (docs/state.md).
+//!
+//! Keys: `v` ns 0 key -> revision(8) created(8) value (the current value);
+//! `c` ns 0 revision(8) op(2) -> kind(1) at(8) key length(4) key value (the
+//! change history watchers read); `k` ns -> the newest revision pruned from
+//! the history; `a` -> the last log index whose state changes are written.
+//!
+//! State changes reach RocksDB when they are applied, with the `a` marker in
+//! the same write, not with the durable frontier as chunks do: a replay after
+//! a restart skips what the marker covers, so a compare-and-set is never
+//! decided a second time against a later state.
+
+use std::collections::HashMap;
+
+use rocksdb::{ReadOptions, WriteBatch};
+use tracing::{info_span, warn};
+
+use super::Shard;
+use crate::keys::{u64_from, CF_STATE};
+use crate::state::{
+    revision_of, ChangeKind, StateBatch, StateChange, StateChanges, StateEntry, StateOp, TxnOutcome,
+};
+use crate::{Result, StorageError};
+
+const APPLIED: &[u8] = b"a";
+/// Changes pruned per entry at most (the rest go with later entries).
+const PRUNE_PER_ENTRY: usize = 4096;
+/// History records a change read looks at per call at most.
+const SCAN_PER_READ: usize = 100_000;
+
+fn ns_prefix(tag: u8, ns: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(ns.len() + 2);
+    k.push(tag);
+    k.extend_from_slice(ns.as_bytes());
+    k.push(0);
+    k
+}
+
+fn value_key(ns: &str, key: &str) -> Vec<u8> {
+    let mut k = ns_prefix(b'v', ns);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+fn change_key(ns: &str, revision: u64, op: u16) -> Vec<u8> {
+    let mut k = ns_prefix(b'c', ns);
+    k.extend_from_slice(&revision.to_be_bytes());
+    k.extend_from_slice(&op.to_be_bytes());
+    k
+}
+
+fn compacted_key(ns: &str) -> Vec<u8> {
+    let mut k = vec![b'k'];
+    k.extend_from_slice(ns.as_bytes());
+    k
+}
+
+fn corrupt(what: &'static str) -> StorageError {
+    StorageError::CorruptRecord {
+        what,
+        reason: "too short".into(),
+    }
+}
+
+#[derive(Clone)]
+struct Record {
+    revision: u64,
+    created: u64,
+    value: Vec<u8>,
+}
+
+impl Record {
+    fn decode(b: &[u8]) -> Result<Self> {
+        let revision = b
+            .get(..8)
+            .and_then(u64_from)
+            .ok_or(corrupt("state value"))?;
+        let created = b
+            .get(8..16)
+            .and_then(u64_from)
+            .ok_or(corrupt("state value"))?;
+        Ok(Self {
+            revision,
+            created,
+            value: b[16..].to_vec(),
+        })
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(16 + self.value.len());
+        v.extend_from_slice(&self.revision.to_be_bytes());
+        v.extend_from_slice(&self.created.to_be_bytes());
+        v.extend_from_slice(&self.value);
+        v
+    }
+}
+
+fn encode_change(kind: ChangeKind, at: i64, key: &str, value: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(13 + key.len() + value.len());
+    v.push(match kind {
+        ChangeKind::Put => 1,
+        ChangeKind::Delete => 2,
+    });
+    v.extend_from_slice(&at.to_be_bytes());
+    v.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    v.extend_from_slice(key.as_bytes());
+    v.extend_from_slice(value);
+    v
+}
+
+fn decode_change(revision: u64, v: &[u8]) -> Result<StateChange> {
+    let kind = match v.first() {
+        Some(1) => ChangeKind::Put,
+        Some(2) => ChangeKind::Delete,
+        _ => return Err(corrupt("state change")),
+    };
+    let at = v
+        .get(1..9)
+        .and_then(u64_from)
+        .ok_or(corrupt("state change"))? as i64;
+    let len = v
+        .get(9..13)
+        .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize)
+        .ok_or(corrupt("state change"))?;
+    let key = v.get(13..13 + len).ok_or(corrupt("state change"))?;
+    Ok(StateChange {
+        revision,
+        kind,
+        key: String::from_utf8_lossy(key).into_owned(),
+        value: v[13 + len..].to_vec(),
+        at,
+    })
+}
+
+impl Shard {
+    /// Applies the state transactions of the log entry at `index`: each all
+    /// or nothing, in order, the `n`-th at revision `index << 16 | n`.
+    /// Returns what each did (nothing for an entry applied before).
+    pub fn apply_state(&self, index: u64, batch: &StateBatch) -> Result<Vec<TxnOutcome>> {
+        let _span = info_span!("apply_state", index, txns = batch.txns.len()).entered();
+        let _writer = self.writer.lock();
+        let mut st = self.state.write();
+        if index <= st.last_seq {
+            return Ok(Vec::new());
+        }
+        let mut wb = WriteBatch::default();
+        let outcomes = if index <= self.state_applied()? {
+            // Written before a restart that replays from the durable index.
+            Vec::new()
+        } else if let Err(e) = batch.validate() {
+            // Checked when proposed; a replica never refuses a committed entry.
+            warn!(index, error = %e, "state entry skipped");
+            let why = TxnOutcome::Failed {
+                key: String::new(),
+                revision: 0,
+            };
+            wb.put_cf(self.cf(CF_STATE), APPLIED, index.to_be_bytes());
+            vec![why; batch.txns.len()]
+        } else {
+            let outcomes = self.write_state(index, batch, &mut wb)?;
+            self.prune_history(batch, &mut wb)?;
+            wb.put_cf(self.cf(CF_STATE), APPLIED, index.to_be_bytes());
+            outcomes
+        };
+        st.last_seq = index;
+        self.advance_durable(&mut st, &mut wb);
+        self.write_unsynced(wb)?;
+        Ok(outcomes)
+    }
+
+    fn state_applied(&self) -> Result<u64> {
+        Ok(self
+            .db
+            .get_cf(self.cf(CF_STATE), APPLIED)?
+            .as_deref()
+            .and_then(u64_from)
+            .unwrap_or(0))
+    }
+
+    fn write_state(
+        &self,
+        index: u64,
+        batch: &StateBatch,
+        wb: &mut WriteBatch,
+    ) -> Result<Vec<TxnOutcome>> {
+        let cf = self.cf(CF_STATE);
+        let ns = batch.namespace.as_str();
+        // This entry's changes so far, over what RocksDB holds.
+        let mut written: HashMap<Vec<u8>, Option<Record>> = HashMap::new();
+        let current =
+            |written: &HashMap<Vec<u8>, Option<Record>>, key: &[u8]| -> Result<Option<Record>> {
+                match written.get(key) {
+                    Some(r) => Ok(r.clone()),
+                    None => self
+                        .db
+                        .get_pinned_cf(cf, key)?
+                        .map(|v| Record::decode(&v))
+                        .transpose(),
+                }
+            };
+        let mut outcomes = Vec::with_capacity(batch.txns.len());
+        for (position, txn) in batch.txns.iter().enumerate() {
+            let revision = revision_of(index, position);
+            let mut failed = None;
+            for check in &txn.checks {
+                let at = current(&written, &value_key(ns, &check.key))?.map_or(0, |r| r.revision);
+                if at != check.revision {
+                    failed = Some(TxnOutcome::Failed {
+                        key: check.key.clone(),
+                        revision: at,
+                    });
+                    break;
+                }
+            }
+            if let Some(failed) = failed {
+                outcomes.push(failed);
+                continue;
+            }
+            for (op_no, op) in txn.ops.iter().enumerate() {
+                let key = value_key(ns, op.key());
+                let before = current(&written, &key)?;
+                let change = change_key(ns, revision, op_no as u16);
+                match op {
+                    StateOp::Put { key: name, value } => {
+                        let record = Record {
+                            revision,
+                            created: before.map_or(revision, |r| r.created),
+                            value: value.clone(),
+                        };
+                        wb.put_cf(
+                            cf,
+                            change,
+                            encode_change(ChangeKind::Put, batch.at, name, value),
+                        );
+                        written.insert(key, Some(record));
+                    }
+                    StateOp::Delete { key: name } => {
+                        if before.is_some() {
+                            wb.put_cf(
+                                cf,
+                                change,
+                                encode_change(ChangeKind::Delete, batch.at, name, &[]),
+                            );
+                            written.insert(key, None);
+                        }
+                    }
+                }
+            }
+            outcomes.push(TxnOutcome::Committed { revision });
+        }
+        for (key, record) in written {
+            match record {
+                Some(r) => wb.put_cf(cf, key, r.encode()),
+                None => wb.delete_cf(cf, key),
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// Drops the namespace's changes older than the history window (as of
+    /// the entry's stamp, so every replica drops the same ones).
+    fn prune_history(&self, batch: &StateBatch, wb: &mut WriteBatch) -> Result<()> {
+        let cf = self.cf(CF_STATE);
+        let cutoff = batch.at.saturating_sub(batch.history);
+        let prefix = ns_prefix(b'c', &batch.namespace);
+        let mut it = self.db.raw_iterator_cf(cf);
+        it.seek(&prefix);
+        let mut last: Option<(Vec<u8>, u64)> = None;
+        let mut n = 0;
+        while let (Some(key), Some(value)) = (it.key(), it.value()) {
+            if !key.starts_with(&prefix) || n >= PRUNE_PER_ENTRY {
+                break;
+            }
+            let at = value.get(1..9).and_then(u64_from).map(|a| a as i64);
+            if at.is_none_or(|at| at >= cutoff) {
+                break;
+            }
+            let revision = key
+                .get(prefix.len()..prefix.len() + 8)
+                .and_then(u64_from)
+                .ok_or(corrupt("state change key"))?;
+            last = Some((key.to_vec(), revision));
+            n += 1;
+            it.next();
+        }
+        it.status()?;
+        if let Some((mut end, revision)) = last {
+            end.push(0);
+            wb.delete_range_cf(cf, &prefix, &end);
+            wb.put_cf(cf, compacted_key(&batch.namespace), revision.to_be_bytes());
+        }
+        Ok(())
+    }
+
+    /// The current value of `key` in namespace `ns`.
+    pub fn state_get(&self, ns: &str, key: &str) -> Result<Option<StateEntry>> {
+        let Some(v) = self
+            .db
+            .get_pinned_cf(self.cf(CF_STATE), value_key(ns, key))?
+        else {
+            return Ok(None);
+        };
+        let r = Record::decode(&v)?;
+        Ok(Some(StateEntry {
+            key: key.to_string(),
+            value: r.value,
+            revision: r.revision,
+            created: r.created,
+        }))
+    }
+
+    /// Up to `limit` entries whose keys start with `prefix`, in key order,
+    /// after the key `after` when given; and whether more follow.
+    pub fn state_scan(
+        &self,
+        ns: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<StateEntry>, bool)> {
+        let start = ns_prefix(b'v', ns).len();
+        let bound = value_key(ns, prefix);
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_STATE));
+        match after {
+            Some(a) => {
+                let mut from = value_key(ns, a);
+                from.push(0);
+                it.seek(from.max(bound.clone()));
+            }
+            None => it.seek(&bound),
+        }
+        let mut out = Vec::new();
+        while let (Some(key), Some(value)) = (it.key(), it.value()) {
+            if !key.starts_with(&bound) {
+                break;
+            }
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            let r = Record::decode(value)?;
+            out.push(StateEntry {
+                key: String::from_utf8_lossy(&key[start..]).into_owned(),
+                value: r.value,
+                revision: r.revision,
+                created: r.created,
+            });
+            it.next();
+        }
+        it.status()?;
+        Ok((out, false))
+    }
+
+    /// Up to `limit` changes after revision `after` to keys starting with
+    /// `prefix`, in revision order. Fails with [`StorageError::Compacted`]
+    /// when some of them were already pruned from the history.
+    pub fn state_changes(
+        &self,
+        ns: &str,
+        prefix: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<StateChanges> {
+        let cf = self.cf(CF_STATE);
+        // Read before the scan: a change applied meanwhile has a later revision.
+        let applied = revision_of(self.state.read().last_seq, 0xFFFF);
+        let compacted = self
+            .db
+            .get_cf(cf, compacted_key(ns))?
+            .as_deref()
+            .and_then(u64_from)
+            .unwrap_or(0);
+        if after < compacted {
+            return Err(StorageError::Compacted {
+                requested: after,
+                compacted,
+            });
+        }
+        let base = ns_prefix(b'c', ns);
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(base.clone());
+        let mut it = self.db.raw_iterator_cf_opt(cf, ro);
+        it.seek(change_key(ns, after.saturating_add(1), 0));
+        let mut out = StateChanges {
+            revision: applied.max(after),
+            ..Default::default()
+        };
+        let mut scanned = 0;
+        let mut seen: Option<u64> = None;
+        while let (Some(key), Some(value)) = (it.key(), it.value()) {
+            if !key.starts_with(&base) {
+                break;
+            }
+            let revision = key
+                .get(base.len()..base.len() + 8)
+                .and_then(u64_from)
+                .ok_or(corrupt("state change key"))?;
+            // Stop between revisions only: a transaction's changes share one,
+            // and a reader resumes after it.
+            if (out.changes.len() >= limit || scanned >= SCAN_PER_READ) && seen != Some(revision) {
+                out.more = true;
+                break;
+            }
+            scanned += 1;
+            let change = decode_change(revision, value)?;
+            if change.key.starts_with(prefix) {
+                out.changes.push(change);
+            }
+            seen = Some(revision);
+            it.next();
+        }
+        it.status()?;
+        if let Some(seen) = seen {
+            out.revision = if out.more {
+                seen
+            } else {
+                out.revision.max(seen)
+            };
+        }
+        Ok(out)
+    }
+}
