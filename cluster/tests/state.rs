@@ -1,0 +1,170 @@
+//! The replicated state across three nodes in one process: a register
+//! workload of compare-and-sets through the followers while the leader of
+//! the namespace's group stops, and a watcher that must see every change
+//! once, in order, across the leader change.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chronicle_bus::{Bus, LocalBus};
+use chronicle_cluster::{ClusterConfig, ClusterNode};
+use chronicle_storage::state::ChangeKind;
+use chronicle_storage::ShardConfig;
+use tempfile::TempDir;
+
+async fn cluster(dir: &TempDir) -> Vec<Arc<ClusterNode>> {
+    let bus: Arc<dyn Bus> = Arc::new(LocalBus::default());
+    let mut nodes = Vec::new();
+    for id in 1..=3u64 {
+        let mut config = ClusterConfig::new(id, vec![1, 2, 3], dir.path().join(format!("n{id}")));
+        config.shards = 2;
+        config.request_timeout = Duration::from_secs(3);
+        config.shard = ShardConfig {
+            sync_writes: false,
+            ..ShardConfig::default()
+        };
+        nodes.push(ClusterNode::start(config, bus.clone()).await.unwrap());
+    }
+    nodes
+}
+
+async fn leader_of(nodes: &[Arc<ClusterNode>], shard: u32) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        for n in nodes {
+            if let Some(l) = n.status().1[shard as usize].leader {
+                return l;
+            }
+        }
+        assert!(Instant::now() < deadline, "shard {shard} has no leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_and_set_holds_and_a_watch_sees_every_change_once_across_a_leader_failure() {
+    let dir = TempDir::new().unwrap();
+    let mut nodes = cluster(&dir).await;
+    let shard = nodes[0].state_shard("register");
+    let leader = leader_of(&nodes, shard).await;
+    let survivors: Vec<Arc<ClusterNode>> = nodes
+        .iter()
+        .filter(|n| n.node_id() != leader)
+        .cloned()
+        .collect();
+
+    let watcher = survivors[1].state("register").unwrap();
+    let mut watch = watcher.watch("", 0, 16);
+
+    // Each client reads the register and sets it from the revision it read.
+    let stop_at = Instant::now() + Duration::from_secs(5);
+    let clients = (0..4).map(|c| {
+        let store = survivors[c % 2].state("register").unwrap();
+        tokio::spawn(async move {
+            let (mut won, mut unknown) = (Vec::new(), 0usize);
+            let mut n = 0;
+            while Instant::now() < stop_at {
+                n += 1;
+                let value = format!("c{c}-{n}");
+                let Ok(current) = store.get("k").await else {
+                    unknown += 1;
+                    continue;
+                };
+                let from = current.map_or(0, |e| e.revision);
+                match store.compare_and_set("k", from, value.clone()).await {
+                    Ok(Ok(revision)) => won.push((from, revision, value)),
+                    Ok(Err(_)) => {}
+                    // Committed or not: unknown, and not counted as a win.
+                    Err(_) => unknown += 1,
+                }
+            }
+            (won, unknown)
+        })
+    });
+    let clients: Vec<_> = clients.collect();
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let victim = nodes
+        .iter()
+        .position(|n| n.node_id() == leader)
+        .expect("the leader is a node");
+    let stopped = nodes.remove(victim);
+    stopped.shutdown().await;
+    drop(stopped);
+
+    let mut wins = Vec::new();
+    let mut unknown = 0;
+    for c in clients {
+        let (w, u) = c.await.unwrap();
+        wins.extend(w);
+        unknown += u;
+    }
+    assert!(wins.len() > 20, "only {} compare-and-sets won", wins.len());
+
+    // No revision was won twice: each win moved the register from the
+    // revision it read, so two wins from one revision mean a lost update.
+    let mut from_revisions = BTreeSet::new();
+    for (from, _, value) in &wins {
+        assert!(
+            from_revisions.insert(*from),
+            "two compare-and-sets won from revision {from} (one was {value})"
+        );
+    }
+
+    // The history holds every acknowledged win, as a chain: each put's value
+    // is the one its client wrote from the previous put's revision.
+    let store = survivors[0].state("register").unwrap();
+    let mut history = Vec::new();
+    let mut after = 0;
+    loop {
+        let c = store
+            .changes("", after, 1000, Duration::ZERO)
+            .await
+            .unwrap();
+        history.extend(c.changes);
+        after = c.revision;
+        if !c.more {
+            break;
+        }
+    }
+    let by_revision: BTreeMap<u64, String> = history
+        .iter()
+        .map(|c| (c.revision, String::from_utf8(c.value.clone()).unwrap()))
+        .collect();
+    for (from, revision, value) in &wins {
+        assert_eq!(
+            by_revision.get(revision),
+            Some(value),
+            "acknowledged put at revision {revision} (from {from}) missing"
+        );
+    }
+    let final_revision = history.last().expect("changes").revision;
+    let current = store.get("k").await.unwrap().unwrap();
+    assert_eq!(current.revision, final_revision);
+
+    // The watcher saw every change once, in revision order, across the
+    // leader change.
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.last().map(|(r, _)| *r) != Some(final_revision) {
+        assert!(Instant::now() < deadline, "the watch fell behind");
+        let change = tokio::time::timeout(Duration::from_secs(20), watch.recv())
+            .await
+            .expect("a change within 20 s")
+            .expect("the watch is open")
+            .expect("no watch error");
+        assert_eq!(change.kind, ChangeKind::Put);
+        seen.push((change.revision, String::from_utf8(change.value).unwrap()));
+    }
+    let expected: Vec<(u64, String)> = by_revision.into_iter().collect();
+    assert_eq!(seen, expected, "the watch missed, repeated or reordered");
+    eprintln!(
+        "{} wins, {unknown} unknown outcomes, {} changes watched; leader {leader} stopped",
+        wins.len(),
+        seen.len()
+    );
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
