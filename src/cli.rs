@@ -35,6 +35,10 @@ enum Command {
     /// Inspect the cluster through a node.
     #[command(subcommand)]
     Cluster(crate::cluster_cli::ClusterCommand),
+    /// Read and change the replicated state (feature key-value data) through
+    /// a node started with --enable-admin-api.
+    #[command(subcommand)]
+    Kv(crate::kv_cli::KvCommand),
     /// Run a benchmark and print its figures.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -65,6 +69,7 @@ pub fn main() -> ExitCode {
         Command::Write(args) => client::write(args),
         Command::Query(args) => client::query(args),
         Command::Cluster(cmd) => crate::cluster_cli::run(cmd),
+        Command::Kv(cmd) => crate::kv_cli::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
     };
     match result {

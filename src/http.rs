@@ -77,6 +77,7 @@ pub fn serve(state: AppState, addr: SocketAddr) -> std::io::Result<(Server, Sock
             .route("/debug/faults/partition", web::post().to(fault_partition))
             .route("/debug/faults/heal", web::post().to(fault_heal))
             .route("/metrics", web::get().to(metrics_text))
+            .route("/api/v1/kv/{op}", web::post().to(kv))
             .configure(crate::prom_api::configure)
     })
     .workers(2)
@@ -725,4 +726,42 @@ async fn metrics_text() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(metrics::render())
+}
+
+/// The replicated state's JSON operations (`crate::kv`). Served only with
+/// `enable_admin_api` (403 otherwise).
+#[instrument(name = "http_kv", skip_all, fields(op = %op))]
+async fn kv(
+    state: web::Data<AppState>,
+    op: web::Path<String>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    if !state.admin_api {
+        return error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "admin APIs disabled; set enable_admin_api = true in the node's configuration",
+        );
+    }
+    let body = match read_body(&req, payload, crate::kv::MAX_REQUEST_BYTES).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let (cluster, op) = (state.cluster.clone(), op.into_inner());
+    match state
+        .cluster_runtime
+        .spawn(async move { crate::kv::handle(&cluster, &op, &body).await })
+        .await
+    {
+        Ok(answer) => HttpResponse::build(
+            StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        )
+        .json(answer.body),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("state task failed: {e}"),
+        ),
+    }
 }

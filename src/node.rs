@@ -288,6 +288,17 @@ impl Node {
             .send(chronicle_query::Ping)
             .await
             .map_err(|_| NodeError::ActorStart("query"))?;
+        if config.enable_admin_api {
+            // The state over the bus is an admin API until tokens exist.
+            runtime
+                .spawn(crate::kv::serve_bus(
+                    cluster.clone(),
+                    bus.clone(),
+                    config.subject_prefix.clone(),
+                ))
+                .await
+                .map_err(|_| NodeError::ActorStart("kv"))??;
+        }
         bus.flush().await?;
 
         let shutting_down = Arc::new(std::sync::atomic::AtomicBool::new(false));

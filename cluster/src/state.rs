@@ -188,6 +188,12 @@ pub enum WireStateAnswer {
     },
 }
 
+/// The shard group of `shards` holding namespace `ns` (xxh3 of the name;
+/// on disk, so it must not change between versions).
+pub fn shard_of_namespace(ns: &str, shards: u32) -> u32 {
+    (xxhash_rust::xxh3::xxh3_64(ns.as_bytes()) % u64::from(shards.max(1))) as u32
+}
+
 fn wire_entry(e: StateEntry) -> WireStateEntry {
     WireStateEntry {
         key: e.key,
@@ -370,8 +376,7 @@ fn read_local(
 impl ClusterNode {
     /// The shard group holding namespace `ns`.
     pub fn state_shard(&self, ns: &str) -> u32 {
-        let h = xxhash_rust::xxh3::xxh3_64(ns.as_bytes());
-        (h % u64::from(self.config.shards.max(1))) as u32
+        shard_of_namespace(ns, self.config.shards)
     }
 
     /// A handle on namespace `ns` of the replicated state.

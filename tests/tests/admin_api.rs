@@ -136,3 +136,61 @@ async fn delete_series_deletes_the_range_of_the_matching_series_only() {
     .unwrap();
     node.shutdown().await;
 }
+
+#[actix::test]
+async fn the_state_api_is_refused_unless_enabled_and_served_on_the_embedded_node_when_it_is() {
+    let (_dir, off, base) = node(false).await;
+    let b = base.clone();
+    let (status, body) = tokio::task::spawn_blocking(move || {
+        let mut resp = agent()
+            .post(&format!("{b}/api/v1/kv/get"))
+            .send(r#"{"namespace":"n","key":"k"}"#)
+            .unwrap();
+        (
+            resp.status().as_u16(),
+            resp.body_mut().read_to_string().unwrap(),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 403, "{body}");
+    // Nor is it on the bus.
+    let asked = off
+        .bus
+        .request(
+            chronicle_bus::Message::new("chronicle.kv.get", r#"{"namespace":"n","key":"k"}"#),
+            std::time::Duration::from_millis(500),
+        )
+        .await;
+    assert!(asked.is_err(), "kv answered on the bus without the admin API");
+    off.shutdown().await;
+
+    // Enabled, on the embedded one-voter default: the same write path.
+    let (_dir, node, base) = node(true).await;
+    let out = tokio::task::spawn_blocking(move || {
+        let post = |op: &str, body: &str| {
+            let mut resp = agent()
+                .post(&format!("{base}/api/v1/kv/{op}"))
+                .send(body.to_string())
+                .unwrap();
+            let status = resp.status().as_u16();
+            let v: serde_json::Value =
+                serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+            (status, v)
+        };
+        let (s, put) = post("put", r#"{"namespace":"n","key":"k","value":"v1","revision":0}"#);
+        assert_eq!(s, 200, "{put}");
+        let (s, again) = post("put", r#"{"namespace":"n","key":"k","value":"v2","revision":0}"#);
+        assert_eq!(s, 409, "{again}");
+        assert_eq!(again["current"], put["revision"]);
+        let (s, got) = post("get", r#"{"namespace":"n","key":"k"}"#);
+        assert_eq!((s, got["value"].as_str()), (200, Some("v1")));
+        let (s, _) = post("del", r#"{"namespace":"n","key":"k"}"#);
+        assert_eq!(s, 200);
+        post("get", r#"{"namespace":"n","key":"k"}"#).0
+    })
+    .await
+    .unwrap();
+    assert_eq!(out, 404);
+    node.shutdown().await;
+}

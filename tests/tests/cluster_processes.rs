@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chronicle_tests::{http_query, wait_until, NatsServer, NodeProcess};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_chronicle-under-test");
 const SHARDS: usize = 3;
@@ -692,4 +692,196 @@ fn a_client_flood_over_nats_changes_no_leader() {
         published > 100,
         "the flood was a flood: {published} messages"
     );
+}
+
+/// One request over NATS to `chronicle.kv.<op>`: the JSON reply, or `None`
+/// when no answer came (a killed node's request, an election).
+async fn kv_request(client: &async_nats::Client, op: &str, body: Value) -> Option<Value> {
+    let subject = format!("chronicle.kv.{op}");
+    let payload = serde_json::to_vec(&body).unwrap();
+    let reply = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.request(subject, payload.into()),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    serde_json::from_slice(&reply.payload).ok()
+}
+
+#[test]
+fn state_compare_and_set_over_nats_survives_a_kill_9_of_the_leader_and_a_watch_sees_each_change_once(
+) {
+    let mut cluster = Cluster::start(&["--enable-admin-api"]);
+    let shard = chronicle_cluster::state::shard_of_namespace("register", SHARDS as u32) as usize;
+    let victim = leader(&status(&cluster.http(1)).unwrap(), shard).expect("a leader");
+    let survivor = (1..=3).find(|&n| n != victim).unwrap();
+    let survivor_http = cluster.http(survivor);
+
+    // The operator's watch, through a node that stays up: JSON lines.
+    let mut watch = Command::new(BIN)
+        .args(["kv", "watch", "-n", "register", "--http", &survivor_http])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let watched = Arc::new(Mutex::new(Vec::<Value>::new()));
+    let reader = {
+        let out = watch.stdout.take().unwrap();
+        let watched = watched.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                watched.lock().unwrap().push(serde_json::from_str(&line).unwrap());
+            }
+        })
+    };
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let url = cluster.server.url();
+    let stop_at = Instant::now() + Duration::from_secs(6);
+    let clients: Vec<_> = (0..3)
+        .map(|c| {
+            let url = url.clone();
+            runtime.spawn(async move {
+                let client = async_nats::connect(url).await.unwrap();
+                let (mut wins, mut unknown, mut n) = (Vec::new(), 0, 0);
+                while Instant::now() < stop_at {
+                    n += 1;
+                    let get = json!({"namespace": "register", "key": "k"});
+                    let Some(current) = kv_request(&client, "get", get).await else {
+                        unknown += 1;
+                        continue;
+                    };
+                    let from = match current["code"].as_u64() {
+                        Some(404) => 0,
+                        Some(_) => {
+                            unknown += 1;
+                            continue;
+                        }
+                        None => current["revision"].as_u64().unwrap(),
+                    };
+                    let value = format!("c{c}-{n}");
+                    let put = json!({"namespace": "register", "key": "k", "value": value, "revision": from});
+                    match kv_request(&client, "put", put).await {
+                        Some(r) if r["code"].is_null() => {
+                            wins.push((from, r["revision"].as_u64().unwrap(), value))
+                        }
+                        Some(r) if r["code"] == 409 => {}
+                        _ => unknown += 1,
+                    }
+                }
+                (wins, unknown)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    cluster.kill(victim);
+    let mut wins = Vec::new();
+    let mut unknown = 0;
+    for c in clients {
+        let (w, u) = runtime.block_on(c).unwrap();
+        wins.extend(w);
+        unknown += u;
+    }
+    assert!(wins.len() > 20, "only {} compare-and-sets won", wins.len());
+    let mut from_revisions = BTreeSet::new();
+    for (from, _, value) in &wins {
+        assert!(
+            from_revisions.insert(*from),
+            "two compare-and-sets won from revision {from} (one wrote {value})"
+        );
+    }
+
+    // The history, read over HTTP from the survivor.
+    let mut history: Vec<(u64, String)> = Vec::new();
+    let mut after = 0;
+    loop {
+        let mut resp = agent()
+            .post(&format!("{survivor_http}/api/v1/kv/watch"))
+            .send(json!({"namespace": "register", "after": after}).to_string())
+            .unwrap();
+        let v: Value = serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+        for c in v["changes"].as_array().unwrap() {
+            history.push((
+                c["revision"].as_u64().unwrap(),
+                c["value"].as_str().unwrap().to_string(),
+            ));
+        }
+        after = v["revision"].as_u64().unwrap();
+        if v["more"] != json!(true) {
+            break;
+        }
+    }
+    for (from, revision, value) in &wins {
+        assert!(
+            history.contains(&(*revision, value.clone())),
+            "acknowledged put at revision {revision} (from {from}) lost"
+        );
+    }
+    let last = history.last().unwrap().0;
+    wait_until(Duration::from_secs(30), "the CLI watch caught up", || {
+        watched.lock().unwrap().last().and_then(|c| c["revision"].as_u64()) == Some(last)
+    });
+    watch.kill().unwrap();
+    watch.wait().unwrap();
+    reader.join().unwrap();
+    let seen: Vec<(u64, String)> = watched
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["revision"].as_u64().unwrap(),
+                c["value"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(seen, history, "the watch missed, repeated or reordered a change");
+    eprintln!(
+        "{} wins, {unknown} unknown outcomes, {} changes; node {victim} killed",
+        wins.len(),
+        history.len()
+    );
+
+    // Hostile requests get 4xx, and the node keeps serving.
+    let client = runtime.block_on(async_nats::connect(url)).unwrap();
+    let huge = "x".repeat(2 << 20);
+    for (op, body, code) in [
+        ("get", json!("not an object"), 400),
+        ("nope", json!({}), 404),
+        ("put", json!({"namespace": "bad/ns", "key": "k", "value": "v"}), 400),
+        ("put", json!({"namespace": "register", "key": "", "value": "v"}), 400),
+        ("put", json!({"namespace": "register", "key": "k"}), 400),
+        ("ls", json!({"namespace": "register", "limit": 1_000_000}), 400),
+        ("watch", json!({"namespace": "register", "wait_ms": 1_000_000_000u64}), 400),
+        ("get", json!({"namespace": "register", "key": "k", "extra": 1}), 400),
+    ] {
+        let r = runtime
+            .block_on(kv_request(&client, op, body))
+            .expect("an answer");
+        assert_eq!(r["code"], code, "{op}: {r}");
+    }
+    // A value over 1 MiB (over NATS's default message size too: over HTTP).
+    let resp = agent()
+        .post(&format!("{survivor_http}/api/v1/kv/put"))
+        .send(json!({"namespace": "register", "key": "k", "value": huge}).to_string())
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let big_body = vec![b' '; 7 << 20];
+    let resp = agent()
+        .post(&format!("{survivor_http}/api/v1/kv/put"))
+        .send(&big_body[..])
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 413);
+    assert_eq!(ready(&survivor_http).0, 200, "the node stays ready");
+    let r = runtime
+        .block_on(kv_request(
+            &client,
+            "put",
+            json!({"namespace": "register", "key": "after", "value": "ok"}),
+        ))
+        .unwrap();
+    assert!(r["revision"].as_u64().is_some(), "{r}");
 }
