@@ -128,6 +128,8 @@ pub struct ClusterSettings {
     pub snapshot_log_bytes: u64,
     /// How long a write's idempotency key is remembered, in seconds.
     pub idempotency_window_secs: u64,
+    /// How long state changes stay watchable, in seconds.
+    pub state_history_secs: u64,
 }
 
 impl Default for ClusterSettings {
@@ -140,6 +142,7 @@ impl Default for ClusterSettings {
             join: false,
             snapshot_log_bytes: 64 << 20,
             idempotency_window_secs: 600,
+            state_history_secs: 86_400,
         }
     }
 }

@@ -728,7 +728,7 @@ async fn metrics_text() -> HttpResponse {
         .body(metrics::render())
 }
 
-/// The replicated state's JSON operations (`crate::kv`). Served only with
+/// The replicated state's JSON operations (`chronicle_kv`). Served only with
 /// `enable_admin_api` (403 otherwise).
 #[instrument(name = "http_kv", skip_all, fields(op = %op))]
 async fn kv(
@@ -744,14 +744,14 @@ async fn kv(
             "admin APIs disabled; set enable_admin_api = true in the node's configuration",
         );
     }
-    let body = match read_body(&req, payload, crate::kv::MAX_REQUEST_BYTES).await {
+    let body = match read_body(&req, payload, chronicle_kv::MAX_REQUEST_BYTES).await {
         Ok(body) => body,
         Err(response) => return response,
     };
     let (cluster, op) = (state.cluster.clone(), op.into_inner());
     match state
         .cluster_runtime
-        .spawn(async move { crate::kv::handle(&cluster, &op, &body).await })
+        .spawn(async move { chronicle_kv::service::handle(&cluster, &op, &body).await })
         .await
     {
         Ok(answer) => HttpResponse::build(

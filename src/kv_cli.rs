@@ -85,9 +85,8 @@ fn post(at: &Target, op: &str, body: Value, timeout: Duration) -> Result<(u16, V
         .map_err(|e| format!("{url}: {e}"))?;
     let status = response.status().as_u16();
     let bytes = response.body_mut().read_to_vec()?;
-    let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-        json!({ "error": String::from_utf8_lossy(&bytes), "code": status })
-    });
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| json!({ "error": String::from_utf8_lossy(&bytes), "code": status }));
     Ok((status, value))
 }
 
@@ -134,15 +133,8 @@ pub fn run(command: KvCommand) -> Result<(), Error> {
                 value.into_bytes()
             };
             let mut body = json!({ "namespace": at.namespace, "key": key });
-            match String::from_utf8(value) {
-                Ok(text) => body["value"] = Value::String(text),
-                Err(e) => {
-                    use base64::Engine;
-                    body["value_base64"] = Value::String(
-                        base64::engine::general_purpose::STANDARD.encode(e.into_bytes()),
-                    );
-                }
-            }
+            let (field, value) = chronicle_kv::value_json(&value);
+            body[field] = value;
             if let Some(r) = revision {
                 body["revision"] = json!(r);
             }
@@ -157,11 +149,7 @@ pub fn run(command: KvCommand) -> Result<(), Error> {
             let v = expect(&at, "del", body)?;
             println!("{}", v["revision"]);
         }
-        KvCommand::Ls {
-            at,
-            prefix,
-            values,
-        } => {
+        KvCommand::Ls { at, prefix, values } => {
             let mut after: Option<String> = None;
             loop {
                 let mut body =

@@ -14,7 +14,6 @@ pub mod cluster_cli;
 mod cluster_io;
 pub mod config;
 pub mod http;
-pub mod kv;
 pub mod kv_cli;
 pub mod metrics;
 pub mod node;

@@ -212,6 +212,8 @@ impl Node {
         cluster_config.snapshot_log_bytes = config.cluster.snapshot_log_bytes.max(1 << 20);
         cluster_config.idempotency_window =
             Duration::from_secs(config.cluster.idempotency_window_secs.max(1));
+        cluster_config.state_history =
+            Duration::from_secs(config.cluster.state_history_secs.max(1));
         cluster_config.retention_check =
             Duration::from_secs(config.retention.check_interval_secs.max(1));
         cluster_config.shard = ShardConfig {
@@ -291,7 +293,7 @@ impl Node {
         if config.enable_admin_api {
             // The state over the bus is an admin API until tokens exist.
             runtime
-                .spawn(crate::kv::serve_bus(
+                .spawn(chronicle_kv::service::serve_bus(
                     cluster.clone(),
                     bus.clone(),
                     config.subject_prefix.clone(),

@@ -1,4 +1,4 @@
-//! Replicated key-value state for features (docs/state.md, ADR 0004): each
+//! Replicated key-value state for features (docs/state.md, ADR 0005): each
 //! namespace lives in one shard group, chosen by its name's hash, and its
 //! writes are entries in that group's log beside the points. So the state
 //! has the points' write path (one voter or many), snapshots and catch-up,
@@ -20,12 +20,7 @@ use crate::node::{ClusterNode, WireClusterReply, WireClusterRequest};
 use crate::types::WriteBatch;
 use crate::ClusterError;
 
-/// Most entries one scan returns.
-pub const MAX_SCAN_LIMIT: usize = 1_000;
-/// Most changes one watch poll returns.
-pub const MAX_CHANGES_LIMIT: usize = 10_000;
-/// Longest a watch poll waits for a change.
-pub const MAX_WATCH_WAIT: Duration = Duration::from_secs(30);
+pub use chronicle_storage::state::{MAX_CHANGES_LIMIT, MAX_SCAN_LIMIT, MAX_WATCH_WAIT};
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub enum WireStateOp {

@@ -16,6 +16,12 @@ pub const MAX_NAMESPACE_BYTES: usize = 64;
 pub const MAX_TXNS_PER_ENTRY: usize = 1 << 16;
 /// Bytes of keys and values one entry may carry (a Raft entry, a bus message).
 pub const MAX_STATE_ENTRY_BYTES: usize = 4 << 20;
+/// Most entries one scan returns.
+pub const MAX_SCAN_LIMIT: usize = 1_000;
+/// Most changes one watch poll returns.
+pub const MAX_CHANGES_LIMIT: usize = 10_000;
+/// Longest a watch poll waits for a change.
+pub const MAX_WATCH_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// One change a transaction makes.
 #[derive(Debug, Clone, PartialEq, Eq)]

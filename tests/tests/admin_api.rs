@@ -162,7 +162,10 @@ async fn the_state_api_is_refused_unless_enabled_and_served_on_the_embedded_node
             std::time::Duration::from_millis(500),
         )
         .await;
-    assert!(asked.is_err(), "kv answered on the bus without the admin API");
+    assert!(
+        asked.is_err(),
+        "kv answered on the bus without the admin API"
+    );
     off.shutdown().await;
 
     // Enabled, on the embedded one-voter default: the same write path.
@@ -178,9 +181,15 @@ async fn the_state_api_is_refused_unless_enabled_and_served_on_the_embedded_node
                 serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
             (status, v)
         };
-        let (s, put) = post("put", r#"{"namespace":"n","key":"k","value":"v1","revision":0}"#);
+        let (s, put) = post(
+            "put",
+            r#"{"namespace":"n","key":"k","value":"v1","revision":0}"#,
+        );
         assert_eq!(s, 200, "{put}");
-        let (s, again) = post("put", r#"{"namespace":"n","key":"k","value":"v2","revision":0}"#);
+        let (s, again) = post(
+            "put",
+            r#"{"namespace":"n","key":"k","value":"v2","revision":0}"#,
+        );
         assert_eq!(s, 409, "{again}");
         assert_eq!(again["current"], put["revision"]);
         let (s, got) = post("get", r#"{"namespace":"n","key":"k"}"#);

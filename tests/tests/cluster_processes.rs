@@ -733,7 +733,10 @@ fn state_compare_and_set_over_nats_survives_a_kill_9_of_the_leader_and_a_watch_s
             use std::io::BufRead;
             for line in std::io::BufReader::new(out).lines() {
                 let Ok(line) = line else { break };
-                watched.lock().unwrap().push(serde_json::from_str(&line).unwrap());
+                watched
+                    .lock()
+                    .unwrap()
+                    .push(serde_json::from_str(&line).unwrap());
             }
         })
     };
@@ -822,7 +825,12 @@ fn state_compare_and_set_over_nats_survives_a_kill_9_of_the_leader_and_a_watch_s
     }
     let last = history.last().unwrap().0;
     wait_until(Duration::from_secs(30), "the CLI watch caught up", || {
-        watched.lock().unwrap().last().and_then(|c| c["revision"].as_u64()) == Some(last)
+        watched
+            .lock()
+            .unwrap()
+            .last()
+            .and_then(|c| c["revision"].as_u64())
+            == Some(last)
     });
     watch.kill().unwrap();
     watch.wait().unwrap();
@@ -838,7 +846,10 @@ fn state_compare_and_set_over_nats_survives_a_kill_9_of_the_leader_and_a_watch_s
             )
         })
         .collect();
-    assert_eq!(seen, history, "the watch missed, repeated or reordered a change");
+    assert_eq!(
+        seen, history,
+        "the watch missed, repeated or reordered a change"
+    );
     eprintln!(
         "{} wins, {unknown} unknown outcomes, {} changes; node {victim} killed",
         wins.len(),
@@ -851,12 +862,32 @@ fn state_compare_and_set_over_nats_survives_a_kill_9_of_the_leader_and_a_watch_s
     for (op, body, code) in [
         ("get", json!("not an object"), 400),
         ("nope", json!({}), 404),
-        ("put", json!({"namespace": "bad/ns", "key": "k", "value": "v"}), 400),
-        ("put", json!({"namespace": "register", "key": "", "value": "v"}), 400),
+        (
+            "put",
+            json!({"namespace": "bad/ns", "key": "k", "value": "v"}),
+            400,
+        ),
+        (
+            "put",
+            json!({"namespace": "register", "key": "", "value": "v"}),
+            400,
+        ),
         ("put", json!({"namespace": "register", "key": "k"}), 400),
-        ("ls", json!({"namespace": "register", "limit": 1_000_000}), 400),
-        ("watch", json!({"namespace": "register", "wait_ms": 1_000_000_000u64}), 400),
-        ("get", json!({"namespace": "register", "key": "k", "extra": 1}), 400),
+        (
+            "ls",
+            json!({"namespace": "register", "limit": 1_000_000}),
+            400,
+        ),
+        (
+            "watch",
+            json!({"namespace": "register", "wait_ms": 1_000_000_000u64}),
+            400,
+        ),
+        (
+            "get",
+            json!({"namespace": "register", "key": "k", "extra": 1}),
+            400,
+        ),
     ] {
         let r = runtime
             .block_on(kv_request(&client, op, body))

@@ -1,0 +1,120 @@
+//! Answers [`KvRequest`]s from the cluster's replicated state, on the bus
+//! (`<prefix>.kv.<op>`) and for the node's HTTP route.
+
+use std::sync::Arc;
+
+use chronicle_bus::{Bus, Message};
+use chronicle_cluster::{ClusterError, ClusterNode};
+use chronicle_storage::StorageError;
+use serde_json::json;
+use tracing::{info_span, warn, Instrument};
+
+use crate::{
+    change_json, conditional_json, entry_json, fail, ok, outcomes_json, parse, Answer, KvRequest,
+};
+
+/// Requests one node answers over the bus at once (watches wait up to 30 s
+/// each: a flood of them is refused, not queued).
+pub const MAX_IN_FLIGHT: usize = 256;
+
+fn from_cluster(e: ClusterError) -> Answer {
+    match e {
+        ClusterError::Storage(StorageError::InvalidRequest(why)) => fail(400, why),
+        ClusterError::Storage(e @ StorageError::Compacted { .. }) => fail(410, e.to_string()),
+        ClusterError::Unavailable(why) => fail(503, why),
+        other => fail(500, other.to_string()),
+    }
+}
+
+/// Answers operation `op` with the JSON `body`.
+pub async fn handle(node: &Arc<ClusterNode>, op: &str, body: &[u8]) -> Answer {
+    match parse(op, body) {
+        Ok(request) => execute(node, request).await.unwrap_or_else(from_cluster),
+        Err(answer) => answer,
+    }
+}
+
+async fn execute(node: &Arc<ClusterNode>, request: KvRequest) -> Result<Answer, ClusterError> {
+    let store = node.state(request.namespace())?;
+    Ok(match request {
+        KvRequest::Get { key, .. } => match store.get(&key).await? {
+            Some(e) => ok(entry_json(&e)),
+            None => fail(404, format!("no key {key:?}")),
+        },
+        KvRequest::Put {
+            key,
+            value,
+            revision,
+            ..
+        } => conditional_json(match revision {
+            None => Ok(store.put(&key, value).await?),
+            Some(rev) => store.compare_and_set(&key, rev, value).await?,
+        }),
+        KvRequest::Del { key, revision, .. } => conditional_json(match revision {
+            None => Ok(store.delete(&key).await?),
+            Some(rev) => store.compare_and_delete(&key, rev).await?,
+        }),
+        KvRequest::Ls {
+            prefix,
+            after,
+            limit,
+            ..
+        } => {
+            let (entries, more) = store.scan(&prefix, after.as_deref(), limit).await?;
+            let entries: Vec<_> = entries.iter().map(entry_json).collect();
+            ok(json!({ "entries": entries, "more": more }))
+        }
+        KvRequest::Watch {
+            prefix,
+            after,
+            limit,
+            wait,
+            ..
+        } => {
+            let c = store.changes(&prefix, after, limit, wait).await?;
+            let changes: Vec<_> = c.changes.iter().map(change_json).collect();
+            ok(json!({ "changes": changes, "more": c.more, "revision": c.revision }))
+        }
+        KvRequest::Txn { txns, .. } => ok(outcomes_json(&store.transact(txns).await?)),
+    })
+}
+
+/// Serves `<prefix>.kv.<op>` on `bus` (a queue group: one node answers
+/// each request), each request on its own task.
+pub async fn serve_bus(
+    node: Arc<ClusterNode>,
+    bus: Arc<dyn Bus>,
+    prefix: String,
+) -> Result<tokio::task::JoinHandle<()>, chronicle_bus::BusError> {
+    let subject = format!("{prefix}.kv.*");
+    let mut sub = bus.subscribe(&subject, Some("chronicle-kv")).await?;
+    let ops_at = prefix.len() + ".kv.".len();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    Ok(tokio::spawn(async move {
+        while let Some(message) = sub.next().await {
+            let Some(reply_to) = message.reply.clone() else {
+                continue;
+            };
+            let (node, bus) = (node.clone(), bus.clone());
+            let op = message.subject.get(ops_at..).unwrap_or("").to_string();
+            let span = info_span!("kv_bus", op = %op);
+            let slot = slots.clone().try_acquire_owned();
+            tokio::spawn(
+                async move {
+                    let answer = match slot {
+                        Ok(_slot) => handle(&node, &op, &message.payload).await,
+                        Err(_) => fail(
+                            503,
+                            format!("{MAX_IN_FLIGHT} state requests in flight on this node; retry"),
+                        ),
+                    };
+                    let payload = serde_json::to_vec(&answer.body).unwrap_or_default();
+                    if let Err(e) = bus.publish(Message::new(reply_to, payload)).await {
+                        warn!(error = %e, "kv reply not sent");
+                    }
+                }
+                .instrument(span),
+            );
+        }
+    }))
+}
