@@ -36,6 +36,11 @@ pub enum BenchCommand {
     /// --nats-url), every shard on all three: replicated ingest throughput,
     /// commit latency per write, and failover time after killing a leader.
     Cluster(crate::bench_cluster::ClusterBench),
+    /// The replicated state through the API features use, three nodes in
+    /// this process, every shard on all three: batched and single puts/s,
+    /// get latency on the leader and through a follower, watch delivery
+    /// latency.
+    Kv(crate::bench_kv::KvBench),
 }
 
 #[derive(Args)]
@@ -80,6 +85,7 @@ pub fn run(cmd: BenchCommand) -> Result<(), Box<dyn std::error::Error>> {
         BenchCommand::Ingest(args) => crate::bench_ingest::run(args),
         BenchCommand::Query(args) => crate::bench_query::run(args),
         BenchCommand::Cluster(args) => crate::bench_cluster::run(args),
+        BenchCommand::Kv(args) => crate::bench_kv::run(args),
     }
 }
 

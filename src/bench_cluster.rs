@@ -54,7 +54,7 @@ pub struct ClusterBench {
 
 const SECOND: i64 = 1_000_000_000;
 
-fn config(id: u64, root: &std::path::Path, shards: u32) -> ClusterConfig {
+pub(crate) fn config(id: u64, root: &std::path::Path, shards: u32) -> ClusterConfig {
     let mut c = ClusterConfig::new(id, vec![1, 2, 3], root.join(format!("node-{id}")));
     c.shards = shards;
     c.replication = 3;
@@ -66,7 +66,7 @@ fn config(id: u64, root: &std::path::Path, shards: u32) -> ClusterConfig {
     c
 }
 
-async fn connect(
+pub(crate) async fn connect(
     nats: &Option<String>,
     local: &Arc<dyn Bus>,
     id: u64,
@@ -84,7 +84,7 @@ async fn connect(
     })
 }
 
-async fn leader_of(
+pub(crate) async fn leader_of(
     nodes: &[Option<Arc<ClusterNode>>],
     shard: u32,
     timeout: Duration,

@@ -7,6 +7,7 @@ mod bench_cluster;
 mod bench_dataset;
 mod bench_failover;
 mod bench_ingest;
+mod bench_kv;
 mod bench_query;
 pub mod cli;
 pub mod client;
