@@ -70,7 +70,10 @@ fn millis(d: Duration) -> f64 {
 }
 
 fn summary(mut v: Vec<f64>) -> (f64, f64) {
-    (round3(quantile(&mut v, 0.5)), round3(quantile(&mut v, 0.99)))
+    (
+        round3(quantile(&mut v, 0.5)),
+        round3(quantile(&mut v, 0.99)),
+    )
 }
 
 async fn bench(args: KvBench) -> Result<(), Error> {

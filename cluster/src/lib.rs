@@ -13,6 +13,7 @@
 
 mod election;
 mod error;
+pub mod feed;
 mod handover;
 mod log_store;
 mod membership;

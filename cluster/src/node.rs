@@ -60,6 +60,11 @@ pub struct ClusterConfig {
     /// How long state changes stay in a namespace's history, for watchers
     /// resuming after a revision.
     pub state_history: Duration,
+    /// Whether shard leaders publish the change feed
+    /// (`<prefix>.events.write.<metric>`, crate::feed).
+    pub write_events: bool,
+    /// Whether the feed's events carry the points themselves.
+    pub write_event_points: bool,
 }
 
 impl ClusterConfig {
@@ -102,6 +107,8 @@ impl ClusterConfig {
             snapshot_log_bytes: 64 << 20,
             idempotency_window: Duration::from_secs(600),
             state_history: Duration::from_secs(86_400),
+            write_events: true,
+            write_event_points: false,
         }
     }
 }
@@ -718,8 +725,10 @@ impl ClusterNode {
                 .map_err(|e| ClusterError::Raft(e.to_string()))?;
             state.last_log_id.is_none() && vote.is_none()
         };
-        let sm = ShardStateMachine::open(dir.join("state"), config.shard.clone())?;
+        let mut sm = ShardStateMachine::open(dir.join("state"), config.shard.clone())?;
         let cell = sm.shard();
+        // Subscribed before Raft starts applying, so no batch is missed.
+        let applied = config.write_events.then(|| sm.feed(shard).subscribe());
         let receiver = Arc::new(crate::SnapshotReceiver::new(sm.layout()));
         let appended = log.appended_bytes();
         let network = BusNetwork::new(self.bus.clone(), config.prefix.clone(), u64::from(shard));
@@ -771,6 +780,15 @@ impl ClusterNode {
                 .await?,
             );
         }
+        if let Some(applied) = applied {
+            tasks.push(crate::feed::publish_while_leading(
+                raft.clone(),
+                applied,
+                self.bus.clone(),
+                config.prefix.clone(),
+                config.write_event_points,
+            ));
+        }
         tasks.push(snapshot_by_log_size(
             raft.clone(),
             appended,
@@ -798,6 +816,12 @@ impl ClusterNode {
             }),
         );
         Ok(())
+    }
+
+    /// A consumer of the change feed: every metric's write events, each once,
+    /// gaps reported (crate::feed).
+    pub async fn write_feed(&self) -> Result<crate::feed::WriteFeed, ClusterError> {
+        crate::feed::WriteFeed::subscribe(self.bus.as_ref(), &self.config.prefix).await
     }
 
     /// This node's member of `shard`, if it has one.

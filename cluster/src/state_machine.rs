@@ -131,6 +131,12 @@ pub struct ShardStateMachine {
     last_applied: Option<LogId<u64>>,
     membership: StoredMembership<u64, EmptyNode>,
     history: History,
+    /// Point batches applied, for the change feed (crate::feed).
+    feed: tokio::sync::broadcast::Sender<Arc<crate::feed::Applied>>,
+    /// Which shard this is (for the feed's events).
+    shard_id: u32,
+    /// The last point batch applied since the process started.
+    last_points: Option<u64>,
 }
 
 impl ShardStateMachine {
@@ -145,6 +151,9 @@ impl ShardStateMachine {
             last_applied: None,
             membership: StoredMembership::default(),
             history: History::default(),
+            feed: tokio::sync::broadcast::channel(crate::feed::LOCAL_CAPACITY).0,
+            shard_id: 0,
+            last_points: None,
         };
         if let Some(current) = sm.layout.current()? {
             let meta = current.manifest.meta.to_meta();
@@ -153,6 +162,16 @@ impl ShardStateMachine {
             sm.history = History::from_snapshot(&meta);
         }
         Ok(sm)
+    }
+
+    /// The channel the point batches this replica applies go to, naming
+    /// them as shard `shard`'s.
+    pub fn feed(
+        &mut self,
+        shard: u32,
+    ) -> tokio::sync::broadcast::Sender<Arc<crate::feed::Applied>> {
+        self.shard_id = shard;
+        self.feed.clone()
     }
 
     /// The live shard, for readers.
@@ -249,6 +268,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
             entries
                 .into_iter()
                 .map(|entry| {
+                    let mut fed = None;
                     let (written, membership, state) = match entry.payload {
                         EntryPayload::Normal(batch) if !batch.retain.is_empty() => {
                             shard.apply_retention(entry.log_id.index, &batch.retain)?;
@@ -294,16 +314,22 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
                                 &[part],
                                 stamp,
                             )?;
+                            if r.written > 0 {
+                                fed = Some(batch.points.clone());
+                            }
                             (r.written, None, Vec::new())
                         }
                         EntryPayload::Normal(batch) => {
                             let fresh = shard.apply_encoded(entry.log_id.index, &batch.points)?;
+                            if fresh && batch.points.len() > 0 {
+                                fed = Some(batch.points.clone());
+                            }
                             (if fresh { batch.points.len() } else { 0 }, None, Vec::new())
                         }
                         EntryPayload::Membership(m) => (0, Some(m), Vec::new()),
                         EntryPayload::Blank => (0, None, Vec::new()),
                     };
-                    Ok((entry.log_id, written, membership, state))
+                    Ok((entry.log_id, written, membership, state, fed))
                 })
                 .collect::<Result<Vec<_>, chronicle_storage::StorageError>>()
         })
@@ -311,7 +337,18 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         .map_err(|e| sm_err(ErrorVerb::Write, e))?
         .map_err(|e| sm_err(ErrorVerb::Write, e))?;
         let mut out = Vec::with_capacity(applied.len());
-        for (log_id, written, membership, state) in applied {
+        for (log_id, written, membership, state, fed) in applied {
+            if let Some(points) = fed {
+                if self.feed.receiver_count() > 0 {
+                    let _ = self.feed.send(Arc::new(crate::feed::Applied {
+                        shard: self.shard_id,
+                        index: log_id.index,
+                        prev: self.last_points,
+                        points,
+                    }));
+                }
+                self.last_points = Some(log_id.index);
+            }
             self.history.applied(log_id);
             if let Some(m) = membership {
                 self.membership = StoredMembership::new(Some(log_id), m);

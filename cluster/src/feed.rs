@@ -1,0 +1,348 @@
+//! The change feed: what was written, for live consumers (docs/feed.md).
+//!
+//! Every replica's state machine hands each point batch it applies to a
+//! bounded local channel ([`Applied`]); per group, a task on each node keeps
+//! the recent ones and, while the node leads the group, publishes each on
+//! `<prefix>.events.write.<metric>` (JSON, one message per metric of the
+//! batch). A node that becomes leader publishes again what it applied
+//! recently, so a batch the old leader applied but died before publishing is
+//! not lost; consumers drop the repeats by (shard, index, part). Every event
+//! names the index of the group's previous point batch, so a consumer
+//! following all metrics sees a gap instead of missing it silently.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chronicle_bus::{Bus, Message, Subscription};
+use chronicle_storage::EncodedPoints;
+use openraft::Raft;
+use serde::{Deserialize, Serialize};
+use tracing::{debug, warn};
+
+use crate::types::TypeConfig;
+use crate::ClusterError;
+
+/// A point batch one replica applied.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub shard: u32,
+    pub index: u64,
+    /// The group's previous point batch, if this replica applied it since it
+    /// started (every replica applies the same entries, so all agree).
+    pub prev: Option<u64>,
+    pub points: EncodedPoints,
+}
+
+/// Batches a replica's channel holds for its publisher.
+pub const LOCAL_CAPACITY: usize = 1024;
+/// What a new leader publishes again: its batches of the last few seconds.
+const REPUBLISH_WINDOW: Duration = Duration::from_secs(10);
+const REPUBLISH_MAX: usize = 4096;
+/// Series named in one event at most (the rest are counted).
+pub const MAX_SERIES_PER_EVENT: usize = 1000;
+
+/// One event: the points of one metric in one committed batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WriteEvent {
+    pub shard: u32,
+    /// The batch's Raft log index in its group.
+    pub index: u64,
+    /// The group's previous point batch (`null`: the publisher restarted
+    /// since and does not know it).
+    pub prev: Option<u64>,
+    /// This metric's place among the batch's metrics, and their number.
+    pub part: u32,
+    pub parts: u32,
+    pub metric: String,
+    pub count: usize,
+    /// Oldest and newest timestamp (ns).
+    pub start: i64,
+    pub end: i64,
+    /// The series written, as label sets (up to [`MAX_SERIES_PER_EVENT`]).
+    pub series: Vec<BTreeMap<String, String>>,
+    pub series_total: usize,
+    /// `[series position, timestamp ns, value]` per point, when the node
+    /// publishes points (`[cluster] write_event_points`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub points: Option<Vec<(usize, i64, f64)>>,
+}
+
+/// The subject a metric's events go to.
+pub fn event_subject(prefix: &str, metric: &str) -> String {
+    format!("{prefix}.events.write.{metric}")
+}
+
+/// A batch's events, one per metric in order of first appearance.
+pub fn events_of(a: &Applied, with_points: bool) -> Vec<WriteEvent> {
+    let Ok(view) = a.points.view() else {
+        return Vec::new();
+    };
+    let mut order: Vec<&str> = Vec::new();
+    let mut by_metric: HashMap<&str, Vec<usize>> = HashMap::new();
+    let points: Vec<_> = view.iter().collect();
+    for (i, p) in points.iter().enumerate() {
+        by_metric
+            .entry(p.metric)
+            .or_insert_with(|| {
+                order.push(p.metric);
+                Vec::new()
+            })
+            .push(i);
+    }
+    let parts = order.len() as u32;
+    order
+        .iter()
+        .enumerate()
+        .map(|(part, metric)| {
+            let mine = &by_metric[metric];
+            let mut series: Vec<BTreeMap<String, String>> = Vec::new();
+            let mut position: HashMap<Vec<(&str, &str)>, usize> = HashMap::new();
+            let mut out_points = with_points.then(Vec::new);
+            let (mut start, mut end) = (i64::MAX, i64::MIN);
+            for &i in mine {
+                let p = &points[i];
+                start = start.min(p.timestamp);
+                end = end.max(p.timestamp);
+                let key: Vec<(&str, &str)> = p.labels.iter().map(|l| (l.name, l.value)).collect();
+                let next = position.len();
+                let at = *position.entry(key).or_insert(next);
+                if at == series.len() && series.len() < MAX_SERIES_PER_EVENT {
+                    series.push(
+                        p.labels
+                            .iter()
+                            .map(|l| (l.name.to_string(), l.value.to_string()))
+                            .collect(),
+                    );
+                }
+                if let Some(out) = &mut out_points {
+                    out.push((at, p.timestamp, p.value));
+                }
+            }
+            WriteEvent {
+                shard: a.shard,
+                index: a.index,
+                prev: a.prev,
+                part: part as u32,
+                parts,
+                metric: metric.to_string(),
+                count: mine.len(),
+                start,
+                end,
+                series,
+                series_total: position.len(),
+                points: out_points,
+            }
+        })
+        .collect()
+}
+
+/// Publishes the group's applied batches while this node leads it (see the
+/// module docs). Ends when the group's channel closes.
+pub(crate) fn publish_while_leading(
+    raft: Raft<TypeConfig>,
+    mut applied: tokio::sync::broadcast::Receiver<Arc<Applied>>,
+    bus: Arc<dyn Bus>,
+    prefix: String,
+    with_points: bool,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let me = raft.metrics().borrow().id;
+        let mut recent: VecDeque<(Instant, Arc<Applied>)> = VecDeque::new();
+        let mut metrics = raft.metrics();
+        let mut leading = false;
+        loop {
+            tokio::select! {
+                got = applied.recv() => match got {
+                    Ok(batch) => {
+                        while recent.len() >= REPUBLISH_MAX
+                            || recent.front().is_some_and(|(t, _)| t.elapsed() > REPUBLISH_WINDOW)
+                        {
+                            recent.pop_front();
+                        }
+                        recent.push_back((Instant::now(), batch.clone()));
+                        if leading {
+                            publish(bus.as_ref(), &prefix, &batch, with_points).await;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        warn!(missed = n, "the change feed publisher fell behind its shard; consumers will see a gap");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+                changed = metrics.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let now = metrics.borrow().current_leader == Some(me);
+                    if now && !leading {
+                        debug!(batches = recent.len(), "leading: publishing recent batches again");
+                        for (_, batch) in &recent {
+                            publish(bus.as_ref(), &prefix, batch, with_points).await;
+                        }
+                    }
+                    leading = now;
+                }
+            }
+        }
+    })
+}
+
+async fn publish(bus: &dyn Bus, prefix: &str, batch: &Applied, with_points: bool) {
+    for event in events_of(batch, with_points) {
+        let Ok(payload) = serde_json::to_vec(&event) else {
+            continue;
+        };
+        let subject = event_subject(prefix, &event.metric);
+        if let Err(e) = bus.publish(Message::new(subject, payload)).await {
+            debug!(error = %e, "write event not published");
+        }
+    }
+}
+
+/// What a consumer of the feed receives.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FeedItem {
+    Write(WriteEvent),
+    /// Point batches of `shard` with an index between `after` and `before`
+    /// (both exclusive) were not seen, and with `partial` also some metrics
+    /// of batch `before`: a slow consumer dropped by the bus, or a leader
+    /// that died before publishing. Fill it with a query over the time the
+    /// gap spans.
+    Gap {
+        shard: u32,
+        after: u64,
+        before: u64,
+        partial: bool,
+    },
+}
+
+/// A consumer of `<prefix>.events.write.>` (every metric): events once each,
+/// in each shard's log order as published, with gaps reported.
+pub struct WriteFeed {
+    subscription: Subscription,
+    /// Per shard: the last index seen and the next part expected of it.
+    seen: HashMap<u32, (u64, u32)>,
+    /// An event held back while its gap is reported first.
+    pending: Option<WriteEvent>,
+}
+
+impl WriteFeed {
+    /// Subscribes to every metric's events on `bus`. The subscription's
+    /// buffer is the bus's (bounded); what a slow consumer loses shows up as
+    /// a [`FeedItem::Gap`].
+    pub async fn subscribe(bus: &dyn Bus, prefix: &str) -> Result<Self, ClusterError> {
+        let subscription = bus
+            .subscribe(&format!("{prefix}.events.write.>"), None)
+            .await
+            .map_err(|e| ClusterError::Bus(e.to_string()))?;
+        Ok(Self {
+            subscription,
+            seen: HashMap::new(),
+            pending: None,
+        })
+    }
+
+    /// The next event or gap; `None` when the subscription ends.
+    pub async fn next(&mut self) -> Option<FeedItem> {
+        if let Some(event) = self.pending.take() {
+            return Some(FeedItem::Write(event));
+        }
+        loop {
+            let message = self.subscription.next().await?;
+            let Ok(event) = serde_json::from_slice::<WriteEvent>(&message.payload) else {
+                continue;
+            };
+            if let Some(item) = self.admit(event) {
+                return Some(item);
+            }
+        }
+    }
+
+    /// Drops repeats; reports a gap before the event that reveals it.
+    fn admit(&mut self, event: WriteEvent) -> Option<FeedItem> {
+        let shard = event.shard;
+        let Some((last, next_part)) = self.seen.get(&shard).copied() else {
+            self.seen.insert(shard, (event.index, event.part + 1));
+            return Some(FeedItem::Write(event));
+        };
+        if event.index < last || (event.index == last && event.part < next_part) {
+            return None;
+        }
+        self.seen.insert(shard, (event.index, event.part + 1));
+        let missed_batches = event.index != last && event.prev.is_some_and(|p| p > last);
+        let partial = (event.index == last && event.part > next_part)
+            || (event.index != last && event.part > 0);
+        if !missed_batches && !partial {
+            return Some(FeedItem::Write(event));
+        }
+        let gap = FeedItem::Gap {
+            shard,
+            after: if event.index == last {
+                last.saturating_sub(1)
+            } else {
+                last
+            },
+            before: event.index,
+            partial,
+        };
+        self.pending = Some(event);
+        Some(gap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(index: u64, prev: Option<u64>, part: u32, parts: u32) -> WriteEvent {
+        WriteEvent {
+            shard: 0,
+            index,
+            prev,
+            part,
+            parts,
+            metric: format!("m{part}"),
+            count: 1,
+            start: 0,
+            end: 0,
+            series: Vec::new(),
+            series_total: 1,
+            points: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn repeats_are_dropped_and_a_skipped_batch_is_a_gap() {
+        let bus = chronicle_bus::LocalBus::default();
+        let mut feed = WriteFeed {
+            subscription: bus.subscribe("unused", None).await.unwrap(),
+            seen: HashMap::new(),
+            pending: None,
+        };
+        let mut seen = Vec::new();
+        for e in [
+            event(5, None, 0, 2),
+            event(5, None, 1, 2),
+            event(5, None, 0, 2), // a new leader publishing again
+            event(5, None, 1, 2),
+            event(7, Some(5), 0, 1),
+            event(12, Some(9), 0, 1), // 9 was never seen
+        ] {
+            if let Some(item) = feed.admit(e) {
+                seen.push(item);
+                if let Some(p) = feed.pending.take() {
+                    seen.push(FeedItem::Write(p));
+                }
+            }
+        }
+        let indexes: Vec<String> = seen
+            .iter()
+            .map(|i| match i {
+                FeedItem::Write(e) => format!("{}.{}", e.index, e.part),
+                FeedItem::Gap { after, before, .. } => format!("gap {after}..{before}"),
+            })
+            .collect();
+        assert_eq!(indexes, ["5.0", "5.1", "7.0", "gap 7..12", "12.0"]);
+    }
+}
