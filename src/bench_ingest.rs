@@ -43,6 +43,10 @@ pub struct IngestBench {
     /// Do not fsync each batch.
     #[arg(long)]
     no_sync: bool,
+    /// Run the node without the change feed (`[cluster] write_events =
+    /// false`), to see what publishing it costs.
+    #[arg(long)]
+    no_write_events: bool,
 }
 
 const SECOND: i64 = 1_000_000_000;
@@ -141,6 +145,7 @@ pub fn run(args: IngestBench) -> Result<(), Error> {
         sync_writes: !args.no_sync,
         ..NodeConfig::default()
     };
+    config.cluster.write_events = !args.no_write_events;
     if let Some(url) = &args.nats_url {
         config.nats.urls = vec![url.clone()];
     }

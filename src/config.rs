@@ -130,6 +130,11 @@ pub struct ClusterSettings {
     pub idempotency_window_secs: u64,
     /// How long state changes stay watchable, in seconds.
     pub state_history_secs: u64,
+    /// Whether shard leaders publish the change feed on
+    /// `<prefix>.events.write.<metric>`.
+    pub write_events: bool,
+    /// Whether the feed's events carry the points.
+    pub write_event_points: bool,
 }
 
 impl Default for ClusterSettings {
@@ -143,6 +148,8 @@ impl Default for ClusterSettings {
             snapshot_log_bytes: 64 << 20,
             idempotency_window_secs: 600,
             state_history_secs: 86_400,
+            write_events: true,
+            write_event_points: false,
         }
     }
 }

@@ -214,6 +214,8 @@ impl Node {
             Duration::from_secs(config.cluster.idempotency_window_secs.max(1));
         cluster_config.state_history =
             Duration::from_secs(config.cluster.state_history_secs.max(1));
+        cluster_config.write_events = config.cluster.write_events;
+        cluster_config.write_event_points = config.cluster.write_event_points;
         cluster_config.retention_check =
             Duration::from_secs(config.retention.check_interval_secs.max(1));
         cluster_config.shard = ShardConfig {

@@ -73,14 +73,48 @@ pub fn event_subject(prefix: &str, metric: &str) -> String {
     format!("{prefix}.events.write.{metric}")
 }
 
-/// A batch's events, one per metric in order of first appearance.
-pub fn events_of(a: &Applied, with_points: bool) -> Vec<WriteEvent> {
+/// A series' labels as a JSON object, borrowed from the batch.
+struct SeriesOut<'a>(&'a [chronicle_storage::LabelRef<'a>]);
+
+impl Serialize for SeriesOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for l in self.0 {
+            map.serialize_entry(l.name, l.value)?;
+        }
+        map.end()
+    }
+}
+
+/// [`WriteEvent`] as published: borrowed from the batch, so building one
+/// copies no label.
+#[derive(Serialize)]
+struct EventOut<'a> {
+    shard: u32,
+    index: u64,
+    prev: Option<u64>,
+    part: u32,
+    parts: u32,
+    metric: &'a str,
+    count: usize,
+    start: i64,
+    end: i64,
+    series: Vec<SeriesOut<'a>>,
+    series_total: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    points: Option<Vec<(usize, i64, f64)>>,
+}
+
+/// A batch's events as (metric, JSON), one per metric in order of first
+/// appearance.
+pub fn encode_events(a: &Applied, with_points: bool) -> Vec<(String, Vec<u8>)> {
     let Ok(view) = a.points.view() else {
         return Vec::new();
     };
+    let points: Vec<_> = view.iter().collect();
     let mut order: Vec<&str> = Vec::new();
     let mut by_metric: HashMap<&str, Vec<usize>> = HashMap::new();
-    let points: Vec<_> = view.iter().collect();
     for (i, p) in points.iter().enumerate() {
         by_metric
             .entry(p.metric)
@@ -91,50 +125,45 @@ pub fn events_of(a: &Applied, with_points: bool) -> Vec<WriteEvent> {
             .push(i);
     }
     let parts = order.len() as u32;
-    order
-        .iter()
-        .enumerate()
-        .map(|(part, metric)| {
-            let mine = &by_metric[metric];
-            let mut series: Vec<BTreeMap<String, String>> = Vec::new();
-            let mut position: HashMap<Vec<(&str, &str)>, usize> = HashMap::new();
-            let mut out_points = with_points.then(Vec::new);
-            let (mut start, mut end) = (i64::MAX, i64::MIN);
-            for &i in mine {
-                let p = &points[i];
-                start = start.min(p.timestamp);
-                end = end.max(p.timestamp);
-                let key: Vec<(&str, &str)> = p.labels.iter().map(|l| (l.name, l.value)).collect();
-                let next = position.len();
-                let at = *position.entry(key).or_insert(next);
-                if at == series.len() && series.len() < MAX_SERIES_PER_EVENT {
-                    series.push(
-                        p.labels
-                            .iter()
-                            .map(|l| (l.name.to_string(), l.value.to_string()))
-                            .collect(),
-                    );
-                }
-                if let Some(out) = &mut out_points {
-                    out.push((at, p.timestamp, p.value));
-                }
+    let mut out = Vec::with_capacity(order.len());
+    for (part, metric) in order.iter().enumerate() {
+        let mine = &by_metric[metric];
+        let mut position: HashMap<&[chronicle_storage::LabelRef<'_>], usize> = HashMap::new();
+        let mut series = Vec::new();
+        let mut event_points = with_points.then(|| Vec::with_capacity(mine.len()));
+        let (mut start, mut end) = (i64::MAX, i64::MIN);
+        for &i in mine {
+            let p = &points[i];
+            start = start.min(p.timestamp);
+            end = end.max(p.timestamp);
+            let next = position.len();
+            let at = *position.entry(p.labels).or_insert(next);
+            if at == next && series.len() < MAX_SERIES_PER_EVENT {
+                series.push(SeriesOut(p.labels));
             }
-            WriteEvent {
-                shard: a.shard,
-                index: a.index,
-                prev: a.prev,
-                part: part as u32,
-                parts,
-                metric: metric.to_string(),
-                count: mine.len(),
-                start,
-                end,
-                series,
-                series_total: position.len(),
-                points: out_points,
+            if let Some(ps) = &mut event_points {
+                ps.push((at, p.timestamp, p.value));
             }
-        })
-        .collect()
+        }
+        let event = EventOut {
+            shard: a.shard,
+            index: a.index,
+            prev: a.prev,
+            part: part as u32,
+            parts,
+            metric,
+            count: mine.len(),
+            start,
+            end,
+            series,
+            series_total: position.len(),
+            points: event_points,
+        };
+        if let Ok(json) = serde_json::to_vec(&event) {
+            out.push((metric.to_string(), json));
+        }
+    }
+    out
 }
 
 /// Publishes the group's applied batches while this node leads it (see the
@@ -189,12 +218,11 @@ pub(crate) fn publish_while_leading(
 }
 
 async fn publish(bus: &dyn Bus, prefix: &str, batch: &Applied, with_points: bool) {
-    for event in events_of(batch, with_points) {
-        let Ok(payload) = serde_json::to_vec(&event) else {
-            continue;
-        };
-        let subject = event_subject(prefix, &event.metric);
-        if let Err(e) = bus.publish(Message::new(subject, payload)).await {
+    for (metric, payload) in encode_events(batch, with_points) {
+        if let Err(e) = bus
+            .publish(Message::new(event_subject(prefix, &metric), payload))
+            .await
+        {
             debug!(error = %e, "write event not published");
         }
     }
@@ -262,14 +290,16 @@ impl WriteFeed {
     /// Drops repeats; reports a gap before the event that reveals it.
     fn admit(&mut self, event: WriteEvent) -> Option<FeedItem> {
         let shard = event.shard;
+        // From the bus: any publisher may send any numbers.
+        let after_part = event.part.saturating_add(1);
         let Some((last, next_part)) = self.seen.get(&shard).copied() else {
-            self.seen.insert(shard, (event.index, event.part + 1));
+            self.seen.insert(shard, (event.index, after_part));
             return Some(FeedItem::Write(event));
         };
         if event.index < last || (event.index == last && event.part < next_part) {
             return None;
         }
-        self.seen.insert(shard, (event.index, event.part + 1));
+        self.seen.insert(shard, (event.index, after_part));
         let missed_batches = event.index != last && event.prev.is_some_and(|p| p > last);
         let partial = (event.index == last && event.part > next_part)
             || (event.index != last && event.part > 0);

@@ -72,14 +72,21 @@ async fn a_consumer_sees_every_acknowledged_write_once_across_a_leader_failure()
     let victim = nodes.iter().position(|n| n.node_id() == leader).unwrap();
     nodes.remove(victim).shutdown().await;
     let acked = writer.await.unwrap();
-    assert!(acked.len() > 100, "only {} points acknowledged", acked.len());
+    assert!(
+        acked.len() > 100,
+        "only {} points acknowledged",
+        acked.len()
+    );
 
     // Every acknowledged point arrives once; nothing is reported missing.
     let mut seen: BTreeMap<i64, usize> = BTreeMap::new();
     let mut last_index = 0;
     let deadline = Instant::now() + Duration::from_secs(20);
     while !acked.iter().all(|t| seen.contains_key(t)) {
-        assert!(Instant::now() < deadline, "acknowledged points never arrived");
+        assert!(
+            Instant::now() < deadline,
+            "acknowledged points never arrived"
+        );
         let item = tokio::time::timeout(Duration::from_secs(20), feed.next())
             .await
             .expect("an event within 20 s")
