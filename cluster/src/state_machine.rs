@@ -321,7 +321,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
                         }
                         EntryPayload::Normal(batch) => {
                             let fresh = shard.apply_encoded(entry.log_id.index, &batch.points)?;
-                            if fresh && batch.points.len() > 0 {
+                            if fresh && !batch.points.is_empty() {
                                 fed = Some(batch.points.clone());
                             }
                             (if fresh { batch.points.len() } else { 0 }, None, Vec::new())
