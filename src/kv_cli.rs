@@ -28,6 +28,10 @@ pub enum KvCommand {
         /// Only if the key is at this revision (0: only if it does not exist).
         #[arg(long)]
         revision: Option<u64>,
+        /// Expire the key this long after the write (e.g. `30s`, `10m`);
+        /// writing it again renews or ends the lease.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
     },
     /// Delete a key; prints the revision of the deletion.
     Del {
@@ -124,6 +128,7 @@ pub fn run(command: KvCommand) -> Result<(), Error> {
             key,
             value,
             revision,
+            ttl,
         } => {
             let value = if value == "-" {
                 let mut bytes = Vec::new();
@@ -137,6 +142,9 @@ pub fn run(command: KvCommand) -> Result<(), Error> {
             body[field] = value;
             if let Some(r) = revision {
                 body["revision"] = json!(r);
+            }
+            if let Some(ttl) = ttl {
+                body["ttl_ms"] = json!(ttl.as_millis().max(1) as u64);
             }
             let v = expect(&at, "put", body)?;
             println!("{}", v["revision"]);

@@ -789,6 +789,12 @@ impl ClusterNode {
                 config.write_event_points,
             ));
         }
+        tasks.push(crate::state::expire_leases(
+            Arc::downgrade(self),
+            shard,
+            raft.clone(),
+            cell.clone(),
+        ));
         tasks.push(snapshot_by_log_size(
             raft.clone(),
             appended,

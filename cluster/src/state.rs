@@ -24,7 +24,8 @@ pub use chronicle_storage::state::{MAX_CHANGES_LIMIT, MAX_SCAN_LIMIT, MAX_WATCH_
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub enum WireStateOp {
-    Put(String, Vec<u8>),
+    /// Key, value, TTL in ms (0: none).
+    Put(String, Vec<u8>, u64),
     Delete(String),
 }
 
@@ -61,8 +62,8 @@ impl From<&StateBatch> for WireStateBatch {
                         .ops
                         .iter()
                         .map(|o| match o {
-                            StateOp::Put { key, value } => {
-                                WireStateOp::Put(key.clone(), value.clone())
+                            StateOp::Put { key, value, ttl_ms } => {
+                                WireStateOp::Put(key.clone(), value.clone(), *ttl_ms)
                             }
                             StateOp::Delete { key } => WireStateOp::Delete(key.clone()),
                         })
@@ -92,7 +93,9 @@ impl From<WireStateBatch> for StateBatch {
                         .ops
                         .into_iter()
                         .map(|o| match o {
-                            WireStateOp::Put(key, value) => StateOp::Put { key, value },
+                            WireStateOp::Put(key, value, ttl_ms) => {
+                                StateOp::Put { key, value, ttl_ms }
+                            }
                             WireStateOp::Delete(key) => StateOp::Delete { key },
                         })
                         .collect(),
@@ -156,6 +159,7 @@ pub struct WireStateEntry {
     pub value: Vec<u8>,
     pub revision: u64,
     pub created: u64,
+    pub expires: i64,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -195,7 +199,14 @@ fn wire_entry(e: StateEntry) -> WireStateEntry {
         value: e.value,
         revision: e.revision,
         created: e.created,
+        expires: e.expires,
     }
+}
+
+/// Whether `e`'s TTL ran out by now (the leader deletes it shortly; reads
+/// do not show it meanwhile).
+fn expired(e: &StateEntry) -> bool {
+    e.expires != 0 && e.expires <= crate::node::now_ns()
 }
 
 fn entry(w: WireStateEntry) -> StateEntry {
@@ -204,6 +215,7 @@ fn entry(w: WireStateEntry) -> StateEntry {
         value: w.value,
         revision: w.revision,
         created: w.created,
+        expires: w.expires,
     }
 }
 
@@ -322,7 +334,8 @@ fn read_local(
 ) -> Result<WireStateAnswer, ClusterError> {
     Ok(match read {
         WireStateRead::Get { namespace, key } => {
-            WireStateAnswer::Entry(shard.state_get(&namespace, &key)?.map(wire_entry))
+            let found = shard.state_get(&namespace, &key)?.filter(|e| !expired(e));
+            WireStateAnswer::Entry(found.map(wire_entry))
         }
         WireStateRead::Scan {
             namespace,
@@ -332,7 +345,8 @@ fn read_local(
         } => {
             let (entries, more) =
                 shard.state_scan(&namespace, &prefix, after.as_deref(), limit as usize)?;
-            WireStateAnswer::Entries(entries.into_iter().map(wire_entry).collect(), more)
+            let live = entries.into_iter().filter(|e| !expired(e));
+            WireStateAnswer::Entries(live.map(wire_entry).collect(), more)
         }
         WireStateRead::Changes {
             namespace,
@@ -506,6 +520,17 @@ impl StateStore {
         }
     }
 
+    /// Sets `key` to expire `ttl` after this write (a lease of one key:
+    /// writing the key again renews it, or ends it without a TTL).
+    pub async fn put_with_ttl(
+        &self,
+        key: &str,
+        value: impl Into<Vec<u8>>,
+        ttl: Duration,
+    ) -> Result<u64, ClusterError> {
+        self.one(StateTxn::put_with_ttl(key, value, ttl)).await
+    }
+
     /// Sets `key`; returns the new revision.
     pub async fn put(&self, key: &str, value: impl Into<Vec<u8>>) -> Result<u64, ClusterError> {
         self.one(StateTxn::put(key, value)).await
@@ -677,4 +702,50 @@ impl StateStore {
         });
         rx
     }
+}
+
+/// While this node leads `shard`'s group, deletes the keys whose TTL ran out
+/// (checked every second; each delete only if the key is still at the
+/// revision that set the TTL, so a key written again is kept).
+pub(crate) fn expire_leases(
+    node: std::sync::Weak<ClusterNode>,
+    shard: u32,
+    raft: openraft::Raft<crate::types::TypeConfig>,
+    cell: crate::state_machine::ShardCell,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let me = raft.metrics().borrow().id;
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if raft.metrics().borrow().current_leader != Some(me) {
+                continue;
+            }
+            let Some(node) = node.upgrade() else { return };
+            let current = cell.current();
+            let now = crate::node::now_ns();
+            let expired =
+                tokio::task::spawn_blocking(move || current.state_expired(now, 1_000)).await;
+            let expired = match expired {
+                Ok(Ok(e)) => e,
+                Ok(Err(e)) => {
+                    tracing::warn!(shard, error = %e, "listing expired state keys failed");
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            let mut by_namespace: std::collections::BTreeMap<String, Vec<StateTxn>> =
+                Default::default();
+            for (ns, key, revision) in expired {
+                by_namespace
+                    .entry(ns)
+                    .or_default()
+                    .push(StateTxn::delete(key.clone()).when(key, revision));
+            }
+            for (ns, txns) in by_namespace {
+                if let Err(e) = node.state_write(&ns, txns).await {
+                    tracing::debug!(shard, namespace = %ns, error = %e, "expiring state keys failed; retrying");
+                }
+            }
+        }
+    })
 }

@@ -141,7 +141,7 @@ impl WireEntry {
                     .iter()
                     .flat_map(|t| &t.ops)
                     .map(|o| match o {
-                        crate::state::WireStateOp::Put(k, v) => k.len() + v.len() + 16,
+                        crate::state::WireStateOp::Put(k, v, _) => k.len() + v.len() + 24,
                         crate::state::WireStateOp::Delete(k) => k.len() + 16,
                     })
                     .sum::<usize>()

@@ -168,3 +168,60 @@ async fn compare_and_set_holds_and_a_watch_sees_every_change_once_across_a_leade
         n.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_with_a_ttl_is_deleted_by_the_leader_unless_renewed() {
+    let dir = TempDir::new().unwrap();
+    let nodes = cluster(&dir).await;
+    let shard = nodes[0].state_shard("leases");
+    leader_of(&nodes, shard).await;
+    let store = nodes[1].state("leases").unwrap();
+    let first = store
+        .put_with_ttl("session/a", "alive", Duration::from_millis(800))
+        .await
+        .unwrap();
+    store
+        .put_with_ttl("session/b", "alive", Duration::from_millis(800))
+        .await
+        .unwrap();
+    let a = store
+        .get("session/a")
+        .await
+        .unwrap()
+        .expect("present at first");
+    assert!(a.expires > 0);
+    // b is renewed before it runs out, for longer.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    store
+        .put_with_ttl("session/b", "still alive", Duration::from_secs(30))
+        .await
+        .unwrap();
+    // a leaves: hidden from reads once its time passed, and deleted by the
+    // leader (a change in the history) within a couple of seconds.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let changes = store
+            .changes("session/a", first, 100, Duration::ZERO)
+            .await
+            .unwrap();
+        if changes
+            .changes
+            .iter()
+            .any(|c| c.kind == ChangeKind::Delete && c.key == "session/a")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "session/a was never deleted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(store.get("session/a").await.unwrap().is_none());
+    let b = store
+        .get("session/b")
+        .await
+        .unwrap()
+        .expect("renewed: kept");
+    assert_eq!(b.value, b"still alive");
+    for n in nodes {
+        n.shutdown().await;
+    }
+}

@@ -16,6 +16,8 @@ pub const MAX_NAMESPACE_BYTES: usize = 64;
 pub const MAX_TXNS_PER_ENTRY: usize = 1 << 16;
 /// Bytes of keys and values one entry may carry (a Raft entry, a bus message).
 pub const MAX_STATE_ENTRY_BYTES: usize = 4 << 20;
+/// Longest TTL: a year.
+pub const MAX_TTL_MS: u64 = 365 * 86_400 * 1_000;
 /// Most entries one scan returns.
 pub const MAX_SCAN_LIMIT: usize = 1_000;
 /// Most changes one watch poll returns.
@@ -26,8 +28,16 @@ pub const MAX_WATCH_WAIT: std::time::Duration = std::time::Duration::from_secs(3
 /// One change a transaction makes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StateOp {
-    Put { key: String, value: Vec<u8> },
-    Delete { key: String },
+    /// With `ttl_ms` > 0 the key expires that long after the write was
+    /// proposed (a lease of one key; writing it again renews or ends it).
+    Put {
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: u64,
+    },
+    Delete {
+        key: String,
+    },
 }
 
 impl StateOp {
@@ -60,6 +70,23 @@ impl StateTxn {
             ops: vec![StateOp::Put {
                 key: key.into(),
                 value: value.into(),
+                ttl_ms: 0,
+            }],
+        }
+    }
+
+    /// A put that expires `ttl` after it is proposed.
+    pub fn put_with_ttl(
+        key: impl Into<String>,
+        value: impl Into<Vec<u8>>,
+        ttl: std::time::Duration,
+    ) -> Self {
+        Self {
+            checks: Vec::new(),
+            ops: vec![StateOp::Put {
+                key: key.into(),
+                value: value.into(),
+                ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
             }],
         }
     }
@@ -86,7 +113,7 @@ impl StateTxn {
             .ops
             .iter()
             .map(|o| match o {
-                StateOp::Put { key, value } => key.len() + value.len() + 8,
+                StateOp::Put { key, value, .. } => key.len() + value.len() + 16,
                 StateOp::Delete { key } => key.len() + 8,
             })
             .sum();
@@ -135,7 +162,12 @@ impl StateBatch {
             }
             for op in &txn.ops {
                 validate_key(op.key())?;
-                if let StateOp::Put { value, .. } = op {
+                if let StateOp::Put { value, ttl_ms, .. } = op {
+                    if *ttl_ms > MAX_TTL_MS {
+                        return Err(invalid(format!(
+                            "a TTL of {ttl_ms} ms; at most {MAX_TTL_MS} (a year)"
+                        )));
+                    }
                     if value.len() > MAX_STATE_VALUE_BYTES {
                         return Err(invalid(format!(
                             "a value of {} bytes; at most {MAX_STATE_VALUE_BYTES} (chunk larger blobs)",
@@ -202,6 +234,8 @@ pub struct StateEntry {
     pub revision: u64,
     /// The revision that created it (since it last did not exist).
     pub created: u64,
+    /// When it expires (ns since the epoch); 0: never.
+    pub expires: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

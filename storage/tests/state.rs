@@ -77,6 +77,7 @@ fn compare_and_set_commits_once_per_revision_and_transactions_are_all_or_nothing
         ops: vec![StateOp::Put {
             key: "k".into(),
             value: b"c".to_vec(),
+            ttl_ms: 0,
         }],
     };
     let out = shard.apply_state(2, &batch(2 * S, vec![txn])).unwrap();
@@ -137,10 +138,12 @@ fn scans_page_by_key_and_changes_resume_without_splitting_a_transaction() {
             StateOp::Put {
                 key: "doc/a".into(),
                 value: b"1".to_vec(),
+                ttl_ms: 0,
             },
             StateOp::Put {
                 key: "doc/b".into(),
                 value: b"2".to_vec(),
+                ttl_ms: 0,
             },
             StateOp::Delete {
                 key: "doc/00".into(),
@@ -298,4 +301,43 @@ fn writes_beyond_the_limits_are_refused_before_they_reach_a_log() {
         "over 4 MiB in one entry"
     );
     assert!(batch(S, vec![StateTxn::put("k", "v")]).validate().is_ok());
+}
+
+#[test]
+fn a_key_with_a_ttl_is_listed_as_expired_once_its_time_passed_unless_written_again() {
+    let dir = TempDir::new().unwrap();
+    let shard = Shard::open(dir.path(), cfg()).unwrap();
+    let ttl = std::time::Duration::from_secs(10);
+    shard
+        .apply_state(
+            1,
+            &batch(
+                S,
+                vec![
+                    StateTxn::put_with_ttl("a", "1", ttl),
+                    StateTxn::put_with_ttl("b", "1", ttl),
+                    StateTxn::put("c", "1"),
+                ],
+            ),
+        )
+        .unwrap();
+    let a = shard.state_get("feature-a", "a").unwrap().unwrap();
+    assert_eq!(a.expires, 11 * S);
+    assert!(shard.state_expired(10 * S, 100).unwrap().is_empty());
+    // b written again without a TTL: no longer leased.
+    shard
+        .apply_state(2, &batch(2 * S, vec![StateTxn::put("b", "2")]))
+        .unwrap();
+    let expired = shard.state_expired(11 * S, 100).unwrap();
+    assert_eq!(
+        expired,
+        vec![("feature-a".to_string(), "a".to_string(), a.revision)]
+    );
+    // Deleting a ends its lease too.
+    shard
+        .apply_state(3, &batch(3 * S, vec![StateTxn::delete("a")]))
+        .unwrap();
+    assert!(shard.state_expired(i64::MAX, 100).unwrap().is_empty());
+    let too_long = StateTxn::put_with_ttl("k", "v", std::time::Duration::from_secs(400 * 86_400));
+    assert!(batch(S, vec![too_long]).validate().is_err());
 }

@@ -9,7 +9,8 @@ use std::time::Duration;
 use base64::Engine;
 use chronicle_storage::state::{
     validate_key, validate_namespace, ChangeKind, StateChange, StateCheck, StateEntry, StateOp,
-    StateTxn, TxnOutcome, MAX_CHANGES_LIMIT, MAX_SCAN_LIMIT, MAX_STATE_VALUE_BYTES, MAX_WATCH_WAIT,
+    StateTxn, TxnOutcome, MAX_CHANGES_LIMIT, MAX_SCAN_LIMIT, MAX_STATE_VALUE_BYTES, MAX_TTL_MS,
+    MAX_WATCH_WAIT,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -33,12 +34,14 @@ pub enum KvRequest {
         namespace: String,
         key: String,
     },
-    /// With `revision`: only if the key is at it (0: only if absent).
+    /// With `revision`: only if the key is at it (0: only if absent); with
+    /// `ttl_ms` > 0 the key expires that long after the write.
     Put {
         namespace: String,
         key: String,
         value: Vec<u8>,
         revision: Option<u64>,
+        ttl_ms: u64,
     },
     Del {
         namespace: String,
@@ -98,6 +101,8 @@ struct PutBody {
     value: Option<String>,
     value_base64: Option<String>,
     revision: Option<u64>,
+    #[serde(default)]
+    ttl_ms: u64,
 }
 
 #[derive(Deserialize)]
@@ -161,6 +166,8 @@ enum OpJson {
         key: String,
         value: Option<String>,
         value_base64: Option<String>,
+        #[serde(default)]
+        ttl_ms: u64,
     },
     Delete {
         key: String,
@@ -225,11 +232,15 @@ pub fn parse(op: &str, bytes: &[u8]) -> Result<KvRequest, Answer> {
         "put" => {
             let b: PutBody = body(bytes)?;
             validate_key(&b.key).map_err(bad)?;
+            if b.ttl_ms > MAX_TTL_MS {
+                return Err(bad(format!("ttl_ms is at most {MAX_TTL_MS} (a year)")));
+            }
             KvRequest::Put {
                 value: value_bytes(b.value, b.value_base64)?,
                 namespace: b.namespace,
                 key: b.key,
                 revision: b.revision,
+                ttl_ms: b.ttl_ms,
             }
         }
         "del" => {
@@ -281,9 +292,11 @@ pub fn parse(op: &str, bytes: &[u8]) -> Result<KvRequest, Answer> {
                             key,
                             value,
                             value_base64,
+                            ttl_ms,
                         } => StateOp::Put {
                             value: value_bytes(value, value_base64)?,
                             key,
+                            ttl_ms,
                         },
                         OpJson::Delete { key } => StateOp::Delete { key },
                     });
@@ -341,7 +354,11 @@ pub fn value_json(bytes: &[u8]) -> (&'static str, Value) {
 /// `{"key", "value" | "value_base64", "revision", "created"}`.
 pub fn entry_json(e: &StateEntry) -> Value {
     let (name, value) = value_json(&e.value);
-    json!({ "key": e.key, name: value, "revision": e.revision, "created": e.created })
+    let mut v = json!({ "key": e.key, name: value, "revision": e.revision, "created": e.created });
+    if e.expires != 0 {
+        v["expires"] = json!(e.expires);
+    }
+    v
 }
 
 /// `{"revision", "kind": "put" | "delete", "key", "at", "value"...}`.
@@ -450,6 +467,7 @@ mod tests {
             value: vec![0xff, 0],
             revision: 3,
             created: 2,
+            expires: 0,
         };
         assert_eq!(entry_json(&e)["value_base64"], "/wA=");
         let e = StateEntry {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use chronicle_bus::{Bus, Message};
 use chronicle_cluster::{ClusterError, ClusterNode};
+use chronicle_storage::state::{StateOp, StateTxn, TxnOutcome};
 use chronicle_storage::StorageError;
 use serde_json::json;
 use tracing::{info_span, warn, Instrument};
@@ -45,11 +46,27 @@ async fn execute(node: &Arc<ClusterNode>, request: KvRequest) -> Result<Answer, 
             key,
             value,
             revision,
+            ttl_ms,
             ..
-        } => conditional_json(match revision {
-            None => Ok(store.put(&key, value).await?),
-            Some(rev) => store.compare_and_set(&key, rev, value).await?,
-        }),
+        } => {
+            let put = StateOp::Put {
+                key: key.clone(),
+                value,
+                ttl_ms,
+            };
+            let mut txn = StateTxn {
+                checks: Vec::new(),
+                ops: vec![put],
+            };
+            if let Some(rev) = revision {
+                txn = txn.when(key, rev);
+            }
+            conditional_json(match store.transact(vec![txn]).await?.pop() {
+                Some(TxnOutcome::Committed { revision }) => Ok(revision),
+                Some(TxnOutcome::Failed { revision, .. }) => Err(revision),
+                None => return Err(ClusterError::Raft("no outcome".into())),
+            })
+        }
         KvRequest::Del { key, revision, .. } => conditional_json(match revision {
             None => Ok(store.delete(&key).await?),
             Some(rev) => store.compare_and_delete(&key, rev).await?,

@@ -3,7 +3,8 @@
 //! Keys: `v` ns 0 key -> revision(8) created(8) value (the current value);
 //! `c` ns 0 revision(8) op(2) -> kind(1) at(8) key length(4) key value (the
 //! change history watchers read); `k` ns -> the newest revision pruned from
-//! the history; `a` -> the last log index whose state changes are written.
+//! the history; `a` -> the last log index whose state changes are written;
+//! `x` expiry(8) ns 0 key -> revision(8): keys with a TTL, soonest first.
 //!
 //! State changes reach RocksDB when they are applied, with the `a` marker in
 //! the same write, not with the durable frontier as chunks do: a replay after
@@ -49,6 +50,15 @@ fn change_key(ns: &str, revision: u64, op: u16) -> Vec<u8> {
     k
 }
 
+fn expiry_key(expires: i64, ns: &str, key: &str) -> Vec<u8> {
+    let mut k = vec![b'x'];
+    k.extend_from_slice(&crate::keys::time_bytes(expires));
+    k.extend_from_slice(ns.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
 fn compacted_key(ns: &str) -> Vec<u8> {
     let mut k = vec![b'k'];
     k.extend_from_slice(ns.as_bytes());
@@ -66,6 +76,8 @@ fn corrupt(what: &'static str) -> StorageError {
 struct Record {
     revision: u64,
     created: u64,
+    /// ns since the epoch; 0: never.
+    expires: i64,
     value: Vec<u8>,
 }
 
@@ -79,17 +91,23 @@ impl Record {
             .get(8..16)
             .and_then(u64_from)
             .ok_or(corrupt("state value"))?;
+        let expires = b
+            .get(16..24)
+            .and_then(u64_from)
+            .ok_or(corrupt("state value"))? as i64;
         Ok(Self {
             revision,
             created,
-            value: b[16..].to_vec(),
+            expires,
+            value: b[24..].to_vec(),
         })
     }
 
     fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(16 + self.value.len());
+        let mut v = Vec::with_capacity(24 + self.value.len());
         v.extend_from_slice(&self.revision.to_be_bytes());
         v.extend_from_slice(&self.created.to_be_bytes());
+        v.extend_from_slice(&(self.expires as u64).to_be_bytes());
         v.extend_from_slice(&self.value);
         v
     }
@@ -220,11 +238,28 @@ impl Shard {
                 let key = value_key(ns, op.key());
                 let before = current(&written, &key)?;
                 let change = change_key(ns, revision, op_no as u16);
+                if let Some(old) = before.as_ref().filter(|r| r.expires != 0) {
+                    wb.delete_cf(cf, expiry_key(old.expires, ns, op.key()));
+                }
                 match op {
-                    StateOp::Put { key: name, value } => {
+                    StateOp::Put {
+                        key: name,
+                        value,
+                        ttl_ms,
+                    } => {
+                        let expires = match *ttl_ms {
+                            0 => 0,
+                            ms => batch
+                                .at
+                                .saturating_add((ms as i64).saturating_mul(1_000_000)),
+                        };
+                        if expires != 0 {
+                            wb.put_cf(cf, expiry_key(expires, ns, name), revision.to_be_bytes());
+                        }
                         let record = Record {
                             revision,
                             created: before.map_or(revision, |r| r.created),
+                            expires,
                             value: value.clone(),
                         };
                         wb.put_cf(
@@ -306,6 +341,7 @@ impl Shard {
             value: r.value,
             revision: r.revision,
             created: r.created,
+            expires: r.expires,
         }))
     }
 
@@ -343,11 +379,47 @@ impl Shard {
                 value: r.value,
                 revision: r.revision,
                 created: r.created,
+                expires: r.expires,
             });
             it.next();
         }
         it.status()?;
         Ok((out, false))
+    }
+
+    /// Up to `limit` keys (namespace, key, revision) whose TTL ran out at
+    /// `now` (ns), soonest first: what the leader deletes, each only if still
+    /// at that revision.
+    pub fn state_expired(&self, now: i64, limit: usize) -> Result<Vec<(String, String, u64)>> {
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_STATE));
+        it.seek(b"x");
+        let mut out = Vec::new();
+        while let (Some(key), Some(value)) = (it.key(), it.value()) {
+            if key.first() != Some(&b'x') || out.len() >= limit {
+                break;
+            }
+            let at = key
+                .get(1..9)
+                .map(crate::keys::time_from_bytes)
+                .ok_or(corrupt("state expiry key"))?;
+            if at > now {
+                break;
+            }
+            let rest = &key[9..];
+            let split = rest
+                .iter()
+                .position(|&b| b == 0)
+                .ok_or(corrupt("state expiry key"))?;
+            let revision = u64_from(value).ok_or(corrupt("state expiry"))?;
+            out.push((
+                String::from_utf8_lossy(&rest[..split]).into_owned(),
+                String::from_utf8_lossy(&rest[split + 1..]).into_owned(),
+                revision,
+            ));
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
     }
 
     /// Up to `limit` changes after revision `after` to keys starting with
