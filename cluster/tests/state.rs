@@ -225,3 +225,62 @@ async fn a_key_with_a_ttl_is_deleted_by_the_leader_unless_renewed() {
         n.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_at_the_limit_replicate_and_read_through_a_follower_and_pages_stay_under_a_message()
+{
+    use chronicle_storage::state::{MAX_READ_BYTES, MAX_STATE_VALUE_BYTES};
+    let dir = TempDir::new().unwrap();
+    let nodes = cluster(&dir).await;
+    let shard = nodes[0].state_shard("big");
+    let leader = leader_of(&nodes, shard).await;
+    let follower = nodes.iter().find(|n| n.node_id() != leader).unwrap();
+    let store = follower.state("big").unwrap();
+    // The in-process bus refuses messages over 1 MiB, as NATS does by default.
+    let largest = vec![7u8; MAX_STATE_VALUE_BYTES];
+    store.put("big/1", largest.clone()).await.unwrap();
+    store.put("big/2", vec![8u8; 500 << 10]).await.unwrap();
+    store.put("big/3", vec![9u8; 500 << 10]).await.unwrap();
+    assert!(store
+        .put("big/4", vec![0u8; MAX_STATE_VALUE_BYTES + 1])
+        .await
+        .is_err());
+    // Just under a bus message: refused before it reaches the log, where it
+    // could never be sent to a follower.
+    assert!(store.put("big/4", vec![0u8; 1_000_000]).await.is_err());
+    assert_eq!(store.get("big/1").await.unwrap().unwrap().value, largest);
+    let mut keys = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let (page, more) = store.scan("big/", after.as_deref(), 1000).await.unwrap();
+        let bytes: usize = page.iter().map(|e| e.value.len()).sum();
+        assert!(
+            page.len() == 1 || bytes <= MAX_READ_BYTES,
+            "a page of {bytes} bytes"
+        );
+        keys.extend(page.iter().map(|e| e.key.clone()));
+        after = page.last().map(|e| e.key.clone());
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(keys, ["big/1", "big/2", "big/3"]);
+    let changes = store
+        .changes("big/", 0, 1000, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(changes.more, "three large changes do not fit one answer");
+    // Every replica applies them (no entry stuck over the message limit).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let applied: Vec<Option<u64>> = nodes.iter().map(|n| n.applied_index(shard)).collect();
+        if applied.iter().all(|a| *a == applied[0]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "replicas stuck at {applied:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for n in nodes {
+        n.shutdown().await;
+    }
+}

@@ -8,14 +8,21 @@ use crate::{Result, StorageError};
 
 /// Longest key, in bytes.
 pub const MAX_STATE_KEY_BYTES: usize = 1024;
-/// Largest value, in bytes (larger blobs are chunked over several keys).
-pub const MAX_STATE_VALUE_BYTES: usize = 1 << 20;
+/// Largest value, in bytes (larger blobs are chunked over several keys). A
+/// state entry travels as one bus message (a Raft append, a forwarded write
+/// or read), and NATS refuses messages over 1 MiB by default.
+pub const MAX_STATE_VALUE_BYTES: usize = 896 << 10;
 /// Longest namespace: ASCII letters, digits, `_`, `-` and `.`.
 pub const MAX_NAMESPACE_BYTES: usize = 64;
 /// Transactions in one entry: a revision is `index << 16 | position`.
 pub const MAX_TXNS_PER_ENTRY: usize = 1 << 16;
-/// Bytes of keys and values one entry may carry (a Raft entry, a bus message).
-pub const MAX_STATE_ENTRY_BYTES: usize = 4 << 20;
+/// Bytes one entry may carry, keys, values and their encoding overhead
+/// counted: one Raft entry sent in one bus message of at most 960 KiB.
+pub const MAX_STATE_ENTRY_BYTES: usize = 900 << 10;
+/// Bytes of keys and values one read answer carries at most (a page ends
+/// early rather than exceed it; one entry or one transaction's changes
+/// always fit).
+pub const MAX_READ_BYTES: usize = 768 << 10;
 /// Longest TTL: a year.
 pub const MAX_TTL_MS: u64 = 365 * 86_400 * 1_000;
 /// Most entries one scan returns.
@@ -107,17 +114,19 @@ impl StateTxn {
         self
     }
 
+    /// What the transaction adds to an entry, encoding overhead included
+    /// (an upper bound of its rkyv form: headers per transaction, op and check).
     fn bytes(&self) -> usize {
-        let checks: usize = self.checks.iter().map(|c| c.key.len() + 8).sum();
+        let checks: usize = self.checks.iter().map(|c| c.key.len() + 24).sum();
         let ops: usize = self
             .ops
             .iter()
             .map(|o| match o {
-                StateOp::Put { key, value, .. } => key.len() + value.len() + 16,
-                StateOp::Delete { key } => key.len() + 8,
+                StateOp::Put { key, value, .. } => key.len() + value.len() + 48,
+                StateOp::Delete { key } => key.len() + 48,
             })
             .sum();
-        checks + ops
+        checks + ops + 32
     }
 }
 

@@ -20,8 +20,8 @@ pub mod service;
 
 /// The operations, as they appear in subjects and paths.
 pub const OPS: [&str; 6] = ["get", "put", "del", "ls", "watch", "txn"];
-/// Largest request body: a transaction batch at the entry limit, in base64.
-pub const MAX_REQUEST_BYTES: usize = 6 << 20;
+/// Largest request body: an entry at its limit (900 KiB), in base64 and JSON.
+pub const MAX_REQUEST_BYTES: usize = 2 << 20;
 /// Entries a scan returns when the request names no limit.
 pub const DEFAULT_SCAN_LIMIT: usize = 100;
 /// Changes a watch poll returns when the request names no limit.
@@ -182,7 +182,7 @@ fn bad(e: impl ToString) -> Answer {
     fail(400, e.to_string())
 }
 
-/// UTF-8 text as `value`, anything else as `value_base64`; at most 1 MiB.
+/// UTF-8 text as `value`, anything else as `value_base64`; at most `MAX_STATE_VALUE_BYTES`.
 fn value_bytes(value: Option<String>, value_base64: Option<String>) -> Result<Vec<u8>, Answer> {
     let bytes = match (value, value_base64) {
         (Some(v), None) => v.into_bytes(),

@@ -19,7 +19,8 @@ use tracing::{info_span, warn};
 use super::Shard;
 use crate::keys::{u64_from, CF_STATE};
 use crate::state::{
-    revision_of, ChangeKind, StateBatch, StateChange, StateChanges, StateEntry, StateOp, TxnOutcome,
+    revision_of, ChangeKind, StateBatch, StateChange, StateChanges, StateEntry, StateOp,
+    TxnOutcome, MAX_READ_BYTES,
 };
 use crate::{Result, StorageError};
 
@@ -366,13 +367,16 @@ impl Shard {
             None => it.seek(&bound),
         }
         let mut out = Vec::new();
+        let mut bytes = 0;
         while let (Some(key), Some(value)) = (it.key(), it.value()) {
             if !key.starts_with(&bound) {
                 break;
             }
-            if out.len() == limit {
+            let size = key.len() + value.len() + 64;
+            if out.len() == limit || (!out.is_empty() && bytes + size > MAX_READ_BYTES) {
                 return Ok((out, true));
             }
+            bytes += size;
             let r = Record::decode(value)?;
             out.push(StateEntry {
                 key: String::from_utf8_lossy(&key[start..]).into_owned(),
@@ -456,36 +460,52 @@ impl Shard {
             revision: applied.max(after),
             ..Default::default()
         };
-        let mut scanned = 0;
-        let mut seen: Option<u64> = None;
-        while let (Some(key), Some(value)) = (it.key(), it.value()) {
-            if !key.starts_with(&base) {
-                break;
+        // A transaction's changes share a revision and a reader resumes after
+        // it: they are gathered, then taken whole or left for the next page.
+        let mut group: Vec<StateChange> = Vec::new();
+        let (mut group_rev, mut group_bytes) = (None, 0usize);
+        let (mut scanned, mut bytes) = (0usize, 0usize);
+        let mut taken: Option<u64> = None;
+        loop {
+            let next = match (it.key(), it.value()) {
+                (Some(key), Some(value)) if key.starts_with(&base) => {
+                    let revision = key
+                        .get(base.len()..base.len() + 8)
+                        .and_then(u64_from)
+                        .ok_or(corrupt("state change key"))?;
+                    Some((revision, value))
+                }
+                _ => None,
+            };
+            if group_rev.is_some() && next.map(|(r, _)| r) != group_rev {
+                let full = out.changes.len() + group.len() > limit
+                    || bytes + group_bytes > MAX_READ_BYTES
+                    || scanned > SCAN_PER_READ;
+                if full && taken.is_some() {
+                    out.more = true;
+                    break;
+                }
+                bytes += group_bytes;
+                out.changes.append(&mut group);
+                taken = group_rev;
+                group_bytes = 0;
             }
-            let revision = key
-                .get(base.len()..base.len() + 8)
-                .and_then(u64_from)
-                .ok_or(corrupt("state change key"))?;
-            // Stop between revisions only: a transaction's changes share one,
-            // and a reader resumes after it.
-            if (out.changes.len() >= limit || scanned >= SCAN_PER_READ) && seen != Some(revision) {
-                out.more = true;
-                break;
-            }
+            let Some((revision, value)) = next else { break };
             scanned += 1;
             let change = decode_change(revision, value)?;
             if change.key.starts_with(prefix) {
-                out.changes.push(change);
+                group_bytes += change.key.len() + change.value.len() + 64;
+                group.push(change);
             }
-            seen = Some(revision);
+            group_rev = Some(revision);
             it.next();
         }
         it.status()?;
-        if let Some(seen) = seen {
+        if let Some(taken) = taken {
             out.revision = if out.more {
-                seen
+                taken
             } else {
-                out.revision.max(seen)
+                out.revision.max(taken)
             };
         }
         Ok(out)
