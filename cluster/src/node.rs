@@ -1777,9 +1777,9 @@ async fn answer(
             if let Err(e) = batch.validate() {
                 return (WireClusterReply::Error(e.to_string()), Vec::new());
             }
-            batch.at = now_ns();
             let expected = batch.txns.len();
             gate.pass().await;
+            batch.at = now_ns();
             let write = raft.client_write(WriteBatch::state(batch));
             let reply = match tokio::time::timeout(COMMIT_TIMEOUT, write).await {
                 Ok(Ok(r)) if r.data.state.len() == expected => {

@@ -306,6 +306,7 @@ pub(crate) async fn answer_read(
 ) -> Result<WireStateAnswer, ClusterError> {
     read.validate()?;
     let deadline = tokio::time::Instant::now() + read.wait();
+    let mut read = read;
     loop {
         let applied = raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
         let current = shard.current();
@@ -313,18 +314,33 @@ pub(crate) async fn answer_read(
         let answer = tokio::task::spawn_blocking(move || read_local(&current, read2))
             .await
             .map_err(|e| ClusterError::Raft(format!("state read panicked: {e}")))??;
-        let empty = matches!(&answer, WireStateAnswer::Changes { changes, more: false, .. } if changes.is_empty());
-        if !empty || tokio::time::Instant::now() >= deadline {
+        let resume = match &answer {
+            WireStateAnswer::Changes {
+                changes,
+                more: false,
+                revision,
+            } if changes.is_empty() => Some(*revision),
+            _ => None,
+        };
+        let Some(resume) = resume else {
+            return Ok(answer);
+        };
+        if tokio::time::Instant::now() >= deadline {
             return Ok(answer);
         }
+        // Nothing up to `resume`: look only at what is applied after it.
+        if let WireStateRead::Changes { after, .. } = &mut read {
+            *after = (*after).max(resume);
+        }
         let mut metrics = raft.metrics();
-        let _ = tokio::time::timeout_at(
+        let waited = tokio::time::timeout_at(
             deadline,
-            metrics.wait_for(|m| {
-                m.last_applied.map_or(0, |l| l.index) > applied || m.running_state.is_err()
-            }),
+            metrics.wait_for(|m| m.last_applied.map_or(0, |l| l.index) > applied),
         )
         .await;
+        if matches!(waited, Ok(Err(_))) || raft.metrics().borrow().running_state.is_err() {
+            return Ok(answer);
+        }
     }
 }
 
@@ -439,11 +455,13 @@ impl ClusterNode {
             }
         }
         let request = WireClusterRequest::StateWrite(Box::new(WireStateBatch::from(&batch)));
+        // One attempt may take the whole request: an attempt cut short while
+        // the leader still commits it would be proposed a second time.
         let reply = self
             .ask_leader(
                 shard,
                 &request,
-                crate::node::ATTEMPT_TIMEOUT,
+                self.config.request_timeout,
                 self.config.request_timeout,
             )
             .await?;
@@ -462,7 +480,11 @@ impl ClusterNode {
         if let Some(group) = self.group(shard) {
             if group.raft.metrics().borrow().current_leader == Some(self.config.node_id) {
                 match group.raft.ensure_linearizable().await {
-                    Ok(_) => return answer_read(&group.raft, &group.shard, read).await,
+                    Ok(_) => {
+                        return compacted_as_error(
+                            answer_read(&group.raft, &group.shard, read).await?,
+                        )
+                    }
                     Err(e) if e.forward_to_leader::<openraft::EmptyNode>().is_some() => {}
                     Err(e) => return Err(ClusterError::Raft(e.to_string())),
                 }
@@ -479,18 +501,22 @@ impl ClusterNode {
             )
             .await?;
         match reply {
-            WireClusterReply::StateAnswer(answer) => match *answer {
-                WireStateAnswer::Compacted {
-                    requested,
-                    compacted,
-                } => Err(ClusterError::Storage(StorageError::Compacted {
-                    requested,
-                    compacted,
-                })),
-                answer => Ok(answer),
-            },
+            WireClusterReply::StateAnswer(answer) => compacted_as_error(*answer),
             other => Err(ClusterError::Raft(format!("unexpected reply {other:?}"))),
         }
+    }
+}
+
+fn compacted_as_error(answer: WireStateAnswer) -> Result<WireStateAnswer, ClusterError> {
+    match answer {
+        WireStateAnswer::Compacted {
+            requested,
+            compacted,
+        } => Err(ClusterError::Storage(StorageError::Compacted {
+            requested,
+            compacted,
+        })),
+        answer => Ok(answer),
     }
 }
 
@@ -686,7 +712,11 @@ impl StateStore {
                         }
                         after = after.max(c.revision);
                     }
-                    Err(e @ ClusterError::Storage(StorageError::Compacted { .. })) => {
+                    Err(
+                        e @ ClusterError::Storage(
+                            StorageError::Compacted { .. } | StorageError::InvalidRequest(_),
+                        ),
+                    ) => {
                         let _ = tx.send(Err(e)).await;
                         return;
                     }
@@ -735,15 +765,20 @@ pub(crate) fn expire_leases(
             };
             let mut by_namespace: std::collections::BTreeMap<String, Vec<StateTxn>> =
                 Default::default();
-            for (ns, key, revision) in expired {
+            // An expired key counts as absent: "only if absent" deletes it
+            // unless it was written again since (then it is live).
+            for (ns, key, _) in expired {
                 by_namespace
                     .entry(ns)
                     .or_default()
-                    .push(StateTxn::delete(key.clone()).when(key, revision));
+                    .push(StateTxn::delete(key.clone()).when(key, 0));
             }
             for (ns, txns) in by_namespace {
-                if let Err(e) = node.state_write(&ns, txns).await {
-                    tracing::debug!(shard, namespace = %ns, error = %e, "expiring state keys failed; retrying");
+                // Small batches: each is well under an entry's limit.
+                for batch in txns.chunks(64) {
+                    if let Err(e) = node.state_write(&ns, batch.to_vec()).await {
+                        tracing::warn!(shard, namespace = %ns, error = %e, "expiring state keys failed; retrying in a second");
+                    }
                 }
             }
         }

@@ -93,7 +93,8 @@ impl StateTxn {
             ops: vec![StateOp::Put {
                 key: key.into(),
                 value: value.into(),
-                ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+                // Rounded up: a TTL under a millisecond is not "none".
+                ttl_ms: u64::try_from(ttl.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX),
             }],
         }
     }

@@ -333,10 +333,18 @@ fn a_key_with_a_ttl_is_listed_as_expired_once_its_time_passed_unless_written_aga
         expired,
         vec![("feature-a".to_string(), "a".to_string(), a.revision)]
     );
-    // Deleting a ends its lease too.
-    shard
-        .apply_state(3, &batch(3 * S, vec![StateTxn::delete("a")]))
+    // Once its time passed, a counts as absent: "create if absent" wins
+    // (the lease-acquire pattern) before the leader's delete lands, and the
+    // new key is created afresh.
+    let out = shard
+        .apply_state(
+            3,
+            &batch(12 * S, vec![StateTxn::put("a", "mine").when("a", 0)]),
+        )
         .unwrap();
+    let again = shard.state_get("feature-a", "a").unwrap().unwrap();
+    assert_eq!(again.revision, committed(&out[0]));
+    assert_eq!(again.created, again.revision);
     assert!(shard.state_expired(i64::MAX, 100).unwrap().is_empty());
     let too_long = StateTxn::put_with_ttl("k", "v", std::time::Duration::from_secs(400 * 86_400));
     assert!(batch(S, vec![too_long]).validate().is_err());

@@ -858,7 +858,7 @@ fn state_compare_and_set_over_nats_survives_a_kill_9_of_the_leader_and_a_watch_s
 
     // Hostile requests get 4xx, and the node keeps serving.
     let client = runtime.block_on(async_nats::connect(url)).unwrap();
-    let huge = "x".repeat(2 << 20);
+    let huge = "x".repeat(chronicle_storage::state::MAX_STATE_VALUE_BYTES + 1);
     for (op, body, code) in [
         ("get", json!("not an object"), 400),
         ("nope", json!({}), 404),
@@ -894,7 +894,7 @@ fn state_compare_and_set_over_nats_survives_a_kill_9_of_the_leader_and_a_watch_s
             .expect("an answer");
         assert_eq!(r["code"], code, "{op}: {r}");
     }
-    // A value over 1 MiB (over NATS's default message size too: over HTTP).
+    // A value over the limit (too large for a NATS message too: over HTTP).
     let resp = agent()
         .post(&format!("{survivor_http}/api/v1/kv/put"))
         .send(json!({"namespace": "register", "key": "k", "value": huge}).to_string())

@@ -17,6 +17,8 @@ use crate::{
 /// Requests one node answers over the bus at once (watches wait up to 30 s
 /// each: a flood of them is refused, not queued).
 pub const MAX_IN_FLIGHT: usize = 256;
+/// Largest reply sent on the bus (NATS's default message limit is 1 MiB).
+pub const MAX_REPLY_BYTES: usize = 1000 << 10;
 
 fn from_cluster(e: ClusterError) -> Answer {
     match e {
@@ -125,7 +127,19 @@ pub async fn serve_bus(
                             format!("{MAX_IN_FLIGHT} state requests in flight on this node; retry"),
                         ),
                     };
-                    let payload = serde_json::to_vec(&answer.body).unwrap_or_default();
+                    let mut payload = serde_json::to_vec(&answer.body).unwrap_or_default();
+                    // JSON (base64, escapes) can outgrow a bus message where
+                    // the bytes fit: say so rather than send nothing.
+                    if payload.len() > MAX_REPLY_BYTES {
+                        let too_big = fail(
+                            413,
+                            format!(
+                                "the answer is {} bytes as JSON, over a bus message; ask for fewer entries (limit) or read this key over HTTP",
+                                payload.len()
+                            ),
+                        );
+                        payload = serde_json::to_vec(&too_big.body).unwrap_or_default();
+                    }
                     if let Err(e) = bus.publish(Message::new(reply_to, payload)).await {
                         warn!(error = %e, "kv reply not sent");
                     }

@@ -206,7 +206,7 @@ impl Shard {
         let ns = batch.namespace.as_str();
         // This entry's changes so far, over what RocksDB holds.
         let mut written: HashMap<Vec<u8>, Option<Record>> = HashMap::new();
-        let current =
+        let stored =
             |written: &HashMap<Vec<u8>, Option<Record>>, key: &[u8]| -> Result<Option<Record>> {
                 match written.get(key) {
                     Some(r) => Ok(r.clone()),
@@ -217,6 +217,13 @@ impl Shard {
                         .transpose(),
                 }
             };
+        // A key whose TTL ran out by the entry's stamp is absent to checks
+        // and to a new put (decided by the stamp: the same on every replica).
+        let at = batch.at;
+        let live = |r: &Record| r.expires == 0 || r.expires > at;
+        let current = |written: &HashMap<Vec<u8>, Option<Record>>,
+                       key: &[u8]|
+         -> Result<Option<Record>> { Ok(stored(written, key)?.filter(live)) };
         let mut outcomes = Vec::with_capacity(batch.txns.len());
         for (position, txn) in batch.txns.iter().enumerate() {
             let revision = revision_of(index, position);
@@ -237,7 +244,10 @@ impl Shard {
             }
             for (op_no, op) in txn.ops.iter().enumerate() {
                 let key = value_key(ns, op.key());
-                let before = current(&written, &key)?;
+                // As stored (an expired key still has its expiry entry and is
+                // deleted for real), and as live.
+                let before = stored(&written, &key)?;
+                let live_before = before.clone().filter(live);
                 let change = change_key(ns, revision, op_no as u16);
                 if let Some(old) = before.as_ref().filter(|r| r.expires != 0) {
                     wb.delete_cf(cf, expiry_key(old.expires, ns, op.key()));
@@ -259,7 +269,7 @@ impl Shard {
                         }
                         let record = Record {
                             revision,
-                            created: before.map_or(revision, |r| r.created),
+                            created: live_before.map_or(revision, |r| r.created),
                             expires,
                             value: value.clone(),
                         };
