@@ -233,8 +233,8 @@ async fn publish(bus: &dyn Bus, prefix: &str, batch: &Applied, with_points: bool
 pub enum FeedItem {
     Write(WriteEvent),
     /// Point batches of `shard` with an index between `after` and `before`
-    /// (both exclusive) were not seen, and with `partial` also some metrics
-    /// of batch `before`: a slow consumer dropped by the bus, or a leader
+    /// (both exclusive) were not seen or seen only in part, and with
+    /// `partial` also some metrics of batch `before`: a slow consumer dropped by the bus, or a leader
     /// that died before publishing. Fill it with a query over the time the
     /// gap spans.
     Gap {
@@ -249,8 +249,9 @@ pub enum FeedItem {
 /// in each shard's log order as published, with gaps reported.
 pub struct WriteFeed {
     subscription: Subscription,
-    /// Per shard: the last index seen and the next part expected of it.
-    seen: HashMap<u32, (u64, u32)>,
+    /// Per shard: the last index seen, the next part expected of it and
+    /// its number of parts.
+    seen: HashMap<u32, (u64, u32, u32)>,
     /// An event held back while its gap is reported first.
     pending: Option<WriteEvent>,
 }
@@ -292,23 +293,28 @@ impl WriteFeed {
         let shard = event.shard;
         // From the bus: any publisher may send any numbers.
         let after_part = event.part.saturating_add(1);
-        let Some((last, next_part)) = self.seen.get(&shard).copied() else {
-            self.seen.insert(shard, (event.index, after_part));
+        let Some((last, next_part, parts)) = self.seen.get(&shard).copied() else {
+            self.seen
+                .insert(shard, (event.index, after_part, event.parts));
             return Some(FeedItem::Write(event));
         };
         if event.index < last || (event.index == last && event.part < next_part) {
             return None;
         }
-        self.seen.insert(shard, (event.index, after_part));
-        let missed_batches = event.index != last && event.prev.is_some_and(|p| p > last);
-        let partial = (event.index == last && event.part > next_part)
-            || (event.index != last && event.part > 0);
-        if !missed_batches && !partial {
+        self.seen
+            .insert(shard, (event.index, after_part, event.parts));
+        let new_batch = event.index != last;
+        // The last batch's later parts never came.
+        let tail_lost = new_batch && next_part < parts;
+        let missed_batches = new_batch && event.prev.is_some_and(|p| p > last);
+        let partial = (!new_batch && event.part > next_part) || (new_batch && event.part > 0);
+        if !missed_batches && !partial && !tail_lost {
             return Some(FeedItem::Write(event));
         }
         let gap = FeedItem::Gap {
             shard,
-            after: if event.index == last {
+            // Batch `last` is in the gap when some of it was missed.
+            after: if !new_batch || tail_lost {
                 last.saturating_sub(1)
             } else {
                 last
@@ -358,6 +364,8 @@ mod tests {
             event(5, None, 1, 2),
             event(7, Some(5), 0, 1),
             event(12, Some(9), 0, 1), // 9 was never seen
+            event(14, Some(12), 0, 2),
+            event(15, Some(14), 0, 1), // 14's second part never came
         ] {
             if let Some(item) = feed.admit(e) {
                 seen.push(item);
@@ -373,6 +381,18 @@ mod tests {
                 FeedItem::Gap { after, before, .. } => format!("gap {after}..{before}"),
             })
             .collect();
-        assert_eq!(indexes, ["5.0", "5.1", "7.0", "gap 7..12", "12.0"]);
+        assert_eq!(
+            indexes,
+            [
+                "5.0",
+                "5.1",
+                "7.0",
+                "gap 7..12",
+                "12.0",
+                "14.0",
+                "gap 13..15",
+                "15.0"
+            ]
+        );
     }
 }

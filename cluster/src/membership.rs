@@ -554,7 +554,10 @@ impl ClusterNode {
             let hold = lease * 2;
             self.on_leader(
                 shard,
-                crate::node::LeaderOp::HoldForTransfer(hold.as_millis() as u64),
+                crate::node::LeaderOp::HoldForTransfer {
+                    millis: hold.as_millis() as u64,
+                    heir: to,
+                },
                 Duration::from_secs(5),
             )
             .await?;

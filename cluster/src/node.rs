@@ -237,9 +237,9 @@ pub(crate) enum LeaderOp {
     AddLearner(u64),
     /// Make these the voters (joint consensus; removed members leave).
     SetVoters(Vec<u64>),
-    /// Hold new proposals and heartbeats for at most this many milliseconds,
-    /// while leadership moves (see [`crate::handover`]).
-    HoldForTransfer(u64),
+    /// Hold new proposals and heartbeats for at most `millis` while
+    /// leadership moves to `heir` (see [`crate::handover`]).
+    HoldForTransfer { millis: u64, heir: u64 },
 }
 
 /// Runs `op` on `raft`, which is expected to lead.
@@ -269,9 +269,17 @@ async fn run_leader_op(
                 Err(e) => not_leader(&e),
             }
         }
-        LeaderOp::HoldForTransfer(millis) => {
-            if raft.metrics().borrow().current_leader != Some(raft.metrics().borrow().id) {
-                return WireClusterReply::NotLeader(raft.metrics().borrow().current_leader);
+        LeaderOp::HoldForTransfer { millis, heir } => {
+            let (me, leader) = {
+                let m = raft.metrics().borrow().clone();
+                (m.id, m.current_leader)
+            };
+            if leader != Some(me) {
+                return WireClusterReply::NotLeader(leader);
+            }
+            // Leadership already moved to the heir: nothing to hold.
+            if me == heir {
+                return WireClusterReply::Done;
             }
             crate::handover::hold_for_transfer(raft, gate.clone(), Duration::from_millis(millis));
             WireClusterReply::Done
