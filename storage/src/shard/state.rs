@@ -1,6 +1,7 @@
 //! The key-value state in a shard's `state` column family (docs/state.md).
 //!
-//! Keys: `v` ns 0 key -> revision(8) created(8) value (the current value);
+//! Keys: `v` ns 0 key -> revision(8) created(8) expires(8) value (the
+//! current value; expires 0: no TTL);
 //! `c` ns 0 revision(8) op(2) -> kind(1) at(8) key length(4) key value (the
 //! change history watchers read); `k` ns -> the newest revision pruned from
 //! the history; `a` -> the last log index whose state changes are written;
