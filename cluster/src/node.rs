@@ -1664,6 +1664,27 @@ async fn serve_requests(
     }))
 }
 
+/// Proposes `batch` on this member (the leader a forwarded request reached)
+/// and answers with `done` of what applying it returned; "not the leader"
+/// sends the requester on, and a commit that does not come within
+/// `COMMIT_TIMEOUT` is an error.
+async fn commit(
+    raft: &Raft<TypeConfig>,
+    batch: WriteBatch,
+    done: impl FnOnce(crate::types::Applied) -> WireClusterReply,
+) -> WireClusterReply {
+    match tokio::time::timeout(COMMIT_TIMEOUT, raft.client_write(batch)).await {
+        Ok(Ok(r)) => done(r.data),
+        Ok(Err(e)) if e.forward_to_leader::<openraft::EmptyNode>().is_some() => {
+            WireClusterReply::NotLeader(raft.metrics().borrow().current_leader)
+        }
+        Ok(Err(e)) => WireClusterReply::Error(e.to_string()),
+        Err(_) => WireClusterReply::Error(format!(
+            "not committed within {COMMIT_TIMEOUT:?}: the leader cannot reach a majority"
+        )),
+    }
+}
+
 /// A forwarded batch, if it decodes and every point is valid.
 fn checked_batch(bytes: Vec<u8>, limits: &Limits) -> Result<WriteBatch, String> {
     let points = EncodedPoints::from_bytes(bytes).map_err(|e| e.to_string())?;
@@ -1767,16 +1788,7 @@ async fn answer(
                 at: now_ns(),
             });
             gate.pass().await;
-            let reply = match tokio::time::timeout(COMMIT_TIMEOUT, raft.client_write(batch)).await {
-                Ok(Ok(_)) => WireClusterReply::Written(0),
-                Ok(Err(e)) if e.forward_to_leader::<openraft::EmptyNode>().is_some() => {
-                    not_leader()
-                }
-                Ok(Err(e)) => WireClusterReply::Error(e.to_string()),
-                Err(_) => WireClusterReply::Error(format!(
-                    "not committed within {COMMIT_TIMEOUT:?}: the leader cannot reach a majority"
-                )),
-            };
+            let reply = commit(raft, batch, |_| WireClusterReply::Written(0)).await;
             (reply, Vec::new())
         }
         WireClusterRequest::Leader(op) => (run_leader_op(raft, gate, op).await, Vec::new()),
@@ -1788,20 +1800,14 @@ async fn answer(
             let expected = batch.txns.len();
             gate.pass().await;
             batch.at = now_ns();
-            let write = raft.client_write(WriteBatch::state(batch));
-            let reply = match tokio::time::timeout(COMMIT_TIMEOUT, write).await {
-                Ok(Ok(r)) if r.data.state.len() == expected => {
-                    WireClusterReply::StateWritten(r.data.state.iter().map(Into::into).collect())
+            let reply = commit(raft, WriteBatch::state(batch), |applied| {
+                if applied.state.len() == expected {
+                    WireClusterReply::StateWritten(applied.state.iter().map(Into::into).collect())
+                } else {
+                    WireClusterReply::Error("state entry applied without outcomes".into())
                 }
-                Ok(Ok(_)) => WireClusterReply::Error("state entry applied without outcomes".into()),
-                Ok(Err(e)) if e.forward_to_leader::<openraft::EmptyNode>().is_some() => {
-                    not_leader()
-                }
-                Ok(Err(e)) => WireClusterReply::Error(e.to_string()),
-                Err(_) => WireClusterReply::Error(format!(
-                    "not committed within {COMMIT_TIMEOUT:?}: the leader cannot reach a majority"
-                )),
-            };
+            })
+            .await;
             (reply, Vec::new())
         }
         WireClusterRequest::StateRead(read) => {

@@ -202,6 +202,20 @@ fn idem_set(st: &mut State, index: u64, key: Vec<u8>, value: Option<Vec<u8>>) {
     st.idem_pending.push_back((index, key, value));
 }
 
+/// Records that the entry at `index` applied `record` (an idempotency key's
+/// part, or a delete's id) under `stamp`, with its expiry index entry.
+fn remember(st: &mut State, index: u64, record: Vec<u8>, stamp: KeyedStamp) {
+    let mut value = stamp.nonce.to_be_bytes().to_vec();
+    value.extend_from_slice(&(stamp.at as u64).to_be_bytes());
+    idem_set(
+        st,
+        index,
+        idempotency_expiry_key(stamp.at, &record),
+        Some(Vec::new()),
+    );
+    idem_set(st, index, record, Some(value));
+}
+
 const IDEMPOTENCY_PREFIX: &[u8] = b"idem/";
 const IDEMPOTENCY_EXPIRY_PREFIX: &[u8] = b"idemx/";
 
@@ -488,15 +502,7 @@ impl Shard {
                     duplicates.push(i);
                     continue;
                 }
-                let mut value = stamp.nonce.to_be_bytes().to_vec();
-                value.extend_from_slice(&(stamp.at as u64).to_be_bytes());
-                idem_set(
-                    &mut st,
-                    index,
-                    idempotency_expiry_key(stamp.at, &record),
-                    Some(Vec::new()),
-                );
-                idem_set(&mut st, index, record, Some(value));
+                remember(&mut st, index, record, stamp);
             }
             self.expire_idempotency(&mut st, index, stamp)?;
         }
@@ -1525,15 +1531,7 @@ impl Shard {
                 report.repeated = true;
                 return Ok(report);
             }
-            let mut value = stamp.nonce.to_be_bytes().to_vec();
-            value.extend_from_slice(&(stamp.at as u64).to_be_bytes());
-            idem_set(
-                &mut st,
-                index,
-                idempotency_expiry_key(stamp.at, &record),
-                Some(Vec::new()),
-            );
-            idem_set(&mut st, index, record, Some(value));
+            remember(&mut st, index, record, stamp);
             self.expire_idempotency(&mut st, index, stamp)?;
         }
         let selected = if start <= end {
