@@ -196,5 +196,19 @@ async fn a_member_cut_off_from_its_group_keeps_its_replica() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let open: Vec<_> = lonely
+        .local_shards()
+        .iter()
+        .map(|(_, s)| Arc::downgrade(s))
+        .collect();
     lonely.shutdown().await;
+    drop(lonely);
+    // RocksDB must be closed before the process exits: a database still open
+    // in a task at exit aborts the process ("pthread lock: Invalid argument").
+    wait_until(
+        "the replica's database closed",
+        Duration::from_secs(10),
+        || open.iter().all(|w| w.strong_count() == 0),
+    )
+    .await;
 }
