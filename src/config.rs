@@ -41,6 +41,33 @@ pub struct NodeConfig {
     /// anyone who can reach HTTP can then delete data. Off by default, as
     /// Prometheus's `--web.enable-admin-api`.
     pub enable_admin_api: bool,
+    pub auth: AuthSettings,
+    pub tls: TlsSettings,
+}
+
+/// Who may use the node. With authentication off, the node serves only on a
+/// loopback address unless `insecure` is set.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Require an API token (Bearer, or Basic with the token as password) on
+    /// every route but the health probes and on the bus's kv subjects.
+    pub enabled: bool,
+    /// A file holding the bootstrap token: an admin credential that needs no
+    /// stored token (how the first tokens are made). Also
+    /// `CHRONICLE_BOOTSTRAP_TOKEN`.
+    pub bootstrap_token_file: Option<PathBuf>,
+    /// Serve a non-loopback address without authentication, or a cluster
+    /// over NATS without a cluster secret. For isolated test networks only.
+    pub insecure: bool,
+}
+
+/// TLS on the HTTP listener (rustls). Both files PEM.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -60,6 +87,8 @@ impl Default for NodeConfig {
             retention: RetentionSettings::default(),
             fault_injection: false,
             enable_admin_api: false,
+            auth: AuthSettings::default(),
+            tls: TlsSettings::default(),
         }
     }
 }
@@ -135,6 +164,11 @@ pub struct ClusterSettings {
     pub write_events: bool,
     /// Whether the feed's events carry the points.
     pub write_event_points: bool,
+    /// A file holding the cluster secret: node-to-node messages carry an
+    /// HMAC under it, and messages without a valid one are dropped. Also
+    /// `CHRONICLE_CLUSTER_SECRET`. Not part of the cluster's identity.
+    #[serde(skip_serializing)]
+    pub secret_file: Option<PathBuf>,
 }
 
 impl Default for ClusterSettings {
@@ -150,6 +184,7 @@ impl Default for ClusterSettings {
             state_history_secs: 86_400,
             write_events: true,
             write_event_points: false,
+            secret_file: None,
         }
     }
 }
@@ -364,6 +399,49 @@ pub struct ServeArgs {
     /// holds nothing until `chronicle cluster add-node <id>` moves shards to it.
     #[arg(long, env = "CHRONICLE_JOIN", conflicts_with = "initial_nodes")]
     pub join: bool,
+    /// Require an API token on every route but the health probes (see
+    /// docs/security.md); make the first tokens with the bootstrap token.
+    #[arg(long, env = "CHRONICLE_AUTH")]
+    pub auth: bool,
+    /// File holding the bootstrap token (an admin credential; at least 16
+    /// bytes, e.g. `openssl rand -hex 32`).
+    #[arg(long, env = "CHRONICLE_BOOTSTRAP_TOKEN_FILE")]
+    pub bootstrap_token_file: Option<PathBuf>,
+    /// Serve a non-loopback address without --auth, or a NATS cluster
+    /// without a cluster secret. Isolated test networks only.
+    #[arg(long, env = "CHRONICLE_INSECURE")]
+    pub insecure: bool,
+    /// PEM certificate chain for HTTPS on --http-addr (with --tls-key).
+    #[arg(long, env = "CHRONICLE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS.
+    #[arg(long, env = "CHRONICLE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// File holding the cluster secret (at least 16 bytes) that signs
+    /// node-to-node messages; every member needs the same one.
+    #[arg(long, env = "CHRONICLE_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// NATS user (with --nats-password).
+    #[arg(long, env = "CHRONICLE_NATS_USER")]
+    pub nats_user: Option<String>,
+    /// NATS password (prefer the variable to the flag: flags show in `ps`).
+    #[arg(long, env = "CHRONICLE_NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+    /// NATS authentication token.
+    #[arg(long, env = "CHRONICLE_NATS_TOKEN", hide_env_values = true)]
+    pub nats_token: Option<String>,
+    /// NATS credentials file (JWT and nkey seed, `.creds`).
+    #[arg(long, env = "CHRONICLE_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// File holding an nkey seed (`SU...`) to authenticate to NATS with.
+    #[arg(long, env = "CHRONICLE_NATS_NKEY_FILE")]
+    pub nats_nkey_file: Option<PathBuf>,
+    /// PEM CA certificates to trust for NATS TLS (implies TLS).
+    #[arg(long, env = "CHRONICLE_NATS_CA")]
+    pub nats_ca: Option<PathBuf>,
+    /// Require TLS to NATS.
+    #[arg(long, env = "CHRONICLE_NATS_TLS")]
+    pub nats_tls: bool,
 }
 
 impl ServeArgs {
@@ -414,7 +492,49 @@ impl ServeArgs {
         if self.join {
             config.cluster.join = true;
         }
+        if self.auth {
+            config.auth.enabled = true;
+        }
+        if let Some(f) = &self.bootstrap_token_file {
+            config.auth.bootstrap_token_file = Some(f.clone());
+        }
+        if self.insecure {
+            config.auth.insecure = true;
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            config.tls.cert_file = Some(cert.clone());
+            config.tls.key_file = Some(key.clone());
+        }
+        if let Some(f) = &self.cluster_secret_file {
+            config.cluster.secret_file = Some(f.clone());
+        }
+        let n = &mut config.nats;
+        for (flag, field) in [
+            (&self.nats_user, &mut n.user),
+            (&self.nats_password, &mut n.password),
+            (&self.nats_token, &mut n.token),
+        ] {
+            if flag.is_some() {
+                field.clone_from(flag);
+            }
+        }
+        if let Some(f) = &self.nats_creds {
+            n.credentials_file = Some(f.clone());
+        }
+        if let Some(f) = &self.nats_nkey_file {
+            let seed = std::fs::read_to_string(f)
+                .map_err(|e| format!("--nats-nkey-file {}: {e}", f.display()))?;
+            n.nkey_seed = Some(seed.trim().to_string());
+        }
+        if let Some(f) = &self.nats_ca {
+            n.tls_ca_file = Some(f.clone());
+            n.require_tls = true;
+        }
+        if self.nats_tls {
+            n.require_tls = true;
+        }
         config.cluster.validate(!config.nats.urls.is_empty())?;
+        config.validate_security()?;
         chronicle_bus::subject::validate_publish(&format!("{}.query", config.subject_prefix))
             .map_err(|e| format!("subject prefix {:?}: {e}", config.subject_prefix))?;
         Ok(config)
@@ -422,6 +542,82 @@ impl ServeArgs {
 }
 
 impl NodeConfig {
+    /// Refuses settings that would expose the node or silently not
+    /// authenticate: a NATS user without a password (or the reverse), half a
+    /// TLS pair, a non-loopback listener without authentication, a NATS
+    /// cluster with authentication but no cluster secret.
+    pub fn validate_security(&self) -> Result<(), String> {
+        let n = &self.nats;
+        match (&n.user, &n.password) {
+            (Some(_), None) => return Err("[nats] user is set without a password".into()),
+            (None, Some(_)) => return Err("[nats] password is set without a user".into()),
+            _ => {}
+        }
+        if n.tls_client_cert.is_some() != n.tls_client_key.is_some() {
+            return Err("[nats] tls_client_cert and tls_client_key go together".into());
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return Err("[tls] cert_file and key_file go together".into());
+        }
+        if !self.auth.enabled && !self.auth.insecure && !self.http_addr.ip().is_loopback() {
+            return Err(format!(
+                "refusing to serve {} without authentication: start with --auth (and a bootstrap token), bind a loopback address, or pass --insecure",
+                self.http_addr
+            ));
+        }
+        if self.auth.enabled
+            && !self.auth.insecure
+            && !n.urls.is_empty()
+            && self.cluster.secret_file.is_none()
+            && std::env::var_os("CHRONICLE_CLUSTER_SECRET").is_none()
+        {
+            return Err(
+                "--auth over NATS needs a cluster secret (--cluster-secret-file or CHRONICLE_CLUSTER_SECRET) so clients cannot forge node-to-node messages; or pass --insecure"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The bootstrap token: `CHRONICLE_BOOTSTRAP_TOKEN`, else the file's
+    /// contents (trimmed).
+    pub fn bootstrap_token(&self) -> Result<Option<String>, String> {
+        if let Ok(t) = std::env::var("CHRONICLE_BOOTSTRAP_TOKEN") {
+            return Ok(Some(t.trim().to_string()));
+        }
+        self.auth
+            .bootstrap_token_file
+            .as_ref()
+            .map(|f| {
+                std::fs::read_to_string(f)
+                    .map(|t| t.trim().to_string())
+                    .map_err(|e| format!("bootstrap token file {}: {e}", f.display()))
+            })
+            .transpose()
+    }
+
+    /// The cluster secret: `CHRONICLE_CLUSTER_SECRET`, else the file's bytes
+    /// (a trailing newline dropped).
+    pub fn cluster_secret(&self) -> Result<Option<Vec<u8>>, String> {
+        if let Ok(t) = std::env::var("CHRONICLE_CLUSTER_SECRET") {
+            return Ok(Some(t.trim_end().as_bytes().to_vec()));
+        }
+        self.cluster
+            .secret_file
+            .as_ref()
+            .map(|f| {
+                std::fs::read(f)
+                    .map(|mut b| {
+                        while b.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
+                            b.pop();
+                        }
+                        b
+                    })
+                    .map_err(|e| format!("cluster secret file {}: {e}", f.display()))
+            })
+            .transpose()
+    }
+
     pub fn ingest_config(&self) -> chronicle_ingest::IngestConfig {
         chronicle_ingest::IngestConfig {
             subject_prefix: self.subject_prefix.clone(),

@@ -10,6 +10,7 @@ use actix_web::dev::{Decompress, Server};
 use actix_web::http::StatusCode;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use chronicle_actor_runtime::error_json;
+use chronicle_auth::{Access, Authenticator, Principal};
 use chronicle_ingest::{parse_payload, IngestActor, IngestError, Precision, WritePoints};
 use chronicle_query::{CancelOnDrop, QueryActor, QueryError, QueryRequest, RunQuery};
 use chronicle_storage::Limits;
@@ -45,14 +46,96 @@ pub struct AppState {
     pub shutting_down: Arc<AtomicBool>,
     /// Serve the admin API (delete_series).
     pub admin_api: bool,
+    /// Checks every request's credentials (lets everyone in when off).
+    pub auth: Arc<Authenticator>,
 }
 
-/// Binds and returns the server (not yet running) and the bound address.
-pub fn serve(state: AppState, addr: SocketAddr) -> std::io::Result<(Server, SocketAddr)> {
+/// What a route needs, and the feature it belongs to (for scoped tokens).
+/// Routes not listed need admin: a route added without a rule here is
+/// closed, not open.
+pub fn access_of(method: &actix_web::http::Method, path: &str) -> (Access, &'static str) {
+    let path = path.trim_end_matches('/');
+    match path {
+        "/health" | "/health/live" | "/health/ready" => (Access::Public, "health"),
+        "/write" | "/api/v2/write" | "/api/v1/write" | "/v1/metrics" => (Access::Write, "ingest"),
+        "/query" | "/api/v1/cql" | "/api/v1/cql/validate" | "/api/v1/cql/explain" => {
+            (Access::Read, "query")
+        }
+        "/metrics" => (Access::Read, "metrics"),
+        "/api/v1/cluster/status" if method == actix_web::http::Method::GET => {
+            (Access::Read, "cluster")
+        }
+        _ if path.starts_with("/api/v1/cluster/") => (Access::Admin, "cluster"),
+        _ if path.starts_with("/api/v1/kv/") => (Access::Admin, "kv"),
+        _ if path.starts_with("/api/v1/auth/") => (Access::Admin, "auth"),
+        _ if path.starts_with("/api/v1/admin/") => (Access::Admin, "query"),
+        _ if path.starts_with("/debug/") => (Access::Admin, "debug"),
+        // The Prometheus HTTP API's read routes.
+        _ if path.starts_with("/api/v1/") => (Access::Read, "query"),
+        _ => (Access::Admin, "unknown"),
+    }
+}
+
+/// Authenticates and authorizes every request before its handler runs; the
+/// principal goes into the request's extensions for handlers that narrow
+/// further (metric-scoped writes).
+async fn authorize(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<
+    actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>,
+    actix_web::Error,
+> {
+    let (access, feature) = access_of(req.method(), req.path());
+    let checked = match req.app_data::<web::Data<AppState>>() {
+        Some(state) if access != Access::Public => state
+            .auth
+            .authenticate(
+                req.headers()
+                    .get(actix_web::http::header::AUTHORIZATION)
+                    .map(|v| v.as_bytes()),
+            )
+            .and_then(|who| who.authorize(access, feature).map(|()| who)),
+        _ => Ok(Principal::anonymous()),
+    };
+    match checked {
+        Ok(who) => {
+            actix_web::HttpMessage::extensions_mut(&req).insert(who);
+            next.call(req).await.map(|r| r.map_into_left_body())
+        }
+        Err(e) => {
+            let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+            if matches!(e.status(), 401 | 403) {
+                metrics::AUTH_REFUSED
+                    .with_label_values(&[status.as_str()])
+                    .inc();
+            }
+            let mut response = error(status, e.code(), e.to_string());
+            if status == StatusCode::UNAUTHORIZED {
+                response.headers_mut().insert(
+                    actix_web::http::header::WWW_AUTHENTICATE,
+                    actix_web::http::header::HeaderValue::from_static(
+                        "Bearer realm=\"chronicle\", Basic realm=\"chronicle\"",
+                    ),
+                );
+            }
+            Ok(req.into_response(response).map_into_right_body())
+        }
+    }
+}
+
+/// Binds and returns the server (not yet running) and the bound address;
+/// HTTPS when `tls` is given.
+pub fn serve(
+    state: AppState,
+    addr: SocketAddr,
+    tls: Option<rustls::ServerConfig>,
+) -> std::io::Result<(Server, SocketAddr)> {
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            .wrap(actix_web::middleware::from_fn(authorize))
             .route("/write", web::post().to(write))
             .route("/api/v2/write", web::post().to(write))
             .route("/api/v1/write", web::post().to(remote_write))
@@ -78,16 +161,20 @@ pub fn serve(state: AppState, addr: SocketAddr) -> std::io::Result<(Server, Sock
             .route("/debug/faults/heal", web::post().to(fault_heal))
             .route("/metrics", web::get().to(metrics_text))
             .route("/api/v1/kv/{op}", web::post().to(kv))
+            .configure(crate::tokens::configure)
             .configure(crate::prom_api::configure)
     })
     .workers(2)
-    .disable_signals()
-    .bind(addr)?;
+    .disable_signals();
+    let server = match tls {
+        Some(config) => server.bind_rustls_0_23(addr, config)?,
+        None => server.bind(addr)?,
+    };
     let bound = server.addrs().first().copied().unwrap_or(addr);
     Ok((server.run(), bound))
 }
 
-fn error(status: StatusCode, code: &str, message: impl Into<String>) -> HttpResponse {
+pub(crate) fn error(status: StatusCode, code: &str, message: impl Into<String>) -> HttpResponse {
     HttpResponse::build(status)
         .content_type("application/json")
         .body(error_json(code, message))
@@ -95,7 +182,7 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> HttpResp
 
 /// Reads the body, decompressing gzip (Content-Encoding), with the limit applied
 /// after decompression so a small bomb cannot expand without bound.
-async fn read_body(
+pub(crate) async fn read_body(
     req: &HttpRequest,
     payload: web::Payload,
     limit: usize,
@@ -209,6 +296,20 @@ async fn write_points(
             )
         }
     };
+    // A token limited to metric prefixes writes all of a request or none.
+    if let Some(who) = actix_web::HttpMessage::extensions(req).get::<Principal>() {
+        if let Some(p) = points.iter().find(|p| !who.may_write_metric(&p.metric)) {
+            metrics::AUTH_REFUSED.with_label_values(&["403"]).inc();
+            return error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "token {} may write metrics starting with {:?}, not {:?}; nothing was written",
+                    who.id, who.scopes.metric_prefixes, p.metric
+                ),
+            );
+        }
+    }
     // A retry with the same key within the window is acknowledged without
     // being applied again (docs/http-api.md, Idempotent writes).
     let idempotency_key = match req.headers().get("idempotency-key") {
@@ -516,6 +617,9 @@ fn not_ready(state: &AppState) -> Vec<String> {
             problems.push(format!("{name} ({}): not connected", state.bus_kind));
         }
     }
+    if !state.auth.is_loaded() {
+        problems.push("auth: the token registry has not loaded yet".to_string());
+    }
     problems.extend(state.cluster.group_problems());
     let me = state.cluster.node_id();
     let (_, shards) = state.cluster.status();
@@ -737,11 +841,12 @@ async fn kv(
     req: HttpRequest,
     payload: web::Payload,
 ) -> HttpResponse {
-    if !state.admin_api {
+    // With authentication on, the middleware let only admins through.
+    if !state.admin_api && !state.auth.is_enabled() {
         return error(
             StatusCode::FORBIDDEN,
             "forbidden",
-            "admin APIs disabled; set enable_admin_api = true in the node's configuration",
+            "admin APIs disabled; start with --auth (admin tokens) or --enable-admin-api",
         );
     }
     let body = match read_body(&req, payload, chronicle_kv::MAX_REQUEST_BYTES).await {

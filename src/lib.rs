@@ -19,6 +19,7 @@ pub mod kv_cli;
 pub mod metrics;
 pub mod node;
 mod prom_api;
+mod tokens;
 
 pub use config::{NodeConfig, ServeArgs};
 pub use node::{Node, NodeError};

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use chronicle_actor_runtime::register;
 use chronicle_bus::{Bus, ConnectionState, Message, NatsBus, Result, Subscription};
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, TextEncoder};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, TextEncoder,
+};
 
 static PUBLISHED: LazyLock<IntCounter> = LazyLock::new(|| {
     let c = IntCounter::new(
@@ -54,6 +56,39 @@ pub static BUS_SLOW_CONSUMER: LazyLock<IntCounter> = LazyLock::new(|| {
     g
 });
 
+/// Node-to-node messages dropped for a missing or bad cluster MAC.
+static BUS_UNAUTHENTICATED: LazyLock<IntCounter> = LazyLock::new(|| {
+    let c = IntCounter::new(
+        "chronicle_bus_unauthenticated_dropped_total",
+        "Node-to-node messages dropped because they carried no valid cluster MAC",
+    )
+    .expect("static metric definition");
+    register(Box::new(c.clone()));
+    c
+});
+
+/// Requests refused by authentication (401) or authorization (403).
+pub static AUTH_REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    let c = IntCounterVec::new(
+        Opts::new(
+            "chronicle_auth_refused_total",
+            "HTTP requests refused for missing or bad credentials (401) or rights (403)",
+        ),
+        &["status"],
+    )
+    .expect("static metric definition");
+    register(Box::new(c.clone()));
+    c
+});
+
+/// The signed bus whose drops the metrics report.
+static WATCHED_SIGNED: Mutex<Option<Arc<std::sync::atomic::AtomicU64>>> = Mutex::new(None);
+
+/// Reports `rejected` in `chronicle_bus_unauthenticated_dropped_total`.
+pub fn watch_rejected(rejected: Arc<std::sync::atomic::AtomicU64>) {
+    *WATCHED_SIGNED.lock().unwrap_or_else(|e| e.into_inner()) = Some(rejected);
+}
+
 /// The NATS connection whose state the metrics report (none on the in-process bus).
 static WATCHED_NATS: Mutex<Option<Weak<NatsBus>>> = Mutex::new(None);
 
@@ -64,6 +99,16 @@ pub fn watch_nats(bus: &Arc<NatsBus>) {
 }
 
 fn refresh_bus_gauges() {
+    if let Some(rejected) = WATCHED_SIGNED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+    {
+        let (seen, reported) = (rejected.load(Ordering::Relaxed), BUS_UNAUTHENTICATED.get());
+        if seen > reported {
+            BUS_UNAUTHENTICATED.inc_by(seen - reported);
+        }
+    }
     let watched = WATCHED_NATS.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(bus) = watched.as_ref().and_then(Weak::upgrade) {
         BUS_CONNECTED.set(i64::from(bus.state() == ConnectionState::Connected));
@@ -135,6 +180,8 @@ pub fn render() -> String {
     LazyLock::force(&ROUND_TRIPS);
     LazyLock::force(&BUS_CONNECTED);
     LazyLock::force(&BUS_SLOW_CONSUMER);
+    LazyLock::force(&BUS_UNAUTHENTICATED);
+    LazyLock::force(&AUTH_REFUSED);
     refresh_bus_gauges();
     LazyLock::force(&chronicle_actor_runtime::ACTOR_RESTARTS);
     TextEncoder::new()

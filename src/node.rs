@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Addr, Arbiter, Supervisor, SyncArbiter};
-use chronicle_bus::{Bus, FaultController, FaultyBus, LocalBus, NatsBus};
+use chronicle_auth::{Access, Authenticator};
+use chronicle_bus::{Bus, FaultController, FaultyBus, LocalBus, NatsBus, SignedBus};
 use chronicle_cluster::{ClusterConfig, ClusterError, ClusterNode};
 use chronicle_ingest::{IngestActor, PointSink, StorageWriter};
 use chronicle_query::{DataSource, QueryActor};
@@ -63,7 +64,19 @@ fn settle_identity(dir: &Path, given: &ClusterSettings) -> Result<ClusterSetting
             let recorded: ClusterSettings = serde_json::from_slice(&bytes)
                 .map_err(|e| NodeError::Config(format!("{}: {e}", path.display())))?;
             let same_joiner = wanted.join && recorded.join && wanted.node_id == recorded.node_id;
-            if *given == ClusterSettings::default() || wanted == recorded || same_joiner {
+            // Only the identity counts: tunables (snapshot size, feed, secret)
+            // may change between restarts.
+            let identity = |s: &ClusterSettings| {
+                (
+                    s.node_id,
+                    s.initial_nodes.clone(),
+                    s.shards,
+                    s.replication,
+                    s.join,
+                )
+            };
+            let unset = identity(given) == identity(&ClusterSettings::default());
+            if unset || identity(&wanted) == identity(&recorded) || same_joiner {
                 Ok(recorded)
             } else {
                 Err(NodeError::Config(format!(
@@ -109,6 +122,29 @@ fn record_identity(dir: &Path, identity: &ClusterSettings) -> Result<(), NodeErr
     std::fs::write(&tmp, text)
         .and_then(|()| std::fs::rename(&tmp, &path))
         .map_err(|e| NodeError::Config(format!("{}: {e}", path.display())))
+}
+
+/// The HTTPS listener's configuration from PEM files (ring's primitives,
+/// the same provider the NATS client uses).
+fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("TLS certificate {}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!("TLS certificate {}: no certificate in it", cert.display()));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("TLS key {}: {e}", key.display()))?;
+    rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("TLS: {e}"))?
+    .with_no_client_auth()
+    .with_single_cert(chain, key_der)
+    .map_err(|e| format!("TLS certificate and key: {e}"))
 }
 
 /// A node's name in the fault wrapper (`Chronicle-From` headers).
@@ -180,6 +216,21 @@ impl Node {
         };
         let bus: Arc<dyn Bus> = Arc::new(MeteredBus::new(raw_bus));
         let cluster_bus: Arc<dyn Bus> = Arc::new(MeteredBus::new(raw_cluster_bus));
+        // Node-to-node messages carry an HMAC under the cluster secret; those
+        // without a valid one are dropped (and counted).
+        let cluster_bus: Arc<dyn Bus> = match config.cluster_secret().map_err(NodeError::Config)? {
+            Some(secret) => {
+                let signed = SignedBus::new(cluster_bus, &secret)?;
+                crate::metrics::watch_rejected(signed.rejected());
+                Arc::new(signed)
+            }
+            None => {
+                if bus_kind == "nats" {
+                    warn!("no cluster secret: node-to-node messages on NATS are not authenticated");
+                }
+                cluster_bus
+            }
+        };
 
         let mut identity = identity;
         if identity.join && identity.shards.is_none() {
@@ -292,13 +343,37 @@ impl Node {
             .send(chronicle_query::Ping)
             .await
             .map_err(|_| NodeError::ActorStart("query"))?;
-        if config.enable_admin_api {
-            // The state over the bus is an admin API until tokens exist.
+        let auth = if config.auth.enabled {
+            let bootstrap = config.bootstrap_token().map_err(NodeError::Config)?;
+            if bootstrap.is_none() {
+                warn!("authentication is on without a bootstrap token: only stored tokens get in");
+            }
+            let store = cluster.state(chronicle_auth::NAMESPACE)?;
+            runtime
+                .spawn(async move { Authenticator::start(store, bootstrap.as_deref()) })
+                .await
+                .map_err(|_| NodeError::ActorStart("auth"))?
+                .map_err(|e| NodeError::Config(e.to_string()))?
+        } else {
+            Authenticator::disabled()
+        };
+        if config.enable_admin_api || auth.is_enabled() {
+            // With authentication on, the state over the bus needs an admin
+            // token in the request's Authorization header; with it off, the
+            // admin API switch.
+            let checker = auth.clone();
+            let authorize: chronicle_kv::service::Authorize = Arc::new(move |message| {
+                checker
+                    .authenticate(message.headers.get("Authorization").map(str::as_bytes))
+                    .and_then(|who| who.authorize(Access::Admin, "kv"))
+                    .map_err(|e| chronicle_kv::fail(e.status(), e.to_string()))
+            });
             runtime
                 .spawn(chronicle_kv::service::serve_bus(
                     cluster.clone(),
                     bus.clone(),
                     config.subject_prefix.clone(),
+                    authorize,
                 ))
                 .await
                 .map_err(|_| NodeError::ActorStart("kv"))??;
@@ -322,9 +397,14 @@ impl Node {
             buses: vec![("bus", bus.clone()), ("cluster bus", cluster_bus.clone())],
             shutting_down: shutting_down.clone(),
             admin_api: config.enable_admin_api,
+            auth: auth.clone(),
+        };
+        let tls = match (&config.tls.cert_file, &config.tls.key_file) {
+            (Some(cert), Some(key)) => Some(tls_config(cert, key).map_err(NodeError::Config)?),
+            _ => None,
         };
         let (server, http_addr) =
-            http::serve(state, config.http_addr).map_err(|source| NodeError::Http {
+            http::serve(state, config.http_addr, tls).map_err(|source| NodeError::Http {
                 addr: config.http_addr,
                 source,
             })?;

@@ -29,6 +29,8 @@ pub enum BusError {
         operation: &'static str,
         reason: String,
     },
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
     #[error("partitioned: {0}")]
     Partitioned(String),
 }

@@ -13,6 +13,7 @@ mod fault;
 mod local;
 mod message;
 mod nats;
+mod signed;
 pub mod subject;
 
 use std::time::Duration;
@@ -25,6 +26,7 @@ pub use fault::{Fault, FaultController, FaultyBus, RuleId};
 pub use local::{LocalBus, LocalBusOptions};
 pub use message::{DrainHandle, Headers, Message, Subscription};
 pub use nats::{ConnectionState, NatsBus, NatsOptions};
+pub use signed::{SignedBus, MAC_HEADER, MIN_SECRET_BYTES};
 
 /// The operations every bus offers, with the same semantics on every implementation
 /// (the conformance suite in `tests/` holds them to it).

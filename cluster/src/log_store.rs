@@ -50,7 +50,7 @@ const GROUP_COMMIT: usize = 64;
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
-    writer: Arc<Mutex<std::sync::mpsc::Sender<Job>>>,
+    writer: Arc<Writer>,
     /// Appended entries by index: those not yet on disk, and the newest written.
     recent: Arc<Mutex<Recent>>,
     /// Every entry up to this index is on disk (0: none known).
@@ -107,6 +107,27 @@ impl Recent {
                     }
                 }
                 _ => break,
+            }
+        }
+    }
+}
+
+/// The writer thread's queue and handle. Dropping the last one closes the
+/// queue and joins the thread, so the database (whose last handle the thread
+/// holds) is closed when the store is: a RocksDB still closing when the
+/// process exits aborts it ("pthread lock: Invalid argument").
+struct Writer {
+    queue: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.queue.lock().take();
+        if let Some(thread) = self.thread.lock().take() {
+            // A thread cannot join itself (a flush callback could drop a store).
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
             }
         }
     }
@@ -239,7 +260,7 @@ impl LogStore {
         let (tx, rx) = std::sync::mpsc::channel();
         let written = Arc::new(AtomicU64::new(0));
         let (thread_db, thread_written) = (db.clone(), written.clone());
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("raft-log-writer".into())
             .spawn(move || write_loop(thread_db, sync, rx, thread_written))
             .map_err(|e| ClusterError::Config(format!("log writer thread: {e}")))?;
@@ -257,7 +278,10 @@ impl LogStore {
         };
         Ok(Self {
             db,
-            writer: Arc::new(Mutex::new(tx)),
+            writer: Arc::new(Writer {
+                queue: Mutex::new(Some(tx)),
+                thread: Mutex::new(Some(thread)),
+            }),
             recent: Arc::default(),
             written,
             appended: Arc::new(AtomicU64::new(held)),
@@ -270,10 +294,12 @@ impl LogStore {
     }
 
     fn queue(&self, job: Job) -> Result<(), std::io::Error> {
-        self.writer
-            .lock()
-            .send(job)
-            .map_err(|_| std::io::Error::other("the log writer thread has stopped"))
+        match self.writer.queue.lock().as_ref() {
+            Some(queue) => queue
+                .send(job)
+                .map_err(|_| std::io::Error::other("the log writer thread has stopped")),
+            None => Err(std::io::Error::other("the log writer thread has stopped")),
+        }
     }
 
     /// Queues `batch` behind every earlier write and waits until it is durable.

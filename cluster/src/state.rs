@@ -174,7 +174,9 @@ pub struct WireStateChange {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub enum WireStateAnswer {
     Entry(Option<WireStateEntry>),
-    Entries(Vec<WireStateEntry>, bool),
+    /// The entries, whether more follow, and a revision the page reflects
+    /// at least (a watch from it misses nothing).
+    Entries(Vec<WireStateEntry>, bool, u64),
     Changes {
         changes: Vec<WireStateChange>,
         more: bool,
@@ -359,10 +361,12 @@ fn read_local(
             after,
             limit,
         } => {
+            // Read first: the scan reflects at least this revision.
+            let revision = shard.state_revision();
             let (entries, more) =
                 shard.state_scan(&namespace, &prefix, after.as_deref(), limit as usize)?;
             let live = entries.into_iter().filter(|e| !expired(e));
-            WireStateAnswer::Entries(live.map(wire_entry).collect(), more)
+            WireStateAnswer::Entries(live.map(wire_entry).collect(), more, revision)
         }
         WireStateRead::Changes {
             namespace,
@@ -520,6 +524,16 @@ fn compacted_as_error(answer: WireStateAnswer) -> Result<WireStateAnswer, Cluste
     }
 }
 
+/// One page of a scan.
+#[derive(Debug, Clone)]
+pub struct ScanPage {
+    pub entries: Vec<StateEntry>,
+    /// More entries follow the last one.
+    pub more: bool,
+    /// A revision the page reflects at least.
+    pub revision: u64,
+}
+
 /// One namespace of the replicated state: what a feature keeps its data in.
 /// Every call goes through the namespace's leader (writes committed by a
 /// majority, reads after a read index), from any node.
@@ -620,6 +634,20 @@ impl StateStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<StateEntry>, bool), ClusterError> {
+        let page = self.scan_page(prefix, after, limit).await?;
+        Ok((page.entries, page.more))
+    }
+
+    /// As [`Self::scan`], with the revision the page reflects: load a
+    /// prefix page by page, then watch from the first page's revision to
+    /// follow it without missing a change (changes the pages already
+    /// reflect come again; applying them in order converges).
+    pub async fn scan_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<ScanPage, ClusterError> {
         let read = WireStateRead::Scan {
             namespace: self.ns.clone(),
             prefix: prefix.to_string(),
@@ -627,9 +655,11 @@ impl StateStore {
             limit: limit.min(u32::MAX as usize) as u32,
         };
         match self.node.state_read(read).await? {
-            WireStateAnswer::Entries(entries, more) => {
-                Ok((entries.into_iter().map(entry).collect(), more))
-            }
+            WireStateAnswer::Entries(entries, more, revision) => Ok(ScanPage {
+                entries: entries.into_iter().map(entry).collect(),
+                more,
+                revision,
+            }),
             other => Err(ClusterError::Raft(format!("unexpected answer {other:?}"))),
         }
     }

@@ -98,12 +98,17 @@ async fn execute(node: &Arc<ClusterNode>, request: KvRequest) -> Result<Answer, 
     })
 }
 
+/// Decides whether a request message may be served (its credentials, in
+/// its headers); the refusal is the answer sent back.
+pub type Authorize = Arc<dyn Fn(&Message) -> Result<(), Answer> + Send + Sync>;
+
 /// Serves `<prefix>.kv.<op>` on `bus` (a queue group: one node answers
-/// each request), each request on its own task.
+/// each request), each request on its own task, if `authorize` lets it.
 pub async fn serve_bus(
     node: Arc<ClusterNode>,
     bus: Arc<dyn Bus>,
     prefix: String,
+    authorize: Authorize,
 ) -> Result<tokio::task::JoinHandle<()>, chronicle_bus::BusError> {
     let subject = format!("{prefix}.kv.*");
     let mut sub = bus.subscribe(&subject, Some("chronicle-kv")).await?;
@@ -118,11 +123,13 @@ pub async fn serve_bus(
             let op = message.subject.get(ops_at..).unwrap_or("").to_string();
             let span = info_span!("kv_bus", op = %op);
             let slot = slots.clone().try_acquire_owned();
+            let allowed = authorize(&message);
             tokio::spawn(
                 async move {
-                    let answer = match slot {
-                        Ok(_slot) => handle(&node, &op, &message.payload).await,
-                        Err(_) => fail(
+                    let answer = match (allowed, slot) {
+                        (Err(refused), _) => refused,
+                        (Ok(()), Ok(_slot)) => handle(&node, &op, &message.payload).await,
+                        (Ok(()), Err(_)) => fail(
                             503,
                             format!("{MAX_IN_FLIGHT} state requests in flight on this node; retry"),
                         ),

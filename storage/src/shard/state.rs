@@ -373,6 +373,13 @@ impl Shard {
 
     /// Up to `limit` entries whose keys start with `prefix`, in key order,
     /// after the key `after` when given; and whether more follow.
+    /// A revision covering every state change applied so far: a scan begun
+    /// after reading it reflects at least those, and a watch from it misses
+    /// nothing that came after.
+    pub fn state_revision(&self) -> u64 {
+        revision_of(self.state.read().last_seq, 0xFFFF)
+    }
+
     pub fn state_scan(
         &self,
         ns: &str,
