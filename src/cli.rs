@@ -14,6 +14,12 @@ use crate::{bench, client, Node, ServeArgs};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// API token for a node started with --auth (client commands).
+    #[arg(long, global = true, env = "CHRONICLE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// PEM CA certificate to trust for https:// node addresses.
+    #[arg(long, global = true, env = "CHRONICLE_CA_FILE")]
+    ca_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -39,6 +45,9 @@ enum Command {
     /// a node started with --enable-admin-api.
     #[command(subcommand)]
     Kv(crate::kv_cli::KvCommand),
+    /// Create, list and revoke API tokens (needs an admin token).
+    #[command(subcommand)]
+    Token(crate::token_cli::TokenCommand),
     /// Run a benchmark and print its figures.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -64,12 +73,17 @@ pub fn main() -> ExitCode {
         Command::Serve { .. } => "info,openraft=warn",
         _ => "warn",
     });
+    crate::http_client::set_client_auth(crate::http_client::ClientAuth {
+        token: cli.token.clone(),
+        ca_file: cli.ca_file.clone(),
+    });
     let result = match cli.command {
         Command::Serve { args, demo } => serve(args, demo),
         Command::Write(args) => client::write(args),
         Command::Query(args) => client::query(args),
         Command::Cluster(cmd) => crate::cluster_cli::run(cmd),
         Command::Kv(cmd) => crate::kv_cli::run(cmd),
+        Command::Token(cmd) => crate::token_cli::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
     };
     match result {
@@ -86,9 +100,19 @@ fn serve(args: ServeArgs, demo: bool) -> Result<(), Box<dyn std::error::Error>> 
     let system = actix::System::new();
     system.block_on(async move {
         let mut stop = StopSignals::install()?;
+        let scheme = if config.tls.cert_file.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let auth = if config.auth.enabled {
+            "tokens"
+        } else {
+            "off (loopback only)"
+        };
         let node = Node::start(config).await?;
         println!(
-            "chronicle node serving: HTTP http://{}  bus {}  (Ctrl-C stops)",
+            "chronicle node serving: HTTP {scheme}://{}  bus {}  auth {auth}  (Ctrl-C stops)",
             node.http_addr, node.bus_kind
         );
         if demo {

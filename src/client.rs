@@ -67,19 +67,13 @@ impl Sender {
                     bus: Arc::new(bus),
                 }
             }
-            None => {
-                let config = ureq::Agent::config_builder()
-                    .http_status_as_error(false)
-                    .timeout_global(Some(Duration::from_secs(120)))
-                    .build();
-                Sender::Http {
-                    agent: config.into(),
-                    url: http
-                        .unwrap_or_else(|| DEFAULT_HTTP.into())
-                        .trim_end_matches('/')
-                        .to_string(),
-                }
-            }
+            None => Sender::Http {
+                agent: crate::http_client::agent(Duration::from_secs(120))?,
+                url: http
+                    .unwrap_or_else(|| DEFAULT_HTTP.into())
+                    .trim_end_matches('/')
+                    .to_string(),
+            },
         })
     }
 

@@ -90,12 +90,8 @@ pub fn run(command: ClusterCommand) -> Result<(), Error> {
     }
 }
 
-fn agent(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(timeout))
-        .build()
-        .into()
+fn agent(timeout: Duration) -> Result<ureq::Agent, Error> {
+    Ok(crate::http_client::agent(timeout)?)
 }
 
 /// Sends `request` to `url`; the JSON answer (null for an empty body), or
@@ -125,9 +121,8 @@ fn call(
 fn post(http: &str, path: &str) -> Result<Value, Error> {
     let url = format!("{}{path}", http.trim_end_matches('/'));
     eprintln!("asking {url} (moving replicas waits for them to catch up)...");
-    call(&url, || {
-        agent(Duration::from_secs(3600)).post(&url).send_empty()
-    })
+    let agent = agent(Duration::from_secs(3600))?;
+    call(&url, || agent.post(&url).send_empty())
 }
 
 fn print_moves(reply: &Value, done: &str) {
@@ -160,7 +155,8 @@ pub fn status_json(status: &ClusterStatus) -> Value {
 
 fn status(args: StatusArgs) -> Result<(), Error> {
     let url = format!("{}/api/v1/cluster/status", args.http.trim_end_matches('/'));
-    let value = call(&url, || agent(Duration::from_secs(30)).get(&url).call())?;
+    let agent = agent(Duration::from_secs(30))?;
+    let value = call(&url, || agent.get(&url).call())?;
     if args.json {
         println!("{value}");
         return Ok(());

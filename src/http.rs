@@ -82,10 +82,7 @@ pub fn access_of(method: &actix_web::http::Method, path: &str) -> (Access, &'sta
 async fn authorize(
     req: actix_web::dev::ServiceRequest,
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
-) -> Result<
-    actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>,
-    actix_web::Error,
-> {
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
     let (access, feature) = access_of(req.method(), req.path());
     let checked = match req.app_data::<web::Data<AppState>>() {
         Some(state) if access != Access::Public => state

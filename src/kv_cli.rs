@@ -77,11 +77,7 @@ pub struct Target {
 
 fn post(at: &Target, op: &str, body: Value, timeout: Duration) -> Result<(u16, Value), Error> {
     let url = format!("{}/api/v1/kv/{op}", at.http.trim_end_matches('/'));
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(timeout))
-        .build()
-        .into();
+    let agent = crate::http_client::agent(timeout)?;
     let mut response = agent
         .post(&url)
         .content_type("application/json")

@@ -15,10 +15,12 @@ pub mod cluster_cli;
 mod cluster_io;
 pub mod config;
 pub mod http;
+pub mod http_client;
 pub mod kv_cli;
 pub mod metrics;
 pub mod node;
 mod prom_api;
+pub mod token_cli;
 mod tokens;
 
 pub use config::{NodeConfig, ServeArgs};

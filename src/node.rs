@@ -133,10 +133,13 @@ fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, String> {
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|e| format!("TLS certificate {}: {e}", cert.display()))?;
     if chain.is_empty() {
-        return Err(format!("TLS certificate {}: no certificate in it", cert.display()));
+        return Err(format!(
+            "TLS certificate {}: no certificate in it",
+            cert.display()
+        ));
     }
-    let key_der = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("TLS key {}: {e}", key.display()))?;
+    let key_der =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("TLS key {}: {e}", key.display()))?;
     rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

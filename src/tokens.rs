@@ -68,16 +68,30 @@ async fn on_cluster<T: Send + 'static>(
 }
 
 #[instrument(name = "http_token_create", skip_all)]
-async fn create(state: web::Data<AppState>, req: HttpRequest, payload: web::Payload) -> HttpResponse {
+async fn create(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
     let body = match read_body(&req, payload, MAX_TOKEN_REQUEST_BYTES).await {
         Ok(b) => b,
         Err(resp) => return resp,
     };
     let request: CreateRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", format!("token request: {e}")),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("token request: {e}"),
+            )
+        }
     };
-    let ttl = match request.ttl.as_deref().map(|t| humantime::parse_duration(t.trim())) {
+    let ttl = match request
+        .ttl
+        .as_deref()
+        .map(|t| humantime::parse_duration(t.trim()))
+    {
         None => None,
         Some(Ok(d)) => Some(d),
         Some(Err(e)) => return error(StatusCode::BAD_REQUEST, "bad_request", format!("ttl: {e}")),
@@ -114,7 +128,11 @@ async fn revoke(state: web::Data<AppState>, id: web::Path<String>) -> HttpRespon
     let shown = id.clone();
     match on_cluster(&state, async move { auth.revoke(&id).await }).await {
         Ok(true) => HttpResponse::Ok().json(json!({ "revoked": shown })),
-        Ok(false) => error(StatusCode::NOT_FOUND, "not_found", format!("no token {shown}")),
+        Ok(false) => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no token {shown}"),
+        ),
         Err(resp) => resp,
     }
 }

@@ -230,7 +230,10 @@ mod tests {
             }
         });
         let reply = signed
-            .request(Message::new("c.node.1", Bytes::new()), Duration::from_secs(5))
+            .request(
+                Message::new("c.node.1", Bytes::new()),
+                Duration::from_secs(5),
+            )
             .await
             .unwrap();
         assert_eq!(&reply.payload[..], b"signed answer");
@@ -242,20 +245,31 @@ mod tests {
                 Duration::from_millis(200),
             )
             .await;
-        assert!(matches!(unsigned, Err(BusError::Timeout { .. })), "{unsigned:?}");
+        assert!(
+            matches!(unsigned, Err(BusError::Timeout { .. })),
+            "{unsigned:?}"
+        );
 
         // A forged answer to a signed request is refused.
         let mut forger = raw.subscribe("c.node.2", None).await.unwrap();
         let raw_responder = raw.clone();
         tokio::spawn(async move {
             while let Some(m) = forger.next().await {
-                let _ = raw_responder.respond(&m, Bytes::from_static(b"forged")).await;
+                let _ = raw_responder
+                    .respond(&m, Bytes::from_static(b"forged"))
+                    .await;
             }
         });
         let forged = signed
-            .request(Message::new("c.node.2", Bytes::new()), Duration::from_secs(5))
+            .request(
+                Message::new("c.node.2", Bytes::new()),
+                Duration::from_secs(5),
+            )
             .await;
-        assert!(matches!(forged, Err(BusError::Unauthenticated(_))), "{forged:?}");
+        assert!(
+            matches!(forged, Err(BusError::Unauthenticated(_))),
+            "{forged:?}"
+        );
     }
 
     #[test]

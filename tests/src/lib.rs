@@ -23,12 +23,22 @@ impl NatsServer {
     /// When no `nats-server` 2.15 can be found or it does not come up: the test
     /// cannot run without it (`scripts/test-all` installs it).
     pub fn start() -> Self {
+        Self::start_with_config("")
+    }
+
+    /// As [`Self::start`], with `config` (nats-server configuration text,
+    /// e.g. an `authorization` block) in its configuration file.
+    pub fn start_with_config(config: &str) -> Self {
         let bin = nats_server_binary();
         let port = free_port();
         let dir = tempfile::tempdir().expect("temp dir for nats-server");
+        let conf = dir.path().join("nats.conf");
+        std::fs::write(&conf, config).expect("nats-server configuration");
         let child = Command::new(&bin)
+            .arg("-c")
+            .arg(&conf)
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(dir.path())
+            .arg(dir.path().join("js"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -161,6 +171,17 @@ impl Drop for NodeProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A child process killed (and reaped) when dropped, so a failed test
+/// leaves no process behind.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

@@ -259,7 +259,11 @@ async fn load(store: &StateStore) -> Result<(HashMap<String, TokenRecord>, u64),
     let (mut after, mut first_revision) = (None::<String>, None);
     loop {
         let page = store
-            .scan_page(TOKEN_KEYS, after.as_deref(), chronicle_storage::state::MAX_SCAN_LIMIT)
+            .scan_page(
+                TOKEN_KEYS,
+                after.as_deref(),
+                chronicle_storage::state::MAX_SCAN_LIMIT,
+            )
             .await?;
         first_revision.get_or_insert(page.revision);
         for entry in &page.entries {
@@ -267,7 +271,9 @@ async fn load(store: &StateStore) -> Result<(HashMap<String, TokenRecord>, u64),
                 Ok(record) => {
                     records.insert(record.id.clone(), record);
                 }
-                Err(e) => warn!(key = %entry.key, error = %e, "ignoring a token record that does not parse"),
+                Err(e) => {
+                    warn!(key = %entry.key, error = %e, "ignoring a token record that does not parse")
+                }
             }
         }
         after = page.entries.last().map(|e| e.key.clone());

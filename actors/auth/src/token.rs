@@ -162,8 +162,7 @@ impl Principal {
                 }
             )));
         }
-        if !self.scopes.features.is_empty() && !self.scopes.features.iter().any(|f| f == feature)
-        {
+        if !self.scopes.features.is_empty() && !self.scopes.features.iter().any(|f| f == feature) {
             return Err(AuthError::Forbidden(format!(
                 "token {} is limited to features {:?}, not {feature}",
                 self.id, self.scopes.features
@@ -264,12 +263,11 @@ pub fn credential_from_header(value: &[u8]) -> Result<String, AuthError> {
     if value.len() > MAX_CREDENTIAL_BYTES {
         return Err(AuthError::Malformed("the Authorization header is too long"));
     }
-    let text =
-        std::str::from_utf8(value).map_err(|_| AuthError::Malformed("Authorization is not UTF-8"))?;
-    let (scheme, rest) = text
-        .trim()
-        .split_once(' ')
-        .ok_or(AuthError::Malformed("Authorization needs a scheme and a credential"))?;
+    let text = std::str::from_utf8(value)
+        .map_err(|_| AuthError::Malformed("Authorization is not UTF-8"))?;
+    let (scheme, rest) = text.trim().split_once(' ').ok_or(AuthError::Malformed(
+        "Authorization needs a scheme and a credential",
+    ))?;
     let rest = rest.trim();
     if scheme.eq_ignore_ascii_case("bearer") {
         if rest.is_empty() {
@@ -319,16 +317,35 @@ mod tests {
     #[test]
     fn bearer_and_basic_carry_the_token() {
         let t = "chr_0123456789abcdef_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
-        assert_eq!(credential_from_header(format!("Bearer {t}").as_bytes()).unwrap(), t);
-        assert_eq!(credential_from_header(format!("bearer  {t} ").as_bytes()).unwrap(), t);
+        assert_eq!(
+            credential_from_header(format!("Bearer {t}").as_bytes()).unwrap(),
+            t
+        );
+        assert_eq!(
+            credential_from_header(format!("bearer  {t} ").as_bytes()).unwrap(),
+            t
+        );
         let basic = base64::engine::general_purpose::STANDARD.encode(format!("grafana:{t}"));
-        assert_eq!(credential_from_header(format!("Basic {basic}").as_bytes()).unwrap(), t);
-        for bad in ["", "Bearer", "Bearer ", "Token x", "Basic %%%", "Basic Z3JhZmFuYQ=="] {
+        assert_eq!(
+            credential_from_header(format!("Basic {basic}").as_bytes()).unwrap(),
+            t
+        );
+        for bad in [
+            "",
+            "Bearer",
+            "Bearer ",
+            "Token x",
+            "Basic %%%",
+            "Basic Z3JhZmFuYQ==",
+        ] {
             assert!(credential_from_header(bad.as_bytes()).is_err(), "{bad:?}");
         }
         assert!(credential_from_header(&vec![b'a'; MAX_CREDENTIAL_BYTES + 1]).is_err());
         assert!(split_token("chr_0123456789abcdef_short").is_none());
-        assert!(split_token("chr_0123456789ABCDEF_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").is_none());
+        assert!(
+            split_token("chr_0123456789ABCDEF_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
+                .is_none()
+        );
     }
 
     #[test]
@@ -341,7 +358,10 @@ mod tests {
         };
         assert!(p.authorize(Access::Read, "query").is_ok());
         assert!(p.authorize(Access::Write, "ingest").is_ok());
-        assert!(matches!(p.authorize(Access::Admin, "kv"), Err(AuthError::Forbidden(_))));
+        assert!(matches!(
+            p.authorize(Access::Admin, "kv"),
+            Err(AuthError::Forbidden(_))
+        ));
         p.role = Role::Reader;
         assert!(p.authorize(Access::Write, "ingest").is_err());
         p.role = Role::Admin;
