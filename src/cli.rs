@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use crate::{bench, client, Node, ServeArgs};
@@ -14,11 +14,15 @@ use crate::{bench, client, Node, ServeArgs};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    // `token` and `ca_file` are read from the matches in `main`, before a
+    // feature's own command may run.
     /// API token for a node started with --auth (client commands).
     #[arg(long, global = true, env = "CHRONICLE_TOKEN", hide_env_values = true)]
+    #[allow(dead_code)]
     token: Option<String>,
     /// PEM CA certificate to trust for https:// node addresses.
     #[arg(long, global = true, env = "CHRONICLE_CA_FILE")]
+    #[allow(dead_code)]
     ca_file: Option<std::path::PathBuf>,
 }
 
@@ -65,17 +69,48 @@ fn init_tracing(default_filter: &str) {
         .try_init();
 }
 
+/// The command line: the built-in commands and each feature's subcommand.
+pub fn command(features: &[Box<dyn chronicle_platform::Feature>]) -> clap::Command {
+    let mut command = Cli::command();
+    for f in features {
+        if let Some(sub) = f.command() {
+            command = command.subcommand(sub.about(f.describe()));
+        }
+    }
+    command
+}
+
 /// Runs the `chronicle` command line with the process's arguments.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let features = crate::features::registry(&crate::NodeConfig::default());
+    let matches = command(&features).get_matches();
+    crate::http_client::set_client_auth(crate::http_client::ClientAuth {
+        token: matches.get_one::<String>("token").cloned(),
+        ca_file: matches.get_one::<std::path::PathBuf>("ca_file").cloned(),
+    });
+    // A feature's own subcommand (a client of a node).
+    if let Some((name, sub)) = matches.subcommand() {
+        if let Some(f) = features.iter().find(|f| f.name() == name) {
+            if f.command().is_some() {
+                init_tracing("warn");
+                return match f.run_command(sub) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::FAILURE
+                    }
+                };
+            }
+        }
+    }
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     // A node logs what it does; client commands and benchmarks only warnings.
     init_tracing(match cli.command {
         Command::Serve { .. } => "info,openraft=warn",
         _ => "warn",
-    });
-    crate::http_client::set_client_auth(crate::http_client::ClientAuth {
-        token: cli.token.clone(),
-        ca_file: cli.ca_file.clone(),
     });
     let result = match cli.command {
         Command::Serve { args, demo } => serve(args, demo),
@@ -201,5 +236,53 @@ impl StopSignals {
         }
         #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod feature_command_tests {
+    use super::*;
+    use chronicle_platform::{Feature, FeatureError, Planned};
+
+    struct WithCommand;
+
+    impl Feature for WithCommand {
+        fn name(&self) -> &'static str {
+            "twin"
+        }
+        fn describe(&self) -> &'static str {
+            "a feature with a command"
+        }
+        fn configure(&self, _: Option<&toml::Value>) -> Result<Box<dyn Planned>, FeatureError> {
+            Err(FeatureError::Registry("not started here".into()))
+        }
+        fn command(&self) -> Option<clap::Command> {
+            Some(clap::Command::new("twin").arg(clap::Arg::new("id").long("id").required(true)))
+        }
+    }
+
+    #[test]
+    fn feature_commands_join_the_built_in_ones() {
+        let features: Vec<Box<dyn Feature>> = vec![Box::new(WithCommand)];
+        let m = command(&features)
+            .try_get_matches_from(["chronicle", "--token", "t", "twin", "--id", "7"])
+            .unwrap();
+        let (name, sub) = m.subcommand().unwrap();
+        assert_eq!(name, "twin");
+        assert_eq!(sub.get_one::<String>("id").unwrap(), "7");
+        assert_eq!(m.get_one::<String>("token").unwrap(), "t");
+        // Built-in commands still parse into the derived enum.
+        let m = command(&features)
+            .try_get_matches_from(["chronicle", "token", "list"])
+            .unwrap();
+        assert!(matches!(
+            Cli::from_arg_matches(&m).unwrap().command,
+            Command::Token(_)
+        ));
+        let help = command(&features).render_long_help().to_string();
+        assert!(help.contains("a feature with a command"), "{help}");
+        assert!(command(&features)
+            .try_get_matches_from(["chronicle", "twin"])
+            .is_err());
     }
 }

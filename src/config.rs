@@ -43,6 +43,9 @@ pub struct NodeConfig {
     pub enable_admin_api: bool,
     pub auth: AuthSettings,
     pub tls: TlsSettings,
+    /// Which features run, how their actors restart, and each feature's
+    /// own `[features.<name>]` section.
+    pub features: chronicle_platform::FeaturesConfig,
 }
 
 /// Who may use the node. With authentication off, the node serves only on a
@@ -89,6 +92,7 @@ impl Default for NodeConfig {
             enable_admin_api: false,
             auth: AuthSettings::default(),
             tls: TlsSettings::default(),
+            features: chronicle_platform::FeaturesConfig::default(),
         }
     }
 }

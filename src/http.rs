@@ -23,8 +23,9 @@ use crate::metrics;
 
 #[derive(Clone)]
 pub struct AppState {
-    pub ingest: Addr<IngestActor>,
-    pub query: Addr<QueryActor>,
+    /// `None` when the feature is disabled (its routes are not served then).
+    pub ingest: Option<Addr<IngestActor>>,
+    pub query: Option<Addr<QueryActor>>,
     pub bus_kind: &'static str,
     pub max_body_bytes: usize,
     /// What one point and one write request may hold.
@@ -48,6 +49,17 @@ pub struct AppState {
     pub admin_api: bool,
     /// Checks every request's credentials (lets everyone in when off).
     pub auth: Arc<Authenticator>,
+    /// The started features: their routes, their readiness.
+    pub features: chronicle_platform::Features,
+}
+
+/// The answer when a disabled feature's handle is asked for.
+pub(crate) fn feature_disabled(name: &str) -> HttpResponse {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        format!("the {name} feature is disabled on this node"),
+    )
 }
 
 /// What a route needs, and the feature it belongs to (for scoped tokens).
@@ -128,19 +140,12 @@ pub fn serve(
     addr: SocketAddr,
     tls: Option<rustls::ServerConfig>,
 ) -> std::io::Result<(Server, SocketAddr)> {
+    let features = state.features.clone();
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
             .wrap(actix_web::middleware::from_fn(authorize))
-            .route("/write", web::post().to(write))
-            .route("/api/v2/write", web::post().to(write))
-            .route("/api/v1/write", web::post().to(remote_write))
-            .route("/v1/metrics", web::post().to(otlp_metrics))
-            .route("/query", web::post().to(query))
-            .route("/api/v1/cql", web::post().to(cql_query))
-            .route("/api/v1/cql/validate", web::post().to(cql_validate))
-            .route("/api/v1/cql/explain", web::post().to(cql_explain))
             .route("/health", web::get().to(ready))
             .route("/health/ready", web::get().to(ready))
             .route("/health/live", web::get().to(live))
@@ -157,9 +162,8 @@ pub fn serve(
             .route("/debug/faults/partition", web::post().to(fault_partition))
             .route("/debug/faults/heal", web::post().to(fault_heal))
             .route("/metrics", web::get().to(metrics_text))
-            .route("/api/v1/kv/{op}", web::post().to(kv))
             .configure(crate::tokens::configure)
-            .configure(crate::prom_api::configure)
+            .configure(|cfg| features.routes(cfg))
     })
     .workers(2)
     .disable_signals();
@@ -210,7 +214,7 @@ pub(crate) async fn read_body(
 /// `bucket` are accepted so its clients work unchanged; Chronicle has one
 /// database, so they select nothing (docs/http-api.md).
 #[derive(Deserialize)]
-struct WriteParams {
+pub(crate) struct WriteParams {
     precision: Option<String>,
     #[allow(dead_code)]
     db: Option<String>,
@@ -235,7 +239,7 @@ fn ingest_status(e: &IngestError) -> StatusCode {
 /// POST /write: line protocol (or JSON points with a JSON content type); 204 when
 /// every point is durable, with `X-Chronicle-Points-Written`.
 #[instrument(name = "http_write", skip_all)]
-async fn write(
+pub(crate) async fn write(
     state: web::Data<AppState>,
     req: HttpRequest,
     params: web::Query<WriteParams>,
@@ -333,7 +337,10 @@ async fn write_points(
         points,
         idempotency_key,
     };
-    match state.ingest.send(write).await {
+    let Some(ingest) = &state.ingest else {
+        return feature_disabled("ingest");
+    };
+    match ingest.send(write).await {
         Ok(Ok(n)) => HttpResponse::NoContent()
             .insert_header(("X-Chronicle-Points-Written", n.to_string()))
             .finish(),
@@ -349,7 +356,7 @@ async fn write_points(
 /// POST /v1/metrics: OTLP metrics (protobuf or JSON, gzip allowed); 200 with an
 /// empty `ExportMetricsServiceResponse` once every point is durable.
 #[instrument(name = "http_otlp", skip_all)]
-async fn otlp_metrics(
+pub(crate) async fn otlp_metrics(
     state: web::Data<AppState>,
     req: HttpRequest,
     payload: web::Payload,
@@ -398,7 +405,7 @@ async fn otlp_metrics(
 /// every sample is durable. Bad data is a 400 (Prometheus does not retry it);
 /// a node that cannot write answers 5xx (Prometheus retries).
 #[instrument(name = "http_remote_write", skip_all)]
-async fn remote_write(
+pub(crate) async fn remote_write(
     state: web::Data<AppState>,
     req: HttpRequest,
     payload: web::Payload,
@@ -447,7 +454,7 @@ async fn remote_write(
 
 /// POST /query: a JSON query request; the JSON result.
 #[instrument(name = "http_query", skip_all)]
-async fn query(
+pub(crate) async fn query(
     state: web::Data<AppState>,
     req: HttpRequest,
     payload: web::Payload,
@@ -474,8 +481,10 @@ async fn query(
 async fn run_query(state: &AppState, request: QueryRequest) -> HttpResponse {
     let cancelled = Arc::new(AtomicBool::new(false));
     let guard = CancelOnDrop::new(cancelled.clone());
-    let answer = state
-        .query
+    let Some(query) = &state.query else {
+        return feature_disabled("query");
+    };
+    let answer = query
         .send(RunQuery {
             request,
             cancelled: Some(cancelled),
@@ -529,7 +538,7 @@ async fn cql_body(req: &HttpRequest, payload: web::Payload) -> Result<String, Ht
 
 /// POST /api/v1/cql: runs a CQL query; the answer has `columns` and `rows`.
 #[tracing::instrument(name = "http_cql", skip_all)]
-async fn cql_query(
+pub(crate) async fn cql_query(
     state: web::Data<AppState>,
     req: HttpRequest,
     payload: web::Payload,
@@ -559,7 +568,7 @@ async fn run_cql(
 
 /// POST /api/v1/cql/validate: `{"valid": true}`, or `{"valid": false, "error":
 /// {"message", "line", "column"}}` (line and column when the parser knows them).
-async fn cql_validate(req: HttpRequest, payload: web::Payload) -> HttpResponse {
+pub(crate) async fn cql_validate(req: HttpRequest, payload: web::Payload) -> HttpResponse {
     let text = match cql_body(&req, payload).await {
         Ok(t) => t,
         Err(resp) => return resp,
@@ -583,7 +592,7 @@ async fn cql_validate(req: HttpRequest, payload: web::Payload) -> HttpResponse {
 
 /// POST /api/v1/cql/explain: `{"explain": "<one step per line>"}`.
 #[tracing::instrument(name = "http_cql_explain", skip_all)]
-async fn cql_explain(
+pub(crate) async fn cql_explain(
     state: web::Data<AppState>,
     req: HttpRequest,
     payload: web::Payload,
@@ -617,6 +626,7 @@ fn not_ready(state: &AppState) -> Vec<String> {
     if !state.auth.is_loaded() {
         problems.push("auth: the token registry has not loaded yet".to_string());
     }
+    problems.extend(state.features.not_ready());
     problems.extend(state.cluster.group_problems());
     let me = state.cluster.node_id();
     let (_, shards) = state.cluster.status();
@@ -832,7 +842,7 @@ async fn metrics_text() -> HttpResponse {
 /// The replicated state's JSON operations (`chronicle_kv`). Served only with
 /// `enable_admin_api` (403 otherwise).
 #[instrument(name = "http_kv", skip_all, fields(op = %op))]
-async fn kv(
+pub(crate) async fn kv(
     state: web::Data<AppState>,
     op: web::Path<String>,
     req: HttpRequest,

@@ -14,6 +14,7 @@ pub mod client;
 pub mod cluster_cli;
 mod cluster_io;
 pub mod config;
+pub mod features;
 pub mod http;
 pub mod http_client;
 pub mod kv_cli;

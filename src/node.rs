@@ -10,16 +10,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Addr, Arbiter, Supervisor, SyncArbiter};
-use chronicle_auth::{Access, Authenticator};
+use actix::Addr;
+use chronicle_auth::Authenticator;
 use chronicle_bus::{Bus, FaultController, FaultyBus, LocalBus, NatsBus, SignedBus};
 use chronicle_cluster::{ClusterConfig, ClusterError, ClusterNode};
-use chronicle_ingest::{IngestActor, PointSink, StorageWriter};
-use chronicle_query::{DataSource, QueryActor};
+use chronicle_ingest::IngestActor;
+use chronicle_platform::{FeatureContext, Features, Plan, Services};
+use chronicle_query::QueryActor;
 use chronicle_storage::{Point, Shard, ShardConfig};
 use tracing::{info, warn};
 
-use crate::cluster_io::{ClusterSink, ClusterSource};
 use crate::config::{ClusterSettings, NodeConfig};
 use crate::http;
 use crate::metrics::{MeteredBus, BUS_CONNECTED};
@@ -160,8 +160,11 @@ pub struct Node {
     pub bus: Arc<dyn Bus>,
     /// This node's member of the cluster; runs on `runtime`.
     pub cluster: Arc<ClusterNode>,
-    pub ingest: Addr<IngestActor>,
-    pub query: Addr<QueryActor>,
+    /// The ingest and query actors (`None` when their feature is disabled).
+    pub ingest: Option<Addr<IngestActor>>,
+    pub query: Option<Addr<QueryActor>>,
+    /// The started features, in start order.
+    pub features: Features,
     /// The address the HTTP server listens on (the real port when 0 was asked).
     pub http_addr: SocketAddr,
     /// `local` or `nats`.
@@ -169,7 +172,6 @@ pub struct Node {
     /// Subjects are `<prefix>.ingest.>` and `<prefix>.query`.
     pub subject_prefix: String,
     http: actix_web::dev::ServerHandle,
-    arbiters: Vec<Arbiter>,
     /// The cluster's own runtime (actix's is single-threaded per arbiter;
     /// Raft's timers must not wait behind an actor).
     runtime: Option<tokio::runtime::Runtime>,
@@ -182,7 +184,10 @@ pub struct Node {
 
 impl Node {
     pub async fn start(config: NodeConfig) -> Result<Self, NodeError> {
-        chronicle_ingest::register_metrics();
+        // Every feature checks its configuration before anything starts.
+        let registry = crate::features::registry(&config);
+        let plan =
+            Plan::new(&registry, &config.features).map_err(|e| NodeError::Config(e.to_string()))?;
         let identity = {
             let (dir, given) = (config.data_dir.clone(), config.cluster.clone());
             tokio::task::spawn_blocking(move || settle_identity(&dir, &given))
@@ -310,42 +315,6 @@ impl Node {
                 warn!("no leader elected in 10 s; writes wait for one");
             }
         }
-        let handle = runtime.handle().clone();
-        let sink: Arc<dyn PointSink> = Arc::new(ClusterSink {
-            cluster: cluster.clone(),
-            runtime: handle.clone(),
-        });
-        let source: Arc<dyn DataSource> = Arc::new(ClusterSource {
-            cluster: cluster.clone(),
-            runtime: handle,
-        });
-        let writer = SyncArbiter::start(1, move || StorageWriter::new(sink.clone()));
-
-        // Each actor on its own arbiter (thread): a busy ingest never delays queries.
-        let ingest_arbiter = Arbiter::new();
-        let ingest_bus = bus.clone();
-        let ingest_config = config.ingest_config();
-        chronicle_actor_runtime::announce(chronicle_ingest::ACTOR_NAME);
-        chronicle_actor_runtime::announce(chronicle_query::ACTOR_NAME);
-        let ingest = Supervisor::start_in_arbiter(&ingest_arbiter.handle(), move |_| {
-            IngestActor::new(ingest_bus, writer, ingest_config)
-        });
-        let query_arbiter = Arbiter::new();
-        let query_bus = bus.clone();
-        let query_config = config.query_config();
-        let query = Supervisor::start_in_arbiter(&query_arbiter.handle(), move |_| {
-            QueryActor::new(query_bus, source.clone(), query_config)
-        });
-        // Both subscribe in `started` before handling messages: these return once
-        // the subjects are live.
-        ingest
-            .send(chronicle_ingest::Ping)
-            .await
-            .map_err(|_| NodeError::ActorStart("ingest"))?;
-        query
-            .send(chronicle_query::Ping)
-            .await
-            .map_err(|_| NodeError::ActorStart("query"))?;
         let auth = if config.auth.enabled {
             let bootstrap = config.bootstrap_token().map_err(NodeError::Config)?;
             if bootstrap.is_none() {
@@ -360,27 +329,31 @@ impl Node {
         } else {
             Authenticator::disabled()
         };
-        if config.enable_admin_api || auth.is_enabled() {
-            // With authentication on, the state over the bus needs an admin
-            // token in the request's Authorization header; with it off, the
-            // admin API switch.
-            let checker = auth.clone();
-            let authorize: chronicle_kv::service::Authorize = Arc::new(move |message| {
-                checker
-                    .authenticate(message.headers.get("Authorization").map(str::as_bytes))
-                    .and_then(|who| who.authorize(Access::Admin, "kv"))
-                    .map_err(|e| chronicle_kv::fail(e.status(), e.to_string()))
-            });
-            runtime
-                .spawn(chronicle_kv::service::serve_bus(
-                    cluster.clone(),
-                    bus.clone(),
-                    config.subject_prefix.clone(),
-                    authorize,
-                ))
-                .await
-                .map_err(|_| NodeError::ActorStart("kv"))??;
-        }
+        // Every feature of the registry that is not disabled, in order, each
+        // on its own arbiter (thread): a busy ingest never delays queries.
+        let context = FeatureContext {
+            node_id: identity.node_id,
+            prefix: config.subject_prefix.clone(),
+            bus: bus.clone(),
+            cluster: cluster.clone(),
+            cluster_runtime: runtime.handle().clone(),
+            auth: auth.clone(),
+            restart_policy: config.features.restart_policy(),
+            services: Services::default(),
+        };
+        let features = plan
+            .start(&context, Duration::from_secs(30))
+            .await
+            .map_err(|e| NodeError::Config(e.to_string()))?;
+        let ingest = context
+            .services
+            .get::<Addr<IngestActor>>()
+            .map(|a| (*a).clone());
+        let query = context
+            .services
+            .get::<Addr<QueryActor>>()
+            .map(|a| (*a).clone());
+        drop(context);
         bus.flush().await?;
 
         let shutting_down = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -401,6 +374,7 @@ impl Node {
             shutting_down: shutting_down.clone(),
             admin_api: config.enable_admin_api,
             auth: auth.clone(),
+            features: features.clone(),
         };
         let tls = match (&config.tls.cert_file, &config.tls.key_file) {
             (Some(cert), Some(key)) => Some(tls_config(cert, key).map_err(NodeError::Config)?),
@@ -435,7 +409,7 @@ impl Node {
             bus_kind,
             subject_prefix: config.subject_prefix.clone(),
             http: handle,
-            arbiters: vec![ingest_arbiter, query_arbiter],
+            features,
             runtime: Some(runtime),
             shutting_down,
             cluster_bus,
@@ -485,38 +459,16 @@ impl Node {
         info!("shutting down: stopping intake");
         self.shutting_down
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        // Drained subscriptions: the server delivers nothing new; what was
-        // already delivered is written and acknowledged on the open connection.
-        let _ = self.ingest.send(chronicle_ingest::StopIntake).await;
-        let _ = self.query.send(chronicle_query::StopIntake).await;
+        // Features take nothing new (drained subscriptions: what was already
+        // delivered is still handled and acknowledged on the open connection).
+        self.features.stop_intake().await;
         // In-flight HTTP writes finish (they wait for their commit) first.
         self.http.stop(true).await;
-        // Let the ingest actor consume what the bus had buffered, then write it.
-        let draining = std::time::Instant::now();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let _ = self.ingest.send(chronicle_ingest::Flush).await;
-            let _ = self.ingest.send(chronicle_ingest::Ping).await;
-            let idle = self
-                .ingest
-                .send(chronicle_ingest::IsDrained)
-                .await
-                .unwrap_or(true);
-            if idle {
-                break;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                // Bounded by the bus's subscription capacity; a debug build
-                // or a slow disk can still take longer than this.
-                warn!(
-                    "intake not all written within 10 s of stopping; messages still queued \
-                     are dropped unacknowledged (publishers waiting for an ack see none)"
-                );
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        info!(took = ?draining.elapsed(), "intake written");
+        // Then what features took is finished (ingest writes what the bus had
+        // buffered) while the bus and the cluster are up.
+        self.features
+            .finish(tokio::time::Instant::now() + Duration::from_secs(10))
+            .await;
         // The acknowledgements out, then the client connection closed.
         if let Err(e) = self.bus.drain().await {
             warn!(error = %e, "bus drain failed");
@@ -552,7 +504,7 @@ impl Node {
         // process exits races its background threads against static destructors.
         let Node {
             cluster,
-            arbiters,
+            features,
             ingest,
             query,
             bus,
@@ -561,13 +513,8 @@ impl Node {
             ..
         } = self;
         drop((ingest, query, bus));
-        let _ = tokio::task::spawn_blocking(move || {
-            for arbiter in arbiters {
-                arbiter.stop();
-                let _ = arbiter.join();
-            }
-        })
-        .await;
+        features.stop().await;
+        drop(features);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while Arc::strong_count(&cluster) > 1 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;

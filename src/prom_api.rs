@@ -363,7 +363,13 @@ async fn evaluate(state: &AppState, mut q: PromqlQuery) -> Result<Answer, HttpRe
     let flag = Arc::new(AtomicBool::new(false));
     q.cancelled = Some(flag.clone());
     let guard = chronicle_query::CancelOnDrop::new(flag);
-    let answer = state.query.send(RunPromql(q)).await;
+    let Some(query) = &state.query else {
+        return Err(error(
+            ErrorType::Unavailable,
+            "the query feature is disabled",
+        ));
+    };
+    let answer = query.send(RunPromql(q)).await;
     guard.done();
     match answer {
         Ok(Ok(value)) => Ok(value),
@@ -539,7 +545,10 @@ async fn range_query(state: web::Data<AppState>, req: HttpRequest, body: Bytes) 
 }
 
 async fn meta(state: &AppState, q: MetaQuery) -> HttpResponse {
-    match state.query.send(RunMeta(q)).await {
+    let Some(query) = &state.query else {
+        return error(ErrorType::Unavailable, "the query feature is disabled");
+    };
+    match query.send(RunMeta(q)).await {
         Ok(Ok(MetaAnswer::Series(series))) => success(json!(series)),
         Ok(Ok(MetaAnswer::Strings(s))) => success(json!(s)),
         Ok(Err(e)) => query_error(e),

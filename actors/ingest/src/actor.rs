@@ -124,6 +124,8 @@ impl InFlight {
 /// the actor stops taking input until it does, so a slow disk slows the
 /// producers instead of growing memory: at most two batches are held.
 pub struct IngestActor {
+    /// Pauses restarts and reports too many (readiness).
+    restarts: chronicle_actor_runtime::Restarts,
     bus: Arc<dyn Bus>,
     writer: Addr<StorageWriter>,
     config: IngestConfig,
@@ -187,6 +189,10 @@ impl Handler<IsDrained> for IngestActor {
 impl IngestActor {
     pub fn new(bus: Arc<dyn Bus>, writer: Addr<StorageWriter>, config: IngestConfig) -> Self {
         Self {
+            restarts: chronicle_actor_runtime::Restarts::new(
+                ACTOR,
+                chronicle_actor_runtime::RestartPolicy::default(),
+            ),
             bus,
             writer,
             pending: Vec::new(),
@@ -202,6 +208,13 @@ impl IngestActor {
             commit_slots: Arc::new(tokio::sync::Semaphore::new(config.commits_in_flight.max(1))),
             config,
         }
+    }
+
+    /// Restarts recorded in `restarts` (the node's policy) instead of the
+    /// default one.
+    pub fn with_restarts(mut self, restarts: chronicle_actor_runtime::Restarts) -> Self {
+        self.restarts = restarts;
+        self
     }
 
     fn subject(&self) -> String {
@@ -384,7 +397,7 @@ impl IngestActor {
         let slots = self.commit_slots.clone();
         // Detached from the actor's context so the write completes and its waiters
         // are answered even while the actor holds its input (`ctx.wait`) or restarts.
-        actix::spawn(async move {
+        actix::spawn(chronicle_actor_runtime::guard_future(ACTOR, async move {
             let started = Instant::now();
             // Waits while too many batches are committing (backpressure).
             let permit = slots.acquire_owned().await;
@@ -407,7 +420,7 @@ impl IngestActor {
             for w in waiters {
                 answer(&bus, w, result.clone());
             }
-        });
+        }));
         let write = InFlight {
             id: self.next_write_id,
             done,
@@ -535,7 +548,9 @@ impl Actor for IngestActor {
 }
 
 impl Supervised for IngestActor {
-    fn restarting(&mut self, _: &mut Context<Self>) {
+    fn restarting(&mut self, ctx: &mut Context<Self>) {
+        // A pause that grows with repeated restarts (messages wait meanwhile).
+        self.restarts.pause(ctx);
         // Nothing pending was acknowledged; tell the waiters to retry.
         self.pending.clear();
         self.pending_keys.clear();

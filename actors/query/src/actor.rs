@@ -140,6 +140,8 @@ pub struct RunMeta(pub MetaQuery);
 /// The supervised query actor. Queries run on the blocking pool so a long scan
 /// never stalls the actor; the semaphore bounds how many run at once.
 pub struct QueryActor {
+    /// Pauses restarts and reports too many (readiness).
+    restarts: chronicle_actor_runtime::Restarts,
     bus: Arc<dyn Bus>,
     source: Arc<dyn DataSource>,
     config: QueryConfig,
@@ -172,6 +174,10 @@ impl QueryActor {
         let slots = Arc::new(Semaphore::new(running));
         let admitted = Arc::new(Semaphore::new(running.saturating_add(config.max_queued)));
         Self {
+            restarts: chronicle_actor_runtime::Restarts::new(
+                ACTOR,
+                chronicle_actor_runtime::RestartPolicy::default(),
+            ),
             bus,
             source,
             config,
@@ -179,6 +185,13 @@ impl QueryActor {
             admitted,
             intake: None,
         }
+    }
+
+    /// Restarts recorded in `restarts` (the node's policy) instead of the
+    /// default one.
+    pub fn with_restarts(mut self, restarts: chronicle_actor_runtime::Restarts) -> Self {
+        self.restarts = restarts;
+        self
     }
 
     fn run(
@@ -283,7 +296,7 @@ impl QueryActor {
                 self.run(request, waits, None)
             }
         };
-        actix::spawn(async move {
+        actix::spawn(chronicle_actor_runtime::guard_future(ACTOR, async move {
             let body = match answer.await {
                 Ok(result) => serde_json::to_vec(&result).unwrap_or_else(|e| {
                     error_json("internal", format!("result does not serialize: {e}"))
@@ -293,7 +306,7 @@ impl QueryActor {
             if let Err(e) = bus.publish(BusMessage::new(reply, body)).await {
                 debug!(error = %e, "query reply not delivered");
             }
-        });
+        }));
     }
 }
 
@@ -321,7 +334,12 @@ impl Actor for QueryActor {
     }
 }
 
-impl Supervised for QueryActor {}
+impl Supervised for QueryActor {
+    fn restarting(&mut self, ctx: &mut Context<Self>) {
+        // A pause that grows with repeated restarts (queries wait meanwhile).
+        self.restarts.pause(ctx);
+    }
+}
 
 impl StreamHandler<BusMessage> for QueryActor {
     fn handle(&mut self, msg: BusMessage, ctx: &mut Context<Self>) {

@@ -1,0 +1,473 @@
+//! How a feature plugs into a Chronicle node.
+//!
+//! A feature is a crate with a type implementing [`Feature`]: its name, its
+//! configuration section (`[features.<name>]`), the subjects it serves, an
+//! optional CLI subcommand, and a plan that starts it. Started, it is a
+//! [`Running`] that adds HTTP routes, reports readiness, and stops in the
+//! node's shutdown order. The node names no feature: it walks the registry
+//! (`src/features.rs`) for configuration, start, routes, readiness, stop and
+//! the CLI.
+//!
+//! What a feature gets ([`FeatureContext`]): the bus (metered and, in chaos
+//! runs, fault-wrapped like the core actors'), its namespace of the
+//! replicated state, the change feed, the authenticator, supervision with
+//! backoff, and handles other features published ([`Services`]: the query
+//! and write handles among them). Features reach each other only through
+//! subjects and those handles.
+
+use std::any::{Any, TypeId};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, Addr, Arbiter, Context, Supervised, Supervisor};
+use async_trait::async_trait;
+use chronicle_actor_runtime::{RestartPolicy, Restarts};
+use chronicle_auth::Authenticator;
+use chronicle_bus::Bus;
+use chronicle_cluster::state::StateStore;
+use chronicle_cluster::ClusterNode;
+use serde::Deserialize;
+use tracing::{info, warn};
+
+/// Why a feature could not be configured, started or run.
+#[derive(Debug, thiserror::Error)]
+pub enum FeatureError {
+    #[error("[features.{feature}]: {message}")]
+    Config {
+        feature: &'static str,
+        message: String,
+    },
+    #[error("[features]: {0}")]
+    Registry(String),
+    #[error("feature {feature} did not start: {message}")]
+    Start {
+        feature: &'static str,
+        message: String,
+    },
+    #[error("{0}")]
+    Command(String),
+}
+
+/// A capability that plugs into the node.
+pub trait Feature: Send + Sync + 'static {
+    /// Names its configuration section (`[features.<name>]`), its state
+    /// namespace, its metrics (`chronicle_<name>_*`) and the `disabled` list.
+    fn name(&self) -> &'static str;
+
+    /// One line for `--help` and docs.
+    fn describe(&self) -> &'static str;
+
+    /// Checks its section (absent: `None`) and plans a start. Called for
+    /// every known feature, enabled or not, when the node starts, so a typo
+    /// in a disabled feature's section still fails at deploy time.
+    fn configure(&self, section: Option<&toml::Value>) -> Result<Box<dyn Planned>, FeatureError>;
+
+    /// The subjects it serves under `prefix` (for docs and overlap checks).
+    fn subjects(&self, _prefix: &str) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// `chronicle <name> ...`: a client command, run without starting a node.
+    fn command(&self) -> Option<clap::Command> {
+        None
+    }
+
+    fn run_command(&self, _matches: &clap::ArgMatches) -> Result<(), FeatureError> {
+        Err(FeatureError::Command(format!(
+            "feature {} has no command",
+            self.name()
+        )))
+    }
+}
+
+/// A configured feature, ready to start inside the node's actix system.
+#[async_trait(?Send)]
+pub trait Planned {
+    async fn start(self: Box<Self>, cx: &FeatureContext) -> Result<Arc<dyn Running>, FeatureError>;
+}
+
+/// A started feature.
+#[async_trait(?Send)]
+pub trait Running: Send + Sync {
+    /// Its HTTP routes (called once per HTTP worker). Every route must have
+    /// an access rule in the node's table (`http::access_of`); a route
+    /// without one needs admin.
+    fn routes(&self, _cfg: &mut actix_web::web::ServiceConfig) {}
+
+    /// What keeps it from serving now (empty: ready).
+    fn not_ready(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Shutdown, first step: take no new work (drain subscriptions).
+    async fn stop_intake(&self) {}
+
+    /// Shutdown, second step: finish work already taken, until `deadline`,
+    /// while the bus and the cluster are still up.
+    async fn finish(&self, _deadline: tokio::time::Instant) {}
+
+    /// Shutdown, last step: stop its actors and join their threads.
+    async fn stop(&self) {}
+}
+
+/// Handles features publish for others (by type): the query and write
+/// handles, an actor's address.
+#[derive(Default, Clone)]
+pub struct Services(Arc<parking_lot::RwLock<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>>);
+
+impl Services {
+    /// Publishes `value`, replacing an earlier one of the same type.
+    pub fn provide<T: Any + Send + Sync>(&self, value: T) {
+        self.0.write().insert(TypeId::of::<T>(), Arc::new(value));
+    }
+
+    pub fn get<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        self.0
+            .read()
+            .get(&TypeId::of::<T>())
+            .cloned()
+            .and_then(|v| v.downcast::<T>().ok())
+    }
+}
+
+/// What a feature is given when it starts.
+#[derive(Clone)]
+pub struct FeatureContext {
+    pub node_id: u64,
+    /// Subjects are `<prefix>.<...>`.
+    pub prefix: String,
+    /// The client bus (metered; fault-wrapped in chaos runs).
+    pub bus: Arc<dyn Bus>,
+    /// This node's cluster member (state, feed, reads and writes); its
+    /// futures run on `cluster_runtime`.
+    pub cluster: Arc<ClusterNode>,
+    pub cluster_runtime: tokio::runtime::Handle,
+    /// Checks credentials (requests on a feature's own subjects).
+    pub auth: Arc<Authenticator>,
+    /// How its supervised actors restart.
+    pub restart_policy: RestartPolicy,
+    pub services: Services,
+}
+
+impl FeatureContext {
+    /// The feature's namespace of the replicated state (named after it).
+    pub fn state(&self, feature: &'static str) -> Result<StateStore, FeatureError> {
+        self.cluster
+            .state(feature)
+            .map_err(|e| FeatureError::Start {
+                feature,
+                message: format!("state namespace: {e}"),
+            })
+    }
+
+    /// Starts `make`'s actor on its own arbiter (thread) under actix's
+    /// supervisor, restarted after a panic (see
+    /// `chronicle_actor_runtime::guarded`) with the context's backoff; its
+    /// restarts count in `chronicle_actor_restarts_total{actor}` and too
+    /// many in the policy's window make the node report it not ready. The
+    /// actor calls `Restarts::pause` in its `Supervised::restarting`.
+    pub fn supervise<A>(
+        &self,
+        actor: &'static str,
+        make: impl FnOnce(&mut Context<A>, Restarts) -> A + Send + 'static,
+    ) -> (Addr<A>, Arbiter)
+    where
+        A: Actor<Context = Context<A>> + Supervised,
+    {
+        chronicle_actor_runtime::announce(actor);
+        let restarts = Restarts::new(actor, self.restart_policy);
+        let arbiter = Arbiter::new();
+        let addr = Supervisor::start_in_arbiter(&arbiter.handle(), move |ctx| make(ctx, restarts));
+        (addr, arbiter)
+    }
+}
+
+/// A feature's arbiter (actor thread), stopped and joined once at shutdown.
+pub struct ArbiterSlot(parking_lot::Mutex<Option<Arbiter>>);
+
+impl ArbiterSlot {
+    pub fn new(arbiter: Arbiter) -> Self {
+        Self(parking_lot::Mutex::new(Some(arbiter)))
+    }
+
+    /// Stops the arbiter and waits for its thread (off the async workers).
+    pub async fn stop(&self) {
+        let arbiter = self.0.lock().take();
+        if let Some(arbiter) = arbiter {
+            let _ = tokio::task::spawn_blocking(move || {
+                arbiter.stop();
+                let _ = arbiter.join();
+            })
+            .await;
+        }
+    }
+}
+
+/// `[features]`: which registered features run, how they restart, and each
+/// one's own section (`[features.<name>]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct FeaturesConfig {
+    /// Registered features that do not start (their routes answer 404,
+    /// their subjects go unserved).
+    pub disabled: Vec<String>,
+    /// Restarts with backoff; more than `restart_intensity` restarts within
+    /// `restart_window_secs` make the node report the actor not ready.
+    pub restart_intensity: Option<u32>,
+    pub restart_window_secs: Option<u64>,
+    /// Each feature's section, checked by the feature.
+    #[serde(flatten)]
+    pub sections: BTreeMap<String, toml::Value>,
+}
+
+impl FeaturesConfig {
+    pub fn restart_policy(&self) -> RestartPolicy {
+        let d = RestartPolicy::default();
+        RestartPolicy {
+            intensity: self.restart_intensity.unwrap_or(d.intensity).max(1),
+            window: self
+                .restart_window_secs
+                .map(|s| Duration::from_secs(s.max(1)))
+                .unwrap_or(d.window),
+            ..d
+        }
+    }
+}
+
+/// The registry's features, configured: the enabled ones in registry order.
+pub struct Plan {
+    planned: Vec<(&'static str, Box<dyn Planned>)>,
+}
+
+impl Plan {
+    /// Checks `config` against `registry`: a section or a disabled name no
+    /// registered feature has is an error, every feature checks its own
+    /// section (enabled or not).
+    pub fn new(
+        registry: &[Box<dyn Feature>],
+        config: &FeaturesConfig,
+    ) -> Result<Self, FeatureError> {
+        let known: Vec<&str> = registry.iter().map(|f| f.name()).collect();
+        for (i, name) in known.iter().enumerate() {
+            if known[..i].contains(name) {
+                return Err(FeatureError::Registry(format!(
+                    "two features are named {name:?}"
+                )));
+            }
+        }
+        let unknown = |n: &str| {
+            FeatureError::Registry(format!(
+                "no feature is named {n:?} (known: {})",
+                known.join(", ")
+            ))
+        };
+        if let Some(n) = config
+            .sections
+            .keys()
+            .find(|n| !known.contains(&n.as_str()))
+        {
+            return Err(unknown(n));
+        }
+        if let Some(n) = config
+            .disabled
+            .iter()
+            .find(|n| !known.contains(&n.as_str()))
+        {
+            return Err(unknown(n));
+        }
+        let mut planned = Vec::new();
+        for feature in registry {
+            let plan = feature.configure(config.sections.get(feature.name()))?;
+            if !config.disabled.iter().any(|d| d == feature.name()) {
+                planned.push((feature.name(), plan));
+            }
+        }
+        Ok(Self { planned })
+    }
+
+    /// The names that will start, in order.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.planned.iter().map(|(n, _)| *n).collect()
+    }
+
+    /// Starts every planned feature in order, each within `timeout`.
+    pub async fn start(
+        self,
+        cx: &FeatureContext,
+        timeout: Duration,
+    ) -> Result<Features, FeatureError> {
+        let mut running: Vec<(&'static str, Arc<dyn Running>)> = Vec::new();
+        for (name, plan) in self.planned {
+            let started = tokio::time::timeout(timeout, plan.start(cx)).await;
+            match started {
+                Ok(Ok(r)) => {
+                    info!(feature = name, "feature started");
+                    running.push((name, r));
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    return Err(FeatureError::Start {
+                        feature: name,
+                        message: format!("not started within {timeout:?}"),
+                    })
+                }
+            }
+        }
+        Ok(Features { running })
+    }
+}
+
+/// The started features.
+#[derive(Clone, Default)]
+pub struct Features {
+    running: Vec<(&'static str, Arc<dyn Running>)>,
+}
+
+impl Features {
+    pub fn names(&self) -> Vec<&'static str> {
+        self.running.iter().map(|(n, _)| *n).collect()
+    }
+
+    /// Every feature's routes.
+    pub fn routes(&self, cfg: &mut actix_web::web::ServiceConfig) {
+        for (_, r) in &self.running {
+            r.routes(cfg);
+        }
+    }
+
+    /// What keeps features (and supervised actors) from serving, named.
+    pub fn not_ready(&self) -> Vec<String> {
+        let mut problems: Vec<String> = self
+            .running
+            .iter()
+            .flat_map(|(name, r)| {
+                r.not_ready()
+                    .into_iter()
+                    .map(move |p| format!("{name}: {p}"))
+            })
+            .collect();
+        problems.extend(chronicle_actor_runtime::failing_actors());
+        problems
+    }
+
+    /// Shutdown's first step, in reverse start order.
+    pub async fn stop_intake(&self) {
+        for (_, r) in self.running.iter().rev() {
+            r.stop_intake().await;
+        }
+    }
+
+    /// Shutdown's second step, in reverse start order, all by `deadline`.
+    pub async fn finish(&self, deadline: tokio::time::Instant) {
+        for (name, r) in self.running.iter().rev() {
+            r.finish(deadline).await;
+            if tokio::time::Instant::now() >= deadline {
+                warn!(
+                    feature = name,
+                    "shutdown deadline reached while features finished"
+                );
+            }
+        }
+    }
+
+    /// Shutdown's last step, in reverse start order.
+    pub async fn stop(&self) {
+        for (_, r) in self.running.iter().rev() {
+            r.stop().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Dummy(&'static str);
+
+    struct DummyPlan;
+
+    #[async_trait(?Send)]
+    impl Planned for DummyPlan {
+        async fn start(
+            self: Box<Self>,
+            _: &FeatureContext,
+        ) -> Result<Arc<dyn Running>, FeatureError> {
+            unreachable!("not started in these tests")
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct DummyConfig {
+        size: u32,
+    }
+
+    impl Feature for Dummy {
+        fn name(&self) -> &'static str {
+            self.0
+        }
+        fn describe(&self) -> &'static str {
+            "a test feature"
+        }
+        fn configure(
+            &self,
+            section: Option<&toml::Value>,
+        ) -> Result<Box<dyn Planned>, FeatureError> {
+            if let Some(s) = section {
+                s.clone()
+                    .try_into::<DummyConfig>()
+                    .map_err(|e| FeatureError::Config {
+                        feature: self.0,
+                        message: e.to_string(),
+                    })?;
+            }
+            Ok(Box::new(DummyPlan))
+        }
+    }
+
+    fn config(text: &str) -> FeaturesConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn sections_and_names_are_checked_against_the_registry() {
+        let registry: Vec<Box<dyn Feature>> = vec![Box::new(Dummy("a")), Box::new(Dummy("b"))];
+        let plan = Plan::new(&registry, &config("disabled = [\"a\"]\n[b]\nsize = 3\n")).unwrap();
+        assert_eq!(plan.names(), ["b"]);
+        // A typo in a disabled feature's section still fails.
+        let err = Plan::new(&registry, &config("disabled = [\"a\"]\n[a]\nsiz = 3\n"))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("siz"), "{err}");
+        let err = Plan::new(&registry, &config("[c]\nsize = 1\n"))
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().contains("no feature is named \"c\""),
+            "{err}"
+        );
+        let err = Plan::new(&registry, &config("disabled = [\"x\"]"))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("\"x\""), "{err}");
+        let twice: Vec<Box<dyn Feature>> = vec![Box::new(Dummy("a")), Box::new(Dummy("a"))];
+        assert!(Plan::new(&twice, &config("")).is_err());
+        let policy = config("restart_intensity = 2\nrestart_window_secs = 5").restart_policy();
+        assert_eq!(
+            (policy.intensity, policy.window),
+            (2, Duration::from_secs(5))
+        );
+    }
+
+    #[test]
+    fn services_are_found_by_type() {
+        let s = Services::default();
+        assert!(s.get::<u32>().is_none());
+        s.provide(7u32);
+        s.provide(String::from("x"));
+        assert_eq!(*s.get::<u32>().unwrap(), 7);
+        assert_eq!(s.get::<String>().unwrap().as_str(), "x");
+    }
+}

@@ -1,0 +1,37 @@
+//! The one place the node names its features. `Node::start`, the HTTP
+//! server, readiness, shutdown and the CLI walk this list; adding a feature
+//! is adding its crate and one line here (docs/architecture.md, "Adding a
+//! feature").
+
+mod ingest;
+mod kv;
+mod query;
+
+use chronicle_platform::Feature;
+
+use crate::config::NodeConfig;
+
+/// Every feature this build has, in start order (later ones may use what
+/// earlier ones published in the context's services).
+pub fn registry(config: &NodeConfig) -> Vec<Box<dyn Feature>> {
+    vec![
+        Box::new(ingest::IngestFeature::new(config)),
+        Box::new(query::QueryFeature::new(config)),
+        Box::new(kv::KvFeature::new(config)),
+    ]
+}
+
+/// A core feature configured by its own top-level section (`[ingest]`,
+/// `[query]`): a `[features.<name>]` section would be silently second.
+fn no_section(
+    name: &'static str,
+    section: Option<&toml::Value>,
+) -> Result<(), chronicle_platform::FeatureError> {
+    match section {
+        None => Ok(()),
+        Some(_) => Err(chronicle_platform::FeatureError::Config {
+            feature: name,
+            message: format!("configure {name} in its top-level [{name}] section"),
+        }),
+    }
+}
