@@ -271,6 +271,11 @@ pub struct QueryArgs {
     /// Print the JSON result instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Keep the query open over a WebSocket (`/api/v1/live`) and print a new
+    /// result each time writes reach what it reads (--promql, --sql or
+    /// --cql; over HTTP). Ctrl-C stops.
+    #[arg(long, conflicts_with_all = ["nats_url", "explain"])]
+    pub follow: bool,
 }
 
 fn parse_matcher(s: &str) -> Result<MatcherSpec, Error> {
@@ -293,6 +298,26 @@ fn time_spec(s: &str) -> TimeSpec {
 }
 
 pub fn query(args: QueryArgs) -> Result<(), Error> {
+    if args.follow {
+        let (lang, text) = match (&args.promql, &args.sql, &args.cql) {
+            (Some(q), _, _) => ("promql", q),
+            (_, Some(q), _) => ("sql", q),
+            (_, _, Some(q)) => ("cql", q),
+            _ => return Err("--follow needs --promql, --sql or --cql".into()),
+        };
+        let http = args.http.as_deref().unwrap_or(DEFAULT_HTTP);
+        let promql = lang == "promql";
+        return crate::follow::follow(crate::follow::Follow {
+            http,
+            lang,
+            query: text,
+            // A range query slides: its start and end are re-read at each run.
+            start: (promql && args.step.is_some()).then_some(args.start.as_str()),
+            end: (promql && args.end != "now").then_some(args.end.as_str()),
+            step: args.step.as_deref(),
+            json: args.json,
+        });
+    }
     let mut request = if args.sql.is_some() || args.cql.is_some() {
         QueryRequest {
             sql: args.sql.clone(),
@@ -353,14 +378,19 @@ pub fn query(args: QueryArgs) -> Result<(), Error> {
         return Ok(());
     }
     let result: QueryResult = serde_json::from_slice(&reply)?;
+    print_result(&result);
+    Ok(())
+}
+
+/// A result as a table (rows, series, or the plan).
+pub(crate) fn print_result(result: &QueryResult) {
     if let Some(plan) = &result.explain {
         print!("{plan}");
     } else if let (Some(columns), Some(rows)) = (&result.columns, &result.rows) {
         print_rows(columns, rows);
     } else {
-        print_table(&result);
+        print_table(result);
     }
-    Ok(())
 }
 
 /// A SQL/CQL answer as aligned columns; times stay nanoseconds (exact).

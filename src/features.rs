@@ -18,6 +18,7 @@ pub fn registry(config: &NodeConfig) -> Vec<Box<dyn Feature>> {
         Box::new(ingest::IngestFeature::new(config)),
         Box::new(query::QueryFeature::new(config)),
         Box::new(kv::KvFeature::new(config)),
+        Box::new(chronicle_live::LiveFeature),
     ]
 }
 

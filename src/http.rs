@@ -78,6 +78,7 @@ pub fn access_of(method: &actix_web::http::Method, path: &str) -> (Access, &'sta
             (Access::Read, "cluster")
         }
         _ if path.starts_with("/api/v1/cluster/") => (Access::Admin, "cluster"),
+        "/api/v1/live" => (Access::Read, "live"),
         _ if path.starts_with("/api/v1/kv/") => (Access::Admin, "kv"),
         _ if path.starts_with("/api/v1/auth/") => (Access::Admin, "auth"),
         _ if path.starts_with("/api/v1/admin/") => (Access::Admin, "query"),

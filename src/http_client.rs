@@ -19,6 +19,32 @@ pub fn set_client_auth(auth: ClientAuth) {
     let _ = CLIENT_AUTH.set(auth);
 }
 
+/// The operator's token, if any.
+pub fn token() -> Option<String> {
+    CLIENT_AUTH.get().and_then(|a| a.token.clone())
+}
+
+/// The certificates to trust for `https://` and `wss://`: `--ca-file`'s, else
+/// the Mozilla roots.
+pub fn root_store() -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match CLIENT_AUTH.get().and_then(|a| a.ca_file.clone()) {
+        Some(path) => {
+            use rustls_pki_types::pem::PemObject;
+            let certs = rustls_pki_types::CertificateDer::pem_file_iter(&path)
+                .and_then(|c| c.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("--ca-file {}: {e}", path.display()))?;
+            for cert in certs {
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("--ca-file {}: {e}", path.display()))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    Ok(roots)
+}
+
 /// An agent that answers every status (the caller reads the JSON error),
 /// gives up after `timeout`, and carries the token.
 pub fn agent(timeout: Duration) -> Result<ureq::Agent, String> {

@@ -15,6 +15,7 @@ pub mod cluster_cli;
 mod cluster_io;
 pub mod config;
 pub mod features;
+mod follow;
 pub mod http;
 pub mod http_client;
 pub mod kv_cli;

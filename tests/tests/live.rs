@@ -1,0 +1,217 @@
+//! Live queries over WebSocket against a node process: the result, then an
+//! update when a write reaches a metric the query reads (and none for other
+//! metrics); the CLI's `query --follow`; authentication, bad parameters,
+//! oversized client messages and the session limit answered without harm.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use chronicle_tests::{wait_until, NodeProcess};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::{Message, WebSocket};
+
+const BIN: &str = env!("CARGO_BIN_EXE_chronicle-under-test");
+const BOOTSTRAP: &str = "bootstrap-token-for-the-live-tests-0123456789";
+
+type Socket = WebSocket<TcpStream>;
+
+fn ws_url(http: &str, query: &str) -> String {
+    format!(
+        "{}/api/v1/live?{query}",
+        http.replacen("http://", "ws://", 1)
+    )
+}
+
+/// Opens a live session; the handshake's HTTP status when refused.
+fn open(http: &str, query: &str, token: Option<&str>) -> Result<Socket, u16> {
+    let url = ws_url(http, query);
+    let mut request = url.as_str().into_client_request().unwrap();
+    if let Some(t) = token {
+        request
+            .headers_mut()
+            .insert("Authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    let address = http.trim_start_matches("http://");
+    let tcp = TcpStream::connect(address).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    match tungstenite::client(request, tcp) {
+        Ok((socket, _)) => Ok(socket),
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))) => {
+            Err(r.status().as_u16())
+        }
+        Err(e) => panic!("handshake: {e}"),
+    }
+}
+
+/// The next text message as JSON; `None` when none came within the socket's
+/// read timeout.
+fn next_json(socket: &mut Socket) -> Option<serde_json::Value> {
+    loop {
+        match socket.read() {
+            Ok(Message::Text(t)) => return Some(serde_json::from_str(&t).unwrap()),
+            Ok(Message::Close(_)) => return None,
+            Ok(_) => continue,
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return None
+            }
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+}
+
+fn write(http: &str, body: &str) {
+    let status = ureq::post(format!("{http}/write"))
+        .header("Authorization", format!("Bearer {BOOTSTRAP}"))
+        .send(body)
+        .unwrap()
+        .status();
+    assert_eq!(status, 204);
+}
+
+fn values(message: &serde_json::Value) -> Vec<f64> {
+    message["result"]["series"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["points"].as_array().cloned().unwrap_or_default())
+        .filter_map(|p| p[1].as_f64())
+        .collect()
+}
+
+#[test]
+fn a_live_query_sends_its_result_then_an_update_per_relevant_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let boot = dir.path().join("boot");
+    std::fs::write(&boot, BOOTSTRAP).unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        "[features.live]\nmax_sessions = 3\ndebounce_ms = 100\n",
+    )
+    .unwrap();
+    let node = NodeProcess::start(
+        BIN,
+        &dir.path().join("data"),
+        None,
+        &[
+            "--auth",
+            "--bootstrap-token-file",
+            boot.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    let http = node.http.as_str();
+    let query = "query=live_temp&lang=promql";
+
+    let mut socket = open(http, query, Some(BOOTSTRAP)).expect("upgraded");
+    let first = next_json(&mut socket).expect("the first result");
+    assert_eq!(first["type"], "result", "{first}");
+    assert!(values(&first).is_empty(), "{first}");
+
+    write(http, "live,room=a temp=21.5\n");
+    let update = next_json(&mut socket).expect("an update after the write");
+    assert_eq!(update["type"], "update", "{update}");
+    assert_eq!(values(&update), [21.5], "{update}");
+
+    // A write to a metric the query does not read: nothing.
+    socket
+        .get_mut()
+        .set_read_timeout(Some(Duration::from_millis(800)))
+        .unwrap();
+    write(http, "elsewhere value=1\n");
+    assert!(
+        next_json(&mut socket).is_none(),
+        "an update for another metric"
+    );
+    // Several writes in a burst: coalesced, and the last value is there.
+    socket
+        .get_mut()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    for v in [22.0, 23.0, 24.0] {
+        write(http, &format!("live,room=a temp={v}\n"));
+    }
+    let mut last = next_json(&mut socket).expect("an update after the burst");
+    while values(&last) != [24.0] {
+        last = next_json(&mut socket).expect("the burst's last value");
+    }
+
+    // The CLI follows the same way.
+    let mut follow = Command::new(BIN)
+        .args([
+            "query",
+            "--follow",
+            "--json",
+            "--promql",
+            "live_temp",
+            "--http",
+            http,
+        ])
+        .env("CHRONICLE_TOKEN", BOOTSTRAP)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(values(&first), [24.0], "{first}");
+    write(http, "live,room=a temp=25\n");
+    let next: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(next["type"], "update");
+    assert_eq!(values(&next), [25.0], "{next}");
+    let _ = follow.kill();
+    let _ = follow.wait();
+
+    // Refusals before the upgrade: no token, bad parameters, not a WebSocket.
+    assert_eq!(open(http, query, None).err(), Some(401));
+    for bad in [
+        "lang=promql",
+        "query=up&lang=graphql",
+        "query=up&debounce=1ms",
+        "query=up&start=now-1h",
+        "query=up&frob=1",
+    ] {
+        assert_eq!(open(http, bad, Some(BOOTSTRAP)).err(), Some(400), "{bad}");
+    }
+    let plain = ureq::get(format!("{http}/api/v1/live?query=up"))
+        .header("Authorization", format!("Bearer {BOOTSTRAP}"))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .call()
+        .unwrap();
+    assert_eq!(plain.status(), 400);
+
+    // A client message over 64 KiB ends its session, nothing else.
+    let mut big = open(http, query, Some(BOOTSTRAP)).unwrap();
+    next_json(&mut big).unwrap();
+    let _ = big.send(Message::Text("x".repeat(100 << 10).into()));
+    let ended = (0..5).any(|_| match big.read() {
+        Ok(Message::Close(_)) | Err(_) => true,
+        Ok(_) => false,
+    });
+    assert!(ended, "an oversized message did not end the session");
+
+    // The session limit (3): the first is still open; two more fit, the next is 503.
+    wait_until(
+        Duration::from_secs(5),
+        "the oversized session's slot freed",
+        || open(http, query, Some(BOOTSTRAP)).map(drop).is_ok(),
+    );
+    let _b = open(http, query, Some(BOOTSTRAP)).unwrap();
+    let _c = open(http, query, Some(BOOTSTRAP)).unwrap();
+    assert_eq!(open(http, query, Some(BOOTSTRAP)).err(), Some(503));
+
+    let ready = ureq::get(format!("{http}/health/ready")).call().unwrap();
+    assert_eq!(ready.status(), 200);
+    drop(socket);
+    assert!(node.stop().success());
+}
