@@ -150,6 +150,45 @@ fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, String> {
     .map_err(|e| format!("TLS certificate and key: {e}"))
 }
 
+/// The authenticator: tokens from the replicated state with `--auth`.
+async fn start_auth(
+    config: &NodeConfig,
+    cluster: &Arc<ClusterNode>,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<Arc<Authenticator>, NodeError> {
+    if !config.auth.enabled {
+        return Ok(Authenticator::disabled());
+    }
+    let bootstrap = config.bootstrap_token().map_err(NodeError::Config)?;
+    if bootstrap.is_none() {
+        warn!("authentication is on without a bootstrap token: only stored tokens get in");
+    }
+    let store = cluster.state(chronicle_auth::NAMESPACE)?;
+    runtime
+        .spawn(async move { Authenticator::start(store, bootstrap.as_deref()) })
+        .await
+        .map_err(|_| NodeError::ActorStart("auth"))?
+        .map_err(|e| NodeError::Config(e.to_string()))
+}
+
+/// A start that failed after the cluster started: stops the cluster (its
+/// RocksDB closes) and its runtime, off the async workers; returns `error`.
+async fn abandon(
+    error: NodeError,
+    cluster: Arc<ClusterNode>,
+    runtime: tokio::runtime::Runtime,
+) -> NodeError {
+    warn!(%error, "start failed; stopping the cluster");
+    let _ = runtime
+        .spawn(async move {
+            cluster.shutdown().await;
+        })
+        .await;
+    let _ =
+        tokio::task::spawn_blocking(move || runtime.shutdown_timeout(Duration::from_secs(5))).await;
+    error
+}
+
 /// A node's name in the fault wrapper (`Chronicle-From` headers).
 pub fn fault_name(node_id: u64) -> String {
     format!("node-{node_id}")
@@ -315,19 +354,11 @@ impl Node {
                 warn!("no leader elected in 10 s; writes wait for one");
             }
         }
-        let auth = if config.auth.enabled {
-            let bootstrap = config.bootstrap_token().map_err(NodeError::Config)?;
-            if bootstrap.is_none() {
-                warn!("authentication is on without a bootstrap token: only stored tokens get in");
-            }
-            let store = cluster.state(chronicle_auth::NAMESPACE)?;
-            runtime
-                .spawn(async move { Authenticator::start(store, bootstrap.as_deref()) })
-                .await
-                .map_err(|_| NodeError::ActorStart("auth"))?
-                .map_err(|e| NodeError::Config(e.to_string()))?
-        } else {
-            Authenticator::disabled()
+        // Past this point a failure must stop the cluster and its runtime
+        // before returning (a runtime dropped on an async worker panics).
+        let auth = match start_auth(&config, &cluster, &runtime).await {
+            Ok(auth) => auth,
+            Err(e) => return Err(abandon(e, cluster, runtime).await),
         };
         // Every feature of the registry that is not disabled, in order, each
         // on its own arbiter (thread): a busy ingest never delays queries.
@@ -341,10 +372,13 @@ impl Node {
             restart_policy: config.features.restart_policy(),
             services: Services::default(),
         };
-        let features = plan
-            .start(&context, Duration::from_secs(30))
-            .await
-            .map_err(|e| NodeError::Config(e.to_string()))?;
+        let features = match plan.start(&context, Duration::from_secs(30)).await {
+            Ok(f) => f,
+            Err(e) => {
+                drop(context);
+                return Err(abandon(NodeError::Config(e.to_string()), cluster, runtime).await);
+            }
+        };
         let ingest = context
             .services
             .get::<Addr<IngestActor>>()

@@ -11,6 +11,7 @@
 //!   [`network`]) and installing one opens the checkpoint as the new shard.
 //! * [`wire`]: rkyv encodings of entries (in the log and on the bus).
 
+pub mod blob;
 mod election;
 mod error;
 pub mod feed;

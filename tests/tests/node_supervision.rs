@@ -182,7 +182,7 @@ fn readiness_at(addr: std::net::SocketAddr) -> (u16, String) {
 fn a_disabled_feature_serves_nothing_and_a_section_no_feature_has_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path());
-    c.features = toml::from_str("disabled = [\"query\"]").unwrap();
+    c.features = toml::from_str("disabled = [\"query\", \"live\"]").unwrap();
     actix::System::new().block_on(async move {
         let node = Node::start(c).await.expect("node starts");
         assert!(node.query.is_none());
@@ -223,6 +223,16 @@ fn a_disabled_feature_serves_nothing_and_a_section_no_feature_has_is_refused() {
             .await;
         assert!(asked.is_err(), "a disabled feature answered on the bus");
         assert!(node.shutdown().await);
+    });
+
+    // A feature that needs a disabled one: a clear error, the node stopped.
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.features = toml::from_str("disabled = [\"query\"]").unwrap();
+    actix::System::new().block_on(async move {
+        let err = Node::start(c).await.err().expect("refused");
+        assert!(err.to_string().contains("live"), "{err}");
+        assert!(err.to_string().contains("query"), "{err}");
     });
 
     let dir = tempfile::tempdir().unwrap();
