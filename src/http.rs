@@ -53,6 +53,18 @@ pub struct AppState {
     pub features: chronicle_platform::Features,
 }
 
+/// 403 when the node serves admin APIs to nobody: neither `--auth` (then
+/// the middleware let only admins through) nor `--enable-admin-api`.
+pub(crate) fn admin_refused(state: &AppState) -> Option<HttpResponse> {
+    (!state.admin_api && !state.auth.is_enabled()).then(|| {
+        error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "admin APIs disabled; start with --auth (admin tokens) or --enable-admin-api",
+        )
+    })
+}
+
 /// The answer when a disabled feature's handle is asked for.
 pub(crate) fn feature_disabled(name: &str) -> HttpResponse {
     error(
@@ -849,13 +861,8 @@ pub(crate) async fn kv(
     req: HttpRequest,
     payload: web::Payload,
 ) -> HttpResponse {
-    // With authentication on, the middleware let only admins through.
-    if !state.admin_api && !state.auth.is_enabled() {
-        return error(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "admin APIs disabled; start with --auth (admin tokens) or --enable-admin-api",
-        );
+    if let Some(refused) = admin_refused(&state) {
+        return refused;
     }
     let body = match read_body(&req, payload, chronicle_kv::MAX_REQUEST_BYTES).await {
         Ok(body) => body,

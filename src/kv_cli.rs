@@ -52,6 +52,29 @@ pub enum KvCommand {
         #[arg(long)]
         values: bool,
     },
+    /// Store a file (or standard input with `-`) as a blob: chunked under
+    /// one key with a SHA-256, up to 1 GiB (docs/state.md, Blobs).
+    PutBlob {
+        #[command(flatten)]
+        at: Target,
+        key: String,
+        file: std::path::PathBuf,
+    },
+    /// Write a blob to a file (or standard output with `-`), checked
+    /// against its size and SHA-256.
+    GetBlob {
+        #[command(flatten)]
+        at: Target,
+        key: String,
+        #[arg(default_value = "-")]
+        file: std::path::PathBuf,
+    },
+    /// Delete a blob and its chunks.
+    DelBlob {
+        #[command(flatten)]
+        at: Target,
+        key: String,
+    },
     /// Print every change under a prefix as JSON lines, from a revision on,
     /// until interrupted.
     Watch {
@@ -112,8 +135,173 @@ fn value_text(v: &Value) -> String {
     }
 }
 
+fn blob_url(at: &Target, key: &str) -> Result<String, Error> {
+    Ok(format!(
+        "{}/api/v1/kv/blob?{}",
+        at.http.trim_end_matches('/'),
+        serde_urlencoded::to_string([("namespace", at.namespace.as_str()), ("key", key)])?
+    ))
+}
+
+/// The node's error message from a JSON error body.
+fn refusal(url: &str, status: u16, body: &[u8]) -> Error {
+    let value: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let why = value["error"]["message"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+    format!("{url}: HTTP {status}: {why}").into()
+}
+
+/// Counts bytes as they pass and reports progress on stderr every 16 MiB.
+struct Progress<R> {
+    inner: R,
+    done: u64,
+    reported: u64,
+    verb: &'static str,
+}
+
+impl<R: Read> Read for Progress<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.done += n as u64;
+        if self.done - self.reported >= 16 << 20 {
+            self.reported = self.done;
+            eprintln!("{} {} MiB", self.verb, self.done >> 20);
+        }
+        Ok(n)
+    }
+}
+
+fn put_blob(at: &Target, key: &str, file: &std::path::Path) -> Result<(), Error> {
+    let url = blob_url(at, key)?;
+    let source: Box<dyn Read + Send> = if file == std::path::Path::new("-") {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?)
+    };
+    let mut body = Progress {
+        inner: source,
+        done: 0,
+        reported: 0,
+        verb: "sent",
+    };
+    let agent = crate::http_client::agent(Duration::from_secs(3600))?;
+    let mut response = agent
+        .put(&url)
+        .content_type("application/octet-stream")
+        .send(ureq::SendBody::from_reader(&mut body))
+        .map_err(|e| format!("{url}: {e}"))?;
+    let status = response.status().as_u16();
+    let bytes = response.body_mut().read_to_vec()?;
+    if status != 200 {
+        return Err(refusal(&url, status, &bytes));
+    }
+    let v: Value = serde_json::from_slice(&bytes)?;
+    println!(
+        "{} bytes in {} chunks, sha256 {}",
+        v["size"],
+        v["chunks"],
+        v["sha256"].as_str().unwrap_or("?")
+    );
+    Ok(())
+}
+
+fn get_blob(at: &Target, key: &str, file: &std::path::Path) -> Result<(), Error> {
+    use sha2_hex::Hasher;
+    let url = blob_url(at, key)?;
+    let agent = crate::http_client::agent(Duration::from_secs(3600))?;
+    let mut response = agent.get(&url).call().map_err(|e| format!("{url}: {e}"))?;
+    let status = response.status().as_u16();
+    if status != 200 {
+        let bytes = response.body_mut().read_to_vec()?;
+        return Err(refusal(&url, status, &bytes));
+    }
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .unwrap_or_default()
+    };
+    let (want_sha, want_size) = (
+        header("x-chronicle-blob-sha256"),
+        header("x-chronicle-blob-size"),
+    );
+    let mut out: Box<dyn std::io::Write> = if file == std::path::Path::new("-") {
+        Box::new(std::io::stdout().lock())
+    } else {
+        Box::new(std::fs::File::create(file).map_err(|e| format!("{}: {e}", file.display()))?)
+    };
+    let mut reader = Progress {
+        inner: response.body_mut().with_config().limit(u64::MAX).reader(),
+        done: 0,
+        reported: 0,
+        verb: "received",
+    };
+    let mut hasher = Hasher::default();
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n])?;
+    }
+    out.flush()?;
+    let (got_sha, got_size) = (hasher.finish(), reader.done.to_string());
+    if got_sha != want_sha || got_size != want_size {
+        return Err(format!(
+            "{url}: received {got_size} bytes with sha256 {got_sha}; the blob is {want_size} bytes with sha256 {want_sha}"
+        )
+        .into());
+    }
+    eprintln!("{got_size} bytes, sha256 {got_sha} (checked)");
+    Ok(())
+}
+
+/// SHA-256 in hex (the CLI checks what it received against the node's).
+mod sha2_hex {
+    use sha2::Digest;
+
+    #[derive(Default)]
+    pub struct Hasher(sha2::Sha256);
+
+    impl Hasher {
+        pub fn update(&mut self, bytes: &[u8]) {
+            self.0.update(bytes);
+        }
+
+        pub fn finish(self) -> String {
+            self.0
+                .finalize()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        }
+    }
+}
+
 pub fn run(command: KvCommand) -> Result<(), Error> {
     match command {
+        KvCommand::PutBlob { at, key, file } => put_blob(&at, &key, &file)?,
+        KvCommand::GetBlob { at, key, file } => get_blob(&at, &key, &file)?,
+        KvCommand::DelBlob { at, key } => {
+            let url = blob_url(&at, &key)?;
+            let agent = crate::http_client::agent(Duration::from_secs(600))?;
+            let mut response = agent
+                .delete(&url)
+                .call()
+                .map_err(|e| format!("{url}: {e}"))?;
+            let status = response.status().as_u16();
+            let bytes = response.body_mut().read_to_vec()?;
+            if status != 200 {
+                return Err(refusal(&url, status, &bytes));
+            }
+            println!("deleted {key}");
+        }
         KvCommand::Get { at, key } => {
             let v = expect(&at, "get", json!({ "namespace": at.namespace, "key": key }))?;
             eprintln!("revision {} (created {})", v["revision"], v["created"]);

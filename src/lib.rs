@@ -9,6 +9,7 @@ mod bench_failover;
 mod bench_ingest;
 mod bench_kv;
 mod bench_query;
+mod blob_http;
 pub mod cli;
 pub mod client;
 pub mod cluster_cli;

@@ -100,7 +100,9 @@ struct RunningKv {
 #[async_trait(?Send)]
 impl Running for RunningKv {
     fn routes(&self, cfg: &mut web::ServiceConfig) {
-        cfg.route("/api/v1/kv/{op}", web::post().to(crate::http::kv));
+        // Before `{op}`: its path would match `blob` too.
+        cfg.configure(crate::blob_http::configure)
+            .route("/api/v1/kv/{op}", web::post().to(crate::http::kv));
     }
 
     async fn stop(&self) {
