@@ -60,7 +60,7 @@ impl Sender {
                 let bus = runtime.block_on(NatsBus::connect(NatsOptions {
                     urls: vec![url],
                     name: Some("chronicle-cli".into()),
-                    ..Default::default()
+                    ..nats_credentials_from_env()?
                 }))?;
                 Sender::Nats {
                     runtime,
@@ -130,6 +130,37 @@ impl Sender {
 }
 
 /// The message of a JSON error body, or the raw text.
+/// NATS credentials for client commands, from the variables `serve` reads
+/// too (`CHRONICLE_NATS_USER`, `_PASSWORD`, `_TOKEN`, `_CREDS`,
+/// `_NKEY_FILE`, `_CA`, `_TLS`); half a user/password pair is an error.
+fn nats_credentials_from_env() -> Result<NatsOptions, Error> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let (user, password) = (var("CHRONICLE_NATS_USER"), var("CHRONICLE_NATS_PASSWORD"));
+    if user.is_some() != password.is_some() {
+        return Err("CHRONICLE_NATS_USER and CHRONICLE_NATS_PASSWORD go together".into());
+    }
+    let nkey_seed = match var("CHRONICLE_NATS_NKEY_FILE") {
+        Some(path) => Some(
+            std::fs::read_to_string(&path)
+                .map_err(|e| format!("CHRONICLE_NATS_NKEY_FILE {path}: {e}"))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let ca = var("CHRONICLE_NATS_CA").map(std::path::PathBuf::from);
+    Ok(NatsOptions {
+        user,
+        password,
+        token: var("CHRONICLE_NATS_TOKEN"),
+        credentials_file: var("CHRONICLE_NATS_CREDS").map(std::path::PathBuf::from),
+        nkey_seed,
+        require_tls: ca.is_some() || var("CHRONICLE_NATS_TLS").is_some_and(|v| v != "false"),
+        tls_ca_file: ca,
+        ..Default::default()
+    })
+}
+
 fn describe_error(body: &[u8], fallback: &str) -> String {
     serde_json::from_slice::<serde_json::Value>(body)
         .ok()

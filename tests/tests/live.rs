@@ -75,6 +75,21 @@ fn write(http: &str, body: &str) {
     assert_eq!(status, 204);
 }
 
+/// `chronicle_live_sessions` from the node's metrics.
+fn open_sessions(http: &str) -> u64 {
+    let text = ureq::get(format!("{http}/metrics"))
+        .header("Authorization", format!("Bearer {BOOTSTRAP}"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("chronicle_live_sessions "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 fn values(message: &serde_json::Value) -> Vec<f64> {
     message["result"]["series"]
         .as_array()
@@ -200,12 +215,11 @@ fn a_live_query_sends_its_result_then_an_update_per_relevant_write() {
     });
     assert!(ended, "an oversized message did not end the session");
 
-    // The session limit (3): the first is still open; two more fit, the next is 503.
-    wait_until(
-        Duration::from_secs(5),
-        "the oversized session's slot freed",
-        || open(http, query, Some(BOOTSTRAP)).map(drop).is_ok(),
-    );
+    // The session limit (3): once only the first is open, two more fit and
+    // the next is 503.
+    wait_until(Duration::from_secs(10), "one session left open", || {
+        open_sessions(http) == 1
+    });
     let _b = open(http, query, Some(BOOTSTRAP)).unwrap();
     let _c = open(http, query, Some(BOOTSTRAP)).unwrap();
     assert_eq!(open(http, query, Some(BOOTSTRAP)).err(), Some(503));

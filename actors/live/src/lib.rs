@@ -589,6 +589,22 @@ mod tests {
         assert!(watched_metrics(r#"{__name__=~"cpu_.*"}"#).is_none());
     }
 
+    proptest::proptest! {
+        /// Query text and parameters from any client: checked or refused,
+        /// never a panic.
+        #[test]
+        fn any_parameters_are_planned_or_refused(
+            query in ".{0,300}",
+            lang in proptest::option::of("[a-z]{0,8}"),
+            step in proptest::option::of(".{0,12}"),
+            debounce in proptest::option::of(".{0,12}"),
+        ) {
+            let p = LiveParams { query: query.clone(), lang, start: None, end: None, step, debounce };
+            let _ = plan(&p, Duration::from_millis(250));
+            let _ = watched_metrics(&query);
+        }
+    }
+
     #[test]
     fn parameters_are_checked_before_the_upgrade() {
         let d = Duration::from_millis(250);
