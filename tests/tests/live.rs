@@ -229,3 +229,81 @@ fn a_live_query_sends_its_result_then_an_update_per_relevant_write() {
     drop(socket);
     assert!(node.stop().success());
 }
+
+#[test]
+fn a_client_that_stops_reading_is_dropped_and_the_node_stays_healthy() {
+    let dir = tempfile::tempdir().unwrap();
+    let boot = dir.path().join("boot");
+    std::fs::write(&boot, BOOTSTRAP).unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        "[features.live]\nsend_timeout_ms = 300\ndebounce_ms = 50\n",
+    )
+    .unwrap();
+    let node = NodeProcess::start(
+        BIN,
+        &dir.path().join("data"),
+        None,
+        &[
+            "--auth",
+            "--bootstrap-token-file",
+            boot.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    let http = node.http.as_str();
+    // 5,000 series: each result is about half a megabyte.
+    let batch = |v: usize| -> String {
+        (0..5000)
+            .map(|h| format!("slow,host=h{h} load={v}\n"))
+            .collect()
+    };
+    write(http, &batch(0));
+    let mut socket = open(http, "query=slow_load", Some(BOOTSTRAP)).expect("upgraded");
+    assert_eq!(next_json(&mut socket).unwrap()["type"], "result");
+    // The client reads nothing more; every write makes a new result.
+    let dropped = || {
+        let text = ureq::get(format!("{http}/metrics"))
+            .header("Authorization", format!("Bearer {BOOTSTRAP}"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("chronicle_live_sessions_dropped_total{reason=\"slow\"} "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut v = 1;
+    while dropped() == 0 {
+        if std::time::Instant::now() >= deadline {
+            let text = ureq::get(format!("{http}/metrics"))
+                .header("Authorization", format!("Bearer {BOOTSTRAP}"))
+                .call()
+                .unwrap()
+                .body_mut()
+                .read_to_string()
+                .unwrap();
+            let live: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with("chronicle_live"))
+                .collect();
+            panic!("the slow client was never dropped: {live:?}");
+        }
+        write(http, &batch(v));
+        v += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Its close frame waits at most the send timeout too; then it is gone.
+    wait_until(Duration::from_secs(10), "the slow session closed", || {
+        open_sessions(http) == 0
+    });
+    let ready = ureq::get(format!("{http}/health/ready")).call().unwrap();
+    assert_eq!(ready.status(), 200);
+    drop(socket);
+    assert!(node.stop().success());
+}

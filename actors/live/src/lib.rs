@@ -20,12 +20,12 @@ use std::time::Duration;
 
 use actix::Addr;
 use actix_web::{web, HttpRequest, HttpResponse};
-use actix_ws::AggregatedMessage;
 use async_trait::async_trait;
+mod socket;
+
 use chronicle_platform::{Feature, FeatureContext, FeatureError, Planned, Running};
 use chronicle_query::request::TimeSpec;
 use chronicle_query::{QueryActor, QueryRequest, RunQuery};
-use futures_util::StreamExt;
 use prometheus::{IntCounterVec, IntGauge, Opts};
 use serde::Deserialize;
 use serde_json::json;
@@ -385,14 +385,10 @@ async fn live(
             ));
     }
     let slot = SessionSlot(state.sessions.clone());
-    let (response, session, stream) = match actix_ws::handle(&req, body) {
+    let (response, session, stream) = match socket::upgrade(&req, body, MAX_CLIENT_MESSAGE) {
         Ok(upgraded) => upgraded,
         Err(e) => return bad_request(format!("not a WebSocket upgrade: {e}")),
     };
-    let stream = stream
-        .max_frame_size(MAX_CLIENT_MESSAGE)
-        .aggregate_continuations()
-        .max_continuation_size(MAX_CLIENT_MESSAGE);
     let span =
         info_span!("live_session", query = %params.query.chars().take(200).collect::<String>());
     let writes = state.writes.subscribe();
@@ -432,8 +428,8 @@ enum Ended {
 }
 
 async fn run_session(
-    mut session: actix_ws::Session,
-    mut stream: actix_ws::AggregatedMessageStream,
+    mut session: socket::Sender,
+    mut stream: socket::Receiver,
     mut writes: broadcast::Receiver<Arc<str>>,
     mut stopping: tokio::sync::watch::Receiver<bool>,
     query: Addr<QueryActor>,
@@ -493,15 +489,15 @@ async fn run_session(
             message = stream.next() => {
                 last_heard = tokio::time::Instant::now();
                 match message {
-                    Some(Ok(AggregatedMessage::Ping(bytes))) => {
-                        if session.pong(&bytes).await.is_err() {
+                    Ok(socket::Incoming::Ping(bytes)) => {
+                        if session.pong(bytes).await.is_err() {
                             break Ended::ClientClosed;
                         }
                     }
-                    Some(Ok(AggregatedMessage::Pong(_) | AggregatedMessage::Text(_) | AggregatedMessage::Binary(_))) => {}
-                    Some(Ok(AggregatedMessage::Close(_))) | None => break Ended::ClientClosed,
+                    Ok(socket::Incoming::Pong | socket::Incoming::Data) => {}
+                    Ok(socket::Incoming::Close) => break Ended::ClientClosed,
                     // Oversized or malformed frames: the protocol error closes.
-                    Some(Err(e)) => {
+                    Err(e) => {
                         debug!(error = %e, "live client sent a bad frame");
                         break Ended::ClientClosed;
                     }
@@ -516,7 +512,7 @@ async fn run_session(
                 if last_heard.elapsed() > CLIENT_TIMEOUT {
                     break Ended::Silent;
                 }
-                if session.ping(b"").await.is_err() {
+                if session.ping().await.is_err() {
                     break Ended::ClientClosed;
                 }
             }
@@ -535,14 +531,7 @@ async fn run_session(
             Ended::TooLarge => "result too large",
             _ => "the node is stopping",
         };
-        let _ = tokio::time::timeout(
-            send_timeout,
-            session.close(Some(actix_ws::CloseReason {
-                code: actix_ws::CloseCode::Policy,
-                description: Some(reason.into()),
-            })),
-        )
-        .await;
+        let _ = tokio::time::timeout(send_timeout, session.close(reason)).await;
     }
     ended
 }
