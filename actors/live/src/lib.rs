@@ -152,33 +152,24 @@ impl Planned for LivePlan {
                 message: "needs the query feature (it is disabled)".into(),
             })?;
         LazyLock::force(&SESSIONS);
-        // One feed subscription per node, fanned out to the sessions: the
-        // names of metrics written ("*" when the feed lost track).
+        // One feed subscription per node while sessions are open, fanned
+        // out to them: the names of metrics written ("*" when the feed lost
+        // track). On the client bus and the feature's thread, never the
+        // cluster's: with no session, the node reads no events at all.
         let (writes, _) = broadcast::channel::<Arc<str>>(1024);
-        let cluster = cx.cluster.clone();
-        let sender = writes.clone();
-        let feed = cx.cluster_runtime.spawn(async move {
-            let mut feed = match cluster.write_feed().await {
-                Ok(f) => f,
-                Err(e) => {
-                    warn!(error = %e, "live queries get no updates: the change feed is unavailable");
-                    return;
-                }
-            };
-            while let Some(item) = feed.next().await {
-                let metric: Arc<str> = match item {
-                    chronicle_cluster::feed::FeedItem::Write(e) => e.metric.into(),
-                    chronicle_cluster::feed::FeedItem::Gap { .. } => "*".into(),
-                };
-                // No session listening is fine.
-                let _ = sender.send(metric);
-            }
-        });
+        let (open, open_rx) = tokio::sync::watch::channel(0usize);
+        let feed = actix::spawn(follow_feed(
+            cx.bus.clone(),
+            cx.prefix.clone(),
+            writes.clone(),
+            open_rx,
+        ));
         let state = web::Data::new(LiveState {
             query: (*query).clone(),
             writes,
             stopping: tokio::sync::watch::channel(false).0,
             sessions: Arc::new(AtomicUsize::new(0)),
+            open: Arc::new(open),
             config: self.config,
         });
         Ok(Arc::new(RunningLive {
@@ -195,6 +186,8 @@ struct LiveState {
     /// would otherwise wait for them).
     stopping: tokio::sync::watch::Sender<bool>,
     sessions: Arc<AtomicUsize>,
+    /// Sessions open: the feed is read only while there are some.
+    open: Arc<tokio::sync::watch::Sender<usize>>,
     config: LiveConfig,
 }
 
@@ -384,14 +377,16 @@ async fn live(
                 ),
             ));
     }
-    let slot = SessionSlot(state.sessions.clone());
+    // Listening before the feed may start for it: nothing it sends is missed.
+    let writes = state.writes.subscribe();
+    state.open.send_modify(|n| *n += 1);
+    let slot = SessionSlot(state.sessions.clone(), state.open.clone());
     let (response, session, stream) = match socket::upgrade(&req, body, MAX_CLIENT_MESSAGE) {
         Ok(upgraded) => upgraded,
         Err(e) => return bad_request(format!("not a WebSocket upgrade: {e}")),
     };
     let span =
         info_span!("live_session", query = %params.query.chars().take(200).collect::<String>());
-    let writes = state.writes.subscribe();
     let stopping = state.stopping.subscribe();
     let (query, config) = (state.query.clone(), state.config.clone());
     actix_web::rt::spawn(
@@ -409,11 +404,61 @@ async fn live(
 }
 
 /// Frees a session slot when the session ends, however it ends.
-struct SessionSlot(Arc<AtomicUsize>);
+struct SessionSlot(Arc<AtomicUsize>, Arc<tokio::sync::watch::Sender<usize>>);
 
 impl Drop for SessionSlot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+        self.1.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// Subscribes to the change feed while `open` counts sessions, and passes
+/// each written metric's name to them.
+async fn follow_feed(
+    bus: Arc<dyn chronicle_bus::Bus>,
+    prefix: String,
+    writes: broadcast::Sender<Arc<str>>,
+    mut open: tokio::sync::watch::Receiver<usize>,
+) {
+    loop {
+        if open.wait_for(|n| *n > 0).await.is_err() {
+            return;
+        }
+        let mut feed = match chronicle_cluster::feed::WriteFeed::subscribe(bus.as_ref(), &prefix)
+            .await
+        {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(error = %e, "live queries get no updates: the change feed is unavailable");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        // Whatever was written while nobody listened: sessions run again.
+        let _ = writes.send("*".into());
+        loop {
+            tokio::select! {
+                item = feed.next() => {
+                    let Some(item) = item else { break };
+                    let metric: Arc<str> = match item {
+                        chronicle_cluster::feed::FeedItem::Write(e) => e.metric.into(),
+                        chronicle_cluster::feed::FeedItem::Gap { .. } => "*".into(),
+                    };
+                    // No session listening is fine.
+                    let _ = writes.send(metric);
+                }
+                changed = open.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    if *open.borrow() == 0 {
+                        // The subscription ends with `feed`.
+                        break;
+                    }
+                }
+            }
+        }
     }
 }
 
