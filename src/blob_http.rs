@@ -57,6 +57,9 @@ fn blob_error(e: BlobError) -> HttpResponse {
 struct ChannelReader {
     rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
     current: Bytes,
+    /// Set once the whole body was forwarded: a channel that closes before
+    /// (the request cancelled) is an error, never a shorter blob.
+    complete: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl AsyncRead for ChannelReader {
@@ -69,7 +72,17 @@ impl AsyncRead for ChannelReader {
             match self.rx.poll_recv(cx) {
                 Poll::Ready(Some(Ok(b))) => self.current = b,
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
-                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Ready(None) => {
+                    return Poll::Ready(
+                        if self.complete.load(std::sync::atomic::Ordering::Acquire) {
+                            Ok(())
+                        } else {
+                            Err(std::io::Error::other(
+                                "the upload ended before its body did",
+                            ))
+                        },
+                    )
+                }
                 Poll::Pending => return Poll::Pending,
             }
         }
@@ -84,6 +97,12 @@ fn store(
     state: &AppState,
     params: &BlobParams,
 ) -> Result<chronicle_cluster::state::StateStore, String> {
+    if params.namespace == chronicle_auth::NAMESPACE {
+        return Err(format!(
+            "namespace {:?} is reserved (tokens: use /api/v1/auth/tokens)",
+            params.namespace
+        ));
+    }
     state
         .cluster
         .state(params.namespace.clone())
@@ -92,6 +111,7 @@ fn store(
 
 #[instrument(name = "http_blob_put", skip_all)]
 async fn put(
+    req: actix_web::HttpRequest,
     state: web::Data<AppState>,
     params: Result<web::Query<BlobParams>, actix_web::Error>,
     mut payload: web::Payload,
@@ -109,26 +129,34 @@ async fn put(
     };
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let key = params.key.clone();
-    let writing = state.cluster_runtime.spawn(async move {
-        store
-            .put_blob(
-                &key,
-                ChannelReader {
-                    rx,
-                    current: Bytes::new(),
-                },
-            )
-            .await
-    });
+    let complete = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = ChannelReader {
+        rx,
+        current: Bytes::new(),
+        complete: complete.clone(),
+    };
+    let writing = state
+        .cluster_runtime
+        .spawn(async move { store.put_blob(&key, reader).await });
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     let mut received = 0u64;
+    let mut whole = true;
     while let Some(chunk) = payload.next().await {
         let item = chunk.map_err(|e| std::io::Error::other(e.to_string()));
         received += item.as_ref().map_or(0, |b| b.len() as u64);
         let failed = item.is_err();
         // Past the limit the writer refuses and cleans up: stop reading.
         if tx.send(item).await.is_err() || failed || received > MAX_BLOB_BYTES {
+            whole = false;
             break;
         }
+    }
+    if whole && declared.is_none_or(|n| n == received) {
+        complete.store(true, std::sync::atomic::Ordering::Release);
     }
     drop(tx);
     match writing.await {

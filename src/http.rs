@@ -108,7 +108,10 @@ async fn authorize(
     req: actix_web::dev::ServiceRequest,
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
 ) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
-    let (access, feature) = access_of(req.method(), req.path());
+    // Classified by the decoded path: the router matches `%61uth` as
+    // `auth`, so the raw path would let a reader reach admin routes.
+    let path = percent_encoding::percent_decode_str(req.path()).decode_utf8_lossy();
+    let (access, feature) = access_of(req.method(), &path);
     let checked = match req.app_data::<web::Data<AppState>>() {
         Some(state) if access != Access::Public => state
             .auth

@@ -227,6 +227,11 @@ impl Node {
         let registry = crate::features::registry(&config);
         let plan =
             Plan::new(&registry, &config.features).map_err(|e| NodeError::Config(e.to_string()))?;
+        // The certificate is checked before anything starts.
+        let tls = match (&config.tls.cert_file, &config.tls.key_file) {
+            (Some(cert), Some(key)) => Some(tls_config(cert, key).map_err(NodeError::Config)?),
+            _ => None,
+        };
         let identity = {
             let (dir, given) = (config.data_dir.clone(), config.cluster.clone());
             tokio::task::spawn_blocking(move || settle_identity(&dir, &given))
@@ -388,7 +393,10 @@ impl Node {
             .get::<Addr<QueryActor>>()
             .map(|a| (*a).clone());
         drop(context);
-        bus.flush().await?;
+        if let Err(e) = bus.flush().await {
+            features.stop().await;
+            return Err(abandon(e.into(), cluster, runtime).await);
+        }
 
         let shutting_down = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let state = http::AppState {
@@ -410,15 +418,18 @@ impl Node {
             auth: auth.clone(),
             features: features.clone(),
         };
-        let tls = match (&config.tls.cert_file, &config.tls.key_file) {
-            (Some(cert), Some(key)) => Some(tls_config(cert, key).map_err(NodeError::Config)?),
-            _ => None,
+        let (server, http_addr) = match http::serve(state, config.http_addr, tls) {
+            Ok(served) => served,
+            Err(source) => {
+                // Stopping the features drops their handles on the cluster.
+                features.stop().await;
+                let error = NodeError::Http {
+                    addr: config.http_addr,
+                    source,
+                };
+                return Err(abandon(error, cluster, runtime).await);
+            }
         };
-        let (server, http_addr) =
-            http::serve(state, config.http_addr, tls).map_err(|source| NodeError::Http {
-                addr: config.http_addr,
-                source,
-            })?;
         let handle = server.handle();
         actix::spawn(async move {
             if let Err(e) = server.await {

@@ -87,6 +87,33 @@ async fn create(
             )
         }
     };
+    // A scoped admin makes only tokens within its own scopes: scopes must
+    // not be a way to widen rights.
+    if let Some(creator) =
+        actix_web::HttpMessage::extensions(&req).get::<chronicle_auth::Principal>()
+    {
+        let (mine, theirs) = (&creator.scopes, &request.scopes);
+        let features_ok = mine.features.is_empty()
+            || (!theirs.features.is_empty()
+                && theirs.features.iter().all(|f| mine.features.contains(f)));
+        let prefixes_ok = mine.metric_prefixes.is_empty()
+            || (!theirs.metric_prefixes.is_empty()
+                && theirs.metric_prefixes.iter().all(|p| {
+                    mine.metric_prefixes
+                        .iter()
+                        .any(|m| p.starts_with(m.as_str()))
+                }));
+        if !features_ok || !prefixes_ok {
+            return error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "token {} may only make tokens within its own scopes {:?}",
+                    creator.id, creator.scopes
+                ),
+            );
+        }
+    }
     let ttl = match request
         .ttl
         .as_deref()

@@ -79,12 +79,32 @@ pub enum BlobError {
     Cluster(#[from] ClusterError),
 }
 
+/// Where a key's chunks live: a fixed-length hash of the key, so no key's
+/// chunk directory is a prefix of another's (`a` and `a/b`).
+fn chunk_dir(key: &str) -> String {
+    format!(
+        "{CHUNK_PREFIX}{}/",
+        &hex(&Sha256::digest(key.as_bytes()))[..32]
+    )
+}
+
 fn chunk_key(key: &str, generation: &str, n: u32) -> String {
-    format!("{CHUNK_PREFIX}{key}/{generation}/{n:08}")
+    format!("{}{generation}/{n:08}", chunk_dir(key))
 }
 
 fn generation_prefix(key: &str, generation: &str) -> String {
-    format!("{CHUNK_PREFIX}{key}/{generation}/")
+    format!("{}{generation}/", chunk_dir(key))
+}
+
+/// A generation no manifest names is deleted only once it is this old: a
+/// younger one may be another writer's, still uploading.
+const ORPHAN_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// When a generation was started (its id begins with the time in ns).
+fn generation_started(generation: &str) -> Option<u64> {
+    generation
+        .get(..16)
+        .and_then(|t| u64::from_str_radix(t, 16).ok())
 }
 
 fn new_generation() -> String {
@@ -250,21 +270,34 @@ impl StateStore {
         Ok(())
     }
 
-    /// Deletes every chunk of `key` except those of generation `keep`.
+    /// Deletes the chunks of `key` that no manifest names and that are older
+    /// than [`ORPHAN_GRACE`] (an interrupted writer's), except `keep`.
     async fn delete_orphans(&self, key: &str, keep: Option<&str>) -> Result<(), BlobError> {
-        let prefix = format!("{CHUNK_PREFIX}{key}/");
-        let keep = keep.map(|g| format!("{prefix}{g}/"));
+        let dir = chunk_dir(key);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let cutoff = now.saturating_sub(ORPHAN_GRACE.as_nanos() as u64);
+        let mut after: Option<String> = None;
         loop {
-            let (entries, _) = self.scan(&prefix, None, DELETES_PER_TXN).await?;
+            let (entries, more) = self.scan(&dir, after.as_deref(), DELETES_PER_TXN).await?;
+            after = entries.last().map(|e| e.key.clone());
             let doomed: Vec<String> = entries
                 .into_iter()
                 .map(|e| e.key)
-                .filter(|k| keep.as_deref().is_none_or(|g| !k.starts_with(g)))
+                .filter(|k| {
+                    let generation = k[dir.len()..].split('/').next().unwrap_or("");
+                    Some(generation) != keep
+                        && generation_started(generation).is_some_and(|t| t < cutoff)
+                })
                 .collect();
-            if doomed.is_empty() {
+            if !doomed.is_empty() {
+                self.delete_keys(doomed).await?;
+            }
+            if !more || after.is_none() {
                 return Ok(());
             }
-            self.delete_keys(doomed).await?;
         }
     }
 

@@ -248,6 +248,45 @@ fn each_role_against_each_route_class() {
     );
     assert!(body.contains(r#""result":[]"#), "{body}");
 
+    // Scopes cannot be widened: an admin limited to `auth` makes only
+    // `auth`-scoped tokens; nobody reaches the token records through kv.
+    let (auth_admin, _) = create(http, "auth-admin", "admin", &["--feature", "auth"]);
+    let aa = bearer(&auth_admin);
+    let wide = r#"{"name":"wide","role":"admin"}"#;
+    assert_eq!(
+        call(http, "POST", "/api/v1/auth/tokens", Some(&aa), wide).0,
+        403
+    );
+    let narrow = r#"{"name":"narrow","role":"reader","scopes":{"features":["auth"]}}"#;
+    assert_eq!(
+        call(http, "POST", "/api/v1/auth/tokens", Some(&aa), narrow).0,
+        201
+    );
+    let forge = r#"{"namespace":"auth","key":"token/0000000000000000","value":"{}"}"#;
+    assert_eq!(call(http, "POST", "/api/v1/kv/put", Some(&a), forge).0, 403);
+    assert_eq!(
+        call(
+            http,
+            "POST",
+            "/api/v1/kv/ls",
+            Some(&a),
+            r#"{"namespace":"auth"}"#
+        )
+        .0,
+        403
+    );
+
+    // Percent-encoded paths are classified as the router decodes them.
+    for path in [
+        "/api/v1/%61uth/tokens",
+        "/api/v1/%6Bv/get",
+        "/api/v1/%63luster/remove-node?id=9",
+        "/%77rite",
+    ] {
+        let (status, body) = call(http, "POST", path, Some(&r), "{}");
+        assert_eq!(status, 403, "{path}: {body}");
+    }
+
     // Hostile and malformed credentials: 401, never a 5xx.
     let long = format!("Bearer {}", "x".repeat(5000));
     let forged_id = format!("Bearer chr_{}_{}", &reader[4..20], "A".repeat(43));

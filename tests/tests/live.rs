@@ -196,6 +196,22 @@ fn a_live_query_sends_its_result_then_an_update_per_relevant_write() {
     ] {
         assert_eq!(open(http, bad, Some(BOOTSTRAP)).err(), Some(400), "{bad}");
     }
+    // A browser page from elsewhere (an Origin not allowed) is refused.
+    let mut cross = ws_url(http, query).into_client_request().unwrap();
+    cross
+        .headers_mut()
+        .insert("Origin", "https://evil.example".parse().unwrap());
+    cross.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {BOOTSTRAP}").parse().unwrap(),
+    );
+    let tcp = TcpStream::connect(http.trim_start_matches("http://")).unwrap();
+    match tungstenite::client(cross, tcp) {
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))) => {
+            assert_eq!(r.status().as_u16(), 403)
+        }
+        other => panic!("a foreign Origin was let in: {:?}", other.map(|_| ())),
+    }
     let plain = ureq::get(format!("{http}/api/v1/live?query=up"))
         .header("Authorization", format!("Bearer {BOOTSTRAP}"))
         .config()

@@ -155,6 +155,18 @@ impl Authenticator {
         })
     }
 
+    /// Whether `principal`'s token still counts (not revoked or expired):
+    /// long-lived connections ask this to end with their token.
+    pub fn still_valid(&self, principal: &Principal) -> bool {
+        if !self.enabled || principal.id == "bootstrap" {
+            return true;
+        }
+        self.tokens
+            .read()
+            .get(&principal.id)
+            .is_some_and(|r| r.expires_ms.is_none_or(|at| at > now_ms()))
+    }
+
     fn store(&self) -> Result<&StateStore, AuthError> {
         self.store.as_ref().ok_or_else(|| {
             AuthError::Invalid("authentication is off on this node: no tokens to manage".into())

@@ -30,8 +30,16 @@ fn from_cluster(e: ClusterError) -> Answer {
 }
 
 /// Answers operation `op` with the JSON `body`.
+/// Namespaces the platform keeps for itself (API tokens): not writable or
+/// readable through kv, so a kv-scoped admin cannot mint tokens.
+pub const RESERVED_NAMESPACES: &[&str] = &["auth"];
+
 pub async fn handle(node: &Arc<ClusterNode>, op: &str, body: &[u8]) -> Answer {
     match parse(op, body) {
+        Ok(request) if RESERVED_NAMESPACES.contains(&request.namespace()) => fail(
+            403,
+            format!("namespace {:?} is reserved", request.namespace()),
+        ),
         Ok(request) => execute(node, request).await.unwrap_or_else(from_cluster),
         Err(answer) => answer,
     }

@@ -56,6 +56,11 @@ pub struct LiveConfig {
     /// the writes that follow), milliseconds; a session may ask for another
     /// between 50 ms and 60 s with `debounce`.
     pub debounce_ms: u64,
+    /// Browser origins allowed to open sessions (`https://grafana.example`);
+    /// a request with any other `Origin` header is refused (403), so a page
+    /// elsewhere cannot ride on a browser's stored credentials. Clients that
+    /// send no `Origin` (the CLI, services) are not affected.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for LiveConfig {
@@ -65,6 +70,7 @@ impl Default for LiveConfig {
             max_result_bytes: 4 << 20,
             send_timeout_ms: 10_000,
             debounce_ms: 250,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -93,7 +99,7 @@ static DROPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     let c = IntCounterVec::new(
         Opts::new(
             "chronicle_live_sessions_dropped_total",
-            "Live sessions the node closed, by reason (slow, silent, too_large, busy)",
+            "Live sessions the node closed, by reason (slow, silent, too_large, revoked, busy)",
         ),
         &["reason"],
     )
@@ -170,6 +176,7 @@ impl Planned for LivePlan {
             stopping: tokio::sync::watch::channel(false).0,
             sessions: Arc::new(AtomicUsize::new(0)),
             open: Arc::new(open),
+            auth: cx.auth.clone(),
             config: self.config,
         });
         Ok(Arc::new(RunningLive {
@@ -186,6 +193,8 @@ struct LiveState {
     /// would otherwise wait for them).
     stopping: tokio::sync::watch::Sender<bool>,
     sessions: Arc<AtomicUsize>,
+    /// Checks that a session's token still counts.
+    auth: Arc<chronicle_auth::Authenticator>,
     /// Sessions open: the feed is read only while there are some.
     open: Arc<tokio::sync::watch::Sender<usize>>,
     config: LiveConfig,
@@ -358,6 +367,19 @@ async fn live(
         Ok(p) => p.into_inner(),
         Err(e) => return bad_request(format!("live query parameters: {e}")),
     };
+    if let Some(origin) = req.headers().get(actix_web::http::header::ORIGIN) {
+        let allowed = origin
+            .to_str()
+            .is_ok_and(|o| state.config.allowed_origins.iter().any(|a| a == o));
+        if !allowed {
+            return HttpResponse::Forbidden()
+                .content_type("application/json")
+                .body(chronicle_actor_runtime::error_json(
+                    "forbidden",
+                    "this Origin may not open live queries ([features.live] allowed_origins)",
+                ));
+        }
+    }
     let planned = match plan(&params, Duration::from_millis(state.config.debounce_ms)) {
         Ok(p) => p,
         Err(e) => return bad_request(e),
@@ -388,13 +410,30 @@ async fn live(
     let span =
         info_span!("live_session", query = %params.query.chars().take(200).collect::<String>());
     let stopping = state.stopping.subscribe();
+    let owner = Owner {
+        auth: state.auth.clone(),
+        principal: actix_web::HttpMessage::extensions(&req)
+            .get::<chronicle_auth::Principal>()
+            .cloned(),
+    };
     let (query, config) = (state.query.clone(), state.config.clone());
     actix_web::rt::spawn(
         async move {
             let _slot = slot;
             SESSIONS.inc();
-            let reason =
-                run_session(session, stream, writes, stopping, query, planned, config).await;
+            let reason = run_session(
+                session,
+                stream,
+                Session {
+                    writes,
+                    stopping,
+                    owner,
+                    query,
+                    planned,
+                    config,
+                },
+            )
+            .await;
             SESSIONS.dec();
             debug!(?reason, "live session ended");
         }
@@ -470,20 +509,45 @@ enum Ended {
     Silent,
     TooLarge,
     NodeStopping,
+    /// The token the session was opened with was revoked or expired.
+    Revoked,
+}
+
+/// Who opened a session, checked again every second: a revoked token's
+/// sessions end too.
+struct Owner {
+    auth: Arc<chronicle_auth::Authenticator>,
+    principal: Option<chronicle_auth::Principal>,
+}
+
+/// What a session listens to and runs with.
+struct Session {
+    writes: broadcast::Receiver<Arc<str>>,
+    stopping: tokio::sync::watch::Receiver<bool>,
+    owner: Owner,
+    query: Addr<QueryActor>,
+    planned: LiveQuery,
+    config: LiveConfig,
 }
 
 async fn run_session(
     mut session: socket::Sender,
     mut stream: socket::Receiver,
-    mut writes: broadcast::Receiver<Arc<str>>,
-    mut stopping: tokio::sync::watch::Receiver<bool>,
-    query: Addr<QueryActor>,
-    planned: LiveQuery,
-    config: LiveConfig,
+    parts: Session,
 ) -> Ended {
+    let Session {
+        mut writes,
+        mut stopping,
+        owner,
+        query,
+        planned,
+        config,
+    } = parts;
     let send_timeout = Duration::from_millis(config.send_timeout_ms.max(1));
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
+    let mut recheck = tokio::time::interval(Duration::from_secs(1));
+    recheck.tick().await;
     let mut last_heard = tokio::time::Instant::now();
     // The next run: now (the first result), then after writes.
     let mut due = Some(tokio::time::Instant::now());
@@ -535,8 +599,10 @@ async fn run_session(
                 last_heard = tokio::time::Instant::now();
                 match message {
                     Ok(socket::Incoming::Ping(bytes)) => {
-                        if session.pong(bytes).await.is_err() {
-                            break Ended::ClientClosed;
+                        match tokio::time::timeout(send_timeout, session.pong(bytes)).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) => break Ended::ClientClosed,
+                            Err(_) => break Ended::Slow,
                         }
                     }
                     Ok(socket::Incoming::Pong | socket::Incoming::Data) => {}
@@ -557,8 +623,18 @@ async fn run_session(
                 if last_heard.elapsed() > CLIENT_TIMEOUT {
                     break Ended::Silent;
                 }
-                if session.ping().await.is_err() {
-                    break Ended::ClientClosed;
+                match tokio::time::timeout(send_timeout, session.ping()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break Ended::ClientClosed,
+                    // A full send buffer: the client reads nothing.
+                    Err(_) => break Ended::Slow,
+                }
+            }
+            _ = recheck.tick() => {
+                if let Some(who) = &owner.principal {
+                    if !owner.auth.still_valid(who) {
+                        break Ended::Revoked;
+                    }
                 }
             }
         }
@@ -567,6 +643,7 @@ async fn run_session(
         Ended::Slow => DROPPED.with_label_values(&["slow"]).inc(),
         Ended::Silent => DROPPED.with_label_values(&["silent"]).inc(),
         Ended::TooLarge => DROPPED.with_label_values(&["too_large"]).inc(),
+        Ended::Revoked => DROPPED.with_label_values(&["revoked"]).inc(),
         Ended::ClientClosed | Ended::NodeStopping => {}
     }
     if ended != Ended::ClientClosed {
@@ -574,6 +651,7 @@ async fn run_session(
             Ended::Slow => "the client did not keep up",
             Ended::Silent => "no pong from the client",
             Ended::TooLarge => "result too large",
+            Ended::Revoked => "the token was revoked or expired",
             _ => "the node is stopping",
         };
         let _ = tokio::time::timeout(send_timeout, session.close(reason)).await;

@@ -305,12 +305,16 @@ impl Plan {
                     info!(feature = name, "feature started");
                     running.push((name, r));
                 }
-                Ok(Err(e)) => return Err(e),
+                Ok(Err(e)) => {
+                    Features { running }.stop_started().await;
+                    return Err(e);
+                }
                 Err(_) => {
+                    Features { running }.stop_started().await;
                     return Err(FeatureError::Start {
                         feature: name,
                         message: format!("not started within {timeout:?}"),
-                    })
+                    });
                 }
             }
         }
@@ -369,6 +373,12 @@ impl Features {
                 );
             }
         }
+    }
+
+    /// Stops features started before a later one failed to start.
+    async fn stop_started(&self) {
+        self.stop_intake().await;
+        self.stop().await;
     }
 
     /// Shutdown's last step, in reverse start order.
