@@ -93,20 +93,36 @@ impl AsyncRead for ChannelReader {
     }
 }
 
-fn store(
+/// The checks every blob route makes first: admin APIs served, parameters
+/// present, namespace not reserved; the store to use.
+fn open(
     state: &AppState,
-    params: &BlobParams,
-) -> Result<chronicle_cluster::state::StateStore, String> {
+    params: Result<web::Query<BlobParams>, actix_web::Error>,
+) -> Result<(BlobParams, chronicle_cluster::state::StateStore), Box<HttpResponse>> {
+    if let Some(refused) = crate::http::admin_refused(state) {
+        return Err(Box::new(refused));
+    }
+    let bad = |m: String| Box::new(error(StatusCode::BAD_REQUEST, "bad_request", m));
+    let params = params.map_err(|e| bad(e.to_string()))?.into_inner();
     if params.namespace == chronicle_auth::NAMESPACE {
-        return Err(format!(
+        return Err(bad(format!(
             "namespace {:?} is reserved (tokens: use /api/v1/auth/tokens)",
             params.namespace
-        ));
+        )));
     }
-    state
+    let store = state
         .cluster
         .state(params.namespace.clone())
-        .map_err(|e| e.to_string())
+        .map_err(|e| bad(e.to_string()))?;
+    Ok((params, store))
+}
+
+fn task_failed(e: tokio::task::JoinError) -> HttpResponse {
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        format!("blob task failed: {e}"),
+    )
 }
 
 #[instrument(name = "http_blob_put", skip_all)]
@@ -116,16 +132,9 @@ async fn put(
     params: Result<web::Query<BlobParams>, actix_web::Error>,
     mut payload: web::Payload,
 ) -> HttpResponse {
-    if let Some(refused) = crate::http::admin_refused(&state) {
-        return refused;
-    }
-    let params = match params {
-        Ok(p) => p.into_inner(),
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
-    };
-    let store = match store(&state, &params) {
-        Ok(s) => s,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e),
+    let (params, store) = match open(&state, params) {
+        Ok(opened) => opened,
+        Err(refused) => return *refused,
     };
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let key = params.key.clone();
@@ -168,11 +177,7 @@ async fn put(
             "sha256": manifest.sha256,
         })),
         Ok(Err(e)) => blob_error(e),
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            format!("blob task failed: {e}"),
-        ),
+        Err(e) => task_failed(e),
     }
 }
 
@@ -181,16 +186,9 @@ async fn get(
     state: web::Data<AppState>,
     params: Result<web::Query<BlobParams>, actix_web::Error>,
 ) -> HttpResponse {
-    if let Some(refused) = crate::http::admin_refused(&state) {
-        return refused;
-    }
-    let params = match params {
-        Ok(p) => p.into_inner(),
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
-    };
-    let store = match store(&state, &params) {
-        Ok(s) => s,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e),
+    let (params, store) = match open(&state, params) {
+        Ok(opened) => opened,
+        Err(refused) => return *refused,
     };
     let key = params.key.clone();
     let opened = state
@@ -207,13 +205,7 @@ async fn get(
             )
         }
         Ok(Err(e)) => return blob_error(e),
-        Err(e) => {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                format!("blob task failed: {e}"),
-            )
-        }
+        Err(e) => return task_failed(e),
     };
     let manifest = reader.manifest().clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
@@ -247,16 +239,9 @@ async fn delete(
     state: web::Data<AppState>,
     params: Result<web::Query<BlobParams>, actix_web::Error>,
 ) -> HttpResponse {
-    if let Some(refused) = crate::http::admin_refused(&state) {
-        return refused;
-    }
-    let params = match params {
-        Ok(p) => p.into_inner(),
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
-    };
-    let store = match store(&state, &params) {
-        Ok(s) => s,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e),
+    let (params, store) = match open(&state, params) {
+        Ok(opened) => opened,
+        Err(refused) => return *refused,
     };
     let key = params.key.clone();
     match state
@@ -271,10 +256,6 @@ async fn delete(
             format!("no blob {} in {}", params.key, params.namespace),
         ),
         Ok(Err(e)) => blob_error(e),
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            format!("blob task failed: {e}"),
-        ),
+        Err(e) => task_failed(e),
     }
 }

@@ -75,19 +75,28 @@ fn write(http: &str, body: &str) {
     assert_eq!(status, 204);
 }
 
-/// `chronicle_live_sessions` from the node's metrics.
-fn open_sessions(http: &str) -> u64 {
-    let text = ureq::get(format!("{http}/metrics"))
+/// The node's metrics text.
+fn metrics(http: &str) -> String {
+    ureq::get(format!("{http}/metrics"))
         .header("Authorization", format!("Bearer {BOOTSTRAP}"))
         .call()
         .unwrap()
         .body_mut()
         .read_to_string()
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("chronicle_live_sessions "))
+        .unwrap()
+}
+
+/// The value of the sample `series` (name and labels as printed), 0 when absent.
+fn metric(http: &str, series: &str) -> u64 {
+    metrics(http)
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
+}
+
+fn open_sessions(http: &str) -> u64 {
+    metric(http, "chronicle_live_sessions")
 }
 
 fn values(message: &serde_json::Value) -> Vec<f64> {
@@ -281,29 +290,16 @@ fn a_client_that_stops_reading_is_dropped_and_the_node_stays_healthy() {
     assert_eq!(next_json(&mut socket).unwrap()["type"], "result");
     // The client reads nothing more; every write makes a new result.
     let dropped = || {
-        let text = ureq::get(format!("{http}/metrics"))
-            .header("Authorization", format!("Bearer {BOOTSTRAP}"))
-            .call()
-            .unwrap()
-            .body_mut()
-            .read_to_string()
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix("chronicle_live_sessions_dropped_total{reason=\"slow\"} "))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0)
+        metric(
+            http,
+            "chronicle_live_sessions_dropped_total{reason=\"slow\"}",
+        )
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut v = 1;
     while dropped() == 0 {
         if std::time::Instant::now() >= deadline {
-            let text = ureq::get(format!("{http}/metrics"))
-                .header("Authorization", format!("Bearer {BOOTSTRAP}"))
-                .call()
-                .unwrap()
-                .body_mut()
-                .read_to_string()
-                .unwrap();
+            let text = metrics(http);
             let live: Vec<&str> = text
                 .lines()
                 .filter(|l| l.starts_with("chronicle_live"))

@@ -54,11 +54,7 @@ where
     match catch_unwind(AssertUnwindSafe(|| body(act, ctx))) {
         Ok(r) => Some(r),
         Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "non-string panic".into());
+            let what = panic_message(panic.as_ref());
             error!(actor = actor_name, panic = %what, "actor panicked; restarting it");
             ACTOR_RESTARTS.with_label_values(&[actor_name]).inc();
             ctx.stop();
@@ -201,11 +197,7 @@ pub async fn guard_future<F: std::future::Future>(
     match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
         Ok(v) => Some(v),
         Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "non-string panic".into());
+            let what = panic_message(panic.as_ref());
             error!(actor, panic = %what, "a task of the actor panicked");
             TASK_PANICS.with_label_values(&[actor]).inc();
             None
@@ -227,6 +219,15 @@ pub static TASK_PANICS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register(Box::new(counter.clone()));
     counter
 });
+
+/// What a panic said, when it said it with a string.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic".into())
+}
 
 /// Makes `actor`'s restart count visible (as 0) before its first restart.
 pub fn announce(actor_name: &str) {
