@@ -106,8 +106,16 @@ pub struct RetentionSettings {
     /// Raw data older than this is deleted, in whole 2-hour chunk windows
     /// (`"30d"`, `"12h"`); absent: kept for ever.
     pub raw: Option<String>,
-    /// How often each shard's leader proposes retention.
+    /// How often each shard's leader proposes retention and runs the
+    /// downsampling rules.
     pub check_interval_secs: u64,
+    /// A downsampling window is run once it ended this long ago, so samples
+    /// arriving late are in it (`"1m"`).
+    pub downsample_delay: String,
+    /// Downsampling rules (`[[retention.downsample]]`), run in this order;
+    /// rule *i* writes tier *i + 1*. Every node of a cluster must have the
+    /// same rules in the same order.
+    pub downsample: Vec<DownsampleSettings>,
 }
 
 impl Default for RetentionSettings {
@@ -115,11 +123,125 @@ impl Default for RetentionSettings {
         Self {
             raw: None,
             check_interval_secs: 60,
+            downsample_delay: "1m".into(),
+            downsample: Vec::new(),
         }
     }
 }
 
+/// One downsampling rule: every raw series the selector matches gets a
+/// `<metric>:<window>:<function>` series with the same labels, one point
+/// per complete window.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DownsampleSettings {
+    /// Window length (`"5m"`, `"1h"`).
+    pub window: String,
+    /// count, sum, mean, min, max, first, last, stddev, rate, or a
+    /// percentile (`p99`).
+    pub function: String,
+    /// How long the output is kept (`"400d"`); absent: for ever.
+    pub retention: Option<String>,
+    /// A series selector (`'{job="node"}'`, `'http_requests_total'`);
+    /// absent: every raw series.
+    #[serde(rename = "match")]
+    pub selector: Option<String>,
+}
+
+fn positive_duration(what: &str, text: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(text.trim()).map_err(|e| format!("{what} {text:?}: {e}"))?;
+    if d.is_zero() {
+        return Err(format!("{what} must be longer than zero"));
+    }
+    Ok(d)
+}
+
+impl DownsampleSettings {
+    /// The rule, checked: a window of whole milliseconds from one second to
+    /// a week, a known function, a selector with exactly one matcher set.
+    pub fn rule(&self) -> Result<chronicle_storage::DownsampleRule, String> {
+        let what = "[[retention.downsample]]";
+        let window = positive_duration(&format!("{what} window"), &self.window)?;
+        if window < std::time::Duration::from_secs(1)
+            || window > std::time::Duration::from_secs(7 * 86_400)
+            || window.subsec_nanos() % 1_000_000 != 0
+        {
+            return Err(format!(
+                "{what} window {:?}: between 1s and 7d, in whole milliseconds",
+                self.window
+            ));
+        }
+        let function: chronicle_storage::AggregateFunction = self
+            .function
+            .parse()
+            .map_err(|e| format!("{what} function {:?}: {e}", self.function))?;
+        if !function.name().bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(format!(
+                "{what} function {:?}: a whole-number percentile (the name goes in series names)",
+                self.function
+            ));
+        }
+        let retention = self
+            .retention
+            .as_deref()
+            .map(|r| positive_duration(&format!("{what} retention"), r))
+            .transpose()?;
+        let matchers = match self.selector.as_deref() {
+            None => Vec::new(),
+            Some(text) => {
+                let mut sets = chronicle_query::selector_matchers(text)
+                    .map_err(|e| format!("{what} match {text:?}: {e}"))?;
+                if sets.len() != 1 {
+                    return Err(format!(
+                        "{what} match {text:?}: one selector, not an `or` of several"
+                    ));
+                }
+                sets.pop().unwrap_or_default()
+            }
+        };
+        Ok(chronicle_storage::DownsampleRule {
+            window,
+            function,
+            retention,
+            matchers,
+        })
+    }
+}
+
 impl RetentionSettings {
+    /// The downsampling rules, checked; two rules may not write the same
+    /// series names.
+    pub fn downsample_rules(&self) -> Result<Vec<chronicle_storage::DownsampleRule>, String> {
+        let rules = self
+            .downsample
+            .iter()
+            .map(DownsampleSettings::rule)
+            .collect::<Result<Vec<_>, _>>()?;
+        if rules.len() > 32 {
+            return Err("[[retention.downsample]]: at most 32 rules".into());
+        }
+        let mut suffixes = std::collections::BTreeSet::new();
+        for r in &rules {
+            if !suffixes.insert(r.suffix()) {
+                return Err(format!(
+                    "[[retention.downsample]]: two rules write `<metric>:{}`",
+                    r.suffix()
+                ));
+            }
+        }
+        Ok(rules)
+    }
+
+    /// The downsampling delay, checked.
+    pub fn downsample_delay(&self) -> Result<std::time::Duration, String> {
+        humantime::parse_duration(self.downsample_delay.trim()).map_err(|e| {
+            format!(
+                "[retention] downsample_delay {:?}: {e}",
+                self.downsample_delay
+            )
+        })
+    }
+
     /// The raw retention, checked.
     pub fn raw_retention(&self) -> Result<Option<std::time::Duration>, String> {
         self.raw
@@ -697,6 +819,64 @@ impl NodeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn downsampling_rules_are_checked_when_the_file_is_read() {
+        let parse = |text: &str| -> Result<Vec<chronicle_storage::DownsampleRule>, String> {
+            toml::from_str::<NodeConfig>(text)
+                .map_err(|e| e.to_string())?
+                .retention
+                .downsample_rules()
+        };
+        let rules = parse(
+            r#"
+[[retention.downsample]]
+window = "5m"
+function = "mean"
+retention = "400d"
+match = '{job="node"}'
+
+[[retention.downsample]]
+window = "1h"
+function = "p99"
+"#,
+        )
+        .unwrap();
+        assert_eq!(rules.len(), 2);
+        assert_eq!(rules[0].suffix(), "5m:mean");
+        assert_eq!(rules[0].matchers.len(), 1);
+        assert_eq!(rules[1].suffix(), "1h:p99");
+        assert!(rules[1].matchers.is_empty());
+        let refused = [
+            ("window = \"0s\"\nfunction = \"mean\"", "longer than zero"),
+            (
+                "window = \"500ms\"\nfunction = \"mean\"",
+                "between 1s and 7d",
+            ),
+            (
+                "window = \"5m\"\nfunction = \"median\"",
+                "unknown aggregate function",
+            ),
+            (
+                "window = \"5m\"\nfunction = \"p99.5\"",
+                "whole-number percentile",
+            ),
+            (
+                "window = \"5m\"\nfunction = \"mean\"\nmatch = '{job=\"a\" or job=\"b\"}'",
+                "one selector",
+            ),
+            (
+                "window = \"5m\"\nfunction = \"mean\"\nmatch = \"rate(x[1m])\"",
+                "not a series selector",
+            ),
+        ];
+        for (rule, why) in refused {
+            let err = parse(&format!("[[retention.downsample]]\n{rule}\n")).unwrap_err();
+            assert!(err.contains(why), "{rule:?}: {err}");
+        }
+        let twice = "[[retention.downsample]]\nwindow = \"5m\"\nfunction = \"mean\"\n".repeat(2);
+        assert!(parse(&twice).unwrap_err().contains("two rules write"));
+    }
 
     #[test]
     fn flags_override_the_file_which_overrides_defaults() {

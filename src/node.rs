@@ -321,10 +321,18 @@ impl Node {
         cluster_config.write_event_points = config.cluster.write_event_points;
         cluster_config.retention_check =
             Duration::from_secs(config.retention.check_interval_secs.max(1));
+        cluster_config.downsample_delay = config
+            .retention
+            .downsample_delay()
+            .map_err(NodeError::Config)?;
         cluster_config.shard = ShardConfig {
             retention: config
                 .retention
                 .raw_retention()
+                .map_err(NodeError::Config)?,
+            downsample: config
+                .retention
+                .downsample_rules()
                 .map_err(NodeError::Config)?,
             sync_writes: config.sync_writes,
             // The cache budget is the node's, shared by its replicas.

@@ -48,8 +48,11 @@ pub struct ClusterConfig {
     /// How long one shard's part of a read may take, retries included.
     pub read_timeout: Duration,
     /// How often the leader of each shard proposes a retention entry (when
-    /// `shard` sets a retention).
+    /// `shard` sets a retention) and runs its downsampling rules.
     pub retention_check: Duration,
+    /// A downsampling window is run once it ended this long ago, so samples
+    /// arriving a little late are in it.
+    pub downsample_delay: Duration,
     /// A member snapshots its shard once this many bytes were appended to its
     /// Raft log since the last snapshot; the log before the snapshot is then
     /// purged (all but a short tail for followers a little behind).
@@ -104,6 +107,7 @@ impl ClusterConfig {
             request_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
             retention_check: Duration::from_secs(60),
+            downsample_delay: Duration::from_secs(60),
             snapshot_log_bytes: 64 << 20,
             idempotency_window: Duration::from_secs(600),
             state_history: Duration::from_secs(86_400),
@@ -562,7 +566,7 @@ impl ClusterNode {
                 .downsample
                 .iter()
                 .any(|r| r.retention.is_some());
-        if expires {
+        if expires || !node.config.shard.downsample.is_empty() {
             node.add_service(spawn_retention(Arc::downgrade(&node)));
         }
         Ok(node)
@@ -596,6 +600,60 @@ impl ClusterNode {
             done.push(shard);
         }
         Ok(done)
+    }
+
+    /// Runs the downsampling rules on every shard this node leads, as
+    /// replicated entries: for each rule, the leader proposes the complete
+    /// windows ending before `now` (ns) minus the configured delay, a bounded
+    /// number per entry and at most `max_entries` entries per rule, so a
+    /// long backlog is worked off over several calls. Returns the entries
+    /// committed.
+    pub async fn propose_downsampling(
+        &self,
+        now: i64,
+        max_entries: usize,
+    ) -> Result<usize, ClusterError> {
+        /// Points one downsampling entry may write (one per series and window).
+        const MAX_POINTS_PER_ENTRY: usize = 200_000;
+        let rules = &self.config.shard.downsample;
+        if rules.is_empty() {
+            return Ok(0);
+        }
+        let me = self.config.node_id;
+        let led: Vec<Arc<Group>> = self
+            .groups
+            .read()
+            .values()
+            .filter(|g| g.raft.metrics().borrow().current_leader == Some(me))
+            .cloned()
+            .collect();
+        let delay = i64::try_from(self.config.downsample_delay.as_nanos()).unwrap_or(i64::MAX);
+        let until = now.saturating_sub(delay);
+        let mut committed = 0;
+        for group in led {
+            for (i, rule) in rules.iter().enumerate() {
+                let tier = (i + 1).min(u8::MAX as usize) as u8;
+                for _ in 0..max_entries {
+                    // The leader's view of progress: it applied every entry it
+                    // committed, so each step starts where the last one ended.
+                    let due = group.shard.current().downsample_due(
+                        rule,
+                        tier,
+                        until,
+                        MAX_POINTS_PER_ENTRY,
+                    )?;
+                    let Some(step) = due else { break };
+                    group.gate.pass().await;
+                    group
+                        .raft
+                        .client_write(WriteBatch::downsample(step))
+                        .await
+                        .map_err(|e| ClusterError::Raft(e.to_string()))?;
+                    committed += 1;
+                }
+            }
+        }
+        Ok(committed)
     }
 
     /// Deletes the samples of the series matching `matchers` with timestamps
@@ -1558,8 +1616,8 @@ fn snapshot_by_log_size(
     })
 }
 
-/// Has the leaders among this node's members propose retention every
-/// `retention_check`.
+/// Has the leaders among this node's members propose retention and run the
+/// downsampling rules every `retention_check`.
 fn spawn_retention(node: std::sync::Weak<ClusterNode>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
@@ -1571,6 +1629,13 @@ fn spawn_retention(node: std::sync::Weak<ClusterNode>) -> tokio::task::JoinHandl
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+            // Downsampling first: retention may drop raw data a rule has
+            // yet to cover.
+            match node.propose_downsampling(now, 64).await {
+                Ok(0) => {}
+                Ok(entries) => debug!(entries, "downsampling proposed"),
+                Err(e) => warn!(error = %e, "downsampling not proposed; trying again next period"),
+            }
             match node.propose_retention(now).await {
                 Ok(shards) if !shards.is_empty() => debug!(?shards, "retention proposed"),
                 Ok(_) => {}

@@ -280,7 +280,7 @@ pub(crate) enum WireRead {
     },
 }
 
-fn function_code(f: AggregateFunction) -> (u8, f64) {
+pub(crate) fn function_code(f: AggregateFunction) -> (u8, f64) {
     match f {
         AggregateFunction::Count => (0, 0.0),
         AggregateFunction::Sum => (1, 0.0),
@@ -295,7 +295,7 @@ fn function_code(f: AggregateFunction) -> (u8, f64) {
     }
 }
 
-fn function_from((code, p): (u8, f64)) -> Result<AggregateFunction, String> {
+pub(crate) fn function_from((code, p): (u8, f64)) -> Result<AggregateFunction, String> {
     Ok(match code {
         0 => AggregateFunction::Count,
         1 => AggregateFunction::Sum,

@@ -274,6 +274,11 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
                             shard.apply_retention(entry.log_id.index, &batch.retain)?;
                             (0, None, Vec::new())
                         }
+                        EntryPayload::Normal(batch) if batch.downsample.is_some() => {
+                            let d = batch.downsample.as_deref().expect("checked");
+                            shard.apply_downsample(entry.log_id.index, d)?;
+                            (0, None, Vec::new())
+                        }
                         EntryPayload::Normal(batch) if batch.state.is_some() => {
                             let s = batch.state.as_deref().expect("checked");
                             let outcomes = shard.apply_state(entry.log_id.index, s)?;

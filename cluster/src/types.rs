@@ -20,6 +20,9 @@ pub struct WriteBatch {
     pub delete: Option<Box<DeleteRange>>,
     /// A state entry (feature key-value data) instead of points.
     pub state: Option<Box<chronicle_storage::state::StateBatch>>,
+    /// A downsampling entry instead of points: the rule, its tier and the
+    /// end of the run, fixed by the leader.
+    pub downsample: Option<Box<chronicle_storage::DownsampleStep>>,
 }
 
 /// Delete the samples of matching series in `[start, end]` (ns, inclusive).
@@ -77,6 +80,7 @@ impl WriteBatch {
             keyed: None,
             delete: None,
             state: None,
+            downsample: None,
         }
     }
 
@@ -88,6 +92,7 @@ impl WriteBatch {
             keyed: None,
             delete: None,
             state: None,
+            downsample: None,
         }
     }
 
@@ -99,6 +104,7 @@ impl WriteBatch {
             keyed: None,
             delete: Some(Box::new(range)),
             state: None,
+            downsample: None,
         }
     }
 
@@ -110,6 +116,19 @@ impl WriteBatch {
             keyed: None,
             delete: None,
             state: Some(Box::new(batch)),
+            downsample: None,
+        }
+    }
+
+    /// A downsampling entry.
+    pub fn downsample(step: chronicle_storage::DownsampleStep) -> Self {
+        Self {
+            points: EncodedPoints::default(),
+            retain: Vec::new(),
+            keyed: None,
+            delete: None,
+            state: None,
+            downsample: Some(Box::new(step)),
         }
     }
 

@@ -112,6 +112,20 @@ pub enum WirePayload {
     Delete(Box<(Vec<crate::read::WireMatcher>, i64, i64, u64, i64)>),
     /// State transactions (feature key-value data).
     State(Box<crate::state::WireStateBatch>),
+    /// One run of a downsampling rule.
+    Downsample(Box<WireDownsample>),
+}
+
+/// A downsampling entry (`chronicle_storage::DownsampleStep`).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct WireDownsample {
+    pub window_ns: i64,
+    /// The function's code, and the percentile for code 8.
+    pub function: (u8, f64),
+    pub matchers: Vec<crate::read::WireMatcher>,
+    pub tier: u8,
+    pub to: i64,
+    pub max_windows: u32,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -150,7 +164,8 @@ impl WireEntry {
             WirePayload::Blank
             | WirePayload::Membership(_)
             | WirePayload::Retain(_)
-            | WirePayload::Delete(_) => 64,
+            | WirePayload::Delete(_)
+            | WirePayload::Downsample(_) => 64,
         }
     }
 }
@@ -175,6 +190,17 @@ impl From<&Entry<TypeConfig>> for WireEntry {
             EntryPayload::Normal(batch) if batch.state.is_some() => {
                 let s = batch.state.as_deref().expect("checked");
                 WirePayload::State(Box::new(s.into()))
+            }
+            EntryPayload::Normal(batch) if batch.downsample.is_some() => {
+                let d = batch.downsample.as_deref().expect("checked");
+                WirePayload::Downsample(Box::new(WireDownsample {
+                    window_ns: i64::try_from(d.rule.window.as_nanos()).unwrap_or(i64::MAX),
+                    function: crate::read::function_code(d.rule.function),
+                    matchers: crate::read::wire_matchers(&d.rule.matchers),
+                    tier: d.tier,
+                    to: d.to,
+                    max_windows: d.max_windows,
+                }))
             }
             EntryPayload::Normal(batch) if batch.keyed.is_some() => {
                 let k = batch.keyed.as_deref().expect("checked");
@@ -229,6 +255,25 @@ impl TryFrom<WireEntry> for Entry<TypeConfig> {
                 }))
             }
             WirePayload::State(s) => EntryPayload::Normal(WriteBatch::state((*s).into())),
+            WirePayload::Downsample(d) => {
+                let corrupt = |why: String| ClusterError::Corrupt {
+                    what: "downsampling entry",
+                    why,
+                };
+                let function = crate::read::function_from(d.function).map_err(corrupt)?;
+                let matchers = crate::read::matchers_from(d.matchers).map_err(corrupt)?;
+                EntryPayload::Normal(WriteBatch::downsample(chronicle_storage::DownsampleStep {
+                    rule: chronicle_storage::DownsampleRule {
+                        window: std::time::Duration::from_nanos(d.window_ns.max(0) as u64),
+                        function,
+                        retention: None,
+                        matchers,
+                    },
+                    tier: d.tier,
+                    to: d.to,
+                    max_windows: d.max_windows,
+                }))
+            }
             WirePayload::KeyedPoints(k) => {
                 let k = *k;
                 let points =

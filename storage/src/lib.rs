@@ -33,7 +33,7 @@ pub use model::{
 };
 #[cfg(feature = "engine")]
 pub use shard::{
-    finish_groups, AggregateRequest, DownsampleReport, DurableFrontier, FlushReport, GroupBy,
-    KeyedApply, KeyedPart, KeyedStamp, PartialGroups, RetentionReport, SeriesIter, SeriesSamples,
-    Shard, SnapshotMeta,
+    finish_groups, AggregateRequest, DownsampleReport, DownsampleStep, DurableFrontier,
+    FlushReport, GroupBy, KeyedApply, KeyedPart, KeyedStamp, PartialGroups, RetentionReport,
+    SeriesIter, SeriesSamples, Shard, SnapshotMeta,
 };

@@ -22,7 +22,7 @@ use crate::aggregate::{
     is_aggregatable, window_start, AggregateFunction, AggregateSeries, CounterWindow, Partial,
 };
 use crate::codec::{self, encode_chunk, get_uvarint, put_uvarint, unzigzag, zigzag};
-use crate::config::{nanos, ShardConfig};
+use crate::config::{nanos, DownsampleRule, ShardConfig};
 use crate::decoded_cache::{ChunkId, DecodedCache};
 use crate::keys::*;
 use crate::matcher::{MatchOp, Matcher};
@@ -140,6 +140,58 @@ pub struct RetentionReport {
 pub struct DownsampleReport {
     pub rules_run: usize,
     pub points_written: usize,
+}
+
+/// One run of a downsampling rule as a replicated entry carries it: the
+/// rule itself (so a replica applies it whatever its own settings), the
+/// tier its output lives in, the end of the run (exclusive, ns; fixed by
+/// the leader's clock) and the most windows one entry covers.
+#[derive(Debug, Clone)]
+pub struct DownsampleStep {
+    pub rule: DownsampleRule,
+    pub tier: u8,
+    pub to: i64,
+    pub max_windows: u32,
+}
+
+impl PartialEq for DownsampleStep {
+    fn eq(&self, other: &Self) -> bool {
+        let matchers = |s: &Self| {
+            s.rule
+                .matchers
+                .iter()
+                .map(|m| (m.name.clone(), m.op, m.value.clone()))
+                .collect::<Vec<_>>()
+        };
+        self.rule.window == other.rule.window
+            && self.rule.function == other.rule.function
+            && self.tier == other.tier
+            && self.to == other.to
+            && self.max_windows == other.max_windows
+            && matchers(self) == matchers(other)
+    }
+}
+
+/// Where a rule's progress is kept (in `meta`).
+fn downsample_progress_key(rule: &DownsampleRule) -> Vec<u8> {
+    format!("{META_DOWNSAMPLED_PREFIX}{}", rule.suffix()).into_bytes()
+}
+
+/// `<metric>:<duration>:<function>`: the name a downsampling rule gives
+/// its output.
+fn is_downsampled_name(metric: &str) -> bool {
+    let mut parts = metric.rsplitn(3, ':');
+    let (Some(function), Some(window), Some(base)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    !base.is_empty() && function.parse::<AggregateFunction>().is_ok() && humantime_like(window)
+}
+
+/// `90s`, `5m`, `2h`, `7d`, `250ms`: what `format_duration` writes.
+fn humantime_like(text: &str) -> bool {
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    digits > 0 && matches!(&text[digits..], "ms" | "s" | "m" | "h" | "d")
 }
 
 /// A consistent copy of a shard, made by [`Shard::checkpoint`].
@@ -611,7 +663,20 @@ impl Shard {
         self.state.read().durable
     }
 
-    fn ingest(&self, mut points: PointsView<'_>, seq: u64, log: bool) -> Result<()> {
+    fn ingest(&self, points: PointsView<'_>, seq: u64, log: bool) -> Result<()> {
+        self.ingest_as(points, seq, log, None)
+    }
+
+    /// [`Shard::ingest`], with the tier of new series given (a replicated
+    /// downsampling entry names its tier) instead of read from this
+    /// shard's rules.
+    fn ingest_as(
+        &self,
+        mut points: PointsView<'_>,
+        seq: u64,
+        log: bool,
+        tier: Option<u8>,
+    ) -> Result<()> {
         // Labels out of order are sorted in the view (its own slice of references).
         points.sort_labels();
         if log {
@@ -673,7 +738,8 @@ impl Shard {
             }
             if !new_series.is_empty() {
                 for (id, _, key) in &new_series {
-                    self.put_series(&mut wb, *id, key);
+                    let tier = tier.unwrap_or_else(|| self.tier_of(&key.metric));
+                    self.put_series(&mut wb, *id, key, tier);
                 }
                 wb.put_cf(self.cf(CF_META), META_NEXT_SERIES_ID, next_id.to_be_bytes());
             }
@@ -690,7 +756,7 @@ impl Shard {
 
         let mut st = self.state.write();
         for (id, hash, key) in new_series {
-            let tier = self.tier_of(&key.metric);
+            let tier = tier.unwrap_or_else(|| self.tier_of(&key.metric));
             st.by_hash.entry(hash).or_default().push(id);
             st.postings.add(id, &key);
             st.series.insert(id, SeriesEntry::new(key, tier));
@@ -706,10 +772,10 @@ impl Shard {
         self.write_unsynced(wb)
     }
 
-    fn put_series(&self, wb: &mut WriteBatch, id: u64, key: &SeriesKey) {
+    fn put_series(&self, wb: &mut WriteBatch, id: u64, key: &SeriesKey, tier: u8) {
         let encoded = key.encode();
         let mut v = Vec::with_capacity(encoded.len() + 1);
-        v.push(self.tier_of(&key.metric));
+        v.push(tier);
         v.extend_from_slice(&encoded);
         wb.put_cf(self.cf(CF_SERIES), &encoded, id.to_be_bytes());
         wb.put_cf(self.cf(CF_SERIES_IDS), id.to_be_bytes(), v);
@@ -1712,7 +1778,9 @@ impl Shard {
         Ok(report)
     }
 
-    /// Runs every downsampling rule over the complete windows it has not covered yet.
+    /// Runs every downsampling rule over the complete windows it has not
+    /// covered yet, through the shard's own log (the engine alone; a node
+    /// runs rules as replicated entries, [`Shard::apply_downsample`]).
     pub fn run_downsampling(&self, now: i64) -> Result<DownsampleReport> {
         let mut report = DownsampleReport::default();
         for rule in &self.config.downsample {
@@ -1723,56 +1791,14 @@ impl Shard {
                     "downsampling window must be positive".into(),
                 ));
             }
-            let meta_key = format!("{META_DOWNSAMPLED_PREFIX}{}", rule.suffix());
             let to = window_start(now, window);
-            let from = match self.meta_u64(meta_key.as_bytes())? {
-                Some(done) => done as i64,
-                None => match self.oldest_raw_time()? {
-                    Some(t) => window_start(t, window),
-                    None => continue,
-                },
+            let Some(from) = self.downsample_from(&self.state.read(), rule)? else {
+                continue;
             };
             if from >= to {
                 continue;
             }
-            let mut matchers = rule.matchers.clone();
-            if !matchers.iter().any(|m| !m.matches("")) {
-                matchers.push(Matcher::new(MatchOp::Regex, METRIC_LABEL, ".+")?);
-            }
-            let req = AggregateRequest {
-                matchers,
-                start: from,
-                end: to,
-                window,
-                function: rule.function,
-                group_by: GroupBy::Series,
-            };
-            let partials = self.aggregate_partials(&req)?;
-            let suffix = rule.suffix();
-            let mut points = Vec::new();
-            for series in finish_groups(partials, rule.function) {
-                let Some(metric) = series.group.iter().find(|l| l.name == METRIC_LABEL) else {
-                    continue;
-                };
-                if self.tier_of(&metric.value) != 0 {
-                    continue; // never downsample a downsampled series
-                }
-                let name = format!("{}:{suffix}", metric.value);
-                let labels: Vec<Label> = series
-                    .group
-                    .iter()
-                    .filter(|l| l.name != METRIC_LABEL)
-                    .cloned()
-                    .collect();
-                for s in series.points {
-                    points.push(Point::new(
-                        name.clone(),
-                        labels.clone(),
-                        s.value,
-                        s.timestamp,
-                    ));
-                }
-            }
+            let points = self.downsample_points(rule, from, to)?;
             for batch in points.chunks(10_000) {
                 self.write_batch(batch)?;
             }
@@ -1782,7 +1808,7 @@ impl Shard {
             wo.set_sync(true);
             self.db.put_cf_opt(
                 self.cf(CF_META),
-                meta_key.as_bytes(),
+                downsample_progress_key(rule),
                 (to as u64).to_be_bytes(),
                 &wo,
             )?;
@@ -1790,7 +1816,147 @@ impl Shard {
         Ok(report)
     }
 
-    fn oldest_raw_time(&self) -> Result<Option<i64>> {
+    /// Where `rule` goes on from: the end of what it covered, or the window
+    /// of the oldest raw sample; `None` when there is no raw data.
+    fn downsample_from(&self, st: &State, rule: &DownsampleRule) -> Result<Option<i64>> {
+        let window = nanos(rule.window).max(1);
+        if let Some(done) = self
+            .idem_get(st, &downsample_progress_key(rule))?
+            .and_then(|v| u64_from(&v))
+        {
+            return Ok(Some(done as i64));
+        }
+        Ok(self
+            .oldest_raw_time_locked(st)?
+            .map(|t| window_start(t, window)))
+    }
+
+    /// What a node's leader proposes for `rule` at `now` (ns): the complete
+    /// windows after what this replica has covered, at most
+    /// `max_windows` of them; `None` when nothing is due.
+    pub fn downsample_due(
+        &self,
+        rule: &DownsampleRule,
+        tier: u8,
+        now: i64,
+        max_points: usize,
+    ) -> Result<Option<DownsampleStep>> {
+        let window = nanos(rule.window);
+        if window <= 0 {
+            return Ok(None);
+        }
+        let st = self.state.read();
+        let Some(from) = self.downsample_from(&st, rule)? else {
+            return Ok(None);
+        };
+        let to = window_start(now, window);
+        if from >= to {
+            return Ok(None);
+        }
+        // Bound what one entry writes (one point per series and window).
+        let series = st.series.len().max(1);
+        let max_windows = (max_points / series).clamp(1, 100_000) as u32;
+        Ok(Some(DownsampleStep {
+            rule: rule.clone(),
+            tier,
+            to,
+            max_windows,
+        }))
+    }
+
+    /// Applies a replicated downsampling entry at log index `index`: the
+    /// rule, its tier and the end of the run come with the entry, the
+    /// start is this shard's progress as of the entry, the same on every
+    /// replica (progress reaches RocksDB with the durable frontier, like
+    /// idempotency records, so a replay decides as the first run did). The
+    /// output series are written in the same step as the progress.
+    pub fn apply_downsample(&self, index: u64, step: &DownsampleStep) -> Result<DownsampleReport> {
+        let _span = info_span!("apply_downsample", index, rule = %step.rule.suffix(), to = step.to)
+            .entered();
+        let _writer = self.writer.lock();
+        let mut report = DownsampleReport::default();
+        if index <= self.state.read().last_seq {
+            return Ok(report);
+        }
+        let window = nanos(step.rule.window);
+        let from = if window > 0 {
+            self.downsample_from(&self.state.read(), &step.rule)?
+        } else {
+            None
+        };
+        let mut points = Vec::new();
+        if let Some(from) = from {
+            let span = window.saturating_mul(i64::from(step.max_windows.max(1)));
+            let to = window_start(step.to, window).min(from.saturating_add(span));
+            if from < to {
+                points = self.downsample_points(&step.rule, from, to)?;
+                idem_set(
+                    &mut self.state.write(),
+                    index,
+                    downsample_progress_key(&step.rule),
+                    Some((to as u64).to_be_bytes().to_vec()),
+                );
+                report.rules_run = 1;
+                report.points_written = points.len();
+            }
+        }
+        self.ingest_as(
+            PointsView::from_points(&points),
+            index,
+            false,
+            Some(step.tier),
+        )?;
+        Ok(report)
+    }
+
+    /// The output of `rule` over the complete windows in `[from, to)`:
+    /// one point per raw series and window, named `<metric>:<suffix>`, in
+    /// label order (new series get their ids in this order on every
+    /// replica).
+    fn downsample_points(&self, rule: &DownsampleRule, from: i64, to: i64) -> Result<Vec<Point>> {
+        let mut matchers = rule.matchers.clone();
+        if !matchers.iter().any(|m| !m.matches("")) {
+            matchers.push(Matcher::new(MatchOp::Regex, METRIC_LABEL, ".+")?);
+        }
+        let req = AggregateRequest {
+            matchers,
+            start: from,
+            end: to,
+            window: nanos(rule.window),
+            function: rule.function,
+            group_by: GroupBy::Series,
+        };
+        let partials = self.aggregate_partials(&req)?;
+        let suffix = rule.suffix();
+        let mut points = Vec::new();
+        for series in finish_groups(partials, rule.function) {
+            let Some(metric) = series.group.iter().find(|l| l.name == METRIC_LABEL) else {
+                continue;
+            };
+            // Never downsample a downsampled series.
+            if is_downsampled_name(&metric.value) || self.tier_of(&metric.value) != 0 {
+                continue;
+            }
+            let name = format!("{}:{suffix}", metric.value);
+            let labels: Vec<Label> = series
+                .group
+                .iter()
+                .filter(|l| l.name != METRIC_LABEL)
+                .cloned()
+                .collect();
+            for s in series.points {
+                points.push(Point::new(
+                    name.clone(),
+                    labels.clone(),
+                    s.value,
+                    s.timestamp,
+                ));
+            }
+        }
+        Ok(points)
+    }
+
+    fn oldest_raw_time_locked(&self, st: &State) -> Result<Option<i64>> {
         let mut it = self.db.raw_iterator_cf(self.cf(CF_CHUNKS));
         it.seek(chunk_window_start(0, i64::MIN));
         let from_chunks = it
@@ -1799,7 +1965,6 @@ impl Shard {
             .filter(|k| k.tier == 0)
             .map(|k| k.window);
         it.status()?;
-        let st = self.state.read();
         let from_head = st
             .series
             .values()

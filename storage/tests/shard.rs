@@ -360,6 +360,78 @@ fn downsampling_keeps_labels_and_names_series_by_window_and_function() {
     );
 }
 
+/// A replicated downsampling entry covers at most `max_windows` windows
+/// from the shard's own progress, and that progress is kept with the
+/// durable frontier: replaying the entries after a restart (the Raft log
+/// does that) writes exactly what the first run wrote, never skipping a
+/// window whose output was lost with the head.
+#[test]
+fn downsampling_entries_are_bounded_and_replay_the_same() {
+    let dir = TempDir::new().unwrap();
+    let rule = DownsampleRule {
+        window: Duration::from_secs(300),
+        function: AggregateFunction::Max,
+        retention: None,
+        matchers: vec![eq("host", "a")],
+    };
+    let raw: Vec<Point> = (0..60)
+        .flat_map(|m| {
+            [
+                point("cpu", &[("host", "a")], m * 60 * S, m as f64),
+                point("cpu", &[("host", "b")], m * 60 * S, -1.0),
+            ]
+        })
+        .collect();
+    let step = DownsampleStep {
+        rule: rule.clone(),
+        tier: 1,
+        to: 3600 * S,
+        max_windows: 3,
+    };
+    let run = |shard: &Shard| {
+        shard.apply(1, &raw).unwrap();
+        let first = shard.apply_downsample(2, &step).unwrap();
+        let second = shard.apply_downsample(3, &step).unwrap();
+        (first.points_written, second.points_written)
+    };
+    let want: Vec<(i64, f64)> = (0..6)
+        .map(|k| (k * 300 * S, 5.0 * k as f64 + 4.0))
+        .collect();
+    {
+        let shard = Shard::open(dir.path(), cfg()).unwrap();
+        assert_eq!(run(&shard), (3, 3), "three windows per entry, one series");
+        let got = read(&shard, "cpu:5m:max", 0, i64::MAX);
+        assert_eq!(got.len(), 1, "only host a");
+        assert_eq!(values(&got[0].1), want);
+        // What the leader would propose next: the rest of the hour.
+        let due = shard
+            .downsample_due(&rule, 1, 3600 * S + 1, 1_000)
+            .unwrap()
+            .expect("windows are due");
+        assert_eq!(due.to, 3600 * S);
+        assert!(shard
+            .downsample_due(&rule, 1, 1800 * S, 1_000)
+            .unwrap()
+            .is_none());
+        // Dropped with its head unflushed: nothing past the frontier is on disk.
+        assert!(shard.durable_index() < 3);
+    }
+    let shard = Shard::open(dir.path(), cfg()).unwrap();
+    assert_eq!(
+        run(&shard),
+        (3, 3),
+        "the replay starts where the first run did"
+    );
+    let got = read(&shard, "cpu:5m:max", 0, i64::MAX);
+    assert_eq!(values(&got[0].1), want);
+    // Flushed, the progress is on disk: an entry at a new index goes on.
+    shard.flush().unwrap();
+    drop(shard);
+    let shard = Shard::open(dir.path(), cfg()).unwrap();
+    assert_eq!(shard.apply_downsample(4, &step).unwrap().points_written, 3);
+    assert_eq!(read(&shard, "cpu:5m:max", 0, i64::MAX)[0].1.len(), 9);
+}
+
 #[test]
 fn apply_is_idempotent_and_checkpoints_restore() {
     let dir = TempDir::new().unwrap();
