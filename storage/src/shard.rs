@@ -709,7 +709,14 @@ impl Shard {
         {
             let st = self.state.read();
             let mut next_id = st.next_id;
-            for p in points.iter() {
+            // A batch names each of its series once (its series slots): the
+            // id is looked up once per slot, not per point. Ids start at 1.
+            let mut by_slot = vec![0u64; points.series_count()];
+            for (slot, p) in points.iter_with_series() {
+                if by_slot[slot] != 0 {
+                    ids.push(by_slot[slot]);
+                    continue;
+                }
                 let hash = series_hash(p.metric, p.labels);
                 let id = match st.lookup(hash, p.metric, p.labels) {
                     Some(id) => id,
@@ -734,6 +741,7 @@ impl Shard {
                         }
                     }
                 };
+                by_slot[slot] = id;
                 ids.push(id);
             }
             if !new_series.is_empty() {
