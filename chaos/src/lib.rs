@@ -1,0 +1,24 @@
+//! Chronicle's chaos harness. This crate holds what judges a run: the
+//! history of every operation a workload invoked and saw complete
+//! ([`history`]), models of the objects it exercised ([`model`]), and the
+//! linearizability checker ([`linearizability`]), with readers for the
+//! Jepsen and Porcupine histories the checker is validated on
+//! ([`porcupine`]). Faults, workloads and `chronicle chaos run` build on it.
+
+pub mod history;
+pub mod linearizability;
+pub mod model;
+pub mod porcupine;
+
+pub use history::{History, Operation};
+pub use linearizability::{check, check_partitioned, Check, Verdict};
+pub use model::Model;
+
+/// Why a history could not be read or checked.
+#[derive(Debug, thiserror::Error)]
+pub enum ChaosError {
+    #[error("line {line}: {reason}")]
+    Parse { line: usize, reason: String },
+    #[error("history: {0}")]
+    History(String),
+}
