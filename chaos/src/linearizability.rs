@@ -63,7 +63,9 @@ impl Events {
         for (i, o) in ops.iter().enumerate() {
             order.push((o.call, 0, i, true));
             // Unknown outcomes complete after everything.
-            order.push((o.ret.unwrap_or(u64::MAX), 1, i, false));
+            // A completion recorded before its invocation (a recorder's bug)
+            // is read as at the invocation.
+            order.push((o.ret.map_or(u64::MAX, |r| r.max(o.call)), 1, i, false));
         }
         order.sort_unstable();
         let n = order.len() + 1;

@@ -316,10 +316,20 @@ async fn three_replicas_agree_after_downsampling_and_a_replay_writes_the_same() 
         }
     };
     settle(nodes.clone(), leader.applied_index(0).unwrap()).await;
-    let answers: Vec<_> = nodes
-        .iter()
-        .map(|n| (read(n, "ds:5m:mean"), read(n, "ds:1h:max")))
-        .collect();
+    // Raft's applied index is published a moment after the apply (and
+    // followers may be seconds behind on a loaded machine): the replicas
+    // must agree once they have applied everything.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let answers = loop {
+        let answers: Vec<_> = nodes
+            .iter()
+            .map(|n| (read(n, "ds:5m:mean"), read(n, "ds:1h:max")))
+            .collect();
+        if answers.iter().all(|a| a == &answers[0]) || std::time::Instant::now() > deadline {
+            break answers;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     for (i, a) in answers.iter().enumerate() {
         assert_eq!(a, &answers[0], "replica {} differs from replica 1", i + 1);
     }
@@ -372,10 +382,20 @@ async fn three_replicas_agree_after_downsampling_and_a_replay_writes_the_same() 
         2
     );
     settle(nodes.clone(), leader.applied_index(0).unwrap()).await;
-    let answers: Vec<_> = nodes
-        .iter()
-        .map(|n| (read(n, "ds:5m:mean"), read(n, "ds:1h:max")))
-        .collect();
+    // Raft's applied index is published a moment after the apply (and
+    // followers may be seconds behind on a loaded machine): the replicas
+    // must agree once they have applied everything.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let answers = loop {
+        let answers: Vec<_> = nodes
+            .iter()
+            .map(|n| (read(n, "ds:5m:mean"), read(n, "ds:1h:max")))
+            .collect();
+        if answers.iter().all(|a| a == &answers[0]) || std::time::Instant::now() > deadline {
+            break answers;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     for (i, a) in answers.iter().enumerate() {
         assert_eq!(a, &answers[0], "replica {} differs from replica 1", i + 1);
     }

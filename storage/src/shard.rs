@@ -27,7 +27,8 @@ use crate::decoded_cache::{ChunkId, DecodedCache};
 use crate::keys::*;
 use crate::matcher::{MatchOp, Matcher};
 use crate::model::{
-    EncodedPoints, Label, LabelPair, Limits, Point, PointsView, Sample, SeriesKey, METRIC_LABEL,
+    decode_points, encode_points, EncodedPoints, Label, LabelPair, Limits, Point, PointsView,
+    Sample, SeriesKey, METRIC_LABEL,
 };
 use crate::postings::Postings;
 use crate::{Result, StorageError};
@@ -88,6 +89,10 @@ struct State {
     idem_overlay: BTreeMap<Vec<u8>, (Option<Vec<u8>>, u64)>,
     /// The same changes in entry order, written as the durable index passes them.
     idem_pending: VecDeque<(u64, Vec<u8>, Option<Vec<u8>>)>,
+    /// Indexes of downsampling entries whose output is recorded in `meta`
+    /// (see [`Shard::apply_downsample`]), dropped once the durable index
+    /// passes them.
+    downsample_records: VecDeque<u64>,
 }
 
 impl State {
@@ -171,6 +176,16 @@ impl PartialEq for DownsampleStep {
             && matchers(self) == matchers(other)
     }
 }
+
+/// Where the output of the downsampling entry at `index` is recorded.
+fn downsample_record_key(index: u64) -> Vec<u8> {
+    let mut key = DOWNSAMPLE_RECORD_PREFIX.to_vec();
+    key.extend_from_slice(&index.to_be_bytes());
+    key
+}
+
+/// Prefix of [`downsample_record_key`] in `meta`.
+const DOWNSAMPLE_RECORD_PREFIX: &[u8] = b"downsample_output/";
 
 /// Where a rule's progress is kept (in `meta`).
 fn downsample_progress_key(rule: &DownsampleRule) -> Vec<u8> {
@@ -441,6 +456,20 @@ impl Shard {
                 e.max_time = max_time;
             }
         }
+        // Downsampling outputs recorded for entries a replay may apply again.
+        let prefix = DOWNSAMPLE_RECORD_PREFIX;
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_META));
+        it.seek(prefix);
+        while let Some(key) = it.key() {
+            if !key.starts_with(prefix) {
+                break;
+            }
+            if let Some(index) = u64_from(&key[prefix.len()..]) {
+                st.downsample_records.push_back(index);
+            }
+            it.next();
+        }
+        it.status()?;
         // Replay logged batches the chunks do not cover yet.
         let start = (st.durable + 1).to_be_bytes();
         let mut replayed = 0usize;
@@ -905,6 +934,10 @@ impl Shard {
                 if st.idem_overlay.get(&key).is_some_and(|(_, by)| *by <= i) {
                     st.idem_overlay.remove(&key);
                 }
+            }
+            while st.downsample_records.front().is_some_and(|&i| i <= durable) {
+                let i = st.downsample_records.pop_front().expect("checked");
+                wb.delete_cf(self.cf(CF_META), downsample_record_key(i));
             }
             // Range deletes are cheap but not free: truncate the log in steps.
             if durable >= st.log_truncated_to + 64 || st.pending.is_empty() {
@@ -1876,8 +1909,12 @@ impl Shard {
     /// rule, its tier and the end of the run come with the entry, the
     /// start is this shard's progress as of the entry, the same on every
     /// replica (progress reaches RocksDB with the durable frontier, like
-    /// idempotency records, so a replay decides as the first run did). The
-    /// output series are written in the same step as the progress.
+    /// idempotency records). The output is computed from the shard as it
+    /// stands at this index, which only the first application sees: by a
+    /// replay after a restart, chunks may already hold samples of later
+    /// entries. So the output is recorded (synced, in `meta`, until the
+    /// durable index passes the entry) and a replay writes the recorded
+    /// points instead of computing them again.
     pub fn apply_downsample(&self, index: u64, step: &DownsampleStep) -> Result<DownsampleReport> {
         let _span = info_span!("apply_downsample", index, rule = %step.rule.suffix(), to = step.to)
             .entered();
@@ -1886,27 +1923,37 @@ impl Shard {
         if index <= self.state.read().last_seq {
             return Ok(report);
         }
-        let window = nanos(step.rule.window);
-        let from = if window > 0 {
-            self.downsample_from(&self.state.read(), &step.rule)?
-        } else {
-            None
-        };
-        let mut points = Vec::new();
-        if let Some(from) = from {
-            let span = window.saturating_mul(i64::from(step.max_windows.max(1)));
-            let to = window_start(step.to, window).min(from.saturating_add(span));
-            if from < to {
-                points = self.downsample_points(&step.rule, from, to)?;
-                idem_set(
-                    &mut self.state.write(),
-                    index,
-                    downsample_progress_key(&step.rule),
-                    Some((to as u64).to_be_bytes().to_vec()),
-                );
-                report.rules_run = 1;
-                report.points_written = points.len();
+        let record_key = downsample_record_key(index);
+        let (to, points) = match self.db.get_cf(self.cf(CF_META), &record_key)? {
+            Some(record) => {
+                let (to, points) = record
+                    .split_first_chunk::<8>()
+                    .map(|(to, rest)| (i64::from_be_bytes(*to), rest))
+                    .ok_or_else(|| corrupt("meta", "a downsampling record is too short"))?;
+                let points = decode_points(points).map_err(|e| corrupt("meta", e))?;
+                (Some(to), points)
             }
+            None => {
+                let (to, points) = self.downsample_output(step)?;
+                let mut record = to.unwrap_or(i64::MIN).to_be_bytes().to_vec();
+                record.extend_from_slice(&encode_points(&points));
+                let mut wo = WriteOptions::default();
+                wo.set_sync(true);
+                self.db
+                    .put_cf_opt(self.cf(CF_META), &record_key, record, &wo)?;
+                self.state.write().downsample_records.push_back(index);
+                (to, points)
+            }
+        };
+        if let Some(to) = to.filter(|&t| t != i64::MIN) {
+            idem_set(
+                &mut self.state.write(),
+                index,
+                downsample_progress_key(&step.rule),
+                Some((to as u64).to_be_bytes().to_vec()),
+            );
+            report.rules_run = 1;
+            report.points_written = points.len();
         }
         self.ingest_as(
             PointsView::from_points(&points),
@@ -1915,6 +1962,24 @@ impl Shard {
             Some(step.tier),
         )?;
         Ok(report)
+    }
+
+    /// What `step` writes from the shard as it stands: the end of the run
+    /// (`None`: nothing to do) and the points.
+    fn downsample_output(&self, step: &DownsampleStep) -> Result<(Option<i64>, Vec<Point>)> {
+        let window = nanos(step.rule.window);
+        if window <= 0 {
+            return Ok((None, Vec::new()));
+        }
+        let Some(from) = self.downsample_from(&self.state.read(), &step.rule)? else {
+            return Ok((None, Vec::new()));
+        };
+        let span = window.saturating_mul(i64::from(step.max_windows.max(1)));
+        let to = window_start(step.to, window).min(from.saturating_add(span));
+        if from >= to {
+            return Ok((None, Vec::new()));
+        }
+        Ok((Some(to), self.downsample_points(&step.rule, from, to)?))
     }
 
     /// The output of `rule` over the complete windows in `[from, to)`:
@@ -1973,12 +2038,16 @@ impl Shard {
             .filter(|k| k.tier == 0)
             .map(|k| k.window);
         it.status()?;
+        // Aligned to the chunk window like the chunks' keys: which samples
+        // sit in chunks and which still in heads differs between replicas,
+        // the answer must not.
         let from_head = st
             .series
             .values()
             .filter(|e| e.tier == 0)
             .flat_map(|e| e.head.iter().map(|s| s.timestamp))
-            .min();
+            .min()
+            .map(|t| window_start(t, self.chunk_range));
         Ok(match (from_chunks, from_head) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

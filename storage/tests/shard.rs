@@ -432,6 +432,56 @@ fn downsampling_entries_are_bounded_and_replay_the_same() {
     assert_eq!(read(&shard, "cpu:5m:max", 0, i64::MAX)[0].1.len(), 9);
 }
 
+/// A replay of a downsampling entry after a restart writes what the first
+/// application wrote, even when chunks on disk by then hold samples of
+/// later entries (here: a late sample cut into a chunk while another
+/// series' head keeps the durable frontier before the entry).
+#[test]
+fn a_replayed_downsampling_entry_ignores_samples_written_after_it() {
+    let dir = TempDir::new().unwrap();
+    let rule = DownsampleRule {
+        window: Duration::from_secs(300),
+        function: AggregateFunction::Max,
+        retention: None,
+        matchers: vec![eq("host", "b")],
+    };
+    let step = DownsampleStep {
+        rule,
+        tier: 1,
+        to: 600 * S,
+        max_windows: 100,
+    };
+    let first: Vec<Point> = (0..10)
+        .map(|m| point("cpu", &[("host", "b")], m * 60 * S, m as f64))
+        .chain([point("cpu", &[("host", "c")], 0, 0.0)])
+        .collect();
+    // A late sample in the first window, and one in the next chunk
+    // window, which has the first window's head cut into a chunk.
+    let later = [
+        point("cpu", &[("host", "b")], 30 * S, 1000.0),
+        point("cpu", &[("host", "b")], 2 * H + 60 * S, 0.0),
+    ];
+    let run = |shard: &Shard| {
+        shard.apply(1, &first).unwrap();
+        shard.apply_downsample(2, &step).unwrap();
+        shard.apply(3, &later).unwrap();
+        values(&read(shard, "cpu:5m:max", 0, i64::MAX)[0].1)
+    };
+    let want = vec![(0, 4.0), (300 * S, 9.0)];
+    {
+        let shard = Shard::open(dir.path(), cfg()).unwrap();
+        assert_eq!(run(&shard), want);
+        assert_eq!(shard.durable_index(), 0, "host c's head holds the frontier");
+    }
+    let shard = Shard::open(dir.path(), cfg()).unwrap();
+    assert_eq!(run(&shard), want, "the replay wrote what the first run did");
+    // Once the frontier passes the entry its record goes.
+    shard.flush().unwrap();
+    drop(shard);
+    let shard = Shard::open(dir.path(), cfg()).unwrap();
+    assert_eq!(values(&read(&shard, "cpu:5m:max", 0, i64::MAX)[0].1), want);
+}
+
 #[test]
 fn apply_is_idempotent_and_checkpoints_restore() {
     let dir = TempDir::new().unwrap();
