@@ -127,6 +127,38 @@ impl Model for KvString {
     }
 }
 
+/// An operation on one key of many.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Keyed<I> {
+    pub key: String,
+    pub input: I,
+}
+
+/// `M` for each key of a history of [`Keyed`] operations: check it with
+/// [`crate::check_partitioned`] keyed by `op.input.key`, so every key's
+/// operations are judged against their own object.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PerKey<M>(pub M);
+
+impl<M: Model> Model for PerKey<M> {
+    type State = M::State;
+    type Input = Keyed<M::Input>;
+    type Output = M::Output;
+
+    fn init(&self) -> M::State {
+        self.0.init()
+    }
+
+    fn step(
+        &self,
+        state: &M::State,
+        input: &Keyed<M::Input>,
+        output: Option<&M::Output>,
+    ) -> Option<M::State> {
+        self.0.step(state, &input.input, output)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

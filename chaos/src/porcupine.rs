@@ -4,7 +4,7 @@
 //! is its time.
 
 use crate::history::{History, Operation};
-use crate::model::{KvInput, RegisterInput, RegisterOutput};
+use crate::model::{Keyed, KvInput, RegisterInput, RegisterOutput};
 use crate::ChaosError;
 
 /// A Jepsen etcd log: `INFO  jepsen.util - <process> :<type> :<f> <value>`
@@ -90,17 +90,10 @@ fn pair(text: &str) -> Option<(i64, i64)> {
     parts.next().is_none().then_some(pair)
 }
 
-/// A key-value operation with its key.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct KeyedKv {
-    pub key: String,
-    pub input: KvInput,
-}
-
 /// Porcupine's key-value histories:
 /// `{:process 0, :type :invoke, :f :append, :key "0", :value "x 0 0 y"}`.
-pub fn porcupine_kv(text: &str) -> Result<History<KeyedKv, String>, ChaosError> {
-    let mut pending: std::collections::HashMap<u64, (KeyedKv, u64)> = Default::default();
+pub fn porcupine_kv(text: &str) -> Result<History<Keyed<KvInput>, String>, ChaosError> {
+    let mut pending: std::collections::HashMap<u64, (Keyed<KvInput>, u64)> = Default::default();
     let mut history = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line_no = n + 1;
@@ -131,7 +124,7 @@ pub fn porcupine_kv(text: &str) -> Result<History<KeyedKv, String>, ChaosError> 
                     _ => return Err(bad("unknown operation")),
                 };
                 if pending
-                    .insert(process, (KeyedKv { key, input }, time))
+                    .insert(process, (Keyed { key, input }, time))
                     .is_some()
                 {
                     return Err(bad("a process invoked twice without a completion"));
@@ -169,22 +162,4 @@ fn edn_string(line: &str, name: &str) -> Option<String> {
     let at = line.find(&format!("{name} "))? + name.len() + 1;
     let rest = line[at..].strip_prefix('"')?;
     Some(rest[..rest.find('"')?].to_string())
-}
-
-/// The key-value model over [`KeyedKv`] operations (the key is the partition).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct KeyedKvModel;
-
-impl crate::model::Model for KeyedKvModel {
-    type State = String;
-    type Input = KeyedKv;
-    type Output = String;
-
-    fn init(&self) -> String {
-        String::new()
-    }
-
-    fn step(&self, state: &String, input: &KeyedKv, output: Option<&String>) -> Option<String> {
-        crate::model::KvString.step(state, &input.input, output)
-    }
 }

@@ -15,37 +15,10 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 use crate::history::Operation;
-use crate::model::{Model, Register, RegisterInput, RegisterOutput};
+use crate::model::{Keyed, RegisterInput, RegisterOutput};
 
 /// A register operation on one key.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct KeyedRegister {
-    pub key: String,
-    pub input: RegisterInput,
-}
-
-/// [`Register`] per key (the history is checked key by key).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct KeyedRegisterModel;
-
-impl Model for KeyedRegisterModel {
-    type State = Option<i64>;
-    type Input = KeyedRegister;
-    type Output = RegisterOutput;
-
-    fn init(&self) -> Option<i64> {
-        None
-    }
-
-    fn step(
-        &self,
-        state: &Option<i64>,
-        input: &KeyedRegister,
-        output: Option<&RegisterOutput>,
-    ) -> Option<Option<i64>> {
-        Register.step(state, &input.input, output)
-    }
-}
+pub type KeyedRegister = Keyed<RegisterInput>;
 
 pub type RegisterHistory = Vec<Operation<KeyedRegister, RegisterOutput>>;
 
@@ -86,6 +59,17 @@ struct Client {
 }
 
 impl Client {
+    fn new(workload: &RegisterWorkload) -> Self {
+        Self {
+            agent: ureq::Agent::config_builder()
+                .timeout_global(Some(workload.timeout))
+                .http_status_as_error(false)
+                .build()
+                .new_agent(),
+            namespace: workload.namespace.clone(),
+        }
+    }
+
     fn kv(&self, http: &str, op: &str, body: Value) -> Reply {
         let url = format!("{http}/api/v1/kv/{op}");
         let Ok(mut response) = self.agent.post(&url).send_json(&body) else {
@@ -136,14 +120,7 @@ pub fn run(
             let history = history.clone();
             let nodes = nodes.to_vec();
             scope.spawn(move || {
-                let client = Client {
-                    agent: ureq::Agent::config_builder()
-                        .timeout_global(Some(workload.timeout))
-                        .http_status_as_error(false)
-                        .build()
-                        .new_agent(),
-                    namespace: workload.namespace.clone(),
-                };
+                let client = Client::new(workload);
                 let mut rng = SmallRng::seed_from_u64(seed ^ ((c as u64 + 1) << 32));
                 let mut next_value = (c as i64 + 1) * 1_000_000_000;
                 let mut last_seen: Vec<Option<i64>> = vec![None; workload.keys];
@@ -219,14 +196,7 @@ pub fn final_reads(
     epoch: Instant,
     history: &Mutex<RegisterHistory>,
 ) {
-    let client = Client {
-        agent: ureq::Agent::config_builder()
-            .timeout_global(Some(workload.timeout))
-            .http_status_as_error(false)
-            .build()
-            .new_agent(),
-        namespace: workload.namespace.clone(),
-    };
+    let client = Client::new(workload);
     for k in 0..workload.keys {
         let key = format!("k{k}");
         let call = epoch.elapsed().as_nanos() as u64;

@@ -14,7 +14,8 @@ use serde::Serialize;
 use crate::history::draw;
 use crate::linearizability::{check_partitioned, Verdict};
 use crate::local::{ClusterOptions, LocalCluster};
-use crate::register::{self, KeyedRegisterModel, RegisterWorkload};
+use crate::model::{PerKey, Register};
+use crate::register::{self, RegisterWorkload};
 use crate::ChaosError;
 
 /// A process fault.
@@ -225,7 +226,7 @@ pub fn run(options: &RunOptions, mut progress: impl FnMut(&str)) -> Result<Repor
     let history = std::mem::take(&mut *history.lock().expect("history lock"));
     progress(&format!("checking {} operations", history.len()));
     let check = check_partitioned(
-        &KeyedRegisterModel,
+        &PerKey(Register),
         &history,
         |op| op.input.key.clone(),
         options.max_steps,

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 
 use chronicle_chaos::linearizability::{check, check_partitioned, Verdict};
 use chronicle_chaos::model::Register;
-use chronicle_chaos::porcupine::{jepsen_etcd, porcupine_kv, KeyedKvModel};
+use chronicle_chaos::model::{KvString, PerKey};
+use chronicle_chaos::porcupine::{jepsen_etcd, porcupine_kv};
 
 fn data() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/porcupine")
@@ -58,8 +59,12 @@ fn every_kv_history_gets_porcupines_verdict() {
             let text = std::fs::read_to_string(data().join(format!("kv/{name}.txt"))).unwrap();
             let history = porcupine_kv(&text).unwrap();
             let started = std::time::Instant::now();
-            let result =
-                check_partitioned(&KeyedKvModel, &history, |op| op.input.key.clone(), STEPS);
+            let result = check_partitioned(
+                &PerKey(KvString),
+                &history,
+                |op| op.input.key.clone(),
+                STEPS,
+            );
             eprintln!(
                 "{name}: {} ops, {:?} in {} steps, {:?}",
                 history.len(),
@@ -73,14 +78,14 @@ fn every_kv_history_gets_porcupines_verdict() {
                 // one operation less and it passes.
                 assert!(!result.minimal.is_empty());
                 assert_eq!(
-                    check(&KeyedKvModel, &result.minimal, STEPS).0,
+                    check(&PerKey(KvString), &result.minimal, STEPS).0,
                     Verdict::NotLinearizable
                 );
                 for i in 0..result.minimal.len() {
                     let mut fewer = result.minimal.clone();
                     fewer.remove(i);
                     assert_eq!(
-                        check(&KeyedKvModel, &fewer, STEPS).0,
+                        check(&PerKey(KvString), &fewer, STEPS).0,
                         Verdict::Linearizable,
                         "{name}: not minimal"
                     );

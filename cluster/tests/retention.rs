@@ -305,34 +305,39 @@ async fn three_replicas_agree_after_downsampling_and_a_replay_writes_the_same() 
             .query(&[Matcher::equal("__name__", metric)], i64::MIN, i64::MAX)
             .unwrap()
     };
-    let settle = |nodes: Vec<Arc<ClusterNode>>, index: u64| async move {
-        for n in &nodes {
-            for _ in 0..3000 {
-                if n.applied_index(0).unwrap() >= index {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    };
-    settle(nodes.clone(), leader.applied_index(0).unwrap()).await;
     // Raft's applied index is published a moment after the apply (and
     // followers may be seconds behind on a loaded machine): the replicas
     // must agree once they have applied everything.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let answers = loop {
-        let answers: Vec<_> = nodes
-            .iter()
-            .map(|n| (read(n, "ds:5m:mean"), read(n, "ds:1h:max")))
-            .collect();
-        if answers.iter().all(|a| a == &answers[0]) || std::time::Instant::now() > deadline {
-            break answers;
+    let agreed = |nodes: &[Arc<ClusterNode>], index: u64| {
+        let nodes = nodes.to_vec();
+        async move {
+            for n in &nodes {
+                for _ in 0..3000 {
+                    if n.applied_index(0).unwrap() >= index {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            let answers = loop {
+                let answers: Vec<_> = nodes
+                    .iter()
+                    .map(|n| (read(n, "ds:5m:mean"), read(n, "ds:1h:max")))
+                    .collect();
+                if answers.iter().all(|a| a == &answers[0]) || std::time::Instant::now() > deadline
+                {
+                    break answers;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            for (i, a) in answers.iter().enumerate() {
+                assert_eq!(a, &answers[0], "replica {} differs from replica 1", i + 1);
+            }
+            answers
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    for (i, a) in answers.iter().enumerate() {
-        assert_eq!(a, &answers[0], "replica {} differs from replica 1", i + 1);
-    }
+    let answers = agreed(&nodes, leader.applied_index(0).unwrap()).await;
     let (mean, max) = &answers[0];
     assert_eq!(mean.len(), 2, "both hosts");
     for (key, samples) in mean {
@@ -381,24 +386,7 @@ async fn three_replicas_agree_after_downsampling_and_a_replay_writes_the_same() 
         leader.propose_downsampling(t0 + 3 * H, 64).await.unwrap(),
         2
     );
-    settle(nodes.clone(), leader.applied_index(0).unwrap()).await;
-    // Raft's applied index is published a moment after the apply (and
-    // followers may be seconds behind on a loaded machine): the replicas
-    // must agree once they have applied everything.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let answers = loop {
-        let answers: Vec<_> = nodes
-            .iter()
-            .map(|n| (read(n, "ds:5m:mean"), read(n, "ds:1h:max")))
-            .collect();
-        if answers.iter().all(|a| a == &answers[0]) || std::time::Instant::now() > deadline {
-            break answers;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    for (i, a) in answers.iter().enumerate() {
-        assert_eq!(a, &answers[0], "replica {} differs from replica 1", i + 1);
-    }
+    let answers = agreed(&nodes, leader.applied_index(0).unwrap()).await;
     assert!(answers[0].0.iter().all(|(_, s)| s.len() == 36));
     assert_eq!(answers[0].1[0].1.len(), 3);
     for n in nodes {

