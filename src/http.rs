@@ -176,6 +176,9 @@ pub fn serve(
                 web::post().to(cluster_transfer_leader),
             )
             .route("/debug/faults/partition", web::post().to(fault_partition))
+            .route("/debug/faults/rule", web::post().to(fault_rule))
+            .route("/debug/faults/disk", web::post().to(fault_disk))
+            .route("/debug/faults/clock", web::post().to(fault_clock))
             .route("/debug/faults/heal", web::post().to(fault_heal))
             .route("/metrics", web::get().to(metrics_text))
             .configure(crate::tokens::configure)
@@ -835,21 +838,165 @@ async fn fault_partition(
     HttpResponse::NoContent().finish()
 }
 
-/// POST /debug/faults/heal: removes every partition and rule.
+/// POST /debug/faults/heal: removes every partition, message rule and disk
+/// fault, and puts the clock back.
 #[instrument(name = "http_fault_heal", skip_all)]
 async fn fault_heal(state: web::Data<AppState>) -> HttpResponse {
     match &state.faults {
         Some(faults) => {
             faults.clear();
+            for point in DISK_FAULT_POINTS {
+                fail::remove(point);
+            }
+            chronicle_cluster::clock::set_offset_ns(0);
             tracing::warn!("faults healed by request");
             HttpResponse::NoContent().finish()
         }
-        None => error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "fault injection is off (start with --allow-fault-injection)",
-        ),
+        None => fault_injection_off(),
     }
+}
+
+fn fault_injection_off() -> HttpResponse {
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "fault injection is off (start with --allow-fault-injection)",
+    )
+}
+
+#[derive(Deserialize)]
+struct RuleParams {
+    /// Subject pattern (NATS wildcards) of the messages this node sends.
+    subject: String,
+    /// Lose each with this probability.
+    drop: Option<f64>,
+    /// Deliver each this late.
+    delay_ms: Option<u64>,
+    /// Deliver each twice.
+    #[serde(default)]
+    duplicate: bool,
+}
+
+/// POST /debug/faults/rule?subject=chronicle.raft.>&drop=0.3 (or
+/// `delay_ms=200`, or `duplicate=true`): messages this node sends on
+/// matching subjects are lost, late or doubled (one way: only this node's
+/// sends). Healed by /debug/faults/heal.
+#[instrument(name = "http_fault_rule", skip_all)]
+async fn fault_rule(state: web::Data<AppState>, params: web::Query<RuleParams>) -> HttpResponse {
+    let Some(faults) = &state.faults else {
+        return fault_injection_off();
+    };
+    let fault = match (params.drop, params.delay_ms, params.duplicate) {
+        (Some(probability), None, false) => chronicle_bus::Fault::Drop { probability },
+        (None, Some(ms), false) if ms <= 60_000 => {
+            chronicle_bus::Fault::Delay(std::time::Duration::from_millis(ms))
+        }
+        (None, None, true) => chronicle_bus::Fault::Duplicate,
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "give exactly one of drop (0..=1), delay_ms (at most 60000) or duplicate=true",
+            )
+        }
+    };
+    match faults.add_rule(&params.subject, fault.clone()) {
+        Ok(_) => {
+            tracing::warn!(subject = %params.subject, ?fault, "message fault added by request");
+            HttpResponse::NoContent().finish()
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
+    }
+}
+
+/// The disk failpoints a chaos run may set.
+const DISK_FAULT_POINTS: [&str; 3] = [
+    chronicle_storage::faults::WRITE,
+    chronicle_storage::faults::READ,
+    chronicle_cluster::RAFT_LOG_WRITE,
+];
+
+#[derive(Deserialize)]
+struct DiskParams {
+    /// `storage::write`, `storage::read` or `raft::log::write`.
+    point: String,
+    /// `enospc`, `eio`, `fsync` (fail every call with that error), `slow`
+    /// (sleep `ms` in every call) or `off`.
+    fault: String,
+    #[serde(default)]
+    ms: u64,
+}
+
+/// POST /debug/faults/disk?point=raft::log::write&fault=fsync: the storage
+/// or Raft log write (or read) path fails as a broken or full disk would,
+/// or slows down. Needs a build with the `failpoints` feature (501 without).
+#[instrument(name = "http_fault_disk", skip_all)]
+async fn fault_disk(state: web::Data<AppState>, params: web::Query<DiskParams>) -> HttpResponse {
+    if state.faults.is_none() {
+        return fault_injection_off();
+    }
+    if !chronicle_storage::faults::ENABLED {
+        return error(
+            StatusCode::NOT_IMPLEMENTED,
+            "not_implemented",
+            "this build has no failpoints (build with --features failpoints)",
+        );
+    }
+    let Some(point) = DISK_FAULT_POINTS.iter().find(|p| **p == params.point) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("point must be one of {DISK_FAULT_POINTS:?}"),
+        );
+    };
+    let action = match params.fault.as_str() {
+        "off" => {
+            fail::remove(point);
+            return HttpResponse::NoContent().finish();
+        }
+        what @ ("enospc" | "eio" | "fsync") => format!("return({what})"),
+        "slow" if (1..=60_000).contains(&params.ms) => format!("sleep({})", params.ms),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "fault must be enospc, eio, fsync, off, or slow with ms in 1..=60000",
+            )
+        }
+    };
+    match fail::cfg(*point, &action) {
+        Ok(()) => {
+            tracing::warn!(point, action, "disk fault set by request");
+            HttpResponse::NoContent().finish()
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, "bad_request", e),
+    }
+}
+
+#[derive(Deserialize)]
+struct ClockParams {
+    /// Milliseconds this node's cluster clock runs ahead (negative: behind).
+    offset_ms: i64,
+}
+
+/// POST /debug/faults/clock?offset_ms=-30000: skews this node's cluster
+/// clock (proposal stamps, TTL leases, retention); at most ten years either way.
+#[instrument(name = "http_fault_clock", skip_all)]
+async fn fault_clock(state: web::Data<AppState>, params: web::Query<ClockParams>) -> HttpResponse {
+    if state.faults.is_none() {
+        return fault_injection_off();
+    }
+    const TEN_YEARS_MS: i64 = 10 * 366 * 86_400_000;
+    if params.offset_ms.abs() > TEN_YEARS_MS {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "offset_ms must be within ten years either way",
+        );
+    }
+    chronicle_cluster::clock::set_offset_ns(params.offset_ms * 1_000_000);
+    tracing::warn!(offset_ms = params.offset_ms, "clock skewed by request");
+    HttpResponse::NoContent().finish()
 }
 
 async fn metrics_text() -> HttpResponse {

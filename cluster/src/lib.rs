@@ -12,6 +12,7 @@
 //! * [`wire`]: rkyv encodings of entries (in the log and on the bus).
 
 pub mod blob;
+pub mod clock;
 mod election;
 mod error;
 pub mod feed;
@@ -30,7 +31,7 @@ mod types;
 pub mod wire;
 
 pub use error::ClusterError;
-pub use log_store::LogStore;
+pub use log_store::{LogStore, RAFT_LOG_WRITE};
 pub use network::{raft_subject, serve, serve_tracked, BusNetwork, LeaderContact};
 pub use node::{
     placement, shard_of, ClusterConfig, ClusterNode, ClusterStatus, PendingWrite, ShardStatus,

@@ -133,6 +133,9 @@ impl Drop for Writer {
     }
 }
 
+/// The failpoint on every Raft log write (`failpoints` feature).
+pub const RAFT_LOG_WRITE: &str = "raft::log::write";
+
 /// Who hears that a queued write is durable.
 enum Done {
     Flushed(LogFlushed<TypeConfig>),
@@ -164,8 +167,16 @@ fn write_loop(
         }
         let last = group.len() - 1;
         let started = std::time::Instant::now();
-        let mut result = Ok(());
+        // A chaos run's disk fault: the group fails as a full or broken disk
+        // would fail it, and nobody hears it is durable.
+        let mut result = match chronicle_storage::faults::check(RAFT_LOG_WRITE) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        };
         for (i, job) in group.iter_mut().enumerate() {
+            if result.is_err() {
+                break;
+            }
             let mut options = WriteOptions::default();
             // A synced write makes every earlier write in the WAL durable too.
             options.set_sync(sync && i == last);

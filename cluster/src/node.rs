@@ -50,6 +50,9 @@ pub struct ClusterConfig {
     /// How often the leader of each shard proposes a retention entry (when
     /// `shard` sets a retention) and runs its downsampling rules.
     pub retention_check: Duration,
+    /// How often a shard's leader deletes state keys whose TTL ran out (by
+    /// its clock); until then reads still show them.
+    pub lease_check: Duration,
     /// A downsampling window is run once it ended this long ago, so samples
     /// arriving a little late are in it.
     pub downsample_delay: Duration,
@@ -107,6 +110,7 @@ impl ClusterConfig {
             request_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
             retention_check: Duration::from_secs(60),
+            lease_check: Duration::from_secs(1),
             downsample_delay: Duration::from_secs(60),
             snapshot_log_bytes: 64 << 20,
             idempotency_window: Duration::from_secs(600),
@@ -137,9 +141,7 @@ struct KeyedPart {
 
 /// This node's clock, ns since the epoch (stamps made where an entry is proposed).
 pub(crate) fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+    crate::clock::now_ns()
 }
 
 impl KeyedPart {
@@ -1626,9 +1628,7 @@ fn spawn_retention(node: std::sync::Weak<ClusterNode>) -> tokio::task::JoinHandl
             };
             tokio::time::sleep(period).await;
             let Some(node) = node.upgrade() else { return };
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+            let now = now_ns();
             // Downsampling first: retention may drop raw data a rule has
             // yet to cover.
             match node.propose_downsampling(now, 64).await {

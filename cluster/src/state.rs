@@ -205,12 +205,6 @@ fn wire_entry(e: StateEntry) -> WireStateEntry {
     }
 }
 
-/// Whether `e`'s TTL ran out by now (the leader deletes it shortly; reads
-/// do not show it meanwhile).
-fn expired(e: &StateEntry) -> bool {
-    e.expires != 0 && e.expires <= crate::node::now_ns()
-}
-
 fn entry(w: WireStateEntry) -> StateEntry {
     StateEntry {
         key: w.key,
@@ -352,7 +346,10 @@ fn read_local(
 ) -> Result<WireStateAnswer, ClusterError> {
     Ok(match read {
         WireStateRead::Get { namespace, key } => {
-            let found = shard.state_get(&namespace, &key)?.filter(|e| !expired(e));
+            // A key whose TTL ran out stays until the leader's delete
+            // applies: judging expiry by this node's own clock would let
+            // nodes with skewed clocks disagree on whether it exists.
+            let found = shard.state_get(&namespace, &key)?;
             WireStateAnswer::Entry(found.map(wire_entry))
         }
         WireStateRead::Scan {
@@ -365,8 +362,11 @@ fn read_local(
             let revision = shard.state_revision();
             let (entries, more) =
                 shard.state_scan(&namespace, &prefix, after.as_deref(), limit as usize)?;
-            let live = entries.into_iter().filter(|e| !expired(e));
-            WireStateAnswer::Entries(live.map(wire_entry).collect(), more, revision)
+            WireStateAnswer::Entries(
+                entries.into_iter().map(wire_entry).collect(),
+                more,
+                revision,
+            )
         }
         WireStateRead::Changes {
             namespace,
@@ -776,7 +776,10 @@ pub(crate) fn expire_leases(
     tokio::spawn(async move {
         let me = raft.metrics().borrow().id;
         loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            let Some(period) = node.upgrade().map(|n| n.config.lease_check) else {
+                return;
+            };
+            tokio::time::sleep(period).await;
             if raft.metrics().borrow().current_leader != Some(me) {
                 continue;
             }

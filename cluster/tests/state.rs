@@ -196,8 +196,8 @@ async fn a_key_with_a_ttl_is_deleted_by_the_leader_unless_renewed() {
         .put_with_ttl("session/b", "still alive", Duration::from_secs(30))
         .await
         .unwrap();
-    // a leaves: hidden from reads once its time passed, and deleted by the
-    // leader (a change in the history) within a couple of seconds.
+    // a leaves: deleted by the leader (a change in the history) within a
+    // couple of seconds.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let changes = store
@@ -280,6 +280,53 @@ async fn values_at_the_limit_replicate_and_read_through_a_follower_and_pages_sta
         assert!(Instant::now() < deadline, "replicas stuck at {applied:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+/// Chaos finding (clock class): reads judged TTL expiry by the reading
+/// node's own clock, so a node whose clock ran ahead answered "absent" for
+/// a key the leader still held, and nodes disagreed. Reads now show a key
+/// until the leader's replicated delete applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ttl_key_reads_the_same_on_every_node_whatever_their_clocks_say() {
+    let dir = TempDir::new().unwrap();
+    let bus: Arc<dyn Bus> = Arc::new(LocalBus::default());
+    let mut nodes = Vec::new();
+    for id in 1..=3u64 {
+        let mut config = ClusterConfig::new(id, vec![1, 2, 3], dir.path().join(format!("n{id}")));
+        config.shards = 1;
+        // No leader sweeps during the test: only the clock changes.
+        config.lease_check = Duration::from_secs(3600);
+        config.shard = ShardConfig {
+            sync_writes: false,
+            ..ShardConfig::default()
+        };
+        nodes.push(ClusterNode::start(config, bus.clone()).await.unwrap());
+    }
+    leader_of(&nodes, nodes[0].state_shard("leases")).await;
+    let store = nodes[0].state("leases").unwrap();
+    store
+        .put_with_ttl("session/a", "alive", Duration::from_secs(600))
+        .await
+        .unwrap();
+    // This process's clock jumps an hour ahead: past the TTL.
+    chronicle_cluster::clock::set_offset_ns(3_600 * 1_000_000_000);
+    for node in &nodes {
+        let found = node
+            .state("leases")
+            .unwrap()
+            .get("session/a")
+            .await
+            .unwrap();
+        assert!(
+            found.is_some(),
+            "node {} hid a key the leader has not deleted",
+            node.node_id()
+        );
+    }
+    chronicle_cluster::clock::set_offset_ns(0);
     for n in nodes {
         n.shutdown().await;
     }

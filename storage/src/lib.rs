@@ -12,6 +12,7 @@ mod config;
 #[cfg(feature = "engine")]
 mod decoded_cache;
 mod error;
+pub mod faults;
 #[cfg(feature = "engine")]
 mod keys;
 mod matcher;

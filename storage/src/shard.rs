@@ -788,7 +788,7 @@ impl Shard {
         if !wb.is_empty() {
             let mut wo = WriteOptions::default();
             wo.set_sync(log && self.config.sync_writes);
-            self.db.write_opt(wb, &wo)?;
+            self.write_db(wb, &wo)?;
         }
 
         let mut st = self.state.write();
@@ -1020,11 +1020,22 @@ impl Shard {
         report
     }
 
+    /// Every write of the shard goes through here, past the disk-fault
+    /// failpoint chaos runs set.
+    fn write_db(&self, wb: WriteBatch, wo: &WriteOptions) -> Result<()> {
+        crate::faults::check(crate::faults::WRITE).map_err(|source| StorageError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        self.db.write_opt(wb, wo)?;
+        Ok(())
+    }
+
     fn write_unsynced(&self, wb: WriteBatch) -> Result<()> {
         if !wb.is_empty() {
             let mut wo = WriteOptions::default();
             wo.set_sync(false);
-            self.db.write_opt(wb, &wo)?;
+            self.write_db(wb, &wo)?;
         }
         Ok(())
     }
@@ -1052,7 +1063,7 @@ impl Shard {
         self.advance_durable(&mut st, &mut wb);
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
-        self.db.write_opt(wb, &wo)?;
+        self.write_db(wb, &wo)?;
         Ok(total)
     }
 
@@ -1352,6 +1363,10 @@ impl Shard {
     /// caller gets to it, so a read that stops early (a limit) never gathered
     /// the rest.
     fn read_plan(&self, ids: &[u64], start: i64, end: i64) -> Result<ReadPlan<'_>> {
+        crate::faults::check(crate::faults::READ).map_err(|source| StorageError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
         if start >= end {
             return Ok(ReadPlan::empty(self, ids.len(), start, end));
         }
@@ -1709,7 +1724,10 @@ impl Shard {
                                 // safe, the entry is replayed and rewriting
                                 // an already rewritten chunk changes nothing.
                                 if wb.size_in_bytes() > 32 << 20 {
-                                    self.db.write(std::mem::take(&mut wb))?;
+                                    self.write_db(
+                                        std::mem::take(&mut wb),
+                                        &WriteOptions::default(),
+                                    )?;
                                 }
                             }
                         }
@@ -1734,7 +1752,7 @@ impl Shard {
         self.advance_durable(&mut st, &mut wb);
         let mut wo = WriteOptions::default();
         wo.set_sync(self.config.sync_writes);
-        self.db.write_opt(wb, &wo)?;
+        self.write_db(wb, &wo)?;
         drop(st);
         debug!(index, ?report, "delete applied");
         Ok(report)
@@ -1815,7 +1833,7 @@ impl Shard {
         drop(st);
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
-        self.db.write_opt(wb, &wo)?;
+        self.write_db(wb, &wo)?;
         Ok(report)
     }
 

@@ -355,6 +355,10 @@ impl Shard {
 
     /// The current value of `key` in namespace `ns`.
     pub fn state_get(&self, ns: &str, key: &str) -> Result<Option<StateEntry>> {
+        crate::faults::check(crate::faults::READ).map_err(|source| StorageError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
         let Some(v) = self
             .db
             .get_pinned_cf(self.cf(CF_STATE), value_key(ns, key))?
