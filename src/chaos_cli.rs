@@ -1,73 +1,93 @@
 //! `chronicle chaos`: break a local cluster on purpose and check every answer it gave.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use chronicle_chaos::local::{find_nats_server, ClusterOptions};
-use chronicle_chaos::register::RegisterWorkload;
-use chronicle_chaos::run::{run as run_chaos, write_report, Fault, RunOptions};
+use chronicle_chaos::plan::Plan;
+use chronicle_chaos::run::{run as run_chaos, write_report, RunOptions};
 
 #[derive(clap::Subcommand)]
 pub enum ChaosCommand {
-    /// Start nats-server and N node processes on loopback, run the register
-    /// workload on the replicated state (reads, writes, compare-and-sets
-    /// through every node) while a seeded nemesis kills (SIGKILL), stops
-    /// (SIGTERM) and pauses (SIGSTOP) one node at a time, heal, check that
-    /// the history is linearizable and that every stop exited 0, and report.
-    /// Exits non-zero on any violation. Replay a run with its --seed.
+    /// Start nats-server and N node processes on loopback, run the workloads
+    /// (reads, writes and compare-and-sets on the replicated state; unique
+    /// points appended to series and read back) through every node while a
+    /// seeded nemesis injects the plan's faults (process, network, disk,
+    /// clock), heal, check the histories (linearizability; no lost,
+    /// duplicated, phantom or stale point), and report. Exits non-zero on
+    /// any violation. Replay a run with its --seed.
     Run(RunArgs),
 }
 
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// Seed of the nemesis and the workload (default: from the clock; printed).
+    /// The fault plan: a TOML file, or builtin:smoke, builtin:crashes,
+    /// builtin:partitions, builtin:disk, builtin:clock (docs/chaos.md).
+    #[arg(long, default_value = "builtin:smoke")]
+    plan: String,
+    /// Seed of the nemesis and the workloads (default: from the clock; printed).
     #[arg(long)]
     seed: Option<u64>,
-    /// Node processes (one fault at a time, so a majority stays up).
-    #[arg(long, default_value_t = 3)]
-    nodes: u64,
-    /// Shards of the cluster.
-    #[arg(long, default_value_t = 2)]
-    shards: u32,
-    /// How long the workload runs under faults (`60s`, `5m`).
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-    duration: Duration,
-    /// Faults to draw from: kill, terminate, pause (comma-separated).
-    #[arg(long, default_value = "kill,terminate,pause", value_delimiter = ',')]
-    faults: Vec<String>,
-    /// Time between a heal and the next fault.
-    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
-    interval: Duration,
-    /// How long each fault lasts.
-    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
-    hold: Duration,
-    /// Workload clients.
-    #[arg(long, default_value_t = 4)]
-    clients: usize,
-    /// Keys of the register workload.
-    #[arg(long, default_value_t = 4)]
-    keys: usize,
+    /// Node processes (overrides the plan).
+    #[arg(long)]
+    nodes: Option<u64>,
+    /// Shards of the cluster (overrides the plan).
+    #[arg(long)]
+    shards: Option<u32>,
+    /// How long the workloads run under faults, `60s`, `1h` (overrides the plan).
+    #[arg(long)]
+    duration: Option<String>,
+    /// Time between a heal and the next fault (overrides the plan).
+    #[arg(long)]
+    interval: Option<String>,
+    /// How long each fault lasts (overrides the plan).
+    #[arg(long)]
+    hold: Option<String>,
+    /// Client threads of each workload (overrides the plan).
+    #[arg(long)]
+    clients: Option<usize>,
+    /// Keys and series of the workloads (overrides the plan).
+    #[arg(long)]
+    keys: Option<usize>,
     /// Where the nodes' data and logs go (default: a new temporary directory, removed after a passing run).
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// Write report.json and summary.txt here.
+    /// Write report.json, summary.txt, timeline.svg and timeline.png here.
     #[arg(long)]
     report: Option<PathBuf>,
     /// The nats-server binary (default: $NATS_SERVER, PATH, ~/.local/bin).
     #[arg(long)]
     nats_server: Option<PathBuf>,
+    /// TEST ONLY: run the nodes as a known-bad variant, `ack-before-commit`
+    /// or `stale-reads`, to see the checkers catch it (the run must fail).
+    #[arg(long, value_parser = ["ack-before-commit", "stale-reads"])]
+    unsafe_variant: Option<String>,
 }
 
 pub fn run(cmd: ChaosCommand) -> Result<(), Box<dyn std::error::Error>> {
     let ChaosCommand::Run(args) = cmd;
-    if args.nodes < 3 {
-        return Err("--nodes must be 3 or more (one node down must leave a majority)".into());
+    let mut plan = Plan::load(&args.plan)?;
+    if let Some(n) = args.nodes {
+        plan.nodes = n;
     }
-    let faults = args
-        .faults
-        .iter()
-        .map(|f| f.trim().parse::<Fault>())
-        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(n) = args.shards {
+        plan.shards = n;
+    }
+    if let Some(d) = &args.duration {
+        plan.duration = d.clone();
+    }
+    if let Some(d) = &args.interval {
+        plan.interval = d.clone();
+    }
+    if let Some(d) = &args.hold {
+        plan.hold = d.clone();
+    }
+    if let Some(n) = args.clients {
+        plan.workload.clients = n;
+    }
+    if let Some(n) = args.keys {
+        plan.workload.keys = n;
+    }
+    let plan = plan.check()?;
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -90,20 +110,17 @@ pub fn run(cmd: ChaosCommand) -> Result<(), Box<dyn std::error::Error>> {
             chronicle: std::env::current_exe()?,
             nats_server: args.nats_server.clone().unwrap_or_else(find_nats_server),
             root,
-            nodes: args.nodes,
-            shards: args.shards,
+            nodes: plan.plan.nodes,
+            shards: plan.plan.shards,
             log: std::env::var("CHRONICLE_CHAOS_NODE_LOG").unwrap_or_else(|_| "warn".into()),
+            extra_args: args
+                .unsafe_variant
+                .iter()
+                .flat_map(|v| ["--unsafe-variant".to_string(), v.clone()])
+                .collect(),
         },
         seed,
-        duration: args.duration,
-        faults,
-        interval: args.interval,
-        hold: args.hold,
-        workload: RegisterWorkload {
-            keys: args.keys.max(1),
-            clients: args.clients.max(1),
-            ..RegisterWorkload::default()
-        },
+        plan,
         max_steps: 20_000_000,
     };
     let report = run_chaos(&options, |line| eprintln!("chaos: {line}"))?;

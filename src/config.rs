@@ -37,6 +37,11 @@ pub struct NodeConfig {
     /// Wrap the bus in the fault injector and serve `/debug/faults/*` (chaos
     /// and partition tests only: anyone who can reach HTTP can cut the node off).
     pub fault_injection: bool,
+    /// A known-bad variant the chaos harness runs to show its checkers catch
+    /// what it breaks (needs `fault_injection`; never in production). Only
+    /// from the command line, never from a config file.
+    #[serde(skip)]
+    pub unsafe_variant: Option<UnsafeVariant>,
     /// Serve Prometheus's admin API (`/api/v1/admin/tsdb/delete_series`):
     /// anyone who can reach HTTP can then delete data. Off by default, as
     /// Prometheus's `--web.enable-admin-api`.
@@ -89,6 +94,7 @@ impl Default for NodeConfig {
             cluster: ClusterSettings::default(),
             retention: RetentionSettings::default(),
             fault_injection: false,
+            unsafe_variant: None,
             enable_admin_api: false,
             auth: AuthSettings::default(),
             tls: TlsSettings::default(),
@@ -517,6 +523,12 @@ pub struct ServeArgs {
     /// node off from others on the bus (chaos and partition tests only).
     #[arg(long, env = "CHRONICLE_ALLOW_FAULT_INJECTION")]
     pub allow_fault_injection: bool,
+    /// TEST ONLY, BREAKS GUARANTEES: run a known-bad variant so a chaos run
+    /// can show its checkers catch it: `ack-before-commit` (writes and state
+    /// puts answer before they commit) or `stale-reads` (reads answer from
+    /// the local replica without a read index). Needs --allow-fault-injection.
+    #[arg(long, value_enum, hide = true)]
+    pub unsafe_variant: Option<UnsafeVariant>,
     /// Serve Prometheus's admin API (POST /api/v1/admin/tsdb/delete_series):
     /// whoever reaches HTTP can then delete data.
     #[arg(long, env = "CHRONICLE_ENABLE_ADMIN_API")]
@@ -611,6 +623,9 @@ impl ServeArgs {
         }
         if self.allow_fault_injection {
             config.fault_injection = true;
+        }
+        if self.unsafe_variant.is_some() {
+            config.unsafe_variant = self.unsafe_variant;
         }
         if self.enable_admin_api {
             config.enable_admin_api = true;
@@ -902,4 +917,13 @@ function = "p99"
         let err = args.resolve().unwrap_err();
         assert!(err.contains("dta_dir"), "{err}");
     }
+}
+
+/// Known-bad variants for showing that the chaos checkers catch violations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UnsafeVariant {
+    /// `/write` answers 204 and `kv put` 200 before the write commits.
+    AckBeforeCommit,
+    /// Reads answer from the local replica without confirming leadership.
+    StaleReads,
 }

@@ -51,6 +51,8 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// The started features: their routes, their readiness.
     pub features: chronicle_platform::Features,
+    /// Test-only known-bad variant: acknowledge writes before they commit.
+    pub ack_before_commit: bool,
 }
 
 /// 403 when the node serves admin APIs to nobody: neither `--auth` (then
@@ -362,6 +364,14 @@ async fn write_points(
     let Some(ingest) = &state.ingest else {
         return feature_disabled("ingest");
     };
+    if state.ack_before_commit {
+        // The known-bad variant: the write goes on without anyone waiting.
+        let ingest = ingest.clone();
+        actix_web::rt::spawn(async move {
+            let _ = ingest.send(write).await;
+        });
+        return HttpResponse::NoContent().finish();
+    }
     match ingest.send(write).await {
         Ok(Ok(n)) => HttpResponse::NoContent()
             .insert_header(("X-Chronicle-Points-Written", n.to_string()))
@@ -1022,11 +1032,15 @@ pub(crate) async fn kv(
         Err(response) => return response,
     };
     let (cluster, op) = (state.cluster.clone(), op.into_inner());
-    match state
+    let unsafe_ack = state.ack_before_commit && op == "put";
+    let answer = state
         .cluster_runtime
-        .spawn(async move { chronicle_kv::service::handle(&cluster, &op, &body).await })
-        .await
-    {
+        .spawn(async move { chronicle_kv::service::handle(&cluster, &op, &body).await });
+    if unsafe_ack {
+        // The known-bad variant: the put goes on without anyone waiting.
+        return HttpResponse::Ok().json(serde_json::json!({"revision": 0}));
+    }
+    match answer.await {
         Ok(answer) => HttpResponse::build(
             StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         )

@@ -232,6 +232,17 @@ impl Node {
             (Some(cert), Some(key)) => Some(tls_config(cert, key).map_err(NodeError::Config)?),
             _ => None,
         };
+        if let Some(variant) = config.unsafe_variant {
+            if !config.fault_injection {
+                return Err(NodeError::Config(
+                    "--unsafe-variant needs --allow-fault-injection (chaos runs only)".into(),
+                ));
+            }
+            warn!(
+                ?variant,
+                "KNOWN-BAD VARIANT: this node breaks its guarantees on purpose"
+            );
+        }
         let identity = {
             let (dir, given) = (config.data_dir.clone(), config.cluster.clone());
             tokio::task::spawn_blocking(move || settle_identity(&dir, &given))
@@ -318,6 +329,8 @@ impl Node {
         cluster_config.state_history =
             Duration::from_secs(config.cluster.state_history_secs.max(1));
         cluster_config.write_events = config.cluster.write_events;
+        cluster_config.unsafe_stale_reads =
+            config.unsafe_variant == Some(crate::config::UnsafeVariant::StaleReads);
         cluster_config.write_event_points = config.cluster.write_event_points;
         cluster_config.retention_check =
             Duration::from_secs(config.retention.check_interval_secs.max(1));
@@ -425,6 +438,8 @@ impl Node {
             admin_api: config.enable_admin_api,
             auth: auth.clone(),
             features: features.clone(),
+            ack_before_commit: config.unsafe_variant
+                == Some(crate::config::UnsafeVariant::AckBeforeCommit),
         };
         let (server, http_addr) = match http::serve(state, config.http_addr, tls) {
             Ok(served) => served,

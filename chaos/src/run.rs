@@ -1,134 +1,147 @@
-//! One chaos run: start a local cluster, run the register workload while a
-//! seeded nemesis injects process faults, heal, read every key once more,
-//! check the history, and report.
+//! One chaos run: start a local cluster, run the workloads while a seeded
+//! nemesis injects the plan's faults, heal, read everything once more,
+//! check the histories, and report.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
 use serde::Serialize;
 
 use crate::history::draw;
 use crate::linearizability::{check_partitioned, Verdict};
 use crate::local::{ClusterOptions, LocalCluster};
 use crate::model::{PerKey, Register};
+use crate::nemesis;
+use crate::plan::{CheckedPlan, FaultSpec};
 use crate::register::{self, RegisterWorkload};
+use crate::series::{self, SeriesCheck, SeriesWorkload};
+use crate::timeline;
 use crate::ChaosError;
-
-/// A process fault.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Fault {
-    /// SIGKILL, then a restart when healed.
-    Kill,
-    /// SIGTERM (a graceful stop, which must exit 0), then a restart.
-    Terminate,
-    /// SIGSTOP, then SIGCONT when healed.
-    Pause,
-}
-
-impl std::str::FromStr for Fault {
-    type Err = ChaosError;
-    fn from_str(s: &str) -> Result<Self, ChaosError> {
-        match s {
-            "kill" => Ok(Fault::Kill),
-            "terminate" => Ok(Fault::Terminate),
-            "pause" => Ok(Fault::Pause),
-            other => Err(ChaosError::Plan(format!(
-                "unknown fault {other:?} (kill, terminate, pause)"
-            ))),
-        }
-    }
-}
 
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub cluster: ClusterOptions,
     pub seed: u64,
-    /// How long the workload runs under faults.
-    pub duration: Duration,
-    /// The faults the nemesis draws from (one node at a time, so a majority
-    /// stays up).
-    pub faults: Vec<Fault>,
-    /// Time between one fault's heal and the next fault.
-    pub interval: Duration,
-    /// How long a fault lasts.
-    pub hold: Duration,
-    pub workload: RegisterWorkload,
-    /// Search steps the checker may take per key.
+    pub plan: CheckedPlan,
+    /// Search steps the linearizability checker may take per key.
     pub max_steps: u64,
 }
 
 /// One fault as it happened.
 #[derive(Debug, Clone, Serialize)]
 pub struct FaultEvent {
-    pub fault: Fault,
-    pub node: u64,
+    /// process, network, disk or clock.
+    pub class: &'static str,
+    pub fault: FaultSpec,
+    pub description: String,
+    pub nodes: Vec<u64>,
     /// Seconds since the run started.
     pub start_s: f64,
     pub healed_s: f64,
+    /// From the heal until every node was ready again.
+    pub recovery_s: f64,
+    /// Operations invoked while the fault held, and how many got an answer.
+    pub operations: usize,
+    pub answered: usize,
     /// For a terminate: the exit code (`None`: killed after the grace period).
     pub exit_code: Option<i32>,
+}
+
+/// Operations of every workload, for availability and the timeline.
+#[derive(Debug, Clone, Copy)]
+pub struct OpTimes {
+    pub call: u64,
+    pub ret: Option<u64>,
 }
 
 /// What a run found.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    pub plan: String,
     pub seed: u64,
     pub nodes: u64,
     pub duration_s: f64,
     pub faults: Vec<FaultEvent>,
     pub operations: usize,
-    pub ok: usize,
+    pub answered: usize,
     pub unknown: usize,
-    /// Operations that completed with an answer, invoked during a fault / outside one.
+    /// Share of operations that got an answer, invoked during a fault / outside one.
     pub availability_during_faults: f64,
     pub availability_outside_faults: f64,
-    /// Seconds from the last heal until every node was ready again.
-    pub recovery_s: f64,
+    /// The register workload's verdict (`None`: not run).
+    pub register: Option<RegisterResult>,
+    /// The series workload's check (`None`: not run).
+    pub series: Option<SeriesCheck>,
+    /// What is wrong, one line (or drawing) each.
+    pub violations: Vec<String>,
+    /// Seconds since the start at which a violating operation was invoked.
+    pub violation_times: Vec<f64>,
+    /// Every operation's times (for the timeline).
+    #[serde(skip)]
+    pub ops: Vec<OpTimes>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RegisterResult {
+    pub operations: usize,
     pub verdict: String,
     pub check_steps: u64,
-    /// What is wrong, one line each: a non-linearizable key (with its
-    /// minimal history drawn), a stop that did not exit 0.
-    pub violations: Vec<String>,
 }
 
 impl Report {
     pub fn passed(&self) -> bool {
-        self.violations.is_empty() && self.verdict == "linearizable"
+        self.violations.is_empty()
     }
 
     /// The text summary.
     pub fn summary(&self) -> String {
         let mut out = format!(
-            "chaos run: seed {}, {} nodes, {:.0} s, {} faults\n\
-             operations: {} ({} answered, {} unknown); availability {:.1} % during faults, {:.1} % outside\n\
-             recovery after the last heal: {:.2} s\n\
-             linearizability: {} ({} search steps)\n",
+            "chaos run: plan {}, seed {}, {} nodes, {:.0} s, {} faults\n\
+             operations: {} ({} answered, {} unknown); availability {:.1} % during faults, {:.1} % outside\n",
+            self.plan,
             self.seed,
             self.nodes,
             self.duration_s,
             self.faults.len(),
             self.operations,
-            self.ok,
+            self.answered,
             self.unknown,
             100.0 * self.availability_during_faults,
             100.0 * self.availability_outside_faults,
-            self.recovery_s,
-            self.verdict,
-            self.check_steps
         );
+        if let Some(r) = &self.register {
+            out.push_str(&format!(
+                "register: {} operations, {} ({} search steps)\n",
+                r.operations, r.verdict, r.check_steps
+            ));
+        }
+        if let Some(s) = &self.series {
+            out.push_str(&format!(
+                "series: {} appends ({} acknowledged), {} reads; final reads hold {} of {} acknowledged and {} unknown; \
+                 lost {}, stale {}, non-monotonic {}, duplicate {}, phantom {}\n",
+                s.appends, s.acknowledged, s.reads, s.final_present, s.acknowledged,
+                s.unknown_present, s.lost, s.stale, s.non_monotonic, s.duplicate, s.phantom
+            ));
+        }
+        out.push_str("   start-healed   recovery  answered  fault\n");
         for f in &self.faults {
             out.push_str(&format!(
-                "  {:>7.2}-{:<7.2} {:?} node {}{}\n",
+                "  {:>6.2}-{:<7.2} {:>6.2} s  {:>5.1} %   {}{}\n",
                 f.start_s,
                 f.healed_s,
-                f.fault,
-                f.node,
+                f.recovery_s,
+                if f.operations == 0 {
+                    100.0
+                } else {
+                    100.0 * f.answered as f64 / f.operations as f64
+                },
+                f.description,
                 f.exit_code
                     .map_or(String::new(), |c| format!(" (exit {c})"))
             ));
@@ -145,11 +158,10 @@ impl Report {
 
 /// Runs it; `progress` hears what happens as it happens.
 pub fn run(options: &RunOptions, mut progress: impl FnMut(&str)) -> Result<Report, ChaosError> {
-    if options.faults.is_empty() {
-        return Err(ChaosError::Plan("no faults to inject".into()));
-    }
+    let plan = &options.plan;
     progress(&format!(
-        "seed {} (replay with --seed {}); starting nats-server and {} nodes in {}",
+        "plan {}, seed {} (replay with --seed {}); starting nats-server and {} nodes in {}",
+        plan.plan.name,
         options.seed,
         options.seed,
         options.cluster.nodes,
@@ -163,109 +175,227 @@ pub fn run(options: &RunOptions, mut progress: impl FnMut(&str)) -> Result<Repor
         .collect();
     let epoch = Instant::now();
     let secs = |t: Instant| t.duration_since(epoch).as_secs_f64();
+    let base = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64);
     let stop = Arc::new(AtomicBool::new(false));
-    let history = Arc::new(Mutex::new(Vec::new()));
-    let workload = {
+    let register_history = Arc::new(Mutex::new(Vec::new()));
+    let series_history = Arc::new(Mutex::new(Vec::new()));
+    let workload = &plan.plan.workload;
+    let register_workload = RegisterWorkload {
+        keys: workload.keys,
+        clients: workload.clients,
+        ..RegisterWorkload::default()
+    };
+    let series_workload = SeriesWorkload {
+        keys: workload.keys,
+        clients: workload.clients,
+        ..SeriesWorkload::default()
+    };
+    let mut threads = Vec::new();
+    if workload.register {
         let (w, nodes, stop, history, seed) = (
-            options.workload.clone(),
+            register_workload.clone(),
             nodes.clone(),
             stop.clone(),
-            history.clone(),
+            register_history.clone(),
             options.seed,
         );
-        std::thread::spawn(move || register::run(&w, &nodes, seed, epoch, stop, history))
-    };
-    progress("workload running");
+        threads.push(std::thread::spawn(move || {
+            register::run(&w, &nodes, seed, epoch, stop, history)
+        }));
+    }
+    if workload.series {
+        let (w, nodes, stop, history, seed) = (
+            series_workload.clone(),
+            nodes.clone(),
+            stop.clone(),
+            series_history.clone(),
+            options.seed,
+        );
+        threads.push(std::thread::spawn(move || {
+            series::run(&w, &nodes, seed, epoch, base, stop, history)
+        }));
+    }
+    progress("workloads running");
     let mut rng = SmallRng::seed_from_u64(options.seed);
-    let mut faults = Vec::new();
-    let end = epoch + options.duration;
+    let mut events = Vec::new();
+    let end = epoch + plan.duration;
     let mut failure = None;
-    while Instant::now() + options.interval < end {
-        std::thread::sleep(options.interval);
-        let fault = options.faults[rng.random_range(0..options.faults.len())];
-        let node = rng.random_range(1..=options.cluster.nodes);
+    let mut round: Vec<&FaultSpec> = Vec::new();
+    while Instant::now() + plan.interval < end {
+        std::thread::sleep(plan.interval);
+        if round.is_empty() {
+            round = plan.plan.faults.iter().collect();
+            round.shuffle(&mut rng);
+        }
+        let spec = round.pop().expect("refilled above");
         let start = Instant::now();
-        let exit_code = match fault {
-            Fault::Kill => {
-                cluster.kill(node);
-                None
-            }
-            Fault::Terminate => cluster.terminate(node, Duration::from_secs(30)),
-            Fault::Pause => {
-                cluster.pause(node);
-                None
+        let injected = match nemesis::inject(&mut cluster, spec, &mut rng) {
+            Ok(i) => i,
+            Err(e) => {
+                failure = Some(e);
+                break;
             }
         };
-        progress(&format!("{:>7.2} s  {fault:?} node {node}", secs(start)));
-        std::thread::sleep(options.hold);
-        if let Err(e) = cluster.heal(Duration::from_secs(60)) {
-            failure = Some(e);
-        }
-        let healed = Instant::now();
-        progress(&format!("{:>7.2} s  healed node {node}", secs(healed)));
-        faults.push(FaultEvent {
-            fault,
-            node,
+        progress(&format!(
+            "{:>7.2} s  {} (ends in {:.0?})",
+            secs(start),
+            injected.description,
+            plan.hold
+        ));
+        std::thread::sleep(plan.hold);
+        let healing = Instant::now();
+        let healed = nemesis::heal(&mut cluster, &injected, Duration::from_secs(60));
+        let ready = Instant::now();
+        progress(&format!(
+            "{:>7.2} s  healed; every node ready {:.2} s later",
+            secs(healing),
+            (ready - healing).as_secs_f64()
+        ));
+        events.push(FaultEvent {
+            class: nemesis::class(spec),
+            fault: spec.clone(),
+            description: injected.description,
+            nodes: injected.nodes,
             start_s: secs(start),
-            healed_s: secs(healed),
-            exit_code,
+            healed_s: secs(healing),
+            recovery_s: (ready - healing).as_secs_f64(),
+            operations: 0,
+            answered: 0,
+            exit_code: injected.exit_code,
         });
-        if failure.is_some() {
+        if let Err(e) = healed {
+            failure = Some(e);
             break;
         }
     }
     stop.store(true, Ordering::Relaxed);
-    let _ = workload.join();
-    let healing = Instant::now();
+    progress("stopping the workloads");
+    for t in threads {
+        let _ = t.join();
+    }
     cluster.heal(Duration::from_secs(60))?;
-    let recovery_s = healing.elapsed().as_secs_f64();
     if let Some(e) = failure {
         return Err(e);
     }
-    register::final_reads(&options.workload, &nodes[0], epoch, &history);
-    let history = std::mem::take(&mut *history.lock().expect("history lock"));
-    progress(&format!("checking {} operations", history.len()));
-    let check = check_partitioned(
-        &PerKey(Register),
-        &history,
-        |op| op.input.key.clone(),
-        options.max_steps,
-    );
     let mut violations = Vec::new();
-    match check.verdict {
-        Verdict::Linearizable => {}
-        Verdict::NotLinearizable => violations.push(format!(
-            "key {} is not linearizable; a minimal failing history:\n{}",
-            check.key.clone().unwrap_or_default(),
-            draw(&check.minimal)
-        )),
-        Verdict::Unknown => violations.push(format!(
-            "key {} could not be checked within {} steps",
-            check.key.clone().unwrap_or_default(),
-            options.max_steps
-        )),
+    let mut violation_times = Vec::new();
+    if workload.register {
+        register::final_reads(&register_workload, &nodes[0], epoch, &register_history);
     }
-    for f in &faults {
-        if f.fault == Fault::Terminate && f.exit_code != Some(0) {
+    if workload.series {
+        if let Err(e) =
+            series::final_reads(&series_workload, &nodes[0], epoch, base, &series_history)
+        {
+            violations.push(e);
+        }
+    }
+    let register_history = std::mem::take(&mut *register_history.lock().expect("history lock"));
+    let series_history = std::mem::take(&mut *series_history.lock().expect("history lock"));
+
+    let register = workload.register.then(|| {
+        progress(&format!(
+            "checking {} register operations for linearizability",
+            register_history.len()
+        ));
+        let check = check_partitioned(
+            &PerKey(Register),
+            &register_history,
+            |op| op.input.key.clone(),
+            options.max_steps,
+        );
+        match check.verdict {
+            Verdict::Linearizable => {}
+            Verdict::NotLinearizable => {
+                if let Some(first) = check.minimal.iter().map(|o| o.call).min() {
+                    violation_times.push(first as f64 / 1e9);
+                }
+                violations.push(format!(
+                    "register key {} is not linearizable; a minimal failing history:\n{}",
+                    check.key.clone().unwrap_or_default(),
+                    draw(&check.minimal)
+                ))
+            }
+            Verdict::Unknown => violations.push(format!(
+                "register key {} could not be checked within {} steps",
+                check.key.clone().unwrap_or_default(),
+                options.max_steps
+            )),
+        }
+        RegisterResult {
+            operations: register_history.len(),
+            verdict: match check.verdict {
+                Verdict::Linearizable => "linearizable",
+                Verdict::NotLinearizable => "not linearizable",
+                Verdict::Unknown => "unknown",
+            }
+            .into(),
+            check_steps: check.steps,
+        }
+    });
+    let series = workload.series.then(|| {
+        progress(&format!(
+            "checking {} series operations",
+            series_history.len()
+        ));
+        let check = series::check(&series_history, base);
+        for (at, what) in &check.examples {
+            violation_times.push(*at as f64 / 1e9);
+            violations.push(what.clone());
+        }
+        if check.violations() > check.examples.len() {
             violations.push(format!(
-                "node {} stopped with SIGTERM at {:.2} s exited with {:?}, not 0",
-                f.node, f.start_s, f.exit_code
+                "series: {} more violations of the same kinds",
+                check.violations() - check.examples.len()
+            ));
+        }
+        check
+    });
+    for f in &events {
+        if matches!(f.fault, FaultSpec::Terminate {}) && f.exit_code != Some(0) {
+            violations.push(format!(
+                "node {:?} stopped with SIGTERM at {:.2} s exited with {:?}, not 0",
+                f.nodes, f.start_s, f.exit_code
             ));
         }
     }
+
+    let ops: Vec<OpTimes> = register_history
+        .iter()
+        .map(|o| OpTimes {
+            call: o.call,
+            ret: o.ret,
+        })
+        .chain(series_history.iter().map(|o| OpTimes {
+            call: o.call,
+            ret: o.ret,
+        }))
+        .collect();
+    for f in &mut events {
+        let during = ops.iter().filter(|o| {
+            let s = o.call as f64 / 1e9;
+            s >= f.start_s && s <= f.healed_s
+        });
+        let (n, answered) = during.fold((0, 0), |(n, a), o| {
+            (n + 1, a + usize::from(o.ret.is_some()))
+        });
+        f.operations = n;
+        f.answered = answered;
+    }
     let in_fault = |t: u64| {
         let s = t as f64 / 1e9;
-        faults.iter().any(|f| s >= f.start_s && s <= f.healed_s)
+        events.iter().any(|f| s >= f.start_s && s <= f.healed_s)
     };
     let (mut during, mut during_ok, mut outside, mut outside_ok) = (0, 0, 0, 0);
-    for op in &history {
-        let answered = op.output.is_some();
+    for op in &ops {
+        let answered = usize::from(op.ret.is_some());
         if in_fault(op.call) {
             during += 1;
-            during_ok += usize::from(answered);
+            during_ok += answered;
         } else {
             outside += 1;
-            outside_ok += usize::from(answered);
+            outside_ok += answered;
         }
     }
     let ratio = |a: usize, b: usize| if b == 0 { 1.0 } else { a as f64 / b as f64 };
@@ -278,35 +408,38 @@ pub fn run(options: &RunOptions, mut progress: impl FnMut(&str)) -> Result<Repor
             violations.push(format!("node {id} exited with {code} at the end, not 0"));
         }
     }
-    Ok(Report {
+    let report = Report {
+        plan: plan.plan.name.clone(),
         seed: options.seed,
         nodes: options.cluster.nodes,
         duration_s: epoch.elapsed().as_secs_f64(),
-        faults,
-        operations: history.len(),
-        ok: history.iter().filter(|o| o.output.is_some()).count(),
-        unknown: history.iter().filter(|o| o.output.is_none()).count(),
+        faults: events,
+        operations: ops.len(),
+        answered: ops.iter().filter(|o| o.ret.is_some()).count(),
+        unknown: ops.iter().filter(|o| o.ret.is_none()).count(),
         availability_during_faults: ratio(during_ok, during),
         availability_outside_faults: ratio(outside_ok, outside),
-        recovery_s,
-        verdict: match check.verdict {
-            Verdict::Linearizable => "linearizable",
-            Verdict::NotLinearizable => "not linearizable",
-            Verdict::Unknown => "unknown",
-        }
-        .into(),
-        check_steps: check.steps,
+        register,
+        series,
         violations,
-    })
+        violation_times,
+        ops,
+    };
+    Ok(report)
 }
 
-/// Writes `report.json` and `summary.txt` into `dir`.
-pub fn write_report(report: &Report, dir: &PathBuf) -> Result<(), ChaosError> {
+/// Writes `report.json`, `summary.txt`, `timeline.svg` and `timeline.png`
+/// into `dir`.
+pub fn write_report(report: &Report, dir: &Path) -> Result<(), ChaosError> {
     let io = |e: std::io::Error| ChaosError::Process(format!("{}: {e}", dir.display()));
     std::fs::create_dir_all(dir).map_err(io)?;
     let json = serde_json::to_string_pretty(report)
         .map_err(|e| ChaosError::Process(format!("report: {e}")))?;
     std::fs::write(dir.join("report.json"), json).map_err(io)?;
     std::fs::write(dir.join("summary.txt"), report.summary()).map_err(io)?;
+    let svg = timeline::svg(report);
+    std::fs::write(dir.join("timeline.svg"), &svg).map_err(io)?;
+    let png = timeline::png(&svg)?;
+    std::fs::write(dir.join("timeline.png"), png).map_err(io)?;
     Ok(())
 }

@@ -50,6 +50,10 @@ pub struct ClusterConfig {
     /// How often the leader of each shard proposes a retention entry (when
     /// `shard` sets a retention) and runs its downsampling rules.
     pub retention_check: Duration,
+    /// Test-only known-bad variant: reads answer from the local replica
+    /// without a read index, as if a follower's copy were linearizable. The
+    /// chaos harness runs with it to show its checkers catch stale reads.
+    pub unsafe_stale_reads: bool,
     /// How often a shard's leader deletes state keys whose TTL ran out (by
     /// its clock); until then reads still show them.
     pub lease_check: Duration,
@@ -110,6 +114,7 @@ impl ClusterConfig {
             request_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
             retention_check: Duration::from_secs(60),
+            unsafe_stale_reads: false,
             lease_check: Duration::from_secs(1),
             downsample_delay: Duration::from_secs(60),
             snapshot_log_bytes: 64 << 20,
@@ -1157,6 +1162,9 @@ impl ClusterNode {
         read: &ShardRead,
     ) -> Result<ShardAnswer, ClusterError> {
         if let Some(group) = self.group(shard) {
+            if self.config.unsafe_stale_reads {
+                return run_local(&group.shard, read.clone()).await;
+            }
             if group.raft.metrics().borrow().current_leader == Some(self.config.node_id) {
                 match group.raft.ensure_linearizable().await {
                     Ok(_) => return run_local(&group.shard, read.clone()).await,

@@ -20,6 +20,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Restarts within `WINDOW` from which a group counts as failing.
 const FAILING_AFTER: usize = 3;
 const WINDOW: Duration = Duration::from_secs(300);
+/// A group that restarted `FAILING_AFTER` times counts as failing until it
+/// ran this long without another failure.
+const STEADY_AFTER: Duration = Duration::from_secs(10);
 
 /// What the supervisor knows of one shard's group.
 #[derive(Debug, Default)]
@@ -41,8 +44,8 @@ pub(crate) struct Supervision {
 }
 
 impl Supervision {
-    /// Shards that are down or restarted `FAILING_AFTER` times within the
-    /// window, with what happened.
+    /// Shards that are down, or restarted `FAILING_AFTER` times within the
+    /// window and not yet steady since the last, with what happened.
     pub(crate) fn problems(&self) -> Vec<String> {
         let now = Instant::now();
         let mut out = Vec::new();
@@ -54,7 +57,11 @@ impl Supervision {
                     "shard {shard}: raft group down for {:.0?} ({why}); restarting",
                     now.duration_since(since)
                 ));
-            } else if h.restarts.len() >= FAILING_AFTER {
+            } else if h.restarts.len() >= FAILING_AFTER
+                && h.restarts
+                    .last()
+                    .is_some_and(|t| now.duration_since(*t) < STEADY_AFTER)
+            {
                 out.push(format!(
                     "shard {shard}: raft group restarted {} times in {:?} (last: {why})",
                     h.restarts.len(),

@@ -68,3 +68,43 @@ async fn a_stopped_raft_group_is_restarted_from_disk() {
     );
     node.shutdown().await;
 }
+
+/// Chaos finding (disk class): a two-second fsync fault made a node's groups
+/// fail and restart several times; readiness then held the node out of
+/// service for the whole five-minute window although its groups ran again.
+/// A group that flapped counts as failing only until it runs steady.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_that_failed_repeatedly_is_ready_again_once_it_runs_steady() {
+    let dir = TempDir::new().unwrap();
+    let bus: Arc<dyn Bus> = Arc::new(LocalBus::default());
+    let mut config = ClusterConfig::new(1, vec![1], dir.path().join("n1"));
+    config.shards = 1;
+    config.shard = ShardConfig {
+        sync_writes: false,
+        ..ShardConfig::default()
+    };
+    let node = ClusterNode::start(config, bus).await.unwrap();
+    assert!(node.wait_for_leaders(Duration::from_secs(10)).await);
+    for round in 1..=3 {
+        assert!(node.inject_group_failure(0).await);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while node.group_restarts(0) < round {
+            assert!(Instant::now() < deadline, "restart {round} did not happen");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert!(
+        !node.group_problems().is_empty(),
+        "three restarts in a row are reported"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !node.group_problems().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "still not ready: {:?}",
+            node.group_problems()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    node.shutdown().await;
+}

@@ -1,0 +1,448 @@
+//! Fault plans: what a chaos run starts, which workloads it runs, and the
+//! faults its nemesis draws from, written in TOML (docs/chaos.md) or taken
+//! from the built-in suite (`builtin:smoke`, `builtin:crashes`,
+//! `builtin:partitions`, `builtin:disk`, `builtin:clock`).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ChaosError;
+
+/// A whole plan as written.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    #[serde(default = "default_name")]
+    pub name: String,
+    #[serde(default = "default_nodes")]
+    pub nodes: u64,
+    #[serde(default = "default_shards")]
+    pub shards: u32,
+    /// How long the workloads run under faults (`"60s"`, `"5m"`).
+    #[serde(default = "default_duration")]
+    pub duration: String,
+    /// Time between one fault's heal and the next fault.
+    #[serde(default = "default_gap")]
+    pub interval: String,
+    /// How long a fault lasts.
+    #[serde(default = "default_gap")]
+    pub hold: String,
+    #[serde(default)]
+    pub workload: WorkloadPlan,
+    /// What the nemesis draws from: every fault once per round, in an order
+    /// the seed shuffles.
+    #[serde(rename = "fault")]
+    pub faults: Vec<FaultSpec>,
+}
+
+/// The workloads and their size.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadPlan {
+    /// Reads, writes and compare-and-sets on the replicated state.
+    #[serde(default = "yes")]
+    pub register: bool,
+    /// Unique points appended to series, read whole.
+    #[serde(default = "yes")]
+    pub series: bool,
+    /// Client threads of each workload.
+    #[serde(default = "default_clients")]
+    pub clients: usize,
+    /// Keys (register) and series (series) each workload spreads over.
+    #[serde(default = "default_keys")]
+    pub keys: usize,
+}
+
+impl Default for WorkloadPlan {
+    fn default() -> Self {
+        Self {
+            register: true,
+            series: true,
+            clients: default_clients(),
+            keys: default_keys(),
+        }
+    }
+}
+
+/// One fault the nemesis may inject. Each acts on nodes it draws at random
+/// (one node, or a split of them) and is healed after the plan's `hold`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum FaultSpec {
+    /// SIGKILL a node; restart it on heal.
+    Kill {},
+    /// SIGTERM a node (it must exit 0 within 30 s); restart it on heal.
+    Terminate {},
+    /// SIGSTOP a node; SIGCONT on heal.
+    Pause {},
+    /// Kill nats-server; start it again on the same port on heal.
+    NatsRestart {},
+    /// Cut nodes off from each other on the bus (both ways unless one-way).
+    Partition { split: Split },
+    /// One node loses this share of the messages it sends.
+    Loss { probability: f64 },
+    /// One node's messages arrive `ms` late.
+    Delay { ms: u64 },
+    /// One node's messages arrive twice.
+    Duplicate {},
+    /// A failpoint on one node's disk path.
+    Disk {
+        point: DiskPoint,
+        error: DiskError,
+        /// For `slow`: the delay of each call.
+        #[serde(default)]
+        ms: u64,
+    },
+    /// A node's cluster clock runs ahead or behind by up to `offset`.
+    Clock { offset: String },
+}
+
+/// How a partition splits the nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Split {
+    /// One node against the rest.
+    Isolate,
+    /// A random minority against the majority.
+    Majority,
+    /// Two sides that cannot hear each other, and one node both hear.
+    Bridge,
+    /// Each node hears only its two neighbours in a ring (5 or more nodes
+    /// make this differ from no partition).
+    Ring,
+    /// One node stops hearing the others; they still hear it.
+    OneWay,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DiskPoint {
+    /// Every Raft log append.
+    RaftLog,
+    /// Every write of a shard (applied points, chunks, state, metadata).
+    StorageWrite,
+    /// Every sample and state read of a shard.
+    StorageRead,
+}
+
+impl DiskPoint {
+    /// The failpoint's name in the node.
+    pub fn failpoint(self) -> &'static str {
+        match self {
+            DiskPoint::RaftLog => "raft::log::write",
+            DiskPoint::StorageWrite => "storage::write",
+            DiskPoint::StorageRead => "storage::read",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DiskError {
+    /// The write's fsync fails.
+    Fsync,
+    /// The disk is full.
+    Enospc,
+    /// The device fails.
+    Eio,
+    /// Every call takes `ms` longer.
+    Slow,
+}
+
+impl DiskError {
+    pub fn name(self) -> &'static str {
+        match self {
+            DiskError::Fsync => "fsync",
+            DiskError::Enospc => "enospc",
+            DiskError::Eio => "eio",
+            DiskError::Slow => "slow",
+        }
+    }
+}
+
+/// A plan with its durations parsed and checked.
+#[derive(Debug, Clone)]
+pub struct CheckedPlan {
+    pub plan: Plan,
+    pub duration: Duration,
+    pub interval: Duration,
+    pub hold: Duration,
+}
+
+impl Plan {
+    /// Reads `builtin:<name>` or a TOML file.
+    pub fn load(source: &str) -> Result<Plan, ChaosError> {
+        if let Some(name) = source.strip_prefix("builtin:") {
+            return builtin(name);
+        }
+        let text = std::fs::read_to_string(source)
+            .map_err(|e| ChaosError::Plan(format!("{source}: {e}")))?;
+        Plan::parse(&text).map_err(|e| ChaosError::Plan(format!("{source}: {e}")))
+    }
+
+    pub fn parse(text: &str) -> Result<Plan, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Parses the durations and checks every value is one a run can use.
+    pub fn check(self) -> Result<CheckedPlan, ChaosError> {
+        let parse = |what: &str, s: &str| {
+            humantime::parse_duration(s).map_err(|e| ChaosError::Plan(format!("{what} {s:?}: {e}")))
+        };
+        let duration = parse("duration", &self.duration)?;
+        let interval = parse("interval", &self.interval)?;
+        let hold = parse("hold", &self.hold)?;
+        if self.nodes < 3 {
+            return Err(ChaosError::Plan(
+                "nodes must be 3 or more (one node down must leave a majority)".into(),
+            ));
+        }
+        if self.nodes > 9 || self.shards == 0 || self.shards > 64 {
+            return Err(ChaosError::Plan(
+                "nodes must be at most 9 and shards 1..=64 on one machine".into(),
+            ));
+        }
+        if self.faults.is_empty() {
+            return Err(ChaosError::Plan("no [[fault]] to inject".into()));
+        }
+        if !self.workload.register && !self.workload.series {
+            return Err(ChaosError::Plan("no workload is on".into()));
+        }
+        if !(1..=64).contains(&self.workload.clients) || !(1..=1024).contains(&self.workload.keys) {
+            return Err(ChaosError::Plan(
+                "workload.clients must be 1..=64 and workload.keys 1..=1024".into(),
+            ));
+        }
+        if interval.is_zero() || hold.is_zero() {
+            return Err(ChaosError::Plan("interval and hold must be above 0".into()));
+        }
+        for fault in &self.faults {
+            match fault {
+                FaultSpec::Loss { probability } if !(0.0..=1.0).contains(probability) => {
+                    return Err(ChaosError::Plan(format!(
+                        "loss probability {probability} is not within 0..=1"
+                    )))
+                }
+                FaultSpec::Delay { ms } if *ms == 0 || *ms > 60_000 => {
+                    return Err(ChaosError::Plan("delay ms must be 1..=60000".into()))
+                }
+                FaultSpec::Disk {
+                    error: DiskError::Slow,
+                    ms,
+                    ..
+                } if *ms == 0 || *ms > 60_000 => {
+                    return Err(ChaosError::Plan("a slow disk needs ms in 1..=60000".into()))
+                }
+                FaultSpec::Clock { offset } => {
+                    let d = parse("clock offset", offset)?;
+                    if d.is_zero() || d > Duration::from_secs(10 * 366 * 86_400) {
+                        return Err(ChaosError::Plan(
+                            "clock offset must be above 0 and at most ten years".into(),
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(CheckedPlan {
+            plan: self,
+            duration,
+            interval,
+            hold,
+        })
+    }
+}
+
+/// The names `builtin:<name>` accepts.
+pub const BUILTINS: [&str; 5] = ["smoke", "crashes", "partitions", "disk", "clock"];
+
+/// A built-in plan.
+pub fn builtin(name: &str) -> Result<Plan, ChaosError> {
+    let text = match name {
+        // One fault of every class, briefly: what CI runs on every change.
+        "smoke" => {
+            r#"
+            name = "smoke"
+            duration = "30s"
+            interval = "1s"
+            hold = "2s"
+            [[fault]]
+            kind = "kill"
+            [[fault]]
+            kind = "nats-restart"
+            [[fault]]
+            kind = "partition"
+            split = "isolate"
+            [[fault]]
+            kind = "disk"
+            point = "raft-log"
+            error = "fsync"
+            [[fault]]
+            kind = "clock"
+            offset = "1h"
+            "#
+        }
+        "crashes" => {
+            r#"
+            name = "crashes"
+            duration = "60s"
+            [[fault]]
+            kind = "kill"
+            [[fault]]
+            kind = "terminate"
+            [[fault]]
+            kind = "pause"
+            [[fault]]
+            kind = "nats-restart"
+            "#
+        }
+        "partitions" => {
+            r#"
+            name = "partitions"
+            duration = "60s"
+            [[fault]]
+            kind = "partition"
+            split = "isolate"
+            [[fault]]
+            kind = "partition"
+            split = "majority"
+            [[fault]]
+            kind = "partition"
+            split = "bridge"
+            [[fault]]
+            kind = "partition"
+            split = "one-way"
+            [[fault]]
+            kind = "loss"
+            probability = 0.3
+            [[fault]]
+            kind = "delay"
+            ms = 300
+            [[fault]]
+            kind = "duplicate"
+            "#
+        }
+        "disk" => {
+            r#"
+            name = "disk"
+            duration = "60s"
+            [[fault]]
+            kind = "disk"
+            point = "raft-log"
+            error = "fsync"
+            [[fault]]
+            kind = "disk"
+            point = "storage-write"
+            error = "enospc"
+            [[fault]]
+            kind = "disk"
+            point = "storage-read"
+            error = "eio"
+            [[fault]]
+            kind = "disk"
+            point = "raft-log"
+            error = "slow"
+            ms = 300
+            "#
+        }
+        "clock" => {
+            r#"
+            name = "clock"
+            duration = "40s"
+            [[fault]]
+            kind = "clock"
+            offset = "10m"
+            [[fault]]
+            kind = "clock"
+            offset = "30d"
+            "#
+        }
+        other => {
+            return Err(ChaosError::Plan(format!(
+                "no built-in plan {other:?} (one of {})",
+                BUILTINS.join(", ")
+            )))
+        }
+    };
+    Plan::parse(text).map_err(|e| ChaosError::Plan(format!("builtin:{name}: {e}")))
+}
+
+fn default_name() -> String {
+    "custom".into()
+}
+fn default_nodes() -> u64 {
+    3
+}
+fn default_shards() -> u32 {
+    2
+}
+fn default_duration() -> String {
+    "60s".into()
+}
+fn default_gap() -> String {
+    "3s".into()
+}
+fn default_clients() -> usize {
+    4
+}
+fn default_keys() -> usize {
+    4
+}
+fn yes() -> bool {
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_builtin_parses_and_checks() {
+        for name in BUILTINS {
+            let plan = builtin(name).unwrap().check().unwrap();
+            assert!(!plan.plan.faults.is_empty(), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_plan_file_names_its_faults_and_bad_values_are_refused() {
+        let plan = Plan::parse(
+            r#"
+            nodes = 5
+            duration = "2m"
+            [workload]
+            series = false
+            [[fault]]
+            kind = "partition"
+            split = "ring"
+            [[fault]]
+            kind = "disk"
+            point = "storage-write"
+            error = "slow"
+            ms = 50
+            "#,
+        )
+        .unwrap();
+        assert_eq!(plan.nodes, 5);
+        assert_eq!(plan.faults[0], FaultSpec::Partition { split: Split::Ring });
+        let checked = plan.check().unwrap();
+        assert_eq!(checked.duration, Duration::from_secs(120));
+        assert!(!checked.plan.workload.series);
+
+        for bad in [
+            "[[fault]]\nkind = \"meteor\"",
+            "[[fault]]\nkind = \"loss\"\nprobability = 2.0",
+            "nodes = 2\n[[fault]]\nkind = \"kill\"",
+            "duration = \"soon\"\n[[fault]]\nkind = \"kill\"",
+            "[[fault]]\nkind = \"kill\"\nextra = 1",
+            "faults = []",
+        ] {
+            let refused = Plan::parse(bad)
+                .map_err(ChaosError::Plan)
+                .and_then(Plan::check);
+            assert!(refused.is_err(), "{bad}");
+        }
+        assert!(Plan::load("builtin:nothing").is_err());
+    }
+}

@@ -1,0 +1,205 @@
+//! The timeline picture of a run: faults as bands (coloured by class),
+//! answered operations per second and their median latency as lines,
+//! violations as red marks. Drawn as SVG; the PNG is the same SVG
+//! rasterised (resvg), so the two never disagree.
+
+use std::fmt::Write as _;
+
+use crate::run::Report;
+use crate::ChaosError;
+
+const WIDTH: f64 = 1200.0;
+const LEFT: f64 = 70.0;
+const RIGHT: f64 = 20.0;
+const TOP: f64 = 40.0;
+/// Height of each of the two panels (throughput, latency).
+const PANEL: f64 = 150.0;
+const GAP: f64 = 40.0;
+/// Width of a bucket the lines are drawn from.
+const BUCKET_S: f64 = 0.5;
+
+fn colour(class: &str) -> &'static str {
+    match class {
+        "process" => "#f4a261",
+        "network" => "#8ecae6",
+        "disk" => "#cdb4db",
+        "clock" => "#b7e4c7",
+        _ => "#dddddd",
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// The SVG document.
+pub fn svg(report: &Report) -> String {
+    let duration = report.duration_s.max(1.0);
+    let plot_w = WIDTH - LEFT - RIGHT;
+    let x = |s: f64| LEFT + plot_w * (s / duration).clamp(0.0, 1.0);
+    let buckets = (duration / BUCKET_S).ceil() as usize + 1;
+    let mut answered = vec![0u64; buckets];
+    let mut latencies: Vec<Vec<f64>> = vec![Vec::new(); buckets];
+    for op in &report.ops {
+        if let Some(ret) = op.ret {
+            let b = ((ret as f64 / 1e9) / BUCKET_S) as usize;
+            if b < buckets {
+                answered[b] += 1;
+                latencies[b].push((ret - op.call) as f64 / 1e6);
+            }
+        }
+    }
+    let rate: Vec<f64> = answered.iter().map(|&n| n as f64 / BUCKET_S).collect();
+    let median: Vec<f64> = latencies
+        .iter_mut()
+        .map(|l| {
+            if l.is_empty() {
+                return 0.0;
+            }
+            l.sort_by(f64::total_cmp);
+            l[l.len() / 2]
+        })
+        .collect();
+    let height = TOP + 2.0 * PANEL + GAP + 60.0;
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="DejaVu Sans, sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+<text x="{LEFT}" y="22" font-size="15">chaos run: plan {}, seed {}, {} nodes, {} faults, {} violations</text>
+"#,
+        escape(&report.plan),
+        report.seed,
+        report.nodes,
+        report.faults.len(),
+        report.violations.len()
+    );
+    let panels = [
+        ("answered operations / s", TOP, &rate),
+        ("median latency (ms)", TOP + PANEL + GAP, &median),
+    ];
+    for f in &report.faults {
+        let (a, b) = (x(f.start_s), x(f.healed_s));
+        for (_, top, _) in &panels {
+            let _ = writeln!(
+                out,
+                r#"<rect x="{a:.1}" y="{top:.1}" width="{:.1}" height="{PANEL}" fill="{}" opacity="0.7"><title>{}</title></rect>"#,
+                (b - a).max(1.0),
+                colour(f.class),
+                escape(&f.description)
+            );
+        }
+        let _ = writeln!(
+            out,
+            r#"<text x="{a:.1}" y="{:.1}" font-size="9" transform="rotate(-30 {a:.1} {:.1})">{}</text>"#,
+            TOP - 4.0,
+            TOP - 4.0,
+            escape(&short(&f.description))
+        );
+    }
+    for (label, top, values) in panels {
+        let max = values.iter().copied().fold(0.0f64, f64::max).max(1.0);
+        let y = |v: f64| top + PANEL - PANEL * (v / max);
+        let _ = writeln!(
+            out,
+            r##"<rect x="{LEFT}" y="{top}" width="{plot_w}" height="{PANEL}" fill="none" stroke="#444"/>
+<text x="{LEFT}" y="{:.1}" font-size="11">{label}</text>
+<text x="{:.1}" y="{:.1}" text-anchor="end">{max:.0}</text>
+<text x="{:.1}" y="{:.1}" text-anchor="end">0</text>"##,
+            top + PANEL + 14.0,
+            LEFT - 6.0,
+            top + 10.0,
+            LEFT - 6.0,
+            top + PANEL
+        );
+        let points: Vec<String> = values
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| format!("{:.1},{:.1}", x((i as f64 + 0.5) * BUCKET_S), y(v)))
+            .collect();
+        let _ = writeln!(
+            out,
+            r##"<polyline points="{}" fill="none" stroke="#1d3557" stroke-width="1.5"/>"##,
+            points.join(" ")
+        );
+    }
+    let bottom = TOP + 2.0 * PANEL + GAP;
+    for t in &report.violation_times {
+        let _ = writeln!(
+            out,
+            r#"<line x1="{0:.1}" x2="{0:.1}" y1="{TOP}" y2="{bottom}" stroke="red" stroke-width="2"/>"#,
+            x(*t)
+        );
+    }
+    // Seconds along the bottom.
+    let step = [1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0]
+        .into_iter()
+        .find(|s| duration / s <= 20.0)
+        .unwrap_or(1800.0);
+    let mut t = 0.0;
+    while t <= duration {
+        let _ = writeln!(
+            out,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{t:.0}</text>"#,
+            x(t),
+            bottom + 16.0
+        );
+        t += step;
+    }
+    let _ = writeln!(
+        out,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="end">seconds</text>"#,
+        WIDTH - RIGHT,
+        bottom + 32.0
+    );
+    let mut lx = LEFT;
+    for class in ["process", "network", "disk", "clock"] {
+        let _ = writeln!(
+            out,
+            r#"<rect x="{lx:.1}" y="{:.1}" width="12" height="12" fill="{}"/><text x="{:.1}" y="{:.1}">{class}</text>"#,
+            bottom + 38.0,
+            colour(class),
+            lx + 16.0,
+            bottom + 48.0
+        );
+        lx += 90.0;
+    }
+    let _ = writeln!(
+        out,
+        r#"<line x1="{lx:.1}" x2="{:.1}" y1="{:.1}" y2="{:.1}" stroke="red" stroke-width="2"/><text x="{:.1}" y="{:.1}">violation</text>"#,
+        lx + 12.0,
+        bottom + 44.0,
+        bottom + 44.0,
+        lx + 16.0,
+        bottom + 48.0
+    );
+    out.push_str("</svg>\n");
+    out
+}
+
+/// A band's label: the description up to its first colon or 28 characters.
+fn short(description: &str) -> String {
+    let s = description.split(':').next().unwrap_or(description);
+    s.chars().take(28).collect()
+}
+
+/// The SVG rasterised to PNG (system fonts for the text, where there are any).
+pub fn png(svg: &str) -> Result<Vec<u8>, ChaosError> {
+    let mut options = resvg::usvg::Options::default();
+    options.fontdb_mut().load_system_fonts();
+    let tree = resvg::usvg::Tree::from_str(svg, &options)
+        .map_err(|e| ChaosError::Process(format!("timeline svg: {e}")))?;
+    let size = tree.size().to_int_size();
+    let mut pixmap = resvg::tiny_skia::Pixmap::new(size.width(), size.height())
+        .ok_or_else(|| ChaosError::Process("timeline: empty picture".into()))?;
+    resvg::render(
+        &tree,
+        resvg::tiny_skia::Transform::default(),
+        &mut pixmap.as_mut(),
+    );
+    pixmap
+        .encode_png()
+        .map_err(|e| ChaosError::Process(format!("timeline png: {e}")))
+}
