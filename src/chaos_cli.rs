@@ -57,10 +57,15 @@ pub struct RunArgs {
     /// The nats-server binary (default: $NATS_SERVER, PATH, ~/.local/bin).
     #[arg(long)]
     nats_server: Option<PathBuf>,
-    /// TEST ONLY: run the nodes as a known-bad variant, `ack-before-commit`
-    /// or `stale-reads`, to see the checkers catch it (the run must fail).
-    #[arg(long, value_parser = ["ack-before-commit", "stale-reads"])]
+    /// TEST ONLY: run the nodes as a known-bad variant, `ack-before-commit`,
+    /// `stale-reads` or `no-fsync`, to see the checkers catch it (the run
+    /// must fail).
+    #[arg(long, value_parser = ["ack-before-commit", "stale-reads", "no-fsync"])]
     unsafe_variant: Option<String>,
+    /// libchronicle_powercut.so, for plans with power cuts (default: next to
+    /// this binary, where `cargo build` puts it).
+    #[arg(long)]
+    powercut_lib: Option<PathBuf>,
 }
 
 pub fn run(cmd: ChaosCommand) -> Result<(), Box<dyn std::error::Error>> {
@@ -87,6 +92,24 @@ pub fn run(cmd: ChaosCommand) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(n) = args.keys {
         plan.workload.keys = n;
     }
+    let powercut_lib = if plan.needs_powercut() {
+        let exe = std::env::current_exe()?;
+        let lib = args
+            .powercut_lib
+            .clone()
+            .or_else(|| chronicle_chaos::powercut::find_library(&exe))
+            .ok_or("the plan has power cuts, which need libchronicle_powercut.so: build it with `cargo build -p chronicle-powercut` (it lands next to the chronicle binary) or give --powercut-lib")?;
+        Some(lib)
+    } else {
+        None
+    };
+    let faketime_lib = if plan.needs_faketime() {
+        Some(chronicle_chaos::local::find_faketime().ok_or(
+            "the plan has faketime faults, which need libfaketime: apt-get install faketime",
+        )?)
+    } else {
+        None
+    };
     let plan = plan.check()?;
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
@@ -113,11 +136,14 @@ pub fn run(cmd: ChaosCommand) -> Result<(), Box<dyn std::error::Error>> {
             nodes: plan.plan.nodes,
             shards: plan.plan.shards,
             log: std::env::var("CHRONICLE_CHAOS_NODE_LOG").unwrap_or_else(|_| "warn".into()),
-            extra_args: args
-                .unsafe_variant
-                .iter()
-                .flat_map(|v| ["--unsafe-variant".to_string(), v.clone()])
-                .collect(),
+            extra_args: match args.unsafe_variant.as_deref() {
+                None => Vec::new(),
+                // The node's own switch: acknowledged without an fsync.
+                Some("no-fsync") => vec!["--no-sync".into()],
+                Some(v) => vec!["--unsafe-variant".into(), v.into()],
+            },
+            powercut_lib,
+            faketime_lib,
         },
         seed,
         plan,

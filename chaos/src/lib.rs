@@ -15,6 +15,7 @@ pub mod model;
 pub mod nemesis;
 pub mod plan;
 pub mod porcupine;
+pub mod powercut;
 pub mod register;
 pub mod run;
 pub mod series;
@@ -23,6 +24,20 @@ pub mod timeline;
 pub use history::{History, Operation};
 pub use linearizability::{check, check_partitioned, Check, Verdict};
 pub use model::Model;
+
+/// Whether a request failed before it reached a node (nothing listened):
+/// a definite "it did not happen", unlike a timeout or a reset.
+pub(crate) fn refused(e: &ureq::Error) -> bool {
+    match e {
+        ureq::Error::Io(io) => io.kind() == std::io::ErrorKind::ConnectionRefused,
+        ureq::Error::ConnectionFailed => true,
+        _ => false,
+    }
+}
+
+/// How long a workload client waits after a request failed, so a node that
+/// is down does not turn into thousands of failed operations a second.
+pub(crate) const BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Why a history could not be read or checked.
 #[derive(Debug, thiserror::Error)]

@@ -25,12 +25,33 @@ pub struct ClusterOptions {
     pub log: String,
     /// More arguments for every node's `chronicle serve`.
     pub extra_args: Vec<String>,
+    /// `libchronicle_powercut.so`: when set, every node runs with it
+    /// preloaded, so [`LocalCluster::power_cut`] can drop its unsynced writes.
+    pub powercut_lib: Option<PathBuf>,
+    /// libfaketime (the multi-threaded one): when set, every node runs with
+    /// it preloaded, so [`LocalCluster::fake_time`] can move its whole
+    /// process's wall clock.
+    pub faketime_lib: Option<PathBuf>,
+}
+
+/// Debian's libfaketime (package `faketime`), if installed.
+pub fn find_faketime() -> Option<PathBuf> {
+    [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+        "/usr/lib/faketime/libfaketimeMT.so.1",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|p| p.is_file())
 }
 
 struct NodeProc {
     http_port: u16,
     child: Option<Child>,
     paused: bool,
+    /// The data directory's files when the process started (power cuts).
+    baseline: std::collections::BTreeMap<PathBuf, u64>,
 }
 
 /// The running cluster; every process is killed when it is dropped.
@@ -97,8 +118,13 @@ fn signal(child: &Child, sig: i32) {
 impl LocalCluster {
     /// Starts `nats-server` and the nodes (ids 1..=n, all in the initial
     /// membership, the admin API on), and waits until every node is ready.
-    pub fn start(options: ClusterOptions) -> Result<Self, ChaosError> {
+    pub fn start(mut options: ClusterOptions) -> Result<Self, ChaosError> {
         std::fs::create_dir_all(&options.root)
+            .map_err(|e| ChaosError::Process(format!("{}: {e}", options.root.display())))?;
+        // Absolute, as the power-cut journal names files.
+        options.root = options
+            .root
+            .canonicalize()
             .map_err(|e| ChaosError::Process(format!("{}: {e}", options.root.display())))?;
         let nats_port = free_port()?;
         let nats = start_nats(&options.nats_server, nats_port)?;
@@ -114,6 +140,7 @@ impl LocalCluster {
                 http_port,
                 child: None,
                 paused: false,
+                baseline: Default::default(),
             });
         }
         for id in 1..=cluster.options.nodes {
@@ -157,7 +184,38 @@ impl LocalCluster {
             .open(&log_path)
             .map_err(|e| ChaosError::Process(format!("{}: {e}", log_path.display())))?;
         let port = self.node(id).http_port;
-        let child = Command::new(&self.options.chronicle)
+        let mut command = Command::new(&self.options.chronicle);
+        let mut preload = Vec::new();
+        if let Some(lib) = self.options.faketime_lib.clone() {
+            let file = self.faketime_file(id);
+            if !file.exists() {
+                std::fs::write(&file, "+0\n")
+                    .map_err(|e| ChaosError::Process(format!("{}: {e}", file.display())))?;
+            }
+            preload.push(lib);
+            // The wall clock only, re-read every second; Raft's timers use
+            // the monotonic clock, which a real clock jump leaves alone too.
+            command
+                .env("FAKETIME_TIMESTAMP_FILE", file)
+                .env("FAKETIME_CACHE_DURATION", "1")
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
+        if let Some(lib) = self.options.powercut_lib.clone() {
+            let data = self.data_dir(id);
+            let journal = self.journal(id);
+            let _ = std::fs::remove_file(&journal);
+            let baseline = crate::powercut::baseline(&data)?;
+            self.node_mut(id).baseline = baseline;
+            preload.push(lib);
+            command
+                .env("CHRONICLE_POWERCUT_JOURNAL", journal)
+                .env("CHRONICLE_POWERCUT_DIR", data);
+        }
+        if !preload.is_empty() {
+            let list: Vec<String> = preload.iter().map(|p| p.display().to_string()).collect();
+            command.env("LD_PRELOAD", list.join(":"));
+        }
+        let child = command
             .arg("serve")
             .arg("--data-dir")
             .arg(self.data_dir(id))
@@ -184,6 +242,40 @@ impl LocalCluster {
         node.child = Some(child);
         node.paused = false;
         Ok(())
+    }
+
+    fn faketime_file(&self, id: u64) -> PathBuf {
+        self.options.root.join(format!("node-{id}.faketime"))
+    }
+
+    /// Moves node `id`'s whole-process wall clock `offset_s` seconds from
+    /// the real one (0 puts it back); it takes effect within a second.
+    pub fn fake_time(&self, id: u64, offset_s: i64) -> Result<(), ChaosError> {
+        if self.options.faketime_lib.is_none() {
+            return Err(ChaosError::Plan(
+                "a faketime fault needs libfaketime (apt-get install faketime)".into(),
+            ));
+        }
+        let file = self.faketime_file(id);
+        std::fs::write(&file, format!("{offset_s:+}\n"))
+            .map_err(|e| ChaosError::Process(format!("{}: {e}", file.display())))
+    }
+
+    fn journal(&self, id: u64) -> PathBuf {
+        self.options.root.join(format!("node-{id}.powercut"))
+    }
+
+    /// A power cut of node `id`: SIGKILL, then every write its process had
+    /// not synced is dropped from its data directory. Needs `powercut_lib`.
+    pub fn power_cut(&mut self, id: u64) -> Result<crate::powercut::CutReport, ChaosError> {
+        if self.options.powercut_lib.is_none() {
+            return Err(ChaosError::Plan(
+                "a power cut needs libchronicle_powercut.so (cargo build -p chronicle-powercut; --powercut-lib)".into(),
+            ));
+        }
+        self.kill(id);
+        let baseline = std::mem::take(&mut self.node_mut(id).baseline);
+        crate::powercut::cut(&self.data_dir(id), &baseline, &self.journal(id))
     }
 
     /// Whether node `id`'s process runs (paused counts as running).

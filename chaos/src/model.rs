@@ -21,6 +21,14 @@ pub trait Model {
         input: &Self::Input,
         output: Option<&Self::Output>,
     ) -> Option<Self::State>;
+
+    /// Whether `input` never changes the state (a read). An operation that
+    /// does not and whose outcome is unknown constrains nothing, and the
+    /// checker leaves it out: kept, it could be placed anywhere after its
+    /// invocation, and every such read multiplies the orders to explore.
+    fn is_read_only(&self, _input: &Self::Input) -> bool {
+        false
+    }
 }
 
 /// A register operation (etcd's single register in Jepsen's tests, and
@@ -53,6 +61,10 @@ impl Model for Register {
     type State = Option<i64>;
     type Input = RegisterInput;
     type Output = RegisterOutput;
+
+    fn is_read_only(&self, input: &RegisterInput) -> bool {
+        matches!(input, RegisterInput::Read)
+    }
 
     fn init(&self) -> Option<i64> {
         None
@@ -111,6 +123,10 @@ impl Model for KvString {
     type Input = KvInput;
     type Output = String;
 
+    fn is_read_only(&self, input: &KvInput) -> bool {
+        matches!(input, KvInput::Get)
+    }
+
     fn init(&self) -> String {
         String::new()
     }
@@ -144,6 +160,10 @@ impl<M: Model> Model for PerKey<M> {
     type State = M::State;
     type Input = Keyed<M::Input>;
     type Output = M::Output;
+
+    fn is_read_only(&self, input: &Keyed<M::Input>) -> bool {
+        self.0.is_read_only(&input.input)
+    }
 
     fn init(&self) -> M::State {
         self.0.init()

@@ -11,7 +11,7 @@ use rand::Rng;
 use serde::Serialize;
 
 use crate::local::LocalCluster;
-use crate::plan::{DiskError, FaultSpec, Split};
+use crate::plan::{DiskError, FaultSpec, Scope, Split};
 use crate::ChaosError;
 
 /// A fault as injected: what, on which nodes, in words.
@@ -36,8 +36,8 @@ pub fn class(spec: &FaultSpec) -> &'static str {
         | FaultSpec::Loss { .. }
         | FaultSpec::Delay { .. }
         | FaultSpec::Duplicate {} => "network",
-        FaultSpec::Disk { .. } => "disk",
-        FaultSpec::Clock { .. } => "clock",
+        FaultSpec::Disk { .. } | FaultSpec::PowerCut { .. } => "disk",
+        FaultSpec::Clock { .. } | FaultSpec::Faketime { .. } => "clock",
     }
 }
 
@@ -121,17 +121,34 @@ pub fn inject(
                 format!("node {one}: {} on {}", error.name(), point.failpoint()),
             )
         }
-        FaultSpec::Clock { offset } => {
-            let max = humantime::parse_duration(offset)
-                .map_err(|e| ChaosError::Plan(format!("clock offset {offset:?}: {e}")))?
-                .as_millis() as i64;
-            // At least half the offset, ahead or behind.
-            let magnitude = rng.random_range(max / 2..=max.max(1));
-            let offset_ms = if rng.random_bool(0.5) {
-                magnitude
-            } else {
-                -magnitude
+        FaultSpec::PowerCut { scope } => {
+            let nodes = match scope {
+                Scope::Node => vec![one],
+                Scope::Cluster => ids.clone(),
             };
+            let mut dropped = crate::powercut::CutReport::default();
+            for &id in &nodes {
+                let r = cluster.power_cut(id)?;
+                dropped.files_truncated += r.files_truncated;
+                dropped.files_deleted += r.files_deleted;
+                dropped.bytes_dropped += r.bytes_dropped;
+            }
+            let description = format!(
+                "power cut of node {nodes:?}: {} unsynced bytes dropped ({} files cut, {} deleted)",
+                dropped.bytes_dropped, dropped.files_truncated, dropped.files_deleted
+            );
+            (nodes, description)
+        }
+        FaultSpec::Faketime { offset } => {
+            let offset_s = draw_offset_ms(offset, rng)? / 1000;
+            cluster.fake_time(one, offset_s)?;
+            (
+                vec![one],
+                format!("node {one}'s process clock {offset_s:+} s (libfaketime)"),
+            )
+        }
+        FaultSpec::Clock { offset } => {
+            let offset_ms = draw_offset_ms(offset, rng)?;
             cluster.post(one, &format!("/debug/faults/clock?offset_ms={offset_ms}"))?;
             (
                 vec![one],
@@ -147,6 +164,19 @@ pub fn inject(
     })
 }
 
+/// At least half of `offset`, ahead or behind, in ms.
+fn draw_offset_ms(offset: &str, rng: &mut impl Rng) -> Result<i64, ChaosError> {
+    let max = humantime::parse_duration(offset)
+        .map_err(|e| ChaosError::Plan(format!("clock offset {offset:?}: {e}")))?
+        .as_millis() as i64;
+    let magnitude = rng.random_range(max / 2..=max.max(1));
+    Ok(if rng.random_bool(0.5) {
+        magnitude
+    } else {
+        -magnitude
+    })
+}
+
 /// Undoes `injected` and waits (at most `limit`) until every node is ready.
 pub fn heal(
     cluster: &mut LocalCluster,
@@ -157,7 +187,13 @@ pub fn heal(
         FaultSpec::Kill {}
         | FaultSpec::Terminate {}
         | FaultSpec::Pause {}
-        | FaultSpec::NatsRestart {} => {}
+        | FaultSpec::NatsRestart {}
+        | FaultSpec::PowerCut { .. } => {}
+        FaultSpec::Faketime { .. } => {
+            for &id in &injected.nodes {
+                cluster.fake_time(id, 0)?;
+            }
+        }
         _ => {
             for &id in &injected.nodes {
                 cluster.post(id, "/debug/faults/heal")?;

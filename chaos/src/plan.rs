@@ -96,6 +96,24 @@ pub enum FaultSpec {
     },
     /// A node's cluster clock runs ahead or behind by up to `offset`.
     Clock { offset: String },
+    /// A node's whole process sees its wall clock move by up to `offset`
+    /// (libfaketime preloaded): every clock read, libraries' included.
+    Faketime { offset: String },
+    /// A power cut: SIGKILL, then every write not fsynced is dropped (the
+    /// nodes run with the powercut library preloaded); `scope = "node"`
+    /// cuts one node, `"cluster"` all at once.
+    PowerCut {
+        #[serde(default)]
+        scope: Scope,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scope {
+    #[default]
+    Node,
+    Cluster,
 }
 
 /// How a partition splits the nodes.
@@ -171,6 +189,20 @@ pub struct CheckedPlan {
 }
 
 impl Plan {
+    /// Whether a fault of the plan needs libfaketime.
+    pub fn needs_faketime(&self) -> bool {
+        self.faults
+            .iter()
+            .any(|f| matches!(f, FaultSpec::Faketime { .. }))
+    }
+
+    /// Whether a fault of the plan needs the powercut library.
+    pub fn needs_powercut(&self) -> bool {
+        self.faults
+            .iter()
+            .any(|f| matches!(f, FaultSpec::PowerCut { .. }))
+    }
+
     /// Reads `builtin:<name>` or a TOML file.
     pub fn load(source: &str) -> Result<Plan, ChaosError> {
         if let Some(name) = source.strip_prefix("builtin:") {
@@ -234,7 +266,7 @@ impl Plan {
                 } if *ms == 0 || *ms > 60_000 => {
                     return Err(ChaosError::Plan("a slow disk needs ms in 1..=60000".into()))
                 }
-                FaultSpec::Clock { offset } => {
+                FaultSpec::Clock { offset } | FaultSpec::Faketime { offset } => {
                     let d = parse("clock offset", offset)?;
                     if d.is_zero() || d > Duration::from_secs(10 * 366 * 86_400) {
                         return Err(ChaosError::Plan(
@@ -281,6 +313,8 @@ pub fn builtin(name: &str) -> Result<Plan, ChaosError> {
             [[fault]]
             kind = "clock"
             offset = "1h"
+            [[fault]]
+            kind = "power-cut"
             "#
         }
         "crashes" => {
@@ -344,6 +378,11 @@ pub fn builtin(name: &str) -> Result<Plan, ChaosError> {
             point = "raft-log"
             error = "slow"
             ms = 300
+            [[fault]]
+            kind = "power-cut"
+            [[fault]]
+            kind = "power-cut"
+            scope = "cluster"
             "#
         }
         "clock" => {
@@ -356,6 +395,9 @@ pub fn builtin(name: &str) -> Result<Plan, ChaosError> {
             [[fault]]
             kind = "clock"
             offset = "30d"
+            [[fault]]
+            kind = "faketime"
+            offset = "2h"
             "#
         }
         other => {

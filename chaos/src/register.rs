@@ -49,8 +49,10 @@ enum Reply {
     Ok(Value),
     /// A definite refusal the operation had no effect from (404, 409).
     Status(u16),
-    /// Timed out, connection refused or reset, a 5xx: may or may not have happened.
+    /// Timed out, reset, a 5xx: may or may not have happened.
     Unknown,
+    /// Nothing listened: it did not happen.
+    Refused,
 }
 
 struct Client {
@@ -72,8 +74,10 @@ impl Client {
 
     fn kv(&self, http: &str, op: &str, body: Value) -> Reply {
         let url = format!("{http}/api/v1/kv/{op}");
-        let Ok(mut response) = self.agent.post(&url).send_json(&body) else {
-            return Reply::Unknown;
+        let mut response = match self.agent.post(&url).send_json(&body) {
+            Ok(r) => r,
+            Err(e) if crate::refused(&e) => return Reply::Refused,
+            Err(_) => return Reply::Unknown,
         };
         let status = response.status().as_u16();
         let value: Value = response.body_mut().read_json().unwrap_or(Value::Null);
@@ -86,19 +90,24 @@ impl Client {
         }
     }
 
-    /// `Some((value, revision))`, `None` when absent, `Err` when unknown.
-    fn get(&self, http: &str, key: &str) -> Result<Option<(i64, u64)>, ()> {
+    /// `Some((value, revision))`, `None` when absent, `Err` when unknown
+    /// (`Err(true)`: refused, so it did not happen).
+    fn get(&self, http: &str, key: &str) -> Result<Option<(i64, u64)>, bool> {
         match self.kv(
             http,
             "get",
             json!({"namespace": self.namespace, "key": key}),
         ) {
             Reply::Ok(v) => {
-                let value = v["value"].as_str().and_then(|s| s.parse().ok()).ok_or(())?;
-                Ok(Some((value, v["revision"].as_u64().ok_or(())?)))
+                let value = v["value"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or(false)?;
+                Ok(Some((value, v["revision"].as_u64().ok_or(false)?)))
             }
             Reply::Status(404) => Ok(None),
-            _ => Err(()),
+            Reply::Refused => Err(true),
+            _ => Err(false),
         }
     }
 }
@@ -112,12 +121,14 @@ pub fn run(
     epoch: Instant,
     stop: Arc<AtomicBool>,
     history: Arc<Mutex<RegisterHistory>>,
+    refused: Arc<Mutex<Vec<u64>>>,
 ) {
     let now = move || epoch.elapsed().as_nanos() as u64;
     std::thread::scope(|scope| {
         for c in 0..workload.clients {
             let stop = stop.clone();
             let history = history.clone();
+            let refused_at = refused.clone();
             let nodes = nodes.to_vec();
             scope.spawn(move || {
                 let client = Client::new(workload);
@@ -130,10 +141,13 @@ pub fn run(
                     let http = &nodes[rng.random_range(0..nodes.len())];
                     let roll = rng.random_range(0..100);
                     let call = now();
+                    // Set when the request never reached a node: not recorded.
+                    let mut refused = false;
                     let (input, output) = if roll < 50 {
                         let out = client.get(http, &key);
-                        if let Ok(v) = &out {
-                            last_seen[k] = v.map(|(value, _)| value);
+                        match &out {
+                            Ok(v) => last_seen[k] = v.map(|(value, _)| value),
+                            Err(r) => refused = *r,
                         }
                         (
                             RegisterInput::Read,
@@ -146,6 +160,10 @@ pub fn run(
                                           "value": next_value.to_string()});
                         let out = match client.kv(http, "put", body) {
                             Reply::Ok(_) => Some(RegisterOutput::Written),
+                            Reply::Refused => {
+                                refused = true;
+                                None
+                            }
                             _ => None,
                         };
                         (RegisterInput::Write(next_value), out)
@@ -154,13 +172,20 @@ pub fn run(
                         next_value += 1;
                         let to = next_value;
                         let out = match client.get(http, &key) {
-                            Err(()) => None,
+                            Err(r) => {
+                                refused = r;
+                                None
+                            }
                             Ok(Some((value, revision))) if value == from => {
                                 let body = json!({"namespace": client.namespace, "key": key,
                                                   "value": to.to_string(), "revision": revision});
                                 match client.kv(http, "put", body) {
                                     Reply::Ok(_) => Some(RegisterOutput::Cas(true)),
                                     Reply::Status(409) => Some(RegisterOutput::Cas(false)),
+                                    Reply::Refused => {
+                                        refused = true;
+                                        None
+                                    }
                                     _ => None,
                                 }
                             }
@@ -171,6 +196,13 @@ pub fn run(
                         };
                         (RegisterInput::Cas { from, to }, out)
                     };
+                    if output.is_none() {
+                        std::thread::sleep(crate::BACKOFF);
+                        if refused {
+                            refused_at.lock().expect("refused lock").push(call);
+                            continue;
+                        }
+                    }
                     let op = match output {
                         Some(output) => Operation::completed(
                             c as u64,
@@ -215,7 +247,7 @@ pub fn final_reads(
                 ret,
                 RegisterOutput::Read(v.map(|(value, _)| value)),
             ),
-            Err(()) => Operation::unknown(u64::MAX, input, call),
+            Err(_) => Operation::unknown(u64::MAX, input, call),
         };
         history.lock().expect("history lock").push(op);
     }

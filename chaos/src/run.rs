@@ -46,7 +46,8 @@ pub struct FaultEvent {
     pub healed_s: f64,
     /// From the heal until every node was ready again.
     pub recovery_s: f64,
-    /// Operations invoked while the fault held, and how many got an answer.
+    /// Requests made while the fault held (refused ones included), and how
+    /// many got an answer.
     pub operations: usize,
     pub answered: usize,
     /// For a terminate: the exit code (`None`: killed after the grace period).
@@ -181,6 +182,8 @@ pub fn run(options: &RunOptions, mut progress: impl FnMut(&str)) -> Result<Repor
     let stop = Arc::new(AtomicBool::new(false));
     let register_history = Arc::new(Mutex::new(Vec::new()));
     let series_history = Arc::new(Mutex::new(Vec::new()));
+    // Requests no node listened for: not operations, but not answered either.
+    let refused = Arc::new(Mutex::new(Vec::new()));
     let workload = &plan.plan.workload;
     let register_workload = RegisterWorkload {
         keys: workload.keys,
@@ -190,31 +193,34 @@ pub fn run(options: &RunOptions, mut progress: impl FnMut(&str)) -> Result<Repor
     let series_workload = SeriesWorkload {
         keys: workload.keys,
         clients: workload.clients,
+        base,
         ..SeriesWorkload::default()
     };
     let mut threads = Vec::new();
     if workload.register {
-        let (w, nodes, stop, history, seed) = (
+        let (w, nodes, stop, history, seed, refused) = (
             register_workload.clone(),
             nodes.clone(),
             stop.clone(),
             register_history.clone(),
             options.seed,
+            refused.clone(),
         );
         threads.push(std::thread::spawn(move || {
-            register::run(&w, &nodes, seed, epoch, stop, history)
+            register::run(&w, &nodes, seed, epoch, stop, history, refused)
         }));
     }
     if workload.series {
-        let (w, nodes, stop, history, seed) = (
+        let (w, nodes, stop, history, seed, refused) = (
             series_workload.clone(),
             nodes.clone(),
             stop.clone(),
             series_history.clone(),
             options.seed,
+            refused.clone(),
         );
         threads.push(std::thread::spawn(move || {
-            series::run(&w, &nodes, seed, epoch, base, stop, history)
+            series::run(&w, &nodes, seed, epoch, stop, history, refused)
         }));
     }
     progress("workloads running");
@@ -285,9 +291,7 @@ pub fn run(options: &RunOptions, mut progress: impl FnMut(&str)) -> Result<Repor
         register::final_reads(&register_workload, &nodes[0], epoch, &register_history);
     }
     if workload.series {
-        if let Err(e) =
-            series::final_reads(&series_workload, &nodes[0], epoch, base, &series_history)
-        {
+        if let Err(e) = series::final_reads(&series_workload, &nodes[0], epoch, &series_history) {
             violations.push(e);
         }
     }
@@ -372,8 +376,20 @@ pub fn run(options: &RunOptions, mut progress: impl FnMut(&str)) -> Result<Repor
             ret: o.ret,
         }))
         .collect();
+    // Refused requests count against availability (never answered).
+    let attempts: Vec<OpTimes> = ops
+        .iter()
+        .copied()
+        .chain(
+            refused
+                .lock()
+                .expect("refused lock")
+                .iter()
+                .map(|&call| OpTimes { call, ret: None }),
+        )
+        .collect();
     for f in &mut events {
-        let during = ops.iter().filter(|o| {
+        let during = attempts.iter().filter(|o| {
             let s = o.call as f64 / 1e9;
             s >= f.start_s && s <= f.healed_s
         });
@@ -388,7 +404,7 @@ pub fn run(options: &RunOptions, mut progress: impl FnMut(&str)) -> Result<Repor
         events.iter().any(|f| s >= f.start_s && s <= f.healed_s)
     };
     let (mut during, mut during_ok, mut outside, mut outside_ok) = (0, 0, 0, 0);
-    for op in &ops {
+    for op in &attempts {
         let answered = usize::from(op.ret.is_some());
         if in_fault(op.call) {
             during += 1;

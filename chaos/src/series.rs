@@ -31,6 +31,8 @@ pub struct SeriesWorkload {
     pub clients: usize,
     /// One request's timeout: past it the outcome is unknown.
     pub timeout: Duration,
+    /// Wall-clock ns the points' timestamps start from (set per run).
+    pub base: i64,
 }
 
 impl Default for SeriesWorkload {
@@ -40,6 +42,7 @@ impl Default for SeriesWorkload {
             keys: 4,
             clients: 4,
             timeout: Duration::from_secs(2),
+            base: 0,
         }
     }
 }
@@ -97,18 +100,20 @@ impl Client {
         }
     }
 
-    /// `true`: acknowledged (204), `false`: unknown.
-    fn append(&self, http: &str, series: usize, value: u64) -> bool {
+    /// `Some(true)`: acknowledged (204), `Some(false)`: unknown, `None`:
+    /// refused (nothing listened, so it did not happen).
+    fn append(&self, http: &str, series: usize, value: u64) -> Option<bool> {
         let line = format!(
             "{},key=k{series} value={value} {}\n",
             self.workload.metric,
             timestamp(self.base, value)
         );
         let url = format!("{http}/write?precision=ns");
-        matches!(
-            self.agent.post(&url).content_type("text/plain").send(line),
-            Ok(r) if r.status().as_u16() == 204
-        )
+        match self.agent.post(&url).content_type("text/plain").send(line) {
+            Ok(r) => Some(r.status().as_u16() == 204),
+            Err(e) if crate::refused(&e) => None,
+            Err(_) => Some(false),
+        }
     }
 
     /// The whole series, or `None` when the read failed or was cut short.
@@ -143,25 +148,29 @@ impl Client {
     }
 }
 
-/// Runs the workload against `nodes` until `stop` is set. `base` is the
-/// wall-clock ns the points' timestamps start from.
+/// Runs the workload against `nodes` until `stop` is set.
 pub fn run(
     workload: &SeriesWorkload,
     nodes: &[String],
     seed: u64,
     epoch: Instant,
-    base: i64,
     stop: Arc<AtomicBool>,
     history: Arc<Mutex<SeriesHistory>>,
+    refused: Arc<Mutex<Vec<u64>>>,
 ) {
     let now = move || epoch.elapsed().as_nanos() as u64;
     let next_value = AtomicU64::new(1);
     std::thread::scope(|scope| {
         for c in 0..workload.clients {
-            let (stop, history, nodes, next_value) =
-                (stop.clone(), history.clone(), nodes.to_vec(), &next_value);
+            let (stop, history, nodes, next_value, refused) = (
+                stop.clone(),
+                history.clone(),
+                nodes.to_vec(),
+                &next_value,
+                refused.clone(),
+            );
             scope.spawn(move || {
-                let client = Client::new(workload, base);
+                let client = Client::new(workload, workload.base);
                 let mut rng = SmallRng::seed_from_u64(seed ^ 0x5e71e5 ^ ((c as u64 + 1) << 40));
                 while !stop.load(Ordering::Relaxed) {
                     let series = rng.random_range(0..workload.keys);
@@ -170,8 +179,14 @@ pub fn run(
                     let call = now();
                     let (kind, answered) = if rng.random_range(0..100) < 70 {
                         let value = next_value.fetch_add(1, Ordering::Relaxed);
-                        let acked = client.append(http, series, value);
-                        (SeriesKind::Append { value }, acked)
+                        match client.append(http, series, value) {
+                            Some(acked) => (SeriesKind::Append { value }, acked),
+                            None => {
+                                refused.lock().expect("refused lock").push(call);
+                                std::thread::sleep(crate::BACKOFF);
+                                continue;
+                            }
+                        }
                     } else {
                         match client.read(http, series) {
                             Some(points) => (
@@ -182,10 +197,16 @@ pub fn run(
                                 true,
                             ),
                             // A failed read tells nothing: not recorded.
-                            None => continue,
+                            None => {
+                                std::thread::sleep(crate::BACKOFF);
+                                continue;
+                            }
                         }
                     };
                     let ret = answered.then(now);
+                    if !answered {
+                        std::thread::sleep(crate::BACKOFF);
+                    }
                     history.lock().expect("history lock").push(SeriesOp {
                         client: c as u64,
                         series,
@@ -206,10 +227,9 @@ pub fn final_reads(
     workload: &SeriesWorkload,
     http: &str,
     epoch: Instant,
-    base: i64,
     history: &Mutex<SeriesHistory>,
 ) -> Result<(), String> {
-    let client = Client::new(workload, base);
+    let client = Client::new(workload, workload.base);
     for series in 0..workload.keys {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

@@ -11,7 +11,7 @@ use crate::ChaosError;
 const WIDTH: f64 = 1200.0;
 const LEFT: f64 = 70.0;
 const RIGHT: f64 = 20.0;
-const TOP: f64 = 40.0;
+const TOP: f64 = 90.0;
 /// Height of each of the two panels (throughput, latency).
 const PANEL: f64 = 150.0;
 const GAP: f64 = 40.0;
@@ -36,7 +36,16 @@ fn escape(s: &str) -> String {
 
 /// The SVG document.
 pub fn svg(report: &Report) -> String {
-    let duration = report.duration_s.max(1.0);
+    // The workload's span: the last answer or fault, not the checking after it.
+    let last_op = report
+        .ops
+        .iter()
+        .map(|o| o.ret.unwrap_or(o.call))
+        .max()
+        .unwrap_or(0) as f64
+        / 1e9;
+    let last_fault = report.faults.iter().map(|f| f.healed_s).fold(0.0, f64::max);
+    let duration = last_op.max(last_fault).max(1.0);
     let plot_w = WIDTH - LEFT - RIGHT;
     let x = |s: f64| LEFT + plot_w * (s / duration).clamp(0.0, 1.0);
     let buckets = (duration / BUCKET_S).ceil() as usize + 1;
@@ -93,7 +102,7 @@ pub fn svg(report: &Report) -> String {
         }
         let _ = writeln!(
             out,
-            r#"<text x="{a:.1}" y="{:.1}" font-size="9" transform="rotate(-30 {a:.1} {:.1})">{}</text>"#,
+            r#"<text x="{a:.1}" y="{:.1}" font-size="10" transform="rotate(-25 {a:.1} {:.1})">{}</text>"#,
             TOP - 4.0,
             TOP - 4.0,
             escape(&short(&f.description))
@@ -105,10 +114,11 @@ pub fn svg(report: &Report) -> String {
         let _ = writeln!(
             out,
             r##"<rect x="{LEFT}" y="{top}" width="{plot_w}" height="{PANEL}" fill="none" stroke="#444"/>
-<text x="{LEFT}" y="{:.1}" font-size="11">{label}</text>
+<text x="{:.1}" y="{:.1}" font-size="11" text-anchor="end">{label}</text>
 <text x="{:.1}" y="{:.1}" text-anchor="end">{max:.0}</text>
 <text x="{:.1}" y="{:.1}" text-anchor="end">0</text>"##,
-            top + PANEL + 14.0,
+            WIDTH - RIGHT - 4.0,
+            top + 14.0,
             LEFT - 6.0,
             top + 10.0,
             LEFT - 6.0,
@@ -144,7 +154,7 @@ pub fn svg(report: &Report) -> String {
             out,
             r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{t:.0}</text>"#,
             x(t),
-            bottom + 16.0
+            bottom + 18.0
         );
         t += step;
     }

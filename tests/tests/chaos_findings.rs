@@ -21,6 +21,8 @@ fn start(dir: &std::path::Path, shards: u32) -> LocalCluster {
         shards,
         log: "warn".into(),
         extra_args: Vec::new(),
+        powercut_lib: None,
+        faketime_lib: None,
     })
     .expect("cluster starts")
 }
