@@ -110,6 +110,12 @@ pub fn run(cmd: ChaosCommand) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         None
     };
+    let netns = plan.needs_netns();
+    if netns {
+        if let Some(why) = chronicle_chaos::netns::unavailable() {
+            return Err(format!("the plan has via = \"netns\" faults, but {why}").into());
+        }
+    }
     let plan = plan.check()?;
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
@@ -144,6 +150,7 @@ pub fn run(cmd: ChaosCommand) -> Result<(), Box<dyn std::error::Error>> {
             },
             powercut_lib,
             faketime_lib,
+            netns,
         },
         seed,
         plan,

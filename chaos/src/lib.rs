@@ -13,6 +13,7 @@ pub mod linearizability;
 pub mod local;
 pub mod model;
 pub mod nemesis;
+pub mod netns;
 pub mod plan;
 pub mod porcupine;
 pub mod powercut;

@@ -32,6 +32,9 @@ pub struct ClusterOptions {
     /// it preloaded, so [`LocalCluster::fake_time`] can move its whole
     /// process's wall clock.
     pub faketime_lib: Option<PathBuf>,
+    /// Each node in a network namespace of its own (real network cuts;
+    /// needs root): see [`crate::netns`].
+    pub netns: bool,
 }
 
 /// Debian's libfaketime (package `faketime`), if installed.
@@ -61,6 +64,8 @@ pub struct LocalCluster {
     nats: Option<Child>,
     nats_port: u16,
     nodes: Vec<NodeProc>,
+    /// Dropped after the processes (fields drop after `Drop::drop`).
+    netns: Option<crate::netns::Netns>,
 }
 
 /// A loopback port nobody listens on right now.
@@ -89,9 +94,9 @@ pub fn find_nats_server() -> PathBuf {
 }
 
 /// Starts nats-server on `port` (JetStream off) and waits until it listens.
-fn start_nats(binary: &Path, port: u16) -> Result<Child, ChaosError> {
+fn start_nats(binary: &Path, addr: &str, port: u16) -> Result<Child, ChaosError> {
     let child = Command::new(binary)
-        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-a", addr, "-p", &port.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -102,7 +107,7 @@ fn start_nats(binary: &Path, port: u16) -> Result<Child, ChaosError> {
             ))
         })?;
     wait_for(Duration::from_secs(10), "nats-server listening", || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
+        TcpStream::connect((addr, port)).is_ok()
     })?;
     Ok(child)
 }
@@ -126,16 +131,30 @@ impl LocalCluster {
             .root
             .canonicalize()
             .map_err(|e| ChaosError::Process(format!("{}: {e}", options.root.display())))?;
-        let nats_port = free_port()?;
-        let nats = start_nats(&options.nats_server, nats_port)?;
+        let ids: Vec<u64> = (1..=options.nodes).collect();
+        let netns = if options.netns {
+            Some(crate::netns::Netns::create(&ids)?)
+        } else {
+            None
+        };
+        let (nats_port, nats_addr) = match netns {
+            Some(_) => (4222, crate::netns::HUB_ADDR),
+            None => (free_port()?, "127.0.0.1"),
+        };
+        let nats = start_nats(&options.nats_server, nats_addr, nats_port)?;
         let mut cluster = Self {
             nodes: Vec::new(),
             options,
             nats: Some(nats),
             nats_port,
+            netns,
         };
         for _ in 0..cluster.options.nodes {
-            let http_port = free_port()?;
+            let http_port = if cluster.netns.is_some() {
+                8080
+            } else {
+                free_port()?
+            };
             cluster.nodes.push(NodeProc {
                 http_port,
                 child: None,
@@ -156,11 +175,26 @@ impl LocalCluster {
 
     /// `http://127.0.0.1:<port>` of node `id` (the same across restarts).
     pub fn http(&self, id: u64) -> String {
-        format!("http://127.0.0.1:{}", self.node(id).http_port)
+        format!("http://{}:{}", self.node_addr(id), self.node(id).http_port)
+    }
+
+    fn node_addr(&self, id: u64) -> String {
+        match self.netns {
+            Some(_) => crate::netns::node_addr(id),
+            None => "127.0.0.1".into(),
+        }
     }
 
     pub fn nats_url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.nats_port)
+        match self.netns {
+            Some(_) => format!("nats://{}:{}", crate::netns::HUB_ADDR, self.nats_port),
+            None => format!("nats://127.0.0.1:{}", self.nats_port),
+        }
+    }
+
+    /// The namespaces, when the nodes run in their own (real network cuts).
+    pub fn netns(&self) -> Option<&crate::netns::Netns> {
+        self.netns.as_ref()
     }
 
     fn node(&self, id: u64) -> &NodeProc {
@@ -184,7 +218,16 @@ impl LocalCluster {
             .open(&log_path)
             .map_err(|e| ChaosError::Process(format!("{}: {e}", log_path.display())))?;
         let port = self.node(id).http_port;
-        let mut command = Command::new(&self.options.chronicle);
+        let addr = self.node_addr(id);
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &ns.node(id)])
+                    .arg(&self.options.chronicle);
+                c
+            }
+            None => Command::new(&self.options.chronicle),
+        };
         let mut preload = Vec::new();
         if let Some(lib) = self.options.faketime_lib.clone() {
             let file = self.faketime_file(id);
@@ -219,7 +262,7 @@ impl LocalCluster {
             .arg("serve")
             .arg("--data-dir")
             .arg(self.data_dir(id))
-            .args(["--http-addr", &format!("127.0.0.1:{port}")])
+            .args(["--http-addr", &format!("{addr}:{port}")])
             .args(["--nats-url", &self.nats_url()])
             .args(["--node-id", &id.to_string()])
             .args(["--initial-nodes", &members.join(",")])
@@ -228,6 +271,9 @@ impl LocalCluster {
             // The nemesis's network, disk and clock faults go through /debug/faults.
             .arg("--allow-fault-injection")
             .args(&self.options.extra_args)
+            // In namespaces only this run made, the bridge address is as
+            // private as loopback.
+            .args(self.netns.is_some().then_some("--insecure"))
             .env("CHRONICLE_LOG", &self.options.log)
             .stdout(Stdio::null())
             .stderr(log)
@@ -382,7 +428,11 @@ impl LocalCluster {
     /// Starts nats-server again on its port, if it is stopped.
     pub fn start_nats(&mut self) -> Result<(), ChaosError> {
         if self.nats.is_none() {
-            self.nats = Some(start_nats(&self.options.nats_server, self.nats_port)?);
+            let addr = match self.netns {
+                Some(_) => crate::netns::HUB_ADDR,
+                None => "127.0.0.1",
+            };
+            self.nats = Some(start_nats(&self.options.nats_server, addr, self.nats_port)?);
         }
         Ok(())
     }

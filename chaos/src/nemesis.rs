@@ -11,7 +11,7 @@ use rand::Rng;
 use serde::Serialize;
 
 use crate::local::LocalCluster;
-use crate::plan::{DiskError, FaultSpec, Scope, Split};
+use crate::plan::{DiskError, FaultSpec, Scope, Split, Via};
 use crate::ChaosError;
 
 /// A fault as injected: what, on which nodes, in words.
@@ -35,7 +35,7 @@ pub fn class(spec: &FaultSpec) -> &'static str {
         FaultSpec::Partition { .. }
         | FaultSpec::Loss { .. }
         | FaultSpec::Delay { .. }
-        | FaultSpec::Duplicate {} => "network",
+        | FaultSpec::Duplicate { .. } => "network",
         FaultSpec::Disk { .. } | FaultSpec::PowerCut { .. } => "disk",
         FaultSpec::Clock { .. } | FaultSpec::Faketime { .. } => "clock",
     }
@@ -67,7 +67,66 @@ pub fn inject(
             cluster.stop_nats();
             (Vec::new(), "nats-server down".to_string())
         }
-        FaultSpec::Partition { split } => {
+        FaultSpec::Partition {
+            split,
+            via: Via::Netns,
+        } => {
+            let ns = netns_of(cluster)?;
+            let targets = match split {
+                Split::Majority => {
+                    let mut shuffled = ids.clone();
+                    shuffled.shuffle(rng);
+                    let k = rng.random_range(1..=(ids.len() - 1) / 2);
+                    shuffled[..k].to_vec()
+                }
+                _ => vec![one],
+            };
+            for &id in &targets {
+                ns.cut(id, *split == Split::OneWay)?;
+            }
+            (
+                targets.clone(),
+                format!(
+                    "real cut ({split:?}): node {targets:?} {} nats-server",
+                    if *split == Split::OneWay {
+                        "stops hearing"
+                    } else {
+                        "cut from"
+                    }
+                ),
+            )
+        }
+        FaultSpec::Loss {
+            probability,
+            via: Via::Netns,
+        } => {
+            netns_of(cluster)?.loss(one, *probability)?;
+            (
+                vec![one],
+                format!(
+                    "real loss: node {one} drops {:.0} % of its packets",
+                    probability * 100.0
+                ),
+            )
+        }
+        FaultSpec::Delay {
+            ms,
+            via: Via::Netns,
+        } => {
+            netns_of(cluster)?.netem(one, &["delay", &format!("{ms}ms")])?;
+            (
+                vec![one],
+                format!("real delay: node {one}'s packets {ms} ms late"),
+            )
+        }
+        FaultSpec::Duplicate { via: Via::Netns } => {
+            netns_of(cluster)?.netem(one, &["duplicate", "50%"])?;
+            (
+                vec![one],
+                format!("real duplication: half of node {one}'s packets twice"),
+            )
+        }
+        FaultSpec::Partition { split, .. } => {
             let cuts = split_nodes(*split, &ids, rng);
             for (node, deaf_to) in &cuts {
                 let from: Vec<String> = deaf_to.iter().map(u64::to_string).collect();
@@ -82,7 +141,7 @@ pub fn inject(
                 format!("partition {split:?}: {}", words.join(" ")),
             )
         }
-        FaultSpec::Loss { probability } => {
+        FaultSpec::Loss { probability, .. } => {
             cluster.post(
                 one,
                 &format!("/debug/faults/rule?subject=%3E&drop={probability}"),
@@ -95,14 +154,14 @@ pub fn inject(
                 ),
             )
         }
-        FaultSpec::Delay { ms } => {
+        FaultSpec::Delay { ms, .. } => {
             cluster.post(
                 one,
                 &format!("/debug/faults/rule?subject=%3E&delay_ms={ms}"),
             )?;
             (vec![one], format!("node {one}'s messages {ms} ms late"))
         }
-        FaultSpec::Duplicate {} => {
+        FaultSpec::Duplicate { .. } => {
             cluster.post(one, "/debug/faults/rule?subject=%3E&duplicate=true")?;
             (vec![one], format!("node {one}'s messages doubled"))
         }
@@ -164,6 +223,12 @@ pub fn inject(
     })
 }
 
+fn netns_of(cluster: &LocalCluster) -> Result<&crate::netns::Netns, ChaosError> {
+    cluster.netns().ok_or_else(|| {
+        ChaosError::Plan("a via = \"netns\" fault needs the nodes in namespaces".into())
+    })
+}
+
 /// At least half of `offset`, ahead or behind, in ms.
 fn draw_offset_ms(offset: &str, rng: &mut impl Rng) -> Result<i64, ChaosError> {
     let max = humantime::parse_duration(offset)
@@ -192,6 +257,21 @@ pub fn heal(
         FaultSpec::Faketime { .. } => {
             for &id in &injected.nodes {
                 cluster.fake_time(id, 0)?;
+            }
+        }
+        FaultSpec::Partition {
+            via: Via::Netns, ..
+        }
+        | FaultSpec::Loss {
+            via: Via::Netns, ..
+        }
+        | FaultSpec::Delay {
+            via: Via::Netns, ..
+        }
+        | FaultSpec::Duplicate { via: Via::Netns } => {
+            let ns = netns_of(cluster)?;
+            for &id in &injected.nodes {
+                ns.heal(id)?;
             }
         }
         _ => {

@@ -78,14 +78,29 @@ pub enum FaultSpec {
     Pause {},
     /// Kill nats-server; start it again on the same port on heal.
     NatsRestart {},
-    /// Cut nodes off from each other on the bus (both ways unless one-way).
-    Partition { split: Split },
+    /// Cut nodes off from each other (both ways unless one-way).
+    Partition {
+        split: Split,
+        #[serde(default)]
+        via: Via,
+    },
     /// One node loses this share of the messages it sends.
-    Loss { probability: f64 },
+    Loss {
+        probability: f64,
+        #[serde(default)]
+        via: Via,
+    },
     /// One node's messages arrive `ms` late.
-    Delay { ms: u64 },
+    Delay {
+        ms: u64,
+        #[serde(default)]
+        via: Via,
+    },
     /// One node's messages arrive twice.
-    Duplicate {},
+    Duplicate {
+        #[serde(default)]
+        via: Via,
+    },
     /// A failpoint on one node's disk path.
     Disk {
         point: DiskPoint,
@@ -114,6 +129,18 @@ pub enum Scope {
     #[default]
     Node,
     Cluster,
+}
+
+/// Where a network fault acts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Via {
+    /// The bus fault wrapper inside each node.
+    #[default]
+    Bus,
+    /// Real cuts: each node in its own network namespace, iptables and
+    /// `tc netem` there (needs root).
+    Netns,
 }
 
 /// How a partition splits the nodes.
@@ -189,6 +216,25 @@ pub struct CheckedPlan {
 }
 
 impl Plan {
+    /// Whether the nodes must run in network namespaces of their own.
+    pub fn needs_netns(&self) -> bool {
+        self.faults.iter().any(|f| {
+            matches!(
+                f,
+                FaultSpec::Partition {
+                    via: Via::Netns,
+                    ..
+                } | FaultSpec::Loss {
+                    via: Via::Netns,
+                    ..
+                } | FaultSpec::Delay {
+                    via: Via::Netns,
+                    ..
+                } | FaultSpec::Duplicate { via: Via::Netns }
+            )
+        })
+    }
+
     /// Whether a fault of the plan needs libfaketime.
     pub fn needs_faketime(&self) -> bool {
         self.faults
@@ -251,12 +297,20 @@ impl Plan {
         }
         for fault in &self.faults {
             match fault {
-                FaultSpec::Loss { probability } if !(0.0..=1.0).contains(probability) => {
+                FaultSpec::Partition {
+                    split: Split::Bridge | Split::Ring,
+                    via: Via::Netns,
+                } => {
+                    return Err(ChaosError::Plan(
+                        "bridge and ring partitions need the bus (via = \"bus\"): with one nats-server a node cut from it is cut from every node".into(),
+                    ))
+                }
+                FaultSpec::Loss { probability, .. } if !(0.0..=1.0).contains(probability) => {
                     return Err(ChaosError::Plan(format!(
                         "loss probability {probability} is not within 0..=1"
                     )))
                 }
-                FaultSpec::Delay { ms } if *ms == 0 || *ms > 60_000 => {
+                FaultSpec::Delay { ms, .. } if *ms == 0 || *ms > 60_000 => {
                     return Err(ChaosError::Plan("delay ms must be 1..=60000".into()))
                 }
                 FaultSpec::Disk {
@@ -287,7 +341,7 @@ impl Plan {
 }
 
 /// The names `builtin:<name>` accepts.
-pub const BUILTINS: [&str; 5] = ["smoke", "crashes", "partitions", "disk", "clock"];
+pub const BUILTINS: [&str; 6] = ["smoke", "crashes", "partitions", "netns", "disk", "clock"];
 
 /// A built-in plan.
 pub fn builtin(name: &str) -> Result<Plan, ChaosError> {
@@ -355,6 +409,25 @@ pub fn builtin(name: &str) -> Result<Plan, ChaosError> {
             ms = 300
             [[fault]]
             kind = "duplicate"
+            "#
+        }
+        // The same faults as real cuts between network namespaces (root only).
+        "netns" => {
+            r#"
+            name = "netns"
+            duration = "40s"
+            [[fault]]
+            kind = "partition"
+            split = "isolate"
+            via = "netns"
+            [[fault]]
+            kind = "partition"
+            split = "majority"
+            via = "netns"
+            [[fault]]
+            kind = "loss"
+            probability = 0.3
+            via = "netns"
             "#
         }
         "disk" => {
@@ -467,7 +540,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(plan.nodes, 5);
-        assert_eq!(plan.faults[0], FaultSpec::Partition { split: Split::Ring });
+        assert_eq!(
+            plan.faults[0],
+            FaultSpec::Partition {
+                split: Split::Ring,
+                via: Via::Bus
+            }
+        );
         let checked = plan.check().unwrap();
         assert_eq!(checked.duration, Duration::from_secs(120));
         assert!(!checked.plan.workload.series);

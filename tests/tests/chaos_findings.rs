@@ -23,6 +23,7 @@ fn start(dir: &std::path::Path, shards: u32) -> LocalCluster {
         extra_args: Vec::new(),
         powercut_lib: None,
         faketime_lib: None,
+        netns: false,
     })
     .expect("cluster starts")
 }

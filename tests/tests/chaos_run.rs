@@ -161,3 +161,39 @@ fn the_checkers_catch_follower_reads_taken_as_linearizable() {
         "{json}"
     );
 }
+
+/// Acknowledging without an fsync (the node's --no-sync): a power cut of
+/// every node loses acknowledged writes.
+#[test]
+fn the_checkers_catch_writes_acknowledged_without_an_fsync() {
+    let json = caught(
+        "no-fsync",
+        "duration = \"12s\"\ninterval = \"3s\"\nhold = \"2s\"\n[[fault]]\nkind = \"power-cut\"\nscope = \"cluster\"\n",
+    );
+    let series = &json["series"];
+    assert!(
+        series["lost"].as_u64().unwrap() > 0 || json["register"]["verdict"] == "not linearizable",
+        "{json}"
+    );
+}
+
+/// Partitions and loss as real cuts between network namespaces (iptables
+/// in each node's namespace). Needs root: without it the test says so and
+/// skips, rather than passing silently.
+#[test]
+fn real_network_cuts_between_namespaces_find_no_violation() {
+    if let Some(why) = chronicle_chaos::netns::unavailable() {
+        eprintln!("SKIPPED real network cuts: {why}");
+        return;
+    }
+    let json = chaos_run(&[
+        "--plan",
+        "builtin:netns",
+        "--seed",
+        "2",
+        "--duration",
+        "25s",
+    ]);
+    assert!(json["faults"].as_array().unwrap().len() >= 3, "{json}");
+    assert_eq!(json["register"]["verdict"], "linearizable", "{json}");
+}
