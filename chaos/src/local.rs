@@ -53,8 +53,10 @@ struct NodeProc {
     http_port: u16,
     child: Option<Child>,
     paused: bool,
-    /// The data directory's files when the process started (power cuts).
-    baseline: std::collections::BTreeMap<PathBuf, u64>,
+    /// What of the data directory was durable when the process started
+    /// (power cuts); `None` before the first start and after a cut (the
+    /// directory as it is then is all durable).
+    baseline: Option<crate::powercut::Durable>,
 }
 
 /// The running cluster; every process is killed when it is dropped.
@@ -95,7 +97,16 @@ pub fn find_nats_server() -> PathBuf {
 
 /// Starts nats-server on `port` (JetStream off) and waits until it listens.
 fn start_nats(binary: &Path, addr: &str, port: u16) -> Result<Child, ChaosError> {
-    let child = Command::new(binary)
+    let mut command = Command::new(binary);
+    // SAFETY: prctl in the child before exec: it dies with the harness.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let child = command
         .args(["-a", addr, "-p", &port.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -159,7 +170,7 @@ impl LocalCluster {
                 http_port,
                 child: None,
                 paused: false,
-                baseline: Default::default(),
+                baseline: None,
             });
         }
         for id in 1..=cluster.options.nodes {
@@ -246,13 +257,31 @@ impl LocalCluster {
         if let Some(lib) = self.options.powercut_lib.clone() {
             let data = self.data_dir(id);
             let journal = self.journal(id);
+            // After a kill or a stop, what the last process left unsynced
+            // may sit in the page cache: it stays not durable, so a later
+            // cut still drops it.
+            let baseline = match self.node_mut(id).baseline.take() {
+                Some(previous) => {
+                    crate::powercut::durable(&previous, &crate::powercut::read_journal(&journal)?)?
+                }
+                None => crate::powercut::baseline(&data)?,
+            };
             let _ = std::fs::remove_file(&journal);
-            let baseline = crate::powercut::baseline(&data)?;
-            self.node_mut(id).baseline = baseline;
+            self.node_mut(id).baseline = Some(baseline);
             preload.push(lib);
             command
                 .env("CHRONICLE_POWERCUT_JOURNAL", journal)
                 .env("CHRONICLE_POWERCUT_DIR", data);
+        }
+        // SAFETY: prctl in the child before exec; nothing else runs there.
+        // A node dies with the harness (a harness killed by a signal must
+        // not leave nodes running, in namespaces nobody deletes).
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
         }
         if !preload.is_empty() {
             let list: Vec<String> = preload.iter().map(|p| p.display().to_string()).collect();
@@ -320,8 +349,12 @@ impl LocalCluster {
             ));
         }
         self.kill(id);
-        let baseline = std::mem::take(&mut self.node_mut(id).baseline);
-        crate::powercut::cut(&self.data_dir(id), &baseline, &self.journal(id))
+        let baseline = self.node_mut(id).baseline.take().unwrap_or_default();
+        let durable = crate::powercut::durable(
+            &baseline,
+            &crate::powercut::read_journal(&self.journal(id))?,
+        )?;
+        crate::powercut::cut(&self.data_dir(id), &durable)
     }
 
     /// Whether node `id`'s process runs (paused counts as running).

@@ -23,6 +23,8 @@ pub struct Netns {
     nodes: Vec<u64>,
     /// This process's namespace before it moved into the hub.
     home: Option<std::fs::File>,
+    /// Only what this run made is deleted.
+    hub_made: bool,
 }
 
 fn run(args: &[&str]) -> Result<String, ChaosError> {
@@ -73,9 +75,11 @@ impl Netns {
             prefix,
             nodes: Vec::new(),
             home: Some(home),
+            hub_made: false,
         };
         let hub = ns.hub();
         run(&["ip", "netns", "add", &hub])?;
+        ns.hub_made = true;
         run(&["ip", "-n", &hub, "link", "set", "lo", "up"])?;
         run(&["ip", "-n", &hub, "link", "add", "br0", "type", "bridge"])?;
         run(&[
@@ -212,7 +216,9 @@ impl Drop for Netns {
         for &id in &self.nodes {
             let _ = run(&["ip", "netns", "del", &self.node(id)]);
         }
-        let _ = run(&["ip", "netns", "del", &self.hub()]);
+        if self.hub_made {
+            let _ = run(&["ip", "netns", "del", &self.hub()]);
+        }
     }
 }
 

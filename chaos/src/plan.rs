@@ -298,6 +298,13 @@ impl Plan {
         for fault in &self.faults {
             match fault {
                 FaultSpec::Partition {
+                    split: Split::Ring, ..
+                } if self.nodes < 5 => {
+                    return Err(ChaosError::Plan(
+                        "a ring partition needs 5 or more nodes (with fewer every node hears every other)".into(),
+                    ))
+                }
+                FaultSpec::Partition {
                     split: Split::Bridge | Split::Ring,
                     via: Via::Netns,
                 } => {

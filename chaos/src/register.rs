@@ -227,28 +227,40 @@ pub fn final_reads(
     http: &str,
     epoch: Instant,
     history: &Mutex<RegisterHistory>,
-) {
+) -> Result<(), String> {
     let client = Client::new(workload);
     for k in 0..workload.keys {
         let key = format!("k{k}");
-        let call = epoch.elapsed().as_nanos() as u64;
-        let out = client.get(http, &key);
-        let ret = epoch.elapsed().as_nanos() as u64;
-        let input = KeyedRegister {
-            key,
-            input: RegisterInput::Read,
-        };
-        // A client id no workload client has.
-        let op = match out {
-            Ok(v) => Operation::completed(
-                u64::MAX,
-                input,
-                call,
-                ret,
-                RegisterOutput::Read(v.map(|(value, _)| value)),
-            ),
-            Err(_) => Operation::unknown(u64::MAX, input, call),
-        };
-        history.lock().expect("history lock").push(op);
+        // Retried for up to 30 s: a read that never answers hides a loss.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let call = epoch.elapsed().as_nanos() as u64;
+            if let Ok(v) = client.get(http, &key) {
+                let ret = epoch.elapsed().as_nanos() as u64;
+                let input = KeyedRegister {
+                    key: key.clone(),
+                    input: RegisterInput::Read,
+                };
+                // A client id no workload client has.
+                history
+                    .lock()
+                    .expect("history lock")
+                    .push(Operation::completed(
+                        u64::MAX,
+                        input,
+                        call,
+                        ret,
+                        RegisterOutput::Read(v.map(|(value, _)| value)),
+                    ));
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "register key {key} could not be read after the heal"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
+    Ok(())
 }

@@ -288,7 +288,11 @@ pub fn run(options: &RunOptions, mut progress: impl FnMut(&str)) -> Result<Repor
     let mut violations = Vec::new();
     let mut violation_times = Vec::new();
     if workload.register {
-        register::final_reads(&register_workload, &nodes[0], epoch, &register_history);
+        if let Err(e) =
+            register::final_reads(&register_workload, &nodes[0], epoch, &register_history)
+        {
+            violations.push(e);
+        }
     }
     if workload.series {
         if let Err(e) = series::final_reads(&series_workload, &nodes[0], epoch, &series_history) {
@@ -417,11 +421,14 @@ pub fn run(options: &RunOptions, mut progress: impl FnMut(&str)) -> Result<Repor
     let ratio = |a: usize, b: usize| if b == 0 { 1.0 } else { a as f64 / b as f64 };
     // The nodes stop gracefully at the end; each must exit 0.
     for id in cluster.node_ids() {
-        if let Some(code) = cluster
-            .terminate(id, Duration::from_secs(30))
-            .filter(|&c| c != 0)
-        {
-            violations.push(format!("node {id} exited with {code} at the end, not 0"));
+        match cluster.terminate(id, Duration::from_secs(30)) {
+            Some(0) => {}
+            Some(code) => {
+                violations.push(format!("node {id} exited with {code} at the end, not 0"))
+            }
+            None => violations.push(format!(
+                "node {id} did not exit by itself within 30 s of SIGTERM at the end (or died by a signal)"
+            )),
         }
     }
     let report = Report {

@@ -1,25 +1,30 @@
 //! An `LD_PRELOAD` library that journals what a process made durable, so a
 //! chaos run can simulate a power cut: SIGKILL keeps the page cache and
 //! proves nothing about fsync, so after killing the process the harness
-//! ([`chronicle_chaos::powercut`]) replays this journal and truncates every
+//! (`chronicle_chaos::powercut`) replays this journal and truncates every
 //! file to the length its last `fsync`/`fdatasync` covered, deleting files
-//! created since the process started and never synced.
+//! never synced.
 //!
 //! With `CHRONICLE_POWERCUT_JOURNAL` set, each call below is passed on to
-//! libc and, when it succeeded on a path under `CHRONICLE_POWERCUT_DIR`,
-//! one line is appended to the journal with a raw `write(2)`, before the
-//! call returns (so the journal is never behind what the process was told):
+//! libc and, when it succeeded on a file under `CHRONICLE_POWERCUT_DIR`,
+//! one line is appended to the journal with one raw `write(2)` before the
+//! call returns (so the journal is never behind what the process was told).
+//! Files are named by device and inode (`<dev>:<ino>`), which renames,
+//! directory renames and hard links do not change; the path follows for
+//! people reading the journal:
 //!
-//! * `S <len> <path>`: `fsync`/`fdatasync` made `<len>` bytes durable;
-//! * `R <old>\t<new>`: `rename` (a synced file keeps what it had);
-//! * `U <path>`: `unlink`;
-//! * `T <len> <path>`: `ftruncate`.
+//! * `S <dev>:<ino> <len> <path>`: `fsync`/`fdatasync` made `<len>` bytes
+//!   durable (the length taken before the sync: what was written by then);
+//! * `T <dev>:<ino> <len> <path>`: `ftruncate`/`truncate` to `<len>`;
+//! * `U <dev>:<ino> <path>`: the last name of a file was unlinked.
 //!
 //! What it does not model: the durability of directory entries (a created
-//! or renamed file is taken to exist once its data is synced), writes inside
-//! the synced part of a file (an overwrite there is kept), and `mmap`.
+//! or renamed file is taken to exist once its data is synced), truncation
+//! by `open(O_TRUNC)` (a rewritten file keeps its unsynced new contents),
+//! writes inside the synced part of a file (an overwrite there is kept),
+//! and `mmap`.
 
-use std::ffi::{c_char, c_int, c_uint, CStr};
+use std::ffi::{c_char, c_int, CStr};
 use std::sync::OnceLock;
 
 struct Journal {
@@ -53,10 +58,16 @@ fn journal() -> Option<&'static Journal> {
 
 fn record(line: &[u8]) {
     if let Some(j) = journal() {
-        // SAFETY: writes `line` to the journal's descriptor; O_APPEND keeps
-        // lines from threads whole (each is one write under PIPE_BUF-ish sizes).
-        unsafe {
-            libc::write(j.fd, line.as_ptr().cast(), line.len());
+        // SAFETY: writes `line` to the journal's descriptor. One write(2)
+        // with O_APPEND to a regular file lands whole, so lines of threads
+        // do not interleave; a short write (a full disk) is finished.
+        let mut rest = line;
+        while !rest.is_empty() {
+            let n = unsafe { libc::write(j.fd, rest.as_ptr().cast(), rest.len()) };
+            if n <= 0 {
+                return;
+            }
+            rest = &rest[n as usize..];
         }
     }
 }
@@ -100,27 +111,6 @@ fn resolve(dirfd: c_int, path: *const c_char) -> Option<Vec<u8>> {
     Some(base)
 }
 
-fn file_len(fd: c_int) -> Option<i64> {
-    // SAFETY: fstat fills `st` for a descriptor the caller just synced.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    (unsafe { libc::fstat(fd, &mut st) } == 0 && (st.st_mode & libc::S_IFMT) == libc::S_IFREG)
-        .then_some(st.st_size)
-}
-
-fn synced(fd: c_int) {
-    if journal().is_none() {
-        return;
-    }
-    if let (Some(path), Some(len)) = (fd_path(fd), file_len(fd)) {
-        if watched(&path) {
-            let mut line = format!("S {len} ").into_bytes();
-            line.extend_from_slice(&path);
-            line.push(b'\n');
-            record(&line);
-        }
-    }
-}
-
 /// The next definition of `name` after this library's (libc's).
 macro_rules! next {
     ($name:literal, $ty:ty) => {{
@@ -135,13 +125,52 @@ macro_rules! next {
     }};
 }
 
+/// A regular file's identity and length, from `fstat`.
+fn fd_stat(fd: c_int) -> Option<(u64, u64, i64)> {
+    // SAFETY: fstat fills `st` for a descriptor of the caller's.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    (unsafe { libc::fstat(fd, &mut st) } == 0 && (st.st_mode & libc::S_IFMT) == libc::S_IFREG)
+        .then_some((st.st_dev, st.st_ino, st.st_size))
+}
+
+/// A regular file's identity and link count, by path (not following links).
+fn path_stat(dir: c_int, path: *const c_char) -> Option<(u64, u64, u64)> {
+    if path.is_null() {
+        return None;
+    }
+    // SAFETY: fstatat on a NUL-terminated path libc was given.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    (unsafe { libc::fstatat(dir, path, &mut st, libc::AT_SYMLINK_NOFOLLOW) } == 0
+        && (st.st_mode & libc::S_IFMT) == libc::S_IFREG)
+        .then_some((st.st_dev, st.st_ino, st.st_nlink))
+}
+
+fn line(kind: &str, dev: u64, ino: u64, len: Option<i64>, path: &[u8]) {
+    let mut out = match len {
+        Some(len) => format!("{kind} {dev}:{ino} {len} ").into_bytes(),
+        None => format!("{kind} {dev}:{ino} ").into_bytes(),
+    };
+    out.extend_from_slice(path);
+    out.push(b'\n');
+    record(&out);
+}
+
+/// Before a sync: the file and its length then (what the sync covers).
+fn before_sync(fd: c_int) -> Option<(u64, u64, i64, Vec<u8>)> {
+    journal()?;
+    let path = fd_path(fd).filter(|p| watched(p))?;
+    let (dev, ino, len) = fd_stat(fd)?;
+    Some((dev, ino, len, path))
+}
+
 /// # Safety
 /// Called as libc's `fsync`.
 #[no_mangle]
 pub unsafe extern "C" fn fsync(fd: c_int) -> c_int {
+    let before = before_sync(fd);
     let r = next!("fsync", unsafe extern "C" fn(c_int) -> c_int)(fd);
-    if r == 0 {
-        synced(fd);
+    if let (0, Some((dev, ino, len, path))) = (r, before) {
+        line("S", dev, ino, Some(len), &path);
     }
     r
 }
@@ -150,85 +179,21 @@ pub unsafe extern "C" fn fsync(fd: c_int) -> c_int {
 /// Called as libc's `fdatasync`.
 #[no_mangle]
 pub unsafe extern "C" fn fdatasync(fd: c_int) -> c_int {
+    let before = before_sync(fd);
     let r = next!("fdatasync", unsafe extern "C" fn(c_int) -> c_int)(fd);
-    if r == 0 {
-        synced(fd);
+    if let (0, Some((dev, ino, len, path))) = (r, before) {
+        line("S", dev, ino, Some(len), &path);
     }
     r
 }
 
-fn renamed(old: Option<Vec<u8>>, new: Option<Vec<u8>>) {
-    if let (Some(old), Some(new)) = (old, new) {
-        if watched(&old) || watched(&new) {
-            let mut line = b"R ".to_vec();
-            line.extend_from_slice(&old);
-            line.push(b'\t');
-            line.extend_from_slice(&new);
-            line.push(b'\n');
-            record(&line);
-        }
-    }
-}
-
-/// # Safety
-/// Called as libc's `rename`.
-#[no_mangle]
-pub unsafe extern "C" fn rename(old: *const c_char, new: *const c_char) -> c_int {
-    let r = next!(
-        "rename",
-        unsafe extern "C" fn(*const c_char, *const c_char) -> c_int
-    )(old, new);
-    if r == 0 && journal().is_some() {
-        renamed(resolve(libc::AT_FDCWD, old), resolve(libc::AT_FDCWD, new));
-    }
-    r
-}
-
-/// # Safety
-/// Called as libc's `renameat`.
-#[no_mangle]
-pub unsafe extern "C" fn renameat(
-    olddir: c_int,
-    old: *const c_char,
-    newdir: c_int,
-    new: *const c_char,
-) -> c_int {
-    let r = next!(
-        "renameat",
-        unsafe extern "C" fn(c_int, *const c_char, c_int, *const c_char) -> c_int
-    )(olddir, old, newdir, new);
-    if r == 0 && journal().is_some() {
-        renamed(resolve(olddir, old), resolve(newdir, new));
-    }
-    r
-}
-
-/// # Safety
-/// Called as libc's `renameat2`.
-#[no_mangle]
-pub unsafe extern "C" fn renameat2(
-    olddir: c_int,
-    old: *const c_char,
-    newdir: c_int,
-    new: *const c_char,
-    flags: c_uint,
-) -> c_int {
-    let r = next!(
-        "renameat2",
-        unsafe extern "C" fn(c_int, *const c_char, c_int, *const c_char, c_uint) -> c_int
-    )(olddir, old, newdir, new, flags);
-    if r == 0 && journal().is_some() {
-        renamed(resolve(olddir, old), resolve(newdir, new));
-    }
-    r
-}
-
-fn unlinked(path: Option<Vec<u8>>) {
-    if let Some(path) = path.filter(|p| watched(p)) {
-        let mut line = b"U ".to_vec();
-        line.extend_from_slice(&path);
-        line.push(b'\n');
-        record(&line);
+/// Before an unlink: the file, if this is its last name and it is watched.
+fn before_unlink(dir: c_int, path: *const c_char) -> Option<(u64, u64, Vec<u8>)> {
+    journal()?;
+    let full = resolve(dir, path).filter(|p| watched(p))?;
+    match path_stat(dir, path)? {
+        (dev, ino, 1) => Some((dev, ino, full)),
+        _ => None,
     }
 }
 
@@ -236,9 +201,10 @@ fn unlinked(path: Option<Vec<u8>>) {
 /// Called as libc's `unlink`.
 #[no_mangle]
 pub unsafe extern "C" fn unlink(path: *const c_char) -> c_int {
+    let before = before_unlink(libc::AT_FDCWD, path);
     let r = next!("unlink", unsafe extern "C" fn(*const c_char) -> c_int)(path);
-    if r == 0 && journal().is_some() {
-        unlinked(resolve(libc::AT_FDCWD, path));
+    if let (0, Some((dev, ino, full))) = (r, before) {
+        line("U", dev, ino, None, &full);
     }
     r
 }
@@ -247,25 +213,39 @@ pub unsafe extern "C" fn unlink(path: *const c_char) -> c_int {
 /// Called as libc's `unlinkat`.
 #[no_mangle]
 pub unsafe extern "C" fn unlinkat(dir: c_int, path: *const c_char, flags: c_int) -> c_int {
+    let before = if flags & libc::AT_REMOVEDIR == 0 {
+        before_unlink(dir, path)
+    } else {
+        None
+    };
     let r = next!(
         "unlinkat",
         unsafe extern "C" fn(c_int, *const c_char, c_int) -> c_int
     )(dir, path, flags);
-    if r == 0 && journal().is_some() {
-        unlinked(resolve(dir, path));
+    if let (0, Some((dev, ino, full))) = (r, before) {
+        line("U", dev, ino, None, &full);
     }
     r
 }
 
-fn truncated(fd: c_int, len: i64) {
+fn truncated_fd(fd: c_int, len: i64) {
     if journal().is_none() {
         return;
     }
-    if let Some(path) = fd_path(fd).filter(|p| watched(p)) {
-        let mut line = format!("T {len} ").into_bytes();
-        line.extend_from_slice(&path);
-        line.push(b'\n');
-        record(&line);
+    if let (Some(path), Some((dev, ino, _))) = (fd_path(fd).filter(|p| watched(p)), fd_stat(fd)) {
+        line("T", dev, ino, Some(len), &path);
+    }
+}
+
+fn truncated_path(path: *const c_char, len: i64) {
+    if journal().is_none() {
+        return;
+    }
+    if let (Some(full), Some((dev, ino, _))) = (
+        resolve(libc::AT_FDCWD, path).filter(|p| watched(p)),
+        path_stat(libc::AT_FDCWD, path),
+    ) {
+        line("T", dev, ino, Some(len), &full);
     }
 }
 
@@ -278,7 +258,7 @@ pub unsafe extern "C" fn ftruncate(fd: c_int, len: libc::off_t) -> c_int {
         unsafe extern "C" fn(c_int, libc::off_t) -> c_int
     )(fd, len);
     if r == 0 {
-        truncated(fd, len);
+        truncated_fd(fd, len);
     }
     r
 }
@@ -292,7 +272,35 @@ pub unsafe extern "C" fn ftruncate64(fd: c_int, len: libc::off64_t) -> c_int {
         unsafe extern "C" fn(c_int, libc::off64_t) -> c_int
     )(fd, len);
     if r == 0 {
-        truncated(fd, len);
+        truncated_fd(fd, len);
+    }
+    r
+}
+
+/// # Safety
+/// Called as libc's `truncate`.
+#[no_mangle]
+pub unsafe extern "C" fn truncate(path: *const c_char, len: libc::off_t) -> c_int {
+    let r = next!(
+        "truncate",
+        unsafe extern "C" fn(*const c_char, libc::off_t) -> c_int
+    )(path, len);
+    if r == 0 {
+        truncated_path(path, len);
+    }
+    r
+}
+
+/// # Safety
+/// Called as libc's `truncate64`.
+#[no_mangle]
+pub unsafe extern "C" fn truncate64(path: *const c_char, len: libc::off64_t) -> c_int {
+    let r = next!(
+        "truncate64",
+        unsafe extern "C" fn(*const c_char, libc::off64_t) -> c_int
+    )(path, len);
+    if r == 0 {
+        truncated_path(path, len);
     }
     r
 }
