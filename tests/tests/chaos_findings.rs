@@ -176,3 +176,57 @@ fn a_leader_whose_log_fsync_failed_does_not_resume_leading_and_lose_acknowledged
         );
     }
 }
+
+/// Chaos finding (`builtin:crashes` seed 100 in the soak; also seen in
+/// `builtin:smoke` seed 11): a read missed hundreds of acknowledged points.
+/// When a head reached `max_chunk_samples`, ingest cut it into a chunk,
+/// released the shard's state lock, and only then wrote the chunk: a read
+/// planned in between saw the samples neither in the head nor in a chunk.
+/// Here every shard write is slowed (a failpoint), which holds that window
+/// open for 300 ms; reads during it must still see every sample.
+#[test]
+fn a_read_while_a_full_head_is_cut_into_a_chunk_sees_every_sample() {
+    use chronicle_storage::{Label, Matcher, Point, Shard, ShardConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let shard = std::sync::Arc::new(
+        Shard::open(
+            dir.path(),
+            ShardConfig {
+                sync_writes: false,
+                max_chunk_samples: 4,
+                ..ShardConfig::default()
+            },
+        )
+        .unwrap(),
+    );
+    let point = |i: i64| Point::new("cut", vec![Label::new("k", "v")], i as f64, 1_000 + i);
+    shard.write_batch(&[point(0), point(1), point(2)]).unwrap();
+    let count = |shard: &Shard| -> usize {
+        shard
+            .query(&[Matcher::equal("__name__", "cut")], 0, i64::MAX)
+            .unwrap()
+            .iter()
+            .map(|s| s.1.len())
+            .sum()
+    };
+    assert_eq!(count(&shard), 3);
+    fail::cfg(chronicle_storage::faults::WRITE, "sleep(300)").unwrap();
+    let writer = {
+        let shard = shard.clone();
+        // The fourth sample fills the head: it is cut into a chunk.
+        std::thread::spawn(move || shard.write_batch(&[point(3)]).unwrap())
+    };
+    let deadline = Instant::now() + Duration::from_millis(900);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        seen.push(count(&shard));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    writer.join().unwrap();
+    fail::remove(chronicle_storage::faults::WRITE);
+    assert!(
+        seen.iter().all(|&n| n >= 3),
+        "a read saw samples vanish while the head was cut: {seen:?}"
+    );
+    assert_eq!(count(&shard), 4);
+}
