@@ -328,6 +328,9 @@ pub struct Features {
     running: Vec<(&'static str, Arc<dyn Running>)>,
 }
 
+/// How long shutdown waits for one feature to stop.
+const STOP_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Features {
     pub fn names(&self) -> Vec<&'static str> {
         self.running.iter().map(|(n, _)| *n).collect()
@@ -365,7 +368,9 @@ impl Features {
     /// Shutdown's second step, in reverse start order, all by `deadline`.
     pub async fn finish(&self, deadline: tokio::time::Instant) {
         for (name, r) in self.running.iter().rev() {
-            r.finish(deadline).await;
+            // Held to the deadline whatever the feature awaits (an actor
+            // busy with a write that waits for a quorum that is gone).
+            let _ = tokio::time::timeout_at(deadline, r.finish(deadline)).await;
             if tokio::time::Instant::now() >= deadline {
                 warn!(
                     feature = name,
@@ -383,8 +388,10 @@ impl Features {
 
     /// Shutdown's last step, in reverse start order.
     pub async fn stop(&self) {
-        for (_, r) in self.running.iter().rev() {
-            r.stop().await;
+        for (name, r) in self.running.iter().rev() {
+            if tokio::time::timeout(STOP_LIMIT, r.stop()).await.is_err() {
+                warn!(feature = name, limit = ?STOP_LIMIT, "feature did not stop in time; going on");
+            }
         }
     }
 }
