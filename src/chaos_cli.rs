@@ -21,7 +21,8 @@ pub enum ChaosCommand {
 #[derive(clap::Args)]
 pub struct RunArgs {
     /// The fault plan: a TOML file, or builtin:smoke, builtin:crashes,
-    /// builtin:partitions, builtin:disk, builtin:clock (docs/chaos.md).
+    /// builtin:partitions, builtin:netns (root), builtin:disk, builtin:clock
+    /// (docs/chaos.md).
     #[arg(long, default_value = "builtin:smoke")]
     plan: String,
     /// Seed of the nemesis and the workloads (default: from the clock; printed).

@@ -1,7 +1,7 @@
 //! Fault plans: what a chaos run starts, which workloads it runs, and the
 //! faults its nemesis draws from, written in TOML (docs/chaos.md) or taken
 //! from the built-in suite (`builtin:smoke`, `builtin:crashes`,
-//! `builtin:partitions`, `builtin:disk`, `builtin:clock`).
+//! `builtin:partitions`, `builtin:netns`, `builtin:disk`, `builtin:clock`).
 
 use std::time::Duration;
 
