@@ -163,6 +163,15 @@ pub fn serve(
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            // A malformed query string is a JSON 400 like every other refusal.
+            .app_data(web::QueryConfig::default().error_handler(|e, _| {
+                let why = e.to_string();
+                actix_web::error::InternalError::from_response(
+                    e,
+                    error(StatusCode::BAD_REQUEST, "bad_request", why),
+                )
+                .into()
+            }))
             .wrap(actix_web::middleware::from_fn(authorize))
             .route("/health", web::get().to(ready))
             .route("/health/ready", web::get().to(ready))

@@ -36,6 +36,16 @@ pub(crate) fn refused(e: &ureq::Error) -> bool {
     }
 }
 
+/// An HTTP client that answers every status (4xx and 5xx are answers the
+/// workloads judge, not errors) and gives up after `timeout`.
+pub(crate) fn http_agent(timeout: std::time::Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .build()
+        .new_agent()
+}
+
 /// How long a workload client waits after a request failed, so a node that
 /// is down does not turn into thousands of failed operations a second.
 pub(crate) const BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);

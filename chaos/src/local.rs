@@ -95,17 +95,24 @@ pub fn find_nats_server() -> PathBuf {
         })
 }
 
-/// Starts nats-server on `port` (JetStream off) and waits until it listens.
-fn start_nats(binary: &Path, addr: &str, port: u16) -> Result<Child, ChaosError> {
-    let mut command = Command::new(binary);
-    // SAFETY: prctl in the child before exec: it dies with the harness.
+/// The child gets SIGKILL when the harness's thread that started it ends:
+/// a harness killed by a signal leaves no node or nats-server running (in
+/// namespaces nobody would delete).
+fn die_with_harness(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only prctl runs in the child between fork and exec.
     unsafe {
-        use std::os::unix::process::CommandExt;
         command.pre_exec(|| {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             Ok(())
         });
     }
+}
+
+/// Starts nats-server on `port` (JetStream off) and waits until it listens.
+fn start_nats(binary: &Path, addr: &str, port: u16) -> Result<Child, ChaosError> {
+    let mut command = Command::new(binary);
+    die_with_harness(&mut command);
     let child = command
         .args(["-a", addr, "-p", &port.to_string()])
         .stdout(Stdio::null())
@@ -273,16 +280,7 @@ impl LocalCluster {
                 .env("CHRONICLE_POWERCUT_JOURNAL", journal)
                 .env("CHRONICLE_POWERCUT_DIR", data);
         }
-        // SAFETY: prctl in the child before exec; nothing else runs there.
-        // A node dies with the harness (a harness killed by a signal must
-        // not leave nodes running, in namespaces nobody deletes).
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        die_with_harness(&mut command);
         if !preload.is_empty() {
             let list: Vec<String> = preload.iter().map(|p| p.display().to_string()).collect();
             command.env("LD_PRELOAD", list.join(":"));
@@ -433,11 +431,7 @@ impl LocalCluster {
 
     /// Waits until every running node answers 200 on `/health/ready`.
     pub fn wait_ready(&self, limit: Duration) -> Result<(), ChaosError> {
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(2)))
-            .http_status_as_error(false)
-            .build()
-            .new_agent();
+        let agent = crate::http_agent(Duration::from_secs(2));
         for id in self.node_ids().into_iter().filter(|&id| self.is_up(id)) {
             let url = format!("{}/health/ready", self.http(id));
             wait_for(limit, &format!("node {id} ready"), || {
@@ -473,11 +467,7 @@ impl LocalCluster {
     /// POSTs to `path` of node `id` (a `/debug/faults/...` route); anything
     /// but a 2xx answer is an error.
     pub fn post(&self, id: u64, path: &str) -> Result<(), ChaosError> {
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(5)))
-            .http_status_as_error(false)
-            .build()
-            .new_agent();
+        let agent = crate::http_agent(Duration::from_secs(5));
         let url = format!("{}{path}", self.http(id));
         match agent.post(&url).send_empty() {
             Ok(r) if r.status().is_success() => Ok(()),

@@ -63,11 +63,7 @@ struct Client {
 impl Client {
     fn new(workload: &RegisterWorkload) -> Self {
         Self {
-            agent: ureq::Agent::config_builder()
-                .timeout_global(Some(workload.timeout))
-                .http_status_as_error(false)
-                .build()
-                .new_agent(),
+            agent: crate::http_agent(workload.timeout),
             namespace: workload.namespace.clone(),
         }
     }

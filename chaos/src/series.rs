@@ -90,11 +90,7 @@ struct Client {
 impl Client {
     fn new(workload: &SeriesWorkload, base: i64) -> Self {
         Self {
-            agent: ureq::Agent::config_builder()
-                .timeout_global(Some(workload.timeout))
-                .http_status_as_error(false)
-                .build()
-                .new_agent(),
+            agent: crate::http_agent(workload.timeout),
             workload: workload.clone(),
             base,
         }

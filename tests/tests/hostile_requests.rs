@@ -265,3 +265,45 @@ fn hostile_requests_get_4xx_fast_and_the_node_stays_small() {
     let status = node.stop();
     assert!(status.success(), "node exited with {status}");
 }
+
+/// The fault-injection routes: 404 on a node without fault injection, 4xx
+/// for every bad parameter on one with it, and the node stays ready.
+#[test]
+fn bad_fault_injection_requests_get_4xx_and_the_node_stays_ready() {
+    let data = tempfile::tempdir().unwrap();
+    let plain = NodeProcess::start(BIN, &data.path().join("plain"), None, &[]);
+    for path in [
+        "/debug/faults/rule?subject=%3E&drop=0.5",
+        "/debug/faults/clock?offset_ms=1",
+    ] {
+        let a = post(&format!("{}{path}", plain.http), "text/plain", b"");
+        assert_eq!(a.status, 404, "{path} without fault injection: {}", a.body);
+    }
+    drop(plain);
+    let node = NodeProcess::start(
+        BIN,
+        &data.path().join("faulty"),
+        None,
+        &["--allow-fault-injection"],
+    );
+    for path in [
+        "/debug/faults/rule?subject=%3E",
+        "/debug/faults/rule?subject=%3E&drop=2",
+        "/debug/faults/rule?subject=%3E&delay_ms=999999",
+        "/debug/faults/rule?subject=a..b&drop=0.1",
+        "/debug/faults/rule?subject=%3E&drop=0.1&duplicate=true",
+        "/debug/faults/disk?point=nowhere&fault=eio",
+        "/debug/faults/disk?point=storage::write&fault=meteor",
+        "/debug/faults/disk?point=storage::write&fault=slow&ms=0",
+        "/debug/faults/clock?offset_ms=999999999999999",
+        "/debug/faults/clock?offset_ms=soon",
+        "/debug/faults/partition?from=x",
+    ] {
+        refused(
+            path,
+            &post(&format!("{}{path}", node.http), "text/plain", b""),
+        );
+    }
+    let ready = get(&format!("{}/health/ready", node.http));
+    assert_eq!(ready.status, 200, "{}", ready.body);
+}
