@@ -352,6 +352,30 @@ impl LogStore {
         }
     }
 
+    /// Rewrites a saved vote that is `node`'s own committed leadership as a
+    /// plain vote for itself in the same term, so the member starts as a
+    /// follower and must win an election. openraft 0.9 otherwise resumes such
+    /// a member as leader of that term without asking anyone, and after a
+    /// power cut or a failed log fsync its log can lack entries it already
+    /// sent: as leader it would give those indexes to new entries under the
+    /// same log ids and the replicas would diverge. The term and whom it voted
+    /// for stay, so it cannot vote twice in that term.
+    pub(crate) async fn demote_own_leadership(&self, node: u64) -> Result<bool, ClusterError> {
+        match self.meta::<WireVote>(KEY_VOTE)? {
+            Some(vote) if vote.committed && vote.node == node => {
+                let plain = WireVote {
+                    committed: false,
+                    ..vote
+                };
+                self.put_meta(KEY_VOTE, &plain)
+                    .await
+                    .map_err(|e| ClusterError::Raft(format!("saving the demoted vote: {e}")))?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     async fn put_meta<T>(&self, key: &[u8], value: &T) -> Result<(), std::io::Error>
     where
         T: for<'a> rkyv::Serialize<

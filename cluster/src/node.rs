@@ -798,6 +798,12 @@ impl ClusterNode {
                 .map_err(|e| ClusterError::Raft(e.to_string()))?;
             state.last_log_id.is_none() && vote.is_none()
         };
+        if log.demote_own_leadership(config.node_id).await? {
+            info!(
+                shard,
+                "restarted as a follower of the term it led; an election follows"
+            );
+        }
         let mut sm = ShardStateMachine::open(dir.join("state"), config.shard.clone())?;
         let cell = sm.shard();
         // Subscribed before Raft starts applying, so no batch is missed.

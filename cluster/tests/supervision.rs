@@ -108,3 +108,59 @@ async fn a_group_that_failed_repeatedly_is_ready_again_once_it_runs_steady() {
     }
     node.shutdown().await;
 }
+
+fn term_of(node: &ClusterNode, shard: u32) -> u64 {
+    node.status().1[shard as usize].term
+}
+
+/// A member whose saved vote is its own committed leadership must not take
+/// that leadership back from disk: after a failed log fsync or a power cut its
+/// log can lack entries it already sent to followers, and resuming would
+/// reuse their log ids for new entries. It restarts as a follower and wins a
+/// new term instead, after the supervisor's restart and after a process
+/// restart alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_leader_is_elected_in_a_new_term_rather_than_resuming_its_old_one() {
+    let dir = TempDir::new().unwrap();
+    let bus: Arc<dyn Bus> = Arc::new(LocalBus::default());
+    let mut config = ClusterConfig::new(1, vec![1], dir.path().join("n1"));
+    config.shards = 1;
+    config.shard = ShardConfig {
+        sync_writes: false,
+        ..ShardConfig::default()
+    };
+    let node = ClusterNode::start(config.clone(), bus.clone())
+        .await
+        .unwrap();
+    assert!(node.wait_for_leaders(Duration::from_secs(10)).await);
+    node.write(&[point(1)]).await.unwrap();
+    let led = term_of(&node, 0);
+
+    assert!(node.inject_group_failure(0).await);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(node.group_restarts(0) >= 1 && node.write(&[point(2)]).await.is_ok()) {
+        assert!(Instant::now() < deadline, "the group was not restarted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after_supervisor = term_of(&node, 0);
+    assert!(
+        after_supervisor > led,
+        "the supervisor's restart resumed term {led} instead of winning a new one"
+    );
+    node.shutdown().await;
+    drop(node);
+
+    let node = ClusterNode::start(config, bus).await.unwrap();
+    assert!(node.wait_for_leaders(Duration::from_secs(10)).await);
+    node.write(&[point(3)]).await.unwrap();
+    assert!(
+        term_of(&node, 0) > after_supervisor,
+        "a process restart resumed term {after_supervisor} instead of winning a new one"
+    );
+    let stored = node
+        .read_all(&[Matcher::equal("__name__", "sup")], 0, 10 * S)
+        .await
+        .unwrap();
+    assert_eq!(stored[0].1.len(), 3, "every acknowledged write survives");
+    node.shutdown().await;
+}

@@ -69,12 +69,13 @@ fn values(cluster: &LocalCluster, via: u64, base: i64) -> Option<Vec<u64>> {
 
 /// A hazard read from openraft's code while chasing a chaos finding: a
 /// leader whose Raft log fsync failed has its group restarted from disk by
-/// the supervisor, and openraft 0.9 resumes it as leader in the same term
-/// when its saved vote is committed. Its log may lack entries it sent to
+/// the supervisor, and openraft 0.9 resumed it as leader in the same term
+/// when its saved vote was committed. Its log may lack entries it sent to
 /// followers but did not write, so it would give those indexes to new
-/// entries under the same log ids and the replicas would diverge. Not fixed
-/// yet (docs/chaos.md, Open findings); this replays the fault and requires
-/// every acknowledged write on every node, and passes today.
+/// entries under the same log ids and the replicas would diverge. Fixed: a
+/// restarted member demotes that vote and must win a new term
+/// (cluster/tests/supervision.rs checks the mechanism); this replays the
+/// fault end to end and requires every acknowledged write on every node.
 #[test]
 fn a_leader_whose_log_fsync_failed_does_not_resume_leading_and_lose_acknowledged_writes() {
     let dir = tempfile::tempdir().unwrap();
