@@ -15,7 +15,68 @@ pub enum ChaosCommand {
     /// clock), heal, check the histories (linearizability; no lost,
     /// duplicated, phantom or stale point), and report. Exits non-zero on
     /// any violation. Replay a run with its --seed.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// Delete every Chaos Mesh resource a Kubernetes run made (they carry
+    /// the label chronicle.io/chaos-run=<run id>), e.g. after the harness
+    /// itself was killed.
+    Clean(CleanArgs),
+}
+
+#[derive(clap::Args)]
+pub struct CleanArgs {
+    /// The run id a Kubernetes run printed.
+    #[arg(long)]
+    run_id: String,
+    /// The release's namespace.
+    #[arg(long, default_value = "default")]
+    namespace: String,
+}
+
+/// Where a Kubernetes run finds the release (with --kubernetes).
+#[derive(clap::Args)]
+pub struct KubeArgs {
+    /// Run against a Helm-installed release through Chaos Mesh instead of
+    /// local processes (docs/kubernetes.md): faults become Chaos Mesh
+    /// resources on the release's pods, the workloads go through --http.
+    /// The Kubernetes configuration is $KUBECONFIG's or ~/.kube/config's
+    /// current context, or the pod's service account.
+    #[arg(long)]
+    kubernetes: bool,
+    /// The release's namespace.
+    #[arg(long, default_value = "default", requires = "kubernetes")]
+    namespace: String,
+    /// The Helm release name (pods labelled app.kubernetes.io/instance=NAME).
+    #[arg(long, default_value = "chronicle", requires = "kubernetes")]
+    release: String,
+    /// The client Service's URL, e.g. a `kubectl port-forward` of it
+    /// (repeat for several; the workloads spread over them).
+    #[arg(
+        long = "http",
+        default_value = "http://127.0.0.1:8086",
+        requires = "kubernetes"
+    )]
+    http: Vec<String>,
+    /// Labels of the NATS pods network faults cut nodes off from
+    /// (default: the chart's bundled NATS, app.kubernetes.io/name=nats,
+    /// app.kubernetes.io/instance=RELEASE).
+    #[arg(long, requires = "kubernetes", conflicts_with = "nats_external")]
+    nats_selector: Option<String>,
+    /// NATS outside Kubernetes: its hosts or CIDRs (comma-separated).
+    #[arg(long, requires = "kubernetes")]
+    nats_external: Option<String>,
+    /// The data volume's mount path in the pods.
+    #[arg(long, default_value = "/var/lib/chronicle", requires = "kubernetes")]
+    data_path: String,
+    /// The Chronicle container's name in the pods.
+    #[arg(long, default_value = "chronicle", requires = "kubernetes")]
+    container: String,
+    /// Label and name this run's resources with this id (default: from the seed).
+    #[arg(long, requires = "kubernetes")]
+    run_id: Option<String>,
+    /// Print the Chaos Mesh resources each fault of the plan becomes (pods
+    /// named as the chart names them, --nodes of them) and exit.
+    #[arg(long, requires = "kubernetes")]
+    dry_run: bool,
 }
 
 #[derive(clap::Args)]
@@ -67,10 +128,15 @@ pub struct RunArgs {
     /// this binary, where `cargo build` puts it).
     #[arg(long)]
     powercut_lib: Option<PathBuf>,
+    #[command(flatten)]
+    kube: KubeArgs,
 }
 
 pub fn run(cmd: ChaosCommand) -> Result<(), Box<dyn std::error::Error>> {
-    let ChaosCommand::Run(args) = cmd;
+    let args = match cmd {
+        ChaosCommand::Run(args) => args,
+        ChaosCommand::Clean(args) => return clean(&args),
+    };
     let mut plan = Plan::load(&args.plan)?;
     if let Some(n) = args.nodes {
         plan.nodes = n;
@@ -92,6 +158,12 @@ pub fn run(cmd: ChaosCommand) -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(n) = args.keys {
         plan.workload.keys = n;
+    }
+    if args.kube.kubernetes {
+        return run_on_kubernetes(&args, plan);
+    }
+    if let Some(why) = plan.kubernetes_only() {
+        return Err(format!("{why}; a local run cannot inject it").into());
     }
     let powercut_lib = if plan.needs_powercut() {
         let exe = std::env::current_exe()?;
@@ -118,11 +190,7 @@ pub fn run(cmd: ChaosCommand) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let plan = plan.check()?;
-    let seed = args.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64)
-    });
+    let seed = seed_of(&args);
     let temp = match &args.dir {
         Some(_) => None,
         None => Some(
@@ -158,14 +226,8 @@ pub fn run(cmd: ChaosCommand) -> Result<(), Box<dyn std::error::Error>> {
         max_steps: 20_000_000,
     };
     let report = run_chaos(&options, |line| eprintln!("chaos: {line}"))?;
-    print!("{}", report.summary());
-    if let Some(dir) = &args.report {
-        write_report(&report, dir)?;
-        eprintln!("chaos: report in {}", dir.display());
-    }
-    if report.passed() {
-        Ok(())
-    } else {
+    let outcome = finish(&report, args.report.as_deref());
+    if outcome.is_err() {
         // Keep the nodes' data and logs for a look.
         if let Some(temp) = temp {
             eprintln!(
@@ -173,6 +235,157 @@ pub fn run(cmd: ChaosCommand) -> Result<(), Box<dyn std::error::Error>> {
                 temp.keep().display()
             );
         }
+    }
+    outcome
+}
+
+fn seed_of(args: &RunArgs) -> u64 {
+    args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+    })
+}
+
+fn labels(text: &str) -> Result<Vec<(String, String)>, String> {
+    text.split(',')
+        .map(|pair| {
+            let (k, v) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("--nats-selector {pair:?}: not key=value"))?;
+            Ok((k.trim().to_string(), v.trim().to_string()))
+        })
+        .collect()
+}
+
+/// The pod names the chart gives a release's StatefulSet (Helm's fullname
+/// convention), for a dry run.
+fn chart_pod_name(release: &str, ordinal: u64) -> String {
+    if release.contains("chronicle") {
+        format!("{release}-{ordinal}")
+    } else {
+        format!("{release}-chronicle-{ordinal}")
+    }
+}
+
+fn run_on_kubernetes(
+    args: &RunArgs,
+    plan: chronicle_chaos::plan::Plan,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use chronicle_chaos_mesh::resources::{translate, NatsPeer, Scene};
+    use chronicle_chaos_mesh::target::{KubeOptions, KubeTarget};
+    use rand::SeedableRng;
+
+    let kube = &args.kube;
+    let plan = plan.check()?;
+    let seed = seed_of(args);
+    let run = kube
+        .run_id
+        .clone()
+        .unwrap_or_else(|| format!("{:x}", seed & 0xffff_ffff_ffff));
+    if run.is_empty()
+        || run.len() > 20
+        || !run
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err("--run-id must be 1..=20 of a-z, 0-9 and -".into());
+    }
+    let nats = match (&kube.nats_external, &kube.nats_selector) {
+        (Some(hosts), _) => {
+            NatsPeer::External(hosts.split(',').map(|h| h.trim().to_string()).collect())
+        }
+        (None, Some(selector)) => NatsPeer::Pods(labels(selector)?),
+        (None, None) => NatsPeer::Pods(vec![
+            ("app.kubernetes.io/name".into(), "nats".into()),
+            ("app.kubernetes.io/instance".into(), kube.release.clone()),
+        ]),
+    };
+    if kube.dry_run {
+        let scene = Scene {
+            namespace: kube.namespace.clone(),
+            run: run.clone(),
+            pods: (0..plan.plan.nodes)
+                .map(|i| (i + 1, chart_pod_name(&kube.release, i)))
+                .collect(),
+            nats,
+            data_path: kube.data_path.clone(),
+            container: kube.container.clone(),
+        };
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+        let mut objects = Vec::new();
+        for (i, fault) in plan.plan.faults.iter().enumerate() {
+            for o in translate(&scene, fault, i + 1, plan.hold, &mut rng)?.objects {
+                objects.push(o.body);
+            }
+        }
+        for (i, r) in plan.plan.recurring.iter().enumerate() {
+            let o = chronicle_chaos_mesh::resources::schedule(
+                &scene,
+                &r.cron,
+                &r.fault,
+                plan.plan.faults.len() + i + 1,
+                plan.hold,
+                &mut rng,
+            )?;
+            objects.push(o.body);
+        }
+        println!("{}", serde_json::to_string_pretty(&objects)?);
+        return Ok(());
+    }
+    // The workloads authenticate like every CLI command (--token, --ca-file).
+    crate::http_client::agent(std::time::Duration::from_secs(1))?;
+    chronicle_chaos::set_agent_factory(Box::new(|timeout| {
+        crate::http_client::agent(timeout).expect("checked above")
+    }));
+    eprintln!(
+        "chaos: plan {}, seed {seed} (replay with --seed {seed}), run id {run} (its resources carry chronicle.io/chaos-run={run})",
+        plan.plan.name
+    );
+    let options = KubeOptions {
+        namespace: kube.namespace.clone(),
+        release: kube.release.clone(),
+        endpoints: kube.http.clone(),
+        nats,
+        data_path: kube.data_path.clone(),
+        container: kube.container.clone(),
+        run,
+    };
+    let mut target = KubeTarget::connect(options, &plan, seed, None, |line| {
+        eprintln!("chaos: {line}")
+    })?;
+    let report = chronicle_chaos::run::run_on(&mut target, &plan, seed, 20_000_000, |line| {
+        eprintln!("chaos: {line}")
+    })?;
+    drop(target);
+    finish(&report, args.report.as_deref())
+}
+
+fn finish(
+    report: &chronicle_chaos::run::Report,
+    dir: Option<&std::path::Path>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    print!("{}", report.summary());
+    if let Some(dir) = dir {
+        write_report(report, dir)?;
+        eprintln!("chaos: report in {}", dir.display());
+    }
+    if report.passed() {
+        Ok(())
+    } else {
         Err(format!("{} violation(s)", report.violations.len()).into())
     }
+}
+
+fn clean(args: &CleanArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let deleted = runtime.block_on(async {
+        let mesh =
+            chronicle_chaos_mesh::client::Mesh::connect(&args.namespace, &args.run_id).await?;
+        mesh.delete_run().await
+    })?;
+    println!("deleted {deleted} resource(s) of run {}", args.run_id);
+    Ok(())
 }

@@ -21,6 +21,27 @@ pub enum ClusterCommand {
     RemoveNode(NodeArgs),
     /// Make a replica the leader of its shard.
     TransferLeader(TransferArgs),
+    /// Make nodes 1..=N the members: move every replica off members with a
+    /// higher id (remove-node), then add each of 1..=N that holds none,
+    /// waiting for it to come up (add-node). Safe to run again; the Helm
+    /// chart's hooks run it on every install and upgrade.
+    Scale(ScaleArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    /// The member count wanted: nodes 1..=N hold the replicas.
+    #[arg(long)]
+    pub members: u64,
+    /// Node HTTP URL (any member that stays).
+    #[arg(long, env = "CHRONICLE_HTTP", default_value = "http://127.0.0.1:8086")]
+    pub http: String,
+    /// How long to wait for a node to add to come up (`30s`, `10m`).
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub wait: Duration,
+    /// Only move replicas off members above N (before their pods go); add nobody.
+    #[arg(long)]
+    pub shrink_only: bool,
 }
 
 #[derive(Debug, Args)]
@@ -76,6 +97,7 @@ pub fn run(command: ClusterCommand) -> Result<(), Error> {
             );
             Ok(())
         }
+        ClusterCommand::Scale(args) => scale(args),
         ClusterCommand::TransferLeader(args) => {
             post(
                 &args.http,
@@ -88,6 +110,79 @@ pub fn run(command: ClusterCommand) -> Result<(), Error> {
             Ok(())
         }
     }
+}
+
+/// The node ids holding replicas, as `GET /api/v1/cluster/status` lists them.
+fn members(http: &str) -> Result<Vec<u64>, Error> {
+    let url = format!("{}/api/v1/cluster/status", http.trim_end_matches('/'));
+    let agent = agent(Duration::from_secs(30))?;
+    let value = call(&url, || agent.get(&url).call())?;
+    Ok(value["members"]
+        .as_array()
+        .ok_or_else(|| format!("{url}: no members in the answer"))?
+        .iter()
+        .filter_map(|m| m["node_id"].as_u64())
+        .collect())
+}
+
+/// What `scale` does to reach `wanted` members from `current`: nodes to
+/// empty (highest first), then nodes to add (lowest first).
+fn scale_steps(current: &[u64], wanted: u64) -> (Vec<u64>, Vec<u64>) {
+    let mut remove: Vec<u64> = current.iter().copied().filter(|&id| id > wanted).collect();
+    remove.sort_unstable_by(|a, b| b.cmp(a));
+    let add = (1..=wanted).filter(|id| !current.contains(id)).collect();
+    (remove, add)
+}
+
+fn scale(args: ScaleArgs) -> Result<(), Error> {
+    if args.members == 0 || args.members > 1000 {
+        return Err("--members must be 1..=1000".into());
+    }
+    let current = members(&args.http)?;
+    let (remove, add) = scale_steps(&current, args.members);
+    eprintln!(
+        "members now {current:?}; wanted 1..={}: emptying {remove:?}{}",
+        args.members,
+        if args.shrink_only {
+            String::new()
+        } else {
+            format!(", adding {add:?}")
+        }
+    );
+    for id in remove {
+        let reply = post(&args.http, &format!("/api/v1/cluster/remove-node?id={id}"))?;
+        print_moves(
+            &reply,
+            &format!("node {id} holds no replica now; it can be stopped"),
+        );
+    }
+    if args.shrink_only {
+        return Ok(());
+    }
+    for id in add {
+        // A new pod takes a while to start and join; until it has, the
+        // cluster refuses to move replicas to it.
+        let deadline = std::time::Instant::now() + args.wait;
+        loop {
+            match post(&args.http, &format!("/api/v1/cluster/add-node?id={id}")) {
+                Ok(reply) => {
+                    print_moves(&reply, &format!("node {id} added"));
+                    break;
+                }
+                Err(e) if std::time::Instant::now() < deadline => {
+                    eprintln!("node {id} not added yet ({e}); trying again in 5 s");
+                    std::thread::sleep(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    return Err(
+                        format!("node {id} was not added within {:?}: {e}", args.wait).into(),
+                    )
+                }
+            }
+        }
+    }
+    println!("members: 1..={}", args.members);
+    Ok(())
 }
 
 fn agent(timeout: Duration) -> Result<ureq::Agent, Error> {
@@ -219,6 +314,14 @@ fn status_table(value: &Value) -> String {
 mod tests {
     use super::*;
     use chronicle_cluster::ShardStatus;
+
+    #[test]
+    fn scale_empties_the_highest_first_and_adds_the_missing_lowest_first() {
+        assert_eq!(scale_steps(&[1, 2, 3], 5), (vec![], vec![4, 5]));
+        assert_eq!(scale_steps(&[1, 2, 3, 4, 5], 3), (vec![5, 4], vec![]));
+        assert_eq!(scale_steps(&[1, 3, 4], 3), (vec![4], vec![2]));
+        assert_eq!(scale_steps(&[1, 2, 3], 3), (vec![], vec![]));
+    }
 
     #[test]
     fn status_has_the_documented_shape_and_prints_as_a_table() {

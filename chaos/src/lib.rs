@@ -36,9 +36,25 @@ pub(crate) fn refused(e: &ureq::Error) -> bool {
     }
 }
 
+/// Makes an HTTP agent for a request timeout.
+pub type AgentFactory = Box<dyn Fn(std::time::Duration) -> ureq::Agent + Send + Sync>;
+
+static AGENTS: std::sync::OnceLock<AgentFactory> = std::sync::OnceLock::new();
+
+/// Makes the workloads' requests through agents from `factory` (one that
+/// sends a token and trusts a CA: a Helm-installed cluster runs with
+/// `--auth`). The first call wins. The factory's agents must answer every
+/// status, as [`http_agent`]'s do.
+pub fn set_agent_factory(factory: AgentFactory) {
+    let _ = AGENTS.set(factory);
+}
+
 /// An HTTP client that answers every status (4xx and 5xx are answers the
 /// workloads judge, not errors) and gives up after `timeout`.
 pub(crate) fn http_agent(timeout: std::time::Duration) -> ureq::Agent {
+    if let Some(factory) = AGENTS.get() {
+        return factory(timeout);
+    }
     ureq::Agent::config_builder()
         .timeout_global(Some(timeout))
         .http_status_as_error(false)

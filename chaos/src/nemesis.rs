@@ -23,6 +23,9 @@ pub struct Injected {
     pub description: String,
     /// For a terminate: the node's exit code (`None`: it had to be killed).
     pub exit_code: Option<i32>,
+    /// Whether `exit_code` was observed (on Kubernetes the pod may be gone
+    /// before its exit code is seen).
+    pub exit_observed: bool,
 }
 
 /// The class a fault belongs to (for the report).
@@ -35,7 +38,9 @@ pub fn class(spec: &FaultSpec) -> &'static str {
         FaultSpec::Partition { .. }
         | FaultSpec::Loss { .. }
         | FaultSpec::Delay { .. }
-        | FaultSpec::Duplicate { .. } => "network",
+        | FaultSpec::Duplicate { .. }
+        | FaultSpec::Bandwidth { .. } => "network",
+        FaultSpec::Stress { .. } => "resource",
         FaultSpec::Disk { .. } | FaultSpec::PowerCut { .. } => "disk",
         FaultSpec::Clock { .. } | FaultSpec::Faketime { .. } => "clock",
     }
@@ -165,6 +170,16 @@ pub fn inject(
             cluster.post(one, "/debug/faults/rule?subject=%3E&duplicate=true")?;
             (vec![one], format!("node {one}'s messages doubled"))
         }
+        FaultSpec::Bandwidth { .. }
+        | FaultSpec::Stress { .. }
+        | FaultSpec::Disk {
+            error: DiskError::ReadOnly,
+            ..
+        } => {
+            return Err(ChaosError::Plan(format!(
+                "{spec:?} runs only on Kubernetes, through Chaos Mesh (--kubernetes)"
+            )))
+        }
         FaultSpec::Disk { point, error, ms } => {
             let mut path = format!(
                 "/debug/faults/disk?point={}&fault={}",
@@ -220,6 +235,7 @@ pub fn inject(
         nodes,
         description,
         exit_code,
+        exit_observed: matches!(spec, FaultSpec::Terminate {}),
     })
 }
 
@@ -253,7 +269,9 @@ pub fn heal(
         | FaultSpec::Terminate {}
         | FaultSpec::Pause {}
         | FaultSpec::NatsRestart {}
-        | FaultSpec::PowerCut { .. } => {}
+        | FaultSpec::PowerCut { .. }
+        | FaultSpec::Bandwidth { .. }
+        | FaultSpec::Stress { .. } => {}
         FaultSpec::Faketime { .. } => {
             for &id in &injected.nodes {
                 cluster.fake_time(id, 0)?;

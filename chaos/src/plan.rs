@@ -34,6 +34,19 @@ pub struct Plan {
     /// the seed shuffles.
     #[serde(rename = "fault")]
     pub faults: Vec<FaultSpec>,
+    /// Faults Chaos Mesh repeats on a cron schedule for the whole run, beside
+    /// the nemesis's (Kubernetes only: a Schedule resource each).
+    #[serde(default, rename = "recurring")]
+    pub recurring: Vec<Recurring>,
+}
+
+/// A fault that recurs on a schedule (Kubernetes only).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recurring {
+    /// A cron expression or `@every 2m`, as Chaos Mesh's Schedule takes it.
+    pub cron: String,
+    pub fault: FaultSpec,
 }
 
 /// The workloads and their size.
@@ -121,6 +134,26 @@ pub enum FaultSpec {
         #[serde(default)]
         scope: Scope,
     },
+    /// One node's traffic is limited to `rate` (`"1mbps"`, Chaos Mesh's
+    /// NetworkChaos bandwidth; Kubernetes only).
+    Bandwidth { rate: String },
+    /// CPU and memory stressors in one node's container (Chaos Mesh's
+    /// StressChaos; Kubernetes only).
+    Stress {
+        /// stress-ng CPU workers (0: none).
+        #[serde(default)]
+        cpu_workers: u32,
+        /// Percent load per CPU worker.
+        #[serde(default = "full_load")]
+        cpu_load: u32,
+        /// Memory a worker holds, `"256MB"` or `"30%"` (none: no memory stress).
+        #[serde(default)]
+        memory: Option<String>,
+    },
+}
+
+fn full_load() -> u32 {
+    100
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -193,6 +226,9 @@ pub enum DiskError {
     Eio,
     /// Every call takes `ms` longer.
     Slow,
+    /// The files turn read-only (Chaos Mesh's IOChaos attrOverride;
+    /// Kubernetes only).
+    ReadOnly,
 }
 
 impl DiskError {
@@ -202,6 +238,7 @@ impl DiskError {
             DiskError::Enospc => "enospc",
             DiskError::Eio => "eio",
             DiskError::Slow => "slow",
+            DiskError::ReadOnly => "read-only",
         }
     }
 }
@@ -232,6 +269,27 @@ impl Plan {
                     ..
                 } | FaultSpec::Duplicate { via: Via::Netns }
             )
+        })
+    }
+
+    /// Why the plan cannot run on local processes (faults only Chaos Mesh
+    /// injects), if it cannot.
+    pub fn kubernetes_only(&self) -> Option<String> {
+        if !self.recurring.is_empty() {
+            return Some("[[recurring]] faults need Chaos Mesh's Schedule (--kubernetes)".into());
+        }
+        self.faults.iter().find_map(|f| match f {
+            FaultSpec::Bandwidth { .. } => {
+                Some("bandwidth faults need Chaos Mesh (--kubernetes)".to_string())
+            }
+            FaultSpec::Stress { .. } => {
+                Some("stress faults need Chaos Mesh (--kubernetes)".to_string())
+            }
+            FaultSpec::Disk {
+                error: DiskError::ReadOnly,
+                ..
+            } => Some("read-only disk faults need Chaos Mesh's IOChaos (--kubernetes)".to_string()),
+            _ => None,
         })
     }
 
@@ -295,8 +353,51 @@ impl Plan {
         if interval.is_zero() || hold.is_zero() {
             return Err(ChaosError::Plan("interval and hold must be above 0".into()));
         }
-        for fault in &self.faults {
+        for recurring in &self.recurring {
+            let cron = recurring.cron.trim();
+            if cron.is_empty() || cron.len() > 100 {
+                return Err(ChaosError::Plan(
+                    "a recurring fault needs a cron of 1..=100 characters".into(),
+                ));
+            }
+            if matches!(recurring.fault, FaultSpec::PowerCut { .. }) {
+                return Err(ChaosError::Plan("a power cut cannot recur".into()));
+            }
+        }
+        for fault in self
+            .faults
+            .iter()
+            .chain(self.recurring.iter().map(|r| &r.fault))
+        {
             match fault {
+                FaultSpec::Bandwidth { rate } if !valid_rate(rate) => {
+                    return Err(ChaosError::Plan(format!(
+                        "bandwidth rate {rate:?} is not a number with bps, kbps, mbps or gbps"
+                    )))
+                }
+                FaultSpec::Stress {
+                    cpu_workers,
+                    cpu_load,
+                    memory,
+                } => {
+                    if *cpu_workers > 64 || *cpu_load > 100 {
+                        return Err(ChaosError::Plan(
+                            "stress cpu_workers must be at most 64 and cpu_load at most 100".into(),
+                        ));
+                    }
+                    if *cpu_workers == 0 && memory.is_none() {
+                        return Err(ChaosError::Plan(
+                            "a stress fault needs cpu_workers or memory".into(),
+                        ));
+                    }
+                    if let Some(m) = memory {
+                        if !valid_size(m) {
+                            return Err(ChaosError::Plan(format!(
+                                "stress memory {m:?} is not a size like 256MB or a share like 30%"
+                            )));
+                        }
+                    }
+                }
                 FaultSpec::Partition {
                     split: Split::Ring, ..
                 } if self.nodes < 5 => {
@@ -345,6 +446,26 @@ impl Plan {
             hold,
         })
     }
+}
+
+/// `1mbps`: digits, then a unit tc understands.
+fn valid_rate(rate: &str) -> bool {
+    let digits = rate.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &rate[digits.len()..];
+    !digits.is_empty()
+        && digits.len() <= 12
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && ["bps", "kbps", "mbps", "gbps"].contains(&unit)
+}
+
+/// `256MB` or `30%`, as stress-ng takes a size.
+fn valid_size(size: &str) -> bool {
+    let digits = size.trim_end_matches(|c: char| c.is_ascii_alphabetic() || c == '%');
+    let unit = &size[digits.len()..];
+    !digits.is_empty()
+        && digits.len() <= 12
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && ["B", "KB", "MB", "GB", "%"].contains(&unit)
 }
 
 /// The names `builtin:<name>` accepts.

@@ -16,7 +16,7 @@ use crate::history::draw;
 use crate::linearizability::{check_partitioned, Verdict};
 use crate::local::{ClusterOptions, LocalCluster};
 use crate::model::{PerKey, Register};
-use crate::nemesis;
+use crate::nemesis::{self, Injected};
 use crate::plan::{CheckedPlan, FaultSpec};
 use crate::register::{self, RegisterWorkload};
 use crate::series::{self, SeriesCheck, SeriesWorkload};
@@ -52,6 +52,8 @@ pub struct FaultEvent {
     pub answered: usize,
     /// For a terminate: the exit code (`None`: killed after the grace period).
     pub exit_code: Option<i32>,
+    /// Whether the exit code was observed at all.
+    pub exit_observed: bool,
 }
 
 /// Operations of every workload, for availability and the timeline.
@@ -157,23 +159,104 @@ impl Report {
     }
 }
 
-/// Runs it; `progress` hears what happens as it happens.
+/// What a run breaks: a cluster the nemesis injects faults into and the
+/// workloads talk to. A [`LocalCluster`] of processes on this machine, or a
+/// Helm-installed cluster through Chaos Mesh (crate chronicle-chaos-mesh).
+pub trait Target {
+    /// Node ids, as the report names them.
+    fn node_ids(&self) -> Vec<u64>;
+    /// HTTP base URLs the workload clients spread over (the first also takes
+    /// the final reads).
+    fn endpoints(&self) -> Vec<String>;
+    /// Injects `spec`, choosing its nodes with `rng`.
+    fn inject(&mut self, spec: &FaultSpec, rng: &mut SmallRng) -> Result<Injected, ChaosError>;
+    /// Undoes `injected` and waits (at most `limit`) until every node is ready.
+    fn heal(&mut self, injected: &Injected, limit: Duration) -> Result<(), ChaosError>;
+    /// Undoes every fault still in place (the run is ending or failed).
+    fn heal_all(&mut self, limit: Duration) -> Result<(), ChaosError>;
+    /// The run is over: violations of the stop itself (a node that did not
+    /// exit cleanly), if the target stops its nodes.
+    fn finish(&mut self) -> Vec<String>;
+}
+
+impl Target for LocalCluster {
+    fn node_ids(&self) -> Vec<u64> {
+        LocalCluster::node_ids(self)
+    }
+
+    fn endpoints(&self) -> Vec<String> {
+        LocalCluster::node_ids(self)
+            .iter()
+            .map(|&id| self.http(id))
+            .collect()
+    }
+
+    fn inject(&mut self, spec: &FaultSpec, rng: &mut SmallRng) -> Result<Injected, ChaosError> {
+        nemesis::inject(self, spec, rng)
+    }
+
+    fn heal(&mut self, injected: &Injected, limit: Duration) -> Result<(), ChaosError> {
+        nemesis::heal(self, injected, limit)
+    }
+
+    fn heal_all(&mut self, limit: Duration) -> Result<(), ChaosError> {
+        LocalCluster::heal(self, limit)
+    }
+
+    /// The nodes stop gracefully at the end; each must exit 0.
+    fn finish(&mut self) -> Vec<String> {
+        let mut violations = Vec::new();
+        for id in LocalCluster::node_ids(self) {
+            match self.terminate(id, Duration::from_secs(30)) {
+                Some(0) => {}
+                Some(code) => {
+                    violations.push(format!("node {id} exited with {code} at the end, not 0"))
+                }
+                None => violations.push(format!(
+                    "node {id} did not exit by itself within 30 s of SIGTERM at the end (or died by a signal)"
+                )),
+            }
+        }
+        violations
+    }
+}
+
+/// Runs it on a local cluster it starts; `progress` hears what happens as it
+/// happens.
 pub fn run(options: &RunOptions, mut progress: impl FnMut(&str)) -> Result<Report, ChaosError> {
-    let plan = &options.plan;
     progress(&format!(
         "plan {}, seed {} (replay with --seed {}); starting nats-server and {} nodes in {}",
-        plan.plan.name,
+        options.plan.plan.name,
         options.seed,
         options.seed,
         options.cluster.nodes,
         options.cluster.root.display()
     ));
     let mut cluster = LocalCluster::start(options.cluster.clone())?;
-    let nodes: Vec<String> = cluster
-        .node_ids()
-        .iter()
-        .map(|&id| cluster.http(id))
-        .collect();
+    run_on(
+        &mut cluster,
+        &options.plan,
+        options.seed,
+        options.max_steps,
+        progress,
+    )
+}
+
+/// Runs `plan` against `target`: the workloads under the seeded nemesis,
+/// the final reads, the checks and the report.
+pub fn run_on(
+    target: &mut dyn Target,
+    plan: &CheckedPlan,
+    seed: u64,
+    max_steps: u64,
+    mut progress: impl FnMut(&str),
+) -> Result<Report, ChaosError> {
+    let nodes = target.endpoints();
+    if nodes.is_empty() {
+        return Err(ChaosError::Process(
+            "no endpoint to run the workloads against".into(),
+        ));
+    }
     let epoch = Instant::now();
     let secs = |t: Instant| t.duration_since(epoch).as_secs_f64();
     let base = std::time::SystemTime::now()
@@ -203,7 +286,7 @@ pub fn run(options: &RunOptions, mut progress: impl FnMut(&str)) -> Result<Repor
             nodes.clone(),
             stop.clone(),
             register_history.clone(),
-            options.seed,
+            seed,
             refused.clone(),
         );
         threads.push(std::thread::spawn(move || {
@@ -216,7 +299,7 @@ pub fn run(options: &RunOptions, mut progress: impl FnMut(&str)) -> Result<Repor
             nodes.clone(),
             stop.clone(),
             series_history.clone(),
-            options.seed,
+            seed,
             refused.clone(),
         );
         threads.push(std::thread::spawn(move || {
@@ -224,7 +307,7 @@ pub fn run(options: &RunOptions, mut progress: impl FnMut(&str)) -> Result<Repor
         }));
     }
     progress("workloads running");
-    let mut rng = SmallRng::seed_from_u64(options.seed);
+    let mut rng = SmallRng::seed_from_u64(seed);
     let mut events = Vec::new();
     let end = epoch + plan.duration;
     let mut failure = None;
@@ -237,7 +320,7 @@ pub fn run(options: &RunOptions, mut progress: impl FnMut(&str)) -> Result<Repor
         }
         let spec = round.pop().expect("refilled above");
         let start = Instant::now();
-        let injected = match nemesis::inject(&mut cluster, spec, &mut rng) {
+        let injected = match target.inject(spec, &mut rng) {
             Ok(i) => i,
             Err(e) => {
                 failure = Some(e);
@@ -252,7 +335,7 @@ pub fn run(options: &RunOptions, mut progress: impl FnMut(&str)) -> Result<Repor
         ));
         std::thread::sleep(plan.hold);
         let healing = Instant::now();
-        let healed = nemesis::heal(&mut cluster, &injected, Duration::from_secs(60));
+        let healed = target.heal(&injected, Duration::from_secs(60));
         let ready = Instant::now();
         progress(&format!(
             "{:>7.2} s  healed; every node ready {:.2} s later",
@@ -270,6 +353,7 @@ pub fn run(options: &RunOptions, mut progress: impl FnMut(&str)) -> Result<Repor
             operations: 0,
             answered: 0,
             exit_code: injected.exit_code,
+            exit_observed: injected.exit_observed,
         });
         if let Err(e) = healed {
             failure = Some(e);
@@ -281,10 +365,11 @@ pub fn run(options: &RunOptions, mut progress: impl FnMut(&str)) -> Result<Repor
     for t in threads {
         let _ = t.join();
     }
-    cluster.heal(Duration::from_secs(60))?;
+    let healed = target.heal_all(Duration::from_secs(60));
     if let Some(e) = failure {
         return Err(e);
     }
+    healed?;
     let mut violations = Vec::new();
     let mut violation_times = Vec::new();
     if workload.register {
@@ -311,7 +396,7 @@ pub fn run(options: &RunOptions, mut progress: impl FnMut(&str)) -> Result<Repor
             &PerKey(Register),
             &register_history,
             |op| op.input.key.clone(),
-            options.max_steps,
+            max_steps,
         );
         match check.verdict {
             Verdict::Linearizable => {}
@@ -328,7 +413,7 @@ pub fn run(options: &RunOptions, mut progress: impl FnMut(&str)) -> Result<Repor
             Verdict::Unknown => violations.push(format!(
                 "register key {} could not be checked within {} steps",
                 check.key.clone().unwrap_or_default(),
-                options.max_steps
+                max_steps
             )),
         }
         RegisterResult {
@@ -361,7 +446,7 @@ pub fn run(options: &RunOptions, mut progress: impl FnMut(&str)) -> Result<Repor
         check
     });
     for f in &events {
-        if matches!(f.fault, FaultSpec::Terminate {}) && f.exit_code != Some(0) {
+        if matches!(f.fault, FaultSpec::Terminate {}) && f.exit_observed && f.exit_code != Some(0) {
             violations.push(format!(
                 "node {:?} stopped with SIGTERM at {:.2} s exited with {:?}, not 0",
                 f.nodes, f.start_s, f.exit_code
@@ -419,22 +504,11 @@ pub fn run(options: &RunOptions, mut progress: impl FnMut(&str)) -> Result<Repor
         }
     }
     let ratio = |a: usize, b: usize| if b == 0 { 1.0 } else { a as f64 / b as f64 };
-    // The nodes stop gracefully at the end; each must exit 0.
-    for id in cluster.node_ids() {
-        match cluster.terminate(id, Duration::from_secs(30)) {
-            Some(0) => {}
-            Some(code) => {
-                violations.push(format!("node {id} exited with {code} at the end, not 0"))
-            }
-            None => violations.push(format!(
-                "node {id} did not exit by itself within 30 s of SIGTERM at the end (or died by a signal)"
-            )),
-        }
-    }
+    violations.extend(target.finish());
     let report = Report {
         plan: plan.plan.name.clone(),
-        seed: options.seed,
-        nodes: options.cluster.nodes,
+        seed,
+        nodes: target.node_ids().len() as u64,
         duration_s: epoch.elapsed().as_secs_f64(),
         faults: events,
         operations: ops.len(),
