@@ -916,3 +916,74 @@ fn state_compare_and_set_over_nats_survives_a_kill_9_of_the_leader_and_a_watch_s
         .unwrap();
     assert!(r["revision"].as_u64().is_some(), "{r}");
 }
+
+/// What the Helm chart's hooks run (docs/kubernetes.md): `chronicle cluster
+/// scale --members N` adds a joined node that is still starting (it waits
+/// for it), a second run changes nothing, and `--shrink-only` to fewer
+/// members empties the highest node without adding anyone.
+#[test]
+fn cluster_scale_adds_a_joining_node_once_it_is_up_and_empties_it_again() {
+    let cluster = Cluster::start(&[]);
+    let (code, body) = write(&cluster.http(1), &lines("scaled", 6, 1, 1));
+    assert_eq!(code, 204, "{body}");
+    // Scale to 4 before node 4 exists: the command waits for it.
+    let scale = Command::new(BIN)
+        .args([
+            "cluster",
+            "scale",
+            "--members",
+            "4",
+            "--wait",
+            "60s",
+            "--http",
+            &cluster.http(1),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let scale = std::thread::spawn(move || scale.wait_with_output().unwrap());
+    std::thread::sleep(Duration::from_secs(2));
+    let dir4 = tempfile::tempdir().unwrap();
+    let node4 = NodeProcess::start(
+        BIN,
+        dir4.path(),
+        Some(&cluster.server.url()),
+        &["--node-id", "4", "--join"],
+    );
+    let out = scale.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let view = status(&cluster.http(2)).unwrap();
+    assert_eq!(replicas_on(&view, 4), 2, "{view}");
+    // Again: nothing to do.
+    let out = cli(&[
+        "cluster",
+        "scale",
+        "--members",
+        "4",
+        "--http",
+        &cluster.http(1),
+    ]);
+    assert!(!out.contains("moved shard"), "{out}");
+    // Shrinking to 3 empties node 4 and adds nobody.
+    let out = cli(&[
+        "cluster",
+        "scale",
+        "--members",
+        "3",
+        "--shrink-only",
+        "--http",
+        &cluster.http(1),
+    ]);
+    assert!(out.contains("node 4 holds no replica now"), "{out}");
+    let view = status(&cluster.http(1)).unwrap();
+    assert_eq!(replicas_on(&view, 4), 0, "{view}");
+    for s in view["shards"].as_array().unwrap() {
+        assert_eq!(s["replicas"].as_array().unwrap().len(), 3, "{view}");
+    }
+    drop(node4);
+}
