@@ -61,6 +61,11 @@ pub struct KubeArgs {
     /// app.kubernetes.io/instance=RELEASE).
     #[arg(long, requires = "kubernetes", conflicts_with = "nats_external")]
     nats_selector: Option<String>,
+    /// The NATS Service the nodes dial, which loss, delay, duplication and
+    /// bandwidth faults name (default with the bundled NATS:
+    /// RELEASE-nats.NAMESPACE.svc).
+    #[arg(long, requires = "kubernetes", conflicts_with = "nats_external")]
+    nats_service: Option<String>,
     /// NATS outside Kubernetes: its hosts or CIDRs (comma-separated).
     #[arg(long, requires = "kubernetes")]
     nats_external: Option<String>,
@@ -283,13 +288,17 @@ fn run_on_kubernetes(
         .run_id
         .clone()
         .unwrap_or_else(|| format!("{:x}", seed & 0xffff_ffff_ffff));
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
     if run.is_empty()
         || run.len() > 20
-        || !run
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        || !run.bytes().all(|b| alnum(b) || b == b'-')
+        || !alnum(run.as_bytes()[0])
+        || !alnum(run.as_bytes()[run.len() - 1])
     {
-        return Err("--run-id must be 1..=20 of a-z, 0-9 and -".into());
+        return Err(
+            "--run-id must be 1..=20 of a-z, 0-9 and -, starting and ending with a letter or digit"
+                .into(),
+        );
     }
     let nats = match (&kube.nats_external, &kube.nats_selector) {
         (Some(hosts), _) => {
@@ -301,6 +310,14 @@ fn run_on_kubernetes(
             ("app.kubernetes.io/instance".into(), kube.release.clone()),
         ]),
     };
+    let nats_service = match (&nats, &kube.nats_service) {
+        (NatsPeer::External(_), _) => None,
+        (_, Some(service)) => Some(service.clone()),
+        (_, None) if kube.nats_selector.is_none() => {
+            Some(format!("{}-nats.{}.svc", kube.release, kube.namespace))
+        }
+        (_, None) => None,
+    };
     if kube.dry_run {
         let scene = Scene {
             namespace: kube.namespace.clone(),
@@ -311,7 +328,9 @@ fn run_on_kubernetes(
             nats,
             data_path: kube.data_path.clone(),
             container: kube.container.clone(),
+            nats_service,
         };
+        chronicle_chaos_mesh::target::check_plan(&plan, &scene)?;
         let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
         let mut objects = Vec::new();
         for (i, fault) in plan.plan.faults.iter().enumerate() {
@@ -347,6 +366,7 @@ fn run_on_kubernetes(
         release: kube.release.clone(),
         endpoints: kube.http.clone(),
         nats,
+        nats_service,
         data_path: kube.data_path.clone(),
         container: kube.container.clone(),
         run,

@@ -173,7 +173,7 @@ pub fn inject(
         FaultSpec::Bandwidth { .. }
         | FaultSpec::Stress { .. }
         | FaultSpec::Disk {
-            error: DiskError::ReadOnly,
+            error: DiskError::ReadOnly | DiskError::Permissions,
             ..
         } => {
             return Err(ChaosError::Plan(format!(

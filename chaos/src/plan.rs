@@ -226,9 +226,13 @@ pub enum DiskError {
     Eio,
     /// Every call takes `ms` longer.
     Slow,
-    /// The files turn read-only (Chaos Mesh's IOChaos attrOverride;
-    /// Kubernetes only).
+    /// Every write, create and fsync fails with EROFS, as on a file system
+    /// remounted read-only (Chaos Mesh's IOChaos; Kubernetes only).
     ReadOnly,
+    /// The files' permissions read 0444 (IOChaos attrOverride): files opened
+    /// afterwards cannot be written, files already open still can
+    /// (Kubernetes only).
+    Permissions,
 }
 
 impl DiskError {
@@ -239,6 +243,7 @@ impl DiskError {
             DiskError::Eio => "eio",
             DiskError::Slow => "slow",
             DiskError::ReadOnly => "read-only",
+            DiskError::Permissions => "permissions",
         }
     }
 }
@@ -286,9 +291,12 @@ impl Plan {
                 Some("stress faults need Chaos Mesh (--kubernetes)".to_string())
             }
             FaultSpec::Disk {
-                error: DiskError::ReadOnly,
+                error: DiskError::ReadOnly | DiskError::Permissions,
                 ..
-            } => Some("read-only disk faults need Chaos Mesh's IOChaos (--kubernetes)".to_string()),
+            } => Some(
+                "read-only and permissions disk faults need Chaos Mesh's IOChaos (--kubernetes)"
+                    .to_string(),
+            ),
             _ => None,
         })
     }
@@ -372,7 +380,7 @@ impl Plan {
             match fault {
                 FaultSpec::Bandwidth { rate } if !valid_rate(rate) => {
                     return Err(ChaosError::Plan(format!(
-                        "bandwidth rate {rate:?} is not a number with bps, kbps, mbps or gbps"
+                        "bandwidth rate {rate:?} is not a number with bit, kbit, mbit, gbit, bps, kbps, mbps or gbps"
                     )))
                 }
                 FaultSpec::Stress {
@@ -448,14 +456,15 @@ impl Plan {
     }
 }
 
-/// `1mbps`: digits, then a unit tc understands.
+/// `1mbit`: digits, then a unit tc understands (tc's `mbps` is megabytes
+/// per second, `mbit` megabits).
 fn valid_rate(rate: &str) -> bool {
     let digits = rate.trim_end_matches(|c: char| c.is_ascii_alphabetic());
     let unit = &rate[digits.len()..];
     !digits.is_empty()
         && digits.len() <= 12
         && digits.bytes().all(|b| b.is_ascii_digit())
-        && ["bps", "kbps", "mbps", "gbps"].contains(&unit)
+        && ["bit", "kbit", "mbit", "gbit", "bps", "kbps", "mbps", "gbps"].contains(&unit)
 }
 
 /// `256MB` or `30%`, as stress-ng takes a size.

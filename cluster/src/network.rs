@@ -29,6 +29,9 @@ pub const MAX_RPC_BYTES: usize = 960 * 1024;
 /// is not a dead member, and backing off from it (half a second) starves the
 /// follower of heartbeats until it starts an election. Still well under the
 /// election timeout, so a dead member is noticed in time.
+/// Failpoint: appends that carry entries fail (heartbeats still pass).
+pub const APPEND_ENTRIES: &str = "raft::append::entries";
+
 const HEARTBEAT_TTL: Duration = Duration::from_millis(250);
 
 /// Least time an append carrying entries is given (see `append_entries`).
@@ -220,6 +223,12 @@ impl RaftNetwork<TypeConfig> for BusConnection {
         // send the first few burned the CPU a new leader needed (with appends
         // cut at 100 ms and resent, a catch-up re-encoded megabytes of points
         // again and again; see docs/benchmarks.md, Replication).
+        // Chaos and tests: appends that carry entries fail (heartbeats pass),
+        // so a leader keeps its followers yet commits nothing.
+        if !rpc.entries.is_empty() {
+            chronicle_storage::faults::check(APPEND_ENTRIES)
+                .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        }
         let mut entries: Vec<WireEntry> = Vec::new();
         let mut budget = MAX_RPC_BYTES;
         for e in &rpc.entries {

@@ -487,6 +487,39 @@ pub const MAX_ENTRY_POINTS: usize = 2_000;
 /// Longest one forwarded request may take before the next replica is tried.
 pub(crate) const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a leader may take to confirm a read (its read index applied).
+/// openraft 0.9's `ensure_linearizable` waits without limit for the applied
+/// index to reach the read index, which a new leader that cannot commit its
+/// first entry never does (chaos finding: a state read hung for minutes).
+pub(crate) const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a leader's read check found.
+pub(crate) enum ReadIndex {
+    /// Linearizable: read the local state machine.
+    Ready,
+    /// Another member leads.
+    NotLeader,
+}
+
+/// Confirms this member still leads and waits until everything committed
+/// before the read began is applied, for at most [`READ_INDEX_TIMEOUT`].
+pub(crate) async fn read_index(
+    raft: &Raft<TypeConfig>,
+    shard: Option<u32>,
+) -> Result<ReadIndex, ClusterError> {
+    match tokio::time::timeout(READ_INDEX_TIMEOUT, raft.ensure_linearizable()).await {
+        Ok(Ok(_)) => Ok(ReadIndex::Ready),
+        Ok(Err(e)) if e.forward_to_leader::<openraft::EmptyNode>().is_some() => {
+            Ok(ReadIndex::NotLeader)
+        }
+        Ok(Err(e)) => Err(ClusterError::Raft(e.to_string())),
+        Err(_) => Err(ClusterError::Unavailable(format!(
+            "{}this node leads but could not confirm a read within {READ_INDEX_TIMEOUT:?} (no majority acknowledges its entries)",
+            shard.map_or(String::new(), |s| format!("shard {s}: "))
+        ))),
+    }
+}
+
 /// Longest a forwarded write may wait for its commit on the leader.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -1172,10 +1205,9 @@ impl ClusterNode {
                 return run_local(&group.shard, read.clone()).await;
             }
             if group.raft.metrics().borrow().current_leader == Some(self.config.node_id) {
-                match group.raft.ensure_linearizable().await {
-                    Ok(_) => return run_local(&group.shard, read.clone()).await,
-                    Err(e) if e.forward_to_leader::<openraft::EmptyNode>().is_some() => {}
-                    Err(e) => return Err(ClusterError::Raft(e.to_string())),
+                match read_index(&group.raft, Some(shard)).await? {
+                    ReadIndex::Ready => return run_local(&group.shard, read.clone()).await,
+                    ReadIndex::NotLeader => {}
                 }
             }
         }
@@ -1890,12 +1922,10 @@ async fn answer(
             (reply, Vec::new())
         }
         WireClusterRequest::StateRead(read) => {
-            if let Err(e) = raft.ensure_linearizable().await {
-                let reply = match e.forward_to_leader::<openraft::EmptyNode>() {
-                    Some(_) => not_leader(),
-                    None => WireClusterReply::Error(e.to_string()),
-                };
-                return (reply, Vec::new());
+            match read_index(raft, None).await {
+                Ok(ReadIndex::Ready) => {}
+                Ok(ReadIndex::NotLeader) => return (not_leader(), Vec::new()),
+                Err(e) => return (WireClusterReply::Error(e.to_string()), Vec::new()),
             }
             let reply = match crate::state::answer_read(raft, shard, *read).await {
                 Ok(answer) => WireClusterReply::StateAnswer(Box::new(answer)),
@@ -1908,12 +1938,10 @@ async fn answer(
             Vec::new(),
         ),
         WireClusterRequest::Read { read, inbox } => {
-            if let Err(e) = raft.ensure_linearizable().await {
-                let reply = match e.forward_to_leader::<openraft::EmptyNode>() {
-                    Some(_) => not_leader(),
-                    None => WireClusterReply::Error(e.to_string()),
-                };
-                return (reply, Vec::new());
+            match read_index(raft, None).await {
+                Ok(ReadIndex::Ready) => {}
+                Ok(ReadIndex::NotLeader) => return (not_leader(), Vec::new()),
+                Err(e) => return (WireClusterReply::Error(e.to_string()), Vec::new()),
             }
             let read = match ShardRead::try_from(read) {
                 Ok(read) => read,

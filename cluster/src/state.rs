@@ -486,14 +486,13 @@ impl ClusterNode {
                 return compacted_as_error(answer_read(&group.raft, &group.shard, read).await?);
             }
             if group.raft.metrics().borrow().current_leader == Some(self.config.node_id) {
-                match group.raft.ensure_linearizable().await {
-                    Ok(_) => {
+                match crate::node::read_index(&group.raft, Some(shard)).await? {
+                    crate::node::ReadIndex::Ready => {
                         return compacted_as_error(
                             answer_read(&group.raft, &group.shard, read).await?,
                         )
                     }
-                    Err(e) if e.forward_to_leader::<openraft::EmptyNode>().is_some() => {}
-                    Err(e) => return Err(ClusterError::Raft(e.to_string())),
+                    crate::node::ReadIndex::NotLeader => {}
                 }
             }
         }

@@ -28,6 +28,7 @@ fuzz_target!(|data: &[u8]| {
         nats: NatsPeer::Pods(vec![("app".into(), "nats".into())]),
         data_path: "/var/lib/chronicle".into(),
         container: "chronicle".into(),
+        nats_service: Some("db-nats.chaos-test.svc".into()),
     };
     let mut rng = rand::rngs::SmallRng::seed_from_u64(data.len() as u64);
     let hold = plan.hold.min(Duration::from_secs(86_400));

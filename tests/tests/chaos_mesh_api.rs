@@ -39,6 +39,10 @@ struct State {
     version: u64,
     /// Chaos Mesh's CRDs are installed.
     crds: bool,
+    /// Chaos Mesh's controller reports faults injected.
+    injects: bool,
+    /// A kind whose creation the server refuses as invalid.
+    invalid_kind: Option<String>,
 }
 
 #[derive(Clone)]
@@ -95,6 +99,7 @@ impl FakeApi {
         let fake = FakeApi {
             state: Arc::new(Mutex::new(State {
                 crds: true,
+                injects: true,
                 ..State::default()
             })),
             url,
@@ -181,9 +186,17 @@ impl FakeApi {
             return (200, json!({"status": "ready"}));
         }
         if path == format!("/api/v1/namespaces/{NS}/pods") {
+            // Only the chart's two labels select the release's pods.
+            let selector = params.get("labelSelector").cloned().unwrap_or_default();
+            let items =
+                if selector == "app.kubernetes.io/name=chronicle,app.kubernetes.io/instance=db" {
+                    vec![pod(0), pod(1), pod(2)]
+                } else {
+                    Vec::new()
+                };
             return (
                 200,
-                json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [pod(0), pod(1), pod(2)]}),
+                json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items}),
             );
         }
         let prefix = format!("/apis/chaos-mesh.org/v1alpha1/namespaces/{NS}/");
@@ -209,7 +222,9 @@ impl FakeApi {
             ("POST", None) => {
                 let mut object: Value = serde_json::from_slice(body).unwrap();
                 let name = object["metadata"]["name"].as_str().unwrap().to_string();
-                if object["metadata"]["labels"]["fake/invalid"].is_string() {
+                if object["metadata"]["labels"]["fake/invalid"].is_string()
+                    || st.invalid_kind.as_deref() == object["kind"].as_str()
+                {
                     return status(
                         422,
                         "Invalid",
@@ -251,6 +266,13 @@ impl FakeApi {
                 let Some(object) = st.objects.get(&(plural, name)).cloned() else {
                     return (200, Value::String(String::new()));
                 };
+                if !st.injects {
+                    // The watch times out with nothing to report.
+                    return (
+                        200,
+                        Value::String(format!("{}\n", json!({"type": "ADDED", "object": object}))),
+                    );
+                }
                 let mut injected = object.clone();
                 injected["status"] = json!({"conditions": [
                     {"type": "Selected", "status": "True"},
@@ -318,6 +340,7 @@ fn scene(run: &str) -> Scene {
         nats: NatsPeer::Pods(vec![("app.kubernetes.io/name".into(), "nats".into())]),
         data_path: "/var/lib/chronicle".into(),
         container: "chronicle".into(),
+        nats_service: Some("db-nats.chaos-test.svc".into()),
     }
 }
 
@@ -558,5 +581,117 @@ fn ctrl_c_during_a_kubernetes_run_deletes_what_it_created() {
     assert!(
         err.contains("deleting every resource of run ctrlc"),
         "{err}"
+    );
+}
+
+#[test]
+fn a_fault_chaos_mesh_never_reports_injected_is_an_error_not_a_wait_forever() {
+    let fake = FakeApi::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (rt, mesh) = connect(&fake, &dir, "r4");
+    fake.state.lock().unwrap().injects = false;
+    let object = kill_fault("r4", 1);
+    rt.block_on(mesh.create(&object)).unwrap();
+    let started = Instant::now();
+    let e = rt
+        .block_on(mesh.wait_injected(&object, Duration::from_secs(3)))
+        .unwrap_err();
+    assert!(matches!(e, MeshError::Timeout(_)), "{e:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // The release's pods are found by the chart's labels, and only those.
+    let pods = rt.block_on(mesh.chronicle_pods("db")).unwrap();
+    assert_eq!(
+        pods.iter().map(|p| p.node).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert!(rt
+        .block_on(mesh.chronicle_pods("other"))
+        .unwrap()
+        .is_empty());
+}
+
+/// A run that fails (the API server refuses its fault) still deletes what
+/// it made (the recurring fault's Schedule), and says why it failed.
+#[test]
+fn a_kubernetes_run_that_fails_deletes_what_it_created() {
+    let fake = FakeApi::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = fake.kubeconfig(dir.path());
+    fake.state.lock().unwrap().invalid_kind = Some("NetworkChaos".into());
+    let plan = dir.path().join("plan.toml");
+    std::fs::write(
+        &plan,
+        "name = \"k\"\nduration = \"5m\"\ninterval = \"1s\"\nhold = \"5m\"\n[[fault]]\nkind = \"delay\"\nms = 100\n[[recurring]]\ncron = \"@every 1m\"\nfault = { kind = \"kill\" }\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "chaos",
+            "run",
+            "--kubernetes",
+            "--namespace",
+            NS,
+            "--release",
+            "db",
+            "--run-id",
+            "fails",
+            "--seed",
+            "5",
+        ])
+        .arg("--plan")
+        .arg(&plan)
+        .args(["--http", &fake.url])
+        .env("KUBECONFIG", &config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("422") && err.contains("Unsupported value"),
+        "{err}"
+    );
+    let log = fake.log();
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("POST") && l.ends_with("/schedules")),
+        "{log:#?}"
+    );
+    assert!(
+        fake.state.lock().unwrap().objects.is_empty(),
+        "left behind after a failed run: {log:#?}"
+    );
+}
+
+#[test]
+fn a_plan_chaos_mesh_cannot_express_is_refused_before_anything_is_created() {
+    let fake = FakeApi::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = fake.kubeconfig(dir.path());
+    let out = Command::new(BIN)
+        .args([
+            "chaos",
+            "run",
+            "--kubernetes",
+            "--namespace",
+            NS,
+            "--release",
+            "db",
+            "--plan",
+            "builtin:smoke",
+        ])
+        .args(["--http", &fake.url])
+        .env("KUBECONFIG", &config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("cannot run on Kubernetes") && err.contains("power cut"),
+        "{err}"
+    );
+    assert!(
+        !fake.log().iter().any(|l| l.starts_with("POST")),
+        "{:#?}",
+        fake.log()
     );
 }

@@ -33,6 +33,8 @@ pub struct PodState {
     /// Pod ordinal + 1 (the node id the chart gives it).
     pub node: u64,
     pub ready: bool,
+    /// Being deleted (a replacement comes later): not to be counted.
+    pub terminating: bool,
 }
 
 /// Whether Chaos Mesh reports the fault in place (`AllInjected`), from
@@ -257,6 +259,7 @@ impl Mesh {
             .items
             .into_iter()
             .filter_map(|pod| {
+                let terminating = pod.metadata.deletion_timestamp.is_some();
                 let name = pod.metadata.name?;
                 let ordinal: u64 = name.rsplit('-').next()?.parse().ok()?;
                 let ready = pod
@@ -269,6 +272,7 @@ impl Mesh {
                     name,
                     node: ordinal + 1,
                     ready,
+                    terminating,
                 })
             })
             .collect();

@@ -96,6 +96,12 @@ pub struct Scene {
     pub pods: Vec<(u64, String)>,
     /// How NATS is reached: its pods, or hosts outside the cluster.
     pub nats: NatsPeer,
+    /// The Service name nodes connect to NATS through (`<release>-nats.<ns>.svc`).
+    /// Traffic-shaping faults match packets in the node's pod, where their
+    /// destination is still this Service's address, not a NATS pod's: they
+    /// name it in `externalTargets` (Chaos Mesh resolves it) rather than the
+    /// NATS pods.
+    pub nats_service: Option<String>,
     /// The data volume's mount path in Chronicle's container.
     pub data_path: String,
     /// Chronicle's container name (IOChaos, StressChaos and TimeChaos act
@@ -153,8 +159,14 @@ impl Scene {
     }
 
     /// The far side of a network fault: NATS, whichever way it is reached.
-    fn toward_nats(&self, spec: &mut serde_json::Map<String, Value>) {
+    /// A partition cuts both ends (Chaos Mesh also puts rules in the NATS
+    /// pods), so it names the pods; traffic shaping acts in the node's pod
+    /// only, so it names the Service the node dials.
+    fn toward_nats(&self, spec: &mut serde_json::Map<String, Value>, shaping: bool) {
         match &self.nats {
+            NatsPeer::Pods(_) if shaping && self.nats_service.is_some() => {
+                spec.insert("externalTargets".into(), json!([self.nats_service]));
+            }
             NatsPeer::Pods(_) => {
                 spec.insert(
                     "target".into(),
@@ -243,20 +255,28 @@ pub fn translate(
                 Kind::PodChaos,
                 serial,
                 "kill",
-                json!({ "action": "pod-kill", "mode": "all", "selector": scene.select(&[one]), "gracePeriod": 0 }),
+                json!({ "action": "container-kill", "mode": "all", "selector": scene.select(&[one]), "containerNames": [scene.container] }),
             ));
-            (vec![one], format!("pod-kill of node {one} (grace 0)"))
+            // SIGKILL of the container, restarted in place on the same pod
+            // and volume (pod-kill would let a replacement start before the
+            // old process is gone).
+            (
+                vec![one],
+                format!("container-kill of node {one} (SIGKILL, restarted in place)"),
+            )
         }
         FaultSpec::Terminate {} => {
             objects.push(scene.object(
                 Kind::PodChaos,
                 serial,
                 "terminate",
-                json!({ "action": "pod-kill", "mode": "all", "selector": scene.select(&[one]), "gracePeriod": 30 }),
+                // No gracePeriod: the pod's own (the chart's 60 s) covers
+                // the graceful handover.
+                json!({ "action": "pod-kill", "mode": "all", "selector": scene.select(&[one]) }),
             ));
             (
                 vec![one],
-                format!("pod-kill of node {one} with a 30 s grace period (SIGTERM)"),
+                format!("pod-kill of node {one} (SIGTERM, the pod's grace period)"),
             )
         }
         FaultSpec::Pause {} => {
@@ -268,7 +288,7 @@ pub fn translate(
             ));
             (
                 vec![one],
-                format!("pod-failure of node {one} (its container paused)"),
+                format!("pod-failure of node {one} (its container runs a pause image until the fault ends: stopped and restarted, not frozen)"),
             )
         }
         FaultSpec::NatsRestart {} => {
@@ -299,7 +319,11 @@ pub fn translate(
                 // Chaos Mesh's "from": packets from the target (NATS) to
                 // the pod are dropped: the node stops hearing the others,
                 // they still hear it.
-                Split::OneWay => (vec![shuffled[0]], "from", "hears nothing from NATS (one way)"),
+                Split::OneWay => (
+                    vec![shuffled[0]],
+                    "from",
+                    "hears nothing from NATS (one way; over TCP, lost acknowledgements soon stall its sending too)",
+                ),
                 Split::Bridge | Split::Ring => {
                     return Err(MeshError::Plan(
                         "bridge and ring partitions need links between nodes; on Kubernetes every message crosses NATS, so only isolate, majority and one-way are expressible".into(),
@@ -312,7 +336,7 @@ pub fn translate(
             s.insert("selector".into(), scene.select(&cut));
             s.insert("direction".into(), json!(direction));
             s.insert("duration".into(), json!(duration));
-            scene.toward_nats(&mut s);
+            scene.toward_nats(&mut s, false);
             objects.push(scene.object(Kind::NetworkChaos, serial, "partition", Value::Object(s)));
             let description = format!("node {cut:?} {what}");
             (cut, description)
@@ -381,9 +405,10 @@ pub fn translate(
                 DiskPoint::RaftLog => format!("{data}/**/raft-log/**"),
                 DiskPoint::StorageWrite | DiskPoint::StorageRead => format!("{data}/**/state/**"),
             };
-            let writes = ["write", "fsync", "fdatasync", "flush"];
+            // toda's method names (an fdatasync reaches FUSE as fsync).
+            let writes = ["write", "flush", "fsync", "create"];
             let methods: Vec<&str> = match (point, error) {
-                (_, DiskError::Fsync) => vec!["fsync", "fdatasync"],
+                (_, DiskError::Fsync) => vec!["fsync"],
                 (DiskPoint::StorageRead, _) => vec!["read"],
                 _ => writes.to_vec(),
             };
@@ -403,13 +428,18 @@ pub fn translate(
                     fields.insert("delay".into(), json!(format!("{ms}ms")));
                     fields.insert("methods".into(), json!(methods));
                 }
-                DiskError::ReadOnly => {
+                DiskError::Permissions => {
+                    // Attributes only: a file opened after this is refused
+                    // writing; files already open keep working.
                     fields.insert("action".into(), json!("attrOverride"));
-                    // 0o444: every write is refused with EACCES.
                     fields.insert("attr".into(), json!({ "perm": 0o444 }));
                 }
-                DiskError::Fsync | DiskError::Eio | DiskError::Enospc => {
-                    let errno = if *error == DiskError::Enospc { 28 } else { 5 };
+                DiskError::Fsync | DiskError::Eio | DiskError::Enospc | DiskError::ReadOnly => {
+                    let errno = match error {
+                        DiskError::Enospc => 28,
+                        DiskError::ReadOnly => 30,
+                        _ => 5,
+                    };
                     fields.insert("action".into(), json!("fault"));
                     fields.insert("errno".into(), json!(errno));
                     fields.insert("methods".into(), json!(methods));
@@ -510,7 +540,7 @@ fn network(
     s.insert("direction".into(), json!("to"));
     s.insert("duration".into(), json!(duration));
     s.insert(action.into(), detail);
-    scene.toward_nats(&mut s);
+    scene.toward_nats(&mut s, true);
     scene.object(Kind::NetworkChaos, serial, tag, Value::Object(s))
 }
 

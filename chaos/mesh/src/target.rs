@@ -24,6 +24,9 @@ pub struct KubeOptions {
     /// HTTP base URLs of the client Service (port-forwarded, or in-cluster).
     pub endpoints: Vec<String>,
     pub nats: NatsPeer,
+    /// The NATS Service nodes dial (`<release>-nats.<ns>.svc`), for
+    /// traffic-shaping faults.
+    pub nats_service: Option<String>,
     /// The data volume's mount path in the chart's pods.
     pub data_path: String,
     /// The Chronicle container's name in the chart's pods.
@@ -46,6 +49,38 @@ pub struct KubeTarget {
     serial: usize,
     /// Resources of the fault in place (deleted on heal).
     live: Vec<ChaosObject>,
+    /// The recurring faults' Schedules (deleted before the final reads).
+    recurring: Vec<ChaosObject>,
+    /// Held around every create, and taken for good by the Ctrl-C handler,
+    /// so nothing is created after its cleanup listed the run's resources.
+    creating: std::sync::Arc<tokio::sync::Mutex<bool>>,
+    finished: bool,
+}
+
+/// Refuses a plan with a fault Chaos Mesh cannot express (a power cut, a
+/// bridge or ring partition, nats-restart without NATS pods) before anything
+/// starts, rather than when the nemesis first draws it.
+pub fn check_plan(plan: &CheckedPlan, scene: &Scene) -> Result<(), MeshError> {
+    let mut rng = SmallRng::seed_from_u64(0);
+    let mut refused = Vec::new();
+    for (i, fault) in plan.plan.faults.iter().enumerate() {
+        if let Err(e) = translate(scene, fault, i, plan.hold, &mut rng) {
+            refused.push(format!("fault {} ({fault:?}): {e}", i + 1));
+        }
+    }
+    for (i, r) in plan.plan.recurring.iter().enumerate() {
+        if let Err(e) = schedule(scene, &r.cron, &r.fault, i, plan.hold, &mut rng) {
+            refused.push(format!("recurring {} ({:?}): {e}", i + 1, r.fault));
+        }
+    }
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(MeshError::Plan(format!(
+            "the plan cannot run on Kubernetes:\n  {}",
+            refused.join("\n  ")
+        )))
+    }
 }
 
 impl KubeTarget {
@@ -68,7 +103,11 @@ impl KubeTarget {
             Some(m) => m,
             None => runtime.block_on(Mesh::connect(&options.namespace, &options.run))?,
         };
-        let pods = runtime.block_on(mesh.chronicle_pods(&options.release))?;
+        let pods: Vec<_> = runtime
+            .block_on(mesh.chronicle_pods(&options.release))?
+            .into_iter()
+            .filter(|p| !p.terminating)
+            .collect();
         if pods.len() < 3 {
             return Err(MeshError::Plan(format!(
                 "release {} in namespace {} has {} Chronicle pods; a chaos run needs 3 or more",
@@ -99,9 +138,13 @@ impl KubeTarget {
             nats: options.nats.clone(),
             data_path: options.data_path.clone(),
             container: options.container.clone(),
+            nats_service: options.nats_service.clone(),
         };
+        check_plan(plan, &scene)?;
         // Ctrl-C or SIGTERM: nothing this run made may stay behind.
         let cleaner = mesh.clone();
+        let creating = std::sync::Arc::new(tokio::sync::Mutex::new(false));
+        let stop_creating = creating.clone();
         runtime.spawn(async move {
             let mut term =
                 match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -116,6 +159,9 @@ impl KubeTarget {
                 "chaos: interrupted; deleting every resource of run {}",
                 cleaner.run()
             );
+            // Wait out a create in flight, and allow none after.
+            let mut stopped = stop_creating.lock().await;
+            *stopped = true;
             let code = match cleaner.delete_run().await {
                 Ok(n) => {
                     eprintln!("chaos: deleted {n} resource(s)");
@@ -136,6 +182,9 @@ impl KubeTarget {
             hold: plan.hold,
             serial: 0,
             live: Vec::new(),
+            recurring: Vec::new(),
+            creating,
+            finished: false,
         };
         let mut rng = SmallRng::seed_from_u64(seed ^ 0x5ced);
         for recurring in &plan.plan.recurring {
@@ -148,13 +197,25 @@ impl KubeTarget {
                 plan.hold,
                 &mut rng,
             )?;
-            target.runtime.block_on(target.mesh.create(&object))?;
+            target.create(&object)?;
+            target.recurring.push(object.clone());
             progress(&format!(
                 "recurring: {:?} on {} (Schedule {})",
                 recurring.fault, recurring.cron, object.name
             ));
         }
         Ok(target)
+    }
+
+    /// Creates `object` unless the run is being interrupted.
+    fn create(&self, object: &ChaosObject) -> Result<(), MeshError> {
+        self.runtime.block_on(async {
+            let stopped = self.creating.lock().await;
+            if *stopped {
+                return Err(MeshError::Kube("interrupted".into()));
+            }
+            self.mesh.create(object).await
+        })
     }
 
     /// Every pod ready (asked of the API server) and the endpoints answer
@@ -170,7 +231,9 @@ impl KubeTarget {
             let pods = self
                 .runtime
                 .block_on(self.mesh.chronicle_pods(&self.options.release))?;
-            let pods_ready = pods.len() >= self.scene.pods.len() && pods.iter().all(|p| p.ready);
+            // A pod being deleted does not count: its replacement must be ready.
+            let ready = pods.iter().filter(|p| p.ready && !p.terminating).count();
+            let pods_ready = ready >= self.scene.pods.len();
             let served = pods_ready
                 && self.options.endpoints.iter().all(|e| {
                     agent
@@ -188,7 +251,13 @@ impl KubeTarget {
                         .map(|p| format!(
                             "{} {}",
                             p.name,
-                            if p.ready { "ready" } else { "not ready" }
+                            if p.terminating {
+                                "terminating"
+                            } else if p.ready {
+                                "ready"
+                            } else {
+                                "not ready"
+                            }
                         ))
                         .collect::<Vec<_>>()
                         .join(", ")
@@ -226,7 +295,7 @@ impl Target for KubeTarget {
         self.serial += 1;
         let translated = translate(&self.scene, spec, self.serial, self.hold, rng)?;
         for object in &translated.objects {
-            self.runtime.block_on(self.mesh.create(object))?;
+            self.create(object)?;
             self.live.push(object.clone());
             self.runtime
                 .block_on(self.mesh.wait_injected(object, INJECT_LIMIT))?;
@@ -247,20 +316,26 @@ impl Target for KubeTarget {
         Ok(self.wait_ready(limit)?)
     }
 
+    /// Ends the recurring faults too: the final reads must not meet one.
     fn heal_all(&mut self, limit: Duration) -> Result<(), ChaosError> {
         self.delete_live()?;
+        for object in std::mem::take(&mut self.recurring) {
+            self.runtime
+                .block_on(self.mesh.delete(&object, DELETE_LIMIT))?;
+        }
         Ok(self.wait_ready(limit)?)
     }
 
     /// Deletes everything this run made (the recurring Schedules too); the
     /// release keeps running.
     fn finish(&mut self) -> Vec<String> {
+        self.finished = true;
         match self.runtime.block_on(self.mesh.delete_run()) {
             Ok(_) => Vec::new(),
-            Err(e) => {
-                eprintln!("chaos: cleanup: {e}");
-                Vec::new()
-            }
+            Err(e) => vec![format!(
+                "the run's Chaos Mesh resources were not all deleted ({e}); `chronicle chaos clean --run-id {}`",
+                self.mesh.run()
+            )],
         }
     }
 }
@@ -268,6 +343,9 @@ impl Target for KubeTarget {
 impl Drop for KubeTarget {
     /// A run that ends in an error still removes its faults.
     fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
         if let Err(e) = self.runtime.block_on(self.mesh.delete_run()) {
             eprintln!("chaos: cleanup: {e}");
         }

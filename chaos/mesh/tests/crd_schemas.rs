@@ -112,6 +112,7 @@ fn scene(nats: NatsPeer) -> Scene {
         nats,
         data_path: "/var/lib/chronicle".into(),
         container: "chronicle".into(),
+        nats_service: Some("db-nats.chaos-test.svc".into()),
     }
 }
 
@@ -168,6 +169,10 @@ const EVERY_FAULT: &str = r#"
     kind = "disk"
     point = "storage-write"
     error = "read-only"
+    [[fault]]
+    kind = "disk"
+    point = "raft-log"
+    error = "permissions"
     [[fault]]
     kind = "clock"
     offset = "1h"
