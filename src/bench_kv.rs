@@ -61,7 +61,13 @@ pub fn run(args: KvBench) -> Result<(), Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(bench(args)).map_err(|e| e.to_string())?;
+    let result = runtime.block_on(bench(args));
+    if let Err(e) = &result {
+        eprintln!("bench kv: {e}");
+    }
+    // Dropping the runtime waits for blocking tasks without limit.
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    result.map_err(|e| e.to_string())?;
     Ok(())
 }
 

@@ -1620,11 +1620,22 @@ impl Group {
         for task in &self.tasks {
             task.abort();
         }
-        if let Err(e) = self.raft.shutdown().await {
-            warn!(error = %e, "raft shutdown");
+        // openraft's shutdown waits for its core, which can sit in a log
+        // write waiting on a stalled disk: a stop must not hang on it (a
+        // stuck core is abandoned; the process or the supervisor goes on).
+        match tokio::time::timeout(RAFT_SHUTDOWN_LIMIT, self.raft.shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "raft shutdown"),
+            Err(_) => warn!(
+                limit = ?RAFT_SHUTDOWN_LIMIT,
+                "the raft core did not stop in time; abandoned"
+            ),
         }
     }
 }
+
+/// How long a group's stop waits for openraft's core.
+const RAFT_SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
 /// Asks `raft` for a snapshot whenever `threshold` bytes were appended to its
 /// log since the last one (checked every second; asked again after 30 s if a
 /// snapshot did not follow, e.g. because the shard's durable frontier had not
