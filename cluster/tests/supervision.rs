@@ -17,16 +17,22 @@ fn point(i: i64) -> Point {
     Point::new("sup", vec![Label::new("host", "a")], i as f64, i * S)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stopped_raft_group_is_restarted_from_disk() {
-    let dir = TempDir::new().unwrap();
-    let bus: Arc<dyn Bus> = Arc::new(LocalBus::default());
+/// A one-voter node with one shard, unsynced writes (the tests' speed).
+fn one_voter(dir: &TempDir) -> ClusterConfig {
     let mut config = ClusterConfig::new(1, vec![1], dir.path().join("n1"));
     config.shards = 1;
     config.shard = ShardConfig {
         sync_writes: false,
         ..ShardConfig::default()
     };
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_raft_group_is_restarted_from_disk() {
+    let dir = TempDir::new().unwrap();
+    let bus: Arc<dyn Bus> = Arc::new(LocalBus::default());
+    let config = one_voter(&dir);
     let node = ClusterNode::start(config, bus).await.unwrap();
     assert!(node.wait_for_leaders(Duration::from_secs(10)).await);
     node.write(&[point(1), point(2)]).await.unwrap();
@@ -77,12 +83,7 @@ async fn a_stopped_raft_group_is_restarted_from_disk() {
 async fn a_group_that_failed_repeatedly_is_ready_again_once_it_runs_steady() {
     let dir = TempDir::new().unwrap();
     let bus: Arc<dyn Bus> = Arc::new(LocalBus::default());
-    let mut config = ClusterConfig::new(1, vec![1], dir.path().join("n1"));
-    config.shards = 1;
-    config.shard = ShardConfig {
-        sync_writes: false,
-        ..ShardConfig::default()
-    };
+    let config = one_voter(&dir);
     let node = ClusterNode::start(config, bus).await.unwrap();
     assert!(node.wait_for_leaders(Duration::from_secs(10)).await);
     for round in 1..=3 {
@@ -123,12 +124,7 @@ fn term_of(node: &ClusterNode, shard: u32) -> u64 {
 async fn a_restarted_leader_is_elected_in_a_new_term_rather_than_resuming_its_old_one() {
     let dir = TempDir::new().unwrap();
     let bus: Arc<dyn Bus> = Arc::new(LocalBus::default());
-    let mut config = ClusterConfig::new(1, vec![1], dir.path().join("n1"));
-    config.shards = 1;
-    config.shard = ShardConfig {
-        sync_writes: false,
-        ..ShardConfig::default()
-    };
+    let config = one_voter(&dir);
     let node = ClusterNode::start(config.clone(), bus.clone())
         .await
         .unwrap();
