@@ -3,6 +3,7 @@
 //! is adding its crate and one line here (docs/architecture.md, "Adding a
 //! feature").
 
+pub mod backup;
 mod ingest;
 mod kv;
 mod query;
@@ -19,6 +20,7 @@ pub fn registry(config: &NodeConfig) -> Vec<Box<dyn Feature>> {
         Box::new(query::QueryFeature::new(config)),
         Box::new(kv::KvFeature::new(config)),
         Box::new(chronicle_live::LiveFeature),
+        Box::new(backup::BackupFeature),
     ]
 }
 

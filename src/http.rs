@@ -95,6 +95,7 @@ pub fn access_of(method: &actix_web::http::Method, path: &str) -> (Access, &'sta
         "/api/v1/live" => (Access::Read, "live"),
         _ if path.starts_with("/api/v1/kv/") => (Access::Admin, "kv"),
         _ if path.starts_with("/api/v1/auth/") => (Access::Admin, "auth"),
+        _ if path.starts_with("/api/v1/admin/backups") => (Access::Admin, "backup"),
         _ if path.starts_with("/api/v1/admin/") => (Access::Admin, "query"),
         _ if path.starts_with("/debug/") => (Access::Admin, "debug"),
         // The Prometheus HTTP API's read routes.

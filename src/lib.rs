@@ -2,6 +2,7 @@
 //! commands, as a library so the `chronicle` binary and the cross-process tests in
 //! `tests/` share them.
 
+pub mod backup_cli;
 pub mod bench;
 mod bench_cluster;
 mod bench_dataset;

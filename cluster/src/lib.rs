@@ -34,7 +34,8 @@ pub use error::ClusterError;
 pub use log_store::{LogStore, RAFT_LOG_WRITE};
 pub use network::{raft_subject, serve, serve_tracked, BusNetwork, LeaderContact};
 pub use node::{
-    placement, shard_of, ClusterConfig, ClusterNode, ClusterStatus, PendingWrite, ShardStatus,
+    placement, shard_of, BackupCheckpoint, ClusterConfig, ClusterNode, ClusterStatus, PendingWrite,
+    ShardStatus,
 };
 pub use read::{ShardAnswer, ShardRead};
 pub use snapshot::{Manifest, SnapshotFiles};

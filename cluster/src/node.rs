@@ -455,6 +455,15 @@ pub struct ClusterStatus {
     pub shards: Vec<ShardStatus>,
 }
 
+/// A shard checkpoint taken for a backup by its leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackupCheckpoint {
+    /// The Raft log index of the last entry the checkpoint holds.
+    pub applied_index: u64,
+    /// The leader's term when it was taken.
+    pub term: u64,
+}
+
 pub struct ClusterNode {
     pub(crate) config: ClusterConfig,
     pub(crate) bus: Arc<dyn Bus>,
@@ -945,6 +954,16 @@ impl ClusterNode {
     /// This node's member of `shard`, if it has one.
     pub(crate) fn group(&self, shard: u32) -> Option<Arc<Group>> {
         self.groups.read().get(&shard).cloned()
+    }
+
+    /// Where this node keeps its groups' data.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.config.data_dir
+    }
+
+    /// The settings every replica on this node opens its shard with.
+    pub fn shard_config(&self) -> &ShardConfig {
+        &self.config.shard
     }
 
     pub fn shards(&self) -> u32 {
@@ -1563,6 +1582,42 @@ impl ClusterNode {
             .iter()
             .map(|(id, g)| (*id, g.shard.current()))
             .collect()
+    }
+
+    /// Writes a consistent RocksDB checkpoint of `shard` into `dir` (which
+    /// must not exist) when this node leads it, after a read index: the
+    /// checkpoint holds every write acknowledged before the call. `None` when
+    /// this node does not lead the shard (a follower may lag; back the shard
+    /// up from its leader). The checkpoint hard-links the shard's SST files,
+    /// so it costs little disk until compactions replace them.
+    pub async fn backup_checkpoint(
+        &self,
+        shard: u32,
+        dir: PathBuf,
+    ) -> Result<Option<BackupCheckpoint>, ClusterError> {
+        let Some(group) = self.group(shard) else {
+            return Ok(None);
+        };
+        let metrics = group.raft.metrics().borrow().clone();
+        if metrics.current_leader != Some(self.config.node_id) {
+            return Ok(None);
+        }
+        if let ReadIndex::NotLeader = read_index(&group.raft, Some(shard)).await? {
+            return Ok(None);
+        }
+        let replica = group.shard.current();
+        let applied_index = tokio::task::spawn_blocking(move || {
+            // Heads cut into chunks first: a backup has no Raft log to
+            // replay what the shard had not made durable yet.
+            replica.checkpoint(&dir)?;
+            Ok::<_, ClusterError>(replica.last_applied())
+        })
+        .await
+        .map_err(|e| ClusterError::Unavailable(format!("checkpoint task failed: {e}")))??;
+        Ok(Some(BackupCheckpoint {
+            applied_index,
+            term: metrics.current_term,
+        }))
     }
 
     /// The local replica of `shard`, for follower reads (may lag the leader).

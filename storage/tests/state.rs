@@ -349,3 +349,47 @@ fn a_key_with_a_ttl_is_listed_as_expired_once_its_time_passed_unless_written_aga
     let too_long = StateTxn::put_with_ttl("k", "v", std::time::Duration::from_secs(400 * 86_400));
     assert!(batch(S, vec![too_long]).validate().is_err());
 }
+
+#[test]
+fn a_scan_of_every_namespace_pages_across_namespaces_in_key_order() {
+    let dir = TempDir::new().unwrap();
+    let shard = Shard::open(dir.path(), cfg()).unwrap();
+    let mut index = 1;
+    // "a" sorts before "a-b": the namespace's end (a 0 byte) must not let
+    // one namespace's keys run into the next's.
+    for ns in ["a-b", "a", "zz"] {
+        let txns = (0..5)
+            .map(|i| StateTxn::put(format!("k{i}"), format!("{ns}/{i}")))
+            .collect();
+        let b = StateBatch {
+            namespace: ns.into(),
+            ..batch(S, txns)
+        };
+        shard.apply_state(index, &b).unwrap();
+        index += 1;
+    }
+    let mut seen = Vec::new();
+    let mut after: Option<(String, String)> = None;
+    loop {
+        let (page, more) = shard
+            .state_scan_all(after.as_ref().map(|(n, k)| (n.as_str(), k.as_str())), 4)
+            .unwrap();
+        assert!(page.len() <= 4);
+        seen.extend(page.iter().map(|(ns, e)| {
+            (
+                ns.clone(),
+                e.key.clone(),
+                String::from_utf8(e.value.clone()).unwrap(),
+            )
+        }));
+        match (more, page.last()) {
+            (true, Some((ns, e))) => after = Some((ns.clone(), e.key.clone())),
+            _ => break,
+        }
+    }
+    let expected: Vec<_> = ["a", "a-b", "zz"]
+        .iter()
+        .flat_map(|ns| (0..5).map(move |i| (ns.to_string(), format!("k{i}"), format!("{ns}/{i}"))))
+        .collect();
+    assert_eq!(seen, expected);
+}

@@ -987,3 +987,65 @@ fn cluster_scale_adds_a_joining_node_once_it_is_up_and_empties_it_again() {
     }
     drop(node4);
 }
+
+#[test]
+fn a_backup_of_three_nodes_takes_each_shard_from_its_leader_and_restores_into_one_node() {
+    let cluster = Cluster::start(&["--enable-admin-api"]);
+    for ts in 0..50 {
+        let (code, body) = write(&cluster.http(1 + ts as u64 % 3), &lines("cpu", 12, ts, ts));
+        assert_eq!(code, 204, "{body}");
+    }
+    let expected = stored(&cluster.http(1), "cpu");
+    assert_eq!(expected.len(), 12 * 50);
+    let dir = tempfile::tempdir().unwrap();
+
+    // Node 1 alone leads only some shards: the take is refused, names the
+    // way out, and leaves no half backup behind.
+    let s = status(&cluster.http(1)).unwrap();
+    if (0..SHARDS).any(|i| leader(&s, i) != Some(1)) {
+        let partial = dir.path().join("partial");
+        let out = Command::new(BIN)
+            .args(["backup", "take", "--http", &cluster.http(1), "--out"])
+            .arg(&partial)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let why = String::from_utf8_lossy(&out.stderr);
+        assert!(why.contains("not led by any node given"), "{why}");
+        assert!(!partial.exists());
+    }
+
+    let backup = dir.path().join("backup");
+    let nodes = format!(
+        "{},{},{}",
+        cluster.http(1),
+        cluster.http(2),
+        cluster.http(3)
+    );
+    let out = Command::new(BIN)
+        .args(["backup", "take", "--http", &nodes, "--out"])
+        .arg(&backup)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains(&format!("backup of {SHARDS} shards")),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Into one fresh node with one shard: the same points.
+    let target_dir = tempfile::tempdir().unwrap();
+    let target = NodeProcess::start(BIN, target_dir.path(), None, &["--enable-admin-api"]);
+    let out = Command::new(BIN)
+        .args(["backup", "restore", "--http", &target.http, "--from"])
+        .arg(&backup)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stored(&target.http, "cpu"), expected);
+}

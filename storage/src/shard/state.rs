@@ -427,6 +427,56 @@ impl Shard {
         Ok((out, false))
     }
 
+    /// Up to `limit` current entries of every namespace, in (namespace, key)
+    /// order, after `after` when given; and whether more follow. For exports
+    /// (backups) that do not know the namespaces in advance.
+    pub fn state_scan_all(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<(Vec<(String, StateEntry)>, bool)> {
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_STATE));
+        match after {
+            Some((ns, key)) => {
+                let mut from = value_key(ns, key);
+                from.push(0);
+                it.seek(from);
+            }
+            None => it.seek(b"v"),
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        while let (Some(key), Some(value)) = (it.key(), it.value()) {
+            if key.first() != Some(&b'v') {
+                break;
+            }
+            let size = key.len() + value.len() + 64;
+            if out.len() == limit || (!out.is_empty() && bytes + size > MAX_READ_BYTES) {
+                return Ok((out, true));
+            }
+            bytes += size;
+            let split = key[1..]
+                .iter()
+                .position(|&b| b == 0)
+                .ok_or(corrupt("state key"))?;
+            let ns = String::from_utf8_lossy(&key[1..1 + split]).into_owned();
+            let r = Record::decode(value)?;
+            out.push((
+                ns,
+                StateEntry {
+                    key: String::from_utf8_lossy(&key[2 + split..]).into_owned(),
+                    value: r.value,
+                    revision: r.revision,
+                    created: r.created,
+                    expires: r.expires,
+                },
+            ));
+            it.next();
+        }
+        it.status()?;
+        Ok((out, false))
+    }
+
     /// Up to `limit` keys (namespace, key, revision) whose TTL ran out at
     /// `now` (ns), soonest first: what the leader deletes, each only if still
     /// at that revision.
