@@ -354,10 +354,9 @@ fn a_key_with_a_ttl_is_listed_as_expired_once_its_time_passed_unless_written_aga
 fn a_scan_of_every_namespace_pages_across_namespaces_in_key_order() {
     let dir = TempDir::new().unwrap();
     let shard = Shard::open(dir.path(), cfg()).unwrap();
-    let mut index = 1;
     // "a" sorts before "a-b": the namespace's end (a 0 byte) must not let
     // one namespace's keys run into the next's.
-    for ns in ["a-b", "a", "zz"] {
+    for (index, ns) in (1..).zip(["a-b", "a", "zz"]) {
         let txns = (0..5)
             .map(|i| StateTxn::put(format!("k{i}"), format!("{ns}/{i}")))
             .collect();
@@ -366,7 +365,6 @@ fn a_scan_of_every_namespace_pages_across_namespaces_in_key_order() {
             ..batch(S, txns)
         };
         shard.apply_state(index, &b).unwrap();
-        index += 1;
     }
     let mut seen = Vec::new();
     let mut after: Option<(String, String)> = None;
