@@ -33,7 +33,7 @@ pub enum BackupCommand {
     /// Give the address of every node that leads a shard (`chronicle cluster
     /// status` shows the leaders); a one-node cluster needs only its own.
     Take {
-        /// Node HTTP URLs; repeat for several nodes.
+        /// Node HTTP URLs, comma-separated or with --http repeated.
         #[arg(
             long = "http",
             env = "CHRONICLE_HTTP",
