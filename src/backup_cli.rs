@@ -84,6 +84,63 @@ pub struct BackupManifest {
     pub shards: Vec<ShardBackup>,
 }
 
+/// Shards a backup may hold (far above any cluster's shard count).
+const MAX_SHARDS: u32 = 65_536;
+
+impl BackupManifest {
+    /// Reads and checks a `backup.json`: a backup is a file that travels, so
+    /// nothing in it is trusted until checked (names stay inside their
+    /// directory, shards are distinct and within the count, the chunk range
+    /// is one a shard can be read with).
+    pub fn parse(text: &[u8]) -> Result<Self, String> {
+        let manifest: Self = serde_json::from_slice(text).map_err(|e| e.to_string())?;
+        if manifest.format != FORMAT {
+            return Err(format!(
+                "format {}, this chronicle reads format {FORMAT}",
+                manifest.format
+            ));
+        }
+        if manifest.shards_total == 0 || manifest.shards_total > MAX_SHARDS {
+            return Err(format!(
+                "shards_total {}: 1 to {MAX_SHARDS}",
+                manifest.shards_total
+            ));
+        }
+        let range = Duration::from_nanos(manifest.chunk_range_ns);
+        if range < Duration::from_secs(1) || range > Duration::from_secs(366 * 86_400) {
+            return Err(format!(
+                "chunk_range_ns {}: 1 s to 366 days",
+                manifest.chunk_range_ns
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for shard in &manifest.shards {
+            if shard.shard >= manifest.shards_total || !seen.insert(shard.shard) {
+                return Err(format!(
+                    "shard {} is out of range or listed twice",
+                    shard.shard
+                ));
+            }
+            let mut names = std::collections::BTreeSet::new();
+            for f in &shard.files {
+                if !chronicle_cluster::snapshot::safe_name(&f.name) || !names.insert(&f.name) {
+                    return Err(format!(
+                        "shard {}: file name {:?} is not allowed or listed twice",
+                        shard.shard, f.name
+                    ));
+                }
+                if f.sha256.len() != 64 || !f.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(format!(
+                        "shard {}: file {}: sha256 is not 64 hex digits",
+                        shard.shard, f.name
+                    ));
+                }
+            }
+        }
+        Ok(manifest)
+    }
+}
+
 pub fn run(command: BackupCommand) -> Result<(), Error> {
     match command {
         BackupCommand::Take {
@@ -283,24 +340,10 @@ pub fn verify(dir: &Path) -> Result<BackupManifest, Error> {
             path.display()
         )
     })?;
-    let manifest: BackupManifest =
-        serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    if manifest.format != FORMAT {
-        return Err(format!(
-            "{}: format {}, this chronicle reads format {FORMAT}",
-            path.display(),
-            manifest.format
-        )
-        .into());
-    }
+    let manifest = BackupManifest::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     for shard in &manifest.shards {
         let shard_dir = dir.join(format!("shard-{}", shard.shard));
         for f in &shard.files {
-            if !chronicle_cluster::snapshot::safe_name(&f.name) {
-                return Err(
-                    format!("{}: file name {:?} is not allowed", path.display(), f.name).into(),
-                );
-            }
             let file = shard_dir.join(&f.name);
             let (size, sha256) =
                 sha256_file(&file).map_err(|e| format!("{}: {e}", file.display()))?;
@@ -532,4 +575,63 @@ fn restore_state(
         }
     }
     send(&mut pending)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(shards: Value, total: u32, range: u64) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "format": 1, "created_unix_ms": 0, "sources": [], "shards_total": total,
+            "chunk_range_ns": range, "shards": shards,
+        }))
+        .unwrap()
+    }
+
+    fn shard(id: u32, name: &str) -> Value {
+        json!({"shard": id, "node": 1, "applied_index": 1, "term": 1,
+               "files": [{"name": name, "size": 1, "sha256": "ab".repeat(32)}]})
+    }
+
+    #[test]
+    fn hostile_manifests_are_refused_before_any_file_is_read() {
+        let two_hours = 7_200_000_000_000;
+        assert!(
+            BackupManifest::parse(&manifest(json!([shard(0, "CURRENT")]), 1, two_hours)).is_ok()
+        );
+        for (bad, why) in [
+            (
+                manifest(json!([shard(0, "../x")]), 1, two_hours),
+                "not allowed",
+            ),
+            (
+                manifest(json!([shard(0, ".hidden")]), 1, two_hours),
+                "not allowed",
+            ),
+            (
+                manifest(json!([shard(0, "a/b")]), 1, two_hours),
+                "not allowed",
+            ),
+            (
+                manifest(json!([shard(1, "CURRENT")]), 1, two_hours),
+                "out of range",
+            ),
+            (
+                manifest(json!([shard(0, "A"), shard(0, "B")]), 2, two_hours),
+                "twice",
+            ),
+            (manifest(json!([]), 0, two_hours), "shards_total"),
+            (manifest(json!([]), 1, 0), "chunk_range_ns"),
+            (manifest(json!([]), 1, u64::MAX), "chunk_range_ns"),
+            (b"{\"format\": 2}".to_vec(), "missing field"),
+            (b"not json".to_vec(), "expected"),
+        ] {
+            let e = BackupManifest::parse(&bad).unwrap_err();
+            assert!(e.contains(why), "{e}");
+        }
+        let mut odd = shard(0, "CURRENT");
+        odd["files"][0]["sha256"] = json!("zz");
+        assert!(BackupManifest::parse(&manifest(json!([odd]), 1, two_hours)).is_err());
+    }
 }
