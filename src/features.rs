@@ -21,6 +21,7 @@ pub fn registry(config: &NodeConfig) -> Vec<Box<dyn Feature>> {
         Box::new(kv::KvFeature::new(config)),
         Box::new(chronicle_live::LiveFeature),
         Box::new(backup::BackupFeature),
+        Box::new(chronicle_collab::CollabFeature),
     ]
 }
 

@@ -93,6 +93,11 @@ pub fn access_of(method: &actix_web::http::Method, path: &str) -> (Access, &'sta
         }
         _ if path.starts_with("/api/v1/cluster/") => (Access::Admin, "cluster"),
         "/api/v1/live" => (Access::Read, "live"),
+        // Creating a session needs a writer; joining, reading and editing
+        // are checked against the session's roles (a read-only token is a
+        // viewer in every session).
+        "/api/collab/sessions/create" => (Access::Write, "collab"),
+        _ if path.starts_with("/api/collab/") => (Access::Read, "collab"),
         _ if path.starts_with("/api/v1/kv/") => (Access::Admin, "kv"),
         _ if path.starts_with("/api/v1/auth/") => (Access::Admin, "auth"),
         _ if path.starts_with("/api/v1/admin/backups") => (Access::Admin, "backup"),
@@ -102,6 +107,29 @@ pub fn access_of(method: &actix_web::http::Method, path: &str) -> (Access, &'sta
         _ if path.starts_with("/api/v1/") => (Access::Read, "query"),
         _ => (Access::Admin, "unknown"),
     }
+}
+
+/// The request's credential: its `Authorization` header, or for a
+/// WebSocket upgrade without one, an `access_token` query parameter
+/// (RFC 6750's name): browsers cannot set headers on a WebSocket, and
+/// y-websocket passes its `params` in the query string.
+fn credential(req: &actix_web::dev::ServiceRequest) -> Option<Vec<u8>> {
+    if let Some(v) = req.headers().get(actix_web::http::header::AUTHORIZATION) {
+        return Some(v.as_bytes().to_vec());
+    }
+    let upgrade = req
+        .headers()
+        .get(actix_web::http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if !upgrade {
+        return None;
+    }
+    serde_urlencoded::from_str::<Vec<(String, String)>>(req.query_string())
+        .ok()?
+        .into_iter()
+        .find(|(k, _)| k == "access_token")
+        .map(|(_, token)| format!("Bearer {token}").into_bytes())
 }
 
 /// Authenticates and authorizes every request before its handler runs; the
@@ -118,11 +146,7 @@ async fn authorize(
     let checked = match req.app_data::<web::Data<AppState>>() {
         Some(state) if access != Access::Public => state
             .auth
-            .authenticate(
-                req.headers()
-                    .get(actix_web::http::header::AUTHORIZATION)
-                    .map(|v| v.as_bytes()),
-            )
+            .authenticate(credential(&req).as_deref())
             .and_then(|who| who.authorize(access, feature).map(|()| who)),
         _ => Ok(Principal::anonymous()),
     };

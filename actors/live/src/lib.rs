@@ -21,7 +21,7 @@ use std::time::Duration;
 use actix::Addr;
 use actix_web::{web, HttpRequest, HttpResponse};
 use async_trait::async_trait;
-mod socket;
+use chronicle_platform::ws as socket;
 
 use chronicle_platform::{Feature, FeatureContext, FeatureError, Planned, Running};
 use chronicle_query::request::TimeSpec;
@@ -605,7 +605,7 @@ async fn run_session(
                             Err(_) => break Ended::Slow,
                         }
                     }
-                    Ok(socket::Incoming::Pong | socket::Incoming::Data) => {}
+                    Ok(socket::Incoming::Pong | socket::Incoming::Text(_) | socket::Incoming::Binary(_)) => {}
                     Ok(socket::Incoming::Close) => break Ended::ClientClosed,
                     // Oversized or malformed frames: the protocol error closes.
                     Err(e) => {

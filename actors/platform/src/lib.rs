@@ -12,8 +12,10 @@
 //! runs, fault-wrapped like the core actors'), its namespace of the
 //! replicated state, the change feed, the authenticator, supervision with
 //! backoff, and handles other features published ([`Services`]: the query
-//! and write handles among them). Features reach each other only through
-//! subjects and those handles.
+//! and write handles among them), and WebSockets ([`ws`]). Features reach
+//! each other only through subjects and those handles.
+
+pub mod ws;
 
 use std::any::{Any, TypeId};
 use std::collections::{BTreeMap, HashMap};

@@ -1,9 +1,10 @@
-//! A WebSocket over an actix-web request with a send buffer of one frame.
+//! WebSockets for features: an upgraded actix-web request with a send
+//! buffer of one frame.
 //!
 //! actix's response body is polled only while the connection's write buffer
 //! has room, so a sender that waits for its frame to be taken is waiting for
-//! the client: with one frame in the channel, a slow client holds the
-//! session back (and the session's timeout drops it) instead of frames
+//! the client: with one frame in the channel, a slow client holds its own
+//! sender back (and the feature's send timeout drops it) instead of frames
 //! piling up in the node. Frames from the client are decoded from the
 //! request payload with actix-http's codec, which refuses frames over the
 //! size limit.
@@ -27,17 +28,17 @@ pub struct Receiver {
     codec: Codec,
 }
 
-/// The client's messages, as far as a server needs them.
+/// The client's messages.
 #[derive(Debug)]
 pub enum Incoming {
-    /// A text or binary message (a live query has no use for them).
-    Data,
+    Text(Bytes),
+    Binary(Bytes),
     Ping(Bytes),
     Pong,
     Close,
 }
 
-/// Why the other side is gone.
+/// The other side is gone.
 #[derive(Debug)]
 pub struct Closed;
 
@@ -49,6 +50,20 @@ pub fn upgrade(
     max_frame: usize,
 ) -> Result<(HttpResponse, Sender, Receiver), actix_http::ws::HandshakeError> {
     let mut response = actix_http::ws::handshake(req.head())?;
+    // y-websocket and other clients may ask for a subprotocol; echo the
+    // first one offered (the server speaks whatever the route speaks).
+    if let Some(offered) = req
+        .headers()
+        .get("sec-websocket-protocol")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        if let Ok(value) = actix_http::header::HeaderValue::from_str(offered) {
+            response.insert_header(("sec-websocket-protocol", value));
+        }
+    }
     let (frames, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv()
@@ -89,6 +104,10 @@ impl Sender {
         self.send(Message::Text(text.into())).await
     }
 
+    pub async fn binary(&mut self, bytes: Bytes) -> Result<(), Closed> {
+        self.send(Message::Binary(bytes)).await
+    }
+
     pub async fn ping(&mut self) -> Result<(), Closed> {
         self.send(Message::Ping(Bytes::new())).await
     }
@@ -115,12 +134,13 @@ impl Receiver {
         loop {
             if let Some(frame) = self.codec.decode(&mut self.buffer)? {
                 return Ok(match frame {
-                    Frame::Text(_) | Frame::Binary(_) => Incoming::Data,
+                    Frame::Text(b) => Incoming::Text(b),
+                    Frame::Binary(b) => Incoming::Binary(b),
                     Frame::Ping(b) => Incoming::Ping(b),
                     Frame::Pong(_) => Incoming::Pong,
                     Frame::Close(_) => Incoming::Close,
-                    // Fragmented messages: a client of live queries has
-                    // nothing to say that needs them.
+                    // Fragmented messages: no client of ours sends them (a
+                    // browser never fragments what it sends).
                     Frame::Continuation(_) => return Err(ProtocolError::ContinuationNotStarted),
                 });
             }

@@ -1,0 +1,955 @@
+//! One collaborative session: a supervised actix actor holding the shared
+//! document, the participants connected to this node and their awareness
+//! (cursors, presence).
+//!
+//! A change from a participant is checked, applied to the document, then
+//! written to the replicated state; only once it is durable does it go to
+//! the other participants (here, and on other nodes over the bus). So an
+//! edit anyone else has seen survives the loss of this node. Changes that
+//! arrive while a write is in flight are written together with the next
+//! one (one commit per batch, not per keystroke).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytes::Bytes;
+use chronicle_actor_runtime::{guarded, Restarts};
+use chronicle_bus::{Bus, Message as BusMessage};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+use yrs::block::ClientID;
+use yrs::sync::awareness::{AwarenessUpdate, AwarenessUpdateEntry};
+
+use crate::doc::{Annotation, SessionDoc};
+use crate::metrics;
+use crate::store::{merge, Role, SessionInfo, Store};
+use crate::wire::{decode_frame, encode, ClientMessage, FrameLimits};
+
+const ACTOR: &str = "collab_session";
+
+pub type ConnId = u64;
+
+/// Which protocol a participant speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// y-protocols (binary), as y-websocket clients speak it.
+    Yjs,
+    /// The spec's JSON messages.
+    Json,
+}
+
+/// What a participant's connection task sends on.
+#[derive(Debug)]
+pub enum Outbound {
+    Binary(Bytes),
+    Text(String),
+    /// Close with this reason.
+    Close(String),
+}
+
+/// Bounds on one session.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    /// Participants on this node.
+    pub max_participants: usize,
+    /// The document's size (snapshot and log), bytes: edits beyond it are refused.
+    pub max_document_bytes: usize,
+    /// Frames queued for one participant; one that falls further behind is
+    /// disconnected.
+    pub outbound_queue: usize,
+    /// A session with no participant stops after this long.
+    pub idle_stop: Duration,
+    /// The log is folded into a snapshot past this many bytes.
+    pub compact_log_bytes: usize,
+    pub frame: FrameLimits,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        Self {
+            max_participants: 256,
+            max_document_bytes: 8 << 20,
+            outbound_queue: 256,
+            idle_stop: Duration::from_secs(30),
+            compact_log_bytes: 256 << 10,
+            frame: FrameLimits::default(),
+        }
+    }
+}
+
+struct Conn {
+    principal: String,
+    name: String,
+    role: Role,
+    protocol: Protocol,
+    tx: mpsc::Sender<Outbound>,
+    /// Awareness client ids this connection announced.
+    clients: Vec<u64>,
+    /// Whether it was told that its edits are refused.
+    told_read_only: bool,
+}
+
+/// The session's starting point, loaded from the replicated state.
+pub struct Loaded {
+    pub info: SessionInfo,
+    pub doc: SessionDoc,
+    pub log_keys: Vec<String>,
+    pub log_bytes: usize,
+    pub snapshot_revision: u64,
+}
+
+pub struct Session {
+    id: String,
+    info: SessionInfo,
+    doc: SessionDoc,
+    store: Arc<Store>,
+    bus: Arc<dyn Bus>,
+    /// `<prefix>.collab.<id>`: durable updates between nodes.
+    subject: String,
+    node: u64,
+    limits: SessionLimits,
+    conns: HashMap<ConnId, Conn>,
+    /// Awareness states: client id -> (clock, JSON).
+    awareness: HashMap<u64, (u32, Arc<str>)>,
+    /// Changes applied here, not yet durable: (update, from).
+    pending: Vec<(Vec<u8>, Option<ConnId>)>,
+    writing: bool,
+    failures: u32,
+    log_keys: Vec<String>,
+    log_bytes: usize,
+    snapshot_bytes: usize,
+    snapshot_revision: u64,
+    compacting: bool,
+    idle_since: Option<Instant>,
+    restarts: Restarts,
+    bus_task: Option<SpawnHandle>,
+    /// Told when the session stops, so the hub forgets it.
+    on_stop: Option<OnStop>,
+}
+
+/// Called with the session's id when it stops.
+pub type OnStop = Box<dyn FnOnce(&str) + Send>;
+
+/// What every session on a node shares.
+#[derive(Clone)]
+pub struct SessionEnv {
+    pub store: Arc<Store>,
+    pub bus: Arc<dyn Bus>,
+    /// The subject prefix (`chronicle`).
+    pub prefix: String,
+    pub node: u64,
+    pub limits: SessionLimits,
+}
+
+impl Session {
+    pub fn new(loaded: Loaded, env: SessionEnv, restarts: Restarts, on_stop: OnStop) -> Self {
+        let snapshot_bytes = loaded.doc.encode_state().len();
+        Self {
+            id: loaded.info.id.clone(),
+            subject: format!("{}.collab.{}", env.prefix, loaded.info.id),
+            info: loaded.info,
+            doc: loaded.doc,
+            store: env.store,
+            bus: env.bus,
+            node: env.node,
+            limits: env.limits,
+            conns: HashMap::new(),
+            awareness: HashMap::new(),
+            pending: Vec::new(),
+            writing: false,
+            failures: 0,
+            log_keys: loaded.log_keys,
+            log_bytes: loaded.log_bytes,
+            snapshot_bytes,
+            snapshot_revision: loaded.snapshot_revision,
+            compacting: false,
+            idle_since: Some(Instant::now()),
+            restarts,
+            bus_task: None,
+            on_stop: Some(on_stop),
+        }
+    }
+
+    fn send(&mut self, conn: ConnId, out: Outbound) {
+        let full = match self.conns.get(&conn) {
+            Some(c) => c.tx.try_send(out).is_err(),
+            None => false,
+        };
+        if full {
+            // A participant that does not read does not hold the others up.
+            metrics::DROPPED.with_label_values(&["slow"]).inc();
+            self.drop_conn(conn, "too far behind: the node stopped sending to it");
+        }
+    }
+
+    fn broadcast_binary(&mut self, frame: Bytes, except: Option<ConnId>) {
+        let ids: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(id, c)| Some(**id) != except && c.protocol == Protocol::Yjs)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.send(id, Outbound::Binary(frame.clone()));
+        }
+    }
+
+    /// The spec's `state_update` for JSON participants.
+    fn state_json(&self) -> String {
+        let participants: Vec<Value> = self
+            .conns
+            .values()
+            .map(|c| json!({"id": c.principal, "name": c.name, "role": c.role}))
+            .collect();
+        let annotations = self.doc.annotations();
+        let skip = annotations.len().saturating_sub(100);
+        json!({
+            "type": "state_update",
+            "state": {
+                "session": self.id,
+                "query_text": self.doc.query_text(),
+                "language": self.doc.language(),
+                "participants": participants,
+                "annotations": annotations[skip..],
+            }
+        })
+        .to_string()
+    }
+
+    fn broadcast_state(&mut self) {
+        let text = self.state_json();
+        let ids: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.protocol == Protocol::Json)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.send(id, Outbound::Text(text.clone()));
+        }
+    }
+
+    fn error_to(&mut self, conn: ConnId, code: &str, message: &str) {
+        let protocol = self.conns.get(&conn).map(|c| c.protocol);
+        match protocol {
+            Some(Protocol::Json) => self.send(
+                conn,
+                Outbound::Text(
+                    json!({"type": "error", "error": {"code": code, "message": message}})
+                        .to_string(),
+                ),
+            ),
+            Some(Protocol::Yjs) => self.send(
+                conn,
+                Outbound::Binary(encode::permission_denied(message).into()),
+            ),
+            None => {}
+        }
+    }
+
+    fn drop_conn(&mut self, conn: ConnId, reason: &str) {
+        if let Some(c) = self.conns.remove(&conn) {
+            let _ = c.tx.try_send(Outbound::Close(reason.to_string()));
+            self.forget_awareness(&c.clients);
+            metrics::PARTICIPANTS.dec();
+            if self.conns.is_empty() {
+                self.idle_since = Some(Instant::now());
+            }
+            self.broadcast_state();
+        }
+    }
+
+    /// Tells everyone that these clients are gone (a `null` state, one
+    /// clock later, as y-protocols does).
+    fn forget_awareness(&mut self, clients: &[u64]) {
+        let mut gone = HashMap::new();
+        for c in clients {
+            if let Some((clock, _)) = self.awareness.remove(c) {
+                gone.insert(
+                    ClientID::new(*c),
+                    AwarenessUpdateEntry {
+                        clock: clock.wrapping_add(1),
+                        json: Arc::from("null"),
+                    },
+                );
+            }
+        }
+        if !gone.is_empty() {
+            let update = AwarenessUpdate { clients: gone };
+            self.broadcast_binary(encode::awareness(&update).into(), None);
+        }
+    }
+
+    fn awareness_all(&self) -> Option<Vec<u8>> {
+        if self.awareness.is_empty() {
+            return None;
+        }
+        let clients = self
+            .awareness
+            .iter()
+            .map(|(c, (clock, json))| {
+                (
+                    ClientID::new(*c),
+                    AwarenessUpdateEntry {
+                        clock: *clock,
+                        json: json.clone(),
+                    },
+                )
+            })
+            .collect();
+        Some(encode::awareness(&AwarenessUpdate { clients }))
+    }
+
+    fn document_bytes(&self) -> usize {
+        self.snapshot_bytes
+            + self.log_bytes
+            + self.pending.iter().map(|(u, _)| u.len()).sum::<usize>()
+    }
+
+    /// Applies a participant's change and queues it for writing.
+    fn edit(&mut self, conn: ConnId, update: Vec<u8>, ctx: &mut Context<Self>) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if !c.role.can_edit() {
+            metrics::REFUSED.with_label_values(&["viewer"]).inc();
+            if !c.told_read_only {
+                c.told_read_only = true;
+                let role = c.role;
+                self.error_to(
+                    conn,
+                    "forbidden",
+                    &format!("permission denied: your role in this session is {role:?}; viewers cannot edit"),
+                );
+            }
+            return;
+        }
+        if self.document_bytes() + update.len() > self.limits.max_document_bytes {
+            metrics::REFUSED.with_label_values(&["full"]).inc();
+            let max = self.limits.max_document_bytes;
+            self.error_to(
+                conn,
+                "too_large",
+                &format!(
+                    "the session's document is at its limit of {max} bytes; edits are refused"
+                ),
+            );
+            return;
+        }
+        if let Err(e) = self.doc.apply(&update) {
+            metrics::REFUSED.with_label_values(&["malformed"]).inc();
+            self.error_to(conn, "bad_request", &e.to_string());
+            self.drop_conn(conn, &format!("malformed update: {e}"));
+            return;
+        }
+        self.pending.push((update, Some(conn)));
+        self.write(ctx);
+    }
+
+    /// Writes what is pending, unless a write is in flight (then the next
+    /// write takes it).
+    fn write(&mut self, ctx: &mut Context<Self>) {
+        if self.writing || self.pending.is_empty() {
+            return;
+        }
+        self.writing = true;
+        let batch = std::mem::take(&mut self.pending);
+        let updates: Vec<Vec<u8>> = batch.iter().map(|(u, _)| u.clone()).collect();
+        let (store, id) = (self.store.clone(), self.id.clone());
+        let started = Instant::now();
+        let fut = async move {
+            match merge(&updates) {
+                Some(merged) => {
+                    let len = merged.len();
+                    let key = store.append(&id, merged.clone()).await?;
+                    Ok::<_, crate::store::StoreError>((vec![(key, len)], merged))
+                }
+                None => {
+                    let mut keys = Vec::new();
+                    for u in &updates {
+                        keys.push((store.append(&id, u.clone()).await?, u.len()));
+                    }
+                    // Relayed one by one below.
+                    Ok((keys, Vec::new()))
+                }
+            }
+        };
+        ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
+            act.writing = false;
+            match result {
+                Ok((keys, merged)) => {
+                    act.failures = 0;
+                    metrics::WRITE_SECONDS.observe(started.elapsed().as_secs_f64());
+                    for (key, len) in keys {
+                        act.log_keys.push(key);
+                        act.log_bytes += len;
+                    }
+                    act.relay(&batch, merged);
+                    act.maybe_compact(ctx);
+                }
+                Err(e) => {
+                    act.failures += 1;
+                    warn!(session = %act.id, error = %e, failures = act.failures, "collab: writing edits failed");
+                    // Back in front of what came meanwhile, tried again.
+                    let later = std::mem::take(&mut act.pending);
+                    act.pending = batch;
+                    act.pending.extend(later);
+                    if act.failures >= 5 {
+                        // Participants reconnect (to another node, if this
+                        // one cannot write) and resend what was not saved.
+                        let ids: Vec<ConnId> = act.conns.keys().copied().collect();
+                        for id in ids {
+                            act.drop_conn(id, "the session cannot save edits on this node; reconnect");
+                        }
+                        ctx.stop();
+                        return;
+                    }
+                    ctx.run_later(Duration::from_millis(100 << act.failures.min(5)), |act, ctx| {
+                        act.write(ctx)
+                    });
+                    return;
+                }
+            }
+            act.write(ctx);
+        }));
+    }
+
+    /// Durable changes go to the other participants here and on other nodes.
+    fn relay(&mut self, batch: &[(Vec<u8>, Option<ConnId>)], merged: Vec<u8>) {
+        for (update, from) in batch {
+            self.broadcast_binary(encode::update(update).into(), *from);
+        }
+        self.broadcast_state();
+        let publish = |u: &[u8]| {
+            let mut payload = Vec::with_capacity(8 + u.len());
+            payload.extend_from_slice(&self.node.to_be_bytes());
+            payload.extend_from_slice(u);
+            let (bus, subject) = (self.bus.clone(), self.subject.clone());
+            actix::spawn(async move {
+                if let Err(e) = bus.publish(BusMessage::new(subject, payload)).await {
+                    debug!(error = %e, "collab: relay to other nodes failed (they catch up from the state)");
+                }
+            });
+        };
+        if merged.is_empty() {
+            for (u, _) in batch {
+                publish(u);
+            }
+        } else {
+            publish(&merged);
+        }
+    }
+
+    fn maybe_compact(&mut self, ctx: &mut Context<Self>) {
+        if self.compacting || self.log_bytes < self.limits.compact_log_bytes {
+            return;
+        }
+        self.compacting = true;
+        let state = self.doc.encode_state();
+        let keys = self.log_keys.clone();
+        let (store, id, revision) = (self.store.clone(), self.id.clone(), self.snapshot_revision);
+        let size = state.len();
+        let fut = async move {
+            store
+                .compact(&id, state, revision, &keys)
+                .await
+                .map(|r| (r, keys))
+        };
+        ctx.spawn(fut.into_actor(self).map(move |result, act, _| {
+            act.compacting = false;
+            match result {
+                Ok((revision, keys)) => {
+                    let folded = keys.len().min(4096);
+                    act.log_keys.drain(..folded);
+                    act.snapshot_revision = revision;
+                    act.snapshot_bytes = size;
+                    act.log_bytes = 0;
+                    metrics::COMPACTIONS.inc();
+                }
+                Err(e) => {
+                    // Another node compacted first, or the state is busy:
+                    // the next write tries again from what is stored.
+                    debug!(session = %act.id, error = %e, "collab: compaction skipped");
+                    act.snapshot_revision = 0;
+                }
+            }
+        }));
+    }
+
+    fn on_frame(&mut self, conn: ConnId, frame: Bytes, ctx: &mut Context<Self>) {
+        let messages = match decode_frame(&frame, &self.limits.frame) {
+            Ok(m) => m,
+            Err(e) => {
+                metrics::REFUSED.with_label_values(&["malformed"]).inc();
+                self.drop_conn(conn, &format!("malformed message: {e}"));
+                return;
+            }
+        };
+        for message in messages {
+            match message {
+                ClientMessage::SyncStep1(sv) => {
+                    let diff = self.doc.diff(&sv);
+                    self.send(conn, Outbound::Binary(encode::sync_step2(&diff).into()));
+                }
+                ClientMessage::SyncStep2(update) | ClientMessage::Update(update) => {
+                    self.edit(conn, update, ctx)
+                }
+                ClientMessage::Awareness(update) => self.on_awareness(Some(conn), update),
+                ClientMessage::QueryAwareness => {
+                    if let Some(all) = self.awareness_all() {
+                        self.send(conn, Outbound::Binary(all.into()));
+                    }
+                }
+                ClientMessage::Auth => {}
+            }
+        }
+    }
+
+    fn on_awareness(&mut self, conn: Option<ConnId>, update: AwarenessUpdate) {
+        let mut changed = HashMap::new();
+        for (client, entry) in update.clients {
+            let id = client.get();
+            let newer = self
+                .awareness
+                .get(&id)
+                .is_none_or(|(clock, _)| entry.clock > *clock);
+            if !newer {
+                continue;
+            }
+            if &*entry.json == "null" {
+                self.awareness.remove(&id);
+            } else {
+                if let Some(c) = conn.and_then(|c| self.conns.get_mut(&c)) {
+                    if !c.clients.contains(&id) && c.clients.len() < 16 {
+                        c.clients.push(id);
+                    }
+                }
+                self.awareness.insert(id, (entry.clock, entry.json.clone()));
+            }
+            changed.insert(client, entry);
+        }
+        if changed.is_empty() {
+            return;
+        }
+        let frame = encode::awareness(&AwarenessUpdate { clients: changed });
+        self.broadcast_binary(frame.clone().into(), conn);
+        if conn.is_some() {
+            let (bus, subject) = (self.bus.clone(), format!("{}.awareness", self.subject));
+            let mut payload = self.node.to_be_bytes().to_vec();
+            payload.extend_from_slice(&frame);
+            actix::spawn(async move {
+                let _ = bus.publish(BusMessage::new(subject, payload)).await;
+            });
+        }
+    }
+
+    fn on_json(&mut self, conn: ConnId, text: &[u8], ctx: &mut Context<Self>) {
+        let op = match parse_json_op(text) {
+            Ok(op) => op,
+            Err(e) => {
+                metrics::REFUSED.with_label_values(&["malformed"]).inc();
+                self.error_to(conn, "bad_request", &e);
+                return;
+            }
+        };
+        let (principal, can_edit) = match self.conns.get(&conn) {
+            Some(c) => (c.principal.clone(), c.role.can_edit()),
+            None => return,
+        };
+        let updates = match op {
+            JsonOp::State => {
+                let state = self.state_json();
+                self.send(conn, Outbound::Text(state));
+                return;
+            }
+            _ if !can_edit => {
+                metrics::REFUSED.with_label_values(&["viewer"]).inc();
+                self.error_to(conn, "forbidden", "viewers cannot change the session");
+                return;
+            }
+            JsonOp::UpdateQuery { query, language } => {
+                let mut updates = Vec::new();
+                if let Some(lang) = language {
+                    match self.doc.set_language(&lang) {
+                        Ok(u) => updates.extend(u),
+                        Err(e) => {
+                            self.error_to(conn, "bad_request", &e.to_string());
+                            return;
+                        }
+                    }
+                }
+                updates.extend(self.doc.set_query(&query));
+                updates
+            }
+            JsonOp::Annotate(mut a) => {
+                a.author = principal;
+                a.at_ms = (chrono_now_ns() / 1_000_000) as i64;
+                vec![self.doc.add_annotation(&a)]
+            }
+        };
+        // Made here from the document itself: applied already, only written.
+        for u in updates {
+            if self.document_bytes() + u.len() > self.limits.max_document_bytes {
+                self.error_to(conn, "too_large", "the session's document is at its limit");
+                return;
+            }
+            self.pending.push((u, Some(conn)));
+        }
+        self.write(ctx);
+    }
+}
+
+fn chrono_now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// What a JSON participant may send.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JsonOp {
+    /// Replace the query text (a minimal edit), and optionally its language.
+    UpdateQuery {
+        query: String,
+        language: Option<String>,
+    },
+    Annotate(Annotation),
+    /// Send me the state.
+    State,
+}
+
+/// Longest query text a JSON participant may set, bytes.
+pub const MAX_QUERY_BYTES: usize = 64 << 10;
+
+/// Parses `{"type": "operation", "operation": {"type": ..., "data": {...}}}`.
+pub fn parse_json_op(text: &[u8]) -> Result<JsonOp, String> {
+    let v: Value = serde_json::from_slice(text).map_err(|e| format!("invalid JSON: {e}"))?;
+    match v["type"].as_str() {
+        Some("operation") => {}
+        Some("state") => return Ok(JsonOp::State),
+        Some(other) => return Err(format!("message type {other:?}: operation or state")),
+        None => return Err("a message needs a \"type\"".into()),
+    }
+    let op = &v["operation"];
+    let data = &op["data"];
+    match op["type"].as_str() {
+        Some("update_query") => {
+            let query = data["query"]
+                .as_str()
+                .ok_or("update_query needs data.query (a string)")?;
+            if query.len() > MAX_QUERY_BYTES {
+                return Err(format!(
+                    "a query of {} bytes; at most {MAX_QUERY_BYTES}",
+                    query.len()
+                ));
+            }
+            let language = match &data["language"] {
+                Value::Null => None,
+                Value::String(s) => Some(s.clone()),
+                _ => return Err("data.language is a string".into()),
+            };
+            Ok(JsonOp::UpdateQuery {
+                query: query.to_string(),
+                language,
+            })
+        }
+        Some("annotate") => {
+            let a: Annotation =
+                serde_json::from_value(data.clone()).map_err(|e| format!("annotate: {e}"))?;
+            if a.text.len() > 4096 || a.series.len() > 4096 {
+                return Err("an annotation's text and series are at most 4096 bytes each".into());
+            }
+            if a.end < a.start {
+                return Err("an annotation's end is before its start".into());
+            }
+            Ok(JsonOp::Annotate(a))
+        }
+        Some(other) => Err(format!("operation {other:?}: update_query or annotate")),
+        None => Err("an operation needs a \"type\"".into()),
+    }
+}
+
+impl Actor for Session {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        metrics::SESSIONS.inc();
+        // Other nodes' durable updates and awareness.
+        let (bus, subject) = (self.bus.clone(), self.subject.clone());
+        let me = ctx.address();
+        let task = async move {
+            let mut updates = match bus.subscribe(&subject, None).await {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "collab: no relay from other nodes");
+                    return;
+                }
+            };
+            let mut aware = match bus.subscribe(&format!("{subject}.awareness"), None).await {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+            loop {
+                let (kind, msg) = tokio::select! {
+                    m = updates.next() => (0, m),
+                    m = aware.next() => (1, m),
+                };
+                let Some(msg) = msg else { return };
+                if me
+                    .try_send(Remote {
+                        kind,
+                        payload: msg.payload,
+                    })
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        };
+        self.bus_task = Some(ctx.spawn(task.into_actor(self)));
+        ctx.run_interval(Duration::from_secs(5), |act, ctx| {
+            let idle = act
+                .idle_since
+                .is_some_and(|t| t.elapsed() >= act.limits.idle_stop);
+            if idle && act.pending.is_empty() && !act.writing {
+                ctx.stop();
+            }
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        metrics::SESSIONS.dec();
+        info!(session = %self.id, "collab session stopped");
+        if let Some(f) = self.on_stop.take() {
+            f(&self.id);
+        }
+    }
+}
+
+impl Supervised for Session {
+    fn restarting(&mut self, ctx: &mut Context<Self>) {
+        // After a panic: participants reconnect and resync (their copies
+        // hold every edit; what the node lacks they send again).
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in ids {
+            self.drop_conn(id, "the session restarted; reconnect");
+        }
+        self.awareness.clear();
+        self.restarts.pause(ctx);
+    }
+}
+
+/// A participant connects.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct Connect {
+    pub conn: ConnId,
+    pub principal: String,
+    /// The most the principal's token allows (a read-only token: viewer).
+    pub max_role: Role,
+    pub name: String,
+    pub protocol: Protocol,
+    pub tx: mpsc::Sender<Outbound>,
+}
+
+impl Handler<Connect> for Session {
+    type Result = Result<(), String>;
+
+    fn handle(&mut self, msg: Connect, ctx: &mut Context<Self>) -> Self::Result {
+        guarded(ACTOR, self, ctx, |act, _| {
+            if act.conns.len() >= act.limits.max_participants {
+                return Err(format!(
+                    "the session has {} participants on this node, the most it takes",
+                    act.conns.len()
+                ));
+            }
+            let role = act.info.role_of(&msg.principal).min(msg.max_role);
+            act.conns.insert(
+                msg.conn,
+                Conn {
+                    principal: msg.principal,
+                    name: msg.name,
+                    role,
+                    protocol: msg.protocol,
+                    tx: msg.tx,
+                    clients: Vec::new(),
+                    told_read_only: false,
+                },
+            );
+            metrics::PARTICIPANTS.inc();
+            act.idle_since = None;
+            match msg.protocol {
+                Protocol::Yjs => {
+                    // As a y-websocket server: our state vector (the client
+                    // answers with what we lack) and everyone's awareness.
+                    let sv = act.doc.state_vector();
+                    act.send(msg.conn, Outbound::Binary(encode::sync_step1(&sv).into()));
+                    if let Some(all) = act.awareness_all() {
+                        act.send(msg.conn, Outbound::Binary(all.into()));
+                    }
+                    act.broadcast_state();
+                }
+                Protocol::Json => act.broadcast_state(),
+            }
+            Ok(())
+        })
+        .unwrap_or_else(|| Err("the session restarted".into()))
+    }
+}
+
+/// A frame from a participant.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Frame {
+    pub conn: ConnId,
+    pub text: bool,
+    pub bytes: Bytes,
+}
+
+impl Handler<Frame> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: Frame, ctx: &mut Context<Self>) {
+        guarded(ACTOR, self, ctx, |act, ctx| {
+            let protocol = act.conns.get(&msg.conn).map(|c| c.protocol);
+            match (protocol, msg.text) {
+                (Some(Protocol::Yjs), false) => act.on_frame(msg.conn, msg.bytes, ctx),
+                (Some(Protocol::Json), true) => act.on_json(msg.conn, &msg.bytes, ctx),
+                (Some(_), _) => act.drop_conn(
+                    msg.conn,
+                    "wrong frame type: y-protocols is binary, the JSON protocol text",
+                ),
+                (None, _) => {}
+            }
+        });
+    }
+}
+
+/// A participant left (or its connection ended).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Disconnect {
+    pub conn: ConnId,
+}
+
+impl Handler<Disconnect> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: Disconnect, ctx: &mut Context<Self>) {
+        guarded(ACTOR, self, ctx, |act, _| act.drop_conn(msg.conn, "left"));
+    }
+}
+
+/// From another node: 0 a durable update, 1 awareness; the sender's node id first.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Remote {
+    kind: u8,
+    payload: Bytes,
+}
+
+impl Handler<Remote> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: Remote, ctx: &mut Context<Self>) {
+        guarded(ACTOR, self, ctx, |act, _| {
+            let Some((from, body)) = msg.payload.split_first_chunk::<8>() else {
+                return;
+            };
+            if u64::from_be_bytes(*from) == act.node {
+                return;
+            }
+            match msg.kind {
+                0 => match act.doc.apply(body) {
+                    Ok(()) => {
+                        act.broadcast_binary(encode::update(body).into(), None);
+                        act.broadcast_state();
+                    }
+                    Err(e) => {
+                        warn!(session = %act.id, error = %e, "collab: a relayed update did not apply")
+                    }
+                },
+                _ => {
+                    if let Ok(messages) = decode_frame(body, &act.limits.frame) {
+                        for m in messages {
+                            if let ClientMessage::Awareness(u) = m {
+                                act.on_awareness(None, u);
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// The session's figures for `/api/collab/stats` and the hub's list.
+#[derive(Message)]
+#[rtype(result = "SessionStats")]
+pub struct Stats;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SessionStats {
+    pub id: String,
+    pub participants: usize,
+    pub document_bytes: usize,
+    pub log_entries: usize,
+    pub query_text_bytes: usize,
+}
+
+impl Handler<Stats> for Session {
+    type Result = MessageResult<Stats>;
+
+    fn handle(&mut self, _: Stats, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(SessionStats {
+            id: self.id.clone(),
+            participants: self.conns.len(),
+            document_bytes: self.document_bytes(),
+            log_entries: self.log_keys.len(),
+            query_text_bytes: self.doc.query_text().len(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_operations_parse_and_hostile_ones_are_refused() {
+        let op = parse_json_op(
+            br#"{"type":"operation","operation":{"type":"update_query","data":{"query":"up","language":"promql"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            op,
+            JsonOp::UpdateQuery {
+                query: "up".into(),
+                language: Some("promql".into())
+            }
+        );
+        assert_eq!(
+            parse_json_op(br#"{"type":"state"}"#).unwrap(),
+            JsonOp::State
+        );
+        for bad in [
+            &b"not json"[..],
+            br#"{"type":"operation"}"#,
+            br#"{"type":"operation","operation":{"type":"update_query","data":{}}}"#,
+            br#"{"type":"operation","operation":{"type":"drop_table"}}"#,
+            br#"{"type":"operation","operation":{"type":"annotate","data":{"start":5,"end":1,"text":"x"}}}"#,
+            br#"{"type":"hello"}"#,
+        ] {
+            assert!(parse_json_op(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+        let huge = format!(
+            r#"{{"type":"operation","operation":{{"type":"update_query","data":{{"query":"{}"}}}}}}"#,
+            "x".repeat(MAX_QUERY_BYTES + 1)
+        );
+        assert!(parse_json_op(huge.as_bytes()).is_err());
+    }
+}

@@ -1,0 +1,581 @@
+//! The y-protocols wire format (what y-websocket clients send), decoded with
+//! bounds before yrs sees a byte.
+//!
+//! yrs's decoders size some allocations by counts read from the input (a
+//! state vector's length, a delete set's ranges, an `Any` array or map) and
+//! recurse into nested `Any` values: a 20-byte hostile frame could ask for
+//! tens of gigabytes, which aborts the process. So every frame is first
+//! walked here, without allocating by any count: each count must fit in the
+//! bytes that follow (every element takes at least one byte), nesting is
+//! limited, and content Chronicle's documents never hold (sub-documents,
+//! weak links) is refused. Only a frame that passes is handed to yrs, whose
+//! allocations are then bounded by the frame's size.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use yrs::block::ClientID;
+use yrs::sync::awareness::{AwarenessUpdate, AwarenessUpdateEntry};
+use yrs::updates::decoder::Decode;
+use yrs::StateVector;
+
+/// y-protocols message types.
+pub const MSG_SYNC: u64 = 0;
+pub const MSG_AWARENESS: u64 = 1;
+pub const MSG_AUTH: u64 = 2;
+pub const MSG_QUERY_AWARENESS: u64 = 3;
+/// Sync message types.
+pub const SYNC_STEP_1: u64 = 0;
+pub const SYNC_STEP_2: u64 = 1;
+pub const SYNC_UPDATE: u64 = 2;
+
+/// Deepest nesting of `Any` values (arrays and maps) an update may carry.
+pub const MAX_ANY_DEPTH: usize = 32;
+
+/// Why a frame was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("frame ends inside {0}")]
+    Truncated(&'static str),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("message type {0} is not part of the protocol")]
+    Unsupported(u64),
+}
+
+fn invalid(why: impl Into<String>) -> WireError {
+    WireError::Invalid(why.into())
+}
+
+/// Bounds on what one frame may carry.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameLimits {
+    /// Awareness states one message may carry (a client announces itself; a
+    /// reconnecting one may relay a few others).
+    pub max_awareness_states: usize,
+    /// Longest awareness state (JSON), bytes.
+    pub max_awareness_json: usize,
+}
+
+impl Default for FrameLimits {
+    fn default() -> Self {
+        Self {
+            max_awareness_states: 64,
+            max_awareness_json: 4096,
+        }
+    }
+}
+
+/// One message of a client frame, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientMessage {
+    /// The client's state vector: answer with what it lacks.
+    SyncStep1(StateVector),
+    /// What the client has that the server lacked (a v1 update, checked).
+    SyncStep2(Vec<u8>),
+    /// A change (a v1 update, checked).
+    Update(Vec<u8>),
+    Awareness(AwarenessUpdate),
+    QueryAwareness,
+    /// Clients have nothing to say about permissions: ignored.
+    Auth,
+}
+
+/// A read position in a frame.
+pub struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Self { buf, pos: 0 }
+    }
+
+    pub fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.remaining() == 0
+    }
+
+    fn u8(&mut self, what: &'static str) -> Result<u8, WireError> {
+        let b = *self.buf.get(self.pos).ok_or(WireError::Truncated(what))?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    fn skip(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], WireError> {
+        if self.remaining() < n {
+            return Err(WireError::Truncated(what));
+        }
+        let out = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(out)
+    }
+
+    /// An unsigned lib0 varint (7 bits a byte, at most 64 bits).
+    pub fn var(&mut self, what: &'static str) -> Result<u64, WireError> {
+        let mut value = 0u64;
+        for i in 0..10 {
+            let b = self.u8(what)?;
+            let bits = u64::from(b & 0x7f);
+            if i == 9 && bits > 1 {
+                return Err(invalid(format!("{what}: a varint over 64 bits")));
+            }
+            value |= bits << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(invalid(format!("{what}: a varint over 10 bytes")))
+    }
+
+    fn var_u32(&mut self, what: &'static str) -> Result<u32, WireError> {
+        u32::try_from(self.var(what)?).map_err(|_| invalid(format!("{what}: over 32 bits")))
+    }
+
+    /// A lib0 signed varint: skipped, only its length matters here.
+    fn signed_var(&mut self, what: &'static str) -> Result<(), WireError> {
+        for _ in 0..10 {
+            if self.u8(what)? & 0x80 == 0 {
+                return Ok(());
+            }
+        }
+        Err(invalid(format!("{what}: a varint over 10 bytes")))
+    }
+
+    /// A count of elements that follow, each at least `min_bytes` long: one
+    /// that cannot fit in what is left is refused before anything is sized by it.
+    fn count(&mut self, min_bytes: usize, what: &'static str) -> Result<usize, WireError> {
+        let n = self.var(what)?;
+        match usize::try_from(n) {
+            Ok(n) if n.saturating_mul(min_bytes) <= self.remaining() => Ok(n),
+            _ => Err(invalid(format!(
+                "{what}: {n} elements cannot fit in the {} bytes left",
+                self.remaining()
+            ))),
+        }
+    }
+
+    /// A length-prefixed byte string.
+    pub fn buf(&mut self, what: &'static str) -> Result<&'a [u8], WireError> {
+        let n = self.var_u32(what)? as usize;
+        self.skip(n, what)
+    }
+
+    fn string(&mut self, what: &'static str) -> Result<&'a str, WireError> {
+        std::str::from_utf8(self.buf(what)?).map_err(|_| invalid(format!("{what}: not UTF-8")))
+    }
+
+    fn id(&mut self) -> Result<(), WireError> {
+        self.var("client id")?;
+        self.var_u32("clock")?;
+        Ok(())
+    }
+}
+
+/// Checks that `bytes` is a well-formed v1 update within the bounds above;
+/// nothing is allocated by a count read from it.
+pub fn check_update(bytes: &[u8]) -> Result<(), WireError> {
+    let mut r = Reader::new(bytes);
+    // Structs: per client, its blocks.
+    let clients = r.count(3, "clients")?;
+    for _ in 0..clients {
+        let blocks = r.var_u32("blocks")? as usize;
+        r.var("client")?;
+        r.var_u32("clock")?;
+        if blocks > r.remaining() {
+            return Err(invalid(format!(
+                "{blocks} blocks cannot fit in the {} bytes left",
+                r.remaining()
+            )));
+        }
+        for _ in 0..blocks {
+            check_block(&mut r)?;
+        }
+    }
+    // The delete set: per client, ranges of (clock, length).
+    let clients = r.count(2, "delete set clients")?;
+    for _ in 0..clients {
+        r.var("client")?;
+        let ranges = r.count(2, "delete ranges")?;
+        for _ in 0..ranges {
+            r.var_u32("deleted clock")?;
+            r.var_u32("deleted length")?;
+        }
+    }
+    Ok(())
+}
+
+const HAS_ORIGIN: u8 = 0b1000_0000;
+const HAS_RIGHT_ORIGIN: u8 = 0b0100_0000;
+const HAS_PARENT_SUB: u8 = 0b0010_0000;
+
+fn check_block(r: &mut Reader) -> Result<(), WireError> {
+    let info = r.u8("block")?;
+    match info {
+        // GC and skip: a length.
+        0 | 10 => {
+            r.var_u32("block length")?;
+            return Ok(());
+        }
+        _ => {}
+    }
+    if info & HAS_ORIGIN != 0 {
+        r.id()?;
+    }
+    if info & HAS_RIGHT_ORIGIN != 0 {
+        r.id()?;
+    }
+    if info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN) == 0 {
+        if r.var_u32("parent info")? == 1 {
+            r.string("root name")?;
+        } else {
+            r.id()?;
+        }
+        if info & HAS_PARENT_SUB != 0 {
+            r.string("map key")?;
+        }
+    }
+    match info & 0b1111 {
+        // Deleted: a length.
+        1 => {
+            r.var_u32("deleted length")?;
+        }
+        // JSON: n + 1 strings (yrs and Yjs read one more than the count).
+        2 => {
+            let n = r.count(1, "JSON values")?;
+            if n >= r.remaining() {
+                return Err(invalid("JSON values cannot fit in the bytes left"));
+            }
+            for _ in 0..=n {
+                r.string("JSON value")?;
+            }
+        }
+        3 => {
+            r.buf("binary")?;
+        }
+        4 => {
+            r.string("text")?;
+        }
+        5 => check_json(r.string("embed")?)?,
+        6 => {
+            r.string("format key")?;
+            check_json(r.string("format value")?)?;
+        }
+        7 => match r.u8("type")? {
+            0 | 1 | 2 | 4 | 5 | 6 | 15 => {}
+            3 => {
+                r.string("element name")?;
+            }
+            other => return Err(invalid(format!("shared type {other} is not supported"))),
+        },
+        8 => {
+            let n = r.count(1, "values")?;
+            for _ in 0..n {
+                check_any(r, 0)?;
+            }
+        }
+        other => return Err(invalid(format!("content type {other} is not supported"))),
+    }
+    Ok(())
+}
+
+fn check_any(r: &mut Reader, depth: usize) -> Result<(), WireError> {
+    if depth > MAX_ANY_DEPTH {
+        return Err(invalid(format!(
+            "values nested deeper than {MAX_ANY_DEPTH}"
+        )));
+    }
+    match r.u8("value")? {
+        127 | 126 | 121 | 120 => {}
+        125 => r.signed_var("integer")?,
+        124 => {
+            r.skip(4, "float32")?;
+        }
+        123 | 122 => {
+            r.skip(8, "float64")?;
+        }
+        119 => {
+            r.string("string")?;
+        }
+        118 => {
+            let n = r.count(2, "map entries")?;
+            for _ in 0..n {
+                r.string("map key")?;
+                check_any(r, depth + 1)?;
+            }
+        }
+        117 => {
+            let n = r.count(1, "array values")?;
+            for _ in 0..n {
+                check_any(r, depth + 1)?;
+            }
+        }
+        116 => {
+            r.buf("buffer")?;
+        }
+        other => return Err(invalid(format!("value type {other} is unknown"))),
+    }
+    Ok(())
+}
+
+/// JSON content is parsed by yrs; serde_json limits its nesting to 128.
+fn check_json(text: &str) -> Result<(), WireError> {
+    serde_json::from_str::<serde::de::IgnoredAny>(text)
+        .map(|_| ())
+        .map_err(|e| invalid(format!("JSON content: {e}")))
+}
+
+fn check_state_vector(bytes: &[u8]) -> Result<StateVector, WireError> {
+    let mut r = Reader::new(bytes);
+    let n = r.count(2, "state vector")?;
+    for _ in 0..n {
+        r.var("client")?;
+        r.var_u32("clock")?;
+    }
+    StateVector::decode_v1(bytes).map_err(|e| invalid(format!("state vector: {e}")))
+}
+
+/// Decodes an awareness update without yrs (whose decoder sizes a map by
+/// the count it reads), keeping each state's JSON as text.
+fn awareness(bytes: &[u8], limits: &FrameLimits) -> Result<AwarenessUpdate, WireError> {
+    let mut r = Reader::new(bytes);
+    let n = r.count(3, "awareness states")?;
+    if n > limits.max_awareness_states {
+        return Err(invalid(format!(
+            "{n} awareness states in one message; at most {}",
+            limits.max_awareness_states
+        )));
+    }
+    let mut clients = HashMap::with_capacity(n);
+    for _ in 0..n {
+        let client = r.var("awareness client")?;
+        let clock = r.var_u32("awareness clock")?;
+        let json = r.string("awareness state")?;
+        if json.len() > limits.max_awareness_json {
+            return Err(invalid(format!(
+                "an awareness state of {} bytes; at most {}",
+                json.len(),
+                limits.max_awareness_json
+            )));
+        }
+        check_json(json)?;
+        clients.insert(
+            ClientID::new(client),
+            AwarenessUpdateEntry {
+                clock,
+                json: Arc::from(json),
+            },
+        );
+    }
+    Ok(AwarenessUpdate { clients })
+}
+
+/// Decodes every message of a client frame (y-protocols allows several
+/// back to back), each checked.
+pub fn decode_frame(frame: &[u8], limits: &FrameLimits) -> Result<Vec<ClientMessage>, WireError> {
+    let mut r = Reader::new(frame);
+    let mut out = Vec::new();
+    while !r.is_empty() {
+        let message = match r.var("message type")? {
+            MSG_SYNC => match r.var("sync message type")? {
+                SYNC_STEP_1 => {
+                    ClientMessage::SyncStep1(check_state_vector(r.buf("state vector")?)?)
+                }
+                kind @ (SYNC_STEP_2 | SYNC_UPDATE) => {
+                    let update = r.buf("update")?;
+                    check_update(update)?;
+                    if kind == SYNC_STEP_2 {
+                        ClientMessage::SyncStep2(update.to_vec())
+                    } else {
+                        ClientMessage::Update(update.to_vec())
+                    }
+                }
+                other => return Err(invalid(format!("sync message type {other} is unknown"))),
+            },
+            MSG_AWARENESS => ClientMessage::Awareness(awareness(r.buf("awareness")?, limits)?),
+            MSG_AUTH => {
+                if r.var("permission")? == 0 {
+                    r.string("reason")?;
+                }
+                ClientMessage::Auth
+            }
+            MSG_QUERY_AWARENESS => ClientMessage::QueryAwareness,
+            other => return Err(WireError::Unsupported(other)),
+        };
+        out.push(message);
+    }
+    Ok(out)
+}
+
+/// Writers for the server's messages.
+pub mod encode {
+    use yrs::sync::awareness::AwarenessUpdate;
+    use yrs::updates::encoder::Encode;
+    use yrs::StateVector;
+
+    fn var(out: &mut Vec<u8>, mut v: u64) {
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+
+    fn buf(out: &mut Vec<u8>, bytes: &[u8]) {
+        var(out, bytes.len() as u64);
+        out.extend_from_slice(bytes);
+    }
+
+    pub fn sync_step1(sv: &StateVector) -> Vec<u8> {
+        let mut out = vec![0, 0];
+        buf(&mut out, &sv.encode_v1());
+        out
+    }
+
+    pub fn sync_step2(update: &[u8]) -> Vec<u8> {
+        let mut out = vec![0, 1];
+        buf(&mut out, update);
+        out
+    }
+
+    pub fn update(update: &[u8]) -> Vec<u8> {
+        let mut out = vec![0, 2];
+        buf(&mut out, update);
+        out
+    }
+
+    pub fn awareness(update: &AwarenessUpdate) -> Vec<u8> {
+        let mut out = vec![1];
+        buf(&mut out, &update.encode_v1());
+        out
+    }
+
+    /// y-websocket shows the reason through its `permissionDeniedHandler`.
+    pub fn permission_denied(reason: &str) -> Vec<u8> {
+        let mut out = vec![2, 0];
+        buf(&mut out, reason.as_bytes());
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yrs::{GetString, Text, Transact};
+
+    fn an_update() -> Vec<u8> {
+        let doc = yrs::Doc::with_client_id(7);
+        let text = doc.get_or_insert_text("query");
+        let mut txn = doc.transact_mut();
+        text.insert(&mut txn, 0, "rate(http_requests_total[5m])");
+        txn.encode_update_v1()
+    }
+
+    #[test]
+    fn frames_from_yrs_decode_and_apply() {
+        let u = an_update();
+        check_update(&u).unwrap();
+        let frame = [
+            encode::update(&u),
+            encode::sync_step1(&StateVector::default()),
+        ]
+        .concat();
+        let messages = decode_frame(&frame, &FrameLimits::default()).unwrap();
+        assert_eq!(messages.len(), 2);
+        let ClientMessage::Update(bytes) = &messages[0] else {
+            panic!("{messages:?}")
+        };
+        let doc = yrs::Doc::new();
+        let text = doc.get_or_insert_text("query");
+        doc.transact_mut()
+            .apply_update(yrs::Update::decode_v1(bytes).unwrap())
+            .unwrap();
+        assert_eq!(
+            text.get_string(&doc.transact()),
+            "rate(http_requests_total[5m])"
+        );
+    }
+
+    #[test]
+    fn counts_that_cannot_fit_are_refused_before_anything_is_sized_by_them() {
+        // A state vector claiming 2^32 - 1 clients in 7 bytes.
+        let frame = [0u8, 0, 5, 0xff, 0xff, 0xff, 0xff, 0x0f];
+        assert!(decode_frame(&frame, &FrameLimits::default()).is_err());
+        // An update with no structs whose delete set claims 2^32 - 1
+        // ranges for one client.
+        let u = [0u8, 1, 5, 0xff, 0xff, 0xff, 0xff, 0x0f];
+        assert!(check_update(&u)
+            .unwrap_err()
+            .to_string()
+            .contains("cannot fit"));
+        // One client claiming 2^32 - 1 blocks.
+        let u = [1u8, 0xff, 0xff, 0xff, 0xff, 0x0f, 5, 0];
+        assert!(check_update(&u)
+            .unwrap_err()
+            .to_string()
+            .contains("cannot fit"));
+        // A map of 2^60 entries.
+        let any = [118u8, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x10];
+        assert!(check_any(&mut Reader::new(&any), 0).is_err());
+        // Arrays nested 40 deep.
+        let mut nested = [117u8, 1].repeat(40);
+        nested.push(126);
+        assert!(check_any(&mut Reader::new(&nested), 0).is_err());
+        let mut shallow = [117u8, 1].repeat(10);
+        shallow.push(126);
+        assert!(check_any(&mut Reader::new(&shallow), 0).is_ok());
+    }
+
+    #[test]
+    fn awareness_is_bounded_and_must_be_json() {
+        let limits = FrameLimits::default();
+        let one = |json: &str| {
+            let mut body = vec![1u8, 9, 1];
+            encode_string(&mut body, json);
+            let mut frame = vec![1u8];
+            frame.push(body.len() as u8);
+            frame.extend_from_slice(&body);
+            frame
+        };
+        assert!(decode_frame(&one(r#"{"user":{"name":"ada"}}"#), &limits).is_ok());
+        assert!(decode_frame(&one("null"), &limits).is_ok());
+        assert!(decode_frame(&one("{not json"), &limits).is_err());
+        // 65 states where 64 are allowed.
+        let mut body = vec![65u8];
+        for i in 0..65u8 {
+            body.extend_from_slice(&[i, 1]);
+            encode_string(&mut body, "{}");
+        }
+        let mut frame = vec![1u8];
+        frame.extend_from_slice(&[(body.len() as u8) | 0x80, (body.len() >> 7) as u8]);
+        frame.extend_from_slice(&body);
+        assert!(decode_frame(&frame, &limits).is_err());
+    }
+
+    fn encode_string(out: &mut Vec<u8>, s: &str) {
+        out.push(s.len() as u8);
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    #[test]
+    fn unknown_types_and_sub_documents_are_refused() {
+        assert_eq!(
+            decode_frame(&[9], &FrameLimits::default()),
+            Err(WireError::Unsupported(9))
+        );
+        // One client, one block of content type 9 (a sub-document).
+        let u = [1u8, 1, 5, 0, 9, 1, 1, b'q', 0, 0];
+        assert!(check_update(&u)
+            .unwrap_err()
+            .to_string()
+            .contains("not supported"));
+    }
+}
