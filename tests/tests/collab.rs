@@ -1,0 +1,479 @@
+//! Collaborative sessions against node processes, with real clients:
+//! unmodified npm yjs + y-websocket (tests/collab-js/coedit.mjs, run by
+//! Node.js) co-edit and converge with every keystroke kept and each other's
+//! awareness seen; a viewer's edits are refused and it is told; the text
+//! survives a restart of the node; a JSON-protocol client sees the state;
+//! hostile requests and frames get a 4xx or that client's disconnection and
+//! leave the node and the other participants unharmed.
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use chronicle_tests::NodeProcess;
+use serde_json::{json, Value};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::{Message, WebSocket};
+
+const BIN: &str = env!("CARGO_BIN_EXE_chronicle-under-test");
+const BOOTSTRAP: &str = "bootstrap-token-for-the-collab-tests-0123456789";
+
+type Socket = WebSocket<TcpStream>;
+
+fn js_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("collab-js")
+}
+
+/// Node.js with the test's npm packages, or why not.
+fn node_ready() -> Result<(), String> {
+    if Command::new("node").arg("--version").output().is_err() {
+        return Err("node is not installed (scripts/test-all installs it)".into());
+    }
+    if !js_dir().join("node_modules/y-websocket").exists() {
+        return Err(format!(
+            "{}: run `npm ci` there (scripts/test-all does)",
+            js_dir().display()
+        ));
+    }
+    Ok(())
+}
+
+fn start(dir: &std::path::Path) -> NodeProcess {
+    let boot = dir.join("boot");
+    std::fs::write(&boot, BOOTSTRAP).unwrap();
+    NodeProcess::start(
+        BIN,
+        &dir.join("data"),
+        None,
+        &["--auth", "--bootstrap-token-file", boot.to_str().unwrap()],
+    )
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+fn post(http: &str, path: &str, token: Option<&str>, body: &Value) -> (u16, Value) {
+    let mut r = agent()
+        .post(format!("{http}{path}"))
+        .content_type("application/json");
+    if let Some(t) = token {
+        r = r.header("Authorization", &format!("Bearer {t}"));
+    }
+    let mut response = r.send(serde_json::to_vec(body).unwrap()).unwrap();
+    let status = response.status().as_u16();
+    let bytes = response.body_mut().read_to_vec().unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+fn get(http: &str, path: &str, token: Option<&str>) -> (u16, Value) {
+    let mut r = agent().get(format!("{http}{path}"));
+    if let Some(t) = token {
+        r = r.header("Authorization", &format!("Bearer {t}"));
+    }
+    let mut response = r.call().unwrap();
+    let status = response.status().as_u16();
+    let bytes = response.body_mut().read_to_vec().unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+fn token(http: &str, name: &str, role: &str) -> (String, String) {
+    let out = Command::new(BIN)
+        .args([
+            "token", "create", "--http", http, "--name", name, "--role", role, "--json",
+        ])
+        .env("CHRONICLE_TOKEN", BOOTSTRAP)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    (
+        v["token"].as_str().unwrap().to_string(),
+        v["id"].as_str().unwrap().to_string(),
+    )
+}
+
+fn coedit(plan: &Value) -> Value {
+    let out = Command::new("node")
+        .arg(js_dir().join("coedit.mjs"))
+        .arg(plan.to_string())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|_| {
+        panic!(
+            "coedit.mjs said: {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn sorted(s: &str) -> Vec<char> {
+    let mut v: Vec<char> = s.chars().collect();
+    v.sort_unstable();
+    v
+}
+
+/// A JSON-protocol participant.
+fn open(http: &str, path_and_query: &str, token: Option<&str>) -> Result<Socket, u16> {
+    let url = format!("{}{path_and_query}", http.replacen("http://", "ws://", 1));
+    let mut request = url.as_str().into_client_request().unwrap();
+    if let Some(t) = token {
+        request
+            .headers_mut()
+            .insert("Authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    let tcp = TcpStream::connect(http.trim_start_matches("http://")).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    match tungstenite::client(request, tcp) {
+        Ok((socket, _)) => Ok(socket),
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))) => {
+            Err(r.status().as_u16())
+        }
+        Err(e) => panic!("handshake: {e}"),
+    }
+}
+
+/// The next JSON message of `kind` (skipping others); `None` on close or timeout.
+fn next_of(socket: &mut Socket, kind: &str) -> Option<Value> {
+    loop {
+        match socket.read() {
+            Ok(Message::Text(t)) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == kind {
+                    return Some(v);
+                }
+            }
+            Ok(Message::Close(_)) => return None,
+            Ok(_) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+#[test]
+fn yjs_clients_co_edit_a_viewer_is_refused_and_the_text_survives_a_restart() {
+    if let Err(why) = node_ready() {
+        panic!("this test needs Node.js and tests/collab-js's packages: {why}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = start(dir.path());
+    let http = node.http.clone();
+    let (ada, _) = token(&http, "ada", "writer");
+    let (bob, _) = token(&http, "bob", "writer");
+    let (carol, carol_id) = token(&http, "carol", "writer");
+
+    let (status, created) = post(
+        &http,
+        "/api/collab/sessions/create",
+        Some(&ada),
+        &json!({"name": "incident 42"}),
+    );
+    assert_eq!(status, 200, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    // The owner makes carol a viewer.
+    let (status, set) = post(
+        &http,
+        "/api/collab/sessions/join",
+        Some(&ada),
+        &json!({"session": id, "member": carol_id, "role": "viewer"}),
+    );
+    assert_eq!(status, 200, "{set}");
+    let (status, joined) = post(
+        &http,
+        "/api/collab/sessions/join",
+        Some(&carol),
+        &json!({"session": id}),
+    );
+    assert_eq!(
+        (status, joined["role"].as_str()),
+        (200, Some("viewer")),
+        "{joined}"
+    );
+
+    let ws = format!("{}/api/collab/ws", http.replacen("http://", "ws://", 1));
+    let (a_text, b_text) = (
+        "sum by (job) (rate(http_requests_total[5m]))",
+        "histogram_quantile(0.99, x)",
+    );
+    let result = coedit(&json!({
+        "clients": [
+            {"url": ws, "session": id, "token": ada, "name": "ada", "type": a_text, "seed": 11},
+            {"url": ws, "session": id, "token": bob, "name": "bob", "type": b_text, "seed": 23},
+            {"url": ws, "session": id, "token": carol, "name": "carol", "type": "DROP", "seed": 5,
+             "expect_denied": true},
+        ],
+        "timeout_ms": 20000,
+    }));
+    assert_eq!(result["converged"], true, "{result}");
+    let texts: Vec<String> = result["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect();
+    // Both writers' keystrokes, every one, and none of the viewer's.
+    assert_eq!(texts[0], texts[1]);
+    assert_eq!(sorted(&texts[0]), sorted(&format!("{a_text}{b_text}")));
+    assert!(
+        result["denied"][2]
+            .as_str()
+            .unwrap_or("")
+            .contains("viewer"),
+        "{result}"
+    );
+    assert_eq!(result["denied"][0], Value::Null);
+    // Awareness: each client saw the three names.
+    for seen in result["awareness"].as_array().unwrap() {
+        assert_eq!(seen, &json!(["ada", "bob", "carol"]), "{result}");
+    }
+
+    // A JSON client sees the same text.
+    let path = format!("/api/collab/ws?session={id}");
+    let mut json_client = open(&http, &path, Some(&bob)).unwrap();
+    let state = next_of(&mut json_client, "state_update").expect("a state update");
+    assert_eq!(state["state"]["query_text"], texts[0].as_str());
+    drop(json_client);
+
+    // Restart: the text was durable.
+    node.child.kill().unwrap();
+    node.child.wait().unwrap();
+    let node = NodeProcess::start(
+        BIN,
+        &dir.path().join("data"),
+        None,
+        &[
+            "--auth",
+            "--bootstrap-token-file",
+            dir.path().join("boot").to_str().unwrap(),
+        ],
+    );
+    let mut json_client = open(&node.http, &path, Some(&bob)).unwrap();
+    let state =
+        next_of(&mut json_client, "state_update").expect("a state update after the restart");
+    assert_eq!(state["state"]["query_text"], texts[0].as_str());
+    // And a JSON edit reaches it as a minimal CRDT edit.
+    json_client
+        .send(Message::Text(
+            json!({"type": "operation", "operation": {"type": "update_query",
+                   "data": {"query": "up", "language": "promql"}}})
+            .to_string()
+            .into(),
+        ))
+        .unwrap();
+    let mut last = Value::Null;
+    for _ in 0..10 {
+        match next_of(&mut json_client, "state_update") {
+            Some(s) if s["state"]["query_text"] == "up" => {
+                last = s;
+                break;
+            }
+            Some(s) => last = s,
+            None => break,
+        }
+    }
+    assert_eq!(last["state"]["query_text"], "up", "{last}");
+}
+
+#[test]
+fn hostile_requests_and_frames_are_refused_and_others_are_unharmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path());
+    let http = node.http.as_str();
+    let (writer, _) = token(http, "w", "writer");
+    let (reader, _) = token(http, "r", "reader");
+
+    // Routes: no token, a reader creating, bad bodies, bad and unknown ids.
+    assert_eq!(
+        post(
+            http,
+            "/api/collab/sessions/create",
+            None,
+            &json!({"name": "x"})
+        )
+        .0,
+        401
+    );
+    assert_eq!(
+        post(
+            http,
+            "/api/collab/sessions/create",
+            Some(&reader),
+            &json!({"name": "x"})
+        )
+        .0,
+        403
+    );
+    assert_eq!(
+        post(
+            http,
+            "/api/collab/sessions/create",
+            Some(&writer),
+            &json!({"name": ""})
+        )
+        .0,
+        400
+    );
+    assert_eq!(
+        post(
+            http,
+            "/api/collab/sessions/create",
+            Some(&writer),
+            &json!({"nam": "x"})
+        )
+        .0,
+        400
+    );
+    assert_eq!(
+        post(
+            http,
+            "/api/collab/sessions/create",
+            Some(&writer),
+            &json!({"name": "x", "default_role": "owner"})
+        )
+        .0,
+        400
+    );
+    assert_eq!(
+        post(
+            http,
+            "/api/collab/sessions/join",
+            Some(&writer),
+            &json!({"session": "../x"})
+        )
+        .0,
+        400
+    );
+    assert_eq!(
+        post(
+            http,
+            "/api/collab/sessions/join",
+            Some(&writer),
+            &json!({"session": "0123456789abcdef"})
+        )
+        .0,
+        404
+    );
+    let big = "x".repeat(70 << 10);
+    assert_eq!(
+        post(
+            http,
+            "/api/collab/sessions/create",
+            Some(&writer),
+            &json!({"name": big})
+        )
+        .0,
+        413
+    );
+    assert_eq!(get(http, "/api/collab/sessions", None).0, 401);
+    assert_eq!(get(http, "/api/collab/sessions", Some(&reader)).0, 200);
+
+    let (_, created) = post(
+        http,
+        "/api/collab/sessions/create",
+        Some(&writer),
+        &json!({"name": "t"}),
+    );
+    let id = created["id"].as_str().unwrap().to_string();
+    // A reader is a viewer; the owner's role cannot be set by others.
+    assert_eq!(
+        post(
+            http,
+            "/api/collab/sessions/join",
+            Some(&reader),
+            &json!({"session": id, "member": "w", "role": "viewer"})
+        )
+        .0,
+        403
+    );
+    // WebSockets: no token, a bad id, an unknown session, a bad protocol.
+    assert_eq!(
+        open(http, &format!("/api/collab/ws/{id}"), None).err(),
+        Some(401)
+    );
+    assert_eq!(
+        open(http, "/api/collab/ws/nothex", Some(&writer)).err(),
+        Some(400)
+    );
+    assert_eq!(
+        open(http, "/api/collab/ws/0123456789abcdef", Some(&writer)).err(),
+        Some(404)
+    );
+    assert_eq!(
+        open(
+            http,
+            &format!("/api/collab/ws?session={id}&protocol=xml"),
+            Some(&writer)
+        )
+        .err(),
+        Some(400)
+    );
+    // The token in the query string works for WebSocket upgrades.
+    let path = format!("/api/collab/ws?session={id}&access_token={writer}");
+    let mut good = open(http, &path, None).expect("a token in the query string");
+    assert!(next_of(&mut good, "state_update").is_some());
+
+    // A Yjs participant that sends garbage is disconnected; a state vector
+    // claiming four billion entries does not allocate them.
+    for garbage in [
+        vec![0u8, 0, 5, 0xff, 0xff, 0xff, 0xff, 0x0f],
+        vec![0u8, 2, 8, 0, 1, 5, 0xff, 0xff, 0xff, 0xff, 0x0f],
+        vec![7u8, 7, 7],
+        vec![0xffu8; 12],
+    ] {
+        let mut bad = open(http, &format!("/api/collab/ws/{id}"), Some(&writer)).unwrap();
+        bad.send(Message::Binary(garbage.into())).unwrap();
+        let closed = (0..20).any(|_| matches!(bad.read(), Ok(Message::Close(_)) | Err(_)));
+        assert!(closed, "a malformed frame did not close the connection");
+    }
+    // A JSON participant's bad messages get errors, not a crash.
+    good.send(Message::Text("{not json".into())).unwrap();
+    let e = next_of(&mut good, "error").expect("an error message");
+    assert_eq!(e["error"]["code"], "bad_request");
+    // A text frame on the binary protocol closes only that connection.
+    let mut wrong = open(http, &format!("/api/collab/ws/{id}"), Some(&writer)).unwrap();
+    wrong.send(Message::Text("hello".into())).unwrap();
+    assert!((0..20).any(|_| matches!(wrong.read(), Ok(Message::Close(_)) | Err(_))));
+    // A flood: thousands of messages at once; the client is cut off.
+    let mut flood = open(http, &format!("/api/collab/ws?session={id}"), Some(&writer)).unwrap();
+    let mut cut = false;
+    for _ in 0..5000 {
+        if flood
+            .send(Message::Text(r#"{"type":"state"}"#.into()))
+            .is_err()
+        {
+            cut = true;
+            break;
+        }
+    }
+    cut = cut || (0..6000).any(|_| matches!(flood.read(), Ok(Message::Close(_)) | Err(_)));
+    assert!(cut, "a flood was not cut off");
+    // The well-behaved participant still works, and so does the node.
+    good.send(Message::Text(
+        json!({"type": "operation", "operation": {"type": "update_query", "data": {"query": "up"}}})
+            .to_string()
+            .into(),
+    ))
+    .unwrap();
+    let ok = (0..10).any(|_| {
+        next_of(&mut good, "state_update").is_some_and(|s| s["state"]["query_text"] == "up")
+    });
+    assert!(ok, "the well-behaved participant stopped getting updates");
+    assert_eq!(get(http, "/health/ready", None).0, 200);
+}
