@@ -477,3 +477,162 @@ fn hostile_requests_and_frames_are_refused_and_others_are_unharmed() {
     assert!(ok, "the well-behaved participant stopped getting updates");
     assert_eq!(get(http, "/health/ready", None).0, 200);
 }
+
+/// Whether every shard of a three-node cluster has a leader, as node `http` sees it.
+fn all_led(http: &str, shards: usize) -> bool {
+    let (status, s) = get(http, "/api/v1/cluster/status", None);
+    status == 200 && (0..shards).all(|i| s["shards"][i]["leader"].as_u64().is_some())
+}
+
+#[test]
+fn participants_on_two_nodes_share_a_session_and_edits_survive_the_loss_of_one() {
+    if let Err(why) = node_ready() {
+        panic!("this test needs Node.js and tests/collab-js's packages: {why}");
+    }
+    let nats = chronicle_tests::NatsServer::start();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes: Vec<Option<NodeProcess>> = (1..=3u64)
+        .map(|id| {
+            Some(NodeProcess::start(
+                BIN,
+                dirs[id as usize - 1].path(),
+                Some(&nats.url()),
+                &[
+                    "--node-id",
+                    &id.to_string(),
+                    "--initial-nodes",
+                    "1,2,3",
+                    "--shards",
+                    "3",
+                ],
+            ))
+        })
+        .collect();
+    let http: Vec<String> = nodes
+        .iter()
+        .map(|n| n.as_ref().unwrap().http.clone())
+        .collect();
+    chronicle_tests::wait_until(Duration::from_secs(30), "every shard led", || {
+        all_led(&http[0], 3)
+    });
+    let (status, created) = post(
+        &http[0],
+        "/api/collab/sessions/create",
+        None,
+        &json!({"name": "across nodes", "participant": "ada"}),
+    );
+    assert_eq!(status, 200, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+
+    // Ada on node 1, Bob on node 2, typing at once.
+    let ws = |i: usize| format!("{}/api/collab/ws", http[i].replacen("http://", "ws://", 1));
+    let (a_text, b_text) = ("rate(errors_total[1m])", "max by (pod)");
+    let result = coedit(&json!({
+        "clients": [
+            {"url": ws(0), "session": id, "name": "ada", "type": a_text, "seed": 4},
+            {"url": ws(1), "session": id, "name": "bob", "type": b_text, "seed": 9},
+        ],
+        "timeout_ms": 30000,
+    }));
+    assert_eq!(result["converged"], true, "{result}");
+    let text = result["texts"][0].as_str().unwrap().to_string();
+    assert_eq!(sorted(&text), sorted(&format!("{a_text}{b_text}")));
+    // Each saw the other's presence across nodes.
+    assert_eq!(result["awareness"][0], json!(["ada", "bob"]), "{result}");
+    assert_eq!(result["awareness"][1], json!(["ada", "bob"]), "{result}");
+
+    // Node 1 is lost. Node 3, which never had a participant, opens the
+    // session from the replicated state: every edit anyone saw is there.
+    let mut first = nodes[0].take().unwrap();
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let path = format!("/api/collab/ws?session={id}&participant=carol");
+    let mut state = Value::Null;
+    chronicle_tests::wait_until(
+        Duration::from_secs(30),
+        "node 3 serves the session",
+        || match open(&http[2], &path, None) {
+            Ok(mut s) => {
+                state = next_of(&mut s, "state_update").unwrap_or(Value::Null);
+                !state.is_null()
+            }
+            Err(_) => false,
+        },
+    );
+    assert_eq!(state["state"]["query_text"], text.as_str(), "{state}");
+    drop(nodes);
+}
+
+#[test]
+fn a_session_streams_live_results_and_a_bad_query_is_only_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(BIN, &dir.path().join("data"), None, &[]);
+    let http = node.http.as_str();
+    let (_, created) = post(
+        http,
+        "/api/collab/sessions/create",
+        None,
+        &json!({"name": "live", "participant": "ada"}),
+    );
+    let id = created["id"].as_str().unwrap().to_string();
+    let mut client = open(
+        http,
+        &format!("/api/collab/ws?session={id}&participant=ada"),
+        None,
+    )
+    .unwrap();
+    let edit = |client: &mut Socket, query: &str| {
+        client
+            .send(Message::Text(
+                json!({"type": "operation", "operation": {"type": "update_query",
+                       "data": {"query": query, "language": "promql"}}})
+                .to_string()
+                .into(),
+            ))
+            .unwrap();
+    };
+    let write = |line: &str| {
+        let r = agent()
+            .post(format!("{http}/write"))
+            .send(line.as_bytes())
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 204);
+    };
+    write("collab_demo,room=kitchen value=21.5");
+    edit(&mut client, "collab_demo");
+    // The result of the query as typed, then a new one after a write.
+    let value_of = |m: &Value| m["result"]["series"][0]["points"][0][1].as_f64();
+    let first = next_of(&mut client, "result").expect("a live result");
+    assert_eq!(first["query"], "collab_demo", "{first}");
+    assert_eq!(value_of(&first), Some(21.5), "{first}");
+    std::thread::sleep(Duration::from_millis(50));
+    write("collab_demo,room=kitchen value=23");
+    let mut updated = Value::Null;
+    for _ in 0..5 {
+        match next_of(&mut client, "result") {
+            Some(m) if value_of(&m) == Some(23.0) => {
+                updated = m;
+                break;
+            }
+            Some(_) => continue,
+            None => break,
+        }
+    }
+    assert_eq!(
+        value_of(&updated),
+        Some(23.0),
+        "no result after the write: {updated}"
+    );
+    // A query that does not parse: an error message with where, and the
+    // session goes on.
+    edit(&mut client, "sum(collab_demo");
+    let e = next_of(&mut client, "result_error").expect("an error for a bad query");
+    assert_eq!(e["query"], "sum(collab_demo", "{e}");
+    assert!(
+        !e["error"]["message"].as_str().unwrap_or("").is_empty(),
+        "{e}"
+    );
+    edit(&mut client, "collab_demo * 2");
+    let fixed = next_of(&mut client, "result").expect("results again after a fix");
+    assert_eq!(value_of(&fixed), Some(46.0), "{fixed}");
+}

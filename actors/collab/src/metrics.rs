@@ -70,6 +70,21 @@ pub static WRITE_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     )
 });
 
+pub static QUERY_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    register(
+        Histogram::with_opts(
+            HistogramOpts::new(
+                "chronicle_collab_query_seconds",
+                "Time a session's live query took to run",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+            ]),
+        )
+        .expect("static metric definition"),
+    )
+});
+
 pub static COMPACTIONS: LazyLock<IntCounter> = LazyLock::new(|| {
     register(
         IntCounter::new(
@@ -88,4 +103,5 @@ pub fn init() {
     LazyLock::force(&DROPPED);
     LazyLock::force(&WRITE_SECONDS);
     LazyLock::force(&COMPACTIONS);
+    LazyLock::force(&QUERY_SECONDS);
 }

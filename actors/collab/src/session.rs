@@ -17,8 +17,9 @@ use actix::prelude::*;
 use bytes::Bytes;
 use chronicle_actor_runtime::{guarded, Restarts};
 use chronicle_bus::{Bus, Message as BusMessage};
+use chronicle_query::{QueryActor, QueryRequest, RunQuery};
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, info, warn};
 use yrs::block::ClientID;
 use yrs::sync::awareness::{AwarenessUpdate, AwarenessUpdateEntry};
@@ -62,6 +63,11 @@ pub struct SessionLimits {
     pub outbound_queue: usize,
     /// A session with no participant stops after this long.
     pub idle_stop: Duration,
+    /// Wait after the text changes or a watched metric is written before the
+    /// query runs (coalescing what follows).
+    pub debounce: Duration,
+    /// Largest result message sent to participants, bytes.
+    pub max_result_bytes: usize,
     /// The log is folded into a snapshot past this many bytes.
     pub compact_log_bytes: usize,
     pub frame: FrameLimits,
@@ -74,6 +80,8 @@ impl Default for SessionLimits {
             max_document_bytes: 8 << 20,
             outbound_queue: 256,
             idle_stop: Duration::from_secs(30),
+            debounce: Duration::from_millis(300),
+            max_result_bytes: 1 << 20,
             compact_log_bytes: 256 << 10,
             frame: FrameLimits::default(),
         }
@@ -90,6 +98,8 @@ struct Conn {
     clients: Vec<u64>,
     /// Whether it was told that its edits are refused.
     told_read_only: bool,
+    /// Whether it gets live results (JSON participants always do).
+    results: bool,
 }
 
 /// The session's starting point, loaded from the replicated state.
@@ -128,6 +138,17 @@ pub struct Session {
     bus_task: Option<SpawnHandle>,
     /// Told when the session stops, so the hub forgets it.
     on_stop: Option<OnStop>,
+    query: Option<Addr<QueryActor>>,
+    writes: broadcast::Sender<Arc<str>>,
+    /// Live results: the latest run's number (a run comes due only if no
+    /// later one was scheduled), whether one is running, whether another is
+    /// due after it, what it ran, the metrics it reads, its message.
+    run_generation: u64,
+    running: bool,
+    rerun: bool,
+    ran: Option<(String, String)>,
+    watched: Option<std::collections::BTreeSet<String>>,
+    last_result: Option<String>,
 }
 
 /// Called with the session's id when it stops.
@@ -142,7 +163,17 @@ pub struct SessionEnv {
     pub prefix: String,
     pub node: u64,
     pub limits: SessionLimits,
+    /// Runs the session's query (`None`: the query feature is disabled and
+    /// sessions have no live results).
+    pub query: Option<Addr<QueryActor>>,
+    /// Metric names written (from the change feed), `*` when unknown.
+    pub writes: broadcast::Sender<Arc<str>>,
 }
+
+/// The y-protocols message type of a live result (JSON text) for Yjs
+/// participants who asked for results (`?results=1`); y-websocket hands
+/// unknown types to `provider.messageHandlers[100]` when an app sets one.
+pub const MSG_RESULT: u64 = 100;
 
 impl Session {
     pub fn new(loaded: Loaded, env: SessionEnv, restarts: Restarts, on_stop: OnStop) -> Self {
@@ -170,6 +201,14 @@ impl Session {
             restarts,
             bus_task: None,
             on_stop: Some(on_stop),
+            query: env.query,
+            writes: env.writes,
+            run_generation: 0,
+            running: false,
+            rerun: false,
+            ran: None,
+            watched: None,
+            last_result: None,
         }
     }
 
@@ -388,6 +427,7 @@ impl Session {
                         act.log_bytes += len;
                     }
                     act.relay(&batch, merged);
+                    act.text_changed(ctx);
                     act.maybe_compact(ctx);
                 }
                 Err(e) => {
@@ -544,6 +584,104 @@ impl Session {
                 let _ = bus.publish(BusMessage::new(subject, payload)).await;
             });
         }
+    }
+
+    /// Runs the query again if its text or language changed.
+    fn text_changed(&mut self, ctx: &mut Context<Self>) {
+        let input = (self.doc.query_text(), self.doc.language());
+        if self.ran.as_ref() != Some(&input) {
+            self.schedule_run(ctx);
+        }
+    }
+
+    /// Runs the query after the debounce, unless another run is scheduled
+    /// meanwhile (the last one wins).
+    fn schedule_run(&mut self, ctx: &mut Context<Self>) {
+        if self.query.is_none() || !self.conns.values().any(|c| c.results) {
+            return;
+        }
+        self.run_generation += 1;
+        let generation = self.run_generation;
+        ctx.run_later(self.limits.debounce, move |act, ctx| {
+            if act.run_generation == generation {
+                act.run_query(ctx);
+            }
+        });
+    }
+
+    fn run_query(&mut self, ctx: &mut Context<Self>) {
+        if self.running {
+            self.rerun = true;
+            return;
+        }
+        let Some(query) = self.query.clone() else {
+            return;
+        };
+        let (text, language) = (self.doc.query_text(), self.doc.language());
+        self.ran = Some((text.clone(), language.clone()));
+        self.watched = chronicle_query::watched_metrics(&text);
+        if text.trim().is_empty() {
+            return;
+        }
+        let mut request = QueryRequest::default();
+        match language.as_str() {
+            "sql" => request.sql = Some(text.clone()),
+            "cql" => request.cql = Some(text.clone()),
+            _ => request.promql = Some(text.clone()),
+        }
+        self.running = true;
+        let limit = self.limits.max_result_bytes;
+        let started = Instant::now();
+        let fut = async move { query.send(RunQuery::new(request)).await };
+        ctx.spawn(fut.into_actor(self).map(move |answer, act, ctx| {
+            act.running = false;
+            metrics::QUERY_SECONDS.observe(started.elapsed().as_secs_f64());
+            let message = match answer {
+                Ok(Ok(result)) => json!({"type": "result", "query": text, "language": language,
+                                         "result": result}),
+                // A query that does not parse is a message, never the
+                // session's end.
+                Ok(Err(e)) => json!({"type": "result_error", "query": text, "language": language,
+                                     "error": {"code": e.code(), "message": e.to_string()}}),
+                Err(_) => json!({"type": "result_error", "query": text, "language": language,
+                                 "error": {"code": "unavailable",
+                                           "message": "the query actor is restarting; the next change runs it again"}}),
+            }
+            .to_string();
+            let message = if message.len() > limit {
+                json!({"type": "result_error", "query": text, "language": language,
+                       "error": {"code": "too_large", "message": format!(
+                           "the result is {} bytes; participants get at most {limit}: narrow the query",
+                           message.len())}})
+                .to_string()
+            } else {
+                message
+            };
+            let ids: Vec<ConnId> = act
+                .conns
+                .iter()
+                .filter(|(_, c)| c.results)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in ids {
+                act.send_result(id, &message);
+            }
+            act.last_result = Some(message);
+            if std::mem::take(&mut act.rerun) {
+                act.schedule_run(ctx);
+            }
+        }));
+    }
+
+    fn send_result(&mut self, conn: ConnId, message: &str) {
+        let out = match self.conns.get(&conn).map(|c| c.protocol) {
+            Some(Protocol::Json) => Outbound::Text(message.to_string()),
+            Some(Protocol::Yjs) => {
+                Outbound::Binary(encode::custom(MSG_RESULT, message.as_bytes()).into())
+            }
+            None => return,
+        };
+        self.send(conn, out);
     }
 
     fn on_json(&mut self, conn: ConnId, text: &[u8], ctx: &mut Context<Self>) {
@@ -711,6 +849,24 @@ impl Actor for Session {
             }
         };
         self.bus_task = Some(ctx.spawn(task.into_actor(self)));
+        // Writes to the metrics the query reads make it run again.
+        let mut written = self.writes.subscribe();
+        let me = ctx.address();
+        ctx.spawn(
+            async move {
+                loop {
+                    let metric: Arc<str> = match written.recv().await {
+                        Ok(m) => m,
+                        Err(broadcast::error::RecvError::Lagged(_)) => "*".into(),
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    };
+                    if me.try_send(Written(metric)).is_err() {
+                        return;
+                    }
+                }
+            }
+            .into_actor(self),
+        );
         ctx.run_interval(Duration::from_secs(5), |act, ctx| {
             let idle = act
                 .idle_since
@@ -751,6 +907,8 @@ pub struct Connect {
     pub principal: String,
     /// The most the principal's token allows (a read-only token: viewer).
     pub max_role: Role,
+    /// A Yjs participant that asked for live results.
+    pub results: bool,
     pub name: String,
     pub protocol: Protocol,
     pub tx: mpsc::Sender<Outbound>,
@@ -760,7 +918,7 @@ impl Handler<Connect> for Session {
     type Result = Result<(), String>;
 
     fn handle(&mut self, msg: Connect, ctx: &mut Context<Self>) -> Self::Result {
-        guarded(ACTOR, self, ctx, |act, _| {
+        guarded(ACTOR, self, ctx, |act, ctx| {
             if act.conns.len() >= act.limits.max_participants {
                 return Err(format!(
                     "the session has {} participants on this node, the most it takes",
@@ -778,6 +936,7 @@ impl Handler<Connect> for Session {
                     tx: msg.tx,
                     clients: Vec::new(),
                     told_read_only: false,
+                    results: msg.results || msg.protocol == Protocol::Json,
                 },
             );
             metrics::PARTICIPANTS.inc();
@@ -794,6 +953,12 @@ impl Handler<Connect> for Session {
                     act.broadcast_state();
                 }
                 Protocol::Json => act.broadcast_state(),
+            }
+            if msg.results || msg.protocol == Protocol::Json {
+                match act.last_result.clone() {
+                    Some(r) => act.send_result(msg.conn, &r),
+                    None => act.schedule_run(ctx),
+                }
             }
             Ok(())
         })
@@ -856,7 +1021,7 @@ impl Handler<Remote> for Session {
     type Result = ();
 
     fn handle(&mut self, msg: Remote, ctx: &mut Context<Self>) {
-        guarded(ACTOR, self, ctx, |act, _| {
+        guarded(ACTOR, self, ctx, |act, ctx| {
             let Some((from, body)) = msg.payload.split_first_chunk::<8>() else {
                 return;
             };
@@ -868,6 +1033,7 @@ impl Handler<Remote> for Session {
                     Ok(()) => {
                         act.broadcast_binary(encode::update(body).into(), None);
                         act.broadcast_state();
+                        act.text_changed(ctx);
                     }
                     Err(e) => {
                         warn!(session = %act.id, error = %e, "collab: a relayed update did not apply")
@@ -882,6 +1048,25 @@ impl Handler<Remote> for Session {
                         }
                     }
                 }
+            }
+        });
+    }
+}
+
+/// A write to `metric` (from the change feed; `*`: any).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Written(Arc<str>);
+
+impl Handler<Written> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: Written, ctx: &mut Context<Self>) {
+        guarded(ACTOR, self, ctx, |act, ctx| {
+            let relevant =
+                &*msg.0 == "*" || act.watched.as_ref().is_none_or(|w| w.contains(&*msg.0));
+            if relevant && act.ran.is_some() {
+                act.schedule_run(ctx);
             }
         });
     }

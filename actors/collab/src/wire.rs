@@ -185,7 +185,9 @@ pub fn check_update(bytes: &[u8]) -> Result<(), WireError> {
     for _ in 0..clients {
         let blocks = r.var_u32("blocks")? as usize;
         r.var("client")?;
-        r.var_u32("clock")?;
+        // Each block takes its length in clock ticks: the client's clock
+        // must not pass 2^32 (yrs computes ranges in u32).
+        let mut clock = u64::from(r.var_u32("clock")?);
         if blocks > r.remaining() {
             return Err(invalid(format!(
                 "{blocks} blocks cannot fit in the {} bytes left",
@@ -193,7 +195,10 @@ pub fn check_update(bytes: &[u8]) -> Result<(), WireError> {
             )));
         }
         for _ in 0..blocks {
-            check_block(&mut r)?;
+            clock += check_block(&mut r)?;
+            if clock > u64::from(u32::MAX) {
+                return Err(invalid("a client's clock passes 2^32"));
+            }
         }
     }
     // The delete set: per client, ranges of (clock, length).
@@ -202,8 +207,11 @@ pub fn check_update(bytes: &[u8]) -> Result<(), WireError> {
         r.var("client")?;
         let ranges = r.count(2, "delete ranges")?;
         for _ in 0..ranges {
-            r.var_u32("deleted clock")?;
-            r.var_u32("deleted length")?;
+            let clock = r.var_u32("deleted clock")?;
+            let len = r.var_u32("deleted length")?;
+            if len == 0 || clock.checked_add(len).is_none() {
+                return Err(invalid("a deleted range is empty or passes 2^32"));
+            }
         }
     }
     Ok(())
@@ -213,15 +221,13 @@ const HAS_ORIGIN: u8 = 0b1000_0000;
 const HAS_RIGHT_ORIGIN: u8 = 0b0100_0000;
 const HAS_PARENT_SUB: u8 = 0b0010_0000;
 
-fn check_block(r: &mut Reader) -> Result<(), WireError> {
+/// Checks one block; its length in clock ticks (never 0: Yjs makes no
+/// empty block, and yrs's range arithmetic underflows on one).
+fn check_block(r: &mut Reader) -> Result<u64, WireError> {
     let info = r.u8("block")?;
-    match info {
+    if let 0 | 10 = info {
         // GC and skip: a length.
-        0 | 10 => {
-            r.var_u32("block length")?;
-            return Ok(());
-        }
-        _ => {}
+        return positive(r.var_u32("block length")?);
     }
     if info & HAS_ORIGIN != 0 {
         r.id()?;
@@ -239,11 +245,9 @@ fn check_block(r: &mut Reader) -> Result<(), WireError> {
             r.string("map key")?;
         }
     }
-    match info & 0b1111 {
+    let len = match info & 0b1111 {
         // Deleted: a length.
-        1 => {
-            r.var_u32("deleted length")?;
-        }
+        1 => u64::from(r.var_u32("deleted length")?),
         // JSON: n + 1 strings (yrs and Yjs read one more than the count).
         2 => {
             let n = r.count(1, "JSON values")?;
@@ -253,34 +257,54 @@ fn check_block(r: &mut Reader) -> Result<(), WireError> {
             for _ in 0..=n {
                 r.string("JSON value")?;
             }
+            n as u64 + 1
         }
         3 => {
             r.buf("binary")?;
+            1
         }
-        4 => {
-            r.string("text")?;
+        // Text counts in UTF-16 code units, as Yjs does.
+        4 => r.string("text")?.encode_utf16().count() as u64,
+        5 => {
+            check_json(r.string("embed")?)?;
+            1
         }
-        5 => check_json(r.string("embed")?)?,
         6 => {
             r.string("format key")?;
             check_json(r.string("format value")?)?;
+            1
         }
-        7 => match r.u8("type")? {
-            0 | 1 | 2 | 4 | 5 | 6 | 15 => {}
-            3 => {
-                r.string("element name")?;
+        7 => {
+            match r.u8("type")? {
+                0 | 1 | 2 | 4 | 5 | 6 | 15 => {}
+                3 => {
+                    r.string("element name")?;
+                }
+                other => return Err(invalid(format!("shared type {other} is not supported"))),
             }
-            other => return Err(invalid(format!("shared type {other} is not supported"))),
-        },
+            1
+        }
         8 => {
             let n = r.count(1, "values")?;
             for _ in 0..n {
                 check_any(r, 0)?;
             }
+            n as u64
         }
         other => return Err(invalid(format!("content type {other} is not supported"))),
+    };
+    if len == 0 || len > u64::from(u32::MAX) {
+        return Err(invalid("an empty block"));
     }
-    Ok(())
+    Ok(len)
+}
+
+fn positive(len: u32) -> Result<u64, WireError> {
+    if len == 0 {
+        Err(invalid("an empty block"))
+    } else {
+        Ok(u64::from(len))
+    }
 }
 
 fn check_any(r: &mut Reader, depth: usize) -> Result<(), WireError> {
@@ -458,6 +482,15 @@ pub mod encode {
         out
     }
 
+    /// A message of an application-defined type (y-protocols' custom
+    /// messages: the type, then a length-prefixed buffer).
+    pub fn custom(kind: u64, bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(bytes.len() + 8);
+        var(&mut out, kind);
+        buf(&mut out, bytes);
+        out
+    }
+
     /// y-websocket shows the reason through its `permissionDeniedHandler`.
     pub fn permission_denied(reason: &str) -> Vec<u8> {
         let mut out = vec![2, 0];
@@ -563,6 +596,23 @@ mod tests {
     fn encode_string(out: &mut Vec<u8>, s: &str) {
         out.push(s.len() as u8);
         out.extend_from_slice(s.as_bytes());
+    }
+
+    #[test]
+    fn empty_blocks_and_clocks_past_2_32_are_refused() {
+        // The fuzzer's first find: a GC block of length 0 (yrs's range
+        // arithmetic underflows on it when the state is encoded).
+        let frame = [
+            0u8, 2, 20, 1, 1, 0xeb, 0x99, 0x17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x9f, 0xc6, 4, 0x30, 1,
+            0x6b, 0, 0,
+        ];
+        assert!(decode_frame(&frame, &FrameLimits::default()).is_err());
+        // A skip block starting at 2^32 - 2, 5 long.
+        let u = [1u8, 1, 5, 0xfe, 0xff, 0xff, 0xff, 0x0f, 10, 5, 0];
+        assert!(check_update(&u).unwrap_err().to_string().contains("2^32"));
+        // An empty delete range.
+        let u = [0u8, 1, 5, 1, 3, 0];
+        assert!(check_update(&u).is_err());
     }
 
     #[test]

