@@ -169,8 +169,18 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(self.buf(what)?).map_err(|_| invalid(format!("{what}: not UTF-8")))
     }
 
+    /// A client id: Yjs's are 53 bits (JavaScript's safe integers); yrs
+    /// folds larger ones onto others.
+    fn client(&mut self, what: &'static str) -> Result<u64, WireError> {
+        let id = self.var(what)?;
+        if id >> 53 != 0 {
+            return Err(invalid(format!("{what}: a client id over 53 bits")));
+        }
+        Ok(id)
+    }
+
     fn id(&mut self) -> Result<(), WireError> {
-        self.var("client id")?;
+        self.client("client id")?;
         self.var_u32("clock")?;
         Ok(())
     }
@@ -184,7 +194,7 @@ pub fn check_update(bytes: &[u8]) -> Result<(), WireError> {
     let clients = r.count(3, "clients")?;
     for _ in 0..clients {
         let blocks = r.var_u32("blocks")? as usize;
-        r.var("client")?;
+        r.client("client")?;
         // Each block takes its length in clock ticks: the client's clock
         // must not pass 2^32 (yrs computes ranges in u32).
         let mut clock = u64::from(r.var_u32("clock")?);
@@ -204,7 +214,7 @@ pub fn check_update(bytes: &[u8]) -> Result<(), WireError> {
     // The delete set: per client, ranges of (clock, length).
     let clients = r.count(2, "delete set clients")?;
     for _ in 0..clients {
-        r.var("client")?;
+        r.client("client")?;
         let ranges = r.count(2, "delete ranges")?;
         for _ in 0..ranges {
             let clock = r.var_u32("deleted clock")?;
@@ -357,7 +367,7 @@ fn check_state_vector(bytes: &[u8]) -> Result<StateVector, WireError> {
     let mut r = Reader::new(bytes);
     let n = r.count(2, "state vector")?;
     for _ in 0..n {
-        r.var("client")?;
+        r.client("client")?;
         r.var_u32("clock")?;
     }
     StateVector::decode_v1(bytes).map_err(|e| invalid(format!("state vector: {e}")))
@@ -376,7 +386,7 @@ fn awareness(bytes: &[u8], limits: &FrameLimits) -> Result<AwarenessUpdate, Wire
     }
     let mut clients = HashMap::with_capacity(n);
     for _ in 0..n {
-        let client = r.var("awareness client")?;
+        let client = r.client("awareness client")?;
         let clock = r.var_u32("awareness clock")?;
         let json = r.string("awareness state")?;
         if json.len() > limits.max_awareness_json {
@@ -613,6 +623,20 @@ mod tests {
         // An empty delete range.
         let u = [0u8, 1, 5, 1, 3, 0];
         assert!(check_update(&u).is_err());
+    }
+
+    #[test]
+    fn client_ids_over_53_bits_are_refused() {
+        // The fuzzer's second find: a state vector with a client id of 2^60
+        // (yrs asserts 53 bits in debug builds and folds ids in release).
+        let mut sv = vec![1u8];
+        sv.extend_from_slice(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x10, 1]);
+        let mut frame = vec![0u8, 0, sv.len() as u8];
+        frame.extend_from_slice(&sv);
+        assert!(decode_frame(&frame, &FrameLimits::default())
+            .unwrap_err()
+            .to_string()
+            .contains("53 bits"));
     }
 
     #[test]
