@@ -41,6 +41,9 @@ pub enum BenchCommand {
     /// get latency on the leader and through a follower, watch delivery
     /// latency.
     Kv(crate::bench_kv::KvBench),
+    /// Collaborative sessions: edit-to-everyone latency with many participants
+    /// in one session, memory per idle session (docs/collab.md).
+    Collab(crate::bench_collab::CollabBench),
 }
 
 #[derive(Args)]
@@ -86,6 +89,7 @@ pub fn run(cmd: BenchCommand) -> Result<(), Box<dyn std::error::Error>> {
         BenchCommand::Query(args) => crate::bench_query::run(args),
         BenchCommand::Cluster(args) => crate::bench_cluster::run(args),
         BenchCommand::Kv(args) => crate::bench_kv::run(args),
+        BenchCommand::Collab(args) => crate::bench_collab::run(args),
     }
 }
 

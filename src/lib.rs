@@ -5,6 +5,7 @@
 pub mod backup_cli;
 pub mod bench;
 mod bench_cluster;
+mod bench_collab;
 mod bench_dataset;
 mod bench_failover;
 mod bench_ingest;
