@@ -57,7 +57,13 @@ fn connect(addr: &str, session: &str) -> Result<Socket, Error> {
     let url = format!("ws://{addr}/api/collab/ws/{session}?participant=bench");
     let tcp = TcpStream::connect(addr)?;
     tcp.set_nodelay(true)?;
-    let (socket, _) = tungstenite::client(url, tcp).map_err(|e| e.to_string())?;
+    // Small client buffers (tungstenite reads into 128 KiB by default): the
+    // idle-session figure is meant to be the node's.
+    let config = tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let (socket, _) = tungstenite::client::client_with_config(url, tcp, Some(config))
+        .map_err(|e| e.to_string())?;
     Ok(socket)
 }
 
