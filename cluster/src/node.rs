@@ -1565,10 +1565,14 @@ impl ClusterNode {
         let groups: Vec<Arc<Group>> = self.groups.read().values().cloned().collect();
         for group in groups {
             let mut metrics = group.raft.metrics();
-            let waited =
+            // Only whether it came: the borrow `wait_for` returns is a read
+            // lock on the metrics, not to be kept.
+            let led = matches!(
                 tokio::time::timeout_at(deadline, metrics.wait_for(|m| m.current_leader.is_some()))
-                    .await;
-            if !matches!(waited, Ok(Ok(_))) {
+                    .await,
+                Ok(Ok(_))
+            );
+            if !led {
                 return false;
             }
         }

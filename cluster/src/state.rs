@@ -329,12 +329,20 @@ pub(crate) async fn answer_read(
             *after = (*after).max(resume);
         }
         let mut metrics = raft.metrics();
-        let waited = tokio::time::timeout_at(
-            deadline,
-            metrics.wait_for(|m| m.last_applied.map_or(0, |l| l.index) > applied),
-        )
-        .await;
-        if matches!(waited, Ok(Err(_))) || raft.metrics().borrow().running_state.is_err() {
+        // `wait_for` returns a borrow of the metrics (a read lock): it must
+        // be gone before the metrics are borrowed again. Held, a second
+        // read waits behind openraft's next metrics write, which waits for
+        // the first read: a deadlock (seen as `bench kv` and a state test
+        // hanging with no CPU; a thread dump showed both locks).
+        let closed = matches!(
+            tokio::time::timeout_at(
+                deadline,
+                metrics.wait_for(|m| m.last_applied.map_or(0, |l| l.index) > applied),
+            )
+            .await,
+            Ok(Err(_))
+        );
+        if closed || raft.metrics().borrow().running_state.is_err() {
             return Ok(answer);
         }
     }
