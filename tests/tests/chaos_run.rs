@@ -121,10 +121,9 @@ fn caught(variant: &str, plan: &str) -> serde_json::Value {
         !output.status.success(),
         "the {variant} variant passed:\n{stdout}\n{stderr}"
     );
-    let json: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(report.path().join("out/report.json")).unwrap(),
-    )
-    .unwrap();
+    let text = std::fs::read_to_string(report.path().join("out/report.json"))
+        .unwrap_or_else(|e| panic!("the {variant} run wrote no report ({e}):\n{stdout}\n{stderr}"));
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert!(!json["violations"].as_array().unwrap().is_empty(), "{json}");
     json
 }
