@@ -462,35 +462,43 @@ struct SessionBody {
     participant: Option<String>,
 }
 
+/// What join and leave start with: the body, who asks (and whether their
+/// token may write), and the session's description at its revision.
+async fn session_request(
+    req: &HttpRequest,
+    hub: &Hub,
+    payload: web::Bytes,
+) -> Result<(SessionBody, String, bool, SessionInfo, u64), HttpResponse> {
+    let b: SessionBody = body(payload).await?;
+    if !valid_id(&b.session) {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "session: a session id (16 hex digits)",
+        ));
+    }
+    let (me, _, can_write) = who(req, b.participant.as_deref());
+    match hub.store.info(&b.session).await {
+        Ok(Some((info, revision))) => Ok((b, me, can_write, info, revision)),
+        Ok(None) => Err(error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no session {}", b.session),
+        )),
+        Err(e) => {
+            let (s, m) = unavailable(e);
+            Err(error(s, code_of(s), m))
+        }
+    }
+}
+
 /// Join: the caller's role in the session and where to connect; an owner
 /// may set another member's role (`member`, `role`).
 #[tracing::instrument(name = "collab_join", skip_all)]
 async fn join(req: HttpRequest, hub: web::Data<Hub>, payload: web::Bytes) -> HttpResponse {
-    let b: SessionBody = match body(payload).await {
-        Ok(b) => b,
+    let (b, me, can_write, mut info, revision) = match session_request(&req, &hub, payload).await {
+        Ok(found) => found,
         Err(r) => return r,
-    };
-    if !valid_id(&b.session) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "session: a session id (16 hex digits)",
-        );
-    }
-    let (me, _, can_write) = who(&req, b.participant.as_deref());
-    let (mut info, revision) = match hub.store.info(&b.session).await {
-        Ok(Some(found)) => found,
-        Ok(None) => {
-            return error(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no session {}", b.session),
-            )
-        }
-        Err(e) => {
-            let (s, m) = unavailable(e);
-            return error(s, code_of(s), m);
-        }
     };
     if let (Some(member), Some(role)) = (&b.member, &b.role) {
         if info.role_of(&me) != Role::Owner {
@@ -535,31 +543,9 @@ async fn join(req: HttpRequest, hub: web::Data<Hub>, payload: web::Bytes) -> Htt
 /// Leave: the caller is no longer a member (an owner cannot leave).
 #[tracing::instrument(name = "collab_leave", skip_all)]
 async fn leave(req: HttpRequest, hub: web::Data<Hub>, payload: web::Bytes) -> HttpResponse {
-    let b: SessionBody = match body(payload).await {
-        Ok(b) => b,
+    let (_, me, _, mut info, revision) = match session_request(&req, &hub, payload).await {
+        Ok(found) => found,
         Err(r) => return r,
-    };
-    if !valid_id(&b.session) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "session: a session id (16 hex digits)",
-        );
-    }
-    let (me, _, _) = who(&req, b.participant.as_deref());
-    let (mut info, revision) = match hub.store.info(&b.session).await {
-        Ok(Some(found)) => found,
-        Ok(None) => {
-            return error(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no session {}", b.session),
-            )
-        }
-        Err(e) => {
-            let (s, m) = unavailable(e);
-            return error(s, code_of(s), m);
-        }
     };
     if info.owner == me {
         return error(
