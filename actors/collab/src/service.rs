@@ -72,16 +72,7 @@ impl Feature for CollabFeature {
     }
 
     fn configure(&self, section: Option<&toml::Value>) -> Result<Box<dyn Planned>, FeatureError> {
-        let config = match section {
-            None => CollabConfig::default(),
-            Some(s) => s
-                .clone()
-                .try_into::<CollabConfig>()
-                .map_err(|e| FeatureError::Config {
-                    feature: "collab",
-                    message: e.to_string(),
-                })?,
-        };
+        let config: CollabConfig = chronicle_platform::parse_section("collab", section)?;
         if config.max_sessions == 0
             || config.max_participants == 0
             || config.max_frames_per_second == 0

@@ -123,16 +123,7 @@ impl Feature for LiveFeature {
     }
 
     fn configure(&self, section: Option<&toml::Value>) -> Result<Box<dyn Planned>, FeatureError> {
-        let config = match section {
-            None => LiveConfig::default(),
-            Some(s) => s
-                .clone()
-                .try_into::<LiveConfig>()
-                .map_err(|e| FeatureError::Config {
-                    feature: "live",
-                    message: e.to_string(),
-                })?,
-        };
+        let config: LiveConfig = chronicle_platform::parse_section("live", section)?;
         if config.max_sessions == 0 || config.max_result_bytes < 1024 {
             return Err(FeatureError::Config {
                 feature: "live",

@@ -235,6 +235,21 @@ pub async fn follow_written_metrics(
     }
 }
 
+/// A feature's `[features.<name>]` section as its config type (the
+/// defaults when absent); a bad section is a configuration error naming it.
+pub fn parse_section<T: serde::de::DeserializeOwned + Default>(
+    feature: &'static str,
+    section: Option<&toml::Value>,
+) -> Result<T, FeatureError> {
+    match section {
+        None => Ok(T::default()),
+        Some(s) => s.clone().try_into::<T>().map_err(|e| FeatureError::Config {
+            feature,
+            message: e.to_string(),
+        }),
+    }
+}
+
 /// A feature's arbiter (actor thread), stopped and joined once at shutdown.
 pub struct ArbiterSlot(parking_lot::Mutex<Option<Arbiter>>);
 
