@@ -7,6 +7,10 @@
 //!   edits, one every `--interval-ms`; the time from sending an edit until
 //!   every other participant has applied it (the slowest of them), p50/p99.
 //!   That includes the node making the edit durable before relaying it.
+//! * Cross-node propagation (with `--nats-url`): three `chronicle serve`
+//!   processes over that NATS server; the typist on the first node, the
+//!   other participants spread over the other two, so every edit crosses
+//!   the bus (durable first, then relayed); the same figure, p50/p99.
 //! * Idle sessions: `--sessions` sessions opened, each with one connected,
 //!   silent participant; the process's RSS growth per session (the node's
 //!   session actor, document and connection, plus this process's client
@@ -49,6 +53,10 @@ pub struct CollabBench {
     /// Do not fsync the state's writes (a measurement of the rest).
     #[arg(long)]
     no_sync: bool,
+    /// A NATS server for the cross-node figure (three node processes meet
+    /// there); without it that figure is skipped.
+    #[arg(long)]
+    nats_url: Option<String>,
 }
 
 type Socket = WebSocket<TcpStream>;
@@ -137,13 +145,28 @@ pub fn run(args: CollabBench) -> Result<(), Box<dyn std::error::Error>> {
             "{} idle sessions opened in {} s; RSS per idle session {} KiB",
             v["sessions"], v["sessions_open_seconds"], v["rss_per_idle_session_kib"]
         );
+        match &v["cross_node"] {
+            serde_json::Value::Null => {
+                println!("cross-node propagation: not measured (give --nats-url)")
+            }
+            c => println!(
+                "across three nodes: edit to everyone p50 {} ms, p99 {} ms, max {} ms",
+                c["edit_to_all_p50_ms"], c["edit_to_all_p99_ms"], c["edit_to_all_max_ms"]
+            ),
+        }
     }
     Ok(())
 }
 
-fn measure(addr: &str, args: &CollabBench) -> Result<(bool, serde_json::Value), Error> {
-    let http = format!("http://{addr}");
-    let id = create(&http, "bench")?;
+/// Edit-to-everyone latencies (ms) of the edits that reached everyone,
+/// and how many did not within 30 s: the typist on `typist`, the other
+/// participants spread over `receivers` (host:port each).
+fn edit_latency(
+    typist_addr: &str,
+    receivers_at: &[String],
+    id: &str,
+    args: &CollabBench,
+) -> Result<(Vec<f64>, usize), Error> {
     eprintln!("{} participants joining session {id}", args.participants);
 
     // The receivers: each applies what arrives and notes when each edit
@@ -152,7 +175,7 @@ fn measure(addr: &str, args: &CollabBench) -> Result<(bool, serde_json::Value), 
     let arrivals: Arc<Mutex<Vec<Vec<Option<Instant>>>>> = Arc::new(Mutex::new(Vec::new()));
     let mut receivers = Vec::new();
     for r in 0..args.participants - 1 {
-        let mut socket = connect(addr, &id)?;
+        let mut socket = connect(&receivers_at[r % receivers_at.len()], id)?;
         socket
             .get_mut()
             .set_read_timeout(Some(Duration::from_millis(100)))?;
@@ -209,7 +232,7 @@ fn measure(addr: &str, args: &CollabBench) -> Result<(bool, serde_json::Value), 
         }));
     }
     // The typist.
-    let mut typist = connect(addr, &id)?;
+    let mut typist = connect(typist_addr, id)?;
     let doc = yrs::Doc::new();
     let text = doc.get_or_insert_text("query");
     std::thread::sleep(Duration::from_millis(500));
@@ -264,6 +287,39 @@ fn measure(addr: &str, args: &CollabBench) -> Result<(bool, serde_json::Value), 
     if latencies.is_empty() {
         return Err("no edit reached every participant".into());
     }
+    Ok((latencies, missing))
+}
+
+/// Three node processes over `nats`; the typist on the first, everyone
+/// else on the other two.
+fn cross_node(nats: &str, args: &CollabBench) -> Result<serde_json::Value, Error> {
+    use crate::bench_failover::{all_led, free_port, start_node, wait};
+    let dir = tempfile::tempdir()?;
+    let mut nodes = Vec::new();
+    for id in 1..=3u64 {
+        nodes.push(start_node(id, dir.path(), nats, 3, free_port()?)?);
+    }
+    eprintln!("cross-node: three node processes starting over {nats}");
+    wait("every shard led", Duration::from_secs(60), || {
+        all_led(&nodes[0].http, 3)
+    })?;
+    let id = create(&nodes[0].http, "bench across nodes")?;
+    let addr = |i: usize| nodes[i].http.trim_start_matches("http://").to_string();
+    let (mut latencies, missing) = edit_latency(&addr(0), &[addr(1), addr(2)], &id, args)?;
+    drop(nodes);
+    Ok(json!({
+        "nodes": 3,
+        "edits_not_everywhere_in_30s": missing,
+        "edit_to_all_p50_ms": round3(quantile(&mut latencies, 0.5)),
+        "edit_to_all_p99_ms": round3(quantile(&mut latencies, 0.99)),
+        "edit_to_all_max_ms": round3(quantile(&mut latencies, 1.0)),
+    }))
+}
+
+fn measure(addr: &str, args: &CollabBench) -> Result<(bool, serde_json::Value), Error> {
+    let http = format!("http://{addr}");
+    let id = create(&http, "bench")?;
+    let (mut latencies, missing) = edit_latency(addr, &[addr.to_string()], &id, args)?;
 
     // Idle sessions.
     eprintln!("opening {} idle sessions", args.sessions);
@@ -281,6 +337,10 @@ fn measure(addr: &str, args: &CollabBench) -> Result<(bool, serde_json::Value), 
     let per_session = after.saturating_sub(before) / args.sessions.max(1) as u64;
     drop(idle);
 
+    let cross = match &args.nats_url {
+        Some(nats) => cross_node(nats, args)?,
+        None => serde_json::Value::Null,
+    };
     Ok((
         args.json,
         json!({
@@ -295,7 +355,7 @@ fn measure(addr: &str, args: &CollabBench) -> Result<(bool, serde_json::Value), 
             "sessions": args.sessions,
             "sessions_open_seconds": round3(open_seconds),
             "rss_per_idle_session_kib": round3(per_session as f64 / 1024.0),
-            "cross_node": serde_json::Value::Null,
+            "cross_node": cross,
         }),
     ))
 }

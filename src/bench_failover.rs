@@ -19,9 +19,9 @@ use crate::bench::{quantile, round3};
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// One node process; killed when dropped.
-struct NodeProc {
+pub(crate) struct NodeProc {
     child: Child,
-    http: String,
+    pub(crate) http: String,
 }
 
 impl Drop for NodeProc {
@@ -31,7 +31,7 @@ impl Drop for NodeProc {
     }
 }
 
-fn free_port() -> Result<u16, Error> {
+pub(crate) fn free_port() -> Result<u16, Error> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -43,7 +43,14 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-fn start(id: u64, root: &Path, nats: &str, shards: u32, port: u16) -> Result<NodeProc, Error> {
+/// `chronicle serve` as node `id` of three, data under `root`.
+pub(crate) fn start_node(
+    id: u64,
+    root: &Path,
+    nats: &str,
+    shards: u32,
+    port: u16,
+) -> Result<NodeProc, Error> {
     let exe = std::env::current_exe()?;
     let child = Command::new(exe)
         .args([
@@ -74,7 +81,7 @@ fn ready(http: &str) -> bool {
         .is_ok_and(|r| r.status() == 200)
 }
 
-fn wait(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Result<(), Error> {
+pub(crate) fn wait(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Result<(), Error> {
     let deadline = Instant::now() + limit;
     while !ok() {
         if Instant::now() > deadline {
@@ -83,6 +90,18 @@ fn wait(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Result<(),
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
+}
+
+/// Whether every one of `shards` shards has a leader, as `http` sees it.
+pub(crate) fn all_led(http: &str, shards: usize) -> bool {
+    let Ok(mut resp) = agent().get(format!("{http}/api/v1/cluster/status")).call() else {
+        return false;
+    };
+    let Ok(body) = resp.body_mut().read_to_vec() else {
+        return false;
+    };
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    (0..shards).all(|i| v["shards"][i]["leader"].as_u64().is_some())
 }
 
 fn leader_of_shard0(http: &str) -> Option<u64> {
@@ -109,7 +128,7 @@ pub fn run(nats: &str, shards: u32, rounds: usize, json_out: bool) -> Result<(),
     let ports = [free_port()?, free_port()?, free_port()?];
     let mut nodes: Vec<Option<NodeProc>> = Vec::new();
     for id in 1..=3u64 {
-        nodes.push(Some(start(
+        nodes.push(Some(start_node(
             id,
             dir.path(),
             nats,
@@ -168,7 +187,7 @@ pub fn run(nats: &str, shards: u32, rounds: usize, json_out: bool) -> Result<(),
         eprintln!("failover {}: {ms:.0} ms (SIGKILL node {leader})", round + 1);
         took_ms.push(ms);
         drop(victim);
-        let restarted = start(leader, dir.path(), nats, shards, ports[leader as usize - 1])?;
+        let restarted = start_node(leader, dir.path(), nats, shards, ports[leader as usize - 1])?;
         wait(
             "the killed node ready again",
             Duration::from_secs(60),

@@ -399,6 +399,7 @@ impl Node {
             node_id: identity.node_id,
             prefix: config.subject_prefix.clone(),
             bus: bus.clone(),
+            peers: cluster_bus.clone(),
             cluster: cluster.clone(),
             cluster_runtime: runtime.handle().clone(),
             auth: auth.clone(),

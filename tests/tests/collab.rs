@@ -289,6 +289,32 @@ fn yjs_clients_co_edit_a_viewer_is_refused_and_the_text_survives_a_restart() {
         }
     }
     assert_eq!(last["state"]["query_text"], "up", "{last}");
+
+    // Carol's token is revoked: her open connection ends with it.
+    let mut carols = open(&node.http, &path, Some(&carol)).unwrap();
+    next_of(&mut carols, "state_update").expect("carol is connected");
+    let revoked = agent()
+        .delete(format!("{}/api/v1/auth/tokens/{carol_id}", node.http))
+        .header("Authorization", &format!("Bearer {BOOTSTRAP}"))
+        .call()
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+    let closed = loop {
+        match carols.read() {
+            Ok(Message::Close(frame)) => break frame.map(|f| f.reason.to_string()),
+            Ok(_) => continue,
+            Err(e) => panic!("the connection did not close after the revocation: {e}"),
+        }
+    };
+    assert!(
+        closed.as_deref().unwrap_or("").contains("revoked"),
+        "{closed:?}"
+    );
+    // Bob's connection is unharmed.
+    json_client
+        .send(Message::Text(json!({"type": "state"}).to_string().into()))
+        .unwrap();
+    assert!(next_of(&mut json_client, "state_update").is_some());
 }
 
 #[test]
@@ -504,6 +530,7 @@ fn participants_on_two_nodes_share_a_session_and_edits_survive_the_loss_of_one()
                     "1,2,3",
                     "--shards",
                     "3",
+                    "--allow-fault-injection",
                 ],
             ))
         })
@@ -523,6 +550,15 @@ fn participants_on_two_nodes_share_a_session_and_edits_survive_the_loss_of_one()
     );
     assert_eq!(status, 200, "{created}");
     let id = created["id"].as_str().unwrap().to_string();
+    // Node 1's relays of edits are all lost (its awareness still goes
+    // out): node 2 gets Ada's edits only by asking for what it lacks.
+    let (status, rule) = post(
+        &http[0],
+        &format!("/debug/faults/rule?subject=chronicle.collab.{id}&drop=1"),
+        None,
+        &json!({}),
+    );
+    assert_eq!(status, 204, "{rule}");
 
     // Ada on node 1, Bob on node 2, typing at once.
     let ws = |i: usize| format!("{}/api/collab/ws", http[i].replacen("http://", "ws://", 1));
@@ -540,6 +576,23 @@ fn participants_on_two_nodes_share_a_session_and_edits_survive_the_loss_of_one()
     // Each saw the other's presence across nodes.
     assert_eq!(result["awareness"][0], json!(["ada", "bob"]), "{result}");
     assert_eq!(result["awareness"][1], json!(["ada", "bob"]), "{result}");
+    // Node 2 caught up by state vector; node 1 had Bob's edits relayed.
+    let synced = |i: usize, via: &str| {
+        let text = agent()
+            .get(format!("{}/metrics", http[i]))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        let line = format!("chronicle_collab_remote_updates_total{{via=\"{via}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(synced(1, "sync") >= 1.0, "node 2 never caught up by sync");
+    assert!(synced(0, "relay") >= 1.0, "node 1 never applied a relay");
 
     // Node 1 is lost. Node 3, which never had a participant, opens the
     // session from the replicated state: every edit anyone saw is there.

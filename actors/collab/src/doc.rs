@@ -89,12 +89,23 @@ impl SessionDoc {
     /// Applies a v1 update after checking it (applying one twice changes
     /// nothing: updates are idempotent and commute).
     pub fn apply(&self, update: &[u8]) -> Result<(), DocError> {
+        self.apply_changed(update).map(|_| ())
+    }
+
+    /// [`apply`](Self::apply), telling whether the document changed (an
+    /// update it already held changes nothing).
+    pub fn apply_changed(&self, update: &[u8]) -> Result<bool, DocError> {
         check_update(update)?;
         let update = Update::decode_v1(update).map_err(|e| DocError::Update(e.to_string()))?;
-        self.doc
-            .transact_mut()
-            .apply_update(update)
-            .map_err(|e| DocError::Update(e.to_string()))
+        let mut txn = self.doc.transact_mut();
+        txn.apply_update(update)
+            .map_err(|e| DocError::Update(e.to_string()))?;
+        Ok(!txn.insert_set().is_empty() || !txn.delete_set().is_empty())
+    }
+
+    /// Whether it holds updates that wait for others it never received.
+    pub fn has_missing_updates(&self) -> bool {
+        self.doc.transact().has_missing_updates()
     }
 
     pub fn state_vector(&self) -> StateVector {

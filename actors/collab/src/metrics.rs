@@ -47,7 +47,7 @@ pub static DROPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
         IntCounterVec::new(
             Opts::new(
                 "chronicle_collab_participants_dropped_total",
-                "Participants the node disconnected, by reason (slow, flood, malformed)",
+                "Participants the node disconnected, by reason (slow, flood, malformed, revoked)",
             ),
             &["reason"],
         )
@@ -95,6 +95,19 @@ pub static COMPACTIONS: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+pub static REMOTE_UPDATES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "chronicle_collab_remote_updates_total",
+                "Updates from other nodes that changed a session's document here, by how they came: relay (as they were made) or sync (a catch-up after a missed relay)",
+            ),
+            &["via"],
+        )
+        .expect("static metric definition"),
+    )
+});
+
 /// Makes every metric visible (at zero) from the start.
 pub fn init() {
     LazyLock::force(&SESSIONS);
@@ -104,4 +117,7 @@ pub fn init() {
     LazyLock::force(&WRITE_SECONDS);
     LazyLock::force(&COMPACTIONS);
     LazyLock::force(&QUERY_SECONDS);
+    for via in ["relay", "sync"] {
+        REMOTE_UPDATES.with_label_values(&[via]);
+    }
 }

@@ -117,11 +117,13 @@ impl Planned for CollabPlan {
         ));
         let hub = web::Data::new(Hub {
             store: Arc::new(Store::new(state, cx.node_id, cx.cluster_runtime.clone())),
-            bus: cx.bus.clone(),
+            // Node-to-node: signed under the cluster secret when one is set.
+            bus: cx.peers.clone(),
             prefix: cx.prefix.clone(),
             node: cx.node_id,
             arbiter: arbiter.handle(),
             restart_policy: cx.restart_policy,
+            auth: cx.auth.clone(),
             sessions: Arc::new(parking_lot::Mutex::new(HashMap::new())),
             open: Arc::new(open),
             query,
@@ -153,6 +155,8 @@ pub struct Hub {
     node: u64,
     arbiter: ArbiterHandle,
     restart_policy: chronicle_actor_runtime::RestartPolicy,
+    /// Connections end when their token is revoked or expires.
+    auth: Arc<chronicle_auth::Authenticator>,
     sessions: Arc<parking_lot::Mutex<HashMap<String, Addr<Session>>>>,
     /// How many sessions are open: the change feed is read while some are.
     open: Arc<tokio::sync::watch::Sender<usize>>,
@@ -666,6 +670,7 @@ async fn socket(
         );
     }
     let (principal, token_name, can_write) = who(&req, params.participant.as_deref());
+    let token = req.extensions().get::<Principal>().cloned();
     let name = params
         .name
         .filter(|n| !n.is_empty() && n.len() <= 64)
@@ -704,16 +709,7 @@ async fn socket(
     }
     let span = info_span!("collab_connection", session = %id, conn);
     actix_web::rt::spawn(
-        connection(
-            addr,
-            conn,
-            sender,
-            receiver,
-            rx,
-            hub.config.max_frames_per_second,
-            hub.stopping.subscribe(),
-        )
-        .instrument(span),
+        connection(addr, conn, sender, receiver, rx, hub.clone(), token).instrument(span),
     );
     response
 }
@@ -725,10 +721,14 @@ async fn connection(
     mut sender: ws::Sender,
     mut receiver: ws::Receiver,
     mut outbound: mpsc::Receiver<Outbound>,
-    frames_per_second: u32,
-    mut stopping: tokio::sync::watch::Receiver<bool>,
+    hub: web::Data<Hub>,
+    token: Option<Principal>,
 ) {
+    let frames_per_second = hub.config.max_frames_per_second;
+    let mut stopping = hub.stopping.subscribe();
     let mut ping = tokio::time::interval(PING_EVERY);
+    // A revoked or expired token ends the connection within a second.
+    let mut recheck = tokio::time::interval(Duration::from_secs(1));
     let mut last_heard = tokio::time::Instant::now();
     // A token bucket: a burst of twice the rate, refilled continuously.
     let capacity = f64::from(frames_per_second) * 2.0;
@@ -790,6 +790,14 @@ async fn connection(
                 }
             }
             _ = stopping.changed() => break "the node is stopping".into(),
+            _ = recheck.tick() => {
+                if let Some(who) = &token {
+                    if !hub.auth.still_valid(who) {
+                        crate::metrics::DROPPED.with_label_values(&["revoked"]).inc();
+                        break "the token was revoked or expired".into();
+                    }
+                }
+            }
         }
     };
     debug!(conn, reason, "collab connection ends");

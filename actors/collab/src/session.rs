@@ -8,6 +8,15 @@
 //! edit anyone else has seen survives the loss of this node. Changes that
 //! arrive while a write is in flight are written together with the next
 //! one (one commit per batch, not per keystroke).
+//!
+//! Relays between nodes are best effort (NATS core: a message published
+//! while a node reconnects is gone). So a session that opens, and every
+//! few seconds one with participants, or one that received an update whose
+//! predecessors it lacks, asks the other nodes hosting it for what it
+//! misses: it sends its state vector on `<prefix>.collab.<id>.sync` and the
+//! first node to answer sends back only the missing updates. A node answers
+//! only when everything its document holds is durable, so catching up never
+//! hands out an edit that could still be lost.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,7 +36,7 @@ use yrs::sync::awareness::{AwarenessUpdate, AwarenessUpdateEntry};
 use crate::doc::{Annotation, SessionDoc};
 use crate::metrics;
 use crate::store::{merge, Role, SessionInfo, Store};
-use crate::wire::{decode_frame, encode, ClientMessage, FrameLimits};
+use crate::wire::{check_state_vector, decode_frame, encode, ClientMessage, FrameLimits};
 
 const ACTOR: &str = "collab_session";
 
@@ -70,6 +79,11 @@ pub struct SessionLimits {
     pub max_result_bytes: usize,
     /// The log is folded into a snapshot past this many bytes.
     pub compact_log_bytes: usize,
+    /// How often a session with participants asks the other nodes for
+    /// updates it missed.
+    pub sync_interval: Duration,
+    /// How long it waits for an answer.
+    pub sync_timeout: Duration,
     pub frame: FrameLimits,
 }
 
@@ -83,6 +97,8 @@ impl Default for SessionLimits {
             debounce: Duration::from_millis(300),
             max_result_bytes: 1 << 20,
             compact_log_bytes: 256 << 10,
+            sync_interval: Duration::from_secs(5),
+            sync_timeout: Duration::from_secs(2),
             frame: FrameLimits::default(),
         }
     }
@@ -117,7 +133,8 @@ pub struct Session {
     doc: SessionDoc,
     store: Arc<Store>,
     bus: Arc<dyn Bus>,
-    /// `<prefix>.collab.<id>`: durable updates between nodes.
+    /// `<prefix>.collab.<id>`: durable updates between nodes (and
+    /// `.awareness`, `.sync` under it).
     subject: String,
     node: u64,
     limits: SessionLimits,
@@ -149,7 +166,21 @@ pub struct Session {
     ran: Option<(String, String)>,
     watched: Option<std::collections::BTreeSet<String>>,
     last_result: Option<String>,
+    /// A catch-up request of ours is in flight.
+    syncing: bool,
+    /// Other nodes' catch-up requests, answered once nothing is pending.
+    sync_waiting: Vec<BusMessage>,
 }
+
+/// A catch-up answer: the missing updates (one v1 update) follow.
+const SYNC_DIFF: u8 = 0;
+/// A catch-up answer: too much is missing for one message; read the state.
+const SYNC_RELOAD: u8 = 1;
+/// Largest catch-up answer sent on the bus (NATS's default payload limit
+/// is 1 MiB).
+const MAX_SYNC_BYTES: usize = 512 << 10;
+/// Catch-up requests held while this node has edits in flight.
+const MAX_SYNC_WAITING: usize = 16;
 
 /// Called with the session's id when it stops.
 pub type OnStop = Box<dyn FnOnce(&str) + Send>;
@@ -209,6 +240,8 @@ impl Session {
             ran: None,
             watched: None,
             last_result: None,
+            syncing: false,
+            sync_waiting: Vec::new(),
         }
     }
 
@@ -454,7 +487,116 @@ impl Session {
                 }
             }
             act.write(ctx);
+            act.answer_syncs();
         }));
+    }
+
+    /// Asks the other nodes hosting the session for what this one lacks
+    /// (its state vector out, the missing updates back).
+    fn request_sync(&mut self, ctx: &mut Context<Self>) {
+        if self.syncing {
+            return;
+        }
+        self.syncing = true;
+        let mut payload = self.node.to_be_bytes().to_vec();
+        payload.extend_from_slice(&yrs::updates::encoder::Encode::encode_v1(
+            &self.doc.state_vector(),
+        ));
+        let (bus, subject) = (self.bus.clone(), format!("{}.sync", self.subject));
+        let timeout = self.limits.sync_timeout;
+        let fut = async move {
+            bus.request(BusMessage::new(subject, payload), timeout)
+                .await
+        };
+        ctx.spawn(fut.into_actor(self).map(|answer, act, ctx| {
+            act.syncing = false;
+            // No other node hosts it, or none answered in time: the next
+            // round asks again.
+            let Ok(answer) = answer else { return };
+            match answer.payload.split_first() {
+                Some((&SYNC_DIFF, diff)) => act.caught_up(diff, "sync", ctx),
+                Some((&SYNC_RELOAD, _)) => act.reload(ctx),
+                _ => warn!(session = %act.id, "collab: a catch-up answer of an unknown kind"),
+            }
+        }));
+    }
+
+    /// Applies updates another node had durably (from a relay or a
+    /// catch-up): no write, they are stored already.
+    fn caught_up(&mut self, update: &[u8], via: &'static str, ctx: &mut Context<Self>) {
+        match self.doc.apply_changed(update) {
+            Ok(changed) => {
+                if changed {
+                    metrics::REMOTE_UPDATES.with_label_values(&[via]).inc();
+                    self.broadcast_binary(encode::update(update).into(), None);
+                    self.broadcast_state();
+                    self.text_changed(ctx);
+                }
+                if self.doc.has_missing_updates() {
+                    // Something it builds on never arrived: ask now.
+                    self.request_sync(ctx);
+                }
+            }
+            Err(e) => {
+                warn!(session = %self.id, error = %e, "collab: an update from another node did not apply")
+            }
+        }
+    }
+
+    /// Too much was missing to travel on the bus: read what the state holds.
+    fn reload(&mut self, ctx: &mut Context<Self>) {
+        let (store, id) = (self.store.clone(), self.id.clone());
+        self.syncing = true;
+        let fut = async move { store.load(&id).await };
+        ctx.spawn(fut.into_actor(self).map(|loaded, act, ctx| {
+            act.syncing = false;
+            match loaded {
+                Ok(loaded) => act.caught_up(&loaded.doc.encode_state(), "sync", ctx),
+                Err(e) => warn!(session = %act.id, error = %e, "collab: reading the session to catch up failed"),
+            }
+        }));
+    }
+
+    /// Another node asks what it lacks: answered when everything this
+    /// document holds is durable, held (a few) until then.
+    fn on_sync_request(&mut self, request: BusMessage) {
+        if request.reply.is_none() {
+            return;
+        }
+        if self.sync_waiting.len() >= MAX_SYNC_WAITING {
+            // It asks again on its next round.
+            self.sync_waiting.remove(0);
+        }
+        self.sync_waiting.push(request);
+        self.answer_syncs();
+    }
+
+    fn answer_syncs(&mut self) {
+        if self.writing || !self.pending.is_empty() || self.sync_waiting.is_empty() {
+            return;
+        }
+        for request in std::mem::take(&mut self.sync_waiting) {
+            let Some(body) = request.payload.get(8..) else {
+                continue;
+            };
+            let Ok(sv) = check_state_vector(body) else {
+                debug!(session = %self.id, "collab: a malformed catch-up request");
+                continue;
+            };
+            let diff = self.doc.diff(&sv);
+            let mut answer = Vec::with_capacity(1 + diff.len());
+            if diff.len() > MAX_SYNC_BYTES {
+                answer.push(SYNC_RELOAD);
+            } else {
+                answer.push(SYNC_DIFF);
+                answer.extend_from_slice(&diff);
+            }
+            let Some(reply) = request.reply else { continue };
+            let bus = self.bus.clone();
+            actix::spawn(async move {
+                let _ = bus.publish(BusMessage::new(reply, answer)).await;
+            });
+        }
     }
 
     /// Durable changes go to the other participants here and on other nodes.
@@ -831,19 +973,23 @@ impl Actor for Session {
                 Ok(s) => s,
                 Err(_) => return,
             };
+            let mut sync = match bus.subscribe(&format!("{subject}.sync"), None).await {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+            // Subscribed: what was relayed before this point (since the
+            // session was read from the state) comes from the others.
+            if me.try_send(Catchup).is_err() {
+                return;
+            }
             loop {
                 let (kind, msg) = tokio::select! {
                     m = updates.next() => (0, m),
                     m = aware.next() => (1, m),
+                    m = sync.next() => (2, m),
                 };
-                let Some(msg) = msg else { return };
-                if me
-                    .try_send(Remote {
-                        kind,
-                        payload: msg.payload,
-                    })
-                    .is_err()
-                {
+                let Some(message) = msg else { return };
+                if me.try_send(Remote { kind, message }).is_err() {
                     return;
                 }
             }
@@ -867,6 +1013,11 @@ impl Actor for Session {
             }
             .into_actor(self),
         );
+        ctx.run_interval(self.limits.sync_interval, |act, ctx| {
+            if !act.conns.is_empty() {
+                act.request_sync(ctx);
+            }
+        });
         ctx.run_interval(Duration::from_secs(5), |act, ctx| {
             let idle = act
                 .idle_since
@@ -1009,12 +1160,13 @@ impl Handler<Disconnect> for Session {
     }
 }
 
-/// From another node: 0 a durable update, 1 awareness; the sender's node id first.
+/// From another node: 0 a durable update, 1 awareness, 2 a catch-up
+/// request; the sender's node id first.
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Remote {
     kind: u8,
-    payload: Bytes,
+    message: BusMessage,
 }
 
 impl Handler<Remote> for Session {
@@ -1022,23 +1174,15 @@ impl Handler<Remote> for Session {
 
     fn handle(&mut self, msg: Remote, ctx: &mut Context<Self>) {
         guarded(ACTOR, self, ctx, |act, ctx| {
-            let Some((from, body)) = msg.payload.split_first_chunk::<8>() else {
+            let Some((from, body)) = msg.message.payload.split_first_chunk::<8>() else {
                 return;
             };
             if u64::from_be_bytes(*from) == act.node {
                 return;
             }
             match msg.kind {
-                0 => match act.doc.apply(body) {
-                    Ok(()) => {
-                        act.broadcast_binary(encode::update(body).into(), None);
-                        act.broadcast_state();
-                        act.text_changed(ctx);
-                    }
-                    Err(e) => {
-                        warn!(session = %act.id, error = %e, "collab: a relayed update did not apply")
-                    }
-                },
+                0 => act.caught_up(body, "relay", ctx),
+                2 => act.on_sync_request(msg.message.clone()),
                 _ => {
                     if let Ok(messages) = decode_frame(body, &act.limits.frame) {
                         for m in messages {
@@ -1050,6 +1194,19 @@ impl Handler<Remote> for Session {
                 }
             }
         });
+    }
+}
+
+/// Ask the other nodes for what this one missed.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Catchup;
+
+impl Handler<Catchup> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _: Catchup, ctx: &mut Context<Self>) {
+        guarded(ACTOR, self, ctx, |act, ctx| act.request_sync(ctx));
     }
 }
 

@@ -179,10 +179,10 @@ impl<'a> Reader<'a> {
         Ok(id)
     }
 
-    fn id(&mut self) -> Result<(), WireError> {
-        self.client("client id")?;
-        self.var_u32("clock")?;
-        Ok(())
+    fn id(&mut self) -> Result<(u64, u32), WireError> {
+        let client = self.client("client id")?;
+        let clock = self.var_u32("clock")?;
+        Ok((client, clock))
     }
 }
 
@@ -194,7 +194,7 @@ pub fn check_update(bytes: &[u8]) -> Result<(), WireError> {
     let clients = r.count(3, "clients")?;
     for _ in 0..clients {
         let blocks = r.var_u32("blocks")? as usize;
-        r.client("client")?;
+        let client = r.client("client")?;
         // Each block takes its length in clock ticks: the client's clock
         // must not pass 2^32 (yrs computes ranges in u32).
         let mut clock = u64::from(r.var_u32("clock")?);
@@ -205,7 +205,7 @@ pub fn check_update(bytes: &[u8]) -> Result<(), WireError> {
             )));
         }
         for _ in 0..blocks {
-            clock += check_block(&mut r)?;
+            clock += check_block(&mut r, (client, clock))?;
             if clock > u64::from(u32::MAX) {
                 return Err(invalid("a client's clock passes 2^32"));
             }
@@ -231,19 +231,36 @@ const HAS_ORIGIN: u8 = 0b1000_0000;
 const HAS_RIGHT_ORIGIN: u8 = 0b0100_0000;
 const HAS_PARENT_SUB: u8 = 0b0010_0000;
 
-/// Checks one block; its length in clock ticks (never 0: Yjs makes no
-/// empty block, and yrs's range arithmetic underflows on one).
-fn check_block(r: &mut Reader) -> Result<u64, WireError> {
+/// Checks one block, which starts at `at` (client, clock); returns its
+/// length in clock ticks (never 0: Yjs makes no empty block, and yrs's range
+/// arithmetic underflows on one).
+fn check_block(r: &mut Reader, at: (u64, u64)) -> Result<u64, WireError> {
     let info = r.u8("block")?;
     if let 0 | 10 = info {
         // GC and skip: a length.
         return positive(r.var_u32("block length")?);
     }
+    // An item's neighbours existed when it was made: two different
+    // characters, both older than the item when they are its author's.
+    // yrs integrates an item that breaks this differently live and when the
+    // document is reloaded (the collab_frame fuzz target's fourth find), so
+    // replicas would disagree.
+    let mut origins = [None, None];
     if info & HAS_ORIGIN != 0 {
-        r.id()?;
+        origins[0] = Some(r.id()?);
     }
     if info & HAS_RIGHT_ORIGIN != 0 {
-        r.id()?;
+        origins[1] = Some(r.id()?);
+    }
+    for (client, clock) in origins.iter().flatten() {
+        if *client == at.0 && u64::from(*clock) >= at.1 {
+            return Err(invalid("an item's neighbour is not older than the item"));
+        }
+    }
+    if let [Some(left), Some(right)] = origins {
+        if left == right {
+            return Err(invalid("an item's left and right neighbours are the same"));
+        }
     }
     if info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN) == 0 {
         if r.var_u32("parent info")? == 1 {
@@ -357,7 +374,8 @@ fn check_json(text: &str) -> Result<(), WireError> {
         .map_err(|e| invalid(format!("JSON content: {e}")))
 }
 
-fn check_state_vector(bytes: &[u8]) -> Result<StateVector, WireError> {
+/// Decodes a v1 state vector, checked as frames are.
+pub fn check_state_vector(bytes: &[u8]) -> Result<StateVector, WireError> {
     let mut r = Reader::new(bytes);
     let n = r.count(2, "state vector")?;
     for _ in 0..n {
@@ -645,6 +663,34 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("53 bits"));
+    }
+
+    #[test]
+    fn items_whose_neighbours_are_one_character_or_not_older_are_refused() {
+        // Client 5 types "a" at the root "q", then an item after it.
+        let update = |second: &[u8]| {
+            let mut u = vec![1u8, 2, 5, 0, 4, 1, 1, b'q', 1, b'a'];
+            u.extend_from_slice(second);
+            u.push(0);
+            u
+        };
+        // "b" after "a": fine.
+        assert_eq!(check_update(&update(&[0x84, 5, 0, 1, b'b'])), Ok(()));
+        // The fuzzer's fourth find: left and right neighbour both (5, 0).
+        let same = update(&[0xc4, 5, 0, 5, 0, 1, b'b']);
+        assert!(check_update(&same)
+            .unwrap_err()
+            .to_string()
+            .contains("the same"));
+        // "b" (clock 1) placed after itself.
+        let own = update(&[0x84, 5, 1, 1, b'b']);
+        assert!(check_update(&own)
+            .unwrap_err()
+            .to_string()
+            .contains("not older"));
+        // The reproducer the fuzzer kept.
+        let frame = include_bytes!("../../../fuzz/regressions/collab_frame/divergent-reload.bin");
+        assert!(decode_frame(frame, &FrameLimits::default()).is_err());
     }
 
     #[test]

@@ -141,6 +141,11 @@ pub struct FeatureContext {
     pub prefix: String,
     /// The client bus (metered; fault-wrapped in chaos runs).
     pub bus: Arc<dyn Bus>,
+    /// The node-to-node bus, for messages between a feature's actors on
+    /// different nodes: the cluster's connection, signed under the cluster
+    /// secret when one is set (a client that lacks it cannot forge them;
+    /// unsigned ones are dropped and counted). Never for client traffic.
+    pub peers: Arc<dyn Bus>,
     /// This node's cluster member (state, feed, reads and writes); its
     /// futures run on `cluster_runtime`.
     pub cluster: Arc<ClusterNode>,
