@@ -1,0 +1,15 @@
+//! Anomaly detection for Chronicle, per series and online: what the
+//! detector actor runs on every sample the change feed brings (see
+//! docs/anomalies.md).
+//!
+//! * [`season`]: the seasonal baseline (period found by autocorrelation);
+//! * [`detector`]: spikes, dips, level shifts, trends and absences, one
+//!   open episode per series;
+//! * [`planted`]: a labelled set with planted anomalies and the scoring
+//!   (precision, recall, F1, delay) that measures the detector.
+
+pub mod detector;
+pub mod planted;
+pub mod season;
+
+pub use detector::{DetectorConfig, Episode, Event, Evidence, Kind, SeriesDetector, Severity};
