@@ -44,6 +44,10 @@ pub enum BenchCommand {
     /// Collaborative sessions: edit-to-everyone latency with many participants
     /// in one session, memory per idle session (docs/collab.md).
     Collab(crate::bench_collab::CollabBench),
+    /// Anomaly detection: precision, recall and F1 on a planted set, and
+    /// whether the detector keeps up with ingest for many watched series
+    /// (docs/anomalies.md).
+    Detect(crate::bench_detect::DetectBench),
 }
 
 #[derive(Args)]
@@ -90,6 +94,7 @@ pub fn run(cmd: BenchCommand) -> Result<(), Box<dyn std::error::Error>> {
         BenchCommand::Cluster(args) => crate::bench_cluster::run(args),
         BenchCommand::Kv(args) => crate::bench_kv::run(args),
         BenchCommand::Collab(args) => crate::bench_collab::run(args),
+        BenchCommand::Detect(args) => crate::bench_detect::run(args),
     }
 }
 

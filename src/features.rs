@@ -22,6 +22,7 @@ pub fn registry(config: &NodeConfig) -> Vec<Box<dyn Feature>> {
         Box::new(chronicle_live::LiveFeature),
         Box::new(backup::BackupFeature),
         Box::new(chronicle_collab::CollabFeature),
+        Box::new(chronicle_detect::DetectFeature),
     ]
 }
 

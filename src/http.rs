@@ -98,6 +98,8 @@ pub fn access_of(method: &actix_web::http::Method, path: &str) -> (Access, &'sta
         // viewer in every session).
         "/api/collab/sessions/create" => (Access::Write, "collab"),
         _ if path.starts_with("/api/collab/") => (Access::Read, "collab"),
+        "/api/anomalies" => (Access::Read, "detect"),
+        _ if path.starts_with("/api/anomalies/") => (Access::Read, "detect"),
         _ if path.starts_with("/api/v1/kv/") => (Access::Admin, "kv"),
         _ if path.starts_with("/api/v1/auth/") => (Access::Admin, "auth"),
         _ if path.starts_with("/api/v1/admin/backups") => (Access::Admin, "backup"),

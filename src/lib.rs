@@ -7,6 +7,7 @@ pub mod bench;
 mod bench_cluster;
 mod bench_collab;
 mod bench_dataset;
+mod bench_detect;
 mod bench_failover;
 mod bench_ingest;
 mod bench_kv;

@@ -207,6 +207,8 @@ pub(crate) struct Group {
     pub(crate) shard: ShardCell,
     /// Where new proposals wait while this member hands its leadership over.
     pub(crate) gate: Arc<crate::handover::WriteGate>,
+    /// The point batches this replica applies (in-process consumers).
+    applied: tokio::sync::broadcast::Sender<Arc<crate::feed::Applied>>,
     /// Its Raft RPC server, forwarded-request servers and membership watcher.
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -849,7 +851,8 @@ impl ClusterNode {
         let mut sm = ShardStateMachine::open(dir.join("state"), config.shard.clone())?;
         let cell = sm.shard();
         // Subscribed before Raft starts applying, so no batch is missed.
-        let applied = config.write_events.then(|| sm.feed(shard).subscribe());
+        let applied_tx = sm.feed(shard);
+        let applied = config.write_events.then(|| applied_tx.subscribe());
         let receiver = Arc::new(crate::SnapshotReceiver::new(sm.layout()));
         let appended = log.appended_bytes();
         let network = BusNetwork::new(self.bus.clone(), config.prefix.clone(), u64::from(shard));
@@ -939,10 +942,34 @@ impl ClusterNode {
                 raft,
                 shard: cell,
                 gate,
+                applied: applied_tx,
                 tasks,
             }),
         );
         Ok(())
+    }
+
+    /// The point batches this node's replica of `shard` applies from now on,
+    /// with their points (in process; nothing crosses the bus). Every replica
+    /// applies every batch: a consumer that must handle each batch once in
+    /// the cluster handles those of the shards it [leads](Self::leads). A
+    /// receiver that falls more than 1,024 batches behind is told how many
+    /// it missed. `None` when this node holds no replica of `shard`.
+    pub fn applied_batches(
+        &self,
+        shard: u32,
+    ) -> Option<tokio::sync::broadcast::Receiver<Arc<crate::feed::Applied>>> {
+        Some(self.group(shard)?.applied.subscribe())
+    }
+
+    /// Whether this node leads `shard`'s group now (as its Raft metrics say:
+    /// a leader that lost its quorum learns it at its next heartbeat).
+    pub fn leads(&self, shard: u32) -> bool {
+        self.group(shard).is_some_and(|g| {
+            let m = g.raft.metrics();
+            let m = m.borrow();
+            m.current_leader == Some(m.id)
+        })
     }
 
     /// A consumer of the change feed: every metric's write events, each once,

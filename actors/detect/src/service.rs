@@ -1,0 +1,727 @@
+//! The `detect` feature: a supervised detector actor fed by the point
+//! batches this node's replicas apply, anomalies stored in the replicated
+//! state (namespace `detect`) and published on `<prefix>.anomaly.<metric>`,
+//! anomalies from other services accepted on `<prefix>.anomaly.>`, and
+//! `GET /api/anomalies`.
+//!
+//! Every replica applies every batch, so each node judges only the batches
+//! of the shards it leads: a series is watched by exactly one node at a
+//! time, and no anomaly is raised twice.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse};
+use async_trait::async_trait;
+use chronicle_actor_runtime::{guarded, Restarts};
+use chronicle_auth::{Access, Authenticator};
+use chronicle_bus::{Bus, Message as BusMessage};
+use chronicle_cluster::feed::Applied;
+use chronicle_cluster::state::StateStore;
+use chronicle_cluster::ClusterNode;
+use chronicle_platform::{ArbiterSlot, Feature, FeatureContext, FeatureError, Planned, Running};
+use serde::Deserialize;
+use serde_json::json;
+use tracing::{debug, warn};
+
+use crate::anomaly::Anomaly;
+use crate::detector::{DetectorConfig, Event, SeriesDetector};
+use crate::metrics;
+use crate::watch::Watch;
+
+const ACTOR: &str = "detector";
+/// Anomaly records are kept this long (a lease on each key).
+const KEEP: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// `[features.detect]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectConfig {
+    /// What to watch; nothing by default.
+    pub watch: Vec<Watch>,
+    /// Series watched at most (each holds a few KiB); more are counted and
+    /// left alone.
+    pub max_series: usize,
+    /// Samples in the recent window.
+    pub window: usize,
+    /// How often absences are checked, seconds.
+    pub absent_check_secs: u64,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        Self {
+            watch: Vec::new(),
+            max_series: 10_000,
+            window: 60,
+            absent_check_secs: 10,
+        }
+    }
+}
+
+/// `"90s"`, `"10m"`, `"2h"`, `"1d"` in milliseconds.
+pub fn parse_duration_ms(text: &str) -> Option<i64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = text.split_at(split);
+    let n: i64 = n.parse().ok()?;
+    let unit_ms = match unit {
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    n.checked_mul(unit_ms).filter(|ms| *ms > 0)
+}
+
+pub struct DetectFeature;
+
+impl Feature for DetectFeature {
+    fn name(&self) -> &'static str {
+        "detect"
+    }
+
+    fn describe(&self) -> &'static str {
+        "anomaly detection on watched series (spikes, dips, level shifts, trends, absences), published on <prefix>.anomaly.<metric>"
+    }
+
+    fn configure(&self, section: Option<&toml::Value>) -> Result<Box<dyn Planned>, FeatureError> {
+        let config: DetectConfig = chronicle_platform::parse_section("detect", section)?;
+        let bad = |message: String| FeatureError::Config {
+            feature: "detect",
+            message,
+        };
+        if config.max_series == 0 || config.window < 10 || config.window > 10_000 {
+            return Err(bad(
+                "max_series must be at least 1 and window between 10 and 10000".into(),
+            ));
+        }
+        if config.absent_check_secs == 0 {
+            return Err(bad("absent_check_secs must be at least 1".into()));
+        }
+        let mut watches = Vec::new();
+        for (i, w) in config.watch.iter().enumerate() {
+            if w.metric.is_empty() || w.metric.len() > 256 {
+                return Err(bad(format!(
+                    "watch {i}: metric is a glob of 1 to 256 bytes"
+                )));
+            }
+            let threshold = w.threshold.unwrap_or(DetectorConfig::default().threshold);
+            if !(2.0..=100.0).contains(&threshold) {
+                return Err(bad(format!("watch {i}: threshold between 2 and 100")));
+            }
+            let absent_after_ms = match &w.absent_after {
+                None => 0,
+                Some(d) => parse_duration_ms(d).ok_or_else(|| {
+                    bad(format!(
+                        "watch {i}: absent_after {d:?} is a duration like \"90s\", \"10m\", \"1h\""
+                    ))
+                })?,
+            };
+            watches.push((
+                w.clone(),
+                DetectorConfig {
+                    threshold,
+                    window: config.window,
+                    warmup: config.window / 2,
+                    absent_after_ms,
+                    ..DetectorConfig::default()
+                },
+            ));
+        }
+        Ok(Box::new(Plan { config, watches }))
+    }
+
+    fn subjects(&self, prefix: &str) -> Vec<String> {
+        vec![format!("{prefix}.anomaly.>")]
+    }
+}
+
+struct Plan {
+    config: DetectConfig,
+    watches: Vec<(Watch, DetectorConfig)>,
+}
+
+#[async_trait(?Send)]
+impl Planned for Plan {
+    async fn start(self: Box<Self>, cx: &FeatureContext) -> Result<Arc<dyn Running>, FeatureError> {
+        metrics::init();
+        let records = Arc::new(Records {
+            state: cx.state("detect")?,
+            runtime: cx.cluster_runtime.clone(),
+        });
+        let env = Env {
+            cluster: cx.cluster.clone(),
+            bus: cx.bus.clone(),
+            prefix: cx.prefix.clone(),
+            records: records.clone(),
+            watches: Arc::new(self.watches),
+            max_series: self.config.max_series,
+            absent_check: Duration::from_secs(self.config.absent_check_secs),
+        };
+        let (detector, arbiter) =
+            cx.supervise(ACTOR, move |_, restarts| Detector::new(env, restarts));
+        // Anomalies from other services: one node of the queue group takes each.
+        let intake = actix::spawn(external_intake(
+            cx.bus.clone(),
+            cx.prefix.clone(),
+            cx.auth.clone(),
+            records.clone(),
+        ));
+        Ok(Arc::new(RunningDetect {
+            records: web::Data::new(records),
+            _detector: detector,
+            arbiter: ArbiterSlot::new(arbiter),
+            intake: parking_lot::Mutex::new(Some(intake)),
+        }))
+    }
+}
+
+/// Anomaly records in the replicated state: `anomaly/<id>`, ids starting
+/// with the start time (13 digits of ms), so a scan runs in time order.
+pub struct Records {
+    state: StateStore,
+    runtime: tokio::runtime::Handle,
+}
+
+fn record_key(id: &str) -> String {
+    format!("anomaly/{id}")
+}
+
+impl Records {
+    async fn put(&self, anomaly: &Anomaly) -> Result<(), String> {
+        let value = serde_json::to_vec(anomaly).map_err(|e| e.to_string())?;
+        let (state, key) = (self.state.clone(), record_key(&anomaly.id));
+        self.runtime
+            .spawn(async move { state.put_with_ttl(&key, value, KEEP).await })
+            .await
+            .map_err(|e| e.to_string())?
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Stores an anomaly from outside unless one with its id exists.
+    async fn create(&self, anomaly: &Anomaly) -> Result<bool, String> {
+        let value = serde_json::to_vec(anomaly).map_err(|e| e.to_string())?;
+        let (state, key) = (self.state.clone(), record_key(&anomaly.id));
+        let created = self
+            .runtime
+            .spawn(async move { state.compare_and_set(&key, 0, value).await })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        Ok(created.is_ok())
+    }
+
+    /// Up to `limit` anomalies starting at or after `since` (ms), oldest
+    /// first, that `keep` accepts; and whether more may follow.
+    pub async fn list(
+        &self,
+        since: i64,
+        limit: usize,
+        keep: impl Fn(&Anomaly) -> bool,
+    ) -> Result<(Vec<Anomaly>, bool), String> {
+        let mut out = Vec::new();
+        // Keys before this one start earlier than `since`.
+        let mut after = Some(record_key(&format!("{:013}", since.max(0))));
+        // Bounded work per request: at most this many records read.
+        let mut budget = 20_000usize;
+        loop {
+            let (state, from) = (self.state.clone(), after.clone());
+            let (entries, more) = self
+                .runtime
+                .spawn(async move { state.scan("anomaly/", from.as_deref(), 500).await })
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            budget = budget.saturating_sub(entries.len());
+            for e in &entries {
+                if let Ok(a) = serde_json::from_slice::<Anomaly>(&e.value) {
+                    if a.start >= since && keep(&a) {
+                        out.push(a);
+                        if out.len() == limit {
+                            return Ok((out, true));
+                        }
+                    }
+                }
+            }
+            match (more, entries.last()) {
+                (true, Some(last)) if budget > 0 => after = Some(last.key.clone()),
+                (true, _) => return Ok((out, true)),
+                _ => return Ok((out, false)),
+            }
+        }
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Option<Anomaly>, String> {
+        let (state, key) = (self.state.clone(), record_key(id));
+        let entry = self
+            .runtime
+            .spawn(async move { state.get(&key).await })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        Ok(entry.and_then(|e| serde_json::from_slice(&e.value).ok()))
+    }
+}
+
+/// `<prefix>.anomaly.>` from other services: checked, authorized (with
+/// authentication on, a token that may write, in the `Authorization`
+/// header), stored once. A request gets `{"stored": bool}` or an error.
+async fn external_intake(
+    bus: Arc<dyn Bus>,
+    prefix: String,
+    auth: Arc<Authenticator>,
+    records: Arc<Records>,
+) {
+    let mut sub = match bus
+        .subscribe(&format!("{prefix}.anomaly.>"), Some("chronicle-detect"))
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "detect: cannot take anomalies from other services");
+            return;
+        }
+    };
+    while let Some(msg) = sub.next().await {
+        let answer = intake_one(&msg, &auth, &records).await;
+        if let Err((code, message)) = &answer {
+            metrics::EXTERNAL.with_label_values(&["refused"]).inc();
+            debug!(subject = %msg.subject, code, message = %message, "detect: an anomaly refused");
+        }
+        if let Some(reply) = msg.reply.clone() {
+            let body = match answer {
+                Ok(stored) => json!({ "stored": stored }),
+                Err((code, message)) => json!({"code": code, "error": message}),
+            };
+            let _ = bus.publish(BusMessage::new(reply, body.to_string())).await;
+        }
+    }
+}
+
+async fn intake_one(
+    msg: &BusMessage,
+    auth: &Authenticator,
+    records: &Records,
+) -> Result<bool, (u16, String)> {
+    // What the detectors publish comes back here: it is stored already.
+    if msg.headers.get(ORIGIN_HEADER).is_some() {
+        return Ok(false);
+    }
+    if auth.is_enabled() {
+        let principal = auth
+            .authenticate(msg.headers.get("Authorization").map(str::as_bytes))
+            .map_err(|e| (e.status(), e.to_string()))?;
+        principal
+            .authorize(Access::Write, "detect")
+            .map_err(|e| (e.status(), e.to_string()))?;
+    }
+    let anomaly = Anomaly::parse(&msg.payload).map_err(|e| (400, e.to_string()))?;
+    let metric = msg.subject.rsplit('.').next().unwrap_or_default();
+    if metric != anomaly.metric {
+        return Err((
+            400,
+            format!(
+                "the subject names metric {metric:?}, the anomaly {:?}",
+                anomaly.metric
+            ),
+        ));
+    }
+    let stored = records.create(&anomaly).await.map_err(|e| (503, e))?;
+    if stored {
+        metrics::EXTERNAL.with_label_values(&["stored"]).inc();
+    }
+    Ok(stored)
+}
+
+/// Set on what the detectors publish (the node id), so the intake skips it.
+pub const ORIGIN_HEADER: &str = "Chronicle-Detector";
+
+struct RunningDetect {
+    records: web::Data<Arc<Records>>,
+    _detector: Addr<Detector>,
+    arbiter: ArbiterSlot,
+    intake: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+#[async_trait(?Send)]
+impl Running for RunningDetect {
+    fn routes(&self, cfg: &mut web::ServiceConfig) {
+        cfg.app_data(self.records.clone())
+            .route("/api/anomalies", web::get().to(list))
+            .route("/api/anomalies/{id}", web::get().to(one));
+    }
+
+    async fn stop_intake(&self) {
+        if let Some(intake) = self.intake.lock().take() {
+            intake.abort();
+        }
+    }
+
+    async fn stop(&self) {
+        self.arbiter.stop().await;
+    }
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> HttpResponse {
+    HttpResponse::build(status).json(json!({"error": {"code": code, "message": message.into()}}))
+}
+
+/// Most anomalies one request lists.
+pub const MAX_LIST: usize = 1000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    /// Start at or after (ms); default: a day ago.
+    since: Option<i64>,
+    /// A metric glob.
+    metric: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    /// `open`: only those not ended.
+    state: Option<String>,
+    limit: Option<usize>,
+}
+
+#[tracing::instrument(name = "anomalies_list", skip_all)]
+async fn list(
+    records: web::Data<Arc<Records>>,
+    query: Result<web::Query<ListQuery>, actix_web::Error>,
+) -> HttpResponse {
+    let q = match query {
+        Ok(q) => q.into_inner(),
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
+    };
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_LIST {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("limit: 1 to {MAX_LIST}"),
+        );
+    }
+    if q.metric
+        .as_ref()
+        .is_some_and(|m| m.is_empty() || m.len() > 256)
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "metric: a glob of 1 to 256 bytes",
+        );
+    }
+    let kind = match q.kind.as_deref() {
+        None => None,
+        Some(k) => match crate::Kind::ALL.iter().find(|x| x.as_str() == k) {
+            Some(k) => Some(*k),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "type: spike, dip, level_shift, trend or absent",
+                )
+            }
+        },
+    };
+    let open_only = match q.state.as_deref() {
+        None | Some("all") => false,
+        Some("open") => true,
+        Some(_) => return error(StatusCode::BAD_REQUEST, "bad_request", "state: open or all"),
+    };
+    let since = q.since.unwrap_or_else(|| now_ms() - 86_400_000);
+    let metric = q.metric.clone();
+    let keep = move |a: &Anomaly| {
+        metric
+            .as_deref()
+            .is_none_or(|m| crate::watch::glob_matches(m, &a.metric))
+            && kind.is_none_or(|k| a.kind == k)
+            && (!open_only || a.end.is_none())
+    };
+    match records.list(since, limit, keep).await {
+        Ok((anomalies, more)) => {
+            HttpResponse::Ok().json(json!({"anomalies": anomalies, "more": more}))
+        }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
+    }
+}
+
+#[tracing::instrument(name = "anomalies_get", skip_all)]
+async fn one(records: web::Data<Arc<Records>>, id: web::Path<String>) -> HttpResponse {
+    let id = id.into_inner();
+    if id.is_empty() || id.len() > 128 {
+        return error(StatusCode::BAD_REQUEST, "bad_request", "an anomaly id");
+    }
+    match records.get(&id).await {
+        Ok(Some(a)) => HttpResponse::Ok().json(a),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no anomaly {id}"),
+        ),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// What the detector actor is given.
+#[derive(Clone)]
+struct Env {
+    cluster: Arc<ClusterNode>,
+    bus: Arc<dyn Bus>,
+    prefix: String,
+    records: Arc<Records>,
+    watches: Arc<Vec<(Watch, DetectorConfig)>>,
+    max_series: usize,
+    absent_check: Duration,
+}
+
+/// One watched series.
+struct Tracked {
+    metric: Arc<str>,
+    labels: BTreeMap<String, String>,
+    shard: u32,
+    /// Which watch entry (its detector settings).
+    watch: usize,
+    detector: SeriesDetector,
+}
+
+/// The detector actor: judges the batches of the shards this node leads.
+pub struct Detector {
+    env: Env,
+    restarts: Restarts,
+    series: HashMap<u64, Tracked>,
+    /// Series hashes known not to be watched (bounded like `series`).
+    ignored: HashSet<u64>,
+    subscribed: HashSet<u32>,
+    scratch: Vec<f64>,
+}
+
+impl Detector {
+    fn new(env: Env, restarts: Restarts) -> Self {
+        Self {
+            env,
+            restarts,
+            series: HashMap::new(),
+            ignored: HashSet::new(),
+            subscribed: HashSet::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Subscribes to the batches of shards this node holds and does not
+    /// follow yet (replicas come and go with scaling).
+    fn follow_shards(&mut self, ctx: &mut Context<Self>) {
+        for shard in 0..self.env.cluster.shards() {
+            if self.subscribed.contains(&shard) {
+                continue;
+            }
+            let Some(mut batches) = self.env.cluster.applied_batches(shard) else {
+                continue;
+            };
+            self.subscribed.insert(shard);
+            let me = ctx.address();
+            ctx.spawn(
+                async move {
+                    loop {
+                        match batches.recv().await {
+                            Ok(batch) => {
+                                if me.send(Batch(batch)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                                metrics::LAGGED.inc_by(n);
+                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                                me.do_send(Unfollow(shard));
+                                return;
+                            }
+                        }
+                    }
+                }
+                .into_actor(self),
+            );
+        }
+    }
+
+    fn judge(&mut self, batch: &Applied) {
+        if self.env.watches.is_empty() || !self.env.cluster.leads(batch.shard) {
+            return;
+        }
+        let Ok(view) = batch.points.view() else {
+            return;
+        };
+        // The watched points, by series and time (a batch need not be).
+        let mut watched: Vec<(u64, i64, f64)> = Vec::new();
+        for p in view.iter() {
+            metrics::POINTS.inc();
+            let mut h = xxhash_rust::xxh64::Xxh64::new(0);
+            h.update(p.metric.as_bytes());
+            for l in p.labels {
+                h.update(&[0xff]);
+                h.update(l.name.as_bytes());
+                h.update(&[0xfe]);
+                h.update(l.value.as_bytes());
+            }
+            let key = h.digest();
+            if !self.series.contains_key(&key) {
+                if self.ignored.contains(&key) {
+                    continue;
+                }
+                let watch = self.env.watches.iter().position(|(w, _)| {
+                    w.matches(p.metric, |name| {
+                        p.labels.iter().find(|l| l.name == name).map(|l| l.value)
+                    })
+                });
+                let Some(watch) = watch else {
+                    if self.ignored.len() < 4 * self.env.max_series {
+                        self.ignored.insert(key);
+                    }
+                    continue;
+                };
+                if self.series.len() >= self.env.max_series {
+                    metrics::REFUSED_SERIES.inc();
+                    continue;
+                }
+                self.series.insert(
+                    key,
+                    Tracked {
+                        metric: Arc::from(p.metric),
+                        labels: p
+                            .labels
+                            .iter()
+                            .map(|l| (l.name.to_string(), l.value.to_string()))
+                            .collect(),
+                        shard: batch.shard,
+                        watch,
+                        detector: SeriesDetector::new(),
+                    },
+                );
+                metrics::SERIES.set(self.series.len() as i64);
+            }
+            watched.push((key, p.timestamp.div_euclid(1_000_000), p.value));
+        }
+        watched.sort_by_key(|w| (w.0, w.1));
+        let mut events = Vec::new();
+        for (key, t_ms, value) in watched {
+            let Some(t) = self.series.get_mut(&key) else {
+                continue;
+            };
+            let config = &self.env.watches[t.watch].1;
+            if let Some(e) = t.detector.observe(config, t_ms, value, &mut self.scratch) {
+                events.push((key, e));
+            }
+        }
+        for (key, e) in events {
+            self.raise(key, e);
+        }
+    }
+
+    /// Stores and publishes an episode's change.
+    fn raise(&mut self, key: u64, event: Event) {
+        let Some(t) = self.series.get(&key) else {
+            return;
+        };
+        let (episode, what) = match &event {
+            Event::Opened(e) => (e, "opened"),
+            Event::Updated(e) => (e, "updated"),
+            Event::Closed(e) => (e, "closed"),
+        };
+        if what == "opened" {
+            metrics::ANOMALIES
+                .with_label_values(&[episode.kind.as_str()])
+                .inc();
+        }
+        let anomaly = Anomaly::from_episode(&t.metric, t.labels.clone(), key, episode);
+        let (records, bus) = (self.env.records.clone(), self.env.bus.clone());
+        let subject = format!("{}.anomaly.{}", self.env.prefix, t.metric);
+        let node = self.env.cluster.node_id().to_string();
+        actix::spawn(async move {
+            if let Err(e) = records.put(&anomaly).await {
+                warn!(id = %anomaly.id, error = %e, "detect: storing an anomaly failed");
+            }
+            let body = serde_json::to_vec(&anomaly).unwrap_or_default();
+            let message = BusMessage::new(subject, body).with_header(ORIGIN_HEADER, node);
+            if let Err(e) = bus.publish(message).await {
+                debug!(error = %e, "detect: publishing an anomaly failed");
+            }
+        });
+    }
+
+    fn check_absences(&mut self) {
+        let now = now_ms();
+        let mut events = Vec::new();
+        for (key, t) in self.series.iter_mut() {
+            let config = &self.env.watches[t.watch].1;
+            if config.absent_after_ms == 0 || !self.env.cluster.leads(t.shard) {
+                continue;
+            }
+            if let Some(e) = t.detector.tick(config, now) {
+                events.push((*key, e));
+            }
+        }
+        for (key, e) in events {
+            self.raise(key, e);
+        }
+    }
+}
+
+impl Actor for Detector {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.follow_shards(ctx);
+        ctx.run_interval(Duration::from_secs(5), |act, ctx| act.follow_shards(ctx));
+        ctx.run_interval(self.env.absent_check, |act, ctx| {
+            guarded(ACTOR, act, ctx, |act, _| act.check_absences());
+        });
+    }
+}
+
+impl Supervised for Detector {
+    fn restarting(&mut self, ctx: &mut Context<Self>) {
+        // The batch that panicked is not judged again; the subscriptions
+        // are made anew.
+        self.subscribed.clear();
+        self.restarts.pause(ctx);
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Batch(Arc<Applied>);
+
+impl Handler<Batch> for Detector {
+    type Result = ();
+
+    fn handle(&mut self, msg: Batch, ctx: &mut Context<Self>) {
+        guarded(ACTOR, self, ctx, |act, _| act.judge(&msg.0));
+    }
+}
+
+/// A shard's replica left this node.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Unfollow(u32);
+
+impl Handler<Unfollow> for Detector {
+    type Result = ();
+
+    fn handle(&mut self, msg: Unfollow, _: &mut Context<Self>) {
+        self.subscribed.remove(&msg.0);
+        self.series.retain(|_, t| t.shard != msg.0);
+        metrics::SERIES.set(self.series.len() as i64);
+    }
+}
