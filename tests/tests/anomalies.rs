@@ -78,23 +78,19 @@ fn a_spike_is_detected_stored_and_published_and_other_services_anomalies_are_che
     let config = dir.path().join("node.toml");
     std::fs::write(
         &config,
-        "[features.detect]\n[[features.detect.watch]]\nmetric = \"latency_*\"\nlabels = { env = \"prod\" }\n",
+        "[features.detect]\ncheckpoint_secs = 5\n[[features.detect.watch]]\nmetric = \"latency_*\"\nlabels = { env = \"prod\" }\n",
     )
     .unwrap();
-    let node = NodeProcess::start(
-        BIN,
-        &dir.path().join("data"),
-        Some(&nats.url()),
-        &[
-            "--auth",
-            "--bootstrap-token-file",
-            boot.to_str().unwrap(),
-            "--cluster-secret-file",
-            secret.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-        ],
-    );
+    let args = [
+        "--auth",
+        "--bootstrap-token-file",
+        boot.to_str().unwrap(),
+        "--cluster-secret-file",
+        secret.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ];
+    let mut node = NodeProcess::start(BIN, &dir.path().join("data"), Some(&nats.url()), &args);
     let http = node.http.as_str();
     wait_until(Duration::from_secs(30), "node ready", || {
         call(http, "GET", "/health/ready", None, "").0 == 200
@@ -239,4 +235,50 @@ fn a_spike_is_detected_stored_and_published_and_other_services_anomalies_are_che
         "",
     );
     assert_eq!(status, 200, "{open}");
+
+    // The detectors' state is saved (every 5 s here) and survives a SIGKILL:
+    // after the restart five quiet samples and a spike are enough (a
+    // detector learning afresh judges nothing before 30 samples).
+    wait_until(Duration::from_secs(20), "a checkpoint saved", || {
+        let text = agent()
+            .get(format!("{http}/metrics"))
+            .header("Authorization", &format!("Bearer {reader}"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("chronicle_detect_checkpoint_bytes_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .is_some_and(|v| v > 0.0)
+    });
+    node.child.kill().unwrap();
+    node.child.wait().unwrap();
+    node = NodeProcess::start(BIN, &dir.path().join("data"), Some(&nats.url()), &args);
+    let http = node.http.as_str();
+    wait_until(Duration::from_secs(30), "node ready again", || {
+        call(http, "GET", "/health/ready", None, "").0 == 200
+    });
+    let mut lines = String::new();
+    for i in 120..126i64 {
+        let value = if i == 125 { 3.0 } else { 20.1 };
+        let t = (start_ms + i * 60_000) * 1_000_000;
+        lines.push_str(&format!("latency_ms,env=prod,host=a value={value} {t}\n"));
+    }
+    let (status, body) = call(http, "POST", "/write", Some(&writer), &lines);
+    assert_eq!(status, 204, "{body}");
+    let dip_start = start_ms + 125 * 60_000;
+    wait_until(Duration::from_secs(20), "the dip after the restart", || {
+        let (_, body) = call(
+            http,
+            "GET",
+            "/api/anomalies?since=0&type=dip",
+            Some(&reader),
+            "",
+        );
+        body["anomalies"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x["start"] == dip_start))
+    });
 }

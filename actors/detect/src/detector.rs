@@ -459,6 +459,72 @@ impl SeriesDetector {
         event
     }
 
+    /// Its state in the checkpoint form (see [`crate::checkpoint`]).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let mut w = crate::checkpoint::Writer(std::mem::take(out));
+        w.version();
+        w.u32(self.window_values.len() as u32);
+        for (t, v) in &self.window_values {
+            w.i64(*t);
+            w.f64(*v);
+        }
+        self.season.encode(&mut w);
+        w.f64(self.cusum_up);
+        w.f64(self.cusum_down);
+        w.f64(self.slow_deviation);
+        w.u64(self.seen);
+        w.i64(self.last_ms.unwrap_or(i64::MIN));
+        w.u32(self.calm);
+        w.episode(self.open.as_ref());
+        *out = w.0;
+    }
+
+    /// A detector from its checkpoint form; `config` bounds what it may
+    /// hold. The window's remainders come from the samples and the season.
+    pub fn decode(
+        bytes: &[u8],
+        config: &DetectorConfig,
+    ) -> Result<Self, crate::checkpoint::CheckpointError> {
+        let mut r = crate::checkpoint::Reader(bytes);
+        r.version()?;
+        let n = r.count(16, config.window.max(config.warmup.max(3)), "window")?;
+        let mut window_values = VecDeque::with_capacity(n);
+        for _ in 0..n {
+            window_values.push_back((r.i64("window")?, r.f64("window")?));
+        }
+        let season = Season::decode(&mut r, &config.season)?;
+        let (cusum_up, cusum_down) = (r.f64("cusum")?, r.f64("cusum")?);
+        let slow_deviation = r.f64("spread")?;
+        let seen = r.u64("seen")?;
+        let last_ms = Some(r.i64("last")?).filter(|t| *t != i64::MIN);
+        let calm = r.u32("calm")?;
+        let open = r.episode()?;
+        if !r.0.is_empty() {
+            return Err(crate::checkpoint::CheckpointError(
+                "bytes after the end".into(),
+            ));
+        }
+        let period = season.period();
+        let window: VecDeque<f64> = window_values
+            .iter()
+            .map(|&(t, v)| v - season.baseline(&config.season, t).unwrap_or(0.0))
+            .collect();
+        Ok(Self {
+            run: window.clone(),
+            window,
+            window_values,
+            season,
+            period,
+            cusum_up,
+            cusum_down,
+            slow_deviation,
+            seen,
+            last_ms,
+            open,
+            calm,
+        })
+    }
+
     /// Checks for an absence at `now_ms`.
     pub fn tick(&mut self, config: &DetectorConfig, now_ms: i64) -> Option<Event> {
         if config.absent_after_ms <= 0 || self.open.is_some() {
@@ -606,6 +672,45 @@ mod tests {
             d.observe(&c, last + 960_000, 10.0, &mut scratch),
             Some(Event::Closed(_))
         ));
+    }
+
+    #[test]
+    fn a_checkpoint_restores_a_detector_that_goes_on_as_the_original() {
+        let c = DetectorConfig {
+            absent_after_ms: 600_000,
+            ..DetectorConfig::default()
+        };
+        let mut a = SeriesDetector::new();
+        let mut scratch = Vec::new();
+        let day = 86_400_000f64;
+        let value = |i: i64| {
+            let t = i * 60_000;
+            100.0 + 30.0 * (std::f64::consts::TAU * t as f64 / day).sin() + (i % 7) as f64 * 0.3
+        };
+        for i in 0..6000i64 {
+            a.observe(&c, i * 60_000, value(i), &mut scratch);
+        }
+        let mut bytes = Vec::new();
+        a.encode(&mut bytes);
+        assert!(bytes.len() < 4096, "{}", bytes.len());
+        let mut b = SeriesDetector::decode(&bytes, &c).unwrap();
+        assert_eq!(a.season.period(), b.season.period());
+        // The same events from here on, a spike included.
+        for i in 6000..6600i64 {
+            let v = if i == 6300 { value(i) + 50.0 } else { value(i) };
+            let (ea, eb) = (
+                a.observe(&c, i * 60_000, v, &mut scratch),
+                b.observe(&c, i * 60_000, v, &mut scratch),
+            );
+            assert_eq!(ea.is_some(), eb.is_some(), "sample {i}: {ea:?} / {eb:?}");
+        }
+        // Corrupt or truncated forms are errors, never panics.
+        for cut in [0, 1, 5, bytes.len() / 2, bytes.len() - 1] {
+            assert!(SeriesDetector::decode(&bytes[..cut], &c).is_err());
+        }
+        let mut huge = bytes.clone();
+        huge[1..5].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(SeriesDetector::decode(&huge, &c).is_err());
     }
 
     #[test]

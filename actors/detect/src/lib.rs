@@ -12,6 +12,7 @@
 //!   (precision, recall, F1, delay) that measures the detector.
 
 pub mod anomaly;
+pub mod checkpoint;
 pub mod detector;
 pub mod planted;
 pub mod season;

@@ -75,12 +75,23 @@ pub static EXTERNAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+pub static CHECKPOINT_BYTES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(
+        IntCounter::new(
+            "chronicle_detect_checkpoint_bytes_total",
+            "Bytes of detector state saved in the replicated state",
+        )
+        .expect("static metric definition"),
+    )
+});
+
 /// Makes every metric visible (at zero) from the start.
 pub fn init() {
     LazyLock::force(&POINTS);
     LazyLock::force(&SERIES);
     LazyLock::force(&REFUSED_SERIES);
     LazyLock::force(&LAGGED);
+    LazyLock::force(&CHECKPOINT_BYTES);
     for kind in crate::Kind::ALL {
         ANOMALIES.with_label_values(&[kind.as_str()]);
     }

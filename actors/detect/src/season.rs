@@ -184,6 +184,52 @@ impl Season {
     }
 }
 
+impl Season {
+    pub(crate) fn encode(&self, w: &mut crate::checkpoint::Writer) {
+        w.i64(self.current);
+        w.f64(self.sum);
+        w.u32(self.count);
+        w.u32(self.means.len() as u32);
+        for m in &self.means {
+            w.f32(*m);
+        }
+        w.u32(self.period.map_or(0, |p| p as u32));
+        w.u32(self.since_search as u32);
+    }
+
+    pub(crate) fn decode(
+        r: &mut crate::checkpoint::Reader,
+        config: &SeasonConfig,
+    ) -> Result<Self, crate::checkpoint::CheckpointError> {
+        let current = r.i64("season")?;
+        let sum = r.f64("season")?;
+        let count = r.u32("season")?;
+        let n = r.count(4, config.history, "bucket means")?;
+        let mut means = std::collections::VecDeque::with_capacity(n);
+        for _ in 0..n {
+            means.push_back(r.f32("bucket means")?);
+        }
+        let period = match r.u32("period")? as usize {
+            0 => None,
+            p if p <= config.max_period => Some(p),
+            p => {
+                return Err(crate::checkpoint::CheckpointError(format!(
+                    "a period of {p} buckets"
+                )))
+            }
+        };
+        let since_search = r.u32("season")? as usize;
+        Ok(Self {
+            current,
+            sum,
+            count,
+            means,
+            period,
+            since_search,
+        })
+    }
+}
+
 impl Default for Season {
     fn default() -> Self {
         Self::new()

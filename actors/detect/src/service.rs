@@ -49,6 +49,9 @@ pub struct DetectConfig {
     pub window: usize,
     /// How often absences are checked, seconds.
     pub absent_check_secs: u64,
+    /// How often the detectors' state is saved in the replicated state,
+    /// seconds (a restart or a new leader goes on from the last save).
+    pub checkpoint_secs: u64,
 }
 
 impl Default for DetectConfig {
@@ -58,6 +61,7 @@ impl Default for DetectConfig {
             max_series: 10_000,
             window: 60,
             absent_check_secs: 10,
+            checkpoint_secs: 300,
         }
     }
 }
@@ -100,8 +104,10 @@ impl Feature for DetectFeature {
                 "max_series must be at least 1 and window between 10 and 10000".into(),
             ));
         }
-        if config.absent_check_secs == 0 {
-            return Err(bad("absent_check_secs must be at least 1".into()));
+        if config.absent_check_secs == 0 || config.checkpoint_secs < 5 {
+            return Err(bad(
+                "absent_check_secs must be at least 1 and checkpoint_secs at least 5".into(),
+            ));
         }
         let mut watches = Vec::new();
         for (i, w) in config.watch.iter().enumerate() {
@@ -162,6 +168,7 @@ impl Planned for Plan {
             watches: Arc::new(self.watches),
             max_series: self.config.max_series,
             absent_check: Duration::from_secs(self.config.absent_check_secs),
+            checkpoint_every: Duration::from_secs(self.config.checkpoint_secs),
         };
         let (detector, arbiter) =
             cx.supervise(ACTOR, move |_, restarts| Detector::new(env, restarts));
@@ -191,6 +198,14 @@ pub struct Records {
 fn record_key(id: &str) -> String {
     format!("anomaly/{id}")
 }
+
+fn checkpoint_key(shard: u32, part: usize) -> String {
+    format!("checkpoint/{shard:05}/{part:05}")
+}
+
+/// A checkpoint part holds about this much at most (the state's values
+/// are limited to 1 MiB).
+const PART_BYTES: usize = 512 << 10;
 
 impl Records {
     async fn put(&self, anomaly: &Anomaly) -> Result<(), String> {
@@ -255,6 +270,53 @@ impl Records {
                 _ => return Ok((out, false)),
             }
         }
+    }
+
+    /// Replaces shard `shard`'s checkpoint with `parts` (each under the
+    /// state's value limit): parts written in turn, then the old ones past
+    /// them removed. A series found in two parts (the split moved between
+    /// saves) is restored from the newer form.
+    async fn save_checkpoint(&self, shard: u32, parts: Vec<Vec<u8>>) -> Result<(), String> {
+        let state = self.state.clone();
+        let count = parts.len();
+        self.runtime
+            .spawn(async move {
+                for (i, part) in parts.into_iter().enumerate() {
+                    state.put(&checkpoint_key(shard, i), part).await?;
+                }
+                // Parts of an earlier, longer checkpoint: those after ours.
+                let prefix = format!("checkpoint/{shard:05}/");
+                let last = count.checked_sub(1).map(|i| checkpoint_key(shard, i));
+                let (old, _) = state.scan(&prefix, last.as_deref(), 1000).await?;
+                for e in old {
+                    state.delete(&e.key).await?;
+                }
+                Ok::<_, chronicle_cluster::ClusterError>(())
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    }
+
+    async fn load_checkpoint(&self, shard: u32) -> Result<Vec<Vec<u8>>, String> {
+        let state = self.state.clone();
+        self.runtime
+            .spawn(async move {
+                let prefix = format!("checkpoint/{shard:05}/");
+                let mut parts = Vec::new();
+                let mut after: Option<String> = None;
+                loop {
+                    let (entries, more) = state.scan(&prefix, after.as_deref(), 16).await?;
+                    after = entries.last().map(|e| e.key.clone());
+                    parts.extend(entries.into_iter().map(|e| e.value));
+                    if !more || after.is_none() {
+                        return Ok::<_, chronicle_cluster::ClusterError>(parts);
+                    }
+                }
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<Anomaly>, String> {
@@ -485,6 +547,7 @@ struct Env {
     watches: Arc<Vec<(Watch, DetectorConfig)>>,
     max_series: usize,
     absent_check: Duration,
+    checkpoint_every: Duration,
 }
 
 /// One watched series.
@@ -506,7 +569,17 @@ pub struct Detector {
     ignored: HashSet<u64>,
     subscribed: HashSet<u32>,
     scratch: Vec<f64>,
+    /// Shards led here whose detectors are in memory (restored from their
+    /// checkpoint when the lead came).
+    active: HashSet<u32>,
+    /// Shards whose checkpoint is loading, with the batches that came
+    /// meanwhile (bounded).
+    restoring: HashMap<u32, Vec<Arc<Applied>>>,
+    checkpointing: bool,
 }
+
+/// Batches held per shard while its checkpoint loads.
+const RESTORE_QUEUE: usize = 1024;
 
 impl Detector {
     fn new(env: Env, restarts: Restarts) -> Self {
@@ -517,7 +590,132 @@ impl Detector {
             ignored: HashSet::new(),
             subscribed: HashSet::new(),
             scratch: Vec::new(),
+            active: HashSet::new(),
+            restoring: HashMap::new(),
+            checkpointing: false,
         }
+    }
+
+    /// A batch of `shard`: judged when this node leads it, after its
+    /// detectors were restored.
+    fn on_batch(&mut self, batch: Arc<Applied>, ctx: &mut Context<Self>) {
+        let shard = batch.shard;
+        if self.env.watches.is_empty() {
+            return;
+        }
+        if !self.env.cluster.leads(shard) {
+            if self.active.remove(&shard) {
+                // Another node leads it now and goes on from the checkpoint.
+                self.series.retain(|_, t| t.shard != shard);
+                metrics::SERIES.set(self.series.len() as i64);
+            }
+            return;
+        }
+        if self.active.contains(&shard) {
+            self.judge(&batch);
+            return;
+        }
+        if let Some(queue) = self.restoring.get_mut(&shard) {
+            if queue.len() < RESTORE_QUEUE {
+                queue.push(batch);
+            } else {
+                metrics::LAGGED.inc();
+            }
+            return;
+        }
+        self.restoring.insert(shard, vec![batch]);
+        let records = self.env.records.clone();
+        let fut = async move { records.load_checkpoint(shard).await };
+        ctx.spawn(fut.into_actor(self).map(move |parts, act, _| {
+            match parts {
+                Ok(parts) => act.restore(shard, &parts),
+                Err(e) => warn!(shard, error = %e, "detect: loading the checkpoint failed; learning afresh"),
+            }
+            act.active.insert(shard);
+            for batch in act.restoring.remove(&shard).unwrap_or_default() {
+                act.judge(&batch);
+            }
+        }));
+    }
+
+    /// Puts the series of `parts` back (those not in memory, or older here).
+    fn restore(&mut self, shard: u32, parts: &[Vec<u8>]) {
+        let mut restored = 0usize;
+        for part in parts {
+            let mut r = crate::checkpoint::Reader(part);
+            while !r.0.is_empty() {
+                match read_tracked(&mut r, &self.env.watches, shard) {
+                    Ok(Some((key, t))) => {
+                        let newer = self
+                            .series
+                            .get(&key)
+                            .is_none_or(|have| have.detector.last_ms() < t.detector.last_ms());
+                        if newer
+                            && (self.series.len() < self.env.max_series
+                                || self.series.contains_key(&key))
+                        {
+                            self.series.insert(key, t);
+                            restored += 1;
+                        }
+                    }
+                    // No watch matches it any more.
+                    Ok(None) => {}
+                    Err(e) => {
+                        warn!(shard, error = %e, "detect: a checkpoint part is corrupt; its rest is skipped");
+                        break;
+                    }
+                }
+            }
+        }
+        metrics::SERIES.set(self.series.len() as i64);
+        debug!(shard, restored, "detect: restored from the checkpoint");
+    }
+
+    /// Saves the detectors of the shards led here.
+    fn checkpoint(&mut self, ctx: &mut Context<Self>) {
+        if self.checkpointing || self.active.is_empty() {
+            return;
+        }
+        let mut by_shard: BTreeMap<u32, Vec<Vec<u8>>> = BTreeMap::new();
+        for shard in &self.active {
+            if self.env.cluster.leads(*shard) {
+                by_shard.insert(*shard, vec![Vec::new()]);
+            }
+        }
+        let mut buf = Vec::new();
+        for (key, t) in &self.series {
+            let Some(parts) = by_shard.get_mut(&t.shard) else {
+                continue;
+            };
+            buf.clear();
+            write_tracked(&mut buf, *key, t);
+            if parts
+                .last()
+                .is_some_and(|p| p.len() + buf.len() > PART_BYTES)
+            {
+                parts.push(Vec::new());
+            }
+            parts
+                .last_mut()
+                .expect("one part at least")
+                .extend_from_slice(&buf);
+        }
+        self.checkpointing = true;
+        let records = self.env.records.clone();
+        let fut = async move {
+            for (shard, parts) in by_shard {
+                let parts: Vec<Vec<u8>> = parts.into_iter().filter(|p| !p.is_empty()).collect();
+                let bytes: usize = parts.iter().map(Vec::len).sum();
+                match records.save_checkpoint(shard, parts).await {
+                    Ok(()) => metrics::CHECKPOINT_BYTES.inc_by(bytes as u64),
+                    Err(e) => warn!(shard, error = %e, "detect: saving the checkpoint failed"),
+                }
+            }
+        };
+        ctx.spawn(
+            fut.into_actor(self)
+                .map(|_, act, _| act.checkpointing = false),
+        );
     }
 
     /// Subscribes to the batches of shards this node holds and does not
@@ -557,9 +755,6 @@ impl Detector {
     }
 
     fn judge(&mut self, batch: &Applied) {
-        if self.env.watches.is_empty() || !self.env.cluster.leads(batch.shard) {
-            return;
-        }
         let Ok(view) = batch.points.view() else {
             return;
         };
@@ -665,7 +860,10 @@ impl Detector {
         let mut events = Vec::new();
         for (key, t) in self.series.iter_mut() {
             let config = &self.env.watches[t.watch].1;
-            if config.absent_after_ms == 0 || !self.env.cluster.leads(t.shard) {
+            if config.absent_after_ms == 0
+                || !self.active.contains(&t.shard)
+                || !self.env.cluster.leads(t.shard)
+            {
                 continue;
             }
             if let Some(e) = t.detector.tick(config, now) {
@@ -687,14 +885,21 @@ impl Actor for Detector {
         ctx.run_interval(self.env.absent_check, |act, ctx| {
             guarded(ACTOR, act, ctx, |act, _| act.check_absences());
         });
+        ctx.run_interval(self.env.checkpoint_every, |act, ctx| {
+            guarded(ACTOR, act, ctx, |act, ctx| act.checkpoint(ctx));
+        });
     }
 }
 
 impl Supervised for Detector {
     fn restarting(&mut self, ctx: &mut Context<Self>) {
         // The batch that panicked is not judged again; the subscriptions
-        // are made anew.
+        // are made anew, and the detectors restored from the checkpoint.
         self.subscribed.clear();
+        self.active.clear();
+        self.restoring.clear();
+        self.series.clear();
+        self.checkpointing = false;
         self.restarts.pause(ctx);
     }
 }
@@ -707,7 +912,7 @@ impl Handler<Batch> for Detector {
     type Result = ();
 
     fn handle(&mut self, msg: Batch, ctx: &mut Context<Self>) {
-        guarded(ACTOR, self, ctx, |act, _| act.judge(&msg.0));
+        guarded(ACTOR, self, ctx, |act, ctx| act.on_batch(msg.0, ctx));
     }
 }
 
@@ -721,7 +926,64 @@ impl Handler<Unfollow> for Detector {
 
     fn handle(&mut self, msg: Unfollow, _: &mut Context<Self>) {
         self.subscribed.remove(&msg.0);
+        self.active.remove(&msg.0);
         self.series.retain(|_, t| t.shard != msg.0);
         metrics::SERIES.set(self.series.len() as i64);
     }
+}
+
+/// One series in a checkpoint: key, metric, labels, detector.
+fn write_tracked(out: &mut Vec<u8>, key: u64, t: &Tracked) {
+    let mut w = crate::checkpoint::Writer(std::mem::take(out));
+    w.u64(key);
+    w.bytes(t.metric.as_bytes());
+    w.u32(t.labels.len() as u32);
+    for (k, v) in &t.labels {
+        w.bytes(k.as_bytes());
+        w.bytes(v.as_bytes());
+    }
+    let mut detector = Vec::new();
+    t.detector.encode(&mut detector);
+    w.bytes(&detector);
+    *out = w.0;
+}
+
+/// Reads one series back; `None` when no watch matches it any more.
+fn read_tracked(
+    r: &mut crate::checkpoint::Reader,
+    watches: &[(Watch, DetectorConfig)],
+    shard: u32,
+) -> Result<Option<(u64, Tracked)>, crate::checkpoint::CheckpointError> {
+    let text = |b: &[u8]| {
+        std::str::from_utf8(b)
+            .map(str::to_string)
+            .map_err(|_| crate::checkpoint::CheckpointError("text is not UTF-8".into()))
+    };
+    let key = r.u64("series key")?;
+    let metric = text(r.bytes("metric")?)?;
+    let n = r.count(8, crate::anomaly::MAX_LABELS * 4, "labels")?;
+    let mut labels = BTreeMap::new();
+    for _ in 0..n {
+        let k = text(r.bytes("label")?)?;
+        let v = text(r.bytes("label")?)?;
+        labels.insert(k, v);
+    }
+    let detector = r.bytes("detector")?;
+    let Some(watch) = watches
+        .iter()
+        .position(|(w, _)| w.matches(&metric, |name| labels.get(name).map(String::as_str)))
+    else {
+        return Ok(None);
+    };
+    let detector = SeriesDetector::decode(detector, &watches[watch].1)?;
+    Ok(Some((
+        key,
+        Tracked {
+            metric: Arc::from(metric.as_str()),
+            labels,
+            shard,
+            watch,
+            detector,
+        },
+    )))
 }
