@@ -6,7 +6,7 @@
 #![no_main]
 
 use chronicle_collab::doc::SessionDoc;
-use chronicle_collab::wire::{decode_frame, ClientMessage, FrameLimits};
+use chronicle_collab::wire::{decode_frame, dependencies, ClientMessage, FrameLimits};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -21,9 +21,14 @@ fuzz_target!(|data: &[u8]| {
                 let _ = doc.diff(&sv);
             }
             ClientMessage::SyncStep2(u) | ClientMessage::Update(u) => {
-                // Checked updates may still be refused by yrs (a bad
-                // reference), never panic.
-                let _ = doc.apply(&u);
+                // As a session does: an update that does not apply fully
+                // (it builds on what never came) is refused before yrs
+                // sees it; checked updates may still be refused by yrs (a
+                // bad reference), never panic.
+                let deps = dependencies(&u).expect("decode_frame checked it");
+                if deps.missing(&doc.state_vector()).is_none() {
+                    let _ = doc.apply(&u);
+                }
             }
             ClientMessage::Awareness(a) => assert!(a.clients.len() <= 64),
             ClientMessage::QueryAwareness | ClientMessage::Auth => {}

@@ -411,6 +411,18 @@ impl Session {
             );
             return;
         }
+        let lacks = crate::wire::dependencies(&update)
+            .map_err(|e| e.to_string())
+            .and_then(|d| d.missing(&self.doc.state_vector()).map_or(Ok(()), Err));
+        if let Err(why) = lacks {
+            // Not from a y-websocket client (it syncs first); it reconnects
+            // and syncs if it was one.
+            metrics::REFUSED.with_label_values(&["incomplete"]).inc();
+            let message = format!("the update cannot apply to the session: {why}");
+            self.error_to(conn, "bad_request", &message);
+            self.drop_conn(conn, &message);
+            return;
+        }
         if let Err(e) = self.doc.apply(&update) {
             metrics::REFUSED.with_label_values(&["malformed"]).inc();
             self.error_to(conn, "bad_request", &e.to_string());
@@ -1046,6 +1058,36 @@ impl Supervised for Session {
             self.drop_conn(id, "the session restarted; reconnect");
         }
         self.awareness.clear();
+        // yrs may have panicked half-way through an update: the copy in
+        // memory is not trusted. Edits not yet durable are dropped (their
+        // authors were disconnected and send them again when they sync),
+        // and the document is read again from the replicated state.
+        self.pending.clear();
+        self.sync_waiting.clear();
+        // What was in flight belonged to the stopped incarnation.
+        self.writing = false;
+        self.compacting = false;
+        self.syncing = false;
+        self.running = false;
+        self.doc = SessionDoc::new();
+        self.ran = None;
+        self.last_result = None;
+        let (store, id) = (self.store.clone(), self.id.clone());
+        ctx.spawn(async move { store.load(&id).await }.into_actor(self).map(
+            |loaded, act, ctx| match loaded {
+                Ok(loaded) => {
+                    act.snapshot_bytes = loaded.doc.encode_state().len();
+                    act.doc = loaded.doc;
+                    act.log_keys = loaded.log_keys;
+                    act.log_bytes = loaded.log_bytes;
+                    act.snapshot_revision = loaded.snapshot_revision;
+                }
+                Err(e) => {
+                    warn!(session = %act.id, error = %e, "collab: reading the session after a restart failed; it stops");
+                    ctx.stop();
+                }
+            },
+        ));
         self.restarts.pause(ctx);
     }
 }

@@ -186,15 +186,106 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Checks that `bytes` is a well-formed v1 update within the bounds above;
-/// nothing is allocated by a count read from it.
+/// Checks that `bytes` is a well-formed v1 update from a participant,
+/// within the bounds above; nothing is allocated by a count read from it.
 pub fn check_update(bytes: &[u8]) -> Result<(), WireError> {
+    check_update_with(bytes, true).map(|_| ())
+}
+
+/// What a participant's update builds on, to check against the document
+/// before it is applied ([`Dependencies::missing`]).
+#[derive(Debug, Default)]
+pub struct Dependencies {
+    /// Blocks it carries: (client, first clock, end).
+    provided: Vec<(u64, u64, u64)>,
+    /// Characters it names as neighbours or parents: (client, clock).
+    named: Vec<(u64, u64)>,
+    /// Ranges it deletes: (client, first clock, end).
+    deleted: Vec<(u64, u64, u64)>,
+}
+
+/// Checks a participant's update as [`check_update`] does, and tells what
+/// it builds on.
+pub fn dependencies(bytes: &[u8]) -> Result<Dependencies, WireError> {
+    check_update_with(bytes, true)
+}
+
+impl Dependencies {
+    /// Why the update cannot apply fully to a document at `sv`, if it
+    /// cannot: a block starting past what the document has of its client,
+    /// or a neighbour, parent or deleted character neither has. yrs would
+    /// keep such an update pending until the rest comes, and a participant
+    /// could send the rest in another form than the one it announced
+    /// (equivocating): replicas that saw the two in another order would
+    /// disagree, and the node's own copy would not reload to what it shows.
+    /// A y-websocket client never sends one: it syncs first, and builds
+    /// only on what the node sent it.
+    pub fn missing(&self, sv: &StateVector) -> Option<String> {
+        let have = |client: u64| u64::from(sv.get(&ClientID::new(client)));
+        // Per client, where the document plus this update's blocks reach.
+        let mut reach: HashMap<u64, u64> = HashMap::new();
+        let mut provided = self.provided.clone();
+        provided.sort_unstable();
+        for &(client, start, end) in &provided {
+            let at = *reach.entry(client).or_insert_with(|| have(client));
+            if start > at {
+                return Some(format!(
+                    "it starts client {client} at clock {start}, and only {at} came before"
+                ));
+            }
+            reach.insert(client, at.max(end));
+        }
+        let known = |client: u64, clock: u64| {
+            clock < reach.get(&client).copied().unwrap_or_else(|| have(client))
+        };
+        if let Some((c, k)) = self.named.iter().find(|(c, k)| !known(*c, *k)) {
+            return Some(format!("it builds on ({c}, {k}), which never came"));
+        }
+        if let Some((c, start, _)) = self
+            .deleted
+            .iter()
+            .find(|(c, _, end)| *end > 0 && !known(*c, end - 1))
+        {
+            return Some(format!("it deletes from ({c}, {start}), which never came"));
+        }
+        None
+    }
+}
+
+/// As [`check_update`], for updates a node made itself (its document's
+/// state, a merged batch, a diff for another node): the bounds, without the
+/// rule on neighbours inside one block, which yrs's own encoding of a
+/// document that once took a crafted item can break (refusing it would
+/// make the session impossible to open).
+pub fn check_stored_update(bytes: &[u8]) -> Result<(), WireError> {
+    check_update_with(bytes, false).map(|_| ())
+}
+
+fn check_update_with(bytes: &[u8], from_participant: bool) -> Result<Dependencies, WireError> {
+    let mut deps = Dependencies::default();
     let mut r = Reader::new(bytes);
+    // Item blocks as (client, first clock, end), and items' neighbours:
+    // at most one each per byte of the update.
+    let mut runs: Vec<(u64, u64, u64)> = Vec::new();
+    type Id = (u64, u32);
+    let mut pairs: Vec<(Id, Id)> = Vec::new();
+    let mut seen_clients: Vec<u64> = Vec::new();
     // Structs: per client, its blocks.
     let clients = r.count(3, "clients")?;
     for _ in 0..clients {
         let blocks = r.var_u32("blocks")? as usize;
         let client = r.client("client")?;
+        if from_participant {
+            // Yjs writes each client once, with its blocks: yrs panics
+            // (a subtraction overflow) on a client listed twice whose
+            // ranges meet (the collab_frame fuzz target's sixth find).
+            if blocks == 0 || seen_clients.contains(&client) {
+                return Err(invalid(format!(
+                    "client {client} is listed twice or without blocks"
+                )));
+            }
+            seen_clients.push(client);
+        }
         // Each block takes its length in clock ticks: the client's clock
         // must not pass 2^32 (yrs computes ranges in u32).
         let mut clock = u64::from(r.var_u32("clock")?);
@@ -205,16 +296,58 @@ pub fn check_update(bytes: &[u8]) -> Result<(), WireError> {
             )));
         }
         for _ in 0..blocks {
-            clock += check_block(&mut r, (client, clock))?;
+            let block = check_block(&mut r, (client, clock))?;
+            if block.skip && from_participant {
+                // Yjs makes skips only when merging updates: a client's own
+                // update has none, and a gap is not something to build on.
+                return Err(invalid("a skipped range in a participant's update"));
+            }
+            if block.item {
+                runs.push((client, clock, clock + block.len));
+            }
+            if !block.skip {
+                deps.provided.push((client, clock, clock + block.len));
+            }
+            deps.named
+                .extend(block.named.iter().map(|&(c, k)| (c, u64::from(k))));
+            if let Some(pair) = block.origins {
+                pairs.push(pair);
+            }
+            clock += block.len;
             if clock > u64::from(u32::MAX) {
                 return Err(invalid("a client's clock passes 2^32"));
+            }
+        }
+    }
+    // An item sits between its neighbours; a run of characters that is one
+    // block here had nothing between its characters when it was encoded.
+    // So an item of the same update whose two neighbours fall inside one
+    // block was not made by Yjs: yrs integrates such an item (crossed
+    // neighbours, the right one left of the left one) differently live and
+    // when the document is reloaded (the collab_frame fuzz target's fifth
+    // find).
+    runs.sort_unstable();
+    if !from_participant {
+        pairs.clear();
+    }
+    for ((lc, lk), (rc, rk)) in pairs {
+        if lc != rc {
+            continue;
+        }
+        let (lk, rk) = (u64::from(lk), u64::from(rk));
+        let at = runs.partition_point(|&(c, start, _)| (c, start) <= (lc, lk));
+        if let Some(&(c, start, end)) = at.checked_sub(1).map(|i| &runs[i]) {
+            if c == lc && (start..end).contains(&lk) && (start..end).contains(&rk) {
+                return Err(invalid(
+                    "an item's neighbours are inside one block of the same update",
+                ));
             }
         }
     }
     // The delete set: per client, ranges of (clock, length).
     let clients = r.count(2, "delete set clients")?;
     for _ in 0..clients {
-        r.client("client")?;
+        let client = r.client("client")?;
         let ranges = r.count(2, "delete ranges")?;
         for _ in 0..ranges {
             let clock = r.var_u32("deleted clock")?;
@@ -222,23 +355,44 @@ pub fn check_update(bytes: &[u8]) -> Result<(), WireError> {
             if len == 0 || clock.checked_add(len).is_none() {
                 return Err(invalid("a deleted range is empty or passes 2^32"));
             }
+            deps.deleted
+                .push((client, u64::from(clock), u64::from(clock) + u64::from(len)));
         }
     }
-    Ok(())
+    Ok(deps)
 }
 
 const HAS_ORIGIN: u8 = 0b1000_0000;
 const HAS_RIGHT_ORIGIN: u8 = 0b0100_0000;
 const HAS_PARENT_SUB: u8 = 0b0010_0000;
 
-/// Checks one block, which starts at `at` (client, clock); returns its
-/// length in clock ticks (never 0: Yjs makes no empty block, and yrs's range
-/// arithmetic underflows on one).
-fn check_block(r: &mut Reader, at: (u64, u64)) -> Result<u64, WireError> {
+/// What [`check_block`] learnt of a block.
+struct Block {
+    /// Its length in clock ticks (never 0: Yjs makes no empty block, and
+    /// yrs's range arithmetic underflows on one).
+    len: u64,
+    /// An item (not GC or skip).
+    item: bool,
+    /// Its left and right neighbours, when it names both.
+    origins: Option<((u64, u32), (u64, u32))>,
+    /// A skip (a range the update does not carry).
+    skip: bool,
+    /// The characters it names: neighbours and parent item.
+    named: Vec<(u64, u32)>,
+}
+
+/// Checks one block, which starts at `at` (client, clock).
+fn check_block(r: &mut Reader, at: (u64, u64)) -> Result<Block, WireError> {
     let info = r.u8("block")?;
     if let 0 | 10 = info {
         // GC and skip: a length.
-        return positive(r.var_u32("block length")?);
+        return Ok(Block {
+            len: positive(r.var_u32("block length")?)?,
+            item: false,
+            origins: None,
+            skip: info == 10,
+            named: Vec::new(),
+        });
     }
     // An item's neighbours existed when it was made: two different
     // characters, both older than the item when they are its author's.
@@ -262,11 +416,12 @@ fn check_block(r: &mut Reader, at: (u64, u64)) -> Result<u64, WireError> {
             return Err(invalid("an item's left and right neighbours are the same"));
         }
     }
+    let mut named: Vec<(u64, u32)> = origins.iter().flatten().copied().collect();
     if info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN) == 0 {
         if r.var_u32("parent info")? == 1 {
             r.string("root name")?;
         } else {
-            r.id()?;
+            named.push(r.id()?);
         }
         if info & HAS_PARENT_SUB != 0 {
             r.string("map key")?;
@@ -317,7 +472,16 @@ fn check_block(r: &mut Reader, at: (u64, u64)) -> Result<u64, WireError> {
     if len == 0 || len > u64::from(u32::MAX) {
         return Err(invalid("an empty block"));
     }
-    Ok(len)
+    Ok(Block {
+        len,
+        item: true,
+        origins: match origins {
+            [Some(left), Some(right)] => Some((left, right)),
+            _ => None,
+        },
+        skip: false,
+        named,
+    })
 }
 
 fn positive(len: u32) -> Result<u64, WireError> {
@@ -631,7 +795,15 @@ mod tests {
         assert!(decode_frame(&frame, &FrameLimits::default()).is_err());
         // A skip block starting at 2^32 - 2, 5 long.
         let u = [1u8, 1, 5, 0xfe, 0xff, 0xff, 0xff, 0x0f, 10, 5, 0];
-        assert!(check_update(&u).unwrap_err().to_string().contains("2^32"));
+        assert!(check_stored_update(&u)
+            .unwrap_err()
+            .to_string()
+            .contains("2^32"));
+        // From a participant a skip is refused at all.
+        assert!(check_update(&u)
+            .unwrap_err()
+            .to_string()
+            .contains("skipped"));
         // An empty delete range.
         let u = [0u8, 1, 5, 1, 3, 0];
         assert!(check_update(&u).is_err());
@@ -690,6 +862,58 @@ mod tests {
             .contains("not older"));
         // The reproducer the fuzzer kept.
         let frame = include_bytes!("../../../fuzz/regressions/collab_frame/divergent-reload.bin");
+        assert!(decode_frame(frame, &FrameLimits::default()).is_err());
+    }
+
+    #[test]
+    fn an_update_that_builds_on_what_never_came_is_found_before_it_applies() {
+        let empty = StateVector::default();
+        // Client 5 types "abc" at the root: complete on an empty document.
+        let abc = [1u8, 1, 5, 0, 4, 1, 1, b'q', 3, b'a', b'b', b'c', 0];
+        assert_eq!(dependencies(&abc).unwrap().missing(&empty), None);
+        // "x" after (7, 3), which the document never had.
+        let after_unknown = [1u8, 1, 5, 0, 0x84, 7, 3, 1, b'x', 0];
+        assert!(dependencies(&after_unknown)
+            .unwrap()
+            .missing(&empty)
+            .unwrap()
+            .contains("never came"));
+        // Client 5's clock 3 before its 0..3 came.
+        let gap = [1u8, 1, 5, 3, 0x84, 5, 2, 1, b'x', 0];
+        assert!(dependencies(&gap).unwrap().missing(&empty).is_some());
+        let mut sv = StateVector::default();
+        sv.set_max(ClientID::new(5), 3);
+        assert_eq!(dependencies(&gap).unwrap().missing(&sv), None);
+        // Deleting (9, 0..2), unknown.
+        let delete = [0u8, 1, 9, 1, 0, 2];
+        assert!(dependencies(&delete).unwrap().missing(&sv).is_some());
+    }
+
+    #[test]
+    fn items_whose_neighbours_lie_inside_one_block_of_the_update_are_refused() {
+        // Client 5 types "abc" as one block; then an item between (5, 2)
+        // and (5, 0): the right neighbour left of the left one.
+        let update = |second: &[u8]| {
+            let mut u = vec![1u8, 2, 5, 0, 4, 1, 1, b'q', 3, b'a', b'b', b'c'];
+            u.extend_from_slice(second);
+            u.push(0);
+            u
+        };
+        let crossed = update(&[0xc4, 5, 2, 5, 0, 1, b'x']);
+        assert!(check_update(&crossed)
+            .unwrap_err()
+            .to_string()
+            .contains("inside one block"));
+        // After "c" with no right neighbour: fine.
+        assert_eq!(check_update(&update(&[0x84, 5, 2, 1, b'x'])), Ok(()));
+        // The fuzzer's sixth find: client 0 listed several times.
+        let frame = include_bytes!("../../../fuzz/regressions/collab_frame/yrs-gc-overflow.bin");
+        assert!(decode_frame(frame, &FrameLimits::default())
+            .unwrap_err()
+            .to_string()
+            .contains("listed twice"));
+        // The fuzzer's fifth find.
+        let frame = include_bytes!("../../../fuzz/regressions/collab_frame/crossed-neighbours.bin");
         assert!(decode_frame(frame, &FrameLimits::default()).is_err());
     }
 
