@@ -186,7 +186,10 @@ fn a_disabled_feature_serves_nothing_and_a_section_no_feature_has_is_refused() {
     actix::System::new().block_on(async move {
         let node = Node::start(c).await.expect("node starts");
         assert!(node.query.is_none());
-        assert_eq!(node.features.names(), ["ingest", "kv", "backup", "collab"]);
+        assert_eq!(
+            node.features.names(),
+            ["ingest", "kv", "backup", "collab", "detect"]
+        );
         // Writes work; the query routes and subject are not served.
         write_acked(&node, 0).await;
         let n = node.http_addr;

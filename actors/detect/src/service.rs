@@ -721,6 +721,10 @@ impl Detector {
     /// Subscribes to the batches of shards this node holds and does not
     /// follow yet (replicas come and go with scaling).
     fn follow_shards(&mut self, ctx: &mut Context<Self>) {
+        // Nothing watched: no batch needs to reach the actor.
+        if self.env.watches.is_empty() {
+            return;
+        }
         for shard in 0..self.env.cluster.shards() {
             if self.subscribed.contains(&shard) {
                 continue;
