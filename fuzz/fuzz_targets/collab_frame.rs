@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(messages) = decode_frame(data, &FrameLimits::default()) else {
         return;
     };
-    let doc = SessionDoc::new();
+    let mut doc = SessionDoc::new();
     doc.set_query("sum(rate(x[5m]))");
     for m in messages {
         match m {
@@ -27,7 +27,13 @@ fuzz_target!(|data: &[u8]| {
                 // bad reference), never panic.
                 let deps = dependencies(&u).expect("decode_frame checked it");
                 if deps.missing(&doc.state_vector()).is_none() {
-                    let _ = doc.apply(&u);
+                    // As a session does: undone when yrs refused it part
+                    // way, or when a copy read back from the state would
+                    // differ.
+                    let before = doc.encode_state();
+                    if doc.apply(&u).is_err() || !doc.reloads_the_same() {
+                        doc = SessionDoc::from_state(&before).expect("its own state reloads");
+                    }
                 }
             }
             ClientMessage::Awareness(a) => assert!(a.clients.len() <= 64),

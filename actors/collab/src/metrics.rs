@@ -34,7 +34,7 @@ pub static REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
         IntCounterVec::new(
             Opts::new(
                 "chronicle_collab_refused_total",
-                "Participant messages refused, by reason (viewer, full, malformed, incomplete, flood)",
+                "Participant messages refused, by reason (viewer, full, malformed, incomplete, inconsistent, flood)",
             ),
             &["reason"],
         )

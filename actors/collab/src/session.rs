@@ -423,10 +423,28 @@ impl Session {
             self.drop_conn(conn, &message);
             return;
         }
-        if let Err(e) = self.doc.apply(&update) {
-            metrics::REFUSED.with_label_values(&["malformed"]).inc();
-            self.error_to(conn, "bad_request", &e.to_string());
-            self.drop_conn(conn, &format!("malformed update: {e}"));
+        // What the document was, to undo an update that does not reload
+        // to what it shows (see `SessionDoc::reloads_the_same`).
+        let before = self.doc.encode_state();
+        let refused = match self.doc.apply(&update) {
+            // yrs may have integrated part of it before it stopped.
+            Err(e) => Some(("malformed", format!("malformed update: {e}"))),
+            Ok(()) if !self.doc.reloads_the_same() => Some((
+                "inconsistent",
+                "the update integrates differently in a copy of the session: refused".into(),
+            )),
+            Ok(()) => None,
+        };
+        if let Some((reason, message)) = refused {
+            metrics::REFUSED.with_label_values(&[reason]).inc();
+            match SessionDoc::from_state(&before) {
+                Ok(doc) => self.doc = doc,
+                // Cannot happen (it is the document's own state); if it
+                // did, the restart reads the document from the state.
+                Err(_) => ctx.stop(),
+            }
+            self.error_to(conn, "bad_request", &message);
+            self.drop_conn(conn, &message);
             return;
         }
         self.pending.push((update, Some(conn)));
