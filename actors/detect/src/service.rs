@@ -66,22 +66,6 @@ impl Default for DetectConfig {
     }
 }
 
-/// `"90s"`, `"10m"`, `"2h"`, `"1d"` in milliseconds.
-pub fn parse_duration_ms(text: &str) -> Option<i64> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit())?;
-    let (n, unit) = text.split_at(split);
-    let n: i64 = n.parse().ok()?;
-    let unit_ms = match unit {
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return None,
-    };
-    n.checked_mul(unit_ms).filter(|ms| *ms > 0)
-}
-
 pub struct DetectFeature;
 
 impl Feature for DetectFeature {
@@ -122,11 +106,15 @@ impl Feature for DetectFeature {
             }
             let absent_after_ms = match &w.absent_after {
                 None => 0,
-                Some(d) => parse_duration_ms(d).ok_or_else(|| {
-                    bad(format!(
+                Some(d) => humantime::parse_duration(d)
+                    .ok()
+                    .and_then(|d| i64::try_from(d.as_millis()).ok())
+                    .filter(|ms| *ms > 0)
+                    .ok_or_else(|| {
+                        bad(format!(
                         "watch {i}: absent_after {d:?} is a duration like \"90s\", \"10m\", \"1h\""
                     ))
-                })?,
+                    })?,
             };
             watches.push((
                 w.clone(),
@@ -208,27 +196,37 @@ fn checkpoint_key(shard: u32, part: usize) -> String {
 const PART_BYTES: usize = 512 << 10;
 
 impl Records {
-    async fn put(&self, anomaly: &Anomaly) -> Result<(), String> {
-        let value = serde_json::to_vec(anomaly).map_err(|e| e.to_string())?;
-        let (state, key) = (self.state.clone(), record_key(&anomaly.id));
+    /// Runs a state call on the cluster's runtime (as every state client's
+    /// calls run).
+    async fn run<T, F>(&self, call: impl FnOnce(StateStore) -> F) -> Result<T, String>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = Result<T, chronicle_cluster::ClusterError>>
+            + Send
+            + 'static,
+    {
         self.runtime
-            .spawn(async move { state.put_with_ttl(&key, value, KEEP).await })
+            .spawn(call(self.state.clone()))
             .await
             .map_err(|e| e.to_string())?
-            .map(|_| ())
             .map_err(|e| e.to_string())
+    }
+
+    async fn put(&self, anomaly: &Anomaly) -> Result<(), String> {
+        let value = serde_json::to_vec(anomaly).map_err(|e| e.to_string())?;
+        let key = record_key(&anomaly.id);
+        self.run(move |s| async move { s.put_with_ttl(&key, value, KEEP).await })
+            .await
+            .map(|_| ())
     }
 
     /// Stores an anomaly from outside unless one with its id exists.
     async fn create(&self, anomaly: &Anomaly) -> Result<bool, String> {
         let value = serde_json::to_vec(anomaly).map_err(|e| e.to_string())?;
-        let (state, key) = (self.state.clone(), record_key(&anomaly.id));
+        let key = record_key(&anomaly.id);
         let created = self
-            .runtime
-            .spawn(async move { state.compare_and_set(&key, 0, value).await })
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+            .run(move |s| async move { s.compare_and_set(&key, 0, value).await })
+            .await?;
         Ok(created.is_ok())
     }
 
@@ -246,13 +244,10 @@ impl Records {
         // Bounded work per request: at most this many records read.
         let mut budget = 20_000usize;
         loop {
-            let (state, from) = (self.state.clone(), after.clone());
+            let from = after.clone();
             let (entries, more) = self
-                .runtime
-                .spawn(async move { state.scan("anomaly/", from.as_deref(), 500).await })
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
+                .run(move |s| async move { s.scan("anomaly/", from.as_deref(), 500).await })
+                .await?;
             budget = budget.saturating_sub(entries.len());
             for e in &entries {
                 if let Ok(a) = serde_json::from_slice::<Anomaly>(&e.value) {
@@ -277,56 +272,43 @@ impl Records {
     /// them removed. A series found in two parts (the split moved between
     /// saves) is restored from the newer form.
     async fn save_checkpoint(&self, shard: u32, parts: Vec<Vec<u8>>) -> Result<(), String> {
-        let state = self.state.clone();
         let count = parts.len();
-        self.runtime
-            .spawn(async move {
-                for (i, part) in parts.into_iter().enumerate() {
-                    state.put(&checkpoint_key(shard, i), part).await?;
-                }
-                // Parts of an earlier, longer checkpoint: those after ours.
-                let prefix = format!("checkpoint/{shard:05}/");
-                let last = count.checked_sub(1).map(|i| checkpoint_key(shard, i));
-                let (old, _) = state.scan(&prefix, last.as_deref(), 1000).await?;
-                for e in old {
-                    state.delete(&e.key).await?;
-                }
-                Ok::<_, chronicle_cluster::ClusterError>(())
-            })
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())
+        self.run(move |state| async move {
+            for (i, part) in parts.into_iter().enumerate() {
+                state.put(&checkpoint_key(shard, i), part).await?;
+            }
+            // Parts of an earlier, longer checkpoint: those after ours.
+            let prefix = format!("checkpoint/{shard:05}/");
+            let last = count.checked_sub(1).map(|i| checkpoint_key(shard, i));
+            let (old, _) = state.scan(&prefix, last.as_deref(), 1000).await?;
+            for e in old {
+                state.delete(&e.key).await?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn load_checkpoint(&self, shard: u32) -> Result<Vec<Vec<u8>>, String> {
-        let state = self.state.clone();
-        self.runtime
-            .spawn(async move {
-                let prefix = format!("checkpoint/{shard:05}/");
-                let mut parts = Vec::new();
-                let mut after: Option<String> = None;
-                loop {
-                    let (entries, more) = state.scan(&prefix, after.as_deref(), 16).await?;
-                    after = entries.last().map(|e| e.key.clone());
-                    parts.extend(entries.into_iter().map(|e| e.value));
-                    if !more || after.is_none() {
-                        return Ok::<_, chronicle_cluster::ClusterError>(parts);
-                    }
+        self.run(move |state| async move {
+            let prefix = format!("checkpoint/{shard:05}/");
+            let mut parts = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let (entries, more) = state.scan(&prefix, after.as_deref(), 16).await?;
+                after = entries.last().map(|e| e.key.clone());
+                parts.extend(entries.into_iter().map(|e| e.value));
+                if !more || after.is_none() {
+                    return Ok(parts);
                 }
-            })
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())
+            }
+        })
+        .await
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<Anomaly>, String> {
-        let (state, key) = (self.state.clone(), record_key(id));
-        let entry = self
-            .runtime
-            .spawn(async move { state.get(&key).await })
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+        let key = record_key(id);
+        let entry = self.run(move |s| async move { s.get(&key).await }).await?;
         Ok(entry.and_then(|e| serde_json::from_slice(&e.value).ok()))
     }
 }
@@ -765,7 +747,6 @@ impl Detector {
         // The watched points, by series and time (a batch need not be).
         let mut watched: Vec<(u64, i64, f64)> = Vec::new();
         for p in view.iter() {
-            metrics::POINTS.inc();
             let mut h = xxhash_rust::xxh64::Xxh64::new(0);
             h.update(p.metric.as_bytes());
             for l in p.labels {
@@ -812,6 +793,7 @@ impl Detector {
             }
             watched.push((key, p.timestamp.div_euclid(1_000_000), p.value));
         }
+        metrics::POINTS.inc_by(view.len() as u64);
         watched.sort_by_key(|w| (w.0, w.1));
         let mut events = Vec::new();
         for (key, t_ms, value) in watched {
