@@ -189,3 +189,31 @@ pub fn http_query(http: &str, body: &str) -> serde_json::Value {
     serde_json::from_slice(&resp.body_mut().read_to_vec().expect("query body"))
         .expect("query answer is JSON")
 }
+
+/// Creates an API token with `chronicle token create` against `http`,
+/// authorized by `bootstrap`; returns the token and its id.
+pub fn create_token(
+    bin: &str,
+    http: &str,
+    bootstrap: &str,
+    name: &str,
+    role: &str,
+) -> (String, String) {
+    let out = Command::new(bin)
+        .args([
+            "token", "create", "--http", http, "--name", name, "--role", role, "--json",
+        ])
+        .env("CHRONICLE_TOKEN", bootstrap)
+        .output()
+        .expect("run chronicle token create");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("token JSON");
+    (
+        v["token"].as_str().expect("token").to_string(),
+        v["id"].as_str().expect("id").to_string(),
+    )
+}

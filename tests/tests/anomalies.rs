@@ -51,20 +51,7 @@ fn call(http: &str, method: &str, path: &str, token: Option<&str>, body: &str) -
 }
 
 fn token(http: &str, name: &str, role: &str) -> String {
-    let out = std::process::Command::new(BIN)
-        .args([
-            "token", "create", "--http", http, "--name", name, "--role", role, "--json",
-        ])
-        .env("CHRONICLE_TOKEN", BOOTSTRAP)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["token"].as_str().unwrap().to_string()
+    chronicle_tests::create_token(BIN, http, BOOTSTRAP, name, role).0
 }
 
 #[test]

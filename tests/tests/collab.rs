@@ -89,23 +89,7 @@ fn get(http: &str, path: &str, token: Option<&str>) -> (u16, Value) {
 }
 
 fn token(http: &str, name: &str, role: &str) -> (String, String) {
-    let out = Command::new(BIN)
-        .args([
-            "token", "create", "--http", http, "--name", name, "--role", role, "--json",
-        ])
-        .env("CHRONICLE_TOKEN", BOOTSTRAP)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    (
-        v["token"].as_str().unwrap().to_string(),
-        v["id"].as_str().unwrap().to_string(),
-    )
+    chronicle_tests::create_token(BIN, http, BOOTSTRAP, name, role)
 }
 
 fn coedit(plan: &Value) -> Value {
