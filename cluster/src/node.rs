@@ -626,8 +626,10 @@ impl ClusterNode {
     /// Proposes a retention entry on every shard this node leads: the
     /// cutoffs come from its shard settings at `now` (nanoseconds) and travel
     /// in the entry, so every replica deletes the same windows. Returns the
-    /// shards whose entry committed.
-    pub async fn propose_retention(&self, now: i64) -> Result<Vec<u32>, ClusterError> {
+    /// shards whose entry committed, each with the entry's log index (wait
+    /// for a replica's [`ClusterNode::applied_index`] to reach it before
+    /// reading what retention left there).
+    pub async fn propose_retention(&self, now: i64) -> Result<Vec<(u32, u64)>, ClusterError> {
         let me = self.config.node_id;
         let led: Vec<(u32, Arc<Group>)> = self
             .groups
@@ -643,12 +645,12 @@ impl ClusterNode {
                 continue;
             }
             group.gate.pass().await;
-            group
+            let written = group
                 .raft
                 .client_write(WriteBatch::retain(cutoffs))
                 .await
                 .map_err(|e| ClusterError::Raft(e.to_string()))?;
-            done.push(shard);
+            done.push((shard, written.log_id.index));
         }
         Ok(done)
     }
@@ -1574,6 +1576,8 @@ impl ClusterNode {
     }
 
     /// The last index this node's replica of `shard` applied (None if it holds none).
+    /// Raft publishes it a moment after the apply, so it may trail what the
+    /// shard already shows; never read it as "what was just committed".
     pub fn applied_index(&self, shard: u32) -> Option<u64> {
         let g = self.group(shard)?;
         let applied = g
