@@ -494,14 +494,13 @@ fn all_led(http: &str, shards: usize) -> bool {
     status == 200 && (0..shards).all(|i| s["shards"][i]["leader"].as_u64().is_some())
 }
 
-#[test]
-fn participants_on_two_nodes_share_a_session_and_edits_survive_the_loss_of_one() {
-    if let Err(why) = node_ready() {
-        panic!("this test needs Node.js and tests/collab-js's packages: {why}");
-    }
-    let nats = chronicle_tests::NatsServer::start();
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut nodes: Vec<Option<NodeProcess>> = (1..=3u64)
+/// Three node processes on one NATS server, every shard led; their HTTP
+/// addresses. The directories must outlive the nodes.
+fn three_nodes(
+    nats: &chronicle_tests::NatsServer,
+    dirs: &[tempfile::TempDir],
+) -> (Vec<Option<NodeProcess>>, Vec<String>) {
+    let nodes: Vec<Option<NodeProcess>> = (1..=3u64)
         .map(|id| {
             Some(NodeProcess::start(
                 BIN,
@@ -526,6 +525,17 @@ fn participants_on_two_nodes_share_a_session_and_edits_survive_the_loss_of_one()
     chronicle_tests::wait_until(Duration::from_secs(30), "every shard led", || {
         all_led(&http[0], 3)
     });
+    (nodes, http)
+}
+
+#[test]
+fn participants_on_two_nodes_share_a_session_and_edits_survive_the_loss_of_one() {
+    if let Err(why) = node_ready() {
+        panic!("this test needs Node.js and tests/collab-js's packages: {why}");
+    }
+    let nats = chronicle_tests::NatsServer::start();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (mut nodes, http) = three_nodes(&nats, &dirs);
     let (status, created) = post(
         &http[0],
         "/api/collab/sessions/create",
@@ -597,6 +607,69 @@ fn participants_on_two_nodes_share_a_session_and_edits_survive_the_loss_of_one()
         },
     );
     assert_eq!(state["state"]["query_text"], text.as_str(), "{state}");
+    drop(nodes);
+}
+
+#[test]
+fn a_participant_that_equivocates_across_nodes_cannot_split_the_copies() {
+    if let Err(why) = node_ready() {
+        panic!("this test needs Node.js and tests/collab-js's packages: {why}");
+    }
+    let nats = chronicle_tests::NatsServer::start();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (nodes, http) = three_nodes(&nats, &dirs);
+    let (status, created) = post(
+        &http[0],
+        "/api/collab/sessions/create",
+        None,
+        &json!({"name": "equivocation", "participant": "ada"}),
+    );
+    assert_eq!(status, 200, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let ws = |i: usize| format!("{}/api/collab/ws", http[i].replacen("http://", "ws://", 1));
+    let versions = ["sum(rate(a[5m]))", "max(b) by (pod)"];
+    let plan = json!({
+        "urls": [ws(0), ws(1), ws(2)],
+        "session": id,
+        "name": "ada",
+        "intruder": "mallory",
+        "versions": versions,
+        "client": 4242,
+        "timeout_ms": 20000,
+    });
+    let out = Command::new("node")
+        .arg(js_dir().join("equivocate.mjs"))
+        .arg(plan.to_string())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let result: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|_| {
+            panic!(
+                "equivocate.mjs said: {stdout}\nstderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let texts: Vec<&str> = result["texts"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{result}"))
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    // One content per (client, clock): every node shows the same text, one
+    // of the two versions, and nothing another principal wrote under
+    // Ada's client id.
+    assert!(
+        texts.iter().all(|t| *t == texts[0]),
+        "copies differ: {result}"
+    );
+    assert!(versions.contains(&texts[0]), "{result}");
+    assert!(!texts[0].contains("INTRUDER"), "{result}");
+    // And a node that reads the session from the state agrees.
+    let path = format!("/api/collab/ws?session={id}&participant=carol");
+    let mut socket = open(&http[2], &path, None).unwrap();
+    let state = next_of(&mut socket, "state_update").unwrap();
+    assert_eq!(state["state"]["query_text"], texts[0], "{state}");
     drop(nodes);
 }
 

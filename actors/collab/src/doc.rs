@@ -126,6 +126,11 @@ impl SessionDoc {
         self.doc.transact().has_missing_updates()
     }
 
+    /// The Yjs client id of edits made here (JSON participants' operations).
+    pub fn client_id(&self) -> u64 {
+        self.doc.client_id().get()
+    }
+
     pub fn state_vector(&self) -> StateVector {
         self.doc.transact().state_vector()
     }

@@ -34,7 +34,7 @@ pub static REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
         IntCounterVec::new(
             Opts::new(
                 "chronicle_collab_refused_total",
-                "Participant messages refused, by reason (viewer, full, malformed, incomplete, inconsistent, flood)",
+                "Participant messages refused, by reason (viewer, full, malformed, incomplete, inconsistent, flood, busy, clients)",
             ),
             &["reason"],
         )
@@ -70,6 +70,16 @@ pub static WRITE_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     )
 });
 
+pub static CLAIMS_LOST: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(
+        IntCounter::new(
+            "chronicle_collab_claims_lost_total",
+            "Batches of edits not stored because a client id they carry was claimed by another node meanwhile (the session reloads from the state)",
+        )
+        .expect("static metric definition"),
+    )
+});
+
 pub static QUERY_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     register(
         Histogram::with_opts(
@@ -100,7 +110,7 @@ pub static REMOTE_UPDATES: LazyLock<IntCounterVec> = LazyLock::new(|| {
         IntCounterVec::new(
             Opts::new(
                 "chronicle_collab_remote_updates_total",
-                "Updates from other nodes that changed a session's document here, by how they came: relay (as they were made) or sync (a catch-up after a missed relay)",
+                "Updates from other nodes that changed a session's document here, by how they came: relay (as they were made), sync (a catch-up after a missed relay) or state (read from the replicated state after taking a client id over from another node)",
             ),
             &["via"],
         )
@@ -116,8 +126,9 @@ pub fn init() {
     LazyLock::force(&DROPPED);
     LazyLock::force(&WRITE_SECONDS);
     LazyLock::force(&COMPACTIONS);
+    LazyLock::force(&CLAIMS_LOST);
     LazyLock::force(&QUERY_SECONDS);
-    for via in ["relay", "sync"] {
+    for via in ["relay", "sync", "state"] {
         REMOTE_UPDATES.with_label_values(&[via]);
     }
 }

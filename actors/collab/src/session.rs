@@ -17,8 +17,15 @@
 //! first node to answer sends back only the missing updates. A node answers
 //! only when everything its document holds is durable, so catching up never
 //! hands out an edit that could still be lost.
+//!
+//! A Yjs client id belongs to one principal and is written through one node
+//! at a time (a claim in the replicated state, see [`crate::store`]). A
+//! participant's update is cut to what is new here before it is applied and
+//! stored, and blocks of client ids it does not own are dropped: so a
+//! participant that sends two nodes different content under the same ids
+//! cannot make their copies differ.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,8 +42,11 @@ use yrs::sync::awareness::{AwarenessUpdate, AwarenessUpdateEntry};
 
 use crate::doc::{Annotation, SessionDoc};
 use crate::metrics;
-use crate::store::{merge, Role, SessionInfo, Store};
-use crate::wire::{check_state_vector, decode_frame, encode, ClientMessage, FrameLimits};
+use crate::store::{merge, Claimed, Role, SessionInfo, Store, StoreError};
+use crate::wire::{
+    check_state_vector, decode_frame, dependencies, encode, own_dependencies, ClientMessage,
+    FrameLimits,
+};
 
 const ACTOR: &str = "collab_session";
 
@@ -141,8 +151,20 @@ pub struct Session {
     conns: HashMap<ConnId, Conn>,
     /// Awareness states: client id -> (clock, JSON).
     awareness: HashMap<u64, (u32, Arc<str>)>,
-    /// Changes applied here, not yet durable: (update, from).
-    pending: Vec<(Vec<u8>, Option<ConnId>)>,
+    /// Changes applied here, not yet durable.
+    pending: Vec<Edit>,
+    /// Participants' changes waiting for their client ids' claims (and
+    /// everything after them, in order).
+    held: VecDeque<Edit>,
+    /// Client ids this node may store blocks of: client -> claim revision.
+    claims: HashMap<u64, u64>,
+    /// Who owns each client id looked up (`None`: a node's own edits).
+    owners: HashMap<u64, Option<String>>,
+    /// A claim (or the reload after a lost one) is in flight.
+    claiming: bool,
+    /// The document is being read again from the state: it may hold
+    /// changes that will not be stored, so nothing is served from it.
+    reloading: bool,
     writing: bool,
     failures: u32,
     log_keys: Vec<String>,
@@ -170,7 +192,24 @@ pub struct Session {
     syncing: bool,
     /// Other nodes' catch-up requests, answered once nothing is pending.
     sync_waiting: Vec<BusMessage>,
+    /// Participants' sync step 1, answered once nothing is pending.
+    step1_waiting: Vec<(ConnId, yrs::StateVector)>,
 }
+
+/// One change to the document.
+struct Edit {
+    update: Vec<u8>,
+    /// The participant it came from.
+    from: Option<ConnId>,
+    /// Whose it is: a participant's principal, or `None` for one the node
+    /// made for a JSON participant's operation (its own client id).
+    principal: Option<String>,
+}
+
+/// Participants' updates held while their client ids are claimed.
+const MAX_HELD: usize = 1024;
+/// Client ids one connection may bring (y-websocket uses one per document).
+const MAX_CLIENTS_PER_CONN: usize = 16;
 
 /// A catch-up answer: the missing updates (one v1 update) follow.
 const SYNC_DIFF: u8 = 0;
@@ -221,6 +260,11 @@ impl Session {
             conns: HashMap::new(),
             awareness: HashMap::new(),
             pending: Vec::new(),
+            held: VecDeque::new(),
+            claims: HashMap::new(),
+            owners: HashMap::new(),
+            claiming: false,
+            reloading: false,
             writing: false,
             failures: 0,
             log_keys: loaded.log_keys,
@@ -242,6 +286,7 @@ impl Session {
             last_result: None,
             syncing: false,
             sync_waiting: Vec::new(),
+            step1_waiting: Vec::new(),
         }
     }
 
@@ -378,10 +423,12 @@ impl Session {
     fn document_bytes(&self) -> usize {
         self.snapshot_bytes
             + self.log_bytes
-            + self.pending.iter().map(|(u, _)| u.len()).sum::<usize>()
+            + self.pending.iter().map(|e| e.update.len()).sum::<usize>()
+            + self.held.iter().map(|e| e.update.len()).sum::<usize>()
     }
 
-    /// Applies a participant's change and queues it for writing.
+    /// A participant's change: checked, then integrated in arrival order
+    /// once this node holds the claims of the client ids it carries.
     fn edit(&mut self, conn: ConnId, update: Vec<u8>, ctx: &mut Context<Self>) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
@@ -399,6 +446,7 @@ impl Session {
             }
             return;
         }
+        let principal = c.principal.clone();
         if self.document_bytes() + update.len() > self.limits.max_document_bytes {
             metrics::REFUSED.with_label_values(&["full"]).inc();
             let max = self.limits.max_document_bytes;
@@ -411,17 +459,138 @@ impl Session {
             );
             return;
         }
-        let lacks = crate::wire::dependencies(&update)
-            .map_err(|e| e.to_string())
-            .and_then(|d| d.missing(&self.doc.state_vector()).map_or(Ok(()), Err));
-        if let Err(why) = lacks {
-            // Not from a y-websocket client (it syncs first); it reconnects
-            // and syncs if it was one.
-            metrics::REFUSED.with_label_values(&["incomplete"]).inc();
-            let message = format!("the update cannot apply to the session: {why}");
-            self.error_to(conn, "bad_request", &message);
-            self.drop_conn(conn, &message);
+        if self.held.len() >= MAX_HELD {
+            metrics::REFUSED.with_label_values(&["busy"]).inc();
+            let message = "too many edits wait on this node; reconnect and sync";
+            self.error_to(conn, "unavailable", message);
+            self.drop_conn(conn, message);
             return;
+        }
+        self.held.push_back(Edit {
+            update,
+            from: Some(conn),
+            principal: Some(principal),
+        });
+        self.process_held(ctx);
+    }
+
+    /// Integrates held changes in order until one needs a claim this node
+    /// lacks (it asks for it, and carries on when it has it).
+    fn process_held(&mut self, ctx: &mut Context<Self>) {
+        while !self.claiming {
+            let Some(edit) = self.held.front() else {
+                return;
+            };
+            if edit.from.is_some_and(|c| !self.conns.contains_key(&c)) {
+                self.held.pop_front();
+                continue;
+            }
+            let clients = match dependencies(&edit.update) {
+                Ok(d) => d.clients(),
+                Err(e) => {
+                    let edit = self.held.pop_front().expect("front");
+                    self.refuse(edit.from, "malformed", &format!("malformed update: {e}"));
+                    continue;
+                }
+            };
+            let principal = edit.principal.clone();
+            let unknown: Vec<u64> = clients
+                .iter()
+                .copied()
+                .filter(|c| {
+                    !self.claims.contains_key(c)
+                        && self.owners.get(c).is_none_or(|o| *o == principal)
+                })
+                .collect();
+            if !unknown.is_empty() {
+                let from = edit.from;
+                let theirs = from
+                    .and_then(|c| self.conns.get_mut(&c))
+                    .map(|c| {
+                        for u in &unknown {
+                            if !c.clients.contains(u) {
+                                c.clients.push(*u);
+                            }
+                        }
+                        c.clients.len()
+                    })
+                    .unwrap_or(0);
+                if theirs > MAX_CLIENTS_PER_CONN {
+                    self.held.pop_front();
+                    let message = format!(
+                        "a connection may bring at most {MAX_CLIENTS_PER_CONN} Yjs client ids"
+                    );
+                    self.refuse(from, "clients", &message);
+                    continue;
+                }
+                self.claim(unknown, principal, ctx);
+                return;
+            }
+            let edit = self.held.pop_front().expect("front");
+            self.integrate(edit, ctx);
+        }
+    }
+
+    /// Refuses a participant's change: it is told why and disconnected (it
+    /// reconnects and syncs, if it is a y-websocket client).
+    fn refuse(&mut self, conn: Option<ConnId>, reason: &str, message: &str) {
+        metrics::REFUSED.with_label_values(&[reason]).inc();
+        if let Some(conn) = conn {
+            self.error_to(conn, "bad_request", message);
+            self.drop_conn(conn, message);
+        }
+    }
+
+    /// Whether `principal` may add blocks of `client` here now.
+    fn owns(&self, client: u64, principal: &Option<String>) -> bool {
+        self.claims.contains_key(&client) && self.owners.get(&client) == Some(principal)
+    }
+
+    /// Applies a change whose client ids are settled, and queues it for
+    /// writing: cut first to what is new here, without blocks of client ids
+    /// its author does not own.
+    fn integrate(&mut self, edit: Edit, ctx: &mut Context<Self>) {
+        let Edit {
+            update,
+            from,
+            principal,
+        } = edit;
+        let clients = match dependencies(&update) {
+            Ok(d) => d.clients(),
+            Err(e) => return self.refuse(from, "malformed", &format!("malformed update: {e}")),
+        };
+        // Blocks this document has (whatever their content: the first
+        // stored wins) and blocks of others' client ids are cut.
+        let mut sv = self.doc.state_vector();
+        for c in clients {
+            if !self.owns(c, &principal) {
+                sv.set_max(ClientID::new(c), u32::MAX);
+            }
+        }
+        let sv = yrs::updates::encoder::Encode::encode_v1(&sv);
+        let update = match yrs::diff_updates_v1(&update, &sv) {
+            Ok(u) => u,
+            Err(e) => return self.refuse(from, "malformed", &format!("malformed update: {e}")),
+        };
+        let lacks = own_dependencies(&update)
+            .map_err(|e| e.to_string())
+            .and_then(|d| {
+                if d.is_empty() {
+                    return Ok(false);
+                }
+                d.missing(&self.doc.state_vector()).map_or(Ok(true), Err)
+            });
+        match lacks {
+            // Nothing new: every block was here already or not theirs.
+            Ok(false) => return,
+            Ok(true) => {}
+            Err(why) => {
+                // Not from a y-websocket client (it syncs first, and builds
+                // only on what the node sent it); it reconnects and syncs
+                // if it was one.
+                let message = format!("the update cannot apply to the session: {why}");
+                return self.refuse(from, "incomplete", &message);
+            }
         }
         // What the document was, to undo an update that does not reload
         // to what it shows (see `SessionDoc::reloads_the_same`).
@@ -436,43 +605,214 @@ impl Session {
             Ok(()) => None,
         };
         if let Some((reason, message)) = refused {
-            metrics::REFUSED.with_label_values(&[reason]).inc();
             match SessionDoc::from_state(&before) {
                 Ok(doc) => self.doc = doc,
                 // Cannot happen (it is the document's own state); if it
                 // did, the restart reads the document from the state.
                 Err(_) => ctx.stop(),
             }
-            self.error_to(conn, "bad_request", &message);
-            self.drop_conn(conn, &message);
-            return;
+            return self.refuse(from, reason, &message);
         }
-        self.pending.push((update, Some(conn)));
+        self.pending.push(Edit {
+            update,
+            from,
+            principal,
+        });
         self.write(ctx);
+    }
+
+    /// Claims `clients` for `principal` here, then carries on with what
+    /// is held (after reading the log, if a claim came from another node).
+    fn claim(&mut self, clients: Vec<u64>, principal: Option<String>, ctx: &mut Context<Self>) {
+        self.claiming = true;
+        let (store, id) = (self.store.clone(), self.id.clone());
+        let who = principal.clone();
+        let fut = async move {
+            let mut out = Vec::with_capacity(clients.len());
+            for c in clients {
+                out.push((c, store.claim(&id, c, who.as_deref()).await?));
+            }
+            Ok::<_, StoreError>(out)
+        };
+        ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
+            let claimed = match result {
+                Ok(claimed) => claimed,
+                Err(e) => {
+                    act.claiming = false;
+                    act.failures += 1;
+                    warn!(session = %act.id, error = %e, failures = act.failures, "collab: claiming client ids failed");
+                    if act.failures >= 5 {
+                        act.give_up(ctx);
+                    } else {
+                        ctx.run_later(Duration::from_millis(100 << act.failures.min(5)), |act, ctx| {
+                            act.process_held(ctx);
+                            act.write(ctx);
+                        });
+                    }
+                    return;
+                }
+            };
+            act.failures = 0;
+            let sv = act.doc.state_vector();
+            let mut load = false;
+            for (client, outcome) in claimed {
+                match outcome {
+                    Claimed::Held {
+                        revision,
+                        load_first,
+                    } => {
+                        act.claims.insert(client, revision);
+                        act.owners.insert(client, principal.clone());
+                        // Blocks of it here already, with no claim on
+                        // record: read what the state holds first too.
+                        load |= load_first || sv.get(&ClientID::new(client)) > 0;
+                    }
+                    Claimed::Foreign(owner) => {
+                        if principal.is_none() {
+                            // A participant took this node's own client id:
+                            // the restart makes a document with a new one.
+                            warn!(session = %act.id, client, "collab: the node's client id is taken; restarting the session");
+                            ctx.stop();
+                            return;
+                        }
+                        act.owners.insert(client, owner);
+                    }
+                }
+            }
+            if load {
+                act.catch_up_from_state(ctx);
+            } else {
+                act.claiming = false;
+                act.process_held(ctx);
+                act.write(ctx);
+            }
+        }));
+    }
+
+    /// After taking a claim over: what the state holds (every block the
+    /// previous holder stored) joins the document before a held change.
+    fn catch_up_from_state(&mut self, ctx: &mut Context<Self>) {
+        let (store, id) = (self.store.clone(), self.id.clone());
+        ctx.spawn(async move { store.load(&id).await }.into_actor(self).map(
+            |loaded, act, ctx| {
+                act.claiming = false;
+                match loaded {
+                    Ok(loaded) => act.caught_up(&loaded.doc.encode_state(), "state", ctx),
+                    Err(e) => {
+                        warn!(session = %act.id, error = %e, "collab: reading the session after a claim failed");
+                        // Not safe to take the held changes without it.
+                        act.claims.clear();
+                        act.failures += 1;
+                        if act.failures >= 5 {
+                            return act.give_up(ctx);
+                        }
+                    }
+                }
+                act.process_held(ctx);
+                act.write(ctx);
+            },
+        ));
+    }
+
+    /// A claim moved to another node before this one stored a change:
+    /// nothing not yet durable is trusted. The document is read again from
+    /// the state, and every change not stored goes through the claims again
+    /// (the claim comes back here, after the state was read, if its owner
+    /// is still connected here).
+    fn claim_lost(&mut self, batch: Vec<Edit>, ctx: &mut Context<Self>) {
+        metrics::CLAIMS_LOST.inc();
+        self.claims.clear();
+        let mut again: VecDeque<Edit> = batch.into();
+        again.extend(std::mem::take(&mut self.pending));
+        again.extend(std::mem::take(&mut self.held));
+        self.held = again;
+        self.claiming = true;
+        self.reloading = true;
+        let (store, id) = (self.store.clone(), self.id.clone());
+        ctx.spawn(async move { store.load(&id).await }.into_actor(self).map(
+            |loaded, act, ctx| {
+                act.claiming = false;
+                act.reloading = false;
+                match loaded {
+                    Ok(loaded) => {
+                        act.snapshot_bytes = loaded.doc.encode_state().len();
+                        act.doc = loaded.doc;
+                        act.log_keys = loaded.log_keys;
+                        act.log_bytes = loaded.log_bytes;
+                        act.snapshot_revision = loaded.snapshot_revision;
+                        // Participants here have what was durable before;
+                        // the whole state brings them what others stored.
+                        let all = encode::update(&act.doc.encode_state());
+                        act.broadcast_binary(all.into(), None);
+                        act.broadcast_state();
+                        act.text_changed(ctx);
+                        act.process_held(ctx);
+                        act.answer_syncs();
+                    }
+                    Err(e) => {
+                        warn!(session = %act.id, error = %e, "collab: reading the session after a lost claim failed; it restarts");
+                        ctx.stop();
+                    }
+                }
+            },
+        ));
+    }
+
+    /// This node cannot save edits: participants reconnect (to another
+    /// node, if this one cannot write) and resend what was not saved.
+    fn give_up(&mut self, ctx: &mut Context<Self>) {
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in ids {
+            self.drop_conn(id, "the session cannot save edits on this node; reconnect");
+        }
+        ctx.stop();
     }
 
     /// Writes what is pending, unless a write is in flight (then the next
     /// write takes it).
     fn write(&mut self, ctx: &mut Context<Self>) {
-        if self.writing || self.pending.is_empty() {
+        if self.writing || self.claiming || self.pending.is_empty() {
             return;
         }
+        // Every client id whose blocks the batch carries must be held here.
+        let mut clients = std::collections::BTreeSet::new();
+        for e in &self.pending {
+            if let Ok(d) = own_dependencies(&e.update) {
+                clients.extend(d.clients());
+            }
+        }
+        let own = self.doc.client_id();
+        let unheld: Vec<u64> = clients
+            .iter()
+            .copied()
+            .filter(|c| !self.claims.contains_key(c))
+            .collect();
+        if !unheld.is_empty() {
+            if unheld == [own] {
+                // The node's own client id (JSON participants' edits).
+                return self.claim(unheld, None, ctx);
+            }
+            let batch = std::mem::take(&mut self.pending);
+            return self.claim_lost(batch, ctx);
+        }
+        let checks: Vec<(u64, u64)> = clients.iter().map(|c| (*c, self.claims[c])).collect();
         self.writing = true;
         let batch = std::mem::take(&mut self.pending);
-        let updates: Vec<Vec<u8>> = batch.iter().map(|(u, _)| u.clone()).collect();
+        let updates: Vec<Vec<u8>> = batch.iter().map(|e| e.update.clone()).collect();
         let (store, id) = (self.store.clone(), self.id.clone());
         let started = Instant::now();
         let fut = async move {
             match merge(&updates) {
                 Some(merged) => {
                     let len = merged.len();
-                    let key = store.append(&id, merged.clone()).await?;
-                    Ok::<_, crate::store::StoreError>((vec![(key, len)], merged))
+                    let key = store.append_claimed(&id, merged.clone(), &checks).await?;
+                    Ok::<_, StoreError>((vec![(key, len)], merged))
                 }
                 None => {
                     let mut keys = Vec::new();
                     for u in &updates {
-                        keys.push((store.append(&id, u.clone()).await?, u.len()));
+                        let key = store.append_claimed(&id, u.clone(), &checks).await?;
+                        keys.push((key, u.len()));
                     }
                     // Relayed one by one below.
                     Ok((keys, Vec::new()))
@@ -493,6 +833,12 @@ impl Session {
                     act.text_changed(ctx);
                     act.maybe_compact(ctx);
                 }
+                Err(StoreError::Conflict) => {
+                    // A claim moved (the batch was not stored; with one
+                    // append per update, those before it were: they stay).
+                    debug!(session = %act.id, "collab: a client id was claimed elsewhere; reloading");
+                    return act.claim_lost(batch, ctx);
+                }
                 Err(e) => {
                     act.failures += 1;
                     warn!(session = %act.id, error = %e, failures = act.failures, "collab: writing edits failed");
@@ -501,14 +847,7 @@ impl Session {
                     act.pending = batch;
                     act.pending.extend(later);
                     if act.failures >= 5 {
-                        // Participants reconnect (to another node, if this
-                        // one cannot write) and resend what was not saved.
-                        let ids: Vec<ConnId> = act.conns.keys().copied().collect();
-                        for id in ids {
-                            act.drop_conn(id, "the session cannot save edits on this node; reconnect");
-                        }
-                        ctx.stop();
-                        return;
+                        return act.give_up(ctx);
                     }
                     ctx.run_later(Duration::from_millis(100 << act.failures.min(5)), |act, ctx| {
                         act.write(ctx)
@@ -601,8 +940,21 @@ impl Session {
         self.answer_syncs();
     }
 
+    /// Whether everything the document holds is durable (so it may be
+    /// handed out).
+    fn durable(&self) -> bool {
+        !self.writing && self.pending.is_empty() && !self.reloading
+    }
+
     fn answer_syncs(&mut self) {
-        if self.writing || !self.pending.is_empty() || self.sync_waiting.is_empty() {
+        if !self.durable() {
+            return;
+        }
+        for (conn, sv) in std::mem::take(&mut self.step1_waiting) {
+            let diff = self.doc.diff(&sv);
+            self.send(conn, Outbound::Binary(encode::sync_step2(&diff).into()));
+        }
+        if self.sync_waiting.is_empty() {
             return;
         }
         for request in std::mem::take(&mut self.sync_waiting) {
@@ -630,9 +982,9 @@ impl Session {
     }
 
     /// Durable changes go to the other participants here and on other nodes.
-    fn relay(&mut self, batch: &[(Vec<u8>, Option<ConnId>)], merged: Vec<u8>) {
-        for (update, from) in batch {
-            self.broadcast_binary(encode::update(update).into(), *from);
+    fn relay(&mut self, batch: &[Edit], merged: Vec<u8>) {
+        for e in batch {
+            self.broadcast_binary(encode::update(&e.update).into(), e.from);
         }
         self.broadcast_state();
         let publish = |u: &[u8]| {
@@ -647,8 +999,8 @@ impl Session {
             });
         };
         if merged.is_empty() {
-            for (u, _) in batch {
-                publish(u);
+            for e in batch {
+                publish(&e.update);
             }
         } else {
             publish(&merged);
@@ -703,8 +1055,11 @@ impl Session {
         for message in messages {
             match message {
                 ClientMessage::SyncStep1(sv) => {
-                    let diff = self.doc.diff(&sv);
-                    self.send(conn, Outbound::Binary(encode::sync_step2(&diff).into()));
+                    // Answered from what is durable only: an edit not yet
+                    // stored may still be undone (a lost claim).
+                    self.step1_waiting.retain(|(c, _)| *c != conn);
+                    self.step1_waiting.push((conn, sv));
+                    self.answer_syncs();
                 }
                 ClientMessage::SyncStep2(update) | ClientMessage::Update(update) => {
                     self.edit(conn, update, ctx)
@@ -906,7 +1261,11 @@ impl Session {
                 self.error_to(conn, "too_large", "the session's document is at its limit");
                 return;
             }
-            self.pending.push((u, Some(conn)));
+            self.pending.push(Edit {
+                update: u,
+                from: Some(conn),
+                principal: None,
+            });
         }
         self.write(ctx);
     }
@@ -1052,7 +1411,7 @@ impl Actor for Session {
             let idle = act
                 .idle_since
                 .is_some_and(|t| t.elapsed() >= act.limits.idle_stop);
-            if idle && act.pending.is_empty() && !act.writing {
+            if idle && act.pending.is_empty() && act.held.is_empty() && !act.writing {
                 ctx.stop();
             }
         });
@@ -1081,11 +1440,16 @@ impl Supervised for Session {
         // authors were disconnected and send them again when they sync),
         // and the document is read again from the replicated state.
         self.pending.clear();
+        self.held.clear();
+        self.claims.clear();
         self.sync_waiting.clear();
+        self.step1_waiting.clear();
         // What was in flight belonged to the stopped incarnation.
         self.writing = false;
         self.compacting = false;
         self.syncing = false;
+        self.claiming = false;
+        self.reloading = false;
         self.running = false;
         self.doc = SessionDoc::new();
         self.ran = None;

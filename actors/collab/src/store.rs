@@ -6,6 +6,13 @@
 //!   batch merged into one). Keys are unique per node, so nodes hosting the
 //!   same session append without coordinating; updates commute, so their
 //!   order does not matter.
+//! * `claim/<id>/<client>`: which principal owns a Yjs client id in the
+//!   session and which node may store its blocks now (JSON `{node,
+//!   principal}`). A log entry is appended only while the node still holds
+//!   the claims of every client whose blocks it carries, and a node that
+//!   takes a claim over reads the log before it takes a block of that
+//!   client: so each (client, clock) is stored with one content, even when
+//!   a participant sends two nodes different blocks under the same ids.
 //!
 //! A session is its snapshot plus its log. Compaction folds the log into a
 //! new snapshot and deletes the folded keys in one transaction, checked
@@ -110,6 +117,30 @@ fn snapshot_key(id: &str) -> String {
 
 fn info_key(id: &str) -> String {
     format!("session/{id}")
+}
+
+fn claim_key(id: &str, client: u64) -> String {
+    format!("claim/{id}/{client:020}")
+}
+
+/// Who may add blocks under a Yjs client id in a session: one principal
+/// (`None`: a node's own edits for JSON participants), through one node at
+/// a time. Stored under `claim/<id>/<client>` for the session's life.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct ClaimRecord {
+    node: u64,
+    principal: Option<String>,
+}
+
+/// What [`Store::claim`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claimed {
+    /// This node holds the client id at `revision`. `load_first`: another
+    /// node held it before, and what it stored must be read before a block
+    /// of this client is taken here.
+    Held { revision: u64, load_first: bool },
+    /// The client id is another principal's (`None`: a node's own).
+    Foreign(Option<String>),
 }
 
 fn now_ns() -> i64 {
@@ -230,6 +261,90 @@ impl Store {
         Ok(key)
     }
 
+    /// Appends an update carrying blocks of `claims`' client ids, only if
+    /// this node still holds each at the revision given: a node that lost
+    /// a client id to another (the participant reconnected there) cannot
+    /// store a block the new holder did not see. [`StoreError::Conflict`]
+    /// when one moved.
+    pub async fn append_claimed(
+        &self,
+        id: &str,
+        update: Vec<u8>,
+        claims: &[(u64, u64)],
+    ) -> Result<String, StoreError> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let key = format!("{}{:020}-{}-{n}", log_prefix(id), now_ns(), self.node);
+        let mut txn = StateTxn::put(key.clone(), update);
+        for &(client, revision) in claims {
+            txn = txn.when(claim_key(id, client), revision);
+        }
+        match self
+            .run(move |s| Box::pin(async move { s.transact(vec![txn]).await }))
+            .await?
+            .pop()
+        {
+            Some(TxnOutcome::Committed { .. }) => Ok(key),
+            _ => Err(StoreError::Conflict),
+        }
+    }
+
+    /// Takes Yjs client id `client` of session `id` for `principal` on this
+    /// node: the first to use a client id owns it for the session's life;
+    /// the same principal moves it between nodes (a reconnect elsewhere).
+    pub async fn claim(
+        &self,
+        id: &str,
+        client: u64,
+        principal: Option<&str>,
+    ) -> Result<Claimed, StoreError> {
+        let key = claim_key(id, client);
+        let mine = ClaimRecord {
+            node: self.node,
+            principal: principal.map(str::to_string),
+        };
+        let value = serde_json::to_vec(&mine).expect("a claim serializes");
+        // Compare-and-set races with other nodes claiming at once; a few
+        // rounds settle it (each round reads what won).
+        for _ in 0..8 {
+            let k = key.clone();
+            let current = self
+                .run(move |s| Box::pin(async move { s.get(&k).await }))
+                .await?;
+            let (revision, load_first) = match current {
+                None => (0, false),
+                Some(e) => {
+                    let held: ClaimRecord =
+                        serde_json::from_slice(&e.value).map_err(|err| StoreError::Corrupt {
+                            what: "client claim",
+                            id: id.to_string(),
+                            why: err.to_string(),
+                        })?;
+                    if held.principal != mine.principal {
+                        return Ok(Claimed::Foreign(held.principal));
+                    }
+                    if held.node == self.node {
+                        return Ok(Claimed::Held {
+                            revision: e.revision,
+                            load_first: false,
+                        });
+                    }
+                    (e.revision, true)
+                }
+            };
+            let (k, v) = (key.clone(), value.clone());
+            let outcome = self
+                .run(move |s| Box::pin(async move { s.compare_and_set(&k, revision, v).await }))
+                .await?;
+            if let Ok(revision) = outcome {
+                return Ok(Claimed::Held {
+                    revision,
+                    load_first,
+                });
+            }
+        }
+        Err(StoreError::Conflict)
+    }
+
     /// The snapshot and every log entry, applied to a fresh document.
     pub async fn load(&self, id: &str) -> Result<Loaded, StoreError> {
         let corrupt = |what, why: String| StoreError::Corrupt {
@@ -305,9 +420,19 @@ impl Store {
         }
     }
 
-    /// Removes a session: its description, snapshot and log.
+    /// Removes a session: its description, snapshot, log and client claims.
     pub async fn delete(&self, id: &str) -> Result<(), StoreError> {
-        let prefix = format!("doc/{id}/");
+        for prefix in [format!("doc/{id}/"), format!("claim/{id}/")] {
+            self.delete_prefix(&prefix).await?;
+        }
+        let key = info_key(id);
+        self.run(move |s| Box::pin(async move { s.delete(&key).await }))
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError> {
+        let prefix = prefix.to_string();
         loop {
             let p = prefix.clone();
             let (entries, more) = self
@@ -329,9 +454,6 @@ impl Store {
                 break;
             }
         }
-        let key = info_key(id);
-        self.run(move |s| Box::pin(async move { s.delete(&key).await }))
-            .await?;
         Ok(())
     }
 }

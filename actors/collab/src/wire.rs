@@ -210,7 +210,24 @@ pub fn dependencies(bytes: &[u8]) -> Result<Dependencies, WireError> {
     check_update_with(bytes, true)
 }
 
+/// [`dependencies`] of an update the node made from a participant's (its
+/// part that is new here): the bounds, without the rule on neighbours
+/// inside one block (yrs's encoding of a split block may name one).
+pub fn own_dependencies(bytes: &[u8]) -> Result<Dependencies, WireError> {
+    check_update_with(bytes, false)
+}
+
 impl Dependencies {
+    /// The Yjs client ids whose blocks the update carries.
+    pub fn clients(&self) -> std::collections::BTreeSet<u64> {
+        self.provided.iter().map(|&(client, _, _)| client).collect()
+    }
+
+    /// Whether it carries nothing: no block, no deletion.
+    pub fn is_empty(&self) -> bool {
+        self.provided.is_empty() && self.deleted.iter().all(|&(_, start, end)| end <= start)
+    }
+
     /// Why the update cannot apply fully to a document at `sv`, if it
     /// cannot: a block starting past what the document has of its client,
     /// or a neighbour, parent or deleted character neither has. yrs would
