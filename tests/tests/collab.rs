@@ -610,6 +610,80 @@ fn participants_on_two_nodes_share_a_session_and_edits_survive_the_loss_of_one()
     drop(nodes);
 }
 
+/// A metric's value in a node's `/metrics` (0 when absent).
+fn metric(http: &str, line_prefix: &str) -> f64 {
+    let text = agent()
+        .get(format!("{http}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_prefix))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn an_idle_session_closes_for_good_and_opens_again_on_demand() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, "[features.collab]\nidle_stop_secs = 1\n").unwrap();
+    let node = NodeProcess::start(
+        BIN,
+        &dir.path().join("data"),
+        None,
+        &["--config", config.to_str().unwrap()],
+    );
+    let http = node.http.as_str();
+    let (status, created) = post(
+        http,
+        "/api/collab/sessions/create",
+        None,
+        &json!({"name": "idle", "participant": "ada"}),
+    );
+    assert_eq!(status, 200, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let path = format!("/api/collab/ws?session={id}&participant=ada");
+    let mut client = open(http, &path, None).unwrap();
+    next_of(&mut client, "state_update").unwrap();
+    client
+        .send(Message::Text(
+            json!({"type": "operation", "operation": {"type": "update_query",
+                   "data": {"query": "rate(x[1m])"}}})
+            .to_string()
+            .into(),
+        ))
+        .unwrap();
+    while next_of(&mut client, "state_update").unwrap()["state"]["query_text"] != "rate(x[1m])" {}
+    drop(client);
+    // Closed once idle: not restarted by its supervisor, not counted as a
+    // crash, and the node stays ready.
+    chronicle_tests::wait_until(Duration::from_secs(15), "the idle session closes", || {
+        metric(http, "chronicle_collab_sessions ") == 0.0
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        metric(http, "chronicle_collab_sessions "),
+        0.0,
+        "it came back"
+    );
+    assert_eq!(
+        metric(
+            http,
+            "chronicle_actor_restarts_total{actor=\"collab_session\"} "
+        ),
+        0.0
+    );
+    assert_eq!(get(http, "/health/ready", None).0, 200);
+    // The next participant opens it again, with its text.
+    let mut client = open(http, &path, None).unwrap();
+    let state = next_of(&mut client, "state_update").unwrap();
+    assert_eq!(state["state"]["query_text"], "rate(x[1m])", "{state}");
+    assert_eq!(metric(http, "chronicle_collab_sessions "), 1.0);
+}
+
 #[test]
 fn a_participant_that_equivocates_across_nodes_cannot_split_the_copies() {
     if let Err(why) = node_ready() {

@@ -46,6 +46,9 @@ pub struct CollabConfig {
     /// Browser origins allowed to connect (empty: any request without an
     /// `Origin` header, and none with one).
     pub allowed_origins: Vec<String>,
+    /// A session with no participant on this node closes here after this
+    /// many seconds.
+    pub idle_stop_secs: u64,
 }
 
 impl Default for CollabConfig {
@@ -56,6 +59,7 @@ impl Default for CollabConfig {
             max_document_bytes: 8 << 20,
             max_frames_per_second: 200,
             allowed_origins: Vec::new(),
+            idle_stop_secs: 30,
         }
     }
 }
@@ -76,11 +80,12 @@ impl Feature for CollabFeature {
         if config.max_sessions == 0
             || config.max_participants == 0
             || config.max_frames_per_second == 0
+            || config.idle_stop_secs == 0
             || config.max_document_bytes < 64 << 10
         {
             return Err(FeatureError::Config {
                 feature: "collab",
-                message: "max_sessions, max_participants and max_frames_per_second must be at least 1, max_document_bytes at least 65536".into(),
+                message: "max_sessions, max_participants, max_frames_per_second and idle_stop_secs must be at least 1, max_document_bytes at least 65536".into(),
             });
         }
         Ok(Box::new(CollabPlan { config }))
@@ -134,6 +139,7 @@ impl Planned for CollabPlan {
             limits: SessionLimits {
                 max_participants: self.config.max_participants,
                 max_document_bytes: self.config.max_document_bytes,
+                idle_stop: Duration::from_secs(self.config.idle_stop_secs),
                 ..SessionLimits::default()
             },
             config: self.config,
@@ -213,9 +219,12 @@ impl Hub {
         let restarts =
             chronicle_actor_runtime::Restarts::new("collab_session", self.restart_policy);
         let (sessions, open) = (self.sessions.clone(), self.open.clone());
-        let on_stop: crate::session::OnStop = Box::new(move |id| {
+        let on_stop: crate::session::OnStop = Arc::new(move |id, retiring| {
+            // Retiring: its address goes, so the supervisor does not start
+            // it again (the next participant opens it afresh). A crash
+            // keeps it: the supervisor restarts the actor behind it.
             let mut s = sessions.lock();
-            if s.get(id).is_some_and(|a| !a.connected()) {
+            if retiring || s.get(id).is_some_and(|a| !a.connected()) {
                 s.remove(id);
             }
             open.send_replace(s.len());
@@ -675,7 +684,7 @@ async fn socket(
         .name
         .filter(|n| !n.is_empty() && n.len() <= 64)
         .unwrap_or(token_name);
-    let addr = match hub.open(&id).await {
+    let mut addr = match hub.open(&id).await {
         Ok(a) => a,
         Err((status, message)) => return error(status, code_of(status), message),
     };
@@ -691,20 +700,26 @@ async fn socket(
     };
     let conn = hub.next_conn.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = mpsc::channel(hub.limits.outbound_queue);
-    if let Err(why) = addr
-        .send(Connect {
-            conn,
-            principal,
-            // A read-only token joins as a viewer whatever its membership says.
-            max_role: if can_write { Role::Owner } else { Role::Viewer },
-            results: matches!(params.results.as_deref(), Some("1" | "true")),
-            name,
-            protocol,
-            tx,
-        })
-        .await
-        .unwrap_or_else(|_| Err("the session stopped".into()))
-    {
+    let connect = || Connect {
+        conn,
+        principal: principal.clone(),
+        // A read-only token joins as a viewer whatever its membership says.
+        max_role: if can_write { Role::Owner } else { Role::Viewer },
+        results: matches!(params.results.as_deref(), Some("1" | "true")),
+        name: name.clone(),
+        protocol,
+        tx: tx.clone(),
+    };
+    let mut joined = addr.send(connect()).await;
+    if joined.is_err() {
+        // It retired (idle) just now: the next open starts it afresh.
+        addr = match hub.open(&id).await {
+            Ok(a) => a,
+            Err((status, message)) => return error(status, code_of(status), message),
+        };
+        joined = addr.send(connect()).await;
+    }
+    if let Err(why) = joined.unwrap_or_else(|_| Err("the session stopped".into())) {
         return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why);
     }
     let span = info_span!("collab_connection", session = %id, conn);

@@ -176,7 +176,11 @@ pub struct Session {
     restarts: Restarts,
     bus_task: Option<SpawnHandle>,
     /// Told when the session stops, so the hub forgets it.
-    on_stop: Option<OnStop>,
+    on_stop: OnStop,
+    /// Stopping for good (idle, or unable to save): the hub forgets it and
+    /// nothing restarts it. Otherwise a stop is a crash, and the
+    /// supervisor restarts it while the hub holds its address.
+    retiring: bool,
     query: Option<Addr<QueryActor>>,
     writes: broadcast::Sender<Arc<str>>,
     /// Live results: the latest run's number (a run comes due only if no
@@ -222,7 +226,8 @@ const MAX_SYNC_BYTES: usize = 512 << 10;
 const MAX_SYNC_WAITING: usize = 16;
 
 /// Called with the session's id when it stops.
-pub type OnStop = Box<dyn FnOnce(&str) + Send>;
+/// Called with the session's id when it stops, and whether it retires.
+pub type OnStop = Arc<dyn Fn(&str, bool) + Send + Sync>;
 
 /// What every session on a node shares.
 #[derive(Clone)]
@@ -275,7 +280,8 @@ impl Session {
             idle_since: Some(Instant::now()),
             restarts,
             bus_task: None,
-            on_stop: Some(on_stop),
+            on_stop,
+            retiring: false,
             query: env.query,
             writes: env.writes,
             run_generation: 0,
@@ -765,6 +771,7 @@ impl Session {
         for id in ids {
             self.drop_conn(id, "the session cannot save edits on this node; reconnect");
         }
+        self.retiring = true;
         ctx.stop();
     }
 
@@ -1349,7 +1356,9 @@ impl Actor for Session {
         metrics::SESSIONS.inc();
         // Other nodes' durable updates and awareness.
         let (bus, subject) = (self.bus.clone(), self.subject.clone());
-        let me = ctx.address();
+        // Weak: the session's own tasks must not keep it alive (a strong
+        // address left makes the supervisor restart a retiring session).
+        let me = ctx.address().downgrade();
         let task = async move {
             let mut updates = match bus.subscribe(&subject, None).await {
                 Ok(s) => s,
@@ -1368,7 +1377,7 @@ impl Actor for Session {
             };
             // Subscribed: what was relayed before this point (since the
             // session was read from the state) comes from the others.
-            if me.try_send(Catchup).is_err() {
+            if me.upgrade().is_none_or(|me| me.try_send(Catchup).is_err()) {
                 return;
             }
             loop {
@@ -1378,7 +1387,10 @@ impl Actor for Session {
                     m = sync.next() => (2, m),
                 };
                 let Some(message) = msg else { return };
-                if me.try_send(Remote { kind, message }).is_err() {
+                if me
+                    .upgrade()
+                    .is_none_or(|me| me.try_send(Remote { kind, message }).is_err())
+                {
                     return;
                 }
             }
@@ -1386,7 +1398,7 @@ impl Actor for Session {
         self.bus_task = Some(ctx.spawn(task.into_actor(self)));
         // Writes to the metrics the query reads make it run again.
         let mut written = self.writes.subscribe();
-        let me = ctx.address();
+        let me = ctx.address().downgrade();
         ctx.spawn(
             async move {
                 loop {
@@ -1395,7 +1407,10 @@ impl Actor for Session {
                         Err(broadcast::error::RecvError::Lagged(_)) => "*".into(),
                         Err(broadcast::error::RecvError::Closed) => return,
                     };
-                    if me.try_send(Written(metric)).is_err() {
+                    if me
+                        .upgrade()
+                        .is_none_or(|me| me.try_send(Written(metric)).is_err())
+                    {
                         return;
                     }
                 }
@@ -1407,11 +1422,13 @@ impl Actor for Session {
                 act.request_sync(ctx);
             }
         });
-        ctx.run_interval(Duration::from_secs(5), |act, ctx| {
+        let check = self.limits.idle_stop.min(Duration::from_secs(5));
+        ctx.run_interval(check, |act, ctx| {
             let idle = act
                 .idle_since
                 .is_some_and(|t| t.elapsed() >= act.limits.idle_stop);
             if idle && act.pending.is_empty() && act.held.is_empty() && !act.writing {
+                act.retiring = true;
                 ctx.stop();
             }
         });
@@ -1419,10 +1436,8 @@ impl Actor for Session {
 
     fn stopped(&mut self, _: &mut Context<Self>) {
         metrics::SESSIONS.dec();
-        info!(session = %self.id, "collab session stopped");
-        if let Some(f) = self.on_stop.take() {
-            f(&self.id);
-        }
+        info!(session = %self.id, retiring = self.retiring, "collab session stopped");
+        (self.on_stop)(&self.id, self.retiring);
     }
 }
 
