@@ -23,6 +23,7 @@ pub fn registry(config: &NodeConfig) -> Vec<Box<dyn Feature>> {
         Box::new(backup::BackupFeature),
         Box::new(chronicle_collab::CollabFeature),
         Box::new(chronicle_detect::DetectFeature),
+        Box::new(chronicle_remediation::RemediationFeature),
     ]
 }
 

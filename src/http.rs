@@ -100,6 +100,12 @@ pub fn access_of(method: &actix_web::http::Method, path: &str) -> (Access, &'sta
         _ if path.starts_with("/api/collab/") => (Access::Read, "collab"),
         "/api/anomalies" => (Access::Read, "detect"),
         _ if path.starts_with("/api/anomalies/") => (Access::Read, "detect"),
+        // Reading rules, pending approvals and the audit trail; changing the
+        // registry, approving, rejecting: an admin's (they act on systems).
+        _ if path.starts_with("/api/remediation/") && method == actix_web::http::Method::GET => {
+            (Access::Read, "remediation")
+        }
+        _ if path.starts_with("/api/remediation/") => (Access::Admin, "remediation"),
         _ if path.starts_with("/api/v1/kv/") => (Access::Admin, "kv"),
         _ if path.starts_with("/api/v1/auth/") => (Access::Admin, "auth"),
         _ if path.starts_with("/api/v1/admin/backups") => (Access::Admin, "backup"),
