@@ -102,15 +102,11 @@ fn receiver() -> (u16, Received) {
     (port, got)
 }
 
-#[test]
-fn an_incident_is_detected_acted_on_approved_and_audited() {
-    let (port, received) = receiver();
-    let dir = tempfile::tempdir().unwrap();
-    let boot = dir.path().join("boot");
-    std::fs::write(&boot, BOOTSTRAP).unwrap();
-    let secret = dir.path().join("hook-secret");
-    std::fs::write(&secret, SECRET).unwrap();
-    let config = dir.path().join("node.toml");
+/// The node configuration of these tests: detect watches `latency_*`; a
+/// rule on its spikes calls `failover` (high risk: approval) and `notify`
+/// (low risk: at once), both webhooks to the local receiver on `port`.
+fn config_file(dir: &std::path::Path, port: u16, secret: &std::path::Path) -> std::path::PathBuf {
+    let config = dir.join("node.toml");
     std::fs::write(
         &config,
         format!(
@@ -153,6 +149,32 @@ cooldown = "10m"
         ),
     )
     .unwrap();
+    config
+}
+
+/// Two hours of a quiet `latency_ms` series, one sample a minute, with a
+/// spike at minute 110 (line protocol).
+fn quiet_then_spike() -> String {
+    let start_ms = 1_767_225_600_000i64;
+    let mut lines = String::new();
+    for i in 0..120i64 {
+        let wiggle = [0.0, 0.4, -0.3, 0.2, -0.5, 0.1, 0.3, -0.2][i as usize % 8];
+        let value = if i == 110 { 95.0 } else { 20.0 + wiggle };
+        let t = (start_ms + i * 60_000) * 1_000_000;
+        lines.push_str(&format!("latency_ms,env=prod,host=a value={value} {t}\n"));
+    }
+    lines
+}
+
+#[test]
+fn an_incident_is_detected_acted_on_approved_and_audited() {
+    let (port, received) = receiver();
+    let dir = tempfile::tempdir().unwrap();
+    let boot = dir.path().join("boot");
+    std::fs::write(&boot, BOOTSTRAP).unwrap();
+    let secret = dir.path().join("hook-secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let config = config_file(dir.path(), port, &secret);
     let node = NodeProcess::start(
         BIN,
         &dir.path().join("data"),
@@ -174,20 +196,14 @@ cooldown = "10m"
     let reader = chronicle_tests::create_token(BIN, http, BOOTSTRAP, "dash", "reader").0;
 
     // The registry as configured, readable by a reader.
-    let (status, actions) = call(http, "GET", "/api/remediation/actions", Some(&reader), "");
-    assert_eq!(status, 200, "{actions}");
-    assert_eq!(actions["actions"].as_array().unwrap().len(), 2, "{actions}");
+    // (stored in the background once the state takes writes).
+    wait_until(Duration::from_secs(10), "the configured actions", || {
+        let (status, actions) = call(http, "GET", "/api/remediation/actions", Some(&reader), "");
+        assert_eq!(status, 200, "{actions}");
+        actions["actions"].as_array().is_some_and(|a| a.len() == 2)
+    });
 
-    // Two hours of a quiet series, one sample a minute, then a spike.
-    let start_ms = 1_767_225_600_000i64;
-    let mut lines = String::new();
-    for i in 0..120i64 {
-        let wiggle = [0.0, 0.4, -0.3, 0.2, -0.5, 0.1, 0.3, -0.2][i as usize % 8];
-        let value = if i == 110 { 95.0 } else { 20.0 + wiggle };
-        let t = (start_ms + i * 60_000) * 1_000_000;
-        lines.push_str(&format!("latency_ms,env=prod,host=a value={value} {t}\n"));
-    }
-    let (status, body) = call(http, "POST", "/write", Some(&writer), &lines);
+    let (status, body) = call(http, "POST", "/write", Some(&writer), &quiet_then_spike());
     assert_eq!(status, 204, "{body}");
 
     // The low-risk action runs at once: signed, with the anomaly.
@@ -372,4 +388,87 @@ cooldown = "10m"
     let (status, _) = call(http, "POST", "/api/remediation/rules", Some(admin), &huge);
     assert_eq!(status, 413);
     assert_eq!(call(http, "GET", "/health/ready", None, "").0, 200);
+}
+
+#[test]
+fn three_nodes_see_the_anomaly_and_one_acts() {
+    let (port, received) = receiver();
+    let nats = chronicle_tests::NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("hook-secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let config = config_file(dir.path(), port, &secret);
+    let nodes: Vec<NodeProcess> = (1..=3u64)
+        .map(|id| {
+            NodeProcess::start(
+                BIN,
+                &dir.path().join(format!("n{id}")),
+                Some(&nats.url()),
+                &[
+                    "--node-id",
+                    &id.to_string(),
+                    "--initial-nodes",
+                    "1,2,3",
+                    "--shards",
+                    "3",
+                    "--config",
+                    config.to_str().unwrap(),
+                ],
+            )
+        })
+        .collect();
+    for n in &nodes {
+        wait_until(Duration::from_secs(30), "every node ready", || {
+            call(&n.http, "GET", "/health/ready", None, "").0 == 200
+        });
+    }
+    let (status, body) = call(&nodes[1].http, "POST", "/write", None, &quiet_then_spike());
+    assert_eq!(status, 204, "{body}");
+    // Every node follows the stored anomaly; the ledger lets one decide.
+    wait_until(Duration::from_secs(30), "the notify webhook", || {
+        !received.lock().unwrap().is_empty()
+    });
+    let mut pending = Value::Null;
+    wait_until(Duration::from_secs(10), "one pending approval", || {
+        pending = call(&nodes[2].http, "GET", "/api/remediation/pending", None, "").1;
+        pending["pending"].as_array().is_some_and(|p| !p.is_empty())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(received.lock().unwrap().len(), 1, "notify ran once");
+    let pending = call(&nodes[0].http, "GET", "/api/remediation/pending", None, "").1;
+    assert_eq!(pending["pending"].as_array().unwrap().len(), 1, "{pending}");
+    let (_, audit) = call(
+        &nodes[0].http,
+        "GET",
+        "/api/remediation/audit?since=0&event=evaluated",
+        None,
+        "",
+    );
+    assert_eq!(audit["records"].as_array().unwrap().len(), 1, "{audit}");
+    // Approved on one node while another approves the same: one runs it.
+    let decide = json!({"id": pending["pending"][0]["id"]}).to_string();
+    let answers: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = nodes
+            .iter()
+            .map(|n| {
+                let decide = decide.clone();
+                s.spawn(move || call(&n.http, "POST", "/api/remediation/approve", None, &decide).0)
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(
+        answers.iter().filter(|s| **s == 200).count(),
+        1,
+        "{answers:?}"
+    );
+    assert!(
+        answers.iter().all(|s| [200, 404, 409].contains(s)),
+        "{answers:?}"
+    );
+    wait_until(Duration::from_secs(10), "the failover webhook", || {
+        received.lock().unwrap().len() == 2
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(received.lock().unwrap().len(), 2, "failover ran once");
 }

@@ -143,25 +143,8 @@ impl Planned for Plan {
             secrets: self.secrets,
             query: cx.services.get::<Addr<QueryActor>>().map(|a| (*a).clone()),
             next: AtomicU64::new(0),
+            configured: (self.config.actions, self.config.rules),
         });
-        for a in &self.config.actions {
-            let value = serde_json::to_vec(a).expect("an action serializes");
-            let key = format!("action/{}", a.id);
-            // Only when absent: what the API changed since stays.
-            let _stored_or_kept = engine
-                .run(move |s| async move { s.compare_and_set(&key, 0, value).await })
-                .await
-                .map_err(|e| start_error(format!("storing action {}: {e}", a.id)))?;
-        }
-        for r in &self.config.rules {
-            let value = serde_json::to_vec(r).expect("a rule serializes");
-            let key = format!("rule/{}", r.id);
-            // Only when absent: what the API changed since stays.
-            let _stored_or_kept = engine
-                .run(move |s| async move { s.compare_and_set(&key, 0, value).await })
-                .await
-                .map_err(|e| start_error(format!("storing rule {}: {e}", r.id)))?;
-        }
         let for_actor = engine.clone();
         let (addr, arbiter) = cx.supervise(ACTOR, move |_, restarts| Remediator {
             engine: for_actor,
@@ -173,13 +156,6 @@ impl Planned for Plan {
             _actor: addr,
             arbiter: ArbiterSlot::new(arbiter),
         }))
-    }
-}
-
-fn start_error(message: String) -> FeatureError {
-    FeatureError::Start {
-        feature: "remediation",
-        message,
     }
 }
 
@@ -232,6 +208,8 @@ pub struct Engine {
     secrets: BTreeMap<String, Vec<u8>>,
     query: Option<Addr<QueryActor>>,
     next: AtomicU64,
+    /// Actions and rules of the config, stored when absent.
+    configured: (Vec<Action>, Vec<Rule>),
 }
 
 fn now_ms() -> i64 {
@@ -284,6 +262,28 @@ impl Engine {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())
+    }
+
+    /// Stores the configured actions and rules that the state lacks (what
+    /// the API changed since stays).
+    async fn seed(&self) -> Result<(), String> {
+        let (actions, rules) = &self.configured;
+        let entries = actions
+            .iter()
+            .map(|a| (format!("action/{}", a.id), serde_json::to_vec(a)))
+            .chain(
+                rules
+                    .iter()
+                    .map(|r| (format!("rule/{}", r.id), serde_json::to_vec(r))),
+            );
+        for (key, value) in entries {
+            let value = value.expect("the registry serializes");
+            // Err(revision): it exists; kept.
+            let _stored_or_kept = self
+                .run(move |s| async move { s.compare_and_set(&key, 0, value).await })
+                .await?;
+        }
+        Ok(())
     }
 
     /// Every entry under `prefix`, parsed (at most [`MAX_REGISTRY`]).
@@ -765,6 +765,12 @@ impl Actor for Remediator {
     fn started(&mut self, ctx: &mut Context<Self>) {
         let engine = self.engine.clone();
         let task = async move {
+            // The cluster may not have a quorum yet when the node starts:
+            // the configured registry is stored once it has.
+            while let Err(e) = engine.seed().await {
+                debug!(error = %e, "remediation: storing the configured actions and rules; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
             loop {
                 if let Err(e) = follow(&engine).await {
                     warn!(error = %e, "remediation: following anomalies stopped; starting again");
