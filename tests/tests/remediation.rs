@@ -105,7 +105,12 @@ fn receiver() -> (u16, Received) {
 /// The node configuration of these tests: detect watches `latency_*`; a
 /// rule on its spikes calls `failover` (high risk: approval) and `notify`
 /// (low risk: at once), both webhooks to the local receiver on `port`.
-fn config_file(dir: &std::path::Path, port: u16, secret: &std::path::Path) -> std::path::PathBuf {
+fn config_file(
+    dir: &std::path::Path,
+    port: u16,
+    secret: &std::path::Path,
+    approval_ttl: &str,
+) -> std::path::PathBuf {
     let config = dir.join("node.toml");
     std::fs::write(
         &config,
@@ -116,6 +121,8 @@ checkpoint_secs = 5
 [[features.detect.watch]]
 metric = "latency_*"
 
+[features.remediation.safety]
+approval_ttl = "{approval_ttl}"
 [features.remediation.webhooks]
 allowed_hosts = ["127.0.0.1:{port}"]
 attempts = 2
@@ -174,7 +181,7 @@ fn an_incident_is_detected_acted_on_approved_and_audited() {
     std::fs::write(&boot, BOOTSTRAP).unwrap();
     let secret = dir.path().join("hook-secret");
     std::fs::write(&secret, SECRET).unwrap();
-    let config = config_file(dir.path(), port, &secret);
+    let config = config_file(dir.path(), port, &secret, "1h");
     let node = NodeProcess::start(
         BIN,
         &dir.path().join("data"),
@@ -397,7 +404,7 @@ fn three_nodes_see_the_anomaly_and_one_acts() {
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("hook-secret");
     std::fs::write(&secret, SECRET).unwrap();
-    let config = config_file(dir.path(), port, &secret);
+    let config = config_file(dir.path(), port, &secret, "1h");
     let nodes: Vec<NodeProcess> = (1..=3u64)
         .map(|id| {
             NodeProcess::start(
@@ -471,4 +478,49 @@ fn three_nodes_see_the_anomaly_and_one_acts() {
     });
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(received.lock().unwrap().len(), 2, "failover ran once");
+}
+
+#[test]
+fn an_approval_that_expires_runs_nothing() {
+    let (port, received) = receiver();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("hook-secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let config = config_file(dir.path(), port, &secret, "2s");
+    let node = NodeProcess::start(
+        BIN,
+        &dir.path().join("data"),
+        None,
+        &["--config", config.to_str().unwrap()],
+    );
+    let http = node.http.as_str();
+    wait_until(Duration::from_secs(30), "node ready", || {
+        call(http, "GET", "/health/ready", None, "").0 == 200
+    });
+    wait_until(Duration::from_secs(10), "the configured rules", || {
+        call(http, "GET", "/api/remediation/rules", None, "").1["rules"]
+            .as_array()
+            .is_some_and(|r| r.len() == 1)
+    });
+    let (status, body) = call(http, "POST", "/write", None, &quiet_then_spike());
+    assert_eq!(status, 204, "{body}");
+    let mut pending = Value::Null;
+    wait_until(Duration::from_secs(30), "a pending approval", || {
+        pending = call(http, "GET", "/api/remediation/pending", None, "").1;
+        pending["pending"].as_array().is_some_and(|p| p.len() == 1)
+    });
+    let decide = json!({"id": pending["pending"][0]["id"]}).to_string();
+    std::thread::sleep(Duration::from_millis(2500));
+    let (status, answer) = call(http, "POST", "/api/remediation/approve", None, &decide);
+    assert_eq!(status, 404, "expired: {answer}");
+    let pending = call(http, "GET", "/api/remediation/pending", None, "").1;
+    assert_eq!(pending["pending"], json!([]), "{pending}");
+    std::thread::sleep(Duration::from_millis(500));
+    let calls: Vec<Value> = received
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, body)| serde_json::from_slice::<Value>(body).unwrap()["action"].clone())
+        .collect();
+    assert_eq!(calls, vec![json!("notify")], "failover never ran");
 }

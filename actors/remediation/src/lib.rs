@@ -9,6 +9,8 @@
 //!   ledger;
 //! * [`webhook`]: signed HTTP deliveries with retries and an allow-list.
 
+#[cfg(feature = "service")]
+pub mod kube;
 pub mod model;
 pub mod policy;
 #[cfg(feature = "service")]

@@ -53,20 +53,41 @@ pub struct RemediationConfig {
     pub webhooks: WebhookPolicy,
     /// Webhook secrets by name: files holding them (read at start).
     pub secrets: BTreeMap<String, std::path::PathBuf>,
+    /// Scale and restart actions: the Kubernetes API to use.
+    pub kubernetes: KubeSettings,
     /// Actions and rules stored at start when the state has none of that id.
     pub actions: Vec<Action>,
     pub rules: Vec<Rule>,
 }
 
+/// `[features.remediation.kubernetes]`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubeSettings {
+    /// Scale and restart actions are allowed (the node reaches a
+    /// Kubernetes API: in a pod, or through `kubeconfig`).
+    pub enabled: bool,
+    /// A kubeconfig file; unset: $KUBECONFIG, ~/.kube/config, or the pod's
+    /// service account. Connected at the first action that needs it.
+    pub kubeconfig: Option<std::path::PathBuf>,
+}
+
 pub struct RemediationFeature;
 
-/// Kinds whose effect this build carries out; the others are refused
-/// when registered rather than accepted and not done.
-fn available(kind: &ActionKind) -> Result<(), RemediationError> {
+/// Kinds whose effect this node carries out; the others are refused when
+/// registered rather than accepted and not done.
+fn available(kind: &ActionKind, kubernetes: bool) -> Result<(), RemediationError> {
     match kind {
         ActionKind::Webhook { .. } | ActionKind::Alert { .. } | ActionKind::Query { .. } => Ok(()),
+        ActionKind::Scale { .. } | ActionKind::Restart { .. } if kubernetes => Ok(()),
+        ActionKind::Scale { .. } | ActionKind::Restart { .. } => Err(RemediationError::Invalid(
+            format!(
+                "{} actions need [features.remediation.kubernetes] enabled = true",
+                kind.name()
+            ),
+        )),
         other => Err(RemediationError::Invalid(format!(
-            "{} actions are not available in this version (webhook, alert and query are)",
+            "{} actions are not available in this version (webhook, alert, query, scale and restart are)",
             other.name()
         ))),
     }
@@ -92,7 +113,7 @@ impl Feature for RemediationFeature {
         }
         for a in &config.actions {
             a.check()
-                .and_then(|()| available(&a.kind))
+                .and_then(|()| available(&a.kind, config.kubernetes.enabled))
                 .map_err(|e| bad(format!("action {}: {e}", a.id)))?;
         }
         for r in &config.rules {
@@ -144,6 +165,8 @@ impl Planned for Plan {
             query: cx.services.get::<Addr<QueryActor>>().map(|a| (*a).clone()),
             next: AtomicU64::new(0),
             configured: (self.config.actions, self.config.rules),
+            kubernetes: self.config.kubernetes,
+            kube: tokio::sync::OnceCell::new(),
         });
         let for_actor = engine.clone();
         let (addr, arbiter) = cx.supervise(ACTOR, move |_, restarts| Remediator {
@@ -210,6 +233,9 @@ pub struct Engine {
     next: AtomicU64,
     /// Actions and rules of the config, stored when absent.
     configured: (Vec<Action>, Vec<Rule>),
+    kubernetes: KubeSettings,
+    /// Connected at the first scale or restart.
+    kube: tokio::sync::OnceCell<crate::kube::Kube>,
 }
 
 fn now_ms() -> i64 {
@@ -494,7 +520,7 @@ impl Engine {
         rule: &str,
         anomaly: &Anomaly,
     ) -> Result<(bool, Value), RemediationError> {
-        available(&action.kind)?;
+        available(&action.kind, self.kubernetes.enabled)?;
         let body = json!({"anomaly": anomaly, "rule": rule, "action": action.id,
                           "node": self.node, "at_ms": now_ms()});
         match &action.kind {
@@ -577,8 +603,46 @@ impl Engine {
                     Err(e) => Err(RemediationError::Action(format!("the query actor: {e}"))),
                 }
             }
-            _ => unreachable!("refused by available()"),
+            ActionKind::Scale {
+                workload,
+                by,
+                to,
+                min,
+                max,
+            } => {
+                let (by, to, min, max) = (*by, *to, *min, *max);
+                let scaled = self
+                    .kube()
+                    .await?
+                    .scale(workload, |current| {
+                        crate::kube::target_replicas(current, by, to, min, max)
+                    })
+                    .await?;
+                Ok((
+                    true,
+                    json!({"workload": workload, "previous": scaled.previous,
+                                 "replicas": scaled.replicas}),
+                ))
+            }
+            ActionKind::Restart { workload } => {
+                let now =
+                    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+                let restarted = self.kube().await?.restart(workload, &now).await?;
+                Ok((
+                    true,
+                    json!({"workload": workload, "previous": restarted.previous,
+                                 "restarted_at": restarted.restarted_at}),
+                ))
+            }
+            ActionKind::Config { .. } => unreachable!("refused by available()"),
         }
+    }
+
+    async fn kube(&self) -> Result<&crate::kube::Kube, RemediationError> {
+        let path = self.kubernetes.kubeconfig.clone();
+        self.kube
+            .get_or_try_init(|| async move { crate::kube::Kube::connect(path.as_deref()).await })
+            .await
     }
 
     async fn deliver(
@@ -669,6 +733,81 @@ impl Engine {
                 .await;
         }
         Ok(outcome)
+    }
+
+    /// Undoes an executed scale (back to the replica count it found), once.
+    pub async fn rollback(&self, record_id: &str, principal: &str) -> Result<Value, EngineError> {
+        if record_id.len() > 64 || !record_id.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
+            return Err(EngineError::Invalid(format!(
+                "audit record id {record_id:?}"
+            )));
+        }
+        let key = format!("audit/{record_id}");
+        let record: AuditRecord = match self
+            .run(move |s| async move { s.get(&key).await })
+            .await
+            .map_err(EngineError::Unavailable)?
+        {
+            Some(e) => serde_json::from_slice(&e.value)
+                .map_err(|e| EngineError::Unavailable(format!("the audit record: {e}")))?,
+            None => {
+                return Err(EngineError::NotFound(format!(
+                    "no audit record {record_id}"
+                )))
+            }
+        };
+        let detail = &record.detail;
+        if record.event != "executed" || record.outcome.as_deref() != Some("ok") {
+            return Err(EngineError::Invalid(format!(
+                "record {record_id} is not an action that ran"
+            )));
+        }
+        if detail["type"] != "scale" {
+            return Err(EngineError::Invalid(format!(
+                "a {} action cannot be rolled back (scale actions can)",
+                detail["type"].as_str().unwrap_or("?")
+            )));
+        }
+        let workload: crate::model::Workload =
+            serde_json::from_value(detail["result"]["workload"].clone())
+                .map_err(|e| EngineError::Invalid(format!("record {record_id}: {e}")))?;
+        let previous = detail["result"]["previous"]
+            .as_i64()
+            .and_then(|p| i32::try_from(p).ok())
+            .ok_or_else(|| {
+                EngineError::Invalid(format!("record {record_id}: no previous count"))
+            })?;
+        // Once: the marker is created only if absent.
+        let marker = format!("rolledback/{record_id}");
+        let value = serde_json::to_vec(&json!({"by": principal, "at_ms": now_ms()})).expect("JSON");
+        let first = self
+            .run(move |s| async move { s.compare_and_set(&marker, 0, value).await })
+            .await
+            .map_err(EngineError::Unavailable)?;
+        if first.is_err() {
+            return Err(EngineError::Conflict(format!(
+                "record {record_id} was rolled back already"
+            )));
+        }
+        let result = match self.kube().await {
+            Ok(kube) => kube.scale(&workload, |_| previous).await,
+            Err(e) => Err(e),
+        };
+        let mut audit = self.record("rolled_back", None);
+        audit.anomaly = record.anomaly.clone();
+        audit.metric = record.metric.clone();
+        audit.rule = record.rule.clone();
+        audit.action = record.action.clone();
+        audit.principal = Some(principal.into());
+        audit.outcome = Some(if result.is_ok() { "ok" } else { "failed" }.into());
+        audit.detail = match &result {
+            Ok(s) => json!({"of": record_id, "workload": workload, "previous": s.previous,
+                            "replicas": s.replicas}),
+            Err(e) => json!({"of": record_id, "error": e.to_string()}),
+        };
+        let answer = audit.detail.clone();
+        self.audit(audit).await;
+        result.map(|_| answer).map_err(EngineError::from)
     }
 
     pub async fn reject(&self, id: &str, principal: &str) -> Result<(), EngineError> {
@@ -843,6 +982,7 @@ impl Running for RunningRemediation {
             .route("/api/remediation/pending", web::get().to(list_pending))
             .route("/api/remediation/approve", web::post().to(approve))
             .route("/api/remediation/reject", web::post().to(reject))
+            .route("/api/remediation/rollback", web::post().to(rollback))
             .route("/api/remediation/audit", web::get().to(audit));
     }
 
@@ -925,7 +1065,9 @@ async fn put_entry(
 
 #[tracing::instrument(name = "remediation_action_put", skip_all)]
 async fn put_action(engine: web::Data<Arc<Engine>>, body: web::Bytes) -> HttpResponse {
-    let action = match Action::parse(&body).and_then(|a| available(&a.kind).map(|()| a)) {
+    let kubernetes = engine.kubernetes.enabled;
+    let action = match Action::parse(&body).and_then(|a| available(&a.kind, kubernetes).map(|()| a))
+    {
         Ok(a) => a,
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
     };
@@ -1044,6 +1186,22 @@ async fn reject(
     };
     match engine.reject(&d.id, &principal(&req)).await {
         Ok(()) => HttpResponse::Ok().json(json!({"id": d.id, "outcome": "rejected"})),
+        Err(e) => engine_error(e),
+    }
+}
+
+#[tracing::instrument(name = "remediation_rollback", skip_all)]
+async fn rollback(
+    engine: web::Data<Arc<Engine>>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> HttpResponse {
+    let d = match decide_body(&body) {
+        Ok(d) => d,
+        Err(r) => return *r,
+    };
+    match engine.rollback(&d.id, &principal(&req)).await {
+        Ok(detail) => HttpResponse::Ok().json(json!({"id": d.id, "rolled_back": detail})),
         Err(e) => engine_error(e),
     }
 }
