@@ -216,6 +216,11 @@ impl Authenticator {
             None => store.put(&key, value).await,
         }
         .map_err(store_err)?;
+        // Usable here at once (the watch brings it to the other nodes, and
+        // here too a moment later): a client that made a token uses it next.
+        self.tokens
+            .write()
+            .insert(issued.record.id.clone(), issued.record.clone());
         info!(id = %issued.record.id, name, role = role.as_str(), "token created");
         Ok(issued)
     }
