@@ -300,6 +300,16 @@ fn an_incident_is_detected_acted_on_approved_and_audited() {
         .collect();
     assert_eq!(chain, want, "{audit}");
     assert_eq!(audit["records"][3]["principal"], "bootstrap", "{audit}");
+    // A webhook cannot be undone: rolling its record back is refused.
+    let notify = json!({"id": audit["records"][1]["id"]}).to_string();
+    let (status, answer) = call(
+        http,
+        "POST",
+        "/api/remediation/rollback",
+        Some(admin),
+        &notify,
+    );
+    assert_eq!(status, 400, "{answer}");
 
     // Hostile and bad requests: 4xx, and the node stays ready.
     for (method, path, token, body, want) in [
@@ -359,6 +369,28 @@ fn an_incident_is_detected_acted_on_approved_and_audited() {
             r#"{"id":"../../x"}"#,
             400,
         ),
+        (
+            "POST",
+            "/api/remediation/rollback",
+            Some(reader.as_str()),
+            r#"{"id":"1-1-1"}"#,
+            403,
+        ),
+        (
+            "POST",
+            "/api/remediation/rollback",
+            Some(admin),
+            r#"{"id":"../audit/x"}"#,
+            400,
+        ),
+        (
+            "POST",
+            "/api/remediation/rollback",
+            Some(admin),
+            r#"{"id":"1-1-1"}"#,
+            404,
+        ),
+        ("POST", "/api/remediation/rollback", Some(admin), "[]", 400),
         (
             "GET",
             "/api/remediation/audit?limit=0",
