@@ -52,6 +52,14 @@ enum Command {
     /// Create, list and revoke API tokens (needs an admin token).
     #[command(subcommand)]
     Token(crate::token_cli::TokenCommand),
+    /// Remediation through a node: actions, rules, pending approvals,
+    /// the audit trail, rollbacks, outcomes and recommended actions.
+    #[command(subcommand)]
+    Remediation(crate::remediation_cli::RemediationCommand),
+    /// List the anomalies the detectors found (or show one, evidence
+    /// included).
+    #[command(subcommand)]
+    Anomalies(crate::remediation_cli::AnomaliesCommand),
     /// Run a benchmark and print its figures.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -122,6 +130,8 @@ pub fn main() -> ExitCode {
         Command::Cluster(cmd) => crate::cluster_cli::run(cmd),
         Command::Kv(cmd) => crate::kv_cli::run(cmd),
         Command::Token(cmd) => crate::token_cli::run(cmd),
+        Command::Remediation(cmd) => crate::remediation_cli::run(cmd),
+        Command::Anomalies(cmd) => crate::remediation_cli::run_anomalies(cmd),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Chaos(cmd) => crate::chaos_cli::run(cmd),
     };

@@ -7,6 +7,7 @@ pub mod backup;
 mod ingest;
 mod kv;
 mod query;
+mod settings;
 
 use chronicle_platform::Feature;
 
@@ -19,6 +20,7 @@ pub fn registry(config: &NodeConfig) -> Vec<Box<dyn Feature>> {
         Box::new(ingest::IngestFeature::new(config)),
         Box::new(query::QueryFeature::new(config)),
         Box::new(kv::KvFeature::new(config)),
+        Box::new(settings::SettingsFeature::new(config)),
         Box::new(chronicle_live::LiveFeature),
         Box::new(backup::BackupFeature),
         Box::new(chronicle_collab::CollabFeature),

@@ -27,6 +27,7 @@ pub mod kv_cli;
 pub mod metrics;
 pub mod node;
 mod prom_api;
+pub mod remediation_cli;
 pub mod token_cli;
 mod tokens;
 

@@ -490,6 +490,9 @@ pub struct ClusterNode {
     pub(crate) supervision: crate::supervise::Supervision,
     /// Set once the node hands its leaderships over to stop.
     pub(crate) retiring: Arc<crate::handover::Retiring>,
+    /// The raw data's retention set at run time (the config API), in place
+    /// of `config.shard.retention`: `Some(None)` keeps raw data forever.
+    raw_retention: parking_lot::RwLock<Option<Option<Duration>>>,
 }
 
 /// Points per Raft entry: a few hundred KB encoded, well under a bus message.
@@ -589,6 +592,7 @@ impl ClusterNode {
             next_inbox: std::sync::atomic::AtomicU64::new(0),
             supervision: Default::default(),
             retiring: Default::default(),
+            raw_retention: Default::default(),
         });
         let mut hosted = node.shards_on_disk()?;
         if !created.exists() {
@@ -610,16 +614,8 @@ impl ClusterNode {
         })?;
         crate::membership::serve_node(&node).await?;
         node.add_service(crate::supervise::spawn(Arc::downgrade(&node)));
-        let expires = node.config.shard.retention.is_some()
-            || node
-                .config
-                .shard
-                .downsample
-                .iter()
-                .any(|r| r.retention.is_some());
-        if expires || !node.config.shard.downsample.is_empty() {
-            node.add_service(spawn_retention(Arc::downgrade(&node)));
-        }
+        // Always: retention may be set at run time.
+        node.add_service(spawn_retention(Arc::downgrade(&node)));
         Ok(node)
     }
 
@@ -631,6 +627,7 @@ impl ClusterNode {
     /// reading what retention left there).
     pub async fn propose_retention(&self, now: i64) -> Result<Vec<(u32, u64)>, ClusterError> {
         let me = self.config.node_id;
+        let raw = self.raw_retention();
         let led: Vec<(u32, Arc<Group>)> = self
             .groups
             .read()
@@ -640,7 +637,7 @@ impl ClusterNode {
             .collect();
         let mut done = Vec::new();
         for (shard, group) in led {
-            let cutoffs = group.shard.current().retention_cutoffs(now);
+            let cutoffs = group.shard.current().retention_cutoffs_with(now, raw);
             if cutoffs.is_empty() {
                 continue;
             }
@@ -653,6 +650,19 @@ impl ClusterNode {
             done.push((shard, written.log_id.index));
         }
         Ok(done)
+    }
+
+    /// Sets the raw data's retention at run time (`Some(None)`: keep
+    /// forever), or back to the configured one (`None`). The leaders use it
+    /// from their next retention entry on; the cutoffs travel in the entry,
+    /// so replicas agree whatever they were told.
+    pub fn set_raw_retention(&self, raw: Option<Option<Duration>>) {
+        *self.raw_retention.write() = raw;
+    }
+
+    /// The raw data's retention in effect.
+    pub fn raw_retention(&self) -> Option<Duration> {
+        (*self.raw_retention.read()).unwrap_or(self.config.shard.retention)
     }
 
     /// Runs the downsampling rules on every shard this node leads, as

@@ -1767,8 +1767,18 @@ impl Shard {
     /// shard's retention settings (raw data is tier 0, downsampling rules
     /// tiers 1, 2, ...). Empty when nothing expires.
     pub fn retention_cutoffs(&self, now: i64) -> Vec<(u8, i64)> {
+        self.retention_cutoffs_with(now, self.config.retention)
+    }
+
+    /// [`Shard::retention_cutoffs`] with `raw` as the raw data's retention
+    /// (a run-time setting in place of the configured one).
+    pub fn retention_cutoffs_with(
+        &self,
+        now: i64,
+        raw: Option<std::time::Duration>,
+    ) -> Vec<(u8, i64)> {
         let mut cutoffs: Vec<(u8, i64)> = Vec::new();
-        if let Some(r) = self.config.retention {
+        if let Some(r) = raw {
             cutoffs.push((
                 0,
                 window_start(now.saturating_sub(nanos(r)), self.chunk_range),

@@ -15,6 +15,7 @@
 //! and write handles among them), and WebSockets ([`ws`]). Features reach
 //! each other only through subjects and those handles.
 
+pub mod settings;
 pub mod ws;
 
 use std::any::{Any, TypeId};

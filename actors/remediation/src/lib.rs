@@ -7,10 +7,14 @@
 //! * [`policy`]: the decisions (rules, priorities, cooldowns, hourly
 //!   limits, approvals, circuit breakers, dry-run) over a cluster-wide
 //!   ledger;
-//! * [`webhook`]: signed HTTP deliveries with retries and an allow-list.
+//! * [`webhook`]: signed HTTP deliveries with retries and an allow-list;
+//! * `learn`: outcomes of executed actions and the recommender trained on
+//!   them (with the `service` feature, as are `kube` and `service`).
 
 #[cfg(feature = "service")]
 pub mod kube;
+#[cfg(feature = "service")]
+pub mod learn;
 pub mod model;
 pub mod policy;
 #[cfg(feature = "service")]

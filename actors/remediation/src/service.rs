@@ -23,6 +23,7 @@ use chronicle_auth::Principal;
 use chronicle_bus::{Bus, Message as BusMessage};
 use chronicle_cluster::state::StateStore;
 use chronicle_detect::anomaly::Anomaly;
+use chronicle_platform::settings::{Settings, SettingsError};
 use chronicle_platform::{ArbiterSlot, Feature, FeatureContext, FeatureError, Planned, Running};
 use chronicle_query::{QueryActor, QueryRequest, RunQuery};
 use chronicle_storage::state::ChangeKind;
@@ -30,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tracing::{debug, info, warn};
 
+use crate::learn::{Facts, Learning, Model, NotEnough, Ranked};
 use crate::model::{Action, ActionKind, Rule, Safety};
 use crate::policy::{Decision, Ledger, Outcome};
 use crate::webhook::{self, WebhookPolicy};
@@ -55,6 +57,8 @@ pub struct RemediationConfig {
     pub secrets: BTreeMap<String, std::path::PathBuf>,
     /// Scale and restart actions: the Kubernetes API to use.
     pub kubernetes: KubeSettings,
+    /// Outcomes and the recommender.
+    pub learning: Learning,
     /// Actions and rules stored at start when the state has none of that id.
     pub actions: Vec<Action>,
     pub rules: Vec<Rule>,
@@ -78,18 +82,17 @@ pub struct RemediationFeature;
 /// registered rather than accepted and not done.
 fn available(kind: &ActionKind, kubernetes: bool) -> Result<(), RemediationError> {
     match kind {
-        ActionKind::Webhook { .. } | ActionKind::Alert { .. } | ActionKind::Query { .. } => Ok(()),
+        ActionKind::Webhook { .. }
+        | ActionKind::Alert { .. }
+        | ActionKind::Query { .. }
+        | ActionKind::Config { .. } => Ok(()),
         ActionKind::Scale { .. } | ActionKind::Restart { .. } if kubernetes => Ok(()),
-        ActionKind::Scale { .. } | ActionKind::Restart { .. } => Err(RemediationError::Invalid(
-            format!(
+        ActionKind::Scale { .. } | ActionKind::Restart { .. } => {
+            Err(RemediationError::Invalid(format!(
                 "{} actions need [features.remediation.kubernetes] enabled = true",
                 kind.name()
-            ),
-        )),
-        other => Err(RemediationError::Invalid(format!(
-            "{} actions are not available in this version (webhook, alert, query, scale and restart are)",
-            other.name()
-        ))),
+            )))
+        }
     }
 }
 
@@ -108,6 +111,7 @@ impl Feature for RemediationFeature {
             feature: "remediation",
             message,
         };
+        config.learning.check().map_err(|e| bad(e.to_string()))?;
         if config.webhooks.attempts == 0 || config.webhooks.attempts > 10 {
             return Err(bad("webhooks.attempts: 1 to 10".into()));
         }
@@ -163,10 +167,13 @@ impl Planned for Plan {
             webhooks: self.config.webhooks.clone(),
             secrets: self.secrets,
             query: cx.services.get::<Addr<QueryActor>>().map(|a| (*a).clone()),
+            settings: cx.services.get::<Settings>().map(|s| (*s).clone()),
             next: AtomicU64::new(0),
             configured: (self.config.actions, self.config.rules),
             kubernetes: self.config.kubernetes,
             kube: tokio::sync::OnceCell::new(),
+            learning: self.config.learning,
+            model: tokio::sync::Mutex::new(None),
         });
         let for_actor = engine.clone();
         let (addr, arbiter) = cx.supervise(ACTOR, move |_, restarts| Remediator {
@@ -230,13 +237,65 @@ pub struct Engine {
     webhooks: WebhookPolicy,
     secrets: BTreeMap<String, Vec<u8>>,
     query: Option<Addr<QueryActor>>,
+    /// The node's config API (config actions).
+    settings: Option<Settings>,
     next: AtomicU64,
     /// Actions and rules of the config, stored when absent.
     configured: (Vec<Action>, Vec<Rule>),
     kubernetes: KubeSettings,
     /// Connected at the first scale or restart.
     kube: tokio::sync::OnceCell<crate::kube::Kube>,
+    learning: Learning,
+    /// The recommender, with the outcomes it was trained on (newest key and
+    /// count): trained again when they change.
+    model: tokio::sync::Mutex<Option<(HistoryKey, Trained)>>,
 }
+
+/// The outcomes a model was trained on: the newest one's id, and how many.
+type HistoryKey = (String, usize);
+/// A model, or why there is none.
+type Trained = Arc<Result<Model, NotEnough>>;
+
+/// An executed action followed for its outcome (`track/<audit id>`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Tracking {
+    record: String,
+    action: String,
+    anomaly: Anomaly,
+    executed_ms: i64,
+    due_ms: i64,
+}
+
+/// What the recommender says about one anomaly.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Recommendation {
+    /// `ok` or `not_enough_history`.
+    pub status: &'static str,
+    pub recommendations: Vec<Ranked>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trained_on: Option<usize>,
+    /// With `not_enough_history`: resolved outcomes there are and needed,
+    /// and how many actions they name (two at least).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub have: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub need: Option<usize>,
+}
+
+/// What processing an anomaly gave: the recommender's ranking, and the
+/// decisions (actions taken, queued, held).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Processed {
+    pub recommendation: Option<Recommendation>,
+    pub decisions: Vec<Decision>,
+}
+
+/// How often each node looks for the outcomes of the actions run.
+const SWEEP_EVERY: Duration = Duration::from_secs(2);
+/// Outcomes are kept this long (the recommender's history).
+const OUTCOME_TTL: Duration = Duration::from_secs(365 * 86_400);
+/// Outcomes scanned at most when training.
+const MAX_OUTCOME_SCAN: usize = 20_000;
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -255,11 +314,15 @@ fn outcome_name(o: &Outcome) -> &'static str {
 }
 
 /// Why an engine call failed, for the routes.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum EngineError {
+    #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
     Conflict(String),
+    #[error("{0}")]
     Invalid(String),
+    #[error("{0}")]
     Unavailable(String),
 }
 
@@ -373,7 +436,7 @@ impl Engine {
         Err("the ledger kept changing under this node; try again".into())
     }
 
-    async fn audit(&self, mut record: AuditRecord) {
+    async fn audit(&self, mut record: AuditRecord) -> String {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         record.id = format!("{:013}-{}-{n}", record.at_ms.max(0), self.node);
         record.node = self.node;
@@ -390,6 +453,7 @@ impl Engine {
         if let Err(e) = self.bus.publish(BusMessage::new(subject, payload)).await {
             debug!(error = %e, "remediation: event not published");
         }
+        record.id
     }
 
     fn record(&self, event: &str, anomaly: Option<&Anomaly>) -> AuditRecord {
@@ -410,10 +474,13 @@ impl Engine {
 
     /// Decides what `anomaly` calls for and acts on it; a node that finds
     /// it decided already (another node won the ledger) does nothing.
-    pub async fn process(&self, anomaly: &Anomaly) -> Result<Vec<Decision>, String> {
+    pub async fn process(&self, anomaly: &Anomaly) -> Result<Processed, String> {
         let (actions, rules) = (self.actions().await?, self.rules().await?);
         if !rules.iter().any(|r| r.applies(anomaly, now_ms())) {
-            return Ok(Vec::new());
+            return Ok(Processed {
+                recommendation: None,
+                decisions: Vec::new(),
+            });
         }
         let safety = self.safety.clone();
         let decided = self
@@ -424,10 +491,22 @@ impl Engine {
             .await?
             .unwrap_or_default();
         if decided.is_empty() {
-            return Ok(decided);
+            // Another node decided (or nothing is due): it reports.
+            return Ok(Processed {
+                recommendation: None,
+                decisions: decided,
+            });
         }
+        let recommendation = match self.recommend(anomaly).await {
+            Ok(r) => Some(r),
+            Err(e) => {
+                debug!(error = %e, "remediation: no recommendation");
+                None
+            }
+        };
         let mut evaluated = self.record("evaluated", Some(anomaly));
-        evaluated.detail = json!({"anomaly": anomaly, "decisions": decided});
+        evaluated.detail = json!({"anomaly": anomaly, "decisions": decided,
+                                  "recommendation": recommendation});
         self.audit(evaluated).await;
         for d in &decided {
             let Some(action) = actions.get(&d.action) else {
@@ -442,7 +521,10 @@ impl Engine {
                 Outcome::DryRun | Outcome::Held(_) => {}
             }
         }
-        Ok(decided)
+        Ok(Processed {
+            recommendation,
+            decisions: decided,
+        })
     }
 
     async fn queue(&self, action: &Action, rule: &str, anomaly: &Anomaly, expires_ms: i64) {
@@ -510,7 +592,188 @@ impl Engine {
                              "seconds": started.elapsed().as_secs_f64()}),
         };
         info!(action = %action.id, rule, ok, "remediation: action executed");
-        self.audit(record).await;
+        let executed_ms = record.at_ms;
+        let id = self.audit(record).await;
+        if ok {
+            self.track(id, action, anomaly, executed_ms).await;
+        }
+    }
+
+    /// Follows an action that ran for its outcome: did its anomaly end
+    /// within the recovery window ([`Engine::sweep`] finds out).
+    async fn track(&self, record: String, action: &Action, anomaly: &Anomaly, executed_ms: i64) {
+        let window = self.learning.recovery_window;
+        let tracking = Tracking {
+            record: record.clone(),
+            action: action.id.clone(),
+            anomaly: anomaly.clone(),
+            executed_ms,
+            due_ms: executed_ms + window.as_millis() as i64,
+        };
+        let key = format!("track/{record}");
+        let value = serde_json::to_vec(&tracking).expect("JSON");
+        // Outlives the window so a node that was down still sweeps it.
+        let ttl = window + Duration::from_secs(86_400);
+        if let Err(e) = self
+            .run(move |s| async move { s.put_with_ttl(&key, value, ttl).await })
+            .await
+        {
+            warn!(error = %e, "remediation: an outcome will not be learned (not tracked)");
+        }
+    }
+
+    /// Settles the tracked actions whose anomaly ended or whose window
+    /// passed: each once in the cluster (taken by compare-and-delete),
+    /// stored as an outcome and recorded in the audit trail.
+    pub async fn sweep(&self) -> Result<usize, String> {
+        let (entries, _) = self
+            .run(|s| async move { s.scan("track/", None, 1000).await })
+            .await?;
+        let mut settled = 0;
+        for entry in entries {
+            let Ok(t) = serde_json::from_slice::<Tracking>(&entry.value) else {
+                continue;
+            };
+            let anomalies = self.anomalies.clone();
+            let key = format!("anomaly/{}", t.anomaly.id);
+            let stored = self
+                .runtime
+                .spawn(async move { anomalies.get(&key).await })
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            let ended = stored
+                .and_then(|e| Anomaly::parse(&e.value).ok())
+                .and_then(|a| a.end)
+                .or(t.anomaly.end);
+            let now = now_ms();
+            if ended.is_none() && now < t.due_ms {
+                continue;
+            }
+            let (k, revision) = (entry.key.clone(), entry.revision);
+            let taken = self
+                .run(move |s| async move { s.compare_and_delete(&k, revision).await })
+                .await?;
+            if taken.is_err() {
+                continue;
+            }
+            let outcome = crate::learn::Outcome {
+                id: t.record.clone(),
+                anomaly: t.anomaly.id.clone(),
+                metric: t.anomaly.metric.clone(),
+                kind: t.anomaly.kind,
+                severity: t.anomaly.severity,
+                score: t.anomaly.score,
+                labels: t.anomaly.labels.clone(),
+                action: t.action.clone(),
+                executed_ms: t.executed_ms,
+                checked_ms: now,
+                recovered: ended.is_some_and(|e| e <= t.due_ms),
+                ended_before: ended.is_some_and(|e| e < t.executed_ms),
+                ended_ms: ended,
+            };
+            let key = format!("outcome/{}", t.record);
+            let value = serde_json::to_vec(&outcome).expect("JSON");
+            self.run(move |s| async move { s.put_with_ttl(&key, value, OUTCOME_TTL).await })
+                .await?;
+            let mut record = self.record("outcome", Some(&t.anomaly));
+            record.action = Some(t.action.clone());
+            record.outcome = Some(
+                if outcome.ended_before {
+                    "ended_before"
+                } else if outcome.recovered {
+                    "recovered"
+                } else {
+                    "not_recovered"
+                }
+                .into(),
+            );
+            record.detail = json!({"of": t.record, "executed_ms": t.executed_ms,
+                                   "ended_ms": ended, "due_ms": t.due_ms});
+            self.audit(record).await;
+            settled += 1;
+        }
+        Ok(settled)
+    }
+
+    /// Outcomes at or after `since` (ms), oldest first, at most `limit`;
+    /// and whether more may follow.
+    pub async fn outcomes(
+        &self,
+        since: i64,
+        limit: usize,
+    ) -> Result<(Vec<crate::learn::Outcome>, bool), String> {
+        let mut out = Vec::new();
+        let mut after = Some(format!("outcome/{:013}", since.max(0)));
+        loop {
+            let from = after.clone();
+            let (entries, more) = self
+                .run(move |s| async move { s.scan("outcome/", from.as_deref(), 1000).await })
+                .await?;
+            out.extend(
+                entries
+                    .iter()
+                    .filter_map(|e| serde_json::from_slice::<crate::learn::Outcome>(&e.value).ok())
+                    .filter(|o| o.executed_ms >= since),
+            );
+            if out.len() >= limit {
+                out.truncate(limit);
+                return Ok((out, true));
+            }
+            match (more, entries.last()) {
+                (true, Some(last)) => after = Some(last.key.clone()),
+                _ => return Ok((out, false)),
+            }
+        }
+    }
+
+    /// The recommender's ranking of the registered actions for `anomaly`.
+    pub async fn recommend(&self, anomaly: &Anomaly) -> Result<Recommendation, String> {
+        let model = self.model().await?;
+        let registered = self.actions().await?;
+        Ok(match &*model {
+            Ok(m) => Recommendation {
+                status: "ok",
+                recommendations: m
+                    .rank(&Facts::from(anomaly))
+                    .into_iter()
+                    .filter(|r| registered.contains_key(&r.action))
+                    .collect(),
+                trained_on: Some(m.trained_on),
+                have: None,
+                need: None,
+            },
+            Err(short) => Recommendation {
+                status: "not_enough_history",
+                recommendations: Vec::new(),
+                trained_on: None,
+                have: Some(short.have),
+                need: Some(short.need),
+            },
+        })
+    }
+
+    /// The model for the outcomes stored now (trained again only when they
+    /// changed).
+    async fn model(&self) -> Result<Trained, String> {
+        let (history, _) = self.outcomes(0, MAX_OUTCOME_SCAN).await?;
+        let key = (
+            history.last().map(|o| o.id.clone()).unwrap_or_default(),
+            history.len(),
+        );
+        let mut cached = self.model.lock().await;
+        if let Some((k, m)) = &*cached {
+            if *k == key {
+                return Ok(m.clone());
+            }
+        }
+        let min = self.learning.min_history;
+        let trained = tokio::task::spawn_blocking(move || Model::train(&history, min))
+            .await
+            .map_err(|e| e.to_string())?;
+        let trained = Arc::new(trained);
+        *cached = Some((key, trained.clone()));
+        Ok(trained)
     }
 
     /// The action's effect: whether it worked, and what to record.
@@ -634,8 +897,36 @@ impl Engine {
                                  "restarted_at": restarted.restarted_at}),
                 ))
             }
-            ActionKind::Config { .. } => unreachable!("refused by available()"),
+            ActionKind::Config { setting, value } => {
+                let settings = self.settings()?;
+                let change = settings
+                    .set(
+                        setting,
+                        Some(value),
+                        &format!("remediation:{rule}"),
+                        &format!(
+                            "anomaly {} ({} on {})",
+                            anomaly.id,
+                            anomaly.kind.as_str(),
+                            anomaly.metric
+                        ),
+                        None,
+                    )
+                    .await
+                    .map_err(|e| RemediationError::Action(e.to_string()))?;
+                Ok((
+                    true,
+                    json!({"setting": setting, "previous": change.previous,
+                           "value": change.value}),
+                ))
+            }
         }
+    }
+
+    fn settings(&self) -> Result<&Settings, RemediationError> {
+        self.settings.as_ref().ok_or_else(|| {
+            RemediationError::Action("the config feature is disabled on this node".into())
+        })
     }
 
     async fn kube(&self) -> Result<&crate::kube::Kube, RemediationError> {
@@ -762,21 +1053,7 @@ impl Engine {
                 "record {record_id} is not an action that ran"
             )));
         }
-        if detail["type"] != "scale" {
-            return Err(EngineError::Invalid(format!(
-                "a {} action cannot be rolled back (scale actions can)",
-                detail["type"].as_str().unwrap_or("?")
-            )));
-        }
-        let workload: crate::model::Workload =
-            serde_json::from_value(detail["result"]["workload"].clone())
-                .map_err(|e| EngineError::Invalid(format!("record {record_id}: {e}")))?;
-        let previous = detail["result"]["previous"]
-            .as_i64()
-            .and_then(|p| i32::try_from(p).ok())
-            .ok_or_else(|| {
-                EngineError::Invalid(format!("record {record_id}: no previous count"))
-            })?;
+        let undo = Undo::of(record_id, detail)?;
         // Once: the marker is created only if absent.
         let marker = format!("rolledback/{record_id}");
         let value = serde_json::to_vec(&json!({"by": principal, "at_ms": now_ms()})).expect("JSON");
@@ -789,10 +1066,7 @@ impl Engine {
                 "record {record_id} was rolled back already"
             )));
         }
-        let result = match self.kube().await {
-            Ok(kube) => kube.scale(&workload, |_| previous).await,
-            Err(e) => Err(e),
-        };
+        let result = self.undo(&undo, record_id, principal).await;
         let mut audit = self.record("rolled_back", None);
         audit.anomaly = record.anomaly.clone();
         audit.metric = record.metric.clone();
@@ -801,13 +1075,69 @@ impl Engine {
         audit.principal = Some(principal.into());
         audit.outcome = Some(if result.is_ok() { "ok" } else { "failed" }.into());
         audit.detail = match &result {
-            Ok(s) => json!({"of": record_id, "workload": workload, "previous": s.previous,
-                            "replicas": s.replicas}),
+            Ok(done) => {
+                let mut d = done.clone();
+                d["of"] = json!(record_id);
+                d
+            }
             Err(e) => json!({"of": record_id, "error": e.to_string()}),
         };
         let answer = audit.detail.clone();
+        if result.is_err() {
+            // Not undone: the marker goes, so it can be tried again.
+            let marker = format!("rolledback/{record_id}");
+            let _ = self
+                .run(move |s| async move { s.delete(&marker).await })
+                .await;
+        }
         self.audit(audit).await;
-        result.map(|_| answer).map_err(EngineError::from)
+        result.map(|_| answer)
+    }
+
+    /// Carries out an undo; what it changed.
+    async fn undo(
+        &self,
+        undo: &Undo,
+        record_id: &str,
+        principal: &str,
+    ) -> Result<Value, EngineError> {
+        match undo {
+            Undo::Scale { workload, previous } => {
+                let kube = self.kube().await.map_err(EngineError::from)?;
+                let s = kube
+                    .scale(workload, |_| *previous)
+                    .await
+                    .map_err(EngineError::from)?;
+                Ok(json!({"workload": workload, "previous": s.previous, "replicas": s.replicas}))
+            }
+            Undo::Config {
+                setting,
+                previous,
+                value,
+            } => {
+                let settings = self.settings().map_err(EngineError::from)?;
+                // Only while the setting still holds what the action set:
+                // a later change by someone else is not undone.
+                let change = settings
+                    .set(
+                        setting,
+                        previous.as_deref(),
+                        principal,
+                        &format!("rollback of {record_id}"),
+                        Some(value.as_deref()),
+                    )
+                    .await
+                    .map_err(|e| match e {
+                        SettingsError::Conflict { .. } => EngineError::Conflict(format!(
+                            "{e}: not rolled back over a later change"
+                        )),
+                        SettingsError::Unavailable(m) => EngineError::Unavailable(m),
+                        other => EngineError::Invalid(other.to_string()),
+                    })?;
+                Ok(json!({"setting": setting, "previous": change.previous,
+                          "value": change.value}))
+            }
+        }
     }
 
     pub async fn reject(&self, id: &str, principal: &str) -> Result<(), EngineError> {
@@ -853,6 +1183,50 @@ impl Engine {
                 (true, Some(last)) if budget > 0 => after = Some(last.key.clone()),
                 (more, _) => return Ok((out, more)),
             }
+        }
+    }
+}
+
+/// How an executed action is undone, from its audit record.
+enum Undo {
+    Scale {
+        workload: crate::model::Workload,
+        previous: i32,
+    },
+    Config {
+        setting: String,
+        /// Back to this run-time value (`None`: the file's).
+        previous: Option<String>,
+        /// What the action set (the rollback checks it is still there).
+        value: Option<String>,
+    },
+}
+
+impl Undo {
+    fn of(record_id: &str, detail: &Value) -> Result<Self, EngineError> {
+        let bad = |what: &str| EngineError::Invalid(format!("record {record_id}: {what}"));
+        let result = &detail["result"];
+        match detail["type"].as_str() {
+            Some("scale") => Ok(Undo::Scale {
+                workload: serde_json::from_value(result["workload"].clone())
+                    .map_err(|e| bad(&e.to_string()))?,
+                previous: result["previous"]
+                    .as_i64()
+                    .and_then(|p| i32::try_from(p).ok())
+                    .ok_or_else(|| bad("no previous count"))?,
+            }),
+            Some("config") => Ok(Undo::Config {
+                setting: result["setting"]
+                    .as_str()
+                    .ok_or_else(|| bad("no setting"))?
+                    .to_string(),
+                previous: result["previous"].as_str().map(str::to_string),
+                value: result["value"].as_str().map(str::to_string),
+            }),
+            other => Err(EngineError::Invalid(format!(
+                "a {} action cannot be rolled back (scale and config actions can)",
+                other.unwrap_or("?")
+            ))),
         }
     }
 }
@@ -918,6 +1292,18 @@ impl Actor for Remediator {
             }
         };
         self.follow = Some(ctx.spawn(task.into_actor(self)));
+        // Outcomes of the actions run: every node sweeps, one settles each.
+        ctx.run_interval(SWEEP_EVERY, |this, ctx| {
+            let engine = this.engine.clone();
+            ctx.spawn(
+                async move {
+                    if let Err(e) = engine.sweep().await {
+                        debug!(error = %e, "remediation: outcomes not swept; next time");
+                    }
+                }
+                .into_actor(this),
+            );
+        });
     }
 }
 
@@ -983,7 +1369,13 @@ impl Running for RunningRemediation {
             .route("/api/remediation/approve", web::post().to(approve))
             .route("/api/remediation/reject", web::post().to(reject))
             .route("/api/remediation/rollback", web::post().to(rollback))
-            .route("/api/remediation/audit", web::get().to(audit));
+            .route("/api/remediation/audit", web::get().to(audit))
+            .route("/api/remediation/anomalies", web::get().to(evaluated))
+            .route(
+                "/api/remediation/recommendations",
+                web::get().to(recommendations),
+            )
+            .route("/api/remediation/outcomes", web::get().to(outcomes));
     }
 
     async fn stop(&self) {
@@ -1071,6 +1463,22 @@ async fn put_action(engine: web::Data<Arc<Engine>>, body: web::Bytes) -> HttpRes
         Ok(a) => a,
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
     };
+    if let ActionKind::Config { setting, value } = &action.kind {
+        match &engine.settings {
+            Some(s) => {
+                if let Err(e) = s.check(setting, value) {
+                    return error(StatusCode::BAD_REQUEST, "bad_request", e.to_string());
+                }
+            }
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "config actions need the config feature, disabled on this node",
+                )
+            }
+        }
+    }
     // A URL the settings would refuse is refused now, not at the incident.
     let urls: Vec<String> = match &action.kind {
         ActionKind::Webhook { url, .. } => vec![url.clone()],
@@ -1249,6 +1657,136 @@ async fn audit(
         .await;
     match result {
         Ok((records, more)) => HttpResponse::Ok().json(json!({"records": records, "more": more})),
+        Err(e) => unavailable(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecommendQuery {
+    anomaly: String,
+}
+
+/// The recommender's ranking for a stored anomaly.
+#[tracing::instrument(name = "remediation_recommendations", skip_all)]
+async fn recommendations(
+    engine: web::Data<Arc<Engine>>,
+    query: Result<web::Query<RecommendQuery>, actix_web::Error>,
+) -> HttpResponse {
+    let id = match query {
+        Ok(q) => q.into_inner().anomaly,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("?anomaly=<id>: {e}"),
+            )
+        }
+    };
+    if id.is_empty() || id.len() > chronicle_detect::anomaly::MAX_TEXT {
+        return error(StatusCode::BAD_REQUEST, "bad_request", "an anomaly id");
+    }
+    let anomalies = engine.anomalies.clone();
+    let key = format!("anomaly/{id}");
+    let stored = engine
+        .runtime
+        .spawn(async move { anomalies.get(&key).await })
+        .await;
+    let anomaly = match stored {
+        Ok(Ok(Some(e))) => match Anomaly::parse(&e.value) {
+            Ok(a) => a,
+            Err(e) => return unavailable(format!("the stored anomaly: {e}")),
+        },
+        Ok(Ok(None)) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no anomaly {id}"),
+            )
+        }
+        Ok(Err(e)) => return unavailable(e.to_string()),
+        Err(e) => return unavailable(e.to_string()),
+    };
+    match engine.recommend(&anomaly).await {
+        Ok(r) => {
+            let mut body = serde_json::to_value(&r).expect("JSON");
+            body["anomaly"] = json!(id);
+            HttpResponse::Ok().json(body)
+        }
+        Err(e) => unavailable(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SinceQuery {
+    /// At or after (ms); default: a day ago (outcomes: 30 days).
+    since: Option<i64>,
+    limit: Option<usize>,
+}
+
+fn since_limit(
+    query: Result<web::Query<SinceQuery>, actix_web::Error>,
+    default_since: i64,
+) -> Result<(i64, usize), Box<HttpResponse>> {
+    let q = query
+        .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, "bad_request", e.to_string())))?
+        .into_inner();
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_LIST {
+        return Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("limit: 1 to {MAX_LIST}"),
+        )));
+    }
+    Ok((q.since.unwrap_or(default_since), limit))
+}
+
+/// What became of the actions run (the recommender's history).
+#[tracing::instrument(name = "remediation_outcomes", skip_all)]
+async fn outcomes(
+    engine: web::Data<Arc<Engine>>,
+    query: Result<web::Query<SinceQuery>, actix_web::Error>,
+) -> HttpResponse {
+    let (since, limit) = match since_limit(query, now_ms() - 30 * 86_400_000) {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
+    match engine.outcomes(since, limit).await {
+        Ok((outcomes, more)) => {
+            HttpResponse::Ok().json(json!({"outcomes": outcomes, "more": more}))
+        }
+        Err(e) => unavailable(e),
+    }
+}
+
+/// The anomalies remediation evaluated, each with its decisions and the
+/// recommender's ranking (from the audit trail).
+#[tracing::instrument(name = "remediation_anomalies", skip_all)]
+async fn evaluated(
+    engine: web::Data<Arc<Engine>>,
+    query: Result<web::Query<SinceQuery>, actix_web::Error>,
+) -> HttpResponse {
+    let (since, limit) = match since_limit(query, now_ms() - 86_400_000) {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
+    match engine
+        .audit_list(since, limit, |r| r.event == "evaluated")
+        .await
+    {
+        Ok((records, more)) => {
+            let anomalies: Vec<Value> = records
+                .into_iter()
+                .map(|r| {
+                    json!({"at_ms": r.at_ms, "node": r.node, "anomaly": r.detail["anomaly"],
+                           "decisions": r.detail["decisions"],
+                           "recommendation": r.detail["recommendation"]})
+                })
+                .collect();
+            HttpResponse::Ok().json(json!({"anomalies": anomalies, "more": more}))
+        }
         Err(e) => unavailable(e),
     }
 }
