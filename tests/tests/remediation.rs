@@ -50,7 +50,12 @@ fn call(http: &str, method: &str, path: &str, token: Option<&str>, body: &str) -
             } else {
                 "application/json"
             };
-            let mut r = agent().post(&url).header("Content-Type", kind);
+            let mut r = if method == "PUT" {
+                agent().put(&url)
+            } else {
+                agent().post(&url)
+            }
+            .header("Content-Type", kind);
             if let Some(a) = &auth {
                 r = r.header("Authorization", a);
             }
@@ -159,18 +164,46 @@ cooldown = "10m"
     config
 }
 
-/// Two hours of a quiet `latency_ms` series, one sample a minute, with a
-/// spike at minute 110 (line protocol).
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn latency_line(value: f64, t_ms: i64) -> String {
+    format!(
+        "latency_ms,env=prod,host=a value={value} {}\n",
+        t_ms * 1_000_000
+    )
+}
+
+const WIGGLE: [f64; 8] = [0.0, 0.4, -0.3, 0.2, -0.5, 0.1, 0.3, -0.2];
+
+/// 110 minutes of a quiet `latency_ms` series, one sample a minute, up to
+/// a spike now (line protocol): the spike is the last sample, so the
+/// episode stays open until calm samples follow ([`calm_after`]).
 fn quiet_then_spike() -> String {
-    let start_ms = 1_767_225_600_000i64;
+    let now = now_ms();
     let mut lines = String::new();
-    for i in 0..120i64 {
-        let wiggle = [0.0, 0.4, -0.3, 0.2, -0.5, 0.1, 0.3, -0.2][i as usize % 8];
-        let value = if i == 110 { 95.0 } else { 20.0 + wiggle };
-        let t = (start_ms + i * 60_000) * 1_000_000;
-        lines.push_str(&format!("latency_ms,env=prod,host=a value={value} {t}\n"));
+    for i in 0..=110i64 {
+        let value = if i == 110 {
+            95.0
+        } else {
+            20.0 + WIGGLE[i as usize % 8]
+        };
+        lines.push_str(&latency_line(value, now - (110 - i) * 60_000));
     }
     lines
+}
+
+/// Calm samples from a second after now: enough to end the episode (the
+/// detector closes after ten), after whatever ran before.
+fn calm_after() -> String {
+    let now = now_ms() + 1000;
+    (0..12i64)
+        .map(|i| latency_line(20.0 + WIGGLE[i as usize % 8], now + i * 100))
+        .collect()
 }
 
 #[test]
@@ -262,6 +295,93 @@ fn an_incident_is_detected_acted_on_approved_and_audited() {
     });
     let sent: Value = serde_json::from_slice(&received.lock().unwrap()[1].1).unwrap();
     assert_eq!(sent["action"], "failover", "{sent}");
+    // The latency recovers: the episode ends, and both actions are
+    // followed to their outcome.
+    let (status, body) = call(http, "POST", "/write", Some(&writer), &calm_after());
+    assert_eq!(status, 204, "{body}");
+    let outcomes = format!("/api/remediation/audit?since=0&anomaly={anomaly_id}&event=outcome");
+    let mut settled = Value::Null;
+    wait_until(Duration::from_secs(30), "both outcomes", || {
+        settled = call(http, "GET", &outcomes, Some(&reader), "").1;
+        settled["records"].as_array().is_some_and(|r| r.len() == 2)
+    });
+    let mut recovered: Vec<(String, String)> = settled["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["action"].as_str().unwrap().to_string(),
+                r["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    recovered.sort();
+    assert_eq!(
+        recovered,
+        vec![
+            ("failover".to_string(), "recovered".to_string()),
+            ("notify".to_string(), "recovered".to_string())
+        ],
+        "{settled}"
+    );
+    let (status, listed) = call(
+        http,
+        "GET",
+        "/api/remediation/outcomes?since=0",
+        Some(&reader),
+        "",
+    );
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(
+        listed["outcomes"].as_array().map(Vec::len),
+        Some(2),
+        "{listed}"
+    );
+    assert_eq!(listed["outcomes"][0]["recovered"], true, "{listed}");
+    // Two outcomes are too few to learn from: it says so.
+    let path = format!("/api/remediation/recommendations?anomaly={anomaly_id}");
+    let (status, advice) = call(http, "GET", &path, Some(&reader), "");
+    assert_eq!(status, 200, "{advice}");
+    assert_eq!(advice["status"], "not_enough_history", "{advice}");
+    assert_eq!(
+        (advice["have"].as_u64(), advice["need"].as_u64()),
+        (Some(2), Some(20))
+    );
+    // The operator's CLI reads the same, as a table and as JSON.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .args(args)
+            .args(["--http", http])
+            .env("CHRONICLE_TOKEN", &reader)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let table = cli(&["anomalies", "list"]);
+    assert!(
+        table.contains("latency_ms") && table.contains("spike"),
+        "{table}"
+    );
+    let shown = cli(&["anomalies", "show", &anomaly_id]);
+    assert!(shown.contains(&anomaly_id), "{shown}");
+    let trail = cli(&["remediation", "audit", "--anomaly", &anomaly_id, "--json"]);
+    let trail: Value = serde_json::from_str(&trail).unwrap();
+    assert_eq!(
+        trail["records"].as_array().map(Vec::len),
+        Some(7),
+        "{trail}"
+    );
+    let advice = cli(&["remediation", "recommend", &anomaly_id]);
+    assert!(
+        advice.to_lowercase().contains("not enough history"),
+        "{advice}"
+    );
     let (status, again) = call(
         http,
         "POST",
@@ -274,6 +394,8 @@ fn an_incident_is_detected_acted_on_approved_and_audited() {
     // The audit trail holds the chain, in order.
     let path = format!("/api/remediation/audit?since=0&anomaly={anomaly_id}");
     let (status, audit) = call(http, "GET", &path, Some(&reader), "");
+    let first_five = audit["records"].as_array().unwrap()[..5].to_vec();
+    let audit = json!({"records": first_five});
     assert_eq!(status, 200, "{audit}");
     let chain: Vec<(String, String, String)> = audit["records"]
         .as_array()
@@ -555,4 +677,414 @@ fn an_approval_that_expires_runs_nothing() {
         .map(|(_, body)| serde_json::from_slice::<Value>(body).unwrap()["action"].clone())
         .collect();
     assert_eq!(calls, vec![json!("notify")], "failover never ran");
+}
+
+/// A config action through the node's config API: the spike shortens the
+/// raw retention for the whole node (old data goes), the change is in the
+/// config history under the rule's name, and rolling the action back
+/// restores the file's value, once.
+#[test]
+fn a_config_action_changes_retention_and_rolls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let boot = dir.path().join("boot");
+    std::fs::write(&boot, BOOTSTRAP).unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        r#"
+[retention]
+check_interval_secs = 1
+[features.detect]
+checkpoint_secs = 5
+[[features.detect.watch]]
+metric = "latency_*"
+[[features.remediation.actions]]
+id = "keep-less"
+name = "keep 30 days of raw data"
+risk = "low"
+type = "config"
+setting = "retention.raw"
+value = "30d"
+[[features.remediation.rules]]
+id = "disk-pressure"
+types = ["spike"]
+metrics = ["latency_*"]
+actions = ["keep-less"]
+"#,
+    )
+    .unwrap();
+    let node = NodeProcess::start(
+        BIN,
+        &dir.path().join("data"),
+        None,
+        &[
+            "--auth",
+            "--bootstrap-token-file",
+            boot.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    let http = node.http.as_str();
+    wait_until(Duration::from_secs(30), "node ready", || {
+        call(http, "GET", "/health/ready", None, "").0 == 200
+    });
+    let admin = BOOTSTRAP;
+    let reader = chronicle_tests::create_token(BIN, http, BOOTSTRAP, "dash", "reader").0;
+    let (status, settings) = call(http, "GET", "/api/config", Some(&reader), "");
+    assert_eq!(status, 200, "{settings}");
+    assert_eq!(
+        settings["settings"][0]["name"], "retention.raw",
+        "{settings}"
+    );
+    assert_eq!(settings["settings"][0]["value"], "none", "{settings}");
+    assert_eq!(settings["settings"][0]["set"], false, "{settings}");
+
+    // Forty days old: kept while retention is the file's (none).
+    let old_ns = (now_ms() - 40 * 86_400_000) * 1_000_000;
+    let probe = format!("retention_probe value=1 {old_ns}\n");
+    assert_eq!(call(http, "POST", "/write", Some(admin), &probe).0, 204);
+    let count = || {
+        let (status, r) = call(
+            http,
+            "GET",
+            "/api/v1/query?query=count_over_time(retention_probe%5B50d%5D)",
+            Some(&reader),
+            "",
+        );
+        assert_eq!(status, 200, "{r}");
+        r["data"]["result"].as_array().map_or(0, Vec::len)
+    };
+    wait_until(Duration::from_secs(10), "the probe readable", || {
+        count() == 1
+    });
+
+    wait_until(Duration::from_secs(10), "the configured rule", || {
+        call(http, "GET", "/api/remediation/rules", Some(&reader), "").1["rules"]
+            .as_array()
+            .is_some_and(|r| r.len() == 1)
+    });
+    assert_eq!(
+        call(http, "POST", "/write", Some(admin), &quiet_then_spike()).0,
+        204
+    );
+    let mut executed = Value::Null;
+    wait_until(Duration::from_secs(30), "the config action", || {
+        executed = call(
+            http,
+            "GET",
+            "/api/remediation/audit?since=0&event=executed",
+            Some(&reader),
+            "",
+        )
+        .1;
+        executed["records"].as_array().is_some_and(|r| r.len() == 1)
+    });
+    let record = &executed["records"][0];
+    assert_eq!(record["outcome"], "ok", "{executed}");
+    assert_eq!(
+        record["detail"]["result"]["previous"],
+        Value::Null,
+        "{executed}"
+    );
+    assert_eq!(record["detail"]["result"]["value"], "30d", "{executed}");
+    let settings = call(http, "GET", "/api/config", Some(&reader), "").1;
+    assert_eq!(settings["settings"][0]["value"], "30d", "{settings}");
+    assert_eq!(settings["settings"][0]["by"], "remediation:disk-pressure");
+    // Applied: the leader's next retention entry drops the old window.
+    wait_until(Duration::from_secs(20), "the old data deleted", || {
+        count() == 0
+    });
+    let (status, history) = call(
+        http,
+        "GET",
+        "/api/config/history?since=0",
+        Some(&reader),
+        "",
+    );
+    assert_eq!(status, 200, "{history}");
+    assert_eq!(history["changes"][0]["value"], "30d", "{history}");
+
+    // Rolled back: the file's value again, and only once.
+    let undo = json!({"id": record["id"]}).to_string();
+    let (status, answer) = call(
+        http,
+        "POST",
+        "/api/remediation/rollback",
+        Some(admin),
+        &undo,
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["rolled_back"]["value"], Value::Null, "{answer}");
+    let settings = call(http, "GET", "/api/config", Some(&reader), "").1;
+    assert_eq!(settings["settings"][0]["set"], false, "{settings}");
+    assert_eq!(settings["settings"][0]["value"], "none", "{settings}");
+    let (status, again) = call(
+        http,
+        "POST",
+        "/api/remediation/rollback",
+        Some(admin),
+        &undo,
+    );
+    assert_eq!(status, 409, "{again}");
+
+    // An operator's change, then a rollback that would undo it: refused.
+    let (status, set) = call(
+        http,
+        "PUT",
+        "/api/config/retention.raw",
+        Some(admin),
+        r#"{"value": "400d", "reason": "audit needs a year"}"#,
+    );
+    assert_eq!(status, 200, "{set}");
+    assert_eq!(set["by"], "bootstrap", "{set}");
+    let history = call(
+        http,
+        "GET",
+        "/api/config/history?since=0",
+        Some(&reader),
+        "",
+    )
+    .1;
+    let reasons: Vec<&str> = history["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons.len(), 3, "{history}");
+    assert_eq!(reasons[2], "audit needs a year");
+
+    // Hostile and bad requests: 4xx, and the node stays ready.
+    for (method, path, token, body, want) in [
+        (
+            "PUT",
+            "/api/config/retention.raw",
+            Some(reader.as_str()),
+            r#"{"value":"1d"}"#,
+            403,
+        ),
+        (
+            "PUT",
+            "/api/config/retention.raw",
+            None,
+            r#"{"value":"1d"}"#,
+            401,
+        ),
+        (
+            "DELETE",
+            "/api/config/retention.raw",
+            Some(reader.as_str()),
+            "",
+            403,
+        ),
+        (
+            "PUT",
+            "/api/config/retention.raw",
+            Some(admin),
+            r#"{"value":"soon"}"#,
+            400,
+        ),
+        (
+            "PUT",
+            "/api/config/retention.raw",
+            Some(admin),
+            r#"{"value":"1m"}"#,
+            400,
+        ),
+        (
+            "PUT",
+            "/api/config/retention.raw",
+            Some(admin),
+            "{not json",
+            400,
+        ),
+        (
+            "PUT",
+            "/api/config/retention.raw",
+            Some(admin),
+            r#"{"value":"1d","x":1}"#,
+            400,
+        ),
+        (
+            "PUT",
+            "/api/config/no.such",
+            Some(admin),
+            r#"{"value":"1d"}"#,
+            404,
+        ),
+        (
+            "GET",
+            "/api/config/history?limit=0",
+            Some(reader.as_str()),
+            "",
+            400,
+        ),
+        (
+            "GET",
+            "/api/config/history?bogus=1",
+            Some(reader.as_str()),
+            "",
+            400,
+        ),
+        (
+            "POST",
+            "/api/remediation/actions",
+            Some(admin),
+            r#"{"id":"x","name":"x","risk":"low","type":"config","setting":"retention.raw","value":"soon"}"#,
+            400,
+        ),
+        (
+            "POST",
+            "/api/remediation/actions",
+            Some(admin),
+            r#"{"id":"x","name":"x","risk":"low","type":"config","setting":"no.such","value":"1"}"#,
+            400,
+        ),
+    ] {
+        let (status, answer) = call(http, method, path, token, body);
+        assert_eq!(status, want, "{method} {path} {body}: {answer}");
+    }
+    let huge = format!(r#"{{"value":"1d","reason":"{}"}}"#, "a".repeat(600_000));
+    let (status, _) = call(http, "PUT", "/api/config/retention.raw", Some(admin), &huge);
+    assert!(status == 413 || status == 400, "{status}");
+    let long_reason = format!(r#"{{"value":"1d","reason":"{}"}}"#, "a".repeat(1000));
+    let (status, _) = call(
+        http,
+        "PUT",
+        "/api/config/retention.raw",
+        Some(admin),
+        &long_reason,
+    );
+    assert_eq!(status, 400);
+    assert_eq!(call(http, "GET", "/health/ready", None, "").0, 200);
+    let settings = call(http, "GET", "/api/config", Some(&reader), "").1;
+    assert_eq!(settings["settings"][0]["value"], "400d", "{settings}");
+}
+
+/// The recommender through the node: under the minimum of history it says
+/// so; with outcomes stored it ranks the actions that resolved similar
+/// anomalies first.
+#[test]
+fn the_recommender_learns_from_stored_outcomes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        r#"
+[features.remediation.learning]
+min_history = 10
+recovery_window = "5m"
+[[features.remediation.actions]]
+id = "scale-up"
+name = "add a replica"
+risk = "low"
+type = "alert"
+subject = "ops.scale"
+[[features.remediation.actions]]
+id = "restart"
+name = "restart the agent"
+risk = "low"
+type = "alert"
+subject = "ops.restart"
+"#,
+    )
+    .unwrap();
+    let node = NodeProcess::start(
+        BIN,
+        &dir.path().join("data"),
+        None,
+        &["--enable-admin-api", "--config", config.to_str().unwrap()],
+    );
+    let http = node.http.as_str();
+    wait_until(Duration::from_secs(30), "node ready", || {
+        call(http, "GET", "/health/ready", None, "").0 == 200
+    });
+    let kv_put = |namespace: &str, key: &str, value: &Value| {
+        let body = json!({"namespace": namespace, "key": key, "value": value.to_string()});
+        let (status, answer) = call(http, "POST", "/api/v1/kv/put", None, &body.to_string());
+        assert_eq!(status, 200, "{answer}");
+    };
+    let anomaly = |id: &str, kind: &str, metric: &str| {
+        json!({"id": id, "type": kind, "metric": metric, "labels": {"service": "api"},
+               "severity": "high", "score": 7.5, "start": now_ms() - 60_000,
+               "source": "test"})
+    };
+    kv_put(
+        "detect",
+        "anomaly/cpu-1",
+        &anomaly("cpu-1", "spike", "cpu_user"),
+    );
+    kv_put(
+        "detect",
+        "anomaly/hb-1",
+        &anomaly("hb-1", "absent", "agent_heartbeat"),
+    );
+    let ask = |id: &str| {
+        let path = format!("/api/remediation/recommendations?anomaly={id}");
+        let (status, answer) = call(http, "GET", &path, None, "");
+        assert_eq!(status, 200, "{answer}");
+        answer
+    };
+    let advice = ask("cpu-1");
+    assert_eq!(advice["status"], "not_enough_history", "{advice}");
+    assert_eq!(advice["have"], 0, "{advice}");
+
+    // History: CPU spikes resolved by scaling, missing heartbeats by a
+    // restart; the other way round they did not resolve.
+    let t0 = now_ms() - 86_400_000;
+    for i in 0..24i64 {
+        let (kind, metric, good, bad) = if i % 2 == 0 {
+            ("spike", "cpu_system", "scale-up", "restart")
+        } else {
+            ("absent", "agent_heartbeat", "restart", "scale-up")
+        };
+        for (j, (action, recovered)) in [(good, true), (bad, false)].into_iter().enumerate() {
+            let at = t0 + i * 60_000 + j as i64;
+            let id = format!("{at:013}-9-{i}{j}");
+            kv_put(
+                "remediation",
+                &format!("outcome/{id}"),
+                &json!({"id": id, "anomaly": format!("a{i}"), "metric": metric, "type": kind,
+                        "severity": "high", "score": 6.0, "labels": {"service": "api"},
+                        "action": action, "executed_ms": at, "checked_ms": at + 1000,
+                        "recovered": recovered}),
+            );
+        }
+    }
+    let advice = ask("cpu-1");
+    assert_eq!(advice["status"], "ok", "{advice}");
+    assert_eq!(advice["trained_on"], 24, "{advice}");
+    assert_eq!(
+        advice["recommendations"][0]["action"], "scale-up",
+        "{advice}"
+    );
+    assert!(advice["recommendations"][0]["confidence"].as_f64().unwrap() > 0.6);
+    let advice = ask("hb-1");
+    assert_eq!(
+        advice["recommendations"][0]["action"], "restart",
+        "{advice}"
+    );
+    let (status, listed) = call(
+        http,
+        "GET",
+        "/api/remediation/outcomes?since=0&limit=5",
+        None,
+        "",
+    );
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["outcomes"].as_array().map(Vec::len), Some(5));
+    assert_eq!(listed["more"], true);
+
+    for (path, want) in [
+        ("/api/remediation/recommendations", 400),
+        ("/api/remediation/recommendations?anomaly=", 400),
+        ("/api/remediation/recommendations?anomaly=nope", 404),
+        ("/api/remediation/outcomes?limit=0", 400),
+        ("/api/remediation/anomalies?limit=100000", 400),
+    ] {
+        let (status, answer) = call(http, "GET", path, None, "");
+        assert_eq!(status, want, "{path}: {answer}");
+    }
+    assert_eq!(call(http, "GET", "/health/ready", None, "").0, 200);
 }
