@@ -48,6 +48,10 @@ pub enum BenchCommand {
     /// whether the detector keeps up with ingest for many watched series
     /// (docs/anomalies.md).
     Detect(crate::bench_detect::DetectBench),
+    /// The remediation recommender: held-out accuracy on generated incident
+    /// histories against the most-frequent-successful-action baseline
+    /// (docs/remediation.md).
+    Recommend(crate::bench_recommend::RecommendBench),
 }
 
 #[derive(Args)]
@@ -95,6 +99,7 @@ pub fn run(cmd: BenchCommand) -> Result<(), Box<dyn std::error::Error>> {
         BenchCommand::Kv(args) => crate::bench_kv::run(args),
         BenchCommand::Collab(args) => crate::bench_collab::run(args),
         BenchCommand::Detect(args) => crate::bench_detect::run(args),
+        BenchCommand::Recommend(args) => crate::bench_recommend::run(args),
     }
 }
 

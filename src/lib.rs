@@ -12,6 +12,7 @@ mod bench_failover;
 mod bench_ingest;
 mod bench_kv;
 mod bench_query;
+mod bench_recommend;
 mod blob_http;
 pub mod chaos_cli;
 pub mod cli;

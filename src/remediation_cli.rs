@@ -569,12 +569,17 @@ fn anomaly_row(a: &Value) -> Vec<String> {
 fn recommendation_text(v: &Value) -> String {
     let anomaly = text(&v["anomaly"]);
     match v["status"].as_str() {
-        Some("not_enough_history") => format!(
-            "Not enough history to recommend an action for anomaly {anomaly}: \
-             {} resolved outcomes of executed actions recorded, {} needed.\n",
-            text(&v["have"]),
-            text(&v["need"])
-        ),
+        Some("not_enough_history") => match v["reason"].as_str() {
+            Some(reason) => format!(
+                "Not enough history to recommend an action for anomaly {anomaly}: {reason}.\n"
+            ),
+            None => format!(
+                "Not enough history to recommend an action for anomaly {anomaly}: \
+                 {} outcomes of executed actions recorded, {} needed.\n",
+                text(&v["have"]),
+                text(&v["need"])
+            ),
+        },
         Some("ok") | None => {
             let rows: Vec<Vec<String>> = items(v, "recommendations")
                 .iter()

@@ -1054,7 +1054,7 @@ subject = "ops.restart"
     }
     let advice = ask("cpu-1");
     assert_eq!(advice["status"], "ok", "{advice}");
-    assert_eq!(advice["trained_on"], 24, "{advice}");
+    assert_eq!(advice["trained_on"], 48, "{advice}");
     assert_eq!(
         advice["recommendations"][0]["action"], "scale-up",
         "{advice}"

@@ -1,10 +1,10 @@
 //! Learning from outcomes: each executed action is followed for a recovery
 //! window; whether its anomaly ended inside it is an [`Outcome`]. A
-//! multinomial logistic regression (smartcore) over the anomaly's features,
-//! trained on the actions that resolved past anomalies, ranks the actions
-//! for a new one with a probability. Under [`Learning::min_history`]
-//! resolved outcomes (or fewer than two actions among them) it says so
-//! instead of guessing.
+//! logistic regression (smartcore) of recovery on the anomaly's features,
+//! the action and their products ranks the actions for a new anomaly by
+//! the probability that each resolves it. Under [`Learning::min_history`]
+//! outcomes (or fewer than two actions, or no recovery or no failure among
+//! them) it says so instead of guessing.
 //!
 //! Features (fixed width, [`FEATURES`]): the anomaly type one-hot, severity,
 //! log score, and the metric name's tokens and the label pairs, each hashed
@@ -200,53 +200,86 @@ pub fn features(f: &Facts<'_>) -> Vec<f64> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ranked {
     pub action: String,
-    /// The model's probability that this is the action that resolves it.
+    /// The model's probability that this action resolves the anomaly.
     pub confidence: f64,
 }
 
-/// A trained recommender.
+/// A trained recommender: one logistic regression of "the anomaly ended
+/// within the window" on the anomaly's features, the action, and their
+/// products (so each action has its own weights on top of shared ones).
+/// Failures teach as much as successes, and an action tried often is not
+/// favoured for being tried often.
 pub struct Model {
-    /// Class index -> action id.
+    /// Actions it ranks (those of the history, the most used first, at
+    /// most [`MAX_ACTIONS`]).
     actions: Vec<String>,
-    /// Per class: weights, then the intercept last.
-    weights: Vec<Vec<f64>>,
+    /// Weights over [`Model::row`], then the intercept.
+    weights: Vec<f64>,
+    /// Outcomes it was trained on.
     pub trained_on: usize,
 }
+
+/// Actions one model ranks at most (its width grows with each).
+pub const MAX_ACTIONS: usize = 16;
 
 /// Why the recommender does not answer.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NotEnough {
+    /// Outcomes there are (that say something of their action).
     pub have: usize,
     pub need: usize,
+    /// Actions they name (two at least), and whether both a recovery and
+    /// a failure are among them.
     pub actions: usize,
+    pub both_outcomes: bool,
 }
 
 impl Model {
-    /// Trains on the resolved outcomes among `outcomes` (the newest
-    /// [`MAX_TRAINING`]); `Err` when there are too few, or a single action.
+    /// The row of one (anomaly, action) pair: shared features, the action
+    /// one-hot, and the features again in the action's block.
+    fn row(x: &[f64], action: usize, actions: usize) -> Vec<f64> {
+        let mut row = vec![0.0; FEATURES + actions + actions * FEATURES];
+        row[..FEATURES].copy_from_slice(x);
+        row[FEATURES + action] = 1.0;
+        let block = FEATURES + actions + action * FEATURES;
+        row[block..block + FEATURES].copy_from_slice(x);
+        row
+    }
+
+    /// Trains on the newest [`MAX_TRAINING`] outcomes that say something
+    /// of their action; `Err` when there are fewer than `min_history`,
+    /// fewer than two actions, or no recovery or no failure among them.
     pub fn train(outcomes: &[Outcome], min_history: usize) -> Result<Model, NotEnough> {
-        let resolved: Vec<&Outcome> = outcomes
+        let usable: Vec<&Outcome> = outcomes.iter().filter(|o| !o.ended_before).collect();
+        let usable = &usable[usable.len().saturating_sub(MAX_TRAINING)..];
+        let mut uses: BTreeMap<&str, usize> = BTreeMap::new();
+        for o in usable {
+            *uses.entry(o.action.as_str()).or_default() += 1;
+        }
+        let mut actions: Vec<(&str, usize)> = uses.into_iter().collect();
+        actions.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        actions.truncate(MAX_ACTIONS);
+        let actions: Vec<String> = actions.into_iter().map(|(a, _)| a.to_string()).collect();
+        let rows: Vec<(&Outcome, usize)> = usable
             .iter()
-            .filter(|o| o.recovered && !o.ended_before)
+            .filter_map(|o| Some((*o, actions.iter().position(|a| *a == o.action)?)))
             .collect();
-        let resolved = &resolved[resolved.len().saturating_sub(MAX_TRAINING)..];
-        let mut actions: Vec<String> = resolved.iter().map(|o| o.action.clone()).collect();
-        actions.sort();
-        actions.dedup();
+        let recovered = rows.iter().filter(|(o, _)| o.recovered).count();
         let short = NotEnough {
-            have: resolved.len(),
+            have: rows.len(),
             need: min_history,
             actions: actions.len(),
+            both_outcomes: recovered > 0 && recovered < rows.len(),
         };
-        if resolved.len() < min_history || actions.len() < 2 {
+        if rows.len() < min_history || actions.len() < 2 || !short.both_outcomes {
             return Err(short);
         }
-        let rows: Vec<Vec<f64>> = resolved.iter().map(|o| features(&(*o).into())).collect();
-        let y: Vec<u32> = resolved
+        let x: Vec<Vec<f64>> = rows
             .iter()
-            .map(|o| actions.binary_search(&o.action).expect("listed") as u32)
+            .map(|(o, a)| Self::row(&features(&(*o).into()), *a, actions.len()))
             .collect();
-        let Ok(x) = DenseMatrix::from_2d_vec(&rows) else {
+        let y: Vec<u32> = rows.iter().map(|(o, _)| u32::from(o.recovered)).collect();
+        let Ok(x) = DenseMatrix::from_2d_vec(&x) else {
             return Err(short);
         };
         let params = LogisticRegressionParameters::default().with_alpha(ALPHA);
@@ -254,50 +287,31 @@ impl Model {
             return Err(short);
         };
         let (coef, intercept) = (lr.coefficients(), lr.intercept());
-        let (classes, width) = coef.shape();
-        let weights = (0..classes)
-            .map(|c| {
-                let mut w: Vec<f64> = (0..width).map(|j| *coef.get((c, j))).collect();
-                w.push(*intercept.get((c, 0)));
-                w
-            })
-            .collect();
-        // smartcore's classes are the sorted distinct labels: 0..k here.
-        let actions = lr
-            .classes()
-            .iter()
-            .map(|c| actions[*c as usize].clone())
-            .collect();
+        // Two classes (0, 1): one row of weights, for "recovered".
+        let mut weights: Vec<f64> = (0..coef.shape().1).map(|j| *coef.get((0, j))).collect();
+        weights.push(*intercept.get((0, 0)));
         Ok(Model {
             actions,
             weights,
-            trained_on: resolved.len(),
+            trained_on: rows.len(),
         })
     }
 
     /// The actions, most likely to resolve `facts` first.
     pub fn rank(&self, facts: &Facts<'_>) -> Vec<Ranked> {
         let x = features(facts);
-        let score =
-            |w: &[f64]| -> f64 { x.iter().zip(w).map(|(a, b)| a * b).sum::<f64>() + w[x.len()] };
-        let probabilities: Vec<f64> = if self.weights.len() == 1 {
-            // Two classes: one weight row, for the second class.
-            let p = 1.0 / (1.0 + (-score(&self.weights[0])).exp());
-            vec![1.0 - p, p]
-        } else {
-            let scores: Vec<f64> = self.weights.iter().map(|w| score(w)).collect();
-            let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let exp: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
-            let total: f64 = exp.iter().sum();
-            exp.iter().map(|e| e / total).collect()
-        };
+        let (w, b) = self.weights.split_at(self.weights.len() - 1);
         let mut ranked: Vec<Ranked> = self
             .actions
             .iter()
-            .zip(probabilities)
-            .map(|(a, p)| Ranked {
-                action: a.clone(),
-                confidence: p,
+            .enumerate()
+            .map(|(i, action)| {
+                let row = Self::row(&x, i, self.actions.len());
+                let z: f64 = row.iter().zip(w).map(|(a, b)| a * b).sum::<f64>() + b[0];
+                Ranked {
+                    action: action.clone(),
+                    confidence: 1.0 / (1.0 + (-z).exp()),
+                }
             })
             .collect();
         ranked.sort_by(|a, b| b.confidence.total_cmp(&a.confidence));
@@ -357,20 +371,22 @@ mod tests {
     #[test]
     fn learns_which_action_resolves_which_anomaly() {
         let mut history = Vec::new();
-        for _ in 0..60 {
+        for i in 0..40 {
             history.push(outcome(Kind::Spike, "cpu.user", "scale", true));
-            history.push(outcome(Kind::Absent, "heartbeat", "restart", true));
-            history.push(outcome(Kind::Trend, "disk.used", "retention", true));
-            // Failures are not taught as answers.
             history.push(outcome(Kind::Spike, "cpu.user", "restart", false));
+            history.push(outcome(Kind::Absent, "heartbeat", "restart", true));
+            history.push(outcome(Kind::Absent, "heartbeat", "scale", false));
+            history.push(outcome(Kind::Trend, "disk.used", "retention", i % 5 != 0));
+            history.push(outcome(Kind::Trend, "disk.used", "restart", false));
         }
         let model = Model::train(&history, 20).expect("trains");
+        assert_eq!(model.trained_on, 240);
         let o = outcome(Kind::Spike, "cpu.system", "", false);
         let ranked = model.rank(&(&o).into());
-        assert_eq!(ranked[0].action, "scale");
+        assert_eq!(ranked[0].action, "scale", "{ranked:?}");
         assert!(ranked[0].confidence > 0.6, "{ranked:?}");
-        let total: f64 = ranked.iter().map(|r| r.confidence).sum();
-        assert!((total - 1.0).abs() < 1e-9);
+        let restart = ranked.iter().find(|r| r.action == "restart").unwrap();
+        assert!(restart.confidence < 0.4, "{ranked:?}");
         let o = outcome(Kind::Absent, "heartbeat", "", false);
         assert_eq!(model.rank(&(&o).into())[0].action, "restart");
         let o = outcome(Kind::Trend, "disk.free", "", false);
@@ -378,19 +394,35 @@ mod tests {
     }
 
     #[test]
-    fn two_actions_use_the_binary_model() {
+    fn an_action_tried_often_is_not_favoured_for_it() {
+        // Restart is the habit (tried four times as often) and works one
+        // time in four; scale, tried rarely, works nine times in ten. Most
+        // successes are restarts, yet scale is what resolves CPU spikes.
+        let mut history = Vec::new();
+        for i in 0..80 {
+            history.push(outcome(Kind::Spike, "cpu", "restart", i % 4 == 0));
+        }
+        for i in 0..20 {
+            history.push(outcome(Kind::Spike, "cpu", "scale", i % 10 != 0));
+        }
+        assert_eq!(most_frequent_success(&history).as_deref(), Some("restart"));
+        let model = Model::train(&history, 20).expect("trains");
+        let o = outcome(Kind::Spike, "cpu", "", false);
+        let ranked = model.rank(&(&o).into());
+        assert_eq!(ranked[0].action, "scale", "{ranked:?}");
+    }
+
+    #[test]
+    fn it_needs_a_failure_and_a_recovery() {
         let mut history = Vec::new();
         for _ in 0..30 {
             history.push(outcome(Kind::Spike, "cpu", "scale", true));
             history.push(outcome(Kind::Absent, "heartbeat", "restart", true));
         }
-        let model = Model::train(&history, 20).expect("trains");
-        let o = outcome(Kind::Absent, "heartbeat", "", false);
-        let ranked = model.rank(&(&o).into());
-        assert_eq!(ranked[0].action, "restart");
-        assert!(ranked[0].confidence > 0.6);
-        let o = outcome(Kind::Spike, "cpu", "", false);
-        assert_eq!(model.rank(&(&o).into())[0].action, "scale");
+        let e = Model::train(&history, 20).err().expect("only recoveries");
+        assert!(!e.both_outcomes);
+        history.push(outcome(Kind::Spike, "cpu", "restart", false));
+        assert!(Model::train(&history, 20).is_ok());
     }
 
     #[test]

@@ -280,6 +280,9 @@ pub struct Recommendation {
     pub have: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub need: Option<usize>,
+    /// With `not_enough_history`: why, in words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// What processing an anomaly gave: the recommender's ranking, and the
@@ -742,6 +745,7 @@ impl Engine {
                 trained_on: Some(m.trained_on),
                 have: None,
                 need: None,
+                reason: None,
             },
             Err(short) => Recommendation {
                 status: "not_enough_history",
@@ -749,6 +753,17 @@ impl Engine {
                 trained_on: None,
                 have: Some(short.have),
                 need: Some(short.need),
+                reason: Some(if short.have < short.need {
+                    format!(
+                        "{} outcomes of executed actions are recorded; {} are needed",
+                        short.have, short.need
+                    )
+                } else if short.actions < 2 {
+                    "the outcomes recorded are of one action; two at least are needed to rank"
+                        .into()
+                } else {
+                    "every outcome recorded is a recovery, or every one a failure: nothing tells the actions apart yet".into()
+                }),
             },
         })
     }
