@@ -81,9 +81,11 @@ pub enum RemediationCommand {
         at: Target,
         id: String,
     },
-    /// Undo an executed scale action, by the id of its audit record (from
-    /// `audit --event executed`): the workload goes back to the replica
-    /// count it had. Once per record; other action types cannot be undone.
+    /// Undo an executed scale or config action, by the id of its audit
+    /// record (from `audit --event executed`): the workload goes back to
+    /// the replica count it had, or the setting to its previous value
+    /// (refused if someone changed it since). Once per record; other
+    /// action types cannot be undone.
     Rollback {
         #[command(flatten)]
         at: Target,
@@ -91,7 +93,7 @@ pub enum RemediationCommand {
         id: String,
     },
     /// The audit trail, oldest first: every evaluation, execution, queued
-    /// approval, approval, rejection and rollback, and who did it.
+    /// approval, approval, rejection, rollback and outcome, and who did it.
     Audit {
         #[command(flatten)]
         at: Target,
@@ -104,12 +106,12 @@ pub enum RemediationCommand {
         /// Only this action's records.
         #[arg(long)]
         action: Option<String>,
-        /// Only this event: evaluated, executed, queued, approved, rejected
-        /// or rolled_back.
+        /// Only this event: evaluated, executed, queued, approved, rejected,
+        /// rolled_back or outcome.
         #[arg(long)]
         event: Option<String>,
         /// Only this outcome (e.g. ok, failed, execute, await_approval,
-        /// dry_run, held, rejected).
+        /// dry_run, held, rejected, recovered, not_recovered).
         #[arg(long)]
         outcome: Option<String>,
         /// Only the records about this anomaly id.

@@ -2,7 +2,7 @@
 //! state and applied on every node (`chronicle_platform::settings`), served
 //! on `/api/config` (reading: read access; changing: admin) and published in
 //! the services for features that tune the node (remediation's config
-//! actions). docs/configuration.md, "Run-time settings".
+//! actions). docs/http-api.md, "Run-time settings".
 
 use std::sync::Arc;
 use std::time::Duration;
