@@ -1088,3 +1088,164 @@ subject = "ops.restart"
     }
     assert_eq!(call(http, "GET", "/health/ready", None, "").0, 200);
 }
+
+/// Scale and restart through a node, against a local server playing the
+/// Kubernetes API server: the spike scales the Deployment up and restarts
+/// it; rolling the scale back restores the replica count, once; a restart
+/// cannot be rolled back.
+#[test]
+fn scale_and_restart_act_on_kubernetes_and_the_scale_rolls_back() {
+    use chronicle_remediation::fake_kube::{kubeconfig, FakeApi};
+    let (fake, url) = FakeApi::start(1);
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = kubeconfig(dir.path(), &url);
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[features.detect]
+checkpoint_secs = 5
+[[features.detect.watch]]
+metric = "latency_*"
+[features.remediation.kubernetes]
+enabled = true
+kubeconfig = "{}"
+[[features.remediation.actions]]
+id = "scale-api"
+name = "two more replicas"
+risk = "low"
+priority = 10
+type = "scale"
+workload = {{ namespace = "prod", kind = "Deployment", name = "api" }}
+by = 2
+max = 4
+[[features.remediation.actions]]
+id = "restart-api"
+name = "rollout restart"
+risk = "low"
+type = "restart"
+workload = {{ namespace = "prod", kind = "Deployment", name = "api" }}
+[[features.remediation.actions]]
+id = "scale-missing"
+name = "a workload that is not there"
+risk = "low"
+type = "scale"
+workload = {{ namespace = "prod", kind = "StatefulSet", name = "gone" }}
+to = 2
+[[features.remediation.rules]]
+id = "latency-spike"
+types = ["spike"]
+metrics = ["latency_*"]
+actions = ["scale-api", "restart-api", "scale-missing"]
+"#,
+            kubeconfig.display()
+        ),
+    )
+    .unwrap();
+    let node = NodeProcess::start(
+        BIN,
+        &dir.path().join("data"),
+        None,
+        &["--config", config.to_str().unwrap()],
+    );
+    let http = node.http.as_str();
+    wait_until(Duration::from_secs(30), "node ready", || {
+        call(http, "GET", "/health/ready", None, "").0 == 200
+    });
+    wait_until(Duration::from_secs(10), "the configured rule", || {
+        call(http, "GET", "/api/remediation/rules", None, "").1["rules"]
+            .as_array()
+            .is_some_and(|r| r.len() == 1)
+    });
+    assert_eq!(
+        call(http, "POST", "/write", None, &quiet_then_spike()).0,
+        204
+    );
+    let mut executed = Value::Null;
+    wait_until(Duration::from_secs(30), "three actions run", || {
+        executed = call(
+            http,
+            "GET",
+            "/api/remediation/audit?since=0&event=executed",
+            None,
+            "",
+        )
+        .1;
+        executed["records"].as_array().is_some_and(|r| r.len() == 3)
+    });
+    let by_action = |id: &str| -> Value {
+        executed["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["action"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id}: {executed}"))
+    };
+    let scaled = by_action("scale-api");
+    assert_eq!(scaled["outcome"], "ok", "{scaled}");
+    assert_eq!(scaled["detail"]["result"]["previous"], 3, "{scaled}");
+    assert_eq!(scaled["detail"]["result"]["replicas"], 4, "{scaled}");
+    let restarted = by_action("restart-api");
+    assert_eq!(restarted["outcome"], "ok", "{restarted}");
+    let missing = by_action("scale-missing");
+    assert_eq!(missing["outcome"], "failed", "{missing}");
+    assert!(
+        missing["detail"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not found")),
+        "{missing}"
+    );
+    {
+        let object = fake.object.lock().unwrap();
+        assert_eq!(object["spec"]["replicas"], 4, "{object}");
+        assert!(
+            object["spec"]["template"]["metadata"]["annotations"]
+                ["kubectl.kubernetes.io/restartedAt"]
+                .is_string(),
+            "{object}"
+        );
+        assert_eq!(
+            object["spec"]["template"]["spec"]["containers"][0]["image"], "api:1",
+            "the rest of the object is untouched"
+        );
+    }
+    let log = fake.log.lock().unwrap().clone();
+    assert!(
+        log.iter().filter(|l| l.starts_with("PATCH")).count() >= 3,
+        "one 409 read again and retried, then the restart: {log:?}"
+    );
+
+    let undo = json!({"id": scaled["id"]}).to_string();
+    let (status, answer) = call(http, "POST", "/api/remediation/rollback", None, &undo);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["rolled_back"]["replicas"], 3, "{answer}");
+    assert_eq!(fake.object.lock().unwrap()["spec"]["replicas"], 3);
+    let (status, again) = call(http, "POST", "/api/remediation/rollback", None, &undo);
+    assert_eq!(status, 409, "{again}");
+    let restart = json!({"id": restarted["id"]}).to_string();
+    let (status, answer) = call(http, "POST", "/api/remediation/rollback", None, &restart);
+    assert_eq!(status, 400, "{answer}");
+    let failed = json!({"id": missing["id"]}).to_string();
+    let (status, answer) = call(http, "POST", "/api/remediation/rollback", None, &failed);
+    assert_eq!(
+        status, 400,
+        "an action that failed has nothing to undo: {answer}"
+    );
+    let rolled = call(
+        http,
+        "GET",
+        "/api/remediation/audit?since=0&event=rolled_back",
+        None,
+        "",
+    )
+    .1;
+    assert_eq!(
+        rolled["records"].as_array().map(Vec::len),
+        Some(1),
+        "{rolled}"
+    );
+    assert_eq!(rolled["records"][0]["outcome"], "ok", "{rolled}");
+    assert_eq!(call(http, "GET", "/health/ready", None, "").0, 200);
+}
