@@ -188,7 +188,15 @@ fn a_disabled_feature_serves_nothing_and_a_section_no_feature_has_is_refused() {
         assert!(node.query.is_none());
         assert_eq!(
             node.features.names(),
-            ["ingest", "kv", "backup", "collab", "detect", "remediation"]
+            [
+                "ingest",
+                "kv",
+                "config",
+                "backup",
+                "collab",
+                "detect",
+                "remediation"
+            ]
         );
         // Writes work; the query routes and subject are not served.
         write_acked(&node, 0).await;
