@@ -110,6 +110,10 @@ pub fn access_of(method: &actix_web::http::Method, path: &str) -> (Access, &'sta
             (Access::Read, "config")
         }
         _ if path.starts_with("/api/config") => (Access::Admin, "config"),
+        _ if path.starts_with("/api/capacity/") && method == actix_web::http::Method::GET => {
+            (Access::Read, "capacity")
+        }
+        _ if path.starts_with("/api/capacity/") => (Access::Admin, "capacity"),
         _ if path.starts_with("/api/v1/kv/") => (Access::Admin, "kv"),
         _ if path.starts_with("/api/v1/auth/") => (Access::Admin, "auth"),
         _ if path.starts_with("/api/v1/admin/backups") => (Access::Admin, "backup"),

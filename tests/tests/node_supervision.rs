@@ -195,7 +195,8 @@ fn a_disabled_feature_serves_nothing_and_a_section_no_feature_has_is_refused() {
                 "backup",
                 "collab",
                 "detect",
-                "remediation"
+                "remediation",
+                "capacity"
             ]
         );
         // Writes work; the query routes and subject are not served.

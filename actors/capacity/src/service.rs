@@ -1,0 +1,617 @@
+//! The capacity feature: a supervised collector writes the node's usage as
+//! ordinary series (`chronicle_self_*{node="<id>"}`, through the ingest
+//! actor, so SQL and PromQL read them like any other), and
+//! `/api/capacity/forecasts` forecasts each resource from that history
+//! with [`crate::forecast`]: its value at the horizon, an interval, and
+//! when it reaches its limit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse};
+use async_trait::async_trait;
+use chronicle_actor_runtime::Restarts;
+use chronicle_ingest::{IngestActor, WritePoints};
+use chronicle_platform::{ArbiterSlot, Feature, FeatureContext, FeatureError, Planned, Running};
+use chronicle_query::request::TimeSpec;
+use chronicle_query::{QueryActor, QueryRequest, RunQuery};
+use chronicle_storage::{Label, Point};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tracing::{debug, warn};
+
+use crate::forecast::{self, MIN_POINTS};
+use crate::usage::Usage;
+
+const ACTOR: &str = "capacity";
+/// Steps one forecast may look ahead at most.
+pub const MAX_HORIZON_STEPS: usize = 10_000;
+
+mod duration_text {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// `[features.capacity]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CapacityConfig {
+    /// How often the collector samples the node (`"60s"`).
+    #[serde(with = "duration_text")]
+    pub sample_every: Duration,
+    /// How much history a forecast reads (`"28d"`).
+    #[serde(with = "duration_text")]
+    pub history: Duration,
+    /// The forecasts' resolution: history is read at this step (`"1h"`).
+    #[serde(with = "duration_text")]
+    pub step: Duration,
+    /// How far ahead forecasts look by default (`"7d"`).
+    #[serde(with = "duration_text")]
+    pub horizon: Duration,
+}
+
+impl Default for CapacityConfig {
+    fn default() -> Self {
+        Self {
+            sample_every: Duration::from_secs(60),
+            history: Duration::from_secs(28 * 86_400),
+            step: Duration::from_secs(3600),
+            horizon: Duration::from_secs(7 * 86_400),
+        }
+    }
+}
+
+impl CapacityConfig {
+    fn check(&self) -> Result<(), String> {
+        let every = self.sample_every.as_secs_f64();
+        if !(1.0..=3600.0).contains(&every) {
+            return Err("sample_every: 1s to 1h".into());
+        }
+        if self.step < Duration::from_secs(1) {
+            return Err("step: at least 1s".into());
+        }
+        let points = self.history.as_secs_f64() / self.step.as_secs_f64();
+        if !(MIN_POINTS as f64..=forecast::MAX_POINTS as f64).contains(&points) {
+            return Err(format!(
+                "history / step: {MIN_POINTS} to {} points",
+                forecast::MAX_POINTS
+            ));
+        }
+        self.horizon_steps(self.horizon)?;
+        Ok(())
+    }
+
+    fn horizon_steps(&self, horizon: Duration) -> Result<usize, String> {
+        let steps = (horizon.as_secs_f64() / self.step.as_secs_f64()).ceil();
+        if !(1.0..=MAX_HORIZON_STEPS as f64).contains(&steps) {
+            return Err(format!(
+                "horizon: 1 to {MAX_HORIZON_STEPS} steps of {}",
+                humantime::format_duration(self.step)
+            ));
+        }
+        Ok(steps as usize)
+    }
+}
+
+pub struct CapacityFeature;
+
+impl Feature for CapacityFeature {
+    fn name(&self) -> &'static str {
+        "capacity"
+    }
+
+    fn describe(&self) -> &'static str {
+        "the node's usage as chronicle_self_* series, and Holt-Winters forecasts of when each resource runs out"
+    }
+
+    fn configure(&self, section: Option<&toml::Value>) -> Result<Box<dyn Planned>, FeatureError> {
+        let config: CapacityConfig = chronicle_platform::parse_section("capacity", section)?;
+        config.check().map_err(|message| FeatureError::Config {
+            feature: "capacity",
+            message,
+        })?;
+        Ok(Box::new(Plan { config }))
+    }
+}
+
+struct Plan {
+    config: CapacityConfig,
+}
+
+/// What the routes and the collector share.
+pub struct Capacity {
+    config: CapacityConfig,
+    node: u64,
+    data_dir: std::path::PathBuf,
+    cluster: Arc<chronicle_cluster::ClusterNode>,
+    query: Option<Addr<QueryActor>>,
+}
+
+#[async_trait(?Send)]
+impl Planned for Plan {
+    async fn start(self: Box<Self>, cx: &FeatureContext) -> Result<Arc<dyn Running>, FeatureError> {
+        let capacity = Arc::new(Capacity {
+            config: self.config,
+            node: cx.node_id,
+            data_dir: cx.cluster.data_dir().to_path_buf(),
+            cluster: cx.cluster.clone(),
+            query: cx.services.get::<Addr<QueryActor>>().map(|a| (*a).clone()),
+        });
+        let ingest = cx.services.get::<Addr<IngestActor>>().map(|a| (*a).clone());
+        if ingest.is_none() {
+            warn!("capacity: the ingest feature is disabled: the node's usage is not recorded");
+        }
+        let for_actor = capacity.clone();
+        let (addr, arbiter) = cx.supervise(ACTOR, move |_, restarts| Collector {
+            capacity: for_actor,
+            ingest,
+            restarts,
+        });
+        Ok(Arc::new(RunningCapacity {
+            capacity: web::Data::new(capacity),
+            _actor: addr,
+            arbiter: ArbiterSlot::new(arbiter),
+        }))
+    }
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Total of a counter family in the node's registry.
+fn counter_total(name: &str) -> Option<f64> {
+    let family = prometheus::gather()
+        .into_iter()
+        .find(|f| f.name() == name)?;
+    Some(
+        family
+            .get_metric()
+            .iter()
+            .map(|m| m.get_counter().get_value())
+            .sum(),
+    )
+}
+
+impl Capacity {
+    /// One sample as points, stamped `now` (ns).
+    fn points(&self, usage: &Usage, series: u64, now: i64) -> Vec<Point> {
+        let node = Label::new("node", self.node.to_string());
+        let mut out = Vec::new();
+        let mut push = |metric: &str, extra: Option<Label>, value: Option<f64>| {
+            if let Some(v) = value {
+                let mut labels = vec![node.clone()];
+                labels.extend(extra);
+                out.push(Point::new(metric, labels, v, now));
+            }
+        };
+        for (kind, bytes) in &usage.disk {
+            push(
+                "chronicle_self_disk_bytes",
+                Some(Label::new("kind", *kind)),
+                Some(*bytes as f64),
+            );
+        }
+        push(
+            "chronicle_self_disk_free_bytes",
+            None,
+            usage.disk_free.map(|v| v as f64),
+        );
+        push(
+            "chronicle_self_disk_size_bytes",
+            None,
+            usage.disk_size.map(|v| v as f64),
+        );
+        push(
+            "chronicle_self_memory_rss_bytes",
+            None,
+            usage.memory_rss.map(|v| v as f64),
+        );
+        push(
+            "chronicle_self_memory_limit_bytes",
+            None,
+            usage.memory_limit.map(|v| v as f64),
+        );
+        push(
+            "chronicle_self_open_files",
+            None,
+            usage.open_files.map(|v| v as f64),
+        );
+        push("chronicle_self_series", None, Some(series as f64));
+        push(
+            "chronicle_self_ingest_points_total",
+            None,
+            counter_total("chronicle_ingest_points_total"),
+        );
+        push(
+            "chronicle_self_bus_messages_total",
+            None,
+            counter_total("chronicle_bus_published_messages_total"),
+        );
+        out
+    }
+
+    /// Series held on this node (every local replica).
+    fn series(&self) -> u64 {
+        self.cluster
+            .local_shards()
+            .iter()
+            .map(|(_, shard)| shard.series_count() as u64)
+            .sum()
+    }
+}
+
+/// The supervised collector.
+struct Collector {
+    capacity: Arc<Capacity>,
+    ingest: Option<Addr<IngestActor>>,
+    restarts: Restarts,
+}
+
+impl Actor for Collector {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let every = self.capacity.config.sample_every;
+        ctx.run_interval(every, |this, ctx| {
+            let Some(ingest) = this.ingest.clone() else {
+                return;
+            };
+            let capacity = this.capacity.clone();
+            let task = async move {
+                let dir = capacity.data_dir.clone();
+                let usage =
+                    match tokio::task::spawn_blocking(move || crate::usage::sample(&dir)).await {
+                        Ok(u) => u,
+                        Err(e) => {
+                            warn!(error = %e, "capacity: sampling failed");
+                            return;
+                        }
+                    };
+                let points = capacity.points(&usage, capacity.series(), now_ns());
+                match ingest
+                    .send(WritePoints {
+                        points,
+                        idempotency_key: None,
+                    })
+                    .await
+                {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => debug!(error = %e, "capacity: the sample was not written"),
+                    Err(e) => debug!(error = %e, "capacity: the ingest actor is away"),
+                }
+            };
+            ctx.spawn(task.into_actor(this));
+        });
+    }
+}
+
+impl Supervised for Collector {
+    fn restarting(&mut self, ctx: &mut Context<Self>) {
+        self.restarts.pause(ctx);
+    }
+}
+
+/// A resource forecasts cover: its PromQL over the collected series, and
+/// the PromQL of its limit (if it has one).
+struct Resource {
+    name: &'static str,
+    unit: &'static str,
+    promql: String,
+    limit: Option<String>,
+}
+
+fn resources(node: u64, step: &str) -> Vec<Resource> {
+    let sel = |metric: &str| format!("last_over_time({metric}{{node=\"{node}\"}}[{step}])");
+    vec![
+        Resource {
+            name: "disk",
+            unit: "bytes",
+            promql: format!("sum({})", sel("chronicle_self_disk_bytes")),
+            // What the node may grow to: what it holds plus what is free.
+            limit: Some(format!(
+                "sum({}) + max({})",
+                sel("chronicle_self_disk_bytes"),
+                sel("chronicle_self_disk_free_bytes")
+            )),
+        },
+        Resource {
+            name: "memory",
+            unit: "bytes",
+            promql: format!("max({})", sel("chronicle_self_memory_rss_bytes")),
+            limit: Some(format!("max({})", sel("chronicle_self_memory_limit_bytes"))),
+        },
+        Resource {
+            name: "series",
+            unit: "series",
+            promql: format!("max({})", sel("chronicle_self_series")),
+            limit: None,
+        },
+        Resource {
+            name: "ingest_rate",
+            unit: "points/s",
+            promql: format!(
+                "sum(rate(chronicle_self_ingest_points_total{{node=\"{node}\"}}[{step}]))"
+            ),
+            limit: None,
+        },
+    ]
+}
+
+/// One resource's forecast, as `/api/capacity/forecasts` answers it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResourceForecast {
+    pub resource: &'static str,
+    pub unit: &'static str,
+    /// `ok`, or `insufficient_history` (with `have` and `need` points).
+    pub status: &'static str,
+    pub points: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub need: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forecast: Option<Value>,
+    /// When the expected path reaches the limit, and when the interval's
+    /// upper edge does (ms); absent: not within the horizon.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exhausted_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub earliest_exhausted_ms: Option<i64>,
+}
+
+/// A regular grid from `points` (ns, value) at `step` ns: gaps filled by
+/// linear interpolation. Returns the grid's first time and the values.
+pub fn regular(points: &[(i64, f64)], step: i64) -> Option<(i64, Vec<f64>)> {
+    let finite: Vec<(i64, f64)> = points
+        .iter()
+        .copied()
+        .filter(|(_, v)| v.is_finite())
+        .collect();
+    let (first, last) = (finite.first()?.0, finite.last()?.0);
+    let n = ((last - first) / step) as usize + 1;
+    let mut out = Vec::with_capacity(n);
+    let mut j = 0;
+    for i in 0..n {
+        let t = first + i as i64 * step;
+        while j + 1 < finite.len() && finite[j + 1].0 <= t {
+            j += 1;
+        }
+        let (t0, v0) = finite[j];
+        let v = match finite.get(j + 1) {
+            Some(&(t1, v1)) if t > t0 => v0 + (v1 - v0) * (t - t0) as f64 / (t1 - t0) as f64,
+            _ => v0,
+        };
+        out.push(v);
+    }
+    Some((first, out))
+}
+
+impl Capacity {
+    async fn range(&self, promql: String, start: i64, end: i64) -> Result<Vec<(i64, f64)>, String> {
+        let Some(query) = &self.query else {
+            return Err("the query feature is disabled on this node".into());
+        };
+        let request = QueryRequest {
+            promql: Some(promql),
+            start: Some(TimeSpec::Nanos(start)),
+            end: Some(TimeSpec::Nanos(end)),
+            step: Some(humantime::format_duration(self.config.step).to_string()),
+            ..Default::default()
+        };
+        let result = query
+            .send(RunQuery::new(request))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        Ok(result
+            .series
+            .first()
+            .map(|s| s.points.iter().map(|p| (p.0, p.1)).collect())
+            .unwrap_or_default())
+    }
+
+    /// Forecasts of every resource (or one) `horizon` ahead.
+    pub async fn forecasts(
+        &self,
+        only: Option<&str>,
+        horizon: Duration,
+        detail: bool,
+    ) -> Result<Vec<ResourceForecast>, String> {
+        let steps = self.config.horizon_steps(horizon)?;
+        let step_ns = self.config.step.as_nanos() as i64;
+        let end = now_ns();
+        let start = end - self.config.history.as_nanos() as i64;
+        let step_text = humantime::format_duration(self.config.step).to_string();
+        let mut out = Vec::new();
+        for r in resources(self.node, &step_text) {
+            if only.is_some_and(|o| o != r.name) {
+                continue;
+            }
+            let history = self.range(r.promql.clone(), start, end).await?;
+            let limit = match &r.limit {
+                Some(q) => self.range(q.clone(), start, end).await?.last().map(|p| p.1),
+                None => None,
+            };
+            let grid = regular(&history, step_ns);
+            let points = grid.as_ref().map_or(0, |g| g.1.len());
+            let mut f = ResourceForecast {
+                resource: r.name,
+                unit: r.unit,
+                status: "insufficient_history",
+                points,
+                need: Some(MIN_POINTS),
+                current: history.last().map(|p| p.1),
+                limit,
+                forecast: None,
+                exhausted_ms: None,
+                earliest_exhausted_ms: None,
+            };
+            let Some((first, values)) = grid.filter(|g| g.1.len() >= MIN_POINTS) else {
+                out.push(f);
+                continue;
+            };
+            let last_t = first + (values.len() as i64 - 1) * step_ns;
+            let values_for_fit = values.clone();
+            let fitted = tokio::task::spawn_blocking(move || {
+                forecast::auto(&values_for_fit, None).map(|m| m.forecast(steps, 0.95, 1000, 1))
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            let fc = match fitted {
+                Ok(fc) => fc,
+                Err(e) => {
+                    f.status = "no_fit";
+                    f.forecast = Some(json!({"error": e.to_string()}));
+                    out.push(f);
+                    continue;
+                }
+            };
+            let at = |i: usize| (last_t + (i as i64 + 1) * step_ns) / 1_000_000;
+            if let Some(l) = limit {
+                f.exhausted_ms = fc.mean.iter().position(|v| *v >= l).map(at);
+                f.earliest_exhausted_ms = fc.upper.iter().position(|v| *v >= l).map(at);
+            }
+            let h = fc.mean.len() - 1;
+            let mut body = json!({
+                "model": fc.model, "params": fc.params, "aicc": fc.aicc, "rmse": fc.rmse,
+                "coverage": fc.coverage,
+                "horizon_ms": at(h),
+                "at_horizon": {"mean": fc.mean[h], "lower": fc.lower[h], "upper": fc.upper[h]},
+            });
+            if detail {
+                body["history"] = json!(values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| json!([(first + i as i64 * step_ns) / 1_000_000, v]))
+                    .collect::<Vec<_>>());
+                body["path"] = json!((0..fc.mean.len())
+                    .map(|i| json!([at(i), fc.mean[i], fc.lower[i], fc.upper[i]]))
+                    .collect::<Vec<_>>());
+            }
+            f.status = "ok";
+            f.need = None;
+            f.forecast = Some(body);
+            out.push(f);
+        }
+        Ok(out)
+    }
+}
+
+struct RunningCapacity {
+    capacity: web::Data<Arc<Capacity>>,
+    _actor: Addr<Collector>,
+    arbiter: ArbiterSlot,
+}
+
+#[async_trait(?Send)]
+impl Running for RunningCapacity {
+    fn routes(&self, cfg: &mut web::ServiceConfig) {
+        cfg.app_data(self.capacity.clone())
+            .route("/api/capacity/forecasts", web::get().to(forecasts));
+    }
+
+    async fn stop(&self) {
+        self.arbiter.stop().await;
+    }
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> HttpResponse {
+    HttpResponse::build(status).json(json!({"error": {"code": code, "message": message.into()}}))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ForecastQuery {
+    resource: Option<String>,
+    /// `7d`, `12h`; default: the configured horizon.
+    horizon: Option<String>,
+    /// With the history and the forecast path (for a chart).
+    #[serde(default)]
+    detail: bool,
+}
+
+#[tracing::instrument(name = "capacity_forecasts", skip_all)]
+async fn forecasts(
+    capacity: web::Data<Arc<Capacity>>,
+    query: Result<web::Query<ForecastQuery>, actix_web::Error>,
+) -> HttpResponse {
+    let q = match query {
+        Ok(q) => q.into_inner(),
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
+    };
+    let known = ["disk", "memory", "series", "ingest_rate"];
+    if let Some(r) = &q.resource {
+        if !known.contains(&r.as_str()) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("resource {r:?}: one of {}", known.join(", ")),
+            );
+        }
+    }
+    let horizon = match q.horizon.as_deref().map(humantime::parse_duration) {
+        None => capacity.config.horizon,
+        Some(Ok(h)) => h,
+        Some(Err(e)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("horizon: {e}"),
+            )
+        }
+    };
+    if let Err(e) = capacity.config.horizon_steps(horizon) {
+        return error(StatusCode::BAD_REQUEST, "bad_request", e);
+    }
+    match capacity
+        .forecasts(q.resource.as_deref(), horizon, q.detail)
+        .await
+    {
+        Ok(f) => HttpResponse::Ok().json(json!({"node": capacity.node,
+            "step_ms": capacity.config.step.as_millis() as u64, "forecasts": f})),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps_are_interpolated_on_a_regular_grid() {
+        let (first, v) = regular(&[(0, 1.0), (20, 3.0), (30, f64::NAN), (40, 5.0)], 10).unwrap();
+        assert_eq!(first, 0);
+        assert_eq!(v, vec![1.0, 2.0, 3.0, 4.0, 5.0]);
+        assert!(regular(&[], 10).is_none());
+    }
+
+    #[test]
+    fn the_config_is_bounded() {
+        assert!(CapacityConfig::default().check().is_ok());
+        let bad = CapacityConfig {
+            sample_every: Duration::from_millis(10),
+            ..Default::default()
+        };
+        assert!(bad.check().is_err());
+        let bad = CapacityConfig {
+            step: Duration::from_secs(1),
+            ..Default::default()
+        };
+        assert!(bad.check().is_err(), "28 d of 1 s steps is too many points");
+        let c = CapacityConfig::default();
+        assert!(c.horizon_steps(Duration::from_secs(3600 * 20_000)).is_err());
+        assert_eq!(c.horizon_steps(Duration::from_secs(7 * 86_400)), Ok(168));
+    }
+}
