@@ -242,6 +242,15 @@ async fn a_partitioned_minority_refuses_writes_and_converges_after_healing() {
         .client_write(batch(0, 10))
         .await
         .unwrap();
+    // Committed on a majority is not yet applied everywhere: every member
+    // holds the first batch before the cut (else the lonely one may not,
+    // and "it kept exactly what it had" cannot be checked).
+    for m in &members {
+        wait_for("the first batch everywhere", Duration::from_secs(10), || {
+            count(&m.shard) == 10
+        })
+        .await;
+    }
 
     // Cut one follower off from the other two.
     let lonely = (1..=3).find(|&n| n != leader).unwrap();
