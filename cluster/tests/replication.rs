@@ -246,9 +246,11 @@ async fn a_partitioned_minority_refuses_writes_and_converges_after_healing() {
     // holds the first batch before the cut (else the lonely one may not,
     // and "it kept exactly what it had" cannot be checked).
     for m in &members {
-        wait_for("the first batch everywhere", Duration::from_secs(10), || {
-            count(&m.shard) == 10
-        })
+        wait_for(
+            "the first batch everywhere",
+            Duration::from_secs(10),
+            || count(&m.shard) == 10,
+        )
         .await;
     }
 
