@@ -809,3 +809,42 @@ mod tests {
         assert!((mase(&train, &[5.0], &[5.5], 1) - 0.5).abs() < 1e-12);
     }
 }
+
+#[cfg(test)]
+mod robustness {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// Whatever finite series a user writes into the usage series, a
+        /// forecast is an answer or an error, never a panic, and its
+        /// interval is ordered.
+        #[test]
+        fn any_finite_series_forecasts_or_is_refused(
+            values in prop::collection::vec(
+                prop_oneof![
+                    -1e12f64..1e12,
+                    Just(0.0),
+                    Just(1.0),
+                    1e300f64..1e307,
+                    -1e-300f64..1e-300,
+                ],
+                0..120,
+            ),
+            period in prop::option::of(0usize..80),
+        ) {
+            if let Ok(model) = auto(&values, period) {
+                let f = model.forecast(12, 0.9, 50, 3);
+                prop_assert_eq!(f.mean.len(), 12);
+                for i in 0..12 {
+                    if f.lower[i].is_finite() && f.upper[i].is_finite() {
+                        prop_assert!(f.lower[i] <= f.upper[i]);
+                    }
+                }
+            }
+            let _ = detect_period(&values);
+        }
+    }
+}

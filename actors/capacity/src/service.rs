@@ -28,6 +28,9 @@ use crate::usage::Usage;
 const ACTOR: &str = "capacity";
 /// Steps one forecast may look ahead at most.
 pub const MAX_HORIZON_STEPS: usize = 10_000;
+/// Points of history one forecast fits at most (each fit is several
+/// optimiser runs over every point).
+pub const MAX_HISTORY_POINTS: usize = 20_000;
 
 mod duration_text {
     use serde::{Deserialize, Deserializer};
@@ -77,10 +80,9 @@ impl CapacityConfig {
             return Err("step: at least 1s".into());
         }
         let points = self.history.as_secs_f64() / self.step.as_secs_f64();
-        if !(MIN_POINTS as f64..=forecast::MAX_POINTS as f64).contains(&points) {
+        if !(MIN_POINTS as f64..=MAX_HISTORY_POINTS as f64).contains(&points) {
             return Err(format!(
-                "history / step: {MIN_POINTS} to {} points",
-                forecast::MAX_POINTS
+                "history / step: {MIN_POINTS} to {MAX_HISTORY_POINTS} points"
             ));
         }
         self.horizon_steps(self.horizon)?;
@@ -131,6 +133,9 @@ pub struct Capacity {
     data_dir: std::path::PathBuf,
     cluster: Arc<chronicle_cluster::ClusterNode>,
     query: Option<Addr<QueryActor>>,
+    /// One forecast request at a time: fitting is CPU-bound, and a second
+    /// caller is told to come back rather than queued without end.
+    fitting: tokio::sync::Semaphore,
 }
 
 #[async_trait(?Send)]
@@ -142,6 +147,7 @@ impl Planned for Plan {
             data_dir: cx.cluster.data_dir().to_path_buf(),
             cluster: cx.cluster.clone(),
             query: cx.services.get::<Addr<QueryActor>>().map(|a| (*a).clone()),
+            fitting: tokio::sync::Semaphore::new(1),
         });
         let ingest = cx.services.get::<Addr<IngestActor>>().map(|a| (*a).clone());
         if ingest.is_none() {
@@ -575,6 +581,13 @@ async fn forecasts(
     if let Err(e) = capacity.config.horizon_steps(horizon) {
         return error(StatusCode::BAD_REQUEST, "bad_request", e);
     }
+    let Ok(_permit) = capacity.fitting.try_acquire() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "a forecast is being computed; try again in a few seconds",
+        );
+    };
     match capacity
         .forecasts(q.resource.as_deref(), horizon, q.detail)
         .await
