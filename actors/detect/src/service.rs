@@ -205,11 +205,7 @@ impl Records {
             + Send
             + 'static,
     {
-        self.runtime
-            .spawn(call(self.state.clone()))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())
+        chronicle_platform::on_cluster(&self.runtime, &self.state, call).await
     }
 
     async fn put(&self, anomaly: &Anomaly) -> Result<(), String> {

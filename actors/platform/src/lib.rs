@@ -114,6 +114,25 @@ pub trait Running: Send + Sync {
     async fn stop(&self) {}
 }
 
+/// Runs a call on the replicated state on the cluster's runtime (the
+/// state's futures run there) from any executor, such as a feature's actix
+/// arbiter; a failed task or call is its error text.
+pub async fn on_cluster<T, F>(
+    runtime: &tokio::runtime::Handle,
+    state: &StateStore,
+    call: impl FnOnce(StateStore) -> F,
+) -> Result<T, String>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T, chronicle_cluster::ClusterError>> + Send + 'static,
+{
+    runtime
+        .spawn(call(state.clone()))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
 /// Handles features publish for others (by type): the query and write
 /// handles, an actor's address.
 #[derive(Default, Clone)]

@@ -158,11 +158,9 @@ impl RuntimeSettings {
             + Send
             + 'static,
     {
-        self.runtime
-            .spawn(call(self.state.clone()))
+        crate::on_cluster(&self.runtime, &self.state, call)
             .await
-            .map_err(|e| SettingsError::Unavailable(e.to_string()))?
-            .map_err(|e| SettingsError::Unavailable(e.to_string()))
+            .map_err(SettingsError::Unavailable)
     }
 
     fn setting(&self, name: &str) -> Result<&Setting, SettingsError> {

@@ -349,11 +349,7 @@ impl Engine {
             + Send
             + 'static,
     {
-        self.runtime
-            .spawn(call(self.state.clone()))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())
+        chronicle_platform::on_cluster(&self.runtime, &self.state, call).await
     }
 
     /// Stores the configured actions and rules that the state lacks (what
@@ -625,6 +621,18 @@ impl Engine {
         }
     }
 
+    /// The detector's stored anomaly `id`, as stored.
+    async fn anomaly(
+        &self,
+        id: &str,
+    ) -> Result<Option<chronicle_storage::state::StateEntry>, String> {
+        let key = format!("anomaly/{id}");
+        chronicle_platform::on_cluster(&self.runtime, &self.anomalies, |s| async move {
+            s.get(&key).await
+        })
+        .await
+    }
+
     /// Settles the tracked actions whose anomaly ended or whose window
     /// passed: each once in the cluster (taken by compare-and-delete),
     /// stored as an outcome and recorded in the audit trail.
@@ -637,14 +645,7 @@ impl Engine {
             let Ok(t) = serde_json::from_slice::<Tracking>(&entry.value) else {
                 continue;
             };
-            let anomalies = self.anomalies.clone();
-            let key = format!("anomaly/{}", t.anomaly.id);
-            let stored = self
-                .runtime
-                .spawn(async move { anomalies.get(&key).await })
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
+            let stored = self.anomaly(&t.anomaly.id).await?;
             let ended = stored
                 .and_then(|e| Anomaly::parse(&e.value).ok())
                 .and_then(|a| a.end)
@@ -1701,26 +1702,19 @@ async fn recommendations(
     if id.is_empty() || id.len() > chronicle_detect::anomaly::MAX_TEXT {
         return error(StatusCode::BAD_REQUEST, "bad_request", "an anomaly id");
     }
-    let anomalies = engine.anomalies.clone();
-    let key = format!("anomaly/{id}");
-    let stored = engine
-        .runtime
-        .spawn(async move { anomalies.get(&key).await })
-        .await;
-    let anomaly = match stored {
-        Ok(Ok(Some(e))) => match Anomaly::parse(&e.value) {
+    let anomaly = match engine.anomaly(&id).await {
+        Ok(Some(e)) => match Anomaly::parse(&e.value) {
             Ok(a) => a,
             Err(e) => return unavailable(format!("the stored anomaly: {e}")),
         },
-        Ok(Ok(None)) => {
+        Ok(None) => {
             return error(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 format!("no anomaly {id}"),
             )
         }
-        Ok(Err(e)) => return unavailable(e.to_string()),
-        Err(e) => return unavailable(e.to_string()),
+        Err(e) => return unavailable(e),
     };
     match engine.recommend(&anomaly).await {
         Ok(r) => {
