@@ -11,15 +11,69 @@ use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, TextEncoder,
 };
 
-static PUBLISHED: LazyLock<IntCounter> = LazyLock::new(|| {
-    let c = IntCounter::new(
-        "chronicle_bus_published_messages_total",
-        "Messages this node published on the bus",
+static MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    let c = IntCounterVec::new(
+        Opts::new(
+            "chronicle_bus_messages_total",
+            "Bus messages this node sent or received, by subject class and direction",
+        ),
+        &["class", "direction"],
     )
     .expect("static metric definition");
     register(Box::new(c.clone()));
     c
 });
+
+static BYTES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    let c = IntCounterVec::new(
+        Opts::new(
+            "chronicle_bus_payload_bytes_total",
+            "Payload bytes of the bus messages this node sent or received, by subject class and direction",
+        ),
+        &["class", "direction"],
+    )
+    .expect("static metric definition");
+    register(Box::new(c.clone()));
+    c
+});
+
+/// The classes subjects are counted by: the word after the node's prefix.
+/// Anything else is `other`, and NATS reply inboxes are `reply`, so the label
+/// has a fixed set of values whatever subjects clients use.
+const CLASSES: &[&str] = &[
+    "ingest",
+    "query",
+    "cluster",
+    "raft",
+    "kv",
+    "events",
+    "node",
+    "inbox",
+    "collab",
+    "anomaly",
+    "remediation",
+    "live",
+];
+
+fn subject_class<'a>(prefix: &str, subject: &'a str) -> &'a str {
+    if subject.starts_with("_INBOX.") {
+        return "reply";
+    }
+    let word = subject
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .and_then(|rest| rest.split('.').next());
+    match word {
+        Some(w) if CLASSES.contains(&w) => w,
+        _ => "other",
+    }
+}
+
+fn count(prefix: &str, subject: &str, direction: &str, bytes: usize) {
+    let labels = [subject_class(prefix, subject), direction];
+    MESSAGES.with_label_values(&labels).inc();
+    BYTES.with_label_values(&labels).inc_by(bytes as u64);
+}
 
 static ROUND_TRIPS: LazyLock<Histogram> = LazyLock::new(|| {
     let h = Histogram::with_opts(
@@ -123,13 +177,16 @@ fn refresh_bus_gauges() {
 /// Wraps a bus to count what the node sends and time its round trips.
 pub struct MeteredBus {
     inner: Arc<dyn Bus>,
+    /// The node's subject prefix, which subject classes follow.
+    prefix: Arc<str>,
     requests_in_flight: AtomicI64,
 }
 
 impl MeteredBus {
-    pub fn new(inner: Arc<dyn Bus>) -> Self {
+    pub fn new(inner: Arc<dyn Bus>, prefix: &str) -> Self {
         Self {
             inner,
+            prefix: prefix.into(),
             requests_in_flight: AtomicI64::new(0),
         }
     }
@@ -138,19 +195,40 @@ impl MeteredBus {
 #[async_trait]
 impl Bus for MeteredBus {
     async fn publish(&self, message: Message) -> Result<()> {
-        PUBLISHED.inc();
+        count(
+            &self.prefix,
+            &message.subject,
+            "sent",
+            message.payload.len(),
+        );
         self.inner.publish(message).await
     }
 
     async fn subscribe(&self, subject: &str, queue_group: Option<&str>) -> Result<Subscription> {
-        self.inner.subscribe(subject, queue_group).await
+        let prefix = self.prefix.clone();
+        let subscription = self.inner.subscribe(subject, queue_group).await?;
+        Ok(subscription.inspect(move |m| count(&prefix, &m.subject, "received", m.payload.len())))
     }
 
     async fn request(&self, message: Message, timeout: Duration) -> Result<Message> {
-        PUBLISHED.inc();
+        count(
+            &self.prefix,
+            &message.subject,
+            "sent",
+            message.payload.len(),
+        );
+        // The reply counts under the request's class (its subject is an inbox).
+        let class = subject_class(&self.prefix, &message.subject).to_owned();
         self.requests_in_flight.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let result = self.inner.request(message, timeout).await;
+        if let Ok(reply) = &result {
+            let labels = [class.as_str(), "received"];
+            MESSAGES.with_label_values(&labels).inc();
+            BYTES
+                .with_label_values(&labels)
+                .inc_by(reply.payload.len() as u64);
+        }
         ROUND_TRIPS.observe(started.elapsed().as_secs_f64());
         self.requests_in_flight.fetch_sub(1, Ordering::Relaxed);
         result
@@ -173,16 +251,43 @@ impl Bus for MeteredBus {
     }
 }
 
+/// The cluster node whose groups the metrics report (the last started).
+static WATCHED_CLUSTER: Mutex<Option<Weak<chronicle_cluster::ClusterNode>>> = Mutex::new(None);
+
+/// Reports `cluster`'s shards (Raft state, RocksDB figures) at each scrape.
+pub fn watch_cluster(cluster: &Arc<chronicle_cluster::ClusterNode>) {
+    *WATCHED_CLUSTER.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::downgrade(cluster));
+}
+
+/// The process's CPU, memory, open files and threads (from /proc), under the
+/// standard `process_*` names.
+static PROCESS: LazyLock<()> = LazyLock::new(|| {
+    register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ));
+});
+
 /// Every registered metric in Prometheus's text format.
 pub fn render() -> String {
     // Touch the node's own metrics so they appear before their first event.
-    LazyLock::force(&PUBLISHED);
+    LazyLock::force(&MESSAGES);
+    LazyLock::force(&BYTES);
     LazyLock::force(&ROUND_TRIPS);
     LazyLock::force(&BUS_CONNECTED);
     LazyLock::force(&BUS_SLOW_CONSUMER);
     LazyLock::force(&BUS_UNAUTHENTICATED);
     LazyLock::force(&AUTH_REFUSED);
     refresh_bus_gauges();
+    LazyLock::force(&PROCESS);
+    chronicle_query::metrics::register_all();
+    let cluster = WATCHED_CLUSTER
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .and_then(Weak::upgrade);
+    if let Some(cluster) = cluster {
+        cluster.refresh_metrics();
+    }
     LazyLock::force(&chronicle_actor_runtime::ACTOR_RESTARTS);
     TextEncoder::new()
         .encode_to_string(&prometheus::default_registry().gather())

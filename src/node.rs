@@ -284,8 +284,9 @@ impl Node {
         } else {
             (raw_bus, raw_cluster_bus, None)
         };
-        let bus: Arc<dyn Bus> = Arc::new(MeteredBus::new(raw_bus));
-        let cluster_bus: Arc<dyn Bus> = Arc::new(MeteredBus::new(raw_cluster_bus));
+        let bus: Arc<dyn Bus> = Arc::new(MeteredBus::new(raw_bus, &config.subject_prefix));
+        let cluster_bus: Arc<dyn Bus> =
+            Arc::new(MeteredBus::new(raw_cluster_bus, &config.subject_prefix));
         // Node-to-node messages carry an HMAC under the cluster secret; those
         // without a valid one are dropped (and counted).
         let cluster_bus: Arc<dyn Bus> = match config.cluster_secret().map_err(NodeError::Config)? {
@@ -376,6 +377,7 @@ impl Node {
                 },
                 other => NodeError::Cluster(other),
             })?;
+        crate::metrics::watch_cluster(&cluster);
         if members.len() == 1 {
             // Alone, this node elects itself: serve once it has.
             let c = cluster.clone();

@@ -138,6 +138,11 @@ impl Subscription {
         futures_util::StreamExt::next(&mut self.inner).await
     }
 
+    /// Calls `seen` with each message as it is delivered (metrics).
+    pub fn inspect(self, seen: impl Fn(&Message) + Send + 'static) -> Subscription {
+        self.map_stream(|inner| futures_util::StreamExt::inspect(inner, seen))
+    }
+
     /// Wraps the stream (used by the fault injector to filter deliveries).
     pub(crate) fn map_stream<S, F>(self, f: F) -> Subscription
     where

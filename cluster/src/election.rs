@@ -45,6 +45,8 @@ pub(crate) fn guard_elections(
         let tick = Duration::from_millis((config.heartbeat_interval / 10).max(5));
         let mut patience = lease + jitter(spread, me, group);
         let mut last_stood: Option<Instant> = None;
+        let shard_label = group.to_string();
+        let mut followed = None;
         loop {
             tokio::time::sleep(tick).await;
             let m = raft.metrics().borrow().clone();
@@ -56,6 +58,14 @@ pub(crate) fn guard_elections(
             // resets Raft's election timer: without it, a member that voted
             // for the new leader could stand again before its first heartbeat.
             contact.observe_vote(&m.vote);
+            if m.current_leader != followed {
+                if m.current_leader.is_some() {
+                    crate::metrics::LEADER_CHANGES
+                        .with_label_values(&[shard_label.as_str()])
+                        .inc();
+                }
+                followed = m.current_leader;
+            }
             // A stopping node hands its leaderships over and must not win
             // them back.
             if m.current_leader == Some(me) || retiring.get() {
@@ -68,6 +78,9 @@ pub(crate) fn guard_elections(
             if voters.len() == 1 {
                 // Alone: nobody to disrupt or to wait for.
                 if last_stood.is_none_or(|t| t.elapsed() >= patience) {
+                    crate::metrics::ELECTIONS
+                        .with_label_values(&[shard_label.as_str()])
+                        .inc();
                     if raft.trigger().elect().await.is_err() {
                         return;
                     }
@@ -107,6 +120,9 @@ pub(crate) fn guard_elections(
                     voters = voters.len(),
                     "pre-vote won; standing for election"
                 );
+                crate::metrics::ELECTIONS
+                    .with_label_values(&[shard_label.as_str()])
+                    .inc();
                 if raft.trigger().elect().await.is_err() {
                     return;
                 }

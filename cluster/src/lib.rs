@@ -19,6 +19,7 @@ pub mod feed;
 mod handover;
 mod log_store;
 mod membership;
+mod metrics;
 pub mod network;
 mod node;
 pub mod read;
@@ -31,7 +32,7 @@ mod types;
 pub mod wire;
 
 pub use error::ClusterError;
-pub use log_store::{LogStore, RAFT_LOG_WRITE};
+pub use log_store::{LogProbe, LogStore, RAFT_LOG_WRITE};
 pub use network::{raft_subject, serve, serve_tracked, BusNetwork, LeaderContact};
 pub use node::{
     placement, shard_of, BackupCheckpoint, ClusterConfig, ClusterNode, ClusterStatus, PendingWrite,

@@ -58,6 +58,36 @@ pub struct LogStore {
     /// Bytes appended since open, starting from an estimate of what the log
     /// held then (the snapshot trigger counts from it).
     appended: Arc<AtomicU64>,
+    /// The committed index openraft last saved or read (for metrics).
+    committed: Arc<AtomicU64>,
+}
+
+/// Reads a log's size and committed index from outside openraft (metrics).
+#[derive(Clone)]
+pub struct LogProbe {
+    db: Arc<DB>,
+    committed: Arc<AtomicU64>,
+}
+
+impl LogProbe {
+    /// Bytes the log holds in RocksDB: SST files and memtables.
+    pub fn bytes(&self) -> u64 {
+        let Some(cf) = self.db.cf_handle(CF_LOG) else {
+            return 0;
+        };
+        [
+            "rocksdb.total-sst-files-size",
+            "rocksdb.cur-size-all-mem-tables",
+        ]
+        .iter()
+        .filter_map(|p| self.db.property_int_value_cf(cf, *p).ok().flatten())
+        .sum()
+    }
+
+    /// The last index openraft saved as committed (0 before the first).
+    pub fn committed(&self) -> u64 {
+        self.committed.load(Ordering::Relaxed)
+    }
 }
 
 /// Entries in memory, and how many points they hold.
@@ -296,7 +326,16 @@ impl LogStore {
             recent: Arc::default(),
             written,
             appended: Arc::new(AtomicU64::new(held)),
+            committed: Arc::default(),
         })
+    }
+
+    /// A handle that reads the log's size and committed index.
+    pub fn probe(&self) -> LogProbe {
+        LogProbe {
+            db: self.db.clone(),
+            committed: self.committed.clone(),
+        }
     }
 
     /// The running count of bytes appended (see the field).
@@ -490,6 +529,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         committed: Option<LogId<u64>>,
     ) -> Result<(), StorageError<u64>> {
+        self.committed
+            .store(committed.map_or(0, |c| c.index), Ordering::Relaxed);
         match committed {
             Some(id) => self
                 .put_meta(KEY_COMMITTED, &WireLogId::from(&id))
@@ -504,10 +545,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, StorageError<u64>> {
-        Ok(self
+        let committed = self
             .meta::<WireLogId>(KEY_COMMITTED)
             .map_err(read_err)?
-            .map(LogId::from))
+            .map(LogId::from);
+        self.committed
+            .store(committed.map_or(0, |c| c.index), Ordering::Relaxed);
+        Ok(committed)
     }
 
     async fn append<I>(

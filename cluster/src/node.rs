@@ -211,6 +211,8 @@ pub(crate) struct Group {
     applied: tokio::sync::broadcast::Sender<Arc<crate::feed::Applied>>,
     /// Its Raft RPC server, forwarded-request servers and membership watcher.
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Reads the Raft log's size and committed index (metrics).
+    log: crate::LogProbe,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -867,6 +869,7 @@ impl ClusterNode {
         let applied = config.write_events.then(|| applied_tx.subscribe());
         let receiver = Arc::new(crate::SnapshotReceiver::new(sm.layout()));
         let appended = log.appended_bytes();
+        let log_probe = log.probe();
         let network = BusNetwork::new(self.bus.clone(), config.prefix.clone(), u64::from(shard));
         let raft = Raft::new(config.node_id, config.raft.clone(), network, log, sm)
             .await
@@ -956,6 +959,7 @@ impl ClusterNode {
                 gate,
                 applied: applied_tx,
                 tasks,
+                log: log_probe,
             }),
         );
         Ok(())
@@ -1110,7 +1114,15 @@ impl ClusterNode {
         }
         let writes = forwarded
             .into_iter()
-            .map(|(shard, points, keyed)| self.write_entry(shard, points, keyed));
+            .map(|(shard, points, keyed)| async move {
+                crate::metrics::FORWARDED_WRITES
+                    .with_label_values(&[shard.to_string().as_str()])
+                    .inc();
+                let started = std::time::Instant::now();
+                let written = self.write_entry(shard, points, keyed).await;
+                crate::metrics::FORWARDED_WRITE_SECONDS.observe(started.elapsed().as_secs_f64());
+                written
+            });
         for result in futures_util::future::join_all(writes).await {
             pending.written += result?;
         }
@@ -1618,6 +1630,80 @@ impl ClusterNode {
             }
         }
         true
+    }
+
+    /// Sets the cluster's gauges in the process's Prometheus registry from
+    /// this node's groups (called at each scrape of `/metrics`): Raft state
+    /// per shard and the shard's RocksDB figures.
+    pub fn refresh_metrics(&self) {
+        use crate::metrics::*;
+        touch();
+        reset_gauges();
+        let me = self.config.node_id;
+        let groups: Vec<(u32, Arc<Group>)> = self
+            .groups
+            .read()
+            .iter()
+            .map(|(id, g)| (*id, g.clone()))
+            .collect();
+        for (id, group) in groups {
+            let shard = id.to_string();
+            let l = &[shard.as_str()];
+            // The shard's counters show from its start, at zero.
+            ELECTIONS.with_label_values(l);
+            LEADER_CHANGES.with_label_values(l);
+            FORWARDED_WRITES.with_label_values(l);
+            for kind in ["built", "installed"] {
+                SNAPSHOTS.with_label_values(&[shard.as_str(), kind]);
+                SNAPSHOT_BYTES.with_label_values(&[shard.as_str(), kind]);
+            }
+            let m = group.raft.metrics().borrow().clone();
+            let applied = m.last_applied.map_or(0, |l| l.index);
+            let last = m.last_log_index.unwrap_or(0);
+            let committed = group.log.committed().max(applied);
+            set(&LEADER, l, u64::from(m.current_leader == Some(me)));
+            set(&HAS_LEADER, l, u64::from(m.current_leader.is_some()));
+            set(&TERM, l, m.current_term);
+            set(&LAST_LOG_INDEX, l, last);
+            set(&COMMIT_INDEX, l, committed);
+            set(&APPLIED_INDEX, l, applied);
+            set(&APPLY_LAG, l, committed.saturating_sub(applied));
+            let behind = m.replication.as_ref().map_or(0, |followers| {
+                followers
+                    .iter()
+                    .filter(|(id, _)| **id != me)
+                    .map(|(_, matched)| last.saturating_sub(matched.map_or(0, |l| l.index)))
+                    .max()
+                    .unwrap_or(0)
+            });
+            set(&REPLICATION_LAG, l, behind);
+            let purged = m.purged.map_or(0, |p| p.index);
+            let first = if m.purged.is_some() { purged + 1 } else { 0 };
+            let entries = if m.last_log_index.is_some() {
+                (last + 1).saturating_sub(first)
+            } else {
+                0
+            };
+            set(&LOG_ENTRIES, l, entries);
+            set(&LOG_BYTES, l, group.log.bytes());
+            set(&SNAPSHOT_INDEX, l, m.snapshot.map_or(0, |s| s.index));
+            let stats = group.shard.current().engine_stats();
+            for cf in &stats.column_families {
+                let l = &[shard.as_str(), cf.name];
+                set(&ROCKSDB_SST_LIVE, l, cf.live_sst_bytes);
+                set(&ROCKSDB_SST_TOTAL, l, cf.total_sst_bytes);
+                set(&ROCKSDB_MEMTABLE, l, cf.memtable_bytes);
+                set(&ROCKSDB_PENDING_COMPACTION, l, cf.pending_compaction_bytes);
+            }
+            set(&ROCKSDB_BLOCK_CACHE, l, stats.block_cache_bytes);
+            set(&ROCKSDB_WRITE_STOPPED, l, u64::from(stats.write_stopped));
+            set(
+                &ROCKSDB_WRITE_DELAYED,
+                l,
+                u64::from(stats.delayed_write_rate > 0),
+            );
+            set(&DECODED_CACHE, l, stats.decoded_cache_bytes);
+        }
     }
 
     /// This node's replicas: shard id and its current storage.

@@ -192,6 +192,8 @@ pub struct ShardSnapshotBuilder {
     generation: u64,
     last_applied: Option<LogId<u64>>,
     history: History,
+    /// The shard's id, for metrics.
+    shard_id: u32,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for ShardSnapshotBuilder {
@@ -201,6 +203,7 @@ impl RaftSnapshotBuilder<TypeConfig> for ShardSnapshotBuilder {
         let (applied, history) = (self.last_applied, self.history.clone());
         // Checkpointing and checksumming are file work: on the blocking pool,
         // so heartbeats on the async workers never wait behind a large shard.
+        let (started, shard_id) = (std::time::Instant::now(), self.shard_id);
         let built = tokio::task::spawn_blocking(move || {
             let current = layout.current()?;
             let current_index = current
@@ -231,7 +234,15 @@ impl RaftSnapshotBuilder<TypeConfig> for ShardSnapshotBuilder {
                 })
             })?;
             match built {
-                Built::Current(files) => Ok(files),
+                Built::Current(files) => {
+                    crate::metrics::snapshot_done(
+                        shard_id,
+                        "built",
+                        files.manifest.total_bytes(),
+                        started.elapsed().as_secs_f64(),
+                    );
+                    Ok(files)
+                }
                 Built::Superseded => layout.current()?.ok_or_else(|| ClusterError::Corrupt {
                     what: "snapshot",
                     why: "a build was superseded but no snapshot is current".into(),
@@ -372,6 +383,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
             }
         }
         ShardSnapshotBuilder {
+            shard_id: self.shard_id,
             layout: self.layout.clone(),
             shard: self.shard.current(),
             generation: self.layout.generation(),
@@ -403,12 +415,19 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         let (layout, config) = (self.layout.clone(), self.config.clone());
         let mut files = *snapshot;
         files.manifest.meta = WireSnapshotMeta::from_meta(meta);
+        let (started, bytes) = (std::time::Instant::now(), files.manifest.total_bytes());
         let (shard, _generation) =
             tokio::task::spawn_blocking(move || layout.install(files, config))
                 .await
                 .map_err(|e| snapshot_err(ErrorVerb::Write, e))?
                 .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
         self.shard.replace(Arc::new(shard));
+        crate::metrics::snapshot_done(
+            self.shard_id,
+            "installed",
+            bytes,
+            started.elapsed().as_secs_f64(),
+        );
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         self.history = History::from_snapshot(meta);

@@ -34,7 +34,7 @@ pub use model::{
 };
 #[cfg(feature = "engine")]
 pub use shard::{
-    finish_groups, AggregateRequest, DownsampleReport, DownsampleStep, DurableFrontier,
-    FlushReport, GroupBy, KeyedApply, KeyedPart, KeyedStamp, PartialGroups, RetentionReport,
-    SeriesIter, SeriesSamples, Shard, SnapshotMeta,
+    finish_groups, AggregateRequest, ColumnFamilyStats, DownsampleReport, DownsampleStep,
+    DurableFrontier, EngineStats, FlushReport, GroupBy, KeyedApply, KeyedPart, KeyedStamp,
+    PartialGroups, RetentionReport, SeriesIter, SeriesSamples, Shard, SnapshotMeta,
 };

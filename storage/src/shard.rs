@@ -350,6 +350,32 @@ pub struct AggregateRequest {
 /// Partial aggregates per group and window, mergeable across shards.
 pub type PartialGroups = BTreeMap<Vec<Label>, BTreeMap<i64, Partial>>;
 
+/// One column family's RocksDB figures ([`Shard::engine_stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ColumnFamilyStats {
+    pub name: &'static str,
+    /// SST files the current version uses.
+    pub live_sst_bytes: u64,
+    /// Every SST file, including those kept for snapshots or iterators.
+    pub total_sst_bytes: u64,
+    /// Active and immutable memtables.
+    pub memtable_bytes: u64,
+    /// What compaction estimates it still has to rewrite.
+    pub pending_compaction_bytes: u64,
+}
+
+/// A shard's RocksDB figures ([`Shard::engine_stats`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineStats {
+    pub column_families: Vec<ColumnFamilyStats>,
+    pub block_cache_bytes: u64,
+    /// Writes are stopped (too many L0 files or memtables, or pending compaction).
+    pub write_stopped: bool,
+    /// Bytes per second writes are slowed to; 0 when they are not delayed.
+    pub delayed_write_rate: u64,
+    pub decoded_cache_bytes: u64,
+}
+
 /// A time-series shard on RocksDB. All methods take `&self`; writers serialize.
 pub struct Shard {
     db: DB,
@@ -1086,6 +1112,40 @@ impl Shard {
     /// Bytes held by the decoded-chunk cache (0 when it is off).
     pub fn decoded_cache_bytes(&self) -> u64 {
         self.decoded.as_ref().map_or(0, |c| c.weight())
+    }
+
+    /// RocksDB's own figures for this shard, per column family and for the
+    /// database (read at scrape time: each is a property lookup, no I/O).
+    pub fn engine_stats(&self) -> EngineStats {
+        let int = |cf: &ColumnFamily, name: &str| {
+            self.db
+                .property_int_value_cf(cf, name)
+                .ok()
+                .flatten()
+                .unwrap_or(0)
+        };
+        let column_families = ALL_CFS
+            .iter()
+            .map(|name| {
+                let cf = self.cf(name);
+                ColumnFamilyStats {
+                    name,
+                    live_sst_bytes: int(cf, "rocksdb.live-sst-files-size"),
+                    total_sst_bytes: int(cf, "rocksdb.total-sst-files-size"),
+                    memtable_bytes: int(cf, "rocksdb.cur-size-all-mem-tables"),
+                    pending_compaction_bytes: int(cf, "rocksdb.estimate-pending-compaction-bytes"),
+                }
+            })
+            .collect();
+        let db = |name: &str| self.db.property_int_value(name).ok().flatten().unwrap_or(0);
+        EngineStats {
+            column_families,
+            // One cache serves every column family of the shard.
+            block_cache_bytes: int(self.cf(CF_CHUNKS), "rocksdb.block-cache-usage"),
+            write_stopped: db("rocksdb.is-write-stopped") != 0,
+            delayed_write_rate: db("rocksdb.actual-delayed-write-rate"),
+            decoded_cache_bytes: self.decoded_cache_bytes(),
+        }
     }
 
     /// Bytes of live SST files across column families.

@@ -188,6 +188,20 @@ fn counter_total(name: &str) -> Option<f64> {
     )
 }
 
+/// Observations of a histogram in the process registry, over all its labels.
+fn histogram_count(name: &str) -> Option<f64> {
+    let family = prometheus::gather()
+        .into_iter()
+        .find(|f| f.name() == name)?;
+    Some(
+        family
+            .get_metric()
+            .iter()
+            .map(|m| m.get_histogram().get_sample_count() as f64)
+            .sum(),
+    )
+}
+
 impl Capacity {
     /// One sample as points, stamped `now` (ns).
     fn points(&self, usage: &Usage, series: u64, now: i64) -> Vec<Point> {
@@ -241,7 +255,12 @@ impl Capacity {
         push(
             "chronicle_self_bus_messages_total",
             None,
-            counter_total("chronicle_bus_published_messages_total"),
+            counter_total("chronicle_bus_messages_total"),
+        );
+        push(
+            "chronicle_self_queries_total",
+            None,
+            histogram_count("chronicle_query_duration_seconds"),
         );
         out
     }

@@ -11,6 +11,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::{debug, info_span, warn, Instrument};
 
+use crate::metrics::{self, ResultSize};
 use crate::promql::{run_meta, run_promql, MetaAnswer, MetaQuery, PromqlLimits, PromqlQuery};
 use crate::request::{now_ns, QueryRequest, QueryResult};
 use crate::source::DataSource;
@@ -153,6 +154,23 @@ pub struct QueryActor {
     intake: Option<chronicle_bus::DrainHandle>,
 }
 
+/// Counts itself in a gauge while it lives (a query waiting or running;
+/// dropping the query's future ends it too).
+struct Gauged(&'static prometheus::IntGauge);
+
+impl Gauged {
+    fn new(gauge: &'static prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for Gauged {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Stops taking queries from the bus: those already delivered are answered.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -209,7 +227,16 @@ impl QueryActor {
             Err(e) => return Box::pin(async move { Err(e) }),
         };
         let budget = Budget::new(requested, limits.default_timeout, cancelled);
-        Box::pin(self.on_source("query", budget, move |source, budget| {
+        let language = if request.promql.is_some() {
+            "promql"
+        } else if request.sql.is_some() {
+            "sql"
+        } else if request.cql.is_some() {
+            "cql"
+        } else {
+            "select"
+        };
+        Box::pin(self.on_source(language, budget, move |source, budget| {
             execute(source, &request, now_ns(), max_points, &limits, budget)
         }))
     }
@@ -218,26 +245,35 @@ impl QueryActor {
     /// (busy) when the wait queue is full; a timeout once `budget`'s deadline
     /// passes, waiting or running (the work is told to stop, and holds its
     /// slot until it has). Dropping the future cancels the work.
-    fn on_source<T: Send + 'static>(
+    fn on_source<T: ResultSize + Send + 'static>(
         &self,
-        span: &'static str,
+        language: &'static str,
         budget: Budget,
         work: impl FnOnce(&dyn DataSource, &Budget) -> Result<T, QueryError> + Send + 'static,
     ) -> impl Future<Output = Result<T, QueryError>> {
         let source = self.source.clone();
         let slots = self.slots.clone();
         let admitted = self.admitted.clone().try_acquire_owned();
-        async move {
-            let admitted = admitted.map_err(|_| QueryError::Busy)?;
+        let started = std::time::Instant::now();
+        let run = async move {
+            let Ok(admitted) = admitted else {
+                metrics::rejected("busy");
+                return Err(QueryError::Busy);
+            };
             let guard = CancelOnDrop::new(budget.cancelled.clone());
             let deadline = Instant::from_std(budget.deadline);
+            let waiting = Gauged::new(&metrics::WAITING);
             let slot = match tokio::time::timeout_at(deadline, slots.acquire_owned()).await {
                 Err(_) => {
+                    metrics::rejected("timeout");
                     guard.done();
                     return Err(QueryError::Timeout);
                 }
                 Ok(slot) => slot.map_err(|_| QueryError::Unavailable)?,
             };
+            drop(waiting);
+            metrics::waited(started.elapsed().as_secs_f64());
+            let _running = Gauged::new(&metrics::RUNNING);
             let cancelled = budget.cancelled.clone();
             let task = tokio::task::spawn_blocking(move || {
                 chronicle_actor_runtime::yield_to_cluster_work();
@@ -256,8 +292,13 @@ impl QueryActor {
             };
             guard.done();
             outcome
+        };
+        async move {
+            let outcome = run.await;
+            metrics::finished(language, &outcome, started.elapsed().as_secs_f64());
+            outcome
         }
-        .instrument(info_span!("query", kind = span))
+        .instrument(info_span!("query", language))
     }
 
     fn on_bus_message(&mut self, msg: BusMessage) {

@@ -3,6 +3,7 @@
 
 mod actor;
 mod execute;
+pub mod metrics;
 pub mod promql;
 pub mod request;
 pub mod select;
