@@ -4,8 +4,11 @@
 No Kubernetes cluster, no container engine: Helm's own Go SDK (libhelm, Helm v4, through
 the PyPI package helm-python-sdk) lints and renders the chart, kubernetes-validate checks
 every rendered manifest against Kubernetes' OpenAPI schemas in strict mode, and the
-assertions below check what the rendered objects do. Run it with scripts/test-chart, which
-installs the pinned packages in a virtualenv.
+assertions below check what the rendered objects do. The Grafana dashboard
+(deploy/grafana/chronicle.json) is checked too: its structure, its queries parsed by
+`promtool check rules`, the metric names they use against those the Rust source defines,
+its copy inside the chart, and docs/observability.md's metric table and examples. Run it
+with scripts/test-chart, which installs the pinned packages in a virtualenv.
 
 Each check prints one line; the last line is "N passed, N failed"; the exit status is 1 when
 any check failed.
@@ -38,6 +41,22 @@ SUBCHART = CHART / "charts" / "nats"
 EXAMPLES = ROOT / "deploy" / "examples"
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
+DASHBOARD = ROOT / "deploy" / "grafana" / "chronicle.json"
+CHART_DASHBOARD = CHART / "dashboards" / "chronicle.json"
+OBSERVABILITY_DOC = ROOT / "docs" / "observability.md"
+PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
+
+# The prometheus crate's process collector (src/metrics.rs registers it): standard names,
+# not spelled out in Chronicle's source.
+PROCESS_METRICS = (
+    "process_cpu_seconds_total",
+    "process_open_fds",
+    "process_max_fds",
+    "process_virtual_memory_bytes",
+    "process_resident_memory_bytes",
+    "process_start_time_seconds",
+    "process_threads",
+)
 
 # The Kubernetes version the manifests are validated for: the newest kubernetes-validate
 # ships schemas of (1.37 for kubernetes-validate 1.37.0).
@@ -660,6 +679,8 @@ def test_values_and_schema() -> None:
             "nats.enabled=false without nats.url": {"nats": {"enabled": False}},
             "a bad image digest": {"image": {"digest": "sha256:xyz"}},
             "a pod label that would change the selector": {"podLabels": {NAME_LABEL: "other"}},
+            "a dashboard label that is one of the chart's": {"grafana": {"dashboard": {"labelKey": INSTANCE_LABEL}}},
+            "a dashboard namespace that is no name": {"grafana": {"dashboard": {"namespace": "Monitoring!"}}},
         }
         for what, values in rejected.items():
             try:
@@ -705,6 +726,294 @@ def test_values_and_schema() -> None:
     r = Render("extraArgs quoting", {"extraArgs": ["--no-sync", "it's"]}, "chronicle", "db")
     words = node_args_for(r, 0)
     check("extraArgs are passed as single words, shell-quoted", "--no-sync" in words and "it's" in words, str(words))
+
+
+# ---------------------------------------------------------------------------------------
+# The Grafana dashboard (deploy/grafana/chronicle.json) and its ConfigMap
+
+
+def exported_metrics() -> dict[str, str]:
+    """Every metric a node's /metrics exports: the names Chronicle's Rust source gives the
+    prometheus crate's constructors (name -> "histogram" or "other"), and the process
+    collector's. chronicle_self_* series are written into the database, not exported, and
+    are not constructor arguments."""
+    ctor = re.compile(r"\b(HistogramOpts::new|Opts::new|IntGauge::new|IntCounter::new|Gauge::new|Counter::new"
+                      r"|gauge|counter)\(\s*\"(chronicle_[a-z0-9_]+)\"")
+    found: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(ROOT):
+        dirnames[:] = [d for d in dirnames if d not in ("target", ".git", "node_modules")]
+        for name in filenames:
+            if name.endswith(".rs"):
+                text = (Path(dirpath) / name).read_text(errors="replace")
+                for m in ctor.finditer(text):
+                    found[m.group(2)] = "histogram" if m.group(1) == "HistogramOpts::new" else "other"
+    for name in PROCESS_METRICS:
+        found[name] = "other"
+    return found
+
+
+def series_names(metrics: dict[str, str]) -> set[str]:
+    """The series names a query may select: a histogram only through its _bucket, _sum and
+    _count series."""
+    out = set()
+    for name, kind in metrics.items():
+        if kind == "histogram":
+            out |= {name + "_bucket", name + "_sum", name + "_count"}
+        else:
+            out.add(name)
+    return out
+
+
+PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset", "and", "or",
+                   "unless", "atan2", "inf", "nan", "Inf", "NaN", "le"}
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """Metric names an expression selects (a light tokenizer, enough for the dashboard's
+    queries): label matchers, ranges, grouping lists and function calls are left out."""
+    e = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    e = re.sub(r"\{[^}]*\}", " ", e)
+    e = re.sub(r"\[[^\]]*\]", " ", e)
+    e = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", e)
+    names = set()
+    for m in re.finditer(r"(?<![\w.:])([A-Za-z_:][A-Za-z0-9_:]*)(?![\w:])(?!\s*\()", e):
+        if m.group(1) not in PROMQL_KEYWORDS:
+            names.add(m.group(1))
+    return names
+
+
+GRAFANA_BUILTINS = {"__rate_interval": "5m", "__interval": "1m", "__range": "1h"}
+
+
+def substitute(expr: str, variables: set[str]) -> tuple[str, set[str]]:
+    """The expression with Grafana's interval variables replaced by durations and the
+    dashboard's own variables by `.*`; also the variable names it used that the dashboard
+    does not define."""
+    unknown = set()
+
+    def one(m: re.Match) -> str:
+        name = m.group(1) or m.group(2)
+        if name in GRAFANA_BUILTINS:
+            return GRAFANA_BUILTINS[name]
+        if name not in variables:
+            unknown.add(name)
+        return ".*"
+
+    return re.sub(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)", one, expr), unknown
+
+
+def dashboard_panels(panels: list[dict]) -> list[dict]:
+    """Every panel, those inside collapsed rows included."""
+    out = []
+    for p in panels:
+        out.append(p)
+        out += dashboard_panels(p.get("panels", []))
+    return out
+
+
+def promtool_check_rules(text: str) -> tuple[bool, str]:
+    """`promtool check rules` on a rules file's text."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "rules.yml"
+        path.write_text(text)
+        p = subprocess.run([PROMTOOL, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+        return p.returncode == 0, (p.stdout + p.stderr).strip()
+
+
+def promtool_check(exprs: list[tuple[str, str]]) -> tuple[bool, str]:
+    """Writes the expressions as recording rules and runs `promtool check rules` on them."""
+    rules = [{"record": f"chronicle_dashboard:{re.sub(r'[^A-Za-z0-9_]', '_', where)}:{i}", "expr": expr}
+             for i, (where, expr) in enumerate(exprs)]
+    return promtool_check_rules(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}, sort_keys=False))
+
+
+def test_dashboard() -> None:
+    section("Grafana dashboard deploy/grafana/chronicle.json")
+    text = DASHBOARD.read_text()
+    d = json.loads(text)
+    check("dashboard: uid chronicle-overview, title Chronicle, schemaVersion >= 36",
+          d.get("uid") == "chronicle-overview" and d.get("title") == "Chronicle"
+          and isinstance(d.get("schemaVersion"), int) and d["schemaVersion"] >= 36,
+          f"{d.get('uid')} {d.get('title')} {d.get('schemaVersion')}")
+    check("dashboard: no fixed id (imports create their own)", d.get("id") is None, str(d.get("id")))
+    variables = {v["name"]: v for v in d.get("templating", {}).get("list", [])}
+    ds = variables.get("datasource", {})
+    check("dashboard: a Prometheus data source variable `datasource`",
+          ds.get("type") == "datasource" and ds.get("query") == "prometheus", json.dumps(ds))
+    inst = variables.get("instance", {})
+    inst_query = inst.get("definition") or inst.get("query")
+    if isinstance(inst_query, dict):
+        inst_query = inst_query.get("query")
+    check("dashboard: an `instance` variable from label_values(chronicle_bus_connected..., instance)",
+          inst.get("type") == "query" and re.fullmatch(r"label_values\(chronicle_bus_connected(\{[^}]*\})?, instance\)",
+                                                        inst_query or "") is not None, str(inst_query))
+
+    want_ds = {"type": "prometheus", "uid": "${datasource}"}
+    panels = dashboard_panels(d.get("panels", []))
+    ids = [p.get("id") for p in panels]
+    check(f"dashboard: {len(panels)} panels, ids unique", len(ids) == len(set(ids)) and None not in ids, str(ids))
+    bad_layout, bad_ds, bad_targets, bad_type = [], [], [], []
+    exprs: list[tuple[str, str]] = []  # (where, expression as written)
+    for p in panels:
+        title = p.get("title", "?")
+        g = p.get("gridPos", {})
+        if not (all(isinstance(g.get(k), int) for k in "hwxy") and g["w"] >= 1 and g["h"] >= 1
+                and 0 <= g["x"] and g["x"] + g["w"] <= 24 and g["y"] >= 0):
+            bad_layout.append(title)
+        if p.get("type") == "row":
+            continue
+        if p.get("type") not in ("timeseries", "stat"):
+            bad_type.append(f"{title}: {p.get('type')}")
+        if p.get("datasource") != want_ds:
+            bad_ds.append(title)
+        targets = p.get("targets", [])
+        refs = [t.get("refId") for t in targets]
+        if not targets or len(refs) != len(set(refs)) or not all(t.get("expr") for t in targets) \
+                or not all("legendFormat" in t for t in targets) \
+                or not all(t.get("datasource") == want_ds for t in targets):
+            bad_targets.append(title)
+        exprs += [(f"{p['id']}_{t.get('refId')}", t.get("expr", "")) for t in targets]
+    check("dashboard: every panel has a gridPos inside 24 columns", not bad_layout, str(bad_layout))
+    check("dashboard: panels are rows, timeseries or stat", not bad_type, str(bad_type))
+    check("dashboard: every panel reads ${datasource}", not bad_ds, str(bad_ds))
+    check("dashboard: every panel has targets with expr, legendFormat, ${datasource}, distinct refIds",
+          not bad_targets, str(bad_targets))
+
+    # Template variables' label_values() selectors are PromQL selectors too.
+    for name, v in variables.items():
+        q = v.get("definition") or v.get("query")
+        q = q.get("query") if isinstance(q, dict) else q
+        m = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", q or "")
+        if v.get("type") == "query":
+            check(f"dashboard: variable {name} is label_values(<selector>, <label>)", m is not None, str(q))
+            if m:
+                exprs.append((f"var_{name}", m.group(1)))
+
+    unbounded = [e for _, e in exprs if any(r != "$__rate_interval" for r in re.findall(r"\[([^\]]*)\]", e))]
+    check("dashboard: every range is [$__rate_interval]", not unbounded, str(unbounded))
+    unfiltered = [e for w, e in exprs if not w.startswith("var_")
+                  and any('instance=~"$instance"' not in sel for sel in re.findall(r"\{[^}]*\}", e))]
+    unfiltered += [e for w, e in exprs if not w.startswith("var_") and not re.search(r"\{[^}]*\}", e)]
+    check('dashboard: every selector of the panels filters instance=~"$instance"', not unfiltered, str(unfiltered))
+
+    substituted = []
+    unknown_vars = set()
+    for where, e in exprs:
+        s, unknown = substitute(e, set(variables))
+        unknown_vars |= unknown
+        substituted.append((where, s))
+    check("dashboard: expressions use only its variables and $__rate_interval", not unknown_vars, str(unknown_vars))
+
+    metrics = exported_metrics()
+    known = series_names(metrics)
+    check(f"the Rust source defines the metrics ({len(metrics) - len(PROCESS_METRICS)} chronicle_* found)",
+          "chronicle_bus_connected" in metrics and metrics.get("chronicle_query_duration_seconds") == "histogram"
+          and len(metrics) > 60)
+    used = set()
+    unknown_names = {}
+    for where, s in substituted:
+        for n in promql_metric_names(s):
+            used.add(n)
+            if n not in known:
+                unknown_names.setdefault(n, where)
+    check(f"dashboard: all {len(used)} metric names it queries are exported by a node "
+          "(histograms through _bucket/_sum/_count)", not unknown_names, str(unknown_names))
+    # The name check has teeth: a misspelled name and a bare histogram name are caught.
+    probe = promql_metric_names('sum by (le) (rate(chronicle_ingest_batch_write_second_bucket{instance=~".*"}[5m]))'
+                                " / chronicle_query_duration_seconds")
+    check("dashboard: the name check catches a misspelling and a bare histogram name",
+          probe == {"chronicle_ingest_batch_write_second_bucket", "chronicle_query_duration_seconds"}
+          and not probe & known, str(probe))
+
+    if not os.access(PROMTOOL, os.X_OK):
+        print("      (promtool not found: PromQL syntax not checked; scripts/test-all installs it)")
+    else:
+        ok, out = promtool_check(substituted)
+        check(f"dashboard: promtool check rules parses all {len(substituted)} expressions", ok, out)
+        bad, _ = promtool_check([("broken", "sum(rate(chronicle_bus_connected[5m])")])
+        check("dashboard: promtool check rules refuses a broken expression (the check has teeth)", not bad)
+
+    check("the chart's copy dashboards/chronicle.json equals deploy/grafana/chronicle.json "
+          "(scripts/sync-dashboard copies it)",
+          CHART_DASHBOARD.is_file() and CHART_DASHBOARD.read_bytes() == DASHBOARD.read_bytes())
+
+    # docs/observability.md's reference table names exactly the exported metrics.
+    doc = OBSERVABILITY_DOC.read_text()
+    documented = set(re.findall(r"(?m)^\| `((?:chronicle|process)_[a-z0-9_]+)`", doc))
+    missing = sorted(set(metrics) - documented)
+    extra = sorted(documented - set(metrics))
+    check("docs/observability.md's table lists every exported metric", not missing, str(missing))
+    check("docs/observability.md's table lists no metric a node does not export", not extra, str(extra))
+
+    # Its example queries (```promql, one per line) and alerting rules (```yaml starting
+    # with groups:) parse, and query only exported metrics.
+    doc_exprs: list[tuple[str, str]] = []
+    rule_files: list[str] = []
+    for lang, body in re.findall(r"```(promql|yaml)\n(.*?)```", doc, re.S):
+        if lang == "promql":
+            doc_exprs += [(f"doc_{i}", line) for i, line in enumerate(body.splitlines())
+                          if line.strip() and not line.lstrip().startswith("#")]
+        elif body.startswith("groups:"):
+            rule_files.append(body)
+            for group in yaml.safe_load(body)["groups"]:
+                doc_exprs += [(f"doc_rule_{r.get('alert') or r.get('record')}", str(r["expr"])) for r in group["rules"]]
+    check(f"docs/observability.md: {len(doc_exprs)} example expressions and {len(rule_files)} rules file found",
+          len(doc_exprs) >= 10 and len(rule_files) == 1)
+    unknown_doc = {n: w for w, e in doc_exprs for n in promql_metric_names(substitute(e, set())[0]) if n not in known}
+    check("docs/observability.md: its examples query only exported metrics", not unknown_doc, str(unknown_doc))
+    if os.access(PROMTOOL, os.X_OK):
+        ok, out = promtool_check([(w, substitute(e, set())[0]) for w, e in doc_exprs if not w.startswith("doc_rule_")])
+        check("docs/observability.md: promtool parses its example queries", ok, out)
+        for body in rule_files:
+            ok, out = promtool_check_rules(body)
+            check("docs/observability.md: promtool check rules accepts its alerting rules", ok, out)
+
+
+def test_dashboard_configmap(defaults: Render | None) -> None:
+    section("Grafana dashboard ConfigMap (grafana.dashboard.*)")
+    source = json.loads(DASHBOARD.read_text())
+
+    def dashboard_maps(r: Render) -> list[dict]:
+        return [c for c in r.all("ConfigMap") if "chronicle.json" in (c.get("data") or {})]
+
+    if defaults is not None:
+        check("defaults: no dashboard ConfigMap", not dashboard_maps(defaults))
+    r = Render("dashboard on", {"grafana": {"dashboard": {"enabled": True}}}, "chronicle", "db")
+    validate_manifests(r)
+    maps = dashboard_maps(r)
+    check("grafana.dashboard.enabled: one ConfigMap chronicle-grafana-dashboard",
+          [c["metadata"]["name"] for c in maps] == ["chronicle-grafana-dashboard"], str([c["metadata"] for c in maps]))
+    if maps:
+        cm = maps[0]
+        labels = cm["metadata"].get("labels", {})
+        check("dashboard ConfigMap: label grafana_dashboard=\"1\" (the sidecar's default) and the chart's labels",
+              labels.get("grafana_dashboard") == "1" and labels.get(NAME_LABEL) == "chronicle"
+              and labels.get(INSTANCE_LABEL) == "chronicle", str(labels))
+        check("dashboard ConfigMap: in the release namespace, no annotations by default",
+              cm["metadata"].get("namespace") == "db" and not cm["metadata"].get("annotations"), str(cm["metadata"]))
+        data = cm["data"]["chronicle.json"]
+        try:
+            parsed = json.loads(data)
+        except ValueError as e:
+            parsed = f"not JSON: {e}"
+        check("dashboard ConfigMap: chronicle.json parses and equals deploy/grafana/chronicle.json", parsed == source)
+        check(f"dashboard ConfigMap: {len(data)} bytes, under ConfigMap's 1 MiB", len(data.encode()) < 1 << 20)
+    check("grafana.dashboard.enabled: NOTES name the ConfigMap and its label",
+          "chronicle-grafana-dashboard" in r.notes and "grafana_dashboard=1" in r.notes, r.notes[-400:])
+
+    values = {"grafana": {"dashboard": {"enabled": True, "labelKey": "grafana.example/dashboard", "labelValue": "chronicle",
+                                        "annotations": {"grafana_folder": "Databases"}, "namespace": "monitoring"}}}
+    r = Render("dashboard custom", values, "chronicle", "db")
+    maps = dashboard_maps(r)
+    meta = maps[0]["metadata"] if len(maps) == 1 else {}
+    check("grafana.dashboard.labelKey/labelValue/annotations/namespace reach the ConfigMap",
+          meta.get("labels", {}).get("grafana.example/dashboard") == "chronicle"
+          and "grafana_dashboard" not in meta.get("labels", {})
+          and meta.get("annotations") == {"grafana_folder": "Databases"} and meta.get("namespace") == "monitoring",
+          str(meta))
+    report = helm.lint(str(CHART), values, strict=True, kube_version="v" + KUBE_VERSION, with_subcharts=True)
+    bad = [m for m in report["messages"] if m["severity"] >= 2] + [{"error": e} for e in report["errors"]]
+    check("lint with the dashboard on: no warning or error", not bad, json.dumps(bad))
 
 
 # ---------------------------------------------------------------------------------------
@@ -928,6 +1237,8 @@ def main() -> int:
     if "production.yaml" in by_label:
         guarded("production", test_production, by_label["production.yaml"])
     guarded("values and schema", test_values_and_schema)
+    guarded("dashboard", test_dashboard)
+    guarded("dashboard ConfigMap", test_dashboard_configmap, by_label.get("defaults"))
     guarded("flags", test_flags_against_binary, renders)
     guarded("Dockerfile", test_dockerfile)
     print(f"\ntook {time.monotonic() - started:.1f} s")
