@@ -56,6 +56,11 @@ enum Command {
     /// the audit trail, rollbacks, outcomes and recommended actions.
     #[command(subcommand)]
     Remediation(crate::remediation_cli::RemediationCommand),
+    /// Capacity planning: forecasts of disk, memory, series and ingest as
+    /// terminal charts, recommendations, and applying or rolling back their
+    /// changes.
+    #[command(subcommand)]
+    Capacity(crate::capacity_cli::CapacityCommand),
     /// List the anomalies the detectors found (or show one, evidence
     /// included).
     #[command(subcommand)]
@@ -131,6 +136,7 @@ pub fn main() -> ExitCode {
         Command::Kv(cmd) => crate::kv_cli::run(cmd),
         Command::Token(cmd) => crate::token_cli::run(cmd),
         Command::Remediation(cmd) => crate::remediation_cli::run(cmd),
+        Command::Capacity(cmd) => crate::capacity_cli::run(cmd),
         Command::Anomalies(cmd) => crate::remediation_cli::run_anomalies(cmd),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Chaos(cmd) => crate::chaos_cli::run(cmd),

@@ -270,8 +270,16 @@ static PROCESS: LazyLock<()> = LazyLock::new(|| {
 /// Every registered metric in Prometheus's text format.
 pub fn render() -> String {
     // Touch the node's own metrics so they appear before their first event.
-    LazyLock::force(&MESSAGES);
-    LazyLock::force(&BYTES);
+    // Fixed label sets start at zero, so `rate()` sees their first event.
+    for class in CLASSES.iter().chain(&["reply", "other"]) {
+        for direction in ["sent", "received"] {
+            MESSAGES.with_label_values(&[class, direction]);
+            BYTES.with_label_values(&[class, direction]);
+        }
+    }
+    for status in ["401", "403"] {
+        AUTH_REFUSED.with_label_values(&[status]);
+    }
     LazyLock::force(&ROUND_TRIPS);
     LazyLock::force(&BUS_CONNECTED);
     LazyLock::force(&BUS_SLOW_CONSUMER);

@@ -184,7 +184,7 @@ pub struct Target {
     pub json: bool,
 }
 
-enum Call<'a> {
+pub(crate) enum Call<'a> {
     Get,
     Post(&'a Value),
     Delete,
@@ -192,7 +192,7 @@ enum Call<'a> {
 
 /// The node's JSON answer (`Null` when it has none, as for a 204), or its
 /// error as `<METHOD> <path>: HTTP <status>: <message>`.
-fn call(at: &Target, how: Call<'_>, path: &str) -> Result<Value, Error> {
+pub(crate) fn call(at: &Target, how: Call<'_>, path: &str) -> Result<Value, Error> {
     let url = format!("{}{path}", at.http.trim_end_matches('/'));
     // Approving runs the action before answering (a webhook, a scale).
     let agent = crate::http_client::agent(Duration::from_secs(60))?;
@@ -248,13 +248,13 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
-fn segment(s: &str) -> String {
+pub(crate) fn segment(s: &str) -> String {
     utf8_percent_encode(s, SEGMENT).to_string()
 }
 
 /// `path?k=v&...` with the given parameters form-encoded (the node refuses
 /// unknown ones, so absent ones are left out rather than sent empty).
-fn with_query(path: &str, params: &[(&str, Option<String>)]) -> Result<String, Error> {
+pub(crate) fn with_query(path: &str, params: &[(&str, Option<String>)]) -> Result<String, Error> {
     let given: Vec<(&str, &str)> = params
         .iter()
         .filter_map(|(k, v)| v.as_deref().map(|v| (*k, v)))
@@ -298,7 +298,7 @@ fn read_json(file: &Path) -> Result<Value, Error> {
     Ok(value)
 }
 
-fn print_json(v: &Value) -> Result<(), Error> {
+pub(crate) fn print_json(v: &Value) -> Result<(), Error> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
@@ -374,7 +374,7 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn print_table(headers: &[&str], rows: &[Vec<String>], none: &str) {
+pub(crate) fn print_table(headers: &[&str], rows: &[Vec<String>], none: &str) {
     if rows.is_empty() {
         eprintln!("{none}");
     } else {
@@ -396,7 +396,7 @@ fn text(v: &Value) -> String {
 }
 
 /// Milliseconds since the epoch as RFC 3339 (UTC, seconds).
-fn time_text(v: &Value) -> String {
+pub(crate) fn time_text(v: &Value) -> String {
     match v.as_i64() {
         // humantime cannot write years past 9999 (its Display fails).
         Some(ms) if (0..253_402_300_800_000).contains(&ms) => {

@@ -22,76 +22,38 @@ fn get(http: &str, path: &str) -> (u16, Value) {
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
-fn promql(http: &str, query: &str) -> Vec<Value> {
-    let path = format!(
-        "/api/v1/query?query={}",
-        query
-            .bytes()
-            .map(|b| match b {
-                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
-                _ => format!("%{b:02X}"),
-            })
-            .collect::<String>()
-    );
-    let (status, body) = get(http, &path);
-    assert_eq!(status, 200, "{query}: {body}");
-    body["data"]["result"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+fn post(http: &str, path: &str, body: &str) -> (u16, Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into();
+    let mut r = agent
+        .post(format!("{http}{path}"))
+        .content_type("application/json")
+        .send(body)
+        .unwrap();
+    let status = r.status().as_u16();
+    let body = r.body_mut().read_to_vec().unwrap();
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
-fn value(v: &Value) -> f64 {
-    v["value"][1].as_str().unwrap().parse().unwrap()
-}
-
-#[test]
-fn the_node_records_its_usage_and_forecasts_when_the_disk_fills() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("node.toml");
-    std::fs::write(
-        &config,
-        "[features.capacity]\nsample_every = \"1s\"\nstep = \"10m\"\nhistory = \"3d\"\nhorizon = \"1d\"\n",
-    )
-    .unwrap();
-    let node = NodeProcess::start(
-        BIN,
-        &dir.path().join("data"),
-        None,
-        &["--config", config.to_str().unwrap()],
-    );
-    let http = node.http.as_str();
-    wait_until(Duration::from_secs(30), "node ready", || {
-        get(http, "/health/ready").0 == 200
-    });
-
-    // The samples are ordinary series.
-    wait_until(Duration::from_secs(20), "the usage series", || {
-        promql(http, "chronicle_self_disk_bytes").len() == 4
-            && !promql(http, "chronicle_self_memory_rss_bytes").is_empty()
-            && !promql(http, "chronicle_self_disk_free_bytes").is_empty()
-    });
-    let rss = value(&promql(http, "chronicle_self_memory_rss_bytes")[0]);
-    assert!(rss > 1e6, "{rss}");
-    let data = promql(http, "chronicle_self_disk_bytes{kind=\"data\"}");
-    assert!(value(&data[0]) > 0.0, "{data:?}");
-    assert_eq!(data[0]["metric"]["node"], "1");
-    let sql = http_query(
-        http,
-        r#"{"sql": "SELECT max(value) FROM chronicle_self_open_files WHERE node = '1'"}"#,
-    );
-    assert!(sql["rows"][0][0].as_f64().is_some_and(|v| v > 0.0), "{sql}");
-
-    // Too little history yet: said, not guessed.
-    let (status, body) = get(http, "/api/capacity/forecasts?resource=disk");
+/// The run-time setting `name` as `/api/config` shows it.
+fn setting(http: &str, name: &str) -> Value {
+    let (status, body) = get(http, "/api/config");
     assert_eq!(status, 200, "{body}");
-    assert_eq!(
-        body["forecasts"][0]["status"], "insufficient_history",
-        "{body}"
-    );
+    body["settings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no setting {name}: {body}"))
+}
 
-    // Three days of a disk growing so that it fills the free space in
-    // about twelve hours, with a daily swing, every ten minutes.
+/// Writes three days of a disk growing so that it fills the node's free
+/// space in about twelve hours, with a daily swing, every ten minutes.
+fn write_filling_disk(http: &str) -> i64 {
     let free = value(&promql(http, "chronicle_self_disk_free_bytes")[0]);
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -122,6 +84,87 @@ fn the_node_records_its_usage_and_forecasts_when_the_disk_fills() {
         .status()
         .as_u16();
     assert_eq!(status, 204);
+    now_ms
+}
+
+fn start(dir: &std::path::Path, capacity: &str) -> NodeProcess {
+    let config = dir.join("node.toml");
+    std::fs::write(
+        &config,
+        format!("[retention]\nraw = \"30d\"\n\n[features.capacity]\nsample_every = \"1s\"\nstep = \"10m\"\nhistory = \"3d\"\nhorizon = \"1d\"\n{capacity}"),
+    )
+    .unwrap();
+    let node = NodeProcess::start(
+        BIN,
+        &dir.join("data"),
+        None,
+        &["--config", config.to_str().unwrap()],
+    );
+    let http = node.http.clone();
+    wait_until(Duration::from_secs(30), "node ready", || {
+        get(&http, "/health/ready").0 == 200
+    });
+    wait_until(Duration::from_secs(20), "the usage series", || {
+        !promql(&http, "chronicle_self_disk_free_bytes").is_empty()
+    });
+    node
+}
+
+fn promql(http: &str, query: &str) -> Vec<Value> {
+    let path = format!(
+        "/api/v1/query?query={}",
+        query
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    );
+    let (status, body) = get(http, &path);
+    assert_eq!(status, 200, "{query}: {body}");
+    body["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn value(v: &Value) -> f64 {
+    v["value"][1].as_str().unwrap().parse().unwrap()
+}
+
+#[test]
+fn the_node_records_its_usage_and_forecasts_when_the_disk_fills() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path(), "");
+    let http = node.http.as_str();
+
+    // The samples are ordinary series.
+    wait_until(Duration::from_secs(20), "the usage series", || {
+        promql(http, "chronicle_self_disk_bytes").len() == 4
+            && !promql(http, "chronicle_self_memory_rss_bytes").is_empty()
+            && !promql(http, "chronicle_self_disk_free_bytes").is_empty()
+    });
+    let rss = value(&promql(http, "chronicle_self_memory_rss_bytes")[0]);
+    assert!(rss > 1e6, "{rss}");
+    let data = promql(http, "chronicle_self_disk_bytes{kind=\"data\"}");
+    assert!(value(&data[0]) > 0.0, "{data:?}");
+    assert_eq!(data[0]["metric"]["node"], "1");
+    let sql = http_query(
+        http,
+        r#"{"sql": "SELECT max(value) FROM chronicle_self_open_files WHERE node = '1'"}"#,
+    );
+    assert!(sql["rows"][0][0].as_f64().is_some_and(|v| v > 0.0), "{sql}");
+
+    // Too little history yet: said, not guessed.
+    let (status, body) = get(http, "/api/capacity/forecasts?resource=disk");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["forecasts"][0]["status"], "insufficient_history",
+        "{body}"
+    );
+
+    let now_ms = write_filling_disk(http);
 
     let (status, body) = get(http, "/api/capacity/forecasts?resource=disk&detail=true");
     assert_eq!(status, 200, "{body}");
@@ -174,4 +217,184 @@ fn the_node_records_its_usage_and_forecasts_when_the_disk_fills() {
         assert_eq!(status, 400, "{path}: {body}");
     }
     assert_eq!(get(http, "/health/ready").0, 200);
+
+    // The disk fills within the horizon: a shorter raw retention, with its
+    // exact change and its effect at the horizon.
+    let (status, body) = get(http, "/api/capacity/recommendations");
+    assert_eq!(status, 200, "{body}");
+    let recommendations = body["recommendations"].as_array().unwrap();
+    let retention = recommendations
+        .iter()
+        .find(|r| r["type"] == "retention")
+        .unwrap_or_else(|| panic!("a retention recommendation: {body}"));
+    assert_eq!(retention["priority"], "high", "{retention}");
+    assert_eq!(retention["change"]["setting"], "retention.raw");
+    assert_eq!(retention["change"]["from"], "30d");
+    assert_eq!(retention["change"]["applicable"], true);
+    let to = retention["change"]["to"].as_str().unwrap().to_string();
+    let effect = &retention["effect"];
+    assert!(
+        effect["at_horizon_after"].as_f64().unwrap()
+            < effect["at_horizon_before"].as_f64().unwrap(),
+        "{retention}"
+    );
+    let id = retention["id"].as_str().unwrap();
+
+    // Applied through the config API, recorded, and undone once.
+    let (status, applied) = post(http, "/api/capacity/apply", &format!(r#"{{"id":"{id}"}}"#));
+    assert_eq!(status, 200, "{applied}");
+    assert_eq!(applied["change"]["value"], to.as_str());
+    assert_eq!(applied["change"]["previous"], Value::Null);
+    let now = setting(http, "retention.raw");
+    assert_eq!(
+        (now["value"].as_str(), now["set"].as_bool()),
+        (Some(to.as_str()), Some(true)),
+        "{now}"
+    );
+    assert!(
+        now["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("capacity {id}")),
+        "{now}"
+    );
+    // What it was computed from changed: the same id is not applied twice.
+    let (status, again) = post(http, "/api/capacity/apply", &format!(r#"{{"id":"{id}"}}"#));
+    assert!([404, 409].contains(&status), "{status} {again}");
+    let record = applied["record"].as_str().unwrap();
+    let (status, undone) = post(
+        http,
+        "/api/capacity/rollback",
+        &format!(r#"{{"id":"{record}"}}"#),
+    );
+    assert_eq!(status, 200, "{undone}");
+    let now = setting(http, "retention.raw");
+    assert_eq!(
+        (now["value"].as_str(), now["set"].as_bool()),
+        (Some("30d"), Some(false)),
+        "{now}"
+    );
+    let (status, twice) = post(
+        http,
+        "/api/capacity/rollback",
+        &format!(r#"{{"id":"{record}"}}"#),
+    );
+    assert_eq!(status, 409, "{twice}");
+    let (status, list) = get(http, "/api/capacity/applied");
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["applied"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list["applied"][0]["auto"], false);
+    assert!(list["applied"][0]["rolled_back"].is_object(), "{list}");
+    let (_, history) = get(http, "/api/config/history");
+    assert_eq!(
+        history["changes"].as_array().map(Vec::len),
+        Some(2),
+        "{history}"
+    );
+
+    // The operator's CLI: a chart of the disk, the recommendations, the
+    // applied changes.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .arg("capacity")
+            .args(args)
+            .args(["--http", http])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{args:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let chart = cli(&[
+        "forecast",
+        "--resource",
+        "disk",
+        "--width",
+        "60",
+        "--height",
+        "10",
+    ]);
+    assert!(chart.contains("runs out at"), "{chart}");
+    assert!(chart.contains("model ETS(A,A"), "{chart}");
+    let rows: Vec<&str> = chart
+        .lines()
+        .filter(|l| l.contains(" |") && !l.contains("last sample"))
+        .collect();
+    assert_eq!(rows.len(), 10, "{chart}");
+    for mark in ['*', 'o', '='] {
+        assert!(rows.iter().any(|r| r.contains(mark)), "{mark}: {chart}");
+    }
+    let table = cli(&["recommendations"]);
+    assert!(table.contains("retention.raw: 30d -> "), "{table}");
+    let json: Value = serde_json::from_str(&cli(&["applied", "--json"])).unwrap();
+    assert_eq!(json["applied"][0]["record"], record);
+    assert!(cli(&["applied"]).contains("rolled back"));
+
+    // Hostile or wrong requests: 4xx, and the node stays ready.
+    for (path, body, want) in [
+        ("/api/capacity/apply", r#"{"id":"nope"}"#, 404),
+        ("/api/capacity/apply", r#"{"id":""}"#, 400),
+        ("/api/capacity/apply", "{", 400),
+        ("/api/capacity/apply", r#"{"id":"x","extra":1}"#, 400),
+        ("/api/capacity/rollback", r#"{"id":"applied/none"}"#, 404),
+        (
+            "/api/capacity/rollback",
+            r#"{"id":"../config/setting/retention.raw"}"#,
+            400,
+        ),
+    ] {
+        let (status, answer) = post(http, path, body);
+        assert_eq!(status, want, "{path} {body}: {answer}");
+    }
+    let long = format!(r#"{{"id":"{}"}}"#, "a".repeat(100_000));
+    let (status, _) = post(http, "/api/capacity/apply", &long);
+    assert!([400, 413].contains(&status), "{status}");
+    assert_eq!(get(http, "/api/capacity/applied?limit=0").0, 400);
+    assert_eq!(get(http, "/health/ready").0, 200);
+}
+
+#[test]
+fn auto_tuning_shortens_retention_within_its_bounds_and_stops_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(
+        dir.path(),
+        "auto_tune = true\ntune_every = \"10s\"\nmin_raw_retention = \"25d\"\n",
+    );
+    let http = node.http.as_str();
+    write_filling_disk(http);
+    // The next round sees the disk fill within a day: 30 d scaled down,
+    // clamped at the 25 d floor (a cut small enough to be low risk).
+    wait_until(Duration::from_secs(60), "auto-tuning to act", || {
+        setting(http, "retention.raw")["set"] == true
+    });
+    let now = setting(http, "retention.raw");
+    assert_eq!(now["value"], "25d", "{now}");
+    assert_eq!(now["by"], "capacity:auto-tune", "{now}");
+    // Two more rounds: at the floor only a node would help, which is not
+    // a setting; nothing else is applied.
+    std::thread::sleep(Duration::from_secs(25));
+    assert_eq!(setting(http, "retention.raw")["value"], "25d");
+    let (_, list) = get(http, "/api/capacity/applied");
+    let applied = list["applied"].as_array().unwrap();
+    assert_eq!(applied.len(), 1, "{list}");
+    assert_eq!(applied[0]["auto"], true);
+    // Auto-tuning computes too: busy (503) meanwhile, never queued.
+    let mut body = Value::Null;
+    wait_until(Duration::from_secs(30), "recommendations", || {
+        let (status, b) = get(http, "/api/capacity/recommendations");
+        assert!([200, 503].contains(&status), "{status} {b}");
+        body = b;
+        status == 200
+    });
+    let kinds: Vec<&str> = body["recommendations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["type"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"add_node"), "{body}");
 }

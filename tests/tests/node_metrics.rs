@@ -199,8 +199,8 @@ async fn metrics_cover_queries_raft_rocksdb_bus_and_the_process_and_pass_promtoo
             1.0
         );
         assert!(at("chronicle_query_queue_wait_seconds_count", &[]) >= 4.0);
-        at("chronicle_queries_running", &[]);
-        at("chronicle_queries_waiting", &[]);
+        at("chronicle_query_running", &[]);
+        at("chronicle_query_waiting", &[]);
         // The bus (the local bus: the ingest and query actors' own traffic
         // does not cross it on HTTP, the change feed does).
         assert!(at("chronicle_bus_messages_total", &["class=\"events\"", "direction=\"sent\""]) >= 1.0);

@@ -7,10 +7,13 @@
 //!   intervals; sMAPE and MASE to score it.
 //! * [`usage`]: what the node uses (disk by kind, free disk, memory, open
 //!   files), sampled from the system.
+//! * [`recommend`]: what to change before a resource runs out (retention,
+//!   memory budget, a node), with the change and its expected effect.
 //! * `service` (feature `service`): the collector that writes the samples
-//!   as `chronicle_self_*` series and `/api/capacity/forecasts`.
+//!   as `chronicle_self_*` series, `/api/capacity/*`, and auto-tuning.
 
 pub mod forecast;
+pub mod recommend;
 #[cfg(feature = "service")]
 pub mod service;
 pub mod usage;
@@ -27,4 +30,17 @@ pub enum CapacityError {
     /// The optimiser found nothing admissible.
     #[error("fit: {0}")]
     Fit(String),
+    /// No such recommendation or applied change: 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// The change cannot be made now (changed meanwhile, already rolled
+    /// back, not a run-time setting): 409.
+    #[error("{0}")]
+    Conflict(String),
+    /// The replicated state, the config API or the query path is away: 503.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A forecast is being computed: 503 busy.
+    #[error("a forecast is being computed; try again in a few seconds")]
+    Busy,
 }

@@ -23,7 +23,10 @@ use serde_json::{json, Value};
 use tracing::{debug, warn};
 
 use crate::forecast::{self, MIN_POINTS};
+use crate::recommend::{recommend, Inputs, Outlook, Recommendation};
 use crate::usage::Usage;
+use crate::CapacityError;
+use chronicle_platform::settings::{SettingChange, Settings, SettingsError};
 
 const ACTOR: &str = "capacity";
 /// Steps one forecast may look ahead at most.
@@ -57,6 +60,16 @@ pub struct CapacityConfig {
     /// How far ahead forecasts look by default (`"7d"`).
     #[serde(with = "duration_text")]
     pub horizon: Duration,
+    /// Low-risk recommendations apply themselves (through the config API,
+    /// audited as `capacity:auto-tune`).
+    pub auto_tune: bool,
+    /// How often auto-tuning looks, and how long it leaves a setting alone
+    /// after any change to it (`"1h"`).
+    #[serde(with = "duration_text")]
+    pub tune_every: Duration,
+    /// The shortest raw retention a recommendation may propose (`"1d"`).
+    #[serde(with = "duration_text")]
+    pub min_raw_retention: Duration,
 }
 
 impl Default for CapacityConfig {
@@ -66,6 +79,9 @@ impl Default for CapacityConfig {
             history: Duration::from_secs(28 * 86_400),
             step: Duration::from_secs(3600),
             horizon: Duration::from_secs(7 * 86_400),
+            auto_tune: false,
+            tune_every: Duration::from_secs(3600),
+            min_raw_retention: Duration::from_secs(86_400),
         }
     }
 }
@@ -86,6 +102,12 @@ impl CapacityConfig {
             ));
         }
         self.horizon_steps(self.horizon)?;
+        if self.tune_every < Duration::from_secs(10) {
+            return Err("tune_every: at least 10s".into());
+        }
+        if self.min_raw_retention < Duration::from_secs(3600) {
+            return Err("min_raw_retention: at least 1h".into());
+        }
         Ok(())
     }
 
@@ -136,6 +158,14 @@ pub struct Capacity {
     /// One forecast request at a time: fitting is CPU-bound, and a second
     /// caller is told to come back rather than queued without end.
     fitting: tokio::sync::Semaphore,
+    /// Where the config API is published (it may start after this feature).
+    services: chronicle_platform::Services,
+    /// The feature's replicated state: the changes it applied.
+    state: chronicle_cluster::state::StateStore,
+    cluster_runtime: tokio::runtime::Handle,
+    /// The recommendations last computed, and when: `apply` acts on what
+    /// was shown.
+    shown: parking_lot::Mutex<Option<(std::time::Instant, Vec<Recommendation>)>>,
 }
 
 #[async_trait(?Send)]
@@ -148,6 +178,10 @@ impl Planned for Plan {
             cluster: cx.cluster.clone(),
             query: cx.services.get::<Addr<QueryActor>>().map(|a| (*a).clone()),
             fitting: tokio::sync::Semaphore::new(1),
+            services: cx.services.clone(),
+            state: cx.state("capacity")?,
+            cluster_runtime: cx.cluster_runtime.clone(),
+            shown: parking_lot::Mutex::new(None),
         });
         let ingest = cx.services.get::<Addr<IngestActor>>().map(|a| (*a).clone());
         if ingest.is_none() {
@@ -286,6 +320,12 @@ impl Actor for Collector {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        if self.capacity.config.auto_tune {
+            ctx.run_interval(self.capacity.config.tune_every, |this, ctx| {
+                let capacity = this.capacity.clone();
+                ctx.spawn(async move { capacity.auto_tune().await }.into_actor(this));
+            });
+        }
         let every = self.capacity.config.sample_every;
         ctx.run_interval(every, |this, ctx| {
             let Some(ingest) = this.ingest.clone() else {
@@ -534,6 +574,317 @@ impl Capacity {
     }
 }
 
+/// One change `apply` made, as stored in the feature's replicated state
+/// (`applied/<ms>-<node>-<id>`) and listed by `/api/capacity/applied`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppliedChange {
+    /// Its key: what `/api/capacity/rollback` names.
+    pub record: String,
+    pub recommendation: Value,
+    /// The config API's record of the change.
+    pub change: SettingChange,
+    pub by: String,
+    pub at_ms: i64,
+    /// Made by auto-tuning rather than an operator.
+    pub auto: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back: Option<SettingChange>,
+}
+
+/// How long an applied change stays listed and can be rolled back.
+pub const APPLIED_TTL: Duration = Duration::from_secs(90 * 86_400);
+/// Pages of 1,000 records `/api/capacity/applied` reads at most.
+const MAX_APPLIED_PAGES: usize = 100;
+
+/// How long recommendations shown stay what `apply` acts on.
+const SHOWN_FOR: Duration = Duration::from_secs(15 * 60);
+
+fn state_error(e: impl std::fmt::Display) -> CapacityError {
+    CapacityError::Unavailable(format!("the replicated state: {e}"))
+}
+
+fn settings_error(e: SettingsError) -> CapacityError {
+    match e {
+        SettingsError::Conflict { .. } => {
+            CapacityError::Conflict(format!("{e}; look at the recommendations again"))
+        }
+        SettingsError::Unavailable(m) => CapacityError::Unavailable(m),
+        other => CapacityError::Invalid(other.to_string()),
+    }
+}
+
+fn outlook(f: &ResourceForecast) -> Option<Outlook> {
+    let body = f.forecast.as_ref().filter(|_| f.status == "ok")?;
+    Some(Outlook {
+        current: f.current?,
+        limit: f.limit.filter(|l| *l > 0.0)?,
+        mean: body["at_horizon"]["mean"].as_f64()?,
+        upper: body["at_horizon"]["upper"].as_f64()?,
+        exhausted_ms: f.exhausted_ms,
+        earliest_exhausted_ms: f.earliest_exhausted_ms,
+    })
+}
+
+impl Capacity {
+    fn settings(&self) -> Result<Settings, CapacityError> {
+        self.services
+            .get::<Settings>()
+            .map(|s| (*s).clone())
+            .ok_or_else(|| {
+                CapacityError::Unavailable("the config feature is disabled on this node".into())
+            })
+    }
+
+    /// Recommendations from fresh forecasts at the configured horizon
+    /// (the caller holds `fitting`).
+    async fn compute_recommendations(&self) -> Result<Vec<Recommendation>, CapacityError> {
+        let horizon = self.config.horizon;
+        let forecasts = self
+            .forecasts(None, horizon, false)
+            .await
+            .map_err(CapacityError::Unavailable)?;
+        let of = |name: &str| {
+            forecasts
+                .iter()
+                .find(|f| f.resource == name)
+                .and_then(outlook)
+        };
+        let inputs = Inputs {
+            horizon,
+            disk: of("disk"),
+            memory: of("memory"),
+            raw_retention: self.cluster.raw_retention(),
+            min_raw_retention: self.config.min_raw_retention,
+            decoded_cache_bytes: self.cluster.shard_config().decoded_cache_bytes as u64,
+            local_shards: self.cluster.local_shards().len(),
+        };
+        let recommendations = recommend(&inputs);
+        *self.shown.lock() = Some((std::time::Instant::now(), recommendations.clone()));
+        Ok(recommendations)
+    }
+
+    /// Recommendations now (one computation at a time: busy otherwise).
+    pub async fn recommendations(&self) -> Result<Vec<Recommendation>, CapacityError> {
+        let Ok(_permit) = self.fitting.try_acquire() else {
+            return Err(CapacityError::Busy);
+        };
+        self.compute_recommendations().await
+    }
+
+    /// The recommendation `id` as last shown (recomputed when that was
+    /// longer ago than [`SHOWN_FOR`]).
+    async fn shown(&self, id: &str) -> Result<Recommendation, CapacityError> {
+        let recent = self
+            .shown
+            .lock()
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < SHOWN_FOR)
+            .map(|(_, r)| r.clone());
+        let recommendations = match recent {
+            Some(r) => r,
+            None => self.recommendations().await?,
+        };
+        recommendations
+            .into_iter()
+            .find(|r| r.id == id)
+            .ok_or_else(|| {
+                CapacityError::NotFound(format!(
+                    "no recommendation {id:?} now: GET /api/capacity/recommendations lists them"
+                ))
+            })
+    }
+
+    /// Makes recommendation `id`'s change through the config API, only if
+    /// the setting still holds what the recommendation was computed from,
+    /// and records it for rollback.
+    pub async fn apply(
+        &self,
+        id: &str,
+        principal: &str,
+        auto: bool,
+    ) -> Result<AppliedChange, CapacityError> {
+        let r = self.shown(id).await?;
+        let (Some(name), Some(to), true) =
+            (r.change.setting, r.change.to.clone(), r.change.applicable)
+        else {
+            return Err(CapacityError::Conflict(format!(
+                "{id} is not a run-time setting; an operator makes it: {}",
+                r.change.how
+            )));
+        };
+        let settings = self.settings()?;
+        let view = settings
+            .list()
+            .await
+            .map_err(settings_error)?
+            .into_iter()
+            .find(|v| v.name == name)
+            .ok_or_else(|| CapacityError::Unavailable(format!("no run-time setting {name}")))?;
+        if r.change.from.as_deref() != Some(view.value.as_str()) {
+            return Err(CapacityError::Conflict(format!(
+                "{name} is {} now, not {} as when {id} was computed; look at the recommendations again",
+                view.value,
+                r.change.from.as_deref().unwrap_or("-")
+            )));
+        }
+        let stored = view.set.then_some(view.value.as_str());
+        let reason = format!("capacity {id}: {}", r.description);
+        let reason: String = reason.chars().take(400).collect();
+        let change = settings
+            .set(name, Some(&to), principal, &reason, Some(stored))
+            .await
+            .map_err(settings_error)?;
+        let at_ms = change.at_ms;
+        let record = format!("applied/{:013}-{}-{id}", at_ms.max(0), self.node);
+        let applied = AppliedChange {
+            record: record.clone(),
+            recommendation: serde_json::to_value(&r).unwrap_or(Value::Null),
+            change,
+            by: principal.into(),
+            at_ms,
+            auto,
+            rolled_back: None,
+        };
+        let bytes = serde_json::to_vec(&applied).expect("a record serializes");
+        chronicle_platform::on_cluster(&self.cluster_runtime, &self.state, move |s| async move {
+            s.put_with_ttl(&record, bytes, APPLIED_TTL).await
+        })
+        .await
+        .map_err(state_error)?;
+        // What was shown is stale now.
+        *self.shown.lock() = None;
+        Ok(applied)
+    }
+
+    /// Undoes an applied change: the setting goes back to its previous
+    /// run-time value, once, and only while it still holds what was applied.
+    pub async fn rollback(
+        &self,
+        record: &str,
+        principal: &str,
+    ) -> Result<AppliedChange, CapacityError> {
+        if !record.starts_with("applied/") || record.len() > 256 {
+            return Err(CapacityError::Invalid(
+                "record: an `applied/...` key from /api/capacity/applied".into(),
+            ));
+        }
+        let key = record.to_string();
+        let entry = chronicle_platform::on_cluster(
+            &self.cluster_runtime,
+            &self.state,
+            move |s| async move { s.get(&key).await },
+        )
+        .await
+        .map_err(state_error)?
+        .ok_or_else(|| CapacityError::NotFound(format!("no applied change {record:?}")))?;
+        let mut applied: AppliedChange = serde_json::from_slice(&entry.value)
+            .map_err(|e| CapacityError::Unavailable(format!("{record}: {e}")))?;
+        if applied.rolled_back.is_some() {
+            return Err(CapacityError::Conflict(format!(
+                "{record} was rolled back already"
+            )));
+        }
+        let c = &applied.change;
+        let undo = self
+            .settings()?
+            .set(
+                &c.name,
+                c.previous.as_deref(),
+                principal,
+                &format!("capacity rollback of {record}"),
+                Some(c.value.as_deref()),
+            )
+            .await
+            .map_err(settings_error)?;
+        applied.rolled_back = Some(undo);
+        let bytes = serde_json::to_vec(&applied).expect("a record serializes");
+        let (key, revision) = (record.to_string(), entry.revision);
+        chronicle_platform::on_cluster(&self.cluster_runtime, &self.state, move |s| async move {
+            s.compare_and_set(&key, revision, bytes).await
+        })
+        .await
+        .map_err(state_error)?
+        .map_err(|_| CapacityError::Conflict(format!("{record} changed meanwhile")))?;
+        Ok(applied)
+    }
+
+    /// The changes applied (kept [`APPLIED_TTL`]), newest first, at most
+    /// `limit`.
+    pub async fn applied(&self, limit: usize) -> Result<Vec<AppliedChange>, CapacityError> {
+        // Keys sort by time: page through, keeping the last `limit`.
+        let mut newest = std::collections::VecDeque::with_capacity(limit);
+        let mut after: Option<String> = None;
+        for _ in 0..MAX_APPLIED_PAGES {
+            let from = after.clone();
+            let (entries, more) = chronicle_platform::on_cluster(
+                &self.cluster_runtime,
+                &self.state,
+                move |s| async move { s.scan("applied/", from.as_deref(), 1000).await },
+            )
+            .await
+            .map_err(state_error)?;
+            after = entries.last().map(|e| e.key.clone());
+            for e in entries {
+                if newest.len() == limit {
+                    newest.pop_front();
+                }
+                newest.push_back(e);
+            }
+            if !more {
+                break;
+            }
+        }
+        Ok(newest
+            .iter()
+            .rev()
+            .filter_map(|e| serde_json::from_slice(&e.value).ok())
+            .collect())
+    }
+
+    /// One round of auto-tuning: low-risk recommendations whose setting was
+    /// left alone for a whole `tune_every` apply themselves.
+    async fn auto_tune(&self) {
+        let recommendations = {
+            let _permit = self.fitting.acquire().await;
+            match self.compute_recommendations().await {
+                Ok(r) => r,
+                Err(e) => {
+                    debug!(error = %e, "capacity: auto-tuning skipped");
+                    return;
+                }
+            }
+        };
+        let Ok(settings) = self.settings() else {
+            return;
+        };
+        let views = match settings.list().await {
+            Ok(v) => v,
+            Err(e) => {
+                debug!(error = %e, "capacity: auto-tuning skipped");
+                return;
+            }
+        };
+        let quiet_since = now_ns() / 1_000_000 - self.config.tune_every.as_millis() as i64;
+        for r in recommendations
+            .iter()
+            .filter(|r| r.risk == "low" && r.change.applicable)
+        {
+            let recent = views.iter().any(|v| {
+                Some(v.name.as_str()) == r.change.setting
+                    && v.at_ms.is_some_and(|t| t > quiet_since)
+            });
+            if recent {
+                debug!(id = %r.id, "capacity: the setting changed recently; auto-tuning waits");
+                continue;
+            }
+            match self.apply(&r.id, "capacity:auto-tune", true).await {
+                Ok(a) => tracing::info!(id = %r.id, record = %a.record, "capacity: auto-tuned"),
+                Err(e) => warn!(id = %r.id, error = %e, "capacity: auto-tuning failed"),
+            }
+        }
+    }
+}
+
 struct RunningCapacity {
     capacity: web::Data<Arc<Capacity>>,
     _actor: Addr<Collector>,
@@ -544,7 +895,14 @@ struct RunningCapacity {
 impl Running for RunningCapacity {
     fn routes(&self, cfg: &mut web::ServiceConfig) {
         cfg.app_data(self.capacity.clone())
-            .route("/api/capacity/forecasts", web::get().to(forecasts));
+            .route("/api/capacity/forecasts", web::get().to(forecasts))
+            .route(
+                "/api/capacity/recommendations",
+                web::get().to(recommendations),
+            )
+            .route("/api/capacity/applied", web::get().to(applied))
+            .route("/api/capacity/apply", web::post().to(apply))
+            .route("/api/capacity/rollback", web::post().to(rollback));
     }
 
     async fn stop(&self) {
@@ -614,6 +972,112 @@ async fn forecasts(
         Ok(f) => HttpResponse::Ok().json(json!({"node": capacity.node,
             "step_ms": capacity.config.step.as_millis() as u64, "forecasts": f})),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
+    }
+}
+
+fn capacity_error(e: CapacityError) -> HttpResponse {
+    let (status, code) = match &e {
+        CapacityError::Invalid(_) | CapacityError::Fit(_) => {
+            (StatusCode::BAD_REQUEST, "bad_request")
+        }
+        CapacityError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+        CapacityError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+        CapacityError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        CapacityError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+    };
+    error(status, code, e.to_string())
+}
+
+fn principal(req: &actix_web::HttpRequest) -> String {
+    use actix_web::HttpMessage;
+    req.extensions()
+        .get::<chronicle_auth::Principal>()
+        .map(|p| p.name.clone())
+        .unwrap_or_else(|| "anonymous".into())
+}
+
+#[tracing::instrument(name = "capacity_recommendations", skip_all)]
+async fn recommendations(capacity: web::Data<Arc<Capacity>>) -> HttpResponse {
+    match capacity.recommendations().await {
+        Ok(r) => HttpResponse::Ok().json(json!({
+            "node": capacity.node,
+            "horizon_ms": capacity.config.horizon.as_millis() as u64,
+            "auto_tune": capacity.config.auto_tune,
+            "recommendations": r,
+        })),
+        Err(e) => capacity_error(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppliedQuery {
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+#[tracing::instrument(name = "capacity_applied", skip_all)]
+async fn applied(
+    capacity: web::Data<Arc<Capacity>>,
+    query: Result<web::Query<AppliedQuery>, actix_web::Error>,
+) -> HttpResponse {
+    let limit = match query {
+        Ok(q) => q.limit.unwrap_or(100),
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
+    };
+    if !(1..=1000).contains(&limit) {
+        return error(StatusCode::BAD_REQUEST, "bad_request", "limit: 1 to 1000");
+    }
+    match capacity.applied(limit).await {
+        Ok(a) => HttpResponse::Ok().json(json!({"applied": a})),
+        Err(e) => capacity_error(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdBody {
+    id: String,
+}
+
+/// The `id` of a `{"id": ...}` body, or why not (400).
+fn id_body(body: &[u8], what: &str) -> Result<String, String> {
+    match serde_json::from_slice::<IdBody>(body) {
+        Ok(b) if !b.id.is_empty() && b.id.len() <= 256 => Ok(b.id),
+        Ok(_) => Err("id: 1 to 256 bytes".into()),
+        Err(e) => Err(format!("a JSON body {{\"id\": \"<{what}>\"}}: {e}")),
+    }
+}
+
+#[tracing::instrument(name = "capacity_apply", skip_all)]
+async fn apply(
+    capacity: web::Data<Arc<Capacity>>,
+    req: actix_web::HttpRequest,
+    body: web::Bytes,
+) -> HttpResponse {
+    let id = match id_body(&body, "recommendation id") {
+        Ok(id) => id,
+        Err(m) => return error(StatusCode::BAD_REQUEST, "bad_request", m),
+    };
+    match capacity.apply(&id, &principal(&req), false).await {
+        Ok(a) => HttpResponse::Ok().json(a),
+        Err(e) => capacity_error(e),
+    }
+}
+
+#[tracing::instrument(name = "capacity_rollback", skip_all)]
+async fn rollback(
+    capacity: web::Data<Arc<Capacity>>,
+    req: actix_web::HttpRequest,
+    body: web::Bytes,
+) -> HttpResponse {
+    let id = match id_body(&body, "applied record") {
+        Ok(id) => id,
+        Err(m) => return error(StatusCode::BAD_REQUEST, "bad_request", m),
+    };
+    match capacity.rollback(&id, &principal(&req)).await {
+        Ok(a) => HttpResponse::Ok().json(a),
+        Err(e) => capacity_error(e),
     }
 }
 

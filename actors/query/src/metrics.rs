@@ -77,21 +77,27 @@ fn gauge(name: &str, help: &str) -> IntGauge {
 }
 
 pub(crate) static RUNNING: LazyLock<IntGauge> =
-    LazyLock::new(|| gauge("chronicle_queries_running", "Queries running now"));
+    LazyLock::new(|| gauge("chronicle_query_running", "Queries running now"));
 
 pub(crate) static WAITING: LazyLock<IntGauge> = LazyLock::new(|| {
     gauge(
-        "chronicle_queries_waiting",
+        "chronicle_query_waiting",
         "Admitted queries waiting for a slot",
     )
 });
 
 /// Registers the query metrics so `/metrics` lists them before the first query.
 pub fn register_all() {
-    LazyLock::force(&SECONDS);
-    LazyLock::force(&ROWS);
+    // The series of fixed label sets start at zero, so `rate()` sees
+    // their first event.
+    for language in ["promql", "sql", "cql", "select", "metadata"] {
+        SECONDS.with_label_values(&[language, "ok"]);
+        ROWS.with_label_values(&[language]);
+    }
+    for reason in ["busy", "timeout"] {
+        REJECTED.with_label_values(&[reason]);
+    }
     LazyLock::force(&QUEUE_WAIT);
-    LazyLock::force(&REJECTED);
     LazyLock::force(&RUNNING);
     LazyLock::force(&WAITING);
 }

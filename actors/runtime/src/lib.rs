@@ -229,9 +229,11 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "non-string panic".into())
 }
 
-/// Makes `actor`'s restart count visible (as 0) before its first restart.
+/// Makes `actor`'s restart and task panic counts visible (as 0) before
+/// the first.
 pub fn announce(actor_name: &str) {
     ACTOR_RESTARTS.with_label_values(&[actor_name]).inc_by(0);
+    TASK_PANICS.with_label_values(&[actor_name]).inc_by(0);
 }
 
 /// The error body every Chronicle interface uses: `{"error": {"code", "message"}}`.
