@@ -76,13 +76,39 @@ enum Command {
 /// Logs go to stderr, filtered by `CHRONICLE_LOG` (e.g. `debug`,
 /// `chronicle_ingest=debug`); the default is `default_filter`.
 fn init_tracing(default_filter: &str) {
+    let _ = init_tracing_with(default_filter, None);
+}
+
+/// As [`init_tracing`], and with `otlp` (endpoint, this node's name) the
+/// spans the filter lets through are exported as traces too.
+fn init_tracing_with(default_filter: &str, otlp: Option<(String, String)>) -> Result<(), String> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter =
         EnvFilter::try_from_env("CHRONICLE_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    let provider = match otlp {
+        Some((endpoint, instance)) => Some(crate::traces::provider(&endpoint, &instance)?),
+        None => None,
+    };
+    // Spans are exported by their own filter (`CHRONICLE_TRACE_FILTER`,
+    // default `info,openraft=warn`), whatever the logs show.
+    let traces = provider.as_ref().map(|p| {
+        let filter = EnvFilter::try_from_env("CHRONICLE_TRACE_FILTER")
+            .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+        crate::traces::layer(p).with_filter(filter)
+    });
+    let _ = tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(traces)
         .try_init();
+    if let Some(p) = provider {
+        crate::traces::keep(p);
+    }
+    Ok(())
 }
 
 /// The command line: the built-in commands and each feature's subcommand.
@@ -124,10 +150,28 @@ pub fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     // A node logs what it does; client commands and benchmarks only warnings.
-    init_tracing(match cli.command {
-        Command::Serve { .. } => "info,openraft=warn",
-        _ => "warn",
-    });
+    // A node logs what it does (and exports its spans when asked to);
+    // client commands and benchmarks log only warnings.
+    let traced = match &cli.command {
+        Command::Serve { args, .. } => init_tracing_with(
+            "info,openraft=warn",
+            args.otlp_endpoint().map(|e| {
+                let name = args.node_id.map_or_else(
+                    || format!("pid-{}", std::process::id()),
+                    |id| id.to_string(),
+                );
+                (e, name)
+            }),
+        ),
+        _ => {
+            init_tracing("warn");
+            Ok(())
+        }
+    };
+    if let Err(e) = traced {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Serve { args, demo } => serve(args, demo),
         Command::Write(args) => client::write(args),
@@ -176,7 +220,10 @@ fn serve(args: ServeArgs, demo: bool) -> Result<(), Box<dyn std::error::Error>> 
             }
         }
         stop.recv().await;
-        if !node.shutdown().await {
+        let stopped = node.shutdown().await;
+        // The last spans, before a possible _exit below.
+        crate::traces::shutdown();
+        if !stopped {
             // RocksDB's threads are still running: exit now, as a crash would
             // (the Raft log, fsynced, replays what the shards had not made
             // durable), rather than run C++ static destructors under them.

@@ -508,6 +508,11 @@ pub struct ServeArgs {
     /// This node's id in the cluster (1 or more). Default 1.
     #[arg(long, env = "CHRONICLE_NODE_ID")]
     pub node_id: Option<u64>,
+    /// Export traces (OTLP over HTTP, protobuf) to this collector, e.g.
+    /// http://127.0.0.1:4318 (spans are posted to /v1/traces). Without it,
+    /// OTEL_EXPORTER_OTLP_ENDPOINT; without either, no traces leave the node.
+    #[arg(long, env = "CHRONICLE_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// Create a cluster of these members (comma-separated node ids, this node
     /// among them), as etcd's initial cluster; they find each other over NATS.
     /// Default: this node alone.
@@ -584,6 +589,15 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     /// Resolves the configuration in precedence order.
+    /// Where traces go, if anywhere: `--otlp-endpoint`, else the standard
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub fn otlp_endpoint(&self) -> Option<String> {
+        self.otlp_endpoint
+            .clone()
+            .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
+            .filter(|e| !e.trim().is_empty())
+    }
+
     pub fn resolve(&self) -> Result<NodeConfig, String> {
         let mut config = match &self.config {
             Some(path) => {

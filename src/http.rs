@@ -309,8 +309,19 @@ fn ingest_status(e: &IngestError) -> StatusCode {
 
 /// POST /write: line protocol (or JSON points with a JSON content type); 204 when
 /// every point is durable, with `X-Chronicle-Points-Written`.
-#[instrument(name = "http_write", skip_all)]
 pub(crate) async fn write(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    params: web::Query<WriteParams>,
+    payload: web::Payload,
+) -> HttpResponse {
+    // The span joins the client's trace (W3C traceparent) before it starts.
+    let span = tracing::info_span!("http_write");
+    crate::traces::adopt_http(req.headers(), &span);
+    tracing::Instrument::instrument(write_traced(state, req, params, payload), span).await
+}
+
+async fn write_traced(
     state: web::Data<AppState>,
     req: HttpRequest,
     params: web::Query<WriteParams>,
@@ -408,6 +419,7 @@ async fn write_points(
         },
     };
     let write = WritePoints {
+        span: tracing::Span::current(),
         points,
         idempotency_key,
     };
@@ -535,8 +547,18 @@ pub(crate) async fn remote_write(
 }
 
 /// POST /query: a JSON query request; the JSON result.
-#[instrument(name = "http_query", skip_all)]
 pub(crate) async fn query(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    // The span joins the client's trace (W3C traceparent) before it starts.
+    let span = tracing::info_span!("http_query");
+    crate::traces::adopt_http(req.headers(), &span);
+    tracing::Instrument::instrument(query_traced(state, req, payload), span).await
+}
+
+async fn query_traced(
     state: web::Data<AppState>,
     req: HttpRequest,
     payload: web::Payload,

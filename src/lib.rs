@@ -32,6 +32,7 @@ mod prom_api;
 pub mod remediation_cli;
 pub mod token_cli;
 mod tokens;
+pub mod traces;
 
 pub use config::{NodeConfig, ServeArgs};
 pub use node::{Node, NodeError};

@@ -194,7 +194,8 @@ impl MeteredBus {
 
 #[async_trait]
 impl Bus for MeteredBus {
-    async fn publish(&self, message: Message) -> Result<()> {
+    async fn publish(&self, mut message: Message) -> Result<()> {
+        chronicle_bus::trace::inject(&mut message.headers);
         count(
             &self.prefix,
             &message.subject,
@@ -210,7 +211,8 @@ impl Bus for MeteredBus {
         Ok(subscription.inspect(move |m| count(&prefix, &m.subject, "received", m.payload.len())))
     }
 
-    async fn request(&self, message: Message, timeout: Duration) -> Result<Message> {
+    async fn request(&self, mut message: Message, timeout: Duration) -> Result<Message> {
+        chronicle_bus::trace::inject(&mut message.headers);
         count(
             &self.prefix,
             &message.subject,

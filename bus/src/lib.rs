@@ -15,6 +15,7 @@ mod message;
 mod nats;
 mod signed;
 pub mod subject;
+pub mod trace;
 
 use std::time::Duration;
 

@@ -28,6 +28,7 @@ mod snapshot_transfer;
 pub mod state;
 mod state_machine;
 mod supervise;
+mod trace;
 mod types;
 pub mod wire;
 

@@ -393,6 +393,8 @@ pub struct PendingWrite {
     submitted: Vec<(u32, EncodedPoints, Option<KeyedPart>, CommitReceiver)>,
     /// Points already committed (forwarded entries).
     written: usize,
+    /// The proposals' trace parents, kept until their commits are answered.
+    _traced: Vec<crate::trace::Proposed>,
 }
 
 impl PendingWrite {
@@ -1093,6 +1095,7 @@ impl ClusterNode {
             node: self.clone(),
             submitted: Vec::new(),
             written: 0,
+            _traced: Vec::new(),
         };
         let mut forwarded = Vec::new();
         for (shard, points, keyed) in entries {
@@ -1101,6 +1104,7 @@ impl ClusterNode {
                 if group.raft.metrics().borrow().current_leader == Some(self.config.node_id) {
                     let mut batch = WriteBatch::new(points.clone());
                     batch.keyed = keyed.as_ref().map(|k| Box::new(k.stamped()));
+                    pending._traced.push(crate::trace::proposing(&batch.points));
                     let commit = group
                         .raft
                         .client_write_ff(batch)
@@ -1119,7 +1123,11 @@ impl ClusterNode {
                     .with_label_values(&[shard.to_string().as_str()])
                     .inc();
                 let started = std::time::Instant::now();
-                let written = self.write_entry(shard, points, keyed).await;
+                let written = tracing::Instrument::instrument(
+                    self.write_entry(shard, points, keyed),
+                    tracing::info_span!("cluster_forward", shard),
+                )
+                .await;
                 crate::metrics::FORWARDED_WRITE_SECONDS.observe(started.elapsed().as_secs_f64());
                 written
             });
@@ -1950,7 +1958,16 @@ async fn serve_requests(
                 continue;
             };
             let (Served { raft, shard, gate }, bus) = (served.clone(), bus.clone());
-            tokio::spawn(async move {
+            // Traced only as part of a request's trace (Raft's and status
+            // traffic would be a root trace per message otherwise).
+            let span = if message.headers.get("traceparent").is_some() {
+                let span = tracing::info_span!("cluster_serve", shard = shard_id, node);
+                chronicle_bus::trace::adopt(&message.headers, &span);
+                span
+            } else {
+                tracing::Span::none()
+            };
+            let handle = async move {
                 let (reply, later) =
                     match chronicle_bus::envelope::decode::<WireClusterRequest>(&message.payload) {
                         Ok(request) => answer(node, &raft, &shard, &gate, request).await,
@@ -1967,7 +1984,8 @@ async fn serve_requests(
                         break;
                     }
                 }
-            });
+            };
+            tokio::spawn(tracing::Instrument::instrument(handle, span));
         }
     }))
 }
@@ -1981,6 +1999,7 @@ async fn commit(
     batch: WriteBatch,
     done: impl FnOnce(crate::types::Applied) -> WireClusterReply,
 ) -> WireClusterReply {
+    let _traced = crate::trace::proposing(&batch.points);
     match tokio::time::timeout(COMMIT_TIMEOUT, raft.client_write(batch)).await {
         Ok(Ok(r)) => done(r.data),
         Ok(Err(e)) if e.forward_to_leader::<openraft::EmptyNode>().is_some() => {
@@ -2056,6 +2075,7 @@ async fn answer(
                 }
             };
             gate.pass().await;
+            let _traced = crate::trace::proposing(&batch.points);
             let started = std::time::Instant::now();
             let Ok(result) = tokio::time::timeout(COMMIT_TIMEOUT, raft.client_write(batch)).await
             else {

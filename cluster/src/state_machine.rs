@@ -274,12 +274,19 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         // on the blocking pool, so Raft's timers and heartbeats on the async
         // workers never wait behind it (a stalled heartbeat means an election).
         let shard = self.shard.current();
+        let shard_id = self.shard_id;
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
         let applied = tokio::task::spawn_blocking(move || {
             entries
                 .into_iter()
                 .map(|entry| {
                     let mut fed = None;
+                    let _traced = match &entry.payload {
+                        EntryPayload::Normal(batch) => {
+                            crate::trace::applying(&batch.points, shard_id, entry.log_id.index)
+                        }
+                        _ => None,
+                    };
                     let (written, membership, state) = match entry.payload {
                         EntryPayload::Normal(batch) if !batch.retain.is_empty() => {
                             shard.apply_retention(entry.log_id.index, &batch.retain)?;

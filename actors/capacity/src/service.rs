@@ -345,6 +345,7 @@ impl Actor for Collector {
                 let points = capacity.points(&usage, capacity.series(), now_ns());
                 match ingest
                     .send(WritePoints {
+                        span: tracing::Span::current(),
                         points,
                         idempotency_key: None,
                     })

@@ -66,6 +66,9 @@ impl Default for IngestConfig {
 pub struct WritePoints {
     pub points: Vec<Point>,
     pub idempotency_key: Option<String>,
+    /// The caller's span: the batch that writes these points is traced as
+    /// its child (`tracing::Span::current()` where the write is made).
+    pub span: tracing::Span,
 }
 
 /// Answers once the actor is subscribed and serving (a readiness probe).
@@ -78,11 +81,21 @@ enum Waiter {
     Reply {
         subject: String,
         points: usize,
+        span: tracing::Span,
     },
     Direct {
         tx: oneshot::Sender<Result<usize, IngestError>>,
         points: usize,
+        span: tracing::Span,
     },
+}
+
+impl Waiter {
+    fn span(&self) -> &tracing::Span {
+        match self {
+            Waiter::Reply { span, .. } | Waiter::Direct { span, .. } => span,
+        }
+    }
 }
 
 type Parsed = Result<Vec<Point>, IngestError>;
@@ -91,6 +104,7 @@ type Parsed = Result<Vec<Point>, IngestError>;
 struct ParseTicket {
     reply: Option<String>,
     key: Option<String>,
+    span: tracing::Span,
     result: oneshot::Receiver<Parsed>,
 }
 
@@ -222,8 +236,9 @@ impl IngestActor {
     }
 
     fn on_bus_message(&mut self, msg: BusMessage, ctx: &mut Context<Self>) {
-        let _span = info_span!("ingest_message", subject = %msg.subject, bytes = msg.payload.len())
-            .entered();
+        let span = info_span!("ingest_message", subject = %msg.subject, bytes = msg.payload.len());
+        chronicle_bus::trace::adopt(&msg.headers, &span);
+        let _entered = span.clone().entered();
         BYTES_RECEIVED.inc_by(msg.payload.len() as u64);
         let precision = match msg.headers.get("Precision").map(str::parse).transpose() {
             Ok(p) => p.unwrap_or(Precision::Nanoseconds),
@@ -244,7 +259,7 @@ impl IngestActor {
         if self.parsing.is_empty() && job.payload.len() < self.config.parse_offload_bytes {
             // Small, and nothing earlier is still parsing: parse right here.
             let result = job.run();
-            return self.batch(msg.reply, key, result, ctx);
+            return self.batch(msg.reply, key, result, span, ctx);
         }
         if self.parsing.len() >= self.config.parse_queue.max(1) {
             // Every parser is taken: take no more input until the oldest is done.
@@ -255,14 +270,15 @@ impl IngestActor {
                     oldest.reply,
                     oldest.key,
                     result.unwrap_or(Err(IngestError::Unavailable)),
+                    oldest.span,
                     ctx,
                 );
                 act.batch_parsed(ctx);
-                act.parse_elsewhere(reply, key, job, ctx);
+                act.parse_elsewhere(reply, key, job, span, ctx);
             }));
             return;
         }
-        self.parse_elsewhere(msg.reply, key, job, ctx);
+        self.parse_elsewhere(msg.reply, key, job, span, ctx);
     }
 
     fn parse_elsewhere(
@@ -270,6 +286,7 @@ impl IngestActor {
         reply: Option<String>,
         key: Option<String>,
         job: ParseJob,
+        span: tracing::Span,
         ctx: &mut Context<Self>,
     ) {
         let (tx, result) = oneshot::channel();
@@ -281,7 +298,12 @@ impl IngestActor {
             let _ = tx.send(result);
             actor.do_send(ParseDone);
         });
-        self.parsing.push_back(ParseTicket { reply, key, result });
+        self.parsing.push_back(ParseTicket {
+            reply,
+            key,
+            span,
+            result,
+        });
     }
 
     /// Batches, in arrival order, the messages whose parse has finished.
@@ -292,11 +314,10 @@ impl IngestActor {
                 Err(oneshot::error::TryRecvError::Empty) => return,
                 Err(oneshot::error::TryRecvError::Closed) => Err(IngestError::Unavailable),
             };
-            let (reply, key) = self
-                .parsing
-                .pop_front()
-                .map_or((None, None), |t| (t.reply, t.key));
-            self.batch(reply, key, result, ctx);
+            let Some(t) = self.parsing.pop_front() else {
+                return;
+            };
+            self.batch(t.reply, t.key, result, t.span, ctx);
         }
     }
 
@@ -305,6 +326,7 @@ impl IngestActor {
         reply: Option<String>,
         key: Option<String>,
         result: Parsed,
+        span: tracing::Span,
         ctx: &mut Context<Self>,
     ) {
         match result {
@@ -313,6 +335,7 @@ impl IngestActor {
                 let waiter = reply.map(|subject| Waiter::Reply {
                     subject,
                     points: points.len(),
+                    span,
                 });
                 self.enqueue(points, waiter, key, ctx);
             }
@@ -395,32 +418,55 @@ impl IngestActor {
         let writer = self.writer.clone();
         let bus = self.bus.clone();
         let slots = self.commit_slots.clone();
+        // One write's batch is traced in its trace; a batch of several writes
+        // follows from each of them.
+        let span = match waiters.as_slice() {
+            [one] => info_span!(parent: one.span(), "ingest_batch", points = points.len()),
+            several => {
+                let span = info_span!(
+                    "ingest_batch",
+                    points = points.len(),
+                    writes = several.len()
+                );
+                for w in several {
+                    span.follows_from(w.span());
+                }
+                span
+            }
+        };
+        let batch_span = span.clone();
         // Detached from the actor's context so the write completes and its waiters
         // are answered even while the actor holds its input (`ctx.wait`) or restarts.
-        actix::spawn(chronicle_actor_runtime::guard_future(ACTOR, async move {
-            let started = Instant::now();
-            // Waits while too many batches are committing (backpressure).
-            let permit = slots.acquire_owned().await;
-            let submitted = writer
-                .send(WriteBatch(points, keys))
-                .await
-                .unwrap_or(Err(IngestError::Unavailable));
-            // The next batch may go to the sink now, behind this one.
-            let _ = done_tx.send(true);
-            let result = match submitted {
-                Ok(commit) => commit.await,
-                Err(e) => Err(e),
-            };
-            drop(permit);
-            BATCH_SECONDS.observe(started.elapsed().as_secs_f64());
-            match &result {
-                Ok(n) => POINTS_WRITTEN.inc_by(*n as u64),
-                Err(e) => warn!(error = %e, "batch write failed; not acknowledged"),
-            }
-            for w in waiters {
-                answer(&bus, w, result.clone());
-            }
-        }));
+        actix::spawn(chronicle_actor_runtime::guard_future(
+            ACTOR,
+            tracing::Instrument::instrument(
+                async move {
+                    let started = Instant::now();
+                    // Waits while too many batches are committing (backpressure).
+                    let permit = slots.acquire_owned().await;
+                    let submitted = writer
+                        .send(WriteBatch(points, keys, batch_span))
+                        .await
+                        .unwrap_or(Err(IngestError::Unavailable));
+                    // The next batch may go to the sink now, behind this one.
+                    let _ = done_tx.send(true);
+                    let result = match submitted {
+                        Ok(commit) => commit.await,
+                        Err(e) => Err(e),
+                    };
+                    drop(permit);
+                    BATCH_SECONDS.observe(started.elapsed().as_secs_f64());
+                    match &result {
+                        Ok(n) => POINTS_WRITTEN.inc_by(*n as u64),
+                        Err(e) => warn!(error = %e, "batch write failed; not acknowledged"),
+                    }
+                    for w in waiters {
+                        answer(&bus, w, result.clone());
+                    }
+                },
+                span,
+            ),
+        ));
         let write = InFlight {
             id: self.next_write_id,
             done,
@@ -471,10 +517,12 @@ impl IngestActor {
 
 fn answer(bus: &Arc<dyn Bus>, waiter: Waiter, result: Result<usize, IngestError>) {
     match waiter {
-        Waiter::Direct { tx, points } => {
+        Waiter::Direct { tx, points, .. } => {
             let _ = tx.send(result.map(|_| points));
         }
-        Waiter::Reply { subject, points } => {
+        Waiter::Reply {
+            subject, points, ..
+        } => {
             let body = match result {
                 Ok(_) => format!("{{\"written\":{points}}}").into_bytes(),
                 Err(e) => error_json(e.code(), e.to_string()),
@@ -562,7 +610,11 @@ impl Supervised for IngestActor {
         for ticket in std::mem::take(&mut self.parsing) {
             if let Some(subject) = ticket.reply {
                 self.answer(
-                    Waiter::Reply { subject, points: 0 },
+                    Waiter::Reply {
+                        subject,
+                        points: 0,
+                        span: ticket.span,
+                    },
                     Err(IngestError::Restarted),
                 );
             }
@@ -599,7 +651,11 @@ impl Handler<WritePoints> for IngestActor {
         guarded(ACTOR, self, ctx, |act, ctx| {
             act.enqueue(
                 msg.points,
-                Some(Waiter::Direct { tx, points }),
+                Some(Waiter::Direct {
+                    tx,
+                    points,
+                    span: msg.span,
+                }),
                 msg.idempotency_key,
                 ctx,
             )

@@ -87,7 +87,8 @@ impl Actor for StorageWriter {
 
 /// One batch to hand to the sink (and its keyed spans); answered once it is
 /// submitted, with what completes when it is durable.
-pub struct WriteBatch(pub Vec<Point>, pub Vec<KeyedSpan>);
+/// Points, their idempotency spans, and the batch's trace span.
+pub struct WriteBatch(pub Vec<Point>, pub Vec<KeyedSpan>, pub tracing::Span);
 
 impl Message for WriteBatch {
     type Result = Result<PendingWrite, IngestError>;
@@ -97,7 +98,8 @@ impl Handler<WriteBatch> for StorageWriter {
     type Result = Result<PendingWrite, IngestError>;
 
     fn handle(&mut self, batch: WriteBatch, _: &mut SyncContext<Self>) -> Self::Result {
-        let _span = tracing::debug_span!("write_batch", points = batch.0.len()).entered();
+        let _span =
+            tracing::info_span!(parent: &batch.2, "write_batch", points = batch.0.len()).entered();
         let sink = &self.sink;
         let started = std::time::Instant::now();
         let points = batch.0.len();

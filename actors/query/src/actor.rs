@@ -334,6 +334,10 @@ impl QueryActor {
                         }
                     },
                 };
+                // The query's span is a child of the requester's trace.
+                let span = info_span!("query_message", subject = %msg.subject);
+                chronicle_bus::trace::adopt(&msg.headers, &span);
+                let _entered = span.enter();
                 self.run(request, waits, None)
             }
         };
