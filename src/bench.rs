@@ -48,6 +48,11 @@ pub enum BenchCommand {
     /// whether the detector keeps up with ingest for many watched series
     /// (docs/anomalies.md).
     Detect(crate::bench_detect::DetectBench),
+    /// Capacity forecasts: sMAPE and MASE on held-out points against
+    /// statsmodels (same model family) and the seasonal-naive baseline, over
+    /// generated series and a recording of a node's own usage under a
+    /// cycling load (docs/capacity.md).
+    Capacity(crate::bench_capacity::CapacityBench),
     /// The remediation recommender: held-out accuracy on generated incident
     /// histories against the most-frequent-successful-action baseline
     /// (docs/remediation.md).
@@ -99,6 +104,7 @@ pub fn run(cmd: BenchCommand) -> Result<(), Box<dyn std::error::Error>> {
         BenchCommand::Kv(args) => crate::bench_kv::run(args),
         BenchCommand::Collab(args) => crate::bench_collab::run(args),
         BenchCommand::Detect(args) => crate::bench_detect::run(args),
+        BenchCommand::Capacity(args) => crate::bench_capacity::run(args),
         BenchCommand::Recommend(args) => crate::bench_recommend::run(args),
     }
 }

@@ -592,6 +592,7 @@ async fn run_query(state: &AppState, request: QueryRequest) -> HttpResponse {
         .send(RunQuery {
             request,
             cancelled: Some(cancelled),
+            span: tracing::Span::current(),
         })
         .await;
     guard.done();

@@ -4,6 +4,7 @@
 
 pub mod backup_cli;
 pub mod bench;
+mod bench_capacity;
 mod bench_cluster;
 mod bench_collab;
 mod bench_dataset;

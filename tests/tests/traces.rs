@@ -231,6 +231,46 @@ fn one_write_forwarded_between_two_nodes_is_one_trace() {
         by_name["cluster_serve"].parent,
         by_name["cluster_forward"].id
     );
+
+    // A query joins its client's trace too.
+    let query_trace = "0af7651916cd43dd8448eb211c80319c";
+    let status = ureq::post(format!("{http1}/query"))
+        .header(
+            "traceparent",
+            &format!("00-{query_trace}-b7ad6b7169203331-01"),
+        )
+        .content_type("application/json")
+        .send(r#"{"sql":"SELECT count(*) FROM traced WHERE time >= 0"}"#)
+        .unwrap()
+        .status()
+        .as_u16();
+    assert_eq!(status, 200);
+    // A malformed context is ignored: the write succeeds in a trace of its own.
+    for bad in ["garbage", "00-zz-zz-01", &"f".repeat(10_000)] {
+        let status = ureq::post(format!("{http1}/write"))
+            .header("traceparent", bad)
+            .send("traced,host=bad value=1 1700000000000000000\n")
+            .unwrap()
+            .status()
+            .as_u16();
+        assert_eq!(status, 204, "{bad}");
+    }
+    let query_trace = hex_bytes(query_trace);
+    wait_until(Duration::from_secs(20), "the query's spans", || {
+        let names: BTreeSet<String> = spans(&bodies.lock().unwrap())
+            .into_iter()
+            .filter(|s| s.trace == query_trace)
+            .map(|s| s.name)
+            .collect();
+        names.contains("http_query") && names.contains("query")
+    });
+    assert_eq!(
+        ureq::get(format!("{http1}/health/ready"))
+            .call()
+            .unwrap()
+            .status(),
+        200
+    );
     drop(nodes);
 }
 

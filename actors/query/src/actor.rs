@@ -61,13 +61,17 @@ pub struct RunQuery {
     pub request: QueryRequest,
     /// Set by the caller when its client goes away: the query stops.
     pub cancelled: Option<Arc<AtomicBool>>,
+    /// The caller's span: the query is traced as its child.
+    pub span: tracing::Span,
 }
 
 impl RunQuery {
+    /// A query traced under the current span.
     pub fn new(request: QueryRequest) -> Self {
         Self {
             request,
             cancelled: None,
+            span: tracing::Span::current(),
         }
     }
 }
@@ -275,7 +279,11 @@ impl QueryActor {
             metrics::waited(started.elapsed().as_secs_f64());
             let _running = Gauged::new(&metrics::RUNNING);
             let cancelled = budget.cancelled.clone();
+            // The shard reads run in the query's span (their bus requests
+            // carry its trace).
+            let span = tracing::Span::current();
             let task = tokio::task::spawn_blocking(move || {
+                let _traced = span.enter();
                 chronicle_actor_runtime::yield_to_cluster_work();
                 let _held = (slot, admitted);
                 budget.check()?;
@@ -400,6 +408,7 @@ impl Handler<RunQuery> for QueryActor {
     type Result = ResponseFuture<Result<QueryResult, QueryError>>;
 
     fn handle(&mut self, msg: RunQuery, ctx: &mut Context<Self>) -> Self::Result {
+        let _traced = msg.span.enter();
         match guarded(ACTOR, self, ctx, |act, _| {
             act.run(msg.request, Duration::ZERO, msg.cancelled)
         }) {

@@ -131,6 +131,7 @@ fn a_full_queue_answers_busy_at_once_and_timeouts_hold() {
             .send(RunQuery {
                 request: q(),
                 cancelled: Some(cancelled),
+                span: tracing::Span::none(),
             })
             .await
             .unwrap();
