@@ -1109,6 +1109,12 @@ impl Shard {
         Ok(())
     }
 
+    /// Series ever created in this shard (ids are never reused): its rate
+    /// is the series churn.
+    pub fn series_created(&self) -> u64 {
+        self.state.read().next_id.saturating_sub(1)
+    }
+
     /// Bytes held by the decoded-chunk cache (0 when it is off).
     pub fn decoded_cache_bytes(&self) -> u64 {
         self.decoded.as_ref().map_or(0, |c| c.weight())

@@ -204,6 +204,12 @@ async fn metrics_cover_queries_raft_rocksdb_bus_and_the_process_and_pass_promtoo
         // The bus (the local bus: the ingest and query actors' own traffic
         // does not cross it on HTTP, the change feed does).
         assert!(at("chronicle_bus_messages_total", &["class=\"events\"", "direction=\"sent\""]) >= 1.0);
+        // Capacity planning (on by default).
+        at("chronicle_capacity_forecast_seconds_count", &[]);
+        at(
+            "chronicle_capacity_changes_total",
+            &["action=\"applied\"", "by=\"auto_tune\""],
+        );
         // The process.
         assert!(at("process_resident_memory_bytes", &[]) > 1e6);
         assert!(at("process_open_fds", &[]) > 10.0);

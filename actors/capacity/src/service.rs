@@ -183,6 +183,8 @@ impl Planned for Plan {
             cluster_runtime: cx.cluster_runtime.clone(),
             shown: parking_lot::Mutex::new(None),
         });
+        std::sync::LazyLock::force(&FORECAST_SECONDS);
+        std::sync::LazyLock::force(&CHANGES);
         let ingest = cx.services.get::<Addr<IngestActor>>().map(|a| (*a).clone());
         if ingest.is_none() {
             warn!("capacity: the ingest feature is disabled: the node's usage is not recorded");
@@ -222,6 +224,21 @@ fn counter_total(name: &str) -> Option<f64> {
     )
 }
 
+/// The sum of a histogram's observations in the process registry, over
+/// all its labels.
+fn histogram_sum(name: &str) -> Option<f64> {
+    let family = prometheus::gather()
+        .into_iter()
+        .find(|f| f.name() == name)?;
+    Some(
+        family
+            .get_metric()
+            .iter()
+            .map(|m| m.get_histogram().get_sample_sum())
+            .sum(),
+    )
+}
+
 /// Observations of a histogram in the process registry, over all its labels.
 fn histogram_count(name: &str) -> Option<f64> {
     let family = prometheus::gather()
@@ -241,6 +258,16 @@ impl Capacity {
     fn points(&self, usage: &Usage, series: u64, now: i64) -> Vec<Point> {
         let node = Label::new("node", self.node.to_string());
         let mut out = Vec::new();
+        for ((shard, kind), bytes) in &usage.disk {
+            let mut labels = vec![node.clone(), Label::new("kind", *kind)];
+            labels.extend(shard.map(|s| Label::new("shard", s.to_string())));
+            out.push(Point::new(
+                "chronicle_self_disk_bytes",
+                labels,
+                *bytes as f64,
+                now,
+            ));
+        }
         let mut push = |metric: &str, extra: Option<Label>, value: Option<f64>| {
             if let Some(v) = value {
                 let mut labels = vec![node.clone()];
@@ -248,13 +275,6 @@ impl Capacity {
                 out.push(Point::new(metric, labels, v, now));
             }
         };
-        for (kind, bytes) in &usage.disk {
-            push(
-                "chronicle_self_disk_bytes",
-                Some(Label::new("kind", *kind)),
-                Some(*bytes as f64),
-            );
-        }
         push(
             "chronicle_self_disk_free_bytes",
             None,
@@ -296,7 +316,26 @@ impl Capacity {
             None,
             histogram_count("chronicle_query_duration_seconds"),
         );
+        push(
+            "chronicle_self_query_seconds_total",
+            None,
+            histogram_sum("chronicle_query_duration_seconds"),
+        );
+        push(
+            "chronicle_self_series_created_total",
+            None,
+            Some(self.series_created() as f64),
+        );
         out
+    }
+
+    /// Series ever created on this node's replicas.
+    fn series_created(&self) -> u64 {
+        self.cluster
+            .local_shards()
+            .iter()
+            .map(|(_, shard)| shard.series_created())
+            .sum()
     }
 
     /// Series held on this node (every local replica).
@@ -495,6 +534,7 @@ impl Capacity {
         horizon: Duration,
         detail: bool,
     ) -> Result<Vec<ResourceForecast>, String> {
+        let _timer = FORECAST_SECONDS.start_timer();
         let steps = self.config.horizon_steps(horizon)?;
         let step_ns = self.config.step.as_nanos() as i64;
         let end = now_ns();
@@ -591,6 +631,40 @@ pub struct AppliedChange {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rolled_back: Option<SettingChange>,
 }
+
+/// Forecast requests' fitting time (`chronicle_capacity_forecast_seconds`).
+static FORECAST_SECONDS: std::sync::LazyLock<prometheus::Histogram> =
+    std::sync::LazyLock::new(|| {
+        let h = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "chronicle_capacity_forecast_seconds",
+                "Time to forecast the node's resources (every model fitted)",
+            )
+            .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+        )
+        .expect("static metric definition");
+        chronicle_actor_runtime::register(Box::new(h.clone()));
+        h
+    });
+
+/// Changes made through recommendations (`chronicle_capacity_changes_total`).
+static CHANGES: std::sync::LazyLock<prometheus::IntCounterVec> = std::sync::LazyLock::new(|| {
+    let c = prometheus::IntCounterVec::new(
+        prometheus::Opts::new(
+            "chronicle_capacity_changes_total",
+            "Recommendations applied or rolled back, by action and by whom (operator or auto_tune)",
+        ),
+        &["action", "by"],
+    )
+    .expect("static metric definition");
+    chronicle_actor_runtime::register(Box::new(c.clone()));
+    for action in ["applied", "rolled_back"] {
+        for by in ["operator", "auto_tune"] {
+            c.with_label_values(&[action, by]);
+        }
+    }
+    c
+});
 
 /// How long an applied change stays listed and can be rolled back.
 pub const APPLIED_TTL: Duration = Duration::from_secs(90 * 86_400);
@@ -754,6 +828,9 @@ impl Capacity {
         .map_err(state_error)?;
         // What was shown is stale now.
         *self.shown.lock() = None;
+        CHANGES
+            .with_label_values(&["applied", if auto { "auto_tune" } else { "operator" }])
+            .inc();
         Ok(applied)
     }
 
@@ -806,6 +883,9 @@ impl Capacity {
         .await
         .map_err(state_error)?
         .map_err(|_| CapacityError::Conflict(format!("{record} changed meanwhile")))?;
+        CHANGES
+            .with_label_values(&["rolled_back", "operator"])
+            .inc();
         Ok(applied)
     }
 

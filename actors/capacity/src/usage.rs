@@ -13,10 +13,10 @@ const MAX_ENTRIES: usize = 1_000_000;
 /// One sample.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Usage {
-    /// Bytes under the data directory by kind: `data` (the shards'
-    /// databases), `raft_log`, `snapshots` (made, being made, or being
-    /// received), `other`.
-    pub disk: BTreeMap<&'static str, u64>,
+    /// Bytes under the data directory by place: a shard (`None`: outside
+    /// every shard) and a kind: `data` (the shard's database), `raft_log`,
+    /// `snapshots` (made, being made, or being received), `other`.
+    pub disk: BTreeMap<(Option<u32>, &'static str), u64>,
     /// Of the file system holding the data directory.
     pub disk_free: Option<u64>,
     pub disk_size: Option<u64>,
@@ -46,12 +46,34 @@ pub fn kind_of(relative: &Path) -> &'static str {
     }
 }
 
-/// Bytes under `root` by kind (files only; what cannot be read is skipped).
-pub fn disk_by_kind(root: &Path) -> BTreeMap<&'static str, u64> {
-    let mut out: BTreeMap<&'static str, u64> = ["data", "raft_log", "snapshots", "other"]
-        .into_iter()
-        .map(|k| (k, 0))
-        .collect();
+/// The shard a path under the data directory belongs to (`shard-<n>/...`).
+pub fn shard_of(relative: &Path) -> Option<u32> {
+    relative
+        .components()
+        .next()?
+        .as_os_str()
+        .to_str()?
+        .strip_prefix("shard-")?
+        .parse()
+        .ok()
+}
+
+/// Bytes under `root` by shard and kind (files only; what cannot be read
+/// is skipped). Every shard directory found has each of its kinds, at 0
+/// when empty.
+pub fn disk_by_kind(root: &Path) -> BTreeMap<(Option<u32>, &'static str), u64> {
+    let mut out: BTreeMap<(Option<u32>, &'static str), u64> =
+        BTreeMap::from([((None, "other"), 0)]);
+    if let Ok(entries) = std::fs::read_dir(root) {
+        for shard in entries
+            .flatten()
+            .filter_map(|e| shard_of(Path::new(&e.file_name())))
+        {
+            for kind in ["data", "raft_log", "snapshots"] {
+                out.insert((Some(shard), kind), 0);
+            }
+        }
+    }
     let mut stack = vec![root.to_path_buf()];
     let mut visited = 0usize;
     while let Some(dir) = stack.pop() {
@@ -69,7 +91,13 @@ pub fn disk_by_kind(root: &Path) -> BTreeMap<&'static str, u64> {
                 stack.push(path);
             } else if meta.is_file() {
                 let relative = path.strip_prefix(root).unwrap_or(&path);
-                *out.entry(kind_of(relative)).or_default() += meta.len();
+                let kind = kind_of(relative);
+                let shard = if kind == "other" {
+                    None
+                } else {
+                    shard_of(relative)
+                };
+                *out.entry((shard, kind)).or_default() += meta.len();
             }
         }
     }
@@ -176,12 +204,16 @@ mod tests {
         write("shard-0/raft-log/1.log", 1000);
         write("shard-0/state/shards/0/1.sst", 5000);
         write("shard-0/state/snapshots/s/1.sst", 300);
+        write("shard-2/raft-log/1.log", 10);
         write("cluster.json", 7);
         let disk = disk_by_kind(dir.path());
-        assert_eq!(disk["raft_log"], 1000);
-        assert_eq!(disk["data"], 5000);
-        assert_eq!(disk["snapshots"], 300);
-        assert_eq!(disk["other"], 7);
+        assert_eq!(disk[&(Some(0), "raft_log")], 1000);
+        assert_eq!(disk[&(Some(0), "data")], 5000);
+        assert_eq!(disk[&(Some(0), "snapshots")], 300);
+        assert_eq!(disk[&(Some(2), "raft_log")], 10);
+        assert_eq!(disk[&(Some(2), "data")], 0);
+        assert_eq!(disk[&(None, "other")], 7);
+        assert_eq!(disk.len(), 7);
         let usage = sample(dir.path());
         let (free, size) = (usage.disk_free.unwrap(), usage.disk_size.unwrap());
         assert!(free <= size && size > 0);

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -156,6 +156,7 @@ struct Plan {
 #[async_trait(?Send)]
 impl Planned for Plan {
     async fn start(self: Box<Self>, cx: &FeatureContext) -> Result<Arc<dyn Running>, FeatureError> {
+        LazyLock::force(&EVENTS);
         let engine = Arc::new(Engine {
             state: cx.state("remediation")?,
             anomalies: cx.state("detect")?,
@@ -187,6 +188,53 @@ impl Planned for Plan {
             arbiter: ArbiterSlot::new(arbiter),
         }))
     }
+}
+
+/// Audited events by kind and outcome (`chronicle_remediation_events_total`).
+static EVENTS: LazyLock<prometheus::IntCounterVec> = LazyLock::new(|| {
+    let c = prometheus::IntCounterVec::new(
+        prometheus::Opts::new(
+            "chronicle_remediation_events_total",
+            "Remediation's audited events by event (evaluated, executed, queued, approved, rejected, outcome, rolled_back) and outcome",
+        ),
+        &["event", "outcome"],
+    )
+    .expect("static metric definition");
+    chronicle_actor_runtime::register(Box::new(c.clone()));
+    c
+});
+
+/// Counts an audit record; unknown words count as `other` (the label
+/// values stay a fixed set).
+fn count_event(record: &AuditRecord) {
+    const EVENTS_KNOWN: &[&str] = &[
+        "evaluated",
+        "executed",
+        "queued",
+        "approved",
+        "rejected",
+        "outcome",
+        "rolled_back",
+    ];
+    const OUTCOMES_KNOWN: &[&str] = &[
+        "execute",
+        "await_approval",
+        "dry_run",
+        "held",
+        "ok",
+        "failed",
+        "rejected",
+        "recovered",
+        "not_recovered",
+        "ended_before",
+        "none",
+    ];
+    let pick = |v: &str, known: &[&'static str]| -> &'static str {
+        known.iter().find(|k| **k == v).copied().unwrap_or("other")
+    };
+    let event = pick(&record.event, EVENTS_KNOWN);
+    let outcome = pick(record.outcome.as_deref().unwrap_or("none"), OUTCOMES_KNOWN);
+    EVENTS.with_label_values(&[event, outcome]).inc();
 }
 
 /// One step of the audit trail.
@@ -436,6 +484,7 @@ impl Engine {
     }
 
     async fn audit(&self, mut record: AuditRecord) -> String {
+        count_event(&record);
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         record.id = format!("{:013}-{}-{n}", record.at_ms.max(0), self.node);
         record.node = self.node;
