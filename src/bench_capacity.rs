@@ -171,6 +171,10 @@ struct Scored {
     ours: (f64, f64),
     statsmodels: Option<(f64, f64)>,
     naive: (f64, f64),
+    /// The series and our forecast of its held-out end (in the JSON
+    /// report, so a recording can be looked at or fitted elsewhere).
+    values: Vec<f64>,
+    forecast: Vec<f64>,
 }
 
 fn score(case: &Case, predicted: &[f64]) -> (f64, f64) {
@@ -209,6 +213,8 @@ fn evaluate(cases: &[Case], python: &str) -> Result<(Vec<Scored>, Option<String>
             ours: score(c, &f.mean),
             statsmodels: None,
             naive: score(c, &seasonal_naive(&c.train, c.test.len(), c.period)),
+            values: c.train.iter().chain(&c.test).copied().collect(),
+            forecast: f.mean.clone(),
         });
     }
     let note = match statsmodels(python, &json!({ "series": requests })) {
@@ -329,9 +335,10 @@ fn load_and_read(http: &str, secs: u64, period: u64, peak: u64) -> Result<Vec<Ca
         }
     }
     eprintln!("\r  {secs} s, {sent} points written");
-    // The last samples reach the series.
-    std::thread::sleep(Duration::from_secs(2));
+    // The recording ends with the load (after it, the rate falls to zero:
+    // not what was recorded under load); its last samples land meanwhile.
     let end_ns = chronicle_query::request::now_ns();
+    std::thread::sleep(Duration::from_secs(2));
     let read = |promql: &str| -> Result<Vec<f64>, Error> {
         let mut r = agent
             .get(format!("{http}/api/v1/query_range"))
@@ -399,6 +406,7 @@ pub fn run(args: CapacityBench) -> Result<(), Error> {
                     "ours": {"smape": s.ours.0, "mase": s.ours.1},
                     "statsmodels": s.statsmodels.map(|(a, b)| json!({"smape": a, "mase": b})),
                     "seasonal_naive": {"smape": s.naive.0, "mase": s.naive.1},
+                    "values": s.values, "forecast": s.forecast,
                 })
             })
             .collect()
