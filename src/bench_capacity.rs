@@ -373,8 +373,14 @@ fn load_and_read(http: &str, secs: u64, period: u64, peak: u64) -> Result<Vec<Ca
         ),
     ] {
         let y = read(promql)?;
-        if y.len() < 40 {
-            return Err(format!("{name}: only {} samples recorded", y.len()).into());
+        // Ten points and two load cycles at least, besides what is held out.
+        let need = (2 * period as usize).max(10) + 5;
+        if y.len() < need {
+            return Err(format!(
+                "{name}: {} samples recorded, {need} needed: record longer (--record-secs)",
+                y.len()
+            )
+            .into());
         }
         // The last fifth held out, at most two cycles.
         let h = (y.len() / 5).min(2 * period as usize).max(1);
