@@ -339,13 +339,19 @@ fn load_and_read(http: &str, secs: u64, period: u64, peak: u64) -> Result<Vec<Ca
     // not what was recorded under load); its last samples land meanwhile.
     let end_ns = chronicle_query::request::now_ns();
     std::thread::sleep(Duration::from_secs(2));
+    // Read at the forecasts' resolution, as the node does (its default is
+    // hourly steps over days: 24 to a daily cycle): here 12 to a load cycle.
+    // At the 1 s sampling itself, a level model's one-step errors on so
+    // smooth a series are as small as a seasonal one's, and AICc picks it.
+    let step = (period / 12).max(1);
+    let per_cycle = (period / step) as usize;
     let read = |promql: &str| -> Result<Vec<f64>, Error> {
         let mut r = agent
             .get(format!("{http}/api/v1/query_range"))
             .query("query", promql)
             .query("start", format!("{:.3}", start_ns as f64 / 1e9 + 10.0))
             .query("end", format!("{:.3}", end_ns as f64 / 1e9))
-            .query("step", "1s")
+            .query("step", format!("{step}s"))
             .call()?;
         let v: Value = serde_json::from_slice(&r.body_mut().read_to_vec()?)?;
         Ok(v["data"]["result"][0]["values"]
@@ -361,20 +367,21 @@ fn load_and_read(http: &str, secs: u64, period: u64, peak: u64) -> Result<Vec<Ca
     for (name, promql) in [
         (
             "recorded ingest rate (points/s)",
-            "sum(rate(chronicle_self_ingest_points_total[5s]))",
+            "sum(rate(chronicle_self_ingest_points_total[STEP]))",
         ),
         (
             "recorded resident memory (bytes)",
-            "max(last_over_time(chronicle_self_memory_rss_bytes[2s]))",
+            "max(last_over_time(chronicle_self_memory_rss_bytes[STEP]))",
         ),
         (
             "recorded disk (bytes)",
-            "sum(last_over_time(chronicle_self_disk_bytes[2s]))",
+            "sum(last_over_time(chronicle_self_disk_bytes[STEP]))",
         ),
     ] {
-        let y = read(promql)?;
+        let window = format!("{}s", step.max(2));
+        let y = read(&promql.replace("STEP", &window))?;
         // Ten points and two load cycles at least, besides what is held out.
-        let need = (2 * period as usize).max(10) + 5;
+        let need = (2 * per_cycle).max(10) + 5;
         if y.len() < need {
             return Err(format!(
                 "{name}: {} samples recorded, {need} needed: record longer (--record-secs)",
@@ -383,13 +390,13 @@ fn load_and_read(http: &str, secs: u64, period: u64, peak: u64) -> Result<Vec<Ca
             .into());
         }
         // The last fifth held out, at most two cycles.
-        let h = (y.len() / 5).min(2 * period as usize).max(1);
+        let h = (y.len() / 5).min(2 * per_cycle).max(1);
         let (train, test) = y.split_at(y.len() - h);
         cases.push(Case {
             name: name.into(),
             train: train.to_vec(),
             test: test.to_vec(),
-            period: period as usize,
+            period: per_cycle,
         });
     }
     Ok(cases)

@@ -285,9 +285,12 @@ pub fn find_period(
     if max_lag < config.min_period + 1 {
         return None;
     }
+    // Lags below the shortest period are computed too: a peak at the
+    // shortest lag must rise above its left neighbour like any other (a
+    // smooth series' autocorrelation falls from lag 1, which is no period).
     let r: Vec<f64> = (0..=max_lag + 1)
         .map(|lag| {
-            if lag < config.min_period {
+            if lag == 0 {
                 f64::NAN
             } else {
                 acf(lag.min(n - 1))
