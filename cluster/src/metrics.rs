@@ -176,9 +176,9 @@ metric!(DECODED_CACHE: IntGaugeVec = gauge(
     &["shard"]
 ));
 
-/// Touches every metric so a scrape lists them before their first event.
-pub(crate) fn touch() {
-    for g in [
+/// The per-shard gauges, set at each refresh.
+fn gauges() -> [&'static LazyLock<IntGaugeVec>; 19] {
+    [
         &LEADER,
         &HAS_LEADER,
         &TERM,
@@ -198,7 +198,12 @@ pub(crate) fn touch() {
         &ROCKSDB_WRITE_STOPPED,
         &ROCKSDB_WRITE_DELAYED,
         &DECODED_CACHE,
-    ] {
+    ]
+}
+
+/// Touches every metric so a scrape lists them before their first event.
+pub(crate) fn touch() {
+    for g in gauges() {
         LazyLock::force(g);
     }
     for c in [
@@ -217,27 +222,7 @@ pub(crate) fn touch() {
 /// Clears the per-shard gauges before a refresh, so a shard that moved away
 /// stops being reported.
 pub(crate) fn reset_gauges() {
-    for g in [
-        &LEADER,
-        &HAS_LEADER,
-        &TERM,
-        &LAST_LOG_INDEX,
-        &COMMIT_INDEX,
-        &APPLIED_INDEX,
-        &APPLY_LAG,
-        &REPLICATION_LAG,
-        &LOG_ENTRIES,
-        &LOG_BYTES,
-        &SNAPSHOT_INDEX,
-        &ROCKSDB_SST_LIVE,
-        &ROCKSDB_SST_TOTAL,
-        &ROCKSDB_MEMTABLE,
-        &ROCKSDB_PENDING_COMPACTION,
-        &ROCKSDB_BLOCK_CACHE,
-        &ROCKSDB_WRITE_STOPPED,
-        &ROCKSDB_WRITE_DELAYED,
-        &DECODED_CACHE,
-    ] {
+    for g in gauges() {
         g.reset();
     }
 }

@@ -210,47 +210,27 @@ fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
-/// Total of a counter family in the node's registry.
+/// The sum over all labels of `value` of each series of the metric family
+/// `name` in the process registry (`None` when it is not registered).
+fn family_sum(name: &str, value: impl Fn(&prometheus::proto::Metric) -> f64) -> Option<f64> {
+    let family = prometheus::gather()
+        .into_iter()
+        .find(|f| f.name() == name)?;
+    Some(family.get_metric().iter().map(value).sum())
+}
+
 fn counter_total(name: &str) -> Option<f64> {
-    let family = prometheus::gather()
-        .into_iter()
-        .find(|f| f.name() == name)?;
-    Some(
-        family
-            .get_metric()
-            .iter()
-            .map(|m| m.get_counter().get_value())
-            .sum(),
-    )
+    family_sum(name, |m| m.get_counter().get_value())
 }
 
-/// The sum of a histogram's observations in the process registry, over
-/// all its labels.
-fn histogram_sum(name: &str) -> Option<f64> {
-    let family = prometheus::gather()
-        .into_iter()
-        .find(|f| f.name() == name)?;
-    Some(
-        family
-            .get_metric()
-            .iter()
-            .map(|m| m.get_histogram().get_sample_sum())
-            .sum(),
-    )
-}
-
-/// Observations of a histogram in the process registry, over all its labels.
+/// Observations of a histogram, over all its labels.
 fn histogram_count(name: &str) -> Option<f64> {
-    let family = prometheus::gather()
-        .into_iter()
-        .find(|f| f.name() == name)?;
-    Some(
-        family
-            .get_metric()
-            .iter()
-            .map(|m| m.get_histogram().get_sample_count() as f64)
-            .sum(),
-    )
+    family_sum(name, |m| m.get_histogram().get_sample_count() as f64)
+}
+
+/// The sum of a histogram's observations, over all its labels.
+fn histogram_sum(name: &str) -> Option<f64> {
+    family_sum(name, |m| m.get_histogram().get_sample_sum())
 }
 
 impl Capacity {
