@@ -212,31 +212,37 @@ fn now_ns() -> i64 {
 
 /// The sum over all labels of `value` of each series of the metric family
 /// `name` in the process registry (`None` when it is not registered).
-fn family_sum(name: &str, value: impl Fn(&prometheus::proto::Metric) -> f64) -> Option<f64> {
-    let family = prometheus::gather()
-        .into_iter()
-        .find(|f| f.name() == name)?;
+fn family_sum(
+    families: &[prometheus::proto::MetricFamily],
+    name: &str,
+    value: impl Fn(&prometheus::proto::Metric) -> f64,
+) -> Option<f64> {
+    let family = families.iter().find(|f| f.name() == name)?;
     Some(family.get_metric().iter().map(value).sum())
 }
 
-fn counter_total(name: &str) -> Option<f64> {
-    family_sum(name, |m| m.get_counter().get_value())
+fn counter_total(families: &[prometheus::proto::MetricFamily], name: &str) -> Option<f64> {
+    family_sum(families, name, |m| m.get_counter().get_value())
 }
 
 /// Observations of a histogram, over all its labels.
-fn histogram_count(name: &str) -> Option<f64> {
-    family_sum(name, |m| m.get_histogram().get_sample_count() as f64)
+fn histogram_count(families: &[prometheus::proto::MetricFamily], name: &str) -> Option<f64> {
+    family_sum(families, name, |m| {
+        m.get_histogram().get_sample_count() as f64
+    })
 }
 
 /// The sum of a histogram's observations, over all its labels.
-fn histogram_sum(name: &str) -> Option<f64> {
-    family_sum(name, |m| m.get_histogram().get_sample_sum())
+fn histogram_sum(families: &[prometheus::proto::MetricFamily], name: &str) -> Option<f64> {
+    family_sum(families, name, |m| m.get_histogram().get_sample_sum())
 }
 
 impl Capacity {
     /// One sample as points, stamped `now` (ns).
     fn points(&self, usage: &Usage, series: u64, now: i64) -> Vec<Point> {
         let node = Label::new("node", self.node.to_string());
+        // One gather for every counter read below.
+        let families = prometheus::gather();
         let mut out = Vec::new();
         for ((shard, kind), bytes) in &usage.disk {
             let mut labels = vec![node.clone(), Label::new("kind", *kind)];
@@ -284,22 +290,22 @@ impl Capacity {
         push(
             "chronicle_self_ingest_points_total",
             None,
-            counter_total("chronicle_ingest_points_total"),
+            counter_total(&families, "chronicle_ingest_points_total"),
         );
         push(
             "chronicle_self_bus_messages_total",
             None,
-            counter_total("chronicle_bus_messages_total"),
+            counter_total(&families, "chronicle_bus_messages_total"),
         );
         push(
             "chronicle_self_queries_total",
             None,
-            histogram_count("chronicle_query_duration_seconds"),
+            histogram_count(&families, "chronicle_query_duration_seconds"),
         );
         push(
             "chronicle_self_query_seconds_total",
             None,
-            histogram_sum("chronicle_query_duration_seconds"),
+            histogram_sum(&families, "chronicle_query_duration_seconds"),
         );
         push(
             "chronicle_self_series_created_total",
