@@ -309,7 +309,10 @@ pub fn run(cmd: CapacityCommand) -> Result<(), Error> {
                         r["risk"].as_str().unwrap_or("-").into(),
                         match (c["setting"].as_str(), c["from"].as_str(), c["to"].as_str()) {
                             (Some(s), Some(f), Some(t)) => format!("{s}: {f} -> {t}"),
-                            _ => c["how"].as_str().unwrap_or("-").into(),
+                            // Not a run-time setting: the operator's change,
+                            // spelled out below the table.
+                            (None, Some(f), Some(t)) => format!("by hand: {f} -> {t}"),
+                            _ => "by hand".into(),
                         },
                         format!(
                             "{} {} -> {}",
@@ -337,6 +340,37 @@ pub fn run(cmd: CapacityCommand) -> Result<(), Error> {
                     "\n{}: {}",
                     r["id"].as_str().unwrap_or("-"),
                     r["description"].as_str().unwrap_or("")
+                );
+                println!("  how: {}", r["change"]["how"].as_str().unwrap_or("-"));
+            }
+            let m = &answer["measured"];
+            if let (Some(chunks), Some(level), Some(size)) = (
+                m["chunks"].as_u64(),
+                m["compression_level"].as_i64(),
+                m["max_chunk_samples"].as_u64(),
+            ) {
+                let trials: Vec<String> = m["levels"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|t| {
+                        format!(
+                            "level {} {:.3}",
+                            t["level"],
+                            t["bytes_per_sample"].as_f64().unwrap_or(0.0)
+                        )
+                    })
+                    .chain(m["sizes"].as_array().into_iter().flatten().map(|t| {
+                        format!(
+                            "{} samples {:.3}",
+                            t["max_chunk_samples"],
+                            t["bytes_per_sample"].as_f64().unwrap_or(0.0)
+                        )
+                    }))
+                    .collect();
+                println!(
+                    "\nmeasured on this node's newest {chunks} chunks (level {level}, {size} samples a chunk), bytes a sample: {}",
+                    trials.join(", ")
                 );
             }
         }

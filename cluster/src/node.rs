@@ -1011,6 +1011,12 @@ impl ClusterNode {
         &self.config.shard
     }
 
+    /// Replicas per shard asked for (a shard has fewer while the cluster
+    /// has fewer nodes).
+    pub fn replication(&self) -> usize {
+        self.config.replication
+    }
+
     pub fn shards(&self) -> u32 {
         self.config.shards
     }

@@ -33,6 +33,35 @@ impl SettingsFeature {
     }
 }
 
+/// Bounds of `storage.max_chunk_samples`: below 64 a chunk's header
+/// outweighs its samples; above 65,536 one series' head holds 1 MiB.
+pub const CHUNK_SAMPLES: std::ops::RangeInclusive<usize> = 64..=65_536;
+/// Bounds of `storage.compression_level` (zstd's levels without its
+/// "ultra" ones, which need far more memory to decode).
+pub const COMPRESSION_LEVELS: std::ops::RangeInclusive<i32> = 1..=19;
+
+fn parse_chunk_samples(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if CHUNK_SAMPLES.contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{text:?}: samples per chunk, {} to {}",
+            CHUNK_SAMPLES.start(),
+            CHUNK_SAMPLES.end()
+        )),
+    }
+}
+
+fn parse_compression_level(text: &str) -> Result<i32, String> {
+    match text.trim().parse::<i32>() {
+        Ok(n) if COMPRESSION_LEVELS.contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{text:?}: a zstd level, {} to {}",
+            COMPRESSION_LEVELS.start(),
+            COMPRESSION_LEVELS.end()
+        )),
+    }
+}
+
 /// `retention.raw`: a duration, or `none` (kept for ever).
 fn parse_retention(text: &str) -> Result<Option<Duration>, String> {
     match text.trim() {
@@ -51,7 +80,7 @@ impl Feature for SettingsFeature {
     }
 
     fn describe(&self) -> &'static str {
-        "run-time settings (retention) changed through /api/config for every node, with a history"
+        "run-time settings (retention, chunk size, compression) changed through /api/config for every node, with a history"
     }
 
     fn configure(&self, section: Option<&toml::Value>) -> Result<Box<dyn Planned>, FeatureError> {
@@ -86,11 +115,28 @@ impl Planned for SettingsPlan {
                 cluster.set_raw_retention(raw);
             },
         );
+        let shard = cx.cluster.shard_config();
+        let tuning = shard.tuning.clone();
+        let chunk_samples = Setting::new(
+            "storage.max_chunk_samples",
+            "a series' head is cut into a chunk at this many samples (memory per active series against compression)",
+            shard.max_chunk_samples.to_string(),
+            |v| parse_chunk_samples(v).map(|_| ()),
+            move |v| tuning.set_max_chunk_samples(v.and_then(|v| parse_chunk_samples(v).ok())),
+        );
+        let tuning = shard.tuning.clone();
+        let compression = Setting::new(
+            "storage.compression_level",
+            "zstd level of the chunk encoder's byte-oriented candidate (chunks cut from now on)",
+            shard.encode.zstd_level.to_string(),
+            |v| parse_compression_level(v).map(|_| ()),
+            move |v| tuning.set_zstd_level(v.and_then(|v| parse_compression_level(v).ok())),
+        );
         let settings: Settings = Arc::new(RuntimeSettings::new(
             cx.state("config")?,
             cx.cluster_runtime.clone(),
             cx.node_id,
-            vec![retention],
+            vec![retention, chunk_samples, compression],
         ));
         cx.services.provide(settings.clone());
         let for_actor = settings.clone();
@@ -304,5 +350,17 @@ mod tests {
         assert!(parse_retention("10m").is_err());
         assert!(parse_retention("soon").is_err());
         assert!(parse_retention("").is_err());
+    }
+
+    #[test]
+    fn storage_values() {
+        assert_eq!(parse_chunk_samples("512"), Ok(512));
+        for bad in ["63", "65537", "-1", "lots", ""] {
+            assert!(parse_chunk_samples(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_compression_level("19"), Ok(19));
+        for bad in ["0", "20", "-5", "high"] {
+            assert!(parse_compression_level(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -1,5 +1,7 @@
 //! Shard configuration.
 
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::aggregate::AggregateFunction;
@@ -27,6 +29,59 @@ pub struct ShardConfig {
     pub block_cache_bytes: usize,
     /// Recently read chunks kept decoded, bytes (0 turns the cache off).
     pub decoded_cache_bytes: usize,
+    /// Run-time overrides of `max_chunk_samples` and `encode`, shared by
+    /// every shard opened from clones of this config (the config API sets
+    /// them; a shard reopened after a snapshot install keeps them).
+    pub tuning: Arc<Tuning>,
+}
+
+/// Settings a running shard takes changes of. Each applies to chunks cut
+/// from then on; chunks already written stay as they are.
+#[derive(Debug, Default)]
+pub struct Tuning {
+    /// 0: the config's `max_chunk_samples`.
+    max_chunk_samples: AtomicUsize,
+    /// `i32::MIN`: the config's zstd level.
+    zstd_level: AtomicI32,
+}
+
+impl Tuning {
+    pub fn new() -> Self {
+        Self {
+            max_chunk_samples: AtomicUsize::new(0),
+            zstd_level: AtomicI32::new(i32::MIN),
+        }
+    }
+
+    /// `None`: back to the config's value.
+    pub fn set_max_chunk_samples(&self, samples: Option<usize>) {
+        self.max_chunk_samples
+            .store(samples.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// `None`: back to the config's level.
+    pub fn set_zstd_level(&self, level: Option<i32>) {
+        self.zstd_level
+            .store(level.unwrap_or(i32::MIN), Ordering::Relaxed);
+    }
+}
+
+impl ShardConfig {
+    /// The head size at which a series' head is cut, in effect now.
+    pub fn effective_max_chunk_samples(&self) -> usize {
+        match self.tuning.max_chunk_samples.load(Ordering::Relaxed) {
+            0 => self.max_chunk_samples,
+            n => n,
+        }
+    }
+
+    /// How chunks are encoded now.
+    pub fn effective_encode(&self) -> EncodeOptions {
+        match self.tuning.zstd_level.load(Ordering::Relaxed) {
+            i32::MIN => self.encode,
+            zstd_level => EncodeOptions { zstd_level },
+        }
+    }
 }
 
 impl Default for ShardConfig {
@@ -42,6 +97,7 @@ impl Default for ShardConfig {
             encode: EncodeOptions::default(),
             block_cache_bytes: 64 << 20,
             decoded_cache_bytes: 256 << 20,
+            tuning: Arc::new(Tuning::new()),
         }
     }
 }

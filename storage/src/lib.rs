@@ -25,8 +25,10 @@ pub mod state;
 pub mod workload;
 
 pub use aggregate::{AggregateFunction, AggregateSeries, Partial};
-pub use config::{format_duration, DownsampleRule, ShardConfig};
+pub use config::{format_duration, DownsampleRule, ShardConfig, Tuning};
 pub use error::{Result, StorageError};
+/// The column family of encoded chunks (as [`ColumnFamilyStats::name`] names it).
+pub use keys::CF_CHUNKS;
 pub use matcher::{MatchOp, Matcher};
 pub use model::{
     EncodedPoints, Label, LabelPair, LabelRef, Limits, Point, PointProblem, PointRef, PointsView,
@@ -36,5 +38,5 @@ pub use model::{
 pub use shard::{
     finish_groups, AggregateRequest, ColumnFamilyStats, DownsampleReport, DownsampleStep,
     DurableFrontier, EngineStats, FlushReport, GroupBy, KeyedApply, KeyedPart, KeyedStamp,
-    PartialGroups, RetentionReport, SeriesIter, SeriesSamples, Shard, SnapshotMeta,
+    PartialGroups, RetentionReport, SampledChunk, SeriesIter, SeriesSamples, Shard, SnapshotMeta,
 };

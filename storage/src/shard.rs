@@ -376,6 +376,13 @@ pub struct EngineStats {
     pub decoded_cache_bytes: u64,
 }
 
+/// One stored chunk as [`Shard::sample_chunks`] reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampledChunk {
+    pub encoded_bytes: usize,
+    pub samples: Vec<Sample>,
+}
+
 /// A time-series shard on RocksDB. All methods take `&self`; writers serialize.
 pub struct Shard {
     db: DB,
@@ -889,7 +896,7 @@ impl Shard {
 
     fn insert(&self, st: &mut State, id: u64, s: Sample, seq: u64) {
         let w = window_start(s.timestamp, self.chunk_range);
-        let max = self.config.max_chunk_samples;
+        let max = self.config.effective_max_chunk_samples();
         let e = st
             .series
             .get_mut(&id)
@@ -925,7 +932,7 @@ impl Shard {
             let full = st
                 .series
                 .get(&id)
-                .is_some_and(|e| e.head.len() >= self.config.max_chunk_samples);
+                .is_some_and(|e| e.head.len() >= self.config.effective_max_chunk_samples());
             self.cut_series(st, id, seq, !full, wb);
         }
         if st.last_seq.saturating_sub(st.durable) > self.config.max_log_lag {
@@ -1014,7 +1021,7 @@ impl Shard {
         while i < flush.len() {
             let w = window_start(flush[i].timestamp, range);
             let n = flush[i..].partition_point(|s| window_start(s.timestamp, range) == w);
-            let chunk = encode_chunk(&flush[i..i + n], self.config.encode);
+            let chunk = encode_chunk(&flush[i..i + n], self.config.effective_encode());
             // Write-through: what was just written is what dashboards read next,
             // and its samples are at hand. Keyed by checksum, an entry for a
             // batch that then fails to commit is never matched.
@@ -1788,7 +1795,7 @@ impl Shard {
                                 if kept.is_empty() {
                                     wb.delete_cf(self.cf(CF_CHUNKS), key);
                                 } else {
-                                    let chunk = encode_chunk(&kept, self.config.encode);
+                                    let chunk = encode_chunk(&kept, self.config.effective_encode());
                                     wb.put_cf(self.cf(CF_CHUNKS), key, chunk);
                                 }
                                 // Bounded memory: a crash between batches is
@@ -2156,6 +2163,47 @@ impl Shard {
     /// Number of series the shard holds.
     pub fn series_count(&self) -> usize {
         self.state.read().series.len()
+    }
+
+    /// How many samples each series holds in its head (memory not yet cut
+    /// into chunks), one entry per series with a non-empty head.
+    pub fn head_lengths(&self) -> Vec<u32> {
+        self.state
+            .read()
+            .series
+            .values()
+            .filter(|e| !e.head.is_empty())
+            .map(|e| u32::try_from(e.head.len()).unwrap_or(u32::MAX))
+            .collect()
+    }
+
+    /// Up to `limit` of the newest raw (tier 0) chunks, decoded, each with
+    /// its encoded size: what capacity planning re-encodes to measure what
+    /// a compression or chunk-size change would do to this shard's data.
+    /// Reads newest windows first; at most `limit` chunks are decoded.
+    pub fn sample_chunks(&self, limit: usize) -> Result<Vec<SampledChunk>> {
+        let mut out = Vec::with_capacity(limit.min(4096));
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_CHUNKS));
+        // Tier 0 sorts first: start below tier 1 and walk back.
+        let mut last_raw = [0xffu8; 25];
+        last_raw[0] = 0;
+        it.seek_for_prev(last_raw);
+        while out.len() < limit {
+            let (Some(key), Some(value)) = (it.key(), it.value()) else {
+                break;
+            };
+            if key.first() != Some(&0) {
+                break;
+            }
+            let samples = codec::decode_chunk(value).map_err(|e| corrupt("chunks", e))?;
+            out.push(SampledChunk {
+                encoded_bytes: value.len(),
+                samples,
+            });
+            it.prev();
+        }
+        it.status()?;
+        Ok(out)
     }
 }
 

@@ -23,16 +23,31 @@ fn get(http: &str, path: &str) -> (u16, Value) {
 }
 
 fn post(http: &str, path: &str, body: &str) -> (u16, Value) {
+    send("POST", http, path, body)
+}
+
+fn put(http: &str, path: &str, body: &str) -> (u16, Value) {
+    send("PUT", http, path, body)
+}
+
+fn send(method: &str, http: &str, path: &str, body: &str) -> (u16, Value) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(60)))
         .build()
         .into();
-    let mut r = agent
-        .post(format!("{http}{path}"))
-        .content_type("application/json")
-        .send(body)
-        .unwrap();
+    let url = format!("{http}{path}");
+    let request = match method {
+        "PUT" => agent.put(&url),
+        _ => agent.post(&url),
+    };
+    // Line protocol to /write, JSON elsewhere.
+    let content_type = if path == "/write" {
+        "text/plain"
+    } else {
+        "application/json"
+    };
+    let mut r = request.content_type(content_type).send(body).unwrap();
     let status = r.status().as_u16();
     let body = r.body_mut().read_to_vec().unwrap();
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
@@ -396,5 +411,120 @@ fn auto_tuning_shortens_retention_within_its_bounds_and_stops_there() {
         .iter()
         .map(|r| r["type"].as_str().unwrap())
         .collect();
-    assert!(kinds.contains(&"add_node"), "{body}");
+    // One node, one shard, three replicas asked for: every node added
+    // would hold all of it, so the advice is a cluster with more shards.
+    assert!(kinds.contains(&"shard_count"), "{body}");
+    assert!(!kinds.contains(&"add_node"), "{body}");
+}
+
+/// Writes `samples` one-second samples to each of `series` series, ending
+/// `end_s` seconds ago, `per_request` samples a series per request.
+fn write_series(http: &str, series: usize, samples: usize, per_request: usize, end_s: i64) {
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let first = now_s - end_s - samples as i64;
+    for start in (0..samples).step_by(per_request) {
+        let lines: String = (0..series)
+            .flat_map(|s| {
+                (start..(start + per_request).min(samples)).map(move |i| {
+                    // A noisy gauge (a hash of series and time, two
+                    // decimals): chunk size shows in its bytes a sample.
+                    let mut h = ((i as u64) << 20 | s as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
+                    h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                    h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                    let v = ((h ^ (h >> 31)) % 10_000) as f64 / 100.0;
+                    format!(
+                        "load,host=h{s} value={v} {}\n",
+                        (first + i as i64) * 1_000_000_000
+                    )
+                })
+            })
+            .collect();
+        let (status, body) = post(http, "/write", &lines);
+        assert_eq!(status, 204, "{body}");
+    }
+}
+
+/// What the last recommendations measured of the node's chunks.
+fn measured(http: &str) -> Value {
+    let (status, body) = get(http, "/api/capacity/recommendations");
+    assert_eq!(status, 200, "{body}");
+    body["measured"].clone()
+}
+
+#[test]
+fn storage_settings_change_at_run_time_and_the_recommendations_measure_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path(), "");
+    let http = node.http.as_str();
+    // 20 series of 3000 samples: heads pass 2048 and are cut into chunks.
+    write_series(http, 20, 3000, 500, 2000);
+    let m = measured(http);
+    assert!(m["chunks"].as_u64().unwrap() >= 20, "{m}");
+    assert_eq!(m["compression_level"], 9, "{m}");
+    assert_eq!(m["max_chunk_samples"], 2048, "{m}");
+    let levels: Vec<i64> = m["levels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["level"].as_i64().unwrap())
+        .collect();
+    assert_eq!(levels, [3, 9, 19], "{m}");
+    for t in m["levels"].as_array().unwrap() {
+        let b = t["bytes_per_sample"].as_f64().unwrap();
+        assert!(b > 0.5 && b < 16.0, "{m}");
+    }
+    assert_eq!(m["sizes"].as_array().unwrap().len(), 4, "{m}");
+    let heads_before = m["head_samples"].as_u64().unwrap();
+    assert!(heads_before >= 20 * 500, "{m}");
+
+    // Smaller chunks and a stronger level, through the config API.
+    for (name, value) in [
+        ("storage.max_chunk_samples", "128"),
+        ("storage.compression_level", "19"),
+    ] {
+        let (status, body) = put(
+            http,
+            &format!("/api/config/{name}"),
+            &format!(r#"{{"value": "{value}", "reason": "test"}}"#),
+        );
+        assert_eq!(status, 200, "{name}: {body}");
+        assert_eq!(setting(http, name)["value"], value);
+    }
+    // Heads are cut at 128 from the next sample on: each holds at most
+    // 128 plus the samples of one request.
+    write_series(http, 20, 1000, 100, 0);
+    let m = measured(http);
+    assert_eq!(m["max_chunk_samples"], 128, "{m}");
+    assert_eq!(m["compression_level"], 19, "{m}");
+    let heads_after = m["head_samples"].as_u64().unwrap();
+    assert!(
+        heads_after <= 20 * (128 + 100) && heads_after < heads_before,
+        "{heads_before} -> {heads_after}: {m}"
+    );
+    assert_eq!(m["sizes"].as_array().unwrap().len(), 0, "{m}");
+    // Nothing lost on the way: every sample reads back.
+    let count = http_query(http, r#"{"sql": "SELECT count(value) FROM load"}"#);
+    assert_eq!(count["rows"][0][0].as_f64(), Some(20.0 * 4000.0), "{count}");
+
+    // Out of bounds: 400, and the settings and the node are unchanged.
+    for (name, bad) in [
+        ("storage.max_chunk_samples", "10"),
+        ("storage.max_chunk_samples", "100000"),
+        ("storage.max_chunk_samples", "lots"),
+        ("storage.compression_level", "0"),
+        ("storage.compression_level", "22"),
+        ("storage.compression_level", "-1"),
+    ] {
+        let (status, body) = put(
+            http,
+            &format!("/api/config/{name}"),
+            &format!(r#"{{"value": "{bad}"}}"#),
+        );
+        assert_eq!(status, 400, "{name}={bad}: {body}");
+    }
+    assert_eq!(setting(http, "storage.max_chunk_samples")["value"], "128");
+    assert_eq!(get(http, "/health/ready").0, 200);
 }

@@ -8,11 +8,16 @@
 //! * [`usage`]: what the node uses (disk by kind, free disk, memory, open
 //!   files), sampled from the system.
 //! * [`recommend`]: what to change before a resource runs out (retention,
-//!   memory budget, a node), with the change and its expected effect.
+//!   compression, chunk size, memory budget, a node, the shard count), with
+//!   the change and its expected effect.
+//! * `profile` (feature `service`): what the node's own chunks measure
+//!   under other compression levels and chunk sizes.
 //! * `service` (feature `service`): the collector that writes the samples
 //!   as `chronicle_self_*` series, `/api/capacity/*`, and auto-tuning.
 
 pub mod forecast;
+#[cfg(feature = "service")]
+pub mod profile;
 pub mod recommend;
 #[cfg(feature = "service")]
 pub mod service;

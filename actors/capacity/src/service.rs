@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use tracing::{debug, warn};
 
 use crate::forecast::{self, MIN_POINTS};
-use crate::recommend::{recommend, Inputs, Outlook, Recommendation};
+use crate::recommend::{recommend, ChunkProfile, Inputs, Outlook, Recommendation};
 use crate::usage::Usage;
 use crate::CapacityError;
 use chronicle_platform::settings::{SettingChange, Settings, SettingsError};
@@ -166,6 +166,8 @@ pub struct Capacity {
     /// The recommendations last computed, and when: `apply` acts on what
     /// was shown.
     shown: parking_lot::Mutex<Option<(std::time::Instant, Vec<Recommendation>)>>,
+    /// What the node's chunks measured for the recommendations last shown.
+    measured: parking_lot::Mutex<Option<ChunkProfile>>,
 }
 
 #[async_trait(?Send)]
@@ -182,6 +184,7 @@ impl Planned for Plan {
             state: cx.state("capacity")?,
             cluster_runtime: cx.cluster_runtime.clone(),
             shown: parking_lot::Mutex::new(None),
+            measured: parking_lot::Mutex::new(None),
         });
         std::sync::LazyLock::force(&FORECAST_SECONDS);
         std::sync::LazyLock::force(&CHANGES);
@@ -718,10 +721,38 @@ impl Capacity {
             min_raw_retention: self.config.min_raw_retention,
             decoded_cache_bytes: self.cluster.shard_config().decoded_cache_bytes as u64,
             local_shards: self.cluster.local_shards().len(),
+            nodes: self.cluster.status().0.len(),
+            shards: self.cluster.shards(),
+            replication: self.cluster.replication(),
+            chunks: self.measure_chunks().await,
         };
+        *self.measured.lock() = inputs.chunks.clone();
         let recommendations = recommend(&inputs);
         *self.shown.lock() = Some((std::time::Instant::now(), recommendations.clone()));
         Ok(recommendations)
+    }
+
+    /// What this node's chunks measure under other settings (`None`: no
+    /// chunks yet, or the trial failed: logged, and recommendations that
+    /// need it are left out).
+    async fn measure_chunks(&self) -> Option<ChunkProfile> {
+        let shards: Vec<_> = self
+            .cluster
+            .local_shards()
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect();
+        match tokio::task::spawn_blocking(move || crate::profile::measure(&shards)).await {
+            Ok(Ok(profile)) => profile,
+            Ok(Err(e)) => {
+                warn!(error = %e, "capacity: measuring the chunks failed");
+                None
+            }
+            Err(e) => {
+                warn!(error = %e, "capacity: measuring the chunks failed");
+                None
+            }
+        }
     }
 
     /// Recommendations now (one computation at a time: busy otherwise).
@@ -1071,6 +1102,7 @@ async fn recommendations(capacity: web::Data<Arc<Capacity>>) -> HttpResponse {
             "horizon_ms": capacity.config.horizon.as_millis() as u64,
             "auto_tune": capacity.config.auto_tune,
             "recommendations": r,
+            "measured": capacity.measured.lock().clone(),
         })),
         Err(e) => capacity_error(e),
     }
