@@ -81,7 +81,8 @@ pub fn measure(shards: &[std::sync::Arc<Shard>]) -> Result<Option<ChunkProfile>,
         .iter()
         .flat_map(|s| s.engine_stats().column_families)
         .filter(|cf| cf.name == chronicle_storage::CF_CHUNKS)
-        .map(|cf| cf.live_sst_bytes)
+        // Memtables too: they are chunks on their way to disk.
+        .map(|cf| cf.live_sst_bytes + cf.memtable_bytes)
         .sum();
     Ok(Some(ChunkProfile {
         chunks: chunks.len(),

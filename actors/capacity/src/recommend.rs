@@ -66,8 +66,8 @@ pub struct ChunkProfile {
     pub samples: usize,
     /// Bytes a sample takes in the sampled chunks as stored.
     pub stored_bytes_per_sample: f64,
-    /// Bytes of chunk SST files on this node (the rest of its disk is
-    /// indexes, the Raft log and snapshots).
+    /// Bytes of chunks on this node, in SST files and memtables (the rest
+    /// of its disk is indexes, the Raft log and snapshots).
     pub chunk_bytes: u64,
     /// The compression level and chunk size in effect.
     pub compression_level: i32,
