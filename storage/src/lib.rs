@@ -28,6 +28,7 @@ pub use aggregate::{AggregateFunction, AggregateSeries, Partial};
 pub use config::{format_duration, DownsampleRule, ShardConfig, Tuning};
 pub use error::{Result, StorageError};
 /// The column family of encoded chunks (as [`ColumnFamilyStats::name`] names it).
+#[cfg(feature = "engine")]
 pub use keys::CF_CHUNKS;
 pub use matcher::{MatchOp, Matcher};
 pub use model::{
