@@ -333,7 +333,7 @@ pub fn run(cmd: CapacityCommand) -> Result<(), Error> {
                     "EFFECT AT HORIZON",
                 ],
                 &rows,
-                "no recommendations: every resource lasts past the horizon",
+                "no recommendations: disk and memory last past the horizon, or have too little history to forecast yet (`chronicle capacity forecast` shows each one's status)",
             );
             for r in answer["recommendations"].as_array().into_iter().flatten() {
                 println!(

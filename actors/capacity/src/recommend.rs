@@ -229,7 +229,21 @@ fn disk_recommendations(inputs: &Inputs, disk: &Outlook, out: &mut Vec<Recommend
                 gib(growth * 86_400.0)
             ),
         ),
-        None => return,
+        None => {
+            // Full but not growing, with nothing to delete by age: only
+            // more disk helps.
+            out.push(more_disk(
+                inputs,
+                priority,
+                disk,
+                format!(
+                    "disk is at {} of {} and raw data is kept forever without growing, so no retention follows from growth",
+                    gib(disk.current),
+                    gib(disk.limit)
+                ),
+            ));
+            return;
+        }
     };
     let floor = inputs.min_raw_retention;
     let proposed = whole_hours(proposed).max(floor);
@@ -400,7 +414,7 @@ fn more_disk(inputs: &Inputs, priority: &'static str, o: &Outlook, why: String) 
                 to: Some(s2.to_string()),
                 applicable: false,
                 how: format!(
-                    "chronicle backup take --http <this node> --out <dir>; start {} nodes with --shards {s2} --initial-nodes <ids> (Kubernetes: a new release with --set cluster.shards={s2},replicas={},initialMembers={}); chronicle backup restore --from <dir> --http <new cluster>",
+                    "chronicle backup take --http <every shard leader, from chronicle cluster status> --out <dir>; start {} nodes with --shards {s2} --initial-nodes <ids> (Kubernetes: a new release with --set cluster.shards={s2},replicas={},initialMembers={}); chronicle backup restore --from <dir> --http <new cluster>",
                     n + k,
                     n + k,
                     n + k
@@ -606,23 +620,25 @@ fn memory_recommendations(inputs: &Inputs, memory: &Outlook, out: &mut Vec<Recom
     };
     let target = TARGET_SHARE * memory.limit;
     let excess = memory.mean - target;
+    // The configuration's `decoded_cache_bytes` is the node's, split
+    // evenly over its shard replicas.
     let caches = inputs.decoded_cache_bytes as f64 * inputs.local_shards.max(1) as f64;
     if inputs.decoded_cache_bytes > 0 && excess > 0.0 && excess < caches {
-        let per_shard = ((caches - excess) / inputs.local_shards.max(1) as f64).max(0.0);
         // Whole MiB.
-        let per_shard = ((per_shard as u64) >> 20) << 20;
+        let budget = (((caches - excess).max(0.0) as u64) >> 20) << 20;
+        let now = caches as u64;
         out.push(Recommendation {
-            id: format!("memory-budget-{}m", per_shard >> 20),
+            id: format!("memory-budget-{}m", budget >> 20),
             kind: "memory_budget",
             priority,
             risk: "high",
             description: format!(
-                "memory is forecast at {} of {} in {}; a decoded-chunk cache of {} MiB per shard (now {} MiB, {} shards here) gives back about {} (queries decode more often)",
+                "memory is forecast at {} of {} in {}; a decoded-chunk cache of {} MiB for the node (now {} MiB over {} shard replicas) gives back about {} (queries decode more often)",
                 gib(memory.mean),
                 gib(memory.limit),
                 duration_text(inputs.horizon),
-                per_shard >> 20,
-                inputs.decoded_cache_bytes >> 20,
+                budget >> 20,
+                now >> 20,
                 inputs.local_shards,
                 gib(excess)
             ),
@@ -634,11 +650,11 @@ fn memory_recommendations(inputs: &Inputs, memory: &Outlook, out: &mut Vec<Recom
             },
             change: Change {
                 setting: None,
-                from: Some(inputs.decoded_cache_bytes.to_string()),
-                to: Some(per_shard.to_string()),
+                from: Some(now.to_string()),
+                to: Some(budget.to_string()),
                 applicable: false,
                 how: format!(
-                    "decoded_cache_bytes = {per_shard} in the node's configuration file (or --decoded-cache-bytes {per_shard}), then restart the node"
+                    "decoded_cache_bytes = {budget} in the node's configuration file, then restart the node"
                 ),
             },
         });
@@ -805,6 +821,17 @@ mod tests {
     }
 
     #[test]
+    fn a_full_disk_that_does_not_grow_with_data_kept_forever_needs_more_disk() {
+        let r = recommend(&inputs(
+            Some(filling(95.0 * GIB, 95.0 * GIB, 100.0 * GIB)),
+            None,
+        ));
+        assert_eq!(r.len(), 1, "{r:#?}");
+        assert_eq!(r[0].kind, "add_node");
+        assert_eq!(r[0].priority, "medium");
+    }
+
+    #[test]
     fn the_busiest_node_holds_its_share_of_shard_replicas() {
         assert_eq!(per_node_share(1, 3, 1), 1.0);
         // Three replicas on three nodes: everyone holds everything.
@@ -930,10 +957,22 @@ mod tests {
         i.memory = Some(filling(3.0 * GIB, 3.5 * GIB, 4.0 * GIB));
         let r = recommend(&i);
         assert_eq!(r[0].kind, "memory_budget");
-        // 3.5 - 3.2 = 0.3 GiB over, from 4 × 256 MiB of caches: 179 MiB each.
+        // 3.5 - 3.2 = 0.3 GiB over, from the node's 4 × 256 MiB of caches:
+        // 716 MiB for the node (the configuration's value is the node's).
         assert_eq!(
             r[0].change.to.as_deref(),
-            Some(&*((179u64 << 20).to_string()))
+            Some(&*((716u64 << 20).to_string()))
+        );
+        assert_eq!(
+            r[0].change.from.as_deref(),
+            Some(&*((1u64 << 30).to_string()))
+        );
+        assert!(
+            r[0].change
+                .how
+                .starts_with("decoded_cache_bytes = 750780416 "),
+            "{}",
+            r[0].change.how
         );
         assert!(!r[0].change.applicable);
         i.memory = Some(filling(3.0 * GIB, 6.0 * GIB, 4.0 * GIB));

@@ -663,6 +663,18 @@ const MAX_APPLIED_PAGES: usize = 100;
 /// How long recommendations shown stay what `apply` acts on.
 const SHOWN_FOR: Duration = Duration::from_secs(15 * 60);
 
+/// Whether two values of a setting are the same: equal text, or the same
+/// duration written two ways (`720h` and `30d`), or both "kept forever".
+fn same_value(a: &str, b: &str) -> bool {
+    let forever = |v: &str| matches!(v.trim(), "none" | "forever");
+    a == b
+        || (forever(a) && forever(b))
+        || matches!(
+            (humantime::parse_duration(a.trim()), humantime::parse_duration(b.trim())),
+            (Ok(x), Ok(y)) if x == y
+        )
+}
+
 fn state_error(e: impl std::fmt::Display) -> CapacityError {
     CapacityError::Unavailable(format!("the replicated state: {e}"))
 }
@@ -812,7 +824,12 @@ impl Capacity {
             .into_iter()
             .find(|v| v.name == name)
             .ok_or_else(|| CapacityError::Unavailable(format!("no run-time setting {name}")))?;
-        if r.change.from.as_deref() != Some(view.value.as_str()) {
+        if !r
+            .change
+            .from
+            .as_deref()
+            .is_some_and(|from| same_value(from, &view.value))
+        {
             return Err(CapacityError::Conflict(format!(
                 "{name} is {} now, not {} as when {id} was computed; look at the recommendations again",
                 view.value,
@@ -955,22 +972,23 @@ impl Capacity {
         let Ok(settings) = self.settings() else {
             return;
         };
-        let views = match settings.list().await {
-            Ok(v) => v,
+        // The history, not the stored values: a rollback or a reset to the
+        // file's value leaves no stored value but is a change all the same.
+        let quiet_since = now_ns() / 1_000_000 - self.config.tune_every.as_millis() as i64;
+        let changes = match settings.history(quiet_since, 1000).await {
+            Ok((changes, _)) => changes,
             Err(e) => {
                 debug!(error = %e, "capacity: auto-tuning skipped");
                 return;
             }
         };
-        let quiet_since = now_ns() / 1_000_000 - self.config.tune_every.as_millis() as i64;
         for r in recommendations
             .iter()
             .filter(|r| r.risk == "low" && r.change.applicable)
         {
-            let recent = views.iter().any(|v| {
-                Some(v.name.as_str()) == r.change.setting
-                    && v.at_ms.is_some_and(|t| t > quiet_since)
-            });
+            let recent = changes
+                .iter()
+                .any(|c| Some(c.name.as_str()) == r.change.setting);
             if recent {
                 debug!(id = %r.id, "capacity: the setting changed recently; auto-tuning waits");
                 continue;
@@ -1190,6 +1208,16 @@ mod tests {
         assert_eq!(first, 0);
         assert_eq!(v, vec![1.0, 2.0, 3.0, 4.0, 5.0]);
         assert!(regular(&[], 10).is_none());
+    }
+
+    #[test]
+    fn values_compare_by_what_they_mean() {
+        assert!(same_value("30d", "720h"));
+        assert!(same_value("none", "forever"));
+        assert!(same_value("19", "19"));
+        assert!(!same_value("30d", "29d"));
+        assert!(!same_value("none", "30d"));
+        assert!(!same_value("512", "1024"));
     }
 
     #[test]
