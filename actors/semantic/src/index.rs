@@ -1,0 +1,355 @@
+//! The vector index of one time partition: an HNSW graph (hnsw_rs) over
+//! the fingerprints, the fingerprints themselves for exact scans, and a
+//! planner that chooses between them by the filter's selectivity.
+//!
+//! Filters are checked during the graph's traversal (hnsw_rs expands
+//! through windows the filter refuses and keeps only those it accepts),
+//! never by post-filtering a short list. A traversal under a selective
+//! filter visits far more of the graph than it returns, so below a
+//! selectivity threshold the planner scans the accepted windows exactly:
+//! cheaper there, and exact.
+
+use hnsw_rs::prelude::{DistL2, FilterT, Hnsw};
+use serde::{Deserialize, Serialize};
+
+use crate::SemanticError;
+
+/// Graph parameters, exposed to operators (docs/semantic.md).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IndexParams {
+    /// Links per window in the graph (HNSW's M): more links, better
+    /// recall, more memory (about 8 bytes a link) and slower inserts.
+    pub m: usize,
+    /// Candidates kept while inserting.
+    pub ef_construction: usize,
+    /// Candidates kept while searching: recall against speed.
+    pub ef_search: usize,
+    /// Below this share of windows accepted by a filter, scan them exactly.
+    pub scan_below: f64,
+}
+
+impl Default for IndexParams {
+    fn default() -> Self {
+        Self {
+            m: 16,
+            ef_construction: 200,
+            ef_search: 64,
+            scan_below: 0.05,
+        }
+    }
+}
+
+impl IndexParams {
+    pub fn check(&self) -> Result<(), SemanticError> {
+        let bad = |m: &str| Err(SemanticError::Invalid(m.into()));
+        if !(4..=64).contains(&self.m) {
+            return bad("m: 4 to 64");
+        }
+        if !(self.m..=2000).contains(&self.ef_construction) {
+            return bad("ef_construction: m to 2000");
+        }
+        if !(1..=2000).contains(&self.ef_search) {
+            return bad("ef_search: 1 to 2000");
+        }
+        if !(0.0..=1.0).contains(&self.scan_below) {
+            return bad("scan_below: 0 to 1");
+        }
+        Ok(())
+    }
+}
+
+/// One result: a window's id in its index and its distance to the query
+/// (Euclidean, between fingerprints).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Hit {
+    pub id: usize,
+    pub distance: f32,
+}
+
+/// How a search ran (reported with results, and what the tests check).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "plan")]
+pub enum Plan {
+    /// The graph, no filter.
+    Graph { ef: usize },
+    /// The graph, the filter checked during traversal.
+    FilteredGraph { ef: usize },
+    /// Every accepted window, exactly.
+    Scan { accepted: usize },
+}
+
+/// Fingerprints of one partition and their graph.
+pub struct VectorIndex {
+    dims: usize,
+    params: IndexParams,
+    graph: Hnsw<'static, f32, DistL2>,
+    /// Every fingerprint, `dims` apiece, by id.
+    vectors: Vec<f32>,
+}
+
+/// HNSW's layer count: enough for far more windows than a partition holds.
+const MAX_LAYERS: usize = 16;
+
+impl VectorIndex {
+    /// An empty index expecting about `capacity` windows (a hint).
+    pub fn new(dims: usize, params: IndexParams, capacity: usize) -> Result<Self, SemanticError> {
+        params.check()?;
+        if dims == 0 {
+            return Err(SemanticError::Invalid("dims: at least 1".into()));
+        }
+        Ok(Self {
+            dims,
+            params,
+            graph: Hnsw::new(
+                params.m,
+                capacity.max(1024),
+                MAX_LAYERS,
+                params.ef_construction,
+                DistL2 {},
+            ),
+            vectors: Vec::with_capacity(capacity.min(1 << 20) * dims),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.vectors.len() / self.dims
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.vectors.is_empty()
+    }
+
+    pub fn dims(&self) -> usize {
+        self.dims
+    }
+
+    pub fn params(&self) -> IndexParams {
+        self.params
+    }
+
+    /// Adds a fingerprint; its id is its position.
+    pub fn insert(&mut self, vector: &[f32]) -> Result<usize, SemanticError> {
+        if vector.len() != self.dims || vector.iter().any(|v| !v.is_finite()) {
+            return Err(SemanticError::Invalid(format!(
+                "a fingerprint of {} finite values",
+                self.dims
+            )));
+        }
+        let id = self.len();
+        self.vectors.extend_from_slice(vector);
+        self.graph.insert_slice((vector, id));
+        Ok(id)
+    }
+
+    /// The fingerprint `id`.
+    pub fn vector(&self, id: usize) -> Option<&[f32]> {
+        self.vectors.get(id * self.dims..(id + 1) * self.dims)
+    }
+
+    /// Bytes the index holds: fingerprints and the graph's links (an
+    /// estimate for the graph: its layer-0 links dominate).
+    pub fn memory_bytes(&self) -> usize {
+        self.vectors.len() * 4 + self.len() * (2 * self.params.m) * 16
+    }
+
+    /// The `k` nearest fingerprints to `query` that `accept` accepts (all,
+    /// without one). `accepted` is how many windows the filter accepts
+    /// (the caller counts them from its window metadata, cheaply): the
+    /// planner scans exactly below `scan_below` of the windows.
+    pub fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        accept: Option<&dyn Fn(usize) -> bool>,
+        accepted: usize,
+        ef: Option<usize>,
+    ) -> (Vec<Hit>, Plan) {
+        let n = self.len();
+        if k == 0 || n == 0 || query.len() != self.dims {
+            return (Vec::new(), Plan::Scan { accepted: 0 });
+        }
+        let ef = ef.unwrap_or(self.params.ef_search).max(k);
+        let Some(accept) = accept else {
+            let hits = self.graph.search(query, k, ef);
+            return (convert(hits), Plan::Graph { ef });
+        };
+        if (accepted as f64) < self.params.scan_below * n as f64 || accepted <= ef {
+            return (self.scan(query, k, Some(accept)), Plan::Scan { accepted });
+        }
+        let filter = Accept(accept);
+        let hits = self.graph.search_filter(query, k, ef, Some(&filter));
+        (convert(hits), Plan::FilteredGraph { ef })
+    }
+
+    /// Exactly the `k` nearest accepted fingerprints (brute force).
+    pub fn scan(
+        &self,
+        query: &[f32],
+        k: usize,
+        accept: Option<&dyn Fn(usize) -> bool>,
+    ) -> Vec<Hit> {
+        let mut best: std::collections::BinaryHeap<(ordered::F32, usize)> =
+            std::collections::BinaryHeap::with_capacity(k + 1);
+        for (id, v) in self.vectors.chunks_exact(self.dims).enumerate() {
+            if accept.is_some_and(|a| !a(id)) {
+                continue;
+            }
+            let d = l2(query, v);
+            if best.len() < k {
+                best.push((ordered::F32(d), id));
+            } else if best.peek().is_some_and(|(worst, _)| d < worst.0) {
+                best.pop();
+                best.push((ordered::F32(d), id));
+            }
+        }
+        let mut hits: Vec<Hit> = best
+            .into_iter()
+            .map(|(d, id)| Hit { id, distance: d.0 })
+            .collect();
+        hits.sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.id.cmp(&b.id)));
+        hits
+    }
+}
+
+struct Accept<'a>(&'a dyn Fn(usize) -> bool);
+
+impl FilterT for Accept<'_> {
+    fn hnsw_filter(&self, id: &usize) -> bool {
+        (self.0)(*id)
+    }
+}
+
+fn convert(hits: Vec<hnsw_rs::prelude::Neighbour>) -> Vec<Hit> {
+    let mut hits: Vec<Hit> = hits
+        .into_iter()
+        .map(|h| Hit {
+            id: h.d_id,
+            distance: h.distance,
+        })
+        .collect();
+    hits.sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.id.cmp(&b.id)));
+    hits
+}
+
+pub fn l2(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f32>()
+        .sqrt()
+}
+
+mod ordered {
+    /// An f32 ordered by `total_cmp` (distances are finite).
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    pub struct F32(pub f32);
+    impl Eq for F32 {}
+    impl PartialOrd for F32 {
+        fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+            Some(self.cmp(other))
+        }
+    }
+    impl Ord for F32 {
+        fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+            self.0.total_cmp(&other.0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Clustered points (what fingerprints of real shapes look like: many
+    /// near-duplicates around a few shapes), seeded.
+    fn points(n: usize, dims: usize, seed: u64) -> Vec<Vec<f32>> {
+        let mut x = seed | 1;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        let centres: Vec<Vec<f32>> = (0..50)
+            .map(|_| (0..dims).map(|_| next() * 4.0).collect())
+            .collect();
+        (0..n)
+            .map(|i| {
+                let c = &centres[i % centres.len()];
+                c.iter().map(|v| v + next()).collect()
+            })
+            .collect()
+    }
+
+    fn recall(found: &[Hit], truth: &[Hit]) -> f64 {
+        let truth: std::collections::HashSet<usize> = truth.iter().map(|h| h.id).collect();
+        found.iter().filter(|h| truth.contains(&h.id)).count() as f64 / truth.len().max(1) as f64
+    }
+
+    fn build(n: usize) -> (VectorIndex, Vec<Vec<f32>>) {
+        let data = points(n, 32, 7);
+        let mut index = VectorIndex::new(32, IndexParams::default(), n).unwrap();
+        for v in &data {
+            index.insert(v).unwrap();
+        }
+        (index, data)
+    }
+
+    #[test]
+    fn the_graph_finds_what_the_scan_finds() {
+        let (index, _) = build(5000);
+        let queries = points(200, 32, 99);
+        let mut total = 0.0;
+        for q in &queries {
+            let (hits, plan) = index.search(q, 10, None, index.len(), None);
+            assert_eq!(plan, Plan::Graph { ef: 64 });
+            total += recall(&hits, &index.scan(q, 10, None));
+        }
+        let r = total / queries.len() as f64;
+        assert!(r >= 0.95, "recall@10 {r}");
+    }
+
+    #[test]
+    fn filtered_searches_keep_their_recall_at_every_selectivity() {
+        let (index, _) = build(10_000);
+        let queries = points(100, 32, 1234);
+        for (share, want_scan) in [(0.01, true), (0.10, false), (0.50, false)] {
+            // A filter unrelated to the clusters: a hash of the id.
+            let modulus = (1.0 / share) as usize;
+            let accept =
+                move |id: usize| (id.wrapping_mul(2_654_435_761) >> 7).is_multiple_of(modulus);
+            let accepted = (0..index.len()).filter(|&id| accept(id)).count();
+            let mut total = 0.0;
+            for q in &queries {
+                let (hits, plan) = index.search(q, 10, Some(&accept), accepted, None);
+                assert_eq!(
+                    matches!(plan, Plan::Scan { .. }),
+                    want_scan,
+                    "{share}: {plan:?}"
+                );
+                assert!(
+                    hits.iter().all(|h| accept(h.id)),
+                    "{share}: a refused window"
+                );
+                total += recall(&hits, &index.scan(q, 10, Some(&accept)));
+            }
+            let r = total / queries.len() as f64;
+            assert!(r >= 0.95, "{share}: recall@10 {r}");
+        }
+    }
+
+    #[test]
+    fn bad_input_is_refused_or_empty() {
+        let (mut index, _) = build(100);
+        assert!(index.insert(&[0.0; 3]).is_err());
+        assert!(index.insert(&[f32::NAN; 32]).is_err());
+        assert!(index.search(&[0.0; 3], 10, None, 0, None).0.is_empty());
+        assert!(index.search(&[0.0; 32], 0, None, 0, None).0.is_empty());
+        let bad = IndexParams {
+            m: 2,
+            ..IndexParams::default()
+        };
+        assert!(VectorIndex::new(32, bad, 10).is_err());
+    }
+}

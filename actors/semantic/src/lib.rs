@@ -1,0 +1,26 @@
+//! Semantic time-series search (spec section 4, phase-2 item 15): windows
+//! of series embedded as shape fingerprints, an HNSW index per partition
+//! with filters checked during traversal, and a grammar of shape words
+//! turned into template series (docs/semantic.md).
+//!
+//! * [`embed`]: z-normalised windows projected on the DCT-II basis (their
+//!   distance lower-bounds the exact z-normalised Euclidean distance).
+//! * [`index`]: hnsw_rs graphs with a selectivity planner (filtered
+//!   traversal, or an exact scan when the filter is selective).
+//! * [`text`]: "sudden spike followed by gradual recovery" → a template.
+//! * [`explain`]: which features of two windows agree.
+//! * [`synth`]: seeded series with planted motifs (tests and the bench).
+
+pub mod embed;
+pub mod explain;
+pub mod index;
+pub mod synth;
+pub mod text;
+
+/// Why a search or an index operation was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SemanticError {
+    /// Bad input: 400.
+    #[error("{0}")]
+    Invalid(String),
+}
