@@ -57,6 +57,10 @@ pub enum BenchCommand {
     /// histories against the most-frequent-successful-action baseline
     /// (docs/remediation.md).
     Recommend(crate::bench_recommend::RecommendBench),
+    /// The semantic index: build time, queries a second on one core and
+    /// recall@k against the exact search, side by side with an exact scan
+    /// (docs/semantic.md).
+    Semantic(crate::bench_semantic::SemanticBench),
 }
 
 #[derive(Args)]
@@ -106,6 +110,7 @@ pub fn run(cmd: BenchCommand) -> Result<(), Box<dyn std::error::Error>> {
         BenchCommand::Detect(args) => crate::bench_detect::run(args),
         BenchCommand::Capacity(args) => crate::bench_capacity::run(args),
         BenchCommand::Recommend(args) => crate::bench_recommend::run(args),
+        BenchCommand::Semantic(args) => crate::bench_semantic::run(args),
     }
 }
 

@@ -14,6 +14,7 @@ mod bench_ingest;
 mod bench_kv;
 mod bench_query;
 mod bench_recommend;
+mod bench_semantic;
 mod blob_http;
 pub mod capacity_cli;
 pub mod chaos_cli;

@@ -147,12 +147,6 @@ impl VectorIndex {
         self.vectors.get(id * self.dims..(id + 1) * self.dims)
     }
 
-    /// Bytes the index holds: fingerprints and the graph's links (an
-    /// estimate for the graph: its layer-0 links dominate).
-    pub fn memory_bytes(&self) -> usize {
-        self.vectors.len() * 4 + self.len() * (2 * self.params.m) * 16
-    }
-
     /// The `k` nearest fingerprints to `query` that `accept` accepts (all,
     /// without one). `accepted` is how many windows the filter accepts
     /// (the caller counts them from its window metadata, cheaply): the
