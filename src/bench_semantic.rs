@@ -69,17 +69,9 @@ fn windows(data: &[Vec<f64>], window: usize, stride: usize, limit: usize) -> Vec
     out
 }
 
-/// Resident memory of this process, bytes (Linux; 0 elsewhere).
+/// Resident memory of this process, bytes (0 where it cannot be read).
 fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
+    chronicle_capacity::usage::memory_rss().unwrap_or(0)
 }
 
 pub fn run(args: SemanticBench) -> Result<(), Box<dyn std::error::Error>> {

@@ -40,26 +40,31 @@ pub const CHUNK_SAMPLES: std::ops::RangeInclusive<usize> = 64..=65_536;
 /// "ultra" ones, which need far more memory to decode).
 pub const COMPRESSION_LEVELS: std::ops::RangeInclusive<i32> = 1..=19;
 
-fn parse_chunk_samples(text: &str) -> Result<usize, String> {
-    match text.trim().parse::<usize>() {
-        Ok(n) if CHUNK_SAMPLES.contains(&n) => Ok(n),
+/// A whole number within `bounds`, or why not (`what` names it).
+fn parse_within<T>(
+    text: &str,
+    bounds: &std::ops::RangeInclusive<T>,
+    what: &str,
+) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display,
+{
+    match text.trim().parse::<T>() {
+        Ok(n) if bounds.contains(&n) => Ok(n),
         _ => Err(format!(
-            "{text:?}: samples per chunk, {} to {}",
-            CHUNK_SAMPLES.start(),
-            CHUNK_SAMPLES.end()
+            "{text:?}: {what}, {} to {}",
+            bounds.start(),
+            bounds.end()
         )),
     }
 }
 
+fn parse_chunk_samples(text: &str) -> Result<usize, String> {
+    parse_within(text, &CHUNK_SAMPLES, "samples per chunk")
+}
+
 fn parse_compression_level(text: &str) -> Result<i32, String> {
-    match text.trim().parse::<i32>() {
-        Ok(n) if COMPRESSION_LEVELS.contains(&n) => Ok(n),
-        _ => Err(format!(
-            "{text:?}: a zstd level, {} to {}",
-            COMPRESSION_LEVELS.start(),
-            COMPRESSION_LEVELS.end()
-        )),
-    }
+    parse_within(text, &COMPRESSION_LEVELS, "a zstd level")
 }
 
 /// `retention.raw`: a duration, or `none` (kept for ever).

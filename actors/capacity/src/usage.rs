@@ -150,6 +150,14 @@ fn memory_limit() -> Option<u64> {
     kb_field(&std::fs::read_to_string("/proc/meminfo").ok()?, "MemTotal:")
 }
 
+/// This process's resident memory, bytes (Linux).
+pub fn memory_rss() -> Option<u64> {
+    kb_field(
+        &std::fs::read_to_string("/proc/self/status").ok()?,
+        "VmRSS:",
+    )
+}
+
 /// Samples everything for a node whose data lives in `data_dir`.
 pub fn sample(data_dir: &Path) -> Usage {
     let (disk_free, disk_size) = match file_system(data_dir) {
@@ -160,9 +168,7 @@ pub fn sample(data_dir: &Path) -> Usage {
         disk: disk_by_kind(data_dir),
         disk_free,
         disk_size,
-        memory_rss: std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| kb_field(&s, "VmRSS:")),
+        memory_rss: memory_rss(),
         memory_limit: memory_limit(),
         open_files: std::fs::read_dir("/proc/self/fd")
             .ok()
