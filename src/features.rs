@@ -27,6 +27,7 @@ pub fn registry(config: &NodeConfig) -> Vec<Box<dyn Feature>> {
         Box::new(chronicle_detect::DetectFeature),
         Box::new(chronicle_remediation::RemediationFeature),
         Box::new(chronicle_capacity::CapacityFeature),
+        Box::new(chronicle_semantic::SemanticFeature),
     ]
 }
 

@@ -114,6 +114,15 @@ pub fn access_of(method: &actix_web::http::Method, path: &str) -> (Access, &'sta
             (Access::Read, "capacity")
         }
         _ if path.starts_with("/api/capacity/") => (Access::Admin, "capacity"),
+        // Searching and reading is a reader's; saving or deleting a
+        // pattern a writer's; rebuilding the index an admin's.
+        "/api/semantic/reindex" => (Access::Admin, "semantic"),
+        _ if path.starts_with("/api/semantic/patterns")
+            && method != actix_web::http::Method::GET =>
+        {
+            (Access::Write, "semantic")
+        }
+        _ if path.starts_with("/api/semantic/") => (Access::Read, "semantic"),
         _ if path.starts_with("/api/v1/kv/") => (Access::Admin, "kv"),
         _ if path.starts_with("/api/v1/auth/") => (Access::Admin, "auth"),
         _ if path.starts_with("/api/v1/admin/backups") => (Access::Admin, "backup"),

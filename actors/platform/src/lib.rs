@@ -260,6 +260,17 @@ pub async fn follow_written_metrics(
     }
 }
 
+/// A JSON error answer, as every feature's routes give them:
+/// `{"error": {"code": "...", "message": "..."}}`.
+pub fn http_error(
+    status: actix_web::http::StatusCode,
+    code: &str,
+    message: impl Into<String>,
+) -> actix_web::HttpResponse {
+    actix_web::HttpResponse::build(status)
+        .json(serde_json::json!({"error": {"code": code, "message": message.into()}}))
+}
+
 /// A feature's `[features.<name>]` section as its config type (the
 /// defaults when absent); a bad section is a configuration error naming it.
 pub fn parse_section<T: serde::de::DeserializeOwned + Default>(

@@ -2,12 +2,12 @@
 //! Features are read from the z-normalised windows, so they describe
 //! shape, not level or scale.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One feature of the query and of a match, and whether they agree.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Agreement {
-    pub feature: &'static str,
+    pub feature: String,
     pub query: f64,
     pub matched: f64,
     pub agrees: bool,
@@ -65,8 +65,8 @@ impl Features {
 
     /// Each feature side by side, with the tolerance within which they agree.
     pub fn compare(&self, other: &Features) -> Vec<Agreement> {
-        let row = |feature, query: f64, matched: f64, tolerance: f64| Agreement {
-            feature,
+        let row = |feature: &str, query: f64, matched: f64, tolerance: f64| Agreement {
+            feature: feature.to_string(),
             query: round(query),
             matched: round(matched),
             agrees: (query - matched).abs() <= tolerance,

@@ -11,11 +11,19 @@
 //! * [`explain`]: which features of two windows agree.
 //! * [`synth`]: seeded series with planted motifs (tests and the bench).
 
+pub mod api;
+pub mod catalog;
 pub mod embed;
 pub mod explain;
 pub mod index;
+pub mod plot;
+#[cfg(feature = "service")]
+pub mod service;
 pub mod synth;
 pub mod text;
+
+#[cfg(feature = "service")]
+pub use service::SemanticFeature;
 
 /// Why a search or an index operation was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
