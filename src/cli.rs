@@ -61,6 +61,10 @@ enum Command {
     /// changes.
     #[command(subcommand)]
     Capacity(crate::capacity_cli::CapacityCommand),
+    /// Semantic search through a node: windows shaped like a pattern
+    /// (`similar`) or like shape words (`text`), with `--plot` to draw them.
+    #[command(subcommand)]
+    Search(crate::search_cli::SearchCommand),
     /// List the anomalies the detectors found (or show one, evidence
     /// included).
     #[command(subcommand)]
@@ -182,6 +186,7 @@ pub fn main() -> ExitCode {
         Command::Remediation(cmd) => crate::remediation_cli::run(cmd),
         Command::Capacity(cmd) => crate::capacity_cli::run(cmd),
         Command::Anomalies(cmd) => crate::remediation_cli::run_anomalies(cmd),
+        Command::Search(cmd) => crate::search_cli::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Chaos(cmd) => crate::chaos_cli::run(cmd),
     };

@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod node;
 mod prom_api;
 pub mod remediation_cli;
+pub mod search_cli;
 pub mod token_cli;
 mod tokens;
 pub mod traces;

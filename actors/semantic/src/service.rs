@@ -52,6 +52,11 @@ const ACTOR: &str = "semantic-indexer";
 /// Batches held per shard while its catalog rebuilds; past it the shard
 /// is rebuilt again once this rebuild ends.
 const REBUILD_QUEUE: usize = 1024;
+/// How long applied batches are held, to be indexed together in time
+/// order: the batches of one write, forwarded to a shard's leader in
+/// parts, may commit out of order. A sample older than its series' last
+/// indexed one is skipped (counted in the status; a reindex takes it).
+const REORDER: Duration = Duration::from_secs(1);
 /// Request bodies (HTTP and the subject), bytes.
 pub const MAX_BODY: usize = 256 << 10;
 /// Samples a series-range pattern may read.
@@ -708,13 +713,28 @@ struct RunningSemantic {
 #[async_trait(?Send)]
 impl Running for RunningSemantic {
     fn routes(&self, cfg: &mut web::ServiceConfig) {
+        // The body limit on these resources only (app_data on `cfg` would
+        // bind every route of the node).
+        let limit = || web::PayloadConfig::new(MAX_BODY);
         cfg.app_data(self.web.clone())
-            .route("/api/semantic/search", web::post().to(search_route))
-            .route("/api/semantic/text", web::post().to(text_route))
+            .service(
+                web::resource("/api/semantic/search")
+                    .app_data(limit())
+                    .route(web::post().to(search_route)),
+            )
+            .service(
+                web::resource("/api/semantic/text")
+                    .app_data(limit())
+                    .route(web::post().to(text_route)),
+            )
             .route("/api/semantic/status", web::get().to(status_route))
             .route("/api/semantic/reindex", web::post().to(reindex_route))
-            .route("/api/semantic/patterns", web::get().to(list_patterns))
-            .route("/api/semantic/patterns", web::post().to(save_pattern))
+            .service(
+                web::resource("/api/semantic/patterns")
+                    .app_data(limit())
+                    .route(web::get().to(list_patterns))
+                    .route(web::post().to(save_pattern)),
+            )
             .route(
                 "/api/semantic/patterns/{name}",
                 web::delete().to(delete_pattern),
@@ -732,14 +752,27 @@ impl Running for RunningSemantic {
     }
 }
 
-fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {
+/// The body as JSON; a body over the limit (refused while it was read)
+/// or not JSON is a 413 or a 400 with a JSON error like any other.
+type Body = Result<web::Bytes, actix_web::Error>;
+
+fn parse_body<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, Refusal> {
+    let body = body.map_err(|e| {
+        let status = e.as_response_error().status_code();
+        let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            format!("a body of at most {MAX_BODY} bytes")
+        } else {
+            e.to_string()
+        };
+        (status, message)
+    })?;
     if body.len() > MAX_BODY {
         return Err((
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("a body of at most {MAX_BODY} bytes"),
         ));
     }
-    serde_json::from_slice(body).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))
+    serde_json::from_slice(&body).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))
 }
 
 fn refused((code, message): Refusal) -> HttpResponse {
@@ -768,8 +801,8 @@ fn code_word(code: StatusCode) -> &'static str {
 }
 
 #[tracing::instrument(name = "semantic_search", skip_all)]
-async fn search_route(web: web::Data<Web>, body: web::Bytes) -> HttpResponse {
-    let req: SearchRequest = match parse_body(&body) {
+async fn search_route(web: web::Data<Web>, body: Body) -> HttpResponse {
+    let req: SearchRequest = match parse_body(body) {
         Ok(r) => r,
         Err(e) => return refused(e),
     };
@@ -784,8 +817,8 @@ async fn search_route(web: web::Data<Web>, body: web::Bytes) -> HttpResponse {
 }
 
 #[tracing::instrument(name = "semantic_text", skip_all)]
-async fn text_route(web: web::Data<Web>, body: web::Bytes) -> HttpResponse {
-    let req: SearchRequest = match parse_body(&body) {
+async fn text_route(web: web::Data<Web>, body: Body) -> HttpResponse {
+    let req: SearchRequest = match parse_body(body) {
         Ok(r) => r,
         Err(e) => return refused(e),
     };
@@ -839,8 +872,8 @@ async fn list_patterns(web: web::Data<Web>) -> HttpResponse {
 }
 
 #[tracing::instrument(name = "semantic_pattern_save", skip_all)]
-async fn save_pattern(web: web::Data<Web>, body: web::Bytes) -> HttpResponse {
-    let p: SavedPattern = match parse_body(&body) {
+async fn save_pattern(web: web::Data<Web>, body: Body) -> HttpResponse {
+    let p: SavedPattern = match parse_body(body) {
         Ok(p) => p,
         Err(e) => return refused(e),
     };
@@ -915,6 +948,8 @@ struct Following {
     replica: Arc<chronicle_storage::Shard>,
     /// Series hashes known not to be watched.
     ignored: HashSet<u64>,
+    /// Batches held for [`REORDER`] before they are indexed together.
+    pending: Vec<Arc<Applied>>,
     /// Answers other nodes' searches of this shard.
     peer_answers: SpawnHandle,
 }
@@ -1004,6 +1039,7 @@ impl Indexer {
                     again: false,
                     replica: cell.current(),
                     ignored: HashSet::new(),
+                    pending: Vec::new(),
                     peer_answers,
                 },
             );
@@ -1024,6 +1060,8 @@ impl Indexer {
             f.again = true;
             return;
         }
+        // Batches held for reordering are in the replica: the rebuild reads them.
+        f.pending.clear();
         f.queue = Some(Vec::new());
         f.again = false;
         f.replica = cell.current();
@@ -1054,9 +1092,7 @@ impl Indexer {
             f.index.rebuilding.store(false, Ordering::Relaxed);
             let queued = f.queue.take().unwrap_or_default();
             let again = f.again;
-            for batch in queued {
-                act.index_batch(&batch);
-            }
+            act.index_batches(shard, &queued);
             act.update_gauge();
             if again {
                 act.rebuild(shard, ctx);
@@ -1064,8 +1100,9 @@ impl Indexer {
         }));
     }
 
-    fn on_batch(&mut self, batch: Arc<Applied>) {
-        let Some(f) = self.following.get_mut(&batch.shard) else {
+    fn on_batch(&mut self, batch: Arc<Applied>, ctx: &mut Context<Self>) {
+        let shard = batch.shard;
+        let Some(f) = self.following.get_mut(&shard) else {
             return;
         };
         if let Some(queue) = &mut f.queue {
@@ -1076,55 +1113,76 @@ impl Indexer {
             }
             return;
         }
-        self.index_batch(&batch);
-        self.update_gauge();
+        f.pending.push(batch);
+        if f.pending.len() >= REBUILD_QUEUE {
+            self.flush(shard);
+        } else if f.pending.len() == 1 {
+            ctx.run_later(REORDER, move |act, ctx| {
+                guarded(ACTOR, act, ctx, |act, _| act.flush(shard));
+            });
+        }
     }
 
-    /// Cuts the windows a batch completes.
-    fn index_batch(&mut self, batch: &Applied) {
-        let Some(f) = self.following.get_mut(&batch.shard) else {
+    /// Indexes the batches held for reordering.
+    fn flush(&mut self, shard: u32) {
+        let Some(f) = self.following.get_mut(&shard) else {
             return;
         };
-        let Ok(view) = batch.points.view() else {
+        let batches = std::mem::take(&mut f.pending);
+        if !batches.is_empty() {
+            self.index_batches(shard, &batches);
+            self.update_gauge();
+        }
+    }
+
+    /// Cuts the windows that batches of `shard` complete, their points
+    /// taken by series and time (across the batches: forwarded writes may
+    /// commit out of time order).
+    fn index_batches(&mut self, shard: u32, batches: &[Arc<Applied>]) {
+        let Some(f) = self.following.get_mut(&shard) else {
             return;
         };
         let watches = &self.semantic.watches;
         let max_ignored = 4 * self.semantic.layout.max_series;
         let mut catalog = f.index.catalog.write();
-        // The watched points by series and time (a batch need not be).
         let mut points: Vec<(u32, i64, f64)> = Vec::new();
-        for p in view.iter() {
-            let mut labels: Vec<(&str, &str)> =
-                p.labels.iter().map(|l| (l.name, l.value)).collect();
-            if !labels.windows(2).all(|w| w[0].0 <= w[1].0) {
-                labels.sort_unstable();
-            }
-            let key = series_key(p.metric, labels.iter().copied());
-            if !catalog.knows(key) {
-                if f.ignored.contains(&key) {
-                    continue;
-                }
-                let watched = watches.iter().any(|w| {
-                    w.matches(p.metric, |name| {
-                        labels.iter().find(|l| l.0 == name).map(|l| l.1)
-                    })
-                });
-                if !watched {
-                    if f.ignored.len() < max_ignored {
-                        f.ignored.insert(key);
-                    }
-                    continue;
-                }
-            }
-            let info = || SeriesInfo {
-                metric: p.metric.to_string(),
-                labels: labels
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
+        for batch in batches {
+            let Ok(view) = batch.points.view() else {
+                continue;
             };
-            if let Some(i) = catalog.series(key, info) {
-                points.push((i, p.timestamp, p.value));
+            for p in view.iter() {
+                let mut labels: Vec<(&str, &str)> =
+                    p.labels.iter().map(|l| (l.name, l.value)).collect();
+                if !labels.windows(2).all(|w| w[0].0 <= w[1].0) {
+                    labels.sort_unstable();
+                }
+                let key = series_key(p.metric, labels.iter().copied());
+                if !catalog.knows(key) {
+                    if f.ignored.contains(&key) {
+                        continue;
+                    }
+                    let watched = watches.iter().any(|w| {
+                        w.matches(p.metric, |name| {
+                            labels.iter().find(|l| l.0 == name).map(|l| l.1)
+                        })
+                    });
+                    if !watched {
+                        if f.ignored.len() < max_ignored {
+                            f.ignored.insert(key);
+                        }
+                        continue;
+                    }
+                }
+                let info = || SeriesInfo {
+                    metric: p.metric.to_string(),
+                    labels: labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                };
+                if let Some(i) = catalog.series(key, info) {
+                    points.push((i, p.timestamp, p.value));
+                }
             }
         }
         points.sort_by_key(|p| (p.0, p.1));
@@ -1294,7 +1352,7 @@ impl Handler<Batch> for Indexer {
     type Result = ();
 
     fn handle(&mut self, msg: Batch, ctx: &mut Context<Self>) {
-        guarded(ACTOR, self, ctx, |act, _| act.on_batch(msg.0));
+        guarded(ACTOR, self, ctx, |act, ctx| act.on_batch(msg.0, ctx));
     }
 }
 
