@@ -268,7 +268,8 @@ pub fn http_error(
     message: impl Into<String>,
 ) -> actix_web::HttpResponse {
     actix_web::HttpResponse::build(status)
-        .json(serde_json::json!({"error": {"code": code, "message": message.into()}}))
+        .content_type("application/json")
+        .body(chronicle_actor_runtime::error_json(code, message))
 }
 
 /// A feature's `[features.<name>]` section as its config type (the

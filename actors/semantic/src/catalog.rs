@@ -407,9 +407,10 @@ impl Catalog {
             let n = embedder.window();
             for h in hits {
                 let values = &p.values[h.id * n..(h.id + 1) * n];
-                let raw: Vec<f64> = values.iter().map(|v| f64::from(*v)).collect();
-                let Some(z) = znormalize(&raw) else { continue };
-                candidates.push((euclidean(query, &z), p.windows[h.id].series, p, h.id));
+                let Some(d) = z_distance_to(query, values) else {
+                    continue;
+                };
+                candidates.push((d, p.windows[h.id].series, p, h.id));
             }
         }
         candidates.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -480,6 +481,33 @@ impl Catalog {
                     .sum::<usize>(),
         }
     }
+}
+
+/// The exact z-normalised distance from `query` (z-normalised already) to
+/// the raw window `x`, in one pass and without copying it: with `Σq = 0`
+/// and `Σq² = n`, `d² = 2n − 2·Σ q·(x − x̄)/σ = 2n − 2·Σ q·x/σ`. Sums are
+/// taken of `x − x₀` so a high level with a small variation keeps its
+/// precision. `None` for a flat window (as [`znormalize`] decides).
+pub fn z_distance_to(query: &[f64], x: &[f32]) -> Option<f64> {
+    let n = x.len();
+    if n == 0 || query.len() != n {
+        return None;
+    }
+    let shift = f64::from(x[0]);
+    let (mut sum, mut squares, mut dot) = (0.0, 0.0, 0.0);
+    for (q, v) in query.iter().zip(x) {
+        let v = f64::from(*v) - shift;
+        sum += v;
+        squares += v * v;
+        dot += q * v;
+    }
+    let nf = n as f64;
+    let mean = sum / nf;
+    let std = (squares / nf - mean * mean).max(0.0).sqrt();
+    if !std.is_finite() || std <= crate::embed::FLAT * (mean + shift).abs().max(1.0) {
+        return None;
+    }
+    Some((2.0 * nf - 2.0 * dot / std).max(0.0).sqrt())
 }
 
 /// A matcher of metric names for a glob (`*` any run of characters, `?`
@@ -584,6 +612,25 @@ mod tests {
                 assert!(a.series != b.series || a.end < b.start || b.end < a.start);
             }
         }
+    }
+
+    #[test]
+    fn the_one_pass_distance_is_the_z_normalised_distance() {
+        let q = znormalize(&(0..64).map(|i| (i as f64 / 5.0).sin()).collect::<Vec<_>>()).unwrap();
+        for (level, scale) in [(0.0, 1.0), (1e6, 0.5), (-3.0, 200.0)] {
+            let x: Vec<f32> = (0..64)
+                .map(|i| (level + scale * ((i * 7 % 11) as f64).cos()) as f32)
+                .collect();
+            let raw: Vec<f64> = x.iter().map(|v| f64::from(*v)).collect();
+            let exact = euclidean(&q, &znormalize(&raw).unwrap());
+            let fast = z_distance_to(&q, &x).unwrap();
+            assert!(
+                (exact - fast).abs() < 1e-3 * exact.max(1.0),
+                "{level}: {exact} {fast}"
+            );
+        }
+        assert_eq!(z_distance_to(&q, &[7.0; 64]), None);
+        assert_eq!(z_distance_to(&q, &[7.0; 3]), None);
     }
 
     #[test]

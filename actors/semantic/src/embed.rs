@@ -23,7 +23,7 @@ pub const WINDOW_SAMPLES: std::ops::RangeInclusive<usize> = 8..=4096;
 
 /// A window whose standard deviation is below this share of its mean
 /// magnitude (or absolute, near zero) is flat: it has no shape to match.
-const FLAT: f64 = 1e-9;
+pub const FLAT: f64 = 1e-9;
 
 /// Embeds windows of a fixed length into `dims` dimensions.
 #[derive(Debug, Clone)]

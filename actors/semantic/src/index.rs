@@ -9,7 +9,7 @@
 //! selectivity threshold the planner scans the accepted windows exactly:
 //! cheaper there, and exact.
 
-use hnsw_rs::prelude::{DistL2, FilterT, Hnsw};
+use hnsw_rs::prelude::{Distance, FilterT, Hnsw};
 use serde::{Deserialize, Serialize};
 
 use crate::SemanticError;
@@ -83,7 +83,7 @@ pub enum Plan {
 pub struct VectorIndex {
     dims: usize,
     params: IndexParams,
-    graph: Hnsw<'static, f32, DistL2>,
+    graph: Hnsw<'static, f32, Euclid>,
     /// Every fingerprint, `dims` apiece, by id.
     vectors: Vec<f32>,
 }
@@ -106,7 +106,7 @@ impl VectorIndex {
                 capacity.max(1024),
                 MAX_LAYERS,
                 params.ef_construction,
-                DistL2 {},
+                Euclid,
             ),
             vectors: Vec::with_capacity(capacity.min(1 << 20) * dims),
         })
@@ -226,12 +226,59 @@ fn convert(hits: Vec<hnsw_rs::prelude::Neighbour>) -> Vec<Hit> {
     hits
 }
 
+/// The Euclidean distance between fingerprints, as the graph and the
+/// exact scan compute it. anndists' `DistL2` without its SIMD feature sums
+/// in one dependent chain the compiler cannot vectorise (float addition
+/// is not associative); summed in sixteen independent lanes it vectorises,
+/// with AVX2 where the CPU has it. Most of a search's time is here.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Euclid;
+
+impl Distance<f32> for Euclid {
+    fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
+        l2(a, b)
+    }
+}
+
 pub fn l2(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
+    squared(a, b).sqrt()
+}
+
+fn squared(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has the one feature the function is compiled for.
+        return unsafe { squared_avx2(a, b) };
+    }
+    squared_lanes(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn squared_avx2(a: &[f32], b: &[f32]) -> f32 {
+    squared_lanes(a, b)
+}
+
+#[inline(always)]
+fn squared_lanes(a: &[f32], b: &[f32]) -> f32 {
+    const LANES: usize = 16;
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; LANES];
+    let (mut ca, mut cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for i in 0..LANES {
+            let d = x[i] - y[i];
+            acc[i] += d * d;
+        }
+    }
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
         .map(|(x, y)| (x - y) * (x - y))
-        .sum::<f32>()
-        .sqrt()
+        .sum();
+    acc.iter().sum::<f32>() + tail
 }
 
 mod ordered {
@@ -330,6 +377,22 @@ mod tests {
             }
             let r = total / queries.len() as f64;
             assert!(r >= 0.95, "{share}: recall@10 {r}");
+        }
+    }
+
+    #[test]
+    fn the_lane_distance_is_the_euclidean_distance() {
+        for n in [1, 7, 16, 31, 32, 64, 100] {
+            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+            let plain: f64 = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| f64::from(x - y).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            assert!((f64::from(l2(&a, &b)) - plain).abs() < 1e-4, "{n}");
+            assert_eq!(l2(&a, &a), 0.0);
         }
     }
 
