@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use chronicle_storage::{MatchOp, Matcher};
 
-use crate::embed::{euclidean, znormalize, Embedder};
+use crate::embed::Embedder;
 use crate::index::{IndexParams, Plan, VectorIndex};
 
 /// Nanoseconds in a partition (a UTC day).
@@ -551,6 +551,7 @@ pub fn series_key<'a>(metric: &str, labels: impl Iterator<Item = (&'a str, &'a s
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::embed::{euclidean, znormalize};
     use crate::synth;
 
     fn layout(window: usize, stride: usize, budget: usize) -> Layout {
