@@ -52,6 +52,7 @@ pub struct PatternArgs {
     /// The range, as RFC 3339 (`2026-12-06T10:00:00Z`) or ms since the epoch.
     #[arg(long, value_parser = time_ms)]
     from: Option<i64>,
+    /// The range's end (excluded), as --from.
     #[arg(long, value_parser = time_ms)]
     to: Option<i64>,
     /// An ad hoc pattern: 8 to 4096 values, comma-separated.
@@ -76,6 +77,7 @@ pub struct SearchArgs {
     /// Only windows overlapping this range (RFC 3339 or ms).
     #[arg(long, value_parser = time_ms)]
     since: Option<i64>,
+    /// The range's end (excluded), as --since.
     #[arg(long, value_parser = time_ms)]
     until: Option<i64>,
     /// Candidates kept while searching each graph (recall against speed).

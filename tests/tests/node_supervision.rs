@@ -196,7 +196,8 @@ fn a_disabled_feature_serves_nothing_and_a_section_no_feature_has_is_refused() {
                 "collab",
                 "detect",
                 "remediation",
-                "capacity"
+                "capacity",
+                "semantic"
             ]
         );
         // Writes work; the query routes and subject are not served.
