@@ -460,7 +460,16 @@ fn storage_settings_change_at_run_time_and_the_recommendations_measure_them() {
     let node = start(dir.path(), "");
     let http = node.http.as_str();
     // 20 series of 3000 samples: heads pass 2048 and are cut into chunks.
-    write_series(http, 20, 3000, 500, 2000);
+    // The samples lie inside one of the shard's 2-hour chunk windows (the
+    // last whole one): a window boundary among them would cut every head
+    // there, whatever the time of day the test runs at.
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let window_start = (now_s / 7200 - 1) * 7200;
+    let end_s = now_s - (window_start + 60 + 3000);
+    write_series(http, 20, 3000, 500, end_s);
     let m = measured(http);
     assert!(m["chunks"].as_u64().unwrap() >= 20, "{m}");
     assert_eq!(m["compression_level"], 9, "{m}");
