@@ -344,24 +344,32 @@ impl Catalog {
         }
         let fingerprint = embedder.project(query);
         let metric = filter.metric.as_deref().map(metric_matcher).transpose()?;
-        // Which series the filter accepts, once per search.
-        let accepted_series: Vec<bool> = self
-            .series
-            .iter()
-            .map(|s| {
-                metric.as_ref().is_none_or(|m| m.matches(&s.metric))
-                    && filter
-                        .labels
-                        .iter()
-                        .all(|(k, v)| s.labels.get(k).is_some_and(|have| have == v))
-            })
-            .collect();
         let excluded = filter.exclude.as_ref().and_then(|e| {
             self.series
                 .iter()
                 .position(|s| *s == e.series)
                 .map(|i| (i as u32, e))
         });
+        let unfiltered = metric.is_none()
+            && filter.labels.is_empty()
+            && filter.start.is_none()
+            && filter.end.is_none()
+            && excluded.is_none();
+        // Which series the filter accepts, once per filtered search.
+        let accepted_series: Vec<bool> = if unfiltered {
+            Vec::new()
+        } else {
+            self.series
+                .iter()
+                .map(|s| {
+                    metric.as_ref().is_none_or(|m| m.matches(&s.metric))
+                        && filter
+                            .labels
+                            .iter()
+                            .all(|(k, v)| s.labels.get(k).is_some_and(|have| have == v))
+                })
+                .collect()
+        };
         let (from, to) = (
             filter.start.unwrap_or(i64::MIN),
             filter.end.unwrap_or(i64::MAX),
@@ -373,11 +381,6 @@ impl Catalog {
                 && excluded
                     .is_none_or(|(s, e)| !(w.series == s && w.start <= e.end && w.end >= e.start))
         };
-        let unfiltered = metric.is_none()
-            && filter.labels.is_empty()
-            && filter.start.is_none()
-            && filter.end.is_none()
-            && excluded.is_none();
         let want = k.saturating_mul(RERANK);
         let mut stats = SearchStats::default();
         let mut candidates: Vec<(f64, u32, &Partition, usize)> = Vec::new();
