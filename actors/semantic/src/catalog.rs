@@ -11,6 +11,7 @@
 //! fingerprint, so a search reranks its candidates by the exact
 //! z-normalised distance and answers with the values to draw.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -287,15 +288,26 @@ impl Catalog {
         }
         let day = start.div_euclid(PARTITION_NS);
         let (dims, params) = (self.layout.embedder.dims(), self.layout.params);
-        let partition = self.partitions.entry(day).or_insert_with(|| Partition {
-            index: VectorIndex::new(dims, params, 4096).expect("checked parameters"),
-            windows: Vec::new(),
-            values: Vec::new(),
-            first_start: start,
-            last_end: end,
-        });
+        let partition = match self.partitions.entry(day) {
+            Entry::Occupied(p) => p.into_mut(),
+            Entry::Vacant(slot) => match VectorIndex::new(dims, params, 4096) {
+                Ok(index) => slot.insert(Partition {
+                    index,
+                    windows: Vec::new(),
+                    values: Vec::new(),
+                    first_start: start,
+                    last_end: end,
+                }),
+                Err(_) => {
+                    self.layout.budget.give_back(1);
+                    self.refused_windows += 1;
+                    return;
+                }
+            },
+        };
         if partition.index.insert(&fingerprint).is_err() {
             self.layout.budget.give_back(1);
+            self.refused_windows += 1;
             return;
         }
         partition.windows.push(WindowMeta { series, start, end });
@@ -450,10 +462,14 @@ impl Catalog {
     }
 
     pub fn status(&self) -> CatalogStatus {
-        let (dims, n) = (self.layout.embedder.dims(), self.layout.embedder.window());
-        // Links: about 2·M on layer 0 and M above for a few, 8 bytes each.
-        let per_window =
-            4 * dims + 4 * n + std::mem::size_of::<WindowMeta>() + 8 * 2 * self.layout.params.m;
+        let n = self.layout.embedder.window();
+        // The graphs report their own; values and metadata are counted here.
+        let per_window = 4 * n + std::mem::size_of::<WindowMeta>();
+        let graphs: usize = self
+            .partitions
+            .values()
+            .map(|p| p.index.memory_bytes())
+            .sum();
         CatalogStatus {
             series: self.series.len(),
             windows: self.windows,
@@ -469,7 +485,8 @@ impl Catalog {
             flat_windows: self.flat_windows,
             refused_windows: self.refused_windows,
             refused_series: self.refused_series,
-            bytes: self.windows * per_window
+            bytes: graphs
+                + self.windows * per_window
                 + self
                     .series
                     .iter()

@@ -1,16 +1,18 @@
-//! The vector index of one time partition: an HNSW graph (hnsw_rs) over
+//! The vector index of one time partition: an HNSW graph (usearch) over
 //! the fingerprints, the fingerprints themselves for exact scans, and a
 //! planner that chooses between them by the filter's selectivity.
 //!
-//! Filters are checked during the graph's traversal (hnsw_rs expands
+//! Filters are checked during the graph's traversal (usearch expands
 //! through windows the filter refuses and keeps only those it accepts),
 //! never by post-filtering a short list. A traversal under a selective
 //! filter visits far more of the graph than it returns, so below a
 //! selectivity threshold the planner scans the accepted windows exactly:
 //! cheaper there, and exact.
 
-use hnsw_rs::prelude::{Distance, FilterT, Hnsw};
+use std::sync::{Condvar, Mutex};
+
 use serde::{Deserialize, Serialize};
+use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
 use crate::SemanticError;
 
@@ -83,13 +85,19 @@ pub enum Plan {
 pub struct VectorIndex {
     dims: usize,
     params: IndexParams,
-    graph: Hnsw<'static, f32, Euclid>,
+    graph: Index,
+    /// Admits searches into the graph (see [`Gate`]).
+    gate: Gate,
     /// Every fingerprint, `dims` apiece, by id.
     vectors: Vec<f32>,
 }
 
-/// HNSW's layer count: enough for far more windows than a partition holds.
-const MAX_LAYERS: usize = 16;
+/// Searches the graph serves at once. usearch gives each running search
+/// one of a fixed number of working contexts (reserved with the capacity)
+/// and fails a search that finds none free, so [`Gate`] holds the rest
+/// back. Each context costs about one bit per window plus the candidate
+/// queues: eight are a few hundred KiB for a million windows.
+const SEARCH_SLOTS: usize = 8;
 
 impl VectorIndex {
     /// An empty index expecting about `capacity` windows (a hint).
@@ -98,16 +106,27 @@ impl VectorIndex {
         if dims == 0 {
             return Err(SemanticError::Invalid("dims: at least 1".into()));
         }
+        let options = IndexOptions {
+            dimensions: dims,
+            // Squared Euclidean: the same ranking, one square root fewer
+            // per distance (hits take theirs on the way out).
+            metric: MetricKind::L2sq,
+            quantization: ScalarKind::F32,
+            connectivity: params.m,
+            expansion_add: params.ef_construction,
+            expansion_search: params.ef_search,
+            multi: false,
+        };
+        let graph = Index::new(&options).map_err(index_error)?;
+        let capacity = capacity.clamp(1024, 1 << 24);
+        graph
+            .reserve_capacity_and_threads(capacity, SEARCH_SLOTS)
+            .map_err(index_error)?;
         Ok(Self {
             dims,
             params,
-            graph: Hnsw::new(
-                params.m,
-                capacity.max(1024),
-                MAX_LAYERS,
-                params.ef_construction,
-                Euclid,
-            ),
+            graph,
+            gate: Gate::new(params.ef_search),
             vectors: Vec::with_capacity(capacity.min(1 << 20) * dims),
         })
     }
@@ -128,6 +147,12 @@ impl VectorIndex {
         self.params
     }
 
+    /// Bytes held: the graph (its links and its copy of each fingerprint)
+    /// and the fingerprints kept for exact scans.
+    pub fn memory_bytes(&self) -> usize {
+        self.graph.memory_usage() + self.vectors.capacity() * std::mem::size_of::<f32>()
+    }
+
     /// Adds a fingerprint; its id is its position.
     pub fn insert(&mut self, vector: &[f32]) -> Result<usize, SemanticError> {
         if vector.len() != self.dims || vector.iter().any(|v| !v.is_finite()) {
@@ -137,8 +162,16 @@ impl VectorIndex {
             )));
         }
         let id = self.len();
+        if self.graph.size() >= self.graph.capacity() {
+            // The graph's storage is reserved ahead; grow it geometrically
+            // (`&mut self`: no search runs meanwhile).
+            let grown = (self.graph.capacity() * 2).max(1024);
+            self.graph
+                .reserve_capacity_and_threads(grown, SEARCH_SLOTS)
+                .map_err(index_error)?;
+        }
+        self.graph.add(id as u64, vector).map_err(index_error)?;
         self.vectors.extend_from_slice(vector);
-        self.graph.insert_slice((vector, id));
         Ok(id)
     }
 
@@ -164,16 +197,43 @@ impl VectorIndex {
             return (Vec::new(), Plan::Scan { accepted: 0 });
         }
         let ef = ef.unwrap_or(self.params.ef_search).max(k);
-        let Some(accept) = accept else {
-            let hits = self.graph.search(query, k, ef);
-            return (convert(hits), Plan::Graph { ef });
-        };
-        if (accepted as f64) < self.params.scan_below * n as f64 || accepted <= ef {
-            return (self.scan(query, k, Some(accept)), Plan::Scan { accepted });
+        if let Some(accept) = accept {
+            if (accepted as f64) < self.params.scan_below * n as f64 || accepted <= ef {
+                return (self.scan(query, k, Some(accept)), Plan::Scan { accepted });
+            }
         }
-        let filter = Accept(accept);
-        let hits = self.graph.search_filter(query, k, ef, Some(&filter));
-        (convert(hits), Plan::FilteredGraph { ef })
+        let found = {
+            let _pass = self.gate.enter(ef, &self.graph);
+            match accept {
+                None => self.graph.search(query, k),
+                Some(accept) => self
+                    .graph
+                    .filtered_search(query, k, |key| accept(key as usize)),
+            }
+        };
+        let plan = match accept {
+            None => Plan::Graph { ef },
+            Some(_) => Plan::FilteredGraph { ef },
+        };
+        match found {
+            Ok(found) => {
+                let mut hits: Vec<Hit> = found
+                    .keys
+                    .iter()
+                    .zip(&found.distances)
+                    .map(|(&id, &d)| Hit {
+                        id: id as usize,
+                        distance: d.max(0.0).sqrt(),
+                    })
+                    .collect();
+                hits.sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.id.cmp(&b.id)));
+                (hits, plan)
+            }
+            // usearch fails a search only for want of memory or a context,
+            // both of which the constructor and the gate rule out; were it
+            // to happen, the exact scan still answers.
+            Err(_) => (self.scan(query, k, accept), Plan::Scan { accepted }),
+        }
     }
 
     /// Exactly the `k` nearest accepted fingerprints (brute force).
@@ -206,40 +266,81 @@ impl VectorIndex {
     }
 }
 
-struct Accept<'a>(&'a dyn Fn(usize) -> bool);
+fn index_error(e: impl std::fmt::Display) -> SemanticError {
+    SemanticError::Index(e.to_string())
+}
 
-impl FilterT for Accept<'_> {
-    fn hnsw_filter(&self, id: &usize) -> bool {
-        (self.0)(*id)
+/// Admits at most [`SEARCH_SLOTS`] searches into a graph at once, all with
+/// the same `ef`. usearch reads `ef` from the index's configuration, not
+/// per search, so a search asking for another `ef` waits until the
+/// running ones leave, sets it, and runs; newcomers wait behind it, so it
+/// is not starved.
+struct Gate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+struct GateState {
+    running: usize,
+    ef: usize,
+    /// Searches waiting for another `ef`.
+    switching: usize,
+}
+
+struct Pass<'a>(&'a Gate);
+
+impl Gate {
+    fn new(ef: usize) -> Self {
+        Self {
+            state: Mutex::new(GateState {
+                running: 0,
+                ef,
+                switching: 0,
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn enter<'a>(&'a self, ef: usize, graph: &Index) -> Pass<'a> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut counted = false;
+        loop {
+            if s.ef == ef {
+                let others_switching = s.switching - usize::from(counted);
+                if s.running < SEARCH_SLOTS && others_switching == 0 {
+                    break;
+                }
+            } else if s.running == 0 {
+                graph.change_expansion_search(ef);
+                s.ef = ef;
+                break;
+            } else if !counted {
+                s.switching += 1;
+                counted = true;
+            }
+            s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+        if counted {
+            s.switching -= 1;
+        }
+        s.running += 1;
+        Pass(self)
     }
 }
 
-fn convert(hits: Vec<hnsw_rs::prelude::Neighbour>) -> Vec<Hit> {
-    let mut hits: Vec<Hit> = hits
-        .into_iter()
-        .map(|h| Hit {
-            id: h.d_id,
-            distance: h.distance,
-        })
-        .collect();
-    hits.sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.id.cmp(&b.id)));
-    hits
-}
-
-/// The Euclidean distance between fingerprints, as the graph and the
-/// exact scan compute it. anndists' `DistL2` without its SIMD feature sums
-/// in one dependent chain the compiler cannot vectorise (float addition
-/// is not associative); summed in sixteen independent lanes it vectorises,
-/// with AVX2 where the CPU has it. Most of a search's time is here.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Euclid;
-
-impl Distance<f32> for Euclid {
-    fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
-        l2(a, b)
+impl Drop for Pass<'_> {
+    fn drop(&mut self) {
+        let mut s = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.running -= 1;
+        drop(s);
+        self.0.changed.notify_all();
     }
 }
 
+/// The Euclidean distance between fingerprints, as the exact scan computes
+/// it. Summed in sixteen independent lanes (float addition is not
+/// associative, so one dependent chain would not vectorise), with AVX2
+/// where the CPU has it.
 pub fn l2(a: &[f32], b: &[f32]) -> f32 {
     squared(a, b).sqrt()
 }
@@ -378,6 +479,43 @@ mod tests {
             let r = total / queries.len() as f64;
             assert!(r >= 0.95, "{share}: recall@10 {r}");
         }
+    }
+
+    #[test]
+    fn the_graph_grows_past_its_reserved_capacity() {
+        let data = points(3000, 32, 11);
+        let mut index = VectorIndex::new(32, IndexParams::default(), 1).unwrap();
+        for (i, v) in data.iter().enumerate() {
+            assert_eq!(index.insert(v).unwrap(), i);
+        }
+        assert_eq!(index.len(), 3000);
+        let (hits, plan) = index.search(&data[2999], 1, None, 3000, None);
+        assert_eq!(plan, Plan::Graph { ef: 64 });
+        assert_eq!(hits[0].id, 2999);
+        assert_eq!(hits[0].distance, 0.0);
+        assert!(index.memory_bytes() > 3000 * 32 * 4);
+    }
+
+    /// More searches at once than the graph has contexts, asking for
+    /// different `ef`s: each is answered by the graph (a search the graph
+    /// failed would fall back to the scan and say so in its plan).
+    #[test]
+    fn concurrent_searches_with_different_ef_are_all_answered_by_the_graph() {
+        let (index, _) = build(5000);
+        let queries = points(30, 32, 5);
+        std::thread::scope(|s| {
+            for t in 0..(3 * SEARCH_SLOTS) {
+                let (index, queries) = (&index, &queries);
+                s.spawn(move || {
+                    let ef = [16, 64, 200][t % 3];
+                    for q in queries {
+                        let (hits, plan) = index.search(q, 10, None, index.len(), Some(ef));
+                        assert_eq!(plan, Plan::Graph { ef });
+                        assert_eq!(hits.len(), 10);
+                    }
+                });
+            }
+        });
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //!
 //! * [`embed`]: z-normalised windows projected on the DCT-II basis (their
 //!   distance lower-bounds the exact z-normalised Euclidean distance).
-//! * [`index`]: hnsw_rs graphs with a selectivity planner (filtered
+//! * [`index`]: usearch HNSW graphs with a selectivity planner (filtered
 //!   traversal, or an exact scan when the filter is selective).
 //! * [`text`]: "sudden spike followed by gradual recovery" → a template.
 //! * [`explain`]: which features of two windows agree.
@@ -31,4 +31,7 @@ pub enum SemanticError {
     /// Bad input: 400.
     #[error("{0}")]
     Invalid(String),
+    /// The vector index refused an operation (memory): 500.
+    #[error("vector index: {0}")]
+    Index(String),
 }

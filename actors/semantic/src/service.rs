@@ -308,7 +308,11 @@ fn shard_subject(prefix: &str, shard: u32) -> String {
 type Refusal = (StatusCode, String);
 
 fn invalid(e: SemanticError) -> Refusal {
-    (StatusCode::BAD_REQUEST, e.to_string())
+    let status = match e {
+        SemanticError::Invalid(_) => StatusCode::BAD_REQUEST,
+        SemanticError::Index(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (status, e.to_string())
 }
 
 impl Semantic {
