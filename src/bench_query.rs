@@ -81,13 +81,16 @@ struct Instance {
 
 /// The TSBS query types, mapped onto this data set's `cpu_usage_percent{mode}`
 /// (six modes per host; TSBS's ten `cpu` fields become `mode` values).
-const QUERIES: [&str; 6] = [
+const QUERIES: [&str; 9] = [
     "single-groupby-1-1-1",
     "single-groupby-5-8-1",
     "cpu-max-all-1",
     "double-groupby-1",
     "high-cpu-1",
     "lastpoint",
+    "double-groupby-all",
+    "high-cpu-all",
+    "groupby-orderby-limit",
 ];
 
 fn host(i: usize) -> String {
@@ -195,6 +198,47 @@ fn instance(name: &str, rng: &mut SmallRng, first: i64, last: i64) -> Instance {
             end: last,
             step: None,
         },
+        // Every mode of every host: the whole data set, hour by hour (TSBS's
+        // double-groupby-all averages all ten CPU metrics per host).
+        "double-groupby-all" => {
+            let (start, end) = window(12 * HOUR);
+            Instance {
+                promql: r#"avg by (host, mode) (avg_over_time(cpu_usage_percent[1h]))"#.into(),
+                sql: format!("SELECT mean(value) FROM cpu_usage_percent WHERE time >= {} AND time < {} GROUP BY time(1h), host, mode", start * SECOND, end * SECOND),
+                cql: format!("SELECT mean(value) FROM cpu_usage_percent WHERE time >= {} AND time < {} GROUP BY host, mode WINDOW 1h", start * SECOND, end * SECOND),
+                start,
+                end,
+                step: Some(HOUR),
+            }
+        }
+        // Every host's samples over the threshold: a filter over raw samples
+        // of 50 series (TSBS's high-cpu-all), a large answer.
+        "high-cpu-all" => {
+            let (start, end) = window(12 * HOUR);
+            Instance {
+                promql: r#"cpu_usage_percent{mode="user"} > 90"#.into(),
+                sql: format!("SELECT time, value FROM cpu_usage_percent WHERE mode = 'user' AND value > 90 AND time >= {} AND time < {}", start * SECOND, end * SECOND),
+                cql: format!("SELECT time, value FROM cpu_usage_percent WHERE mode = 'user' AND value > 90 AND time >= {} AND time < {}", start * SECOND, end * SECOND),
+                start,
+                end,
+                step: Some(10),
+            }
+        }
+        // The last five minutes' maxima across every host, newest first
+        // (TSBS's groupby-orderby-limit: ORDER BY minute DESC LIMIT 5 before a
+        // random time). PromQL has no ORDER BY: the five steps are the limit.
+        "groupby-orderby-limit" => {
+            let (_, end) = window(HOUR);
+            let start = end - 4 * 60;
+            Instance {
+                promql: r#"max(max_over_time(cpu_usage_percent{mode="user"}[1m]))"#.into(),
+                sql: format!("SELECT max(value) FROM cpu_usage_percent WHERE mode = 'user' AND time < {} GROUP BY time(1m) ORDER BY time DESC LIMIT 5", end * SECOND),
+                cql: format!("SELECT max(value) FROM cpu_usage_percent WHERE mode = 'user' AND time < {} WINDOW 1m ORDER BY time DESC LIMIT 5", end * SECOND),
+                start,
+                end,
+                step: Some(60),
+            }
+        }
         other => unreachable!("unknown query {other}"),
     }
 }

@@ -180,13 +180,43 @@ impl SeriesSource for ClusterSource {
             Ok(ShardAnswer::Series(None)) => {
                 Err(chronicle_engine::source::too_many_samples(max_samples))
             }
-            Ok(other) => Err(EngineError::Storage(format!(
-                "the cluster answered {other:?}"
-            ))),
-            Err(ClusterError::Storage(
-                e @ (StorageError::InvalidMatcher { .. } | StorageError::InvalidRequest(_)),
-            )) => Err(EngineError::Invalid(e.to_string())),
-            Err(e) => Err(EngineError::Storage(e.to_string())),
+            other => Err(engine_error(other)),
         }
+    }
+
+    fn select_last(
+        &self,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+        max_samples: usize,
+    ) -> Result<Vec<RangeSeries>, EngineError> {
+        let (start, end) = chronicle_engine::source::storage_window(start, end);
+        let read = ShardRead::Last {
+            matchers: matchers.to_vec(),
+            start,
+            end,
+        };
+        match self.ask(read) {
+            // One sample a series: the budget bounds the series.
+            Ok(ShardAnswer::Series(Some(series))) if series.len() > max_samples => {
+                Err(chronicle_engine::source::too_many_samples(max_samples))
+            }
+            Ok(ShardAnswer::Series(Some(series))) => {
+                Ok(chronicle_engine::source::from_storage(series))
+            }
+            other => Err(engine_error(other)),
+        }
+    }
+}
+
+/// A cluster read's failure (or unexpected answer) as the engine's error.
+fn engine_error(answer: Result<ShardAnswer, ClusterError>) -> EngineError {
+    match answer {
+        Ok(other) => EngineError::Storage(format!("the cluster answered {other:?}")),
+        Err(ClusterError::Storage(
+            e @ (StorageError::InvalidMatcher { .. } | StorageError::InvalidRequest(_)),
+        )) => EngineError::Invalid(e.to_string()),
+        Err(e) => EngineError::Storage(e.to_string()),
     }
 }

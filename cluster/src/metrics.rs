@@ -175,6 +175,11 @@ metric!(DECODED_CACHE: IntGaugeVec = gauge(
     "Bytes of decoded chunks the shard keeps in memory",
     &["shard"]
 ));
+metric!(STORAGE_READS: IntCounterVec = counter(
+    "chronicle_storage_reads_total",
+    "What this replica's reads cost since its storage opened, by kind: decoded_cache_hit and decoded_cache_miss (chunks read), chunk_decoded and sample_decoded, last_from_memory and last_from_chunks (series an instant read answered from memory or by reading chunks)",
+    &["shard", "kind"]
+));
 
 /// The per-shard gauges, set at each refresh.
 fn gauges() -> [&'static LazyLock<IntGaugeVec>; 19] {
@@ -224,6 +229,23 @@ pub(crate) fn touch() {
 pub(crate) fn reset_gauges() {
     for g in gauges() {
         g.reset();
+    }
+    STORAGE_READS.reset();
+}
+
+/// Reports a shard's read counts (counted by its storage since it opened).
+pub(crate) fn set_reads(shard: &str, reads: &chronicle_storage::ReadCounts) {
+    for (kind, value) in [
+        ("decoded_cache_hit", reads.decoded_cache_hits),
+        ("decoded_cache_miss", reads.decoded_cache_misses),
+        ("chunk_decoded", reads.chunks_decoded),
+        ("sample_decoded", reads.samples_decoded),
+        ("last_from_memory", reads.last_from_memory),
+        ("last_from_chunks", reads.last_from_chunks),
+    ] {
+        let c = STORAGE_READS.with_label_values(&[shard, kind]);
+        c.reset();
+        c.inc_by(value);
     }
 }
 

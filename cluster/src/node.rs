@@ -1717,6 +1717,7 @@ impl ClusterNode {
                 u64::from(stats.delayed_write_rate > 0),
             );
             set(&DECODED_CACHE, l, stats.decoded_cache_bytes);
+            crate::metrics::set_reads(shard.as_str(), &stats.reads);
         }
     }
 

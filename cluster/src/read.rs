@@ -44,6 +44,14 @@ pub enum ShardRead {
         end: i64,
         count: usize,
     },
+    /// The newest sample in `[start, end)` of every matching series (an
+    /// instant selector's read), answered as [`ShardAnswer::Series`]: a
+    /// shard answers it from memory where it can, without decoding.
+    Last {
+        matchers: Vec<Matcher>,
+        start: i64,
+        end: i64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -94,6 +102,11 @@ impl ShardRead {
                 let (series, truncated) = shard.query_first(matchers, *start, *end, *count)?;
                 ShardAnswer::First { series, truncated }
             }
+            ShardRead::Last {
+                matchers,
+                start,
+                end,
+            } => ShardAnswer::Series(Some(shard.query_last(matchers, *start, *end)?)),
         })
     }
 
@@ -114,7 +127,9 @@ impl ShardRead {
     /// The answer when no shard has anything.
     pub fn empty_answer(&self) -> ShardAnswer {
         match self {
-            ShardRead::Series { .. } => ShardAnswer::Series(Some(Vec::new())),
+            ShardRead::Series { .. } | ShardRead::Last { .. } => {
+                ShardAnswer::Series(Some(Vec::new()))
+            }
             ShardRead::Partials(_) => ShardAnswer::Partials(PartialGroups::new()),
             ShardRead::Keys { .. } => ShardAnswer::Keys(Some(Vec::new())),
             ShardRead::First { .. } => ShardAnswer::First {
@@ -278,6 +293,11 @@ pub(crate) enum WireRead {
         end: i64,
         count: u64,
     },
+    Last {
+        matchers: Vec<WireMatcher>,
+        start: i64,
+        end: i64,
+    },
 }
 
 pub(crate) fn function_code(f: AggregateFunction) -> (u8, f64) {
@@ -366,6 +386,15 @@ impl From<&ShardRead> for WireRead {
                 end: *end,
                 count: count(*n),
             },
+            ShardRead::Last {
+                matchers,
+                start,
+                end,
+            } => WireRead::Last {
+                matchers: wire_matchers(matchers),
+                start: *start,
+                end: *end,
+            },
         }
     }
 }
@@ -422,6 +451,15 @@ impl TryFrom<WireRead> for ShardRead {
                 start,
                 end,
                 count: size(count),
+            },
+            WireRead::Last {
+                matchers,
+                start,
+                end,
+            } => ShardRead::Last {
+                matchers: matchers_from(matchers)?,
+                start,
+                end,
             },
         })
     }

@@ -401,6 +401,17 @@ impl Evaluator<'_> {
 
     /// Reads every series of `selector` with samples in `[lo, hi]`.
     fn fetch(&mut self, selector: &Selector, lo: i64, hi: i64) -> Result<Vec<RangeSeries>> {
+        self.fetch_from(selector, lo, hi, false)
+    }
+
+    /// [`Self::fetch`]; with `last_only`, each series' newest sample only.
+    fn fetch_from(
+        &mut self,
+        selector: &Selector,
+        lo: i64,
+        hi: i64,
+        last_only: bool,
+    ) -> Result<Vec<RangeSeries>> {
         let mut merged: Vec<RangeSeries> = Vec::new();
         // Only alternative matcher sets (`or`ed) can select a series twice.
         let alternatives = selector.matcher_sets.len() > 1;
@@ -411,16 +422,16 @@ impl Evaluator<'_> {
                 .limits
                 .max_samples
                 .saturating_sub(self.samples_read.saturating_add(self.values_built));
-            let selected = self
-                .source
-                .select(set, lo, hi, budget)
-                .map_err(|e| match e {
-                    // Name the query's limit, not what was left of it.
-                    EngineError::Limit(_) => {
-                        crate::source::too_many_samples(self.limits.max_samples)
-                    }
-                    other => other,
-                })?;
+            let selected = if last_only {
+                self.source.select_last(set, lo, hi, budget)
+            } else {
+                self.source.select(set, lo, hi, budget)
+            };
+            let selected = selected.map_err(|e| match e {
+                // Name the query's limit, not what was left of it.
+                EngineError::Limit(_) => crate::source::too_many_samples(self.limits.max_samples),
+                other => other,
+            })?;
             for s in selected {
                 self.samples_read += s.samples.len();
                 if !alternatives {
@@ -460,7 +471,11 @@ impl Evaluator<'_> {
             .unwrap_or(0)
             .saturating_sub(self.lookback);
         let hi = times.iter().copied().max().unwrap_or(0);
-        let series = self.fetch(selector, lo.saturating_add(1), hi)?;
+        // At one time (an instant query, or `@`), each series' newest sample
+        // in the lookback is all that is read: the source may know it
+        // without decoding the range.
+        let one_time = times.iter().all(|&t| t == hi);
+        let series = self.fetch_from(selector, lo.saturating_add(1), hi, one_time)?;
         // A few samples can become series x steps values: count them first.
         self.charge(series.len().saturating_mul(times.len()))?;
         let lookback = self.lookback;

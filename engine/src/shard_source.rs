@@ -21,15 +21,34 @@ impl SeriesSource for Shard {
         let (start_ns, end_ns) = crate::source::storage_window(start, end);
         let series = self
             .query_limited(matchers, start_ns, end_ns, max_samples)
-            .map_err(|e| match e {
-                chronicle_storage::StorageError::InvalidMatcher { .. }
-                | chronicle_storage::StorageError::InvalidRequest(_) => {
-                    EngineError::Invalid(e.to_string())
-                }
-                other => EngineError::Storage(other.to_string()),
-            })?
+            .map_err(storage_error)?
             .ok_or_else(|| too_many_samples(max_samples))?;
         Ok(from_storage(series))
+    }
+
+    fn select_last(
+        &self,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+        max_samples: usize,
+    ) -> Result<Vec<RangeSeries>> {
+        let (start_ns, end_ns) = crate::source::storage_window(start, end);
+        let series = self
+            .query_last(matchers, start_ns, end_ns)
+            .map_err(storage_error)?;
+        if series.len() > max_samples {
+            return Err(too_many_samples(max_samples));
+        }
+        Ok(from_storage(series))
+    }
+}
+
+fn storage_error(e: chronicle_storage::StorageError) -> EngineError {
+    match e {
+        chronicle_storage::StorageError::InvalidMatcher { .. }
+        | chronicle_storage::StorageError::InvalidRequest(_) => EngineError::Invalid(e.to_string()),
+        other => EngineError::Storage(other.to_string()),
     }
 }
 

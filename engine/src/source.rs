@@ -31,6 +31,27 @@ pub trait SeriesSource: Sync {
         end: i64,
         max_samples: usize,
     ) -> Result<Vec<RangeSeries>>;
+
+    /// [`Self::select`] keeping only each series' newest sample in
+    /// `[start, end]`: what an instant selector evaluated at one time needs.
+    /// Sources that know a series' newest sample without reading the range
+    /// (a shard keeps it in memory) answer this without decoding; others
+    /// read the range and keep its last sample.
+    fn select_last(
+        &self,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+        max_samples: usize,
+    ) -> Result<Vec<RangeSeries>> {
+        let mut series = self.select(matchers, start, end, max_samples)?;
+        for s in &mut series {
+            if let Some(last) = s.samples.pop() {
+                s.samples = vec![last];
+            }
+        }
+        Ok(series)
+    }
 }
 
 /// The error for a selection over its sample budget.

@@ -39,5 +39,6 @@ pub use model::{
 pub use shard::{
     finish_groups, AggregateRequest, ColumnFamilyStats, DownsampleReport, DownsampleStep,
     DurableFrontier, EngineStats, FlushReport, GroupBy, KeyedApply, KeyedPart, KeyedStamp,
-    PartialGroups, RetentionReport, SampledChunk, SeriesIter, SeriesSamples, Shard, SnapshotMeta,
+    PartialGroups, ReadCounts, RetentionReport, SampledChunk, SeriesIter, SeriesSamples, Shard,
+    SnapshotMeta,
 };

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -50,6 +51,11 @@ struct SeriesEntry {
     flushed_seq: u64,
     flushed_below: i64,
     max_time: i64,
+    /// The sample at `max_time` as the chunks hold it, kept from the cut
+    /// that wrote it, so that "the last value" is answered without decoding
+    /// a chunk. `None` after a restart (until the next cut) and once a
+    /// delete or retention may have removed it.
+    last_flushed: Option<Sample>,
     cut_marked: bool,
 }
 
@@ -65,6 +71,7 @@ impl SeriesEntry {
             flushed_seq: 0,
             flushed_below: i64::MIN,
             max_time: i64::MIN,
+            last_flushed: None,
             cut_marked: false,
         }
     }
@@ -254,6 +261,10 @@ fn trim_head(st: &mut State, id: u64, keep: impl Fn(&Sample) -> bool) {
     let Some(e) = st.series.get_mut(&id) else {
         return;
     };
+    // What removes head samples removes chunk samples too.
+    if e.last_flushed.is_some_and(|s| !keep(&s)) {
+        e.last_flushed = None;
+    }
     if e.head.is_empty() {
         return;
     }
@@ -374,6 +385,39 @@ pub struct EngineStats {
     /// Bytes per second writes are slowed to; 0 when they are not delayed.
     pub delayed_write_rate: u64,
     pub decoded_cache_bytes: u64,
+    /// What reads cost since the shard opened.
+    pub reads: ReadCounts,
+}
+
+/// What reads cost, counted since a shard opened (exported as metrics:
+/// docs/observability.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadCounts {
+    /// Chunks read and found decoded in the decoded cache.
+    pub decoded_cache_hits: u64,
+    /// Chunks read and not found there (decoded; always, with the cache off).
+    pub decoded_cache_misses: u64,
+    /// Chunks decoded, and the samples they held.
+    pub chunks_decoded: u64,
+    pub samples_decoded: u64,
+    /// Series whose newest sample an instant read took from memory, and
+    /// those for which it read chunks.
+    pub last_from_memory: u64,
+    pub last_from_chunks: u64,
+}
+
+#[derive(Debug, Default)]
+struct ReadStats {
+    decoded_cache_hits: AtomicU64,
+    decoded_cache_misses: AtomicU64,
+    chunks_decoded: AtomicU64,
+    samples_decoded: AtomicU64,
+    last_from_memory: AtomicU64,
+    last_from_chunks: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64, n: usize) {
+    counter.fetch_add(n as u64, AtomicOrdering::Relaxed);
 }
 
 /// One stored chunk as [`Shard::sample_chunks`] reads it.
@@ -392,6 +436,7 @@ pub struct Shard {
     state: RwLock<State>,
     writer: Mutex<()>,
     decoded: Option<Arc<DecodedCache>>,
+    reads: Arc<ReadStats>,
 }
 
 impl Shard {
@@ -432,6 +477,7 @@ impl Shard {
             path,
             chunk_range: nanos(config.chunk_range),
             decoded: DecodedCache::new(config.decoded_cache_bytes).map(Arc::new),
+            reads: Arc::default(),
             config,
             state: RwLock::new(State::default()),
             writer: Mutex::new(()),
@@ -1035,6 +1081,10 @@ impl Shard {
             i += n;
         }
         if let Some(last) = flush.last() {
+            // At an equal time the later cut's sample is what reads return.
+            if last.timestamp >= e.max_time {
+                e.last_flushed = Some(*last);
+            }
             e.max_time = e.max_time.max(last.timestamp);
         }
         report.samples = flush.len();
@@ -1158,6 +1208,21 @@ impl Shard {
             write_stopped: db("rocksdb.is-write-stopped") != 0,
             delayed_write_rate: db("rocksdb.actual-delayed-write-rate"),
             decoded_cache_bytes: self.decoded_cache_bytes(),
+            reads: self.read_counts(),
+        }
+    }
+
+    /// What reads cost since the shard opened.
+    pub fn read_counts(&self) -> ReadCounts {
+        let r = &self.reads;
+        let get = |c: &AtomicU64| c.load(AtomicOrdering::Relaxed);
+        ReadCounts {
+            decoded_cache_hits: get(&r.decoded_cache_hits),
+            decoded_cache_misses: get(&r.decoded_cache_misses),
+            chunks_decoded: get(&r.chunks_decoded),
+            samples_decoded: get(&r.samples_decoded),
+            last_from_memory: get(&r.last_from_memory),
+            last_from_chunks: get(&r.last_from_chunks),
         }
     }
 
@@ -1399,6 +1464,49 @@ impl Shard {
         Ok(Some(out))
     }
 
+    /// Selects series and reads the newest sample of each in `[start, end)`
+    /// (series without one have none): what an instant selector needs. It
+    /// is answered from memory (the head, or the newest flushed sample)
+    /// where that settles it, and by reading the range only for series whose
+    /// newest sample in the range may sit in a chunk older than that.
+    pub fn query_last(
+        &self,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<SeriesSamples>> {
+        let selected = self.select(matchers)?;
+        let mut out: Vec<SeriesSamples> = Vec::with_capacity(selected.len());
+        let mut cold: Vec<(usize, u64)> = Vec::new();
+        {
+            let st = self.state.read();
+            for (id, key) in selected {
+                match st.series.get(&id).map(|e| newest_in_memory(e, start, end)) {
+                    Some(Newest::Known(sample)) => out.push((key, sample.into_iter().collect())),
+                    Some(Newest::InChunks) => {
+                        cold.push((out.len(), id));
+                        out.push((key, Vec::new()));
+                    }
+                    None => out.push((key, Vec::new())),
+                }
+            }
+        }
+        bump(&self.reads.last_from_memory, out.len() - cold.len());
+        bump(&self.reads.last_from_chunks, cold.len());
+        if cold.is_empty() || start >= end {
+            return Ok(out);
+        }
+        let ids: Vec<u64> = cold.iter().map(|(_, id)| *id).collect();
+        for ((at, _), it) in cold.into_iter().zip(self.read_plan(&ids, start, end)?) {
+            let mut last = None;
+            for s in it? {
+                last = Some(s?);
+            }
+            out[at].1.extend(last);
+        }
+        Ok(out)
+    }
+
     /// The first `count` samples of the matching series taken in key order
     /// (metric, then labels), each series in time order: reading stops once
     /// there are `count`. The flag says whether anything was left unread.
@@ -1550,8 +1658,14 @@ impl Shard {
                     .as_ref()
                     .and_then(|cache| cache.get(&chunk_id(id, tier, w, seq, bytes)?))
                 {
-                    Some(samples) => StoredChunk::Decoded(samples),
-                    None => StoredChunk::Encoded(bytes.to_vec()),
+                    Some(samples) => {
+                        bump(&self.reads.decoded_cache_hits, 1);
+                        StoredChunk::Decoded(samples)
+                    }
+                    None => {
+                        bump(&self.reads.decoded_cache_misses, 1);
+                        StoredChunk::Encoded(bytes.to_vec())
+                    }
                 };
                 chunks.push((seq, chunk));
                 it.next();
@@ -1591,6 +1705,7 @@ impl Shard {
             id,
             tier,
             cache: self.decoded.clone(),
+            reads: Some(self.reads.clone()),
             series: name,
             chunk_range: range,
             windows,
@@ -2266,6 +2381,44 @@ fn intersect(a: &[u64], b: &[u64]) -> Vec<u64> {
 }
 
 /// Sorts by time (stable) and keeps the last-written sample of each timestamp.
+/// Where a series' newest sample in a range is.
+enum Newest {
+    /// In memory: this one, or none in the range.
+    Known(Option<Sample>),
+    /// Possibly in a chunk: read the range.
+    InChunks,
+}
+
+fn newest_in_memory(e: &SeriesEntry, start: i64, end: i64) -> Newest {
+    if start >= end {
+        return Newest::Known(None);
+    }
+    // The head's newest in the range; of equal times the later write, as
+    // the head's own de-duplication keeps.
+    let mut head: Option<Sample> = None;
+    for s in &e.head {
+        if s.timestamp >= start
+            && s.timestamp < end
+            && head.is_none_or(|h| s.timestamp >= h.timestamp)
+        {
+            head = Some(*s);
+        }
+    }
+    match head {
+        // The head is newer than anything flushed (and wins at equal times).
+        Some(h) if h.timestamp >= e.max_time => Newest::Known(Some(h)),
+        // Nothing flushed reaches the range.
+        _ if e.max_time < start => Newest::Known(head),
+        // The chunks' newest sample is in the range and newer than the head's.
+        _ if e.max_time < end => match e.last_flushed {
+            Some(s) if s.timestamp == e.max_time => Newest::Known(Some(s)),
+            _ => Newest::InChunks,
+        },
+        // The range ends before the newest flushed sample: read it.
+        _ => Newest::InChunks,
+    }
+}
+
 fn sort_dedup(mut samples: Vec<Sample>) -> Vec<Sample> {
     if !samples.windows(2).all(|w| w[0].timestamp < w[1].timestamp) {
         samples.sort_by_key(|s| s.timestamp);
@@ -2439,6 +2592,7 @@ pub struct SeriesIter {
     id: u64,
     tier: u8,
     cache: Option<Arc<DecodedCache>>,
+    reads: Option<Arc<ReadStats>>,
     series: Option<Arc<SeriesKey>>,
     chunk_range: i64,
     windows: VecDeque<WindowData>,
@@ -2453,6 +2607,7 @@ impl SeriesIter {
             id: 0,
             tier: 0,
             cache: None,
+            reads: None,
             series: None,
             chunk_range: 1,
             windows: VecDeque::new(),
@@ -2487,6 +2642,10 @@ impl SeriesIter {
                 reason,
             }
         })?;
+        if let Some(reads) = &self.reads {
+            bump(&reads.chunks_decoded, 1);
+            bump(&reads.samples_decoded, out.len());
+        }
         let samples: Arc<[Sample]> = out.into();
         if let Some(cache) = &self.cache {
             if let Some(key) = chunk_id(self.id, self.tier, window, seq, bytes) {

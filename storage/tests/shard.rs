@@ -938,3 +938,104 @@ mod delete {
         assert_eq!(times(&shard, "x")[0], 0, "the repeat deleted a later write");
     }
 }
+
+/// `query_last` answers what the last sample of a full read is, from memory
+/// where it can: after a cut (the newest flushed sample), from the head, and
+/// by reading chunks after a restart, after a delete of the newest sample,
+/// and for ranges that end before it.
+#[test]
+fn instant_reads_take_the_newest_sample_from_memory_and_agree_with_a_full_read() {
+    let dir = TempDir::new().unwrap();
+    let config = ShardConfig {
+        decoded_cache_bytes: 0,
+        ..cfg()
+    };
+    let all = [eq("__name__", "m")];
+    let check = |shard: &Shard, start: i64, end: i64| {
+        let last = shard.query_last(&all, start, end).unwrap();
+        let full = shard.query(&all, start, end).unwrap();
+        assert_eq!(last.len(), full.len());
+        for ((lk, ls), (fk, fs)) in last.iter().zip(&full) {
+            assert_eq!(lk, fk);
+            assert_eq!(
+                values(ls),
+                values(&fs[fs.len().saturating_sub(1)..]),
+                "{lk} in [{start}, {end})"
+            );
+        }
+    };
+    let mut index = 0;
+    let mut apply = |shard: &Shard, points: &[Point]| {
+        index += 1;
+        shard.apply(index, points).unwrap();
+        index
+    };
+    let newest = 5 * H;
+    {
+        let shard = Shard::open(dir.path(), config.clone()).unwrap();
+        for t in (0..=newest).step_by((10 * S) as usize) {
+            let pts: Vec<Point> = ["a", "b", "c"]
+                .iter()
+                .map(|h| point("m", &[("host", h)], t, t as f64 / S as f64))
+                .collect();
+            apply(&shard, &pts);
+        }
+        // Rewritten at its newest time: the later write is the answer.
+        apply(&shard, &[point("m", &[("host", "a")], newest, -1.0)]);
+        shard.flush().unwrap();
+        // One series has a newer sample in its head.
+        apply(
+            &shard,
+            &[point("m", &[("host", "c")], newest + 10 * S, 7.0)],
+        );
+
+        let before = shard.read_counts();
+        let got = shard
+            .query_last(&all, newest - 300 * S, newest + 11 * S)
+            .unwrap();
+        let got: Vec<(i64, f64)> = got.iter().flat_map(|(_, s)| values(s)).collect();
+        assert_eq!(
+            got,
+            vec![(newest, -1.0), (newest, 18000.0), (newest + 10 * S, 7.0)]
+        );
+        let after = shard.read_counts();
+        assert_eq!(after.last_from_memory - before.last_from_memory, 3);
+        assert_eq!(
+            after.chunks_decoded, before.chunks_decoded,
+            "nothing decoded"
+        );
+
+        for (start, end) in [
+            (newest - 300 * S, newest + 11 * S),
+            (newest - 300 * S, newest),         // ends before the newest
+            (H, 2 * H + 5 * S),                 // in the past, across a window
+            (newest + 20 * S, newest + 60 * S), // after everything
+            (-10 * S, 0),                       // before everything
+            (0, i64::MAX),
+        ] {
+            check(&shard, start, end);
+        }
+        let before = shard.read_counts();
+        check(&shard, H, 2 * H);
+        assert!(shard.read_counts().last_from_chunks > before.last_from_chunks);
+
+        // Deleting the newest sample: the one before it is the answer now.
+        shard
+            .apply_delete(
+                apply(&shard, &[]) + 1,
+                &[eq("host", "a")],
+                newest,
+                newest,
+                None,
+            )
+            .unwrap();
+        check(&shard, newest - 300 * S, newest + 11 * S);
+        let got = shard.query_last(&[eq("host", "a")], 0, i64::MAX).unwrap();
+        assert_eq!(values(&got[0].1), vec![(newest - 10 * S, 17990.0)]);
+    }
+    // After a restart nothing flushed is in memory: the reads decode, and agree.
+    let shard = Shard::open(dir.path(), config).unwrap();
+    check(&shard, newest - 300 * S, newest + 11 * S);
+    assert!(shard.read_counts().last_from_chunks > 0);
+    assert!(shard.read_counts().chunks_decoded > 0);
+}
