@@ -194,8 +194,11 @@ fn instance(name: &str, rng: &mut SmallRng, first: i64, last: i64) -> Instance {
                 "SELECT last(value) FROM cpu_usage_percent WHERE time > {} GROUP BY host, mode",
                 (last - 300) * SECOND
             ),
-            start: last,
-            end: last,
+            // Each series' newest sample, as TSBS's lastpoint asks: the data's
+            // last round is up to one interval (a series' phase) after `last`,
+            // so the instant query is asked just after it.
+            start: last + INTERVAL / SECOND + 1,
+            end: last + INTERVAL / SECOND + 1,
             step: None,
         },
         // Every mode of every host: the whole data set, hour by hour (TSBS's

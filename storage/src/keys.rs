@@ -122,23 +122,36 @@ pub fn parse_postings_key(key: &[u8], name_prefix_len: usize) -> Option<(&[u8], 
     Some((value, id))
 }
 
-/// `series_state` value: flushed sequence, flushed-below window, last flushed time.
-pub fn series_state_value(flushed_seq: u64, flushed_below: i64, max_time: i64) -> [u8; 24] {
-    let mut v = [0u8; 24];
-    v[..8].copy_from_slice(&flushed_seq.to_be_bytes());
-    v[8..16].copy_from_slice(&time_bytes(flushed_below));
-    v[16..].copy_from_slice(&time_bytes(max_time));
+/// `series_state` value: flushed sequence, flushed-below window, last flushed
+/// time, and (when known) the value flushed at that time: 24 or 32 bytes.
+pub fn series_state_value(
+    flushed_seq: u64,
+    flushed_below: i64,
+    max_time: i64,
+    last_value: Option<f64>,
+) -> Vec<u8> {
+    let mut v = Vec::with_capacity(32);
+    v.extend_from_slice(&flushed_seq.to_be_bytes());
+    v.extend_from_slice(&time_bytes(flushed_below));
+    v.extend_from_slice(&time_bytes(max_time));
+    if let Some(value) = last_value {
+        v.extend_from_slice(&value.to_bits().to_be_bytes());
+    }
     v
 }
 
-pub fn parse_series_state(v: &[u8]) -> Option<(u64, i64, i64)> {
-    if v.len() != 24 {
+/// What [`series_state_value`] wrote: (flushed sequence, flushed-below
+/// window, last flushed time, the value at that time if it was kept).
+pub fn parse_series_state(v: &[u8]) -> Option<(u64, i64, i64, Option<f64>)> {
+    if v.len() != 24 && v.len() != 32 {
         return None;
     }
+    let last_value = v.get(24..).and_then(u64_from).map(f64::from_bits);
     Some((
         u64_from(&v[..8])?,
         time_from_bytes(&v[8..16]),
-        time_from_bytes(&v[16..]),
+        time_from_bytes(&v[16..24]),
+        last_value,
     ))
 }
 

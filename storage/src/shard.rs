@@ -257,22 +257,27 @@ pub struct KeyedApply {
 
 /// Keeps the head samples of series `id` that pass `keep`; a head left empty
 /// no longer holds the durable frontier back.
-fn trim_head(st: &mut State, id: u64, keep: impl Fn(&Sample) -> bool) {
+/// Drops the head samples `keep` refuses. What removes head samples removes
+/// chunk samples too: true when the newest flushed sample is forgotten for
+/// that (the caller writes the series state again, so a restart agrees).
+#[must_use]
+fn trim_head(st: &mut State, id: u64, keep: impl Fn(&Sample) -> bool) -> bool {
     let Some(e) = st.series.get_mut(&id) else {
-        return;
+        return false;
     };
-    // What removes head samples removes chunk samples too.
-    if e.last_flushed.is_some_and(|s| !keep(&s)) {
+    let forgot = e.last_flushed.is_some_and(|s| !keep(&s));
+    if forgot {
         e.last_flushed = None;
     }
     if e.head.is_empty() {
-        return;
+        return forgot;
     }
     e.head.retain(|s| keep(s));
     if e.head.is_empty() {
         let first = e.head_first_seq;
         st.pending.remove(&(first, id));
     }
+    forgot
 }
 
 fn idem_set(st: &mut State, index: u64, key: Vec<u8>, value: Option<Vec<u8>>) {
@@ -527,12 +532,16 @@ impl Shard {
         {
             let (k, v) = item?;
             let id = u64_from(&k).ok_or_else(|| corrupt("series_state", "key is not a u64"))?;
-            let (seq, below, max_time) =
+            let (seq, below, max_time, last_value) =
                 parse_series_state(&v).ok_or_else(|| corrupt("series_state", "bad length"))?;
             if let Some(e) = st.series.get_mut(&id) {
                 e.flushed_seq = seq;
                 e.flushed_below = below;
                 e.max_time = max_time;
+                e.last_flushed = last_value.map(|value| Sample {
+                    timestamp: max_time,
+                    value,
+                });
             }
         }
         // Downsampling outputs recorded for entries a replay may apply again.
@@ -914,6 +923,20 @@ impl Shard {
         }
     }
 
+    /// Writes what `e` says the chunks hold (with the newest flushed value
+    /// while it is known, so a restart keeps it).
+    fn put_series_state(&self, wb: &mut WriteBatch, id: u64, e: &SeriesEntry) {
+        let last_value = e
+            .last_flushed
+            .filter(|s| s.timestamp == e.max_time)
+            .map(|s| s.value);
+        wb.put_cf(
+            self.cf(CF_SERIES_STATE),
+            id.to_be_bytes(),
+            series_state_value(e.flushed_seq, e.flushed_below, e.max_time, last_value),
+        );
+    }
+
     fn delete_series(&self, wb: &mut WriteBatch, id: u64, key: &SeriesKey) {
         wb.delete_cf(self.cf(CF_SERIES), key.encode());
         wb.delete_cf(self.cf(CF_SERIES_IDS), id.to_be_bytes());
@@ -1091,11 +1114,7 @@ impl Shard {
         report.series = 1;
         e.flushed_seq = seq;
         e.flushed_below = keep_from;
-        wb.put_cf(
-            self.cf(CF_SERIES_STATE),
-            id.to_be_bytes(),
-            series_state_value(seq, keep_from, e.max_time),
-        );
+        self.put_series_state(wb, id, e);
         e.head = keep.to_vec();
         let new_first = (!e.head.is_empty()).then_some(e.window_first_seq);
         if let Some(first) = new_first {
@@ -1936,7 +1955,11 @@ impl Shard {
         }
         for (id, _) in &selected {
             let before = st.series.get(id).map_or(0, |e| e.head.len());
-            trim_head(&mut st, *id, |s| s.timestamp < start || s.timestamp > end);
+            if trim_head(&mut st, *id, |s| s.timestamp < start || s.timestamp > end) {
+                if let Some(e) = st.series.get(id) {
+                    self.put_series_state(&mut wb, *id, e);
+                }
+            }
             let after = st.series.get(id).map_or(0, |e| e.head.len());
             report.samples += before - after;
         }
@@ -2005,7 +2028,11 @@ impl Shard {
         for id in ids {
             let tier = st.series[&id].tier;
             if let Some(&(_, cut)) = cutoffs.iter().find(|(t, _)| *t == tier) {
-                trim_head(&mut st, id, |s| s.timestamp >= cut);
+                if trim_head(&mut st, id, |s| s.timestamp >= cut) {
+                    if let Some(e) = st.series.get(&id) {
+                        self.put_series_state(&mut wb, id, e);
+                    }
+                }
             }
         }
         let gone: Vec<u64> = st
