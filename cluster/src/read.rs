@@ -718,5 +718,26 @@ mod tests {
         let bytes = chronicle_bus::envelope::encode(&WireAnswer::from(&answer)).unwrap();
         let back: WireAnswer = chronicle_bus::envelope::decode(&bytes).unwrap();
         assert_eq!(ShardAnswer::from(back), answer);
+
+        let last = ShardRead::Last {
+            matchers: vec![Matcher::new(MatchOp::Equal, "host", "a").unwrap()],
+            start: -7,
+            end: i64::MAX,
+        };
+        let bytes = chronicle_bus::envelope::encode(&WireRead::from(&last)).unwrap();
+        let back: WireRead = chronicle_bus::envelope::decode(&bytes).unwrap();
+        let ShardRead::Last {
+            matchers,
+            start,
+            end,
+        } = ShardRead::try_from(back).unwrap()
+        else {
+            panic!("not last");
+        };
+        assert_eq!(
+            (matchers[0].value.as_str(), start, end),
+            ("a", -7, i64::MAX)
+        );
+        assert_eq!(last.empty_answer(), ShardAnswer::Series(Some(Vec::new())));
     }
 }

@@ -249,8 +249,16 @@ struct Eval {
     skip: bool,
 }
 
-/// Runs one script and counts its evals.
+/// Runs one script and counts its evals, the samples of each `load` left in
+/// the shard's head as written.
 pub fn run_script(text: &str) -> Tally {
+    run_script_stored(text, false)
+}
+
+/// [`run_script`]; with `flushed`, each `load` is cut into chunks before the
+/// evals that follow (reads then decode chunks, and instant selectors take
+/// the newest flushed sample the shard keeps).
+pub fn run_script_stored(text: &str, flushed: bool) -> Tally {
     let mut tally = Tally::default();
     let lines: Vec<&str> = text.lines().collect();
     let mut dir = tempfile::tempdir().expect("temp dir");
@@ -321,6 +329,11 @@ pub fn run_script(text: &str) -> Tally {
             }
             if let Err(e) = shard.write_batch(&points) {
                 tally.failures.push(format!("{line_no}: load: {e}"));
+            }
+            if flushed {
+                if let Err(e) = shard.flush() {
+                    tally.failures.push(format!("{line_no}: flush: {e}"));
+                }
             }
             continue;
         }

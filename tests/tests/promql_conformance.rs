@@ -1,5 +1,6 @@
 //! Prometheus's PromQL test scripts (tests/conformance/promql) against
-//! Chronicle's engine over a real shard. Passed / failed / skipped per file is
+//! Chronicle's engine over a real shard, each script twice: its samples in
+//! the shard's head, and flushed into chunks. Passed / failed / skipped per file is
 //! printed. Every float case passes, so any failure fails the test; and the
 //! pass count of each file may not drop below the one recorded in
 //! tests/conformance/promql-passing.txt, so a case cannot quietly move from
@@ -8,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use chronicle_tests::promqltest::run_script;
+use chronicle_tests::promqltest::{run_script, run_script_stored};
 
 fn scripts_dir() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -62,6 +63,19 @@ fn promql_conformance_scripts() {
         passed += tally.passed;
         failed += tally.failed;
         skipped += tally.skipped;
+        // The same script with every load cut into chunks: reads that decode,
+        // and instant selectors answered from the newest flushed samples,
+        // must give the same answers.
+        let stored = run_script_stored(&text, true);
+        if stored.failed > 0 || stored.passed != tally.passed {
+            for f in &stored.failures {
+                println!("    flushed: {f}");
+            }
+            regressions.push(format!(
+                "{name}: flushed into chunks, {} passed and {} failed (in the head, {} passed)",
+                stored.passed, stored.failed, tally.passed
+            ));
+        }
         let want = floor.get(&name).copied().unwrap_or(0);
         if tally.passed < want {
             regressions.push(format!("{name}: {} passed, {want} recorded", tally.passed));

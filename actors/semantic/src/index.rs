@@ -306,8 +306,10 @@ impl Gate {
         let mut counted = false;
         loop {
             if s.ef == ef {
-                let others_switching = s.switching - usize::from(counted);
-                if s.running < SEARCH_SLOTS && others_switching == 0 {
+                // A search that waited for this `ef` runs; a newcomer waits
+                // behind searches waiting for another (two waiting for the
+                // same one must not wait for each other).
+                if s.running < SEARCH_SLOTS && (counted || s.switching == 0) {
                     break;
                 }
             } else if s.running == 0 {
