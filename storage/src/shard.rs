@@ -1746,15 +1746,50 @@ impl Shard {
             ));
         }
         let selected = self.select(&req.matchers)?;
-        let ids: Vec<u64> = selected.iter().map(|(id, _)| *id).collect();
-        let iters = self.read_plan(&ids, req.start, req.end)?;
+        // `last` over one window (SQL's and CQL's lastpoint) needs each
+        // series' newest sample: where memory settles it, nothing is read.
+        let mut settled: Vec<Option<Option<Sample>>> = vec![None; selected.len()];
+        if req.function == AggregateFunction::Last && req.window == 0 {
+            let st = self.state.read();
+            for ((id, _), slot) in selected.iter().zip(settled.iter_mut()) {
+                if let Some(Newest::Known(newest)) = st
+                    .series
+                    .get(id)
+                    .map(|e| newest_in_memory(e, req.start, req.end))
+                {
+                    // A staleness marker is not aggregated: the sample
+                    // before it is, so that series is read.
+                    if newest.is_none_or(|s| is_aggregatable(&s)) {
+                        *slot = Some(newest);
+                    }
+                }
+            }
+            let from_memory = settled.iter().filter(|s| s.is_some()).count();
+            bump(&self.reads.last_from_memory, from_memory);
+            bump(&self.reads.last_from_chunks, selected.len() - from_memory);
+        }
+        let ids: Vec<u64> = selected
+            .iter()
+            .zip(&settled)
+            .filter(|(_, known)| known.is_none())
+            .map(|((id, _), _)| *id)
+            .collect();
+        let mut iters = self.read_plan(&ids, req.start, req.end)?;
         let keep_values = matches!(req.function, AggregateFunction::Percentile(_));
         let is_rate = req.function == AggregateFunction::Rate;
         let mut groups: PartialGroups = BTreeMap::new();
-        for ((_, key), iter) in selected.iter().zip(iters) {
-            let iter = iter?;
+        for ((_, key), known) in selected.iter().zip(settled) {
             let group = group_labels(key, &req.group_by);
             let windows = groups.entry(group).or_default();
+            if let Some(newest) = known {
+                if let Some(s) = newest {
+                    windows.entry(req.start).or_default().push(s, keep_values);
+                }
+                continue;
+            }
+            let iter = iters
+                .next()
+                .ok_or_else(|| corrupt("read plan", "fewer series than planned"))??;
             let mut counter: Option<(i64, CounterWindow)> = None;
             for sample in iter {
                 let s = sample?;

@@ -951,15 +951,53 @@ fn instant_reads_take_the_newest_sample_from_memory_and_agree_with_a_full_read()
         ..cfg()
     };
     let all = [eq("__name__", "m")];
+    let abc = [
+        eq("__name__", "m"),
+        Matcher::new(MatchOp::Regex, "host", "a|b|c").unwrap(),
+    ];
     let check = |shard: &Shard, start: i64, end: i64| {
         let last = shard.query_last(&all, start, end).unwrap();
         let full = shard.query(&all, start, end).unwrap();
+        // `last` over one window (SQL's lastpoint) takes the same shortcut
+        // but skips staleness markers.
+        let aggregated = shard
+            .aggregate(&AggregateRequest {
+                matchers: all.to_vec(),
+                start,
+                end,
+                window: 0,
+                function: AggregateFunction::Last,
+                group_by: GroupBy::Series,
+            })
+            .unwrap();
+        let aggregated: Vec<(String, f64)> = aggregated
+            .iter()
+            .flat_map(|a| {
+                let host = a.group.iter().find(|l| l.name == "host").unwrap();
+                a.points.iter().map(|p| (host.value.clone(), p.value))
+            })
+            .collect();
+        let expected: Vec<(String, f64)> = full
+            .iter()
+            .filter_map(|(k, samples)| {
+                let last = samples
+                    .iter()
+                    .rev()
+                    .find(|s| s.value.to_bits() != model::STALE_NAN_BITS)?;
+                Some((k.labels[0].value.clone(), last.value))
+            })
+            .collect();
+        assert_eq!(aggregated, expected, "last() in [{start}, {end})");
         assert_eq!(last.len(), full.len());
         for ((lk, ls), (fk, fs)) in last.iter().zip(&full) {
             assert_eq!(lk, fk);
+            // Bit for bit: a staleness marker is a NaN.
+            let bits = |s: &[Sample]| -> Vec<(i64, u64)> {
+                s.iter().map(|s| (s.timestamp, s.value.to_bits())).collect()
+            };
             assert_eq!(
-                values(ls),
-                values(&fs[fs.len().saturating_sub(1)..]),
+                bits(ls),
+                bits(&fs[fs.len().saturating_sub(1)..]),
                 "{lk} in [{start}, {end})"
             );
         }
@@ -982,6 +1020,16 @@ fn instant_reads_take_the_newest_sample_from_memory_and_agree_with_a_full_read()
         }
         // Rewritten at its newest time: the later write is the answer.
         apply(&shard, &[point("m", &[("host", "a")], newest, -1.0)]);
+        // A series whose newest sample is a staleness marker.
+        let stale = f64::from_bits(model::STALE_NAN_BITS);
+        apply(
+            &shard,
+            &[point("m", &[("host", "d")], newest - 20 * S, 4.0)],
+        );
+        apply(
+            &shard,
+            &[point("m", &[("host", "d")], newest - 10 * S, stale)],
+        );
         shard.flush().unwrap();
         // One series has a newer sample in its head.
         apply(
@@ -991,7 +1039,7 @@ fn instant_reads_take_the_newest_sample_from_memory_and_agree_with_a_full_read()
 
         let before = shard.read_counts();
         let got = shard
-            .query_last(&all, newest - 300 * S, newest + 11 * S)
+            .query_last(&abc, newest - 300 * S, newest + 11 * S)
             .unwrap();
         let got: Vec<(i64, f64)> = got.iter().flat_map(|(_, s)| values(s)).collect();
         assert_eq!(
@@ -1039,10 +1087,9 @@ fn instant_reads_take_the_newest_sample_from_memory_and_agree_with_a_full_read()
     // Raft log applies it again.)
     let shard = Shard::open(dir.path(), config).unwrap();
     check(&shard, newest - 300 * S, newest + 11 * S);
-    let reads = shard.read_counts();
-    assert_eq!((reads.last_from_memory, reads.last_from_chunks), (2, 1));
+    let before = shard.read_counts();
     let got = shard
-        .query_last(&all, newest - 300 * S, newest + 11 * S)
+        .query_last(&abc, newest - 300 * S, newest + 11 * S)
         .unwrap();
     let got: Vec<(i64, f64)> = got.iter().flat_map(|(_, s)| values(s)).collect();
     assert_eq!(
@@ -1052,5 +1099,13 @@ fn instant_reads_take_the_newest_sample_from_memory_and_agree_with_a_full_read()
             (newest, 18000.0),
             (newest, 18000.0)
         ]
+    );
+    let after = shard.read_counts();
+    assert_eq!(
+        (
+            after.last_from_memory - before.last_from_memory,
+            after.last_from_chunks - before.last_from_chunks
+        ),
+        (2, 1)
     );
 }
