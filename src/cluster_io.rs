@@ -216,7 +216,7 @@ fn engine_error(answer: Result<ShardAnswer, ClusterError>) -> EngineError {
         Ok(other) => EngineError::Storage(format!("the cluster answered {other:?}")),
         Err(ClusterError::Storage(
             e @ (StorageError::InvalidMatcher { .. } | StorageError::InvalidRequest(_)),
-        )) => EngineError::Invalid(e.to_string()),
+        )) => chronicle_engine::source::storage_error(e),
         Err(e) => EngineError::Storage(e.to_string()),
     }
 }

@@ -2,9 +2,9 @@
 
 use chronicle_storage::{Label, Matcher, SeriesSamples, Shard};
 
-use crate::source::{too_many_samples, SeriesSource};
+use crate::source::{storage_error, too_many_samples, SeriesSource};
 use crate::value::{Labels, RangeSeries, Sample, METRIC_NAME};
-use crate::{EngineError, Result};
+use crate::Result;
 
 const NS_PER_MS: i64 = 1_000_000;
 
@@ -41,14 +41,6 @@ impl SeriesSource for Shard {
             return Err(too_many_samples(max_samples));
         }
         Ok(from_storage(series))
-    }
-}
-
-fn storage_error(e: chronicle_storage::StorageError) -> EngineError {
-    match e {
-        chronicle_storage::StorageError::InvalidMatcher { .. }
-        | chronicle_storage::StorageError::InvalidRequest(_) => EngineError::Invalid(e.to_string()),
-        other => EngineError::Storage(other.to_string()),
     }
 }
 

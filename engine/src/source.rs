@@ -54,6 +54,16 @@ pub trait SeriesSource: Sync {
     }
 }
 
+/// A storage error as the engine's: the caller's mistakes (a bad matcher or
+/// request) are invalid queries, anything else a storage failure.
+pub fn storage_error(e: chronicle_storage::StorageError) -> EngineError {
+    match e {
+        chronicle_storage::StorageError::InvalidMatcher { .. }
+        | chronicle_storage::StorageError::InvalidRequest(_) => EngineError::Invalid(e.to_string()),
+        other => EngineError::Storage(other.to_string()),
+    }
+}
+
 /// The error for a selection over its sample budget.
 pub fn too_many_samples(max: usize) -> EngineError {
     EngineError::Limit(format!(

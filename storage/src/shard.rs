@@ -1495,35 +1495,59 @@ impl Shard {
         end: i64,
     ) -> Result<Vec<SeriesSamples>> {
         let selected = self.select(matchers)?;
+        let settled = self.newest_from_memory(&selected, start, end, |_| true);
+        let cold: Vec<u64> = unsettled(&selected, &settled);
+        // Nothing to read (the usual case): no snapshot, no iterator.
+        let mut reads = if cold.is_empty() {
+            None
+        } else {
+            Some(self.read_plan(&cold, start, end)?)
+        };
         let mut out: Vec<SeriesSamples> = Vec::with_capacity(selected.len());
-        let mut cold: Vec<(usize, u64)> = Vec::new();
-        {
-            let st = self.state.read();
-            for (id, key) in selected {
-                match st.series.get(&id).map(|e| newest_in_memory(e, start, end)) {
-                    Some(Newest::Known(sample)) => out.push((key, sample.into_iter().collect())),
-                    Some(Newest::InChunks) => {
-                        cold.push((out.len(), id));
-                        out.push((key, Vec::new()));
+        for ((_, key), known) in selected.into_iter().zip(settled) {
+            let newest = match known {
+                Some(newest) => newest,
+                None => {
+                    let mut last = None;
+                    for s in planned(reads.as_mut())?? {
+                        last = Some(s?);
                     }
-                    None => out.push((key, Vec::new())),
+                    last
                 }
-            }
-        }
-        bump(&self.reads.last_from_memory, out.len() - cold.len());
-        bump(&self.reads.last_from_chunks, cold.len());
-        if cold.is_empty() || start >= end {
-            return Ok(out);
-        }
-        let ids: Vec<u64> = cold.iter().map(|(_, id)| *id).collect();
-        for ((at, _), it) in cold.into_iter().zip(self.read_plan(&ids, start, end)?) {
-            let mut last = None;
-            for s in it? {
-                last = Some(s?);
-            }
-            out[at].1.extend(last);
+            };
+            out.push((key, newest.into_iter().collect()));
         }
         Ok(out)
+    }
+
+    /// Each selected series' newest sample in `[start, end)` where memory
+    /// settles it (`Some`, holding `None` when the range has none), or
+    /// `None` where its chunks must be read. `usable` refuses a newest
+    /// sample the caller cannot answer with. Counted in [`ReadCounts`].
+    fn newest_from_memory(
+        &self,
+        selected: &[(u64, SeriesKey)],
+        start: i64,
+        end: i64,
+        usable: impl Fn(&Sample) -> bool,
+    ) -> Vec<Option<Option<Sample>>> {
+        let settled: Vec<Option<Option<Sample>>> = {
+            let st = self.state.read();
+            selected
+                .iter()
+                .map(
+                    |(id, _)| match st.series.get(id).map(|e| newest_in_memory(e, start, end)) {
+                        None => Some(None),
+                        Some(Newest::Known(s)) if s.is_none_or(|s| usable(&s)) => Some(s),
+                        Some(_) => None,
+                    },
+                )
+                .collect()
+        };
+        let from_memory = settled.iter().filter(|s| s.is_some()).count();
+        bump(&self.reads.last_from_memory, from_memory);
+        bump(&self.reads.last_from_chunks, selected.len() - from_memory);
+        settled
     }
 
     /// The first `count` samples of the matching series taken in key order
@@ -1748,33 +1772,14 @@ impl Shard {
         let selected = self.select(&req.matchers)?;
         // `last` over one window (SQL's and CQL's lastpoint) needs each
         // series' newest sample: where memory settles it, nothing is read.
-        let mut settled: Vec<Option<Option<Sample>>> = vec![None; selected.len()];
-        if req.function == AggregateFunction::Last && req.window == 0 {
-            let st = self.state.read();
-            for ((id, _), slot) in selected.iter().zip(settled.iter_mut()) {
-                if let Some(Newest::Known(newest)) = st
-                    .series
-                    .get(id)
-                    .map(|e| newest_in_memory(e, req.start, req.end))
-                {
-                    // A staleness marker is not aggregated: the sample
-                    // before it is, so that series is read.
-                    if newest.is_none_or(|s| is_aggregatable(&s)) {
-                        *slot = Some(newest);
-                    }
-                }
-            }
-            let from_memory = settled.iter().filter(|s| s.is_some()).count();
-            bump(&self.reads.last_from_memory, from_memory);
-            bump(&self.reads.last_from_chunks, selected.len() - from_memory);
-        }
-        let ids: Vec<u64> = selected
-            .iter()
-            .zip(&settled)
-            .filter(|(_, known)| known.is_none())
-            .map(|((id, _), _)| *id)
-            .collect();
-        let mut iters = self.read_plan(&ids, req.start, req.end)?;
+        let settled = if req.function == AggregateFunction::Last && req.window == 0 {
+            // A staleness marker is not aggregated: the sample before it
+            // is, so that series is read.
+            self.newest_from_memory(&selected, req.start, req.end, is_aggregatable)
+        } else {
+            vec![None; selected.len()]
+        };
+        let mut iters = self.read_plan(&unsettled(&selected, &settled), req.start, req.end)?;
         let keep_values = matches!(req.function, AggregateFunction::Percentile(_));
         let is_rate = req.function == AggregateFunction::Rate;
         let mut groups: PartialGroups = BTreeMap::new();
@@ -1787,9 +1792,7 @@ impl Shard {
                 }
                 continue;
             }
-            let iter = iters
-                .next()
-                .ok_or_else(|| corrupt("read plan", "fewer series than planned"))??;
+            let iter = planned(Some(&mut iters))??;
             let mut counter: Option<(i64, CounterWindow)> = None;
             for sample in iter {
                 let s = sample?;
@@ -2443,6 +2446,22 @@ fn intersect(a: &[u64], b: &[u64]) -> Vec<u64> {
 }
 
 /// Sorts by time (stable) and keeps the last-written sample of each timestamp.
+/// The ids of the series whose newest sample memory did not settle.
+fn unsettled(selected: &[(u64, SeriesKey)], settled: &[Option<Option<Sample>>]) -> Vec<u64> {
+    selected
+        .iter()
+        .zip(settled)
+        .filter(|(_, known)| known.is_none())
+        .map(|((id, _), _)| *id)
+        .collect()
+}
+
+/// The next series of a read planned for the unsettled ones.
+fn planned(plan: Option<&mut ReadPlan<'_>>) -> Result<Result<SeriesIter>> {
+    plan.and_then(Iterator::next)
+        .ok_or_else(|| corrupt("read plan", "fewer series than planned"))
+}
+
 /// Where a series' newest sample in a range is.
 enum Newest {
     /// In memory: this one, or none in the range.
