@@ -216,22 +216,25 @@ pub fn run(
     });
 }
 
-/// Reads every key once through `http` (after the faults healed), so a
+/// Reads every key once (after the faults healed), so a
 /// write lost at the end shows as a read that contradicts the history.
 pub fn final_reads(
     workload: &RegisterWorkload,
-    http: &str,
+    nodes: &[String],
     epoch: Instant,
     history: &Mutex<RegisterHistory>,
 ) -> Result<(), String> {
     let client = Client::new(workload);
+    // Through the first node that answers: one that stays down after the
+    // heal is reported on its own, and must not hide the others' state.
+    let mut node = 0;
     for k in 0..workload.keys {
         let key = format!("k{k}");
         // Retried for up to 30 s: a read that never answers hides a loss.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let call = epoch.elapsed().as_nanos() as u64;
-            if let Ok(v) = client.get(http, &key) {
+            if let Ok(v) = client.get(&nodes[node], &key) {
                 let ret = epoch.elapsed().as_nanos() as u64;
                 let input = KeyedRegister {
                     key: key.clone(),
@@ -250,6 +253,7 @@ pub fn final_reads(
                     ));
                 break;
             }
+            node = (node + 1) % nodes.len();
             if Instant::now() > deadline {
                 return Err(format!(
                     "register key {key} could not be read after the heal"

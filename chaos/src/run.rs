@@ -85,9 +85,32 @@ pub struct Report {
     pub violations: Vec<String>,
     /// Seconds since the start at which a violating operation was invoked.
     pub violation_times: Vec<f64>,
+    /// The register's minimal failing history, when a key is not
+    /// linearizable (also drawn in the timeline).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failing_history: Option<FailingHistory>,
     /// Every operation's times (for the timeline).
     #[serde(skip)]
     pub ops: Vec<OpTimes>,
+}
+
+/// A minimal failing history: the operations of one key that no order
+/// explains, each dropped one making the rest linearizable.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailingHistory {
+    pub key: String,
+    pub ops: Vec<DrawnOp>,
+}
+
+/// One operation of a failing history, as drawn.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrawnOp {
+    pub client: u64,
+    /// Seconds since the run started (`ret_s` `None`: unknown outcome).
+    pub call_s: f64,
+    pub ret_s: Option<f64>,
+    /// What it asked and what it got.
+    pub label: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -126,10 +149,12 @@ impl Report {
         }
         if let Some(s) = &self.series {
             out.push_str(&format!(
-                "series: {} appends ({} acknowledged), {} reads; final reads hold {} of {} acknowledged and {} unknown; \
-                 lost {}, stale {}, non-monotonic {}, duplicate {}, phantom {}\n",
-                s.appends, s.acknowledged, s.reads, s.final_present, s.acknowledged,
-                s.unknown_present, s.lost, s.stale, s.non_monotonic, s.duplicate, s.phantom
+                "series: {} appends ({} acknowledged), {} reads ({} of ranges, {} of the newest sample); \
+                 final reads hold {} of {} acknowledged and {} unknown; \
+                 lost {}, stale {}, non-monotonic {}, write order {}, duplicate {}, phantom {}\n",
+                s.appends, s.acknowledged, s.reads, s.range_reads, s.newest_reads, s.final_present,
+                s.acknowledged, s.unknown_present, s.lost, s.stale, s.non_monotonic, s.write_order,
+                s.duplicate, s.phantom
             ));
         }
         out.push_str("   start-healed   recovery  answered  fault\n");
@@ -323,7 +348,11 @@ pub fn run_on(
         let injected = match target.inject(spec, &mut rng) {
             Ok(i) => i,
             Err(e) => {
-                failure = Some(e);
+                progress(&format!(
+                    "{:>7.2} s  could not inject a fault: {e}",
+                    secs(start)
+                ));
+                failure = Some((secs(start), format!("a fault could not be injected: {e}")));
                 break;
             }
         };
@@ -356,7 +385,14 @@ pub fn run_on(
             exit_observed: injected.exit_observed,
         });
         if let Err(e) = healed {
-            failure = Some(e);
+            progress(&format!(
+                "{:>7.2} s  the cluster did not recover: {e}",
+                secs(ready)
+            ));
+            failure = Some((
+                secs(healing),
+                format!("the cluster did not recover after a heal: {e}"),
+            ));
             break;
         }
     }
@@ -365,28 +401,36 @@ pub fn run_on(
     for t in threads {
         let _ = t.join();
     }
-    let healed = target.heal_all(Duration::from_secs(60));
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    healed?;
+    // A cluster that does not recover is a violation of its own, and the
+    // run still reads, checks and reports what it can: the report says
+    // why, and what the surviving nodes hold.
     let mut violations = Vec::new();
     let mut violation_times = Vec::new();
+    if let Some((at, e)) = failure {
+        violation_times.push(at);
+        violations.push(e);
+    }
+    let heal_started = secs(Instant::now());
+    if let Err(e) = target.heal_all(Duration::from_secs(60)) {
+        progress(&format!("the cluster did not recover at the end: {e}"));
+        violation_times.push(heal_started);
+        violations.push(format!("the cluster did not recover at the end: {e}"));
+    }
     if workload.register {
-        if let Err(e) =
-            register::final_reads(&register_workload, &nodes[0], epoch, &register_history)
+        if let Err(e) = register::final_reads(&register_workload, &nodes, epoch, &register_history)
         {
             violations.push(e);
         }
     }
     if workload.series {
-        if let Err(e) = series::final_reads(&series_workload, &nodes[0], epoch, &series_history) {
+        if let Err(e) = series::final_reads(&series_workload, &nodes, epoch, &series_history) {
             violations.push(e);
         }
     }
     let register_history = std::mem::take(&mut *register_history.lock().expect("history lock"));
     let series_history = std::mem::take(&mut *series_history.lock().expect("history lock"));
 
+    let mut failing_history = None;
     let register = workload.register.then(|| {
         progress(&format!(
             "checking {} register operations for linearizability",
@@ -404,6 +448,25 @@ pub fn run_on(
                 if let Some(first) = check.minimal.iter().map(|o| o.call).min() {
                     violation_times.push(first as f64 / 1e9);
                 }
+                failing_history = Some(FailingHistory {
+                    key: check.key.clone().unwrap_or_default(),
+                    ops: check
+                        .minimal
+                        .iter()
+                        .map(|o| DrawnOp {
+                            client: o.client,
+                            call_s: o.call as f64 / 1e9,
+                            ret_s: o.ret.map(|r| r as f64 / 1e9),
+                            label: format!(
+                                "{:?} -> {}",
+                                o.input.input,
+                                o.output
+                                    .as_ref()
+                                    .map_or("unknown".into(), |out| format!("{out:?}"))
+                            ),
+                        })
+                        .collect(),
+                });
                 violations.push(format!(
                     "register key {} is not linearizable; a minimal failing history:\n{}",
                     check.key.clone().unwrap_or_default(),
@@ -520,6 +583,7 @@ pub fn run_on(
         series,
         violations,
         violation_times,
+        failing_history,
         ops,
     };
     Ok(report)
@@ -539,4 +603,122 @@ pub fn write_report(report: &Report, dir: &Path) -> Result<(), ChaosError> {
     let png = timeline::png(&svg)?;
     std::fs::write(dir.join("timeline.png"), png).map_err(io)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Plan;
+
+    /// A target whose node never comes back after its first fault.
+    struct NeverRecovers;
+
+    impl Target for NeverRecovers {
+        fn node_ids(&self) -> Vec<u64> {
+            vec![1]
+        }
+
+        fn endpoints(&self) -> Vec<String> {
+            vec!["http://127.0.0.1:9".into()]
+        }
+
+        fn inject(&mut self, spec: &FaultSpec, _: &mut SmallRng) -> Result<Injected, ChaosError> {
+            Ok(Injected {
+                spec: spec.clone(),
+                nodes: vec![1],
+                description: "kill node 1".into(),
+                exit_code: None,
+                exit_observed: false,
+            })
+        }
+
+        fn heal(&mut self, _: &Injected, _: Duration) -> Result<(), ChaosError> {
+            Err(ChaosError::Process(
+                "node 1 was not ready within 60 s".into(),
+            ))
+        }
+
+        fn heal_all(&mut self, _: Duration) -> Result<(), ChaosError> {
+            Ok(())
+        }
+
+        fn finish(&mut self) -> Vec<String> {
+            Vec::new()
+        }
+    }
+
+    #[test]
+    fn a_cluster_that_does_not_recover_is_a_violation_and_the_run_still_reports() {
+        let mut plan = Plan::parse("[[fault]]\nkind = \"kill\"\n").unwrap();
+        // No workload: nothing listens at the endpoint, and this is about
+        // the run, not the checks.
+        plan.workload.register = false;
+        plan.workload.series = false;
+        let plan = CheckedPlan {
+            plan,
+            duration: Duration::from_millis(600),
+            interval: Duration::from_millis(100),
+            hold: Duration::from_millis(50),
+        };
+        let mut heard = Vec::new();
+        let report = run_on(&mut NeverRecovers, &plan, 7, 1_000, |line| {
+            heard.push(line.to_string())
+        })
+        .expect("a run that finds a violation still reports");
+        assert!(!report.passed());
+        assert_eq!(
+            report.faults.len(),
+            1,
+            "the run stops at the first failed heal"
+        );
+        assert!(
+            report.violations[0].contains("did not recover")
+                && report.violations[0].contains("not ready within 60 s"),
+            "{:?}",
+            report.violations
+        );
+        assert_eq!(report.violation_times.len(), 1);
+        assert!(
+            heard.iter().any(|l| l.contains("did not recover")),
+            "{heard:?}"
+        );
+        let dir = std::env::temp_dir().join(format!("chaos-report-{}", std::process::id()));
+        write_report(&report, &dir).unwrap();
+        for file in ["report.json", "summary.txt", "timeline.svg", "timeline.png"] {
+            assert!(dir.join(file).exists(), "{file}");
+        }
+        let summary = std::fs::read_to_string(dir.join("summary.txt")).unwrap();
+        assert!(
+            summary.contains("VIOLATION: the cluster did not recover"),
+            "{summary}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+
+        // A failing register history is drawn below the panels.
+        let mut report = report;
+        report.failing_history = Some(FailingHistory {
+            key: "k0".into(),
+            ops: vec![
+                DrawnOp {
+                    client: 3,
+                    call_s: 1.0,
+                    ret_s: Some(1.002),
+                    label: "Write(4000000002) -> Written".into(),
+                },
+                DrawnOp {
+                    client: 0,
+                    call_s: 1.003,
+                    ret_s: Some(1.004),
+                    label: "Read -> Read(None)".into(),
+                },
+            ],
+        });
+        let svg = timeline::svg(&report);
+        assert!(svg.contains("register key k0 is not linearizable"), "{svg}");
+        assert!(
+            svg.contains("1: Read -&gt; Read(None)") && svg.contains("client 3"),
+            "{svg}"
+        );
+        assert!(!timeline::png(&svg).unwrap().is_empty());
+    }
 }

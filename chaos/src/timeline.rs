@@ -71,7 +71,18 @@ pub fn svg(report: &Report) -> String {
             l[l.len() / 2]
         })
         .collect();
-    let height = TOP + 2.0 * PANEL + GAP + 60.0;
+    let history_rows = report.failing_history.as_ref().map_or(0, |h| {
+        let mut clients: Vec<u64> = h.ops.iter().map(|o| o.client).collect();
+        clients.sort_unstable();
+        clients.dedup();
+        clients.len()
+    });
+    let history_height = if history_rows == 0 {
+        0.0
+    } else {
+        HISTORY_TOP + ROW * history_rows as f64 + 30.0
+    };
+    let height = TOP + 2.0 * PANEL + GAP + 60.0 + history_height;
     let mut out = String::new();
     let _ = write!(
         out,
@@ -185,8 +196,65 @@ pub fn svg(report: &Report) -> String {
         lx + 16.0,
         bottom + 48.0
     );
+    if let Some(h) = &report.failing_history {
+        draw_history(&mut out, h, TOP + 2.0 * PANEL + GAP + 60.0);
+    }
     out.push_str("</svg>\n");
     out
+}
+
+/// Space above the failing history's rows, and each row's height.
+const HISTORY_TOP: f64 = 50.0;
+const ROW: f64 = 28.0;
+
+/// The minimal failing history below the panels: a row per client, each
+/// operation a bar from its invocation to its completion on the history's
+/// own time scale (an unknown outcome runs to the right edge, dashed).
+fn draw_history(out: &mut String, h: &crate::run::FailingHistory, top: f64) {
+    let mut clients: Vec<u64> = h.ops.iter().map(|o| o.client).collect();
+    clients.sort_unstable();
+    clients.dedup();
+    let start = h.ops.iter().map(|o| o.call_s).fold(f64::INFINITY, f64::min);
+    let end = h
+        .ops
+        .iter()
+        .map(|o| o.ret_s.unwrap_or(o.call_s))
+        .fold(start, f64::max);
+    let span = (end - start).max(1e-6);
+    let plot_w = WIDTH - LEFT - RIGHT;
+    let x = |s: f64| LEFT + plot_w * 0.9 * ((s - start) / span).clamp(0.0, 1.0);
+    let _ = writeln!(
+        out,
+        r#"<text x="{LEFT}" y="{:.1}" font-size="13" fill="red">register key {} is not linearizable: a minimal failing history ({:.3} ms from first call to last answer)</text>"#,
+        top + 24.0,
+        escape(&h.key),
+        span * 1e3
+    );
+    for (i, op) in h.ops.iter().enumerate() {
+        let row = clients.binary_search(&op.client).unwrap_or(0);
+        let y = top + HISTORY_TOP + ROW * row as f64;
+        let a = x(op.call_s);
+        let (b, dash) = match op.ret_s {
+            Some(r) => (x(r), ""),
+            None => (WIDTH - RIGHT, r#" stroke-dasharray="4 3""#),
+        };
+        let _ = writeln!(
+            out,
+            r##"<rect x="{a:.1}" y="{y:.1}" width="{:.1}" height="10" fill="#e63946" opacity="0.6" stroke="#9d0208"{dash}/>
+<text x="{a:.1}" y="{:.1}" font-size="10">{i}: {}</text>"##,
+            (b - a).max(2.0),
+            y + 22.0,
+            escape(&op.label)
+        );
+    }
+    for (row, c) in clients.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">client {c}</text>"#,
+            LEFT - 6.0,
+            top + HISTORY_TOP + ROW * row as f64 + 10.0
+        );
+    }
 }
 
 /// A band's label: the description up to its first colon or 28 characters.

@@ -66,6 +66,9 @@ fn the_smoke_plan_injects_every_fault_class_and_finds_no_violation() {
     let series = &json["series"];
     assert!(series["acknowledged"].as_u64().unwrap() > 50, "{json}");
     assert_eq!(series["final_present"], series["acknowledged"], "{json}");
+    // Ranges and the newest sample (an instant PromQL query) were read too.
+    assert!(series["range_reads"].as_u64().unwrap() > 5, "{json}");
+    assert!(series["newest_reads"].as_u64().unwrap() > 5, "{json}");
     assert!(
         json["answered"].as_u64().unwrap() > 200,
         "too few operations answered: {json}"
@@ -169,9 +172,16 @@ fn the_checkers_catch_writes_acknowledged_without_an_fsync() {
         "no-fsync",
         "duration = \"12s\"\ninterval = \"3s\"\nhold = \"2s\"\n[[fault]]\nkind = \"power-cut\"\nscope = \"cluster\"\n",
     );
+    // Writes the cut took are lost, or the register's history shows it; a
+    // node whose unsynced files the cut left unusable does not recover,
+    // which the run reports as a violation of its own (and still checks
+    // what the other nodes hold).
     let series = &json["series"];
+    let violations = json["violations"].to_string();
     assert!(
-        series["lost"].as_u64().unwrap() > 0 || json["register"]["verdict"] == "not linearizable",
+        series["lost"].as_u64().unwrap() > 0
+            || json["register"]["verdict"] == "not linearizable"
+            || violations.contains("did not recover"),
         "{json}"
     );
 }
