@@ -97,6 +97,14 @@ impl Budget {
         }
     }
 
+    /// No deadline worth the name and never cancelled (tools and tests).
+    pub fn unbounded() -> Self {
+        Self {
+            deadline: std::time::Instant::now() + Duration::from_secs(365 * 86_400),
+            cancelled: Arc::default(),
+        }
+    }
+
     /// Timed out or cancelled: the work should stop.
     pub fn check(&self) -> Result<(), QueryError> {
         if self.cancelled.load(Ordering::Relaxed) {

@@ -51,7 +51,14 @@ pub fn execute(
         );
     }
     if request.sql.is_some() || request.cql.is_some() {
-        return execute_select(source, request, now, max_points, promql_limits.max_samples);
+        return execute_select(
+            source,
+            request,
+            now,
+            max_points,
+            promql_limits.max_samples,
+            budget,
+        );
     }
     if request.explain {
         return Err(QueryError::BadRequest(
@@ -78,6 +85,7 @@ pub fn execute(
                     QueryError::TooLarge(_) => too_many_points(max_points),
                     other => other,
                 })?;
+            budget.check()?;
             let series = read
                 .series
                 .into_iter()
@@ -105,6 +113,7 @@ pub fn execute(
             .map(|s| SeriesResult::from_labels(&s.group, &s.points))
             .collect(),
     };
+    budget.check()?;
     limit(series, plan.limit, max_points)
 }
 
@@ -115,6 +124,7 @@ fn execute_select(
     now: i64,
     max_rows: usize,
     max_samples: usize,
+    budget: &Budget,
 ) -> Result<QueryResult, QueryError> {
     if request.has_selection()
         || request.start.is_some()
@@ -145,7 +155,7 @@ fn execute_select(
             ..Default::default()
         });
     }
-    let table = run_select(source, &plan, now, max_rows, max_samples)?;
+    let table = run_select(source, &plan, now, max_rows, max_samples, budget)?;
     Ok(QueryResult {
         columns: Some(table.columns),
         rows: Some(table.rows),

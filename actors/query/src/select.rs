@@ -15,6 +15,7 @@ use chronicle_storage::{
 };
 use serde::{Deserialize, Serialize, Serializer};
 
+use crate::actor::Budget;
 use crate::source::{DataSource, ReadLimit};
 use crate::QueryError;
 
@@ -81,12 +82,16 @@ const MAX_WINDOWS: i64 = 10_000_000;
 /// Runs `plan`. An answer over `max_rows` (after LIMIT) is an error, never
 /// silently cut; so is reading more than `max_samples` raw samples (found
 /// while reading, not after).
+/// Runs a SQL or CQL plan. `stop` is checked between reads and between
+/// stages: a query timed out or cancelled stops at its next check (one read
+/// runs to its end; `max_samples` bounds it).
 pub fn run_select(
     source: &dyn DataSource,
     plan: &SelectPlan,
     now: i64,
     max_rows: usize,
     max_samples: usize,
+    stop: &Budget,
 ) -> Result<Table, QueryError> {
     let mut budget = max_samples;
     let (start, end) = plan.filter.time_bounds(now);
@@ -97,7 +102,7 @@ pub fn run_select(
     let mut out = if plan.pushdown() {
         pushed_down(source, plan, &left_sets[0], start, end, max_rows)?
     } else {
-        let left = read_series(source, &left_sets, start, end, &mut budget)?;
+        let left = read_series(source, &left_sets, start, end, &mut budget, stop)?;
         let right = match &plan.join {
             None => Vec::new(),
             // Every series of the joined measurement: its label conditions are
@@ -111,10 +116,13 @@ pub fn run_select(
                     from,
                     end,
                     &mut budget,
+                    stop,
                 )?
             }
         };
+        stop.check()?;
         let rows = join_rows(plan, &left, &right, start, end);
+        stop.check()?;
         let check = !(plan.filter.is_selection_only() && exact && plan.join.is_none());
         let rows: Vec<Row> = if check {
             rows.into_iter()
@@ -132,12 +140,14 @@ pub fn run_select(
         } else {
             rows
         };
+        stop.check()?;
         if plan.is_aggregate() {
             aggregate_rows(plan, &rows, &left, start, end, max_rows)?
         } else {
             project_raw(plan, &rows, &left, &right)
         }
     };
+    stop.check()?;
     out.order_limit(plan);
     if out.rows.len() > max_rows {
         return Err(QueryError::TooLarge(format!(
@@ -236,9 +246,11 @@ fn read_series(
     start: i64,
     end: i64,
     budget: &mut usize,
+    stop: &Budget,
 ) -> Result<Vec<Series>, QueryError> {
     let mut all: BTreeMap<SeriesKey, Vec<Sample>> = BTreeMap::new();
     for set in sets {
+        stop.check()?;
         let read = source.series(set, start, end, ReadLimit::AtMost(*budget))?;
         for (key, samples) in read.series {
             *budget -= samples.len();
@@ -861,7 +873,15 @@ mod tests {
         } else {
             sql::parse(text).unwrap().plan
         };
-        run_select(&data(), &plan, 1_000 * S, 1000, usize::MAX).unwrap()
+        run_select(
+            &data(),
+            &plan,
+            1_000 * S,
+            1000,
+            usize::MAX,
+            &Budget::unbounded(),
+        )
+        .unwrap()
     }
 
     fn nums(t: &Table, col: &str) -> Vec<Option<f64>> {
@@ -894,12 +914,13 @@ mod tests {
         let sql = "SELECT sum(value), count(value), max(value) FROM cpu WHERE time >= 0 AND time < 120000000000 GROUP BY time(1m), host";
         let plan = sql::parse(sql).unwrap().plan;
         assert!(plan.pushdown());
-        let pushed = run_select(&data(), &plan, 0, 100, usize::MAX).unwrap();
+        let pushed = run_select(&data(), &plan, 0, 100, usize::MAX, &Budget::unbounded()).unwrap();
         // The same query with a value condition that keeps everything goes the local way.
         let local_sql = sql.replace("WHERE", "WHERE value > -1e9 AND");
         let local = sql::parse(&local_sql).unwrap().plan;
         assert!(!local.pushdown());
-        let computed = run_select(&data(), &local, 0, 100, usize::MAX).unwrap();
+        let computed =
+            run_select(&data(), &local, 0, 100, usize::MAX, &Budget::unbounded()).unwrap();
         assert_eq!(pushed, computed);
         assert_eq!(pushed.columns, ["time", "host", "sum", "count", "max"]);
         assert_eq!(
@@ -948,7 +969,7 @@ mod tests {
         .unwrap()
         .plan;
         assert!(matches!(
-            run_select(&data(), &plan, 0, 1000, usize::MAX),
+            run_select(&data(), &plan, 0, 1000, usize::MAX, &Budget::unbounded()),
             Err(QueryError::TooLarge(_))
         ));
         // An open range fills each group between its own first and last window.

@@ -138,3 +138,158 @@ fn a_full_queue_answers_busy_at_once_and_timeouts_hold() {
         assert!(matches!(answer, Err(QueryError::Cancelled)), "{answer:?}");
     });
 }
+
+/// A source whose reads set the query's cancel flag, as an HTTP client that
+/// goes away while the first read runs would, and count themselves.
+struct CancelsOnRead {
+    flag: Arc<AtomicBool>,
+    reads: AtomicUsize,
+}
+
+impl CancelsOnRead {
+    fn read(&self) {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.flag.store(true, Ordering::SeqCst);
+    }
+}
+
+impl SeriesSource for CancelsOnRead {
+    fn select(
+        &self,
+        _: &[Matcher],
+        _: i64,
+        _: i64,
+        _: usize,
+    ) -> Result<Vec<RangeSeries>, EngineError> {
+        self.read();
+        Ok(Vec::new())
+    }
+}
+
+impl DataSource for CancelsOnRead {
+    fn series(
+        &self,
+        _: &[Matcher],
+        _: i64,
+        _: i64,
+        _: ReadLimit,
+    ) -> Result<SeriesRead, QueryError> {
+        self.read();
+        Ok(SeriesRead::default())
+    }
+
+    fn aggregate(&self, _: &AggregateRequest) -> Result<Vec<AggregateSeries>, QueryError> {
+        self.read();
+        Ok(Vec::new())
+    }
+
+    fn series_keys(
+        &self,
+        _: &[Matcher],
+        _: i64,
+        _: i64,
+        _: usize,
+    ) -> Result<Option<Vec<SeriesKey>>, QueryError> {
+        Ok(Some(Vec::new()))
+    }
+}
+
+/// Every language checks between its reads and stages: cancelled during
+/// its first read, a query answers "cancelled" and reads nothing more (a
+/// CQL join's second side is never read).
+#[test]
+fn every_language_stops_at_its_next_check_once_cancelled() {
+    let cases = [
+        (r#"{"metric":"m","start":0,"end":10}"#, 1),
+        (
+            r#"{"metric":"m","start":0,"end":10,"aggregation":{"function":"mean","window":"1s"}}"#,
+            1,
+        ),
+        (r#"{"sql":"SELECT * FROM m"}"#, 1),
+        (r#"{"cql":"SELECT * FROM m LAST 1h"}"#, 1),
+        (
+            r#"{"cql":"SELECT a.value, b.value FROM m AS a ASOF JOIN n AS b LAST 1h"}"#,
+            1,
+        ),
+        (r#"{"promql":"m + n","start":0,"end":100,"step":"1s"}"#, 1),
+    ];
+    actix::System::new().block_on(async {
+        for (text, reads) in cases {
+            let flag = Arc::new(AtomicBool::new(false));
+            let source = Arc::new(CancelsOnRead {
+                flag: flag.clone(),
+                reads: AtomicUsize::new(0),
+            });
+            let bus = Arc::new(LocalBus::new(LocalBusOptions::default()));
+            let actor = QueryActor::new(bus, source.clone(), QueryConfig::default()).start();
+            let answer = actor
+                .send(RunQuery {
+                    request: request(text),
+                    cancelled: Some(flag),
+                    span: tracing::Span::none(),
+                })
+                .await
+                .unwrap();
+            assert!(
+                matches!(answer, Err(QueryError::Cancelled)),
+                "{text}: {answer:?}"
+            );
+            assert_eq!(source.reads.load(Ordering::SeqCst), reads, "{text}");
+        }
+    });
+}
+
+/// The timeout holds for every language, and past the queue each gets
+/// "busy" at once.
+#[test]
+fn every_language_times_out_and_is_refused_when_busy() {
+    let languages = [
+        r#"{"metric":"m","start":0,"end":10"#,
+        r#"{"sql":"SELECT * FROM m""#,
+        r#"{"cql":"SELECT * FROM m LAST 1h""#,
+        r#"{"promql":"m","start":0,"end":10,"step":"1s""#,
+    ];
+    actix::System::new().block_on(async {
+        let source = Arc::new(Slow::default());
+        let bus = Arc::new(LocalBus::new(LocalBusOptions::default()));
+        let config = QueryConfig {
+            concurrency: 1,
+            max_queued: 0,
+            ..QueryConfig::default()
+        };
+        let actor = QueryActor::new(bus, source.clone(), config).start();
+        for text in languages {
+            let started = Instant::now();
+            let timed = actor
+                .send(RunQuery::new(request(&format!(
+                    r#"{text},"timeout":"200ms"}}"#
+                ))))
+                .await
+                .unwrap();
+            assert!(
+                matches!(timed, Err(QueryError::Timeout)),
+                "{text}: {timed:?}"
+            );
+            assert!(started.elapsed() < Duration::from_secs(2), "{text}");
+            // The timed-out work still holds the one slot until its read
+            // returns: the next query of any language is busy at once.
+            let started = Instant::now();
+            let busy = actor
+                .send(RunQuery::new(request(&format!("{text}}}"))))
+                .await
+                .unwrap();
+            assert!(matches!(busy, Err(QueryError::Busy)), "{text}: {busy:?}");
+            assert!(started.elapsed() < Duration::from_secs(1), "{text}");
+            source.release.store(true, Ordering::SeqCst);
+            while actor
+                .send(RunQuery::new(request(&format!("{text}}}"))))
+                .await
+                .unwrap()
+                .is_err()
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            source.release.store(false, Ordering::SeqCst);
+        }
+    });
+}
