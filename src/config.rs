@@ -122,6 +122,22 @@ pub struct RetentionSettings {
     /// rule *i* writes tier *i + 1*. Every node of a cluster must have the
     /// same rules in the same order.
     pub downsample: Vec<DownsampleSettings>,
+    /// Per-metric raw retention (`[[retention.metric]]`): the series a
+    /// selector matches are kept for less than `raw`.
+    pub metric: Vec<MetricRetentionSettings>,
+}
+
+/// One per-metric retention rule: the raw samples of every series the
+/// selector matches are deleted once older than `raw`, in whole hours.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricRetentionSettings {
+    /// A series selector (`'debug_requests_total'`, `'{env="dev"}'`).
+    #[serde(rename = "match")]
+    pub selector: String,
+    /// How long its raw samples are kept (`"7d"`); shorter than
+    /// `[retention] raw` when that is set.
+    pub raw: String,
 }
 
 impl Default for RetentionSettings {
@@ -131,6 +147,7 @@ impl Default for RetentionSettings {
             check_interval_secs: 60,
             downsample_delay: "1m".into(),
             downsample: Vec::new(),
+            metric: Vec::new(),
         }
     }
 }
@@ -236,6 +253,52 @@ impl RetentionSettings {
             }
         }
         Ok(rules)
+    }
+
+    /// The per-metric retention rules, checked: one selector each, a
+    /// duration of at least an hour (deletes go by whole hours), shorter
+    /// than `raw` (which drops whole windows of every series: it cannot
+    /// keep some series longer).
+    pub fn metric_retention(
+        &self,
+    ) -> Result<Vec<(Vec<chronicle_storage::Matcher>, std::time::Duration)>, String> {
+        let what = "[[retention.metric]]";
+        if self.metric.len() > 32 {
+            return Err(format!("{what}: at most 32 rules"));
+        }
+        let raw = self.raw_retention()?;
+        self.metric
+            .iter()
+            .map(|rule| {
+                let keep = positive_duration(&format!("{what} raw"), &rule.raw)?;
+                if keep < std::time::Duration::from_secs(3600) {
+                    return Err(format!(
+                        "{what} raw {:?}: at least 1h (samples go by whole hours)",
+                        rule.raw
+                    ));
+                }
+                if raw.is_some_and(|raw| keep >= raw) {
+                    return Err(format!(
+                        "{what} raw {:?}: must be shorter than [retention] raw {:?}, which \
+                         deletes every series' older data; leave raw unset to keep other \
+                         series for ever",
+                        rule.raw,
+                        self.raw.as_deref().unwrap_or_default()
+                    ));
+                }
+                let text = &rule.selector;
+                let mut sets = chronicle_query::selector_matchers(text)
+                    .map_err(|e| format!("{what} match {text:?}: {e}"))?;
+                if sets.len() != 1 {
+                    return Err(format!(
+                        "{what} match {text:?}: one selector, not an `or` of several"
+                    ));
+                }
+                // The parser refuses a selector whose every matcher matches
+                // the empty string, as a delete needs.
+                Ok((sets.pop().unwrap_or_default(), keep))
+            })
+            .collect()
     }
 
     /// The downsampling delay, checked.
@@ -711,6 +774,23 @@ impl NodeConfig {
         if n.tls_client_cert.is_some() != n.tls_client_key.is_some() {
             return Err("[nats] tls_client_cert and tls_client_key go together".into());
         }
+        // NATS authenticates a connection with one of these: given two, the
+        // client would send both and which one counts is the server's guess.
+        let kinds: Vec<&str> = [
+            ("user and password", n.user.is_some()),
+            ("token", n.token.is_some()),
+            ("nkey seed", n.nkey_seed.is_some()),
+            ("credentials file", n.credentials_file.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(kind, given)| given.then_some(kind))
+        .collect();
+        if kinds.len() > 1 {
+            return Err(format!(
+                "[nats] give one credential, not {}",
+                kinds.join(" and ")
+            ));
+        }
         if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
             return Err("[tls] cert_file and key_file go together".into());
         }
@@ -848,6 +928,48 @@ impl NodeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_metric_retention_rules_are_checked() {
+        let parse = |text: &str| {
+            toml::from_str::<NodeConfig>(text)
+                .map_err(|e| e.to_string())?
+                .retention
+                .metric_retention()
+        };
+        let rules = parse(
+            "[retention]\nraw = \"30d\"\n[[retention.metric]]\nmatch = 'debug_total{env=\"dev\"}'\nraw = \"2d\"\n",
+        )
+        .unwrap();
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].1, std::time::Duration::from_secs(2 * 86_400));
+        assert_eq!(rules[0].0.len(), 2);
+        let refused = |text: &str, why: &str| {
+            let e = parse(text).unwrap_err();
+            assert!(e.contains(why), "{text}: {e}");
+        };
+        refused(
+            "[retention]\nraw = \"1d\"\n[[retention.metric]]\nmatch = 'x'\nraw = \"2d\"\n",
+            "must be shorter than [retention] raw",
+        );
+        refused(
+            "[[retention.metric]]\nmatch = 'x'\nraw = \"10m\"\n",
+            "at least 1h",
+        );
+        refused(
+            "[[retention.metric]]\nmatch = '{a=\"\"}'\nraw = \"2h\"\n",
+            "at least one non-empty matcher",
+        );
+        refused(
+            "[[retention.metric]]\nmatch = 'x or y'\nraw = \"2h\"\n",
+            "match",
+        );
+        refused("[[retention.metric]]\nmatch = 'x'\nraw = \"soon\"\n", "raw");
+        refused(
+            "[[retention.metric]]\nselector = 'x'\nraw = \"2h\"\n",
+            "unknown field",
+        );
+    }
 
     #[test]
     fn downsampling_rules_are_checked_when_the_file_is_read() {

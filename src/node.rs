@@ -346,6 +346,10 @@ impl Node {
             .retention
             .downsample_delay()
             .map_err(NodeError::Config)?;
+        cluster_config.metric_retention = config
+            .retention
+            .metric_retention()
+            .map_err(NodeError::Config)?;
         cluster_config.shard = ShardConfig {
             retention: config
                 .retention

@@ -228,6 +228,18 @@ async fn publish(bus: &dyn Bus, prefix: &str, batch: &Applied, with_points: bool
     }
 }
 
+/// A page of committed point batches ([`crate::ClusterNode::committed_batches`]).
+#[derive(Debug, Clone)]
+pub struct CommittedBatches {
+    /// Oldest first; `prev` links the batches of this page.
+    pub batches: Vec<Applied>,
+    /// The last index this page covers: read on after it.
+    pub next: u64,
+    /// Entries up to this index are no longer in the log (compacted into a
+    /// snapshot): what they held is for a query to fill.
+    pub compacted: Option<u64>,
+}
+
 /// What a consumer of the feed receives.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FeedItem {
@@ -235,8 +247,8 @@ pub enum FeedItem {
     /// Point batches of `shard` with an index between `after` and `before`
     /// (both exclusive) were not seen or seen only in part, and with
     /// `partial` also some metrics of batch `before`: a slow consumer dropped by the bus, or a leader
-    /// that died before publishing. Fill it with a query over the time the
-    /// gap spans.
+    /// that died before publishing. Fill it with
+    /// [`crate::ClusterNode::committed_batches`] from `after`.
     Gap {
         shard: u32,
         after: u64,

@@ -37,7 +37,7 @@ pub use log_store::{LogProbe, LogStore, RAFT_LOG_WRITE};
 pub use network::{raft_subject, serve, serve_tracked, BusNetwork, LeaderContact};
 pub use node::{
     placement, shard_of, BackupCheckpoint, ClusterConfig, ClusterNode, ClusterStatus, PendingWrite,
-    ShardStatus,
+    ShardStatus, REQUEST_SERVER_FAILPOINT, RETENTION_FAILPOINT,
 };
 pub use read::{ShardAnswer, ShardRead};
 pub use snapshot::{Manifest, SnapshotFiles};

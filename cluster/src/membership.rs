@@ -68,40 +68,73 @@ const ORPHAN_CHECK_EVERY: Duration = Duration::from_secs(3);
 /// Silence from leaders after which a member starts asking.
 const ORPHAN_SILENCE: Duration = Duration::from_secs(2);
 
-/// Serves this node's node-level requests until shutdown.
+/// Serves this node's node-level requests until shutdown (subscribed before
+/// it returns; a server that panics is started again, subscribing anew).
 pub(crate) async fn serve_node(node: &Arc<ClusterNode>) -> Result<(), ClusterError> {
     let prefix = node.config.prefix.clone();
-    for (subject, group) in [
-        (node_subject(&prefix, node.config.node_id), None),
-        (info_subject(&prefix), Some("info")),
+    for (name, subject, group) in [
+        (
+            "node request server",
+            node_subject(&prefix, node.config.node_id),
+            None,
+        ),
+        ("node info server", info_subject(&prefix), Some("info")),
     ] {
-        let mut sub = node
+        let sub = node
             .bus
             .subscribe(&subject, group)
             .await
             .map_err(|e| ClusterError::Bus(e.to_string()))?;
         let weak = Arc::downgrade(node);
-        node.add_service(tokio::spawn(async move {
-            while let Some(message) = sub.next().await {
-                let Some(reply_to) = message.reply.clone() else {
-                    continue;
-                };
-                let Some(node) = weak.upgrade() else { break };
-                tokio::spawn(async move {
-                    let reply = match chronicle_bus::envelope::decode::<WireNodeRequest>(
-                        &message.payload,
-                    ) {
-                        Ok(request) => node.answer_node(request).await,
-                        Err(e) => WireNodeReply::Error(format!("bad node request: {e}")),
-                    };
-                    if let Ok(payload) = chronicle_bus::envelope::encode(&reply) {
-                        let _ = node.bus.publish(Message::new(reply_to, payload)).await;
-                    }
-                });
+        let first = parking_lot::Mutex::new(Some(sub));
+        let server = {
+            let weak = weak.clone();
+            move || {
+                let (sub, weak, subject) = (first.lock().take(), weak.clone(), subject.clone());
+                tokio::spawn(serve_node_subject(weak, subject, group, sub))
             }
-        }));
+        };
+        node.add_service(crate::supervise::service(weak, name, server));
     }
     Ok(())
+}
+
+/// Answers node requests on `subject` (through `sub`, or a new subscription).
+async fn serve_node_subject(
+    weak: Weak<ClusterNode>,
+    subject: String,
+    group: Option<&'static str>,
+    sub: Option<chronicle_bus::Subscription>,
+) {
+    let mut sub = match sub {
+        Some(sub) => sub,
+        None => loop {
+            let Some(node) = weak.upgrade() else { return };
+            match node.bus.subscribe(&subject, group).await {
+                Ok(sub) => break sub,
+                Err(e) => {
+                    warn!(subject, error = %e, "cannot subscribe again; retrying");
+                    drop(node);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        },
+    };
+    while let Some(message) = sub.next().await {
+        let Some(reply_to) = message.reply.clone() else {
+            continue;
+        };
+        let Some(node) = weak.upgrade() else { break };
+        tokio::spawn(async move {
+            let reply = match chronicle_bus::envelope::decode::<WireNodeRequest>(&message.payload) {
+                Ok(request) => node.answer_node(request).await,
+                Err(e) => WireNodeReply::Error(format!("bad node request: {e}")),
+            };
+            if let Ok(payload) = chronicle_bus::envelope::encode(&reply) {
+                let _ = node.bus.publish(Message::new(reply_to, payload)).await;
+            }
+        });
+    }
 }
 
 /// Follows one group's membership: keeps the placement hint current, and

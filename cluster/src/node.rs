@@ -57,6 +57,11 @@ pub struct ClusterConfig {
     /// How often a shard's leader deletes state keys whose TTL ran out (by
     /// its clock); until then reads still show them.
     pub lease_check: Duration,
+    /// Per-metric raw retention: the raw samples of the series each
+    /// selector matches are deleted once older than its duration, in whole
+    /// hours (shorter than `shard.retention`, which drops whole windows of
+    /// every series).
+    pub metric_retention: Vec<(Vec<Matcher>, Duration)>,
     /// A downsampling window is run once it ended this long ago, so samples
     /// arriving a little late are in it.
     pub downsample_delay: Duration,
@@ -116,6 +121,7 @@ impl ClusterConfig {
             retention_check: Duration::from_secs(60),
             unsafe_stale_reads: false,
             lease_check: Duration::from_secs(1),
+            metric_retention: Vec::new(),
             downsample_delay: Duration::from_secs(60),
             snapshot_log_bytes: 64 << 20,
             idempotency_window: Duration::from_secs(600),
@@ -213,6 +219,8 @@ pub(crate) struct Group {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Reads the Raft log's size and committed index (metrics).
     log: crate::LogProbe,
+    /// Reads committed entries (the change feed's resumable read).
+    log_reader: crate::LogStore,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -234,6 +242,9 @@ pub(crate) enum WireClusterRequest {
     StateWrite(Box<crate::state::WireStateBatch>),
     /// A state read, answered after a read index.
     StateRead(Box<crate::state::WireStateRead>),
+    /// Committed point batches after a log index (the change feed's
+    /// resumable read), from any replica.
+    Batches { after: u64 },
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -317,6 +328,13 @@ pub(crate) enum WireClusterReply {
     Done,
     StateWritten(Vec<crate::state::WireOutcome>),
     StateAnswer(Box<crate::state::WireStateAnswer>),
+    /// Committed point batches: (index, encoded points) each, where the
+    /// next read resumes, and what the log no longer holds.
+    Batches {
+        batches: Vec<(u64, Vec<u8>)>,
+        next: u64,
+        compacted: Option<u64>,
+    },
 }
 
 /// One member's view of its shard group.
@@ -497,6 +515,8 @@ pub struct ClusterNode {
     /// The raw data's retention set at run time (the config API), in place
     /// of `config.shard.retention`: `Some(None)` keeps raw data forever.
     raw_retention: parking_lot::RwLock<Option<Option<Duration>>>,
+    /// Per (shard, per-metric rule): the last cutoff this node had committed.
+    metric_cutoffs: parking_lot::Mutex<std::collections::HashMap<(u32, usize), i64>>,
 }
 
 /// Points per Raft entry: a few hundred KB encoded, well under a bus message.
@@ -597,6 +617,7 @@ impl ClusterNode {
             supervision: Default::default(),
             retiring: Default::default(),
             raw_retention: Default::default(),
+            metric_cutoffs: Default::default(),
         });
         let mut hosted = node.shards_on_disk()?;
         if !created.exists() {
@@ -617,9 +638,20 @@ impl ClusterNode {
             source,
         })?;
         crate::membership::serve_node(&node).await?;
-        node.add_service(crate::supervise::spawn(Arc::downgrade(&node)));
+        let weak = Arc::downgrade(&node);
+        node.add_service(crate::supervise::service(
+            weak.clone(),
+            "group supervisor",
+            {
+                let weak = weak.clone();
+                move || crate::supervise::spawn(weak.clone())
+            },
+        ));
         // Always: retention may be set at run time.
-        node.add_service(spawn_retention(Arc::downgrade(&node)));
+        node.add_service(crate::supervise::service(weak.clone(), "retention", {
+            let weak = weak.clone();
+            move || spawn_retention(weak.clone())
+        }));
         Ok(node)
     }
 
@@ -642,18 +674,130 @@ impl ClusterNode {
         let mut done = Vec::new();
         for (shard, group) in led {
             let cutoffs = group.shard.current().retention_cutoffs_with(now, raw);
-            if cutoffs.is_empty() {
-                continue;
+            if !cutoffs.is_empty() {
+                group.gate.pass().await;
+                let written = group
+                    .raft
+                    .client_write(WriteBatch::retain(cutoffs))
+                    .await
+                    .map_err(|e| ClusterError::Raft(e.to_string()))?;
+                done.push((shard, written.log_id.index));
             }
-            group.gate.pass().await;
-            let written = group
-                .raft
-                .client_write(WriteBatch::retain(cutoffs))
-                .await
-                .map_err(|e| ClusterError::Raft(e.to_string()))?;
-            done.push((shard, written.log_id.index));
+            for (rule, (matchers, keep)) in self.config.metric_retention.iter().enumerate() {
+                let Some(range) = self.metric_retention_due(shard, rule, matchers, *keep, now)
+                else {
+                    continue;
+                };
+                let end = range.end;
+                group.gate.pass().await;
+                let written = group
+                    .raft
+                    .client_write(WriteBatch::delete(range))
+                    .await
+                    .map_err(|e| ClusterError::Raft(e.to_string()))?;
+                self.metric_cutoffs.lock().insert((shard, rule), end);
+                done.push((shard, written.log_id.index));
+            }
         }
         Ok(done)
+    }
+
+    /// The delete a per-metric retention rule asks of `shard` at `now`:
+    /// everything of its series up to the last whole hour before `now -
+    /// keep`, unless this node proposed that cutoff already. Replicas agree
+    /// whatever their clocks: the cutoff travels in the entry.
+    fn metric_retention_due(
+        &self,
+        shard: u32,
+        rule: usize,
+        matchers: &[Matcher],
+        keep: Duration,
+        now: i64,
+    ) -> Option<crate::types::DeleteRange> {
+        const HOUR: i64 = 3_600_000_000_000;
+        let keep = i64::try_from(keep.as_nanos()).unwrap_or(i64::MAX);
+        let end = now.saturating_sub(keep).div_euclid(HOUR) * HOUR - 1;
+        if self
+            .metric_cutoffs
+            .lock()
+            .get(&(shard, rule))
+            .is_some_and(|&done| done >= end)
+        {
+            return None;
+        }
+        // The same rule and cutoff always make the same id: proposed again
+        // (a new leader), it is applied once.
+        let id = xxhash_rust::xxh64::xxh64(format!("{shard}/{rule}/{end}").as_bytes(), 0x7e7e);
+        Some(crate::types::DeleteRange {
+            matchers: matchers.to_vec(),
+            start: i64::MIN,
+            end,
+            id,
+            at: now,
+        })
+    }
+
+    /// The change feed's resumable read: `shard`'s committed point batches
+    /// after log index `after`, oldest first, up to about 512 KiB of points,
+    /// from this node's replica or any other. Read again from `next` for
+    /// more; `next == after` with no batches: nothing newer yet. Entries the
+    /// log no longer holds (compacted into a snapshot) come back as
+    /// `compacted`: fill what they held with a query, then resume at it.
+    pub async fn committed_batches(
+        &self,
+        shard: u32,
+        after: u64,
+    ) -> Result<crate::feed::CommittedBatches, ClusterError> {
+        if shard >= self.config.shards {
+            return Err(ClusterError::Storage(
+                chronicle_storage::StorageError::InvalidRequest(format!(
+                    "shard {shard}: the cluster has {} shards",
+                    self.config.shards
+                )),
+            ));
+        }
+        if let Some(group) = self.group(shard) {
+            return local_batches(shard, &group.raft, &group.log_reader, after).await;
+        }
+        let reply = self
+            .ask_leader(
+                shard,
+                &WireClusterRequest::Batches { after },
+                READ_ATTEMPT_TIMEOUT,
+                self.config.read_timeout,
+            )
+            .await?;
+        match reply {
+            WireClusterReply::Batches {
+                batches,
+                next,
+                compacted,
+            } => {
+                let mut out = Vec::with_capacity(batches.len());
+                let mut prev = None;
+                for (index, bytes) in batches {
+                    let points =
+                        EncodedPoints::from_bytes(bytes).map_err(|e| ClusterError::Corrupt {
+                            what: "committed batch",
+                            why: e.to_string(),
+                        })?;
+                    out.push(crate::feed::Applied {
+                        shard,
+                        index,
+                        prev,
+                        points,
+                    });
+                    prev = Some(index);
+                }
+                Ok(crate::feed::CommittedBatches {
+                    batches: out,
+                    next,
+                    compacted,
+                })
+            }
+            WireClusterReply::Error(e) => Err(ClusterError::Raft(e)),
+            other => Err(ClusterError::Raft(format!("unexpected reply {other:?}"))),
+        }
     }
 
     /// Sets the raw data's retention at run time (`Some(None)`: keep
@@ -844,6 +988,7 @@ impl ClusterNode {
         let config = &self.config;
         let dir = self.shard_dir(shard);
         let mut log = LogStore::open_with(dir.join("raft-log"), config.sync_log)?;
+        let log_reader = log.clone();
         // Asked of the store itself: openraft's metrics may not show the
         // stored membership yet right after `Raft::new`.
         let pristine = {
@@ -877,40 +1022,55 @@ impl ClusterNode {
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
         let contact = Arc::new(crate::network::LeaderContact::default());
-        let mut tasks = vec![crate::network::serve_tracked(
-            raft.clone(),
-            receiver,
-            self.bus.clone(),
-            &config.prefix,
-            u64::from(shard),
-            config.node_id,
-            contact.clone(),
-        )
-        .await
-        .map_err(|e| ClusterError::Bus(e.to_string()))?];
-        tasks.push(crate::election::guard_elections(
-            raft.clone(),
-            self.bus.clone(),
-            config.prefix.clone(),
-            u64::from(shard),
-            config.node_id,
-            contact.clone(),
-            self.retiring.clone(),
+        // Each task watched: a panic in one restarts the group (supervise.rs).
+        let watch = |name: &'static str, task: tokio::task::JoinHandle<()>| {
+            crate::supervise::group_task(Arc::downgrade(self), shard, name, task)
+        };
+        let mut tasks = vec![watch(
+            "Raft RPC server",
+            crate::network::serve_tracked(
+                raft.clone(),
+                receiver,
+                self.bus.clone(),
+                &config.prefix,
+                u64::from(shard),
+                config.node_id,
+                contact.clone(),
+            )
+            .await
+            .map_err(|e| ClusterError::Bus(e.to_string()))?,
+        )];
+        tasks.push(watch(
+            "election guard",
+            crate::election::guard_elections(
+                raft.clone(),
+                self.bus.clone(),
+                config.prefix.clone(),
+                u64::from(shard),
+                config.node_id,
+                contact.clone(),
+                self.retiring.clone(),
+            ),
         ));
-        tasks.push(crate::membership::reclaim_if_moved_away(
-            Arc::downgrade(self),
-            shard,
-            raft.clone(),
-            contact,
+        tasks.push(watch(
+            "moved-away watcher",
+            crate::membership::reclaim_if_moved_away(
+                Arc::downgrade(self),
+                shard,
+                raft.clone(),
+                contact,
+            ),
         ));
         let gate = Arc::new(crate::handover::WriteGate::default());
         for group in [None, Some(ANY_GROUP)] {
-            tasks.push(
+            tasks.push(watch(
+                "request server",
                 serve_requests(
                     Served {
                         raft: raft.clone(),
                         shard: cell.clone(),
                         gate: gate.clone(),
+                        log: log_reader.clone(),
                     },
                     self.bus.clone(),
                     &config.prefix,
@@ -919,32 +1079,31 @@ impl ClusterNode {
                     group,
                 )
                 .await?,
-            );
-        }
-        if let Some(applied) = applied {
-            tasks.push(crate::feed::publish_while_leading(
-                raft.clone(),
-                applied,
-                self.bus.clone(),
-                config.prefix.clone(),
-                config.write_event_points,
             ));
         }
-        tasks.push(crate::state::expire_leases(
-            Arc::downgrade(self),
-            shard,
-            raft.clone(),
-            cell.clone(),
+        if let Some(applied) = applied {
+            tasks.push(watch(
+                "write-event publisher",
+                crate::feed::publish_while_leading(
+                    raft.clone(),
+                    applied,
+                    self.bus.clone(),
+                    config.prefix.clone(),
+                    config.write_event_points,
+                ),
+            ));
+        }
+        tasks.push(watch(
+            "lease expiry",
+            crate::state::expire_leases(Arc::downgrade(self), shard, raft.clone(), cell.clone()),
         ));
-        tasks.push(snapshot_by_log_size(
-            raft.clone(),
-            appended,
-            config.snapshot_log_bytes,
+        tasks.push(watch(
+            "snapshot trigger",
+            snapshot_by_log_size(raft.clone(), appended, config.snapshot_log_bytes),
         ));
-        tasks.push(crate::membership::watch_membership(
-            Arc::downgrade(self),
-            shard,
-            raft.clone(),
+        tasks.push(watch(
+            "membership watcher",
+            crate::membership::watch_membership(Arc::downgrade(self), shard, raft.clone()),
         ));
         if let Some(voters) = create.filter(|_| pristine) {
             let members: BTreeSet<u64> = voters.iter().copied().collect();
@@ -962,6 +1121,7 @@ impl ClusterNode {
                 applied: applied_tx,
                 tasks,
                 log: log_probe,
+                log_reader,
             }),
         );
         Ok(())
@@ -1835,6 +1995,12 @@ impl Group {
     }
 }
 
+/// Failpoint (tests): set to `panic`, a shard's request server panics on the
+/// next request it receives.
+pub const REQUEST_SERVER_FAILPOINT: &str = "cluster::request_server";
+/// Failpoint (tests): set to `panic`, the retention loop panics when it wakes.
+pub const RETENTION_FAILPOINT: &str = "cluster::retention";
+
 /// How long a group's stop waits for openraft's core.
 const RAFT_SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
 /// Asks `raft` for a snapshot whenever `threshold` bytes were appended to its
@@ -1885,6 +2051,7 @@ fn spawn_retention(node: std::sync::Weak<ClusterNode>) -> tokio::task::JoinHandl
                 return;
             };
             tokio::time::sleep(period).await;
+            fail::fail_point!(RETENTION_FAILPOINT);
             let Some(node) = node.upgrade() else { return };
             let now = now_ns();
             // Downsampling first: retention may drop raw data a rule has
@@ -1940,6 +2107,100 @@ struct Served {
     raft: Raft<TypeConfig>,
     shard: ShardCell,
     gate: Arc<crate::handover::WriteGate>,
+    log: crate::LogStore,
+}
+
+/// Point bytes one page of committed batches holds at most (a page is one
+/// bus message, under NATS's 1 MiB).
+const BATCHES_PAGE_BYTES: usize = 512 * 1024;
+/// Entries read from the log per step of a page.
+const BATCHES_STEP: u64 = 256;
+
+/// Committed point batches after `after` from this replica's log (see
+/// [`ClusterNode::committed_batches`]): up to what it applied.
+async fn local_batches(
+    shard: u32,
+    raft: &Raft<TypeConfig>,
+    log: &crate::LogStore,
+    after: u64,
+) -> Result<crate::feed::CommittedBatches, ClusterError> {
+    use openraft::storage::{RaftLogReader, RaftLogStorage};
+    let read_err = |e: openraft::StorageError<u64>| ClusterError::Raft(e.to_string());
+    let applied = raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+    let mut reader = log.clone();
+    let purged = reader
+        .get_log_state()
+        .await
+        .map_err(read_err)?
+        .last_purged_log_id
+        .map_or(0, |l| l.index);
+    let mut out = crate::feed::CommittedBatches {
+        batches: Vec::new(),
+        next: after,
+        compacted: None,
+    };
+    if after < purged {
+        out.next = purged;
+        out.compacted = Some(purged);
+        return Ok(out);
+    }
+    let mut bytes = 0;
+    let mut prev = None;
+    while out.next < applied && bytes < BATCHES_PAGE_BYTES {
+        let end = applied.min(out.next.saturating_add(BATCHES_STEP));
+        let entries = reader
+            .try_get_log_entries(out.next + 1..=end)
+            .await
+            .map_err(read_err)?;
+        // Purged while reading: what is gone is compacted.
+        if entries.first().map(|e| e.log_id.index) != Some(out.next + 1) {
+            out.compacted = Some(end);
+            out.next = end;
+            return Ok(out);
+        }
+        for entry in entries {
+            let index = entry.log_id.index;
+            if let openraft::EntryPayload::Normal(batch) = entry.payload {
+                // Retention, delete, state and downsampling entries hold no points.
+                if !batch.points.is_empty() {
+                    bytes += batch.points.as_bytes().len();
+                    out.batches.push(crate::feed::Applied {
+                        shard,
+                        index,
+                        prev,
+                        points: batch.points,
+                    });
+                    prev = Some(index);
+                }
+            }
+            out.next = index;
+            if bytes >= BATCHES_PAGE_BYTES {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A remote replica's answer to [`WireClusterRequest::Batches`].
+async fn batches_reply(
+    shard: u32,
+    raft: &Raft<TypeConfig>,
+    log: &crate::LogStore,
+    after: u64,
+) -> WireClusterReply {
+    match local_batches(shard, raft, log, after).await {
+        Ok(page) => WireClusterReply::Batches {
+            batches: page
+                .batches
+                .into_iter()
+                .map(|a| (a.index, a.points.as_bytes().to_vec()))
+                .collect(),
+            next: page.next,
+            compacted: page.compacted,
+        },
+        Err(e) => WireClusterReply::Error(e.to_string()),
+    }
 }
 
 /// Answers forwarded writes and reads for one shard on this node.
@@ -1961,10 +2222,19 @@ async fn serve_requests(
         .map_err(|e| ClusterError::Bus(e.to_string()))?;
     Ok(tokio::spawn(async move {
         while let Some(message) = sub.next().await {
+            fail::fail_point!(REQUEST_SERVER_FAILPOINT);
             let Some(reply_to) = message.reply.clone() else {
                 continue;
             };
-            let (Served { raft, shard, gate }, bus) = (served.clone(), bus.clone());
+            let (
+                Served {
+                    raft,
+                    shard,
+                    gate,
+                    log,
+                },
+                bus,
+            ) = (served.clone(), bus.clone());
             // Traced only as part of a request's trace (Raft's and status
             // traffic would be a root trace per message otherwise).
             let span = if message.headers.get("traceparent").is_some() {
@@ -1977,6 +2247,10 @@ async fn serve_requests(
             let handle = async move {
                 let (reply, later) =
                     match chronicle_bus::envelope::decode::<WireClusterRequest>(&message.payload) {
+                        Ok(WireClusterRequest::Batches { after }) => (
+                            batches_reply(shard_id, &raft, &log, after).await,
+                            Vec::new(),
+                        ),
                         Ok(request) => answer(node, &raft, &shard, &gate, request).await,
                         Err(e) => (
                             WireClusterReply::Error(format!("bad cluster request: {e}")),
@@ -2127,6 +2401,11 @@ async fn answer(
             (reply, Vec::new())
         }
         WireClusterRequest::Leader(op) => (run_leader_op(raft, gate, op).await, Vec::new()),
+        // Answered by the request server, which holds the log.
+        WireClusterRequest::Batches { .. } => (
+            WireClusterReply::Error("committed batches are not read here".into()),
+            Vec::new(),
+        ),
         WireClusterRequest::StateWrite(batch) => {
             let mut batch = chronicle_storage::state::StateBatch::from(*batch);
             if let Err(e) = batch.validate() {

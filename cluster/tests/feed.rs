@@ -109,3 +109,91 @@ async fn a_consumer_sees_every_acknowledged_write_once_across_a_leader_failure()
         n.shutdown().await;
     }
 }
+
+/// The resumable read: every committed point batch of a shard after an
+/// index, in pages, from the node's own replica and from a node that holds
+/// no replica of the shard (asked over the bus); nothing twice, nothing
+/// left out, and an index past the end is simply "nothing newer".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_batches_are_read_after_any_index_from_any_node() {
+    let dir = TempDir::new().unwrap();
+    let bus: Arc<dyn Bus> = Arc::new(LocalBus::default());
+    let mut nodes = Vec::new();
+    for id in 1..=2u64 {
+        let mut config = ClusterConfig::new(id, vec![1, 2], dir.path().join(format!("n{id}")));
+        // One replica per shard: each node holds one of the two shards.
+        config.shards = 2;
+        config.replication = 1;
+        config.shard = ShardConfig {
+            sync_writes: false,
+            ..ShardConfig::default()
+        };
+        nodes.push(ClusterNode::start(config, bus.clone()).await.unwrap());
+    }
+    for n in &nodes {
+        assert!(n.wait_for_leaders(Duration::from_secs(20)).await);
+    }
+    let labels = vec![Label::new("host", "a")];
+    let shard = shard_of("resumed", &labels, 2);
+    // 300 batches of 400 points: about 2 MB, so several pages.
+    for b in 0..300i64 {
+        let points: Vec<Point> = (0..400)
+            .map(|i| {
+                Point::new(
+                    "resumed",
+                    labels.clone(),
+                    (b * 400 + i) as f64,
+                    1_700_000_000 * S + (b * 400 + i) * S,
+                )
+            })
+            .collect();
+        nodes[0].write(&points).await.unwrap();
+    }
+    let holder = nodes
+        .iter()
+        .find(|n| n.local_shards().iter().any(|(s, _)| *s == shard))
+        .expect("a node holds the shard");
+    let other = nodes
+        .iter()
+        .find(|n| n.node_id() != holder.node_id())
+        .unwrap();
+    for reader in [holder, other] {
+        let mut after = 0;
+        let mut values = Vec::new();
+        let mut pages = 0;
+        loop {
+            let page = reader.committed_batches(shard, after).await.unwrap();
+            assert_eq!(page.compacted, None);
+            if page.batches.is_empty() && page.next == after {
+                break;
+            }
+            pages += 1;
+            for batch in &page.batches {
+                assert!(batch.index > after && batch.index <= page.next);
+                assert_eq!(batch.shard, shard);
+                for p in batch.points.view().unwrap().iter() {
+                    values.push(p.value as i64);
+                }
+            }
+            after = page.next;
+        }
+        assert_eq!(
+            values,
+            (0..120_000).collect::<Vec<_>>(),
+            "node {}",
+            reader.node_id()
+        );
+        assert!(pages >= 2, "{pages} pages");
+        // Past the end: nothing newer, from where it was asked.
+        let page = reader
+            .committed_batches(shard, after + 1_000)
+            .await
+            .unwrap();
+        assert!(page.batches.is_empty() && page.next == after + 1_000);
+    }
+    // A shard the cluster does not have is refused.
+    assert!(nodes[0].committed_batches(7, 0).await.is_err());
+    for n in nodes {
+        n.shutdown().await;
+    }
+}

@@ -411,3 +411,103 @@ fn led_shards(n: &Arc<ClusterNode>) -> Vec<u32> {
         .map(|s| s.id)
         .collect()
 }
+
+/// A per-metric rule deletes the old raw samples of the series it matches,
+/// and only those, the same on every replica; proposed again (a new leader,
+/// the next period), the same cutoff deletes nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_metric_rule_deletes_only_its_series_the_same_on_every_replica() {
+    let dir = TempDir::new().unwrap();
+    let bus: Arc<dyn Bus> = Arc::new(LocalBus::default());
+    let mut nodes = Vec::new();
+    for id in 1..=3u64 {
+        let mut config = ClusterConfig::new(id, vec![1, 2, 3], dir.path().join(format!("n{id}")));
+        config.shards = 1;
+        config.replication = 3;
+        config.shard = ShardConfig {
+            sync_writes: false,
+            ..ShardConfig::default()
+        };
+        config.metric_retention = vec![(
+            vec![
+                Matcher::equal("__name__", "debug"),
+                Matcher::equal("env", "dev"),
+            ],
+            Duration::from_secs(3 * 3600),
+        )];
+        config.retention_check = Duration::from_secs(3600);
+        nodes.push(ClusterNode::start(config, bus.clone()).await.unwrap());
+    }
+    for n in &nodes {
+        assert!(n.wait_for_leaders(Duration::from_secs(20)).await);
+    }
+    let now = 1_767_225_600 * S + 12 * H + 20 * 60 * S;
+    // Ten hours, a point a minute: the rule's series, the same metric in
+    // another env, and another metric.
+    let series = [("debug", "dev"), ("debug", "prod"), ("other", "dev")];
+    let points: Vec<Point> = (0..600)
+        .flat_map(|m| {
+            series.map(|(metric, env)| {
+                Point::new(
+                    metric,
+                    vec![Label::new("env", env)],
+                    m as f64,
+                    now - 10 * H + m * 60 * S,
+                )
+            })
+        })
+        .collect();
+    nodes[0].write(&points).await.unwrap();
+    for (_, shard) in nodes[1].local_shards() {
+        shard.flush().unwrap();
+    }
+    let leader = nodes
+        .iter()
+        .find(|n| !led_shards(n).is_empty())
+        .expect("a leader");
+    let proposed = leader.propose_retention(now).await.unwrap();
+    assert_eq!(proposed.len(), 1, "one delete, for the one rule");
+    let index = proposed[0].1;
+    // The same cutoff is not proposed twice.
+    assert!(leader
+        .propose_retention(now + 60 * S)
+        .await
+        .unwrap()
+        .is_empty());
+    // Up to the last whole hour before now - 3 h.
+    let cutoff = (now - 3 * H).div_euclid(H) * H;
+    let mut answers = Vec::new();
+    for n in &nodes {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while n.applied_index(0).unwrap() < index {
+            assert!(std::time::Instant::now() < deadline, "not applied");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (_, shard) = n.local_shards().pop().unwrap();
+        let mut all = Vec::new();
+        for metric in ["debug", "other"] {
+            all.extend(
+                shard
+                    .query(&[Matcher::equal("__name__", metric)], i64::MIN, i64::MAX)
+                    .unwrap(),
+            );
+        }
+        answers.push(all);
+    }
+    for (i, a) in answers.iter().enumerate() {
+        assert_eq!(a, &answers[0], "replica {} differs from replica 1", i + 1);
+    }
+    assert_eq!(answers[0].len(), 3);
+    for (key, samples) in &answers[0] {
+        let ruled = key.metric == "debug" && key.label("env") == Some("dev");
+        if ruled {
+            assert!(samples.iter().all(|s| s.timestamp >= cutoff), "{key:?}");
+            assert_eq!(samples.len() as i64, (now - cutoff) / (60 * S), "{key:?}");
+        } else {
+            assert_eq!(samples.len(), 600, "{key:?} lost samples");
+        }
+    }
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
