@@ -1097,8 +1097,8 @@ async fn metrics_text() -> HttpResponse {
         .body(metrics::render())
 }
 
-/// The replicated state's JSON operations (`chronicle_kv`). Served only with
-/// `enable_admin_api` (403 otherwise).
+/// The replicated state's JSON operations (`chronicle_kv`). Served with
+/// `enable_admin_api`, or under `--auth` to admin tokens (403 otherwise).
 #[instrument(name = "http_kv", skip_all, fields(op = %op))]
 pub(crate) async fn kv(
     state: web::Data<AppState>,

@@ -10,7 +10,7 @@
 //! NATS connection uses TLS) and replay protection (a party that can
 //! subscribe to cluster subjects can record and resend a signed message;
 //! NATS permissions keep clients from subscribing to them, see
-//! docs/operations.md).
+//! docs/security.md, "Separating cluster traffic from clients on NATS").
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -353,6 +353,129 @@ fn settings_that_would_expose_a_node_are_refused_at_start() {
     // Authentication over NATS needs the cluster secret.
     let err = run(&["--nats-url", "nats://127.0.0.1:1", "--auth"]);
     assert!(err.contains("needs a cluster secret"), "{err}");
+    // Two kinds of NATS credential at once: which one counts would be the
+    // server's guess.
+    let seed = dir.path().join("seed");
+    std::fs::write(
+        &seed,
+        "SUAIBDPBAUTWCWBKIO6XHQNINK5FWJW4OHLXC3HQ2KFE4PEJUA44CNHTC4",
+    )
+    .unwrap();
+    let err = run(&[
+        "--nats-url",
+        "nats://127.0.0.1:1",
+        "--nats-token",
+        "t",
+        "--nats-nkey-file",
+        seed.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("give one credential, not token and nkey seed"),
+        "{err}"
+    );
+}
+
+/// Starts `chronicle serve` against `url` with `args`; the node must refuse
+/// to start (within 30 s) and say why on stderr.
+fn refused_by_nats(url: &str, args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args([
+            "--http-addr",
+            &format!("127.0.0.1:{}", chronicle_tests::free_port()),
+        ])
+        .args(["--nats-url", url])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(!status.success(), "{args:?} started");
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            return err;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{args:?}: the node neither connected nor gave up within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Besides a user and password (above), the node authenticates to NATS with
+/// a token or an nkey, from flags: ready, serving writes and queries, and a
+/// clean stop; a wrong credential keeps it from starting, saying so.
+#[test]
+fn the_node_authenticates_to_nats_with_a_token_or_an_nkey() {
+    let write_and_read = |node: &NodeProcess| {
+        wait_until(Duration::from_secs(20), "ready", || {
+            call(&node.http, "GET", "/health/ready", None, "").0 == 200
+        });
+        let (code, body) = call(
+            &node.http,
+            "POST",
+            "/write",
+            None,
+            "creds value=1 1000000000\n",
+        );
+        assert_eq!(code, 204, "{body}");
+        let (code, body) = call(
+            &node.http,
+            "POST",
+            "/query",
+            None,
+            r#"{"metric":"creds","start":0}"#,
+        );
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains("\"points\":[[1000000000,1.0]]"), "{body}");
+    };
+
+    // A token.
+    let server = NatsServer::start_with_config("authorization { token: \"s3cret-token\" }\n");
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(
+        BIN,
+        &dir.path().join("data"),
+        Some(&server.url()),
+        &["--nats-token", "s3cret-token"],
+    );
+    write_and_read(&node);
+    let status = node.stop();
+    assert!(status.success(), "{status}");
+    let err = refused_by_nats(&server.url(), &["--nats-token", "wrong"]);
+    assert!(err.to_lowercase().contains("authoriz"), "{err}");
+
+    // An nkey: the server knows only the public key.
+    let pair = nkeys::KeyPair::new_user();
+    let server = NatsServer::start_with_config(&format!(
+        "authorization {{ users = [ {{ nkey: \"{}\" }} ] }}\n",
+        pair.public_key()
+    ));
+    let seed = dir.path().join("nkey.seed");
+    std::fs::write(&seed, format!("{}\n", pair.seed().unwrap())).unwrap();
+    let node = NodeProcess::start(
+        BIN,
+        &dir.path().join("data2"),
+        Some(&server.url()),
+        &["--nats-nkey-file", seed.to_str().unwrap()],
+    );
+    write_and_read(&node);
+    let status = node.stop();
+    assert!(status.success(), "{status}");
+    let other = dir.path().join("other.seed");
+    std::fs::write(&other, nkeys::KeyPair::new_user().seed().unwrap()).unwrap();
+    let err = refused_by_nats(
+        &server.url(),
+        &["--nats-nkey-file", other.to_str().unwrap()],
+    );
+    assert!(err.to_lowercase().contains("authoriz"), "{err}");
 }
 
 #[test]

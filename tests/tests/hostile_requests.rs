@@ -215,6 +215,37 @@ fn hostile_requests_get_4xx_fast_and_the_node_stays_small() {
         &post(&format!("{http}/write"), "text/plain", line.as_bytes()),
     );
 
+    // OTLP: a histogram point of 10,000 buckets whose 60 attributes of 2 KB
+    // every bucket series would copy (1.2 GB of labels from a 210 KB body).
+    let attributes: String = (0..60)
+        .map(|i| {
+            format!(
+                r#"{{"key":"a{i:02}","value":{{"stringValue":"{}"}}}}"#,
+                "v".repeat(2_000)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    let bounds: Vec<String> = (1..10_000).map(|b| b.to_string()).collect();
+    let counts: Vec<&str> = vec!["\"1\""; 10_000];
+    let otlp = format!(
+        r#"{{"resourceMetrics":[{{"scopeMetrics":[{{"metrics":[{{"name":"amp","histogram":{{"aggregationTemporality":2,"dataPoints":[{{"timeUnixNano":"1700000000000000000","count":"10000","sum":1.0,"bucketCounts":[{}],"explicitBounds":[{}],"attributes":[{}]}}]}}}}]}}]}}]}}"#,
+        counts.join(","),
+        bounds.join(","),
+        attributes
+    );
+    let a = post(
+        &format!("{http}/v1/metrics"),
+        "application/json",
+        otlp.as_bytes(),
+    );
+    refused("/v1/metrics histogram buckets x attributes", &a);
+    assert!(
+        a.body.contains("request_too_large"),
+        "the bound refused it: {}",
+        a.body
+    );
+
     // Over the bus: the same PromQL request, answered with an error at once.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -496,7 +496,8 @@ fn motifs_are_found_by_words_and_by_example_and_hostile_requests_are_refused() {
         (status, answer["matches"].as_array().map(Vec::len)),
         (200, Some(3))
     );
-    node.stop();
+    let status = node.stop();
+    assert!(status.success(), "the node exited with {status}");
 }
 
 #[test]
@@ -596,6 +597,7 @@ fn a_search_fans_out_to_the_shards_another_node_holds() {
         );
     }
     for n in nodes {
-        n.stop();
+        let status = n.stop();
+        assert!(status.success(), "a node exited with {status}");
     }
 }

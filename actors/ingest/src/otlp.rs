@@ -21,7 +21,7 @@
 //! - a point flagged "no recorded value" is a staleness marker.
 //!
 //! Delta sums have no Prometheus form; their increments are stored as they
-//! come, under the name without `_total` (docs/ingest.md).
+//! come, under the name without `_total` (docs/http-api.md, `POST /v1/metrics`).
 
 use chronicle_storage::model::{validate, Label, Limits, Point, STALE_NAN_BITS};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
