@@ -13,7 +13,7 @@ use chronicle_query::{
     storage_error, too_many_samples, DataSource, QueryError, ReadLimit, SeriesRead,
 };
 use chronicle_storage::{
-    finish_groups, AggregateRequest, AggregateSeries, Matcher, Point, SeriesKey, StorageError,
+    finish_groups, AggregateRequest, AggregateSeries, Matcher, PointBatch, SeriesKey, StorageError,
 };
 use tokio::runtime::Handle;
 
@@ -28,7 +28,7 @@ impl PointSink for ClusterSink {
     /// time); the commit is awaited on the cluster's runtime.
     fn submit(
         &self,
-        points: Vec<Point>,
+        points: PointBatch,
         keys: Vec<KeyedSpan>,
     ) -> Result<PendingWrite, IngestError> {
         let keys: Vec<chronicle_cluster::KeySpan> = keys

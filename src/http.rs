@@ -373,7 +373,7 @@ async fn write_points(
     state: &AppState,
     req: &HttpRequest,
     parsed: Result<
-        Result<Vec<chronicle_storage::Point>, IngestError>,
+        Result<chronicle_storage::PointBatch, IngestError>,
         actix_web::error::BlockingError,
     >,
 ) -> HttpResponse {
@@ -393,14 +393,17 @@ async fn write_points(
         .get::<Principal>()
         .filter(|who| !who.scopes.metric_prefixes.is_empty())
     {
-        if let Some(p) = points.iter().find(|p| !who.may_write_metric(&p.metric)) {
+        if let Some((_, metric, _)) = points
+            .series_iter()
+            .find(|(_, metric, _)| !who.may_write_metric(metric))
+        {
             metrics::AUTH_REFUSED.with_label_values(&["403"]).inc();
             return error(
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 format!(
                     "token {} may write metrics starting with {:?}, not {:?}; nothing was written",
-                    who.id, who.scopes.metric_prefixes, p.metric
+                    who.id, who.scopes.metric_prefixes, metric
                 ),
             );
         }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use chronicle_bus::{Bus, Message};
 use chronicle_storage::{
-    EncodedPoints, Label, Limits, Matcher, Point, PointsView, SeriesSamples, ShardConfig,
+    EncodedPoints, Label, Limits, Matcher, Point, PointBatch, SeriesSamples, ShardConfig,
 };
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{Config, Raft};
@@ -136,7 +136,8 @@ impl ClusterConfig {
 type Entry = (u32, EncodedPoints, Option<KeyedPart>);
 
 /// Consecutive points of one keyed span (or of none) bound for one shard.
-type Run = (Option<usize>, Vec<Point>);
+/// A run of point indexes of one idempotency span (or none).
+type Run = (Option<usize>, Vec<usize>);
 
 /// The longest idempotency key a forwarded write may carry.
 const MAX_KEY_BYTES: usize = 256;
@@ -1188,11 +1189,17 @@ impl ClusterNode {
     /// Writes `points`, each to its shard's leader, acknowledged after commit
     /// in every shard touched. Returns the points written.
     pub async fn write(self: &Arc<Self>, points: &[Point]) -> Result<usize, ClusterError> {
-        self.write_owned(points.to_vec()).await
+        self.write_batch(PointBatch::from_points(points.to_vec()))
+            .await
     }
 
-    /// [`Self::write`] of points the caller gives up (no copy is made).
+    /// [`Self::write`] of points the caller gives up.
     pub async fn write_owned(self: &Arc<Self>, points: Vec<Point>) -> Result<usize, ClusterError> {
+        self.write_batch(PointBatch::from_points(points)).await
+    }
+
+    /// [`Self::write`] of a batch with a series table (what the parsers build).
+    pub async fn write_batch(self: &Arc<Self>, points: PointBatch) -> Result<usize, ClusterError> {
         self.submit(points).await?.wait().await
     }
 
@@ -1204,7 +1211,7 @@ impl ClusterNode {
     /// still lands after an earlier one.
     pub async fn submit(
         self: &Arc<Self>,
-        points: Vec<Point>,
+        points: PointBatch,
     ) -> Result<PendingWrite, ClusterError> {
         self.submit_keyed(points, &[]).await
     }
@@ -1216,46 +1223,57 @@ impl ClusterNode {
     /// submission within `idempotency_window` is not applied again.
     pub async fn submit_keyed(
         self: &Arc<Self>,
-        points: Vec<Point>,
+        points: PointBatch,
         keys: &[KeySpan],
     ) -> Result<PendingWrite, ClusterError> {
         // A committed entry must apply on every replica: refuse bad points
         // before they reach the log (all or nothing, as a shard's own write).
-        let mut view = PointsView::from_points(&points);
-        view.sort_labels();
-        view.validate(&self.config.shard.limits)
+        // A batch's labels are sorted as its series are added.
+        points
+            .view()
+            .validate(&self.config.shard.limits)
             .map_err(|(index, problem)| {
                 ClusterError::Storage(chronicle_storage::StorageError::InvalidPoint {
                     index,
                     problem,
                 })
             })?;
-        drop(view);
+        // Routed per series, not per point: a series' samples share its shard.
+        let shard_of_series: Vec<u32> = points
+            .series_iter()
+            .map(|(_, metric, labels)| {
+                if self.config.shards <= 1 {
+                    0
+                } else {
+                    shard_of(metric, labels, self.config.shards)
+                }
+            })
+            .collect();
         let mut entries: Vec<Entry> = Vec::new();
         if keys.is_empty() {
-            let mut by_shard: BTreeMap<u32, Vec<Point>> = BTreeMap::new();
+            let mut by_shard: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
             if self.config.shards <= 1 {
-                // One shard (a node alone): nothing to hash.
-                by_shard.insert(0, points);
+                // One shard (a node alone): every point, in order.
+                by_shard.insert(0, (0..points.len()).collect());
             } else {
-                for p in points {
+                for (i, (series, _, _)) in points.samples().enumerate() {
                     by_shard
-                        .entry(shard_of(&p.metric, &p.labels, self.config.shards))
+                        .entry(shard_of_series[series.index()])
                         .or_default()
-                        .push(p);
+                        .push(i);
                 }
             }
             // Entries of at most MAX_ENTRY_POINTS points (an entry must fit in
             // one bus message), all in flight at once, in every shard, so
             // openraft logs and replicates them together. Each is encoded
-            // here, once.
-            for (shard, points) in by_shard {
-                for chunk in points.chunks(MAX_ENTRY_POINTS) {
-                    entries.push((shard, EncodedPoints::encode(chunk), None));
+            // here, once, with the series it uses.
+            for (shard, indexes) in by_shard {
+                for chunk in indexes.chunks(MAX_ENTRY_POINTS) {
+                    entries.push((shard, points.encode_points(chunk.iter().copied()), None));
                 }
             }
         } else {
-            entries = self.keyed_entries(points, keys)?;
+            entries = self.keyed_entries(&points, &shard_of_series, keys)?;
         }
         let mut pending = PendingWrite {
             node: self.clone(),
@@ -1308,7 +1326,8 @@ impl ClusterNode {
     /// `MAX_ENTRY_POINTS` points, numbered in order.
     fn keyed_entries(
         &self,
-        points: Vec<Point>,
+        points: &PointBatch,
+        shard_of_series: &[u32],
         keys: &[KeySpan],
     ) -> Result<Vec<Entry>, ClusterError> {
         let nonce = inbox_nonce()
@@ -1334,16 +1353,11 @@ impl ClusterNode {
         }
         // Per shard, runs of points of one span (or unkeyed), in order.
         let mut by_shard: BTreeMap<u32, Vec<Run>> = BTreeMap::new();
-        for (p, span) in points.into_iter().zip(span_of) {
-            let shard = if self.config.shards <= 1 {
-                0
-            } else {
-                shard_of(&p.metric, &p.labels, self.config.shards)
-            };
-            let runs = by_shard.entry(shard).or_default();
+        for (i, ((series, _, _), span)) in points.samples().zip(span_of).enumerate() {
+            let runs = by_shard.entry(shard_of_series[series.index()]).or_default();
             match runs.last_mut() {
-                Some((s, run)) if *s == span => run.push(p),
-                _ => runs.push((span, vec![p])),
+                Some((s, run)) if *s == span => run.push(i),
+                _ => runs.push((span, vec![i])),
             }
         }
         let mut entries = Vec::new();
@@ -1360,7 +1374,7 @@ impl ClusterNode {
                             window,
                         }
                     });
-                    entries.push((shard, EncodedPoints::encode(chunk), keyed));
+                    entries.push((shard, points.encode_points(chunk.iter().copied()), keyed));
                 }
             }
         }

@@ -24,7 +24,9 @@ fuzz_target!(|data: &[u8]| {
     let scene = Scene {
         namespace: "fuzz".into(),
         run: "f".into(),
-        pods: (0..plan.plan.nodes).map(|i| (i + 1, format!("c-{i}"))).collect(),
+        pods: (0..plan.plan.nodes)
+            .map(|i| (i + 1, format!("c-{i}")))
+            .collect(),
         nats: NatsPeer::Pods(vec![("app".into(), "nats".into())]),
         data_path: "/var/lib/chronicle".into(),
         container: "chronicle".into(),

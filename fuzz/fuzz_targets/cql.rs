@@ -27,8 +27,14 @@ fuzz_target!(|data: &[u8]| {
         Err(EngineError::Syntax { line, column, .. }) => {
             let lines = text.split('\n').count() as u64;
             assert!(line >= 1 && line <= lines, "line {line} of {lines}");
-            let len = text.split('\n').nth(line as usize - 1).map_or(0, |l| l.chars().count());
-            assert!(column >= 1 && column as usize <= len + 1, "column {column} of {len}");
+            let len = text
+                .split('\n')
+                .nth(line as usize - 1)
+                .map_or(0, |l| l.chars().count());
+            assert!(
+                column >= 1 && column as usize <= len + 1,
+                "column {column} of {len}"
+            );
         }
         Err(_) => {}
     }

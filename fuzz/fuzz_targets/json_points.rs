@@ -8,8 +8,9 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let limits = Limits::default();
     if let Ok(points) = parse_json(data, 0, &limits) {
-        for p in &points {
-            assert!(validate(&p.metric, &p.labels, &limits).is_ok());
+        assert!(points.len() <= limits.max_request_points);
+        for (_, metric, labels) in points.series_iter() {
+            assert!(validate(metric, labels, &limits).is_ok());
         }
     }
 });

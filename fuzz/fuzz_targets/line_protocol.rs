@@ -12,8 +12,9 @@ fuzz_target!(|data: &[u8]| {
     let limits = Limits::default();
     for precision in [Precision::Nanoseconds, Precision::Seconds] {
         if let Ok(points) = parse_line_protocol(text, precision, 0, &limits) {
-            for p in &points {
-                assert!(validate(&p.metric, &p.labels, &limits).is_ok());
+            assert!(points.len() <= limits.max_request_points);
+            for (_, metric, labels) in points.series_iter() {
+                assert!(validate(metric, labels, &limits).is_ok());
             }
         }
     }

@@ -14,8 +14,9 @@ fuzz_target!(|data: &[u8]| {
     };
     for encoding in [OtlpEncoding::Protobuf, OtlpEncoding::Json] {
         if let Ok(points) = parse_otlp_metrics(data, encoding, 0, &limits, &options) {
-            for p in &points {
-                assert!(validate(&p.metric, &p.labels, &limits).is_ok());
+            assert!(points.len() <= limits.max_request_points);
+            for (_, metric, labels) in points.series_iter() {
+                assert!(validate(metric, labels, &limits).is_ok());
             }
         }
     }

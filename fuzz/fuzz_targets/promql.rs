@@ -35,15 +35,33 @@ fn data() -> &'static MemorySource {
             });
         };
         for host in ["a", "b"] {
-            add(&[("__name__", "http_requests_total"), ("host", host)], &|i| (i * 7 % 50) as f64);
-            add(&[("__name__", "cpu"), ("host", host)], &|i| (i as f64).sin());
+            add(
+                &[("__name__", "http_requests_total"), ("host", host)],
+                &|i| (i * 7 % 50) as f64,
+            );
+            add(&[("__name__", "cpu"), ("host", host)], &|i| {
+                (i as f64).sin()
+            });
             for le in ["0.1", "1", "+Inf"] {
-                add(&[("__name__", "latency_bucket"), ("host", host), ("le", le)], &|i| i as f64);
+                add(
+                    &[("__name__", "latency_bucket"), ("host", host), ("le", le)],
+                    &|i| i as f64,
+                );
             }
         }
-        add(&[("__name__", "odd"), ("kind", "nan")], &|i| if i % 3 == 0 { f64::NAN } else { 1.0 });
+        add(&[("__name__", "odd"), ("kind", "nan")], &|i| {
+            if i % 3 == 0 {
+                f64::NAN
+            } else {
+                1.0
+            }
+        });
         add(&[("__name__", "odd"), ("kind", "stale")], &|i| {
-            if i % 10 == 9 { f64::from_bits(STALE_NAN_BITS) } else { -(i as f64) }
+            if i % 10 == 9 {
+                f64::from_bits(STALE_NAN_BITS)
+            } else {
+                -(i as f64)
+            }
         });
         MemorySource { series }
     })

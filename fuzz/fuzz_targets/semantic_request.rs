@@ -65,7 +65,10 @@ fuzz_target!(|data: &[u8]| {
     assert!(matches.len() <= k);
     for m in matches {
         assert!(m.distance.is_finite());
-        assert!(req.labels.iter().all(|(k, v)| m.series.labels.get(k) == Some(v)));
+        assert!(req
+            .labels
+            .iter()
+            .all(|(k, v)| m.series.labels.get(k) == Some(v)));
         assert!(filter.start.is_none_or(|s| m.end >= s));
         assert!(filter.end.is_none_or(|e| m.start < e));
     }

@@ -7,6 +7,7 @@
 //! `docs/storage.md`.
 
 pub mod aggregate;
+mod batch;
 pub mod codec;
 mod config;
 #[cfg(feature = "engine")]
@@ -25,6 +26,7 @@ pub mod state;
 pub mod workload;
 
 pub use aggregate::{AggregateFunction, AggregateSeries, Partial};
+pub use batch::{PointBatch, SeriesId};
 pub use config::{format_duration, DownsampleRule, ShardConfig, Tuning};
 pub use error::{Result, StorageError};
 /// The column family of encoded chunks (as [`ColumnFamilyStats::name`] names it).

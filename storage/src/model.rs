@@ -122,9 +122,9 @@ pub struct Limits {
     pub max_labels: usize,
     /// Points one request may create.
     pub max_request_points: usize,
-    /// Metric name and label bytes one request may create, counted per point:
-    /// formats that state a label set once for many samples (remote write,
-    /// OTLP resources, line protocol fields) cannot multiply it past this.
+    /// Metric name and label bytes of the series one request creates,
+    /// counted per series (a batch keeps a series once however many samples
+    /// it has; each line protocol field is a series of its own).
     pub max_request_label_bytes: usize,
 }
 
@@ -419,7 +419,7 @@ pub fn encode_points(points: &[Point]) -> Vec<u8> {
 }
 
 /// The tag of [`encode_points`]' layout.
-const BATCH_V2: [u8; 2] = [0x80, 0x00];
+pub(crate) const BATCH_V2: [u8; 2] = [0x80, 0x00];
 
 /// Decodes [`encode_points`] into owned points; any malformed or truncated
 /// input is an error. The write path reads batches through [`PointsView`]
@@ -464,18 +464,18 @@ fn read_series<'a>(
 
 /// A series of a view: its metric and `labels[first..first + count]`.
 #[derive(Debug, Clone, Copy)]
-struct SeriesSlot<'a> {
-    metric: &'a str,
-    first: u32,
-    count: u32,
+pub(crate) struct SeriesSlot<'a> {
+    pub(crate) metric: &'a str,
+    pub(crate) first: u32,
+    pub(crate) count: u32,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct PointSlot {
-    /// Index into the view's series.
-    series: u32,
-    value: f64,
-    timestamp: i64,
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct PointSlot {
+    /// Index into the view's (or the batch's) series.
+    pub(crate) series: u32,
+    pub(crate) value: f64,
+    pub(crate) timestamp: i64,
 }
 
 /// A batch of points read without copying its strings: a few allocations per
@@ -484,9 +484,9 @@ struct PointSlot {
 /// through one of these.
 #[derive(Debug, Clone, Default)]
 pub struct PointsView<'a> {
-    labels: Vec<LabelRef<'a>>,
-    series: Vec<SeriesSlot<'a>>,
-    points: Vec<PointSlot>,
+    pub(crate) labels: Vec<LabelRef<'a>>,
+    pub(crate) series: Vec<SeriesSlot<'a>>,
+    pub(crate) points: Vec<PointSlot>,
 }
 
 impl<'a> PointsView<'a> {
@@ -741,8 +741,8 @@ impl<'a> PointsView<'a> {
 /// without being encoded or decoded again.
 #[derive(Clone, PartialEq, Eq)]
 pub struct EncodedPoints {
-    bytes: bytes::Bytes,
-    len: usize,
+    pub(crate) bytes: bytes::Bytes,
+    pub(crate) len: usize,
 }
 
 impl EncodedPoints {

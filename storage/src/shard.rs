@@ -606,10 +606,16 @@ impl Shard {
     /// Writes a batch atomically; it is durable (per `sync_writes`) and visible to
     /// reads when this returns. Returns the batch's sequence number.
     pub fn write_batch(&self, points: &[Point]) -> Result<u64> {
+        self.write_view(PointsView::from_points(points))
+    }
+
+    /// [`Shard::write_batch`] of a borrowed batch (a
+    /// [`crate::PointBatch::view`], which holds each series once).
+    pub fn write_view(&self, points: PointsView<'_>) -> Result<u64> {
         let _span = info_span!("write_batch", points = points.len()).entered();
         let _writer = self.writer.lock();
         let seq = self.state.read().last_seq + 1;
-        self.ingest(PointsView::from_points(points), seq, true)?;
+        self.ingest(points, seq, true)?;
         Ok(seq)
     }
 

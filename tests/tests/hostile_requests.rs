@@ -4,8 +4,9 @@
 //!
 //! Every request here asks for something that, built naively, is terabytes:
 //! 10^12 PromQL steps, a subquery of 3 * 10^12 inner steps, times of 1e300
-//! seconds, a remote-write body whose one large label set sits under a million
-//! empty samples, a line whose tags repeat under thousands of fields.
+//! seconds, a line whose tags repeat under thousands of fields. A remote-write
+//! body whose one large label set sits under many samples is written (the
+//! label set is kept once), within the same memory bound.
 
 use std::io::Write as _;
 use std::time::{Duration, Instant};
@@ -176,33 +177,77 @@ fn hostile_requests_get_4xx_fast_and_the_node_stays_small() {
         ),
     );
 
-    // Remote write: one 120 KiB label set over a million empty samples (2 MB of
-    // body; 120 GB if every sample got its own copy).
-    let mut series = TimeSeries {
-        labels: vec![ProtoLabel {
+    // Remote write: one 120 KiB label set over 50,000 samples (120 GB if
+    // every sample got its own copy, 6 GB for 50,000). The series is kept
+    // once, so it is written, within the memory bound below.
+    let label_set = |name: &str| {
+        let mut labels = vec![ProtoLabel {
             name: "__name__".into(),
-            value: "amplified".into(),
-        }],
-        samples: vec![ProtoSample::default(); 1_000_000],
+            value: name.into(),
+        }];
+        for i in 0..60 {
+            labels.push(ProtoLabel {
+                name: format!("l{i:02}"),
+                value: "v".repeat(2_000),
+            });
+        }
+        labels
+    };
+    let shared = TimeSeries {
+        labels: label_set("amplified"),
+        samples: (0..50_000)
+            .map(|i| ProtoSample {
+                value: i as f64,
+                timestamp: 1_000 + i,
+            })
+            .collect(),
         histograms: Vec::new(),
     };
-    for i in 0..60 {
-        series.labels.push(ProtoLabel {
-            name: format!("l{i:02}"),
-            value: "v".repeat(2_000),
-        });
-    }
-    let body = encode_remote_write(&WriteRequest {
-        timeseries: vec![series],
-    });
-    refused(
-        "/api/v1/write amplified label set",
-        &post(
-            &format!("{http}/api/v1/write"),
-            "application/x-protobuf",
-            &body,
-        ),
+    let a = post(
+        &format!("{http}/api/v1/write"),
+        "application/x-protobuf",
+        &encode_remote_write(&WriteRequest {
+            timeseries: vec![shared],
+        }),
     );
+    assert_eq!(
+        a.status, 204,
+        "a large label set over many samples: {}",
+        a.body
+    );
+    // Past a million samples (empty ones: 2 MB of body) it is refused by
+    // count before any is built.
+    let many = TimeSeries {
+        labels: label_set("amplified"),
+        samples: vec![ProtoSample::default(); 1_000_001],
+        histograms: Vec::new(),
+    };
+    let a = post(
+        &format!("{http}/api/v1/write"),
+        "application/x-protobuf",
+        &encode_remote_write(&WriteRequest {
+            timeseries: vec![many],
+        }),
+    );
+    refused("/api/v1/write a million and one samples", &a);
+    assert!(a.body.contains("request_too_large"), "{}", a.body);
+    // 2,000 series with that label set each would keep 240 MB of labels: a
+    // body of a few hundred KB that decompresses past the body limit.
+    let wide = WriteRequest {
+        timeseries: (0..2_000)
+            .map(|i| TimeSeries {
+                labels: label_set(&format!("wide{i}")),
+                samples: vec![ProtoSample::default()],
+                histograms: Vec::new(),
+            })
+            .collect(),
+    };
+    let a = post(
+        &format!("{http}/api/v1/write"),
+        "application/x-protobuf",
+        &encode_remote_write(&wide),
+    );
+    refused("/api/v1/write many series with large label sets", &a);
 
     // Line protocol: 60 tags of 2 KB repeated under 3,000 fields.
     let tags: String = (0..60)

@@ -101,7 +101,7 @@ fn run_doc(path: &str) {
     let dir = tempfile::tempdir().unwrap();
     let shard = Shard::open(dir.path(), ShardConfig::default()).unwrap();
     let points = parse_line_protocol(&data, Precision::Seconds, 0, &Limits::default()).unwrap();
-    shard.write_batch(&points).unwrap();
+    shard.write_view(points.view()).unwrap();
     let print = std::env::var_os("CHRONICLE_PRINT_DOC_ANSWERS").is_some();
     let mut failures = Vec::new();
     for ex in &examples {

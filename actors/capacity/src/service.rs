@@ -370,7 +370,11 @@ impl Actor for Collector {
                             return;
                         }
                     };
-                let points = capacity.points(&usage, capacity.series(), now_ns());
+                let points = chronicle_storage::PointBatch::from_points(capacity.points(
+                    &usage,
+                    capacity.series(),
+                    now_ns(),
+                ));
                 match ingest
                     .send(WritePoints {
                         span: tracing::Span::current(),

@@ -7,7 +7,7 @@ use actix::prelude::*;
 use bytes::Bytes;
 use chronicle_actor_runtime::{error_json, guarded, InjectPanic};
 use chronicle_bus::{Bus, Message as BusMessage};
-use chronicle_storage::{Limits, Point};
+use chronicle_storage::{Limits, PointBatch};
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, info_span, warn};
 
@@ -64,7 +64,7 @@ impl Default for IngestConfig {
 #[derive(Message)]
 #[rtype(result = "Result<usize, IngestError>")]
 pub struct WritePoints {
-    pub points: Vec<Point>,
+    pub points: PointBatch,
     pub idempotency_key: Option<String>,
     /// The caller's span: the batch that writes these points is traced as
     /// its child (`tracing::Span::current()` where the write is made).
@@ -98,7 +98,7 @@ impl Waiter {
     }
 }
 
-type Parsed = Result<Vec<Point>, IngestError>;
+type Parsed = Result<PointBatch, IngestError>;
 
 /// A message handed to a parser thread.
 struct ParseTicket {
@@ -143,7 +143,7 @@ pub struct IngestActor {
     bus: Arc<dyn Bus>,
     writer: Addr<StorageWriter>,
     config: IngestConfig,
-    pending: Vec<Point>,
+    pending: PointBatch,
     /// Spans of `pending` sent with an idempotency key.
     pending_keys: Vec<KeyedSpan>,
     waiters: Vec<Waiter>,
@@ -209,7 +209,7 @@ impl IngestActor {
             ),
             bus,
             writer,
-            pending: Vec::new(),
+            pending: PointBatch::new(),
             pending_keys: Vec::new(),
             waiters: Vec::new(),
             timer: None,
@@ -356,7 +356,7 @@ impl IngestActor {
 
     fn enqueue(
         &mut self,
-        points: Vec<Point>,
+        points: PointBatch,
         waiter: Option<Waiter>,
         key: Option<String>,
         ctx: &mut Context<Self>,
@@ -374,7 +374,7 @@ impl IngestActor {
                 len: points.len(),
             });
         }
-        self.pending.extend(points);
+        self.pending.append(points);
         self.waiters.extend(waiter);
         if self.pending.len() >= self.config.max_batch_points {
             self.flush(ctx);
@@ -541,7 +541,7 @@ struct ParseJob {
 }
 
 impl ParseJob {
-    fn run(&self) -> Result<Vec<Point>, IngestError> {
+    fn run(&self) -> Result<PointBatch, IngestError> {
         parse_payload(
             &self.payload,
             self.content_type.as_deref(),
@@ -600,7 +600,7 @@ impl Supervised for IngestActor {
         // A pause that grows with repeated restarts (messages wait meanwhile).
         self.restarts.pause(ctx);
         // Nothing pending was acknowledged; tell the waiters to retry.
-        self.pending.clear();
+        self.pending = PointBatch::new();
         self.pending_keys.clear();
         self.timer = None;
         // A write in flight finishes and answers its own waiters.
@@ -782,7 +782,7 @@ mod tests {
     impl PointSink for WeakSink {
         fn submit(
             &self,
-            points: Vec<Point>,
+            points: PointBatch,
             keys: Vec<KeyedSpan>,
         ) -> Result<crate::PendingWrite, IngestError> {
             match self.0.upgrade() {

@@ -74,12 +74,14 @@ impl RequestBudget {
         }
     }
 
-    /// Accounts for `points` more points, each with `label_bytes` of name and labels.
-    pub fn charge(&mut self, points: usize, label_bytes: usize) -> Result<(), IngestError> {
+    /// Accounts for `points` more points that create series of
+    /// `series_bytes` names and labels in all. A series is counted each time
+    /// a request creates it: a remote-write time series once for all its
+    /// samples, each field of a line protocol line (a series of its own, with
+    /// the line's tags) once per field.
+    pub fn charge(&mut self, points: usize, series_bytes: usize) -> Result<(), IngestError> {
         self.points = self.points.saturating_add(points);
-        self.label_bytes = self
-            .label_bytes
-            .saturating_add(points.saturating_mul(label_bytes));
+        self.label_bytes = self.label_bytes.saturating_add(series_bytes);
         if self.points > self.max_points {
             return Err(IngestError::TooLarge(format!(
                 "the request holds more than {} points, the most one request may; split it",
@@ -88,8 +90,8 @@ impl RequestBudget {
         }
         if self.label_bytes > self.max_label_bytes {
             return Err(IngestError::TooLarge(format!(
-                "the request's points would carry more than {} bytes of names and labels \
-                 (a label set repeated for every sample counts every time); split it",
+                "the request's series would carry more than {} bytes of names and labels \
+                 (tags repeated under many fields count once per field); split it",
                 self.max_label_bytes
             )));
         }

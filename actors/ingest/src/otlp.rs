@@ -23,7 +23,8 @@
 //! Delta sums have no Prometheus form; their increments are stored as they
 //! come, under the name without `_total` (docs/http-api.md, `POST /v1/metrics`).
 
-use chronicle_storage::model::{validate, Label, Limits, Point, STALE_NAN_BITS};
+use chronicle_storage::model::{validate, Label, Limits, STALE_NAN_BITS};
+use chronicle_storage::PointBatch;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{
@@ -80,7 +81,7 @@ pub fn parse_otlp_metrics(
     now_ns: i64,
     limits: &Limits,
     options: &OtlpOptions,
-) -> Result<Vec<Point>, IngestError> {
+) -> Result<PointBatch, IngestError> {
     let request = match encoding {
         OtlpEncoding::Protobuf => ExportMetricsServiceRequest::decode(body)
             .map_err(|e| IngestError::BadRequest(format!("invalid OTLP protobuf: {e}")))?,
@@ -96,9 +97,9 @@ pub fn convert(
     now_ns: i64,
     limits: &Limits,
     options: &OtlpOptions,
-) -> Result<Vec<Point>, IngestError> {
+) -> Result<PointBatch, IngestError> {
     let mut out = Emitter {
-        points: Vec::new(),
+        points: PointBatch::new(),
         now_ns,
         limits,
         index: 0,
@@ -159,7 +160,7 @@ struct Shared {
 }
 
 struct Emitter<'a> {
-    points: Vec<Point>,
+    points: PointBatch,
     now_ns: i64,
     limits: &'a Limits,
     /// The metric's position in the request, for errors.
@@ -293,7 +294,9 @@ impl Emitter<'_> {
             ),
         )?;
         self.latest = Some(self.latest.map_or(t, |l| l.max(t)));
-        self.points.push(Point::new(name, labels, value, t));
+        // Each OTLP point (each bucket of a histogram) is a series of its own.
+        let series = self.points.add_series(name, labels);
+        self.points.push(series, t, value);
         Ok(())
     }
 
@@ -683,6 +686,7 @@ fn per_unit_word(u: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chronicle_storage::model::Point;
     use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
     use opentelemetry_proto::tonic::metrics::v1::{
         Gauge, Histogram, ResourceMetrics, ScopeMetrics, Sum,
@@ -736,7 +740,7 @@ mod tests {
 
     fn emitter(limits: &Limits) -> Emitter<'_> {
         Emitter {
-            points: Vec::new(),
+            points: PointBatch::new(),
             now_ns: 0,
             limits,
             index: 0,
@@ -784,7 +788,9 @@ mod tests {
                 ..Default::default()
             },
         ]);
-        let points = convert(&req, 99, &Limits::default(), &OtlpOptions::default()).unwrap();
+        let points = convert(&req, 99, &Limits::default(), &OtlpOptions::default())
+            .unwrap()
+            .to_points();
         let names: Vec<&str> = points.iter().map(|p| p.metric.as_str()).collect();
         assert_eq!(
             names,
@@ -828,7 +834,9 @@ mod tests {
             })),
             ..Default::default()
         }]);
-        let points = convert(&req, 0, &Limits::default(), &OtlpOptions::default()).unwrap();
+        let points = convert(&req, 0, &Limits::default(), &OtlpOptions::default())
+            .unwrap()
+            .to_points();
         let got: Vec<(String, Option<String>, f64)> = points
             .iter()
             .map(|p| {
@@ -875,7 +883,8 @@ mod tests {
         e.exponential("x", &p, &Shared::default()).unwrap();
         let got: Vec<(String, f64)> = e
             .points
-            .iter()
+            .to_points()
+            .into_iter()
             .filter(|p| p.metric == "x_bucket")
             .map(|p| {
                 (
@@ -957,7 +966,8 @@ mod tests {
             &Limits::default(),
             &OtlpOptions::default(),
         )
-        .unwrap();
+        .unwrap()
+        .to_points();
         assert!(points.len() > 64, "{}", points.len());
     }
 
@@ -974,7 +984,8 @@ mod tests {
             &Limits::default(),
             &OtlpOptions::default(),
         )
-        .unwrap();
+        .unwrap()
+        .to_points();
         assert_eq!(from_json.len(), 2);
         assert_eq!(from_json[0].metric, "temp_celsius");
         assert_eq!((from_json[0].value, from_json[1].value), (21.5, 22.0));
@@ -987,7 +998,8 @@ mod tests {
             &Limits::default(),
             &OtlpOptions::default(),
         )
-        .unwrap();
+        .unwrap()
+        .to_points();
         assert_eq!(from_json, from_proto);
     }
 
@@ -1017,7 +1029,9 @@ mod tests {
                 ..Default::default()
             },
         ]);
-        let points = convert(&req, 1, &Limits::default(), &OtlpOptions::default()).unwrap();
+        let points = convert(&req, 1, &Limits::default(), &OtlpOptions::default())
+            .unwrap()
+            .to_points();
         let names: Vec<&str> = points.iter().map(|p| p.metric.as_str()).collect();
         assert_eq!(
             names,
@@ -1051,7 +1065,8 @@ mod tests {
             e.exponential("x", &p, &Shared::default()).unwrap();
             let buckets: Vec<(f64, f64)> = e
                 .points
-                .iter()
+                .to_points()
+                .into_iter()
                 .filter(|p| p.metric == "x_bucket")
                 .map(|p| {
                     let le = &p.labels.iter().find(|l| l.name == "le").unwrap().value;
@@ -1128,7 +1143,9 @@ mod tests {
         let options = OtlpOptions {
             promote_resource_attributes: vec!["k8s.pod.name".into(), "absent".into()],
         };
-        let points = convert(&req, 4_000, &Limits::default(), &options).unwrap();
+        let points = convert(&req, 4_000, &Limits::default(), &options)
+            .unwrap()
+            .to_points();
         let by_name =
             |n: &str| -> Vec<&Point> { points.iter().filter(|p| p.metric == n).collect() };
         let l = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {

@@ -10,7 +10,10 @@
 
 use std::str::FromStr;
 
-use chronicle_storage::model::{validate, Label, Limits, Point};
+use std::sync::Arc;
+
+use chronicle_storage::model::{validate, Label, Limits};
+use chronicle_storage::PointBatch;
 use influxdb_line_protocol::FieldValue;
 use serde::Deserialize;
 
@@ -66,8 +69,8 @@ pub fn parse_line_protocol(
     precision: Precision,
     now_ns: i64,
     limits: &Limits,
-) -> Result<Vec<Point>, IngestError> {
-    let mut points = Vec::new();
+) -> Result<PointBatch, IngestError> {
+    let mut points = PointBatch::new();
     let mut budget = RequestBudget::new(limits);
     for (index, raw) in influxdb_line_protocol::split_lines(text).enumerate() {
         let line_no = index + 1;
@@ -90,19 +93,26 @@ pub fn parse_line_protocol(
             None => now_ns,
         };
         let measurement = parsed.series.measurement.as_str();
-        let labels: Vec<Label> = parsed
+        let mut labels: Vec<Label> = parsed
             .series
             .tag_set
             .iter()
             .flatten()
             .map(|(k, v)| Label::new(k.as_str(), v.as_str()))
             .collect();
-        // Every field repeats the tags: counted before they are copied.
+        labels.sort();
+        // Every field is a series with the line's tags: counted per field
+        // before anything is built (the batch shares one copy between them,
+        // storage keeps one per series).
         let tag_bytes = label_bytes(
             measurement,
             labels.iter().map(|l| (l.name.as_str(), l.value.as_str())),
         );
-        budget.charge(parsed.field_set.len(), tag_bytes)?;
+        budget.charge(
+            parsed.field_set.len(),
+            tag_bytes.saturating_mul(parsed.field_set.len()),
+        )?;
+        let labels: Arc<[Label]> = labels.into();
         for (field, value) in &parsed.field_set {
             let value = match value {
                 FieldValue::F64(v) => *v,
@@ -130,10 +140,9 @@ pub fn parse_line_protocol(
             } else {
                 format!("{measurement}_{}", field.as_str())
             };
-            let point = Point::new(metric, labels.clone(), value, timestamp);
-            validate(&point.metric, &point.labels, limits)
-                .map_err(|p| bad(format!("{}: {p}", p.field())))?;
-            points.push(point);
+            validate(&metric, &labels, limits).map_err(|p| bad(format!("{}: {p}", p.field())))?;
+            let series = points.add_series(metric, labels.clone());
+            points.push(series, timestamp, value);
         }
     }
     Ok(points)
@@ -170,7 +179,7 @@ enum JsonBody {
 
 /// Parses `{"points": [...]}`, a bare array of points, or one point object. Errors
 /// name the point's index (0-based) and the reason.
-pub fn parse_json(bytes: &[u8], now_ns: i64, limits: &Limits) -> Result<Vec<Point>, IngestError> {
+pub fn parse_json(bytes: &[u8], now_ns: i64, limits: &Limits) -> Result<PointBatch, IngestError> {
     let body: JsonBody = serde_json::from_slice(bytes)
         .map_err(|e| IngestError::BadRequest(format!("invalid JSON points: {e}")))?;
     let raw = match body {
@@ -178,39 +187,38 @@ pub fn parse_json(bytes: &[u8], now_ns: i64, limits: &Limits) -> Result<Vec<Poin
         JsonBody::One(p) => vec![p],
     };
     let mut budget = RequestBudget::new(limits);
-    raw.into_iter()
-        .enumerate()
-        .map(|(index, p)| {
-            budget.charge(
-                1,
-                label_bytes(
-                    &p.metric,
-                    p.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-                ),
-            )?;
-            let bad = |reason: String| IngestError::Point { index, reason };
-            let value = match p.value {
-                JsonValue::Number(v) => v,
-                JsonValue::Text(s) => match s.as_str() {
-                    "NaN" => f64::NAN,
-                    "+Inf" | "Inf" => f64::INFINITY,
-                    "-Inf" => f64::NEG_INFINITY,
-                    other => other
-                        .parse()
-                        .map_err(|_| bad(format!("value {other:?} is not a number")))?,
-                },
-            };
-            let labels = p
-                .labels
-                .into_iter()
-                .map(|(k, v)| Label::new(k, v))
-                .collect();
-            let point = Point::new(p.metric, labels, value, p.timestamp.unwrap_or(now_ns));
-            validate(&point.metric, &point.labels, limits)
-                .map_err(|e| bad(format!("{}: {e}", e.field())))?;
-            Ok(point)
-        })
-        .collect()
+    let mut points = PointBatch::with_capacity(raw.len(), raw.len());
+    for (index, p) in raw.into_iter().enumerate() {
+        budget.charge(
+            1,
+            label_bytes(
+                &p.metric,
+                p.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            ),
+        )?;
+        let bad = |reason: String| IngestError::Point { index, reason };
+        let value = match p.value {
+            JsonValue::Number(v) => v,
+            JsonValue::Text(s) => match s.as_str() {
+                "NaN" => f64::NAN,
+                "+Inf" | "Inf" => f64::INFINITY,
+                "-Inf" => f64::NEG_INFINITY,
+                other => other
+                    .parse()
+                    .map_err(|_| bad(format!("value {other:?} is not a number")))?,
+            },
+        };
+        // A BTreeMap: already sorted by name.
+        let labels: Vec<Label> = p
+            .labels
+            .into_iter()
+            .map(|(k, v)| Label::new(k, v))
+            .collect();
+        validate(&p.metric, &labels, limits).map_err(|e| bad(format!("{}: {e}", e.field())))?;
+        let series = points.add_series(p.metric, labels);
+        points.push(series, p.timestamp.unwrap_or(now_ns), value);
+    }
+    Ok(points)
 }
 
 /// Line protocol or JSON, by content type when given, else by the first byte.
@@ -220,7 +228,7 @@ pub fn parse_payload(
     precision: Precision,
     now_ns: i64,
     limits: &Limits,
-) -> Result<Vec<Point>, IngestError> {
+) -> Result<PointBatch, IngestError> {
     let json = match content_type {
         Some(ct) => ct.contains("json"),
         None => bytes
@@ -240,6 +248,7 @@ pub fn parse_payload(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chronicle_storage::model::Point;
 
     #[test]
     fn fields_repeating_large_tags_are_bounded_per_request() {
@@ -269,6 +278,27 @@ mod tests {
 
     fn lp(text: &str) -> Result<Vec<Point>, IngestError> {
         parse_line_protocol(text, Precision::Nanoseconds, 42, &Limits::default())
+            .map(|b| b.to_points())
+    }
+
+    #[test]
+    fn the_fields_of_a_line_share_its_tags() {
+        let batch = parse_line_protocol(
+            "cpu,host=a,region=eu user=1,system=2,idle=3 1000\n",
+            Precision::Nanoseconds,
+            0,
+            &Limits::default(),
+        )
+        .unwrap();
+        let labels: Vec<*const Label> = batch
+            .series_iter()
+            .map(|(_, _, labels)| labels.as_ptr())
+            .collect();
+        assert_eq!(labels.len(), 3);
+        assert!(
+            labels.iter().all(|&p| p == labels[0]),
+            "one copy of the tags"
+        );
     }
 
     #[test]
@@ -307,8 +337,9 @@ mod tests {
 
     #[test]
     fn precision_scales_timestamps() {
-        let points =
-            parse_line_protocol("m value=1 5", Precision::Seconds, 0, &Limits::default()).unwrap();
+        let points = parse_line_protocol("m value=1 5", Precision::Seconds, 0, &Limits::default())
+            .unwrap()
+            .to_points();
         assert_eq!(points[0].timestamp, 5_000_000_000);
         assert!(parse_line_protocol(
             "m value=1 9223372036854775807",
@@ -323,10 +354,10 @@ mod tests {
     fn json_forms() {
         let limits = Limits::default();
         let one = br#"{"metric":"cpu","tags":{"host":"a"},"value":1.5,"timestamp":7}"#;
-        let points = parse_json(one, 0, &limits).unwrap();
+        let points = parse_json(one, 0, &limits).unwrap().to_points();
         assert_eq!(points[0].labels, vec![Label::new("host", "a")]);
         let wrapped = br#"{"points":[{"metric":"a","value":1},{"metric":"b","value":"NaN"}]}"#;
-        let points = parse_json(wrapped, 9, &limits).unwrap();
+        let points = parse_json(wrapped, 9, &limits).unwrap().to_points();
         assert!(points[1].value.is_nan());
         assert_eq!(points[0].timestamp, 9);
         let err = parse_json(br#"[{"metric":"","value":1}]"#, 0, &limits).unwrap_err();

@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use actix::{Actor, Handler, Message, SyncContext};
-use chronicle_storage::{Point, Shard};
+use chronicle_storage::{PointBatch, Shard};
 use tracing::error;
 
 use crate::IngestError;
@@ -44,7 +44,7 @@ pub trait PointSink: Send + Sync + 'static {
     /// later write of a point replaces an earlier one. The returned future
     /// completes when they are durable; the next batch may be submitted
     /// before it does. `keys` name the spans sent with an idempotency key.
-    fn submit(&self, points: Vec<Point>, keys: Vec<KeyedSpan>)
+    fn submit(&self, points: PointBatch, keys: Vec<KeyedSpan>)
         -> Result<PendingWrite, IngestError>;
 }
 
@@ -53,7 +53,7 @@ impl PointSink for Shard {
     /// replicated write path only.
     fn submit(
         &self,
-        points: Vec<Point>,
+        points: PointBatch,
         keys: Vec<KeyedSpan>,
     ) -> Result<PendingWrite, IngestError> {
         if !keys.is_empty() {
@@ -62,7 +62,7 @@ impl PointSink for Shard {
             ));
         }
         let written = self
-            .write_batch(&points)
+            .write_view(points.view())
             .map(|_| points.len())
             .map_err(|e| IngestError::Storage(e.to_string()))?;
         Ok(Box::pin(std::future::ready(Ok(written))))
@@ -88,7 +88,7 @@ impl Actor for StorageWriter {
 /// One batch to hand to the sink (and its keyed spans); answered once it is
 /// submitted, with what completes when it is durable.
 /// Points, their idempotency spans, and the batch's trace span.
-pub struct WriteBatch(pub Vec<Point>, pub Vec<KeyedSpan>, pub tracing::Span);
+pub struct WriteBatch(pub PointBatch, pub Vec<KeyedSpan>, pub tracing::Span);
 
 impl Message for WriteBatch {
     type Result = Result<PendingWrite, IngestError>;
