@@ -511,3 +511,180 @@ async fn a_per_metric_rule_deletes_only_its_series_the_same_on_every_replica() {
         n.shutdown().await;
     }
 }
+
+/// Three replicas of one shard, retention two hours; proposals by hand.
+async fn three_with_retention(dir: &TempDir) -> Vec<Arc<ClusterNode>> {
+    let bus: Arc<dyn Bus> = Arc::new(LocalBus::default());
+    let mut nodes = Vec::new();
+    for id in 1..=3u64 {
+        let mut config = ClusterConfig::new(id, vec![1, 2, 3], dir.path().join(format!("n{id}")));
+        config.shards = 1;
+        config.replication = 3;
+        config.shard = ShardConfig {
+            sync_writes: false,
+            retention: Some(Duration::from_secs(2 * 3600)),
+            ..ShardConfig::default()
+        };
+        config.retention_check = Duration::from_secs(3600);
+        nodes.push(ClusterNode::start(config, bus.clone()).await.unwrap());
+    }
+    for n in &nodes {
+        assert!(n.wait_for_leaders(Duration::from_secs(20)).await);
+    }
+    nodes
+}
+
+/// Ten hours before `now`, a point a minute, for `series` hosts.
+fn ten_hours(now: i64, series: usize) -> Vec<Point> {
+    (0..600)
+        .flat_map(|m| {
+            (0..series).map(move |h| {
+                Point::new(
+                    "ret",
+                    vec![Label::new("host", format!("h{h:03}"))],
+                    m as f64,
+                    now - 10 * H + m * 60 * S,
+                )
+            })
+        })
+        .collect()
+}
+
+/// Waits until every replica applied `index` (up to 30 s).
+async fn applied_everywhere(nodes: &[Arc<ClusterNode>], index: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    for n in nodes {
+        while n.applied_index(0).unwrap() < index {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "replica {} did not apply index {index}",
+                n.node_id()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Byte for byte: after the same entries, heads cut at the same index,
+/// every replica's column families hold the same keys and values, before
+/// retention and after it (which deleted most of the chunks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_hold_the_same_bytes_after_retention() {
+    let dir = TempDir::new().unwrap();
+    let nodes = three_with_retention(&dir).await;
+    let now = 1_767_225_600 * S + 12 * H;
+    nodes[0].write(&ten_hours(now, 20)).await.unwrap();
+    let leader = nodes
+        .iter()
+        .find(|n| !led_shards(n).is_empty())
+        .expect("a leader");
+    let digests = |nodes: &[Arc<ClusterNode>]| {
+        nodes
+            .iter()
+            .map(|n| {
+                let (_, shard) = n.local_shards().pop().unwrap();
+                // Every replica cuts its heads at the same applied index.
+                shard.flush().unwrap();
+                shard.content_digest().unwrap()
+            })
+            .collect::<Vec<_>>()
+    };
+    applied_everywhere(&nodes, leader.applied_index(0).unwrap()).await;
+    let before = digests(&nodes);
+    for (i, d) in before.iter().enumerate() {
+        assert_eq!(d, &before[0], "replica {} differs before retention", i + 1);
+    }
+    let proposed = leader.propose_retention(now).await.unwrap();
+    applied_everywhere(&nodes, proposed[0].1).await;
+    let after = digests(&nodes);
+    for (i, d) in after.iter().enumerate() {
+        assert_eq!(d, &after[0], "replica {} differs after retention", i + 1);
+    }
+    let chunks = |d: &[chronicle_storage::ContentDigest]| {
+        d.iter()
+            .find(|c| c.column_family == "chunks")
+            .unwrap()
+            .bytes
+    };
+    assert!(
+        chunks(&after[0]) * 2 < chunks(&before[0]),
+        "retention kept {} of {} chunk bytes",
+        chunks(&after[0]),
+        chunks(&before[0])
+    );
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+/// While retention applies, reads on a replica run without pause: each one
+/// sees every series whole, either as before (ten hours) or as after (two),
+/// never some of a series' samples gone or some series cut and others not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_during_retention_see_all_of_it_or_none() {
+    let dir = TempDir::new().unwrap();
+    let nodes = three_with_retention(&dir).await;
+    let now = 1_767_225_600 * S + 12 * H;
+    let series = 200;
+    nodes[0].write(&ten_hours(now, series)).await.unwrap();
+    let leader = nodes
+        .iter()
+        .find(|n| !led_shards(n).is_empty())
+        .expect("a leader")
+        .clone();
+    applied_everywhere(&nodes, leader.applied_index(0).unwrap()).await;
+    // One replica with its data in chunks, one with it in heads: both read.
+    nodes[1].local_shards().pop().unwrap().1.flush().unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = nodes
+        .iter()
+        .map(|n| {
+            let (_, shard) = n.local_shards().pop().unwrap();
+            let stop = stop.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut seen = std::collections::BTreeMap::<usize, usize>::new();
+                let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    assert!(std::time::Instant::now() < deadline, "reader ran 60 s");
+                    let answer = shard
+                        .query(&[Matcher::equal("__name__", "ret")], i64::MIN, i64::MAX)
+                        .unwrap();
+                    assert_eq!(answer.len(), series, "a series vanished");
+                    let first = answer[0].1.len();
+                    assert!(
+                        first == 600 || first == 120,
+                        "a read saw {first} samples of a series"
+                    );
+                    for (key, samples) in &answer {
+                        assert_eq!(
+                            samples.len(),
+                            first,
+                            "one read saw {} samples of {key} and {first} of another",
+                            samples.len()
+                        );
+                    }
+                    *seen.entry(first).or_default() += 1;
+                }
+                seen
+            })
+        })
+        .collect();
+    // Let the readers start before the delete.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let proposed = leader.propose_retention(now).await.unwrap();
+    applied_everywhere(&nodes, proposed[0].1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for (i, r) in readers.into_iter().enumerate() {
+        let seen = r.await.unwrap();
+        eprintln!("replica {}: reads by samples per series {seen:?}", i + 1);
+        assert!(
+            seen.contains_key(&600) && seen.contains_key(&120),
+            "replica {} read before and after: {seen:?}",
+            i + 1
+        );
+    }
+    for n in nodes {
+        n.shutdown().await;
+    }
+}

@@ -39,8 +39,8 @@ pub use model::{
 };
 #[cfg(feature = "engine")]
 pub use shard::{
-    finish_groups, AggregateRequest, ColumnFamilyStats, DownsampleReport, DownsampleStep,
-    DurableFrontier, EngineStats, FlushReport, GroupBy, KeyedApply, KeyedPart, KeyedStamp,
-    PartialGroups, ReadCounts, RetentionReport, SampledChunk, SeriesIter, SeriesSamples, Shard,
-    SnapshotMeta,
+    finish_groups, AggregateRequest, ColumnFamilyStats, ContentDigest, DownsampleReport,
+    DownsampleStep, DurableFrontier, EngineStats, FlushReport, GroupBy, KeyedApply, KeyedPart,
+    KeyedStamp, PartialGroups, ReadCounts, RetentionReport, SampledChunk, SeriesIter,
+    SeriesSamples, Shard, SnapshotMeta,
 };
