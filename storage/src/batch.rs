@@ -200,13 +200,23 @@ impl PointBatch {
     pub fn encode_points(&self, indexes: impl IntoIterator<Item = usize> + Clone) -> EncodedPoints {
         const UNSEEN: u32 = u32::MAX;
         let mut remap = vec![UNSEEN; self.series.len()];
+        // Equal series of different entries (appended batches, lines of one
+        // series in a payload) are written once: looked up per entry, not
+        // per point.
+        let mut by_content: rustc_hash::FxHashMap<(&str, &[Label]), u32> = Default::default();
         let mut used = Vec::new();
         let mut count = 0usize;
         for i in indexes.clone() {
             let s = self.points[i].series as usize;
             if remap[s] == UNSEEN {
-                remap[s] = used.len() as u32;
-                used.push(s);
+                let series = &self.series[s];
+                let next = used.len() as u32;
+                remap[s] = *by_content
+                    .entry((&series.metric, &series.labels))
+                    .or_insert_with(|| {
+                        used.push(s);
+                        next
+                    });
             }
             count += 1;
         }
@@ -327,6 +337,20 @@ mod tests {
         a.append(b);
         assert_eq!(a.to_points(), expected);
         assert_eq!(a.view().to_points(), expected);
+    }
+
+    #[test]
+    fn equal_series_of_appended_batches_are_encoded_once() {
+        let big = "v".repeat(1000);
+        let one = || PointBatch::from_points(vec![point("m", &[("k", &big)], 1, 1.0)]);
+        let mut batch = one();
+        for _ in 0..9 {
+            batch.append(one());
+        }
+        assert_eq!(batch.series_count(), 10);
+        let encoded = batch.encode();
+        assert!(encoded.as_bytes().len() < 1200, "{}", encoded.as_bytes().len());
+        assert_eq!(decode_points(encoded.as_bytes()).unwrap(), batch.to_points());
     }
 
     #[test]
