@@ -349,8 +349,15 @@ mod tests {
         }
         assert_eq!(batch.series_count(), 10);
         let encoded = batch.encode();
-        assert!(encoded.as_bytes().len() < 1200, "{}", encoded.as_bytes().len());
-        assert_eq!(decode_points(encoded.as_bytes()).unwrap(), batch.to_points());
+        assert!(
+            encoded.as_bytes().len() < 1200,
+            "{}",
+            encoded.as_bytes().len()
+        );
+        assert_eq!(
+            decode_points(encoded.as_bytes()).unwrap(),
+            batch.to_points()
+        );
     }
 
     #[test]
