@@ -52,23 +52,6 @@ enum Command {
     /// Create, list and revoke API tokens (needs an admin token).
     #[command(subcommand)]
     Token(crate::token_cli::TokenCommand),
-    /// Remediation through a node: actions, rules, pending approvals,
-    /// the audit trail, rollbacks, outcomes and recommended actions.
-    #[command(subcommand)]
-    Remediation(crate::remediation_cli::RemediationCommand),
-    /// Capacity planning: forecasts of disk, memory, series and ingest as
-    /// terminal charts, recommendations, and applying or rolling back their
-    /// changes.
-    #[command(subcommand)]
-    Capacity(crate::capacity_cli::CapacityCommand),
-    /// Semantic search through a node: windows shaped like a pattern
-    /// (`similar`) or like shape words (`text`), with `--plot` to draw them.
-    #[command(subcommand)]
-    Search(crate::search_cli::SearchCommand),
-    /// List the anomalies the detectors found (or show one, evidence
-    /// included).
-    #[command(subcommand)]
-    Anomalies(crate::remediation_cli::AnomaliesCommand),
     /// Run a benchmark and print its figures.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -119,8 +102,11 @@ fn init_tracing_with(default_filter: &str, otlp: Option<(String, String)>) -> Re
 pub fn command(features: &[Box<dyn chronicle_platform::Feature>]) -> clap::Command {
     let mut command = Cli::command();
     for f in features {
-        if let Some(sub) = f.command() {
-            command = command.subcommand(sub.about(f.describe()));
+        if let Some(mut sub) = f.command() {
+            if sub.get_about().is_none() {
+                sub = sub.about(f.describe());
+            }
+            command = command.subcommand(sub);
         }
     }
     command
@@ -136,8 +122,12 @@ pub fn main() -> ExitCode {
     });
     // A feature's own subcommand (a client of a node).
     if let Some((name, sub)) = matches.subcommand() {
-        if let Some(f) = features.iter().find(|f| f.name() == name) {
-            if f.command().is_some() {
+        // By the command's name: `chronicle search` is the semantic feature's.
+        if let Some(f) = features
+            .iter()
+            .find(|f| f.command().is_some_and(|c| c.get_name() == name))
+        {
+            {
                 init_tracing("warn");
                 return match f.run_command(sub) {
                     Ok(()) => ExitCode::SUCCESS,
@@ -183,10 +173,6 @@ pub fn main() -> ExitCode {
         Command::Cluster(cmd) => crate::cluster_cli::run(cmd),
         Command::Kv(cmd) => crate::kv_cli::run(cmd),
         Command::Token(cmd) => crate::token_cli::run(cmd),
-        Command::Remediation(cmd) => crate::remediation_cli::run(cmd),
-        Command::Capacity(cmd) => crate::capacity_cli::run(cmd),
-        Command::Anomalies(cmd) => crate::remediation_cli::run_anomalies(cmd),
-        Command::Search(cmd) => crate::search_cli::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Chaos(cmd) => crate::chaos_cli::run(cmd),
     };

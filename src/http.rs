@@ -12,6 +12,7 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use chronicle_actor_runtime::error_json;
 use chronicle_auth::{Access, Authenticator, Principal};
 use chronicle_ingest::{parse_payload, IngestActor, IngestError, Precision, WritePoints};
+use chronicle_platform::{AccessTable, RouteAccess};
 use chronicle_query::{CancelOnDrop, QueryActor, QueryError, QueryRequest, RunQuery};
 use chronicle_storage::Limits;
 use futures_util::StreamExt;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// The started features: their routes, their readiness.
     pub features: chronicle_platform::Features,
+    /// Who may call which route ([`access_table`]).
+    pub access: Arc<AccessTable>,
     /// Test-only known-bad variant: acknowledge writes before they commit.
     pub ack_before_commit: bool,
 }
@@ -76,62 +79,72 @@ pub(crate) fn feature_disabled(name: &str) -> HttpResponse {
     )
 }
 
-/// What a route needs, and the feature it belongs to (for scoped tokens).
-/// Routes not listed need admin: a route added without a rule here is
-/// closed, not open.
-pub fn access_of(method: &actix_web::http::Method, path: &str) -> (Access, &'static str) {
-    let path = path.trim_end_matches('/');
-    match path {
-        "/health" | "/health/live" | "/health/ready" => (Access::Public, "health"),
-        "/write" | "/api/v2/write" | "/api/v1/write" | "/v1/metrics" => (Access::Write, "ingest"),
-        "/query" | "/api/v1/cql" | "/api/v1/cql/validate" | "/api/v1/cql/explain" => {
-            (Access::Read, "query")
-        }
-        "/metrics" => (Access::Read, "metrics"),
-        "/api/v1/cluster/status" if method == actix_web::http::Method::GET => {
-            (Access::Read, "cluster")
-        }
-        _ if path.starts_with("/api/v1/cluster/") => (Access::Admin, "cluster"),
-        "/api/v1/live" => (Access::Read, "live"),
-        // Creating a session needs a writer; joining, reading and editing
-        // are checked against the session's roles (a read-only token is a
-        // viewer in every session).
-        "/api/collab/sessions/create" => (Access::Write, "collab"),
-        _ if path.starts_with("/api/collab/") => (Access::Read, "collab"),
-        "/api/anomalies" => (Access::Read, "detect"),
-        _ if path.starts_with("/api/anomalies/") => (Access::Read, "detect"),
-        // Reading rules, pending approvals and the audit trail; changing the
-        // registry, approving, rejecting: an admin's (they act on systems).
-        _ if path.starts_with("/api/remediation/") && method == actix_web::http::Method::GET => {
-            (Access::Read, "remediation")
-        }
-        _ if path.starts_with("/api/remediation/") => (Access::Admin, "remediation"),
-        "/api/config" | "/api/config/history" if method == actix_web::http::Method::GET => {
-            (Access::Read, "config")
-        }
-        _ if path.starts_with("/api/config") => (Access::Admin, "config"),
-        _ if path.starts_with("/api/capacity/") && method == actix_web::http::Method::GET => {
-            (Access::Read, "capacity")
-        }
-        _ if path.starts_with("/api/capacity/") => (Access::Admin, "capacity"),
-        // Searching and reading is a reader's; saving or deleting a
-        // pattern a writer's; rebuilding the index an admin's.
-        "/api/semantic/reindex" => (Access::Admin, "semantic"),
-        _ if path.starts_with("/api/semantic/patterns")
-            && method != actix_web::http::Method::GET =>
-        {
-            (Access::Write, "semantic")
-        }
-        _ if path.starts_with("/api/semantic/") => (Access::Read, "semantic"),
-        _ if path.starts_with("/api/v1/kv/") => (Access::Admin, "kv"),
-        _ if path.starts_with("/api/v1/auth/") => (Access::Admin, "auth"),
-        _ if path.starts_with("/api/v1/admin/backups") => (Access::Admin, "backup"),
-        _ if path.starts_with("/api/v1/admin/") => (Access::Admin, "query"),
-        _ if path.starts_with("/debug/") => (Access::Admin, "debug"),
-        // The Prometheus HTTP API's read routes.
-        _ if path.starts_with("/api/v1/") => (Access::Read, "query"),
-        _ => (Access::Admin, "unknown"),
+/// The node's own routes' rules (health, metrics, cluster, tokens, debug);
+/// every feature states its own ([`chronicle_platform::Feature::access`]).
+fn core_access() -> Vec<(RouteAccess, &'static str)> {
+    use chronicle_platform::Methods;
+    vec![
+        (RouteAccess::exact("/health", Access::Public), "health"),
+        (RouteAccess::exact("/health/live", Access::Public), "health"),
+        (
+            RouteAccess::exact("/health/ready", Access::Public),
+            "health",
+        ),
+        (RouteAccess::exact("/metrics", Access::Read), "metrics"),
+        // The change feed's resumable read: what was written, as a reader.
+        (
+            RouteAccess::exact("/api/v1/events/batches", Access::Read),
+            "feed",
+        ),
+        (
+            RouteAccess::exact("/api/v1/cluster/status", Access::Read).methods(Methods::Get),
+            "cluster",
+        ),
+        (
+            RouteAccess::prefix("/api/v1/cluster/", Access::Admin),
+            "cluster",
+        ),
+        (RouteAccess::prefix("/api/v1/auth/", Access::Admin), "auth"),
+        (RouteAccess::prefix("/debug/", Access::Admin), "debug"),
+    ]
+}
+
+/// The subjects the node serves itself, under `prefix` (docs/subjects.md,
+/// "Between nodes" and the change feed).
+pub fn core_subjects(prefix: &str) -> Vec<(String, &'static str)> {
+    ["raft.>", "cluster.>", "node.*", "inbox.>", "events.>"]
+        .iter()
+        .map(|s| (format!("{prefix}.{s}"), "node"))
+        .collect()
+}
+
+/// Every subject of the node and its registered features, checked for
+/// overlap (a message must have one meaning).
+pub fn subject_table(
+    features: &[Box<dyn chronicle_platform::Feature>],
+    prefix: &str,
+) -> Result<Vec<(String, &'static str)>, chronicle_platform::FeatureError> {
+    let mut all = core_subjects(prefix);
+    for f in features {
+        all.extend(f.subjects(prefix).into_iter().map(|s| (s, f.name())));
     }
+    chronicle_platform::check_subjects(&all)?;
+    Ok(all)
+}
+
+/// The node's access table: its own rules and every registered feature's,
+/// enabled or not (a disabled feature's paths keep their access and answer
+/// 404). Two rules for one path are a configuration error.
+pub fn access_table(
+    features: &[Box<dyn chronicle_platform::Feature>],
+) -> Result<AccessTable, chronicle_platform::FeatureError> {
+    AccessTable::new(
+        core_access().into_iter().chain(
+            features
+                .iter()
+                .flat_map(|f| f.access().into_iter().map(move |r| (r, f.name()))),
+        ),
+    )
 }
 
 /// The request's credential: its `Authorization` header, or for a
@@ -167,13 +180,22 @@ async fn authorize(
     // Classified by the decoded path: the router matches `%61uth` as
     // `auth`, so the raw path would let a reader reach admin routes.
     let path = percent_encoding::percent_decode_str(req.path()).decode_utf8_lossy();
-    let (access, feature) = access_of(req.method(), &path);
-    let checked = match req.app_data::<web::Data<AppState>>() {
-        Some(state) if access != Access::Public => state
+    let Some(state) = req.app_data::<web::Data<AppState>>() else {
+        return Ok(req
+            .into_response(error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the node's state is missing",
+            ))
+            .map_into_right_body());
+    };
+    let (access, feature) = state.access.of(req.method(), &path);
+    let checked = match access {
+        Access::Public => Ok(Principal::anonymous()),
+        _ => state
             .auth
             .authenticate(credential(&req).as_deref())
             .and_then(|who| who.authorize(access, feature).map(|()| who)),
-        _ => Ok(Principal::anonymous()),
     };
     match checked {
         Ok(who) => {
@@ -227,6 +249,7 @@ pub fn serve(
             .route("/health/ready", web::get().to(ready))
             .route("/health/live", web::get().to(live))
             .route("/api/v1/cluster/status", web::get().to(cluster_status))
+            .route("/api/v1/events/batches", web::get().to(event_batches))
             .route("/api/v1/cluster/add-node", web::post().to(cluster_add_node))
             .route(
                 "/api/v1/cluster/remove-node",
@@ -793,6 +816,77 @@ async fn cluster_status(state: web::Data<AppState>) -> HttpResponse {
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             format!("status task failed: {e}"),
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchParams {
+    shard: u32,
+    after: u64,
+}
+
+/// GET /api/v1/events/batches?shard=S&after=I: the change feed's resumable
+/// read for services outside the node (docs/feed.md): the write events of
+/// `shard`'s batches committed after log index `after`, with their points,
+/// as the feed's subjects would have carried them; one page of about 512
+/// KiB of points, `next` to read on from, `compacted` when the log no
+/// longer holds what followed `after`.
+#[instrument(skip_all, fields(shard = params.shard, after = params.after))]
+async fn event_batches(
+    state: web::Data<AppState>,
+    params: web::Query<BatchParams>,
+) -> HttpResponse {
+    let BatchParams { shard, after } = params.into_inner();
+    let cluster = state.cluster.clone();
+    let page = match state
+        .cluster_runtime
+        .spawn(async move { cluster.committed_batches(shard, after).await })
+        .await
+    {
+        Ok(Ok(page)) => page,
+        Ok(Err(chronicle_cluster::ClusterError::Storage(
+            chronicle_storage::StorageError::InvalidRequest(why),
+        ))) => return error(StatusCode::BAD_REQUEST, "bad_request", why),
+        Ok(Err(e)) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            )
+        }
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("read task failed: {e}"),
+            )
+        }
+    };
+    // Encoding runs off the async worker: a page holds up to ~512 KiB of points.
+    let encoded = web::block(move || {
+        let mut events = Vec::new();
+        for batch in &page.batches {
+            for (_, json) in chronicle_cluster::feed::encode_events(batch, true) {
+                events.push(serde_json::from_slice::<serde_json::Value>(&json)?);
+            }
+        }
+        serde_json::to_vec(&serde_json::json!({
+            "events": events,
+            "next": page.next,
+            "compacted": page.compacted,
+        }))
+    })
+    .await;
+    match encoded {
+        Ok(Ok(body)) => HttpResponse::Ok()
+            .content_type("application/json")
+            .body(body),
+        _ => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the page could not be encoded",
         ),
     }
 }

@@ -234,6 +234,13 @@ impl Node {
         let registry = crate::features::registry(&config);
         let plan =
             Plan::new(&registry, &config.features).map_err(|e| NodeError::Config(e.to_string()))?;
+        let access =
+            Arc::new(http::access_table(&registry).map_err(|e| NodeError::Config(e.to_string()))?);
+        for (subject, owner) in http::subject_table(&registry, &config.subject_prefix)
+            .map_err(|e| NodeError::Config(e.to_string()))?
+        {
+            tracing::debug!(subject, owner, "serves");
+        }
         // The certificate is checked before anything starts.
         let tls = match (&config.tls.cert_file, &config.tls.key_file) {
             (Some(cert), Some(key)) => Some(tls_config(cert, key).map_err(NodeError::Config)?),
@@ -452,6 +459,7 @@ impl Node {
             admin_api: config.enable_admin_api,
             auth: auth.clone(),
             features: features.clone(),
+            access,
             ack_before_commit: config.unsafe_variant
                 == Some(crate::config::UnsafeVariant::AckBeforeCommit),
         };

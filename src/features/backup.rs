@@ -10,7 +10,7 @@
 //! (crate::backup_cli) reads a backup offline and writes it into any cluster
 //! through the ordinary write and state APIs.
 //!
-//! Every route is admin-only (crate::http::access_of) and bounded: one
+//! Every route is admin-only (`Feature::access` below) and bounded: one
 //! backup at a time per node, at most [`MAX_BACKUPS_ON_NODE`] kept, files
 //! streamed in 1 MiB pieces.
 
@@ -81,6 +81,13 @@ impl Feature for BackupFeature {
 
     fn describe(&self) -> &'static str {
         "back a cluster up to a directory and restore it into any cluster (admin)"
+    }
+
+    fn access(&self) -> Vec<chronicle_platform::RouteAccess> {
+        vec![chronicle_platform::RouteAccess::prefix(
+            "/api/v1/admin/backups",
+            chronicle_platform::Access::Admin,
+        )]
     }
 
     fn configure(&self, section: Option<&toml::Value>) -> Result<Box<dyn Planned>, FeatureError> {

@@ -35,6 +35,16 @@ impl Feature for IngestFeature {
         "writes: line protocol and JSON on the bus and HTTP, Prometheus remote write, OTLP"
     }
 
+    fn access(&self) -> Vec<chronicle_platform::RouteAccess> {
+        // Writers write; a token limited to metric prefixes writes only
+        // under them (checked by the handler, per request).
+        ["/write", "/api/v2/write", "/api/v1/write", "/v1/metrics"]
+            .map(|path| {
+                chronicle_platform::RouteAccess::exact(path, chronicle_platform::Access::Write)
+            })
+            .into()
+    }
+
     fn configure(&self, section: Option<&toml::Value>) -> Result<Box<dyn Planned>, FeatureError> {
         super::no_section(self.name(), section)?;
         Ok(Box::new(IngestPlan {

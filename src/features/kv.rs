@@ -31,6 +31,13 @@ impl Feature for KvFeature {
         "the replicated state as JSON for other services and operators (admin)"
     }
 
+    fn access(&self) -> Vec<chronicle_platform::RouteAccess> {
+        vec![chronicle_platform::RouteAccess::prefix(
+            "/api/v1/kv/",
+            chronicle_platform::Access::Admin,
+        )]
+    }
+
     fn configure(&self, section: Option<&toml::Value>) -> Result<Box<dyn Planned>, FeatureError> {
         if section.is_some() {
             return Err(FeatureError::Config {

@@ -33,6 +33,24 @@ impl Feature for QueryFeature {
         "queries: JSON selections, PromQL, SQL and CQL on the bus and HTTP, the Prometheus API"
     }
 
+    fn access(&self) -> Vec<chronicle_platform::RouteAccess> {
+        vec![
+            chronicle_platform::RouteAccess::exact("/query", chronicle_platform::Access::Read),
+            chronicle_platform::RouteAccess::prefix(
+                "/api/v1/cql",
+                chronicle_platform::Access::Read,
+            ),
+            // Deleting series, cleaning tombstones: an admin's.
+            chronicle_platform::RouteAccess::prefix(
+                "/api/v1/admin/",
+                chronicle_platform::Access::Admin,
+            ),
+            // The Prometheus HTTP API's read routes (the most general rule:
+            // other features' rules under /api/v1/ are more specific).
+            chronicle_platform::RouteAccess::prefix("/api/v1/", chronicle_platform::Access::Read),
+        ]
+    }
+
     fn configure(&self, section: Option<&toml::Value>) -> Result<Box<dyn Planned>, FeatureError> {
         super::no_section(self.name(), section)?;
         Ok(Box::new(QueryPlan {

@@ -88,6 +88,23 @@ impl Feature for SettingsFeature {
         "run-time settings (retention, chunk size, compression) changed through /api/config for every node, with a history"
     }
 
+    fn access(&self) -> Vec<chronicle_platform::RouteAccess> {
+        vec![
+            // Reading settings and their history; changing one is an admin's.
+            chronicle_platform::RouteAccess::exact("/api/config", chronicle_platform::Access::Read)
+                .methods(chronicle_platform::Methods::Get),
+            chronicle_platform::RouteAccess::exact(
+                "/api/config/history",
+                chronicle_platform::Access::Read,
+            )
+            .methods(chronicle_platform::Methods::Get),
+            chronicle_platform::RouteAccess::prefix(
+                "/api/config",
+                chronicle_platform::Access::Admin,
+            ),
+        ]
+    }
+
     fn configure(&self, section: Option<&toml::Value>) -> Result<Box<dyn Planned>, FeatureError> {
         if section.is_some() {
             return Err(FeatureError::Config {

@@ -625,6 +625,77 @@ fn a_revocation_counts_on_every_node_within_a_second_and_forged_raft_rpcs_are_dr
     }
 }
 
+/// TLS to NATS: a nats-server that requires TLS with a certificate of its
+/// own; the node trusts it through `--nats-ca` and serves writes and
+/// queries, and without the CA it refuses to start, saying why.
+#[test]
+fn the_node_connects_to_nats_over_tls_with_the_ca_it_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("nats.pem"), dir.path().join("nats.key"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (Debian package openssl) makes the test certificate");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let server = NatsServer::start_with_config(&format!(
+        "tls {{ cert_file: \"{}\", key_file: \"{}\" }}\n",
+        cert.display(),
+        key.display()
+    ));
+    let node = NodeProcess::start(
+        BIN,
+        &dir.path().join("data"),
+        Some(&server.url()),
+        &["--nats-ca", cert.to_str().unwrap()],
+    );
+    wait_until(Duration::from_secs(20), "ready", || {
+        call(&node.http, "GET", "/health/ready", None, "").0 == 200
+    });
+    let (code, body) = call(
+        &node.http,
+        "POST",
+        "/write",
+        None,
+        "tls value=1 1000000000\n",
+    );
+    assert_eq!(code, 204, "{body}");
+    let (code, body) = call(
+        &node.http,
+        "POST",
+        "/query",
+        None,
+        r#"{"metric":"tls","start":0}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"points\":[[1000000000,1.0]]"), "{body}");
+    let status = node.stop();
+    assert!(status.success(), "{status}");
+    // Without the CA the server's certificate is not trusted.
+    let err = refused_by_nats(&server.url(), &["--nats-tls"]);
+    assert!(
+        err.to_lowercase().contains("certificate") || err.to_lowercase().contains("tls"),
+        "{err}"
+    );
+}
+
 #[test]
 fn https_serves_the_configured_certificate_and_the_cli_trusts_it_with_ca_file() {
     let dir = tempfile::tempdir().unwrap();

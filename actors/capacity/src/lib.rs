@@ -15,6 +15,8 @@
 //! * `service` (feature `service`): the collector that writes the samples
 //!   as `chronicle_self_*` series, `/api/capacity/*`, and auto-tuning.
 
+#[cfg(feature = "service")]
+pub mod cli;
 pub mod forecast;
 #[cfg(feature = "service")]
 pub mod profile;

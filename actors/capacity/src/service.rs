@@ -134,6 +134,40 @@ impl Feature for CapacityFeature {
         "the node's usage as chronicle_self_* series, and Holt-Winters forecasts of when each resource runs out"
     }
 
+    fn command(&self) -> Option<clap::Command> {
+        use clap::Subcommand;
+        Some(
+            crate::cli::CapacityCommand::augment_subcommands(clap::Command::new("capacity"))
+                .about("Capacity planning: forecasts of disk, memory, series and ingest as terminal charts, recommendations, and applying or rolling back their changes")
+                .subcommand_required(true)
+                .arg_required_else_help(true),
+        )
+    }
+
+    fn run_command(&self, matches: &clap::ArgMatches) -> Result<(), FeatureError> {
+        use clap::FromArgMatches;
+        let command = crate::cli::CapacityCommand::from_arg_matches(matches)
+            .map_err(|e| FeatureError::Command(e.to_string()))?;
+        crate::cli::run(command).map_err(|e| FeatureError::Command(e.to_string()))
+    }
+
+    fn access(&self) -> Vec<chronicle_platform::RouteAccess> {
+        vec![
+            // Forecasts and recommendations are a reader's; applying and
+            // rolling back change settings: an admin's.
+            chronicle_platform::RouteAccess::prefix(
+                "/api/capacity/",
+                chronicle_platform::Access::Read,
+            )
+            .methods(chronicle_platform::Methods::Get),
+            chronicle_platform::RouteAccess::prefix(
+                "/api/capacity/",
+                chronicle_platform::Access::Admin,
+            )
+            .methods(chronicle_platform::Methods::NotGet),
+        ]
+    }
+
     fn configure(&self, section: Option<&toml::Value>) -> Result<Box<dyn Planned>, FeatureError> {
         let config: CapacityConfig = chronicle_platform::parse_section("capacity", section)?;
         config.check().map_err(|message| FeatureError::Config {

@@ -75,6 +75,22 @@ impl Feature for CollabFeature {
         "collaborative query sessions: a Yjs document edited over WebSocket (y-websocket or JSON)"
     }
 
+    fn access(&self) -> Vec<chronicle_platform::RouteAccess> {
+        vec![
+            // Creating a session needs a writer; joining, reading and
+            // editing are checked against the session's roles (a read-only
+            // token is a viewer in every session).
+            chronicle_platform::RouteAccess::exact(
+                "/api/collab/sessions/create",
+                chronicle_platform::Access::Write,
+            ),
+            chronicle_platform::RouteAccess::prefix(
+                "/api/collab/",
+                chronicle_platform::Access::Read,
+            ),
+        ]
+    }
+
     fn configure(&self, section: Option<&toml::Value>) -> Result<Box<dyn Planned>, FeatureError> {
         let config: CollabConfig = chronicle_platform::parse_section("collab", section)?;
         if config.max_sessions == 0
@@ -723,9 +739,11 @@ async fn socket(
         return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why);
     }
     let span = info_span!("collab_connection", session = %id, conn);
-    actix_web::rt::spawn(
+    // A panic in one connection is logged and counted, not lost.
+    actix_web::rt::spawn(chronicle_actor_runtime::guard_future(
+        "collab",
         connection(addr, conn, sender, receiver, rx, hub.clone(), token).instrument(span),
-    );
+    ));
     response
 }
 

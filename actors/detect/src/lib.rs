@@ -19,6 +19,8 @@ pub mod season;
 pub mod watch;
 
 #[cfg(feature = "service")]
+pub mod cli;
+#[cfg(feature = "service")]
 mod metrics;
 #[cfg(feature = "service")]
 pub mod service;

@@ -77,6 +77,30 @@ impl Feature for DetectFeature {
         "anomaly detection on watched series (spikes, dips, level shifts, trends, absences), published on <prefix>.anomaly.<metric>"
     }
 
+    fn command(&self) -> Option<clap::Command> {
+        use clap::Subcommand;
+        Some(
+            crate::cli::AnomaliesCommand::augment_subcommands(clap::Command::new("anomalies"))
+                .about("List the anomalies the detectors found (or show one, evidence included)")
+                .subcommand_required(true)
+                .arg_required_else_help(true),
+        )
+    }
+
+    fn run_command(&self, matches: &clap::ArgMatches) -> Result<(), FeatureError> {
+        use clap::FromArgMatches;
+        let command = crate::cli::AnomaliesCommand::from_arg_matches(matches)
+            .map_err(|e| FeatureError::Command(e.to_string()))?;
+        crate::cli::run(command).map_err(|e| FeatureError::Command(e.to_string()))
+    }
+
+    fn access(&self) -> Vec<chronicle_platform::RouteAccess> {
+        vec![chronicle_platform::RouteAccess::prefix(
+            "/api/anomalies",
+            chronicle_platform::Access::Read,
+        )]
+    }
+
     fn configure(&self, section: Option<&toml::Value>) -> Result<Box<dyn Planned>, FeatureError> {
         let config: DetectConfig = chronicle_platform::parse_section("detect", section)?;
         let bad = |message: String| FeatureError::Config {
@@ -825,7 +849,7 @@ impl Detector {
         let (records, bus) = (self.env.records.clone(), self.env.bus.clone());
         let subject = format!("{}.anomaly.{}", self.env.prefix, t.metric);
         let node = self.env.cluster.node_id().to_string();
-        actix::spawn(async move {
+        actix::spawn(chronicle_actor_runtime::guard_future(ACTOR, async move {
             if let Err(e) = records.put(&anomaly).await {
                 warn!(id = %anomaly.id, error = %e, "detect: storing an anomaly failed");
             }
@@ -834,7 +858,7 @@ impl Detector {
             if let Err(e) = bus.publish(message).await {
                 debug!(error = %e, "detect: publishing an anomaly failed");
             }
-        });
+        }));
     }
 
     fn check_absences(&mut self) {

@@ -122,6 +122,13 @@ impl Feature for LiveFeature {
         "live queries over WebSocket: a result, then updates as writes arrive"
     }
 
+    fn access(&self) -> Vec<chronicle_platform::RouteAccess> {
+        vec![chronicle_platform::RouteAccess::exact(
+            "/api/v1/live",
+            chronicle_platform::Access::Read,
+        )]
+    }
+
     fn configure(&self, section: Option<&toml::Value>) -> Result<Box<dyn Planned>, FeatureError> {
         let config: LiveConfig = chronicle_platform::parse_section("live", section)?;
         if config.max_sessions == 0 || config.max_result_bytes < 1024 {
@@ -376,7 +383,9 @@ async fn live(
             .cloned(),
     };
     let (query, config) = (state.query.clone(), state.config.clone());
-    actix_web::rt::spawn(
+    // A panic in one session is logged and counted, not lost.
+    actix_web::rt::spawn(chronicle_actor_runtime::guard_future(
+        "live",
         async move {
             let _slot = slot;
             SESSIONS.inc();
@@ -397,7 +406,7 @@ async fn live(
             debug!(?reason, "live session ended");
         }
         .instrument(span),
-    );
+    ));
     response
 }
 

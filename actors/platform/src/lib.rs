@@ -15,8 +15,15 @@
 //! and write handles among them), and WebSockets ([`ws`]). Features reach
 //! each other only through subjects and those handles.
 
+mod access;
+pub mod client;
 pub mod settings;
 pub mod ws;
+
+pub use access::{
+    check_subjects, subjects_overlap, AccessTable, Methods, RouteAccess, RoutePath, UNKNOWN_SCOPE,
+};
+pub use chronicle_auth::Access;
 
 use std::any::{Any, TypeId};
 use std::collections::{BTreeMap, HashMap};
@@ -71,6 +78,15 @@ pub trait Feature: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// The access each of its HTTP routes needs; the node authorizes every
+    /// request against these rules (with the feature's name as the scope a
+    /// token may be limited to) before a handler runs. A route no rule
+    /// covers needs admin. Stated here, not by the running feature, so
+    /// that access does not change when a feature is disabled.
+    fn access(&self) -> Vec<RouteAccess> {
+        Vec::new()
+    }
+
     /// `chronicle <name> ...`: a client command, run without starting a node.
     fn command(&self) -> Option<clap::Command> {
         None
@@ -93,9 +109,8 @@ pub trait Planned {
 /// A started feature.
 #[async_trait(?Send)]
 pub trait Running: Send + Sync {
-    /// Its HTTP routes (called once per HTTP worker). Every route must have
-    /// an access rule in the node's table (`http::access_of`); a route
-    /// without one needs admin.
+    /// Its HTTP routes (called once per HTTP worker). Each needs a rule in
+    /// [`Feature::access`]; a route without one needs admin.
     fn routes(&self, _cfg: &mut actix_web::web::ServiceConfig) {}
 
     /// What keeps it from serving now (empty: ready).

@@ -11,6 +11,8 @@
 //! * `learn`: outcomes of executed actions and the recommender trained on
 //!   them (with the `service` feature, as are `kube` and `service`).
 
+#[cfg(feature = "service")]
+pub mod cli;
 #[cfg(any(test, feature = "fake-kube"))]
 pub mod fake_kube;
 #[cfg(feature = "service")]

@@ -105,6 +105,41 @@ impl Feature for RemediationFeature {
         "rules over anomalies run actions (webhook, alert, query) within rate limits, approvals and circuit breakers, with an audit trail"
     }
 
+    fn command(&self) -> Option<clap::Command> {
+        use clap::Subcommand;
+        Some(
+            crate::cli::RemediationCommand::augment_subcommands(clap::Command::new("remediation"))
+                .about("Remediation through a node: actions, rules, pending approvals, the audit trail, rollbacks, outcomes and recommended actions")
+                .subcommand_required(true)
+                .arg_required_else_help(true),
+        )
+    }
+
+    fn run_command(&self, matches: &clap::ArgMatches) -> Result<(), FeatureError> {
+        use clap::FromArgMatches;
+        let command = crate::cli::RemediationCommand::from_arg_matches(matches)
+            .map_err(|e| FeatureError::Command(e.to_string()))?;
+        crate::cli::run(command).map_err(|e| FeatureError::Command(e.to_string()))
+    }
+
+    fn access(&self) -> Vec<chronicle_platform::RouteAccess> {
+        vec![
+            // Reading rules, pending approvals and the audit trail; changing
+            // the registry, approving, rejecting: an admin's (they act on
+            // systems).
+            chronicle_platform::RouteAccess::prefix(
+                "/api/remediation/",
+                chronicle_platform::Access::Read,
+            )
+            .methods(chronicle_platform::Methods::Get),
+            chronicle_platform::RouteAccess::prefix(
+                "/api/remediation/",
+                chronicle_platform::Access::Admin,
+            )
+            .methods(chronicle_platform::Methods::NotGet),
+        ]
+    }
+
     fn configure(&self, section: Option<&toml::Value>) -> Result<Box<dyn Planned>, FeatureError> {
         let config: RemediationConfig = chronicle_platform::parse_section("remediation", section)?;
         let bad = |message: String| FeatureError::Config {

@@ -13,6 +13,8 @@
 
 pub mod api;
 pub mod catalog;
+#[cfg(feature = "service")]
+pub mod cli;
 pub mod embed;
 pub mod explain;
 pub mod index;

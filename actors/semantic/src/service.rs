@@ -161,6 +161,43 @@ impl Feature for SemanticFeature {
         "semantic search: windows of watched series as shape fingerprints in HNSW graphs, searched by pattern, series range or shape words"
     }
 
+    fn command(&self) -> Option<clap::Command> {
+        use clap::Subcommand;
+        Some(
+            crate::cli::SearchCommand::augment_subcommands(clap::Command::new("search"))
+                .about("Semantic search through a node: windows shaped like a pattern (`similar`) or like shape words (`text`), with `--plot` to draw them")
+                .subcommand_required(true)
+                .arg_required_else_help(true),
+        )
+    }
+
+    fn run_command(&self, matches: &clap::ArgMatches) -> Result<(), FeatureError> {
+        use clap::FromArgMatches;
+        let command = crate::cli::SearchCommand::from_arg_matches(matches)
+            .map_err(|e| FeatureError::Command(e.to_string()))?;
+        crate::cli::run(command).map_err(|e| FeatureError::Command(e.to_string()))
+    }
+
+    fn access(&self) -> Vec<chronicle_platform::RouteAccess> {
+        vec![
+            // Searching and reading is a reader's; saving or deleting a
+            // pattern a writer's; rebuilding the index an admin's.
+            chronicle_platform::RouteAccess::exact(
+                "/api/semantic/reindex",
+                chronicle_platform::Access::Admin,
+            ),
+            chronicle_platform::RouteAccess::prefix(
+                "/api/semantic/patterns",
+                chronicle_platform::Access::Write,
+            )
+            .methods(chronicle_platform::Methods::NotGet),
+            chronicle_platform::RouteAccess::prefix(
+                "/api/semantic/",
+                chronicle_platform::Access::Read,
+            ),
+        ]
+    }
+
     fn configure(&self, section: Option<&toml::Value>) -> Result<Box<dyn Planned>, FeatureError> {
         let config: SemanticConfig = chronicle_platform::parse_section("semantic", section)?;
         let bad = |message: String| FeatureError::Config {
@@ -201,7 +238,11 @@ impl Feature for SemanticFeature {
     }
 
     fn subjects(&self, prefix: &str) -> Vec<String> {
-        vec![format!("{prefix}.semantic.search")]
+        vec![
+            format!("{prefix}.semantic.search"),
+            // Searches of the shards a node holds, between nodes.
+            format!("{prefix}.semantic.shard.*"),
+        ]
     }
 }
 

@@ -6,13 +6,11 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use chronicle_semantic::api::{Pattern, SearchAnswer, SearchRequest, SeriesRange};
+use crate::api::{Pattern, SearchAnswer, SearchRequest, SeriesRange};
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
-use crate::remediation_cli::{call, print_json, print_table, time_text, Call, Target};
-
-type Error = Box<dyn std::error::Error>;
+use chronicle_platform::client::{call, print_json, print_table, time_text, Call, Error, Target};
 
 #[derive(Subcommand)]
 pub enum SearchCommand {
@@ -173,12 +171,12 @@ fn pattern_of(p: PatternArgs) -> Result<Pattern, Error> {
 }
 
 fn write_plot(answer: &SearchAnswer, title: &str, path: &std::path::Path) -> Result<(), Error> {
-    let svg = chronicle_semantic::plot::svg(answer, title);
+    let svg = crate::plot::svg(answer, title);
     let png = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("png"));
     let bytes = if png {
-        chronicle_chaos::timeline::png(&svg)?
+        chronicle_platform::client::svg_to_png(&svg)?
     } else {
         svg.into_bytes()
     };

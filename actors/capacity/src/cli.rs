@@ -5,9 +5,9 @@
 use clap::Subcommand;
 use serde_json::{json, Value};
 
-use crate::remediation_cli::{call, print_json, print_table, time_text, with_query, Call, Target};
-
-type Error = Box<dyn std::error::Error>;
+use chronicle_platform::client::{
+    call, print_json, print_table, time_text, with_query, Call, Error, Target,
+};
 
 #[derive(Subcommand)]
 pub enum CapacityCommand {
