@@ -274,6 +274,41 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError<u64> {
     io_error(ErrorSubject::Logs, ErrorVerb::Write, e)
 }
 
+/// The log column family's options.
+fn log_cf_options() -> Options {
+    let mut log_opts = Options::default();
+    log_opts.set_write_buffer_size(8 << 20);
+    log_opts
+}
+
+/// How long an open waits for an earlier instance in this process to let go.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Opens the log's database, waiting (up to [`LOCK_WAIT`]) while an earlier
+/// instance in this process still holds its lock: a group restarted by its
+/// supervisor, or a node started again in the same process, can open the
+/// log while the old instance's last handle (in a task being cancelled, or
+/// its writer thread finishing) is being dropped. Any other error, or a lock
+/// held by another process, is returned at once.
+fn open_waiting_for_lock(opts: &Options, path: &Path) -> Result<DB, rocksdb::Error> {
+    let started = std::time::Instant::now();
+    loop {
+        let cfs = [
+            ColumnFamilyDescriptor::new(CF_LOG, log_cf_options()),
+            ColumnFamilyDescriptor::new(CF_META, Options::default()),
+        ];
+        match DB::open_cf_descriptors(opts, path, cfs) {
+            Err(e)
+                if e.to_string().contains("lock hold by current process")
+                    && started.elapsed() < LOCK_WAIT =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl LogStore {
     /// Opens (or creates) the log; every write is synced.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, ClusterError> {
@@ -291,13 +326,7 @@ impl LogStore {
         // Small memtables reach SST files (which a purge can drop whole)
         // sooner, and bound the RocksDB WAL the log keeps beside them.
         opts.set_max_total_wal_size(32 << 20);
-        let mut log_opts = Options::default();
-        log_opts.set_write_buffer_size(8 << 20);
-        let cfs = [
-            ColumnFamilyDescriptor::new(CF_LOG, log_opts),
-            ColumnFamilyDescriptor::new(CF_META, Options::default()),
-        ];
-        let db = Arc::new(DB::open_cf_descriptors(&opts, path, cfs)?);
+        let db = Arc::new(open_waiting_for_lock(&opts, path.as_ref())?);
         let (tx, rx) = std::sync::mpsc::channel();
         let written = Arc::new(AtomicU64::new(0));
         let (thread_db, thread_written) = (db.clone(), written.clone());

@@ -988,7 +988,12 @@ impl ClusterNode {
         }
         let config = &self.config;
         let dir = self.shard_dir(shard);
-        let mut log = LogStore::open_with(dir.join("raft-log"), config.sync_log)?;
+        // On the blocking pool: opening replays RocksDB's WAL, and may wait
+        // for an earlier instance of this group to let go of the files.
+        let (path, sync) = (dir.join("raft-log"), config.sync_log);
+        let mut log = tokio::task::spawn_blocking(move || LogStore::open_with(path, sync))
+            .await
+            .map_err(|e| ClusterError::Raft(format!("opening the log: {e}")))??;
         let log_reader = log.clone();
         // Asked of the store itself: openraft's metrics may not show the
         // stored membership yet right after `Raft::new`.

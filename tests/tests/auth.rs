@@ -915,3 +915,125 @@ fn a_client_user_cannot_publish_on_cluster_subjects_while_ingest_and_query_work(
     });
     assert!(node.stop().success());
 }
+
+/// A `.creds` file (a user JWT signed by its account, and the user's nkey
+/// seed, as `nsc` writes them) against a nats-server in operator mode (its
+/// operator's and account's JWTs preloaded): the node connects and serves;
+/// a user signed by an account the operator never issued is refused.
+#[test]
+fn the_node_authenticates_to_nats_with_a_creds_file() {
+    use base64::Engine;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let serial = std::cell::Cell::new(0u32);
+    // A JWT as nats-io/jwt encodes v2 claims, signed by `issuer`.
+    let jwt = |issuer: &nkeys::KeyPair, subject: &str, nats: serde_json::Value| {
+        serial.set(serial.get() + 1);
+        let claims = serde_json::json!({
+            "jti": format!("CHRONICLETEST{:039}", serial.get()),
+            "iat": now,
+            "iss": issuer.public_key(),
+            "name": subject,
+            "sub": subject,
+            "nats": nats,
+        });
+        let signing_input = format!(
+            "{}.{}",
+            b64(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#),
+            b64(claims.to_string().as_bytes())
+        );
+        let signature = issuer.sign(signing_input.as_bytes()).unwrap();
+        format!("{signing_input}.{}", b64(&signature))
+    };
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let operator_jwt = jwt(
+        &operator,
+        &operator.public_key(),
+        serde_json::json!({"type": "operator", "version": 2}),
+    );
+    let unlimited = serde_json::json!({
+        "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+        "wildcards": true, "conn": -1, "leaf": -1,
+    });
+    let account_jwt = jwt(
+        &operator,
+        &account.public_key(),
+        serde_json::json!({"limits": unlimited, "default_permissions": {"pub": {}, "sub": {}},
+                           "type": "account", "version": 2}),
+    );
+    let creds = |signer: &nkeys::KeyPair, path: &std::path::Path| {
+        let user = nkeys::KeyPair::new_user();
+        let user_jwt = jwt(
+            signer,
+            &user.public_key(),
+            serde_json::json!({"pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1,
+                               "type": "user", "version": 2}),
+        );
+        std::fs::write(
+            path,
+            format!(
+                "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+                 ************************* IMPORTANT *************************\n\
+                 NKEY Seed printed below can be used to sign and prove identity.\n\n\
+                 -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+                user.seed().unwrap()
+            ),
+        )
+        .unwrap();
+    };
+    // JetStream (the test server runs it) needs a system account in
+    // operator mode.
+    let system = nkeys::KeyPair::new_account();
+    let system_jwt = jwt(
+        &operator,
+        &system.public_key(),
+        serde_json::json!({"limits": unlimited, "type": "account", "version": 2}),
+    );
+    let conf = format!(
+        "operator: \"{operator_jwt}\"\nsystem_account: {sys}\nresolver: MEMORY\n\
+         resolver_preload: {{\n  {acc}: \"{account_jwt}\"\n  {sys}: \"{system_jwt}\"\n}}\n",
+        sys = system.public_key(),
+        acc = account.public_key(),
+    );
+    let server = NatsServer::start_with_config(&conf);
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("node.creds");
+    creds(&account, &good);
+    let node = NodeProcess::start(
+        BIN,
+        &dir.path().join("data"),
+        Some(&server.url()),
+        &["--nats-creds", good.to_str().unwrap()],
+    );
+    wait_until(Duration::from_secs(20), "ready", || {
+        call(&node.http, "GET", "/health/ready", None, "").0 == 200
+    });
+    let (code, body) = call(
+        &node.http,
+        "POST",
+        "/write",
+        None,
+        "jwt value=1 1000000000\n",
+    );
+    assert_eq!(code, 204, "{body}");
+    let (code, body) = call(
+        &node.http,
+        "POST",
+        "/query",
+        None,
+        r#"{"metric":"jwt","start":0}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"points\":[[1000000000,1.0]]"), "{body}");
+    let status = node.stop();
+    assert!(status.success(), "{status}");
+    // Signed by an account the operator never issued.
+    let stranger = dir.path().join("stranger.creds");
+    creds(&nkeys::KeyPair::new_account(), &stranger);
+    let err = refused_by_nats(&server.url(), &["--nats-creds", stranger.to_str().unwrap()]);
+    assert!(err.to_lowercase().contains("authoriz"), "{err}");
+}

@@ -319,3 +319,112 @@ fn a_client_that_stops_reading_is_dropped_and_the_node_stays_healthy() {
     drop(socket);
     assert!(node.stop().success());
 }
+
+/// A client that answers nothing, not even the node's pings, is dropped as
+/// silent after three ping intervals; the node stays healthy.
+#[test]
+fn a_silent_client_is_dropped_after_three_unanswered_pings() {
+    let dir = tempfile::tempdir().unwrap();
+    let boot = dir.path().join("boot");
+    std::fs::write(&boot, BOOTSTRAP).unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, "[features.live]\nping_interval_ms = 200\n").unwrap();
+    let node = NodeProcess::start(
+        BIN,
+        &dir.path().join("data"),
+        None,
+        &[
+            "--auth",
+            "--bootstrap-token-file",
+            boot.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    let http = node.http.as_str();
+    let silent = || {
+        metric(
+            http,
+            "chronicle_live_sessions_dropped_total{reason=\"silent\"}",
+        )
+    };
+    // A client that reads (and so answers pings) stays.
+    let mut talking = open(http, "query=quiet_temp", Some(BOOTSTRAP)).expect("upgraded");
+    assert_eq!(next_json(&mut talking).unwrap()["type"], "result");
+    // One that never reads after its first result sends no pong.
+    let mut mute = open(http, "query=quiet_temp", Some(BOOTSTRAP)).expect("upgraded");
+    assert_eq!(next_json(&mut mute).unwrap()["type"], "result");
+    talking
+        .get_mut()
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while silent() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the silent client was kept"
+        );
+        // Reading answers the node's pings.
+        let _ = next_json(&mut talking);
+    }
+    assert_eq!(silent(), 1, "only the silent client was dropped");
+    wait_until(Duration::from_secs(10), "one session left", || {
+        open_sessions(http) == 1
+    });
+    let ready = ureq::get(format!("{http}/health/ready"))
+        .call()
+        .unwrap()
+        .status();
+    assert_eq!(ready, 200);
+    drop(mute);
+    drop(talking);
+    assert!(node.stop().success());
+}
+
+/// A live SQL query through a node connected to a real nats-server: its
+/// result, then an update after a write that reaches the table it reads.
+#[test]
+fn a_live_sql_query_on_a_node_over_nats_updates_after_a_write() {
+    let nats = chronicle_tests::NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let boot = dir.path().join("boot");
+    std::fs::write(&boot, BOOTSTRAP).unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, "[features.live]\ndebounce_ms = 50\n").unwrap();
+    // --auth over NATS signs node-to-node messages with a cluster secret.
+    let secret = dir.path().join("cluster.secret");
+    std::fs::write(
+        &secret,
+        "live-tests-cluster-secret-0123456789abcdef0123456789",
+    )
+    .unwrap();
+    let node = NodeProcess::start(
+        BIN,
+        &dir.path().join("data"),
+        Some(&nats.url()),
+        &[
+            "--auth",
+            "--bootstrap-token-file",
+            boot.to_str().unwrap(),
+            "--cluster-secret-file",
+            secret.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    let http = node.http.as_str();
+    write(http, "room,room=a temp=20\n");
+    let query = "query=SELECT%20max(value)%20FROM%20room_temp%20WHERE%20time%20%3E%20now()%20-%201h&lang=sql";
+    let mut socket = open(http, query, Some(BOOTSTRAP)).expect("upgraded");
+    let first = next_json(&mut socket).expect("the first result");
+    assert_eq!(first["type"], "result", "{first}");
+    assert!(first.to_string().contains("20"), "{first}");
+    write(http, "room,room=a temp=31.5\n");
+    let mut update = next_json(&mut socket).expect("an update after the write");
+    while !update.to_string().contains("31.5") {
+        update = next_json(&mut socket).expect("the write's value");
+    }
+    assert_eq!(update["type"], "update", "{update}");
+    drop(socket);
+    assert!(node.stop().success());
+}

@@ -10,8 +10,9 @@
 //! (larger: an error message, then close); a client that does not take a
 //! message within `send_timeout` is dropped (the node never queues more
 //! than one result per session beyond the socket's own buffer: results
-//! that come due meanwhile are coalesced); a client silent for 45 s (no
-//! pong to the pings sent every 15 s) is dropped.
+//! that come due meanwhile are coalesced); a client silent for three ping
+//! intervals (no pong to the pings sent every `ping_interval_ms`, 15 s) is
+//! dropped.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,8 +36,6 @@ use tracing::{debug, info_span, Instrument};
 
 /// Longest message a client may send, bytes.
 const MAX_CLIENT_MESSAGE: usize = 64 << 10;
-const PING_EVERY: Duration = Duration::from_secs(15);
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(45);
 /// Longest query text, bytes.
 const MAX_QUERY_BYTES: usize = 64 << 10;
 const MIN_DEBOUNCE: Duration = Duration::from_millis(50);
@@ -62,6 +61,10 @@ pub struct LiveConfig {
     /// elsewhere cannot ride on a browser's stored credentials. Clients that
     /// send no `Origin` (the CLI, services) are not affected.
     pub allowed_origins: Vec<String>,
+    /// How often the node pings each client, milliseconds (at least 10); a
+    /// client that sends nothing, not even a pong, for three intervals is
+    /// dropped as silent.
+    pub ping_interval_ms: u64,
 }
 
 impl Default for LiveConfig {
@@ -72,6 +75,7 @@ impl Default for LiveConfig {
             send_timeout_ms: 10_000,
             debounce_ms: 250,
             allowed_origins: Vec::new(),
+            ping_interval_ms: 15_000,
         }
     }
 }
@@ -463,7 +467,9 @@ async fn run_session(
         config,
     } = parts;
     let send_timeout = Duration::from_millis(config.send_timeout_ms.max(1));
-    let mut ping = tokio::time::interval(PING_EVERY);
+    let ping_every = Duration::from_millis(config.ping_interval_ms.max(10));
+    let client_timeout = ping_every * 3;
+    let mut ping = tokio::time::interval(ping_every);
     ping.tick().await;
     let mut recheck = tokio::time::interval(Duration::from_secs(1));
     recheck.tick().await;
@@ -539,7 +545,7 @@ async fn run_session(
                 }
             }
             _ = ping.tick() => {
-                if last_heard.elapsed() > CLIENT_TIMEOUT {
+                if last_heard.elapsed() > client_timeout {
                     break Ended::Silent;
                 }
                 match tokio::time::timeout(send_timeout, session.ping()).await {
