@@ -16,41 +16,10 @@ const H: i64 = 3600 * S;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_agree_after_retention() {
     let dir = TempDir::new().unwrap();
-    let bus: Arc<dyn Bus> = Arc::new(LocalBus::default());
-    let mut nodes = Vec::new();
-    for id in 1..=3u64 {
-        let mut config = ClusterConfig::new(id, vec![1, 2, 3], dir.path().join(format!("n{id}")));
-        config.shards = 1;
-        config.replication = 3;
-        config.shard = ShardConfig {
-            sync_writes: false,
-            // Two hours, the chunk window: data before the start of the
-            // window two hours back goes.
-            retention: Some(Duration::from_secs(2 * 3600)),
-            ..ShardConfig::default()
-        };
-        // Proposed by hand below, not by the timer.
-        config.retention_check = Duration::from_secs(3600);
-        nodes.push(ClusterNode::start(config, bus.clone()).await.unwrap());
-    }
-    for n in &nodes {
-        assert!(n.wait_for_leaders(Duration::from_secs(20)).await);
-    }
+    let nodes = three_with_retention(&dir).await;
     let now = 1_767_225_600 * S + 12 * H; // a window boundary
                                           // Ten hours of data, one point a minute, over two series.
-    let points: Vec<Point> = (0..600)
-        .flat_map(|m| {
-            ["a", "b"].map(|h| {
-                Point::new(
-                    "ret",
-                    vec![Label::new("host", h)],
-                    m as f64,
-                    now - 10 * H + m * 60 * S,
-                )
-            })
-        })
-        .collect();
-    nodes[0].write(&points).await.unwrap();
+    nodes[0].write(&ten_hours(now, 2)).await.unwrap();
     // One replica has everything in chunks, the others keep their heads.
     let leader_shard = nodes[1].local_shards();
     for (_, shard) in &leader_shard {
@@ -64,29 +33,21 @@ async fn three_replicas_agree_after_retention() {
     assert_eq!(proposed.len(), 1);
     let (shard, index) = proposed[0];
     assert_eq!(shard, 0);
-    // Every replica applies it (linearizable read on each first).
+    // Every replica applies it.
     let want_from = now - 2 * H;
-    let mut answers = Vec::new();
-    for n in &nodes {
-        // The entry's own index: the leader's applied-index metric is
-        // published a moment after client_write returns, so reading it here
-        // could name the entry before and let a replica be read too early.
-        // Up to 30 s on a loaded machine.
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while n.applied_index(0).unwrap() < index {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "replica {} did not apply index {index} within 30 s",
-                n.node_id()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let (_, shard) = n.local_shards().pop().unwrap();
-        let local = shard
-            .query(&[Matcher::equal("__name__", "ret")], i64::MIN, i64::MAX)
-            .unwrap();
-        answers.push(local);
-    }
+    // Up to the entry's own index: the leader's applied-index metric is
+    // published a moment after client_write returns, so reading it here
+    // could name the entry before and let a replica be read too early.
+    applied_everywhere(&nodes, index).await;
+    let answers: Vec<_> = nodes
+        .iter()
+        .map(|n| {
+            let (_, shard) = n.local_shards().pop().unwrap();
+            shard
+                .query(&[Matcher::equal("__name__", "ret")], i64::MIN, i64::MAX)
+                .unwrap()
+        })
+        .collect();
     for (i, a) in answers.iter().enumerate() {
         assert_eq!(a, &answers[0], "replica {} differs from replica 1", i + 1);
     }

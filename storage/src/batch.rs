@@ -3,9 +3,8 @@
 
 use std::sync::Arc;
 
-use crate::codec::{put_uvarint, zigzag};
 use crate::model::{
-    put_str, EncodedPoints, Label, LabelRef, Point, PointSlot, PointsView, SeriesSlot, BATCH_V2,
+    write_batch, EncodedPoints, Label, LabelRef, Point, PointSlot, PointsView, SeriesSlot,
 };
 
 /// A series of a [`PointBatch`], by position.
@@ -220,39 +219,15 @@ impl PointBatch {
             }
             count += 1;
         }
-        let table: usize = used
+        let series: Vec<(&str, &[Label])> = used
             .iter()
-            .map(|&s| {
-                let s = &self.series[s];
-                s.metric.len()
-                    + s.labels
-                        .iter()
-                        .map(|l| l.name.len() + l.value.len() + 2)
-                        .sum::<usize>()
-                    + 4
-            })
-            .sum();
-        let mut out = Vec::with_capacity(table + count * 14 + 8);
-        out.extend_from_slice(&BATCH_V2);
-        put_uvarint(&mut out, used.len() as u64);
-        for &s in &used {
-            let s = &self.series[s];
-            put_str(&mut out, &s.metric);
-            put_uvarint(&mut out, s.labels.len() as u64);
-            for l in s.labels.iter() {
-                put_str(&mut out, &l.name);
-                put_str(&mut out, &l.value);
-            }
-        }
-        put_uvarint(&mut out, count as u64);
-        let mut previous = 0i64;
-        for i in indexes {
+            .map(|&s| (self.series[s].metric.as_str(), &self.series[s].labels[..]))
+            .collect();
+        let samples = indexes.into_iter().map(|i| {
             let p = &self.points[i];
-            put_uvarint(&mut out, u64::from(remap[p.series as usize]));
-            put_uvarint(&mut out, zigzag(p.timestamp.wrapping_sub(previous)));
-            previous = p.timestamp;
-            out.extend_from_slice(&p.value.to_bits().to_le_bytes());
-        }
+            (remap[p.series as usize], p.timestamp, p.value)
+        });
+        let out = write_batch(&series, count, samples);
         EncodedPoints {
             bytes: out.into(),
             len: count,

@@ -396,24 +396,53 @@ pub fn encode_points(points: &[Point]) -> Vec<u8> {
             });
         series_of.push(id);
     }
-    let mut out = Vec::with_capacity(points.len() * 14 + order.len() * 64 + 8);
+    let series: Vec<(&str, &[Label])> = order
+        .iter()
+        .map(|p| (p.metric.as_str(), p.labels.as_slice()))
+        .collect();
+    let samples = points
+        .iter()
+        .zip(series_of)
+        .map(|(p, s)| (s, p.timestamp, p.value));
+    write_batch(&series, points.len(), samples)
+}
+
+/// Writes [`encode_points`]' layout: the tag, the series table, then
+/// `count` points, each its series' position in `series`, its time and its
+/// value (what [`crate::PointBatch`] encodes its entries with too).
+pub(crate) fn write_batch(
+    series: &[(&str, &[Label])],
+    count: usize,
+    points: impl Iterator<Item = (u32, i64, f64)>,
+) -> Vec<u8> {
+    let table: usize = series
+        .iter()
+        .map(|(m, ls)| {
+            m.len()
+                + ls.iter()
+                    .map(|l| l.name.len() + l.value.len() + 2)
+                    .sum::<usize>()
+                + 4
+        })
+        .sum();
+    let mut out = Vec::with_capacity(table + count * 14 + 8);
     out.extend_from_slice(&BATCH_V2);
-    put_uvarint(&mut out, order.len() as u64);
-    for p in &order {
-        put_str(&mut out, &p.metric);
-        put_uvarint(&mut out, p.labels.len() as u64);
-        for l in &p.labels {
+    put_uvarint(&mut out, series.len() as u64);
+    for (metric, labels) in series {
+        put_str(&mut out, metric);
+        put_uvarint(&mut out, labels.len() as u64);
+        for l in labels.iter() {
             put_str(&mut out, &l.name);
             put_str(&mut out, &l.value);
         }
     }
-    put_uvarint(&mut out, points.len() as u64);
+    put_uvarint(&mut out, count as u64);
     let mut previous = 0i64;
-    for (p, series) in points.iter().zip(series_of) {
+    for (series, timestamp, value) in points {
         put_uvarint(&mut out, u64::from(series));
-        put_uvarint(&mut out, zigzag(p.timestamp.wrapping_sub(previous)));
-        previous = p.timestamp;
-        out.extend_from_slice(&p.value.to_bits().to_le_bytes());
+        put_uvarint(&mut out, zigzag(timestamp.wrapping_sub(previous)));
+        previous = timestamp;
+        out.extend_from_slice(&value.to_bits().to_le_bytes());
     }
     out
 }

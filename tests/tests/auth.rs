@@ -409,34 +409,72 @@ fn refused_by_nats(url: &str, args: &[&str]) -> String {
     }
 }
 
+/// The node is ready, stores a written point and answers a query with it.
+fn serves_writes_and_queries(node: &NodeProcess, metric: &str) {
+    wait_until(Duration::from_secs(20), "ready", || {
+        call(&node.http, "GET", "/health/ready", None, "").0 == 200
+    });
+    let (code, body) = call(
+        &node.http,
+        "POST",
+        "/write",
+        None,
+        &format!("{metric} value=1 1000000000\n"),
+    );
+    assert_eq!(code, 204, "{body}");
+    let (code, body) = call(
+        &node.http,
+        "POST",
+        "/query",
+        None,
+        &format!(r#"{{"metric":"{metric}","start":0}}"#),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"points\":[[1000000000,1.0]]"), "{body}");
+}
+
+/// A self-signed leaf certificate for 127.0.0.1 and its key, made by
+/// `openssl` in `dir` (a leaf, not a CA: webpki refuses a CA certificate as
+/// a server's).
+fn loopback_certificate(
+    dir: &std::path::Path,
+    name: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (Debian package openssl) makes the test certificate");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    (cert, key)
+}
+
 /// Besides a user and password (above), the node authenticates to NATS with
 /// a token or an nkey, from flags: ready, serving writes and queries, and a
 /// clean stop; a wrong credential keeps it from starting, saying so.
 #[test]
 fn the_node_authenticates_to_nats_with_a_token_or_an_nkey() {
-    let write_and_read = |node: &NodeProcess| {
-        wait_until(Duration::from_secs(20), "ready", || {
-            call(&node.http, "GET", "/health/ready", None, "").0 == 200
-        });
-        let (code, body) = call(
-            &node.http,
-            "POST",
-            "/write",
-            None,
-            "creds value=1 1000000000\n",
-        );
-        assert_eq!(code, 204, "{body}");
-        let (code, body) = call(
-            &node.http,
-            "POST",
-            "/query",
-            None,
-            r#"{"metric":"creds","start":0}"#,
-        );
-        assert_eq!(code, 200, "{body}");
-        assert!(body.contains("\"points\":[[1000000000,1.0]]"), "{body}");
-    };
-
     // A token.
     let server = NatsServer::start_with_config("authorization { token: \"s3cret-token\" }\n");
     let dir = tempfile::tempdir().unwrap();
@@ -446,7 +484,7 @@ fn the_node_authenticates_to_nats_with_a_token_or_an_nkey() {
         Some(&server.url()),
         &["--nats-token", "s3cret-token"],
     );
-    write_and_read(&node);
+    serves_writes_and_queries(&node, "creds");
     let status = node.stop();
     assert!(status.success(), "{status}");
     let err = refused_by_nats(&server.url(), &["--nats-token", "wrong"]);
@@ -466,7 +504,7 @@ fn the_node_authenticates_to_nats_with_a_token_or_an_nkey() {
         Some(&server.url()),
         &["--nats-nkey-file", seed.to_str().unwrap()],
     );
-    write_and_read(&node);
+    serves_writes_and_queries(&node, "creds");
     let status = node.stop();
     assert!(status.success(), "{status}");
     let other = dir.path().join("other.seed");
@@ -631,30 +669,7 @@ fn a_revocation_counts_on_every_node_within_a_second_and_forged_raft_rpcs_are_dr
 #[test]
 fn the_node_connects_to_nats_over_tls_with_the_ca_it_is_given() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("nats.pem"), dir.path().join("nats.key"));
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-        ])
-        .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl (Debian package openssl) makes the test certificate");
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    let (cert, key) = loopback_certificate(dir.path(), "nats");
     let server = NatsServer::start_with_config(&format!(
         "tls {{ cert_file: \"{}\", key_file: \"{}\" }}\n",
         cert.display(),
@@ -666,26 +681,7 @@ fn the_node_connects_to_nats_over_tls_with_the_ca_it_is_given() {
         Some(&server.url()),
         &["--nats-ca", cert.to_str().unwrap()],
     );
-    wait_until(Duration::from_secs(20), "ready", || {
-        call(&node.http, "GET", "/health/ready", None, "").0 == 200
-    });
-    let (code, body) = call(
-        &node.http,
-        "POST",
-        "/write",
-        None,
-        "tls value=1 1000000000\n",
-    );
-    assert_eq!(code, 204, "{body}");
-    let (code, body) = call(
-        &node.http,
-        "POST",
-        "/query",
-        None,
-        r#"{"metric":"tls","start":0}"#,
-    );
-    assert_eq!(code, 200, "{body}");
-    assert!(body.contains("\"points\":[[1000000000,1.0]]"), "{body}");
+    serves_writes_and_queries(&node, "tls");
     let status = node.stop();
     assert!(status.success(), "{status}");
     // Without the CA the server's certificate is not trusted.
@@ -700,31 +696,7 @@ fn the_node_connects_to_nats_over_tls_with_the_ca_it_is_given() {
 fn https_serves_the_configured_certificate_and_the_cli_trusts_it_with_ca_file() {
     let dir = tempfile::tempdir().unwrap();
     let (bootstrap, _) = secret_files(dir.path());
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-        ])
-        .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-        // A leaf, not a CA: webpki refuses a CA certificate as a server's.
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl (Debian package openssl) makes the test certificate");
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    let (cert, key) = loopback_certificate(dir.path(), "cert");
     let port = chronicle_tests::free_port();
     let child = Command::new(BIN)
         .arg("serve")
@@ -1009,26 +981,7 @@ fn the_node_authenticates_to_nats_with_a_creds_file() {
         Some(&server.url()),
         &["--nats-creds", good.to_str().unwrap()],
     );
-    wait_until(Duration::from_secs(20), "ready", || {
-        call(&node.http, "GET", "/health/ready", None, "").0 == 200
-    });
-    let (code, body) = call(
-        &node.http,
-        "POST",
-        "/write",
-        None,
-        "jwt value=1 1000000000\n",
-    );
-    assert_eq!(code, 204, "{body}");
-    let (code, body) = call(
-        &node.http,
-        "POST",
-        "/query",
-        None,
-        r#"{"metric":"jwt","start":0}"#,
-    );
-    assert_eq!(code, 200, "{body}");
-    assert!(body.contains("\"points\":[[1000000000,1.0]]"), "{body}");
+    serves_writes_and_queries(&node, "jwt");
     let status = node.stop();
     assert!(status.success(), "{status}");
     // Signed by an account the operator never issued.

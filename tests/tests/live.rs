@@ -24,6 +24,33 @@ fn ws_url(http: &str, query: &str) -> String {
     )
 }
 
+/// A node process with `--auth` (the bootstrap token) and `config` as its
+/// configuration file, on NATS at `nats` when given (with a cluster secret,
+/// which --auth over NATS needs).
+fn start_node(dir: &std::path::Path, config: &str, nats: Option<&str>) -> NodeProcess {
+    let boot = dir.join("boot");
+    std::fs::write(&boot, BOOTSTRAP).unwrap();
+    let file = dir.join("node.toml");
+    std::fs::write(&file, config).unwrap();
+    let secret = dir.join("cluster.secret");
+    std::fs::write(
+        &secret,
+        "live-tests-cluster-secret-0123456789abcdef0123456789",
+    )
+    .unwrap();
+    let mut args = vec![
+        "--auth",
+        "--bootstrap-token-file",
+        boot.to_str().unwrap(),
+        "--config",
+        file.to_str().unwrap(),
+    ];
+    if nats.is_some() {
+        args.extend(["--cluster-secret-file", secret.to_str().unwrap()]);
+    }
+    NodeProcess::start(BIN, &dir.join("data"), nats, &args)
+}
+
 /// Opens a live session; the handshake's HTTP status when refused.
 fn open(http: &str, query: &str, token: Option<&str>) -> Result<Socket, u16> {
     let url = ws_url(http, query);
@@ -112,25 +139,10 @@ fn values(message: &serde_json::Value) -> Vec<f64> {
 #[test]
 fn a_live_query_sends_its_result_then_an_update_per_relevant_write() {
     let dir = tempfile::tempdir().unwrap();
-    let boot = dir.path().join("boot");
-    std::fs::write(&boot, BOOTSTRAP).unwrap();
-    let config = dir.path().join("node.toml");
-    std::fs::write(
-        &config,
+    let node = start_node(
+        dir.path(),
         "[features.live]\nmax_sessions = 3\ndebounce_ms = 100\n",
-    )
-    .unwrap();
-    let node = NodeProcess::start(
-        BIN,
-        &dir.path().join("data"),
         None,
-        &[
-            "--auth",
-            "--bootstrap-token-file",
-            boot.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-        ],
     );
     let http = node.http.as_str();
     let query = "query=live_temp&lang=promql";
@@ -258,25 +270,10 @@ fn a_live_query_sends_its_result_then_an_update_per_relevant_write() {
 #[test]
 fn a_client_that_stops_reading_is_dropped_and_the_node_stays_healthy() {
     let dir = tempfile::tempdir().unwrap();
-    let boot = dir.path().join("boot");
-    std::fs::write(&boot, BOOTSTRAP).unwrap();
-    let config = dir.path().join("node.toml");
-    std::fs::write(
-        &config,
+    let node = start_node(
+        dir.path(),
         "[features.live]\nsend_timeout_ms = 300\ndebounce_ms = 50\n",
-    )
-    .unwrap();
-    let node = NodeProcess::start(
-        BIN,
-        &dir.path().join("data"),
         None,
-        &[
-            "--auth",
-            "--bootstrap-token-file",
-            boot.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-        ],
     );
     let http = node.http.as_str();
     // 5,000 series: each result is about half a megabyte.
@@ -325,21 +322,10 @@ fn a_client_that_stops_reading_is_dropped_and_the_node_stays_healthy() {
 #[test]
 fn a_silent_client_is_dropped_after_three_unanswered_pings() {
     let dir = tempfile::tempdir().unwrap();
-    let boot = dir.path().join("boot");
-    std::fs::write(&boot, BOOTSTRAP).unwrap();
-    let config = dir.path().join("node.toml");
-    std::fs::write(&config, "[features.live]\nping_interval_ms = 200\n").unwrap();
-    let node = NodeProcess::start(
-        BIN,
-        &dir.path().join("data"),
+    let node = start_node(
+        dir.path(),
+        "[features.live]\nping_interval_ms = 200\n",
         None,
-        &[
-            "--auth",
-            "--bootstrap-token-file",
-            boot.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-        ],
     );
     let http = node.http.as_str();
     let silent = || {
@@ -387,30 +373,10 @@ fn a_silent_client_is_dropped_after_three_unanswered_pings() {
 fn a_live_sql_query_on_a_node_over_nats_updates_after_a_write() {
     let nats = chronicle_tests::NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let boot = dir.path().join("boot");
-    std::fs::write(&boot, BOOTSTRAP).unwrap();
-    let config = dir.path().join("node.toml");
-    std::fs::write(&config, "[features.live]\ndebounce_ms = 50\n").unwrap();
-    // --auth over NATS signs node-to-node messages with a cluster secret.
-    let secret = dir.path().join("cluster.secret");
-    std::fs::write(
-        &secret,
-        "live-tests-cluster-secret-0123456789abcdef0123456789",
-    )
-    .unwrap();
-    let node = NodeProcess::start(
-        BIN,
-        &dir.path().join("data"),
+    let node = start_node(
+        dir.path(),
+        "[features.live]\ndebounce_ms = 50\n",
         Some(&nats.url()),
-        &[
-            "--auth",
-            "--bootstrap-token-file",
-            boot.to_str().unwrap(),
-            "--cluster-secret-file",
-            secret.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-        ],
     );
     let http = node.http.as_str();
     write(http, "room,room=a temp=20\n");

@@ -76,7 +76,8 @@ impl RouteAccess {
     fn matches(&self, method: &Method, path: &str) -> bool {
         let path_matches = match self.path {
             RoutePath::Exact(p) => path == p,
-            RoutePath::Prefix(p) => path.starts_with(p),
+            // `/api/v1/kv` is under the prefix `/api/v1/kv/` too.
+            RoutePath::Prefix(p) => path.starts_with(p) || p.strip_suffix('/') == Some(path),
         };
         path_matches && self.methods.covers(method)
     }
@@ -131,13 +132,9 @@ impl AccessTable {
     /// The access a request needs and the scope it falls in.
     pub fn of(&self, method: &Method, path: &str) -> (Access, &'static str) {
         let path = path.trim_end_matches('/');
-        let trailing = format!("{path}/");
         self.rules
             .iter()
-            .find(|(r, _)| {
-                // `/api/v1/kv` is under the prefix `/api/v1/kv/` too.
-                r.matches(method, path) || r.matches(method, &trailing)
-            })
+            .find(|(r, _)| r.matches(method, path))
             .map_or((Access::Admin, UNKNOWN_SCOPE), |(r, owner)| {
                 (r.access, owner)
             })
