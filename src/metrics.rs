@@ -261,14 +261,6 @@ pub fn watch_cluster(cluster: &Arc<chronicle_cluster::ClusterNode>) {
     *WATCHED_CLUSTER.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::downgrade(cluster));
 }
 
-/// The process's CPU, memory, open files and threads (from /proc), under the
-/// standard `process_*` names.
-static PROCESS: LazyLock<()> = LazyLock::new(|| {
-    register(Box::new(
-        prometheus::process_collector::ProcessCollector::for_self(),
-    ));
-});
-
 /// Every registered metric in Prometheus's text format.
 pub fn render() -> String {
     // Touch the node's own metrics so they appear before their first event.
@@ -288,7 +280,6 @@ pub fn render() -> String {
     LazyLock::force(&BUS_UNAUTHENTICATED);
     LazyLock::force(&AUTH_REFUSED);
     refresh_bus_gauges();
-    LazyLock::force(&PROCESS);
     chronicle_query::metrics::register_all();
     let cluster = WATCHED_CLUSTER
         .lock()

@@ -23,6 +23,10 @@ use crate::node::ClusterNode;
 use crate::types::TypeConfig;
 use crate::ClusterError;
 
+/// How long a leadership transfer waits for its heir to catch up (a heir
+/// installing a snapshot of a large shard needs seconds).
+const TRANSFER_CATCH_UP_LIMIT: Duration = Duration::from_secs(60);
+
 /// Requests to a node as a whole, on `<prefix>.node.<id>`, and
 /// `Info` to any node on `<prefix>.cluster.info`.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -564,7 +568,11 @@ impl ClusterNode {
         any_other: bool,
     ) -> Result<(), ClusterError> {
         let lease = Duration::from_millis(self.config.raft.election_timeout_max);
-        for attempt in 1..=5 {
+        // A heir still catching up (say, installing a snapshot) is waited
+        // for, up to a bound, without spending an election attempt.
+        let caught_up_by = tokio::time::Instant::now() + TRANSFER_CATCH_UP_LIMIT;
+        let mut attempt = 0;
+        while attempt < 5 {
             let status = self.cluster_status().await;
             let Some(s) = status.shards.get(shard as usize) else {
                 return Err(ClusterError::Config(format!("no shard {shard}")));
@@ -578,10 +586,18 @@ impl ClusterNode {
             if s.leader == Some(to) {
                 return Ok(());
             }
-            if s.lag.get(&to).copied().unwrap_or(0) > 0 {
+            let lag = s.lag.get(&to).copied().unwrap_or(0);
+            if lag > 0 {
+                if tokio::time::Instant::now() >= caught_up_by {
+                    return Err(ClusterError::Unavailable(format!(
+                        "node {to} is still {lag} entries behind on shard {shard} after {}s",
+                        TRANSFER_CATCH_UP_LIMIT.as_secs()
+                    )));
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
+            attempt += 1;
             // Held for at most two leases: if the vote fails, the followers'
             // leases run out meanwhile and a plain election follows.
             let hold = lease * 2;

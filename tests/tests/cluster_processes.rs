@@ -1205,3 +1205,126 @@ fn the_write_feed_delivers_every_acknowledged_write_once_across_a_kill_9_of_a_le
     );
     cluster.stop_all_cleanly();
 }
+
+/// Incompressible bytes from a seed (xorshift64), written to `path`.
+fn write_noise(path: &Path, len: usize, mut state: u64) {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut block = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        for word in block.chunks_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            word.copy_from_slice(&state.to_le_bytes()[..word.len()]);
+        }
+        let n = left.min(block.len());
+        out.write_all(&block[..n]).unwrap();
+        left -= n;
+    }
+    out.flush().unwrap();
+}
+
+/// Whether two files hold the same bytes (read a MiB at a time).
+fn same_bytes(a: &Path, b: &Path) -> bool {
+    use std::io::Read;
+    let (mut a, mut b) = (
+        std::fs::File::open(a).unwrap(),
+        std::fs::File::open(b).unwrap(),
+    );
+    let (mut x, mut y) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let n = a.read(&mut x).unwrap();
+        if n == 0 {
+            return b.read(&mut y).unwrap() == 0;
+        }
+        if b.read_exact(&mut y[..n]).is_err() || x[..n] != y[..n] {
+            return false;
+        }
+    }
+}
+
+/// `chronicle_raft_snapshots_total{kind="installed",shard=S}` on a node.
+fn snapshots_installed(http: &str, shard: usize) -> u64 {
+    let Ok(mut r) = agent().get(format!("{http}/metrics")).call() else {
+        return 0;
+    };
+    let text = r.body_mut().read_to_string().unwrap_or_default();
+    let shard = format!("shard=\"{shard}\"");
+    text.lines()
+        .filter(|l| l.starts_with("chronicle_raft_snapshots_total{"))
+        .filter(|l| l.contains("kind=\"installed\"") && l.contains(&shard))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+#[test]
+fn a_200_mib_blob_round_trips_over_nats_through_a_node_that_caught_up_from_a_snapshot() {
+    const SIZE: usize = 200 << 20;
+    // Snapshots (and log purges) every 16 MiB: a node away while 200 MiB
+    // are written can only catch up from a snapshot.
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), "[cluster]\nsnapshot_log_bytes = 16777216\n").unwrap();
+    let path: &'static str = Box::leak(config.path().display().to_string().into_boxed_str());
+    let mut cluster = Cluster::start(&["--config", path, "--no-sync", "--enable-admin-api"]);
+    let shard = chronicle_cluster::state::shard_of_namespace("models", SHARDS as u32) as usize;
+    let first = leader(&status(&cluster.http(1)).unwrap(), shard).expect("a leader");
+    let away = (1..=3).find(|&n| n != first).unwrap();
+    cluster.kill(away);
+
+    let files = tempfile::tempdir().unwrap();
+    let (input, output) = (files.path().join("in.bin"), files.path().join("out.bin"));
+    write_noise(&input, SIZE, 0x9e37_79b9_7f4a_7c15);
+    let started = Instant::now();
+    let put = cli(&[
+        "kv",
+        "put-blob",
+        "-n",
+        "models",
+        "weights",
+        input.to_str().unwrap(),
+        "--http",
+        &cluster.http(first),
+    ]);
+    eprintln!("200 MiB put over NATS in {:?}: {put}", started.elapsed());
+    assert!(put.contains(&format!("{SIZE} bytes")), "{put}");
+
+    // Back, far behind the purged log: it installs a snapshot.
+    cluster.start_node(away);
+    let http = cluster.http(away);
+    wait_until(
+        Duration::from_secs(240),
+        "the returning node installs a snapshot",
+        || snapshots_installed(&http, shard) > 0,
+    );
+    cli(&[
+        "cluster",
+        "transfer-leader",
+        "--shard",
+        &shard.to_string(),
+        "--to",
+        &away.to_string(),
+        "--http",
+        &cluster.http(first),
+    ]);
+    assert_eq!(leader(&status(&http).unwrap(), shard), Some(away));
+
+    // Read through the node that now leads.
+    let started = Instant::now();
+    cli(&[
+        "kv",
+        "get-blob",
+        "-n",
+        "models",
+        "weights",
+        output.to_str().unwrap(),
+        "--http",
+        &http,
+    ]);
+    eprintln!("200 MiB read back in {:?}", started.elapsed());
+    assert_eq!(std::fs::metadata(&output).unwrap().len(), SIZE as u64);
+    assert!(same_bytes(&input, &output), "the blob came back different");
+    cluster.stop_all_cleanly();
+}

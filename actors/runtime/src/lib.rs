@@ -34,8 +34,9 @@ pub static ACTOR_RESTARTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 /// Registers a collector with the process registry that `/metrics` exports.
 /// Registering the same metric twice is a programming error and is logged.
 pub fn register(collector: Box<dyn prometheus::core::Collector>) {
+    let names: Vec<String> = collector.desc().iter().map(|d| d.fq_name.clone()).collect();
     if let Err(e) = prometheus::default_registry().register(collector) {
-        error!(error = %e, "metric registration failed");
+        error!(error = %e, metrics = ?names, "metric registration failed");
     }
 }
 
