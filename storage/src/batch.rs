@@ -19,7 +19,9 @@ impl SeriesId {
 
 #[derive(Debug, Clone, PartialEq)]
 struct BatchSeries {
-    metric: String,
+    /// Shared: a parser that interns metric names gives every series of one
+    /// name the same copy.
+    metric: Arc<str>,
     /// Sorted by name. Shared: the fields of one line protocol line, for
     /// example, are series with one label set between them.
     labels: Arc<[Label]>,
@@ -57,7 +59,7 @@ impl PointBatch {
     /// they are not already.
     pub fn add_series(
         &mut self,
-        metric: impl Into<String>,
+        metric: impl Into<Arc<str>>,
         labels: impl Into<Arc<[Label]>>,
     ) -> SeriesId {
         let mut labels: Arc<[Label]> = labels.into();
@@ -103,7 +105,7 @@ impl PointBatch {
             let same = batch
                 .series
                 .last()
-                .is_some_and(|s| s.metric == p.metric && *s.labels == *p.labels);
+                .is_some_and(|s| *s.metric == *p.metric && *s.labels == *p.labels);
             if same {
                 let id = SeriesId(batch.series.len() as u32 - 1);
                 batch.push(id, p.timestamp, p.value);
@@ -139,7 +141,7 @@ impl PointBatch {
         self.series
             .iter()
             .enumerate()
-            .map(|(i, s)| (SeriesId(i as u32), s.metric.as_str(), &s.labels[..]))
+            .map(|(i, s)| (SeriesId(i as u32), &*s.metric, &s.labels[..]))
     }
 
     /// Every point: its series, timestamp and value.
@@ -211,7 +213,7 @@ impl PointBatch {
                 let series = &self.series[s];
                 let next = used.len() as u32;
                 remap[s] = *by_content
-                    .entry((&series.metric, &series.labels))
+                    .entry((&*series.metric, &series.labels))
                     .or_insert_with(|| {
                         used.push(s);
                         next
@@ -221,7 +223,7 @@ impl PointBatch {
         }
         let series: Vec<(&str, &[Label])> = used
             .iter()
-            .map(|&s| (self.series[s].metric.as_str(), &self.series[s].labels[..]))
+            .map(|&s| (&*self.series[s].metric, &self.series[s].labels[..]))
             .collect();
         let samples = indexes.into_iter().map(|i| {
             let p = &self.points[i];
@@ -241,7 +243,7 @@ impl PointBatch {
             .map(|p| {
                 let s = &self.series[p.series as usize];
                 Point {
-                    metric: s.metric.clone(),
+                    metric: s.metric.to_string(),
                     labels: s.labels.to_vec(),
                     value: p.value,
                     timestamp: p.timestamp,

@@ -237,6 +237,13 @@ pub fn validate<L: LabelPair>(
     labels: &[L],
     limits: &Limits,
 ) -> Result<(), PointProblem> {
+    validate_metric(metric, limits)?;
+    validate_labels(labels, limits)
+}
+
+/// The metric name's part of [`validate`] (for parsers that check each
+/// distinct name once).
+pub fn validate_metric(metric: &str, limits: &Limits) -> Result<(), PointProblem> {
     if metric.is_empty() {
         return Err(PointProblem::EmptyMetric);
     }
@@ -250,6 +257,12 @@ pub fn validate<L: LabelPair>(
     if !is_metric_name(metric) {
         return Err(PointProblem::InvalidMetricName(metric.into()));
     }
+    Ok(())
+}
+
+/// The labels' part of [`validate`] (for parsers that check each distinct
+/// label set once); sorted by name, as there.
+pub fn validate_labels<L: LabelPair>(labels: &[L], limits: &Limits) -> Result<(), PointProblem> {
     if labels.len() > limits.max_labels {
         return Err(PointProblem::TooManyLabels {
             count: labels.len(),

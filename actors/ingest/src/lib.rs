@@ -7,8 +7,11 @@
 mod actor;
 #[cfg(feature = "actor")]
 mod metrics;
+mod line_protocol;
 pub mod otlp;
 pub mod parse;
+#[cfg(any(test, feature = "reference-parser"))]
+pub mod reference;
 pub mod remote_write;
 #[cfg(feature = "actor")]
 mod writer;
