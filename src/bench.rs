@@ -291,6 +291,23 @@ pub(crate) fn round3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
 }
 
+/// Resident memory of this process, bytes (0 where it cannot be read).
+pub(crate) fn rss_bytes() -> u64 {
+    chronicle_capacity::usage::memory_rss().unwrap_or(0)
+}
+
+/// CPU time this process has used, user and system, in seconds.
+pub(crate) fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the struct we own; RUSAGE_SELF is always valid.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
 /// Peak resident set size (VmHWM) of this process, in bytes.
 fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

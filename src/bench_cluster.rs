@@ -194,6 +194,9 @@ async fn bench(args: ClusterBench) -> Result<(), Error> {
     let nodes = Arc::new(nodes);
     let queue = Arc::new(Mutex::new(batches.into_iter().enumerate()));
     let latencies = Arc::new(Mutex::new(Vec::new()));
+    let series = load.series_count();
+    let rss_before = crate::bench::rss_bytes();
+    let cpu_before = crate::bench::cpu_seconds();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..args.in_flight {
@@ -216,6 +219,8 @@ async fn bench(args: ClusterBench) -> Result<(), Error> {
         written += t.await.map_err(|e| e.to_string())??;
     }
     let secs = started.elapsed().as_secs_f64();
+    let cpu = crate::bench::cpu_seconds() - cpu_before;
+    let rss_growth = crate::bench::rss_bytes().saturating_sub(rss_before);
     let mut lat = latencies.lock().await.clone();
     eprintln!("replicated ingest: {written} points in {secs:.1} s");
 
@@ -295,6 +300,10 @@ async fn bench(args: ClusterBench) -> Result<(), Error> {
         "batch_points": args.batch,
         "in_flight": args.in_flight,
         "replicated_points_per_sec": (written as f64 / secs).round(),
+        // This process: all three replicas and the producer (nats-server apart).
+        "cpu_seconds_per_million_points": round3(cpu / written.max(1) as f64 * 1e6),
+        "series": series,
+        "rss_growth_bytes_per_series": (rss_growth as f64 / series as f64).round(),
         "commit_latency_p50_ms": round3(quantile(&mut lat, 0.5)),
         "commit_latency_p99_ms": round3(quantile(&mut lat, 0.99)),
         "failovers": failovers.len(),

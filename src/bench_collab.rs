@@ -75,13 +75,6 @@ fn connect(addr: &str, session: &str) -> Result<Socket, Error> {
     Ok(socket)
 }
 
-fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |pages| pages * 4096)
-}
-
 fn create(http: &str, name: &str) -> Result<String, Error> {
     let mut r = ureq::post(format!("{http}/api/collab/sessions/create"))
         .content_type("application/json")
@@ -324,7 +317,7 @@ fn measure(addr: &str, args: &CollabBench) -> Result<(bool, serde_json::Value), 
     // Idle sessions.
     eprintln!("opening {} idle sessions", args.sessions);
     std::thread::sleep(Duration::from_millis(500));
-    let before = rss_bytes();
+    let before = crate::bench::rss_bytes();
     let started = Instant::now();
     let mut idle = Vec::with_capacity(args.sessions);
     for i in 0..args.sessions {
@@ -333,7 +326,7 @@ fn measure(addr: &str, args: &CollabBench) -> Result<(bool, serde_json::Value), 
     }
     let open_seconds = started.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(500));
-    let after = rss_bytes();
+    let after = crate::bench::rss_bytes();
     let per_session = after.saturating_sub(before) / args.sessions.max(1) as u64;
     drop(idle);
 

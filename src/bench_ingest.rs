@@ -118,6 +118,7 @@ pub fn run(args: IngestBench) -> Result<(), Error> {
     }
     // Generate every payload first: the generator is not what is measured.
     let mut load = Workload::realistic(1000, 10 * SECOND, 1_767_225_600 * SECOND, 42);
+    let series = load.series_count();
     let mut payloads = Vec::new();
     let mut left = args.points;
     while left > 0 {
@@ -131,6 +132,25 @@ pub fn run(args: IngestBench) -> Result<(), Error> {
     }
     let bytes: usize = payloads.iter().map(|(_, b)| b.len()).sum();
     let parse_lines_per_sec = line_protocol_parse_rate(&payloads)?;
+    // The same rate where no two lines share a tag set (a `seq` tag numbers
+    // them), so the parser's per-request table of tag sets never hits: the
+    // bench's own data repeats each host's tags over its metrics and each
+    // series five times a message, which flatters that table.
+    let mut distinct = Workload::realistic(1000, 10 * SECOND, 1_767_225_600 * SECOND, 42);
+    let mut unique_payloads = Vec::new();
+    let mut seq = 0u64;
+    for (n, _) in payloads.iter().take(40) {
+        let mut text = String::with_capacity(n * 90);
+        for mut p in distinct.next_batch(*n) {
+            p.labels
+                .push(chronicle_storage::model::Label::new("seq", seq.to_string()));
+            seq += 1;
+            to_line(&p, &mut text);
+        }
+        unique_payloads.push((*n, Bytes::from(text)));
+    }
+    let parse_unique_lines_per_sec = line_protocol_parse_rate(&unique_payloads)?;
+    drop(unique_payloads);
     eprintln!(
         "generated {} messages, {} points, {:.1} MB of line protocol",
         payloads.len(),
@@ -174,6 +194,13 @@ pub fn run(args: IngestBench) -> Result<(), Error> {
         };
         let http_url = format!("http://{}/write", node.http_addr);
 
+        // What the node holds per series: resident memory grown over the
+        // run (the payloads were generated before the node started).
+        let rss_before = crate::bench::rss_bytes();
+        let cpu_before = crate::bench::cpu_seconds();
+        // Held (shared, not copied) until memory is measured: freeing them
+        // during the run would hide what the node grew by.
+        let held: Vec<Bytes> = payloads.iter().map(|(_, b)| b.clone()).collect();
         let queue = Arc::new(Mutex::new(payloads.into_iter()));
         let latencies = Arc::new(Mutex::new(Vec::new()));
         let started = Instant::now();
@@ -232,6 +259,9 @@ pub fn run(args: IngestBench) -> Result<(), Error> {
             }
         }
         let secs = started.elapsed().as_secs_f64();
+        let cpu = crate::bench::cpu_seconds() - cpu_before;
+        let rss_growth = crate::bench::rss_bytes().saturating_sub(rss_before);
+        drop(held);
         let mut acks = std::mem::take(&mut *latencies.lock().await);
 
         // Publish-to-visible: one point, fire and forget, then query until it shows.
@@ -286,6 +316,11 @@ pub fn run(args: IngestBench) -> Result<(), Error> {
             "fsync_per_batch": !args.no_sync,
             "points_per_sec": (args.points as f64 / secs).round(),
             "line_protocol_parse_lines_per_sec_one_core": parse_lines_per_sec.round(),
+            "line_protocol_parse_lines_per_sec_one_core_distinct_tags": parse_unique_lines_per_sec.round(),
+            // This process: the node and the producer (nats-server apart).
+            "cpu_seconds_per_million_points": round3(cpu / args.points as f64 * 1e6),
+            "series": series,
+            "rss_growth_bytes_per_series": (rss_growth as f64 / series as f64).round(),
             "ack_latency_p50_ms": round3(quantile(&mut acks, 0.5)),
             "ack_latency_p99_ms": round3(quantile(&mut acks, 0.99)),
             "visible_latency_p50_ms": round3(quantile(&mut visible, 0.5)),

@@ -113,11 +113,6 @@ fn non_overlapping(
 /// Samples are a second apart; a window's place is its series and first sample.
 const STEP_NS: i64 = 1_000_000_000;
 
-/// Resident memory of this process, bytes (0 where it cannot be read).
-fn rss_bytes() -> u64 {
-    chronicle_capacity::usage::memory_rss().unwrap_or(0)
-}
-
 pub fn run(args: SemanticBench) -> Result<(), Error> {
     if args.windows < 100 || args.queries == 0 || !(1..=100).contains(&args.k) {
         return Err("--windows at least 100, --queries at least 1, --k 1 to 100".into());
@@ -158,7 +153,7 @@ pub fn run(args: SemanticBench) -> Result<(), Error> {
 
     // The catalog, fed as the indexing actor feeds it; its budget stops it
     // at the corpus's size.
-    let rss_before = rss_bytes();
+    let rss_before = crate::bench::rss_bytes();
     let layout = Layout {
         embedder: embedder.clone(),
         stride,
@@ -191,7 +186,7 @@ pub fn run(args: SemanticBench) -> Result<(), Error> {
         }
     }
     let build_secs = started.elapsed().as_secs_f64();
-    let rss_after = rss_bytes();
+    let rss_after = crate::bench::rss_bytes();
     if catalog.windows() != corpus.len() {
         return Err(format!(
             "the catalog cut {} windows, the corpus {}",

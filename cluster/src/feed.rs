@@ -114,7 +114,9 @@ pub fn encode_events(a: &Applied, with_points: bool) -> Vec<(String, Vec<u8>)> {
     };
     let points: Vec<_> = view.iter().collect();
     let mut order: Vec<&str> = Vec::new();
-    let mut by_metric: HashMap<&str, Vec<usize>> = HashMap::new();
+    // Seeded hashing (label sets are clients' bytes); SipHash over every
+    // point's labels was a visible share of a node's ingest CPU.
+    let mut by_metric: foldhash::HashMap<&str, Vec<usize>> = Default::default();
     for (i, p) in points.iter().enumerate() {
         by_metric
             .entry(p.metric)
@@ -128,7 +130,8 @@ pub fn encode_events(a: &Applied, with_points: bool) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::with_capacity(order.len());
     for (part, metric) in order.iter().enumerate() {
         let mine = &by_metric[metric];
-        let mut position: HashMap<&[chronicle_storage::LabelRef<'_>], usize> = HashMap::new();
+        let mut position: foldhash::HashMap<&[chronicle_storage::LabelRef<'_>], usize> =
+            Default::default();
         let mut series = Vec::new();
         let mut event_points = with_points.then(|| Vec::with_capacity(mine.len()));
         let (mut start, mut end) = (i64::MAX, i64::MIN);

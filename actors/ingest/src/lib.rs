@@ -5,9 +5,9 @@
 
 #[cfg(feature = "actor")]
 mod actor;
+mod line_protocol;
 #[cfg(feature = "actor")]
 mod metrics;
-mod line_protocol;
 pub mod otlp;
 pub mod parse;
 #[cfg(any(test, feature = "reference-parser"))]

@@ -259,7 +259,10 @@ impl<'a> Cursor<'a> {
 
     /// The length in bytes of the character at `pos`.
     fn char_len(&self) -> usize {
-        self.text[self.pos..].chars().next().map_or(0, char::len_utf8)
+        self.text[self.pos..]
+            .chars()
+            .next()
+            .map_or(0, char::len_utf8)
     }
 
     /// A name up to where `part` ends, unescaped; `None` when empty. A
@@ -512,9 +515,16 @@ mod tests {
             .map(|b| {
                 b.to_points()
                     .into_iter()
-                    .map(|Point { metric, labels, value, timestamp }| {
-                        (metric, labels, timestamp, value.to_bits())
-                    })
+                    .map(
+                        |Point {
+                             metric,
+                             labels,
+                             value,
+                             timestamp,
+                         }| {
+                            (metric, labels, timestamp, value.to_bits())
+                        },
+                    )
                     .collect()
             })
             .map_err(|e| e.to_string())
@@ -524,7 +534,12 @@ mod tests {
     /// or both refuse.
     fn agree(text: &str) -> Result<(), TestCaseError> {
         let limits = Limits::default();
-        let new = points(parse_line_protocol(text, Precision::Nanoseconds, 42, &limits));
+        let new = points(parse_line_protocol(
+            text,
+            Precision::Nanoseconds,
+            42,
+            &limits,
+        ));
         let old = points(parse_line_protocol_reference(
             text,
             Precision::Nanoseconds,
@@ -557,16 +572,54 @@ mod tests {
         let field = (
             pick(&["value", "v", "usage_user", "a\\=b", "", "a,b", "f\\ g"]),
             pick(&[
-                "1", "-1", "1.5", "1e3", "1.5E-3", "-0", "1i", "-5i", "9223372036854775808i",
-                "3u", "-3u", "t", "TRUE", "True", "tru", "false", "F", "\"s\"", "\"a\\\"b\"",
-                "", ".5", "1.", "nan", "inf", "9007199254740993i", "1e400", "+1", "0x10",
-                "1e", "1e+5", "18446744073709551616u", "007",
+                "1",
+                "-1",
+                "1.5",
+                "1e3",
+                "1.5E-3",
+                "-0",
+                "1i",
+                "-5i",
+                "9223372036854775808i",
+                "3u",
+                "-3u",
+                "t",
+                "TRUE",
+                "True",
+                "tru",
+                "false",
+                "F",
+                "\"s\"",
+                "\"a\\\"b\"",
+                "",
+                ".5",
+                "1.",
+                "nan",
+                "inf",
+                "9007199254740993i",
+                "1e400",
+                "+1",
+                "0x10",
+                "1e",
+                "1e+5",
+                "18446744073709551616u",
+                "007",
             ]),
         )
             .prop_map(|(k, v)| format!("{k}={v}"));
         let timestamp = pick(&[
-            "", " 123", " -5", " 123 ", "  7", " 12a", " 99999999999999999999", " ", "\t9",
-            " 1 2", " -", " 1,",
+            "",
+            " 123",
+            " -5",
+            " 123 ",
+            "  7",
+            " 12a",
+            " 99999999999999999999",
+            " ",
+            "\t9",
+            " 1 2",
+            " -",
+            " 1,",
         ]);
         let gap = pick(&[" ", "  ", "\t", ""]);
         (
@@ -583,12 +636,8 @@ mod tests {
 
     fn text() -> impl Strategy<Value = String> {
         let joiner = pick(&["\n", "\n\n", "\r\n", "\n# a comment\n", "\n   ", "\n\t"]);
-        prop::collection::vec((line(), joiner), 1..5).prop_map(|lines| {
-            lines
-                .into_iter()
-                .map(|(l, j)| format!("{l}{j}"))
-                .collect()
-        })
+        prop::collection::vec((line(), joiner), 1..5)
+            .prop_map(|lines| lines.into_iter().map(|(l, j)| format!("{l}{j}")).collect())
     }
 
     proptest! {
@@ -614,14 +663,20 @@ mod tests {
 
     #[test]
     fn lines_repeating_tags_share_one_label_set_and_one_metric_name() {
-        let text = "cpu,host=a,dc=x value=1 1\nmem,host=a,dc=x value=2 1\ncpu,host=a,dc=x value=3 2\n";
-        let batch = parse_line_protocol(text, Precision::Nanoseconds, 0, &Limits::default())
-            .unwrap();
-        let series: Vec<(&str, &[Label])> =
-            batch.series_iter().map(|(_, m, l)| (m, l)).collect();
+        let text =
+            "cpu,host=a,dc=x value=1 1\nmem,host=a,dc=x value=2 1\ncpu,host=a,dc=x value=3 2\n";
+        let batch =
+            parse_line_protocol(text, Precision::Nanoseconds, 0, &Limits::default()).unwrap();
+        let series: Vec<(&str, &[Label])> = batch.series_iter().map(|(_, m, l)| (m, l)).collect();
         assert_eq!(series.len(), 3);
-        assert!(std::ptr::eq(series[0].1, series[1].1), "one copy of the tags");
-        assert!(std::ptr::eq(series[0].0, series[2].0), "one copy of the name");
+        assert!(
+            std::ptr::eq(series[0].1, series[1].1),
+            "one copy of the tags"
+        );
+        assert!(
+            std::ptr::eq(series[0].0, series[2].0),
+            "one copy of the name"
+        );
         assert_eq!(series[0].1[0], Label::new("dc", "x"), "sorted");
     }
 

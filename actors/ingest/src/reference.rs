@@ -101,4 +101,3 @@ pub fn parse_line_protocol_reference(
     }
     Ok(points)
 }
-
