@@ -31,7 +31,8 @@ pub enum Fault {
     Drop { probability: f64 },
     /// Delivered late (later messages may overtake it).
     Delay(Duration),
-    /// Delivered twice.
+    /// Delivered twice (a request: its responder gets it twice, the
+    /// requester hears the first answer).
     Duplicate,
 }
 
@@ -254,6 +255,15 @@ impl Bus for FaultyBus {
                 return Err(timed_out());
             }
             tokio::time::sleep(plan.delay).await;
+        }
+        // A duplicated request reaches the responder again; the requester
+        // hears one answer (the copy's goes to an inbox nobody reads).
+        for _ in 1..plan.copies {
+            let mut copy = message.clone();
+            copy.reply = Some(self.inner.new_inbox());
+            if let Err(e) = self.inner.publish(copy).await {
+                debug!(error = %e, "duplicate request copy failed");
+            }
         }
         let left = timeout.saturating_sub(started.elapsed());
         let reply = self.inner.request(message, left).await?;

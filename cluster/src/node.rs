@@ -1392,21 +1392,38 @@ impl ClusterNode {
         points: EncodedPoints,
         keyed: Option<KeyedPart>,
     ) -> Result<usize, ClusterError> {
+        // A forwarded entry is sent again to the next leader when an attempt
+        // gets no answer, and the leader that gave none (killed, say) may
+        // have committed it first: without a key it would apply twice. One
+        // of its own (with a space, so no client's key can be it) makes the
+        // second copy a retry that applies nothing.
+        let keyed = keyed.unwrap_or_else(|| {
+            let nonce = inbox_nonce()
+                ^ self
+                    .next_inbox
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            KeyedPart {
+                key: format!("forwarded {}/{nonce:016x}", self.config.node_id),
+                part: 0,
+                nonce,
+                window: i64::try_from(self.config.idempotency_window.as_nanos())
+                    .unwrap_or(i64::MAX),
+            }
+        });
         // The wire form is built only if the write has to be forwarded.
-        let request = || match &keyed {
-            None => WireClusterRequest::Write(points.as_bytes().to_vec()),
-            Some(k) => WireClusterRequest::WriteKeyed(Box::new(WireKeyedWrite {
+        let request = || {
+            WireClusterRequest::WriteKeyed(Box::new(WireKeyedWrite {
                 points: points.as_bytes().to_vec(),
-                key: k.key.clone(),
-                part: k.part,
-                nonce: k.nonce,
-                window: k.window,
-            })),
+                key: keyed.key.clone(),
+                part: keyed.part,
+                nonce: keyed.nonce,
+                window: keyed.window,
+            }))
         };
         let reply = self
             .to_leader(shard, request, |raft| {
                 let mut batch = WriteBatch::new(points.clone());
-                batch.keyed = keyed.as_ref().map(|k| Box::new(k.stamped()));
+                batch.keyed = Some(Box::new(keyed.stamped()));
                 async move {
                     raft.client_write(batch)
                         .await

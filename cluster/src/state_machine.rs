@@ -340,7 +340,11 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
                             if r.written > 0 {
                                 fed = Some(batch.points.clone());
                             }
-                            (r.written, None, Vec::new())
+                            // The writer's answer: every point of the part
+                            // is stored, now or by the copy applied before
+                            // under its key (the feed carries only new ones).
+                            let acknowledged = if r.fresh { batch.points.len() } else { 0 };
+                            (acknowledged, None, Vec::new())
                         }
                         EntryPayload::Normal(batch) => {
                             let fresh = shard.apply_encoded(entry.log_id.index, &batch.points)?;

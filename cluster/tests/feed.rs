@@ -197,3 +197,87 @@ async fn committed_batches_are_read_after_any_index_from_any_node() {
         n.shutdown().await;
     }
 }
+
+/// A forwarded write that reaches the leader twice (a retry after an answer
+/// that never came looks the same to the leader) applies once: the feed
+/// shows each point once, and the second copy wrote nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_write_delivered_twice_applies_once() {
+    use chronicle_bus::{Fault, FaultController, FaultyBus};
+
+    let dir = TempDir::new().unwrap();
+    let local: Arc<dyn Bus> = Arc::new(LocalBus::default());
+    let faults = FaultController::new(7);
+    let mut nodes = Vec::new();
+    for id in 1..=3u64 {
+        let mut config = ClusterConfig::new(id, vec![1, 2, 3], dir.path().join(format!("n{id}")));
+        config.shards = 1;
+        config.write_event_points = true;
+        config.shard = ShardConfig {
+            sync_writes: false,
+            ..ShardConfig::default()
+        };
+        let bus: Arc<dyn Bus> = Arc::new(FaultyBus::new(
+            local.clone(),
+            format!("n{id}"),
+            faults.clone(),
+        ));
+        nodes.push(ClusterNode::start(config, bus).await.unwrap());
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let leader = loop {
+        if let Some(l) = nodes.iter().find_map(|n| n.status().1[0].leader) {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let via = nodes
+        .iter()
+        .find(|n| n.node_id() != leader)
+        .unwrap()
+        .clone();
+    let mut feed = via.write_feed().await.unwrap();
+    faults
+        .add_rule(&format!("chronicle.cluster.0.{leader}"), Fault::Duplicate)
+        .unwrap();
+
+    let labels = vec![Label::new("host", "a")];
+    let mut expected = Vec::new();
+    for batch in 0..5i64 {
+        let points: Vec<Point> = (0..4)
+            .map(|i| Point::new("twice", labels.clone(), 1.0, (batch * 4 + i) * S))
+            .collect();
+        assert_eq!(via.write(&points).await.unwrap(), 4);
+        expected.extend(points.iter().map(|p| p.timestamp));
+    }
+    assert!(faults.injected() >= 5, "the writes were not duplicated");
+    faults.clear();
+    // A marker written after: once it arrives, every earlier event has.
+    via.write(&[Point::new("twice_end", labels.clone(), 1.0, 0)])
+        .await
+        .unwrap();
+    let mut seen: BTreeMap<i64, usize> = BTreeMap::new();
+    loop {
+        let item = tokio::time::timeout(Duration::from_secs(20), feed.next())
+            .await
+            .expect("an event within 20 s")
+            .expect("the feed is open");
+        match item {
+            FeedItem::Write(e) if e.metric == "twice" => {
+                for (_, t, _) in e.points.expect("points asked for") {
+                    *seen.entry(t).or_default() += 1;
+                }
+            }
+            FeedItem::Write(e) if e.metric == "twice_end" => break,
+            FeedItem::Write(_) => {}
+            FeedItem::Gap { .. } => panic!("a gap: {item:?}"),
+        }
+    }
+    assert_eq!(seen.keys().copied().collect::<Vec<_>>(), expected);
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "points applied twice: {twice:?}");
+    for n in nodes {
+        n.shutdown().await;
+    }
+}

@@ -638,6 +638,24 @@ fn a_revocation_counts_on_every_node_within_a_second_and_forged_raft_rpcs_are_dr
     // The cluster is unharmed: a write through one node is read on another.
     let (w, _) = create(&nodes[2].http, "writer", "writer", &[]);
     let w = bearer(&w);
+    // A new token is usable on the node that made it at once, on the others
+    // once their watch brings it (the same path as a revocation).
+    wait_until(
+        Duration::from_secs(1),
+        "the new token on every node",
+        || {
+            nodes.iter().all(|n| {
+                call(
+                    &n.http,
+                    "GET",
+                    "/api/v1/query?query=up&time=1",
+                    Some(&w),
+                    "",
+                )
+                .0 == 200
+            })
+        },
+    );
     assert_eq!(
         call(
             &nodes[0].http,
