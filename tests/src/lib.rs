@@ -217,3 +217,42 @@ pub fn create_token(
         v["id"].as_str().expect("id").to_string(),
     )
 }
+
+/// Incompressible bytes from a seed (xorshift64), written to `path`.
+pub fn write_noise(path: &Path, len: usize, mut state: u64) {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut block = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        for word in block.chunks_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            word.copy_from_slice(&state.to_le_bytes()[..word.len()]);
+        }
+        let n = left.min(block.len());
+        out.write_all(&block[..n]).unwrap();
+        left -= n;
+    }
+    out.flush().unwrap();
+}
+
+/// Whether two files hold the same bytes (read a MiB at a time).
+pub fn same_bytes(a: &Path, b: &Path) -> bool {
+    use std::io::Read;
+    let (mut a, mut b) = (
+        std::fs::File::open(a).unwrap(),
+        std::fs::File::open(b).unwrap(),
+    );
+    let (mut x, mut y) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let n = a.read(&mut x).unwrap();
+        if n == 0 {
+            return b.read(&mut y).unwrap() == 0;
+        }
+        if b.read_exact(&mut y[..n]).is_err() || x[..n] != y[..n] {
+            return false;
+        }
+    }
+}

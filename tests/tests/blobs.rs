@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use chronicle_tests::NodeProcess;
+use chronicle_tests::{same_bytes, write_noise, NodeProcess};
 
 const BIN: &str = env!("CARGO_BIN_EXE_chronicle-under-test");
 const BOOTSTRAP: &str = "bootstrap-token-for-the-blob-tests-0123456789";
@@ -67,17 +67,8 @@ fn a_file_round_trips_as_a_blob_and_bad_requests_are_refused() {
     );
     let http = node.http.as_str();
     // 5 MiB + 3 bytes of noise: ten full chunks and a short one.
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let data: Vec<u8> = (0..(5 << 20) + 3)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect();
     let input = dir.path().join("model.bin");
-    std::fs::write(&input, &data).unwrap();
+    write_noise(&input, (5 << 20) + 3, 0x9e37_79b9_7f4a_7c15);
 
     let put = cli(
         http,
@@ -115,10 +106,7 @@ fn a_file_round_trips_as_a_blob_and_bad_requests_are_refused() {
         "{}",
         String::from_utf8_lossy(&get.stderr)
     );
-    assert!(
-        std::fs::read(&output).unwrap() == data,
-        "the blob came back different"
-    );
+    assert!(same_bytes(&input, &output), "the blob came back different");
 
     // Refusals: no token, a reader, a bad namespace, missing, not a blob.
     let reader = cli(

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chronicle_tests::{http_query, wait_until, NatsServer, NodeProcess};
+use chronicle_tests::{http_query, same_bytes, wait_until, write_noise, NatsServer, NodeProcess};
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_chronicle-under-test");
@@ -408,6 +408,20 @@ fn cli(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `chronicle cluster transfer-leader`, asked of the node at `http`.
+fn transfer_leader(http: &str, shard: usize, to: u64) {
+    cli(&[
+        "cluster",
+        "transfer-leader",
+        "--shard",
+        &shard.to_string(),
+        "--to",
+        &to.to_string(),
+        "--http",
+        http,
+    ]);
+}
+
 fn replicas_on(status: &Value, node: u64) -> usize {
     status["shards"]
         .as_array()
@@ -470,16 +484,7 @@ fn a_fourth_node_takes_replicas_leads_one_and_a_node_leaves() {
                 && leader(&view, i) != Some(4)
         })
         .expect("a shard on node 4 led elsewhere");
-    cli(&[
-        "cluster",
-        "transfer-leader",
-        "--shard",
-        &shard.to_string(),
-        "--to",
-        "4",
-        "--http",
-        &cluster.http(3),
-    ]);
+    transfer_leader(&cluster.http(3), shard, 4);
     assert_eq!(leader(&status(&cluster.http(1)).unwrap(), shard), Some(4));
 
     // Node 1 leaves: its replicas move first, and it deletes them.
@@ -1206,45 +1211,6 @@ fn the_write_feed_delivers_every_acknowledged_write_once_across_a_kill_9_of_a_le
     cluster.stop_all_cleanly();
 }
 
-/// Incompressible bytes from a seed (xorshift64), written to `path`.
-fn write_noise(path: &Path, len: usize, mut state: u64) {
-    use std::io::Write;
-    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let mut block = vec![0u8; 1 << 20];
-    let mut left = len;
-    while left > 0 {
-        for word in block.chunks_mut(8) {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            word.copy_from_slice(&state.to_le_bytes()[..word.len()]);
-        }
-        let n = left.min(block.len());
-        out.write_all(&block[..n]).unwrap();
-        left -= n;
-    }
-    out.flush().unwrap();
-}
-
-/// Whether two files hold the same bytes (read a MiB at a time).
-fn same_bytes(a: &Path, b: &Path) -> bool {
-    use std::io::Read;
-    let (mut a, mut b) = (
-        std::fs::File::open(a).unwrap(),
-        std::fs::File::open(b).unwrap(),
-    );
-    let (mut x, mut y) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
-    loop {
-        let n = a.read(&mut x).unwrap();
-        if n == 0 {
-            return b.read(&mut y).unwrap() == 0;
-        }
-        if b.read_exact(&mut y[..n]).is_err() || x[..n] != y[..n] {
-            return false;
-        }
-    }
-}
-
 /// `chronicle_raft_snapshots_total{kind="installed",shard=S}` on a node.
 fn snapshots_installed(http: &str, shard: usize) -> u64 {
     let Ok(mut r) = agent().get(format!("{http}/metrics")).call() else {
@@ -1299,16 +1265,7 @@ fn a_200_mib_blob_round_trips_over_nats_through_a_node_that_caught_up_from_a_sna
         "the returning node installs a snapshot",
         || snapshots_installed(&http, shard) > 0,
     );
-    cli(&[
-        "cluster",
-        "transfer-leader",
-        "--shard",
-        &shard.to_string(),
-        "--to",
-        &away.to_string(),
-        "--http",
-        &cluster.http(first),
-    ]);
+    transfer_leader(&cluster.http(first), shard, away);
     assert_eq!(leader(&status(&http).unwrap(), shard), Some(away));
 
     // Read through the node that now leads.
