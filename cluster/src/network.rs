@@ -25,16 +25,11 @@ use crate::wire::{WireEntry, WireLogId, WireVote};
 /// payload limit with room for headers.
 pub const MAX_RPC_BYTES: usize = 960 * 1024;
 
-/// Least time a heartbeat is given: a reply slower than the heartbeat interval
-/// is not a dead member, and backing off from it (half a second) starves the
-/// follower of heartbeats until it starts an election. Still well under the
-/// election timeout, so a dead member is noticed in time.
 /// Failpoint: appends that carry entries fail (heartbeats still pass).
 pub const APPEND_ENTRIES: &str = "raft::append::entries";
 
-const HEARTBEAT_TTL: Duration = Duration::from_millis(250);
-
-/// Least time an append carrying entries is given (see `append_entries`).
+/// How long an append carrying entries may run, past openraft's own deadline
+/// of one heartbeat interval (see `BusConnection::in_flight`).
 const APPEND_WITH_ENTRIES_TTL: Duration = Duration::from_secs(5);
 
 /// The subject node `node` of group `group` answers Raft RPCs on.
@@ -135,6 +130,8 @@ impl RaftNetworkFactory<TypeConfig> for BusNetwork {
         BusConnection {
             bus: self.bus.clone(),
             subject: raft_subject(&self.prefix, self.group, target),
+            in_flight: None,
+            confirmed: Arc::default(),
         }
     }
 }
@@ -143,7 +140,24 @@ impl RaftNetworkFactory<TypeConfig> for BusNetwork {
 pub struct BusConnection {
     bus: Arc<dyn Bus>,
     subject: String,
+    /// The last append that carried entries, sent on a task of its own.
+    /// openraft gives up on an append after one heartbeat interval and
+    /// sends the same entries again, while the follower, slowed by a flood,
+    /// is still storing the first copy: each retry re-read, re-encoded and
+    /// re-sent up to a megabyte, and the copies queued behind each other
+    /// until heartbeats were late enough for an election. A retry waits for
+    /// this one instead, then sends only what it did not cover.
+    in_flight: Option<tokio::task::JoinHandle<AppendOutcome>>,
+    /// The newest entry the member acknowledged holding, with the vote it
+    /// was sent under. Within one vote the leader's log does not change, so
+    /// the member matches it up to there.
+    confirmed: Arc<parking_lot::Mutex<Option<Held>>>,
 }
+
+/// A member holds the leader's log up to this entry, as acknowledged under this vote.
+type Held = (Vote<u64>, LogId<u64>);
+
+type AppendOutcome = Result<WireReply, RPCError<u64, EmptyNode, RaftError<u64>>>;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -228,10 +242,32 @@ impl RaftNetwork<TypeConfig> for BusConnection {
         if !rpc.entries.is_empty() {
             chronicle_storage::faults::check(APPEND_ENTRIES)
                 .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+            // A retry: wait for the copy still on its way (openraft's
+            // deadline may end this wait; the copy goes on regardless).
+            if let Some(previous) = self.in_flight.as_mut() {
+                let _ = previous.await;
+                self.in_flight = None;
+            }
         }
+        // What the member already acknowledged under this vote is not sent
+        // again: the append starts after it.
+        let confirmed = *self.confirmed.lock();
+        let skip = match confirmed {
+            Some((vote, held)) if vote == rpc.vote => rpc
+                .entries
+                .iter()
+                .position(|e| e.log_id.index > held.index)
+                .unwrap_or(rpc.entries.len()),
+            _ => 0,
+        };
+        let prev_log_id = match skip {
+            0 => rpc.prev_log_id,
+            k => Some(rpc.entries[k - 1].log_id),
+        };
+        let rest = &rpc.entries[skip..];
         let mut entries: Vec<WireEntry> = Vec::new();
         let mut budget = MAX_RPC_BYTES;
-        for e in &rpc.entries {
+        for e in rest {
             let wire = WireEntry::from(e);
             let size = wire.payload_len();
             if !entries.is_empty() && size > budget {
@@ -244,7 +280,7 @@ impl RaftNetwork<TypeConfig> for BusConnection {
         let payload = loop {
             let request = WireRequest::Append {
                 vote: (&rpc.vote).into(),
-                prev_log_id: id(&rpc.prev_log_id),
+                prev_log_id: id(&prev_log_id),
                 entries: entries[..n].to_vec(),
                 leader_commit: id(&rpc.leader_commit),
             };
@@ -255,21 +291,66 @@ impl RaftNetwork<TypeConfig> for BusConnection {
             }
             n = (n * MAX_RPC_BYTES / payload.len()).clamp(1, n - 1);
         };
-        let partial = n < rpc.entries.len();
-        // openraft gives every append the heartbeat interval as its deadline.
-        // An append carrying entries can take longer on a loaded machine; timing
-        // it out makes the follower look unreachable (half a second of backoff)
-        // and fall behind, and a lagging replica cannot win the next election.
-        // Heartbeats get a shorter floor, so a dead member is still seen fast.
-        let option = if n > 0 {
-            RPCOption::new(option.hard_ttl().max(APPEND_WITH_ENTRIES_TTL))
-        } else {
-            RPCOption::new(option.hard_ttl().max(HEARTBEAT_TTL))
+        let partial = n < rest.len();
+        // The newest entry this message makes the member hold.
+        let last_sent = match n {
+            0 => prev_log_id,
+            n => Some(rest[n - 1].log_id),
         };
-        match self.send(payload, &option).await? {
+        // openraft gives every append the heartbeat interval as its deadline.
+        // An append carrying entries can take longer on a loaded machine; it
+        // goes on after that deadline (in `in_flight`), and its answer still
+        // counts (in `confirmed`). A heartbeat lives by openraft's deadline.
+        let ttl = if n > 0 {
+            option.hard_ttl().max(APPEND_WITH_ENTRIES_TTL)
+        } else {
+            option.hard_ttl()
+        };
+        let send = {
+            let connection = BusConnection {
+                bus: self.bus.clone(),
+                subject: self.subject.clone(),
+                in_flight: None,
+                confirmed: self.confirmed.clone(),
+            };
+            let vote = rpc.vote;
+            async move {
+                let reply = connection.send(payload, &RPCOption::new(ttl)).await?;
+                let mut confirmed = connection.confirmed.lock();
+                match (&reply, last_sent) {
+                    (WireReply::Append(WireAppendReply::Success), Some(held)) => {
+                        let newer = match *confirmed {
+                            Some((v, h)) => v != vote || h.index < held.index,
+                            None => true,
+                        };
+                        if newer {
+                            *confirmed = Some((vote, held));
+                        }
+                    }
+                    // The member does not hold what it was thought to (it
+                    // lost an unsynced tail, say): openraft probes back from
+                    // the start, with nothing skipped.
+                    (WireReply::Append(WireAppendReply::Conflict), _) => *confirmed = None,
+                    _ => {}
+                }
+                drop(confirmed);
+                Ok(reply)
+            }
+        };
+        let reply = if n > 0 {
+            let handle = self.in_flight.insert(tokio::spawn(send));
+            let reply = handle
+                .await
+                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            self.in_flight = None;
+            reply?
+        } else {
+            send.await?
+        };
+        match reply {
             WireReply::Append(r) => Ok(match r {
                 WireAppendReply::Success if partial => {
-                    AppendEntriesResponse::PartialSuccess(Some(rpc.entries[n - 1].log_id))
+                    AppendEntriesResponse::PartialSuccess(last_sent)
                 }
                 WireAppendReply::Success => AppendEntriesResponse::Success,
                 WireAppendReply::PartialSuccess(l) => {
@@ -448,8 +529,17 @@ async fn handle(
                 Ok(entries) => entries,
                 Err(e) => return WireReply::Error(e.to_string()),
             };
+            let vote: Vote<u64> = vote.into();
+            // Hearing from the leader is the append's arrival, as in Raft,
+            // not its completion: under a write flood a follower's appends
+            // queue behind log writes and fsyncs for longer than the lease,
+            // and counting only completed ones would let it pre-vote
+            // against a leader that is alive and sending.
+            if vote.is_committed() && vote >= raft.metrics().borrow().vote {
+                contact.touch();
+            }
             let rpc = AppendEntriesRequest {
-                vote: vote.into(),
+                vote,
                 prev_log_id: prev_log_id.map(LogId::from),
                 entries,
                 leader_commit: leader_commit.map(LogId::from),
@@ -512,5 +602,96 @@ async fn handle(
             }
             reply
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chronicle_bus::LocalBus;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn blank(index: u64) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(2, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    fn append(from: u64, to: u64) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(2, 1),
+            prev_log_id: (from > 1).then(|| blank(from - 1).log_id),
+            entries: (from..=to).map(blank).collect(),
+            leader_commit: None,
+        }
+    }
+
+    /// openraft gives up on an append after one heartbeat interval and sends
+    /// the entries again. A slow member must not be sent them twice: the
+    /// retry waits for the first copy and sends only what it did not cover.
+    #[tokio::test]
+    async fn a_retried_append_sends_only_what_the_slow_first_copy_did_not_cover() {
+        let bus: Arc<dyn Bus> = Arc::new(LocalBus::default());
+        let mut member = bus.subscribe(&raft_subject("t", 0, 2), None).await.unwrap();
+        let received = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let seen = received.clone();
+        let replier = bus.clone();
+        tokio::spawn(async move {
+            while let Some(message) = member.next().await {
+                let Ok(WireRequest::Append {
+                    prev_log_id,
+                    entries,
+                    ..
+                }) = chronicle_bus::envelope::decode::<WireRequest>(&message.payload)
+                else {
+                    continue;
+                };
+                seen.lock().push((
+                    prev_log_id.map(|l| l.index),
+                    entries.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
+                ));
+                // A member slowed by a flood: three heartbeat intervals.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let reply =
+                    chronicle_bus::envelope::encode(&WireReply::Append(WireAppendReply::Success))
+                        .unwrap();
+                replier
+                    .publish(Message::new(message.reply.unwrap(), reply))
+                    .await
+                    .unwrap();
+            }
+        });
+        let mut network = BusNetwork::new(bus.clone(), "t", 0);
+        let mut connection = network.new_client(2, &EmptyNode {}).await;
+        let deadline = Duration::from_millis(100);
+        let option = || RPCOption::new(deadline);
+        // openraft's own deadline cuts the first attempt and the retry.
+        assert!(
+            tokio::time::timeout(deadline, connection.append_entries(append(1, 10), option()))
+                .await
+                .is_err()
+        );
+        assert!(
+            tokio::time::timeout(deadline, connection.append_entries(append(1, 12), option()))
+                .await
+                .is_err()
+        );
+        // The first copy lands meanwhile; the next retry sends 11 and 12 only.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let reply = connection
+            .append_entries(append(1, 12), option())
+            .await
+            .unwrap();
+        assert_eq!(reply, AppendEntriesResponse::Success);
+        assert_eq!(
+            *received.lock(),
+            vec![(None, (1..=10).collect()), (Some(10), vec![11, 12])]
+        );
+        // Under a new vote nothing is assumed: everything is sent.
+        let mut newer = append(1, 12);
+        newer.vote = Vote::new_committed(3, 1);
+        connection.append_entries(newer, option()).await.unwrap();
+        assert_eq!(received.lock().last().unwrap(), &(None, (1..=12).collect()));
     }
 }

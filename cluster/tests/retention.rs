@@ -25,10 +25,7 @@ async fn three_replicas_agree_after_retention() {
     for (_, shard) in &leader_shard {
         shard.flush().unwrap();
     }
-    let leader = nodes
-        .iter()
-        .find(|n| !led_shards(n).is_empty())
-        .expect("a leader");
+    let leader = agreed_leader(&nodes).await;
     let proposed = leader.propose_retention(now).await.unwrap();
     assert_eq!(proposed.len(), 1);
     let (shard, index) = proposed[0];
@@ -254,11 +251,7 @@ async fn three_replicas_agree_after_downsampling_and_a_replay_writes_the_same() 
     for (_, shard) in nodes[1].local_shards() {
         shard.flush().unwrap();
     }
-    let leader = nodes
-        .iter()
-        .find(|n| !led_shards(n).is_empty())
-        .expect("a leader")
-        .clone();
+    let leader = agreed_leader(&nodes).await;
     // Up to two hours and a half: 30 five-minute windows, 2 complete hours.
     let now = t0 + 2 * H + 30 * 60 * S;
     let entries = leader.propose_downsampling(now, 64).await.unwrap();
@@ -346,11 +339,7 @@ async fn three_replicas_agree_after_downsampling_and_a_replay_writes_the_same() 
     assert!(nodes[2].wait_for_leaders(Duration::from_secs(20)).await);
     // The rest of the data, then a run covering it: every replica,
     // the restarted one too, goes on from the same point.
-    let leader = nodes
-        .iter()
-        .find(|n| !led_shards(n).is_empty())
-        .expect("a leader")
-        .clone();
+    let leader = agreed_leader(&nodes).await;
     assert_eq!(
         leader.propose_downsampling(t0 + 3 * H, 64).await.unwrap(),
         2
@@ -361,16 +350,6 @@ async fn three_replicas_agree_after_downsampling_and_a_replay_writes_the_same() 
     for n in nodes {
         n.shutdown().await;
     }
-}
-
-/// The shards this node leads (from its own view).
-fn led_shards(n: &Arc<ClusterNode>) -> Vec<u32> {
-    let (_, shards) = n.status();
-    shards
-        .iter()
-        .filter(|s| s.leader == Some(n.node_id()))
-        .map(|s| s.id)
-        .collect()
 }
 
 /// A per-metric rule deletes the old raw samples of the series it matches,
@@ -422,10 +401,7 @@ async fn a_per_metric_rule_deletes_only_its_series_the_same_on_every_replica() {
     for (_, shard) in nodes[1].local_shards() {
         shard.flush().unwrap();
     }
-    let leader = nodes
-        .iter()
-        .find(|n| !led_shards(n).is_empty())
-        .expect("a leader");
+    let leader = agreed_leader(&nodes).await;
     let proposed = leader.propose_retention(now).await.unwrap();
     assert_eq!(proposed.len(), 1, "one delete, for the one rule");
     let index = proposed[0].1;
@@ -511,6 +487,35 @@ fn ten_hours(now: i64, series: usize) -> Vec<Point> {
         .collect()
 }
 
+/// The node every node names as shard 0's leader (waits up to 30 s). A node
+/// that led an earlier term may still think it leads after the others moved
+/// on (a re-election under load): asking it alone could name a leader whose
+/// applied index is behind the write just acknowledged.
+async fn agreed_leader(nodes: &[Arc<ClusterNode>]) -> Arc<ClusterNode> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let named: Vec<Option<u64>> = nodes
+            .iter()
+            .map(|n| {
+                let (_, shards) = n.status();
+                shards.iter().find(|s| s.id == 0).and_then(|s| s.leader)
+            })
+            .collect();
+        if let Some(Some(id)) = named.first() {
+            if named.iter().all(|l| *l == Some(*id)) {
+                if let Some(n) = nodes.iter().find(|n| n.node_id() == *id) {
+                    return n.clone();
+                }
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the nodes name no common leader: {named:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Waits until every replica applied `index` (up to 30 s).
 async fn applied_everywhere(nodes: &[Arc<ClusterNode>], index: u64) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -535,10 +540,7 @@ async fn three_replicas_hold_the_same_bytes_after_retention() {
     let nodes = three_with_retention(&dir).await;
     let now = 1_767_225_600 * S + 12 * H;
     nodes[0].write(&ten_hours(now, 20)).await.unwrap();
-    let leader = nodes
-        .iter()
-        .find(|n| !led_shards(n).is_empty())
-        .expect("a leader");
+    let leader = agreed_leader(&nodes).await;
     let digests = |nodes: &[Arc<ClusterNode>]| {
         nodes
             .iter()
@@ -588,11 +590,7 @@ async fn reads_during_retention_see_all_of_it_or_none() {
     let now = 1_767_225_600 * S + 12 * H;
     let series = 200;
     nodes[0].write(&ten_hours(now, series)).await.unwrap();
-    let leader = nodes
-        .iter()
-        .find(|n| !led_shards(n).is_empty())
-        .expect("a leader")
-        .clone();
+    let leader = agreed_leader(&nodes).await;
     applied_everywhere(&nodes, leader.applied_index(0).unwrap()).await;
     // One replica with its data in chunks, one with it in heads: both read.
     nodes[1].local_shards().pop().unwrap().1.flush().unwrap();
