@@ -28,9 +28,22 @@ pub const MAX_RPC_BYTES: usize = 960 * 1024;
 /// Failpoint: appends that carry entries fail (heartbeats still pass).
 pub const APPEND_ENTRIES: &str = "raft::append::entries";
 
+/// The bus's own deadline for a heartbeat, longer than openraft's (one
+/// heartbeat interval), so a slow reply ends as openraft's timeout and not as
+/// the bus's: the bus's error reads as an unreachable member, and openraft
+/// backs off from one for half a second, which starves the follower of
+/// heartbeats until it stands for election.
+const HEARTBEAT_TTL: Duration = Duration::from_millis(250);
+
 /// How long an append carrying entries may run, past openraft's own deadline
-/// of one heartbeat interval (see `BusConnection::in_flight`).
-const APPEND_WITH_ENTRIES_TTL: Duration = Duration::from_secs(5);
+/// of one heartbeat interval (see `BusConnection::in_flight`). A lost reply
+/// holds the member's entries back this long (heartbeats still go out).
+const APPEND_WITH_ENTRIES_TTL: Duration = Duration::from_secs(2);
+
+/// How long a retry waits for the append in flight before it sends a
+/// heartbeat instead: half of openraft's 100 ms deadline, so the member hears
+/// from its leader at least that often.
+const RETRY_WAIT: Duration = Duration::from_millis(50);
 
 /// The subject node `node` of group `group` answers Raft RPCs on.
 pub fn raft_subject(prefix: &str, group: u64, node: u64) -> String {
@@ -217,6 +230,49 @@ impl BusConnection {
     }
 }
 
+impl BusConnection {
+    /// The reply to a retried append while the earlier copy is still being
+    /// stored: a heartbeat (no entries) after what the member acknowledged,
+    /// answered as a partial success up to there, so openraft asks again
+    /// (and this waits again) until the copy lands.
+    async fn heartbeat_while_in_flight(
+        &self,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, EmptyNode, RaftError<u64>>> {
+        let held = match *self.confirmed.lock() {
+            Some((vote, held)) if vote == rpc.vote => rpc
+                .entries
+                .iter()
+                .rev()
+                .find(|e| e.log_id.index <= held.index)
+                .map(|e| e.log_id),
+            _ => None,
+        };
+        let prev = held.or(rpc.prev_log_id);
+        let request = WireRequest::Append {
+            vote: (&rpc.vote).into(),
+            prev_log_id: id(&prev),
+            entries: Vec::new(),
+            leader_commit: id(&rpc.leader_commit),
+        };
+        let option = RPCOption::new(option.hard_ttl().max(HEARTBEAT_TTL));
+        match self.call(&request, &option).await? {
+            WireReply::Append(WireAppendReply::Success) => {
+                Ok(AppendEntriesResponse::PartialSuccess(prev))
+            }
+            WireReply::Append(WireAppendReply::Conflict) => {
+                *self.confirmed.lock() = None;
+                Ok(AppendEntriesResponse::Conflict)
+            }
+            WireReply::Append(WireAppendReply::HigherVote(v)) => {
+                Ok(AppendEntriesResponse::HigherVote(v.into()))
+            }
+            _ => Err(unexpected("append entries")),
+        }
+    }
+}
+
 fn unexpected<E: std::error::Error>(what: &str) -> RPCError<u64, EmptyNode, E> {
     RPCError::Network(NetworkError::new(&RemoteFailure(format!(
         "unexpected reply to {what}"
@@ -242,11 +298,15 @@ impl RaftNetwork<TypeConfig> for BusConnection {
         if !rpc.entries.is_empty() {
             chronicle_storage::faults::check(APPEND_ENTRIES)
                 .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
-            // A retry: wait for the copy still on its way (openraft's
-            // deadline may end this wait; the copy goes on regardless).
+            // A retry: wait a while for the copy still on its way.
             if let Some(previous) = self.in_flight.as_mut() {
-                let _ = previous.await;
-                self.in_flight = None;
+                match tokio::time::timeout(RETRY_WAIT, previous).await {
+                    Ok(_) => self.in_flight = None,
+                    // Still being stored: the follower hears from its leader
+                    // by a heartbeat meanwhile (waiting silently would let it
+                    // stand for election against a leader that is fine).
+                    Err(_) => return self.heartbeat_while_in_flight(&rpc, option).await,
+                }
             }
         }
         // What the member already acknowledged under this vote is not sent
@@ -300,11 +360,11 @@ impl RaftNetwork<TypeConfig> for BusConnection {
         // openraft gives every append the heartbeat interval as its deadline.
         // An append carrying entries can take longer on a loaded machine; it
         // goes on after that deadline (in `in_flight`), and its answer still
-        // counts (in `confirmed`). A heartbeat lives by openraft's deadline.
+        // counts (in `confirmed`).
         let ttl = if n > 0 {
             option.hard_ttl().max(APPEND_WITH_ENTRIES_TTL)
         } else {
-            option.hard_ttl()
+            option.hard_ttl().max(HEARTBEAT_TTL)
         };
         let send = {
             let connection = BusConnection {
@@ -628,10 +688,13 @@ mod tests {
     }
 
     /// openraft gives up on an append after one heartbeat interval and sends
-    /// the entries again. A slow member must not be sent them twice: the
-    /// retry waits for the first copy and sends only what it did not cover.
+    /// the entries again. A slow member must not be sent them twice, nor be
+    /// left without word from its leader: a retry while the first copy is
+    /// stored is a heartbeat, and the one after sends only what it did not
+    /// cover.
     #[tokio::test]
-    async fn a_retried_append_sends_only_what_the_slow_first_copy_did_not_cover() {
+    async fn a_retried_append_sends_only_what_the_slow_first_copy_did_not_cover_and_heartbeats_meanwhile(
+    ) {
         let bus: Arc<dyn Bus> = Arc::new(LocalBus::default());
         let mut member = bus.subscribe(&raft_subject("t", 0, 2), None).await.unwrap();
         let received = Arc::new(parking_lot::Mutex::new(Vec::new()));
@@ -651,34 +714,45 @@ mod tests {
                     prev_log_id.map(|l| l.index),
                     entries.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
                 ));
-                // A member slowed by a flood: three heartbeat intervals.
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                let reply =
-                    chronicle_bus::envelope::encode(&WireReply::Append(WireAppendReply::Success))
-                        .unwrap();
-                replier
-                    .publish(Message::new(message.reply.unwrap(), reply))
-                    .await
+                // A member slowed by a flood: entries take three heartbeat
+                // intervals to store, a heartbeat is answered at once.
+                let slow = !entries.is_empty();
+                let replier = replier.clone();
+                tokio::spawn(async move {
+                    if slow {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                    let reply = chronicle_bus::envelope::encode(&WireReply::Append(
+                        WireAppendReply::Success,
+                    ))
                     .unwrap();
+                    replier
+                        .publish(Message::new(message.reply.unwrap(), reply))
+                        .await
+                        .unwrap();
+                });
             }
         });
         let mut network = BusNetwork::new(bus.clone(), "t", 0);
         let mut connection = network.new_client(2, &EmptyNode {}).await;
         let deadline = Duration::from_millis(100);
         let option = || RPCOption::new(deadline);
-        // openraft's own deadline cuts the first attempt and the retry.
+        // openraft's own deadline cuts the first attempt.
         assert!(
             tokio::time::timeout(deadline, connection.append_entries(append(1, 10), option()))
                 .await
                 .is_err()
         );
-        assert!(
-            tokio::time::timeout(deadline, connection.append_entries(append(1, 12), option()))
-                .await
-                .is_err()
-        );
-        // The first copy lands meanwhile; the next retry sends 11 and 12 only.
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        // The retry, while the first copy is still being stored, is a
+        // heartbeat: nothing is sent again, nothing claimed beyond what the
+        // member acknowledged.
+        let retry = connection
+            .append_entries(append(1, 12), option())
+            .await
+            .unwrap();
+        assert_eq!(retry, AppendEntriesResponse::PartialSuccess(None));
+        // The first copy lands; the next retry sends 11 and 12 only.
+        tokio::time::sleep(Duration::from_millis(300)).await;
         let reply = connection
             .append_entries(append(1, 12), option())
             .await
@@ -686,7 +760,11 @@ mod tests {
         assert_eq!(reply, AppendEntriesResponse::Success);
         assert_eq!(
             *received.lock(),
-            vec![(None, (1..=10).collect()), (Some(10), vec![11, 12])]
+            vec![
+                (None, (1..=10).collect()),
+                (None, vec![]),
+                (Some(10), vec![11, 12])
+            ]
         );
         // Under a new vote nothing is assumed: everything is sent.
         let mut newer = append(1, 12);
