@@ -258,9 +258,15 @@ impl BusConnection {
         };
         let option = RPCOption::new(option.hard_ttl().max(HEARTBEAT_TTL));
         match self.call(&request, &option).await? {
-            WireReply::Append(WireAppendReply::Success) => {
-                Ok(AppendEntriesResponse::PartialSuccess(prev))
-            }
+            WireReply::Append(WireAppendReply::Success) => match prev {
+                Some(_) => Ok(AppendEntriesResponse::PartialSuccess(prev)),
+                // openraft takes no partial success short of the first entry;
+                // an error that is not "unreachable" (no backoff) makes it
+                // ask again at its next heartbeat.
+                None => Err(RPCError::Network(NetworkError::new(&RemoteFailure(
+                    "the member is still storing the previous append".into(),
+                )))),
+            },
             WireReply::Append(WireAppendReply::Conflict) => {
                 *self.confirmed.lock() = None;
                 Ok(AppendEntriesResponse::Conflict)
@@ -739,7 +745,7 @@ mod tests {
         let option = || RPCOption::new(deadline);
         // openraft's own deadline cuts the first attempt.
         assert!(
-            tokio::time::timeout(deadline, connection.append_entries(append(1, 10), option()))
+            tokio::time::timeout(deadline, connection.append_entries(append(2, 10), option()))
                 .await
                 .is_err()
         );
@@ -747,29 +753,49 @@ mod tests {
         // heartbeat: nothing is sent again, nothing claimed beyond what the
         // member acknowledged.
         let retry = connection
-            .append_entries(append(1, 12), option())
+            .append_entries(append(2, 12), option())
             .await
             .unwrap();
-        assert_eq!(retry, AppendEntriesResponse::PartialSuccess(None));
+        assert_eq!(
+            retry,
+            AppendEntriesResponse::PartialSuccess(Some(blank(1).log_id))
+        );
         // The first copy lands; the next retry sends 11 and 12 only.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let reply = connection
-            .append_entries(append(1, 12), option())
+            .append_entries(append(2, 12), option())
             .await
             .unwrap();
         assert_eq!(reply, AppendEntriesResponse::Success);
         assert_eq!(
             *received.lock(),
             vec![
-                (None, (1..=10).collect()),
-                (None, vec![]),
+                (Some(1), (2..=10).collect()),
+                (Some(1), vec![]),
                 (Some(10), vec![11, 12])
             ]
         );
         // Under a new vote nothing is assumed: everything is sent.
-        let mut newer = append(1, 12);
+        let mut newer = append(2, 12);
         newer.vote = Vote::new_committed(3, 1);
         connection.append_entries(newer, option()).await.unwrap();
-        assert_eq!(received.lock().last().unwrap(), &(None, (1..=12).collect()));
+        assert_eq!(
+            received.lock().last().unwrap(),
+            &(Some(1), (2..=12).collect())
+        );
+        // From the very start (no entry to be partly successful up to), a
+        // retry during the first copy is an error openraft does not back off
+        // from, after the heartbeat.
+        let mut fresh = network.new_client(2, &EmptyNode {}).await;
+        assert!(
+            tokio::time::timeout(deadline, fresh.append_entries(append(1, 3), option()))
+                .await
+                .is_err()
+        );
+        assert!(matches!(
+            fresh.append_entries(append(1, 3), option()).await,
+            Err(RPCError::Network(_))
+        ));
+        assert_eq!(received.lock().last().unwrap(), &(None, vec![]));
     }
 }
