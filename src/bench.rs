@@ -173,6 +173,37 @@ fn storage(args: StorageBench) -> Result<(), Box<dyn std::error::Error>> {
     }
     drop(shard);
 
+    // Cold reads: no decoded cache, every chunk decoded as it is read (what
+    // queries meet once the data outgrows the cache). Whole series, then the
+    // last hour of single series (which decodes each chunk only up to the
+    // hour's end).
+    let cold = Shard::open(
+        root.join("realistic"),
+        ShardConfig {
+            decoded_cache_bytes: 0,
+            ..config.clone()
+        },
+    )?;
+    let started = Instant::now();
+    let mut cold_samples = 0usize;
+    for (id, _) in &ids {
+        cold_samples += cold
+            .scan(*id, i64::MIN, i64::MAX)?
+            .try_fold(0usize, |n, s| s.map(|_| n + 1))?;
+    }
+    let cold_ns_per_sample = started.elapsed().as_nanos() as f64 / cold_samples.max(1) as f64;
+    let mut cold_one = Vec::new();
+    for i in 0..200 {
+        let (id, _) = &ids[(i * 7919) % ids.len()];
+        let t = Instant::now();
+        let n = cold
+            .scan(*id, start, end)?
+            .try_fold(0usize, |n, s| s.map(|_| n + 1))?;
+        cold_one.push(t.elapsed().as_secs_f64() * 1e3);
+        std::hint::black_box(n);
+    }
+    drop(cold);
+
     let noisy_points = args.points.min(2_000_000);
     let noisy = Shard::open(root.join("noisy"), config)?;
     let mut load = Workload::noisy(args.series, INTERVAL, START, 43);
@@ -192,6 +223,8 @@ fn storage(args: StorageBench) -> Result<(), Box<dyn std::error::Error>> {
         "bytes_per_point": round3(bytes_per_point),
         "noisy_bytes_per_point": round3(noisy_bytes),
         "query_one_series_1h_p50_ms": round3(quantile(&mut one, 0.5)),
+        "cold_query_one_series_1h_p50_ms": round3(quantile(&mut cold_one, 0.5)),
+        "cold_scan_ns_per_sample": round3(cold_ns_per_sample),
         "query_groupby_1000_series_1h_p50_ms": round3(quantile(&mut group, 0.5)),
         "query_groupby_1000_series_1h_p99_ms": round3(quantile(&mut group, 0.99)),
         "groupby_series": ids.len(),

@@ -2760,7 +2760,13 @@ impl SeriesIter {
             StoredChunk::Encoded(bytes) => bytes,
         };
         let mut out = Vec::new();
-        codec::decode_chunk_into(bytes, &mut out).map_err(|reason| {
+        // With a cache the whole chunk is decoded, for the reads after this
+        // one; without, only as far as this read's end.
+        let decoded = match self.cache {
+            Some(_) => codec::decode_chunk_into(bytes, &mut out),
+            None => codec::decode_chunk_before(bytes, self.end, &mut out),
+        };
+        decoded.map_err(|reason| {
             // A chunk that fails its checksum has no trustworthy header: name
             // the window it is stored under instead.
             let (start, end) = match codec::chunk_header(bytes) {

@@ -201,6 +201,28 @@ pub fn decode_chunk(chunk: &[u8]) -> Result<Vec<Sample>, CodecError> {
 
 /// Decodes a chunk, appending its samples to `out`.
 pub fn decode_chunk_into(chunk: &[u8], out: &mut Vec<Sample>) -> Result<ChunkHeader, CodecError> {
+    decode(chunk, None, out)
+}
+
+/// [`decode_chunk_into`] up to the first sample at or after `end`, for a
+/// chunk whose timestamps ascend (every chunk a shard writes: heads are
+/// sorted when cut). A read of a window that ends inside the chunk decodes
+/// only that far: the streams are sequential, so what comes before the
+/// window is still decoded, what comes after is not. The whole chunk is
+/// still checksummed.
+pub fn decode_chunk_before(
+    chunk: &[u8],
+    end: i64,
+    out: &mut Vec<Sample>,
+) -> Result<ChunkHeader, CodecError> {
+    decode(chunk, Some(end), out)
+}
+
+fn decode(
+    chunk: &[u8],
+    end: Option<i64>,
+    out: &mut Vec<Sample>,
+) -> Result<ChunkHeader, CodecError> {
     let (header, flags, body) = parse(chunk)?;
     let count = header.count;
     let decompressed;
@@ -227,13 +249,20 @@ pub fn decode_chunk_into(chunk: &[u8], out: &mut Vec<Sample>) -> Result<ChunkHea
             }
             for c in ts_bytes.chunks_exact(8) {
                 let t = i64::from_le_bytes(c.try_into().expect("chunks_exact(8)"));
+                if past(t, end) {
+                    break;
+                }
                 out.push(Sample::new(t, 0.0));
             }
         }
-        x if x == TsEncoding::GorillaDod as u8 => decode_gorilla_timestamps(ts_bytes, count, out)?,
-        x if x == TsEncoding::VarintDod as u8 => decode_varint_timestamps(ts_bytes, count, out)?,
+        x if x == TsEncoding::GorillaDod as u8 => {
+            decode_gorilla_timestamps(ts_bytes, count, end, out)?
+        }
+        x if x == TsEncoding::VarintDod as u8 => {
+            decode_varint_timestamps(ts_bytes, count, end, out)?
+        }
         x if x == TsEncoding::Grid as u8 => {
-            decode_grid_timestamps(ts_bytes, count, header.min_time, out)?
+            decode_grid_timestamps(ts_bytes, count, header.min_time, end, out)?
         }
         _ => return Err(CodecError::Malformed("unknown timestamp encoding")),
     }
@@ -256,6 +285,12 @@ pub fn decode_chunk_into(chunk: &[u8], out: &mut Vec<Sample>) -> Result<ChunkHea
         _ => return Err(CodecError::Malformed("unknown value encoding")),
     }
     Ok(header)
+}
+
+/// Whether a timestamp is at or past the end a partial decode stops at.
+#[inline]
+fn past(t: i64, end: Option<i64>) -> bool {
+    end.is_some_and(|end| t >= end)
 }
 
 /// The CRC-32 a chunk was stored with (its last four bytes), unverified.
@@ -357,12 +392,16 @@ fn gorilla_timestamps(samples: &[Sample], scale: u8) -> Vec<u8> {
 fn decode_gorilla_timestamps(
     bytes: &[u8],
     count: usize,
+    end: Option<i64>,
     out: &mut Vec<Sample>,
 ) -> Result<(), CodecError> {
     if count == 0 {
         return Ok(());
     }
     let (mul, first, pos) = scaled_first(bytes)?;
+    if past(first.wrapping_mul(mul), end) {
+        return Ok(());
+    }
     out.push(Sample::new(first.wrapping_mul(mul), 0.0));
     let mut r = BitReader::new(&bytes[pos..]);
     let (mut prev, mut prev_delta) = (first, 0i64);
@@ -382,6 +421,9 @@ fn decode_gorilla_timestamps(
         };
         let delta = prev_delta.wrapping_add(dod);
         let t = prev.wrapping_add(delta);
+        if past(t.wrapping_mul(mul), end) {
+            break;
+        }
         out.push(Sample::new(t.wrapping_mul(mul), 0.0));
         prev = t;
         prev_delta = delta;
@@ -421,17 +463,24 @@ fn varint_timestamps(samples: &[Sample], scale: u8) -> Vec<u8> {
 fn decode_varint_timestamps(
     bytes: &[u8],
     count: usize,
+    end: Option<i64>,
     out: &mut Vec<Sample>,
 ) -> Result<(), CodecError> {
     if count == 0 {
         return Ok(());
     }
     let (mul, first, mut pos) = scaled_first(bytes)?;
+    if past(first.wrapping_mul(mul), end) {
+        return Ok(());
+    }
     out.push(Sample::new(first.wrapping_mul(mul), 0.0));
     let (mut prev, mut prev_delta) = (first, 0i64);
     for _ in 1..count {
         let delta = prev_delta.wrapping_add(unzigzag(get_uvarint(bytes, &mut pos)?));
         let t = prev.wrapping_add(delta);
+        if past(t.wrapping_mul(mul), end) {
+            break;
+        }
         out.push(Sample::new(t.wrapping_mul(mul), 0.0));
         prev = t;
         prev_delta = delta;
@@ -675,6 +724,7 @@ fn decode_grid_timestamps(
     bytes: &[u8],
     count: usize,
     min_time: i64,
+    end: Option<i64>,
     out: &mut Vec<Sample>,
 ) -> Result<(), CodecError> {
     if count == 0 {
@@ -694,11 +744,18 @@ fn decode_grid_timestamps(
     if interval < 1 {
         return Err(CodecError::Malformed("grid interval below one"));
     }
-    let push = |out: &mut Vec<Sample>, t: i64| -> Result<(), CodecError> {
-        out.push(Sample::new(t.checked_mul(mul).ok_or(OVERFLOW)?, 0.0));
-        Ok(())
+    // Whether the sample went in (false: it is past `end`, stop).
+    let push = |out: &mut Vec<Sample>, t: i64| -> Result<bool, CodecError> {
+        let t = t.checked_mul(mul).ok_or(OVERFLOW)?;
+        if past(t, end) {
+            return Ok(false);
+        }
+        out.push(Sample::new(t, 0.0));
+        Ok(true)
     };
-    push(out, first)?;
+    if !push(out, first)? {
+        return Ok(());
+    }
     let mut dec = RangeDecoder::new(&bytes[pos..]);
     let (mut steps, mut offsets) = grid_models();
     let mut grid = first;
@@ -712,7 +769,9 @@ fn decode_grid_timestamps(
             .and_then(|d| grid.checked_add(d))
             .and_then(|g| g.checked_add(offset))
             .ok_or(OVERFLOW)?;
-        push(out, t)?;
+        if !push(out, t)? {
+            break;
+        }
         grid = grid_advance(grid, step, offset, interval).ok_or(OVERFLOW)?;
     }
     Ok(())

@@ -52,12 +52,40 @@ impl BitModel {
     fn update(&mut self, bit: bool) {
         let rate = (self.seen as u32 + 2).ilog2().min(RATE_LIMIT);
         self.seen = self.seen.saturating_add(1);
-        if bit {
-            self.p -= self.p >> rate;
-        } else {
-            self.p += (PROB_ONE - self.p) >> rate;
-        }
+        // Both moves computed and one selected, without a branch: a coded
+        // bit is as hard to predict as it is informative, and a mispredicted
+        // branch per decision was most of a chunk's decoding time.
+        let down = self.p - (self.p >> rate);
+        let up = self.p + ((PROB_ONE - self.p) >> rate);
+        self.p = select(bit, down, up);
     }
+}
+
+/// `a` if `bit`, else `b`, by masks (the compiler keeps a branch for an `if`
+/// whose outcome it cannot know is unpredictable).
+trait Select: Sized {
+    fn select(bit: bool, a: Self, b: Self) -> Self;
+}
+
+impl Select for u16 {
+    #[inline(always)]
+    fn select(bit: bool, a: u16, b: u16) -> u16 {
+        let mask = (bit as u16).wrapping_neg();
+        (a & mask) | (b & !mask)
+    }
+}
+
+impl Select for u32 {
+    #[inline(always)]
+    fn select(bit: bool, a: u32, b: u32) -> u32 {
+        let mask = (bit as u32).wrapping_neg();
+        (a & mask) | (b & !mask)
+    }
+}
+
+#[inline(always)]
+fn select<T: Select>(bit: bool, a: T, b: T) -> T {
+    T::select(bit, a, b)
 }
 
 pub struct RangeEncoder {
@@ -192,14 +220,11 @@ impl<'a> RangeDecoder<'a> {
     #[inline]
     pub fn bit(&mut self, model: &mut BitModel) -> bool {
         let bound = model.bound(self.range);
-        let bit = if self.code < bound {
-            self.range = bound;
-            false
-        } else {
-            self.code -= bound;
-            self.range -= bound;
-            true
-        };
+        // Branch-free, as in `BitModel::update`: `bound < range` always,
+        // so both candidates are well-formed.
+        let bit = self.code >= bound;
+        self.code -= select(bit, bound, 0);
+        self.range = select(bit, self.range - bound, bound);
         model.update(bit);
         while self.range < TOP {
             self.range <<= 8;

@@ -49,8 +49,45 @@ fn timestamp_step() -> impl Strategy<Value = i64> {
     ]
 }
 
+/// A partial decode up to `end` is the full decode's samples before `end`,
+/// for every encoding the encoder picks.
+fn assert_prefix_decodes(samples: &[Sample]) {
+    let chunk = encode_chunk(samples, opts());
+    let full = decode_chunk(&chunk).expect("a fresh chunk decodes");
+    let mut ends: Vec<i64> = samples.iter().map(|s| s.timestamp).collect();
+    ends.extend(samples.iter().map(|s| s.timestamp.saturating_add(1)));
+    ends.extend([i64::MIN, i64::MAX]);
+    for end in ends {
+        let mut part = Vec::new();
+        let header = decode_chunk_before(&chunk, end, &mut part).expect("decodes");
+        assert_eq!(header.count, samples.len());
+        let want: Vec<&Sample> = full.iter().take_while(|s| s.timestamp < end).collect();
+        assert_eq!(part.len(), want.len(), "up to {end}");
+        for (a, b) in part.iter().zip(want) {
+            assert!(a.bit_eq(b), "{a:?} against {b:?} up to {end}");
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn a_partial_decode_is_the_prefix_before_its_end(
+        start in -1_000_000_000_000i64..1_000_000_000_000,
+        steps in prop::collection::vec((timestamp_step(), value()), 0..200),
+    ) {
+        // Ascending, as a shard writes them (heads are sorted when cut).
+        let mut t = start;
+        let samples: Vec<Sample> = steps
+            .into_iter()
+            .map(|(step, v)| {
+                t = t.saturating_add(step.unsigned_abs().min(1 << 40) as i64);
+                Sample::new(t, v)
+            })
+            .collect();
+        assert_prefix_decodes(&samples);
+    }
 
     #[test]
     fn arbitrary_series_round_trip(
@@ -242,7 +279,7 @@ proptest! {
         min_time in any::<i64>(),
     ) {
         let mut out = Vec::new();
-        let _ = decode_grid_timestamps(&bytes, count, min_time, &mut out);
+        let _ = decode_grid_timestamps(&bytes, count, min_time, None, &mut out);
         let mut samples = vec![Sample::new(0, 0.0); count];
         let _ = decode_decimal_model_values(&bytes, &mut samples);
     }
