@@ -50,7 +50,7 @@ impl BitModel {
 
     #[inline]
     fn update(&mut self, bit: bool) {
-        let rate = (self.seen as u32 + 2).ilog2().min(RATE_LIMIT);
+        let rate = RATES[(self.seen as usize).min(RATES.len() - 1)] as u32;
         self.seen = self.seen.saturating_add(1);
         // Both moves computed and one selected, without a branch: a coded
         // bit is as hard to predict as it is informative, and a mispredicted
@@ -87,6 +87,23 @@ impl Select for u32 {
 fn select<T: Select>(bit: bool, a: T, b: T) -> T {
     T::select(bit, a, b)
 }
+
+/// The adaptation shift after `seen` bits, `ilog2(seen + 2)` up to
+/// `RATE_LIMIT`, as a table: it is read on every decision.
+const RATES: [u8; 64] = {
+    let mut t = [0u8; 64];
+    let mut i = 0;
+    while i < 64 {
+        let r = (i as u32 + 2).ilog2();
+        t[i] = if r < RATE_LIMIT {
+            r as u8
+        } else {
+            RATE_LIMIT as u8
+        };
+        i += 1;
+    }
+    t
+};
 
 pub struct RangeEncoder {
     low: u64,
