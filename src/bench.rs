@@ -147,16 +147,7 @@ fn storage(args: StorageBench) -> Result<(), Box<dyn std::error::Error>> {
     let end = START + rounds * INTERVAL;
     let start = end - 3600 * SECOND;
     let ids = shard.select(&[Matcher::equal("job", "node")])?;
-    let mut one = Vec::new();
-    for i in 0..200 {
-        let (id, _) = &ids[(i * 7919) % ids.len()];
-        let t = Instant::now();
-        let n = shard
-            .scan(*id, start, end)?
-            .try_fold(0usize, |n, s| s.map(|_| n + 1))?;
-        one.push(t.elapsed().as_secs_f64() * 1e3);
-        std::hint::black_box(n);
-    }
+    let mut one = one_series_scans(&shard, &ids, start, end)?;
     let mut group = Vec::new();
     let req = AggregateRequest {
         matchers: vec![Matcher::equal("job", "node")],
@@ -192,16 +183,7 @@ fn storage(args: StorageBench) -> Result<(), Box<dyn std::error::Error>> {
             .try_fold(0usize, |n, s| s.map(|_| n + 1))?;
     }
     let cold_ns_per_sample = started.elapsed().as_nanos() as f64 / cold_samples.max(1) as f64;
-    let mut cold_one = Vec::new();
-    for i in 0..200 {
-        let (id, _) = &ids[(i * 7919) % ids.len()];
-        let t = Instant::now();
-        let n = cold
-            .scan(*id, start, end)?
-            .try_fold(0usize, |n, s| s.map(|_| n + 1))?;
-        cold_one.push(t.elapsed().as_secs_f64() * 1e3);
-        std::hint::black_box(n);
-    }
+    let mut cold_one = one_series_scans(&cold, &ids, start, end)?;
     drop(cold);
 
     let noisy_points = args.points.min(2_000_000);
@@ -232,6 +214,27 @@ fn storage(args: StorageBench) -> Result<(), Box<dyn std::error::Error>> {
     });
     print_result(&result, args.json);
     Ok(())
+}
+
+/// Milliseconds of 200 scans of `[start, end)`, each of one series of `ids`
+/// (spread over them).
+fn one_series_scans(
+    shard: &Shard,
+    ids: &[(u64, chronicle_storage::SeriesKey)],
+    start: i64,
+    end: i64,
+) -> Result<Vec<f64>, Box<dyn std::error::Error>> {
+    let mut ms = Vec::with_capacity(200);
+    for i in 0..200 {
+        let (id, _) = &ids[(i * 7919) % ids.len()];
+        let t = Instant::now();
+        let n = shard
+            .scan(*id, start, end)?
+            .try_fold(0usize, |n, s| s.map(|_| n + 1))?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+        std::hint::black_box(n);
+    }
+    Ok(ms)
 }
 
 /// `--dataset`: the capture's samples in time order, in batches, then the

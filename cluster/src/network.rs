@@ -158,8 +158,9 @@ pub struct BusConnection {
     /// sends the same entries again, while the follower, slowed by a flood,
     /// is still storing the first copy: each retry re-read, re-encoded and
     /// re-sent up to a megabyte, and the copies queued behind each other
-    /// until heartbeats were late enough for an election. A retry waits for
-    /// this one instead, then sends only what it did not cover.
+    /// until heartbeats were late enough for an election. A retry waits a
+    /// little for this one (sending a heartbeat if it is still going), then
+    /// sends only what it did not cover.
     in_flight: Option<tokio::task::JoinHandle<AppendOutcome>>,
     /// The newest entry the member acknowledged holding, with the vote it
     /// was sent under. Within one vote the leader's log does not change, so
