@@ -183,6 +183,7 @@ fn storage(args: StorageBench) -> Result<(), Box<dyn std::error::Error>> {
             .try_fold(0usize, |n, s| s.map(|_| n + 1))?;
     }
     let cold_ns_per_sample = started.elapsed().as_nanos() as f64 / cold_samples.max(1) as f64;
+    let decode_ns_per_sample = codec_decode_ns_per_sample(args.series)?;
     let mut cold_one = one_series_scans(&cold, &ids, start, end)?;
     drop(cold);
 
@@ -207,6 +208,7 @@ fn storage(args: StorageBench) -> Result<(), Box<dyn std::error::Error>> {
         "query_one_series_1h_p50_ms": round3(quantile(&mut one, 0.5)),
         "cold_query_one_series_1h_p50_ms": round3(quantile(&mut cold_one, 0.5)),
         "cold_scan_ns_per_sample": round3(cold_ns_per_sample),
+        "decode_ns_per_sample": round3(decode_ns_per_sample),
         "query_groupby_1000_series_1h_p50_ms": round3(quantile(&mut group, 0.5)),
         "query_groupby_1000_series_1h_p99_ms": round3(quantile(&mut group, 0.99)),
         "groupby_series": ids.len(),
@@ -214,6 +216,41 @@ fn storage(args: StorageBench) -> Result<(), Box<dyn std::error::Error>> {
     });
     print_result(&result, args.json);
     Ok(())
+}
+
+/// The chunk decoder alone: nanoseconds per sample to decode three 2 h
+/// chunks (720 samples) of every series of the generated data, best of five
+/// passes (no RocksDB, no checksum: what `cold_scan_ns_per_sample` spends on
+/// decoding).
+fn codec_decode_ns_per_sample(series: usize) -> Result<f64, Box<dyn std::error::Error>> {
+    use chronicle_storage::codec::{decode_chunk_into, encode_chunk, EncodeOptions};
+    use chronicle_storage::model::Sample;
+    const CHUNK_SAMPLES: usize = 720;
+    let mut load = Workload::realistic(series, INTERVAL, START, 42);
+    let mut per_series: Vec<Vec<Sample>> = vec![Vec::new(); series];
+    for _ in 0..3 * CHUNK_SAMPLES {
+        for (i, p) in load.next_batch(series).into_iter().enumerate() {
+            per_series[i % series].push(Sample::new(p.timestamp, p.value));
+        }
+    }
+    let chunks: Vec<Vec<u8>> = per_series
+        .iter()
+        .flat_map(|s| s.chunks(CHUNK_SAMPLES))
+        .map(|c| encode_chunk(c, EncodeOptions::default()))
+        .collect();
+    let mut out = Vec::with_capacity(CHUNK_SAMPLES);
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let started = Instant::now();
+        let mut samples = 0usize;
+        for chunk in &chunks {
+            out.clear();
+            decode_chunk_into(chunk, &mut out).map_err(|e| format!("codec: {e:?}"))?;
+            samples += out.len();
+        }
+        best = best.min(started.elapsed().as_nanos() as f64 / samples.max(1) as f64);
+    }
+    Ok(best)
 }
 
 /// Milliseconds of 200 scans of `[start, end)`, each of one series of `ids`
