@@ -86,6 +86,10 @@ pub struct StorageBench {
     /// Keep the database here instead of a temporary directory.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Only the chunk decoder's figure (`decode_ns_per_sample`): a quick
+    /// check while working on the codec.
+    #[arg(long)]
+    codec_only: bool,
     /// Write the samples of this capture instead of generated ones: a
     /// `promtool tsdb dump` (what scripts/record-capture writes) or exposition
     /// lines with timestamps. Reports the engine's ingest rate and bytes per
@@ -132,6 +136,11 @@ fn storage(args: StorageBench) -> Result<(), Box<dyn std::error::Error>> {
     };
     if let Some(path) = &args.dataset {
         return storage_dataset(&args, path, &root, config);
+    }
+    if args.codec_only {
+        let ns = codec_decode_ns_per_sample(args.series)?;
+        print_result(&json!({ "decode_ns_per_sample": round3(ns) }), args.json);
+        return Ok(());
     }
 
     let shard = Shard::open(root.join("realistic"), config.clone())?;

@@ -31,6 +31,16 @@ pub struct IngestBench {
     /// Points to send.
     #[arg(long, default_value_t = 2_000_000)]
     points: usize,
+    /// Series the points spread over (the realistic mix, 20 metrics a
+    /// host). Memory per active series is the slope of
+    /// `rss_growth_bytes` between two runs of the same points over
+    /// different numbers of series (docs/benchmarks.md).
+    #[arg(long, default_value_t = 1_000)]
+    series: usize,
+    /// The node's decoded-chunk cache, bytes (0 for memory figures that
+    /// leave out the cache's fill).
+    #[arg(long, default_value_t = chronicle_storage::ShardConfig::default().decoded_cache_bytes)]
+    decoded_cache_bytes: usize,
     /// Points per message (line protocol lines).
     #[arg(long, default_value_t = 5_000)]
     batch: usize,
@@ -113,11 +123,11 @@ fn line_protocol_parse_rate(payloads: &[(usize, Bytes)]) -> Result<f64, Error> {
 }
 
 pub fn run(args: IngestBench) -> Result<(), Error> {
-    if args.points == 0 || args.batch == 0 || args.in_flight == 0 {
-        return Err("--points, --batch and --in-flight must be positive".into());
+    if args.points == 0 || args.batch == 0 || args.in_flight == 0 || args.series == 0 {
+        return Err("--points, --batch, --in-flight and --series must be positive".into());
     }
     // Generate every payload first: the generator is not what is measured.
-    let mut load = Workload::realistic(1000, 10 * SECOND, 1_767_225_600 * SECOND, 42);
+    let mut load = Workload::realistic(args.series, 10 * SECOND, 1_767_225_600 * SECOND, 42);
     let series = load.series_count();
     let mut payloads = Vec::new();
     let mut left = args.points;
@@ -136,7 +146,7 @@ pub fn run(args: IngestBench) -> Result<(), Error> {
     // them), so the parser's per-request table of tag sets never hits: the
     // bench's own data repeats each host's tags over its metrics and each
     // series five times a message, which flatters that table.
-    let mut distinct = Workload::realistic(1000, 10 * SECOND, 1_767_225_600 * SECOND, 42);
+    let mut distinct = Workload::realistic(args.series, 10 * SECOND, 1_767_225_600 * SECOND, 42);
     let mut unique_payloads = Vec::new();
     let mut seq = 0u64;
     for (n, _) in payloads.iter().take(40) {
@@ -163,6 +173,7 @@ pub fn run(args: IngestBench) -> Result<(), Error> {
         data_dir: dir.path().join("data"),
         http_addr: "127.0.0.1:0".parse().expect("static address"),
         sync_writes: !args.no_sync,
+        decoded_cache_bytes: args.decoded_cache_bytes,
         ..NodeConfig::default()
     };
     config.cluster.write_events = !args.no_write_events;
@@ -320,6 +331,8 @@ pub fn run(args: IngestBench) -> Result<(), Error> {
             // This process: the node and the producer (nats-server apart).
             "cpu_seconds_per_million_points": round3(cpu / args.points as f64 * 1e6),
             "series": series,
+            "decoded_cache_bytes": args.decoded_cache_bytes,
+            "rss_growth_bytes": rss_growth,
             "rss_growth_bytes_per_series": (rss_growth as f64 / series as f64).round(),
             "ack_latency_p50_ms": round3(quantile(&mut acks, 0.5)),
             "ack_latency_p99_ms": round3(quantile(&mut acks, 0.99)),

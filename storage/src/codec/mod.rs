@@ -218,73 +218,126 @@ pub fn decode_chunk_before(
     decode(chunk, Some(end), out)
 }
 
+/// A verified chunk's header and body (decompressed if it was compressed).
+struct Sections<'a> {
+    header: ChunkHeader,
+    flags: u8,
+    body: std::borrow::Cow<'a, [u8]>,
+}
+
+fn sections(chunk: &[u8]) -> Result<Sections<'_>, CodecError> {
+    let (header, flags, body) = parse(chunk)?;
+    let body = if flags & FLAG_ZSTD != 0 {
+        // Bound the output so a corrupt length cannot allocate without limit.
+        let limit = header.count * 20 + 64;
+        std::borrow::Cow::Owned(
+            zstd::bulk::decompress(body, limit).map_err(|_| CodecError::Decompress)?,
+        )
+    } else {
+        std::borrow::Cow::Borrowed(body)
+    };
+    Ok(Sections {
+        header,
+        flags,
+        body,
+    })
+}
+
+impl Sections<'_> {
+    fn ts_encoding(&self) -> u8 {
+        self.flags & 0b11
+    }
+
+    fn value_encoding(&self) -> u8 {
+        (self.flags >> 2) & 0b11
+    }
+
+    /// Grid timestamps and modelled decimals, decoded sample by sample.
+    fn grid_decimal(&self) -> bool {
+        self.ts_encoding() == TsEncoding::Grid as u8
+            && self.value_encoding() == ValueEncoding::DecimalModel as u8
+    }
+
+    /// The timestamp and value sections.
+    fn split(&self) -> Result<(&[u8], &[u8]), CodecError> {
+        let body = &self.body[..];
+        let mut pos = 0;
+        let ts_len = get_uvarint(body, &mut pos)? as usize;
+        let ts_bytes = body
+            .get(pos..pos.checked_add(ts_len).ok_or(CodecError::Truncated)?)
+            .ok_or(CodecError::Truncated)?;
+        Ok((ts_bytes, &body[pos + ts_len..]))
+    }
+
+    fn decode(&self, end: Option<i64>, out: &mut Vec<Sample>) -> Result<ChunkHeader, CodecError> {
+        let header = self.header;
+        let count = header.count;
+        let (ts_bytes, value_bytes) = self.split()?;
+        out.reserve(count);
+        if self.grid_decimal() {
+            if let Some(cursor) = GridDecimalCursor::open(ts_bytes, value_bytes, &header, end, out)?
+            {
+                cursor.finish(Ok(true), out)?;
+            }
+            return Ok(header);
+        }
+        let start = out.len();
+        match self.ts_encoding() {
+            x if x == TsEncoding::Raw as u8 => {
+                if ts_bytes.len() != count * 8 {
+                    return Err(CodecError::Malformed("raw timestamp section length"));
+                }
+                for c in ts_bytes.chunks_exact(8) {
+                    let t = i64::from_le_bytes(c.try_into().expect("chunks_exact(8)"));
+                    if past(t, end) {
+                        break;
+                    }
+                    out.push(Sample::new(t, 0.0));
+                }
+            }
+            x if x == TsEncoding::GorillaDod as u8 => {
+                decode_gorilla_timestamps(ts_bytes, count, end, out)?
+            }
+            x if x == TsEncoding::VarintDod as u8 => {
+                decode_varint_timestamps(ts_bytes, count, end, out)?
+            }
+            x if x == TsEncoding::Grid as u8 => {
+                decode_grid_timestamps(ts_bytes, count, header.min_time, end, out)?
+            }
+            _ => return Err(CodecError::Malformed("unknown timestamp encoding")),
+        }
+        let samples = &mut out[start..];
+        match self.value_encoding() {
+            x if x == ValueEncoding::Raw as u8 => {
+                if value_bytes.len() != count * 8 {
+                    return Err(CodecError::Malformed("raw value section length"));
+                }
+                for (s, c) in samples.iter_mut().zip(value_bytes.chunks_exact(8)) {
+                    s.value =
+                        f64::from_bits(u64::from_le_bytes(c.try_into().expect("chunks_exact(8)")));
+                }
+            }
+            x if x == ValueEncoding::GorillaXor as u8 => {
+                decode_gorilla_values(value_bytes, samples)?
+            }
+            x if x == ValueEncoding::DecimalDelta as u8 => {
+                decode_decimal_values(value_bytes, samples)?
+            }
+            x if x == ValueEncoding::DecimalModel as u8 => {
+                decode_decimal_model_values(value_bytes, samples)?
+            }
+            _ => return Err(CodecError::Malformed("unknown value encoding")),
+        }
+        Ok(header)
+    }
+}
+
 fn decode(
     chunk: &[u8],
     end: Option<i64>,
     out: &mut Vec<Sample>,
 ) -> Result<ChunkHeader, CodecError> {
-    let (header, flags, body) = parse(chunk)?;
-    let count = header.count;
-    let decompressed;
-    let body = if flags & FLAG_ZSTD != 0 {
-        // Bound the output so a corrupt length cannot allocate without limit.
-        let limit = count * 20 + 64;
-        decompressed = zstd::bulk::decompress(body, limit).map_err(|_| CodecError::Decompress)?;
-        &decompressed[..]
-    } else {
-        body
-    };
-    let mut pos = 0;
-    let ts_len = get_uvarint(body, &mut pos)? as usize;
-    let ts_bytes = body
-        .get(pos..pos.checked_add(ts_len).ok_or(CodecError::Truncated)?)
-        .ok_or(CodecError::Truncated)?;
-    let value_bytes = &body[pos + ts_len..];
-    let start = out.len();
-    out.reserve(count);
-    match flags & 0b11 {
-        x if x == TsEncoding::Raw as u8 => {
-            if ts_bytes.len() != count * 8 {
-                return Err(CodecError::Malformed("raw timestamp section length"));
-            }
-            for c in ts_bytes.chunks_exact(8) {
-                let t = i64::from_le_bytes(c.try_into().expect("chunks_exact(8)"));
-                if past(t, end) {
-                    break;
-                }
-                out.push(Sample::new(t, 0.0));
-            }
-        }
-        x if x == TsEncoding::GorillaDod as u8 => {
-            decode_gorilla_timestamps(ts_bytes, count, end, out)?
-        }
-        x if x == TsEncoding::VarintDod as u8 => {
-            decode_varint_timestamps(ts_bytes, count, end, out)?
-        }
-        x if x == TsEncoding::Grid as u8 => {
-            decode_grid_timestamps(ts_bytes, count, header.min_time, end, out)?
-        }
-        _ => return Err(CodecError::Malformed("unknown timestamp encoding")),
-    }
-    let samples = &mut out[start..];
-    match (flags >> 2) & 0b11 {
-        x if x == ValueEncoding::Raw as u8 => {
-            if value_bytes.len() != count * 8 {
-                return Err(CodecError::Malformed("raw value section length"));
-            }
-            for (s, c) in samples.iter_mut().zip(value_bytes.chunks_exact(8)) {
-                s.value =
-                    f64::from_bits(u64::from_le_bytes(c.try_into().expect("chunks_exact(8)")));
-            }
-        }
-        x if x == ValueEncoding::GorillaXor as u8 => decode_gorilla_values(value_bytes, samples)?,
-        x if x == ValueEncoding::DecimalDelta as u8 => decode_decimal_values(value_bytes, samples)?,
-        x if x == ValueEncoding::DecimalModel as u8 => {
-            decode_decimal_model_values(value_bytes, samples)?
-        }
-        _ => return Err(CodecError::Malformed("unknown value encoding")),
-    }
-    Ok(header)
+    sections(chunk)?.decode(end, out)
 }
 
 /// Whether a timestamp is at or past the end a partial decode stops at.
@@ -720,6 +773,64 @@ fn grid_advance(grid: i64, step: i64, offset: i64, interval: i64) -> Option<i64>
     }
 }
 
+/// Reads grid timestamps one at a time (so a decode can interleave them with
+/// the values: the two streams' decisions are independent, and the CPU
+/// overlaps them).
+struct GridTimestamps<'a> {
+    dec: RangeDecoder<'a>,
+    steps: UintModel,
+    offsets: UintModel,
+    grid: i64,
+    interval: i64,
+    mul: i64,
+}
+
+const GRID_OVERFLOW: CodecError = CodecError::Malformed("grid timestamp out of range");
+
+impl<'a> GridTimestamps<'a> {
+    /// The reader and the first timestamp.
+    fn open(bytes: &'a [u8], min_time: i64) -> Result<(Self, i64), CodecError> {
+        let scale = *bytes.first().ok_or(CodecError::Truncated)?;
+        if scale > 18 {
+            return Err(CodecError::Malformed("timestamp scale over 18"));
+        }
+        let mul = 10i64.pow(scale as u32);
+        let mut pos = 1;
+        let first = (min_time / mul)
+            .checked_add_unsigned(get_uvarint(bytes, &mut pos)?)
+            .ok_or(GRID_OVERFLOW)?;
+        let interval = i64::try_from(get_uvarint(bytes, &mut pos)?).map_err(|_| GRID_OVERFLOW)?;
+        if interval < 1 {
+            return Err(CodecError::Malformed("grid interval below one"));
+        }
+        let (steps, offsets) = grid_models();
+        let reader = Self {
+            dec: RangeDecoder::new(&bytes[pos..]),
+            steps,
+            offsets,
+            grid: first,
+            interval,
+            mul,
+        };
+        Ok((reader, first.checked_mul(mul).ok_or(GRID_OVERFLOW)?))
+    }
+
+    #[inline(always)]
+    fn next(&mut self) -> Result<i64, CodecError> {
+        let step = unzigzag(self.steps.decode(&mut self.dec)?)
+            .checked_add(1)
+            .ok_or(GRID_OVERFLOW)?;
+        let offset = unzigzag(self.offsets.decode(&mut self.dec)?);
+        let t = step
+            .checked_mul(self.interval)
+            .and_then(|d| self.grid.checked_add(d))
+            .and_then(|g| g.checked_add(offset))
+            .ok_or(GRID_OVERFLOW)?;
+        self.grid = grid_advance(self.grid, step, offset, self.interval).ok_or(GRID_OVERFLOW)?;
+        t.checked_mul(self.mul).ok_or(GRID_OVERFLOW)
+    }
+}
+
 fn decode_grid_timestamps(
     bytes: &[u8],
     count: usize,
@@ -730,51 +841,85 @@ fn decode_grid_timestamps(
     if count == 0 {
         return Ok(());
     }
-    const OVERFLOW: CodecError = CodecError::Malformed("grid timestamp out of range");
-    let scale = *bytes.first().ok_or(CodecError::Truncated)?;
-    if scale > 18 {
-        return Err(CodecError::Malformed("timestamp scale over 18"));
-    }
-    let mul = 10i64.pow(scale as u32);
-    let mut pos = 1;
-    let first = (min_time / mul)
-        .checked_add_unsigned(get_uvarint(bytes, &mut pos)?)
-        .ok_or(OVERFLOW)?;
-    let interval = i64::try_from(get_uvarint(bytes, &mut pos)?).map_err(|_| OVERFLOW)?;
-    if interval < 1 {
-        return Err(CodecError::Malformed("grid interval below one"));
-    }
-    // Whether the sample went in (false: it is past `end`, stop).
-    let push = |out: &mut Vec<Sample>, t: i64| -> Result<bool, CodecError> {
-        let t = t.checked_mul(mul).ok_or(OVERFLOW)?;
-        if past(t, end) {
-            return Ok(false);
+    let (mut reader, first) = GridTimestamps::open(bytes, min_time)?;
+    let mut t = first;
+    for i in 0..count {
+        if i > 0 {
+            t = reader.next()?;
         }
-        out.push(Sample::new(t, 0.0));
-        Ok(true)
-    };
-    if !push(out, first)? {
-        return Ok(());
-    }
-    let mut dec = RangeDecoder::new(&bytes[pos..]);
-    let (mut steps, mut offsets) = grid_models();
-    let mut grid = first;
-    for _ in 1..count {
-        let step = unzigzag(steps.decode(&mut dec)?)
-            .checked_add(1)
-            .ok_or(OVERFLOW)?;
-        let offset = unzigzag(offsets.decode(&mut dec)?);
-        let t = step
-            .checked_mul(interval)
-            .and_then(|d| grid.checked_add(d))
-            .and_then(|g| g.checked_add(offset))
-            .ok_or(OVERFLOW)?;
-        if !push(out, t)? {
+        if past(t, end) {
             break;
         }
-        grid = grid_advance(grid, step, offset, interval).ok_or(OVERFLOW)?;
+        out.push(Sample::new(t, 0.0));
     }
     Ok(())
+}
+
+/// A chunk of grid timestamps and modelled decimals (the common pair)
+/// being decoded a sample at a time, timestamp and value side by side.
+struct GridDecimalCursor<'a> {
+    times: GridTimestamps<'a>,
+    values: DecimalModelValues<'a>,
+    /// Samples not yet decoded.
+    left: usize,
+    end: Option<i64>,
+}
+
+impl<'a> GridDecimalCursor<'a> {
+    /// Opens the streams and pushes the first sample; `None` when there is
+    /// nothing (more) to decode.
+    fn open(
+        ts_bytes: &'a [u8],
+        value_bytes: &'a [u8],
+        header: &ChunkHeader,
+        end: Option<i64>,
+        out: &mut Vec<Sample>,
+    ) -> Result<Option<Self>, CodecError> {
+        if header.count == 0 {
+            return Ok(None);
+        }
+        let (times, first) = GridTimestamps::open(ts_bytes, header.min_time)?;
+        let (values, first_value) = DecimalModelValues::open(value_bytes)?;
+        if past(first, end) {
+            return Ok(None);
+        }
+        out.push(Sample::new(first, first_value));
+        Ok(Some(Self {
+            times,
+            values,
+            left: header.count - 1,
+            end,
+        }))
+    }
+
+    /// Decodes the next sample into `out`; false once the chunk or the
+    /// window has ended.
+    #[inline(always)]
+    fn step(&mut self, out: &mut Vec<Sample>) -> Result<bool, CodecError> {
+        if self.left == 0 {
+            return Ok(false);
+        }
+        self.left -= 1;
+        let t = self.times.next()?;
+        if past(t, self.end) {
+            self.left = 0;
+            return Ok(false);
+        }
+        out.push(Sample::new(t, self.values.next()?));
+        Ok(true)
+    }
+
+    /// The rest of the chunk, after a step that returned `last`.
+    fn finish(
+        mut self,
+        last: Result<bool, CodecError>,
+        out: &mut Vec<Sample>,
+    ) -> Result<(), CodecError> {
+        if last? {
+            while self.step(out)? {}
+        }
+        Ok(())
+    }
 }
 
 /// Exact short decimals as scaled integers: the deltas, divided by their common
@@ -809,29 +954,57 @@ fn decimal_model_values(samples: &[Sample], k: u8, out: &mut Vec<u8>) {
     *out = enc.finish();
 }
 
-fn decode_decimal_model_values(bytes: &[u8], samples: &mut [Sample]) -> Result<(), CodecError> {
-    const OVERFLOW: CodecError = CodecError::Malformed("decimal value out of range");
-    let k = *bytes.first().ok_or(CodecError::Truncated)? as usize;
-    if k > MAX_DECIMAL_DIGITS {
-        return Err(CodecError::Malformed("decimal exponent out of range"));
-    }
-    let mut pos = 1;
-    let mut prev = unzigzag(get_uvarint(bytes, &mut pos)?);
-    let divisor = i64::try_from(get_uvarint(bytes, &mut pos)?).map_err(|_| OVERFLOW)?;
-    let median = unzigzag(get_uvarint(bytes, &mut pos)?);
-    let mut dec = RangeDecoder::new(&bytes[pos..]);
-    let mut model = UintModel::default();
-    for (i, s) in samples.iter_mut().enumerate() {
-        if i > 0 {
-            let step = unzigzag(model.decode(&mut dec)?)
-                .checked_add(median)
-                .ok_or(OVERFLOW)?;
-            prev = step
-                .checked_mul(divisor)
-                .and_then(|d| prev.checked_add(d))
-                .ok_or(OVERFLOW)?;
+/// Reads modelled decimals one at a time (see [`GridTimestamps`]).
+struct DecimalModelValues<'a> {
+    dec: RangeDecoder<'a>,
+    model: UintModel,
+    prev: i64,
+    divisor: i64,
+    median: i64,
+    scale: f64,
+}
+
+const DECIMAL_OVERFLOW: CodecError = CodecError::Malformed("decimal value out of range");
+
+impl<'a> DecimalModelValues<'a> {
+    /// The reader and the first value.
+    fn open(bytes: &'a [u8]) -> Result<(Self, f64), CodecError> {
+        let k = *bytes.first().ok_or(CodecError::Truncated)? as usize;
+        if k > MAX_DECIMAL_DIGITS {
+            return Err(CodecError::Malformed("decimal exponent out of range"));
         }
-        s.value = prev as f64 / POW10[k];
+        let mut pos = 1;
+        let prev = unzigzag(get_uvarint(bytes, &mut pos)?);
+        let divisor = i64::try_from(get_uvarint(bytes, &mut pos)?).map_err(|_| DECIMAL_OVERFLOW)?;
+        let median = unzigzag(get_uvarint(bytes, &mut pos)?);
+        let reader = Self {
+            dec: RangeDecoder::new(&bytes[pos..]),
+            model: UintModel::default(),
+            prev,
+            divisor,
+            median,
+            scale: POW10[k],
+        };
+        Ok((reader, prev as f64 / POW10[k]))
+    }
+
+    #[inline(always)]
+    fn next(&mut self) -> Result<f64, CodecError> {
+        let step = unzigzag(self.model.decode(&mut self.dec)?)
+            .checked_add(self.median)
+            .ok_or(DECIMAL_OVERFLOW)?;
+        self.prev = step
+            .checked_mul(self.divisor)
+            .and_then(|d| self.prev.checked_add(d))
+            .ok_or(DECIMAL_OVERFLOW)?;
+        Ok(self.prev as f64 / self.scale)
+    }
+}
+
+fn decode_decimal_model_values(bytes: &[u8], samples: &mut [Sample]) -> Result<(), CodecError> {
+    let (mut reader, first) = DecimalModelValues::open(bytes)?;
+    for (i, s) in samples.iter_mut().enumerate() {
+        s.value = if i == 0 { first } else { reader.next()? };
     }
     Ok(())
 }

@@ -26,11 +26,11 @@ const LENGTH_ESCAPE: u32 = (1 << LENGTH_TREE_BITS) - 1;
 const LONG_LENGTH_BITS: u32 = 6;
 
 /// Probability that the next bit is 0, in units of 2^-12, and how many bits the
-/// model has seen (saturating).
+/// model has seen (up to the last entry of `RATES`, after which the rate stays).
 #[derive(Clone, Copy)]
 pub struct BitModel {
     p: u16,
-    seen: u16,
+    seen: u8,
 }
 
 impl Default for BitModel {
@@ -50,14 +50,15 @@ impl BitModel {
 
     #[inline]
     fn update(&mut self, bit: bool) {
-        let rate = RATES[(self.seen as usize).min(RATES.len() - 1)] as u32;
-        self.seen = self.seen.saturating_add(1);
-        // Both moves computed and one selected, without a branch: a coded
-        // bit is as hard to predict as it is informative, and a mispredicted
-        // branch per decision was most of a chunk's decoding time.
-        let down = self.p - (self.p >> rate);
-        let up = self.p + ((PROB_ONE - self.p) >> rate);
-        self.p = select(bit, down, up);
+        let rate = RATES[self.seen as usize % RATES.len()];
+        self.seen += (self.seen < RATES.len() as u8 - 1) as u8;
+        // Down by p >> rate after a 1, up by (ONE - p) >> rate after a 0,
+        // without a branch: a coded bit is as hard to predict as it is
+        // informative, and a mispredicted branch per decision was most of
+        // a chunk's decoding time. `mask` negates the step after a 1.
+        let mask = (bit as u16).wrapping_neg();
+        let step = select(bit, self.p, PROB_ONE - self.p) >> rate;
+        self.p = self.p.wrapping_add((step ^ mask).wrapping_sub(mask));
     }
 }
 
@@ -203,6 +204,7 @@ impl RangeEncoder {
 
 pub struct RangeDecoder<'a> {
     input: &'a [u8],
+    pos: usize,
     range: u32,
     code: u32,
 }
@@ -211,11 +213,13 @@ impl<'a> RangeDecoder<'a> {
     pub fn new(input: &'a [u8]) -> Self {
         let mut d = Self {
             input,
+            pos: 0,
             range: u32::MAX,
             code: 0,
         };
         for _ in 0..4 {
-            d.code = (d.code << 8) | d.next_byte() as u32;
+            d.code = (d.code << 8) | d.peek_byte() as u32;
+            d.pos += 1;
         }
         d
     }
@@ -223,15 +227,9 @@ impl<'a> RangeDecoder<'a> {
     /// Bytes past the end read as zero (the encoder trims them), so a short stream
     /// decodes to wrong numbers rather than failing: the chunk checksum is what
     /// rejects a damaged stream before it gets here.
-    #[inline]
-    fn next_byte(&mut self) -> u8 {
-        match self.input.split_first() {
-            Some((&b, rest)) => {
-                self.input = rest;
-                b
-            }
-            None => 0,
-        }
+    #[inline(always)]
+    fn peek_byte(&self) -> u8 {
+        self.input.get(self.pos).copied().unwrap_or(0)
     }
 
     #[inline]
@@ -243,32 +241,55 @@ impl<'a> RangeDecoder<'a> {
         self.code -= select(bit, bound, 0);
         self.range = select(bit, self.range - bound, bound);
         model.update(bit);
-        while self.range < TOP {
-            self.range <<= 8;
-            self.code = (self.code << 8) | self.next_byte() as u32;
-        }
+        // A model's probability stays within [16, PROB_ONE - 16] (see the
+        // test), so one decision leaves at least 2^12 * 16 = 2^16 of the
+        // range: a single byte restores it, taken without a branch (whether
+        // it is due is as unpredictable as the bit).
+        let due = self.range < TOP;
+        let shift = 8 * due as u32;
+        let byte = self.peek_byte() as u32 & (due as u32).wrapping_neg();
+        self.range <<= shift;
+        self.code = (self.code << shift) | byte;
+        self.pos += due as usize;
+        debug_assert!(self.range >= TOP);
         bit
     }
 
     #[inline]
     pub fn direct(&mut self, n: u32) -> u64 {
+        if n <= DIRECT_STEP {
+            return self.direct_step(n) as u64;
+        }
         let mut v = 0u64;
         let mut left = n;
         while left > 0 {
             let step = left.min(DIRECT_STEP);
             left -= step;
-            self.range >>= step;
-            // A damaged stream can make the quotient exceed the step; clamp so the
-            // state stays well-formed (the checksum has already vouched for it).
-            let part = (self.code / self.range).min((1 << step) - 1);
-            self.code -= part * self.range;
-            v = (v << step) | part as u64;
-            while self.range < TOP {
-                self.range <<= 8;
-                self.code = (self.code << 8) | self.next_byte() as u32;
-            }
+            v = (v << step) | self.direct_step(step) as u64;
         }
         v
+    }
+
+    /// Up to `DIRECT_STEP` direct bits (none when `step` is 0, with the state
+    /// unchanged), by one division and without a branch on `step`.
+    #[inline(always)]
+    fn direct_step(&mut self, step: u32) -> u32 {
+        self.range >>= step;
+        // A damaged stream can make the quotient exceed the step; clamp so the
+        // state stays well-formed (the checksum has already vouched for it).
+        let part = (self.code / self.range).min((1 << step) - 1);
+        self.code -= part * self.range;
+        // At most two bytes: the range kept 2^(24 - DIRECT_STEP) = 2^8 steps.
+        for _ in 0..2 {
+            let due = self.range < TOP;
+            let shift = 8 * due as u32;
+            let byte = self.peek_byte() as u32 & (due as u32).wrapping_neg();
+            self.range <<= shift;
+            self.code = (self.code << shift) | byte;
+            self.pos += due as usize;
+        }
+        debug_assert!(self.range >= TOP);
+        part
     }
 }
 
@@ -361,12 +382,18 @@ impl UintModel {
     #[inline]
     pub fn decode(&mut self, dec: &mut RangeDecoder<'_>) -> Result<u64, CodecError> {
         if self.small_bits > 0 {
-            let symbol = decode_tree(dec, &mut self.small, self.small_bits);
+            // The trees the codec uses, unrolled (`small_bits` is the same
+            // for every value of a stream, so this match predicts well).
+            let symbol = match self.small_bits {
+                1 => decode_tree_of::<1, _>(dec, &mut self.small),
+                5 => decode_tree_of::<5, _>(dec, &mut self.small),
+                bits => decode_tree(dec, &mut self.small, bits),
+            };
             if symbol < (1u64 << self.small_bits) - 1 {
                 return Ok(symbol);
             }
         }
-        let mut len = decode_tree(dec, &mut self.length, LENGTH_TREE_BITS) as u32;
+        let mut len = decode_tree_of::<LENGTH_TREE_BITS, _>(dec, &mut self.length) as u32;
         if len == LENGTH_ESCAPE {
             len += decode_tree(dec, &mut self.long_length, LONG_LENGTH_BITS) as u32;
         }
@@ -381,7 +408,7 @@ impl UintModel {
         let tree = &mut self.mantissa[len as usize * MANTISSA_TREE..][..MANTISSA_TREE];
         let mut node = 1usize;
         for _ in 0..modelled {
-            node = node * 2 + dec.bit(&mut tree[node]) as usize;
+            node = node * 2 + dec.bit(&mut tree[node % MANTISSA_TREE]) as usize;
         }
         let top = (1u64 << modelled) | (node as u64 - (1 << modelled));
         let low = dec.direct(rest - modelled);
@@ -409,6 +436,21 @@ fn decode_tree(dec: &mut RangeDecoder<'_>, tree: &mut [BitModel], bits: u32) -> 
     (node - (1 << bits)) as u64
 }
 
+/// [`decode_tree`] with the depth known when compiling, so the loop unrolls.
+#[inline(always)]
+fn decode_tree_of<const BITS: u32, const N: usize>(
+    dec: &mut RangeDecoder<'_>,
+    tree: &mut [BitModel; N],
+) -> u64 {
+    const { assert!(1 << BITS <= N) };
+    let mut node = 1usize;
+    for _ in 0..BITS {
+        // `node < 2^BITS <= N`: the mask only tells the compiler so.
+        node = node * 2 + dec.bit(&mut tree[node % N]) as usize;
+    }
+    (node - (1 << BITS)) as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,6 +469,22 @@ mod tests {
             assert_eq!(model.decode(&mut dec).unwrap(), v);
         }
         bytes.len()
+    }
+
+    /// The decoder renormalises once per decision, which holds while every
+    /// probability stays within [16, PROB_ONE - 16] (then one decision
+    /// leaves at least 2^12 * 16 = 2^16 of a range of at least 2^24). The
+    /// update moves monotonically, so the extremes are reached by runs of
+    /// one bit: follow the longest such runs.
+    #[test]
+    fn probabilities_stay_where_one_renormalisation_suffices() {
+        for bit in [false, true] {
+            let mut m = BitModel::default();
+            for _ in 0..100_000 {
+                m.update(bit);
+                assert!((16..=PROB_ONE - 16).contains(&m.p), "p = {}", m.p);
+            }
+        }
     }
 
     #[test]
