@@ -88,7 +88,7 @@ pub struct StorageBench {
     data_dir: Option<PathBuf>,
     /// Only the chunk decoder's figure (`decode_ns_per_sample`): a quick
     /// check while working on the codec.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "dataset")]
     codec_only: bool,
     /// Write the samples of this capture instead of generated ones: a
     /// `promtool tsdb dump` (what scripts/record-capture writes) or exposition
@@ -138,7 +138,7 @@ fn storage(args: StorageBench) -> Result<(), Box<dyn std::error::Error>> {
         return storage_dataset(&args, path, &root, config);
     }
     if args.codec_only {
-        let ns = codec_decode_ns_per_sample(args.series)?;
+        let ns = codec_decode_ns_per_sample(args.series, config.encode)?;
         print_result(&json!({ "decode_ns_per_sample": round3(ns) }), args.json);
         return Ok(());
     }
@@ -192,7 +192,7 @@ fn storage(args: StorageBench) -> Result<(), Box<dyn std::error::Error>> {
             .try_fold(0usize, |n, s| s.map(|_| n + 1))?;
     }
     let cold_ns_per_sample = started.elapsed().as_nanos() as f64 / cold_samples.max(1) as f64;
-    let decode_ns_per_sample = codec_decode_ns_per_sample(args.series)?;
+    let decode_ns_per_sample = codec_decode_ns_per_sample(args.series, config.encode)?;
     let mut cold_one = one_series_scans(&cold, &ids, start, end)?;
     drop(cold);
 
@@ -228,24 +228,31 @@ fn storage(args: StorageBench) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// The chunk decoder alone: nanoseconds per sample to decode three 2 h
-/// chunks (720 samples) of every series of the generated data, best of five
-/// passes (no RocksDB, no checksum: what `cold_scan_ns_per_sample` spends on
-/// decoding).
-fn codec_decode_ns_per_sample(series: usize) -> Result<f64, Box<dyn std::error::Error>> {
-    use chronicle_storage::codec::{decode_chunk_into, encode_chunk, EncodeOptions};
+/// chunks (720 samples) of each of the first (up to) 1,000 series of the
+/// generated data, best of five passes: header, checksum and decode, no
+/// RocksDB (what `cold_scan_ns_per_sample` spends on decoding).
+fn codec_decode_ns_per_sample(
+    series: usize,
+    opts: chronicle_storage::codec::EncodeOptions,
+) -> Result<f64, Box<dyn std::error::Error>> {
+    use chronicle_storage::codec::{decode_chunk_into, encode_chunk};
     use chronicle_storage::model::Sample;
     const CHUNK_SAMPLES: usize = 720;
     let mut load = Workload::realistic(series, INTERVAL, START, 42);
-    let mut per_series: Vec<Vec<Sample>> = vec![Vec::new(); series];
+    // Bounded memory whatever --series is: ~35 MB of samples.
+    let kept = series.min(1_000);
+    let mut per_series: Vec<Vec<Sample>> = vec![Vec::new(); kept];
     for _ in 0..3 * CHUNK_SAMPLES {
         for (i, p) in load.next_batch(series).into_iter().enumerate() {
-            per_series[i % series].push(Sample::new(p.timestamp, p.value));
+            if let Some(samples) = per_series.get_mut(i % series) {
+                samples.push(Sample::new(p.timestamp, p.value));
+            }
         }
     }
     let chunks: Vec<Vec<u8>> = per_series
         .iter()
         .flat_map(|s| s.chunks(CHUNK_SAMPLES))
-        .map(|c| encode_chunk(c, EncodeOptions::default()))
+        .map(|c| encode_chunk(c, opts))
         .collect();
     let mut out = Vec::with_capacity(CHUNK_SAMPLES);
     let mut best = f64::INFINITY;

@@ -875,11 +875,13 @@ impl<'a> GridDecimalCursor<'a> {
         end: Option<i64>,
         out: &mut Vec<Sample>,
     ) -> Result<Option<Self>, CodecError> {
+        // The value section's header is read even for an empty chunk, as the
+        // stream-at-a-time decoders do: a damaged one is an error either way.
+        let (values, first_value) = DecimalModelValues::open(value_bytes)?;
         if header.count == 0 {
             return Ok(None);
         }
         let (times, first) = GridTimestamps::open(ts_bytes, header.min_time)?;
-        let (values, first_value) = DecimalModelValues::open(value_bytes)?;
         if past(first, end) {
             return Ok(None);
         }

@@ -243,16 +243,22 @@ impl<'a> RangeDecoder<'a> {
         model.update(bit);
         // A model's probability stays within [16, PROB_ONE - 16] (see the
         // test), so one decision leaves at least 2^12 * 16 = 2^16 of the
-        // range: a single byte restores it, taken without a branch (whether
-        // it is due is as unpredictable as the bit).
+        // range: a single byte restores it.
+        self.shift_in_byte_if_due();
+        debug_assert!(self.range >= TOP);
+        bit
+    }
+
+    /// One byte into the range if it is below `TOP`, without a branch
+    /// (whether it is due is as unpredictable as the bits decoded).
+    #[inline(always)]
+    fn shift_in_byte_if_due(&mut self) {
         let due = self.range < TOP;
         let shift = 8 * due as u32;
         let byte = self.peek_byte() as u32 & (due as u32).wrapping_neg();
         self.range <<= shift;
         self.code = (self.code << shift) | byte;
         self.pos += due as usize;
-        debug_assert!(self.range >= TOP);
-        bit
     }
 
     #[inline]
@@ -280,14 +286,8 @@ impl<'a> RangeDecoder<'a> {
         let part = (self.code / self.range).min((1 << step) - 1);
         self.code -= part * self.range;
         // At most two bytes: the range kept 2^(24 - DIRECT_STEP) = 2^8 steps.
-        for _ in 0..2 {
-            let due = self.range < TOP;
-            let shift = 8 * due as u32;
-            let byte = self.peek_byte() as u32 & (due as u32).wrapping_neg();
-            self.range <<= shift;
-            self.code = (self.code << shift) | byte;
-            self.pos += due as usize;
-        }
+        self.shift_in_byte_if_due();
+        self.shift_in_byte_if_due();
         debug_assert!(self.range >= TOP);
         part
     }
