@@ -218,126 +218,79 @@ pub fn decode_chunk_before(
     decode(chunk, Some(end), out)
 }
 
-/// A verified chunk's header and body (decompressed if it was compressed).
-struct Sections<'a> {
-    header: ChunkHeader,
-    flags: u8,
-    body: std::borrow::Cow<'a, [u8]>,
-}
-
-fn sections(chunk: &[u8]) -> Result<Sections<'_>, CodecError> {
-    let (header, flags, body) = parse(chunk)?;
-    let body = if flags & FLAG_ZSTD != 0 {
-        // Bound the output so a corrupt length cannot allocate without limit.
-        let limit = header.count * 20 + 64;
-        std::borrow::Cow::Owned(
-            zstd::bulk::decompress(body, limit).map_err(|_| CodecError::Decompress)?,
-        )
-    } else {
-        std::borrow::Cow::Borrowed(body)
-    };
-    Ok(Sections {
-        header,
-        flags,
-        body,
-    })
-}
-
-impl Sections<'_> {
-    fn ts_encoding(&self) -> u8 {
-        self.flags & 0b11
-    }
-
-    fn value_encoding(&self) -> u8 {
-        (self.flags >> 2) & 0b11
-    }
-
-    /// Grid timestamps and modelled decimals, decoded sample by sample.
-    fn grid_decimal(&self) -> bool {
-        self.ts_encoding() == TsEncoding::Grid as u8
-            && self.value_encoding() == ValueEncoding::DecimalModel as u8
-    }
-
-    /// The timestamp and value sections.
-    fn split(&self) -> Result<(&[u8], &[u8]), CodecError> {
-        let body = &self.body[..];
-        let mut pos = 0;
-        let ts_len = get_uvarint(body, &mut pos)? as usize;
-        let ts_bytes = body
-            .get(pos..pos.checked_add(ts_len).ok_or(CodecError::Truncated)?)
-            .ok_or(CodecError::Truncated)?;
-        Ok((ts_bytes, &body[pos + ts_len..]))
-    }
-
-    fn decode(&self, end: Option<i64>, out: &mut Vec<Sample>) -> Result<ChunkHeader, CodecError> {
-        let header = self.header;
-        let count = header.count;
-        let (ts_bytes, value_bytes) = self.split()?;
-        out.reserve(count);
-        if self.grid_decimal() {
-            if let Some(cursor) = GridDecimalCursor::open(ts_bytes, value_bytes, &header, end, out)?
-            {
-                cursor.finish(Ok(true), out)?;
-            }
-            return Ok(header);
-        }
-        let start = out.len();
-        match self.ts_encoding() {
-            x if x == TsEncoding::Raw as u8 => {
-                if ts_bytes.len() != count * 8 {
-                    return Err(CodecError::Malformed("raw timestamp section length"));
-                }
-                for c in ts_bytes.chunks_exact(8) {
-                    let t = i64::from_le_bytes(c.try_into().expect("chunks_exact(8)"));
-                    if past(t, end) {
-                        break;
-                    }
-                    out.push(Sample::new(t, 0.0));
-                }
-            }
-            x if x == TsEncoding::GorillaDod as u8 => {
-                decode_gorilla_timestamps(ts_bytes, count, end, out)?
-            }
-            x if x == TsEncoding::VarintDod as u8 => {
-                decode_varint_timestamps(ts_bytes, count, end, out)?
-            }
-            x if x == TsEncoding::Grid as u8 => {
-                decode_grid_timestamps(ts_bytes, count, header.min_time, end, out)?
-            }
-            _ => return Err(CodecError::Malformed("unknown timestamp encoding")),
-        }
-        let samples = &mut out[start..];
-        match self.value_encoding() {
-            x if x == ValueEncoding::Raw as u8 => {
-                if value_bytes.len() != count * 8 {
-                    return Err(CodecError::Malformed("raw value section length"));
-                }
-                for (s, c) in samples.iter_mut().zip(value_bytes.chunks_exact(8)) {
-                    s.value =
-                        f64::from_bits(u64::from_le_bytes(c.try_into().expect("chunks_exact(8)")));
-                }
-            }
-            x if x == ValueEncoding::GorillaXor as u8 => {
-                decode_gorilla_values(value_bytes, samples)?
-            }
-            x if x == ValueEncoding::DecimalDelta as u8 => {
-                decode_decimal_values(value_bytes, samples)?
-            }
-            x if x == ValueEncoding::DecimalModel as u8 => {
-                decode_decimal_model_values(value_bytes, samples)?
-            }
-            _ => return Err(CodecError::Malformed("unknown value encoding")),
-        }
-        Ok(header)
-    }
-}
-
 fn decode(
     chunk: &[u8],
     end: Option<i64>,
     out: &mut Vec<Sample>,
 ) -> Result<ChunkHeader, CodecError> {
-    sections(chunk)?.decode(end, out)
+    let (header, flags, body) = parse(chunk)?;
+    let count = header.count;
+    let decompressed;
+    let body = if flags & FLAG_ZSTD != 0 {
+        // Bound the output so a corrupt length cannot allocate without limit.
+        let limit = count * 20 + 64;
+        decompressed = zstd::bulk::decompress(body, limit).map_err(|_| CodecError::Decompress)?;
+        &decompressed[..]
+    } else {
+        body
+    };
+    let mut pos = 0;
+    let ts_len = get_uvarint(body, &mut pos)? as usize;
+    let ts_bytes = body
+        .get(pos..pos.checked_add(ts_len).ok_or(CodecError::Truncated)?)
+        .ok_or(CodecError::Truncated)?;
+    let value_bytes = &body[pos + ts_len..];
+    let (ts_encoding, value_encoding) = (flags & 0b11, (flags >> 2) & 0b11);
+    out.reserve(count);
+    if ts_encoding == TsEncoding::Grid as u8 && value_encoding == ValueEncoding::DecimalModel as u8
+    {
+        decode_grid_decimal_model(ts_bytes, value_bytes, &header, end, out)?;
+        return Ok(header);
+    }
+    let start = out.len();
+    match ts_encoding {
+        x if x == TsEncoding::Raw as u8 => {
+            if ts_bytes.len() != count * 8 {
+                return Err(CodecError::Malformed("raw timestamp section length"));
+            }
+            for c in ts_bytes.chunks_exact(8) {
+                let t = i64::from_le_bytes(c.try_into().expect("chunks_exact(8)"));
+                if past(t, end) {
+                    break;
+                }
+                out.push(Sample::new(t, 0.0));
+            }
+        }
+        x if x == TsEncoding::GorillaDod as u8 => {
+            decode_gorilla_timestamps(ts_bytes, count, end, out)?
+        }
+        x if x == TsEncoding::VarintDod as u8 => {
+            decode_varint_timestamps(ts_bytes, count, end, out)?
+        }
+        x if x == TsEncoding::Grid as u8 => {
+            decode_grid_timestamps(ts_bytes, count, header.min_time, end, out)?
+        }
+        _ => return Err(CodecError::Malformed("unknown timestamp encoding")),
+    }
+    let samples = &mut out[start..];
+    match value_encoding {
+        x if x == ValueEncoding::Raw as u8 => {
+            if value_bytes.len() != count * 8 {
+                return Err(CodecError::Malformed("raw value section length"));
+            }
+            for (s, c) in samples.iter_mut().zip(value_bytes.chunks_exact(8)) {
+                s.value =
+                    f64::from_bits(u64::from_le_bytes(c.try_into().expect("chunks_exact(8)")));
+            }
+        }
+        x if x == ValueEncoding::GorillaXor as u8 => decode_gorilla_values(value_bytes, samples)?,
+        x if x == ValueEncoding::DecimalDelta as u8 => decode_decimal_values(value_bytes, samples)?,
+        x if x == ValueEncoding::DecimalModel as u8 => {
+            decode_decimal_model_values(value_bytes, samples)?
+        }
+        _ => return Err(CodecError::Malformed("unknown value encoding")),
+    }
+    Ok(header)
 }
 
 /// Whether a timestamp is at or past the end a partial decode stops at.
@@ -855,73 +808,34 @@ fn decode_grid_timestamps(
     Ok(())
 }
 
-/// A chunk of grid timestamps and modelled decimals (the common pair)
-/// being decoded a sample at a time, timestamp and value side by side.
-struct GridDecimalCursor<'a> {
-    times: GridTimestamps<'a>,
-    values: DecimalModelValues<'a>,
-    /// Samples not yet decoded.
-    left: usize,
+/// The common pair (grid timestamps, modelled decimals) a sample at a time,
+/// timestamp and value side by side in one loop.
+fn decode_grid_decimal_model(
+    ts_bytes: &[u8],
+    value_bytes: &[u8],
+    header: &ChunkHeader,
     end: Option<i64>,
-}
-
-impl<'a> GridDecimalCursor<'a> {
-    /// Opens the streams and pushes the first sample; `None` when there is
-    /// nothing (more) to decode.
-    fn open(
-        ts_bytes: &'a [u8],
-        value_bytes: &'a [u8],
-        header: &ChunkHeader,
-        end: Option<i64>,
-        out: &mut Vec<Sample>,
-    ) -> Result<Option<Self>, CodecError> {
-        // The value section's header is read even for an empty chunk, as the
-        // stream-at-a-time decoders do: a damaged one is an error either way.
-        let (values, first_value) = DecimalModelValues::open(value_bytes)?;
-        if header.count == 0 {
-            return Ok(None);
-        }
-        let (times, first) = GridTimestamps::open(ts_bytes, header.min_time)?;
-        if past(first, end) {
-            return Ok(None);
-        }
-        out.push(Sample::new(first, first_value));
-        Ok(Some(Self {
-            times,
-            values,
-            left: header.count - 1,
-            end,
-        }))
+    out: &mut Vec<Sample>,
+) -> Result<(), CodecError> {
+    // The value section's header is read even for an empty chunk, as the
+    // stream-at-a-time decoders do: a damaged one is an error either way.
+    let (mut values, first_value) = DecimalModelValues::open(value_bytes)?;
+    if header.count == 0 {
+        return Ok(());
     }
-
-    /// Decodes the next sample into `out`; false once the chunk or the
-    /// window has ended.
-    #[inline(always)]
-    fn step(&mut self, out: &mut Vec<Sample>) -> Result<bool, CodecError> {
-        if self.left == 0 {
-            return Ok(false);
-        }
-        self.left -= 1;
-        let t = self.times.next()?;
-        if past(t, self.end) {
-            self.left = 0;
-            return Ok(false);
-        }
-        out.push(Sample::new(t, self.values.next()?));
-        Ok(true)
+    let (mut times, first) = GridTimestamps::open(ts_bytes, header.min_time)?;
+    if past(first, end) {
+        return Ok(());
     }
-
-    /// The rest of the chunk, after a step that returned `last`.
-    fn finish(
-        mut self,
-        last: Result<bool, CodecError>,
-        out: &mut Vec<Sample>,
-    ) -> Result<(), CodecError> {
-        if last? {
-            while self.step(out)? {}
+    out.push(Sample::new(first, first_value));
+    for _ in 1..header.count {
+        let t = times.next()?;
+        if past(t, end) {
+            break;
         }
-        Ok(())
+        out.push(Sample::new(t, values.next()?));
     }
+    Ok(())
 }
 
 /// Exact short decimals as scaled integers: the deltas, divided by their common
