@@ -51,6 +51,10 @@ pub struct QueryBench {
     /// chunks it reads (the cold figure).
     #[arg(long, default_value_t = chronicle_storage::ShardConfig::default().decoded_cache_bytes)]
     decoded_cache_bytes: usize,
+    /// Threads one selection decodes its chunks on (the node's
+    /// `[query] decode_threads`; 1: the query's own thread alone).
+    #[arg(long, default_value_t = chronicle_storage::default_read_threads())]
+    decode_threads: usize,
     /// Run only these queries (repeatable; default all).
     #[arg(long = "query", value_name = "NAME", value_parser = clap::builder::PossibleValuesParser::new(QUERIES))]
     only: Vec<String>,
@@ -517,6 +521,10 @@ pub fn run(args: QueryBench) -> Result<(), Box<dyn std::error::Error>> {
         data_dir: root.join("chronicle"),
         http_addr: "127.0.0.1:0".parse().expect("static address"),
         decoded_cache_bytes: args.decoded_cache_bytes,
+        query: crate::config::QuerySettings {
+            decode_threads: args.decode_threads,
+            ..Default::default()
+        },
         ..NodeConfig::default()
     };
     let prom = prometheus
@@ -545,6 +553,7 @@ pub fn run(args: QueryBench) -> Result<(), Box<dyn std::error::Error>> {
         .await??;
         let mut results = results;
         results["decoded_cache_bytes"] = json!(args.decoded_cache_bytes);
+        results["decode_threads"] = json!(args.decode_threads.max(1));
         results["decoded_cache_bytes_used"] = json!(node
             .local_shards()
             .iter()

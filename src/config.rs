@@ -530,6 +530,9 @@ pub struct QuerySettings {
     pub timeout_secs: u64,
     /// Queries waiting for a slot; past it a query is refused at once (503 busy).
     pub max_queued: usize,
+    /// Threads one query decodes chunks on, its own included (1: no helper);
+    /// default the cores the node may use, at most 8.
+    pub decode_threads: usize,
 }
 
 impl Default for QuerySettings {
@@ -542,6 +545,7 @@ impl Default for QuerySettings {
             max_series: d.promql.max_series,
             timeout_secs: d.promql.default_timeout.as_secs(),
             max_queued: d.max_queued,
+            decode_threads: chronicle_storage::default_read_threads(),
         }
     }
 }

@@ -369,6 +369,7 @@ impl Node {
             sync_writes: config.sync_writes,
             // The cache budget is the node's, shared by its replicas.
             decoded_cache_bytes: config.decoded_cache_bytes / local,
+            read_threads: config.query.decode_threads.max(1),
             ..ShardConfig::default()
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()

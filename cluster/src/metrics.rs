@@ -177,7 +177,7 @@ metric!(DECODED_CACHE: IntGaugeVec = gauge(
 ));
 metric!(STORAGE_READS: IntCounterVec = counter(
     "chronicle_storage_reads_total",
-    "What this replica's reads cost since its storage opened, by kind: decoded_cache_hit and decoded_cache_miss (chunks read), chunk_decoded and sample_decoded, last_from_memory and last_from_chunks (series an instant read answered from memory or by reading chunks)",
+    "What this replica's reads cost since its storage opened, by kind: decoded_cache_hit and decoded_cache_miss (chunks read), chunk_decoded and sample_decoded, last_from_memory and last_from_chunks (series an instant read answered from memory or by reading chunks), read_in_parallel (selections decoded on more than one thread)",
     &["shard", "kind"]
 ));
 
@@ -242,6 +242,7 @@ pub(crate) fn set_reads(shard: &str, reads: &chronicle_storage::ReadCounts) {
         ("sample_decoded", reads.samples_decoded),
         ("last_from_memory", reads.last_from_memory),
         ("last_from_chunks", reads.last_from_chunks),
+        ("read_in_parallel", reads.parallel_reads),
     ] {
         let c = STORAGE_READS.with_label_values(&[shard, kind]);
         c.reset();

@@ -1,7 +1,7 @@
 //! Shard configuration.
 
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::aggregate::AggregateFunction;
@@ -29,6 +29,9 @@ pub struct ShardConfig {
     pub block_cache_bytes: usize,
     /// Recently read chunks kept decoded, bytes (0 turns the cache off).
     pub decoded_cache_bytes: usize,
+    /// Threads one read decodes its chunks on, the calling one included
+    /// (1: the calling thread alone). Reads under 32 KiB of chunks use one.
+    pub read_threads: usize,
     /// Run-time overrides of `max_chunk_samples` and `encode`, shared by
     /// every shard opened from clones of this config (the config API sets
     /// them; a shard reopened after a snapshot install keeps them).
@@ -97,9 +100,22 @@ impl Default for ShardConfig {
             encode: EncodeOptions::default(),
             block_cache_bytes: 64 << 20,
             decoded_cache_bytes: 256 << 20,
+            read_threads: default_read_threads(),
             tuning: Arc::new(Tuning::new()),
         }
     }
+}
+
+/// The threads a read decodes on when its config does not say: the cores this
+/// process may use (cgroup limits included), at most 8.
+pub fn default_read_threads() -> usize {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(8)
+    })
 }
 
 /// Aggregate raw series into `<metric>:<window>:<fn>` series with the same labels.

@@ -33,6 +33,9 @@ pub enum StorageError {
     #[error("series id space exhausted")]
     SeriesIdsExhausted,
 
+    #[error("a thread decoding this read's chunks panicked")]
+    DecodeThreadPanicked,
+
     #[cfg(feature = "engine")]
     #[error("rocksdb: {0}")]
     Rocks(#[from] rocksdb::Error),

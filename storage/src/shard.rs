@@ -34,6 +34,7 @@ use crate::model::{
 use crate::postings::Postings;
 use crate::{Result, StorageError};
 
+mod parallel;
 mod state;
 
 struct SeriesEntry {
@@ -418,6 +419,8 @@ pub struct ReadCounts {
     /// those for which it read chunks.
     pub last_from_memory: u64,
     pub last_from_chunks: u64,
+    /// Selections whose chunks were decoded on more than one thread.
+    pub parallel_reads: u64,
 }
 
 #[derive(Debug, Default)]
@@ -428,6 +431,7 @@ struct ReadStats {
     samples_decoded: AtomicU64,
     last_from_memory: AtomicU64,
     last_from_chunks: AtomicU64,
+    parallel_reads: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64, n: usize) {
@@ -1297,6 +1301,7 @@ impl Shard {
             samples_decoded: get(&r.samples_decoded),
             last_from_memory: get(&r.last_from_memory),
             last_from_chunks: get(&r.last_from_chunks),
+            parallel_reads: get(&r.parallel_reads),
         }
     }
 
@@ -1521,19 +1526,28 @@ impl Shard {
     ) -> Result<Option<Vec<SeriesSamples>>> {
         let selected = self.select(matchers)?;
         let ids: Vec<u64> = selected.iter().map(|(id, _)| *id).collect();
-        let iters = self.read_plan(&ids, start, end)?;
-        let mut left = max_samples;
+        let plan = self.read_plan(&ids, start, end)?;
+        let budget = parallel::SampleBudget::new(max_samples);
+        // Each series: its samples, or `None` once the read went over budget.
+        let (read, threads) = parallel::map_series(
+            plan,
+            self.config.read_threads,
+            || budget.overdrawn(),
+            SeriesIter::encoded_bytes,
+            |series| series.collect_within(&budget),
+        );
+        if threads > 1 {
+            bump(&self.reads.parallel_reads, 1);
+        }
         let mut out = Vec::with_capacity(selected.len());
-        for ((_, key), it) in selected.into_iter().zip(iters) {
-            let mut samples = Vec::new();
-            for s in it? {
-                if left == 0 {
-                    return Ok(None);
-                }
-                left -= 1;
-                samples.push(s?);
+        for ((_, key), samples) in selected.into_iter().zip(read) {
+            match samples?? {
+                Some(samples) => out.push((key, samples)),
+                None => return Ok(None),
             }
-            out.push((key, samples));
+        }
+        if budget.overdrawn() {
+            return Ok(None);
         }
         Ok(Some(out))
     }
@@ -2795,6 +2809,43 @@ impl SeriesIter {
             }
         }
         Ok(samples)
+    }
+
+    /// Bytes of chunks still to decode (chunks served decoded count nothing).
+    fn encoded_bytes(&self) -> usize {
+        self.windows
+            .iter()
+            .flat_map(|w| &w.chunks)
+            .map(|(_, chunk)| match chunk {
+                StoredChunk::Encoded(bytes) => bytes.len(),
+                StoredChunk::Decoded(_) => 0,
+            })
+            .sum()
+    }
+
+    /// All of the series' samples, spending them from `budget` a window at
+    /// a time: `None` as soon as the read is over it (this series' or
+    /// another's samples).
+    fn collect_within(mut self, budget: &parallel::SampleBudget) -> Result<Option<Vec<Sample>>> {
+        let mut samples: Vec<Sample> = self.current.by_ref().collect();
+        if !budget.spend(samples.len()) {
+            return Ok(None);
+        }
+        while let Some(w) = self.windows.pop_front() {
+            if budget.overdrawn() {
+                return Ok(None);
+            }
+            let window = self.materialize(w)?;
+            if !budget.spend(window.len()) {
+                return Ok(None);
+            }
+            if samples.is_empty() {
+                samples = window;
+            } else {
+                samples.extend_from_slice(&window);
+            }
+        }
+        Ok(Some(samples))
     }
 
     /// The samples of a time-ordered chunk inside `[start, end)`.

@@ -737,6 +737,96 @@ fn query_limited_stops_at_the_sample_budget() {
     assert!(shard.query_limited(&m, 0, 5 * S, 50).unwrap().is_some());
 }
 
+/// A read large enough to be decoded on several threads answers exactly what
+/// one thread does, spends the same sample budget, and reports a corrupt
+/// chunk the same way.
+#[test]
+fn a_read_decoded_on_several_threads_answers_as_one_thread_does() {
+    let dir = TempDir::new().unwrap();
+    let open = |threads| {
+        Shard::open(
+            dir.path(),
+            ShardConfig {
+                read_threads: threads,
+                decoded_cache_bytes: 0,
+                ..cfg()
+            },
+        )
+        .unwrap()
+    };
+    let total;
+    {
+        // Full-precision pseudo-random values: about 9 bytes a sample, so
+        // 48,000 samples are well over the 32 KiB from which helpers start.
+        let shard = open(1);
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut value = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 11) as f64 / 7.0
+        };
+        let hosts: Vec<String> = (0..300).map(|h| format!("h{h}")).collect();
+        let mut round = |r: i64| -> Vec<Point> {
+            hosts
+                .iter()
+                .map(|h| point("noise", &[("host", h)], r * 10 * S, value()))
+                .collect()
+        };
+        for r in 0..160 {
+            shard.write_batch(&round(r)).unwrap();
+        }
+        shard.flush().unwrap();
+        // And some samples still in the heads.
+        for r in 160..162 {
+            shard.write_batch(&round(r)).unwrap();
+        }
+        total = 300 * 162;
+    }
+    let m = [eq("__name__", "noise")];
+    let read = |shard: &Shard, max| shard.query_limited(&m, 0, i64::MAX, max).unwrap();
+    let one = {
+        let shard = open(1);
+        let answer = read(&shard, usize::MAX).unwrap();
+        assert_eq!(shard.read_counts().parallel_reads, 0);
+        answer
+    };
+    assert_eq!(one.len(), 300);
+    assert_eq!(one.iter().map(|(_, s)| s.len()).sum::<usize>(), total);
+    let shard = open(4);
+    assert_eq!(read(&shard, usize::MAX).unwrap(), one);
+    assert_eq!(shard.read_counts().parallel_reads, 1, "helpers decoded");
+    assert!(read(&shard, total).is_some());
+    assert!(read(&shard, total - 1).is_none());
+    assert!(read(&shard, total / 2).is_none());
+    // A window inside the data: the same answer either way.
+    let part = shard.query(&m, 100 * S, 1000 * S).unwrap();
+    drop(shard);
+    assert_eq!(open(1).query(&m, 100 * S, 1000 * S).unwrap(), part);
+
+    // One chunk in the middle damaged: both answer the corrupt chunk.
+    {
+        let names = rocksdb::DB::list_cf(&rocksdb::Options::default(), dir.path()).unwrap();
+        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), dir.path(), &names).unwrap();
+        let cf = db.cf_handle("chunks").unwrap();
+        let chunks: Vec<_> = db
+            .iterator_cf(cf, rocksdb::IteratorMode::Start)
+            .map(|kv| kv.unwrap())
+            .collect();
+        let (k, v) = &chunks[chunks.len() / 2];
+        let mut v = v.to_vec();
+        let mid = v.len() / 2;
+        v[mid] ^= 0x10;
+        db.put_cf(cf, k, v).unwrap();
+    }
+    for threads in [1, 4] {
+        let err = open(threads)
+            .query_limited(&m, 0, i64::MAX, usize::MAX)
+            .unwrap_err();
+        assert!(matches!(err, StorageError::CorruptChunk { .. }), "{err}");
+    }
+}
+
 mod idempotency {
     use chronicle_storage::{
         EncodedPoints, KeyedPart, KeyedStamp, Label, Matcher, Point, Shard, ShardConfig,
