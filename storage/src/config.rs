@@ -30,7 +30,7 @@ pub struct ShardConfig {
     /// Recently read chunks kept decoded, bytes (0 turns the cache off).
     pub decoded_cache_bytes: usize,
     /// Threads one read decodes its chunks on, the calling one included
-    /// (1: the calling thread alone). Reads under 32 KiB of chunks use one.
+    /// (1: the calling thread alone). Reads under 8 KiB of chunks use one.
     pub read_threads: usize,
     /// Run-time overrides of `max_chunk_samples` and `encode`, shared by
     /// every shard opened from clones of this config (the config API sets

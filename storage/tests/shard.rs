@@ -757,7 +757,7 @@ fn a_read_decoded_on_several_threads_answers_as_one_thread_does() {
     let total;
     {
         // Full-precision pseudo-random values: about 9 bytes a sample, so
-        // 48,000 samples are well over the 32 KiB from which helpers start.
+        // 48,000 samples are well over the 8 KiB from which helpers start.
         let shard = open(1);
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         let mut value = move || {

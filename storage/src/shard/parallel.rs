@@ -14,9 +14,9 @@ use crossbeam_channel::TrySendError;
 use crate::Result;
 
 /// Below this many encoded bytes a read is decoded on the calling thread
-/// alone: starting a helper takes tens of microseconds, and 32 KiB is about
-/// 24,000 samples of typical data, 1.5 ms of decoding.
-const PARALLEL_FROM_BYTES: usize = 32 << 10;
+/// alone: starting a helper takes tens of microseconds, and 8 KiB is about
+/// 6,000 samples of typical data, 0.4 ms of decoding.
+const PARALLEL_FROM_BYTES: usize = 8 << 10;
 
 /// Series read ahead of the decoders, at most: bounds the encoded bytes a
 /// read holds in memory beyond what is being decoded.
@@ -46,12 +46,13 @@ impl SampleBudget {
     }
 }
 
-/// Runs `work` on every series `plan` reads (each of `encoded_bytes` to decode), on up to `threads` threads (the
+/// Runs `work` on every series `plan` reads, on up to `threads` threads (the
 /// calling one included), and answers one result per series in plan order,
-/// with the number of threads that decoded.
-/// A plan error ends the reading: that series answers the error and the
-/// series after it are left out. `stop` is asked before each series is read:
-/// once it says so, no more are.
+/// with the number of threads that decoded. `encoded_bytes` says what a
+/// series costs to decode (helpers start only for reads worth it). A plan
+/// error ends the reading: that series answers the error and the series
+/// after it are left out. `stop` is asked before each series is read: once it
+/// says so, no more are.
 pub(super) fn map_series<T: Send, R: Send>(
     plan: impl Iterator<Item = Result<T>>,
     threads: usize,
