@@ -369,7 +369,9 @@ impl Node {
             sync_writes: config.sync_writes,
             // The cache budget is the node's, shared by its replicas.
             decoded_cache_bytes: config.decoded_cache_bytes / local,
-            read_threads: config.query.decode_threads.max(1),
+            decode_threads: config.query.decode_threads.max(1),
+            // Helpers decoding a read yield to Raft as the query's thread does.
+            on_decode_thread_start: chronicle_actor_runtime::yield_to_cluster_work,
             ..ShardConfig::default()
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()

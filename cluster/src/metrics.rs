@@ -242,7 +242,7 @@ pub(crate) fn set_reads(shard: &str, reads: &chronicle_storage::ReadCounts) {
         ("sample_decoded", reads.samples_decoded),
         ("last_from_memory", reads.last_from_memory),
         ("last_from_chunks", reads.last_from_chunks),
-        ("read_in_parallel", reads.parallel_reads),
+        ("read_in_parallel", reads.reads_in_parallel),
     ] {
         let c = STORAGE_READS.with_label_values(&[shard, kind]);
         c.reset();

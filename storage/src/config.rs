@@ -31,7 +31,10 @@ pub struct ShardConfig {
     pub decoded_cache_bytes: usize,
     /// Threads one read decodes its chunks on, the calling one included
     /// (1: the calling thread alone). Reads under 8 KiB of chunks use one.
-    pub read_threads: usize,
+    pub decode_threads: usize,
+    /// Run first on every helper thread a read starts (the node lowers the
+    /// thread's priority below Raft's there).
+    pub on_decode_thread_start: fn(),
     /// Run-time overrides of `max_chunk_samples` and `encode`, shared by
     /// every shard opened from clones of this config (the config API sets
     /// them; a shard reopened after a snapshot install keeps them).
@@ -100,7 +103,8 @@ impl Default for ShardConfig {
             encode: EncodeOptions::default(),
             block_cache_bytes: 64 << 20,
             decoded_cache_bytes: 256 << 20,
-            read_threads: default_read_threads(),
+            decode_threads: default_decode_threads(),
+            on_decode_thread_start: || {},
             tuning: Arc::new(Tuning::new()),
         }
     }
@@ -108,7 +112,7 @@ impl Default for ShardConfig {
 
 /// The threads a read decodes on when its config does not say: the cores this
 /// process may use (cgroup limits included), at most 8.
-pub fn default_read_threads() -> usize {
+pub fn default_decode_threads() -> usize {
     static CORES: OnceLock<usize> = OnceLock::new();
     *CORES.get_or_init(|| {
         std::thread::available_parallelism()

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -420,7 +420,7 @@ pub struct ReadCounts {
     pub last_from_memory: u64,
     pub last_from_chunks: u64,
     /// Selections whose chunks were decoded on more than one thread.
-    pub parallel_reads: u64,
+    pub reads_in_parallel: u64,
 }
 
 #[derive(Debug, Default)]
@@ -431,7 +431,7 @@ struct ReadStats {
     samples_decoded: AtomicU64,
     last_from_memory: AtomicU64,
     last_from_chunks: AtomicU64,
-    parallel_reads: AtomicU64,
+    reads_in_parallel: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64, n: usize) {
@@ -1301,7 +1301,7 @@ impl Shard {
             samples_decoded: get(&r.samples_decoded),
             last_from_memory: get(&r.last_from_memory),
             last_from_chunks: get(&r.last_from_chunks),
-            parallel_reads: get(&r.parallel_reads),
+            reads_in_parallel: get(&r.reads_in_parallel),
         }
     }
 
@@ -1528,16 +1528,27 @@ impl Shard {
         let ids: Vec<u64> = selected.iter().map(|(id, _)| *id).collect();
         let plan = self.read_plan(&ids, start, end)?;
         let budget = parallel::SampleBudget::new(max_samples);
+        let failed = AtomicBool::new(false);
         // Each series: its samples, or `None` once the read went over budget.
+        // An error (a corrupt chunk) stops the reading as the budget does.
+        // Over budget wins over an error met on another thread at the same
+        // time: the read is refused either way.
         let (read, threads) = parallel::map_series(
             plan,
-            self.config.read_threads,
-            || budget.overdrawn(),
+            self.config.decode_threads,
+            || budget.overdrawn() || failed.load(AtomicOrdering::Relaxed),
             SeriesIter::encoded_bytes,
-            |series| series.collect_within(&budget),
+            self.config.on_decode_thread_start,
+            |series| {
+                let samples = series.collect_within(&budget);
+                if samples.is_err() {
+                    failed.store(true, AtomicOrdering::Relaxed);
+                }
+                samples
+            },
         );
         if threads > 1 {
-            bump(&self.reads.parallel_reads, 1);
+            bump(&self.reads.reads_in_parallel, 1);
         }
         let mut out = Vec::with_capacity(selected.len());
         for ((_, key), samples) in selected.into_iter().zip(read) {
@@ -2842,7 +2853,7 @@ impl SeriesIter {
             if samples.is_empty() {
                 samples = window;
             } else {
-                samples.extend_from_slice(&window);
+                samples.extend(window);
             }
         }
         Ok(Some(samples))

@@ -747,7 +747,7 @@ fn a_read_decoded_on_several_threads_answers_as_one_thread_does() {
         Shard::open(
             dir.path(),
             ShardConfig {
-                read_threads: threads,
+                decode_threads: threads,
                 decoded_cache_bytes: 0,
                 ..cfg()
             },
@@ -757,7 +757,7 @@ fn a_read_decoded_on_several_threads_answers_as_one_thread_does() {
     let total;
     {
         // Full-precision pseudo-random values: about 9 bytes a sample, so
-        // 48,000 samples are well over the 8 KiB from which helpers start.
+        // 48,600 samples are well over the 8 KiB from which helpers start.
         let shard = open(1);
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         let mut value = move || {
@@ -788,14 +788,14 @@ fn a_read_decoded_on_several_threads_answers_as_one_thread_does() {
     let one = {
         let shard = open(1);
         let answer = read(&shard, usize::MAX).unwrap();
-        assert_eq!(shard.read_counts().parallel_reads, 0);
+        assert_eq!(shard.read_counts().reads_in_parallel, 0);
         answer
     };
     assert_eq!(one.len(), 300);
     assert_eq!(one.iter().map(|(_, s)| s.len()).sum::<usize>(), total);
     let shard = open(4);
     assert_eq!(read(&shard, usize::MAX).unwrap(), one);
-    assert_eq!(shard.read_counts().parallel_reads, 1, "helpers decoded");
+    assert_eq!(shard.read_counts().reads_in_parallel, 1, "helpers decoded");
     assert!(read(&shard, total).is_some());
     assert!(read(&shard, total - 1).is_none());
     assert!(read(&shard, total / 2).is_none());
@@ -803,6 +803,25 @@ fn a_read_decoded_on_several_threads_answers_as_one_thread_does() {
     let part = shard.query(&m, 100 * S, 1000 * S).unwrap();
     drop(shard);
     assert_eq!(open(1).query(&m, 100 * S, 1000 * S).unwrap(), part);
+
+    // With the decoded cache on, a second read is served from it (no bytes
+    // to decode, one thread) and answers the same.
+    {
+        let cached = Shard::open(
+            dir.path(),
+            ShardConfig {
+                decode_threads: 4,
+                ..cfg()
+            },
+        )
+        .unwrap();
+        assert_eq!(read(&cached, usize::MAX).unwrap(), one);
+        assert_eq!(read(&cached, usize::MAX).unwrap(), one);
+        let counts = cached.read_counts();
+        assert_eq!(counts.reads_in_parallel, 1, "only the first read decoded");
+        assert!(counts.decoded_cache_hits >= 300);
+        assert!(read(&cached, total - 1).is_none());
+    }
 
     // One chunk in the middle damaged: both answer the corrupt chunk.
     {

@@ -18,8 +18,9 @@ use crate::Result;
 /// 6,000 samples of typical data, 0.4 ms of decoding.
 const PARALLEL_FROM_BYTES: usize = 8 << 10;
 
-/// Series read ahead of the decoders, at most: bounds the encoded bytes a
-/// read holds in memory beyond what is being decoded.
+/// Series read ahead of the decoders, at most (before helpers start, and in
+/// their queue): bounds what a read holds beyond what is being decoded, even
+/// when its chunks come decoded from the cache and count no bytes.
 const READ_AHEAD: usize = 64;
 
 /// How many samples a read may still decode, shared by its threads. Once
@@ -35,7 +36,8 @@ impl SampleBudget {
         }
     }
 
-    /// Spends `n` samples; false once the read has gone over its budget.
+    /// Spends `n` samples; false once the read has gone over its budget. (It
+    /// cannot wrap: that would take 2^63 samples spent.)
     pub(super) fn spend(&self, n: usize) -> bool {
         let n = i64::try_from(n).unwrap_or(i64::MAX);
         self.left.fetch_sub(n, Ordering::Relaxed).saturating_sub(n) >= 0
@@ -48,16 +50,18 @@ impl SampleBudget {
 
 /// Runs `work` on every series `plan` reads, on up to `threads` threads (the
 /// calling one included), and answers one result per series in plan order,
-/// with the number of threads that decoded. `encoded_bytes` says what a
-/// series costs to decode (helpers start only for reads worth it). A plan
-/// error ends the reading: that series answers the error and the series
-/// after it are left out. `stop` is asked before each series is read: once it
-/// says so, no more are.
+/// with the number of threads it ran on (helpers started, plus the caller).
+/// `encoded_bytes` says what a series costs to decode (helpers start only for
+/// reads worth it); each helper runs `on_helper_start` first. A plan error
+/// ends the reading: that series answers the error and the series after it
+/// are left out. `stop` is asked before each series is read: once it says
+/// so, no more are.
 pub(super) fn map_series<T: Send, R: Send>(
     plan: impl Iterator<Item = Result<T>>,
     threads: usize,
     stop: impl Fn() -> bool,
     encoded_bytes: impl Fn(&T) -> usize,
+    on_helper_start: fn(),
     work: impl Fn(T) -> R + Sync,
 ) -> (Vec<Result<R>>, usize) {
     let mut plan = plan.fuse();
@@ -84,23 +88,25 @@ pub(super) fn map_series<T: Send, R: Send>(
         }
         return (finish(out), 1);
     }
-    // Read ahead until the read is known to be worth a helper.
+    // Until the read has shown it is worth a helper, the calling thread reads
+    // ahead (at most READ_AHEAD series: chunks served from the decoded cache
+    // count no bytes) and decodes what it read.
     let mut pending: Vec<(usize, T)> = Vec::new();
-    let mut pending_bytes = 0usize;
-    let mut more = true;
-    while pending_bytes < PARALLEL_FROM_BYTES {
+    let mut seen_bytes = 0usize;
+    while seen_bytes < PARALLEL_FROM_BYTES {
         let Some((i, series)) = read(&mut out) else {
-            more = false;
-            break;
+            for (i, series) in pending {
+                out[i] = Some(Ok(work(series)));
+            }
+            return (finish(out), 1);
         };
-        pending_bytes += encoded_bytes(&series);
+        seen_bytes += encoded_bytes(&series);
         pending.push((i, series));
-    }
-    if !more {
-        for (i, series) in pending {
-            out[i] = Some(Ok(work(series)));
+        if pending.len() >= READ_AHEAD && seen_bytes < PARALLEL_FROM_BYTES {
+            for (i, series) in pending.drain(..) {
+                out[i] = Some(Ok(work(series)));
+            }
         }
-        return (finish(out), 1);
     }
 
     // Helpers wait on the queue; the calling thread never does (it decodes a
@@ -120,7 +126,10 @@ pub(super) fn map_series<T: Send, R: Send>(
                 let rx = rx.clone();
                 std::thread::Builder::new()
                     .name(format!("chronicle-decode-{n}"))
-                    .spawn_scoped(scope, move || decode_all(rx))
+                    .spawn_scoped(scope, move || {
+                        on_helper_start();
+                        decode_all(rx)
+                    })
                     .ok()
             })
             .collect();
@@ -188,6 +197,7 @@ mod tests {
             threads,
             || false,
             |_| bytes,
+            || {},
             |i| {
                 if i % 7 == 0 {
                     std::thread::sleep(Duration::from_micros(200));
@@ -220,6 +230,45 @@ mod tests {
     }
 
     #[test]
+    fn a_read_of_cached_chunks_stays_on_one_thread_until_it_meets_bytes() {
+        // Series that cost nothing to decode (their chunks come decoded) do
+        // not start helpers, however many; bytes met later still do.
+        let (out, used) = run(1000, 0, 4);
+        assert_eq!(out.len(), 1000);
+        assert_eq!(used, 1);
+        let (out, used) = map_series(
+            (0..1000usize).map(Ok),
+            4,
+            || false,
+            |i| if *i >= 500 { 1 << 10 } else { 0 },
+            || {},
+            |i| i,
+        );
+        assert!(out
+            .iter()
+            .enumerate()
+            .all(|(i, r)| *r.as_ref().unwrap() == i));
+        assert_eq!(used, 4);
+    }
+
+    #[test]
+    fn helpers_run_the_start_hook() {
+        static STARTED: AtomicUsize = AtomicUsize::new(0);
+        let (_, used) = map_series(
+            (0..1000usize).map(Ok),
+            3,
+            || false,
+            |_| 1 << 10,
+            || {
+                STARTED.fetch_add(1, Ordering::Relaxed);
+            },
+            |i| i,
+        );
+        assert_eq!(used, 3);
+        assert_eq!(STARTED.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
     fn a_plan_error_answers_that_series_and_ends_the_read() {
         for (threads, at) in [(1, 5), (4, 5), (4, 900)] {
             let plan = (0..1000).map(|i| {
@@ -229,7 +278,7 @@ mod tests {
                     Ok(i)
                 }
             });
-            let (out, _) = map_series(plan, threads, || false, |_| 1 << 10, |i| i);
+            let (out, _) = map_series(plan, threads, || false, |_| 1 << 10, || {}, |i| i);
             assert_eq!(out.len(), at + 1, "threads {threads}");
             assert!(out[..at].iter().all(|r| r.is_ok()));
             assert!(matches!(out[at], Err(StorageError::InvalidRequest(_))));
@@ -245,6 +294,7 @@ mod tests {
                 threads,
                 || done.load(Ordering::Relaxed) >= 500,
                 |_| 1 << 10,
+                || {},
                 |i: usize| {
                     done.fetch_add(1, Ordering::Relaxed);
                     i
@@ -266,6 +316,7 @@ mod tests {
             2,
             || false,
             |_| 1 << 10,
+            || {},
             |i| {
                 if std::thread::current().name() == Some("chronicle-decode-1") {
                     panic!("helper fails");
