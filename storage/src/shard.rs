@@ -1557,9 +1557,8 @@ impl Shard {
                 None => return Ok(None),
             }
         }
-        if budget.overdrawn() {
-            return Ok(None);
-        }
+        // A read cut short by `stop` ends with the series that stopped it
+        // (over budget: `None`; failed: its error), answered above.
         Ok(Some(out))
     }
 
@@ -2838,10 +2837,9 @@ impl SeriesIter {
     /// a time: `None` as soon as the read is over it (this series' or
     /// another's samples).
     fn collect_within(mut self, budget: &parallel::SampleBudget) -> Result<Option<Vec<Sample>>> {
-        let mut samples: Vec<Sample> = self.current.by_ref().collect();
-        if !budget.spend(samples.len()) {
-            return Ok(None);
-        }
+        // Called on a series not yet iterated: everything is in `windows`.
+        debug_assert!(self.current.as_slice().is_empty());
+        let mut samples: Vec<Sample> = Vec::new();
         while let Some(w) = self.windows.pop_front() {
             if budget.overdrawn() {
                 return Ok(None);
