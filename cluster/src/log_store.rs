@@ -170,6 +170,9 @@ pub const RAFT_LOG_WRITE: &str = "raft::log::write";
 enum Done {
     Flushed(LogFlushed<TypeConfig>),
     Reply(tokio::sync::oneshot::Sender<Result<(), String>>),
+    /// Nobody waits, and the write needs no sync of its own: it is durable
+    /// with the next synced write behind it (the committed index).
+    Nobody,
 }
 
 struct Job {
@@ -195,7 +198,10 @@ fn write_loop(
                 Err(_) => break,
             }
         }
+        // Sync the group's last write if any write in it asks to be durable;
+        // a synced write makes every earlier write in the WAL durable too.
         let last = group.len() - 1;
+        let durable = group.iter().any(|j| !matches!(j.done, Done::Nobody));
         let started = std::time::Instant::now();
         // A chaos run's disk fault: the group fails as a full or broken disk
         // would fail it, and nobody hears it is durable.
@@ -208,8 +214,7 @@ fn write_loop(
                 break;
             }
             let mut options = WriteOptions::default();
-            // A synced write makes every earlier write in the WAL durable too.
-            options.set_sync(sync && i == last);
+            options.set_sync(sync && durable && i == last);
             if let Err(e) = db.write_opt(std::mem::take(&mut job.batch), &options) {
                 result = Err(e.to_string());
                 break;
@@ -230,6 +235,11 @@ fn write_loop(
                 }
                 Done::Reply(reply) => {
                     let _ = reply.send(result.clone());
+                }
+                Done::Nobody => {
+                    if let Err(e) = &result {
+                        tracing::warn!(error = %e, "raft log: saving the committed index failed");
+                    }
                 }
             }
         }
@@ -554,23 +564,34 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map(Vote::from))
     }
 
+    /// Queued behind the log's writes but neither synced nor awaited: openraft
+    /// holds its core until this returns, and a synced write here cost every
+    /// commit a disk round trip in which no entry could be appended. The
+    /// committed index is optional state to openraft: a replica that reads
+    /// back an older one after a power cut re-applies from there and learns
+    /// the rest from its leader's next commit, and reads wait for a read index
+    /// either way. Every synced write behind it makes it durable too.
     async fn save_committed(
         &mut self,
         committed: Option<LogId<u64>>,
     ) -> Result<(), StorageError<u64>> {
         self.committed
             .store(committed.map_or(0, |c| c.index), Ordering::Relaxed);
+        let mut batch = WriteBatch::default();
         match committed {
-            Some(id) => self
-                .put_meta(KEY_COMMITTED, &WireLogId::from(&id))
-                .await
-                .map_err(write_err),
-            None => {
-                let mut batch = WriteBatch::default();
-                batch.delete_cf(self.cf(CF_META), KEY_COMMITTED);
-                self.write_and_wait(batch).await.map_err(write_err)
+            Some(id) => {
+                let bytes = chronicle_bus::envelope::encode(&WireLogId::from(&id))
+                    .map_err(|e| write_err(std::io::Error::other(e)))?;
+                batch.put_cf(self.cf(CF_META), KEY_COMMITTED, &bytes);
             }
+            None => batch.delete_cf(self.cf(CF_META), KEY_COMMITTED),
         }
+        self.queue(Job {
+            batch,
+            upto: None,
+            done: Done::Nobody,
+        })
+        .map_err(write_err)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, StorageError<u64>> {

@@ -520,8 +520,16 @@ pub struct ClusterNode {
     metric_cutoffs: parking_lot::Mutex<std::collections::HashMap<(u32, usize), i64>>,
 }
 
-/// Points per Raft entry: a few hundred KB encoded, well under a bus message.
-pub const MAX_ENTRY_POINTS: usize = 2_000;
+/// Points per Raft entry, at most. An entry carries the series its points
+/// use, so small entries pay for each series again and again: at 2,000
+/// points (a scrape of 1,000 series puts two points of each in an entry)
+/// the series were most of every entry's bytes and of its apply.
+pub const MAX_ENTRY_POINTS: usize = 10_000;
+
+/// Encoded bytes per Raft entry, at most (about: an entry holds at least
+/// one point): with room under a bus message ([`crate::network::MAX_RPC_BYTES`])
+/// for the entry's framing and idempotency key.
+pub const MAX_ENTRY_BYTES: usize = 768 * 1024;
 
 /// Longest one forwarded request may take before the next replica is tried.
 pub(crate) const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -1268,13 +1276,13 @@ impl ClusterNode {
                         .push(i);
                 }
             }
-            // Entries of at most MAX_ENTRY_POINTS points (an entry must fit in
-            // one bus message), all in flight at once, in every shard, so
-            // openraft logs and replicates them together. Each is encoded
-            // here, once, with the series it uses.
+            // Entries of at most MAX_ENTRY_POINTS points and MAX_ENTRY_BYTES
+            // (an entry must fit in one bus message), all in flight at once,
+            // in every shard, so openraft logs and replicates them together.
+            // Each is encoded here, once, with the series it uses.
             for (shard, indexes) in by_shard {
-                for chunk in indexes.chunks(MAX_ENTRY_POINTS) {
-                    entries.push((shard, points.encode_points(chunk.iter().copied()), None));
+                for part in points.split_for_encoding(&indexes, MAX_ENTRY_POINTS, MAX_ENTRY_BYTES) {
+                    entries.push((shard, points.encode_points(part.iter().copied()), None));
                 }
             }
         } else {
@@ -1328,7 +1336,7 @@ impl ClusterNode {
 
     /// The entries of a write with keyed spans: unkeyed points as usual; each
     /// keyed span, per shard, in parts of its own of at most
-    /// `MAX_ENTRY_POINTS` points, numbered in order.
+    /// `MAX_ENTRY_POINTS` points and `MAX_ENTRY_BYTES`, numbered in order.
     fn keyed_entries(
         &self,
         points: &PointBatch,
@@ -1369,7 +1377,7 @@ impl ClusterNode {
         for (shard, runs) in by_shard {
             let mut parts = vec![0u32; keys.len()];
             for (span, run) in runs {
-                for chunk in run.chunks(MAX_ENTRY_POINTS) {
+                for chunk in points.split_for_encoding(&run, MAX_ENTRY_POINTS, MAX_ENTRY_BYTES) {
                     let keyed = span.map(|i| {
                         parts[i] += 1;
                         KeyedPart {

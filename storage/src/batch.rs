@@ -236,6 +236,61 @@ impl PointBatch {
         }
     }
 
+    /// Splits `indexes` into consecutive parts of at most `max_points` points
+    /// each, whose [`Self::encode_points`] stays within `max_bytes` (a part
+    /// holds at least one point, however large its series). Each part
+    /// carries the series it uses, so the bound counts them once per part.
+    pub fn split_for_encoding<'i>(
+        &self,
+        indexes: &'i [usize],
+        max_points: usize,
+        max_bytes: usize,
+    ) -> Vec<&'i [usize]> {
+        // The most a point's series index, time delta and value take; the
+        // batch's tag and two counts.
+        const POINT_BYTES: usize = 5 + 10 + 8;
+        const HEADER: usize = 2 + 10 + 10;
+        let string = |s: &str| uvarint_len(s.len() as u64) + s.len();
+        let series_bytes = |s: &BatchSeries| {
+            string(&s.metric)
+                + uvarint_len(s.labels.len() as u64)
+                + s.labels
+                    .iter()
+                    .map(|l| string(&l.name) + string(&l.value))
+                    .sum::<usize>()
+        };
+        let max_points = max_points.max(1);
+        let mut parts = Vec::new();
+        // The part that last counted each series, by the names it shares: a
+        // parser gives every point a series slot of its own, sharing one
+        // metric and one label set among equal ones (which encode_points
+        // writes once per part). Equal series that share nothing are counted
+        // again, which only errs on the safe side.
+        let mut counted_in: rustc_hash::FxHashMap<(*const u8, *const Label), usize> =
+            Default::default();
+        let (mut start, mut bytes) = (0, HEADER);
+        for (at, &i) in indexes.iter().enumerate() {
+            let series = &self.series[self.points[i].series as usize];
+            let shared = (series.metric.as_ptr(), series.labels.as_ptr());
+            let mut add = POINT_BYTES;
+            if counted_in.get(&shared) != Some(&parts.len()) {
+                add += series_bytes(series);
+            }
+            if at > start && (at - start >= max_points || bytes + add > max_bytes) {
+                parts.push(&indexes[start..at]);
+                start = at;
+                bytes = HEADER;
+                add = POINT_BYTES + series_bytes(series);
+            }
+            counted_in.insert(shared, parts.len());
+            bytes += add;
+        }
+        if start < indexes.len() {
+            parts.push(&indexes[start..]);
+        }
+        parts
+    }
+
     /// Owned points, one per sample (tests and tools; copies every label set).
     pub fn to_points(&self) -> Vec<Point> {
         self.points
@@ -257,6 +312,11 @@ impl From<Vec<Point>> for PointBatch {
     fn from(points: Vec<Point>) -> Self {
         Self::from_points(points)
     }
+}
+
+/// Bytes `put_uvarint` writes for `v`.
+fn uvarint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 #[cfg(test)]
@@ -385,6 +445,74 @@ mod tests {
             let decoded = decode_points(batch.encode_points(odd.iter().copied()).as_bytes()).unwrap();
             let expected: Vec<Point> = odd.iter().map(|&i| points[i].clone()).collect();
             prop_assert_eq!(exact(&decoded), exact(&expected));
+        }
+    }
+
+    #[test]
+    fn uvarint_len_is_what_put_uvarint_writes() {
+        for v in [0u64, 1, 127, 128, 16_383, 16_384, u32::MAX as u64, u64::MAX] {
+            let mut out = Vec::new();
+            crate::codec::put_uvarint(&mut out, v);
+            assert_eq!(uvarint_len(v), out.len(), "{v}");
+        }
+    }
+
+    #[test]
+    fn parts_for_encoding_keep_order_and_both_bounds() {
+        // 300 series, one of them with a label value of 40 KiB, points
+        // interleaved as a scrape writes them.
+        let mut points = Vec::new();
+        for t in 0..20 {
+            for s in 0..300 {
+                let big = "x".repeat(40 << 10);
+                let value = if s == 7 { big.as_str() } else { "small" };
+                points.push(point("m", &[("s", &s.to_string()), ("v", value)], t, 1.0));
+            }
+        }
+        let batch = PointBatch::from_points(points);
+        let indexes: Vec<usize> = (0..batch.len()).collect();
+        for (max_points, max_bytes) in [(1_000, 1 << 20), (10_000, 64 << 10), (10_000, 1)] {
+            let parts = batch.split_for_encoding(&indexes, max_points, max_bytes);
+            assert_eq!(parts.concat(), indexes, "parts cover the points in order");
+            for part in &parts {
+                assert!(!part.is_empty() && part.len() <= max_points);
+                let encoded = batch.encode_points(part.iter().copied());
+                assert!(
+                    encoded.bytes.len() <= max_bytes || part.len() == 1,
+                    "{} bytes in a part of {} points, bound {max_bytes}",
+                    encoded.bytes.len(),
+                    part.len()
+                );
+            }
+            if max_bytes == 1 {
+                assert_eq!(parts.len(), indexes.len(), "one point a part");
+            }
+        }
+        // Without the byte bound the parts are as long as allowed.
+        let parts = batch.split_for_encoding(&indexes, 1_000, usize::MAX);
+        assert_eq!(parts.len(), 6);
+        assert!(batch.split_for_encoding(&[], 1_000, 1).is_empty());
+
+        // A parser's batch: a series slot per point, names shared among equal
+        // series. Each part counts a series once: 1,000 points of 300 series
+        // of 300-byte labels take about 120 KB, where counting every point's
+        // labels would make 300 KB.
+        let mut parsed = PointBatch::new();
+        let metric: Arc<str> = Arc::from("m");
+        let label_sets: Vec<Arc<[Label]>> = (0..300)
+            .map(|s| Arc::from(vec![Label::new("s", format!("{s:0>300}"))]))
+            .collect();
+        for t in 0..20 {
+            for labels in &label_sets {
+                let id = parsed.add_series(metric.clone(), labels.clone());
+                parsed.push(id, t, 1.0);
+            }
+        }
+        let indexes: Vec<usize> = (0..parsed.len()).collect();
+        let parts = parsed.split_for_encoding(&indexes, 1_000, 256 << 10);
+        assert_eq!(parts.len(), 6);
+        for part in parts {
+            assert!(parsed.encode_points(part.iter().copied()).bytes.len() <= 256 << 10);
         }
     }
 }

@@ -35,6 +35,9 @@ pub struct ShardConfig {
     /// Run first on every helper thread a read starts (the node lowers the
     /// thread's priority below Raft's there).
     pub on_decode_thread_start: fn(),
+    /// Threads a cut of heads into chunks encodes on, the applying one
+    /// included (1: that thread alone). Cuts under 16,384 samples use one.
+    pub encode_threads: usize,
     /// Run-time overrides of `max_chunk_samples` and `encode`, shared by
     /// every shard opened from clones of this config (the config API sets
     /// them; a shard reopened after a snapshot install keeps them).
@@ -105,6 +108,7 @@ impl Default for ShardConfig {
             decoded_cache_bytes: 256 << 20,
             decode_threads: default_decode_threads(),
             on_decode_thread_start: || {},
+            encode_threads: default_decode_threads(),
             tuning: Arc::new(Tuning::new()),
         }
     }

@@ -1015,25 +1015,24 @@ impl Shard {
 
     /// Cuts marked heads (and old ones holding the log back) into chunks.
     fn cut_marked(&self, st: &mut State, seq: u64, wb: &mut WriteBatch) {
-        let marked = std::mem::take(&mut st.to_cut);
-        for id in marked {
-            let full = st
-                .series
-                .get(&id)
-                .is_some_and(|e| e.head.len() >= self.config.effective_max_chunk_samples());
-            self.cut_series(st, id, seq, !full, wb);
-        }
+        let max = self.config.effective_max_chunk_samples();
+        let marked: Vec<(u64, bool)> = std::mem::take(&mut st.to_cut)
+            .into_iter()
+            .map(|id| {
+                let full = st.series.get(&id).is_some_and(|e| e.head.len() >= max);
+                (id, !full)
+            })
+            .collect();
+        self.cut_series(st, &marked, seq, wb);
         if st.last_seq.saturating_sub(st.durable) > self.config.max_log_lag {
             let threshold = st.durable + self.config.max_log_lag / 2;
-            let old: Vec<u64> = st
+            let old: Vec<(u64, bool)> = st
                 .pending
                 .iter()
                 .take_while(|(first, _)| *first <= threshold)
-                .map(|&(_, id)| id)
+                .map(|&(_, id)| (id, false))
                 .collect();
-            for id in old {
-                self.cut_series(st, id, seq, false, wb);
-            }
+            self.cut_series(st, &old, seq, wb);
         }
         self.advance_durable(st, wb);
     }
@@ -1077,71 +1076,112 @@ impl Shard {
         }
     }
 
-    /// Moves a series' head into chunks. With `keep_newest_window`, samples in the
-    /// newest window stay in the head (that window is still being written).
+    /// Moves series' heads into chunks: each `(id, keep_newest_window)`; with
+    /// `keep_newest_window`, samples in the newest window stay in the head
+    /// (that window is still being written). The chunks are encoded together,
+    /// on up to `encode_threads` threads, since a scrape's series all cross a
+    /// window at once.
     fn cut_series(
         &self,
         st: &mut State,
-        id: u64,
+        cuts: &[(u64, bool)],
         seq: u64,
-        keep_newest_window: bool,
         wb: &mut WriteBatch,
     ) -> FlushReport {
         let range = self.chunk_range;
         let mut report = FlushReport::default();
-        let Some(e) = st.series.get_mut(&id) else {
-            return report;
-        };
-        e.cut_marked = false;
-        if e.head.is_empty() {
-            return report;
+        // What each series flushes, split into windows, and what it keeps.
+        struct Cut {
+            id: u64,
+            samples: Vec<Sample>,
+            split: usize,
+            keep_from: i64,
+            windows: Vec<(i64, std::ops::Range<usize>)>,
         }
-        let old_first = e.head_first_seq;
-        let samples = sort_dedup(std::mem::take(&mut e.head));
-        let keep_from = if keep_newest_window {
-            e.head_window
-        } else {
-            i64::MAX
-        };
-        let split = samples.partition_point(|s| window_start(s.timestamp, range) < keep_from);
-        let (flush, keep) = samples.split_at(split);
-        let mut i = 0;
-        while i < flush.len() {
-            let w = window_start(flush[i].timestamp, range);
-            let n = flush[i..].partition_point(|s| window_start(s.timestamp, range) == w);
-            let chunk = encode_chunk(&flush[i..i + n], self.config.effective_encode());
-            // Write-through: what was just written is what dashboards read next,
-            // and its samples are at hand. Keyed by checksum, an entry for a
-            // batch that then fails to commit is never matched.
-            if let Some(cache) = &self.decoded {
-                if let Some(key) = chunk_id(id, e.tier, w, seq, &chunk) {
-                    cache.insert(key, flush[i..i + n].into());
+        let mut taken = Vec::with_capacity(cuts.len());
+        for &(id, keep_newest_window) in cuts {
+            let Some(e) = st.series.get_mut(&id) else {
+                continue;
+            };
+            e.cut_marked = false;
+            if e.head.is_empty() {
+                continue;
+            }
+            let samples = sort_dedup(std::mem::take(&mut e.head));
+            let keep_from = if keep_newest_window {
+                e.head_window
+            } else {
+                i64::MAX
+            };
+            let split = samples.partition_point(|s| window_start(s.timestamp, range) < keep_from);
+            let mut windows = Vec::new();
+            let mut i = 0;
+            while i < split {
+                let w = window_start(samples[i].timestamp, range);
+                let n =
+                    samples[i..split].partition_point(|s| window_start(s.timestamp, range) == w);
+                windows.push((w, i..i + n));
+                i += n;
+            }
+            taken.push(Cut {
+                id,
+                samples,
+                split,
+                keep_from,
+                windows,
+            });
+        }
+        let runs: Vec<&[Sample]> = taken
+            .iter()
+            .flat_map(|c| c.windows.iter().map(|(_, r)| &c.samples[r.clone()]))
+            .collect();
+        let mut chunks = parallel::encode_runs(
+            &runs,
+            self.config.effective_encode(),
+            self.config.encode_threads,
+        )
+        .into_iter();
+        for cut in taken {
+            let e = st
+                .series
+                .get_mut(&cut.id)
+                .expect("the series was found above, under the same lock");
+            let old_first = e.head_first_seq;
+            let (flush, keep) = cut.samples.split_at(cut.split);
+            for (w, run) in cut.windows {
+                let chunk = chunks.next().expect("one chunk per window");
+                // Write-through: what was just written is what dashboards read
+                // next, and its samples are at hand. Keyed by checksum, an entry
+                // for a batch that then fails to commit is never matched.
+                if let Some(cache) = &self.decoded {
+                    if let Some(key) = chunk_id(cut.id, e.tier, w, seq, &chunk) {
+                        cache.insert(key, flush[run].into());
+                    }
                 }
+                wb.put_cf(self.cf(CF_CHUNKS), chunk_key(e.tier, w, cut.id, seq), chunk);
+                report.chunks += 1;
             }
-            wb.put_cf(self.cf(CF_CHUNKS), chunk_key(e.tier, w, id, seq), chunk);
-            report.chunks += 1;
-            i += n;
-        }
-        if let Some(last) = flush.last() {
-            // At an equal time the later cut's sample is what reads return.
-            if last.timestamp >= e.max_time {
-                e.last_flushed = Some(*last);
+            if let Some(last) = flush.last() {
+                // At an equal time the later cut's sample is what reads return.
+                if last.timestamp >= e.max_time {
+                    e.last_flushed = Some(*last);
+                }
+                e.max_time = e.max_time.max(last.timestamp);
             }
-            e.max_time = e.max_time.max(last.timestamp);
-        }
-        report.samples = flush.len();
-        report.series = 1;
-        e.flushed_seq = seq;
-        e.flushed_below = keep_from;
-        self.put_series_state(wb, id, e);
-        e.head = keep.to_vec();
-        let new_first = (!e.head.is_empty()).then_some(e.window_first_seq);
-        if let Some(first) = new_first {
-            e.head_first_seq = first;
-        }
-        st.pending.remove(&(old_first, id));
-        if let Some(first) = new_first {
-            st.pending.insert((first, id));
+            report.samples += flush.len();
+            report.series += 1;
+            e.flushed_seq = seq;
+            e.flushed_below = cut.keep_from;
+            self.put_series_state(wb, cut.id, e);
+            e.head = keep.to_vec();
+            let new_first = (!e.head.is_empty()).then_some(e.window_first_seq);
+            if let Some(first) = new_first {
+                e.head_first_seq = first;
+            }
+            st.pending.remove(&(old_first, cut.id));
+            if let Some(first) = new_first {
+                st.pending.insert((first, cut.id));
+            }
         }
         report
     }
@@ -1177,14 +1217,8 @@ impl Shard {
         let mut st = self.state.write();
         let seq = st.last_seq;
         let mut wb = WriteBatch::default();
-        let ids: Vec<u64> = st.pending.iter().map(|&(_, id)| id).collect();
-        let mut total = FlushReport::default();
-        for id in ids {
-            let r = self.cut_series(&mut st, id, seq, false, &mut wb);
-            total.series += r.series;
-            total.chunks += r.chunks;
-            total.samples += r.samples;
-        }
+        let ids: Vec<(u64, bool)> = st.pending.iter().map(|&(_, id)| (id, false)).collect();
+        let total = self.cut_series(&mut st, &ids, seq, &mut wb);
         st.to_cut.clear();
         self.advance_durable(&mut st, &mut wb);
         let mut wo = WriteOptions::default();

@@ -7,10 +7,12 @@
 //! the plan is done. Answers come back in plan order, so a read's result does
 //! not depend on how many threads did it.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 
 use crossbeam_channel::TrySendError;
 
+use crate::codec::{encode_chunk, EncodeOptions};
+use crate::model::Sample;
 use crate::Result;
 
 /// Below this many encoded bytes a read is decoded on the calling thread
@@ -179,6 +181,52 @@ fn finish<R>(out: Vec<Option<Result<R>>>) -> Vec<Result<R>> {
     out.into_iter()
         .map(|r| r.unwrap_or(Err(crate::StorageError::DecodeThreadPanicked)))
         .collect()
+}
+
+/// Below this many samples a cut encodes on the applying thread alone.
+const PARALLEL_ENCODE_FROM_SAMPLES: usize = 16 << 10;
+
+/// Encodes every run of samples into a chunk, on up to `threads` threads;
+/// chunks come back in the order of `runs`. A cut of many series at once
+/// (every series of a scrape crosses a chunk window together) otherwise
+/// stalls the shard's apply for the whole encoding: 1,000 series of 720
+/// samples take about 150 ms on one core.
+pub(super) fn encode_runs(runs: &[&[Sample]], opts: EncodeOptions, threads: usize) -> Vec<Vec<u8>> {
+    let samples: usize = runs.iter().map(|r| r.len()).sum();
+    let threads = threads.clamp(1, runs.len().max(1));
+    if threads == 1 || samples < PARALLEL_ENCODE_FROM_SAMPLES {
+        return runs.iter().map(|r| encode_chunk(r, opts)).collect();
+    }
+    // Runs are claimed one at a time, so threads that draw large runs do not
+    // leave the others idle at the end.
+    let next = AtomicUsize::new(0);
+    let work = || {
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(run) = runs.get(i) else {
+                return done;
+            };
+            done.push((i, encode_chunk(run, opts)));
+        }
+    };
+    let mut chunks = vec![Vec::new(); runs.len()];
+    std::thread::scope(|scope| {
+        let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
+        let mut all = work();
+        for helper in helpers {
+            // A panic in a helper is the same bug as one on this thread.
+            all.extend(
+                helper
+                    .join()
+                    .unwrap_or_else(|e| std::panic::resume_unwind(e)),
+            );
+        }
+        for (i, chunk) in all {
+            chunks[i] = chunk;
+        }
+    });
+    chunks
 }
 
 #[cfg(test)]
@@ -351,5 +399,29 @@ mod tests {
         assert!(!budget.spend(0));
         let unlimited = SampleBudget::new(usize::MAX);
         assert!(unlimited.spend(usize::MAX / 4));
+    }
+
+    #[test]
+    fn runs_encode_on_several_threads_to_the_chunks_one_thread_makes() {
+        // Runs of different lengths and shapes, enough samples to start helpers.
+        let runs: Vec<Vec<Sample>> = (0..120)
+            .map(|r| {
+                (0..(50 + r * 7))
+                    .map(|i| Sample::new(1_000 * i as i64, ((i * r) % 97) as f64 / 4.0))
+                    .collect()
+            })
+            .collect();
+        let runs: Vec<&[Sample]> = runs.iter().map(|r| &r[..]).collect();
+        assert!(runs.iter().map(|r| r.len()).sum::<usize>() >= PARALLEL_ENCODE_FROM_SAMPLES);
+        let opts = EncodeOptions::default();
+        let one = encode_runs(&runs, opts, 1);
+        assert_eq!(one.len(), runs.len());
+        for threads in [2, 3, 8] {
+            assert_eq!(encode_runs(&runs, opts, threads), one, "{threads} threads");
+        }
+        for (chunk, run) in one.iter().zip(&runs) {
+            assert_eq!(crate::codec::decode_chunk(chunk).unwrap(), run.to_vec());
+        }
+        assert!(encode_runs(&[], opts, 4).is_empty());
     }
 }
