@@ -57,6 +57,7 @@ pub fn parse_line_protocol(
     let mut metrics: HashMap<(&str, &str), Result<Arc<str>, PointProblem>> = HashMap::default();
     let no_tags: TagEntry = Ok((Arc::from(Vec::new()), 0));
     let mut fields: Vec<(&str, Cow<'_, str>, FieldValue)> = Vec::new();
+    let mut tags: Vec<(Cow<'_, str>, Cow<'_, str>)> = Vec::new();
     let mut cursor = Cursor { text, pos: 0 };
     let mut line_no = 0usize;
     while cursor.pos < text.len() {
@@ -81,7 +82,10 @@ pub fn parse_line_protocol(
             Some(_) => {}
         }
         fields.clear();
-        let line = cursor.line(&mut fields).map_err(|e| bad(e.into()))?;
+        tags.clear();
+        let line = cursor
+            .line(&mut tags, &mut fields)
+            .map_err(|e| bad(e.into()))?;
         let timestamp = match line.timestamp {
             Some(t) => t
                 .checked_mul(precision.factor())
@@ -92,7 +96,7 @@ pub fn parse_line_protocol(
             None => &no_tags,
             Some(raw) => &*tag_sets
                 .entry(raw)
-                .or_insert_with(|| tag_entry(raw, limits)),
+                .or_insert_with(|| tag_entry(&mut tags, limits)),
         };
         // Every field is a series with the line's tags: counted per field
         // before anything is built (the batch shares one copy between them,
@@ -123,28 +127,16 @@ pub fn parse_line_protocol(
     Ok(points)
 }
 
-/// The labels of a raw tag section (`,k=v,k2=v2`, escapes and all), sorted
-/// and checked.
-fn tag_entry(raw: &str, limits: &Limits) -> TagEntry {
-    let mut cursor = Cursor { text: raw, pos: 1 };
-    let mut labels = Vec::new();
+/// The labels of a line's tags (as the line parsed them), sorted and checked.
+fn tag_entry(tags: &mut Vec<(Cow<'_, str>, Cow<'_, str>)>, limits: &Limits) -> TagEntry {
     let mut bytes = 0;
-    loop {
-        // The line was parsed already: these cannot fail.
-        let key = cursor.escaped(Part::Key).ok().flatten().unwrap_or_default();
-        cursor.pos += 1;
-        let value = cursor
-            .escaped(Part::TagValue)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        bytes += key.len() + value.len();
-        labels.push(Label::new(key, value));
-        if cursor.peek() != Some(b',') {
-            break;
-        }
-        cursor.pos += 1;
-    }
+    let mut labels: Vec<Label> = tags
+        .drain(..)
+        .map(|(key, value)| {
+            bytes += key.len() + value.len();
+            Label::new(key, value)
+        })
+        .collect();
     labels.sort();
     validate_labels(&labels, limits)?;
     Ok((labels.into(), bytes))
@@ -189,14 +181,34 @@ enum Part {
     TagValue,
 }
 
+/// Per byte, the parts it ends (a bit each) and whether it is a backslash:
+/// one lookup per byte in the scan every name takes.
+const ENDS_MEASUREMENT: u8 = 1;
+const ENDS_KEY: u8 = 2;
+const ENDS_TAG_VALUE: u8 = 4;
+const BACKSLASH: u8 = 8;
+static BYTE_CLASS: [u8; 256] = {
+    let mut class = [0u8; 256];
+    let all = ENDS_MEASUREMENT | ENDS_KEY | ENDS_TAG_VALUE;
+    class[b' ' as usize] = all;
+    class[b'\t' as usize] = all;
+    class[b'\n' as usize] = all;
+    class[b',' as usize] = ENDS_MEASUREMENT | ENDS_TAG_VALUE;
+    class[0] = ENDS_MEASUREMENT;
+    class[b'=' as usize] = ENDS_KEY;
+    class[b'\\' as usize] = BACKSLASH;
+    class
+};
+
 impl Part {
-    fn ends_at(self, b: u8) -> bool {
-        matches!(b, b' ' | b'\t' | b'\n')
-            || match self {
-                Part::Measurement => b == b',' || b == 0,
-                Part::Key => b == b'=',
-                Part::TagValue => b == b',',
-            }
+    /// Whitespace ends every part; a measurement also ends at a comma or NUL,
+    /// a key at `=`, a tag value at a comma.
+    fn ends(self) -> u8 {
+        match self {
+            Part::Measurement => ENDS_MEASUREMENT,
+            Part::Key => ENDS_KEY,
+            Part::TagValue => ENDS_TAG_VALUE,
+        }
     }
 
     fn escapes(self, b: u8) -> bool {
@@ -273,8 +285,12 @@ impl<'a> Cursor<'a> {
         let start = self.pos;
         let mut owned: Option<String> = None;
         let mut run = start;
+        let stop = part.ends() | BACKSLASH;
         while let Some(&b) = bytes.get(self.pos) {
-            if b == b'\\' {
+            let class = BYTE_CLASS[b as usize];
+            if class & stop == 0 {
+                self.pos += 1;
+            } else if class == BACKSLASH {
                 let out = owned.get_or_insert_with(String::new);
                 out.push_str(&self.text[run..self.pos]);
                 self.pos += 1;
@@ -292,10 +308,8 @@ impl<'a> Cursor<'a> {
                     None => out.push('\\'),
                 }
                 run = self.pos;
-            } else if part.ends_at(b) {
-                break;
             } else {
-                self.pos += 1;
+                break;
             }
         }
         if self.pos == start {
@@ -330,9 +344,11 @@ impl<'a> Cursor<'a> {
     }
 
     /// Parses a line from `pos` (past its leading whitespace) through its
-    /// newline; its fields go to `fields` as (raw key, key, value).
+    /// newline; its tags go to `tags`, its fields to `fields` as (raw key,
+    /// key, value).
     fn line(
         &mut self,
+        tags: &mut Vec<(Cow<'a, str>, Cow<'a, str>)>,
         fields: &mut Vec<(&'a str, Cow<'a, str>, FieldValue)>,
     ) -> Result<Line<'a>, &'static str> {
         let start = self.pos;
@@ -344,10 +360,12 @@ impl<'a> Cursor<'a> {
             let tags_start = self.pos;
             loop {
                 self.pos += 1;
-                self.escaped(Part::Key)?.ok_or("a tag key is missing")?;
+                let key = self.escaped(Part::Key)?.ok_or("a tag key is missing")?;
                 self.expect(b'=', "a tag has no '='")?;
-                self.escaped(Part::TagValue)?
+                let value = self
+                    .escaped(Part::TagValue)?
                     .ok_or("a tag value is missing")?;
+                tags.push((key, value));
                 if self.peek() != Some(b',') {
                     break;
                 }
