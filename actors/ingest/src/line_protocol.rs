@@ -12,7 +12,10 @@
 //! table of the request's tag sets, so the labels of the many lines that
 //! repeat one host's tags are built, sorted and validated once; metric names
 //! are interned the same way. Nothing is allocated per line after the first
-//! of its kind.
+//! of its kind. A request whose first 1,024 lines hit that table less than
+//! one time in eight leaves it: where every line's tags are new, hashing and
+//! keeping each section cost more than it saves. Each name is scanned once,
+//! one table lookup per byte.
 //!
 //! Naming, value conversion and limits are described in [`crate::parse`].
 
@@ -58,6 +61,11 @@ pub fn parse_line_protocol(
     let no_tags: TagEntry = Ok((Arc::from(Vec::new()), 0));
     let mut fields: Vec<(&str, Cow<'_, str>, FieldValue)> = Vec::new();
     let mut tags: Vec<(Cow<'_, str>, Cow<'_, str>)> = Vec::new();
+    let mut tag_table = TagTable {
+        on: true,
+        looked_up: 0,
+        hits: 0,
+    };
     let mut cursor = Cursor { text, pos: 0 };
     let mut line_no = 0usize;
     while cursor.pos < text.len() {
@@ -92,11 +100,27 @@ pub fn parse_line_protocol(
                 .ok_or_else(|| bad(format!("timestamp {t} overflows at this precision")))?,
             None => now_ns,
         };
+        let unshared;
         let tags = match line.raw_tags {
             None => &no_tags,
-            Some(raw) => &*tag_sets
-                .entry(raw)
-                .or_insert_with(|| tag_entry(&mut tags, limits)),
+            Some(raw) if tag_table.on => {
+                tag_table.looked_up += 1;
+                let entry = match tag_sets.entry(raw) {
+                    std::collections::hash_map::Entry::Occupied(e) => {
+                        tag_table.hits += 1;
+                        e.into_mut()
+                    }
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(tag_entry(&mut tags, limits))
+                    }
+                };
+                tag_table.judge();
+                &*entry
+            }
+            Some(_) => {
+                unshared = tag_entry(&mut tags, limits);
+                &unshared
+            }
         };
         // Every field is a series with the line's tags: counted per field
         // before anything is built (the batch shares one copy between them,
@@ -125,6 +149,28 @@ pub fn parse_line_protocol(
         }
     }
     Ok(points)
+}
+
+/// Whether looking tag sections up in the request's table still pays: where
+/// (almost) every line's tags are new, hashing and keeping each section
+/// costs more than building its labels again, so after a first sample of
+/// lines with few hits the table is left for the rest of the request.
+struct TagTable {
+    on: bool,
+    looked_up: u32,
+    hits: u32,
+}
+
+impl TagTable {
+    /// Lines sampled before judging, and the hits below which the table goes.
+    const SAMPLE: u32 = 1_024;
+    const MIN_HITS: u32 = Self::SAMPLE / 8;
+
+    fn judge(&mut self) {
+        if self.looked_up == Self::SAMPLE && self.hits < Self::MIN_HITS {
+            self.on = false;
+        }
+    }
 }
 
 /// The labels of a line's tags (as the line parsed them), sorted and checked.
@@ -696,6 +742,38 @@ mod tests {
             "one copy of the name"
         );
         assert_eq!(series[0].1[0], Label::new("dc", "x"), "sorted");
+    }
+
+    #[test]
+    fn a_request_of_new_tag_sets_leaves_the_table_and_parses_the_same() {
+        // 1,500 lines whose tags are all new (the table is left after its
+        // sample), then lines that repeat, escape and break tags.
+        let mut text = String::new();
+        for i in 0..1_500 {
+            text.push_str(&format!("cpu,host=h{i},dc=x usage={i} {i}\n"));
+        }
+        for i in 0..600 {
+            text.push_str(&format!(
+                "cpu,host=h{},zone=a\\,b\\ c,dc=x usage={i},idle=2i {i}\n",
+                i % 7
+            ));
+        }
+        agree(&text).unwrap();
+        let batch =
+            parse_line_protocol(&text, Precision::Nanoseconds, 0, &Limits::default()).unwrap();
+        assert_eq!(batch.len(), 1_500 + 1_200);
+        // Past the sample each line builds its own labels: two fields of a
+        // line share them, two lines with the same tags do not.
+        let labels: Vec<&[Label]> = batch.series_iter().map(|(_, _, l)| l).collect();
+        let (a, b, c) = (labels[1_500], labels[1_501], labels[1_500 + 14]);
+        assert!(std::ptr::eq(a, b) && !std::ptr::eq(a, c) && a == c);
+        let mut bad = text.clone();
+        bad.push_str("cpu,host=a,host=b usage=1 1\n");
+        let e = parse_line_protocol(&bad, Precision::Nanoseconds, 0, &Limits::default());
+        assert!(
+            matches!(e, Err(IngestError::Line { line: 2101, .. })),
+            "{e:?}"
+        );
     }
 
     #[test]
