@@ -12,9 +12,10 @@
 //! table of the request's tag sets, so the labels of the many lines that
 //! repeat one host's tags are built, sorted and validated once; metric names
 //! are interned the same way. Nothing is allocated per line after the first
-//! of its kind. A request whose first 1,024 lines hit that table less than
-//! one time in eight leaves it: where every line's tags are new, hashing and
-//! keeping each section cost more than it saves. Each name is scanned once,
+//! of its kind. Where every line's tags are new, hashing and keeping each
+//! section costs more than it saves, so a window of 1,024 lines that hits
+//! the table less than one time in eight leaves it for a while
+//! ([`TagTable`]). Each name is scanned once,
 //! one table lookup per byte.
 //!
 //! Naming, value conversion and limits are described in [`crate::parse`].
@@ -61,11 +62,7 @@ pub fn parse_line_protocol(
     let no_tags: TagEntry = Ok((Arc::from(Vec::new()), 0));
     let mut fields: Vec<(&str, Cow<'_, str>, FieldValue)> = Vec::new();
     let mut tags: Vec<(Cow<'_, str>, Cow<'_, str>)> = Vec::new();
-    let mut tag_table = TagTable {
-        on: true,
-        looked_up: 0,
-        hits: 0,
-    };
+    let mut tag_table = TagTable::default();
     let mut cursor = Cursor { text, pos: 0 };
     let mut line_no = 0usize;
     while cursor.pos < text.len() {
@@ -103,8 +100,7 @@ pub fn parse_line_protocol(
         let unshared;
         let tags = match line.raw_tags {
             None => &no_tags,
-            Some(raw) if tag_table.on => {
-                tag_table.looked_up += 1;
+            Some(raw) if tag_table.next_line() => {
                 let entry = match tag_sets.entry(raw) {
                     std::collections::hash_map::Entry::Occupied(e) => {
                         tag_table.hits += 1;
@@ -114,7 +110,6 @@ pub fn parse_line_protocol(
                         e.insert(tag_entry(&mut tags, limits))
                     }
                 };
-                tag_table.judge();
                 &*entry
             }
             Some(_) => {
@@ -153,23 +148,48 @@ pub fn parse_line_protocol(
 
 /// Whether looking tag sections up in the request's table still pays: where
 /// (almost) every line's tags are new, hashing and keeping each section
-/// costs more than building its labels again, so after a first sample of
-/// lines with few hits the table is left for the rest of the request.
+/// costs more than building its labels again. Judged per window of lines: a
+/// window that hits the table less than one time in eight turns it off, and
+/// after eight windows off one window tries it again, keeping what it adds:
+/// a request whose tags start repeating later gets the table back within
+/// two tries (a relay whose rounds of hosts outlast a window included).
 struct TagTable {
     on: bool,
-    looked_up: u32,
+    lines: u32,
     hits: u32,
+    windows_off: u32,
+}
+
+impl Default for TagTable {
+    fn default() -> Self {
+        Self {
+            on: true,
+            lines: 0,
+            hits: 0,
+            windows_off: 0,
+        }
+    }
 }
 
 impl TagTable {
-    /// Lines sampled before judging, and the hits below which the table goes.
-    const SAMPLE: u32 = 1_024;
-    const MIN_HITS: u32 = Self::SAMPLE / 8;
+    const WINDOW: u32 = 1_024;
+    const MIN_HITS: u32 = Self::WINDOW / 8;
+    const RETRY_AFTER: u32 = 8;
 
-    fn judge(&mut self) {
-        if self.looked_up == Self::SAMPLE && self.hits < Self::MIN_HITS {
-            self.on = false;
+    /// Counts a line with tags; whether it uses the table.
+    fn next_line(&mut self) -> bool {
+        if self.lines == Self::WINDOW {
+            if self.on {
+                self.on = self.hits >= Self::MIN_HITS;
+                self.windows_off = 0;
+            } else {
+                self.windows_off += 1;
+                self.on = self.windows_off == Self::RETRY_AFTER;
+            }
+            (self.lines, self.hits) = (0, 0);
         }
+        self.lines += 1;
+        self.on
     }
 }
 
@@ -774,6 +794,33 @@ mod tests {
             matches!(e, Err(IngestError::Line { line: 2101, .. })),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn a_request_whose_tags_start_repeating_gets_the_table_back() {
+        // A window of new tag sets turns the table off; then 30,000 lines of
+        // 900 hosts, round after round. The first window that tries the
+        // table again holds just over one round (124 hits: it stays off, but
+        // keeps the 900 tag sets), the second hits almost every line and keeps
+        // it, and from then on equal tags share one label set.
+        let mut text = String::new();
+        for i in 0..1_024 {
+            text.push_str(&format!("cpu,seq=s{i} usage=1 {i}\n"));
+        }
+        for i in 0..30_000 {
+            text.push_str(&format!("cpu,host=h{} usage={i} {i}\n", i % 900));
+        }
+        agree(&text).unwrap();
+        let batch =
+            parse_line_protocol(&text, Precision::Nanoseconds, 0, &Limits::default()).unwrap();
+        let labels: Vec<&[Label]> = batch.series_iter().map(|(_, _, l)| l).collect();
+        let off = 1_024 + 1_000;
+        assert!(
+            !std::ptr::eq(labels[off], labels[off + 900]),
+            "off at first"
+        );
+        assert!(std::ptr::eq(labels[25_000], labels[25_900]), "on again");
+        assert_eq!(labels[25_000], labels[1_024 + 576]);
     }
 
     #[test]
