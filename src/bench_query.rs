@@ -53,7 +53,7 @@ pub struct QueryBench {
     decoded_cache_bytes: usize,
     /// Threads one selection decodes its chunks on (the node's
     /// `[query] decode_threads`; 1: the query's own thread alone).
-    #[arg(long, default_value_t = chronicle_storage::default_decode_threads())]
+    #[arg(long, default_value_t = chronicle_storage::default_shard_threads())]
     decode_threads: usize,
     /// Run only these queries (repeatable; default all).
     #[arg(long = "query", value_name = "NAME", value_parser = clap::builder::PossibleValuesParser::new(QUERIES))]

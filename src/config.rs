@@ -545,7 +545,7 @@ impl Default for QuerySettings {
             max_series: d.promql.max_series,
             timeout_secs: d.promql.default_timeout.as_secs(),
             max_queued: d.max_queued,
-            decode_threads: chronicle_storage::default_decode_threads(),
+            decode_threads: chronicle_storage::default_shard_threads(),
         }
     }
 }

@@ -464,10 +464,32 @@ impl LogStore {
             >,
         >,
     {
-        let bytes = chronicle_bus::envelope::encode(value).map_err(std::io::Error::other)?;
+        self.write_and_wait(self.meta_batch(key, Some(value))?)
+            .await
+    }
+
+    /// A write of `value` under `key` in the meta column family, or of its
+    /// removal.
+    fn meta_batch<T>(&self, key: &[u8], value: Option<&T>) -> Result<WriteBatch, std::io::Error>
+    where
+        T: for<'a> rkyv::Serialize<
+            rkyv::api::high::HighSerializer<
+                rkyv::util::AlignedVec,
+                rkyv::ser::allocator::ArenaHandle<'a>,
+                rkyv::rancor::Error,
+            >,
+        >,
+    {
         let mut batch = WriteBatch::default();
-        batch.put_cf(self.cf(CF_META), key, &bytes);
-        self.write_and_wait(batch).await
+        match value {
+            Some(value) => {
+                let bytes =
+                    chronicle_bus::envelope::encode(value).map_err(std::io::Error::other)?;
+                batch.put_cf(self.cf(CF_META), key, &bytes);
+            }
+            None => batch.delete_cf(self.cf(CF_META), key),
+        }
+        Ok(batch)
     }
 
     fn last_entry_id(&self) -> Result<Option<LogId<u64>>, ClusterError> {
@@ -577,15 +599,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     ) -> Result<(), StorageError<u64>> {
         self.committed
             .store(committed.map_or(0, |c| c.index), Ordering::Relaxed);
-        let mut batch = WriteBatch::default();
-        match committed {
-            Some(id) => {
-                let bytes = chronicle_bus::envelope::encode(&WireLogId::from(&id))
-                    .map_err(|e| write_err(std::io::Error::other(e)))?;
-                batch.put_cf(self.cf(CF_META), KEY_COMMITTED, &bytes);
-            }
-            None => batch.delete_cf(self.cf(CF_META), KEY_COMMITTED),
-        }
+        let batch = self
+            .meta_batch(
+                KEY_COMMITTED,
+                committed.map(|id| WireLogId::from(&id)).as_ref(),
+            )
+            .map_err(write_err)?;
         self.queue(Job {
             batch,
             upto: None,

@@ -106,17 +106,17 @@ impl Default for ShardConfig {
             encode: EncodeOptions::default(),
             block_cache_bytes: 64 << 20,
             decoded_cache_bytes: 256 << 20,
-            decode_threads: default_decode_threads(),
+            decode_threads: default_shard_threads(),
             on_decode_thread_start: || {},
-            encode_threads: default_decode_threads(),
+            encode_threads: default_shard_threads(),
             tuning: Arc::new(Tuning::new()),
         }
     }
 }
 
-/// The threads a read decodes on when its config does not say: the cores this
-/// process may use (cgroup limits included), at most 8.
-pub fn default_decode_threads() -> usize {
+/// The threads a read decodes on, and a cut encodes on, when the config does
+/// not say: the cores this process may use (cgroup limits included), at most 8.
+pub fn default_shard_threads() -> usize {
     static CORES: OnceLock<usize> = OnceLock::new();
     *CORES.get_or_init(|| {
         std::thread::available_parallelism()

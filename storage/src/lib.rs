@@ -27,7 +27,7 @@ pub mod workload;
 
 pub use aggregate::{AggregateFunction, AggregateSeries, Partial};
 pub use batch::{PointBatch, SeriesId};
-pub use config::{default_decode_threads, format_duration, DownsampleRule, ShardConfig, Tuning};
+pub use config::{default_shard_threads, format_duration, DownsampleRule, ShardConfig, Tuning};
 pub use error::{Result, StorageError};
 /// The column family of encoded chunks (as [`ColumnFamilyStats::name`] names it).
 #[cfg(feature = "engine")]

@@ -1094,7 +1094,6 @@ impl Shard {
         struct Cut {
             id: u64,
             samples: Vec<Sample>,
-            split: usize,
             keep_from: i64,
             windows: Vec<(i64, std::ops::Range<usize>)>,
         }
@@ -1126,7 +1125,6 @@ impl Shard {
             taken.push(Cut {
                 id,
                 samples,
-                split,
                 keep_from,
                 windows,
             });
@@ -1147,7 +1145,8 @@ impl Shard {
                 .get_mut(&cut.id)
                 .expect("the series was found above, under the same lock");
             let old_first = e.head_first_seq;
-            let (flush, keep) = cut.samples.split_at(cut.split);
+            let flushed = cut.windows.last().map_or(0, |(_, run)| run.end);
+            let (flush, keep) = cut.samples.split_at(flushed);
             for (w, run) in cut.windows {
                 let chunk = chunks.next().expect("one chunk per window");
                 // Write-through: what was just written is what dashboards read
