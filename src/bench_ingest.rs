@@ -62,7 +62,7 @@ pub struct IngestBench {
 const SECOND: i64 = 1_000_000_000;
 
 /// One point as a line protocol line (`value` field keeps the metric name).
-fn to_line(p: &Point, out: &mut String) {
+pub(crate) fn to_line(p: &Point, out: &mut String) {
     use std::fmt::Write;
     let escape = |s: &str| {
         s.replace(',', "\\,")

@@ -58,6 +58,10 @@ pub struct QueryBench {
     /// Run only these queries (repeatable; default all).
     #[arg(long = "query", value_name = "NAME", value_parser = clap::builder::PossibleValuesParser::new(QUERIES))]
     only: Vec<String>,
+    /// Time only the PromQL forms (and Prometheus), skipping the SQL and CQL
+    /// pass: for profiling one language.
+    #[arg(long)]
+    promql_only: bool,
 }
 
 const SECOND: i64 = 1_000_000_000;
@@ -548,6 +552,7 @@ pub fn run(args: QueryBench) -> Result<(), Box<dyn std::error::Error>> {
                 &only,
                 args.iterations,
                 args.warmup,
+                !args.promql_only,
             )
         })
         .await??;
@@ -602,6 +607,7 @@ fn measure(
     only: &[String],
     iterations: usize,
     warmup: usize,
+    sql_and_cql: bool,
 ) -> Result<Value, Error> {
     let first = START / SECOND;
     let last = first + ((points / SERIES) as i64 - 1) * (INTERVAL / SECOND);
@@ -611,31 +617,16 @@ fn measure(
         if !only.is_empty() && !only.iter().any(|o| o == name) {
             continue;
         }
+        // Every system gets the same sequence of instances. PromQL runs in a
+        // pass of its own, so neither Chronicle nor Prometheus is timed right
+        // after a SQL scan that only Chronicle ran; SQL and CQL follow in a
+        // second pass over the same instances.
+        let instances: Vec<Instance> = (0..warmup + iterations)
+            .map(|_| instance(name, &mut rng, first, last))
+            .collect();
         let mut times: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
-        let (mut sql_times, mut cql_times) = (Vec::new(), Vec::new());
         let mut series = 0;
-        let mut sql_rows = 0;
-        let mut parse = None;
-        for i in 0..warmup + iterations {
-            let q = instance(name, &mut rng, first, last);
-            if parse.is_none() {
-                use chronicle_engine::{cql, promql, sql};
-                parse = Some(json!({
-                    "promql_ns": round3(parse_ns(1000, || promql::parse(&q.promql).is_ok())?),
-                    "sql_ns": round3(parse_ns(1000, || sql::parse(&q.sql).is_ok())?),
-                    "cql_ns": round3(parse_ns(1000, || cql::parse(&q.cql).is_ok())?),
-                }));
-            }
-            let (sql_ms, rows) = chronicle.run_select("sql", &q.sql)?;
-            let (cql_ms, cql_rows) = chronicle.run_select("cql", &q.cql)?;
-            if rows != cql_rows {
-                return Err(format!("{name}: SQL gave {rows} rows and CQL {cql_rows}").into());
-            }
-            sql_rows = rows;
-            if i >= warmup {
-                sql_times.push(sql_ms);
-                cql_times.push(cql_ms);
-            }
+        for (i, q) in instances.iter().enumerate() {
             let targets: Vec<&Target> = match prometheus {
                 // Alternate which system goes first so neither always gets warm caches.
                 Some(p) if i % 2 == 1 => vec![p, chronicle],
@@ -644,7 +635,7 @@ fn measure(
             };
             let mut answers = Vec::new();
             for t in targets {
-                let (ms, data) = t.run(&q)?;
+                let (ms, data) = t.run(q)?;
                 let slot = usize::from(t.name != "chronicle");
                 if i >= warmup {
                     times[slot].push(ms);
@@ -663,18 +654,46 @@ fn measure(
                 }
             }
         }
+        let (mut sql_times, mut cql_times) = (Vec::new(), Vec::new());
+        let mut sql_rows = 0;
+        let mut parse = None;
+        for (i, q) in instances.iter().enumerate() {
+            if !sql_and_cql {
+                break;
+            }
+            if parse.is_none() {
+                use chronicle_engine::{cql, promql, sql};
+                parse = Some(json!({
+                    "promql_ns": round3(parse_ns(1000, || promql::parse(&q.promql).is_ok())?),
+                    "sql_ns": round3(parse_ns(1000, || sql::parse(&q.sql).is_ok())?),
+                    "cql_ns": round3(parse_ns(1000, || cql::parse(&q.cql).is_ok())?),
+                }));
+            }
+            let (sql_ms, rows) = chronicle.run_select("sql", &q.sql)?;
+            let (cql_ms, cql_rows) = chronicle.run_select("cql", &q.cql)?;
+            if rows != cql_rows {
+                return Err(format!("{name}: SQL gave {rows} rows and CQL {cql_rows}").into());
+            }
+            sql_rows = rows;
+            if i >= warmup {
+                sql_times.push(sql_ms);
+                cql_times.push(cql_ms);
+            }
+        }
         let [mut c, mut p] = times;
         let mut entry = json!({
             "chronicle_p50_ms": round3(quantile(&mut c, 0.5)),
             "chronicle_p99_ms": round3(quantile(&mut c, 0.99)),
             "series": series,
-            "sql_p50_ms": round3(quantile(&mut sql_times, 0.5)),
-            "sql_p99_ms": round3(quantile(&mut sql_times, 0.99)),
-            "cql_p50_ms": round3(quantile(&mut cql_times, 0.5)),
-            "cql_p99_ms": round3(quantile(&mut cql_times, 0.99)),
-            "sql_rows": sql_rows,
-            "parse_plan": parse,
         });
+        if sql_and_cql {
+            entry["sql_p50_ms"] = json!(round3(quantile(&mut sql_times, 0.5)));
+            entry["sql_p99_ms"] = json!(round3(quantile(&mut sql_times, 0.99)));
+            entry["cql_p50_ms"] = json!(round3(quantile(&mut cql_times, 0.5)));
+            entry["cql_p99_ms"] = json!(round3(quantile(&mut cql_times, 0.99)));
+            entry["sql_rows"] = json!(sql_rows);
+            entry["parse_plan"] = json!(parse);
+        }
         if prometheus.is_some() {
             let (c50, p50) = (quantile(&mut c, 0.5), quantile(&mut p, 0.5));
             entry["prometheus_p50_ms"] = json!(round3(p50));
