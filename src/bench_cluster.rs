@@ -210,7 +210,6 @@ async fn bench(args: ClusterBench) -> Result<(), Error> {
     let mut tasks = Vec::new();
     for _ in 0..args.in_flight {
         let (queue, latencies, nodes) = (queue.clone(), latencies.clone(), nodes.clone());
-        let limits = limits.clone();
         tasks.push(tokio::spawn(async move {
             let mut written = 0usize;
             loop {
