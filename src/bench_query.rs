@@ -600,6 +600,36 @@ async fn load(node: &crate::Node, points: usize) -> Result<(), Error> {
     Ok(())
 }
 
+/// Reads every sample the queries can touch once on each system, untimed:
+/// Chronicle's decoded cache (when it has one) then holds the whole metric as
+/// it would on a node that had served it for a while, and both systems' file
+/// caches hold what they read. Without this, the first query types would run
+/// against an emptier cache than the later ones. The answers are compared too.
+fn warm_up(
+    chronicle: &Target,
+    prometheus: Option<&Target>,
+    first: i64,
+    last: i64,
+) -> Result<(), Error> {
+    let span = last - first + INTERVAL / SECOND;
+    let q = Instance {
+        promql: format!("count_over_time(cpu_usage_percent[{span}s])"),
+        sql: String::new(),
+        cql: String::new(),
+        start: last,
+        end: last,
+        step: None,
+    };
+    let (_, ours) = chronicle.run(&q)?;
+    if let Some(p) = prometheus {
+        let (_, theirs) = p.run(&q)?;
+        if let Some(diff) = difference(&ours, &theirs) {
+            return Err(format!("warm-up: Chronicle and Prometheus disagree: {diff}").into());
+        }
+    }
+    Ok(())
+}
+
 fn measure(
     chronicle: &Target,
     prometheus: Option<&Target>,
@@ -613,6 +643,7 @@ fn measure(
     let last = first + ((points / SERIES) as i64 - 1) * (INTERVAL / SECOND);
     let mut rng = SmallRng::seed_from_u64(7);
     let mut out = serde_json::Map::new();
+    warm_up(chronicle, prometheus, first, last)?;
     for name in QUERIES {
         if !only.is_empty() && !only.iter().any(|o| o == name) {
             continue;

@@ -77,7 +77,8 @@ pub struct ClusterSource {
 
 impl ClusterSource {
     fn ask(&self, read: ShardRead) -> Result<ShardAnswer, ClusterError> {
-        self.runtime.block_on(self.cluster.query(&read))
+        self.runtime
+            .block_on(self.cluster.query_on_blocking_thread(&read))
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use chronicle_bus::{Bus, Message};
 use chronicle_storage::{
-    EncodedPoints, Label, Limits, Matcher, Point, PointBatch, SeriesSamples, ShardConfig,
+    EncodedPoints, Label, Limits, Matcher, Point, PointBatch, SeriesSamples, Shard, ShardConfig,
 };
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{Config, Raft};
@@ -1481,6 +1481,57 @@ impl ClusterNode {
         merge(read, answers)
     }
 
+    /// [`Self::query`] for a caller on a thread it may block: a blocking-pool
+    /// thread driving this future with `Handle::block_on`, as the query
+    /// actor's reads do. One shard this node leads is read on the calling
+    /// thread; the other shards' reads start first and run as `query` runs
+    /// them. On a small read, handing it to the runtime's blocking pool and
+    /// back costs as much as the read itself (two thread wake-ups). Never
+    /// call it from an async worker: the local read would block that worker.
+    pub async fn query_on_blocking_thread(
+        self: &Arc<Self>,
+        read: &ShardRead,
+    ) -> Result<ShardAnswer, ClusterError> {
+        read.validate()?;
+        let shards = self.config.shards as usize;
+        let here = futures_util::future::join_all(
+            (0..self.config.shards).map(|s| self.local_replica_for_read(s)),
+        )
+        .await;
+        let mut inline = None;
+        let mut started = Vec::with_capacity(shards);
+        for (shard, replica) in here.into_iter().enumerate() {
+            let read = read.clone();
+            let task = match replica? {
+                Some(replica) if inline.is_none() => {
+                    inline = Some((shard, replica));
+                    continue;
+                }
+                Some(replica) => tokio::task::spawn_blocking(move || {
+                    read.run(&replica).map_err(ClusterError::Storage)
+                }),
+                None => {
+                    let node = self.clone();
+                    tokio::spawn(async move { node.read_remote(shard as u32, &read).await })
+                }
+            };
+            started.push((shard, task));
+        }
+        let mut answers: Vec<Option<ShardAnswer>> = (0..shards).map(|_| None).collect();
+        if let Some((shard, replica)) = inline {
+            answers[shard] = Some(read.run(&replica).map_err(ClusterError::Storage)?);
+        }
+        for (shard, task) in started {
+            let answer = task
+                .await
+                .map_err(|e| ClusterError::Raft(format!("read task failed: {e}")))??;
+            answers[shard] = Some(answer);
+        }
+        let answers = answers.into_iter().flatten().collect::<Vec<_>>();
+        debug_assert_eq!(answers.len(), shards);
+        merge(read, answers)
+    }
+
     /// Answers `read` from one shard's leader: here when this node leads it
     /// (after a read index confirms it still does), otherwise over the bus.
     pub async fn read_shard(
@@ -1488,17 +1539,32 @@ impl ClusterNode {
         shard: u32,
         read: &ShardRead,
     ) -> Result<ShardAnswer, ClusterError> {
-        if let Some(group) = self.group(shard) {
-            if self.config.unsafe_stale_reads {
-                return run_local(&group.shard, read.clone()).await;
-            }
-            if group.raft.metrics().borrow().current_leader == Some(self.config.node_id) {
-                match read_index(&group.raft, Some(shard)).await? {
-                    ReadIndex::Ready => return run_local(&group.shard, read.clone()).await,
-                    ReadIndex::NotLeader => {}
-                }
+        match self.local_replica_for_read(shard).await? {
+            Some(replica) => run_local(replica, read.clone()).await,
+            None => self.read_remote(shard, read).await,
+        }
+    }
+
+    /// This node's replica of `shard` when a read may be answered from it:
+    /// it leads the shard and a read index confirmed it still does (or the
+    /// node allows stale reads). `None`: ask the leader over the bus.
+    async fn local_replica_for_read(&self, shard: u32) -> Result<Option<Arc<Shard>>, ClusterError> {
+        let Some(group) = self.group(shard) else {
+            return Ok(None);
+        };
+        if self.config.unsafe_stale_reads {
+            return Ok(Some(group.shard.current()));
+        }
+        if group.raft.metrics().borrow().current_leader == Some(self.config.node_id) {
+            if let ReadIndex::Ready = read_index(&group.raft, Some(shard)).await? {
+                return Ok(Some(group.shard.current()));
             }
         }
+        Ok(None)
+    }
+
+    /// Answers `read` from `shard`'s leader elsewhere, over the bus.
+    async fn read_remote(&self, shard: u32, read: &ShardRead) -> Result<ShardAnswer, ClusterError> {
         let inbox = format!(
             "{}.inbox.{}.{}.{}",
             self.config.prefix,
@@ -2136,8 +2202,7 @@ fn into_series(answer: ShardAnswer) -> Result<Vec<SeriesSamples>, ClusterError> 
 }
 
 /// Runs a read on this node's replica (on the blocking pool: it reads RocksDB).
-async fn run_local(cell: &ShardCell, read: ShardRead) -> Result<ShardAnswer, ClusterError> {
-    let shard = cell.current();
+async fn run_local(shard: Arc<Shard>, read: ShardRead) -> Result<ShardAnswer, ClusterError> {
     tokio::task::spawn_blocking(move || read.run(&shard))
         .await
         .map_err(|e| ClusterError::Raft(format!("read task failed: {e}")))?
@@ -2494,7 +2559,7 @@ async fn answer(
                 Ok(read) => read,
                 Err(e) => return (WireClusterReply::Error(e), Vec::new()),
             };
-            let answer = match run_local(shard, read).await {
+            let answer = match run_local(shard.current(), read).await {
                 Ok(answer) => answer,
                 Err(e) => return (WireClusterReply::Error(e.to_string()), Vec::new()),
             };

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chronicle_bus::{Bus, LocalBus};
+use chronicle_cluster::read::{ShardAnswer, ShardRead};
 use chronicle_cluster::{placement, shard_of, ClusterConfig, ClusterNode};
 use chronicle_storage::{Label, Matcher, Point, ShardConfig};
 use tempfile::TempDir;
@@ -101,6 +102,30 @@ async fn writes_through_any_node_are_read_from_any_node() {
             .unwrap();
         assert_eq!(series.len(), 12, "node {}", n.node_id());
         assert!(series.iter().all(|(_, s)| s.len() == 10));
+    }
+    // The query actor's way in, from a blocking thread: one shard this node
+    // leads is read on that thread, the others (led here or elsewhere) as
+    // `query` reads them; the answer is the same.
+    let read = ShardRead::Series {
+        matchers: vec![Matcher::equal("__name__", "cpu")],
+        start: 0,
+        end: i64::MAX,
+        max_samples: 1_000,
+    };
+    for n in &nodes {
+        let expected = n.query(&read).await.unwrap();
+        let (node, read, runtime) = (n.clone(), read.clone(), tokio::runtime::Handle::current());
+        let answer = tokio::task::spawn_blocking(move || {
+            runtime.block_on(node.query_on_blocking_thread(&read))
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(answer, expected, "node {}", n.node_id());
+        let ShardAnswer::Series(Some(series)) = answer else {
+            panic!("node {}: {answer:?}", n.node_id());
+        };
+        assert_eq!(series.len(), 12);
     }
     let (members, shards) = nodes[0].status();
     assert_eq!(members, vec![1, 2, 3]);

@@ -2746,12 +2746,22 @@ struct WindowData {
 /// A series and its samples, as queries return them.
 pub type SeriesSamples = (SeriesKey, Vec<Sample>);
 
-/// Positions `it` at the first key at or after `target`. Series are read in id
-/// order, so the next one's chunk is usually a few keys ahead: stepping there is
-/// far cheaper than a seek through every level. Falls back to a seek.
+/// Positions `it` at the first key at or after `target`. Chunk keys run
+/// window by window, series by series within a window ([`chunk_key`]), and
+/// series are read in id order: the next series' chunk in the same window is
+/// usually a few keys ahead, and stepping there is far cheaper than a seek
+/// through every level. A target in another window is a whole window of other
+/// series away (or behind), so it is sought at once.
 fn seek_forward(it: &mut rocksdb::DBRawIteratorWithThreadMode<'_, DB>, target: &[u8]) {
-    const STEPS: usize = 32;
-    if it.key().is_some_and(|k| k < target) {
+    const STEPS: usize = 16;
+    // Tier and window: the first 9 bytes of a chunk key.
+    const WINDOW_PREFIX: usize = 9;
+    let same_window = |k: &[u8]| {
+        k.len() >= WINDOW_PREFIX
+            && target.len() >= WINDOW_PREFIX
+            && k[..WINDOW_PREFIX] == target[..WINDOW_PREFIX]
+    };
+    if it.key().is_some_and(|k| k < target && same_window(k)) {
         for _ in 0..STEPS {
             it.next();
             match it.key() {
