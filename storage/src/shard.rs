@@ -2747,21 +2747,26 @@ struct WindowData {
 pub type SeriesSamples = (SeriesKey, Vec<Sample>);
 
 /// Positions `it` at the first key at or after `target`. Chunk keys run
-/// window by window, series by series within a window ([`chunk_key`]), and
-/// series are read in id order: the next series' chunk in the same window is
-/// usually a few keys ahead, and stepping there is far cheaper than a seek
-/// through every level. A target in another window is a whole window of other
-/// series away (or behind), so it is sought at once.
+/// window by window, series by series within a window ([`chunk_key`]), a
+/// series usually holding one key per window. When the target is a few
+/// series ahead in the same window, stepping there is far cheaper than a seek
+/// through every level; a target further on (the next series a read selects
+/// may be hundreds of ids away) or in another window is sought at once, since
+/// stepping towards it would only add to the seek.
 fn seek_forward(it: &mut rocksdb::DBRawIteratorWithThreadMode<'_, DB>, target: &[u8]) {
+    /// Series ids ahead within which the target is stepped to.
+    const NEAR: u64 = 8;
+    /// Keys stepped at most (a series may hold several chunks in a window).
     const STEPS: usize = 16;
-    // Tier and window: the first 9 bytes of a chunk key.
-    const WINDOW_PREFIX: usize = 9;
-    let same_window = |k: &[u8]| {
-        k.len() >= WINDOW_PREFIX
-            && target.len() >= WINDOW_PREFIX
-            && k[..WINDOW_PREFIX] == target[..WINDOW_PREFIX]
-    };
-    if it.key().is_some_and(|k| k < target && same_window(k)) {
+    let near = it.key().is_some_and(|k| {
+        k < target
+            && k.len() >= 17
+            && target.len() >= 17
+            // Same tier and window: the first 9 bytes.
+            && k[..9] == target[..9]
+            && series_id(target).saturating_sub(series_id(k)) <= NEAR
+    });
+    if near {
         for _ in 0..STEPS {
             it.next();
             match it.key() {
@@ -2772,6 +2777,13 @@ fn seek_forward(it: &mut rocksdb::DBRawIteratorWithThreadMode<'_, DB>, target: &
         }
     }
     it.seek(target);
+}
+
+/// The series id of a chunk key or prefix (bytes 9..17, big-endian).
+fn series_id(key: &[u8]) -> u64 {
+    key.get(9..17)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_be_bytes)
 }
 
 /// A chunk as read: its stored bytes, or its samples from the decoded cache.
