@@ -564,6 +564,25 @@ pub fn run(args: QueryBench) -> Result<(), Box<dyn std::error::Error>> {
             .iter()
             .map(|s| s.decoded_cache_bytes())
             .sum::<u64>());
+        // What the reads cost over the whole run (warm-up included): chunks
+        // found in the cache's decoded or packed tier, and chunks range-decoded.
+        let reads = node.local_shards().iter().fold(
+            chronicle_storage::ReadCounts::default(),
+            |mut all, s| {
+                let r = s.read_counts();
+                all.decoded_cache_hits += r.decoded_cache_hits;
+                all.packed_cache_hits += r.packed_cache_hits;
+                all.decoded_cache_misses += r.decoded_cache_misses;
+                all.chunks_decoded += r.chunks_decoded;
+                all
+            },
+        );
+        results["chunk_reads"] = json!({
+            "cache_hits_decoded_tier": reads.decoded_cache_hits - reads.packed_cache_hits,
+            "cache_hits_packed_tier": reads.packed_cache_hits,
+            "cache_misses": reads.decoded_cache_misses,
+            "chunks_decoded": reads.chunks_decoded,
+        });
         node.shutdown().await;
         Ok::<_, Error>(results)
     });

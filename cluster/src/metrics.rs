@@ -237,6 +237,7 @@ pub(crate) fn reset_gauges() {
 pub(crate) fn set_reads(shard: &str, reads: &chronicle_storage::ReadCounts) {
     for (kind, value) in [
         ("decoded_cache_hit", reads.decoded_cache_hits),
+        ("packed_cache_hit", reads.packed_cache_hits),
         ("decoded_cache_miss", reads.decoded_cache_misses),
         ("chunk_decoded", reads.chunks_decoded),
         ("sample_decoded", reads.samples_decoded),

@@ -19,6 +19,8 @@ mod keys;
 mod matcher;
 pub mod model;
 #[cfg(feature = "engine")]
+mod packed;
+#[cfg(feature = "engine")]
 mod postings;
 #[cfg(feature = "engine")]
 mod shard;

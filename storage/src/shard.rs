@@ -24,7 +24,7 @@ use crate::aggregate::{
 };
 use crate::codec::{self, encode_chunk, get_uvarint, put_uvarint, unzigzag, zigzag};
 use crate::config::{nanos, DownsampleRule, ShardConfig};
-use crate::decoded_cache::{ChunkId, DecodedCache};
+use crate::decoded_cache::{ChunkId, DecodedCache, Found};
 use crate::keys::*;
 use crate::matcher::{MatchOp, Matcher};
 use crate::model::{
@@ -408,8 +408,10 @@ pub struct EngineStats {
 /// docs/observability.md).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReadCounts {
-    /// Chunks read and found decoded in the decoded cache.
+    /// Chunks read and found in the decoded cache (either tier).
     pub decoded_cache_hits: u64,
+    /// Of those, chunks found in its packed tier only (unpacked, not decoded).
+    pub packed_cache_hits: u64,
     /// Chunks read and not found there (decoded; always, with the cache off).
     pub decoded_cache_misses: u64,
     /// Chunks decoded, and the samples they held.
@@ -426,6 +428,7 @@ pub struct ReadCounts {
 #[derive(Debug, Default)]
 struct ReadStats {
     decoded_cache_hits: AtomicU64,
+    packed_cache_hits: AtomicU64,
     decoded_cache_misses: AtomicU64,
     chunks_decoded: AtomicU64,
     samples_decoded: AtomicU64,
@@ -1154,7 +1157,7 @@ impl Shard {
                 // for a batch that then fails to commit is never matched.
                 if let Some(cache) = &self.decoded {
                     if let Some(key) = chunk_id(cut.id, e.tier, w, seq, &chunk) {
-                        cache.insert(key, flush[run].into());
+                        cache.insert_written(key, flush[run].into());
                     }
                 }
                 wb.put_cf(self.cf(CF_CHUNKS), chunk_key(e.tier, w, cut.id, seq), chunk);
@@ -1329,6 +1332,7 @@ impl Shard {
         let get = |c: &AtomicU64| c.load(AtomicOrdering::Relaxed);
         ReadCounts {
             decoded_cache_hits: get(&r.decoded_cache_hits),
+            packed_cache_hits: get(&r.packed_cache_hits),
             decoded_cache_misses: get(&r.decoded_cache_misses),
             chunks_decoded: get(&r.chunks_decoded),
             samples_decoded: get(&r.samples_decoded),
@@ -1813,8 +1817,11 @@ impl Shard {
                     .as_ref()
                     .and_then(|cache| cache.get(&chunk_id(id, tier, w, seq, bytes)?))
                 {
-                    Some(samples) => {
+                    Some((samples, found)) => {
                         bump(&self.reads.decoded_cache_hits, 1);
+                        if found == Found::Packed {
+                            bump(&self.reads.packed_cache_hits, 1);
+                        }
                         StoredChunk::Decoded(samples)
                     }
                     None => {
@@ -2870,7 +2877,7 @@ impl SeriesIter {
         let samples: Arc<[Sample]> = out.into();
         if let Some(cache) = &self.cache {
             if let Some(key) = chunk_id(self.id, self.tier, window, seq, bytes) {
-                cache.insert(key, samples.clone());
+                cache.insert_read(key, samples.clone());
             }
         }
         Ok(samples)

@@ -823,6 +823,33 @@ fn a_read_decoded_on_several_threads_answers_as_one_thread_does() {
         assert!(read(&cached, total - 1).is_none());
     }
 
+    // A cache whose decoded quarter holds a quarter of the chunks: a second
+    // read finds the rest packed, and decodes nothing.
+    {
+        let cached = Shard::open(
+            dir.path(),
+            ShardConfig {
+                decode_threads: 4,
+                decoded_cache_bytes: total * 16,
+                ..cfg()
+            },
+        )
+        .unwrap();
+        assert_eq!(read(&cached, usize::MAX).unwrap(), one);
+        let first = cached.read_counts();
+        assert_eq!(read(&cached, usize::MAX).unwrap(), one);
+        let second = cached.read_counts();
+        assert_eq!(
+            second.chunks_decoded, first.chunks_decoded,
+            "nothing decoded again"
+        );
+        assert!(second.packed_cache_hits > first.packed_cache_hits);
+        assert_eq!(
+            second.decoded_cache_misses, first.decoded_cache_misses,
+            "every chunk found in some tier"
+        );
+    }
+
     // One chunk in the middle damaged: both answer the corrupt chunk.
     {
         let names = rocksdb::DB::list_cf(&rocksdb::Options::default(), dir.path()).unwrap();

@@ -26,7 +26,8 @@ pub const MAX_CHUNK_SAMPLES: usize = 1 << 20;
 const HEADER_FIXED: usize = 2 + 8 + 8;
 const CHECKSUM_LEN: usize = 4;
 const MAX_DECIMAL_DIGITS: usize = 9;
-const POW10: [f64; MAX_DECIMAL_DIGITS + 1] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9];
+pub(crate) const POW10: [f64; MAX_DECIMAL_DIGITS + 1] =
+    [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9];
 /// Integers up to 2^53 are exact in an f64.
 const MAX_EXACT_INT: f64 = 9_007_199_254_740_992.0;
 
@@ -354,7 +355,7 @@ fn parse(chunk: &[u8]) -> Result<(ChunkHeader, u8, &[u8]), CodecError> {
 }
 
 /// The largest power of ten (exponent) that divides every timestamp.
-fn timestamp_scale(samples: &[Sample]) -> u8 {
+pub(crate) fn timestamp_scale(samples: &[Sample]) -> u8 {
     let mut scale = 18u8;
     for s in samples {
         while scale > 0 && s.timestamp % 10i64.pow(scale as u32) != 0 {
@@ -584,7 +585,7 @@ fn decode_gorilla_values(bytes: &[u8], samples: &mut [Sample]) -> Result<(), Cod
 
 /// The smallest k such that every value is exactly `m / 10^k` for an integer `m`
 /// of at most 53 bits, or `None` (NaN, infinities, -0.0 and long fractions).
-fn decimal_exponent(samples: &[Sample]) -> Option<u8> {
+pub(crate) fn decimal_exponent(samples: &[Sample]) -> Option<u8> {
     let mut k = 0usize;
     for s in samples {
         while to_decimal(s.value, k).is_none() {
@@ -602,7 +603,7 @@ fn decimal_exponent(samples: &[Sample]) -> Option<u8> {
 }
 
 #[inline]
-fn to_decimal(v: f64, k: usize) -> Option<i64> {
+pub(crate) fn to_decimal(v: f64, k: usize) -> Option<i64> {
     let m = (v * POW10[k]).round();
     if m.is_nan() || m.abs() > MAX_EXACT_INT {
         return None;
