@@ -218,14 +218,18 @@ async fn bench(args: ClusterBench) -> Result<(), Error> {
                 };
                 let node = nodes[i % 3].as_ref().expect("all nodes up");
                 let t = Instant::now();
-                let batch = chronicle_ingest::parse_line_protocol(
-                    &body,
-                    chronicle_ingest::Precision::Nanoseconds,
-                    0,
-                    &limits,
-                )
+                // On a blocking thread, as the ingest actor parses a body.
+                let batch = tokio::task::spawn_blocking(move || {
+                    chronicle_ingest::parse_line_protocol(
+                        &body,
+                        chronicle_ingest::Precision::Nanoseconds,
+                        0,
+                        &limits,
+                    )
+                })
+                .await
+                .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
-                drop(body);
                 written += node.write_batch(batch).await.map_err(|e| e.to_string())?;
                 latencies.lock().await.push(t.elapsed().as_secs_f64() * 1e3);
             }

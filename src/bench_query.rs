@@ -578,7 +578,7 @@ pub fn run(args: QueryBench) -> Result<(), Box<dyn std::error::Error>> {
             },
         );
         results["chunk_reads"] = json!({
-            "cache_hits_decoded_tier": reads.decoded_cache_hits - reads.packed_cache_hits,
+            "cache_hits_decoded_tier": reads.decoded_cache_hits.saturating_sub(reads.packed_cache_hits),
             "cache_hits_packed_tier": reads.packed_cache_hits,
             "cache_misses": reads.decoded_cache_misses,
             "chunks_decoded": reads.chunks_decoded,
@@ -620,33 +620,42 @@ async fn load(node: &crate::Node, points: usize) -> Result<(), Error> {
 }
 
 /// Reads every sample the queries can touch once on each system, untimed:
-/// Chronicle's decoded cache (when it has one) then holds the whole metric as
-/// it would on a node that had served it for a while, and both systems' file
-/// caches hold what they read. Without this, the first query types would run
-/// against an emptier cache than the later ones. The answers are compared too.
+/// Chronicle's decoded cache (when it has one) then holds the metric as far as
+/// its tiers have room, as on a node that had served it for a while, and both
+/// systems' file caches hold what they read. Without this, the first query
+/// types would run against an emptier cache than the later ones. A day at a
+/// time (300 series of a day stay far below the sample limit of one query);
+/// the answers are compared too.
 fn warm_up(
     chronicle: &Target,
     prometheus: Option<&Target>,
     first: i64,
     last: i64,
 ) -> Result<(), Error> {
-    let span = last - first + INTERVAL / SECOND;
-    let q = Instance {
-        promql: format!("count_over_time(cpu_usage_percent[{span}s])"),
-        sql: String::new(),
-        cql: String::new(),
-        start: last,
-        end: last,
-        step: None,
-    };
-    let (_, ours) = chronicle.run(&q)?;
-    if let Some(p) = prometheus {
-        let (_, theirs) = p.run(&q)?;
-        if let Some(diff) = difference(&ours, &theirs) {
-            return Err(format!("warm-up: Chronicle and Prometheus disagree: {diff}").into());
+    const DAY: i64 = 24 * HOUR;
+    // Windows are `(end - DAY, end]`: the first one takes in `first`.
+    let mut end = first - 1;
+    loop {
+        end = (end + DAY).min(last);
+        let q = Instance {
+            promql: format!("count_over_time(cpu_usage_percent[{DAY}s])"),
+            sql: String::new(),
+            cql: String::new(),
+            start: end,
+            end,
+            step: None,
+        };
+        let (_, ours) = chronicle.run(&q)?;
+        if let Some(p) = prometheus {
+            let (_, theirs) = p.run(&q)?;
+            if let Some(diff) = difference(&ours, &theirs) {
+                return Err(format!("warm-up: Chronicle and Prometheus disagree: {diff}").into());
+            }
+        }
+        if end >= last {
+            return Ok(());
         }
     }
-    Ok(())
 }
 
 fn measure(

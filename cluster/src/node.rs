@@ -1484,51 +1484,77 @@ impl ClusterNode {
     /// [`Self::query`] for a caller on a thread it may block: a blocking-pool
     /// thread driving this future with `Handle::block_on`, as the query
     /// actor's reads do. One shard this node leads is read on the calling
-    /// thread; the other shards' reads start first and run as `query` runs
+    /// thread; the other shards' reads are started first (remote ones before
+    /// the local read-index checks, as in `query`) and run as `query` runs
     /// them. On a small read, handing it to the runtime's blocking pool and
-    /// back costs as much as the read itself (two thread wake-ups). Never
-    /// call it from an async worker: the local read would block that worker.
+    /// back costs as much as the read itself (two thread wake-ups). As with
+    /// `query`, every shard's read has finished when this returns, and the
+    /// error answered is the lowest shard's. Never call it from an async
+    /// worker: the local read would block that worker.
     pub async fn query_on_blocking_thread(
         self: &Arc<Self>,
         read: &ShardRead,
     ) -> Result<ShardAnswer, ClusterError> {
         read.validate()?;
         let shards = self.config.shards as usize;
-        let here = futures_util::future::join_all(
-            (0..self.config.shards).map(|s| self.local_replica_for_read(s)),
+        let mut results: Vec<Option<Result<ShardAnswer, ClusterError>>> =
+            (0..shards).map(|_| None).collect();
+        let mut started = Vec::with_capacity(shards);
+        let remote = |shard: usize| {
+            let (node, read) = (self.clone(), read.clone());
+            tokio::spawn(async move { node.read_remote(shard as u32, &read).await })
+        };
+        // Shards led elsewhere go to their leaders at once.
+        let mut here = Vec::new();
+        for shard in 0..shards {
+            if self.may_read_here(shard as u32) {
+                here.push(shard);
+            } else {
+                started.push((shard, remote(shard)));
+            }
+        }
+        let checked = futures_util::future::join_all(
+            here.iter().map(|&s| self.local_replica_for_read(s as u32)),
         )
         .await;
         let mut inline = None;
-        let mut started = Vec::with_capacity(shards);
-        for (shard, replica) in here.into_iter().enumerate() {
-            let read = read.clone();
-            let task = match replica? {
-                Some(replica) if inline.is_none() => {
-                    inline = Some((shard, replica));
-                    continue;
+        for (shard, replica) in here.into_iter().zip(checked) {
+            match replica {
+                Err(e) => results[shard] = Some(Err(e)),
+                Ok(Some(replica)) if inline.is_none() => inline = Some((shard, replica)),
+                Ok(Some(replica)) => {
+                    let read = read.clone();
+                    let task = tokio::task::spawn_blocking(move || {
+                        read.run(&replica).map_err(ClusterError::Storage)
+                    });
+                    started.push((shard, task));
                 }
-                Some(replica) => tokio::task::spawn_blocking(move || {
-                    read.run(&replica).map_err(ClusterError::Storage)
-                }),
-                None => {
-                    let node = self.clone();
-                    tokio::spawn(async move { node.read_remote(shard as u32, &read).await })
-                }
-            };
-            started.push((shard, task));
+                Ok(None) => started.push((shard, remote(shard))),
+            }
         }
-        let mut answers: Vec<Option<ShardAnswer>> = (0..shards).map(|_| None).collect();
         if let Some((shard, replica)) = inline {
-            answers[shard] = Some(read.run(&replica).map_err(ClusterError::Storage)?);
+            // A panic is this read's failure, as on the blocking pool.
+            let answer =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read.run(&replica)))
+                    .map_err(|_| ClusterError::Raft("read task failed: it panicked".into()))
+                    .and_then(|r| r.map_err(ClusterError::Storage));
+            results[shard] = Some(answer);
         }
         for (shard, task) in started {
-            let answer = task
-                .await
-                .map_err(|e| ClusterError::Raft(format!("read task failed: {e}")))??;
-            answers[shard] = Some(answer);
+            results[shard] = Some(
+                task.await
+                    .map_err(|e| ClusterError::Raft(format!("read task failed: {e}")))
+                    .and_then(|r| r),
+            );
         }
-        let answers = answers.into_iter().flatten().collect::<Vec<_>>();
-        debug_assert_eq!(answers.len(), shards);
+        let mut answers = Vec::with_capacity(shards);
+        for answer in results {
+            answers.push(
+                answer.ok_or_else(|| {
+                    ClusterError::Raft("a shard's read was never started".into())
+                })??,
+            );
+        }
         merge(read, answers)
     }
 
@@ -1543,6 +1569,16 @@ impl ClusterNode {
             Some(replica) => run_local(replica, read.clone()).await,
             None => self.read_remote(shard, read).await,
         }
+    }
+
+    /// Whether this node may answer a read of `shard` itself (it has a
+    /// replica that leads, or stale reads are allowed), before the read
+    /// index confirms it.
+    fn may_read_here(&self, shard: u32) -> bool {
+        self.group(shard).is_some_and(|group| {
+            self.config.unsafe_stale_reads
+                || group.raft.metrics().borrow().current_leader == Some(self.config.node_id)
+        })
     }
 
     /// This node's replica of `shard` when a read may be answered from it:

@@ -10,8 +10,8 @@
 //! * the **packed tier** (the other three quarters) holds the same chunks packed
 //!   ([`PackedChunk`]: about 4 to 6 bytes a sample on scraped data), so a working
 //!   set three or four times larger than the decoded tier still avoids the range
-//!   decoder; a hit unpacks in one or two nanoseconds a sample and moves the
-//!   chunk into the decoded tier.
+//!   decoder; a hit unpacks in one or two nanoseconds a sample and copies the
+//!   chunk into the decoded tier (the packed entry stays).
 //!
 //! A chunk decoded for a read enters both tiers; one written by a cut enters the
 //! decoded tier only (write-through: recent data is what is read, and packing
@@ -108,7 +108,7 @@ impl DecodedCache {
     }
 
     /// The chunk's samples, and which tier had them. A packed hit is
-    /// unpacked and moved into the decoded tier.
+    /// unpacked and copied into the decoded tier (it stays packed too).
     pub fn get(&self, id: &ChunkId) -> Option<(Arc<[Sample]>, Found)> {
         if let Some(samples) = self.decoded.get(id) {
             return Some((samples, Found::Decoded));
@@ -179,7 +179,7 @@ mod tests {
             found.push(tier);
         }
         assert!(found.contains(&Found::Packed), "{found:?}");
-        // A packed hit moved the chunk into the decoded tier.
+        // A packed hit copied the chunk into the decoded tier.
         let last_packed = found.iter().rposition(|f| *f == Found::Packed).unwrap();
         assert_eq!(
             cache.get(&id(last_packed as u64)).unwrap().1,
