@@ -15,11 +15,20 @@ use crate::{BusError, Result};
 /// The envelope format written by this build.
 pub const ENVELOPE_VERSION: u8 = 1;
 
-/// Encodes `value` as a versioned envelope.
-pub fn encode<T>(value: &T) -> Result<Bytes>
-where
-    T: for<'a> Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
+/// What [`encode`] takes: any value rkyv can archive with its default
+/// serializer (a name for the bound, so callers need not spell it out).
+pub trait Encodable:
+    for<'a> Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>
 {
+}
+
+impl<T> Encodable for T where
+    T: for<'a> Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>
+{
+}
+
+/// Encodes `value` as a versioned envelope.
+pub fn encode<T: Encodable>(value: &T) -> Result<Bytes> {
     let body = rkyv::to_bytes::<rancor::Error>(value)
         .map_err(|e| BusError::Envelope(format!("encode: {e}")))?;
     let mut out = Vec::with_capacity(body.len() + 1);

@@ -19,6 +19,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use chronicle_bus::envelope::Encodable;
 use parking_lot::Mutex;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
@@ -454,32 +455,18 @@ impl LogStore {
         }
     }
 
-    async fn put_meta<T>(&self, key: &[u8], value: &T) -> Result<(), std::io::Error>
-    where
-        T: for<'a> rkyv::Serialize<
-            rkyv::api::high::HighSerializer<
-                rkyv::util::AlignedVec,
-                rkyv::ser::allocator::ArenaHandle<'a>,
-                rkyv::rancor::Error,
-            >,
-        >,
-    {
+    async fn put_meta<T: Encodable>(&self, key: &[u8], value: &T) -> Result<(), std::io::Error> {
         self.write_and_wait(self.meta_batch(key, Some(value))?)
             .await
     }
 
     /// A write of `value` under `key` in the meta column family, or of its
     /// removal.
-    fn meta_batch<T>(&self, key: &[u8], value: Option<&T>) -> Result<WriteBatch, std::io::Error>
-    where
-        T: for<'a> rkyv::Serialize<
-            rkyv::api::high::HighSerializer<
-                rkyv::util::AlignedVec,
-                rkyv::ser::allocator::ArenaHandle<'a>,
-                rkyv::rancor::Error,
-            >,
-        >,
-    {
+    fn meta_batch<T: Encodable>(
+        &self,
+        key: &[u8],
+        value: Option<&T>,
+    ) -> Result<WriteBatch, std::io::Error> {
         let mut batch = WriteBatch::default();
         match value {
             Some(value) => {

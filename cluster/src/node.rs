@@ -1522,13 +1522,7 @@ impl ClusterNode {
             match replica {
                 Err(e) => results[shard] = Some(Err(e)),
                 Ok(Some(replica)) if inline.is_none() => inline = Some((shard, replica)),
-                Ok(Some(replica)) => {
-                    let read = read.clone();
-                    let task = tokio::task::spawn_blocking(move || {
-                        read.run(&replica).map_err(ClusterError::Storage)
-                    });
-                    started.push((shard, task));
-                }
+                Ok(Some(replica)) => started.push((shard, spawn_local_read(replica, read.clone()))),
                 Ok(None) => started.push((shard, remote(shard))),
             }
         }
@@ -1541,11 +1535,7 @@ impl ClusterNode {
             results[shard] = Some(answer);
         }
         for (shard, task) in started {
-            results[shard] = Some(
-                task.await
-                    .map_err(|e| ClusterError::Raft(format!("read task failed: {e}")))
-                    .and_then(|r| r),
-            );
+            results[shard] = Some(joined(task.await));
         }
         let mut answers = Vec::with_capacity(shards);
         for answer in results {
@@ -2239,10 +2229,22 @@ fn into_series(answer: ShardAnswer) -> Result<Vec<SeriesSamples>, ClusterError> 
 
 /// Runs a read on this node's replica (on the blocking pool: it reads RocksDB).
 async fn run_local(shard: Arc<Shard>, read: ShardRead) -> Result<ShardAnswer, ClusterError> {
-    tokio::task::spawn_blocking(move || read.run(&shard))
-        .await
-        .map_err(|e| ClusterError::Raft(format!("read task failed: {e}")))?
-        .map_err(ClusterError::Storage)
+    joined(spawn_local_read(shard, read).await)
+}
+
+/// Starts a read on this node's replica on the blocking pool.
+fn spawn_local_read(
+    shard: Arc<Shard>,
+    read: ShardRead,
+) -> tokio::task::JoinHandle<Result<ShardAnswer, ClusterError>> {
+    tokio::task::spawn_blocking(move || read.run(&shard).map_err(ClusterError::Storage))
+}
+
+/// A read task's answer, or its failure to finish (a panic) as an error.
+fn joined(
+    task: Result<Result<ShardAnswer, ClusterError>, tokio::task::JoinError>,
+) -> Result<ShardAnswer, ClusterError> {
+    task.map_err(|e| ClusterError::Raft(format!("read task failed: {e}")))?
 }
 
 /// What a shard's request server answers with: its member's Raft, its
