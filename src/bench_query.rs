@@ -263,9 +263,16 @@ struct Target {
 
 impl Target {
     fn new(name: &'static str, base: String) -> Self {
+        // Timeouts per phase, not `timeout_global`: with a global timeout
+        // ureq resolves every request's address on a new thread (to bound the
+        // lookup), which put a thread spawn and a wake-up (~0.1 ms here) in
+        // every timed request to either system. The address is an IP literal.
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(300)))
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .timeout_send_request(Some(Duration::from_secs(60)))
+            .timeout_recv_response(Some(Duration::from_secs(300)))
+            .timeout_recv_body(Some(Duration::from_secs(300)))
             .build()
             .into();
         Self { name, base, agent }

@@ -13,7 +13,7 @@ use chronicle_actor_runtime::error_json;
 use chronicle_auth::{Access, Authenticator, Principal};
 use chronicle_ingest::{parse_payload, IngestActor, IngestError, Precision, WritePoints};
 use chronicle_platform::{AccessTable, RouteAccess};
-use chronicle_query::{CancelOnDrop, QueryActor, QueryError, QueryRequest, RunQuery};
+use chronicle_query::{CancelOnDrop, QueryError, QueryGate, QueryRequest};
 use chronicle_storage::Limits;
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -26,7 +26,9 @@ use crate::metrics;
 pub struct AppState {
     /// `None` when the feature is disabled (its routes are not served then).
     pub ingest: Option<Addr<IngestActor>>,
-    pub query: Option<Addr<QueryActor>>,
+    /// The query feature's admission, shared with its actor: a query runs
+    /// from the HTTP worker without a round trip through the actor's thread.
+    pub query: Option<QueryGate>,
     pub bus_kind: &'static str,
     pub max_body_bytes: usize,
     /// What one point and one write request may hold.
@@ -615,8 +617,8 @@ async fn query_traced(
     run_query(&state, request).await
 }
 
-/// Runs a query on the query actor; it is cancelled if the client goes away
-/// (actix drops this handler's future).
+/// Runs a query through the query feature's gate; it is cancelled if the
+/// client goes away (actix drops this handler's future).
 async fn run_query(state: &AppState, request: QueryRequest) -> HttpResponse {
     let cancelled = Arc::new(AtomicBool::new(false));
     let guard = CancelOnDrop::new(cancelled.clone());
@@ -624,16 +626,12 @@ async fn run_query(state: &AppState, request: QueryRequest) -> HttpResponse {
         return feature_disabled("query");
     };
     let answer = query
-        .send(RunQuery {
-            request,
-            cancelled: Some(cancelled),
-            span: tracing::Span::current(),
-        })
+        .run(request, std::time::Duration::ZERO, Some(cancelled))
         .await;
     guard.done();
     match answer {
-        Ok(Ok(result)) => HttpResponse::Ok().json(result),
-        Ok(Err(e)) => {
+        Ok(result) => HttpResponse::Ok().json(result),
+        Err(e) => {
             let status = match &e {
                 QueryError::BadRequest(_) => StatusCode::BAD_REQUEST,
                 QueryError::TooLarge(_) | QueryError::Execution(_) => {
@@ -648,11 +646,6 @@ async fn run_query(state: &AppState, request: QueryRequest) -> HttpResponse {
             };
             error(status, e.code(), e.to_string())
         }
-        Err(_) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the query actor is restarting; retry",
-        ),
     }
 }
 

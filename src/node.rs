@@ -16,7 +16,7 @@ use chronicle_bus::{Bus, FaultController, FaultyBus, LocalBus, NatsBus, SignedBu
 use chronicle_cluster::{ClusterConfig, ClusterError, ClusterNode};
 use chronicle_ingest::IngestActor;
 use chronicle_platform::{FeatureContext, Features, Plan, Services};
-use chronicle_query::QueryActor;
+use chronicle_query::{QueryActor, QueryGate};
 use chronicle_storage::{Point, Shard, ShardConfig};
 use tracing::{info, warn};
 
@@ -437,6 +437,7 @@ impl Node {
             .services
             .get::<Addr<QueryActor>>()
             .map(|a| (*a).clone());
+        let query_gate = context.services.get::<QueryGate>().map(|g| (*g).clone());
         drop(context);
         if let Err(e) = bus.flush().await {
             features.stop().await;
@@ -446,7 +447,7 @@ impl Node {
         let shutting_down = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let state = http::AppState {
             ingest: ingest.clone(),
-            query: query.clone(),
+            query: query_gate,
             bus_kind,
             max_body_bytes: config.max_body_bytes,
             limits: config.point_limits(),

@@ -13,9 +13,7 @@ use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
 use chronicle_engine::value::{Labels, RangeSeries, Sample};
 use chronicle_engine::{Answer, QueryValue, Severity};
-use chronicle_query::{
-    MetaAnswer, MetaKind, MetaQuery, PromqlQuery, QueryError, RunMeta, RunPromql,
-};
+use chronicle_query::{MetaAnswer, MetaKind, MetaQuery, PromqlQuery, QueryError};
 use serde::ser::{SerializeMap, SerializeTuple};
 use serde::{Serialize, Serializer};
 use serde_json::{json, Value};
@@ -358,7 +356,8 @@ fn now_ms() -> i64 {
     chronicle_query::request::now_ns() / 1_000_000
 }
 
-/// Evaluates on the query actor; the query is cancelled if the client goes away.
+/// Evaluates through the query feature's gate; the query is cancelled if the
+/// client goes away.
 async fn evaluate(state: &AppState, mut q: PromqlQuery) -> Result<Answer, HttpResponse> {
     let flag = Arc::new(AtomicBool::new(false));
     q.cancelled = Some(flag.clone());
@@ -369,16 +368,9 @@ async fn evaluate(state: &AppState, mut q: PromqlQuery) -> Result<Answer, HttpRe
             "the query feature is disabled",
         ));
     };
-    let answer = query.send(RunPromql(q)).await;
+    let answer = query.promql(q).await;
     guard.done();
-    match answer {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(query_error(e)),
-        Err(_) => Err(error(
-            ErrorType::Unavailable,
-            "the query actor is restarting; retry",
-        )),
-    }
+    answer.map_err(query_error)
 }
 
 async fn run(state: &AppState, q: PromqlQuery) -> HttpResponse {
@@ -548,14 +540,10 @@ async fn meta(state: &AppState, q: MetaQuery) -> HttpResponse {
     let Some(query) = &state.query else {
         return error(ErrorType::Unavailable, "the query feature is disabled");
     };
-    match query.send(RunMeta(q)).await {
-        Ok(Ok(MetaAnswer::Series(series))) => success(json!(series)),
-        Ok(Ok(MetaAnswer::Strings(s))) => success(json!(s)),
-        Ok(Err(e)) => query_error(e),
-        Err(_) => error(
-            ErrorType::Unavailable,
-            "the query actor is restarting; retry",
-        ),
+    match query.meta(q).await {
+        Ok(MetaAnswer::Series(series)) => success(json!(series)),
+        Ok(MetaAnswer::Strings(s)) => success(json!(s)),
+        Err(e) => query_error(e),
     }
 }
 

@@ -7,7 +7,7 @@ use actix::Addr;
 use actix_web::web;
 use async_trait::async_trait;
 use chronicle_platform::{ArbiterSlot, Feature, FeatureContext, FeatureError, Planned, Running};
-use chronicle_query::{DataSource, QueryActor, QueryConfig};
+use chronicle_query::{DataSource, QueryActor, QueryConfig, QueryGate};
 
 use crate::cluster_io::ClusterSource;
 use crate::config::NodeConfig;
@@ -74,9 +74,13 @@ impl Planned for QueryPlan {
             cluster: cx.cluster.clone(),
             runtime: cx.cluster_runtime.clone(),
         });
-        let (bus, config) = (cx.bus.clone(), self.config);
+        // One gate: the actor admits bus requests through it, the HTTP
+        // routes their queries (docs/architecture.md).
+        let gate = QueryGate::new(source, self.config);
+        let bus = cx.bus.clone();
+        let actor_gate = gate.clone();
         let (addr, arbiter) = cx.supervise(chronicle_query::ACTOR_NAME, move |_, restarts| {
-            QueryActor::new(bus, source, config).with_restarts(restarts)
+            QueryActor::with_gate(bus, actor_gate).with_restarts(restarts)
         });
         addr.send(chronicle_query::Ping)
             .await
@@ -85,6 +89,7 @@ impl Planned for QueryPlan {
                 message: "the actor did not answer".into(),
             })?;
         cx.services.provide(addr.clone());
+        cx.services.provide(gate);
         Ok(Arc::new(RunningQuery {
             addr,
             arbiter: ArbiterSlot::new(arbiter),

@@ -10,7 +10,8 @@ use chronicle_bus::{LocalBus, LocalBusOptions};
 use chronicle_engine::source::SeriesSource;
 use chronicle_engine::{EngineError, RangeSeries};
 use chronicle_query::{
-    DataSource, QueryActor, QueryConfig, QueryError, QueryRequest, ReadLimit, RunQuery, SeriesRead,
+    DataSource, PromqlQuery, QueryActor, QueryConfig, QueryError, QueryGate, QueryRequest,
+    ReadLimit, RunQuery, SeriesRead,
 };
 use chronicle_storage::{AggregateRequest, AggregateSeries, Matcher, SeriesKey};
 
@@ -72,20 +73,76 @@ impl DataSource for Slow {
     }
 }
 
+/// A slow source, a bus, and room for one query running and one waiting.
+fn one_running_one_waiting() -> (Arc<Slow>, Arc<LocalBus>, QueryConfig) {
+    let config = QueryConfig {
+        concurrency: 1,
+        max_queued: 1,
+        ..QueryConfig::default()
+    };
+    (
+        Arc::new(Slow::default()),
+        Arc::new(LocalBus::new(LocalBusOptions::default())),
+        config,
+    )
+}
+
 fn request(json: &str) -> QueryRequest {
     serde_json::from_str(json).unwrap()
+}
+
+/// The node's HTTP routes run queries through the gate the actor admits bus
+/// requests through: one bound for both, whichever way a query comes.
+#[test]
+fn the_gate_and_the_actor_share_one_admission() {
+    actix::System::new().block_on(async {
+        let (source, bus, config) = one_running_one_waiting();
+        let gate = QueryGate::new(source.clone(), config);
+        let actor = QueryActor::with_gate(bus, gate.clone()).start();
+        let q = || request(r#"{"metric":"m","start":0,"end":10}"#);
+        let promql = || PromqlQuery {
+            query: "m".into(),
+            start: 0,
+            end: 0,
+            step: 0,
+            timeout: Duration::ZERO,
+            cancelled: None,
+        };
+
+        // One runs through the actor, one waits at the gate: both places
+        // are then full, and a query either way is refused at once.
+        let running = actix::spawn(actor.send(RunQuery::new(q())));
+        while source.reads.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let waiting = actix::spawn(gate.promql(promql()));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let through_gate = gate.run(q(), Duration::ZERO, None).await;
+        assert!(
+            matches!(through_gate, Err(QueryError::Busy)),
+            "{through_gate:?}"
+        );
+        let through_actor = actor.send(RunQuery::new(q())).await.unwrap();
+        assert!(
+            matches!(through_actor, Err(QueryError::Busy)),
+            "{through_actor:?}"
+        );
+
+        source.release.store(true, Ordering::SeqCst);
+        running.await.unwrap().unwrap().unwrap();
+        waiting.await.unwrap().unwrap();
+        assert_eq!(
+            source.reads.load(Ordering::SeqCst),
+            2,
+            "the waiting query ran"
+        );
+    });
 }
 
 #[test]
 fn a_full_queue_answers_busy_at_once_and_timeouts_hold() {
     actix::System::new().block_on(async {
-        let source = Arc::new(Slow::default());
-        let bus = Arc::new(LocalBus::new(LocalBusOptions::default()));
-        let config = QueryConfig {
-            concurrency: 1,
-            max_queued: 1,
-            ..QueryConfig::default()
-        };
+        let (source, bus, config) = one_running_one_waiting();
         let actor = QueryActor::new(bus, source.clone(), config).start();
         let q = || request(r#"{"metric":"m","start":0,"end":10}"#);
 

@@ -687,10 +687,16 @@ fn grid_timestamps(samples: &[Sample], scale: u8, min_time: i64) -> Option<Vec<u
     Some(enc.finish())
 }
 
+const GRID_STEP_BITS: u32 = 1;
+const GRID_OFFSET_BITS: u32 = 5;
+
 /// Grid steps are almost always one interval (coded as 0); jitter offsets are
 /// usually a few units either side of the grid.
 fn grid_models() -> (UintModel, UintModel) {
-    (UintModel::with_small_bits(1), UintModel::with_small_bits(5))
+    (
+        UintModel::with_small_bits(GRID_STEP_BITS),
+        UintModel::with_small_bits(GRID_OFFSET_BITS),
+    )
 }
 
 /// The grid interval: the typical positive delta, refined over the whole chunk so
@@ -789,10 +795,13 @@ impl<'a> GridTimestamps<'a> {
 
     #[inline(always)]
     fn next(&mut self) -> Result<i64, CodecError> {
-        let step = unzigzag(self.steps.decode(&mut self.dec)?)
+        let step = unzigzag(self.steps.decode_small::<GRID_STEP_BITS>(&mut self.dec)?)
             .checked_add(1)
             .ok_or(GRID_OVERFLOW)?;
-        let offset = unzigzag(self.offsets.decode(&mut self.dec)?);
+        let offset = unzigzag(
+            self.offsets
+                .decode_small::<GRID_OFFSET_BITS>(&mut self.dec)?,
+        );
         let t = step
             .checked_mul(self.interval)
             .and_then(|d| self.grid.checked_add(d))
@@ -925,7 +934,7 @@ impl<'a> DecimalModelValues<'a> {
 
     #[inline(always)]
     fn next(&mut self) -> Result<f64, CodecError> {
-        let step = unzigzag(self.model.decode(&mut self.dec)?)
+        let step = unzigzag(self.model.decode_general(&mut self.dec)?)
             .checked_add(self.median)
             .ok_or(DECIMAL_OVERFLOW)?;
         self.prev = step
