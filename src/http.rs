@@ -625,9 +625,12 @@ async fn run_query(state: &AppState, request: QueryRequest) -> HttpResponse {
     let Some(query) = &state.query else {
         return feature_disabled("query");
     };
-    let answer = query
-        .run(request, std::time::Duration::ZERO, Some(cancelled))
-        .await;
+    // Spawned on this worker's thread rather than awaited in place: when the
+    // client goes away actix drops this handler, and the query still runs to
+    // its next check, frees its slot and is counted as it ends.
+    let answer = actix::spawn(query.run(request, std::time::Duration::ZERO, Some(cancelled)))
+        .await
+        .unwrap_or_else(|_| Err(QueryError::Storage("the query task failed".into())));
     guard.done();
     match answer {
         Ok(result) => HttpResponse::Ok().json(result),

@@ -368,7 +368,11 @@ async fn evaluate(state: &AppState, mut q: PromqlQuery) -> Result<Answer, HttpRe
             "the query feature is disabled",
         ));
     };
-    let answer = query.promql(q).await;
+    // Spawned on this worker's thread, not awaited in place: a query whose
+    // client went away still runs to its next check and is counted as it ends.
+    let answer = actix::spawn(query.promql(q))
+        .await
+        .unwrap_or_else(|_| Err(QueryError::Storage("the query task failed".into())));
     guard.done();
     answer.map_err(query_error)
 }
@@ -540,7 +544,10 @@ async fn meta(state: &AppState, q: MetaQuery) -> HttpResponse {
     let Some(query) = &state.query else {
         return error(ErrorType::Unavailable, "the query feature is disabled");
     };
-    match query.meta(q).await {
+    let answer = actix::spawn(query.meta(q))
+        .await
+        .unwrap_or_else(|_| Err(QueryError::Storage("the query task failed".into())));
+    match answer {
         Ok(MetaAnswer::Series(series)) => success(json!(series)),
         Ok(MetaAnswer::Strings(s)) => success(json!(s)),
         Err(e) => query_error(e),
