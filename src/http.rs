@@ -617,20 +617,27 @@ async fn query_traced(
     run_query(&state, request).await
 }
 
-/// Runs a query through the query feature's gate; it is cancelled if the
-/// client goes away (actix drops this handler's future).
+/// Runs a query as a task of its own on this worker's thread and waits for
+/// it: if actix drops the waiting handler (the node shutting down), the query
+/// still ends at its next check, frees its slot and is counted.
+pub(crate) async fn detached<T: 'static>(
+    query: impl std::future::Future<Output = Result<T, QueryError>> + 'static,
+) -> Result<T, QueryError> {
+    actix::spawn(query)
+        .await
+        .unwrap_or_else(|_| Err(QueryError::Storage("the query task failed".into())))
+}
+
+/// Runs a query through the query feature's gate; it is cancelled if actix
+/// drops this handler's future (not when the client merely goes away: see
+/// docs/http-api.md, Cancellation).
 async fn run_query(state: &AppState, request: QueryRequest) -> HttpResponse {
     let cancelled = Arc::new(AtomicBool::new(false));
     let guard = CancelOnDrop::new(cancelled.clone());
     let Some(query) = &state.query else {
         return feature_disabled("query");
     };
-    // Spawned on this worker's thread rather than awaited in place: when the
-    // client goes away actix drops this handler, and the query still runs to
-    // its next check, frees its slot and is counted as it ends.
-    let answer = actix::spawn(query.run(request, std::time::Duration::ZERO, Some(cancelled)))
-        .await
-        .unwrap_or_else(|_| Err(QueryError::Storage("the query task failed".into())));
+    let answer = detached(query.run(request, std::time::Duration::ZERO, Some(cancelled))).await;
     guard.done();
     match answer {
         Ok(result) => HttpResponse::Ok().json(result),

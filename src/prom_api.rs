@@ -356,8 +356,8 @@ fn now_ms() -> i64 {
     chronicle_query::request::now_ns() / 1_000_000
 }
 
-/// Evaluates through the query feature's gate; the query is cancelled if the
-/// client goes away.
+/// Evaluates through the query feature's gate; the query is cancelled if actix
+/// drops this handler (not when the client merely goes away).
 async fn evaluate(state: &AppState, mut q: PromqlQuery) -> Result<Answer, HttpResponse> {
     let flag = Arc::new(AtomicBool::new(false));
     q.cancelled = Some(flag.clone());
@@ -368,11 +368,7 @@ async fn evaluate(state: &AppState, mut q: PromqlQuery) -> Result<Answer, HttpRe
             "the query feature is disabled",
         ));
     };
-    // Spawned on this worker's thread, not awaited in place: a query whose
-    // client went away still runs to its next check and is counted as it ends.
-    let answer = actix::spawn(query.promql(q))
-        .await
-        .unwrap_or_else(|_| Err(QueryError::Storage("the query task failed".into())));
+    let answer = crate::http::detached(query.promql(q)).await;
     guard.done();
     answer.map_err(query_error)
 }
@@ -544,10 +540,7 @@ async fn meta(state: &AppState, q: MetaQuery) -> HttpResponse {
     let Some(query) = &state.query else {
         return error(ErrorType::Unavailable, "the query feature is disabled");
     };
-    let answer = actix::spawn(query.meta(q))
-        .await
-        .unwrap_or_else(|_| Err(QueryError::Storage("the query task failed".into())));
-    match answer {
+    match crate::http::detached(query.meta(q)).await {
         Ok(MetaAnswer::Series(series)) => success(json!(series)),
         Ok(MetaAnswer::Strings(s)) => success(json!(s)),
         Err(e) => query_error(e),

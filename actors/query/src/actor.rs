@@ -140,16 +140,6 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// A PromQL evaluation (the Prometheus API).
-#[derive(Message)]
-#[rtype(result = "Result<Answer, QueryError>")]
-pub struct RunPromql(pub PromqlQuery);
-
-/// A series-metadata question (the Prometheus API).
-#[derive(Message)]
-#[rtype(result = "Result<MetaAnswer, QueryError>")]
-pub struct RunMeta(pub MetaQuery);
-
 /// The supervised query actor. Queries run on the blocking pool so a long scan
 /// never stalls the actor; its [`QueryGate`] bounds how many run at once.
 pub struct QueryActor {
@@ -163,8 +153,8 @@ pub struct QueryActor {
 
 /// What running a query takes: the data, the limits, and admission (slots
 /// for running queries, a bounded queue for waiting ones). The actor runs
-/// bus requests and messages through it; the node's HTTP routes hold a clone
-/// and await a query on the HTTP worker itself. Through the actor, a query's
+/// bus requests and `RunQuery` messages through it; the node's HTTP routes
+/// (JSON, PromQL, metadata) hold a clone and run a query from the HTTP worker. Through the actor, a query's
 /// answer crossed two more threads (HTTP worker → actor → blocking thread →
 /// actor → HTTP worker), each a wake-up of 10–40 µs on a small VM: a
 /// fifth of a small query's time. Admission is the same either way: one set
@@ -357,11 +347,6 @@ impl QueryActor {
         }
     }
 
-    /// The gate this actor admits queries through.
-    pub fn gate(&self) -> QueryGate {
-        self.gate.clone()
-    }
-
     /// Restarts recorded in `restarts` (the node's policy) instead of the
     /// default one.
     pub fn with_restarts(mut self, restarts: chronicle_actor_runtime::Restarts) -> Self {
@@ -494,21 +479,5 @@ impl Handler<InjectPanic> for QueryActor {
 
     fn handle(&mut self, _: InjectPanic, ctx: &mut Context<Self>) {
         guarded(ACTOR, self, ctx, |_, _| panic!("injected panic"));
-    }
-}
-
-impl Handler<RunPromql> for QueryActor {
-    type Result = ResponseFuture<Result<Answer, QueryError>>;
-
-    fn handle(&mut self, msg: RunPromql, _: &mut Context<Self>) -> Self::Result {
-        Box::pin(self.gate.promql(msg.0))
-    }
-}
-
-impl Handler<RunMeta> for QueryActor {
-    type Result = ResponseFuture<Result<MetaAnswer, QueryError>>;
-
-    fn handle(&mut self, msg: RunMeta, _: &mut Context<Self>) -> Self::Result {
-        Box::pin(self.gate.meta(msg.0))
     }
 }

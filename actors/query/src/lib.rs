@@ -10,8 +10,8 @@ pub mod select;
 mod source;
 
 pub use actor::{
-    Budget, CancelOnDrop, Ping, QueryActor, QueryConfig, QueryGate, RunMeta, RunPromql, RunQuery,
-    StopIntake, ACTOR as ACTOR_NAME, TIMEOUT_HEADER,
+    Budget, CancelOnDrop, Ping, QueryActor, QueryConfig, QueryGate, RunQuery, StopIntake,
+    ACTOR as ACTOR_NAME, TIMEOUT_HEADER,
 };
 pub use chronicle_actor_runtime::InjectPanic;
 pub use execute::execute;
