@@ -8,7 +8,10 @@
 //! never larger than the raw fallback. Layout: `docs/storage.md`.
 
 mod bits;
+mod modelled;
+mod modelled_v1;
 mod range;
+pub mod rans;
 mod varint;
 
 use std::fmt;
@@ -17,13 +20,17 @@ pub use varint::{get_uvarint, put_uvarint, unzigzag, zigzag};
 
 use crate::model::Sample;
 use bits::{BitReader, BitWriter};
-use range::{RangeDecoder, RangeEncoder, UintModel};
+use modelled::{DecimalReader, GridReader};
+use modelled_v1::{DecimalModelValues, GridTimestamps};
 
-/// Current chunk format version (the first byte of every chunk).
-pub const FORMAT_VERSION: u8 = 1;
+/// Current chunk format version (the first byte of every chunk). Format 2
+/// codes the modelled encodings (grid timestamps, modelled decimals) with
+/// multi-symbol rANS; format 1 coded them bit by bit with a binary range coder
+/// and still decodes. The other encodings are the same in both.
+pub const FORMAT_VERSION: u8 = 2;
+const FORMAT_V1: u8 = 1;
 /// Upper bound on samples in one chunk; larger counts in a header mean corruption.
 pub const MAX_CHUNK_SAMPLES: usize = 1 << 20;
-const HEADER_FIXED: usize = 2 + 8 + 8;
 const CHECKSUM_LEN: usize = 4;
 const MAX_DECIMAL_DIGITS: usize = 9;
 pub(crate) const POW10: [f64; MAX_DECIMAL_DIGITS + 1] =
@@ -117,7 +124,7 @@ pub fn encode_chunk(samples: &[Sample], opts: EncodeOptions) -> Vec<u8> {
     // range-coded models, chosen separately for timestamps and values.
     let mut ts_enc = TsEncoding::GorillaDod;
     let mut ts = gorilla_timestamps(samples, scale);
-    if let Some(grid) = grid_timestamps(samples, scale, min_time) {
+    if let Some(grid) = modelled::grid_timestamps(samples, scale, min_time) {
         if grid.len() < ts.len() {
             (ts_enc, ts) = (TsEncoding::Grid, grid);
         }
@@ -130,7 +137,7 @@ pub fn encode_chunk(samples: &[Sample], opts: EncodeOptions) -> Vec<u8> {
     let mut value_enc = ValueEncoding::GorillaXor;
     if let Some(k) = decimal_exponent(samples).filter(|_| count > 1) {
         let mut modelled = Vec::new();
-        decimal_model_values(samples, k, &mut modelled);
+        modelled::decimal_model_values(samples, k, &mut modelled);
         if modelled.len() < packed.len() - values_at {
             packed.truncate(values_at);
             packed.extend_from_slice(&modelled);
@@ -176,12 +183,15 @@ pub fn encode_chunk(samples: &[Sample], opts: EncodeOptions) -> Vec<u8> {
     }
 
     let (ts_enc, value_enc, zstd, body) = best;
-    let mut out = Vec::with_capacity(HEADER_FIXED + 10 + body.len() + CHECKSUM_LEN);
+    let mut out = Vec::with_capacity(32 + body.len());
     out.push(FORMAT_VERSION);
     out.push(ts_enc as u8 | (value_enc as u8) << 2 | if zstd { FLAG_ZSTD } else { 0 });
     put_uvarint(&mut out, count as u64);
     out.extend_from_slice(&min_time.to_le_bytes());
-    out.extend_from_slice(&max_time.to_le_bytes());
+    // The span in the timestamps' own unit: a few bytes where format 1 spent eight.
+    out.push(scale);
+    let span = (max_time as u64).wrapping_sub(min_time as u64) / 10u64.pow(scale as u32);
+    put_uvarint(&mut out, span);
     out.extend_from_slice(&body);
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
@@ -208,7 +218,7 @@ fn zstd_compress(bytes: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
 
 /// Reads and checks the header (and the checksum) without decoding samples.
 pub fn chunk_header(chunk: &[u8]) -> Result<ChunkHeader, CodecError> {
-    parse(chunk).map(|(h, ..)| h)
+    parse(chunk).map(|p| p.header)
 }
 
 /// Decodes a chunk into its samples, in the order they were encoded.
@@ -242,7 +252,13 @@ fn decode(
     end: Option<i64>,
     out: &mut Vec<Sample>,
 ) -> Result<ChunkHeader, CodecError> {
-    let (header, flags, body) = parse(chunk)?;
+    let Parsed {
+        header,
+        version,
+        flags,
+        scale,
+        body,
+    } = parse(chunk)?;
     let count = header.count;
     let decompressed;
     let body = if flags & FLAG_ZSTD != 0 {
@@ -261,9 +277,23 @@ fn decode(
     let value_bytes = &body[pos + ts_len..];
     let (ts_encoding, value_encoding) = (flags & 0b11, (flags >> 2) & 0b11);
     out.reserve(count);
+    let v1 = version == FORMAT_V1;
     if ts_encoding == TsEncoding::Grid as u8 && value_encoding == ValueEncoding::DecimalModel as u8
     {
-        decode_grid_decimal_model(ts_bytes, value_bytes, &header, end, out)?;
+        let min_time = header.min_time;
+        if v1 {
+            let times = || GridTimestamps::open(ts_bytes, min_time);
+            read_pair(
+                DecimalModelValues::open(value_bytes)?,
+                times,
+                count,
+                end,
+                out,
+            )?;
+        } else {
+            let times = || GridReader::open(ts_bytes, scale, min_time);
+            read_pair(DecimalReader::open(value_bytes)?, times, count, end, out)?;
+        }
         return Ok(header);
     }
     let start = out.len();
@@ -286,9 +316,20 @@ fn decode(
         x if x == TsEncoding::VarintDod as u8 => {
             decode_varint_timestamps(ts_bytes, count, end, out)?
         }
-        x if x == TsEncoding::Grid as u8 => {
-            decode_grid_timestamps(ts_bytes, count, header.min_time, end, out)?
-        }
+        // An empty grid section has no header to read.
+        x if x == TsEncoding::Grid as u8 && count == 0 => {}
+        x if x == TsEncoding::Grid as u8 && v1 => read_times(
+            GridTimestamps::open(ts_bytes, header.min_time)?,
+            count,
+            end,
+            out,
+        )?,
+        x if x == TsEncoding::Grid as u8 => read_times(
+            GridReader::open(ts_bytes, scale, header.min_time)?,
+            count,
+            end,
+            out,
+        )?,
         _ => return Err(CodecError::Malformed("unknown timestamp encoding")),
     }
     let samples = &mut out[start..];
@@ -304,8 +345,11 @@ fn decode(
         }
         x if x == ValueEncoding::GorillaXor as u8 => decode_gorilla_values(value_bytes, samples)?,
         x if x == ValueEncoding::DecimalDelta as u8 => decode_decimal_values(value_bytes, samples)?,
+        x if x == ValueEncoding::DecimalModel as u8 && v1 => {
+            read_values(DecimalModelValues::open(value_bytes)?, samples)?
+        }
         x if x == ValueEncoding::DecimalModel as u8 => {
-            decode_decimal_model_values(value_bytes, samples)?
+            read_values(DecimalReader::open(value_bytes)?, samples)?
         }
         _ => return Err(CodecError::Malformed("unknown value encoding")),
     }
@@ -324,8 +368,19 @@ pub fn stored_checksum(chunk: &[u8]) -> Option<u32> {
     Some(u32::from_le_bytes(tail.try_into().ok()?))
 }
 
-fn parse(chunk: &[u8]) -> Result<(ChunkHeader, u8, &[u8]), CodecError> {
-    if chunk.len() < HEADER_FIXED + 1 + CHECKSUM_LEN {
+/// What a chunk's header says, and its body.
+struct Parsed<'a> {
+    header: ChunkHeader,
+    version: u8,
+    flags: u8,
+    /// The power of ten every timestamp shares (format 2 keeps it in the
+    /// header; format 1 only in the timestamp sections that need it).
+    scale: u8,
+    body: &'a [u8],
+}
+
+fn parse(chunk: &[u8]) -> Result<Parsed<'_>, CodecError> {
+    if chunk.len() < 2 + CHECKSUM_LEN {
         return Err(CodecError::Truncated);
     }
     let (content, crc) = chunk.split_at(chunk.len() - CHECKSUM_LEN);
@@ -334,8 +389,9 @@ fn parse(chunk: &[u8]) -> Result<(ChunkHeader, u8, &[u8]), CodecError> {
     if stored != computed {
         return Err(CodecError::ChecksumMismatch { stored, computed });
     }
-    if content[0] != FORMAT_VERSION {
-        return Err(CodecError::UnsupportedVersion(content[0]));
+    let version = content[0];
+    if version != FORMAT_VERSION && version != FORMAT_V1 {
+        return Err(CodecError::UnsupportedVersion(version));
     }
     let flags = content[1];
     let mut pos = 2;
@@ -343,15 +399,38 @@ fn parse(chunk: &[u8]) -> Result<(ChunkHeader, u8, &[u8]), CodecError> {
     if count > MAX_CHUNK_SAMPLES {
         return Err(CodecError::Malformed("sample count over the chunk limit"));
     }
-    let fixed = content.get(pos..pos + 16).ok_or(CodecError::Truncated)?;
-    let min_time = i64::from_le_bytes(fixed[..8].try_into().expect("8 bytes"));
-    let max_time = i64::from_le_bytes(fixed[8..].try_into().expect("8 bytes"));
-    let header = ChunkHeader {
-        count,
-        min_time,
-        max_time,
+    let fixed = |pos: usize| -> Result<i64, CodecError> {
+        let bytes = content.get(pos..pos + 8).ok_or(CodecError::Truncated)?;
+        Ok(i64::from_le_bytes(bytes.try_into().expect("8 bytes")))
     };
-    Ok((header, flags, &content[pos + 16..]))
+    let min_time = fixed(pos)?;
+    pos += 8;
+    let (max_time, scale) = if version == FORMAT_V1 {
+        pos += 8;
+        (fixed(pos - 8)?, 0)
+    } else {
+        let scale = *content.get(pos).ok_or(CodecError::Truncated)?;
+        pos += 1;
+        let span = get_uvarint(content, &mut pos)?;
+        let max_time = 10u64
+            .checked_pow(scale as u32)
+            .and_then(|unit| span.checked_mul(unit))
+            .map(|span| (min_time as u64).wrapping_add(span) as i64)
+            .filter(|&max| max >= min_time)
+            .ok_or(CodecError::Malformed("time span out of range"))?;
+        (max_time, scale)
+    };
+    Ok(Parsed {
+        header: ChunkHeader {
+            count,
+            min_time,
+            max_time,
+        },
+        version,
+        flags,
+        scale,
+        body: &content[pos..],
+    })
 }
 
 /// The largest power of ten (exponent) that divides every timestamp.
@@ -658,47 +737,6 @@ fn decode_decimal_values(bytes: &[u8], samples: &mut [Sample]) -> Result<(), Cod
     Ok(())
 }
 
-/// Timestamps as offsets from a regular grid, range coded.
-///
-/// Scrapers sample on a grid (interval plus a per-target phase) with a little jitter
-/// around each grid point. Delta-of-delta sees the jitter twice (it differences two
-/// independent offsets); offsets from the grid see it once. Per sample the coder
-/// stores how many intervals the grid advances (almost always one) and the offset.
-/// A large offset (the target restarted, the phase moved) re-anchors the grid on the
-/// sample so one disturbance does not cost every later sample. `None` when the
-/// arithmetic would overflow (timestamps spread over most of the i64 range).
-fn grid_timestamps(samples: &[Sample], scale: u8, min_time: i64) -> Option<Vec<u8>> {
-    let div = 10i64.pow(scale as u32);
-    let ts: Vec<i64> = samples.iter().map(|s| s.timestamp / div).collect();
-    let first = *ts.first()?;
-    let interval = grid_interval(&ts);
-    let mut out = vec![scale];
-    put_uvarint(&mut out, first.checked_sub(min_time / div)? as u64);
-    put_uvarint(&mut out, interval as u64);
-    let mut enc = RangeEncoder::new(out);
-    let (mut steps, mut offsets) = grid_models();
-    let mut grid = first;
-    for &t in &ts[1..] {
-        let (step, offset) = grid_split(t.checked_sub(grid)?, interval);
-        steps.encode(&mut enc, zigzag(step.checked_sub(1)?));
-        offsets.encode(&mut enc, zigzag(offset));
-        grid = grid_advance(grid, step, offset, interval)?;
-    }
-    Some(enc.finish())
-}
-
-const GRID_STEP_BITS: u32 = 1;
-const GRID_OFFSET_BITS: u32 = 5;
-
-/// Grid steps are almost always one interval (coded as 0); jitter offsets are
-/// usually a few units either side of the grid.
-fn grid_models() -> (UintModel, UintModel) {
-    (
-        UintModel::with_small_bits(GRID_STEP_BITS),
-        UintModel::with_small_bits(GRID_OFFSET_BITS),
-    )
-}
-
 /// The grid interval: the typical positive delta, refined over the whole chunk so
 /// a jittered median (10.001 s) does not drift against the true interval (10 s).
 fn grid_interval(ts: &[i64]) -> i64 {
@@ -751,78 +789,27 @@ fn grid_advance(grid: i64, step: i64, offset: i64, interval: i64) -> Option<i64>
     }
 }
 
-/// Reads grid timestamps one at a time (so a decode can interleave them with
-/// the values: the two streams' decisions are independent, and the CPU
-/// overlaps them).
-struct GridTimestamps<'a> {
-    dec: RangeDecoder<'a>,
-    steps: UintModel,
-    offsets: UintModel,
-    grid: i64,
-    interval: i64,
-    mul: i64,
+/// A modelled timestamp section read a sample at a time, so a decode can
+/// interleave it with the values: the two sections are coded independently,
+/// and the CPU overlaps their dependency chains.
+trait TimeStream {
+    fn next(&mut self) -> Result<i64, CodecError>;
+}
+
+/// A modelled value section read a sample at a time (see [`TimeStream`]).
+trait ValueStream {
+    fn next(&mut self) -> Result<f64, CodecError>;
 }
 
 const GRID_OVERFLOW: CodecError = CodecError::Malformed("grid timestamp out of range");
 
-impl<'a> GridTimestamps<'a> {
-    /// The reader and the first timestamp.
-    fn open(bytes: &'a [u8], min_time: i64) -> Result<(Self, i64), CodecError> {
-        let scale = *bytes.first().ok_or(CodecError::Truncated)?;
-        if scale > 18 {
-            return Err(CodecError::Malformed("timestamp scale over 18"));
-        }
-        let mul = 10i64.pow(scale as u32);
-        let mut pos = 1;
-        let first = (min_time / mul)
-            .checked_add_unsigned(get_uvarint(bytes, &mut pos)?)
-            .ok_or(GRID_OVERFLOW)?;
-        let interval = i64::try_from(get_uvarint(bytes, &mut pos)?).map_err(|_| GRID_OVERFLOW)?;
-        if interval < 1 {
-            return Err(CodecError::Malformed("grid interval below one"));
-        }
-        let (steps, offsets) = grid_models();
-        let reader = Self {
-            dec: RangeDecoder::new(&bytes[pos..]),
-            steps,
-            offsets,
-            grid: first,
-            interval,
-            mul,
-        };
-        Ok((reader, first.checked_mul(mul).ok_or(GRID_OVERFLOW)?))
-    }
-
-    #[inline(always)]
-    fn next(&mut self) -> Result<i64, CodecError> {
-        let step = unzigzag(self.steps.decode_small::<GRID_STEP_BITS>(&mut self.dec)?)
-            .checked_add(1)
-            .ok_or(GRID_OVERFLOW)?;
-        let offset = unzigzag(
-            self.offsets
-                .decode_small::<GRID_OFFSET_BITS>(&mut self.dec)?,
-        );
-        let t = step
-            .checked_mul(self.interval)
-            .and_then(|d| self.grid.checked_add(d))
-            .and_then(|g| g.checked_add(offset))
-            .ok_or(GRID_OVERFLOW)?;
-        self.grid = grid_advance(self.grid, step, offset, self.interval).ok_or(GRID_OVERFLOW)?;
-        t.checked_mul(self.mul).ok_or(GRID_OVERFLOW)
-    }
-}
-
-fn decode_grid_timestamps(
-    bytes: &[u8],
+/// Timestamps up to `end`, from an opened section and its first timestamp.
+fn read_times<T: TimeStream>(
+    (mut reader, first): (T, i64),
     count: usize,
-    min_time: i64,
     end: Option<i64>,
     out: &mut Vec<Sample>,
 ) -> Result<(), CodecError> {
-    if count == 0 {
-        return Ok(());
-    }
-    let (mut reader, first) = GridTimestamps::open(bytes, min_time)?;
     let mut t = first;
     for i in 0..count {
         if i > 0 {
@@ -836,27 +823,37 @@ fn decode_grid_timestamps(
     Ok(())
 }
 
+/// Values into `samples`, from an opened section and its first value.
+fn read_values<V: ValueStream>(
+    (mut reader, first): (V, f64),
+    samples: &mut [Sample],
+) -> Result<(), CodecError> {
+    for (i, s) in samples.iter_mut().enumerate() {
+        s.value = if i == 0 { first } else { reader.next()? };
+    }
+    Ok(())
+}
+
 /// The common pair (grid timestamps, modelled decimals) a sample at a time,
-/// timestamp and value side by side in one loop.
-fn decode_grid_decimal_model(
-    ts_bytes: &[u8],
-    value_bytes: &[u8],
-    header: &ChunkHeader,
+/// timestamp and value side by side in one loop. The value section is opened
+/// first, even for an empty chunk, as the section-at-a-time decoders do: a
+/// damaged header is an error either way.
+fn read_pair<T: TimeStream, V: ValueStream>(
+    (mut values, first_value): (V, f64),
+    open_times: impl FnOnce() -> Result<(T, i64), CodecError>,
+    count: usize,
     end: Option<i64>,
     out: &mut Vec<Sample>,
 ) -> Result<(), CodecError> {
-    // The value section's header is read even for an empty chunk, as the
-    // stream-at-a-time decoders do: a damaged one is an error either way.
-    let (mut values, first_value) = DecimalModelValues::open(value_bytes)?;
-    if header.count == 0 {
+    if count == 0 {
         return Ok(());
     }
-    let (mut times, first) = GridTimestamps::open(ts_bytes, header.min_time)?;
+    let (mut times, first) = open_times()?;
     if past(first, end) {
         return Ok(());
     }
     out.push(Sample::new(first, first_value));
-    for _ in 1..header.count {
+    for _ in 1..count {
         let t = times.next()?;
         if past(t, end) {
             break;
@@ -865,93 +862,5 @@ fn decode_grid_decimal_model(
     }
     Ok(())
 }
-
-/// Exact short decimals as scaled integers: the deltas, divided by their common
-/// divisor and less their median (a counter's typical increase), range coded.
-/// Layout: `k`, first value, divisor, median, then the coded residuals.
-fn decimal_model_values(samples: &[Sample], k: u8, out: &mut Vec<u8>) {
-    let ms: Vec<i64> = samples
-        .iter()
-        .map(|s| to_decimal(s.value, k as usize).expect("decimal_exponent checked every value"))
-        .collect();
-    let divisor = ms
-        .windows(2)
-        .fold(0u64, |g, w| gcd(g, w[1].wrapping_sub(w[0]).unsigned_abs()))
-        .max(1) as i64;
-    // |m| <= 2^53, so deltas and their quotients are exact in i64.
-    let mut steps: Vec<i64> = ms.windows(2).map(|w| (w[1] - w[0]) / divisor).collect();
-    let median = if steps.is_empty() {
-        0
-    } else {
-        let mid = steps.len() / 2;
-        *steps.clone().select_nth_unstable(mid).1
-    };
-    out.push(k);
-    put_uvarint(out, zigzag(ms[0]));
-    put_uvarint(out, divisor as u64);
-    put_uvarint(out, zigzag(median));
-    let mut enc = RangeEncoder::new(std::mem::take(out));
-    let mut model = UintModel::default();
-    for s in steps.iter_mut() {
-        model.encode(&mut enc, zigzag(*s - median));
-    }
-    *out = enc.finish();
-}
-
-/// Reads modelled decimals one at a time (see [`GridTimestamps`]).
-struct DecimalModelValues<'a> {
-    dec: RangeDecoder<'a>,
-    model: UintModel,
-    prev: i64,
-    divisor: i64,
-    median: i64,
-    scale: f64,
-}
-
-const DECIMAL_OVERFLOW: CodecError = CodecError::Malformed("decimal value out of range");
-
-impl<'a> DecimalModelValues<'a> {
-    /// The reader and the first value.
-    fn open(bytes: &'a [u8]) -> Result<(Self, f64), CodecError> {
-        let k = *bytes.first().ok_or(CodecError::Truncated)? as usize;
-        if k > MAX_DECIMAL_DIGITS {
-            return Err(CodecError::Malformed("decimal exponent out of range"));
-        }
-        let mut pos = 1;
-        let prev = unzigzag(get_uvarint(bytes, &mut pos)?);
-        let divisor = i64::try_from(get_uvarint(bytes, &mut pos)?).map_err(|_| DECIMAL_OVERFLOW)?;
-        let median = unzigzag(get_uvarint(bytes, &mut pos)?);
-        let reader = Self {
-            dec: RangeDecoder::new(&bytes[pos..]),
-            model: UintModel::default(),
-            prev,
-            divisor,
-            median,
-            scale: POW10[k],
-        };
-        Ok((reader, prev as f64 / POW10[k]))
-    }
-
-    #[inline(always)]
-    fn next(&mut self) -> Result<f64, CodecError> {
-        let step = unzigzag(self.model.decode_general(&mut self.dec)?)
-            .checked_add(self.median)
-            .ok_or(DECIMAL_OVERFLOW)?;
-        self.prev = step
-            .checked_mul(self.divisor)
-            .and_then(|d| self.prev.checked_add(d))
-            .ok_or(DECIMAL_OVERFLOW)?;
-        Ok(self.prev as f64 / self.scale)
-    }
-}
-
-fn decode_decimal_model_values(bytes: &[u8], samples: &mut [Sample]) -> Result<(), CodecError> {
-    let (mut reader, first) = DecimalModelValues::open(bytes)?;
-    for (i, s) in samples.iter_mut().enumerate() {
-        s.value = if i == 0 { first } else { reader.next()? };
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests;

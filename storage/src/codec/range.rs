@@ -1,4 +1,5 @@
-//! Adaptive binary range coding for the modelled chunk encodings.
+//! Adaptive binary range coding for chunk format 1's modelled encodings
+//! (format 2 codes them with `rans`; the encoder here only runs in tests).
 //!
 //! A carry-propagating range coder over binary decisions with adaptive
 //! probabilities (the scheme LZMA popularised), plus a model for unsigned integers:
@@ -106,6 +107,7 @@ const RATES: [u8; 64] = {
     t
 };
 
+#[cfg(test)]
 pub struct RangeEncoder {
     low: u64,
     range: u32,
@@ -118,6 +120,7 @@ pub struct RangeEncoder {
     first: bool,
 }
 
+#[cfg(test)]
 impl RangeEncoder {
     /// Appends the coded stream to `out`.
     pub fn new(out: Vec<u8>) -> Self {
@@ -346,6 +349,7 @@ impl UintModel {
         }
     }
 
+    #[cfg(test)]
     #[inline]
     pub fn encode(&mut self, enc: &mut RangeEncoder, v: u64) {
         if self.small_bits > 0 {
@@ -448,6 +452,7 @@ impl UintModel {
 }
 
 /// Codes the low `bits` bits of `symbol` through a binary tree of models.
+#[cfg(test)]
 #[inline]
 fn encode_tree(enc: &mut RangeEncoder, tree: &mut [BitModel], bits: u32, symbol: u64) {
     let mut node = 1usize;
