@@ -692,10 +692,9 @@ pub(crate) fn to_decimal(v: f64, k: usize) -> Option<i64> {
     (back.to_bits() == v.to_bits()).then_some(m as i64)
 }
 
-/// Decimal deltas divided by their greatest common divisor (memory gauges move in
-/// whole pages, counters in fixed steps): `k`, first value, divisor, then deltas.
-fn decimal_values(samples: &[Sample], k: u8, out: &mut Vec<u8>) {
-    out.push(k);
+/// The values as integers scaled by `10^k`, and the greatest common divisor of
+/// their deltas (at least one).
+fn scaled_decimals(samples: &[Sample], k: u8) -> (Vec<i64>, u64) {
     let ms: Vec<i64> = samples
         .iter()
         .map(|s| to_decimal(s.value, k as usize).expect("decimal_exponent checked every value"))
@@ -704,6 +703,81 @@ fn decimal_values(samples: &[Sample], k: u8, out: &mut Vec<u8>) {
         .windows(2)
         .fold(0u64, |g, w| gcd(g, w[1].wrapping_sub(w[0]).unsigned_abs()))
         .max(1);
+    (ms, divisor)
+}
+
+/// Exact short decimals as scaled integers: the deltas, divided by their common
+/// divisor and less their median (a counter's typical increase). Writes the
+/// modelled-decimal header (`k`, first value, divisor, median; the same in both
+/// formats) and returns the zigzagged residuals for the section's coder.
+fn decimal_model_residuals(samples: &[Sample], k: u8, out: &mut Vec<u8>) -> Vec<u64> {
+    let (ms, divisor) = scaled_decimals(samples, k);
+    let divisor = divisor as i64;
+    // |m| <= 2^53, so deltas and their quotients are exact in i64.
+    let steps: Vec<i64> = ms.windows(2).map(|w| (w[1] - w[0]) / divisor).collect();
+    let median = if steps.is_empty() {
+        0
+    } else {
+        let mid = steps.len() / 2;
+        *steps.clone().select_nth_unstable(mid).1
+    };
+    out.push(k);
+    put_uvarint(out, zigzag(ms[0]));
+    put_uvarint(out, divisor as u64);
+    put_uvarint(out, zigzag(median));
+    steps.iter().map(|s| zigzag(s - median)).collect()
+}
+
+const DECIMAL_OVERFLOW: CodecError = CodecError::Malformed("decimal value out of range");
+
+/// What a modelled-decimal reader carries from value to value (both formats).
+struct DecimalSteps {
+    prev: i64,
+    divisor: i64,
+    median: i64,
+    scale: f64,
+}
+
+impl DecimalSteps {
+    /// Reads the header: the state, the first value, and where the coded
+    /// residuals start.
+    fn open(bytes: &[u8]) -> Result<(Self, f64, usize), CodecError> {
+        let k = *bytes.first().ok_or(CodecError::Truncated)? as usize;
+        if k > MAX_DECIMAL_DIGITS {
+            return Err(CodecError::Malformed("decimal exponent out of range"));
+        }
+        let mut pos = 1;
+        let prev = unzigzag(get_uvarint(bytes, &mut pos)?);
+        let divisor = i64::try_from(get_uvarint(bytes, &mut pos)?).map_err(|_| DECIMAL_OVERFLOW)?;
+        let median = unzigzag(get_uvarint(bytes, &mut pos)?);
+        let steps = Self {
+            prev,
+            divisor,
+            median,
+            scale: POW10[k],
+        };
+        Ok((steps, prev as f64 / POW10[k], pos))
+    }
+
+    /// The next value, from its decoded residual.
+    #[inline(always)]
+    fn next(&mut self, residual: u64) -> Result<f64, CodecError> {
+        let step = unzigzag(residual)
+            .checked_add(self.median)
+            .ok_or(DECIMAL_OVERFLOW)?;
+        self.prev = step
+            .checked_mul(self.divisor)
+            .and_then(|d| self.prev.checked_add(d))
+            .ok_or(DECIMAL_OVERFLOW)?;
+        Ok(self.prev as f64 / self.scale)
+    }
+}
+
+/// Decimal deltas divided by their greatest common divisor (memory gauges move in
+/// whole pages, counters in fixed steps): `k`, first value, divisor, then deltas.
+fn decimal_values(samples: &[Sample], k: u8, out: &mut Vec<u8>) {
+    out.push(k);
+    let (ms, divisor) = scaled_decimals(samples, k);
     put_uvarint(out, zigzag(ms[0]));
     put_uvarint(out, divisor);
     for w in ms.windows(2) {

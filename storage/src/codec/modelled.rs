@@ -9,8 +9,8 @@
 
 use super::rans::{decode_uint, encode_uint, RansDecoder, RansEncoder, SymbolModel, UINT_SYMBOLS};
 use super::{
-    get_uvarint, grid_advance, grid_interval, grid_split, put_uvarint, to_decimal, unzigzag,
-    zigzag, CodecError, TimeStream, ValueStream, GRID_OVERFLOW, MAX_DECIMAL_DIGITS, POW10,
+    decimal_model_residuals, get_uvarint, grid_advance, grid_interval, grid_split, put_uvarint,
+    unzigzag, zigzag, CodecError, DecimalSteps, TimeStream, ValueStream, GRID_OVERFLOW,
 };
 use crate::model::Sample;
 
@@ -124,36 +124,13 @@ impl TimeStream for GridReader<'_> {
     }
 }
 
-/// Exact short decimals as scaled integers: the deltas, divided by their common
-/// divisor and less their median (a counter's typical increase), coded.
-/// Layout: `k`, first value, divisor, median, then the coded section.
+/// Modelled decimals (see `decimal_model_residuals`), coded.
 pub(super) fn decimal_model_values(samples: &[Sample], k: u8, out: &mut Vec<u8>) {
-    let ms: Vec<i64> = samples
-        .iter()
-        .map(|s| to_decimal(s.value, k as usize).expect("decimal_exponent checked every value"))
-        .collect();
-    let divisor = ms
-        .windows(2)
-        .fold(0u64, |g, w| {
-            super::gcd(g, w[1].wrapping_sub(w[0]).unsigned_abs())
-        })
-        .max(1) as i64;
-    // |m| <= 2^53, so deltas and their quotients are exact in i64.
-    let steps: Vec<i64> = ms.windows(2).map(|w| (w[1] - w[0]) / divisor).collect();
-    let median = if steps.is_empty() {
-        0
-    } else {
-        let mid = steps.len() / 2;
-        *steps.clone().select_nth_unstable(mid).1
-    };
-    out.push(k);
-    put_uvarint(out, zigzag(ms[0]));
-    put_uvarint(out, divisor as u64);
-    put_uvarint(out, zigzag(median));
+    let residuals = decimal_model_residuals(samples, k, out);
     let mut enc = RansEncoder::default();
     let mut model = SymbolModel::default();
-    for s in &steps {
-        encode_uint(&mut enc, &mut model, zigzag(s - median));
+    for r in residuals {
+        encode_uint(&mut enc, &mut model, r);
     }
     enc.finish(out);
 }
@@ -162,47 +139,26 @@ pub(super) fn decimal_model_values(samples: &[Sample], k: u8, out: &mut Vec<u8>)
 pub(super) struct DecimalReader<'a> {
     dec: RansDecoder<'a>,
     model: SymbolModel<UINT_SYMBOLS>,
-    prev: i64,
-    divisor: i64,
-    median: i64,
-    scale: f64,
+    steps: DecimalSteps,
 }
-
-const DECIMAL_OVERFLOW: CodecError = CodecError::Malformed("decimal value out of range");
 
 impl<'a> DecimalReader<'a> {
     /// The reader and the first value.
     pub(super) fn open(bytes: &'a [u8]) -> Result<(Self, f64), CodecError> {
-        let k = *bytes.first().ok_or(CodecError::Truncated)? as usize;
-        if k > MAX_DECIMAL_DIGITS {
-            return Err(CodecError::Malformed("decimal exponent out of range"));
-        }
-        let mut pos = 1;
-        let prev = unzigzag(get_uvarint(bytes, &mut pos)?);
-        let divisor = i64::try_from(get_uvarint(bytes, &mut pos)?).map_err(|_| DECIMAL_OVERFLOW)?;
-        let median = unzigzag(get_uvarint(bytes, &mut pos)?);
+        let (steps, first, pos) = DecimalSteps::open(bytes)?;
         let reader = Self {
             dec: RansDecoder::new(&bytes[pos..]),
             model: SymbolModel::default(),
-            prev,
-            divisor,
-            median,
-            scale: POW10[k],
+            steps,
         };
-        Ok((reader, prev as f64 / POW10[k]))
+        Ok((reader, first))
     }
 }
 
 impl ValueStream for DecimalReader<'_> {
     #[inline(always)]
     fn next(&mut self) -> Result<f64, CodecError> {
-        let step = unzigzag(decode_uint(&mut self.dec, &mut self.model)?)
-            .checked_add(self.median)
-            .ok_or(DECIMAL_OVERFLOW)?;
-        self.prev = step
-            .checked_mul(self.divisor)
-            .and_then(|d| self.prev.checked_add(d))
-            .ok_or(DECIMAL_OVERFLOW)?;
-        Ok(self.prev as f64 / self.scale)
+        let residual = decode_uint(&mut self.dec, &mut self.model)?;
+        self.steps.next(residual)
     }
 }

@@ -6,12 +6,12 @@
 #[cfg(test)]
 use super::range::RangeEncoder;
 use super::range::{RangeDecoder, UintModel};
-#[cfg(test)]
-use super::{gcd, grid_interval, grid_split, put_uvarint, to_decimal, zigzag};
 use super::{
-    get_uvarint, grid_advance, unzigzag, CodecError, TimeStream, ValueStream, GRID_OVERFLOW,
-    MAX_DECIMAL_DIGITS, POW10,
+    get_uvarint, grid_advance, unzigzag, CodecError, DecimalSteps, TimeStream, ValueStream,
+    GRID_OVERFLOW,
 };
+#[cfg(test)]
+use super::{grid_interval, grid_split, put_uvarint, zigzag};
 #[cfg(test)]
 use crate::model::Sample;
 
@@ -119,34 +119,13 @@ impl TimeStream for GridTimestamps<'_> {
 }
 
 #[cfg(test)]
-/// Exact short decimals as scaled integers: the deltas, divided by their common
-/// divisor and less their median (a counter's typical increase), range coded.
-/// Layout: `k`, first value, divisor, median, then the coded residuals.
+/// Modelled decimals (see `decimal_model_residuals`), range coded.
 pub(super) fn decimal_model_values(samples: &[Sample], k: u8, out: &mut Vec<u8>) {
-    let ms: Vec<i64> = samples
-        .iter()
-        .map(|s| to_decimal(s.value, k as usize).expect("decimal_exponent checked every value"))
-        .collect();
-    let divisor = ms
-        .windows(2)
-        .fold(0u64, |g, w| gcd(g, w[1].wrapping_sub(w[0]).unsigned_abs()))
-        .max(1) as i64;
-    // |m| <= 2^53, so deltas and their quotients are exact in i64.
-    let mut steps: Vec<i64> = ms.windows(2).map(|w| (w[1] - w[0]) / divisor).collect();
-    let median = if steps.is_empty() {
-        0
-    } else {
-        let mid = steps.len() / 2;
-        *steps.clone().select_nth_unstable(mid).1
-    };
-    out.push(k);
-    put_uvarint(out, zigzag(ms[0]));
-    put_uvarint(out, divisor as u64);
-    put_uvarint(out, zigzag(median));
+    let residuals = super::decimal_model_residuals(samples, k, out);
     let mut enc = RangeEncoder::new(std::mem::take(out));
     let mut model = UintModel::default();
-    for s in steps.iter_mut() {
-        model.encode(&mut enc, zigzag(*s - median));
+    for r in residuals {
+        model.encode(&mut enc, r);
     }
     *out = enc.finish();
 }
@@ -155,47 +134,26 @@ pub(super) fn decimal_model_values(samples: &[Sample], k: u8, out: &mut Vec<u8>)
 pub(super) struct DecimalModelValues<'a> {
     dec: RangeDecoder<'a>,
     model: UintModel,
-    prev: i64,
-    divisor: i64,
-    median: i64,
-    scale: f64,
+    steps: DecimalSteps,
 }
-
-const DECIMAL_OVERFLOW: CodecError = CodecError::Malformed("decimal value out of range");
 
 impl<'a> DecimalModelValues<'a> {
     /// The reader and the first value.
     pub(super) fn open(bytes: &'a [u8]) -> Result<(Self, f64), CodecError> {
-        let k = *bytes.first().ok_or(CodecError::Truncated)? as usize;
-        if k > MAX_DECIMAL_DIGITS {
-            return Err(CodecError::Malformed("decimal exponent out of range"));
-        }
-        let mut pos = 1;
-        let prev = unzigzag(get_uvarint(bytes, &mut pos)?);
-        let divisor = i64::try_from(get_uvarint(bytes, &mut pos)?).map_err(|_| DECIMAL_OVERFLOW)?;
-        let median = unzigzag(get_uvarint(bytes, &mut pos)?);
+        let (steps, first, pos) = DecimalSteps::open(bytes)?;
         let reader = Self {
             dec: RangeDecoder::new(&bytes[pos..]),
             model: UintModel::default(),
-            prev,
-            divisor,
-            median,
-            scale: POW10[k],
+            steps,
         };
-        Ok((reader, prev as f64 / POW10[k]))
+        Ok((reader, first))
     }
 }
 
 impl ValueStream for DecimalModelValues<'_> {
     #[inline(always)]
     fn next(&mut self) -> Result<f64, CodecError> {
-        let step = unzigzag(self.model.decode_general(&mut self.dec)?)
-            .checked_add(self.median)
-            .ok_or(DECIMAL_OVERFLOW)?;
-        self.prev = step
-            .checked_mul(self.divisor)
-            .and_then(|d| self.prev.checked_add(d))
-            .ok_or(DECIMAL_OVERFLOW)?;
-        Ok(self.prev as f64 / self.scale)
+        let residual = self.model.decode_general(&mut self.dec)?;
+        self.steps.next(residual)
     }
 }
