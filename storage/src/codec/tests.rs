@@ -1,6 +1,13 @@
+use std::cell::Cell;
+
 use proptest::prelude::*;
 
 use super::*;
+
+thread_local! {
+    /// Makes this thread's decodes take the baseline path (see `x86_v3_subset`).
+    pub(super) static BASELINE_ONLY: Cell<bool> = const { Cell::new(false) };
+}
 
 fn opts() -> EncodeOptions {
     EncodeOptions::default()
@@ -402,6 +409,42 @@ proptest! {
         prop_assert_eq!(back.len(), samples.len());
         for (a, b) in samples.iter().zip(&back) {
             prop_assert!(a.bit_eq(b), "{:?} came back as {:?}", a, b);
+        }
+    }
+}
+
+proptest! {
+    /// Both compilations of format 2's loop (baseline and AVX2, where the CPU
+    /// has it) decode the same samples.
+    #[test]
+    fn the_baseline_and_simd_loops_agree(
+        seed in 1u64..u64::MAX,
+        n in 2usize..800,
+        walk in prop::collection::vec(-20_000i64..20_000, 800),
+    ) {
+        let mut m = 0i64;
+        let samples: Vec<Sample> = jittered(n, seed)
+            .into_iter()
+            .zip(&walk)
+            .map(|(s, d)| {
+                m += d;
+                Sample::new(s.timestamp, m as f64 / 100.0)
+            })
+            .collect();
+        let chunk = encode_chunk(&samples, opts());
+        prop_assert_eq!(
+            chunk[1] & 0b1111,
+            TsEncoding::Grid as u8 | (ValueEncoding::DecimalModel as u8) << 2
+        );
+        let simd = decode_chunk(&chunk).expect("decodes");
+        BASELINE_ONLY.with(|b| b.set(true));
+        let baseline = decode_chunk(&chunk);
+        BASELINE_ONLY.with(|b| b.set(false));
+        let baseline = baseline.expect("decodes");
+        prop_assert_eq!(simd.len(), samples.len());
+        prop_assert_eq!(baseline.len(), samples.len());
+        for ((a, b), c) in samples.iter().zip(&simd).zip(&baseline) {
+            prop_assert!(a.bit_eq(b) && a.bit_eq(c), "{:?}: {:?} and {:?}", a, b, c);
         }
     }
 }
