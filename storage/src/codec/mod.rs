@@ -11,7 +11,7 @@ mod bits;
 mod modelled;
 mod modelled_v1;
 mod range;
-pub mod rans;
+mod rans;
 mod varint;
 
 use std::fmt;

@@ -413,34 +413,64 @@ proptest! {
     }
 }
 
+/// Sets [`BASELINE_ONLY`] until dropped (also when a decode panics).
+struct BaselineOnly;
+
+impl BaselineOnly {
+    fn on() -> Self {
+        BASELINE_ONLY.with(|b| b.set(true));
+        BaselineOnly
+    }
+}
+
+impl Drop for BaselineOnly {
+    fn drop(&mut self) {
+        BASELINE_ONLY.with(|b| b.set(false));
+    }
+}
+
 proptest! {
     /// Both compilations of format 2's loop (baseline and AVX2, where the CPU
-    /// has it) decode the same samples.
+    /// has it) decode the same samples, escapes included: an outage (steps of
+    /// more than one interval), a phase shift (offsets past the grid alphabet)
+    /// and value jumps past 2^19.
     #[test]
     fn the_baseline_and_simd_loops_agree(
         seed in 1u64..u64::MAX,
         n in 2usize..800,
         walk in prop::collection::vec(-20_000i64..20_000, 800),
+        outage in prop::option::of(0usize..800),
+        shift_at in prop::option::of(0usize..800),
+        jumps in prop::collection::vec((0usize..800, -50_000_000i64..50_000_000), 0..4),
     ) {
         let mut m = 0i64;
-        let samples: Vec<Sample> = jittered(n, seed)
+        let mut samples: Vec<Sample> = jittered(n, seed)
             .into_iter()
             .zip(&walk)
-            .map(|(s, d)| {
-                m += d;
+            .enumerate()
+            .map(|(i, (s, d))| {
+                m += d + jumps.iter().filter(|j| j.0 == i).map(|j| j.1).sum::<i64>();
                 Sample::new(s.timestamp, m as f64 / 100.0)
             })
             .collect();
+        if let Some(at) = shift_at {
+            for s in samples.iter_mut().skip(at) {
+                s.timestamp += 3_700_000_000;
+            }
+        }
+        if let Some(at) = outage.filter(|&at| at + 20 < samples.len()) {
+            samples.drain(at + 1..at + 20);
+        }
         let chunk = encode_chunk(&samples, opts());
         prop_assert_eq!(
             chunk[1] & 0b1111,
             TsEncoding::Grid as u8 | (ValueEncoding::DecimalModel as u8) << 2
         );
         let simd = decode_chunk(&chunk).expect("decodes");
-        BASELINE_ONLY.with(|b| b.set(true));
-        let baseline = decode_chunk(&chunk);
-        BASELINE_ONLY.with(|b| b.set(false));
-        let baseline = baseline.expect("decodes");
+        let baseline = {
+            let _baseline = BaselineOnly::on();
+            decode_chunk(&chunk).expect("decodes")
+        };
         prop_assert_eq!(simd.len(), samples.len());
         prop_assert_eq!(baseline.len(), samples.len());
         for ((a, b), c) in samples.iter().zip(&simd).zip(&baseline) {
