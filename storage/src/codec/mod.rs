@@ -291,7 +291,15 @@ fn decode(
                 out,
             )?;
         } else {
-            read_grid_decimal(ts_bytes, value_bytes, scale, min_time, count, end, out)?;
+            let sections = PairSections {
+                ts: ts_bytes,
+                values: value_bytes,
+                scale,
+                min_time,
+                count,
+                end,
+            };
+            read_grid_decimal(sections, out)?;
         }
         return Ok(header);
     }
@@ -907,27 +915,28 @@ fn read_values<V: ValueStream>(
     Ok(())
 }
 
-/// Format 2's common pair, compiled twice: for baseline x86-64 and with AVX2
-/// and friends, picked when the chunk is read. A symbol's search and its
-/// model's update are loops over 16-bit lanes; AVX2 does each in half the
-/// instructions.
-fn read_grid_decimal(
-    ts_bytes: &[u8],
-    value_bytes: &[u8],
+/// Where format 2's common pair is, and how much of it to read.
+#[derive(Clone, Copy)]
+struct PairSections<'a> {
+    ts: &'a [u8],
+    values: &'a [u8],
     scale: u8,
     min_time: i64,
     count: usize,
     end: Option<i64>,
-    out: &mut Vec<Sample>,
-) -> Result<(), CodecError> {
+}
+
+/// Format 2's common pair, compiled twice: for baseline x86-64 and with AVX2
+/// and friends, picked when the chunk is read. A symbol's search and its
+/// model's update are loops over 16-bit lanes; AVX2 does each in half the
+/// instructions.
+fn read_grid_decimal(p: PairSections<'_>, out: &mut Vec<Sample>) -> Result<(), CodecError> {
     #[cfg(target_arch = "x86_64")]
     if x86_v3_subset() {
         // SAFETY: the CPU has every feature the function enables, checked just above.
-        return unsafe {
-            read_grid_decimal_avx2(ts_bytes, value_bytes, scale, min_time, count, end, out)
-        };
+        return unsafe { read_grid_decimal_avx2(p, out) };
     }
-    read_grid_decimal_here(ts_bytes, value_bytes, scale, min_time, count, end, out)
+    read_grid_decimal_here(p, out)
 }
 
 /// Whether the CPU has what [`read_grid_decimal_avx2`] is compiled for (the
@@ -950,31 +959,15 @@ fn x86_v3_subset() -> bool {
 /// a sample in `codec_report`. (AVX-512 made it 44: not used.)
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,popcnt,bmi1,bmi2,lzcnt")]
-fn read_grid_decimal_avx2(
-    ts_bytes: &[u8],
-    value_bytes: &[u8],
-    scale: u8,
-    min_time: i64,
-    count: usize,
-    end: Option<i64>,
-    out: &mut Vec<Sample>,
-) -> Result<(), CodecError> {
-    read_grid_decimal_here(ts_bytes, value_bytes, scale, min_time, count, end, out)
+fn read_grid_decimal_avx2(p: PairSections<'_>, out: &mut Vec<Sample>) -> Result<(), CodecError> {
+    read_grid_decimal_here(p, out)
 }
 
 /// The loop itself, inlined into each of the above.
 #[inline(always)]
-fn read_grid_decimal_here(
-    ts_bytes: &[u8],
-    value_bytes: &[u8],
-    scale: u8,
-    min_time: i64,
-    count: usize,
-    end: Option<i64>,
-    out: &mut Vec<Sample>,
-) -> Result<(), CodecError> {
-    let times = || GridReader::open(ts_bytes, scale, min_time);
-    read_pair(DecimalReader::open(value_bytes)?, times, count, end, out)
+fn read_grid_decimal_here(p: PairSections<'_>, out: &mut Vec<Sample>) -> Result<(), CodecError> {
+    let times = || GridReader::open(p.ts, p.scale, p.min_time);
+    read_pair(DecimalReader::open(p.values)?, times, p.count, p.end, out)
 }
 
 /// The common pair (grid timestamps, modelled decimals) a sample at a time,

@@ -364,6 +364,21 @@ fn format_1_chunks_still_decode() {
     assert_eq!(encode_v1_modelled(&samples), chunk);
 }
 
+/// `n` jittered scrapes whose values (two decimals) walk by `walk`'s steps,
+/// plus a jump `(at, by)` at each sample `at`.
+fn walked(n: usize, seed: u64, walk: &[i64], jumps: &[(usize, i64)]) -> Vec<Sample> {
+    let mut m = 0i64;
+    jittered(n, seed)
+        .into_iter()
+        .zip(walk)
+        .enumerate()
+        .map(|(i, (s, d))| {
+            m += d + jumps.iter().filter(|j| j.0 == i).map(|j| j.1).sum::<i64>();
+            Sample::new(s.timestamp, m as f64 / 100.0)
+        })
+        .collect()
+}
+
 /// A format 1 chunk with grid timestamps and modelled decimals, as the
 /// encoder before format 2 wrote it.
 fn encode_v1_modelled(samples: &[Sample]) -> Vec<u8> {
@@ -395,15 +410,7 @@ proptest! {
         n in 2usize..400,
         walk in prop::collection::vec(-20_000i64..20_000, 400),
     ) {
-        let mut m = 0i64;
-        let samples: Vec<Sample> = jittered(n, seed)
-            .into_iter()
-            .zip(&walk)
-            .map(|(s, d)| {
-                m += d;
-                Sample::new(s.timestamp, m as f64 / 100.0)
-            })
-            .collect();
+        let samples = walked(n, seed, &walk, &[]);
         let chunk = encode_v1_modelled(&samples);
         let back = decode_chunk(&chunk).expect("decodes");
         prop_assert_eq!(back.len(), samples.len());
@@ -443,16 +450,7 @@ proptest! {
         shift_at in prop::option::of(0usize..800),
         jumps in prop::collection::vec((0usize..800, -50_000_000i64..50_000_000), 0..4),
     ) {
-        let mut m = 0i64;
-        let mut samples: Vec<Sample> = jittered(n, seed)
-            .into_iter()
-            .zip(&walk)
-            .enumerate()
-            .map(|(i, (s, d))| {
-                m += d + jumps.iter().filter(|j| j.0 == i).map(|j| j.1).sum::<i64>();
-                Sample::new(s.timestamp, m as f64 / 100.0)
-            })
-            .collect();
+        let mut samples = walked(n, seed, &walk, &jumps);
         if let Some(at) = shift_at {
             for s in samples.iter_mut().skip(at) {
                 s.timestamp += 3_700_000_000;
